@@ -1,0 +1,242 @@
+//! The generic JSON connector: `POST /v1/inquiries` and the NDJSON batch endpoint.
+//!
+//! Pure: no clock, no randomness, no I/O. Everything the gateway decides (id, receive time,
+//! trace id, pseudonym key) comes in through [`NormalizeContext`], so fixtures give golden results.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::{InputError, InputErrorCode};
+use crate::inquiry::{Buyer, Channel, ExternalIds, Inquiry, Region, ENVELOPE_VERSION};
+use crate::NormalizeContext;
+
+/// Longest id (account, external ids, order and product ids) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Longest subject accepted, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 1024;
+
+/// One inquiry in the generic JSON shape (see `docs/openapi.yaml`, schema `GenericInquiry`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericInquiry {
+    /// Channel name, one of [`Channel::ALL`].
+    pub channel: String,
+    /// Seller account (shop) id.
+    pub account: String,
+    /// The platform's message id.
+    pub external_id: String,
+    /// The platform's conversation id; defaults to `external_id`.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// The buyer as the platform describes them.
+    #[serde(default)]
+    pub buyer: GenericBuyer,
+    /// Subject line.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Message text.
+    pub body: String,
+    /// When the buyer sent the message (RFC 3339).
+    pub occurred_at: String,
+    /// Order reference.
+    #[serde(default)]
+    pub order_id: Option<String>,
+    /// Product references.
+    #[serde(default)]
+    pub product_ids: Vec<String>,
+    /// Free-form attributes passed through to routing.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// The buyer in the generic JSON shape; name and e-mail are personal data and never leave the raw payload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericBuyer {
+    /// The platform's id for the buyer.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// E-mail address.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// ISO 3166-1 alpha-2 country code.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// BCP 47 language tag.
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+/// Parses one generic JSON document and normalizes it into an [`Inquiry`].
+pub fn normalize(raw: &[u8], ctx: &NormalizeContext<'_>) -> Result<Inquiry, InputError> {
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        InputError::new(
+            InputErrorCode::InvalidUtf8,
+            format!("body is not valid utf-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let input: GenericInquiry = serde_json::from_str(text).map_err(InputError::from_json)?;
+    from_generic(input, ctx)
+}
+
+/// Normalizes an already parsed [`GenericInquiry`].
+pub fn from_generic(
+    input: GenericInquiry,
+    ctx: &NormalizeContext<'_>,
+) -> Result<Inquiry, InputError> {
+    let channel: Channel = input.channel.parse().map_err(|_| {
+        InputError::new(
+            InputErrorCode::UnknownChannel,
+            "channel is not a known channel name",
+        )
+        .field("channel")
+    })?;
+    let account = required_id("account", input.account)?;
+    let message_id = required_id("external_id", input.external_id)?;
+    let conversation_id = match input.conversation_id {
+        Some(c) => required_id("conversation_id", c)?,
+        None => message_id.clone(),
+    };
+    let occurred_at = OffsetDateTime::parse(&input.occurred_at, &Rfc3339).map_err(|_| {
+        InputError::new(
+            InputErrorCode::InvalidValue,
+            "occurred_at is not an RFC 3339 timestamp",
+        )
+        .field("occurred_at")
+    })?;
+    if input.body.trim().is_empty() {
+        return Err(InputError::new(InputErrorCode::InvalidValue, "body is empty").field("body"));
+    }
+    if let Some(subject) = &input.subject {
+        if subject.len() > MAX_SUBJECT_LEN {
+            return Err(
+                InputError::new(InputErrorCode::InvalidValue, "subject is too long")
+                    .field("subject"),
+            );
+        }
+    }
+    let order_id = input
+        .order_id
+        .map(|o| required_id("order_id", o))
+        .transpose()?;
+    let product_ids = input
+        .product_ids
+        .into_iter()
+        .map(|p| required_id("product_ids", p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let country = input
+        .buyer
+        .country
+        .as_deref()
+        .map(normalize_country)
+        .transpose()?;
+    let language = input
+        .buyer
+        .language
+        .as_deref()
+        .map(normalize_language)
+        .transpose()?;
+    let identity = buyer_identity(&input.buyer, &conversation_id);
+    let region = country.as_deref().map_or(Region::Other, Region::of_country);
+
+    Ok(Inquiry {
+        schema_version: ENVELOPE_VERSION,
+        id: ctx.id,
+        channel,
+        external: ExternalIds {
+            message_id,
+            conversation_id,
+        },
+        buyer: Buyer {
+            pseudonym: ctx.pseudonym(channel, &account, &identity),
+            country,
+            language,
+        },
+        account,
+        subject: input.subject,
+        body: input.body,
+        order_id,
+        product_ids,
+        attributes: input.attributes,
+        received_at: ctx.received_at,
+        occurred_at,
+        region,
+        trace_id: ctx.trace_id.to_owned(),
+        raw_ref: format!("embedded:raw/{}", ctx.id),
+    })
+}
+
+fn required_id(field: &'static str, value: String) -> Result<String, InputError> {
+    if value.trim().is_empty() {
+        return Err(
+            InputError::new(InputErrorCode::InvalidValue, format!("{field} is empty")).field(field),
+        );
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            format!("{field} is longer than {MAX_ID_LEN} bytes"),
+        )
+        .field(field));
+    }
+    Ok(value)
+}
+
+/// The most stable identity the platform gives: its buyer id, else the e-mail, else the conversation.
+fn buyer_identity(buyer: &GenericBuyer, conversation_id: &str) -> String {
+    match (&buyer.id, &buyer.email) {
+        (Some(id), _) if !id.is_empty() => format!("id:{id}"),
+        (_, Some(email)) if !email.is_empty() => format!("email:{}", email.trim().to_lowercase()),
+        _ => format!("conversation:{conversation_id}"),
+    }
+}
+
+fn normalize_country(country: &str) -> Result<String, InputError> {
+    if country.len() == 2 && country.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(country.to_ascii_uppercase())
+    } else {
+        Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            "buyer.country is not an ISO 3166-1 alpha-2 code",
+        )
+        .field("buyer.country"))
+    }
+}
+
+fn normalize_language(language: &str) -> Result<String, InputError> {
+    let mut parts = language.split(['-', '_']);
+    let primary = parts.next().unwrap_or_default();
+    let primary_ok =
+        (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());
+    let rest: Vec<&str> = parts.collect();
+    let rest_ok = rest
+        .iter()
+        .all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !primary_ok || !rest_ok {
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            "buyer.language is not a BCP 47 language tag",
+        )
+        .field("buyer.language"));
+    }
+    let mut tag = primary.to_ascii_lowercase();
+    for part in rest {
+        tag.push('-');
+        // Region subtags are conventionally upper case (zh-CN), scripts title case (zh-Hant).
+        match part.len() {
+            2 => tag.push_str(&part.to_ascii_uppercase()),
+            4 => {
+                tag.push_str(&part[..1].to_ascii_uppercase());
+                tag.push_str(&part[1..].to_ascii_lowercase());
+            }
+            _ => tag.push_str(&part.to_ascii_lowercase()),
+        }
+    }
+    Ok(tag)
+}

@@ -1,0 +1,390 @@
+//! Configuration: one TOML file, `${ENV}` interpolation for secrets, and a pure validation step.
+//!
+//! [`Config::from_toml`] parses and [`Config::validate`] checks; neither touches the network or
+//! the filesystem, so `inquiry-gateway check` can vet a file anywhere.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::routing::Priority;
+
+/// The whole gateway configuration. Every section has defaults: an empty file is the embedded default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The public ingest listener (`/v1/...`).
+    pub ingest: IngestConfig,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: AdminConfig,
+    /// The pipeline's queue and group-commit batch.
+    pub pipeline: PipelineConfig,
+    /// The embedded durable store.
+    pub store: StoreConfig,
+    /// Routing.
+    pub routing: RoutingConfig,
+    /// Who may call the ingest API.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The public ingest listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Most lines accepted in one NDJSON batch (413 above it).
+    pub max_batch_lines: usize,
+    /// Requests served at once; more are refused with 503 rather than queued.
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take before it is answered 503, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_batch_lines: 10_000,
+            max_concurrent_requests: 4096,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on; keep it off the public network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// The pipeline between ingest and the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Requests that may wait for the pipeline; when full, ingest answers 503 with Retry-After.
+    pub queue_capacity: usize,
+    /// Most inquiries committed together in one group commit.
+    pub max_batch_inquiries: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity: 4096,
+            max_batch_inquiries: 16_384,
+        }
+    }
+}
+
+/// The embedded durable store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the store; created if absent.
+    pub path: PathBuf,
+    /// Secret for buyer pseudonyms (at least 32 bytes, e.g. `${GATEWAY_PSEUDONYM_KEY}`). When absent,
+    /// a random key is generated once and kept in the store.
+    pub pseudonym_key: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("inquiry-gateway-data"),
+            pseudonym_key: None,
+        }
+    }
+}
+
+/// Routing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Where an inquiry goes when no rule or plugin decides, or when one fails.
+    pub fallback: FallbackConfig,
+}
+
+/// The fallback route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// Queue (team) that receives the inquiry.
+    pub queue: String,
+    /// Priority it gets.
+    pub priority: Priority,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            queue: "unassigned".to_owned(),
+            priority: Priority::Normal,
+        }
+    }
+}
+
+/// Who may call the ingest API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Per-account API keys, sent as `Authorization: Bearer <key>`. With none, the API is open:
+    /// allowed only when the ingest listener is on loopback.
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// One API key.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Name of the key, shown in logs in place of the key.
+    pub id: String,
+    /// The secret (at least 16 bytes); use `${ENV}` interpolation rather than writing it in the file.
+    pub key: String,
+    /// Accounts this key may post for and read; `"*"` means all.
+    pub accounts: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("accounts", &self.accounts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `inquiry_gateway=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The text refers to an environment variable that is not set.
+    #[error("environment variable `{0}` is not set (referenced as ${{{0}}})")]
+    MissingEnv(String),
+    /// The text is not valid TOML for this schema.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// The values are inconsistent.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Parses TOML text after replacing every `${NAME}` with the environment variable NAME.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_toml`] with an explicit environment lookup (for tests).
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate(text, env)?;
+        Ok(toml::from_str(&text)?)
+    }
+
+    /// Checks the values; pure: no network, no filesystem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let ingest = &self.ingest;
+        if !(1024..=64 * 1024 * 1024).contains(&ingest.max_body_bytes) {
+            problems.push("ingest.max_body_bytes must be between 1024 and 67108864".to_owned());
+        }
+        if ingest.max_batch_lines == 0 {
+            problems.push("ingest.max_batch_lines must be at least 1".to_owned());
+        }
+        if ingest.max_concurrent_requests == 0 {
+            problems.push("ingest.max_concurrent_requests must be at least 1".to_owned());
+        }
+        if ingest.request_timeout_ms < 100 {
+            problems.push("ingest.request_timeout_ms must be at least 100".to_owned());
+        }
+        if ingest.listen == self.admin.listen && ingest.listen.port() != 0 {
+            problems.push("ingest.listen and admin.listen must differ".to_owned());
+        }
+        if self.pipeline.queue_capacity == 0 {
+            problems.push("pipeline.queue_capacity must be at least 1".to_owned());
+        }
+        if self.pipeline.max_batch_inquiries == 0 {
+            problems.push("pipeline.max_batch_inquiries must be at least 1".to_owned());
+        }
+        if self.store.path.as_os_str().is_empty() {
+            problems.push("store.path must not be empty".to_owned());
+        }
+        if let Some(key) = &self.store.pseudonym_key {
+            if key.len() < 32 {
+                problems.push("store.pseudonym_key must be at least 32 bytes".to_owned());
+            }
+        }
+        if self.routing.fallback.queue.trim().is_empty() {
+            problems.push("routing.fallback.queue must not be empty".to_owned());
+        }
+        if self.auth.api_keys.is_empty() && !ingest.listen.ip().is_loopback() {
+            problems.push(format!(
+                "ingest.listen {} is not loopback: configure auth.api_keys (only a loopback gateway may run without keys)",
+                ingest.listen
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            if key.id.trim().is_empty() {
+                problems.push(format!("auth.api_keys[{i}].id must not be empty"));
+            } else if !ids.insert(key.id.as_str()) {
+                problems.push(format!("auth.api_keys[{i}].id `{}` is used twice", key.id));
+            }
+            if key.key.len() < 16 {
+                problems.push(format!("auth.api_keys[{i}].key must be at least 16 bytes"));
+            } else if !keys.insert(key.key.as_str()) {
+                problems.push(format!("auth.api_keys[{i}].key is the same as another key"));
+            }
+            if key.accounts.is_empty() {
+                problems.push(format!(
+                    "auth.api_keys[{i}].accounts must name at least one account or \"*\""
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Replaces `${NAME}` with the value of NAME; `$$` is a literal `$`.
+fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let end = inner
+                .find('}')
+                .ok_or_else(|| ConfigError::MissingEnv(inner.chars().take(40).collect()))?;
+            let name = &inner[..end];
+            out.push_str(&env(name).ok_or_else(|| ConfigError::MissingEnv(name.to_owned()))?);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "KEY_A").then(|| "0123456789abcdef0123".to_owned())
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = Config::from_toml_with_env("", env).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.ingest.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.ingest.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn env_interpolation_fills_secrets_and_reports_missing_ones() {
+        let text = "[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"shop-1\"]\n";
+        let config = Config::from_toml_with_env(text, env).unwrap();
+        assert_eq!(config.auth.api_keys[0].key, "0123456789abcdef0123");
+        let err =
+            Config::from_toml_with_env("[store]\npseudonym_key = \"${NOPE}\"", env).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable `NOPE` is not set (referenced as ${NOPE})"
+        );
+        assert_eq!(interpolate("a$$b$c", env).unwrap(), "a$b$c");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let err =
+            Config::from_toml_with_env("[ingest]\nlisten_addr = \"127.0.0.1:1\"", env).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `listen_addr`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn public_listener_without_keys_is_refused() {
+        let config =
+            Config::from_toml_with_env("[ingest]\nlisten = \"0.0.0.0:8080\"", env).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("only a loopback gateway may run without keys"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "[ingest]\nmax_body_bytes = 10\n[pipeline]\nqueue_capacity = 0\n[[auth.api_keys]]\nid = \"a\"\nkey = \"short\"\naccounts = []\n";
+        let err = Config::from_toml_with_env(text, env)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "ingest.max_body_bytes",
+            "pipeline.queue_capacity",
+            "api_keys[0].key",
+            "api_keys[0].accounts",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_keys() {
+        let text = "[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"*\"]\n";
+        let config = Config::from_toml_with_env(text, env).unwrap();
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,445 @@
+//! The ingest API: `POST /v1/inquiries`, `POST /v1/inquiries/batch`, `GET /v1/inquiries/{id}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use inquiry_connectors::{generic, Channel, InputError, NormalizeContext};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::auth::{Authenticator, Grant};
+use super::error::{json_response, ApiError, LineError};
+use crate::pipeline::{AckStatus, Pipeline, StoredInquiry, Submission, SubmitError};
+use crate::store::Store;
+use crate::telemetry::{self, Hop};
+
+/// Longest Idempotency-Key accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// What the ingest handlers share.
+pub struct ApiState {
+    /// The pipeline inquiries are submitted to.
+    pub pipeline: Pipeline,
+    /// The store, for reads.
+    pub store: Store,
+    /// API keys.
+    pub auth: Authenticator,
+    /// Secret for buyer pseudonyms.
+    pub pseudonym_key: Vec<u8>,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Most lines in a batch.
+    pub max_batch_lines: usize,
+}
+
+/// Answers one ingest request; never fails (errors become 4xx/5xx responses).
+pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let trace_id = trace_id(req.headers());
+    let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    let result = match (req.method(), path.as_slice()) {
+        (&Method::POST, ["v1", "inquiries"]) => post_one(&state, req, &trace_id, started).await,
+        (&Method::POST, ["v1", "inquiries", "batch"]) => {
+            post_batch(&state, req, &trace_id, started).await
+        }
+        (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id),
+        (_, ["v1", "inquiries"] | ["v1", "inquiries", _]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed here",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        )),
+    };
+    result.unwrap_or_else(|err| err.into_response(&trace_id))
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    id: Uuid,
+    status: AckStatus,
+    trace_id: &'a str,
+}
+
+async fn post_one(
+    state: &ApiState,
+    req: Request<Incoming>,
+    trace_id: &str,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(req.headers())?;
+    require_content_type(req.headers(), &["application/json"])?;
+    let idempotency_key = idempotency_key(req.headers())?;
+    let raw = read_body(req, state.max_body_bytes).await?;
+
+    let normalize_started = Instant::now();
+    let inquiry = generic::normalize(&raw, &context(state, trace_id))?;
+    grant.check(&inquiry.account)?;
+    let channel = inquiry.channel;
+    telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), 1);
+
+    let acks = state
+        .pipeline
+        .submit(vec![Submission {
+            inquiry,
+            raw,
+            idempotency_key,
+        }])
+        .await
+        .map_err(submit_error)?;
+    telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), 1);
+    let ack = &acks[0];
+    let status = if ack.status == AckStatus::Accepted {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &Accepted {
+            id: ack.id,
+            status: ack.status,
+            trace_id,
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct BatchAccepted<'a> {
+    trace_id: &'a str,
+    accepted: usize,
+    duplicates: usize,
+    results: Vec<BatchResult>,
+}
+
+#[derive(Serialize)]
+struct BatchResult {
+    line: usize,
+    id: Uuid,
+    status: AckStatus,
+    trace_id: String,
+}
+
+/// NDJSON: every line is one generic inquiry. All lines are checked first; if any is bad the
+/// whole batch is refused (422 with every bad line) and nothing is stored.
+async fn post_batch(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+    trace_id: &str,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(req.headers())?;
+    require_content_type(
+        req.headers(),
+        &[
+            "application/x-ndjson",
+            "application/ndjson",
+            "application/jsonl",
+        ],
+    )?;
+    let idempotency_key = idempotency_key(req.headers())?;
+    let body = read_body(req, state.max_body_bytes).await?;
+
+    // Parsing a large batch takes milliseconds: keep it off the async workers.
+    let normalize_started = Instant::now();
+    let worker_state = state.clone();
+    let (submissions, line_numbers) = tokio::task::spawn_blocking(move || {
+        normalize_batch(&worker_state, &body, &grant, idempotency_key.as_deref())
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "batch normalization failed",
+        )
+    })??;
+    let per_line = normalize_started.elapsed() / submissions.len().max(1) as u32;
+    for item in &submissions {
+        telemetry::record_hop(Hop::Normalize, item.inquiry.channel, per_line, 1);
+    }
+
+    let channels: Vec<(Channel, String)> = submissions
+        .iter()
+        .map(|s| (s.inquiry.channel, s.inquiry.trace_id.clone()))
+        .collect();
+    let acks = state
+        .pipeline
+        .submit(submissions)
+        .await
+        .map_err(submit_error)?;
+    let elapsed = started.elapsed();
+    let mut results = Vec::with_capacity(acks.len());
+    for ((ack, (channel, line_trace)), line) in acks.iter().zip(channels).zip(line_numbers) {
+        telemetry::record_hop(Hop::Ingest, channel, elapsed, 1);
+        results.push(BatchResult {
+            line,
+            id: ack.id,
+            status: ack.status,
+            trace_id: line_trace,
+        });
+    }
+    let accepted = results
+        .iter()
+        .filter(|r| r.status == AckStatus::Accepted)
+        .count();
+    let body = BatchAccepted {
+        trace_id,
+        accepted,
+        duplicates: results.len() - accepted,
+        results,
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Normalizes every non-empty line; returns the submissions and their 1-based line numbers.
+fn normalize_batch(
+    state: &ApiState,
+    body: &Bytes,
+    grant: &Grant,
+    idempotency_key: Option<&str>,
+) -> Result<(Vec<Submission>, Vec<usize>), ApiError> {
+    let lines: Vec<(usize, Bytes)> = body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, line)| (i + 1, body.slice_ref(line)))
+        .collect();
+    if lines.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_batch",
+            "the batch has no lines",
+        ));
+    }
+    if lines.len() > state.max_batch_lines {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_lines",
+            format!("a batch may hold at most {} lines", state.max_batch_lines),
+        ));
+    }
+    let mut submissions = Vec::with_capacity(lines.len());
+    let mut numbers = Vec::with_capacity(lines.len());
+    let mut errors = Vec::new();
+    for (number, line) in lines {
+        let line_trace = new_trace_id();
+        let checked = generic::normalize(&line, &context(state, &line_trace)).and_then(|inquiry| {
+            if grant.allows(&inquiry.account) {
+                Ok(inquiry)
+            } else {
+                Err(InputError::new(
+                    inquiry_connectors::InputErrorCode::InvalidValue,
+                    "account not allowed for this key",
+                )
+                .field("account"))
+            }
+        });
+        match checked {
+            Ok(inquiry) => {
+                let idempotency_key = idempotency_key.map(|k| format!("{k}#{number}"));
+                submissions.push(Submission {
+                    inquiry,
+                    raw: line,
+                    idempotency_key,
+                });
+                numbers.push(number);
+            }
+            Err(err) => {
+                telemetry::count_rejected(err.code.as_str());
+                errors.push(LineError {
+                    line: number,
+                    code: err.code.as_str(),
+                    field: err.field,
+                    message: err.message,
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        return Ok((submissions, numbers));
+    }
+    let mut err = ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_lines",
+        format!(
+            "{} line(s) refused; nothing of the batch was stored",
+            errors.len()
+        ),
+    );
+    err.lines = errors;
+    Err(err)
+}
+
+fn get_one(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(headers)?;
+    let id = Uuid::try_parse(id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "the id is not a uuid",
+        )
+    })?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no inquiry with this id",
+        )
+    };
+    let bytes = state
+        .store
+        .get_inquiry(id)
+        .map_err(store_error)?
+        .ok_or_else(not_found)?;
+    let stored: StoredInquiry = serde_json::from_slice(&bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "stored record is unreadable",
+        )
+    })?;
+    // A key that may not see the account learns nothing, not even that the id exists.
+    if !grant.allows(&stored.inquiry.account) {
+        return Err(not_found());
+    }
+    Ok(json_response(StatusCode::OK, &stored))
+}
+
+fn context<'a>(state: &'a ApiState, trace_id: &'a str) -> NormalizeContext<'a> {
+    NormalizeContext {
+        id: Uuid::now_v7(),
+        received_at: OffsetDateTime::now_utc(),
+        trace_id,
+        pseudonym_key: &state.pseudonym_key,
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_error",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn require_content_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if accepted.contains(&essence.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content-type must be one of {}", accepted.join(", ")),
+        ))
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ascii characters"
+            ),
+        )
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn submit_error(err: SubmitError) -> ApiError {
+    match err {
+        SubmitError::Overloaded => ApiError::overloaded(),
+        SubmitError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the gateway is shutting down",
+        )
+        .retry_after(5),
+        SubmitError::Store(err) => store_error(err),
+    }
+}
+
+fn store_error(err: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %err, "store failure");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the store could not complete the request",
+    )
+    .retry_after(1)
+}
+
+/// The trace id of the W3C `traceparent` header, or a new one.
+fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut parts = v.split('-');
+            let (_version, trace) = (parts.next()?, parts.next()?);
+            let valid = trace.len() == 32
+                && trace
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && trace.bytes().any(|b| b != b'0');
+            valid.then(|| trace.to_owned())
+        })
+        .unwrap_or_else(new_trace_id)
+}
+
+fn new_trace_id() -> String {
+    Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,114 @@
+//! Per-account API keys for the ingest API.
+//!
+//! Keys are held only as SHA-256 digests and looked up by the digest of the presented key, so
+//! the comparison never runs over the secret itself.
+
+use std::collections::HashMap;
+
+use http::{header, HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::config::AuthConfig;
+
+/// What a caller may do.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// No keys are configured (loopback embedded default): every account.
+    Open,
+    /// A key: the accounts it names.
+    Key {
+        /// The key's name from the config.
+        id: String,
+        /// Accounts it may use; `None` for all (`"*"`).
+        accounts: Option<Vec<String>>,
+    },
+}
+
+impl Grant {
+    /// True if this grant covers `account`.
+    pub fn allows(&self, account: &str) -> bool {
+        match self {
+            Grant::Open => true,
+            Grant::Key { accounts: None, .. } => true,
+            Grant::Key {
+                accounts: Some(accounts),
+                ..
+            } => accounts.iter().any(|a| a == account),
+        }
+    }
+
+    /// 403 for an account outside the grant.
+    pub fn check(&self, account: &str) -> Result<(), ApiError> {
+        if self.allows(account) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "account_forbidden",
+                "this key may not use that account",
+            )
+            .field_name("account"))
+        }
+    }
+}
+
+/// The configured keys.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    keys: Option<HashMap<[u8; 32], Grant>>,
+}
+
+impl Authenticator {
+    /// Builds the key table from config; no keys means an open API.
+    pub fn new(config: &AuthConfig) -> Self {
+        if config.api_keys.is_empty() {
+            return Authenticator { keys: None };
+        }
+        let keys = config
+            .api_keys
+            .iter()
+            .map(|k| {
+                let accounts = (!k.accounts.iter().any(|a| a == "*")).then(|| k.accounts.clone());
+                (
+                    digest(&k.key),
+                    Grant::Key {
+                        id: k.id.clone(),
+                        accounts,
+                    },
+                )
+            })
+            .collect();
+        Authenticator { keys: Some(keys) }
+    }
+
+    /// True when no keys are configured.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_none()
+    }
+
+    /// The grant of the request's `Authorization: Bearer` key, or 401.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
+        let Some(keys) = &self.keys else {
+            return Ok(Grant::Open);
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "send an api key as Authorization: Bearer <key>",
+                )
+            })?;
+        keys.get(&digest(presented.trim())).cloned().ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown api key")
+        })
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}

@@ -1,0 +1,180 @@
+//! The HTTP side: the ingest listener (behind tower's ingress limits) and the admin listener.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower::{BoxError, ServiceBuilder};
+
+use self::api::ApiState;
+use self::error::{json_response, ApiError};
+use crate::pipeline::Pipeline;
+
+/// The response type of every handler.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Ingress limits of the ingest listener.
+#[derive(Debug, Clone, Copy)]
+pub struct IngressLimits {
+    /// Requests in progress at once.
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+/// Serves the ingest API on `listener` until `shutdown` resolves, then drains open connections.
+pub async fn serve_ingest(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    limits: IngressLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = ServiceBuilder::new()
+        // Overload and timeouts become 503 with Retry-After, never a dropped connection.
+        .map_result(limit_error_to_response)
+        // Refuse at once when the concurrency limit is reached instead of queueing unboundedly.
+        .load_shed()
+        // Bounds memory: each request in progress may hold a body of up to max_body_bytes.
+        .concurrency_limit(limits.max_concurrent_requests)
+        // A client never waits forever; its inquiry may still land, and retrying is safe (dedup).
+        .timeout(limits.request_timeout)
+        .service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(api::handle(state, req).await) }
+        });
+    serve(listener, TowerToHyperService::new(service), shutdown).await;
+}
+
+/// What the admin endpoints report on.
+pub struct AdminState {
+    /// The pipeline (its readiness covers the embedded store).
+    pub pipeline: Pipeline,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(admin(&state, &req)) }
+    });
+    serve(listener, service, shutdown).await;
+}
+
+fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
+    if req.method() != Method::GET {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "admin endpoints are GET only",
+        )
+        .into_response("");
+    }
+    match req.uri().path() {
+        "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        "/readyz" => {
+            let embedded = state.pipeline.is_ready();
+            let status = if embedded {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let sink = if embedded { "ready" } else { "unavailable" };
+            json_response(
+                status,
+                &json!({ "ready": embedded, "sinks": { "embedded": sink } }),
+            )
+        }
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response("")
+        }
+    }
+}
+
+/// Always `Ok`: the `BoxError` type only satisfies tower's `From<S::Error>` bound.
+fn limit_error_to_response(
+    result: Result<HttpResponse, BoxError>,
+) -> Result<HttpResponse, BoxError> {
+    Ok(result.unwrap_or_else(|err| {
+        if err.is::<tower::timeout::error::Elapsed>() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long; retry later",
+            )
+            .retry_after(1)
+            .into_response("")
+        } else {
+            ApiError::overloaded().into_response("")
+        }
+    }))
+}
+
+/// Accepts HTTP/1.1 connections until `shutdown`, then lets open ones finish (up to 10 s).
+async fn serve<S>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = HttpResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service.clone());
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+}

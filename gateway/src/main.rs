@@ -1,0 +1,84 @@
+//! `inquiry-gateway`: run the gateway, or check a configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use inquiry_gateway::config::Config;
+
+/// The inquiry gateway.
+#[derive(Parser)]
+#[command(name = "inquiry-gateway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway; without --config, the embedded default on 127.0.0.1:8080 (admin :9090).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validates a configuration file without any network or store access.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => match load(Some(&config)).and_then(|c| Ok(c.validate()?)) {
+            Ok(()) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{}: {err:#}", config.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("inquiry-gateway: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Config::from_toml(&text)?)
+}
+
+fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(config_path.as_ref())?;
+    config.validate()?;
+    inquiry_gateway::telemetry::init_logs(&config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(inquiry_gateway::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

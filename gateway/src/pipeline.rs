@@ -1,0 +1,407 @@
+//! The pipeline, in one place: ingest -> normalize -> dedup -> route -> sink.
+//!
+//! HTTP handlers normalize (in parallel, on the async workers) and [`Pipeline::submit`] the result
+//! into a bounded queue; a full queue is refused at once ([`SubmitError::Overloaded`]), never
+//! waited on or dropped. One stage thread drains the queue into batches and, per batch:
+//! deduplicates, routes, writes everything in one atomic store batch with one fsync (group commit),
+//! and only then acknowledges each request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use inquiry_connectors::{Channel, Inquiry};
+use metrics::{counter, gauge, histogram};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::routing::{Decision, FallbackRouter, RouteOutcome, Router};
+use crate::store::{Store, StoreError};
+use crate::telemetry::{self, Hop};
+
+/// An inquiry as kept in the store and returned by `GET /v1/inquiries/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredInquiry {
+    /// The canonical envelope.
+    pub inquiry: Inquiry,
+    /// Where routing sent it.
+    pub decision: Decision,
+}
+
+/// A dead letter: an inquiry that a router failed on and the fallback route took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The inquiry.
+    pub inquiry_id: Uuid,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// Details (no personal data).
+    pub detail: String,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// One normalized inquiry handed to the pipeline.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The normalized inquiry.
+    pub inquiry: Inquiry,
+    /// The original payload, kept beside it.
+    pub raw: Bytes,
+    /// The client's Idempotency-Key, when it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// Whether an inquiry is new or was already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Stored now.
+    Accepted,
+    /// Stored before (same channel, account and external id, or same Idempotency-Key): the first id.
+    Duplicate,
+}
+
+impl AckStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The durable acknowledgement of one submitted inquiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Id of the stored inquiry (the earlier one for a duplicate).
+    pub id: Uuid,
+    /// New or duplicate.
+    pub status: AckStatus,
+}
+
+/// Why a submission was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full: retry later.
+    #[error("pipeline queue is full")]
+    Overloaded,
+    /// The gateway is shutting down.
+    #[error("pipeline is stopped")]
+    Stopped,
+    /// The store failed to commit the batch: nothing of it was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Sizes of the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineLimits {
+    /// Requests that may wait in the queue.
+    pub queue_capacity: usize,
+    /// Most inquiries in one group commit.
+    pub max_batch_inquiries: usize,
+}
+
+struct Job {
+    items: Vec<Submission>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<Ack>, StoreError>>,
+}
+
+/// Handle to the running pipeline; cheap to clone. When every handle is dropped the stage
+/// thread commits what is queued and stops.
+#[derive(Clone)]
+pub struct Pipeline {
+    tx: mpsc::Sender<Job>,
+    store_ok: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Starts the stage thread.
+    pub fn start(
+        store: Store,
+        router: Arc<dyn Router>,
+        fallback: FallbackRouter,
+        limits: PipelineLimits,
+    ) -> (Pipeline, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(limits.queue_capacity);
+        let store_ok = Arc::new(AtomicBool::new(true));
+        gauge!(telemetry::QUEUE_CAPACITY).set(limits.queue_capacity as f64);
+        let stage = Stage {
+            rx,
+            store,
+            router,
+            fallback,
+            max_batch: limits.max_batch_inquiries,
+            store_ok: store_ok.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("pipeline-stage".to_owned())
+            .spawn(move || stage.run())
+            .expect("spawning the pipeline thread");
+        (Pipeline { tx, store_ok }, thread)
+    }
+
+    /// Queues inquiries and waits until they are durable. Refuses at once when the queue is full.
+    pub async fn submit(&self, items: Vec<Submission>) -> Result<Vec<Ack>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            items,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })?;
+        Ok(answer.await.map_err(|_| SubmitError::Stopped)??)
+    }
+
+    /// True while the stage runs and its last commit succeeded.
+    pub fn is_ready(&self) -> bool {
+        !self.tx.is_closed() && self.store_ok.load(Ordering::Relaxed)
+    }
+}
+
+/// The stage thread's state.
+struct Stage {
+    rx: mpsc::Receiver<Job>,
+    store: Store,
+    router: Arc<dyn Router>,
+    fallback: FallbackRouter,
+    max_batch: usize,
+    store_ok: Arc<AtomicBool>,
+}
+
+impl Stage {
+    fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut size = first.items.len();
+            let mut jobs = vec![first];
+            while size < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        size += job.items.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            gauge!(telemetry::QUEUE_DEPTH).set(self.rx.len() as f64);
+            self.process(jobs);
+        }
+        tracing::info!("pipeline stage stopped");
+    }
+
+    /// Dedup, route and commit one batch of jobs, then answer each job.
+    fn process(&self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        for job in &jobs {
+            record_per_channel(Hop::Queue, &job.items, started - job.enqueued);
+        }
+        match self.commit(&jobs) {
+            Ok(acks) => {
+                self.store_ok.store(true, Ordering::Relaxed);
+                for (job, acks) in jobs.into_iter().zip(acks) {
+                    for (item, ack) in job.items.iter().zip(&acks) {
+                        let channel = item.inquiry.channel.as_str();
+                        counter!(telemetry::INQUIRIES, "outcome" => ack.status.as_str(), "channel" => channel)
+                            .increment(1);
+                        tracing::debug!(trace_id = %item.inquiry.trace_id, inquiry_id = %ack.id, channel,
+                            status = ack.status.as_str(), "inquiry durable");
+                    }
+                    let _ = job.reply.send(Ok(acks));
+                }
+            }
+            Err(err) => {
+                self.store_ok.store(false, Ordering::Relaxed);
+                counter!(telemetry::STORE_ERRORS).increment(1);
+                tracing::error!(error = %err, jobs = jobs.len(), "group commit failed; batch not acknowledged");
+                for job in jobs {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Returns one ack list per job, in order, once the batch is durable.
+    fn commit(&self, jobs: &[Job]) -> Result<Vec<Vec<Ack>>, StoreError> {
+        // Dedup: against the store and within this batch.
+        let dedup_started = Instant::now();
+        let mut acks: Vec<Vec<Ack>> = Vec::with_capacity(jobs.len());
+        let mut fresh: Vec<(&Submission, Vec<Vec<u8>>)> = Vec::new();
+        let mut pending: HashMap<Vec<u8>, Uuid> = HashMap::new();
+        for job in jobs {
+            let mut job_acks = Vec::with_capacity(job.items.len());
+            for item in &job.items {
+                let keys = dedup_keys(item);
+                let mut earlier = None;
+                for key in &keys {
+                    earlier = match pending.get(key) {
+                        Some(id) => Some(*id),
+                        None => self.store.find_dedup(key)?,
+                    };
+                    if earlier.is_some() {
+                        break;
+                    }
+                }
+                match earlier {
+                    Some(id) => job_acks.push(Ack {
+                        id,
+                        status: AckStatus::Duplicate,
+                    }),
+                    None => {
+                        let id = item.inquiry.id;
+                        for key in &keys {
+                            pending.insert(key.clone(), id);
+                        }
+                        job_acks.push(Ack {
+                            id,
+                            status: AckStatus::Accepted,
+                        });
+                        fresh.push((item, keys));
+                    }
+                }
+            }
+            acks.push(job_acks);
+        }
+        let all: Vec<&Submission> = jobs.iter().flat_map(|j| &j.items).collect();
+        record_per_channel(Hop::Dedup, all.iter().copied(), dedup_started.elapsed());
+
+        // Route the new ones.
+        let route_started = Instant::now();
+        let decisions = self.route(
+            &fresh
+                .iter()
+                .map(|(item, _)| &item.inquiry)
+                .collect::<Vec<_>>(),
+        );
+        record_per_channel(
+            Hop::Route,
+            fresh.iter().map(|(item, _)| *item),
+            route_started.elapsed(),
+        );
+
+        // Sink: one atomic batch, one fsync.
+        let store_started = Instant::now();
+        let mut batch = self.store.batch();
+        for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
+            let id = item.inquiry.id;
+            let record = StoredInquiry {
+                inquiry: item.inquiry.clone(),
+                decision,
+            };
+            batch.put_inquiry(
+                id,
+                serde_json::to_vec(&record).expect("inquiries serialize"),
+                &item.raw,
+            );
+            for key in keys {
+                batch.put_dedup(key, id);
+            }
+            if let Some(letter) = dead_letter {
+                batch.put_dead_letter(
+                    id,
+                    serde_json::to_vec(&letter).expect("dead letters serialize"),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit()?;
+        }
+        let elapsed = store_started.elapsed();
+        histogram!(telemetry::STORE_COMMIT).record(elapsed.as_secs_f64());
+        histogram!(telemetry::STORE_BATCH).record(fresh.len() as f64);
+        record_per_channel(Hop::Store, all.iter().copied(), elapsed);
+        Ok(acks)
+    }
+
+    /// Asks the router, and sends what it could not decide down the fallback route.
+    fn route(&self, batch: &[&Inquiry]) -> Vec<(Decision, Option<DeadLetter>)> {
+        let mut outcomes = self.router.route(batch);
+        if outcomes.len() != batch.len() {
+            let detail = format!(
+                "router returned {} outcomes for {} inquiries",
+                outcomes.len(),
+                batch.len()
+            );
+            outcomes = vec![
+                RouteOutcome::Failed {
+                    reason: "router_contract",
+                    detail
+                };
+                batch.len()
+            ];
+        }
+        batch
+            .iter()
+            .zip(outcomes)
+            .map(|(inquiry, outcome)| match outcome {
+                RouteOutcome::Decided(decision) => (decision, None),
+                RouteOutcome::Undecided => (self.fallback.decide(inquiry, None), None),
+                RouteOutcome::Failed { reason, detail } => {
+                    counter!(telemetry::DEAD_LETTERS, "reason" => reason).increment(1);
+                    tracing::warn!(trace_id = %inquiry.trace_id, inquiry_id = %inquiry.id, reason,
+                        "routing failed; fallback route taken");
+                    let letter = DeadLetter {
+                        inquiry_id: inquiry.id,
+                        reason: reason.to_owned(),
+                        detail,
+                        at: OffsetDateTime::now_utc(),
+                    };
+                    (self.fallback.decide(inquiry, Some(reason)), Some(letter))
+                }
+            })
+            .collect()
+    }
+}
+
+/// The keys an inquiry is deduplicated by: (channel, account, external message id), and
+/// (channel, account, Idempotency-Key) when the client sent one. Length-prefixed, so no
+/// value can imitate another.
+pub fn dedup_keys(item: &Submission) -> Vec<Vec<u8>> {
+    let inquiry = &item.inquiry;
+    let key = |kind: &str, value: &str| {
+        let mut key = Vec::with_capacity(64);
+        for part in [
+            inquiry.channel.as_str(),
+            inquiry.account.as_str(),
+            kind,
+            value,
+        ] {
+            key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            key.extend_from_slice(part.as_bytes());
+        }
+        key
+    };
+    let mut keys = vec![key("message", &inquiry.external.message_id)];
+    if let Some(idempotency_key) = &item.idempotency_key {
+        keys.push(key("idempotency", idempotency_key));
+    }
+    keys
+}
+
+/// Records `elapsed` for every submission, grouped by channel (one histogram update per channel).
+fn record_per_channel<'a>(
+    hop: Hop,
+    items: impl IntoIterator<Item = &'a Submission>,
+    elapsed: Duration,
+) {
+    let mut counts = [0usize; Channel::ALL.len()];
+    for item in items {
+        counts[item.inquiry.channel as usize] += 1;
+    }
+    for (channel, count) in Channel::ALL.iter().zip(counts) {
+        if count > 0 {
+            telemetry::record_hop(hop, *channel, elapsed, count);
+        }
+    }
+}

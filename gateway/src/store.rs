@@ -1,0 +1,190 @@
+//! The embedded durable store: fjall (an LSM-tree engine in safe Rust) on local disk.
+//!
+//! Every group commit is one atomic fjall batch written to the journal and fsynced once
+//! ([`StoreBatch::commit`]), so the cost of an fsync is shared by every request in the batch.
+//! Keys of the `inquiries` partition are UUIDv7 bytes, so writes arrive in time order.
+
+use std::path::Path;
+
+use fjall::{
+    Batch, Config as FjallConfig, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode,
+};
+use uuid::Uuid;
+
+/// Partition names; one place for the on-disk layout.
+mod partition {
+    /// `id -> StoredInquiry` JSON.
+    pub const INQUIRIES: &str = "inquiries";
+    /// `id -> original payload bytes`.
+    pub const RAW: &str = "raw";
+    /// `dedup key -> id`.
+    pub const DEDUP: &str = "dedup";
+    /// `id -> dead-letter record` JSON.
+    pub const DEAD_LETTERS: &str = "dead_letters";
+    /// Store metadata (`pseudonym_key`).
+    pub const META: &str = "meta";
+}
+
+const META_PSEUDONYM_KEY: &str = "pseudonym_key";
+
+/// A store failure; the caller answers 503 and nothing is acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("embedded store: {0}")]
+pub struct StoreError(String);
+
+impl From<fjall::Error> for StoreError {
+    fn from(err: fjall::Error) -> Self {
+        StoreError(err.to_string())
+    }
+}
+
+/// The embedded store. Cheap to clone: every clone shares one keyspace.
+#[derive(Clone)]
+pub struct Store {
+    keyspace: Keyspace,
+    inquiries: PartitionHandle,
+    raw: PartitionHandle,
+    dedup: PartitionHandle,
+    dead_letters: PartitionHandle,
+    meta: PartitionHandle,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`, recovering the journal after a crash.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let keyspace = FjallConfig::new(path).open()?;
+        let open = |name| keyspace.open_partition(name, PartitionCreateOptions::default());
+        Ok(Store {
+            inquiries: open(partition::INQUIRIES)?,
+            raw: open(partition::RAW)?,
+            dedup: open(partition::DEDUP)?,
+            dead_letters: open(partition::DEAD_LETTERS)?,
+            meta: open(partition::META)?,
+            keyspace,
+        })
+    }
+
+    /// The pseudonym key kept in the store, generated and persisted on first use.
+    pub fn pseudonym_key(&self) -> Result<Vec<u8>, StoreError> {
+        if let Some(key) = self.meta.get(META_PSEUDONYM_KEY)? {
+            return Ok(key.to_vec());
+        }
+        let mut key = vec![0u8; 32];
+        getrandom::fill(&mut key).expect("the operating system provides randomness");
+        let mut batch = self.batch();
+        batch
+            .inner
+            .insert(&self.meta, META_PSEUDONYM_KEY, key.clone());
+        batch.commit()?;
+        Ok(key)
+    }
+
+    /// The id stored under a dedup key, if any.
+    pub fn find_dedup(&self, key: &[u8]) -> Result<Option<Uuid>, StoreError> {
+        Ok(self.dedup.get(key)?.and_then(|v| Uuid::from_slice(&v).ok()))
+    }
+
+    /// The stored inquiry record (JSON of `StoredInquiry`), if any.
+    pub fn get_inquiry(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inquiries.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// The original payload of an inquiry, if kept.
+    pub fn get_raw(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.raw.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// The dead-letter record of an inquiry, if it has one.
+    pub fn get_dead_letter(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.dead_letters.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Number of stored inquiries (exact; walks the partition, for tests and tools).
+    pub fn count_inquiries(&self) -> Result<usize, StoreError> {
+        Ok(self.inquiries.len()?)
+    }
+
+    /// A new atomic batch.
+    pub fn batch(&self) -> StoreBatch<'_> {
+        StoreBatch {
+            store: self,
+            inner: self.keyspace.batch().durability(Some(PersistMode::SyncAll)),
+        }
+    }
+}
+
+/// Writes applied together, atomically, with one fsync.
+pub struct StoreBatch<'a> {
+    store: &'a Store,
+    inner: Batch,
+}
+
+impl StoreBatch<'_> {
+    /// Adds an inquiry record and its original payload.
+    pub fn put_inquiry(&mut self, id: Uuid, record: Vec<u8>, raw: &[u8]) {
+        self.inner
+            .insert(&self.store.inquiries, id.as_bytes().as_slice(), record);
+        self.inner
+            .insert(&self.store.raw, id.as_bytes().as_slice(), raw);
+    }
+
+    /// Maps a dedup key to an id.
+    pub fn put_dedup(&mut self, key: &[u8], id: Uuid) {
+        self.inner
+            .insert(&self.store.dedup, key, id.as_bytes().as_slice());
+    }
+
+    /// Adds a dead-letter record for an inquiry.
+    pub fn put_dead_letter(&mut self, id: Uuid, record: Vec<u8>) {
+        self.inner
+            .insert(&self.store.dead_letters, id.as_bytes().as_slice(), record);
+    }
+
+    /// Number of writes in the batch.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// True when the batch holds no writes.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Writes the batch to the journal and fsyncs it: durable when this returns `Ok`.
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.inner.commit()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_batches_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = store.batch();
+            batch.put_inquiry(id, b"{\"a\":1}".to_vec(), b"raw");
+            batch.put_dedup(b"generic\0shop\0m:1", id);
+            batch.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_inquiry(id).unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(store.get_raw(id).unwrap().unwrap(), b"raw");
+        assert_eq!(store.find_dedup(b"generic\0shop\0m:1").unwrap(), Some(id));
+        assert_eq!(store.find_dedup(b"generic\0shop\0m:2").unwrap(), None);
+        assert_eq!(store.count_inquiries().unwrap(), 1);
+    }
+
+    #[test]
+    fn pseudonym_key_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap().pseudonym_key().unwrap();
+        let second = Store::open(dir.path()).unwrap().pseudonym_key().unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,123 @@
+//! Metrics and logs: every metric name in one place, labels from small fixed sets only.
+//!
+//! Names follow `inquiry_gateway_<name>_<unit>[_total]`. Labels are `hop`, `channel` (a fixed
+//! enum), `outcome` and `reason` (fixed code lists); never a shop id, buyer or error text.
+
+use std::time::Duration;
+
+use inquiry_connectors::Channel;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency of one hop of the pipeline, per inquiry. Labels: `hop`, `channel`.
+pub const HOP_DURATION: &str = "inquiry_gateway_hop_duration_seconds";
+/// Inquiries that passed ingest. Labels: `outcome` (`accepted`, `duplicate`), `channel`.
+pub const INQUIRIES: &str = "inquiry_gateway_inquiries_total";
+/// Requests or lines refused. Label: `reason`.
+pub const REJECTED: &str = "inquiry_gateway_rejected_total";
+/// Inquiries dead-lettered (routed by the fallback after a failure). Label: `reason`.
+pub const DEAD_LETTERS: &str = "inquiry_gateway_dead_letters_total";
+/// Requests waiting in the pipeline queue.
+pub const QUEUE_DEPTH: &str = "inquiry_gateway_queue_depth";
+/// Capacity of the pipeline queue, in requests.
+pub const QUEUE_CAPACITY: &str = "inquiry_gateway_queue_capacity";
+/// Duration of one group commit (write + fsync) of the embedded store.
+pub const STORE_COMMIT: &str = "inquiry_gateway_store_commit_seconds";
+/// Inquiries per group commit.
+pub const STORE_BATCH: &str = "inquiry_gateway_store_batch_inquiries";
+/// Group commits that failed (nothing of them was acknowledged).
+pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
+
+/// Buckets for latencies, 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for group-commit sizes.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+
+/// A hop of the pipeline, the `hop` label of [`HOP_DURATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Parsing and normalizing the payload.
+    Normalize,
+    /// Waiting in the pipeline queue.
+    Queue,
+    /// Looking up dedup keys.
+    Dedup,
+    /// Routing.
+    Route,
+    /// Group commit to the embedded store.
+    Store,
+    /// From the request's arrival to its acknowledgement.
+    Ingest,
+}
+
+impl Hop {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Normalize => "normalize",
+            Hop::Queue => "queue",
+            Hop::Dedup => "dedup",
+            Hop::Route => "route",
+            Hop::Store => "store",
+            Hop::Ingest => "ingest",
+        }
+    }
+}
+
+/// Records that `count` inquiries of `channel` each spent `elapsed` in `hop`.
+pub fn record_hop(hop: Hop, channel: Channel, elapsed: Duration, count: usize) {
+    histogram!(HOP_DURATION, "hop" => hop.as_str(), "channel" => channel.as_str())
+        .record_many(elapsed.as_secs_f64(), count);
+}
+
+/// Counts a refused request or line.
+pub fn count_rejected(reason: &'static str) {
+    counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+/// Installs the Prometheus recorder for the process and describes every metric.
+pub fn install_metrics() -> PrometheusHandle {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.to_owned()), BATCH_BUCKETS)
+        })
+        .expect("bucket lists are non-empty")
+        .install_recorder()
+        .expect("the metrics recorder is installed once per process");
+    describe_histogram!(
+        HOP_DURATION,
+        Unit::Seconds,
+        "latency of one pipeline hop per inquiry"
+    );
+    describe_counter!(INQUIRIES, "inquiries that passed ingest, by outcome");
+    describe_counter!(REJECTED, "requests or lines refused, by reason");
+    describe_counter!(DEAD_LETTERS, "inquiries dead-lettered, by reason");
+    describe_gauge!(QUEUE_DEPTH, "requests waiting in the pipeline queue");
+    describe_gauge!(QUEUE_CAPACITY, "capacity of the pipeline queue in requests");
+    describe_histogram!(
+        STORE_COMMIT,
+        Unit::Seconds,
+        "duration of one group commit including fsync"
+    );
+    describe_histogram!(STORE_BATCH, "inquiries per group commit");
+    describe_counter!(STORE_ERRORS, "group commits that failed");
+    handle
+}
+
+/// Starts JSON logs on stdout; `RUST_LOG` overrides `level`.
+pub fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .init();
+}
