@@ -202,7 +202,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Parses TOML text after replacing every `${NAME}` with the environment variable NAME.
+    /// Parses TOML text, replacing `${NAME}` in string values with the environment variable NAME
+    /// (comments and keys are left alone, and a value can never inject TOML syntax).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         Self::from_toml_with_env(text, |name| std::env::var(name).ok())
     }
@@ -212,8 +213,9 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let text = interpolate(text, env)?;
-        Ok(toml::from_str(&text)?)
+        let mut value: toml::Value = toml::from_str(text)?;
+        interpolate_strings(&mut value, &env)?;
+        Ok(value.try_into()?)
     }
 
     /// Checks the values; pure: no network, no filesystem.
@@ -285,8 +287,26 @@ impl Config {
     }
 }
 
+/// Interpolates every string inside `value`.
+fn interpolate_strings(
+    value: &mut toml::Value,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => *s = interpolate(s, env)?,
+        toml::Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|v| interpolate_strings(v, env))?,
+        toml::Value::Table(table) => table
+            .iter_mut()
+            .try_for_each(|(_, v)| interpolate_strings(v, env))?,
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Replaces `${NAME}` with the value of NAME; `$$` is a literal `$`.
-fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -339,7 +359,12 @@ mod tests {
             err.to_string(),
             "environment variable `NOPE` is not set (referenced as ${NOPE})"
         );
-        assert_eq!(interpolate("a$$b$c", env).unwrap(), "a$b$c");
+        assert_eq!(interpolate("a$$b$c", &env).unwrap(), "a$b$c");
+        let commented = "# key = \"${NOPE}\"\n[log]\nlevel = \"info\"";
+        assert!(
+            Config::from_toml_with_env(commented, env).is_ok(),
+            "comments are not interpolated"
+        );
     }
 
     #[test]

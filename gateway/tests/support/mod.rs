@@ -1,0 +1,352 @@
+//! Test support: the real gateway binary in a temporary directory, and a keep-alive HTTP client.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+/// A gateway process started from the built binary.
+pub struct Gateway {
+    child: Option<Child>,
+    /// Its working directory (holds the store and the config file).
+    pub dir: PathBuf,
+    /// Ingest listener.
+    pub ingest: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    extra_config: String,
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl Gateway {
+    /// Starts a gateway with a fresh store and `extra_config` appended to its config file.
+    pub async fn start(extra_config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap().keep();
+        Gateway::start_in(dir, extra_config).await
+    }
+
+    /// Starts a gateway whose store lives in `dir` (reused across restarts).
+    pub async fn start_in(dir: PathBuf, extra_config: &str) -> Gateway {
+        let mut gateway = Gateway {
+            child: None,
+            dir,
+            ingest: free_addr(),
+            admin: free_addr(),
+            extra_config: extra_config.to_owned(),
+        };
+        gateway.spawn().await;
+        gateway
+    }
+
+    async fn spawn(&mut self) {
+        let config = format!(
+            "[ingest]\nlisten = \"{}\"\n{}\n[admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{}\n",
+            self.ingest,
+            section_body(&self.extra_config, "ingest"),
+            self.admin,
+            self.dir.join("store").display(),
+            without_section(&self.extra_config, "ingest"),
+        );
+        let config_path = self.dir.join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts");
+        self.child = Some(child);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&mut self) {
+        let client = HttpClient::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = client
+                .try_request(Method::GET, &self.admin_url("/healthz"), Bytes::new(), &[])
+                .await
+            {
+                if resp.status == StatusCode::OK {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "gateway exited with {status} before it was healthy; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not healthy within 30 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Restarts the gateway on the same store and ports.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop the gateway before restarting it"
+        );
+        self.spawn().await;
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("gateway is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("gateway is running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not stop within 30 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// URL on the ingest listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ingest, path)
+    }
+
+    /// URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    /// The store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The keys of `[section]` in `config` (lines up to the next section), or "".
+fn section_body(config: &str, section: &str) -> String {
+    let header = format!("[{section}]");
+    let mut inside = false;
+    let mut out = String::new();
+    for line in config.lines() {
+        if line.trim_start().starts_with('[') {
+            inside = line.trim() == header;
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `config` without `[section]`.
+fn without_section(config: &str, section: &str) -> String {
+    let header = format!("[{section}]");
+    let mut inside = false;
+    let mut out = String::new();
+    for line in config.lines() {
+        if line.trim_start().starts_with('[') {
+            inside = line.trim() == header;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not json ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error.code` of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpClient {
+    /// A new client with its own connection pool.
+    pub fn new() -> Self {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends a request; connection errors are returned.
+    pub async fn try_request(
+        &self,
+        method: Method,
+        url: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, hyper_util::client::legacy::Error> {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let resp = self
+            .client
+            .request(builder.body(Full::new(body.into())).unwrap())
+            .await?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends a request; panics on connection errors.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.try_request(method, url, body, headers)
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// POSTs JSON.
+    pub async fn post_json(&self, url: &str, body: impl Into<Bytes>) -> Reply {
+        self.request(
+            Method::POST,
+            url,
+            body,
+            &[("content-type", "application/json")],
+        )
+        .await
+    }
+
+    /// GETs a URL.
+    pub async fn get(&self, url: &str) -> Reply {
+        self.request(Method::GET, url, Bytes::new(), &[]).await
+    }
+}
+
+/// A valid generic inquiry with the given account and external id.
+pub fn inquiry_json(account: &str, external_id: &str) -> String {
+    serde_json::json!({
+        "channel": "generic",
+        "account": account,
+        "external_id": external_id,
+        "conversation_id": format!("conv-{external_id}"),
+        "buyer": {"name": "Test Buyer", "email": format!("{external_id}@example.com"), "country": "DE", "language": "de"},
+        "subject": "Bulk order",
+        "body": "Can you ship 500 units to Berlin?",
+        "occurred_at": "2026-11-24T08:00:00Z",
+        "product_ids": ["sku-1"],
+    })
+    .to_string()
+}
+
+/// Reads a metric sample's value from a Prometheus exposition (sum over matching label sets).
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Path of a file at the workspace root.
+pub fn workspace_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
