@@ -95,7 +95,7 @@ impl Default for PipelineConfig {
 }
 
 /// The embedded durable store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Directory of the store; created if absent.
@@ -111,6 +111,20 @@ impl Default for StoreConfig {
             path: PathBuf::from("inquiry-gateway-data"),
             pseudonym_key: None,
         }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.pseudonym_key.is_some() {
+            "<set>"
+        } else {
+            "<generated>"
+        };
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("pseudonym_key", &key)
+            .finish()
     }
 }
 
@@ -408,7 +422,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_keys() {
-        let text = "[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"*\"]\n";
+        let text = "[store]\npseudonym_key = \"${KEY_A}${KEY_A}\"\n[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"*\"]\n";
         let config = Config::from_toml_with_env(text, env).unwrap();
         assert!(!format!("{config:?}").contains("0123456789abcdef"));
     }

@@ -405,3 +405,179 @@ fn record_per_channel<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
+
+    use inquiry_connectors::{generic, NormalizeContext};
+
+    use super::*;
+    use crate::config::FallbackConfig;
+    use crate::routing::{Disposition, Priority};
+
+    fn submission(external_id: &str, body: &str) -> Submission {
+        let raw = serde_json::json!({
+            "channel": "generic", "account": "shop-1", "external_id": external_id,
+            "body": body, "occurred_at": "2026-11-24T08:00:00Z",
+        })
+        .to_string();
+        let ctx = NormalizeContext {
+            id: Uuid::now_v7(),
+            received_at: OffsetDateTime::now_utc(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            pseudonym_key: b"test-key-test-key-test-key-test-key",
+        };
+        let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        Submission {
+            inquiry,
+            raw: Bytes::from(raw),
+            idempotency_key: None,
+        }
+    }
+
+    fn start(router: impl Router, queue_capacity: usize) -> (Pipeline, Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fallback = FallbackRouter::new(FallbackConfig::default());
+        let limits = PipelineLimits {
+            queue_capacity,
+            max_batch_inquiries: 1024,
+        };
+        let (pipeline, _thread) =
+            Pipeline::start(store.clone(), Arc::new(router), fallback, limits);
+        (pipeline, store, dir)
+    }
+
+    fn stored(store: &Store, id: Uuid) -> StoredInquiry {
+        serde_json::from_slice(&store.get_inquiry(id).unwrap().unwrap()).unwrap()
+    }
+
+    /// Sends bodies containing "boom" to failure and everything else to `sales`.
+    struct Picky;
+    impl Router for Picky {
+        fn route(&self, batch: &[&Inquiry]) -> Vec<RouteOutcome> {
+            batch
+                .iter()
+                .map(|inquiry| {
+                    if inquiry.body.contains("boom") {
+                        RouteOutcome::Failed {
+                            reason: "plugin_trap",
+                            detail: "unreachable executed".to_owned(),
+                        }
+                    } else {
+                        let mut decision =
+                            FallbackRouter::new(FallbackConfig::default()).decide(inquiry, None);
+                        decision.queue = "sales".to_owned();
+                        decision.priority = Priority::High;
+                        decision.decided_by = "plugin:picky@1".to_owned();
+                        RouteOutcome::Decided(decision)
+                    }
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn router_failures_take_the_fallback_route_and_are_dead_lettered() {
+        let (pipeline, store, _dir) = start(Picky, 8);
+        let acks = pipeline
+            .submit(vec![submission("a", "hello"), submission("b", "boom")])
+            .await
+            .unwrap();
+        assert!(acks.iter().all(|a| a.status == AckStatus::Accepted));
+
+        let routed = stored(&store, acks[0].id);
+        assert_eq!(
+            (routed.decision.queue.as_str(), routed.decision.priority),
+            ("sales", Priority::High)
+        );
+        assert!(store.get_dead_letter(acks[0].id).unwrap().is_none());
+
+        let failed = stored(&store, acks[1].id);
+        assert_eq!(failed.decision.queue, "unassigned");
+        assert_eq!(failed.decision.disposition, Disposition::Deliver);
+        assert_eq!(
+            failed.decision.fallback_reason.as_deref(),
+            Some("plugin_trap")
+        );
+        let letter: DeadLetter =
+            serde_json::from_slice(&store.get_dead_letter(acks[1].id).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (letter.inquiry_id, letter.reason.as_str()),
+            (acks[1].id, "plugin_trap")
+        );
+    }
+
+    /// Breaks the router contract by answering nothing.
+    struct Silent;
+    impl Router for Silent {
+        fn route(&self, _batch: &[&Inquiry]) -> Vec<RouteOutcome> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_router_breaking_its_contract_cannot_lose_inquiries() {
+        let (pipeline, store, _dir) = start(Silent, 8);
+        let acks = pipeline
+            .submit(vec![submission("a", "x"), submission("b", "y")])
+            .await
+            .unwrap();
+        for ack in acks {
+            assert_eq!(
+                stored(&store, ack.id).decision.fallback_reason.as_deref(),
+                Some("router_contract")
+            );
+            assert!(store.get_dead_letter(ack.id).unwrap().is_some());
+        }
+    }
+
+    /// Holds every batch until the test lets it go.
+    struct Gate {
+        entered: Mutex<std_mpsc::Sender<()>>,
+        release: Mutex<std_mpsc::Receiver<()>>,
+    }
+    impl Router for Gate {
+        fn route(&self, batch: &[&Inquiry]) -> Vec<RouteOutcome> {
+            self.entered.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+            vec![RouteOutcome::Undecided; batch.len()]
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_is_refused_at_once_and_nothing_queued_is_lost() {
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel();
+        let gate = Gate {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+        };
+        let (pipeline, store, _dir) = start(gate, 1);
+
+        let first = tokio::spawn({
+            let pipeline = pipeline.clone();
+            async move { pipeline.submit(vec![submission("a", "x")]).await }
+        });
+        entered.recv().unwrap(); // the stage holds the first batch
+        let second = tokio::spawn({
+            let pipeline = pipeline.clone();
+            async move { pipeline.submit(vec![submission("b", "x")]).await }
+        });
+        // The second job fills the one-slot queue; the third is refused without waiting.
+        while pipeline.tx.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let third = pipeline.submit(vec![submission("c", "x")]).await;
+        assert!(matches!(third, Err(SubmitError::Overloaded)));
+
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        let first = first.await.unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert!(store.get_inquiry(first[0].id).unwrap().is_some());
+        assert!(store.get_inquiry(second[0].id).unwrap().is_some());
+    }
+}

@@ -1,0 +1,123 @@
+//! Golden tests of the generic connector: every fixture under `fixtures/generic/ok` normalizes to
+//! its `.expected.json`; every one under `fixtures/generic/bad` is refused with the code (and
+//! field) its file name gives: `<code>--<field>.json`. Set `BLESS=1` to rewrite expectations.
+
+use std::fs;
+use std::path::Path;
+
+use inquiry_connectors::{generic, Channel, NormalizeContext, Region};
+use time::macros::datetime;
+use uuid::Uuid;
+
+fn context() -> NormalizeContext<'static> {
+    NormalizeContext {
+        id: Uuid::parse_str("01a20cca-ee25-741e-bd8f-7e3170ff15fc").unwrap(),
+        received_at: datetime!(2026-11-24 08:00:01 UTC),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+        pseudonym_key: b"golden-test-pseudonym-key-0000000",
+    }
+}
+
+fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/generic")
+        .join(kind);
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.to_string_lossy().ends_with(".expected.json")
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no {kind} fixtures");
+    files
+}
+
+#[test]
+fn valid_fixtures_normalize_to_their_golden_envelopes() {
+    for path in fixtures("ok") {
+        let inquiry = generic::normalize(&fs::read(&path).unwrap(), &context())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let actual = serde_json::to_string_pretty(&inquiry).unwrap() + "\n";
+        let expected_path = path.with_extension("expected.json");
+        if std::env::var_os("BLESS").is_some() {
+            fs::write(&expected_path, &actual).unwrap();
+        }
+        let expected = fs::read_to_string(&expected_path).unwrap_or_default();
+        assert_eq!(actual, expected, "{} (BLESS=1 rewrites it)", path.display());
+        // The envelope round-trips and carries no personal data from the payload.
+        assert_eq!(
+            serde_json::from_str::<inquiry_connectors::Inquiry>(&actual).unwrap(),
+            inquiry
+        );
+        for personal in ["Anna", "Example.com", "example.com", "example.jp"] {
+            assert!(
+                !actual.contains(personal),
+                "{}: personal data `{personal}` in envelope",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_fixtures_are_refused_with_the_code_and_field_in_their_name() {
+    for path in fixtures("bad") {
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let (code, field) = stem
+            .split_once("--")
+            .map_or((stem.as_str(), None), |(c, f)| (c, Some(f)));
+        let err = generic::normalize(&fs::read(&path).unwrap(), &context()).expect_err(&stem);
+        assert_eq!(err.code.as_str(), code, "{stem}: {err}");
+        if let Some(field) = field {
+            assert_eq!(err.field.as_deref(), Some(field), "{stem}");
+        }
+    }
+}
+
+#[test]
+fn pseudonyms_are_stable_per_buyer_and_keyed() {
+    let doc = |email: &str| {
+        format!(
+            r#"{{"channel":"generic","account":"s","external_id":"{email}","buyer":{{"email":"{email}"}},"body":"x","occurred_at":"2026-11-01T00:00:00Z"}}"#
+        )
+    };
+    let ctx = context();
+    let a1 = generic::normalize(doc("a@example.com").as_bytes(), &ctx)
+        .unwrap()
+        .buyer
+        .pseudonym;
+    let a2 = generic::normalize(doc("A@Example.com ").as_bytes(), &ctx)
+        .unwrap()
+        .buyer
+        .pseudonym;
+    let b = generic::normalize(doc("b@example.com").as_bytes(), &ctx)
+        .unwrap()
+        .buyer
+        .pseudonym;
+    assert_eq!(a1, a2, "the same buyer gets the same pseudonym");
+    assert_ne!(a1, b);
+    let other_key = NormalizeContext {
+        pseudonym_key: b"another-key-another-key-another-k",
+        ..ctx
+    };
+    assert_ne!(
+        generic::normalize(doc("a@example.com").as_bytes(), &other_key)
+            .unwrap()
+            .buyer
+            .pseudonym,
+        a1
+    );
+}
+
+#[test]
+fn regions_and_channels() {
+    assert_eq!(Region::of_country("DE"), Region::Eu);
+    assert_eq!(Region::of_country("NO"), Region::Eu);
+    assert_eq!(Region::of_country("US"), Region::Other);
+    for channel in Channel::ALL {
+        assert_eq!(channel.as_str().parse::<Channel>(), Ok(*channel));
+    }
+}
