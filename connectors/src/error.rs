@@ -50,11 +50,7 @@ pub struct InputError {
 impl InputError {
     /// A new error with `code` and `message`.
     pub fn new(code: InputErrorCode, message: impl Into<String>) -> Self {
-        InputError {
-            code,
-            field: None,
-            message: message.into(),
-        }
+        InputError { code, field: None, message: message.into() }
     }
 
     /// Names the offending field.
@@ -64,28 +60,37 @@ impl InputError {
     }
 
     /// Sorts a serde_json error into a code. serde_json reports data errors only as text, so the
-    /// well-known prefixes of its messages decide; its messages name fields and types, never values.
+    /// well-known prefixes of its messages decide. Its messages can quote the offending value
+    /// (personal data), so the message is rebuilt from the schema side only: field names and the
+    /// expected type, never the value.
     pub fn from_json(err: serde_json::Error) -> Self {
         use serde_json::error::Category;
         let text = err.to_string();
-        let code = match err.classify() {
-            Category::Syntax | Category::Eof | Category::Io => InputErrorCode::MalformedJson,
-            Category::Data if text.starts_with("missing field") => InputErrorCode::MissingField,
-            Category::Data if text.starts_with("unknown field") => InputErrorCode::UnknownField,
-            Category::Data if text.starts_with("invalid type") => InputErrorCode::InvalidType,
-            Category::Data => InputErrorCode::InvalidValue,
+        let at = format!("at line {} column {}", err.line(), err.column());
+        let quoted = || text.split('`').nth(1).map(|f| f.chars().take(64).collect::<String>());
+        let (code, field, message) = match err.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                (InputErrorCode::MalformedJson, None, format!("malformed json {at}"))
+            }
+            Category::Data if text.starts_with("missing field") => {
+                let field = quoted();
+                let message = format!("missing field `{}`", field.as_deref().unwrap_or("?"));
+                (InputErrorCode::MissingField, field, message)
+            }
+            Category::Data if text.starts_with("unknown field") => {
+                let field = quoted();
+                let message = format!("unknown field `{}` {at}", field.as_deref().unwrap_or("?"));
+                (InputErrorCode::UnknownField, field, message)
+            }
+            Category::Data if text.starts_with("invalid type") => {
+                // "invalid type: <found>, expected <what the schema wants> at line ..."
+                let expected = text.rsplit_once(", expected ").map_or("", |(_, e)| e);
+                let expected = expected.split(" at line ").next().unwrap_or_default();
+                (InputErrorCode::InvalidType, None, format!("wrong json type {at}: expected {expected}"))
+            }
+            Category::Data => (InputErrorCode::InvalidValue, None, format!("invalid value {at}")),
         };
-        let field = text.split('`').nth(1).filter(|_| {
-            matches!(
-                code,
-                InputErrorCode::MissingField | InputErrorCode::UnknownField
-            )
-        });
-        InputError {
-            code,
-            field: field.map(str::to_owned),
-            message: text,
-        }
+        InputError { code, field, message }
     }
 }
 

@@ -76,26 +76,20 @@ pub struct GenericBuyer {
 /// Parses one generic JSON document and normalizes it into an [`Inquiry`].
 pub fn normalize(raw: &[u8], ctx: &NormalizeContext<'_>) -> Result<Inquiry, InputError> {
     let text = std::str::from_utf8(raw).map_err(|e| {
-        InputError::new(
-            InputErrorCode::InvalidUtf8,
-            format!("body is not valid utf-8 at byte {}", e.valid_up_to()),
-        )
+        InputError::new(InputErrorCode::InvalidUtf8, format!("body is not valid utf-8 at byte {}", e.valid_up_to()))
     })?;
+    // serde's derived structs also accept positional arrays; the API takes objects only.
+    if !text.trim_start().starts_with('{') {
+        return Err(InputError::new(InputErrorCode::InvalidType, "wrong json type: expected an object"));
+    }
     let input: GenericInquiry = serde_json::from_str(text).map_err(InputError::from_json)?;
     from_generic(input, ctx)
 }
 
 /// Normalizes an already parsed [`GenericInquiry`].
-pub fn from_generic(
-    input: GenericInquiry,
-    ctx: &NormalizeContext<'_>,
-) -> Result<Inquiry, InputError> {
+pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result<Inquiry, InputError> {
     let channel: Channel = input.channel.parse().map_err(|_| {
-        InputError::new(
-            InputErrorCode::UnknownChannel,
-            "channel is not a known channel name",
-        )
-        .field("channel")
+        InputError::new(InputErrorCode::UnknownChannel, "channel is not a known channel name").field("channel")
     })?;
     let account = required_id("account", input.account)?;
     let message_id = required_id("external_id", input.external_id)?;
@@ -104,44 +98,21 @@ pub fn from_generic(
         None => message_id.clone(),
     };
     let occurred_at = OffsetDateTime::parse(&input.occurred_at, &Rfc3339).map_err(|_| {
-        InputError::new(
-            InputErrorCode::InvalidValue,
-            "occurred_at is not an RFC 3339 timestamp",
-        )
-        .field("occurred_at")
+        InputError::new(InputErrorCode::InvalidValue, "occurred_at is not an RFC 3339 timestamp").field("occurred_at")
     })?;
     if input.body.trim().is_empty() {
         return Err(InputError::new(InputErrorCode::InvalidValue, "body is empty").field("body"));
     }
     if let Some(subject) = &input.subject {
         if subject.len() > MAX_SUBJECT_LEN {
-            return Err(
-                InputError::new(InputErrorCode::InvalidValue, "subject is too long")
-                    .field("subject"),
-            );
+            return Err(InputError::new(InputErrorCode::InvalidValue, "subject is too long").field("subject"));
         }
     }
-    let order_id = input
-        .order_id
-        .map(|o| required_id("order_id", o))
-        .transpose()?;
-    let product_ids = input
-        .product_ids
-        .into_iter()
-        .map(|p| required_id("product_ids", p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let country = input
-        .buyer
-        .country
-        .as_deref()
-        .map(normalize_country)
-        .transpose()?;
-    let language = input
-        .buyer
-        .language
-        .as_deref()
-        .map(normalize_language)
-        .transpose()?;
+    let order_id = input.order_id.map(|o| required_id("order_id", o)).transpose()?;
+    let product_ids =
+        input.product_ids.into_iter().map(|p| required_id("product_ids", p)).collect::<Result<Vec<_>, _>>()?;
+    let country = input.buyer.country.as_deref().map(normalize_country).transpose()?;
+    let language = input.buyer.language.as_deref().map(normalize_language).transpose()?;
     let identity = buyer_identity(&input.buyer, &conversation_id);
     let region = country.as_deref().map_or(Region::Other, Region::of_country);
 
@@ -149,15 +120,8 @@ pub fn from_generic(
         schema_version: ENVELOPE_VERSION,
         id: ctx.id,
         channel,
-        external: ExternalIds {
-            message_id,
-            conversation_id,
-        },
-        buyer: Buyer {
-            pseudonym: ctx.pseudonym(channel, &account, &identity),
-            country,
-            language,
-        },
+        external: ExternalIds { message_id, conversation_id },
+        buyer: Buyer { pseudonym: ctx.pseudonym(channel, &account, &identity), country, language },
         account,
         subject: input.subject,
         body: input.body,
@@ -174,9 +138,7 @@ pub fn from_generic(
 
 fn required_id(field: &'static str, value: String) -> Result<String, InputError> {
     if value.trim().is_empty() {
-        return Err(
-            InputError::new(InputErrorCode::InvalidValue, format!("{field} is empty")).field(field),
-        );
+        return Err(InputError::new(InputErrorCode::InvalidValue, format!("{field} is empty")).field(field));
     }
     if value.len() > MAX_ID_LEN {
         return Err(InputError::new(
@@ -191,8 +153,8 @@ fn required_id(field: &'static str, value: String) -> Result<String, InputError>
 /// The most stable identity the platform gives: its buyer id, else the e-mail, else the conversation.
 fn buyer_identity(buyer: &GenericBuyer, conversation_id: &str) -> String {
     match (&buyer.id, &buyer.email) {
-        (Some(id), _) if !id.is_empty() => format!("id:{id}"),
-        (_, Some(email)) if !email.is_empty() => format!("email:{}", email.trim().to_lowercase()),
+        (Some(id), _) if !id.trim().is_empty() => format!("id:{}", id.trim()),
+        (_, Some(email)) if !email.trim().is_empty() => format!("email:{}", email.trim().to_lowercase()),
         _ => format!("conversation:{conversation_id}"),
     }
 }
@@ -201,29 +163,20 @@ fn normalize_country(country: &str) -> Result<String, InputError> {
     if country.len() == 2 && country.bytes().all(|b| b.is_ascii_alphabetic()) {
         Ok(country.to_ascii_uppercase())
     } else {
-        Err(InputError::new(
-            InputErrorCode::InvalidValue,
-            "buyer.country is not an ISO 3166-1 alpha-2 code",
-        )
-        .field("buyer.country"))
+        Err(InputError::new(InputErrorCode::InvalidValue, "buyer.country is not an ISO 3166-1 alpha-2 code")
+            .field("buyer.country"))
     }
 }
 
 fn normalize_language(language: &str) -> Result<String, InputError> {
     let mut parts = language.split(['-', '_']);
     let primary = parts.next().unwrap_or_default();
-    let primary_ok =
-        (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());
+    let primary_ok = (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());
     let rest: Vec<&str> = parts.collect();
-    let rest_ok = rest
-        .iter()
-        .all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let rest_ok = rest.iter().all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
     if !primary_ok || !rest_ok {
-        return Err(InputError::new(
-            InputErrorCode::InvalidValue,
-            "buyer.language is not a BCP 47 language tag",
-        )
-        .field("buyer.language"));
+        return Err(InputError::new(InputErrorCode::InvalidValue, "buyer.language is not a BCP 47 language tag")
+            .field("buyer.language"));
     }
     let mut tag = primary.to_ascii_lowercase();
     for part in rest {

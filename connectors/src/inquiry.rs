@@ -96,9 +96,8 @@ impl Region {
     /// Region of a buyer from their ISO country code (EU and EEA member states are `Eu`).
     pub fn of_country(country: &str) -> Region {
         const EU_EEA: [&str; 30] = [
-            "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
-            "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS",
-            "LI", "NO",
+            "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU",
+            "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
         ];
         if EU_EEA.contains(&country) {
             Region::Eu

@@ -33,8 +33,7 @@ impl NormalizeContext<'_> {
     /// Keyed pseudonym of the buyer `identity` within `channel` and `account`:
     /// `bp_` + the first 16 bytes of HMAC-SHA256(key, channel | account | identity), hex.
     pub fn pseudonym(&self, channel: Channel, account: &str, identity: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.pseudonym_key)
-            .expect("hmac accepts keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.pseudonym_key).expect("hmac accepts keys of any length");
         for part in [channel.as_str(), account, identity] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());

@@ -19,16 +19,11 @@ fn context() -> NormalizeContext<'static> {
 }
 
 fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/generic")
-        .join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generic").join(kind);
     let mut files: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                && !p.to_string_lossy().ends_with(".expected.json")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.to_string_lossy().ends_with(".expected.json"))
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no {kind} fixtures");
@@ -48,16 +43,9 @@ fn valid_fixtures_normalize_to_their_golden_envelopes() {
         let expected = fs::read_to_string(&expected_path).unwrap_or_default();
         assert_eq!(actual, expected, "{} (BLESS=1 rewrites it)", path.display());
         // The envelope round-trips and carries no personal data from the payload.
-        assert_eq!(
-            serde_json::from_str::<inquiry_connectors::Inquiry>(&actual).unwrap(),
-            inquiry
-        );
+        assert_eq!(serde_json::from_str::<inquiry_connectors::Inquiry>(&actual).unwrap(), inquiry);
         for personal in ["Anna", "Example.com", "example.com", "example.jp"] {
-            assert!(
-                !actual.contains(personal),
-                "{}: personal data `{personal}` in envelope",
-                path.display()
-            );
+            assert!(!actual.contains(personal), "{}: personal data `{personal}` in envelope", path.display());
         }
     }
 }
@@ -66,9 +54,7 @@ fn valid_fixtures_normalize_to_their_golden_envelopes() {
 fn invalid_fixtures_are_refused_with_the_code_and_field_in_their_name() {
     for path in fixtures("bad") {
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let (code, field) = stem
-            .split_once("--")
-            .map_or((stem.as_str(), None), |(c, f)| (c, Some(f)));
+        let (code, field) = stem.split_once("--").map_or((stem.as_str(), None), |(c, f)| (c, Some(f)));
         let err = generic::normalize(&fs::read(&path).unwrap(), &context()).expect_err(&stem);
         assert_eq!(err.code.as_str(), code, "{stem}: {err}");
         if let Some(field) = field {
@@ -85,31 +71,13 @@ fn pseudonyms_are_stable_per_buyer_and_keyed() {
         )
     };
     let ctx = context();
-    let a1 = generic::normalize(doc("a@example.com").as_bytes(), &ctx)
-        .unwrap()
-        .buyer
-        .pseudonym;
-    let a2 = generic::normalize(doc("A@Example.com ").as_bytes(), &ctx)
-        .unwrap()
-        .buyer
-        .pseudonym;
-    let b = generic::normalize(doc("b@example.com").as_bytes(), &ctx)
-        .unwrap()
-        .buyer
-        .pseudonym;
+    let a1 = generic::normalize(doc("a@example.com").as_bytes(), &ctx).unwrap().buyer.pseudonym;
+    let a2 = generic::normalize(doc("A@Example.com ").as_bytes(), &ctx).unwrap().buyer.pseudonym;
+    let b = generic::normalize(doc("b@example.com").as_bytes(), &ctx).unwrap().buyer.pseudonym;
     assert_eq!(a1, a2, "the same buyer gets the same pseudonym");
     assert_ne!(a1, b);
-    let other_key = NormalizeContext {
-        pseudonym_key: b"another-key-another-key-another-k",
-        ..ctx
-    };
-    assert_ne!(
-        generic::normalize(doc("a@example.com").as_bytes(), &other_key)
-            .unwrap()
-            .buyer
-            .pseudonym,
-        a1
-    );
+    let other_key = NormalizeContext { pseudonym_key: b"another-key-another-key-another-k", ..ctx };
+    assert_ne!(generic::normalize(doc("a@example.com").as_bytes(), &other_key).unwrap().buyer.pseudonym, a1);
 }
 
 #[test]
@@ -119,5 +87,20 @@ fn regions_and_channels() {
     assert_eq!(Region::of_country("US"), Region::Other);
     for channel in Channel::ALL {
         assert_eq!(channel.as_str().parse::<Channel>(), Ok(*channel));
+    }
+}
+
+#[test]
+fn error_messages_never_echo_the_payload() {
+    let docs = [
+        r#"{"channel":"generic","account":"a","external_id":"1","body":"x","occurred_at":"2026-11-01T00:00:00Z","buyer":{"email":["jane@example.com"]}}"#,
+        r#"{"channel":"generic","account":"a","external_id":"1","body":{"text":"jane@example.com"},"occurred_at":"2026-11-01T00:00:00Z"}"#,
+        r#"{"channel":"generic","account":"a","external_id":"1","body":"x","occurred_at":"2026-11-01T00:00:00Z","subject":12345678}"#,
+        r#"["generic","a","1",null,{},null,"jane@example.com","2026-11-01T00:00:00Z"]"#,
+    ];
+    for doc in docs {
+        let err = generic::normalize(doc.as_bytes(), &context()).expect_err(doc);
+        assert_eq!(err.code.as_str(), "invalid_type", "{doc}");
+        assert!(!err.message.contains("jane") && !err.message.contains("12345678"), "{}", err.message);
     }
 }

@@ -69,9 +69,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-        }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
     }
 }
 
@@ -87,10 +85,7 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig {
-            queue_capacity: 4096,
-            max_batch_inquiries: 16_384,
-        }
+        PipelineConfig { queue_capacity: 4096, max_batch_inquiries: 16_384 }
     }
 }
 
@@ -107,24 +102,14 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            path: PathBuf::from("inquiry-gateway-data"),
-            pseudonym_key: None,
-        }
+        StoreConfig { path: PathBuf::from("inquiry-gateway-data"), pseudonym_key: None }
     }
 }
 
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = if self.pseudonym_key.is_some() {
-            "<set>"
-        } else {
-            "<generated>"
-        };
-        f.debug_struct("StoreConfig")
-            .field("path", &self.path)
-            .field("pseudonym_key", &key)
-            .finish()
+        let key = if self.pseudonym_key.is_some() { "<set>" } else { "<generated>" };
+        f.debug_struct("StoreConfig").field("path", &self.path).field("pseudonym_key", &key).finish()
     }
 }
 
@@ -148,10 +133,7 @@ pub struct FallbackConfig {
 
 impl Default for FallbackConfig {
     fn default() -> Self {
-        FallbackConfig {
-            queue: "unassigned".to_owned(),
-            priority: Priority::Normal,
-        }
+        FallbackConfig { queue: "unassigned".to_owned(), priority: Priority::Normal }
     }
 }
 
@@ -178,10 +160,7 @@ pub struct ApiKeyConfig {
 
 impl std::fmt::Debug for ApiKeyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKeyConfig")
-            .field("id", &self.id)
-            .field("accounts", &self.accounts)
-            .finish_non_exhaustive()
+        f.debug_struct("ApiKeyConfig").field("id", &self.id).field("accounts", &self.accounts).finish_non_exhaustive()
     }
 }
 
@@ -195,9 +174,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".to_owned(),
-        }
+        LogConfig { level: "info".to_owned() }
     }
 }
 
@@ -223,10 +200,7 @@ impl Config {
     }
 
     /// Like [`Config::from_toml`] with an explicit environment lookup (for tests).
-    pub fn from_toml_with_env(
-        text: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_toml_with_env(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut value: toml::Value = toml::from_str(text)?;
         interpolate_strings(&mut value, &env)?;
         Ok(value.try_into()?)
@@ -288,9 +262,7 @@ impl Config {
                 problems.push(format!("auth.api_keys[{i}].key is the same as another key"));
             }
             if key.accounts.is_empty() {
-                problems.push(format!(
-                    "auth.api_keys[{i}].accounts must name at least one account or \"*\""
-                ));
+                problems.push(format!("auth.api_keys[{i}].accounts must name at least one account or \"*\""));
             }
         }
         if problems.is_empty() {
@@ -302,18 +274,11 @@ impl Config {
 }
 
 /// Interpolates every string inside `value`.
-fn interpolate_strings(
-    value: &mut toml::Value,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+fn interpolate_strings(value: &mut toml::Value, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     match value {
         toml::Value::String(s) => *s = interpolate(s, env)?,
-        toml::Value::Array(items) => items
-            .iter_mut()
-            .try_for_each(|v| interpolate_strings(v, env))?,
-        toml::Value::Table(table) => table
-            .iter_mut()
-            .try_for_each(|(_, v)| interpolate_strings(v, env))?,
+        toml::Value::Array(items) => items.iter_mut().try_for_each(|v| interpolate_strings(v, env))?,
+        toml::Value::Table(table) => table.iter_mut().try_for_each(|(_, v)| interpolate_strings(v, env))?,
         _ => {}
     }
     Ok(())
@@ -330,9 +295,7 @@ fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
             out.push('$');
             rest = tail;
         } else if let Some(inner) = after.strip_prefix('{') {
-            let end = inner
-                .find('}')
-                .ok_or_else(|| ConfigError::MissingEnv(inner.chars().take(40).collect()))?;
+            let end = inner.find('}').ok_or_else(|| ConfigError::MissingEnv(inner.chars().take(40).collect()))?;
             let name = &inner[..end];
             out.push_str(&env(name).ok_or_else(|| ConfigError::MissingEnv(name.to_owned()))?);
             rest = &inner[end + 1..];
@@ -367,55 +330,32 @@ mod tests {
         let text = "[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"shop-1\"]\n";
         let config = Config::from_toml_with_env(text, env).unwrap();
         assert_eq!(config.auth.api_keys[0].key, "0123456789abcdef0123");
-        let err =
-            Config::from_toml_with_env("[store]\npseudonym_key = \"${NOPE}\"", env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "environment variable `NOPE` is not set (referenced as ${NOPE})"
-        );
+        let err = Config::from_toml_with_env("[store]\npseudonym_key = \"${NOPE}\"", env).unwrap_err();
+        assert_eq!(err.to_string(), "environment variable `NOPE` is not set (referenced as ${NOPE})");
         assert_eq!(interpolate("a$$b$c", &env).unwrap(), "a$b$c");
         let commented = "# key = \"${NOPE}\"\n[log]\nlevel = \"info\"";
-        assert!(
-            Config::from_toml_with_env(commented, env).is_ok(),
-            "comments are not interpolated"
-        );
+        assert!(Config::from_toml_with_env(commented, env).is_ok(), "comments are not interpolated");
     }
 
     #[test]
     fn unknown_fields_are_refused_with_their_name() {
-        let err =
-            Config::from_toml_with_env("[ingest]\nlisten_addr = \"127.0.0.1:1\"", env).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `listen_addr`"),
-            "{err}"
-        );
+        let err = Config::from_toml_with_env("[ingest]\nlisten_addr = \"127.0.0.1:1\"", env).unwrap_err();
+        assert!(err.to_string().contains("unknown field `listen_addr`"), "{err}");
     }
 
     #[test]
     fn public_listener_without_keys_is_refused() {
-        let config =
-            Config::from_toml_with_env("[ingest]\nlisten = \"0.0.0.0:8080\"", env).unwrap();
+        let config = Config::from_toml_with_env("[ingest]\nlisten = \"0.0.0.0:8080\"", env).unwrap();
         let err = config.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("only a loopback gateway may run without keys"),
-            "{err}"
-        );
+        assert!(err.contains("only a loopback gateway may run without keys"), "{err}");
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
         let text = "[ingest]\nmax_body_bytes = 10\n[pipeline]\nqueue_capacity = 0\n[[auth.api_keys]]\nid = \"a\"\nkey = \"short\"\naccounts = []\n";
-        let err = Config::from_toml_with_env(text, env)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
-        for expected in [
-            "ingest.max_body_bytes",
-            "pipeline.queue_capacity",
-            "api_keys[0].key",
-            "api_keys[0].accounts",
-        ] {
+        let err = Config::from_toml_with_env(text, env).unwrap().validate().unwrap_err().to_string();
+        for expected in ["ingest.max_body_bytes", "pipeline.queue_capacity", "api_keys[0].key", "api_keys[0].accounts"]
+        {
             assert!(err.contains(expected), "missing {expected} in {err}");
         }
     }

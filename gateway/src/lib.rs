@@ -58,8 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         queue_capacity: config.pipeline.queue_capacity,
         max_batch_inquiries: config.pipeline.max_batch_inquiries,
     };
-    let (pipeline, stage) =
-        Pipeline::start(store.clone(), Arc::new(fallback.clone()), fallback, limits);
+    let (pipeline, stage) = Pipeline::start(store.clone(), Arc::new(fallback.clone()), fallback, limits);
 
     let ingest_listener = bind(config.ingest.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
@@ -93,12 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let ingest = tokio::spawn(http::serve_ingest(
-        ingest_listener,
-        api,
-        ingress,
-        stopped(stop_rx.clone()),
-    ));
+    let ingest = tokio::spawn(http::serve_ingest(ingest_listener, api, ingress, stopped(stop_rx.clone())));
     let admin = tokio::spawn(http::serve_admin(admin_listener, admin, stopped(stop_rx)));
 
     shutdown.await;
@@ -108,11 +102,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = admin.await;
     // Every pipeline handle is gone with the servers: the stage commits what is queued and stops.
     let joined = tokio::task::spawn_blocking(move || stage.join());
-    if tokio::time::timeout(Duration::from_secs(10), joined)
-        .await
-        .is_err()
-    {
-        tracing::warn!("pipeline stage did not stop within 10 s; unacknowledged requests are lost to their clients' retries");
+    if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+        tracing::warn!(
+            "pipeline stage did not stop within 10 s; unacknowledged requests are lost to their clients' retries"
+        );
     }
     tracing::info!("inquiry gateway stopped");
     Ok(())
@@ -123,7 +116,5 @@ fn open_store(config: &Config) -> Result<Store, StoreError> {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }

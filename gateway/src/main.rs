@@ -57,8 +57,7 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     let Some(path) = path else {
         return Ok(Config::default());
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Config::from_toml(&text)?)
 }
 
@@ -66,9 +65,7 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(config_path.as_ref())?;
     config.validate()?;
     inquiry_gateway::telemetry::init_logs(&config.log.level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(inquiry_gateway::run(config, shutdown_signal()))?;
     Ok(())
 }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use inquiry_connectors::{Channel, Inquiry};
 use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -65,8 +66,10 @@ pub struct Submission {
 pub enum AckStatus {
     /// Stored now.
     Accepted,
-    /// Stored before (same channel, account and external id, or same Idempotency-Key): the first id.
+    /// Stored before (same channel, account and external id, or same Idempotency-Key and payload): the first id.
     Duplicate,
+    /// The Idempotency-Key was used before for another payload: not stored; the id is the earlier inquiry's.
+    Conflict,
 }
 
 impl AckStatus {
@@ -74,6 +77,7 @@ impl AckStatus {
         match self {
             AckStatus::Accepted => "accepted",
             AckStatus::Duplicate => "duplicate",
+            AckStatus::Conflict => "conflict",
         }
     }
 }
@@ -99,6 +103,9 @@ pub enum SubmitError {
     /// The store failed to commit the batch: nothing of it was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The stage thread died while holding the request (a bug): it was not acknowledged.
+    #[error("pipeline stage failed")]
+    StageFailed,
 }
 
 /// Sizes of the pipeline.
@@ -125,7 +132,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the stage thread.
+    /// Starts the stage and sync threads. The returned handle joins both.
     pub fn start(
         store: Store,
         router: Arc<dyn Router>,
@@ -135,17 +142,20 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(limits.queue_capacity);
         let store_ok = Arc::new(AtomicBool::new(true));
         gauge!(telemetry::QUEUE_CAPACITY).set(limits.queue_capacity as f64);
-        let stage = Stage {
-            rx,
-            store,
-            router,
-            fallback,
-            max_batch: limits.max_batch_inquiries,
-            store_ok: store_ok.clone(),
-        };
+        // Two written batches may wait for their fsync; then the stage waits too (backpressure).
+        let (to_sync, written) = std::sync::mpsc::sync_channel(2);
+        let syncer = Syncer { written, store: store.clone(), store_ok: store_ok.clone() };
+        let stage = Stage { rx, store, router, fallback, max_batch: limits.max_batch_inquiries, to_sync };
         let thread = std::thread::Builder::new()
             .name("pipeline-stage".to_owned())
-            .spawn(move || stage.run())
+            .spawn(move || {
+                let sync_thread = std::thread::Builder::new()
+                    .name("pipeline-sync".to_owned())
+                    .spawn(move || syncer.run())
+                    .expect("spawning the sync thread");
+                stage.run();
+                let _ = sync_thread.join();
+            })
             .expect("spawning the pipeline thread");
         (Pipeline { tx, store_ok }, thread)
     }
@@ -153,32 +163,44 @@ impl Pipeline {
     /// Queues inquiries and waits until they are durable. Refuses at once when the queue is full.
     pub async fn submit(&self, items: Vec<Submission>) -> Result<Vec<Ack>, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            items,
-            enqueued: Instant::now(),
-            reply,
-        };
+        let job = Job { items, enqueued: Instant::now(), reply };
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
         })?;
-        Ok(answer.await.map_err(|_| SubmitError::Stopped)??)
+        Ok(answer.await.map_err(|_| SubmitError::StageFailed)??)
     }
 
-    /// True while the stage runs and its last commit succeeded.
-    pub fn is_ready(&self) -> bool {
+    /// True while the stage runs and the store takes writes. A failed fsync poisons the store
+    /// for good (fjall refuses all writes after it), so this stays false until a restart.
+    pub fn is_alive(&self) -> bool {
         !self.tx.is_closed() && self.store_ok.load(Ordering::Relaxed)
+    }
+
+    /// True when ingest may be sent traffic: alive, with queue room.
+    pub fn is_ready(&self) -> bool {
+        self.is_alive() && self.tx.capacity() > 0
     }
 }
 
-/// The stage thread's state.
+/// The stage thread: dedup, route, and write each batch to the store without waiting for its
+/// fsync; the [`Syncer`] acknowledges it once it is durable. While one batch is being fsynced
+/// the next is prepared and written, so CPU work and the disk overlap.
 struct Stage {
     rx: mpsc::Receiver<Job>,
     store: Store,
     router: Arc<dyn Router>,
     fallback: FallbackRouter,
     max_batch: usize,
-    store_ok: Arc<AtomicBool>,
+    to_sync: std::sync::mpsc::SyncSender<Written>,
+}
+
+/// A batch written to the store, waiting for the fsync that makes it durable.
+struct Written {
+    jobs: Vec<Job>,
+    acks: Vec<Vec<Ack>>,
+    /// When its write started (the store hop runs until the fsync ends).
+    write_started: Instant,
 }
 
 impl Stage {
@@ -196,150 +218,104 @@ impl Stage {
                 }
             }
             gauge!(telemetry::QUEUE_DEPTH).set(self.rx.len() as f64);
-            self.process(jobs);
+            let started = Instant::now();
+            for job in &jobs {
+                record_per_channel(Hop::Queue, &job.items, started - job.enqueued);
+            }
+            match self.write(&jobs) {
+                Ok((acks, write_started)) => {
+                    if let Err(unsent) = self.to_sync.send(Written { jobs, acks, write_started }) {
+                        fail_jobs(unsent.0.jobs, &StoreError::from_message("the sync thread stopped"));
+                    }
+                }
+                Err(err) => {
+                    counter!(telemetry::STORE_ERRORS).increment(1);
+                    tracing::error!(error = %err, jobs = jobs.len(), "store write failed; batch not acknowledged");
+                    fail_jobs(jobs, &err);
+                }
+            }
         }
         tracing::info!("pipeline stage stopped");
     }
 
-    /// Dedup, route and commit one batch of jobs, then answer each job.
-    fn process(&self, jobs: Vec<Job>) {
-        let started = Instant::now();
-        for job in &jobs {
-            record_per_channel(Hop::Queue, &job.items, started - job.enqueued);
-        }
-        match self.commit(&jobs) {
-            Ok(acks) => {
-                self.store_ok.store(true, Ordering::Relaxed);
-                for (job, acks) in jobs.into_iter().zip(acks) {
-                    for (item, ack) in job.items.iter().zip(&acks) {
-                        let channel = item.inquiry.channel.as_str();
-                        counter!(telemetry::INQUIRIES, "outcome" => ack.status.as_str(), "channel" => channel)
-                            .increment(1);
-                        tracing::debug!(trace_id = %item.inquiry.trace_id, inquiry_id = %ack.id, channel,
-                            status = ack.status.as_str(), "inquiry durable");
-                    }
-                    let _ = job.reply.send(Ok(acks));
-                }
-            }
-            Err(err) => {
-                self.store_ok.store(false, Ordering::Relaxed);
-                counter!(telemetry::STORE_ERRORS).increment(1);
-                tracing::error!(error = %err, jobs = jobs.len(), "group commit failed; batch not acknowledged");
-                for job in jobs {
-                    let _ = job.reply.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-
-    /// Returns one ack list per job, in order, once the batch is durable.
-    fn commit(&self, jobs: &[Job]) -> Result<Vec<Vec<Ack>>, StoreError> {
+    /// Dedup, route and write one batch; returns one ack list per job, in order.
+    fn write(&self, jobs: &[Job]) -> Result<(Vec<Vec<Ack>>, Instant), StoreError> {
         // Dedup: against the store and within this batch.
         let dedup_started = Instant::now();
         let mut acks: Vec<Vec<Ack>> = Vec::with_capacity(jobs.len());
-        let mut fresh: Vec<(&Submission, Vec<Vec<u8>>)> = Vec::new();
-        let mut pending: HashMap<Vec<u8>, Uuid> = HashMap::new();
+        let mut fresh: Vec<(&Submission, DedupKeys)> = Vec::new();
+        let mut pending: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let lookup = |pending: &HashMap<Vec<u8>, Vec<u8>>, key: &[u8]| match pending.get(key) {
+            Some(value) => Ok(Some(value.clone())),
+            None => self.store.find_dedup(key),
+        };
         for job in jobs {
             let mut job_acks = Vec::with_capacity(job.items.len());
             for item in &job.items {
-                let keys = dedup_keys(item);
-                let mut earlier = None;
-                for key in &keys {
-                    earlier = match pending.get(key) {
-                        Some(id) => Some(*id),
-                        None => self.store.find_dedup(key)?,
-                    };
-                    if earlier.is_some() {
-                        break;
-                    }
-                }
-                match earlier {
-                    Some(id) => job_acks.push(Ack {
-                        id,
-                        status: AckStatus::Duplicate,
+                let keys = DedupKeys::of(item);
+                let earlier = match &keys.idempotency {
+                    Some((key, fingerprint)) => lookup(&pending, key)?.map(|value| {
+                        let (id, earlier_fingerprint) = value.split_at(16);
+                        let status =
+                            if earlier_fingerprint == fingerprint { AckStatus::Duplicate } else { AckStatus::Conflict };
+                        Ack { id: Uuid::from_slice(id).unwrap_or_default(), status }
                     }),
+                    None => None,
+                };
+                let earlier = match earlier {
+                    Some(ack) => Some(ack),
+                    None => lookup(&pending, &keys.message)?
+                        .map(|id| Ack { id: Uuid::from_slice(&id).unwrap_or_default(), status: AckStatus::Duplicate }),
+                };
+                match earlier {
+                    Some(ack) => job_acks.push(ack),
                     None => {
                         let id = item.inquiry.id;
-                        for key in &keys {
-                            pending.insert(key.clone(), id);
+                        for (key, value) in keys.entries(id) {
+                            pending.insert(key.to_vec(), value);
                         }
-                        job_acks.push(Ack {
-                            id,
-                            status: AckStatus::Accepted,
-                        });
+                        job_acks.push(Ack { id, status: AckStatus::Accepted });
                         fresh.push((item, keys));
                     }
                 }
             }
             acks.push(job_acks);
         }
-        let all: Vec<&Submission> = jobs.iter().flat_map(|j| &j.items).collect();
-        record_per_channel(Hop::Dedup, all.iter().copied(), dedup_started.elapsed());
+        let all = || jobs.iter().flat_map(|j| &j.items);
+        record_per_channel(Hop::Dedup, all(), dedup_started.elapsed());
 
         // Route the new ones.
         let route_started = Instant::now();
-        let decisions = self.route(
-            &fresh
-                .iter()
-                .map(|(item, _)| &item.inquiry)
-                .collect::<Vec<_>>(),
-        );
-        record_per_channel(
-            Hop::Route,
-            fresh.iter().map(|(item, _)| *item),
-            route_started.elapsed(),
-        );
+        let decisions = self.route(&fresh.iter().map(|(item, _)| &item.inquiry).collect::<Vec<_>>());
+        record_per_channel(Hop::Route, fresh.iter().map(|(item, _)| *item), route_started.elapsed());
 
-        // Sink: one atomic batch, one fsync.
-        let store_started = Instant::now();
+        // Sink: one atomic batch; the syncer's fsync makes it durable.
+        let write_started = Instant::now();
         let mut batch = self.store.batch();
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
-            let record = StoredInquiry {
-                inquiry: item.inquiry.clone(),
-                decision,
-            };
-            batch.put_inquiry(
-                id,
-                serde_json::to_vec(&record).expect("inquiries serialize"),
-                &item.raw,
-            );
-            for key in keys {
-                batch.put_dedup(key, id);
+            let record = StoredInquiry { inquiry: item.inquiry.clone(), decision };
+            batch.put_inquiry(id, serde_json::to_vec(&record).expect("inquiries serialize"), &item.raw);
+            for (key, value) in keys.entries(id) {
+                batch.put_dedup(key, &value);
             }
             if let Some(letter) = dead_letter {
-                batch.put_dead_letter(
-                    id,
-                    serde_json::to_vec(&letter).expect("dead letters serialize"),
-                );
+                batch.put_dead_letter(id, serde_json::to_vec(&letter).expect("dead letters serialize"));
             }
         }
-        if !batch.is_empty() {
-            batch.commit()?;
-        }
-        let elapsed = store_started.elapsed();
-        histogram!(telemetry::STORE_COMMIT).record(elapsed.as_secs_f64());
         histogram!(telemetry::STORE_BATCH).record(fresh.len() as f64);
-        record_per_channel(Hop::Store, all.iter().copied(), elapsed);
-        Ok(acks)
+        if !batch.is_empty() {
+            batch.write()?;
+        }
+        Ok((acks, write_started))
     }
 
     /// Asks the router, and sends what it could not decide down the fallback route.
     fn route(&self, batch: &[&Inquiry]) -> Vec<(Decision, Option<DeadLetter>)> {
         let mut outcomes = self.router.route(batch);
         if outcomes.len() != batch.len() {
-            let detail = format!(
-                "router returned {} outcomes for {} inquiries",
-                outcomes.len(),
-                batch.len()
-            );
-            outcomes = vec![
-                RouteOutcome::Failed {
-                    reason: "router_contract",
-                    detail
-                };
-                batch.len()
-            ];
+            let detail = format!("router returned {} outcomes for {} inquiries", outcomes.len(), batch.len());
+            outcomes = vec![RouteOutcome::Failed { reason: "router_contract", detail }; batch.len()];
         }
         batch
             .iter()
@@ -364,37 +340,111 @@ impl Stage {
     }
 }
 
-/// The keys an inquiry is deduplicated by: (channel, account, external message id), and
-/// (channel, account, Idempotency-Key) when the client sent one. Length-prefixed, so no
-/// value can imitate another.
-pub fn dedup_keys(item: &Submission) -> Vec<Vec<u8>> {
-    let inquiry = &item.inquiry;
-    let key = |kind: &str, value: &str| {
-        let mut key = Vec::with_capacity(64);
-        for part in [
-            inquiry.channel.as_str(),
-            inquiry.account.as_str(),
-            kind,
-            value,
-        ] {
-            key.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            key.extend_from_slice(part.as_bytes());
+/// The sync thread: one fsync covers every batch written since the last one; then it
+/// acknowledges their requests.
+struct Syncer {
+    written: std::sync::mpsc::Receiver<Written>,
+    store: Store,
+    store_ok: Arc<AtomicBool>,
+}
+
+impl Syncer {
+    fn run(self) {
+        while let Ok(first) = self.written.recv() {
+            let mut batches = vec![first];
+            batches.extend(self.written.try_iter());
+            let sync_started = Instant::now();
+            let synced = self.store.sync();
+            histogram!(telemetry::STORE_COMMIT).record(sync_started.elapsed().as_secs_f64());
+            match synced {
+                Ok(()) => {
+                    self.store_ok.store(true, Ordering::Relaxed);
+                    let done = Instant::now();
+                    for batch in batches {
+                        record_per_channel(
+                            Hop::Store,
+                            batch.jobs.iter().flat_map(|j| &j.items),
+                            done - batch.write_started,
+                        );
+                        acknowledge(batch.jobs, batch.acks);
+                    }
+                }
+                Err(err) => {
+                    self.store_ok.store(false, Ordering::Relaxed);
+                    counter!(telemetry::STORE_ERRORS).increment(1);
+                    tracing::error!(error = %err, "store fsync failed; batches not acknowledged");
+                    for batch in batches {
+                        fail_jobs(batch.jobs, &err);
+                    }
+                }
+            }
         }
-        key
-    };
-    let mut keys = vec![key("message", &inquiry.external.message_id)];
-    if let Some(idempotency_key) = &item.idempotency_key {
-        keys.push(key("idempotency", idempotency_key));
     }
-    keys
+}
+
+/// Answers every job of a durable batch.
+fn acknowledge(jobs: Vec<Job>, acks: Vec<Vec<Ack>>) {
+    for (job, acks) in jobs.into_iter().zip(acks) {
+        for (item, ack) in job.items.iter().zip(&acks) {
+            let channel = item.inquiry.channel.as_str();
+            counter!(telemetry::INQUIRIES, "outcome" => ack.status.as_str(), "channel" => channel).increment(1);
+            tracing::debug!(trace_id = %item.inquiry.trace_id, inquiry_id = %ack.id, channel,
+                status = ack.status.as_str(), "inquiry durable");
+        }
+        let _ = job.reply.send(Ok(acks));
+    }
+}
+
+/// Answers every job with the store's error: nothing of them is acknowledged.
+fn fail_jobs(jobs: Vec<Job>, err: &StoreError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(err.clone()));
+    }
+}
+
+/// The keys an inquiry is deduplicated by. Parts are length-prefixed, so no value can imitate
+/// another.
+pub struct DedupKeys {
+    /// (channel, account, external message id) -> id.
+    pub message: Vec<u8>,
+    /// (channel, account, Idempotency-Key) -> id + SHA-256 of the payload, when the client sent a
+    /// key: a retry with the same payload is a duplicate, the same key with another payload a conflict.
+    pub idempotency: Option<(Vec<u8>, [u8; 32])>,
+}
+
+impl DedupKeys {
+    /// The keys of a submission.
+    pub fn of(item: &Submission) -> DedupKeys {
+        let inquiry = &item.inquiry;
+        let key = |kind: &str, value: &str| {
+            let mut key = Vec::with_capacity(64);
+            for part in [inquiry.channel.as_str(), inquiry.account.as_str(), kind, value] {
+                key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                key.extend_from_slice(part.as_bytes());
+            }
+            key
+        };
+        DedupKeys {
+            message: key("message", &inquiry.external.message_id),
+            idempotency: item
+                .idempotency_key
+                .as_deref()
+                .map(|k| (key("idempotency", k), Sha256::digest(&item.raw).into())),
+        }
+    }
+
+    /// The entries to store for inquiry `id`.
+    fn entries(&self, id: Uuid) -> Vec<(&[u8], Vec<u8>)> {
+        let mut entries = vec![(self.message.as_slice(), id.as_bytes().to_vec())];
+        if let Some((key, fingerprint)) = &self.idempotency {
+            entries.push((key.as_slice(), [id.as_bytes().as_slice(), fingerprint].concat()));
+        }
+        entries
+    }
 }
 
 /// Records `elapsed` for every submission, grouped by channel (one histogram update per channel).
-fn record_per_channel<'a>(
-    hop: Hop,
-    items: impl IntoIterator<Item = &'a Submission>,
-    elapsed: Duration,
-) {
+fn record_per_channel<'a>(hop: Hop, items: impl IntoIterator<Item = &'a Submission>, elapsed: Duration) {
     let mut counts = [0usize; Channel::ALL.len()];
     for item in items {
         counts[item.inquiry.channel as usize] += 1;
@@ -430,23 +480,15 @@ mod tests {
             pseudonym_key: b"test-key-test-key-test-key-test-key",
         };
         let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
-        Submission {
-            inquiry,
-            raw: Bytes::from(raw),
-            idempotency_key: None,
-        }
+        Submission { inquiry, raw: Bytes::from(raw), idempotency_key: None }
     }
 
     fn start(router: impl Router, queue_capacity: usize) -> (Pipeline, Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let fallback = FallbackRouter::new(FallbackConfig::default());
-        let limits = PipelineLimits {
-            queue_capacity,
-            max_batch_inquiries: 1024,
-        };
-        let (pipeline, _thread) =
-            Pipeline::start(store.clone(), Arc::new(router), fallback, limits);
+        let limits = PipelineLimits { queue_capacity, max_batch_inquiries: 1024 };
+        let (pipeline, _thread) = Pipeline::start(store.clone(), Arc::new(router), fallback, limits);
         (pipeline, store, dir)
     }
 
@@ -462,13 +504,9 @@ mod tests {
                 .iter()
                 .map(|inquiry| {
                     if inquiry.body.contains("boom") {
-                        RouteOutcome::Failed {
-                            reason: "plugin_trap",
-                            detail: "unreachable executed".to_owned(),
-                        }
+                        RouteOutcome::Failed { reason: "plugin_trap", detail: "unreachable executed".to_owned() }
                     } else {
-                        let mut decision =
-                            FallbackRouter::new(FallbackConfig::default()).decide(inquiry, None);
+                        let mut decision = FallbackRouter::new(FallbackConfig::default()).decide(inquiry, None);
                         decision.queue = "sales".to_owned();
                         decision.priority = Priority::High;
                         decision.decided_by = "plugin:picky@1".to_owned();
@@ -482,32 +520,19 @@ mod tests {
     #[tokio::test]
     async fn router_failures_take_the_fallback_route_and_are_dead_lettered() {
         let (pipeline, store, _dir) = start(Picky, 8);
-        let acks = pipeline
-            .submit(vec![submission("a", "hello"), submission("b", "boom")])
-            .await
-            .unwrap();
+        let acks = pipeline.submit(vec![submission("a", "hello"), submission("b", "boom")]).await.unwrap();
         assert!(acks.iter().all(|a| a.status == AckStatus::Accepted));
 
         let routed = stored(&store, acks[0].id);
-        assert_eq!(
-            (routed.decision.queue.as_str(), routed.decision.priority),
-            ("sales", Priority::High)
-        );
+        assert_eq!((routed.decision.queue.as_str(), routed.decision.priority), ("sales", Priority::High));
         assert!(store.get_dead_letter(acks[0].id).unwrap().is_none());
 
         let failed = stored(&store, acks[1].id);
         assert_eq!(failed.decision.queue, "unassigned");
         assert_eq!(failed.decision.disposition, Disposition::Deliver);
-        assert_eq!(
-            failed.decision.fallback_reason.as_deref(),
-            Some("plugin_trap")
-        );
-        let letter: DeadLetter =
-            serde_json::from_slice(&store.get_dead_letter(acks[1].id).unwrap().unwrap()).unwrap();
-        assert_eq!(
-            (letter.inquiry_id, letter.reason.as_str()),
-            (acks[1].id, "plugin_trap")
-        );
+        assert_eq!(failed.decision.fallback_reason.as_deref(), Some("plugin_trap"));
+        let letter: DeadLetter = serde_json::from_slice(&store.get_dead_letter(acks[1].id).unwrap().unwrap()).unwrap();
+        assert_eq!((letter.inquiry_id, letter.reason.as_str()), (acks[1].id, "plugin_trap"));
     }
 
     /// Breaks the router contract by answering nothing.
@@ -521,15 +546,9 @@ mod tests {
     #[tokio::test]
     async fn a_router_breaking_its_contract_cannot_lose_inquiries() {
         let (pipeline, store, _dir) = start(Silent, 8);
-        let acks = pipeline
-            .submit(vec![submission("a", "x"), submission("b", "y")])
-            .await
-            .unwrap();
+        let acks = pipeline.submit(vec![submission("a", "x"), submission("b", "y")]).await.unwrap();
         for ack in acks {
-            assert_eq!(
-                stored(&store, ack.id).decision.fallback_reason.as_deref(),
-                Some("router_contract")
-            );
+            assert_eq!(stored(&store, ack.id).decision.fallback_reason.as_deref(), Some("router_contract"));
             assert!(store.get_dead_letter(ack.id).unwrap().is_some());
         }
     }
@@ -551,10 +570,7 @@ mod tests {
     async fn a_full_queue_is_refused_at_once_and_nothing_queued_is_lost() {
         let (entered_tx, entered) = std_mpsc::channel();
         let (release, release_rx) = std_mpsc::channel();
-        let gate = Gate {
-            entered: Mutex::new(entered_tx),
-            release: Mutex::new(release_rx),
-        };
+        let gate = Gate { entered: Mutex::new(entered_tx), release: Mutex::new(release_rx) };
         let (pipeline, store, _dir) = start(gate, 1);
 
         let first = tokio::spawn({

@@ -25,7 +25,7 @@ pub enum Priority {
 
 /// What happens to a routed inquiry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Disposition {
     /// Deliver it to the queue.
     Deliver,
@@ -121,9 +121,6 @@ impl FallbackRouter {
 
 impl Router for FallbackRouter {
     fn route(&self, batch: &[&Inquiry]) -> Vec<RouteOutcome> {
-        batch
-            .iter()
-            .map(|inquiry| RouteOutcome::Decided(self.decide(inquiry, None)))
-            .collect()
+        batch.iter().map(|inquiry| RouteOutcome::Decided(self.decide(inquiry, None))).collect()
     }
 }

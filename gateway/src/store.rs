@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use fjall::{
-    Batch, Config as FjallConfig, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode,
-};
+use fjall::{Batch, Config as FjallConfig, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use uuid::Uuid;
 
 /// Partition names; one place for the on-disk layout.
@@ -31,6 +29,13 @@ const META_PSEUDONYM_KEY: &str = "pseudonym_key";
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("embedded store: {0}")]
 pub struct StoreError(String);
+
+impl StoreError {
+    /// An error with a message of the gateway's own.
+    pub fn from_message(message: &str) -> Self {
+        StoreError(message.to_owned())
+    }
+}
 
 impl From<fjall::Error> for StoreError {
     fn from(err: fjall::Error) -> Self {
@@ -72,16 +77,20 @@ impl Store {
         let mut key = vec![0u8; 32];
         getrandom::fill(&mut key).expect("the operating system provides randomness");
         let mut batch = self.batch();
-        batch
-            .inner
-            .insert(&self.meta, META_PSEUDONYM_KEY, key.clone());
+        batch.inner.insert(&self.meta, META_PSEUDONYM_KEY, key.clone());
         batch.commit()?;
         Ok(key)
     }
 
-    /// The id stored under a dedup key, if any.
-    pub fn find_dedup(&self, key: &[u8]) -> Result<Option<Uuid>, StoreError> {
-        Ok(self.dedup.get(key)?.and_then(|v| Uuid::from_slice(&v).ok()))
+    /// The value stored under a dedup key (an inquiry id, for idempotency keys followed by the
+    /// payload's fingerprint), if any.
+    pub fn find_dedup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.dedup.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Makes every write so far durable (one fsync of the journal).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Ok(self.keyspace.persist(PersistMode::SyncAll)?)
     }
 
     /// The stored inquiry record (JSON of `StoredInquiry`), if any.
@@ -106,10 +115,7 @@ impl Store {
 
     /// A new atomic batch.
     pub fn batch(&self) -> StoreBatch<'_> {
-        StoreBatch {
-            store: self,
-            inner: self.keyspace.batch().durability(Some(PersistMode::SyncAll)),
-        }
+        StoreBatch { store: self, inner: self.keyspace.batch() }
     }
 }
 
@@ -122,22 +128,18 @@ pub struct StoreBatch<'a> {
 impl StoreBatch<'_> {
     /// Adds an inquiry record and its original payload.
     pub fn put_inquiry(&mut self, id: Uuid, record: Vec<u8>, raw: &[u8]) {
-        self.inner
-            .insert(&self.store.inquiries, id.as_bytes().as_slice(), record);
-        self.inner
-            .insert(&self.store.raw, id.as_bytes().as_slice(), raw);
+        self.inner.insert(&self.store.inquiries, id.as_bytes().as_slice(), record);
+        self.inner.insert(&self.store.raw, id.as_bytes().as_slice(), raw);
     }
 
-    /// Maps a dedup key to an id.
-    pub fn put_dedup(&mut self, key: &[u8], id: Uuid) {
-        self.inner
-            .insert(&self.store.dedup, key, id.as_bytes().as_slice());
+    /// Stores a dedup entry.
+    pub fn put_dedup(&mut self, key: &[u8], value: &[u8]) {
+        self.inner.insert(&self.store.dedup, key, value);
     }
 
     /// Adds a dead-letter record for an inquiry.
     pub fn put_dead_letter(&mut self, id: Uuid, record: Vec<u8>) {
-        self.inner
-            .insert(&self.store.dead_letters, id.as_bytes().as_slice(), record);
+        self.inner.insert(&self.store.dead_letters, id.as_bytes().as_slice(), record);
     }
 
     /// Number of writes in the batch.
@@ -150,9 +152,16 @@ impl StoreBatch<'_> {
         self.inner.is_empty()
     }
 
-    /// Writes the batch to the journal and fsyncs it: durable when this returns `Ok`.
-    pub fn commit(self) -> Result<(), StoreError> {
+    /// Writes the batch atomically, visible at once; durable after the next [`Store::sync`].
+    pub fn write(self) -> Result<(), StoreError> {
         Ok(self.inner.commit()?)
+    }
+
+    /// Writes the batch and fsyncs it: durable when this returns `Ok`.
+    pub fn commit(self) -> Result<(), StoreError> {
+        let store = self.store;
+        self.write()?;
+        store.sync()
     }
 }
 
@@ -168,13 +177,13 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let mut batch = store.batch();
             batch.put_inquiry(id, b"{\"a\":1}".to_vec(), b"raw");
-            batch.put_dedup(b"generic\0shop\0m:1", id);
+            batch.put_dedup(b"generic\0shop\0m:1", id.as_bytes());
             batch.commit().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.get_inquiry(id).unwrap().unwrap(), b"{\"a\":1}");
         assert_eq!(store.get_raw(id).unwrap().unwrap(), b"raw");
-        assert_eq!(store.find_dedup(b"generic\0shop\0m:1").unwrap(), Some(id));
+        assert_eq!(store.find_dedup(b"generic\0shop\0m:1").unwrap(), Some(id.as_bytes().to_vec()));
         assert_eq!(store.find_dedup(b"generic\0shop\0m:2").unwrap(), None);
         assert_eq!(store.count_inquiries().unwrap(), 1);
     }

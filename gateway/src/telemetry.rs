@@ -30,13 +30,10 @@ pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
 
 /// Buckets for latencies, 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Buckets for group-commit sizes.
-const BATCH_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
-];
+const BATCH_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
 
 /// A hop of the pipeline, the `hop` label of [`HOP_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,27 +81,17 @@ pub fn count_rejected(reason: &'static str) {
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.to_owned()), BATCH_BUCKETS)
-        })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.to_owned()), BATCH_BUCKETS))
         .expect("bucket lists are non-empty")
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
-    describe_histogram!(
-        HOP_DURATION,
-        Unit::Seconds,
-        "latency of one pipeline hop per inquiry"
-    );
+    describe_histogram!(HOP_DURATION, Unit::Seconds, "latency of one pipeline hop per inquiry");
     describe_counter!(INQUIRIES, "inquiries that passed ingest, by outcome");
     describe_counter!(REJECTED, "requests or lines refused, by reason");
     describe_counter!(DEAD_LETTERS, "inquiries dead-lettered, by reason");
     describe_gauge!(QUEUE_DEPTH, "requests waiting in the pipeline queue");
     describe_gauge!(QUEUE_CAPACITY, "capacity of the pipeline queue in requests");
-    describe_histogram!(
-        STORE_COMMIT,
-        Unit::Seconds,
-        "duration of one group commit including fsync"
-    );
+    describe_histogram!(STORE_COMMIT, Unit::Seconds, "duration of one group commit including fsync");
     describe_histogram!(STORE_BATCH, "inquiries per group commit");
     describe_counter!(STORE_ERRORS, "group commits that failed");
     handle
@@ -114,10 +101,5 @@ pub fn install_metrics() -> PrometheusHandle {
 pub fn init_logs(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .init();
+    tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).init();
 }

@@ -10,16 +10,8 @@ use support::{inquiry_json, metric_value, workspace_file, Gateway, HttpClient, R
 const JSON: (&str, &str) = ("content-type", "application/json");
 const NDJSON: (&str, &str) = ("content-type", "application/x-ndjson");
 
-async fn post(
-    client: &HttpClient,
-    gateway: &Gateway,
-    path: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> Reply {
-    client
-        .request(Method::POST, &gateway.url(path), body, headers)
-        .await
+async fn post(client: &HttpClient, gateway: &Gateway, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
+    client.request(Method::POST, &gateway.url(path), body, headers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,150 +34,47 @@ async fn every_bad_input_class_gets_a_4xx_with_a_reason_a_metric_and_stores_noth
     invalid_utf8[at] = 0xff;
 
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        (
-            "malformed json",
-            b"{\"channel\": \"generic\",".to_vec(),
-            400,
-            "malformed_json",
-        ),
+        ("malformed json", b"{\"channel\": \"generic\",".to_vec(), 400, "malformed_json"),
         ("not an object", b"[1,2,3]".to_vec(), 422, "invalid_type"),
-        (
-            "wrong type",
-            with("body", serde_json::json!(42)),
-            422,
-            "invalid_type",
-        ),
-        (
-            "missing field",
-            without("external_id"),
-            422,
-            "missing_field",
-        ),
-        (
-            "unknown field",
-            with("shipping_speed", serde_json::json!("fast")),
-            422,
-            "unknown_field",
-        ),
-        (
-            "unknown channel",
-            with("channel", serde_json::json!("myspace")),
-            422,
-            "unknown_channel",
-        ),
-        (
-            "bad timestamp",
-            with("occurred_at", serde_json::json!("yesterday")),
-            422,
-            "invalid_value",
-        ),
-        (
-            "bad country",
-            with("buyer", serde_json::json!({"country": "Germany"})),
-            422,
-            "invalid_value",
-        ),
-        (
-            "empty body",
-            with("body", serde_json::json!("  ")),
-            422,
-            "invalid_value",
-        ),
+        ("wrong type", with("body", serde_json::json!(42)), 422, "invalid_type"),
+        ("missing field", without("external_id"), 422, "missing_field"),
+        ("unknown field", with("shipping_speed", serde_json::json!("fast")), 422, "unknown_field"),
+        ("unknown channel", with("channel", serde_json::json!("myspace")), 422, "unknown_channel"),
+        ("bad timestamp", with("occurred_at", serde_json::json!("yesterday")), 422, "invalid_value"),
+        ("bad country", with("buyer", serde_json::json!({"country": "Germany"})), 422, "invalid_value"),
+        ("empty body", with("body", serde_json::json!("  ")), 422, "invalid_value"),
         ("invalid utf-8", invalid_utf8, 400, "invalid_utf8"),
         ("over the limit", vec![b' '; 5000], 413, "body_too_large"),
     ];
     for (name, body, status, code) in &cases {
         let reply = post(&client, &gateway, "/v1/inquiries", body.clone(), &[JSON]).await;
-        assert_eq!(
-            reply.status.as_u16(),
-            *status,
-            "{name}: {}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        assert_eq!(reply.status.as_u16(), *status, "{name}: {}", String::from_utf8_lossy(&reply.body));
         assert_eq!(reply.error_code(), *code, "{name}");
-        assert_eq!(
-            reply.json()["error"]["trace_id"].as_str().unwrap().len(),
-            32,
-            "{name} carries a trace id"
-        );
+        assert_eq!(reply.json()["error"]["trace_id"].as_str().unwrap().len(), 32, "{name} carries a trace id");
     }
-    let reply = post(
-        &client,
-        &gateway,
-        "/v1/inquiries",
-        good.clone().into_bytes(),
-        &[("content-type", "text/plain")],
-    )
-    .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.error_code().as_str()),
-        (415, "unsupported_media_type")
-    );
-    let reply = post(
-        &client,
-        &gateway,
-        "/v1/inquiries",
-        good.clone().into_bytes(),
-        &[JSON, ("idempotency-key", "")],
-    )
-    .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.error_code().as_str()),
-        (400, "invalid_idempotency_key")
-    );
+    let reply =
+        post(&client, &gateway, "/v1/inquiries", good.clone().into_bytes(), &[("content-type", "text/plain")]).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (415, "unsupported_media_type"));
+    let reply =
+        post(&client, &gateway, "/v1/inquiries", good.clone().into_bytes(), &[JSON, ("idempotency-key", "")]).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (400, "invalid_idempotency_key"));
 
     // A batch with one bad line is refused whole, naming the line; its good lines are not stored.
-    let batch = format!(
-        "{}\n{}\n{{\"channel\":\"generic\"}}\n",
-        inquiry_json("shop-1", "b-1"),
-        inquiry_json("shop-1", "b-2")
-    );
-    let reply = post(
-        &client,
-        &gateway,
-        "/v1/inquiries/batch",
-        batch.into_bytes(),
-        &[NDJSON],
-    )
-    .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.error_code().as_str()),
-        (422, "invalid_lines")
-    );
+    let batch =
+        format!("{}\n{}\n{{\"channel\":\"generic\"}}\n", inquiry_json("shop-1", "b-1"), inquiry_json("shop-1", "b-2"));
+    let reply = post(&client, &gateway, "/v1/inquiries/batch", batch.into_bytes(), &[NDJSON]).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (422, "invalid_lines"));
     let lines = reply.json()["error"]["lines"].clone();
     assert_eq!(lines.as_array().unwrap().len(), 1);
-    assert_eq!(
-        (lines[0]["line"].as_u64(), lines[0]["code"].as_str()),
-        (Some(3), Some("missing_field"))
-    );
-    let too_many: String = (0..6)
-        .map(|n| inquiry_json("shop-1", &format!("t-{n}")) + "\n")
-        .collect();
-    let reply = post(
-        &client,
-        &gateway,
-        "/v1/inquiries/batch",
-        too_many.into_bytes(),
-        &[NDJSON],
-    )
-    .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.error_code().as_str()),
-        (413, "too_many_lines")
-    );
+    assert_eq!((lines[0]["line"].as_u64(), lines[0]["code"].as_str()), (Some(3), Some("missing_field")));
+    let too_many: String = (0..6).map(|n| inquiry_json("shop-1", &format!("t-{n}")) + "\n").collect();
+    let reply = post(&client, &gateway, "/v1/inquiries/batch", too_many.into_bytes(), &[NDJSON]).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (413, "too_many_lines"));
 
     // Nothing was stored: the good documents are new when posted now.
     for external_id in ["good-1", "b-1", "b-2", "t-0"] {
-        let reply = client
-            .post_json(
-                &gateway.url("/v1/inquiries"),
-                inquiry_json("shop-1", external_id),
-            )
-            .await;
-        assert_eq!(
-            reply.status, 201,
-            "{external_id} was stored by a refused request"
-        );
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", external_id)).await;
+        assert_eq!(reply.status, 201, "{external_id} was stored by a refused request");
     }
 
     let metrics = client.get(&gateway.admin_url("/metrics")).await;
@@ -196,22 +85,8 @@ async fn every_bad_input_class_gets_a_4xx_with_a_reason_a_metric_and_stores_noth
             "{code} not counted"
         );
     }
-    assert_eq!(
-        metric_value(
-            &text,
-            "inquiry_gateway_rejected_total",
-            &[("reason", "invalid_lines")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "inquiry_gateway_inquiries_total",
-            &[("outcome", "accepted")]
-        ),
-        4.0
-    );
+    assert_eq!(metric_value(&text, "inquiry_gateway_rejected_total", &[("reason", "invalid_lines")]), 1.0);
+    assert_eq!(metric_value(&text, "inquiry_gateway_inquiries_total", &[("outcome", "accepted")]), 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,103 +99,46 @@ async fn batches_dedup_within_and_across_requests_and_honour_idempotency_keys() 
         inquiry_json("shop-1", "x-2"),
         inquiry_json("shop-1", "x-1")
     );
-    let reply = post(
-        &client,
-        &gateway,
-        "/v1/inquiries/batch",
-        batch.clone().into_bytes(),
-        &[NDJSON],
-    )
-    .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    let reply = post(&client, &gateway, "/v1/inquiries/batch", batch.clone().into_bytes(), &[NDJSON]).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let body = reply.json();
-    assert_eq!(
-        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
-        (Some(2), Some(1))
-    );
+    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64()), (Some(2), Some(1)));
     let results = body["results"].as_array().unwrap();
-    assert_eq!(
-        results
-            .iter()
-            .map(|r| r["line"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        vec![1, 3, 4]
-    );
-    assert_eq!(
-        results[0]["id"], results[2]["id"],
-        "same external id in one batch: one inquiry"
-    );
+    assert_eq!(results.iter().map(|r| r["line"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3, 4]);
+    assert_eq!(results[0]["id"], results[2]["id"], "same external id in one batch: one inquiry");
 
-    let again = post(
-        &client,
-        &gateway,
-        "/v1/inquiries/batch",
-        batch.into_bytes(),
-        &[NDJSON],
-    )
-    .await
-    .json();
+    let again = post(&client, &gateway, "/v1/inquiries/batch", batch.into_bytes(), &[NDJSON]).await.json();
     assert_eq!(again["accepted"].as_u64(), Some(0));
     assert_eq!(again["results"][1]["id"], results[1]["id"]);
 
-    // The same Idempotency-Key with a different external id is still the first inquiry.
-    let first = post(
-        &client,
-        &gateway,
-        "/v1/inquiries",
-        inquiry_json("shop-1", "k-1").into_bytes(),
-        &[JSON, ("idempotency-key", "req-77")],
-    )
-    .await;
-    let retry = post(
-        &client,
-        &gateway,
-        "/v1/inquiries",
-        inquiry_json("shop-1", "k-2").into_bytes(),
-        &[JSON, ("idempotency-key", "req-77")],
-    )
-    .await;
+    // A retry with the same Idempotency-Key and payload is a duplicate; the same key with another
+    // payload is refused, and the other payload is not stored.
+    let idem = |external_id: &str| inquiry_json("shop-1", external_id).into_bytes();
+    let key = ("idempotency-key", "req-77");
+    let first = post(&client, &gateway, "/v1/inquiries", idem("k-1"), &[JSON, key]).await;
+    let retry = post(&client, &gateway, "/v1/inquiries", idem("k-1"), &[JSON, key]).await;
+    let reused = post(&client, &gateway, "/v1/inquiries", idem("k-2"), &[JSON, key]).await;
     assert_eq!((first.status.as_u16(), retry.status.as_u16()), (201, 200));
     assert_eq!(first.json()["id"], retry.json()["id"]);
+    assert_eq!((reused.status.as_u16(), reused.error_code().as_str()), (422, "idempotency_key_reused"));
+    assert_eq!(post(&client, &gateway, "/v1/inquiries", idem("k-2"), &[JSON]).await.status, 201, "k-2 was not stored");
+    let location = first.headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/inquiries/{}", first.json()["id"].as_str().unwrap()));
 
     // The stored record carries the routing decision and no personal data.
     let id = first.json()["id"].as_str().unwrap().to_owned();
-    let stored = client
-        .get(&gateway.url(&format!("/v1/inquiries/{id}")))
-        .await;
+    let stored = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await;
     assert_eq!(stored.status, 200);
     let record = stored.json();
     assert_eq!(record["decision"]["queue"], "unassigned");
     assert_eq!(record["decision"]["decided_by"], "fallback");
     assert_eq!(record["inquiry"]["region"], "eu");
-    assert!(record["inquiry"]["buyer"]["pseudonym"]
-        .as_str()
-        .unwrap()
-        .starts_with("bp_"));
+    assert!(record["inquiry"]["buyer"]["pseudonym"].as_str().unwrap().starts_with("bp_"));
     let text = String::from_utf8(stored.body.to_vec()).unwrap();
-    assert!(
-        !text.contains("k-1@example.com") && !text.contains("Test Buyer"),
-        "personal data in the envelope"
-    );
-    assert_eq!(
-        client
-            .get(&gateway.url("/v1/inquiries/not-a-uuid"))
-            .await
-            .error_code(),
-        "invalid_id"
-    );
-    let unknown = client
-        .get(&gateway.url("/v1/inquiries/01a20cca-ee25-741e-bd8f-7e3170ff15fc"))
-        .await;
-    assert_eq!(
-        (unknown.status.as_u16(), unknown.error_code().as_str()),
-        (404, "not_found")
-    );
+    assert!(!text.contains("k-1@example.com") && !text.contains("Test Buyer"), "personal data in the envelope");
+    assert_eq!(client.get(&gateway.url("/v1/inquiries/not-a-uuid")).await.error_code(), "invalid_id");
+    let unknown = client.get(&gateway.url("/v1/inquiries/01a20cca-ee25-741e-bd8f-7e3170ff15fc")).await;
+    assert_eq!((unknown.status.as_u16(), unknown.error_code().as_str()), (404, "not_found"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,34 +152,15 @@ async fn api_keys_limit_callers_to_their_accounts() {
     let shop1 = ("authorization", "Bearer key-for-shop-one-0001");
 
     let none = client.request(Method::POST, &url, body(), &[JSON]).await;
-    assert_eq!(
-        (none.status.as_u16(), none.error_code().as_str()),
-        (401, "unauthorized")
-    );
-    let wrong = client
-        .request(
-            Method::POST,
-            &url,
-            body(),
-            &[JSON, ("authorization", "Bearer nope-nope-nope-nope")],
-        )
-        .await;
+    assert_eq!((none.status.as_u16(), none.error_code().as_str()), (401, "unauthorized"));
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let wrong =
+        client.request(Method::POST, &url, body(), &[JSON, ("authorization", "Bearer nope-nope-nope-nope")]).await;
     assert_eq!(wrong.status, 401);
-    let other = client
-        .request(
-            Method::POST,
-            &url,
-            inquiry_json("shop-2", "auth-2"),
-            &[JSON, shop1],
-        )
-        .await;
-    assert_eq!(
-        (other.status.as_u16(), other.error_code().as_str()),
-        (403, "account_forbidden")
-    );
-    let ok = client
-        .request(Method::POST, &url, body(), &[JSON, shop1])
-        .await;
+    let other = client.request(Method::POST, &url, inquiry_json("shop-2", "auth-2"), &[JSON, shop1]).await;
+    assert_eq!((other.status.as_u16(), other.error_code().as_str()), (403, "account_forbidden"));
+    let ok =
+        client.request(Method::POST, &url, body(), &[JSON, ("authorization", "bearer key-for-shop-one-0001")]).await;
     assert_eq!(ok.status, 201);
     let ops = client
         .request(
@@ -373,22 +172,9 @@ async fn api_keys_limit_callers_to_their_accounts() {
         .await;
     assert_eq!(ops.status, 201);
     let id = ops.json()["id"].as_str().unwrap().to_owned();
-    let hidden = client
-        .request(
-            Method::GET,
-            &gateway.url(&format!("/v1/inquiries/{id}")),
-            "",
-            &[shop1],
-        )
-        .await;
-    assert_eq!(
-        hidden.status, 404,
-        "a key never sees another account's inquiries"
-    );
-    assert!(
-        !gateway.log().contains("key-for-shop-one"),
-        "keys never appear in logs"
-    );
+    let hidden = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{id}")), "", &[shop1]).await;
+    assert_eq!(hidden.status, 404, "a key never sees another account's inquiries");
+    assert!(!gateway.log().contains("key-for-shop-one"), "keys never appear in logs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,26 +182,17 @@ async fn metrics_parse_with_promtool_and_hold_every_hop_histogram() {
     let gateway = Gateway::start("").await;
     let client = HttpClient::new();
     for n in 0..20 {
-        client
-            .post_json(
-                &gateway.url("/v1/inquiries"),
-                inquiry_json("shop-1", &format!("p-{n}")),
-            )
-            .await;
+        client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", &format!("p-{n}"))).await;
     }
     let reply = client.get(&gateway.admin_url("/metrics")).await;
     assert_eq!(reply.status, 200);
     let text = String::from_utf8(reply.body.to_vec()).unwrap();
     for hop in ["normalize", "queue", "dedup", "route", "store", "ingest"] {
-        let count = metric_value(
-            &text,
-            "inquiry_gateway_hop_duration_seconds_count",
-            &[("hop", hop), ("channel", "generic")],
-        );
+        let count =
+            metric_value(&text, "inquiry_gateway_hop_duration_seconds_count", &[("hop", hop), ("channel", "generic")]);
         assert_eq!(count, 20.0, "hop {hop}");
-        assert!(text.contains(&format!(
-            "inquiry_gateway_hop_duration_seconds_bucket{{hop=\"{hop}\",channel=\"generic\",le="
-        )));
+        assert!(text
+            .contains(&format!("inquiry_gateway_hop_duration_seconds_bucket{{hop=\"{hop}\",channel=\"generic\",le=")));
     }
     assert!(metric_value(&text, "inquiry_gateway_store_commit_seconds_count", &[]) >= 1.0);
 
@@ -427,12 +204,7 @@ async fn metrics_parse_with_promtool_and_hold_every_hop_histogram() {
         .spawn()
         .expect("promtool (Debian package prometheus) must be installed: .ci/run installs it");
     use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -445,27 +217,21 @@ async fn metrics_parse_with_promtool_and_hold_every_hop_histogram() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["sinks"]["embedded"], "ready");
     assert_eq!(client.get(&gateway.admin_url("/healthz")).await.status, 200);
+    let wrong_method = client.request(Method::DELETE, &gateway.url("/v1/inquiries"), "", &[]).await;
+    assert_eq!((wrong_method.status.as_u16(), wrong_method.headers["allow"].to_str().unwrap()), (405, "POST"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let mut gateway = Gateway::start("").await;
     let client = HttpClient::new();
-    let reply = client
-        .post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", "t-1"))
-        .await;
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", "t-1")).await;
     assert_eq!(reply.status, 201);
     let status = gateway.terminate();
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        gateway.log()
-    );
+    assert!(status.success(), "exit status {status}; log:\n{}", gateway.log());
     assert!(gateway.log().contains("inquiry gateway stopped"));
     gateway.restart().await;
-    let again = client
-        .post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", "t-1"))
-        .await;
+    let again = client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", "t-1")).await;
     assert_eq!(again.status, 200, "stored before shutdown");
 }
 
@@ -477,40 +243,18 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         .arg(workspace_file("deploy/examples/embedded.toml"))
         .output()
         .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[ingest]\nlisten = \"0.0.0.0:8080\"\nmax_body_bytes = 12\n",
-    )
-    .unwrap();
-    let out = Command::new(bin)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    std::fs::write(&bad, "[ingest]\nlisten = \"0.0.0.0:8080\"\nmax_body_bytes = 12\n").unwrap();
+    let out = Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("ingest.max_body_bytes") && stderr.contains("auth.api_keys"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ingest.max_body_bytes") && stderr.contains("auth.api_keys"), "{stderr}");
 
     std::fs::write(&bad, "[ingest]\nlisten = 8080\n").unwrap();
-    let out = Command::new(bin)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("listen"),
-        "names the field"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"), "names the field");
 }

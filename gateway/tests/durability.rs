@@ -35,11 +35,7 @@ async fn acknowledged_inquiries_survive_sigkill_and_reposting_creates_no_duplica
                 else {
                     return; // the gateway is gone
                 };
-                assert_eq!(
-                    reply.status, 201,
-                    "first post of {external_id}: {:?}",
-                    reply.body
-                );
+                assert_eq!(reply.status, 201, "first post of {external_id}: {:?}", reply.body);
                 let id = reply.json()["id"].as_str().unwrap().to_owned();
                 acked.lock().unwrap().insert(external_id, id);
             }
@@ -53,28 +49,16 @@ async fn acknowledged_inquiries_survive_sigkill_and_reposting_creates_no_duplica
         task.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() >= 3_000 && acked.len() < TOTAL,
-        "killed mid-stream: {} acknowledged",
-        acked.len()
-    );
+    assert!(acked.len() >= 3_000 && acked.len() < TOTAL, "killed mid-stream: {} acknowledged", acked.len());
 
     gateway.restart().await;
     let client = HttpClient::new();
 
     // Every acknowledged id is readable, with its own external id.
     for (external_id, id) in &acked {
-        let reply = client
-            .get(&gateway.url(&format!("/v1/inquiries/{id}")))
-            .await;
-        assert_eq!(
-            reply.status, 200,
-            "acknowledged {external_id} ({id}) lost after SIGKILL"
-        );
-        assert_eq!(
-            reply.json()["inquiry"]["external"]["message_id"],
-            external_id.as_str()
-        );
+        let reply = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await;
+        assert_eq!(reply.status, 200, "acknowledged {external_id} ({id}) lost after SIGKILL");
+        assert_eq!(reply.json()["inquiry"]["external"]["message_id"], external_id.as_str());
     }
 
     // Posting everything again: acknowledged ones are duplicates with their first id; every
@@ -82,20 +66,11 @@ async fn acknowledged_inquiries_survive_sigkill_and_reposting_creates_no_duplica
     let mut ids = HashMap::new();
     for n in 0..TOTAL {
         let external_id = format!("m-{n}");
-        let reply = client
-            .post_json(&url, inquiry_json("shop-1", &external_id))
-            .await;
-        assert!(
-            reply.status == 200 || reply.status == 201,
-            "{external_id}: {}",
-            reply.status
-        );
+        let reply = client.post_json(&url, inquiry_json("shop-1", &external_id)).await;
+        assert!(reply.status == 200 || reply.status == 201, "{external_id}: {}", reply.status);
         let id = reply.json()["id"].as_str().unwrap().to_owned();
         if let Some(first) = acked.get(&external_id) {
-            assert_eq!(
-                reply.status, 200,
-                "{external_id} was acknowledged before, so it is a duplicate"
-            );
+            assert_eq!(reply.status, 200, "{external_id} was acknowledged before, so it is a duplicate");
             assert_eq!(&id, first);
         }
         ids.insert(external_id, id);
@@ -106,9 +81,7 @@ async fn acknowledged_inquiries_survive_sigkill_and_reposting_creates_no_duplica
     // A third round is all duplicates, with the same ids.
     for n in (0..TOTAL).step_by(7) {
         let external_id = format!("m-{n}");
-        let reply = client
-            .post_json(&url, inquiry_json("shop-1", &external_id))
-            .await;
+        let reply = client.post_json(&url, inquiry_json("shop-1", &external_id)).await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.json()["status"], "duplicate");
         assert_eq!(reply.json()["id"].as_str().unwrap(), ids[&external_id]);

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use inquiry_connectors::{generic, Channel, InputError, NormalizeContext};
+use inquiry_connectors::{generic, Channel, NormalizeContext};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,24 +40,18 @@ pub struct ApiState {
 /// Answers one ingest request; never fails (errors become 4xx/5xx responses).
 pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let trace_id = trace_id(req.headers());
+    let traceparent = super::traceparent_id(req.headers());
+    let trace_id = traceparent.clone().unwrap_or_else(super::new_trace_id);
     let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let result = match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "inquiries"]) => post_one(&state, req, &trace_id, started).await,
         (&Method::POST, ["v1", "inquiries", "batch"]) => {
-            post_batch(&state, req, &trace_id, started).await
+            post_batch(&state, req, &trace_id, traceparent.is_some(), started).await
         }
+        (_, ["v1", "inquiries"] | ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
         (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id),
-        (_, ["v1", "inquiries"] | ["v1", "inquiries", _]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed here",
-        )),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint",
-        )),
+        (_, ["v1", "inquiries", _]) => Err(ApiError::method_not_allowed("GET")),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     };
     result.unwrap_or_else(|err| err.into_response(&trace_id))
 }
@@ -86,30 +80,24 @@ async fn post_one(
     let channel = inquiry.channel;
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), 1);
 
-    let acks = state
-        .pipeline
-        .submit(vec![Submission {
-            inquiry,
-            raw,
-            idempotency_key,
-        }])
-        .await
-        .map_err(submit_error)?;
+    let acks = state.pipeline.submit(vec![Submission { inquiry, raw, idempotency_key }]).await.map_err(submit_error)?;
     telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), 1);
     let ack = &acks[0];
-    let status = if ack.status == AckStatus::Accepted {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let status = match ack.status {
+        AckStatus::Accepted => StatusCode::CREATED,
+        AckStatus::Duplicate => StatusCode::OK,
+        AckStatus::Conflict => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used before with a different payload",
+            ))
+        }
     };
-    Ok(json_response(
-        status,
-        &Accepted {
-            id: ack.id,
-            status: ack.status,
-            trace_id,
-        },
-    ))
+    let mut response = json_response(status, &Accepted { id: ack.id, status: ack.status, trace_id });
+    let location = format!("/v1/inquiries/{}", ack.id);
+    response.headers_mut().insert(header::LOCATION, location.parse().expect("a uuid path is a valid header"));
+    Ok(response)
 }
 
 #[derive(Serialize)]
@@ -117,6 +105,8 @@ struct BatchAccepted<'a> {
     trace_id: &'a str,
     accepted: usize,
     duplicates: usize,
+    /// Lines whose Idempotency-Key was used before with another payload: not stored.
+    conflicts: usize,
     results: Vec<BatchResult>,
 }
 
@@ -129,74 +119,47 @@ struct BatchResult {
 }
 
 /// NDJSON: every line is one generic inquiry. All lines are checked first; if any is bad the
-/// whole batch is refused (422 with every bad line) and nothing is stored.
+/// whole batch is refused (422 with every bad line) and nothing is stored. Each line gets a trace
+/// id of its own, unless the client sent a `traceparent`: then every line carries the client's.
 async fn post_batch(
     state: &Arc<ApiState>,
     req: Request<Incoming>,
     trace_id: &str,
+    client_traced: bool,
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(req.headers())?;
-    require_content_type(
-        req.headers(),
-        &[
-            "application/x-ndjson",
-            "application/ndjson",
-            "application/jsonl",
-        ],
-    )?;
+    require_content_type(req.headers(), &["application/x-ndjson", "application/ndjson", "application/jsonl"])?;
     let idempotency_key = idempotency_key(req.headers())?;
     let body = read_body(req, state.max_body_bytes).await?;
 
     // Parsing a large batch takes milliseconds: keep it off the async workers.
     let normalize_started = Instant::now();
     let worker_state = state.clone();
+    let shared_trace = client_traced.then(|| trace_id.to_owned());
     let (submissions, line_numbers) = tokio::task::spawn_blocking(move || {
-        normalize_batch(&worker_state, &body, &grant, idempotency_key.as_deref())
+        normalize_batch(&worker_state, &body, &grant, idempotency_key.as_deref(), shared_trace.as_deref())
     })
     .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "batch normalization failed",
-        )
-    })??;
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "batch normalization failed"))??;
     let per_line = normalize_started.elapsed() / submissions.len().max(1) as u32;
     for item in &submissions {
         telemetry::record_hop(Hop::Normalize, item.inquiry.channel, per_line, 1);
     }
 
-    let channels: Vec<(Channel, String)> = submissions
-        .iter()
-        .map(|s| (s.inquiry.channel, s.inquiry.trace_id.clone()))
-        .collect();
-    let acks = state
-        .pipeline
-        .submit(submissions)
-        .await
-        .map_err(submit_error)?;
+    let channels: Vec<(Channel, String)> =
+        submissions.iter().map(|s| (s.inquiry.channel, s.inquiry.trace_id.clone())).collect();
+    let acks = state.pipeline.submit(submissions).await.map_err(submit_error)?;
     let elapsed = started.elapsed();
     let mut results = Vec::with_capacity(acks.len());
     for ((ack, (channel, line_trace)), line) in acks.iter().zip(channels).zip(line_numbers) {
         telemetry::record_hop(Hop::Ingest, channel, elapsed, 1);
-        results.push(BatchResult {
-            line,
-            id: ack.id,
-            status: ack.status,
-            trace_id: line_trace,
-        });
+        results.push(BatchResult { line, id: ack.id, status: ack.status, trace_id: line_trace });
     }
-    let accepted = results
-        .iter()
-        .filter(|r| r.status == AckStatus::Accepted)
-        .count();
-    let body = BatchAccepted {
-        trace_id,
-        accepted,
-        duplicates: results.len() - accepted,
-        results,
-    };
+    let count = |status| results.iter().filter(|r| r.status == status).count();
+    let (accepted, duplicates, conflicts) =
+        (count(AckStatus::Accepted), count(AckStatus::Duplicate), count(AckStatus::Conflict));
+    let body = BatchAccepted { trace_id, accepted, duplicates, conflicts, results };
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -206,6 +169,7 @@ fn normalize_batch(
     body: &Bytes,
     grant: &Grant,
     idempotency_key: Option<&str>,
+    shared_trace: Option<&str>,
 ) -> Result<(Vec<Submission>, Vec<usize>), ApiError> {
     let lines: Vec<(usize, Bytes)> = body
         .split(|b| *b == b'\n')
@@ -214,11 +178,7 @@ fn normalize_batch(
         .map(|(i, line)| (i + 1, body.slice_ref(line)))
         .collect();
     if lines.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "empty_batch",
-            "the batch has no lines",
-        ));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "the batch has no lines"));
     }
     if lines.len() > state.max_batch_lines {
         return Err(ApiError::new(
@@ -231,27 +191,23 @@ fn normalize_batch(
     let mut numbers = Vec::with_capacity(lines.len());
     let mut errors = Vec::new();
     for (number, line) in lines {
-        let line_trace = new_trace_id();
-        let checked = generic::normalize(&line, &context(state, &line_trace)).and_then(|inquiry| {
-            if grant.allows(&inquiry.account) {
-                Ok(inquiry)
-            } else {
-                Err(InputError::new(
-                    inquiry_connectors::InputErrorCode::InvalidValue,
-                    "account not allowed for this key",
-                )
-                .field("account"))
-            }
-        });
-        match checked {
-            Ok(inquiry) => {
-                let idempotency_key = idempotency_key.map(|k| format!("{k}#{number}"));
-                submissions.push(Submission {
-                    inquiry,
-                    raw: line,
-                    idempotency_key,
-                });
+        let line_trace = shared_trace.map_or_else(super::new_trace_id, str::to_owned);
+        match generic::normalize(&line, &context(state, &line_trace)) {
+            Ok(inquiry) if grant.allows(&inquiry.account) => {
+                // Keys are visible ascii, so "\0" cannot occur in one: "key\0line" is unambiguous.
+                let idempotency_key = idempotency_key.map(|k| format!("{k}\0{number}"));
+                submissions.push(Submission { inquiry, raw: line, idempotency_key });
                 numbers.push(number);
+            }
+            Ok(_) => {
+                telemetry::count_rejected("account_forbidden");
+                let message = "this key may not use that account".to_owned();
+                errors.push(LineError {
+                    line: number,
+                    code: "account_forbidden",
+                    field: Some("account".into()),
+                    message,
+                });
             }
             Err(err) => {
                 telemetry::count_rejected(err.code.as_str());
@@ -270,47 +226,20 @@ fn normalize_batch(
     let mut err = ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_lines",
-        format!(
-            "{} line(s) refused; nothing of the batch was stored",
-            errors.len()
-        ),
+        format!("{} line(s) refused; nothing of the batch was stored", errors.len()),
     );
     err.lines = errors;
     Err(err)
 }
 
-fn get_one(
-    state: &ApiState,
-    headers: &HeaderMap,
-    id: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(headers)?;
-    let id = Uuid::try_parse(id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            "the id is not a uuid",
-        )
-    })?;
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no inquiry with this id",
-        )
-    };
-    let bytes = state
-        .store
-        .get_inquiry(id)
-        .map_err(store_error)?
-        .ok_or_else(not_found)?;
-    let stored: StoredInquiry = serde_json::from_slice(&bytes).map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "stored record is unreadable",
-        )
-    })?;
+    let id = Uuid::try_parse(id)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the id is not a uuid"))?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
+    let bytes = state.store.get_inquiry(id).map_err(store_error)?.ok_or_else(not_found)?;
+    let stored: StoredInquiry = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored record is unreadable"))?;
     // A key that may not see the account learns nothing, not even that the id exists.
     if !grant.allows(&stored.inquiry.account) {
         return Err(not_found());
@@ -328,28 +257,16 @@ fn context<'a>(state: &'a ApiState, trace_id: &'a str) -> NormalizeContext<'a> {
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body exceeds {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes"));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_read_error",
-            "the request body could not be read",
-        )),
+        Err(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "body_read_error", "the request body could not be read")),
     }
 }
 
@@ -357,14 +274,7 @@ fn require_content_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), Ap
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let essence = value
-        .to_str()
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if accepted.contains(&essence.as_str()) {
         Ok(())
     } else {
@@ -384,16 +294,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_idempotency_key",
-            format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ascii characters"
-            ),
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ascii characters"),
         )
     };
     let key = value.to_str().map_err(|_| invalid())?;
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
-        || !key.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
@@ -402,44 +307,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 fn submit_error(err: SubmitError) -> ApiError {
     match err {
         SubmitError::Overloaded => ApiError::overloaded(),
-        SubmitError::Stopped => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the gateway is shutting down",
-        )
-        .retry_after(5),
+        SubmitError::Stopped => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the gateway is shutting down")
+                .retry_after(5)
+        }
         SubmitError::Store(err) => store_error(err),
+        SubmitError::StageFailed => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the pipeline failed; the request was not stored",
+        ),
     }
 }
 
 fn store_error(err: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %err, "store failure");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store could not complete the request",
-    )
-    .retry_after(1)
-}
-
-/// The trace id of the W3C `traceparent` header, or a new one.
-fn trace_id(headers: &HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let mut parts = v.split('-');
-            let (_version, trace) = (parts.next()?, parts.next()?);
-            let valid = trace.len() == 32
-                && trace
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                && trace.bytes().any(|b| b != b'0');
-            valid.then(|| trace.to_owned())
-        })
-        .unwrap_or_else(new_trace_id)
-}
-
-fn new_trace_id() -> String {
-    Uuid::new_v4().simple().to_string()
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not complete the request")
+        .retry_after(1)
 }

@@ -31,10 +31,7 @@ impl Grant {
         match self {
             Grant::Open => true,
             Grant::Key { accounts: None, .. } => true,
-            Grant::Key {
-                accounts: Some(accounts),
-                ..
-            } => accounts.iter().any(|a| a == account),
+            Grant::Key { accounts: Some(accounts), .. } => accounts.iter().any(|a| a == account),
         }
     }
 
@@ -43,12 +40,8 @@ impl Grant {
         if self.allows(account) {
             Ok(())
         } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "account_forbidden",
-                "this key may not use that account",
-            )
-            .field_name("account"))
+            Err(ApiError::new(StatusCode::FORBIDDEN, "account_forbidden", "this key may not use that account")
+                .field_name("account"))
         }
     }
 }
@@ -70,13 +63,7 @@ impl Authenticator {
             .iter()
             .map(|k| {
                 let accounts = (!k.accounts.iter().any(|a| a == "*")).then(|| k.accounts.clone());
-                (
-                    digest(&k.key),
-                    Grant::Key {
-                        id: k.id.clone(),
-                        accounts,
-                    },
-                )
+                (digest(&k.key), Grant::Key { id: k.id.clone(), accounts })
             })
             .collect();
         Authenticator { keys: Some(keys) }
@@ -95,18 +82,17 @@ impl Authenticator {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "send an api key as Authorization: Bearer <key>",
-                )
-            })?;
-        keys.get(&digest(presented.trim())).cloned().ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown api key")
-        })
+            .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+            .map(|(_, key)| key)
+            .ok_or_else(|| unauthorized("send an api key as Authorization: Bearer <key>"))?;
+        keys.get(&digest(presented.trim())).cloned().ok_or_else(|| unauthorized("unknown api key"))
     }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    let mut err = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    err.headers.push((header::WWW_AUTHENTICATE, "Bearer"));
+    err
 }
 
 fn digest(key: &str) -> [u8; 32] {

@@ -23,6 +23,8 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
     /// Per-line errors of a refused NDJSON batch.
     pub lines: Vec<LineError>,
+    /// Extra response headers (`WWW-Authenticate`, `Allow`).
+    pub headers: Vec<(header::HeaderName, &'static str)>,
 }
 
 /// One refused line of an NDJSON batch.
@@ -49,6 +51,7 @@ impl ApiError {
             field: None,
             retry_after: None,
             lines: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -56,6 +59,13 @@ impl ApiError {
     pub fn field_name(mut self, field: &str) -> Self {
         self.field = Some(field.to_owned());
         self
+    }
+
+    /// 405 naming the methods the resource allows.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut err = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here");
+        err.headers.push((header::ALLOW, allow));
+        err
     }
 
     /// Sets `Retry-After`.
@@ -66,12 +76,8 @@ impl ApiError {
 
     /// 503: the pipeline queue or the request limit is full.
     pub fn overloaded() -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "the gateway is at capacity; retry later",
-        )
-        .retry_after(1)
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the gateway is at capacity; retry later")
+            .retry_after(1)
     }
 
     /// Renders the error with the request's trace id, counting it by reason.
@@ -92,19 +98,9 @@ impl ApiError {
         }
         telemetry::count_rejected(self.code);
         if self.status.is_server_error() {
-            tracing::warn!(
-                trace_id,
-                code = self.code,
-                status = self.status.as_u16(),
-                "request failed"
-            );
+            tracing::warn!(trace_id, code = self.code, status = self.status.as_u16(), "request failed");
         } else {
-            tracing::debug!(
-                trace_id,
-                code = self.code,
-                status = self.status.as_u16(),
-                "request refused"
-            );
+            tracing::debug!(trace_id, code = self.code, status = self.status.as_u16(), "request refused");
         }
         let body = Body {
             error: Inner {
@@ -117,9 +113,10 @@ impl ApiError {
         };
         let mut response = json_response(self.status, &body);
         if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, HeaderValue::from_static(value));
         }
         response
     }
@@ -134,10 +131,7 @@ impl From<InputError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
         };
-        ApiError {
-            field: err.field,
-            ..ApiError::new(status, err.code.as_str(), err.message)
-        }
+        ApiError { field: err.field, ..ApiError::new(status, err.code.as_str(), err.message) }
     }
 }
 
@@ -146,9 +140,6 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full
     let bytes = serde_json::to_vec(body).expect("response bodies serialize");
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -70,11 +70,7 @@ pub struct AdminState {
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` resolves.
-pub async fn serve_admin(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, shutdown: impl Future<Output = ()>) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(admin(&state, &req)) }
@@ -84,59 +80,61 @@ pub async fn serve_admin(
 
 fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
     if req.method() != Method::GET {
-        return ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "admin endpoints are GET only",
-        )
-        .into_response("");
+        return ApiError::method_not_allowed("GET").into_response(&new_trace_id());
     }
     match req.uri().path() {
-        "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        "/healthz" => {
+            // Live while the pipeline can still make progress; a poisoned store needs a restart.
+            if state.pipeline.is_alive() {
+                json_response(StatusCode::OK, &json!({ "status": "ok" }))
+            } else {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "failed" }))
+            }
+        }
         "/readyz" => {
             let embedded = state.pipeline.is_ready();
-            let status = if embedded {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+            let status = if embedded { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             let sink = if embedded { "ready" } else { "unavailable" };
-            json_response(
-                status,
-                &json!({ "ready": embedded, "sinks": { "embedded": sink } }),
-            )
+            json_response(status, &json!({ "ready": embedded, "sinks": { "embedded": sink } }))
         }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             response
         }
-        _ => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response("")
-        }
+        _ => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response(&new_trace_id()),
     }
 }
 
 /// Always `Ok`: the `BoxError` type only satisfies tower's `From<S::Error>` bound.
-fn limit_error_to_response(
-    result: Result<HttpResponse, BoxError>,
-) -> Result<HttpResponse, BoxError> {
+fn limit_error_to_response(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
     Ok(result.unwrap_or_else(|err| {
         if err.is::<tower::timeout::error::Elapsed>() {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                "the request took too long; retry later",
-            )
-            .retry_after(1)
-            .into_response("")
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; retry later")
+                .retry_after(1)
+                .into_response(&new_trace_id())
         } else {
-            ApiError::overloaded().into_response("")
+            ApiError::overloaded().into_response(&new_trace_id())
         }
     }))
+}
+
+/// The trace id of the W3C `traceparent` header, if it carries a valid one.
+pub fn traceparent_id(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    let valid = trace.len() == 32
+        && trace.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && trace.bytes().any(|b| b != b'0');
+    valid.then(|| trace.to_owned())
+}
+
+/// A new random trace id (32 lowercase hex digits).
+pub fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Accepts HTTP/1.1 connections until `shutdown`, then lets open ones finish (up to 10 s).
@@ -171,10 +169,7 @@ where
         }
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after 10 s; closing them");
     }
 }

@@ -26,10 +26,7 @@ pub struct Gateway {
 
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 impl Gateway {
@@ -63,11 +60,7 @@ impl Gateway {
         );
         let config_path = self.dir.join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("gateway.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"))
             .args(["run", "--config"])
             .arg(&config_path)
@@ -85,35 +78,22 @@ impl Gateway {
         let client = HttpClient::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(resp) = client
-                .try_request(Method::GET, &self.admin_url("/healthz"), Bytes::new(), &[])
-                .await
-            {
+            if let Ok(resp) = client.try_request(Method::GET, &self.admin_url("/healthz"), Bytes::new(), &[]).await {
                 if resp.status == StatusCode::OK {
                     return;
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "gateway exited with {status} before it was healthy; log:\n{}",
-                    self.log()
-                );
+                panic!("gateway exited with {status} before it was healthy; log:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway not healthy within 30 s; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "gateway not healthy within 30 s; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Restarts the gateway on the same store and ports.
     pub async fn restart(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "stop the gateway before restarting it"
-        );
+        assert!(self.child.is_none(), "stop the gateway before restarting it");
         self.spawn().await;
     }
 
@@ -127,18 +107,13 @@ impl Gateway {
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("gateway is running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not stop within 30 s after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "gateway did not stop within 30 s after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -225,20 +200,13 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not json ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not json ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The `error.code` of an error body.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
     }
 }
 
@@ -251,9 +219,7 @@ pub struct HttpClient {
 impl HttpClient {
     /// A new client with its own connection pool.
     pub fn new() -> Self {
-        HttpClient {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        HttpClient { client: Client::builder(TokioExecutor::new()).build_http() }
     }
 
     /// Sends a request; connection errors are returned.
@@ -268,45 +234,20 @@ impl HttpClient {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let resp = self
-            .client
-            .request(builder.body(Full::new(body.into())).unwrap())
-            .await?;
+        let resp = self.client.request(builder.body(Full::new(body.into())).unwrap()).await?;
         let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 
     /// Sends a request; panics on connection errors.
-    pub async fn request(
-        &self,
-        method: Method,
-        url: &str,
-        body: impl Into<Bytes>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
-        self.try_request(method, url, body, headers)
-            .await
-            .expect("request reaches the gateway")
+    pub async fn request(&self, method: Method, url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Reply {
+        self.try_request(method, url, body, headers).await.expect("request reaches the gateway")
     }
 
     /// POSTs JSON.
     pub async fn post_json(&self, url: &str, body: impl Into<Bytes>) -> Reply {
-        self.request(
-            Method::POST,
-            url,
-            body,
-            &[("content-type", "application/json")],
-        )
-        .await
+        self.request(Method::POST, url, body, &[("content-type", "application/json")]).await
     }
 
     /// GETs a URL.
@@ -337,11 +278,7 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f6
         .lines()
         .filter(|line| !line.starts_with('#'))
         .filter(|line| line.split(['{', ' ']).next() == Some(name))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
+        .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
