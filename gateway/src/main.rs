@@ -7,6 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use inquiry_gateway::config::Config;
 
+/// mimalloc: the request path allocates many small buffers; glibc malloc took ~18% of CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The inquiry gateway.
 #[derive(Parser)]
 #[command(name = "inquiry-gateway", version, about)]

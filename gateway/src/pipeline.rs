@@ -54,10 +54,20 @@ pub struct DeadLetter {
 pub struct Submission {
     /// The normalized inquiry.
     pub inquiry: Inquiry,
+    /// Its JSON, serialized by the caller (in parallel) rather than on the stage thread.
+    pub inquiry_json: Vec<u8>,
     /// The original payload, kept beside it.
     pub raw: Bytes,
     /// The client's Idempotency-Key, when it sent one.
     pub idempotency_key: Option<String>,
+}
+
+impl Submission {
+    /// A submission of `inquiry`, its original payload and the client's Idempotency-Key.
+    pub fn new(inquiry: Inquiry, raw: Bytes, idempotency_key: Option<String>) -> Self {
+        let inquiry_json = serde_json::to_vec(&inquiry).expect("inquiries serialize");
+        Submission { inquiry, inquiry_json, raw, idempotency_key }
+    }
 }
 
 /// Whether an inquiry is new or was already stored.
@@ -292,10 +302,16 @@ impl Stage {
         // Sink: one atomic batch; the syncer's fsync makes it durable.
         let write_started = Instant::now();
         let mut batch = self.store.batch();
+        let mut record = Vec::with_capacity(2048);
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
-            let record = StoredInquiry { inquiry: item.inquiry.clone(), decision };
-            batch.put_inquiry(id, serde_json::to_vec(&record).expect("inquiries serialize"), &item.raw);
+            record.clear();
+            record.extend_from_slice(b"{\"inquiry\":");
+            record.extend_from_slice(&item.inquiry_json);
+            record.extend_from_slice(b",\"decision\":");
+            serde_json::to_writer(&mut record, &decision).expect("decisions serialize");
+            record.push(b'}');
+            batch.put_inquiry(id, &record, &item.raw);
             for (key, value) in keys.entries(id) {
                 batch.put_dedup(key, &value);
             }
@@ -480,7 +496,7 @@ mod tests {
             pseudonym_key: b"test-key-test-key-test-key-test-key",
         };
         let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
-        Submission { inquiry, raw: Bytes::from(raw), idempotency_key: None }
+        Submission::new(inquiry, Bytes::from(raw), None)
     }
 
     fn start(router: impl Router, queue_capacity: usize) -> (Pipeline, Store, tempfile::TempDir) {

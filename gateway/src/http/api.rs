@@ -80,7 +80,7 @@ async fn post_one(
     let channel = inquiry.channel;
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), 1);
 
-    let acks = state.pipeline.submit(vec![Submission { inquiry, raw, idempotency_key }]).await.map_err(submit_error)?;
+    let acks = state.pipeline.submit(vec![Submission::new(inquiry, raw, idempotency_key)]).await.map_err(submit_error)?;
     telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), 1);
     let ack = &acks[0];
     let status = match ack.status {
@@ -196,7 +196,7 @@ fn normalize_batch(
             Ok(inquiry) if grant.allows(&inquiry.account) => {
                 // Keys are visible ascii, so "\0" cannot occur in one: "key\0line" is unambiguous.
                 let idempotency_key = idempotency_key.map(|k| format!("{k}\0{number}"));
-                submissions.push(Submission { inquiry, raw: line, idempotency_key });
+                submissions.push(Submission::new(inquiry, line, idempotency_key));
                 numbers.push(number);
             }
             Ok(_) => {
