@@ -95,7 +95,7 @@ impl Store {
 
     /// Makes every write so far durable (one fsync of the journal).
     pub fn sync(&self) -> Result<(), StoreError> {
-        Ok(self.keyspace.persist(PersistMode::SyncAll)?)
+        Ok(self.keyspace.persist(PersistMode::SyncData)?)
     }
 
     /// The stored inquiry record (JSON of `StoredInquiry`), if any.
