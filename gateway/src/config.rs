@@ -27,8 +27,122 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Who may call the ingest API.
     pub auth: AuthConfig,
+    /// Downstream sinks fed from the embedded spool; none configured: embedded store only.
+    pub sinks: SinksConfig,
+    /// The spool of inquiries waiting for the sinks.
+    pub spool: SpoolConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Downstream sinks. Each configured sink gets an outbox in the embedded store (the spool) and a
+/// forwarder that drains it in commit order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Apache Kafka (or any Kafka-API broker) via librdkafka.
+    pub kafka: Option<KafkaConfig>,
+    /// ScyllaDB or Apache Cassandra via the `scylla` driver (CQL).
+    pub cql: Option<CqlConfig>,
+}
+
+/// The Kafka sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Prefix of every topic name (e.g. `eu1.`); topics are `<prefix>inquiries.routed.v1`,
+    /// `<prefix>audit.events.v1` and `<prefix>inquiries.deadletter.v1`.
+    pub topic_prefix: String,
+    /// Create missing topics at start-up (else they must exist).
+    pub create_topics: bool,
+    /// Partitions of created topics.
+    pub partitions: i32,
+    /// Replication factor of created topics.
+    pub replication_factor: i32,
+    /// `retention.ms` of the routed-inquiry and audit topics (dead letters keep 4x as long).
+    pub retention_ms: i64,
+    /// Inquiries sent per forwarder round (all in flight at once).
+    pub batch_size: usize,
+    /// Extra librdkafka properties (security, SASL, tuning); they override the gateway's defaults
+    /// except `enable.idempotence`, `acks` and `partitioner`, which are fixed.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".to_owned(),
+            topic_prefix: String::new(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            batch_size: 2000,
+            properties: Default::default(),
+        }
+    }
+}
+
+/// The CQL store sink (ScyllaDB or Cassandra).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CqlConfig {
+    /// Contact points, `host:port`.
+    pub contact_points: Vec<String>,
+    /// Keyspace, created by the migration if absent.
+    pub keyspace: String,
+    /// Local datacenter: requests go to its nodes first (token- and DC-aware).
+    pub local_datacenter: String,
+    /// Replication per datacenter for `NetworkTopologyStrategy`, e.g. `{ dc1 = 3, dc2 = 3 }`.
+    pub replication: std::collections::BTreeMap<String, u32>,
+    /// Consistency of writes: `one`, `local_one`, `local_quorum`, `quorum`, `each_quorum`, `all`.
+    pub consistency: String,
+    /// Time to live of inquiry rows, in seconds (0 = keep forever).
+    pub ttl_seconds: u32,
+    /// Time to live of audit rows, in seconds (0 = keep forever).
+    pub audit_ttl_seconds: u32,
+    /// Partitions per account and day in `inquiries_by_account_day` (spreads busy accounts).
+    pub day_buckets: u16,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Inquiries written per forwarder round.
+    pub batch_size: usize,
+    /// Run the schema migration at start-up (else run `inquiry-gateway migrate`).
+    pub migrate: bool,
+}
+
+impl Default for CqlConfig {
+    fn default() -> Self {
+        CqlConfig {
+            contact_points: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "inquiry_gateway".to_owned(),
+            local_datacenter: "dc1".to_owned(),
+            replication: [("dc1".to_owned(), 1)].into_iter().collect(),
+            consistency: "local_quorum".to_owned(),
+            ttl_seconds: 400 * 24 * 3600,
+            audit_ttl_seconds: 0,
+            day_buckets: 8,
+            max_in_flight: 256,
+            batch_size: 1000,
+            migrate: true,
+        }
+    }
+}
+
+/// The spool: inquiries stored durably but not yet taken by every sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Most inquiries a sink may have waiting; beyond it ingest answers 503 with Retry-After.
+    pub max_pending: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { max_pending: 5_000_000 }
+    }
 }
 
 /// The public ingest listener.
@@ -241,6 +355,47 @@ impl Config {
         }
         if self.routing.fallback.queue.trim().is_empty() {
             problems.push("routing.fallback.queue must not be empty".to_owned());
+        }
+        if let Some(kafka) = &self.sinks.kafka {
+            if kafka.brokers.trim().is_empty() {
+                problems.push("sinks.kafka.brokers must not be empty".to_owned());
+            }
+            if kafka.partitions < 1 || kafka.replication_factor < 1 {
+                problems.push("sinks.kafka.partitions and replication_factor must be at least 1".to_owned());
+            }
+            if kafka.batch_size == 0 {
+                problems.push("sinks.kafka.batch_size must be at least 1".to_owned());
+            }
+            for fixed in ["enable.idempotence", "acks", "partitioner"] {
+                if kafka.properties.contains_key(fixed) {
+                    problems.push(format!("sinks.kafka.properties may not set `{fixed}`: the gateway fixes it"));
+                }
+            }
+        }
+        if let Some(cql) = &self.sinks.cql {
+            if cql.contact_points.is_empty() {
+                problems.push("sinks.cql.contact_points must name at least one node".to_owned());
+            }
+            let identifier = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !identifier(&cql.keyspace) {
+                problems.push("sinks.cql.keyspace must be letters, digits and underscores".to_owned());
+            }
+            if cql.replication.is_empty() || !cql.replication.keys().all(|dc| identifier(dc.replace('-', "_").as_str()))
+            {
+                problems.push("sinks.cql.replication must map datacenter names to replica counts".to_owned());
+            }
+            if !cql.replication.contains_key(&cql.local_datacenter) {
+                problems.push("sinks.cql.local_datacenter must be one of the replication datacenters".to_owned());
+            }
+            if crate::sinks::cql::parse_consistency(&cql.consistency).is_none() {
+                problems.push(format!("sinks.cql.consistency `{}` is not a consistency level", cql.consistency));
+            }
+            if cql.day_buckets == 0 || cql.max_in_flight == 0 || cql.batch_size == 0 {
+                problems.push("sinks.cql.day_buckets, max_in_flight and batch_size must be at least 1".to_owned());
+            }
+        }
+        if self.spool.max_pending == 0 {
+            problems.push("spool.max_pending must be at least 1".to_owned());
         }
         if self.auth.api_keys.is_empty() && !ingest.listen.ip().is_loopback() {
             problems.push(format!(

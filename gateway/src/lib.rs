@@ -6,6 +6,8 @@ pub mod config;
 pub mod http;
 pub mod pipeline;
 pub mod routing;
+pub mod sinks;
+pub mod spool;
 pub mod store;
 pub mod telemetry;
 
@@ -23,6 +25,10 @@ use crate::http::auth::Authenticator;
 use crate::http::{AdminState, IngressLimits};
 use crate::pipeline::{Pipeline, PipelineLimits};
 use crate::routing::FallbackRouter;
+use crate::sinks::cql::CqlSink;
+use crate::sinks::kafka::KafkaSink;
+use crate::sinks::Sink;
+use crate::spool::Spool;
 use crate::store::{Store, StoreError};
 
 /// Why the gateway could not start.
@@ -34,6 +40,9 @@ pub enum StartError {
     /// The embedded store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A sink could not be built or prepared.
+    #[error(transparent)]
+    Sink(#[from] sinks::SinkError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -58,7 +67,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         queue_capacity: config.pipeline.queue_capacity,
         max_batch_inquiries: config.pipeline.max_batch_inquiries,
     };
-    let (pipeline, stage) = Pipeline::start(store.clone(), Arc::new(fallback.clone()), fallback, limits);
+    let sinks = build_sinks(&config)?;
+    let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
+    let (spool, next_seq) = Spool::open(&store, &names, config.spool.max_pending)?;
+    let spool = Arc::new(spool);
+    let (pipeline, stage) =
+        Pipeline::start(store.clone(), Arc::new(fallback.clone()), fallback, limits, spool.clone(), next_seq);
 
     let ingest_listener = bind(config.ingest.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
@@ -74,6 +88,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "inquiry gateway started"
     );
 
+    let (stop_tx, stop_rx) = watch::channel(());
+    let forwarders: Vec<_> = sinks
+        .into_iter()
+        .enumerate()
+        .map(|(i, sink)| tokio::spawn(sinks::forward(sink, i, spool.clone(), store.clone(), stop_rx.clone())))
+        .collect();
+
     let api = Arc::new(ApiState {
         pipeline: pipeline.clone(),
         store,
@@ -82,13 +103,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_body_bytes: config.ingest.max_body_bytes,
         max_batch_lines: config.ingest.max_batch_lines,
     });
-    let admin = Arc::new(AdminState { pipeline, metrics });
+    let admin = Arc::new(AdminState { pipeline, spool, metrics });
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
     };
 
-    let (stop_tx, stop_rx) = watch::channel(());
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
@@ -107,7 +127,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "pipeline stage did not stop within 10 s; unacknowledged requests are lost to their clients' retries"
         );
     }
+    // Forwarders finish their current round; what is left stays in the spool for the next start.
+    for forwarder in forwarders {
+        let _ = tokio::time::timeout(Duration::from_secs(10), forwarder).await;
+    }
     tracing::info!("inquiry gateway stopped");
+    Ok(())
+}
+
+/// The configured sinks, in a fixed order (registration is here, in one place).
+fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, StartError> {
+    let mut built: Vec<Arc<dyn Sink>> = Vec::new();
+    if let Some(kafka) = &config.sinks.kafka {
+        built.push(Arc::new(KafkaSink::new(kafka)?));
+    }
+    if let Some(cql) = &config.sinks.cql {
+        built.push(Arc::new(CqlSink::new(cql)?));
+    }
+    Ok(built)
+}
+
+/// Creates the Kafka topics and migrates the CQL schema of `config`, then returns.
+pub async fn migrate(config: &Config) -> Result<(), StartError> {
+    config.validate()?;
+    for sink in build_sinks(config)? {
+        sink.prepare().await?;
+        tracing::info!(sink = sink.name(), "sink prepared");
+    }
     Ok(())
 }
 

@@ -27,6 +27,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Creates the Kafka topics and the CQL schema of a configuration, then exits.
+    Migrate {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validates a configuration file without any network or store access.
     Check {
         /// Configuration file (TOML).
@@ -45,6 +51,13 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("{}: {err:#}", config.display());
                 ExitCode::from(2)
+            }
+        },
+        Command::Migrate { config } => match migrate(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("inquiry-gateway: {err:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Run { config } => match run(config) {
@@ -71,6 +84,14 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     inquiry_gateway::telemetry::init_logs(&config.log.level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(inquiry_gateway::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+fn migrate(path: &PathBuf) -> anyhow::Result<()> {
+    let config = load(Some(path))?;
+    inquiry_gateway::telemetry::init_logs(&config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(inquiry_gateway::migrate(&config))?;
     Ok(())
 }
 

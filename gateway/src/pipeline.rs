@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::routing::{Decision, FallbackRouter, RouteOutcome, Router};
-use crate::store::{Store, StoreError};
+use crate::spool::Spool;
+use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
 
 /// An inquiry as kept in the store and returned by `GET /v1/inquiries/{id}`.
@@ -107,6 +108,9 @@ pub enum SubmitError {
     /// The queue is full: retry later.
     #[error("pipeline queue is full")]
     Overloaded,
+    /// A sink is down and its spool reached `spool.max_pending`: retry later.
+    #[error("spool is full")]
+    SpoolFull,
     /// The gateway is shutting down.
     #[error("pipeline is stopped")]
     Stopped,
@@ -139,6 +143,7 @@ struct Job {
 pub struct Pipeline {
     tx: mpsc::Sender<Job>,
     store_ok: Arc<AtomicBool>,
+    spool: Arc<Spool>,
 }
 
 impl Pipeline {
@@ -148,14 +153,25 @@ impl Pipeline {
         router: Arc<dyn Router>,
         fallback: FallbackRouter,
         limits: PipelineLimits,
+        spool: Arc<Spool>,
+        next_seq: u64,
     ) -> (Pipeline, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.queue_capacity);
         let store_ok = Arc::new(AtomicBool::new(true));
         gauge!(telemetry::QUEUE_CAPACITY).set(limits.queue_capacity as f64);
         // Two written batches may wait for their fsync; then the stage waits too (backpressure).
         let (to_sync, written) = std::sync::mpsc::sync_channel(2);
-        let syncer = Syncer { written, store: store.clone(), store_ok: store_ok.clone() };
-        let stage = Stage { rx, store, router, fallback, max_batch: limits.max_batch_inquiries, to_sync };
+        let syncer = Syncer { written, store: store.clone(), store_ok: store_ok.clone(), spool: spool.clone() };
+        let stage = Stage {
+            rx,
+            store,
+            router,
+            fallback,
+            max_batch: limits.max_batch_inquiries,
+            to_sync,
+            spool: spool.clone(),
+            next_seq,
+        };
         let thread = std::thread::Builder::new()
             .name("pipeline-stage".to_owned())
             .spawn(move || {
@@ -167,11 +183,14 @@ impl Pipeline {
                 let _ = sync_thread.join();
             })
             .expect("spawning the pipeline thread");
-        (Pipeline { tx, store_ok }, thread)
+        (Pipeline { tx, store_ok, spool }, thread)
     }
 
     /// Queues inquiries and waits until they are durable. Refuses at once when the queue is full.
     pub async fn submit(&self, items: Vec<Submission>) -> Result<Vec<Ack>, SubmitError> {
+        if self.spool.is_full() {
+            return Err(SubmitError::SpoolFull);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job { items, enqueued: Instant::now(), reply };
         self.tx.try_send(job).map_err(|e| match e {
@@ -203,6 +222,9 @@ struct Stage {
     fallback: FallbackRouter,
     max_batch: usize,
     to_sync: std::sync::mpsc::SyncSender<Written>,
+    spool: Arc<Spool>,
+    /// Sequence number of the next new inquiry (commit order, shared by every outbox).
+    next_seq: u64,
 }
 
 /// A batch written to the store, waiting for the fsync that makes it durable.
@@ -211,11 +233,14 @@ struct Written {
     acks: Vec<Vec<Ack>>,
     /// When its write started (the store hop runs until the fsync ends).
     write_started: Instant,
+    /// Sequence numbers below this are in this batch or earlier ones.
+    seq_end: u64,
 }
 
 impl Stage {
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
+            let seq_start = self.next_seq;
             let mut size = first.items.len();
             let mut jobs = vec![first];
             while size < self.max_batch {
@@ -234,11 +259,13 @@ impl Stage {
             }
             match self.write(&jobs) {
                 Ok((acks, write_started)) => {
-                    if let Err(unsent) = self.to_sync.send(Written { jobs, acks, write_started }) {
+                    let seq_end = self.next_seq;
+                    if let Err(unsent) = self.to_sync.send(Written { jobs, acks, write_started, seq_end }) {
                         fail_jobs(unsent.0.jobs, &StoreError::from_message("the sync thread stopped"));
                     }
                 }
                 Err(err) => {
+                    self.next_seq = seq_start; // nothing of the batch was written
                     counter!(telemetry::STORE_ERRORS).increment(1);
                     tracing::error!(error = %err, jobs = jobs.len(), "store write failed; batch not acknowledged");
                     fail_jobs(jobs, &err);
@@ -249,7 +276,7 @@ impl Stage {
     }
 
     /// Dedup, route and write one batch; returns one ack list per job, in order.
-    fn write(&self, jobs: &[Job]) -> Result<(Vec<Vec<Ack>>, Instant), StoreError> {
+    fn write(&mut self, jobs: &[Job]) -> Result<(Vec<Vec<Ack>>, Instant), StoreError> {
         // Dedup: against the store and within this batch.
         let dedup_started = Instant::now();
         let mut acks: Vec<Vec<Ack>> = Vec::with_capacity(jobs.len());
@@ -318,6 +345,11 @@ impl Stage {
             if let Some(letter) = dead_letter {
                 batch.put_dead_letter(id, serde_json::to_vec(&letter).expect("dead letters serialize"));
             }
+            let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
+            self.next_seq += 1;
+            for sink in &self.spool.sinks {
+                batch.put_outbox(&sink.outbox, &entry);
+            }
         }
         histogram!(telemetry::STORE_BATCH).record(fresh.len() as f64);
         if !batch.is_empty() {
@@ -362,6 +394,7 @@ struct Syncer {
     written: std::sync::mpsc::Receiver<Written>,
     store: Store,
     store_ok: Arc<AtomicBool>,
+    spool: Arc<Spool>,
 }
 
 impl Syncer {
@@ -375,6 +408,7 @@ impl Syncer {
             match synced {
                 Ok(()) => {
                     self.store_ok.store(true, Ordering::Relaxed);
+                    self.spool.mark_durable(batches.iter().map(|b| b.seq_end).max().unwrap_or(0));
                     let done = Instant::now();
                     for batch in batches {
                         record_per_channel(
@@ -396,6 +430,10 @@ impl Syncer {
             }
         }
     }
+}
+
+fn enqueued_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Answers every job of a durable batch.
@@ -504,7 +542,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let fallback = FallbackRouter::new(FallbackConfig::default());
         let limits = PipelineLimits { queue_capacity, max_batch_inquiries: 1024 };
-        let (pipeline, _thread) = Pipeline::start(store.clone(), Arc::new(router), fallback, limits);
+        let (spool, next_seq) = Spool::open(&store, &[], 10).unwrap();
+        let (pipeline, _thread) =
+            Pipeline::start(store.clone(), Arc::new(router), fallback, limits, Arc::new(spool), next_seq);
         (pipeline, store, dir)
     }
 

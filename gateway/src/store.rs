@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use fjall::{
-    Batch, CompressionType, Config as FjallConfig, Keyspace, KvSeparationOptions, PartitionCreateOptions, PartitionHandle, PersistMode,
+    Batch, CompressionType, Config as FjallConfig, Keyspace, KvSeparationOptions, PartitionCreateOptions,
+    PartitionHandle, PersistMode,
 };
 use uuid::Uuid;
 
@@ -118,9 +119,69 @@ impl Store {
         Ok(self.inquiries.len()?)
     }
 
+    /// The outbox (spool) of a sink, created on first use.
+    pub fn outbox(&self, sink: &str) -> Result<Outbox, StoreError> {
+        let name = format!("outbox_{sink}");
+        Ok(Outbox { partition: self.keyspace.open_partition(&name, PartitionCreateOptions::default())? })
+    }
+
     /// A new atomic batch.
     pub fn batch(&self) -> StoreBatch<'_> {
         StoreBatch { store: self, inner: self.keyspace.batch() }
+    }
+}
+
+/// A sink's outbox: `seq (u64 BE) -> id (16 bytes) + enqueue time (u64 BE ms)`, in commit order.
+/// The forwarder removes entries once the sink has them; what remains after a crash is sent again.
+#[derive(Clone)]
+pub struct Outbox {
+    partition: PartitionHandle,
+}
+
+/// One queued inquiry of an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Commit-order sequence number, shared by every outbox.
+    pub seq: u64,
+    /// The inquiry.
+    pub id: Uuid,
+    /// When it was queued (ms since the Unix epoch).
+    pub enqueued_ms: u64,
+}
+
+impl Outbox {
+    /// Up to `limit` entries with `from <= seq < to`, in order.
+    pub fn range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::new();
+        for item in self.partition.range(from.to_be_bytes()..to.to_be_bytes()).take(limit) {
+            let (key, value) = item?;
+            let (Ok(seq), true) = (<[u8; 8]>::try_from(&*key), value.len() == 24) else { continue };
+            entries.push(OutboxEntry {
+                seq: u64::from_be_bytes(seq),
+                id: Uuid::from_slice(&value[..16]).expect("16 bytes"),
+                enqueued_ms: u64::from_be_bytes(value[16..24].try_into().expect("8 bytes")),
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Sequence numbers of the first and the last entry, if any.
+    pub fn bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let seq =
+            |kv: Option<fjall::KvPair>| kv.and_then(|(k, _)| <[u8; 8]>::try_from(&*k).ok().map(u64::from_be_bytes));
+        Ok(seq(self.partition.first_key_value()?).zip(seq(self.partition.last_key_value()?)))
+    }
+
+    /// Removes forwarded entries (not fsynced: after a crash they are forwarded again).
+    pub fn remove(&self, store: &Store, seqs: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
+        let mut batch = store.keyspace.batch();
+        for seq in seqs {
+            batch.remove(&self.partition, seq.to_be_bytes().as_slice());
+        }
+        Ok(batch.commit()?)
     }
 }
 
@@ -150,6 +211,14 @@ impl StoreBatch<'_> {
     /// Stores a dedup entry.
     pub fn put_dedup(&mut self, key: &[u8], value: &[u8]) {
         self.inner.insert(&self.store.dedup, key, value);
+    }
+
+    /// Queues inquiry `id` in a sink's outbox under sequence number `seq`.
+    pub fn put_outbox(&mut self, outbox: &Outbox, entry: &OutboxEntry) {
+        let mut value = [0u8; 24];
+        value[..16].copy_from_slice(entry.id.as_bytes());
+        value[16..].copy_from_slice(&entry.enqueued_ms.to_be_bytes());
+        self.inner.insert(&outbox.partition, entry.seq.to_be_bytes().as_slice(), value.as_slice());
     }
 
     /// Adds a dead-letter record for an inquiry.

@@ -27,6 +27,18 @@ pub const STORE_COMMIT: &str = "inquiry_gateway_store_commit_seconds";
 pub const STORE_BATCH: &str = "inquiry_gateway_store_batch_inquiries";
 /// Group commits that failed (nothing of them was acknowledged).
 pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
+/// Inquiries durable here and waiting for a sink. Label: `sink`.
+pub const SPOOL_DEPTH: &str = "inquiry_gateway_spool_depth";
+/// Age of the oldest inquiry waiting for a sink (0 when none waits). Label: `sink`.
+pub const SPOOL_OLDEST_AGE: &str = "inquiry_gateway_spool_oldest_age_seconds";
+/// Inquiries a sink took. Label: `sink`.
+pub const SINK_DELIVERED: &str = "inquiry_gateway_sink_delivered_total";
+/// Inquiries a sink refused for good (dead-lettered). Labels: `sink`, `reason`.
+pub const SINK_REJECTED: &str = "inquiry_gateway_sink_rejected_total";
+/// Failed delivery rounds that are retried. Label: `sink`.
+pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
+/// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
+pub const SINK_DEGRADED: &str = "inquiry_gateway_sink_degraded";
 
 /// Buckets for latencies, 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,6 +62,10 @@ pub enum Hop {
     Store,
     /// From the request's arrival to its acknowledgement.
     Ingest,
+    /// From the commit to Kafka's acknowledgement.
+    SinkKafka,
+    /// From the commit to the CQL store's acknowledgement.
+    SinkCql,
 }
 
 impl Hop {
@@ -62,6 +78,8 @@ impl Hop {
             Hop::Route => "route",
             Hop::Store => "store",
             Hop::Ingest => "ingest",
+            Hop::SinkKafka => "sink_kafka",
+            Hop::SinkCql => "sink_cql",
         }
     }
 }
@@ -94,6 +112,12 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(STORE_COMMIT, Unit::Seconds, "duration of one group commit including fsync");
     describe_histogram!(STORE_BATCH, "inquiries per group commit");
     describe_counter!(STORE_ERRORS, "group commits that failed");
+    describe_gauge!(SPOOL_DEPTH, "inquiries durable here and waiting for a sink");
+    describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "age of the oldest inquiry waiting for a sink");
+    describe_counter!(SINK_DELIVERED, "inquiries a sink took");
+    describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
+    describe_counter!(SINK_RETRIES, "failed delivery rounds that are retried");
+    describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");
     handle
 }
 

@@ -80,7 +80,8 @@ async fn post_one(
     let channel = inquiry.channel;
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), 1);
 
-    let acks = state.pipeline.submit(vec![Submission::new(inquiry, raw, idempotency_key)]).await.map_err(submit_error)?;
+    let acks =
+        state.pipeline.submit(vec![Submission::new(inquiry, raw, idempotency_key)]).await.map_err(submit_error)?;
     telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), 1);
     let ack = &acks[0];
     let status = match ack.status {
@@ -307,6 +308,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 fn submit_error(err: SubmitError) -> ApiError {
     match err {
         SubmitError::Overloaded => ApiError::overloaded(),
+        SubmitError::SpoolFull => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "spool_full",
+            "a downstream sink is unavailable and the spool is full; retry later",
+        )
+        .retry_after(5),
         SubmitError::Stopped => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the gateway is shutting down")
                 .retry_after(5)

@@ -65,6 +65,8 @@ pub async fn serve_ingest(
 pub struct AdminState {
     /// The pipeline (its readiness covers the embedded store).
     pub pipeline: Pipeline,
+    /// The spool: sink health and depth.
+    pub spool: Arc<crate::spool::Spool>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -92,10 +94,21 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
             }
         }
         "/readyz" => {
+            // Ready while ingest can accept durably: the store works, the queue has room and no
+            // spool is full. A degraded sink alone keeps the gateway ready (it spools), and is
+            // reported here so that operators see it.
+            let spool = &state.spool;
             let embedded = state.pipeline.is_ready();
-            let status = if embedded { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            let sink = if embedded { "ready" } else { "unavailable" };
-            json_response(status, &json!({ "ready": embedded, "sinks": { "embedded": sink } }))
+            let ready = embedded && !spool.is_full();
+            let mut sinks = serde_json::Map::new();
+            sinks.insert("embedded".into(), json!(if embedded { "ready" } else { "unavailable" }));
+            for (i, sink) in spool.sinks.iter().enumerate() {
+                let status =
+                    if sink.degraded.load(std::sync::atomic::Ordering::Relaxed) { "degraded" } else { "ready" };
+                sinks.insert(sink.name.into(), json!({ "status": status, "spooled": spool.depth(i) }));
+            }
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(status, &json!({ "ready": ready, "sinks": sinks }))
         }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));

@@ -1,0 +1,253 @@
+//! The CQL sink: ScyllaDB or Apache Cassandra through the `scylla` driver.
+//!
+//! Writes are idempotent upserts (no read-before-write), prepared once, with an explicit
+//! consistency level, a TTL per row and a bounded number of requests in flight. The schema is
+//! created by [`migrate`] (run at start-up or by `inquiry-gateway migrate`); see `docs/cql.md`.
+
+use std::sync::OnceLock;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::ExecutionError;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use scylla::value::{CqlDate, CqlTimestamp};
+
+use super::{Delivery, OutRecord, Sink, SinkError};
+use crate::config::CqlConfig;
+
+/// The schema, in order. Every statement is idempotent (`IF NOT EXISTS`); `{ks}` is the keyspace.
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "inquiries by id",
+        "CREATE TABLE IF NOT EXISTS {ks}.inquiries_by_id (
+            id uuid PRIMARY KEY, channel text, account text, conversation_id text, message_id text,
+            received_at timestamp, region text, queue text, priority text, decided_by text,
+            trace_id text, record text)",
+    ),
+    (
+        2,
+        "inquiries by account and day",
+        "CREATE TABLE IF NOT EXISTS {ks}.inquiries_by_account_day (
+            account text, day date, bucket smallint, received_at timestamp, id uuid,
+            channel text, conversation_id text, queue text, priority text, region text,
+            PRIMARY KEY ((account, day, bucket), received_at, id))
+            WITH CLUSTERING ORDER BY (received_at DESC, id ASC)",
+    ),
+    (
+        3,
+        "audit events by day",
+        "CREATE TABLE IF NOT EXISTS {ks}.audit_events_by_day (
+            day date, bucket smallint, at timestamp, event_id uuid, subject text, kind text,
+            inquiry_id uuid, detail text, PRIMARY KEY ((day, bucket), at, event_id))",
+    ),
+    (
+        4,
+        "audit events by subject",
+        "CREATE TABLE IF NOT EXISTS {ks}.audit_events_by_subject (
+            subject text, at timestamp, event_id uuid, kind text, inquiry_id uuid, detail text,
+            PRIMARY KEY (subject, at, event_id)) WITH CLUSTERING ORDER BY (at DESC, event_id ASC)",
+    ),
+];
+
+/// The consistency level named in config (`local_quorum`, ...).
+pub fn parse_consistency(name: &str) -> Option<Consistency> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "local_one" => Consistency::LocalOne,
+        "local_quorum" => Consistency::LocalQuorum,
+        "quorum" => Consistency::Quorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "all" => Consistency::All,
+        _ => return None,
+    })
+}
+
+/// Connects to the cluster, preferring the local datacenter (token-aware by default).
+pub async fn connect(config: &CqlConfig) -> Result<Session, SinkError> {
+    SessionBuilder::new()
+        .known_nodes(&config.contact_points)
+        .prefer_datacenter(config.local_datacenter.clone())
+        .build()
+        .await
+        .map_err(|e| error(format!("cannot connect: {e}")))
+}
+
+/// Creates the keyspace (NetworkTopologyStrategy, replication per datacenter from config) and
+/// the tables, and records each applied version in `schema_migrations`.
+pub async fn migrate(session: &Session, config: &CqlConfig) -> Result<(), SinkError> {
+    let ks = &config.keyspace;
+    let replication: Vec<String> = config.replication.iter().map(|(dc, n)| format!("'{dc}': {n}")).collect();
+    let run = |cql: String| async move {
+        session.query_unpaged(cql, ()).await.map_err(|e| error(format!("migration failed: {e}")))?;
+        session.await_schema_agreement().await.map_err(|e| error(format!("schema agreement: {e}")))?;
+        Ok::<_, SinkError>(())
+    };
+    run(format!(
+        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', {}}}",
+        replication.join(", ")
+    ))
+    .await?;
+    run(format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, description text, applied_at timestamp)"
+    ))
+    .await?;
+    for (version, description, cql) in MIGRATIONS {
+        run(cql.replace("{ks}", ks)).await?;
+        let record = format!("INSERT INTO {ks}.schema_migrations (version, description, applied_at) VALUES (?, ?, ?)");
+        let now = CqlTimestamp(time::OffsetDateTime::now_utc().unix_timestamp() * 1000);
+        session
+            .query_unpaged(record, (*version, *description, now))
+            .await
+            .map_err(|e| error(format!("recording migration {version}: {e}")))?;
+    }
+    tracing::info!(keyspace = %ks, versions = MIGRATIONS.len(), "cql schema migrated");
+    Ok(())
+}
+
+/// The prepared writes of a connected sink.
+struct Prepared {
+    session: Session,
+    by_id: PreparedStatement,
+    by_account_day: PreparedStatement,
+}
+
+/// The CQL sink.
+pub struct CqlSink {
+    config: CqlConfig,
+    consistency: Consistency,
+    prepared: OnceLock<Prepared>,
+}
+
+impl CqlSink {
+    /// A sink for `config` (connects in [`Sink::prepare`]).
+    pub fn new(config: &CqlConfig) -> Result<CqlSink, SinkError> {
+        let consistency = parse_consistency(&config.consistency)
+            .ok_or_else(|| error(format!("unknown consistency `{}`", config.consistency)))?;
+        Ok(CqlSink { config: config.clone(), consistency, prepared: OnceLock::new() })
+    }
+
+    async fn connect_and_prepare(&self) -> Result<(), SinkError> {
+        if self.prepared.get().is_some() {
+            return Ok(());
+        }
+        let session = connect(&self.config).await?;
+        if self.config.migrate {
+            migrate(&session, &self.config).await?;
+        }
+        let ks = &self.config.keyspace;
+        let prepare = |cql: String| {
+            let session = &session;
+            async move {
+                let mut statement = session.prepare(cql).await.map_err(|e| error(format!("prepare: {e}")))?;
+                statement.set_consistency(self.consistency);
+                statement.set_is_idempotent(true);
+                Ok::<_, SinkError>(statement)
+            }
+        };
+        let by_id = prepare(format!(
+            "INSERT INTO {ks}.inquiries_by_id (id, channel, account, conversation_id, message_id, received_at, region,
+             queue, priority, decided_by, trace_id, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        ))
+        .await?;
+        let by_account_day = prepare(format!(
+            "INSERT INTO {ks}.inquiries_by_account_day (account, day, bucket, received_at, id, channel, conversation_id,
+             queue, priority, region) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        ))
+        .await?;
+        let _ = self.prepared.set(Prepared { session, by_id, by_account_day });
+        Ok(())
+    }
+
+    async fn write(&self, record: &OutRecord) -> Delivery {
+        let Some(prepared) = self.prepared.get() else {
+            return Delivery::Retry { detail: "not connected".to_owned() };
+        };
+        let inquiry = &record.stored.inquiry;
+        let decision = &record.stored.decision;
+        let received_ms = (inquiry.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let received = CqlTimestamp(received_ms);
+        let day = CqlDate(((1u64 << 31) as i64 + received_ms.div_euclid(86_400_000)) as u32);
+        let bucket = (inquiry.id.as_u128() % u128::from(self.config.day_buckets)) as i16;
+        let json = String::from_utf8_lossy(&record.json);
+        let priority = serde_json::to_value(decision.priority).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let region = serde_json::to_value(inquiry.region).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let ttl = self.config.ttl_seconds as i32;
+        let by_id = prepared.session.execute_unpaged(
+            &prepared.by_id,
+            (
+                inquiry.id,
+                inquiry.channel.as_str(),
+                &inquiry.account,
+                &inquiry.external.conversation_id,
+                &inquiry.external.message_id,
+                received,
+                &region,
+                &decision.queue,
+                &priority,
+                &decision.decided_by,
+                &inquiry.trace_id,
+                json.as_ref(),
+                ttl,
+            ),
+        );
+        let by_day = prepared.session.execute_unpaged(
+            &prepared.by_account_day,
+            (
+                &inquiry.account,
+                day,
+                bucket,
+                received,
+                inquiry.id,
+                inquiry.channel.as_str(),
+                &inquiry.external.conversation_id,
+                &decision.queue,
+                &priority,
+                &region,
+                ttl,
+            ),
+        );
+        match futures_util::future::join(by_id, by_day).await {
+            (Ok(_), Ok(_)) => Delivery::Delivered,
+            (Err(err), _) | (_, Err(err)) => classify(err),
+        }
+    }
+}
+
+impl Sink for CqlSink {
+    fn name(&self) -> &'static str {
+        "cql"
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.connect_and_prepare().boxed()
+    }
+
+    fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>> {
+        // Each record is two requests; keep at most max_in_flight requests outstanding.
+        let concurrent = (self.config.max_in_flight / 2).max(1);
+        futures_util::stream::iter(records).map(|r| self.write(r)).buffered(concurrent).collect().boxed()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+}
+
+/// A statement the cluster refuses as invalid is permanent; anything else (timeouts,
+/// unavailable replicas, lost connections) is retried.
+fn classify(err: ExecutionError) -> Delivery {
+    match err {
+        ExecutionError::BadQuery(e) => Delivery::Rejected { reason: "bad_query", detail: e.to_string() },
+        other => Delivery::Retry { detail: other.to_string() },
+    }
+}
+
+fn error(message: String) -> SinkError {
+    SinkError { sink: "cql", message }
+}

@@ -1,0 +1,206 @@
+//! The Kafka sink: routed inquiries to `<prefix>inquiries.routed.v1`, keyed by conversation.
+//!
+//! Producer: idempotent, `acks=all`, `murmur2_random` partitioner (Java clients agree on
+//! partitions), `message.timeout.ms=0` so librdkafka retries a down broker forever in order
+//! rather than failing messages; the forwarder keeps a whole batch in flight. `QueueFull` is
+//! backpressure (wait and resend). Errors that a retry cannot fix send the inquiry to the
+//! dead-letter topic with the reason.
+
+use std::time::Duration;
+
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{Delivery, OutRecord, Sink, SinkError};
+use crate::config::KafkaConfig;
+
+/// Version of the routed-inquiry topic's payload (`docs/topics.md`).
+pub const ROUTED_SCHEMA: &str = "inquiry-gateway.routed-inquiry.v1";
+
+/// The topics, with their versioned names.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Routed inquiries (`StoredInquiry` JSON).
+    pub routed: String,
+    /// Audit events.
+    pub audit: String,
+    /// Inquiries a sink refused for good, with the reason in headers.
+    pub dead_letter: String,
+}
+
+impl Topics {
+    /// The topic names for `prefix`.
+    pub fn new(prefix: &str) -> Topics {
+        Topics {
+            routed: format!("{prefix}inquiries.routed.v1"),
+            audit: format!("{prefix}audit.events.v1"),
+            dead_letter: format!("{prefix}inquiries.deadletter.v1"),
+        }
+    }
+}
+
+/// The Kafka sink.
+pub struct KafkaSink {
+    config: KafkaConfig,
+    client_config: ClientConfig,
+    producer: FutureProducer,
+    topics: Topics,
+}
+
+impl KafkaSink {
+    /// Builds the producer (no I/O yet; librdkafka connects in the background).
+    pub fn new(config: &KafkaConfig) -> Result<KafkaSink, SinkError> {
+        let mut client_config = ClientConfig::new();
+        client_config
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", "inquiry-gateway")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.messages", "200000");
+        for (key, value) in &config.properties {
+            client_config.set(key, value);
+        }
+        client_config.set("enable.idempotence", "true").set("acks", "all").set("partitioner", "murmur2_random");
+        let producer = client_config.create().map_err(|e| error(format!("cannot create producer: {e}")))?;
+        Ok(KafkaSink { config: config.clone(), client_config, producer, topics: Topics::new(&config.topic_prefix) })
+    }
+
+    /// The topic names.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Creates missing topics (if configured) and checks that all exist.
+    async fn ensure_topics(&self) -> Result<(), SinkError> {
+        let retention = self.config.retention_ms.to_string();
+        let dead_letter_retention = (self.config.retention_ms.saturating_mul(4)).to_string();
+        let replication = || TopicReplication::Fixed(self.config.replication_factor);
+        let topics = [
+            NewTopic::new(&self.topics.routed, self.config.partitions, replication()).set("retention.ms", &retention),
+            NewTopic::new(&self.topics.audit, self.config.partitions, replication()).set("retention.ms", &retention),
+            NewTopic::new(&self.topics.dead_letter, 1, replication()).set("retention.ms", &dead_letter_retention),
+        ];
+        if self.config.create_topics {
+            let admin: AdminClient<DefaultClientContext> =
+                self.client_config.create().map_err(|e| error(format!("cannot create admin client: {e}")))?;
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let results =
+                admin.create_topics(&topics, &options).await.map_err(|e| error(format!("create topics: {e}")))?;
+            for result in results {
+                match result {
+                    Ok(topic) => tracing::info!(topic, "kafka topic created"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => return Err(error(format!("create topic {topic}: {code}"))),
+                }
+            }
+        }
+        let producer = self.producer.clone();
+        let names = [self.topics.routed.clone(), self.topics.audit.clone(), self.topics.dead_letter.clone()];
+        tokio::task::spawn_blocking(move || {
+            for name in &names {
+                let metadata = producer
+                    .client()
+                    .fetch_metadata(Some(name), Duration::from_secs(10))
+                    .map_err(|e| error(format!("metadata of {name}: {e}")))?;
+                let topic = metadata.topics().first().ok_or_else(|| error(format!("topic {name} is missing")))?;
+                if topic.error().is_some() || topic.partitions().is_empty() {
+                    return Err(error(format!("topic {name} does not exist (create it or set create_topics)")));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| error(e.to_string()))?
+    }
+
+    /// Sends one record to `topic`, waiting while the local queue is full.
+    async fn send(&self, topic: &str, record: &OutRecord, reason: Option<&str>) -> Result<(), KafkaError> {
+        let inquiry = &record.stored.inquiry;
+        let key = format!("{}/{}/{}", inquiry.channel, inquiry.account, inquiry.external.conversation_id);
+        let id = inquiry.id.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "schema", value: Some(ROUTED_SCHEMA) })
+            .insert(Header { key: "inquiry_id", value: Some(&id) })
+            .insert(Header { key: "trace_id", value: Some(&inquiry.trace_id) })
+            .insert(Header { key: "content-type", value: Some("application/json") });
+        if let Some(reason) = reason {
+            headers = headers.insert(Header { key: "dead_letter_reason", value: Some(reason) });
+        }
+        let mut message = FutureRecord::to(topic).key(&key).payload(&record.json).headers(headers);
+        loop {
+            match self.producer.send_result(message) {
+                Ok(delivery) => {
+                    return match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((err, _))) => Err(err),
+                        Err(_) => Err(KafkaError::Canceled),
+                    }
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // Backpressure: librdkafka's queue is full; wait for deliveries to drain it.
+                    message = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends to the routed topic; a permanent failure goes to the dead-letter topic.
+    async fn deliver_one(&self, record: &OutRecord) -> Delivery {
+        match self.send(&self.topics.routed, record, None).await {
+            Ok(()) => Delivery::Delivered,
+            Err(err) => match permanent_reason(&err) {
+                Some(reason) => match self.send(&self.topics.dead_letter, record, Some(reason)).await {
+                    Ok(()) => Delivery::Rejected { reason, detail: err.to_string() },
+                    Err(dl_err) => Delivery::Retry { detail: format!("{err}; dead-letter topic: {dl_err}") },
+                },
+                None => Delivery::Retry { detail: err.to_string() },
+            },
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.ensure_topics().boxed()
+    }
+
+    fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>> {
+        // All records in flight at once; librdkafka keeps per-partition order (idempotence).
+        join_all(records.iter().map(|r| self.deliver_one(r))).boxed()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+}
+
+/// The reason code of an error that retrying cannot fix, or `None` for a retryable one.
+fn permanent_reason(err: &KafkaError) -> Option<&'static str> {
+    let code = match err {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return None,
+    };
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => Some("message_too_large"),
+        RDKafkaErrorCode::InvalidMessage | RDKafkaErrorCode::InvalidRecord => Some("invalid_message"),
+        RDKafkaErrorCode::TopicAuthorizationFailed => Some("topic_authorization_failed"),
+        _ => None,
+    }
+}
+
+fn error(message: String) -> SinkError {
+    SinkError { sink: "kafka", message }
+}

@@ -1,0 +1,240 @@
+//! Downstream sinks and the forwarders that feed them from the spool.
+//!
+//! A [`Sink`] only knows how to deliver a batch of stored inquiries and how to prepare itself
+//! (topics, schema). The [`forward`] loop owns everything around it: reading the outbox in commit
+//! order, retries with backoff, marking the sink degraded, metrics, and removing what was taken.
+
+pub mod cql;
+pub mod kafka;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use inquiry_connectors::Channel;
+use metrics::{counter, gauge};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::pipeline::StoredInquiry;
+use crate::spool::Spool;
+use crate::store::Store;
+use crate::telemetry::{self, Hop};
+
+/// A stored inquiry on its way to a sink.
+pub struct OutRecord {
+    /// Commit-order sequence number.
+    pub seq: u64,
+    /// The inquiry and its routing decision.
+    pub stored: StoredInquiry,
+    /// The same, as the JSON kept in the store (published as is).
+    pub json: Vec<u8>,
+}
+
+impl OutRecord {
+    /// The inquiry id.
+    pub fn id(&self) -> Uuid {
+        self.stored.inquiry.id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> Channel {
+        self.stored.inquiry.channel
+    }
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sink has it.
+    Delivered,
+    /// The sink refuses it for good (too large, invalid): dead-lettered, not retried.
+    Rejected {
+        /// Bounded reason code (metric label).
+        reason: &'static str,
+        /// Details for the log; no personal data.
+        detail: String,
+    },
+    /// Not now (sink unreachable, timeout): this record and the ones after it are sent again.
+    Retry {
+        /// Details for the log.
+        detail: String,
+    },
+}
+
+/// Why a sink could not prepare itself (create topics, migrate the schema, connect).
+#[derive(Debug, thiserror::Error)]
+#[error("{sink}: {message}")]
+pub struct SinkError {
+    /// Which sink.
+    pub sink: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A downstream system that takes stored inquiries.
+pub trait Sink: Send + Sync + 'static {
+    /// Short fixed name (`kafka`, `cql`): outbox name and metric label.
+    fn name(&self) -> &'static str;
+
+    /// Connects and creates or checks what the sink needs (topics, keyspace and tables).
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Delivers `records` (in commit order); returns one outcome per record, in order.
+    fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>>;
+
+    /// Most records per [`Sink::deliver`] call.
+    fn batch_size(&self) -> usize;
+}
+
+/// After this long without an answer a sink is reported degraded (it keeps being awaited).
+const STALL: Duration = Duration::from_secs(2);
+
+/// Drains sink `index`'s outbox into `sink` until `stop` fires. Entries are removed only after
+/// the sink has them (or refused them for good); after a crash the rest is sent again.
+pub async fn forward(
+    sink: Arc<dyn Sink>,
+    index: usize,
+    spool: Arc<Spool>,
+    store: Store,
+    mut stop: watch::Receiver<()>,
+) {
+    let name = sink.name();
+    let state = &spool.sinks[index];
+    let mut backoff = Backoff::default();
+    // Prepare (topics, schema) before the first delivery; the sink may be down at start-up.
+    loop {
+        match tokio::select! { r = sink.prepare() => r, _ = stop.changed() => return } {
+            Ok(()) => break,
+            Err(err) => {
+                state.degraded.store(true, Ordering::Relaxed);
+                tracing::warn!(sink = name, error = %err, "sink not ready; inquiries keep spooling");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+    state.degraded.store(false, Ordering::Relaxed);
+    tracing::info!(sink = name, "sink ready");
+    backoff = Backoff::default();
+
+    loop {
+        let durable = spool.durable.notified();
+        let from = state.forwarded_end.load(Ordering::Acquire);
+        let entries = match state.outbox.range(from, spool.durable_end(), sink.batch_size()) {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::error!(sink = name, error = %err, "outbox unreadable");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let oldest_age = entries.first().map_or(0.0, |e| now_ms().saturating_sub(e.enqueued_ms) as f64 / 1000.0);
+        gauge!(telemetry::SPOOL_OLDEST_AGE, "sink" => name).set(oldest_age);
+        if entries.is_empty() {
+            tokio::select! {
+                _ = durable => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+
+        let mut records = Vec::with_capacity(entries.len());
+        let mut unreadable = Vec::new();
+        for entry in &entries {
+            match store
+                .get_inquiry(entry.id)
+                .map(|r| r.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json))))
+            {
+                Ok(Some((stored, json))) => records.push(OutRecord { seq: entry.seq, stored, json }),
+                _ => unreadable.push(entry.seq),
+            }
+        }
+        for seq in &unreadable {
+            tracing::error!(sink = name, seq, "outbox entry without a readable inquiry; skipped");
+            counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => "unreadable").increment(1);
+        }
+
+        let outcomes = {
+            let delivering = sink.deliver(&records);
+            tokio::pin!(delivering);
+            tokio::select! {
+                outcomes = &mut delivering => outcomes,
+                _ = tokio::time::sleep(STALL) => {
+                    state.degraded.store(true, Ordering::Relaxed);
+                    tracing::warn!(sink = name, "sink is not answering; inquiries keep spooling");
+                    delivering.await
+                }
+            }
+        };
+
+        // Everything before the first Retry is done (delivered or dead-lettered).
+        let done = outcomes.iter().position(|o| matches!(o, Delivery::Retry { .. })).unwrap_or(records.len());
+        let now = now_ms();
+        for (record, outcome) in records.iter().zip(&outcomes).take(done) {
+            match outcome {
+                Delivery::Delivered => {
+                    counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(1);
+                    let queued = entries.iter().find(|e| e.seq == record.seq).map_or(now, |e| e.enqueued_ms);
+                    let hop = if name == "kafka" { Hop::SinkKafka } else { Hop::SinkCql };
+                    telemetry::record_hop(hop, record.channel(), Duration::from_millis(now.saturating_sub(queued)), 1);
+                }
+                Delivery::Rejected { reason, detail } => {
+                    counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => *reason).increment(1);
+                    tracing::error!(sink = name, inquiry_id = %record.id(), reason, detail, "sink refused inquiry; dead-lettered");
+                }
+                Delivery::Retry { .. } => unreachable!("only outcomes before the first retry"),
+            }
+        }
+        let next_seq = records.get(done).map_or_else(|| entries.last().map_or(from, |e| e.seq + 1), |r| r.seq);
+        let finished = entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq);
+        if let Err(err) = state.outbox.remove(&store, finished) {
+            tracing::error!(sink = name, error = %err, "could not remove forwarded entries; they will be sent again");
+        }
+        state.forwarded_end.store(next_seq, Ordering::Release);
+        spool.publish_depths();
+
+        if let Some(Delivery::Retry { detail }) = outcomes.get(done) {
+            state.degraded.store(true, Ordering::Relaxed);
+            counter!(telemetry::SINK_RETRIES, "sink" => name).increment(1);
+            tracing::warn!(sink = name, detail, "sink delivery failed; retrying with backoff");
+            if sleep_or_stop(backoff.next(), &mut stop).await {
+                return;
+            }
+        } else {
+            state.degraded.store(false, Ordering::Relaxed);
+            backoff = Backoff::default();
+        }
+    }
+}
+
+async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 10 s, each delay 50-100% of its step.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let step = Duration::from_millis(100).saturating_mul(1 << self.attempt.min(7)).min(Duration::from_secs(10));
+        self.attempt += 1;
+        let jitter = 0.5 + (uuid::Uuid::new_v4().as_u128() % 500) as f64 / 1000.0;
+        step.mul_f64(jitter)
+    }
+}
