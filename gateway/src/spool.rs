@@ -52,7 +52,8 @@ impl Spool {
                 name,
                 outbox,
                 forwarded_end: AtomicU64::new(first.unwrap_or(next_seq)),
-                degraded: AtomicBool::new(false),
+                // Degraded until the forwarder has prepared the sink (connected, topics, schema).
+                degraded: AtomicBool::new(true),
             })
             .collect();
         let spool = Spool { sinks, durable_end: AtomicU64::new(next_seq), durable: Default::default(), max_pending };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+pub use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
@@ -286,4 +286,96 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f6
 /// Path of a file at the workspace root.
 pub fn workspace_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Runs `tests/services/<script> <command>` (fetch, start, stop, kill9, restart); panics with its
+/// output on failure. The test runner starts the services; tests only kill and restart them.
+pub fn service(script: &str, command: &str) {
+    let path = workspace_file(&format!("tests/services/{script}"));
+    let out = Command::new("bash").arg(&path).arg(command).output().expect("bash runs the service script");
+    assert!(
+        out.status.success(),
+        "{script} {command} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A name no other test run uses (topics, keyspaces).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap())
+}
+
+/// Posts `total` inquiries as NDJSON batches of `batch` from `clients` concurrent clients and
+/// returns the acknowledged ids. `on_progress` is called with the running count after each
+/// acknowledged batch (to kill things mid-load). 503s are retried after their Retry-After.
+pub async fn post_batches(
+    gateway: &Gateway,
+    account: &str,
+    total: usize,
+    batch: usize,
+    clients: usize,
+    on_progress: impl Fn(usize) + Send + Sync + 'static,
+) -> std::collections::HashSet<String> {
+    use std::sync::{Arc, Mutex};
+    let acked: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let progress = Arc::new(on_progress);
+    let batches: Vec<usize> = (0..total.div_ceil(batch)).collect();
+    let mut tasks = Vec::new();
+    for client_no in 0..clients {
+        let (url, acked, progress, account) =
+            (gateway.url("/v1/inquiries/batch"), acked.clone(), progress.clone(), account.to_owned());
+        let mine: Vec<usize> = batches.iter().copied().filter(|b| b % clients == client_no).collect();
+        tasks.push(tokio::spawn(async move {
+            let client = HttpClient::new();
+            for b in mine {
+                let body: String = (b * batch..((b + 1) * batch).min(total))
+                    .map(|n| inquiry_json(&account, &format!("m-{n}")) + "\n")
+                    .collect();
+                loop {
+                    let reply = client
+                        .request(Method::POST, &url, body.clone(), &[("content-type", "application/x-ndjson")])
+                        .await;
+                    if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+                    let ids: Vec<String> = reply.json()["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["id"].as_str().unwrap().to_owned())
+                        .collect();
+                    let count = {
+                        let mut acked = acked.lock().unwrap();
+                        acked.extend(ids);
+                        acked.len()
+                    };
+                    progress(count);
+                    break;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    acked
+}
+
+/// Waits until the gateway has forwarded everything to `sink` (its spool is empty).
+pub async fn wait_spool_empty(gateway: &Gateway, sink: &str, timeout: Duration) {
+    let client = HttpClient::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = client.get(&gateway.admin_url("/readyz")).await.json();
+        let sink_state = &ready["sinks"][sink];
+        if sink_state["spooled"].as_u64() == Some(0) && sink_state["status"] == "ready" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sink} spool not drained in {timeout:?}: {ready}\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
