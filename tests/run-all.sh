@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, golden and end-to-end tests over real sockets.
-# Installs its prerequisites first (tests/setup.sh). Build output goes to $CARGO_TARGET_DIR
-# (default: ~/.cache/inquiry-gateway/target, outside the clone, so reruns are incremental).
+# The whole test suite: unit, golden and end-to-end tests over real sockets, including the sinks
+# against a real Apache Kafka broker (KRaft) and a real Apache Cassandra node on loopback.
+# Installs its prerequisites first (tests/setup.sh), fetches and starts the servers
+# (tests/services/*.sh; jars cached in ~/.cache/inquiry-gateway/services) and stops them at the
+# end. Build output goes to $CARGO_TARGET_DIR (default ~/.cache/inquiry-gateway/target, outside
+# the clone, so reruns are incremental).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inquiry-gateway/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+stop_services() {
+  tests/services/kafka.sh stop || true
+  tests/services/cassandra.sh stop || true
+}
+trap stop_services EXIT
+
+# Fetch the servers, build, then start them (the build and the JVMs would compete for 2 cores).
+tests/services/kafka.sh fetch
+tests/services/cassandra.sh fetch
+cargo build --workspace --all-targets --locked
+tests/services/kafka.sh start
+tests/services/cassandra.sh start
 
 cargo test --workspace --all-targets --locked

@@ -11,6 +11,7 @@
 #
 # Usage: tests/services/cassandra.sh fetch|start|stop|kill9|restart|reset|status
 #        tests/services/cassandra.sh cql [STATEMENT...]   run CQL statements (cql.py), or ping
+#        tests/services/cassandra.sh nodetool ARGS...     e.g. nodetool status, nodetool flush KEYSPACE
 #
 #   fetch    resolve the jars (skipped when already there)
 #   start    fetch, write the config, start in the background and wait until a CQL query
@@ -143,39 +144,45 @@ EOF
 EOF
 }
 
+# Module-system flags from Cassandra's conf/jvm17-server.options (the server and nodetool).
+JPMS_OPTS=(
+    -Djdk.attach.allowAttachSelf=true
+    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+    --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+    --add-exports java.sql/java.sql=ALL-UNNAMED
+    --add-exports java.base/java.lang.ref=ALL-UNNAMED
+    --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+    --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+    --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+    --add-opens java.base/java.lang.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.math=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+    --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED
+    --add-opens java.base/java.io=ALL-UNNAMED
+    --add-opens java.base/java.lang.reflect=ALL-UNNAMED
+    --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+    --add-opens java.base/java.lang=ALL-UNNAMED
+    --add-opens java.base/java.util=ALL-UNNAMED
+)
+
 # JVM flags: Cassandra's conf/jvm-server.options + jvm17-server.options, without the ones
 # that only matter for big production heaps.
 jvm_opts() {
     # shellcheck disable=SC2206
     JVM_OPTS=($CASSANDRA_HEAP_OPTS
         -Xss256k -ea -da:net.openhft... -XX:+UseThreadPriorities
-        -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$NODE/logs" -XX:+PerfDisableSharedMem
+        -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$NODE/logs" -XX:+ExitOnOutOfMemoryError
+        -XX:+PerfDisableSharedMem
         -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 -XX:MaxGCPauseMillis=300
         -Djava.net.preferIPv4Stack=true -Djava.awt.headless=true
-        -Djdk.attach.allowAttachSelf=true
-        --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
-        --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
-        --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
-        --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
-        --add-exports java.sql/java.sql=ALL-UNNAMED
-        --add-exports java.base/java.lang.ref=ALL-UNNAMED
-        --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
-        --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
-        --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
-        --add-opens java.base/java.lang.module=ALL-UNNAMED
-        --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
-        --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
-        --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
-        --add-opens java.base/jdk.internal.math=ALL-UNNAMED
-        --add-opens java.base/jdk.internal.module=ALL-UNNAMED
-        --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
-        --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
-        --add-opens java.base/sun.nio.ch=ALL-UNNAMED
-        --add-opens java.base/java.io=ALL-UNNAMED
-        --add-opens java.base/java.lang.reflect=ALL-UNNAMED
-        --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
-        --add-opens java.base/java.lang=ALL-UNNAMED
-        --add-opens java.base/java.util=ALL-UNNAMED
+        "${JPMS_OPTS[@]}"
         -Dio.netty.tryReflectionSetAccessible=true
         -Dio.netty.allocator.useCacheForAllThreads=true
         -Dio.netty.allocator.maxOrder=11
@@ -216,7 +223,7 @@ start() {
         say "pid $pid exists but does not answer CQL yet; waiting"
     else
         for p in "$CQL_PORT" "$CASSANDRA_STORAGE_PORT" "$CASSANDRA_JMX_PORT"; do
-            port_open "$p" && die "port $p is already in use by another process"
+            port_open "$p" && fail "port $p is already in use by another process"
         done
         write_config
         jvm_opts
@@ -263,6 +270,22 @@ case "$cmd" in
         ;;
     status) status ;;
     cql) exec python3 "$CQL_PY" --port "$CQL_PORT" "$@" ;;
+    nodetool)
+        fetch
+        tools_logback="$DIST/tools-logback.xml"
+        [[ -f "$tools_logback" ]] || cat >"$tools_logback" <<'EOF'
+<configuration scan="false">
+  <appender name="ERR" class="ch.qos.logback.core.ConsoleAppender">
+    <target>System.err</target><encoder><pattern>%-5level %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="ERR"/></root>
+</configuration>
+EOF
+        mkdir -p "$NODE/logs"
+        exec "$JAVA" -Xms64m -Xmx256m "${JPMS_OPTS[@]}" -Dlogback.configurationFile="file://$tools_logback" \
+            -Dcassandra.logdir="$NODE/logs" -Duser.home="$NODE" -cp "$LIB/*" \
+            org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$CASSANDRA_JMX_PORT" "$@"
+        ;;
     *)
         sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
         exit 2

@@ -22,7 +22,13 @@ die() {
     exit 1
 }
 
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not on PATH${2:+ ($2)}"; }
+# Exit non-zero without the log tail (for checks made before the server is launched).
+fail() {
+    say "ERROR: $*"
+    exit 1
+}
+
+need() { command -v "$1" >/dev/null 2>&1 || fail "'$1' is required but not on PATH${2:+ ($2)}"; }
 
 # Major version of $JAVA (17, 21, 25, ...).
 java_major() {
@@ -33,9 +39,9 @@ java_major() {
 require_java() { # min [max]
     need "$JAVA" "set JAVA= to a JDK"
     local v; v="$(java_major)"
-    [[ -n "$v" ]] || die "cannot tell the version of $JAVA"
-    (( v >= $1 )) || die "$JAVA is Java $v; $SVC needs Java $1${2:+..$2} (set JAVA=)"
-    if [[ -n "${2:-}" ]] && (( v > $2 )); then die "$JAVA is Java $v; $SVC supports Java $1..$2 (set JAVA=)"; fi
+    [[ -n "$v" ]] || fail "cannot tell the version of $JAVA"
+    (( v >= $1 )) || fail "$JAVA is Java $v; $SVC needs Java $1${2:+..$2} (set JAVA=)"
+    if [[ -n "${2:-}" ]] && (( v > $2 )); then fail "$JAVA is Java $v; $SVC supports Java $1..$2 (set JAVA=)"; fi
 }
 
 # Pid of the running server, or nothing (stale pid files are removed).

@@ -185,7 +185,7 @@ start() {
         say "pid $pid exists but does not answer yet; waiting"
     else
         for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-            port_open "$p" && die "port $p is already in use by another process"
+            port_open "$p" && fail "port $p is already in use by another process"
         done
         write_config
         if [[ ! -f "$DATA/meta.properties" ]]; then
@@ -239,12 +239,12 @@ case "$cmd" in
         ;;
     status) status ;;
     tool)
-        [[ $# -ge 1 ]] || die "usage: $0 tool MAIN_CLASS [ARGS...]"
+        [[ $# -ge 1 ]] || fail "usage: $0 tool MAIN_CLASS [ARGS...]"
         fetch
         java_cmd "$@"
         ;;
     create-topic)
-        [[ $# -ge 1 ]] || die "usage: $0 create-topic NAME [PARTITIONS]"
+        [[ $# -ge 1 ]] || fail "usage: $0 create-topic NAME [PARTITIONS]"
         fetch
         java_cmd org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --create \
             --if-not-exists --topic "$1" --partitions "${2:-1}" --replication-factor 1
