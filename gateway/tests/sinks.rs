@@ -246,3 +246,106 @@ async fn fifty_thousand_inquiries_reach_cassandra_across_a_node_restart() {
     assert_eq!(missing, 0, "{missing} acknowledged inquiries missing from {keyspace}.inquiries_by_id");
     assert_eq!(stored.len(), acked.len());
 }
+
+/// Reads `topic` with kcat: (key, headers, value) of every record, in offset order per partition.
+fn kcat_records(topic: &str) -> Vec<(String, String, String)> {
+    let out = Command::new("kcat")
+        .args(["-b", BROKERS, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%h\t%s\n"])
+        .output()
+        .expect("kcat runs");
+    assert!(out.status.success(), "kcat: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_conversation_stays_in_order_across_a_broker_outage() {
+    let _servers = lock();
+    let prefix = unique("t");
+    let topic = format!("{prefix}.inquiries.routed.v1");
+    let gateway = Gateway::start(&kafka_config(&format!("{prefix}."))).await;
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
+    let client = HttpClient::new();
+    for n in 0..300 {
+        if n == 100 {
+            service("kafka.sh", "kill9");
+        }
+        if n == 200 {
+            service("kafka.sh", "start");
+        }
+        let mut doc: serde_json::Value = serde_json::from_str(&inquiry_json("shop-o", &format!("o-{n:03}"))).unwrap();
+        doc["conversation_id"] = "conv-order".into();
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+    }
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
+
+    // One key, so one partition; dropping repeats by id must leave the posting order.
+    let records = kcat_records(&topic);
+    assert!(records.iter().all(|(key, _, _)| key == "generic/shop-o/conv-order"), "keyed by conversation");
+    let mut order = Vec::new();
+    for (_, _, value) in &records {
+        let value: serde_json::Value = serde_json::from_str(value).unwrap();
+        let message_id = value["inquiry"]["external"]["message_id"].as_str().unwrap().to_owned();
+        if !order.contains(&message_id) {
+            order.push(message_id);
+        }
+    }
+    let expected: Vec<String> = (0..300).map(|n| format!("o-{n:03}")).collect();
+    assert_eq!(order, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_reason() {
+    let _servers = lock();
+    let prefix = unique("t");
+    // The routed topic exists already, with a record size limit below any inquiry's size: the
+    // broker refuses every record with MESSAGE_TOO_LARGE, a permanent error.
+    let routed = format!("{prefix}.inquiries.routed.v1");
+    let out = Command::new("bash")
+        .arg(workspace_file("tests/services/kafka.sh"))
+        .args(["tool", "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", BROKERS, "--create"])
+        .args([
+            "--topic",
+            &routed,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+            "--config",
+            "max.message.bytes=200",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gateway = Gateway::start(&kafka_config(&format!("{prefix}."))).await;
+    let client = HttpClient::new();
+    let mut ids = HashSet::new();
+    for n in 0..3 {
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-d", &format!("d-{n}"))).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        ids.insert(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
+
+    let dead = kcat_records(&format!("{prefix}.inquiries.deadletter.v1"));
+    assert_eq!(dead.len(), 3);
+    for (_, headers, value) in &dead {
+        assert!(headers.contains("dead_letter_reason=message_too_large"), "{headers}");
+        let reference: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert!(ids.contains(reference["inquiry_id"].as_str().unwrap()));
+    }
+    assert!(kcat_records(&routed).is_empty());
+    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let rejected = support::metric_value(
+        &metrics,
+        "inquiry_gateway_sink_rejected_total",
+        &[("sink", "kafka"), ("reason", "message_too_large")],
+    );
+    assert_eq!(rejected, 3.0);
+}

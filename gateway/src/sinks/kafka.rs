@@ -120,8 +120,14 @@ impl KafkaSink {
         .map_err(|e| error(e.to_string()))?
     }
 
-    /// Sends one record to `topic`, waiting while the local queue is full.
-    async fn send(&self, topic: &str, record: &OutRecord, reason: Option<&str>) -> Result<(), KafkaError> {
+    /// Sends one record to `topic` (with `payload`), waiting while the local queue is full.
+    async fn send(
+        &self,
+        topic: &str,
+        record: &OutRecord,
+        payload: &[u8],
+        reason: Option<&str>,
+    ) -> Result<(), KafkaError> {
         let inquiry = &record.stored.inquiry;
         let key = format!("{}/{}/{}", inquiry.channel, inquiry.account, inquiry.external.conversation_id);
         let id = inquiry.id.to_string();
@@ -133,7 +139,7 @@ impl KafkaSink {
         if let Some(reason) = reason {
             headers = headers.insert(Header { key: "dead_letter_reason", value: Some(reason) });
         }
-        let mut message = FutureRecord::to(topic).key(&key).payload(&record.json).headers(headers);
+        let mut message = FutureRecord::to(topic).key(&key).payload(payload).headers(headers);
         loop {
             match self.producer.send_result(message) {
                 Ok(delivery) => {
@@ -153,15 +159,29 @@ impl KafkaSink {
         }
     }
 
-    /// Sends to the routed topic; a permanent failure goes to the dead-letter topic.
+    /// Sends to the routed topic; a permanent failure goes to the dead-letter topic. A record too
+    /// large for Kafka is dead-lettered as a small reference (id and reason; the inquiry stays in
+    /// the gateway's store and the CQL store), since the record itself cannot be sent.
     async fn deliver_one(&self, record: &OutRecord) -> Delivery {
-        match self.send(&self.topics.routed, record, None).await {
+        match self.send(&self.topics.routed, record, &record.json, None).await {
             Ok(()) => Delivery::Delivered,
             Err(err) => match permanent_reason(&err) {
-                Some(reason) => match self.send(&self.topics.dead_letter, record, Some(reason)).await {
-                    Ok(()) => Delivery::Rejected { reason, detail: err.to_string() },
-                    Err(dl_err) => Delivery::Retry { detail: format!("{err}; dead-letter topic: {dl_err}") },
-                },
+                Some(reason) => {
+                    let reference;
+                    let payload = if reason == "message_too_large" {
+                        reference = serde_json::to_vec(&serde_json::json!({
+                            "inquiry_id": record.id(), "reason": reason, "size": record.json.len(),
+                        }))
+                        .expect("json");
+                        &reference
+                    } else {
+                        &record.json
+                    };
+                    match self.send(&self.topics.dead_letter, record, payload, Some(reason)).await {
+                        Ok(()) => Delivery::Rejected { reason, detail: err.to_string() },
+                        Err(dl_err) => Delivery::Retry { detail: format!("{err}; dead-letter topic: {dl_err}") },
+                    }
+                }
                 None => Delivery::Retry { detail: err.to_string() },
             },
         }
@@ -194,7 +214,9 @@ fn permanent_reason(err: &KafkaError) -> Option<&'static str> {
         _ => return None,
     };
     match code {
-        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => Some("message_too_large"),
+        RDKafkaErrorCode::MessageSizeTooLarge
+        | RDKafkaErrorCode::MessageBatchTooLarge
+        | RDKafkaErrorCode::InvalidMessageSize => Some("message_too_large"),
         RDKafkaErrorCode::InvalidMessage | RDKafkaErrorCode::InvalidRecord => Some("invalid_message"),
         RDKafkaErrorCode::TopicAuthorizationFailed => Some("topic_authorization_failed"),
         _ => None,
