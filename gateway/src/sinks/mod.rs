@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use inquiry_connectors::Channel;
 use metrics::{counter, gauge};
 use tokio::sync::watch;
@@ -19,7 +21,7 @@ use uuid::Uuid;
 
 use crate::pipeline::StoredInquiry;
 use crate::spool::Spool;
-use crate::store::Store;
+use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
 
 /// A stored inquiry on its way to a sink.
@@ -120,97 +122,148 @@ pub async fn forward(
     tracing::info!(sink = name, "sink ready");
     backoff = Backoff::default();
 
+    // Up to WINDOW rounds are in flight at once; their outcomes are handled in commit order.
+    let mut in_flight: FuturesOrdered<BoxFuture<'static, (Round, Vec<Delivery>)>> = FuturesOrdered::new();
+    let mut read_end = state.forwarded_end.load(Ordering::Acquire);
+    let mut stopping = false;
     loop {
         let durable = spool.durable.notified();
-        let from = state.forwarded_end.load(Ordering::Acquire);
-        let entries = match state.outbox.range(from, spool.durable_end(), sink.batch_size()) {
-            Ok(entries) => entries,
-            Err(err) => {
-                tracing::error!(sink = name, error = %err, "outbox unreadable");
-                if sleep_or_stop(backoff.next(), &mut stop).await {
-                    return;
+        while !stopping && in_flight.len() < WINDOW {
+            let round = match read_round(sink.as_ref(), &spool, index, &store, read_end) {
+                Ok(Some(round)) => round,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::error!(sink = name, error = %err, "outbox unreadable");
+                    break;
                 }
-                continue;
+            };
+            read_end = round.end;
+            let sink = sink.clone();
+            in_flight.push_back(
+                async move {
+                    let outcomes = sink.deliver(&round.records).await;
+                    (round, outcomes)
+                }
+                .boxed(),
+            );
+        }
+        let oldest = state.outbox.range(state.forwarded_end.load(Ordering::Acquire), read_end.max(1), 1);
+        let oldest_age = oldest.ok().and_then(|e| e.first().map(|e| now_ms().saturating_sub(e.enqueued_ms)));
+        gauge!(telemetry::SPOOL_OLDEST_AGE, "sink" => name).set(oldest_age.unwrap_or(0) as f64 / 1000.0);
+
+        if in_flight.is_empty() {
+            if stopping {
+                return;
             }
-        };
-        let oldest_age = entries.first().map_or(0.0, |e| now_ms().saturating_sub(e.enqueued_ms) as f64 / 1000.0);
-        gauge!(telemetry::SPOOL_OLDEST_AGE, "sink" => name).set(oldest_age);
-        if entries.is_empty() {
             tokio::select! {
                 _ = durable => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => stopping = true,
             }
             continue;
         }
-
-        let mut records = Vec::with_capacity(entries.len());
-        let mut unreadable = Vec::new();
-        for entry in &entries {
-            match store
-                .get_inquiry(entry.id)
-                .map(|r| r.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json))))
-            {
-                Ok(Some((stored, json))) => records.push(OutRecord { seq: entry.seq, stored, json }),
-                _ => unreadable.push(entry.seq),
+        let (round, outcomes) = tokio::select! {
+            next = in_flight.next() => next.expect("not empty"),
+            _ = tokio::time::sleep(STALL) => {
+                state.degraded.store(true, Ordering::Relaxed);
+                spool.publish_depths();
+                tracing::warn!(sink = name, "sink is not answering; inquiries keep spooling");
+                in_flight.next().await.expect("not empty")
             }
-        }
-        for seq in &unreadable {
-            tracing::error!(sink = name, seq, "outbox entry without a readable inquiry; skipped");
-            counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => "unreadable").increment(1);
-        }
-
-        let outcomes = {
-            let delivering = sink.deliver(&records);
-            tokio::pin!(delivering);
-            tokio::select! {
-                outcomes = &mut delivering => outcomes,
-                _ = tokio::time::sleep(STALL) => {
-                    state.degraded.store(true, Ordering::Relaxed);
-                    tracing::warn!(sink = name, "sink is not answering; inquiries keep spooling");
-                    delivering.await
-                }
+            _ = stop.changed(), if !stopping => {
+                // Finish what is in flight, then stop; the rest stays in the spool.
+                stopping = true;
+                continue;
             }
         };
 
-        // Everything before the first Retry is done (delivered or dead-lettered).
-        let done = outcomes.iter().position(|o| matches!(o, Delivery::Retry { .. })).unwrap_or(records.len());
-        let now = now_ms();
-        for (record, outcome) in records.iter().zip(&outcomes).take(done) {
-            match outcome {
-                Delivery::Delivered => {
-                    counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(1);
-                    let queued = entries.iter().find(|e| e.seq == record.seq).map_or(now, |e| e.enqueued_ms);
-                    let hop = if name == "kafka" { Hop::SinkKafka } else { Hop::SinkCql };
-                    telemetry::record_hop(hop, record.channel(), Duration::from_millis(now.saturating_sub(queued)), 1);
-                }
-                Delivery::Rejected { reason, detail } => {
-                    counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => *reason).increment(1);
-                    tracing::error!(sink = name, inquiry_id = %record.id(), reason, detail, "sink refused inquiry; dead-lettered");
-                }
-                Delivery::Retry { .. } => unreachable!("only outcomes before the first retry"),
-            }
-        }
-        let next_seq = records.get(done).map_or_else(|| entries.last().map_or(from, |e| e.seq + 1), |r| r.seq);
-        let finished = entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq);
+        let retry_at = finish_round(name, &round, &outcomes);
+        let next_seq = retry_at.unwrap_or(round.end);
+        let finished = round.entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq);
         if let Err(err) = state.outbox.remove(&store, finished) {
             tracing::error!(sink = name, error = %err, "could not remove forwarded entries; they will be sent again");
         }
         state.forwarded_end.store(next_seq, Ordering::Release);
-        spool.publish_depths();
 
-        if let Some(Delivery::Retry { detail }) = outcomes.get(done) {
+        if let Some(retry_seq) = retry_at {
+            // Later rounds may have been delivered; they are sent again after this one, in order
+            // (duplicates, dropped downstream by inquiry id), so wait for them and rewind.
+            while in_flight.next().await.is_some() {}
+            read_end = retry_seq;
             state.degraded.store(true, Ordering::Relaxed);
+            spool.publish_depths();
             counter!(telemetry::SINK_RETRIES, "sink" => name).increment(1);
-            tracing::warn!(sink = name, detail, "sink delivery failed; retrying with backoff");
             if sleep_or_stop(backoff.next(), &mut stop).await {
                 return;
             }
         } else {
             state.degraded.store(false, Ordering::Relaxed);
+            spool.publish_depths();
             backoff = Backoff::default();
         }
     }
+}
+
+/// Rounds of a sink in flight at once.
+const WINDOW: usize = 4;
+
+/// One batch of outbox entries on its way to a sink.
+struct Round {
+    entries: Vec<OutboxEntry>,
+    records: Vec<OutRecord>,
+    /// First sequence number after this round.
+    end: u64,
+}
+
+/// Reads the next durable entries from `from` and loads their inquiries; `None` when there are none.
+fn read_round(
+    sink: &dyn Sink,
+    spool: &Spool,
+    index: usize,
+    store: &Store,
+    from: u64,
+) -> Result<Option<Round>, StoreError> {
+    let state = &spool.sinks[index];
+    let entries = state.outbox.range(from, spool.durable_end(), sink.batch_size())?;
+    let Some(last) = entries.last() else { return Ok(None) };
+    let end = last.seq + 1;
+    let mut records = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let loaded = store.get_inquiry(entry.id)?.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json)));
+        match loaded {
+            Some((stored, json)) => records.push(OutRecord { seq: entry.seq, stored, json }),
+            None => {
+                tracing::error!(sink = state.name, seq = entry.seq, "outbox entry without a readable inquiry; skipped");
+                counter!(telemetry::SINK_REJECTED, "sink" => state.name, "reason" => "unreadable").increment(1);
+            }
+        }
+    }
+    Ok(Some(Round { entries, records, end }))
+}
+
+/// Records metrics and logs for the outcomes of a round; returns the sequence number of the first
+/// record to retry, if any (everything before it is done: delivered or dead-lettered).
+fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Option<u64> {
+    let now = now_ms();
+    let hop = if name == "kafka" { Hop::SinkKafka } else { Hop::SinkCql };
+    for (record, outcome) in round.records.iter().zip(outcomes) {
+        match outcome {
+            Delivery::Delivered => {
+                counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(1);
+                let queued = round.entries.iter().find(|e| e.seq == record.seq).map_or(now, |e| e.enqueued_ms);
+                telemetry::record_hop(hop, record.channel(), Duration::from_millis(now.saturating_sub(queued)), 1);
+            }
+            Delivery::Rejected { reason, detail } => {
+                counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => *reason).increment(1);
+                tracing::error!(sink = name, inquiry_id = %record.id(), reason, detail, "sink refused inquiry; dead-lettered");
+            }
+            Delivery::Retry { detail } => {
+                tracing::warn!(sink = name, detail, "sink delivery failed; retrying with backoff");
+                return Some(record.seq);
+            }
+        }
+    }
+    None
 }
 
 async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> bool {
