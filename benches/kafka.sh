@@ -36,8 +36,9 @@ gw=$!
 for _ in $(seq 100); do curl -sf localhost:19091/readyz | grep -q '"kafka":{"spooled":0,"status":"ready"}\|"status":"ready","spooled":0' && break; sleep 0.2; done
 
 start=$(date +%s.%N)
+# RATE: batch requests per second (open loop; 500 inquiries each); 0 = as fast as possible.
 "$bin/loadgen" --url http://127.0.0.1:18081/v1/inquiries/batch --batch 500 --connections 4 \
-  --seconds "$secs" --warmup-seconds 0 --label gateway-batch-500-kafka
+  --seconds "$secs" --warmup-seconds 0 --rate "${RATE:-0}" --label "gateway-batch-500-kafka-rate-${RATE:-max}"
 until curl -sf localhost:19091/readyz | python3 -c 'import json,sys; s=json.load(sys.stdin)["sinks"]["kafka"]; sys.exit(0 if s["spooled"]==0 else 1)'; do sleep 0.1; done
 end=$(date +%s.%N)
 curl -s localhost:19091/metrics > "$work/metrics.txt"

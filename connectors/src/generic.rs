@@ -80,7 +80,10 @@ pub fn normalize(raw: &[u8], ctx: &NormalizeContext<'_>) -> Result<Inquiry, Inpu
     })?;
     // serde's derived structs also accept positional arrays; the API takes objects only.
     if !text.trim_start().starts_with('{') {
-        return Err(InputError::new(InputErrorCode::InvalidType, "wrong json type: expected an object"));
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => InputError::new(InputErrorCode::InvalidType, "wrong json type: expected an object"),
+            Err(err) => InputError::from_json(err),
+        });
     }
     let input: GenericInquiry = serde_json::from_str(text).map_err(InputError::from_json)?;
     from_generic(input, ctx)

@@ -35,6 +35,8 @@ async fn every_bad_input_class_gets_a_4xx_with_a_reason_a_metric_and_stores_noth
 
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("malformed json", b"{\"channel\": \"generic\",".to_vec(), 400, "malformed_json"),
+        ("no body", Vec::new(), 400, "malformed_json"),
+        ("not json", b"channel=generic".to_vec(), 400, "malformed_json"),
         ("not an object", b"[1,2,3]".to_vec(), 422, "invalid_type"),
         ("wrong type", with("body", serde_json::json!(42)), 422, "invalid_type"),
         ("missing field", without("external_id"), 422, "missing_field"),

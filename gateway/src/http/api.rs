@@ -176,7 +176,7 @@ fn normalize_batch(
         .split(|b| *b == b'\n')
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-        .map(|(i, line)| (i + 1, body.slice_ref(line)))
+        .map(|(i, line)| (i + 1, body.slice_ref(line.strip_suffix(b"\r").unwrap_or(line))))
         .collect();
     if lines.is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "the batch has no lines"));
@@ -322,7 +322,7 @@ fn submit_error(err: SubmitError) -> ApiError {
         SubmitError::StageFailed => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "the pipeline failed; the request was not stored",
+            "the pipeline failed before acknowledging; retrying is safe",
         ),
     }
 }

@@ -98,8 +98,8 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
             // spool is full. A degraded sink alone keeps the gateway ready (it spools), and is
             // reported here so that operators see it.
             let spool = &state.spool;
-            let embedded = state.pipeline.is_ready();
-            let ready = embedded && !spool.is_full();
+            let embedded = state.pipeline.is_alive();
+            let ready = state.pipeline.is_ready() && !spool.is_full();
             let mut sinks = serde_json::Map::new();
             sinks.insert("embedded".into(), json!(if embedded { "ready" } else { "unavailable" }));
             for (i, sink) in spool.sinks.iter().enumerate() {
