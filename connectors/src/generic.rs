@@ -10,8 +10,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::{InputError, InputErrorCode};
-use crate::inquiry::{Buyer, Channel, ExternalIds, Inquiry, Region, ENVELOPE_VERSION};
-use crate::NormalizeContext;
+use crate::inquiry::{Channel, Inquiry};
+use crate::{Draft, NormalizeContext};
 
 /// Longest id (account, external ids, order and product ids) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -116,27 +116,23 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
         input.product_ids.into_iter().map(|p| required_id("product_ids", p)).collect::<Result<Vec<_>, _>>()?;
     let country = input.buyer.country.as_deref().map(normalize_country).transpose()?;
     let language = input.buyer.language.as_deref().map(normalize_language).transpose()?;
-    let identity = buyer_identity(&input.buyer, &conversation_id);
-    let region = country.as_deref().map_or(Region::Other, Region::of_country);
-
-    Ok(Inquiry {
-        schema_version: ENVELOPE_VERSION,
-        id: ctx.id,
+    let buyer_identity = buyer_identity(&input.buyer, &conversation_id);
+    let draft = Draft {
         channel,
-        external: ExternalIds { message_id, conversation_id },
-        buyer: Buyer { pseudonym: ctx.pseudonym(channel, &account, &identity), country, language },
         account,
+        message_id,
+        conversation_id,
+        buyer_identity,
+        country,
+        language,
         subject: input.subject,
         body: input.body,
         order_id,
         product_ids,
         attributes: input.attributes,
-        received_at: ctx.received_at,
         occurred_at,
-        region,
-        trace_id: ctx.trace_id.to_owned(),
-        raw_ref: format!("embedded:raw/{}", ctx.id),
-    })
+    };
+    Ok(draft.into_inquiry(ctx))
 }
 
 fn required_id(field: &'static str, value: String) -> Result<String, InputError> {
@@ -171,7 +167,7 @@ fn normalize_country(country: &str) -> Result<String, InputError> {
     }
 }
 
-fn normalize_language(language: &str) -> Result<String, InputError> {
+pub(crate) fn normalize_language(language: &str) -> Result<String, InputError> {
     let mut parts = language.split(['-', '_']);
     let primary = parts.next().unwrap_or_default();
     let primary_ok = (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod generic;
 pub mod inquiry;
+pub mod webhook;
 
 pub use error::{InputError, InputErrorCode};
 pub use inquiry::{Buyer, Channel, ExternalIds, Inquiry, Region, ENVELOPE_VERSION};
@@ -15,6 +16,53 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// What a connector extracted from one message, before the gateway's context makes it an [`Inquiry`].
+pub(crate) struct Draft {
+    pub channel: Channel,
+    pub account: String,
+    pub message_id: String,
+    pub conversation_id: String,
+    /// The most stable buyer identity the platform gives (`id:...`, `email:...`); pseudonymized.
+    pub buyer_identity: String,
+    pub country: Option<String>,
+    pub language: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub order_id: Option<String>,
+    pub product_ids: Vec<String>,
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    pub occurred_at: OffsetDateTime,
+}
+
+impl Draft {
+    /// The canonical inquiry, with the id, times, trace id and pseudonym from `ctx`.
+    pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
+        let region = self.country.as_deref().map_or(Region::Other, Region::of_country);
+        Inquiry {
+            schema_version: ENVELOPE_VERSION,
+            id: ctx.id,
+            channel: self.channel,
+            external: ExternalIds { message_id: self.message_id, conversation_id: self.conversation_id },
+            buyer: Buyer {
+                pseudonym: ctx.pseudonym(self.channel, &self.account, &self.buyer_identity),
+                country: self.country,
+                language: self.language,
+            },
+            account: self.account,
+            subject: self.subject,
+            body: self.body,
+            order_id: self.order_id,
+            product_ids: self.product_ids,
+            attributes: self.attributes,
+            received_at: ctx.received_at,
+            occurred_at: self.occurred_at,
+            region,
+            trace_id: ctx.trace_id.to_owned(),
+            raw_ref: format!("embedded:raw/{}", ctx.id),
+        }
+    }
+}
 
 /// What the gateway decides for an inquiry before a connector normalizes it.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,129 @@
+//! LINE Messaging API.
+//!
+//! Signature: `x-line-signature: <base64 HMAC-SHA256(channel secret, raw body)>`. Text messages
+//! become inquiries; stickers, images and other media become a placeholder body; follow, unfollow,
+//! postback and other events are acknowledged and ignored. LINE redelivers with the same
+//! `webhookEventId` and message id; the pipeline deduplicates by message id.
+
+use base64::Engine;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::{from_unix, verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
+use crate::error::{InputError, InputErrorCode};
+use crate::inquiry::Channel;
+use crate::{Draft, NormalizeContext};
+
+const SIGNATURE: &str = "x-line-signature";
+
+/// The LINE connector.
+pub struct Line;
+
+impl Webhook for Line {
+    fn name(&self) -> &'static str {
+        "line"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Line
+    }
+
+    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, _now: OffsetDateTime) -> Result<(), VerifyError> {
+        let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(header.trim())
+            .map_err(|_| VerifyError::MalformedSignature(SIGNATURE))?;
+        verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
+    }
+
+    fn parse<'c>(
+        &self,
+        body: &[u8],
+        account: &str,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Result<Parsed, InputError> {
+        let payload: Payload = serde_json::from_slice(body).map_err(InputError::from_json)?;
+        let mut parsed = Parsed::default();
+        for event in payload.events {
+            let (Some(message), "message") = (event.message, event.kind.as_str()) else {
+                parsed.ignored += 1;
+                continue;
+            };
+            let source = event.source.unwrap_or_default();
+            let Some(user) = source.user_id else {
+                parsed.ignored += 1; // no buyer to answer
+                continue;
+            };
+            let conversation_id = source.group_id.or(source.room_id).unwrap_or_else(|| user.clone());
+            let body = match message.text.filter(|t| !t.trim().is_empty()) {
+                Some(text) => text,
+                None => format!("[{}]", message.kind),
+            };
+            let occurred_at = from_unix(event.timestamp, true).ok_or_else(|| {
+                InputError::new(InputErrorCode::InvalidValue, "timestamp is not a valid time").field("timestamp")
+            })?;
+            let mut attributes = std::collections::BTreeMap::new();
+            if let Some(id) = event.webhook_event_id {
+                attributes.insert("webhook_event_id".to_owned(), id.into());
+            }
+            let draft = Draft {
+                channel: Channel::Line,
+                account: account.to_owned(),
+                message_id: message.id,
+                conversation_id,
+                buyer_identity: format!("id:{user}"),
+                country: None,
+                language: None,
+                subject: None,
+                body,
+                order_id: None,
+                product_ids: Vec::new(),
+                attributes,
+                occurred_at,
+            };
+            parsed.inquiries.push(draft.into_inquiry(&context()));
+        }
+        Ok(parsed)
+    }
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(default)]
+    events: Vec<Event>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    timestamp: i64,
+    #[serde(default)]
+    source: Option<Source>,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    webhook_event_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Source {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
+    #[serde(default)]
+    room_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}

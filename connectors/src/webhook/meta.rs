@@ -1,0 +1,265 @@
+//! Meta platforms: WhatsApp Business (Cloud API), Facebook Messenger and Instagram messaging.
+//!
+//! Signature: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, raw body)>`.
+//! Handshake: `GET ?hub.mode=subscribe&hub.verify_token=<token>&hub.challenge=<c>` is answered
+//! with `<c>` when the token matches. Meta retries failed deliveries, so the same message id can
+//! arrive more than once: the pipeline deduplicates by (channel, account, message id).
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::{from_unix, tokens_equal, verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
+use crate::error::{InputError, InputErrorCode};
+use crate::inquiry::Channel;
+use crate::{Draft, NormalizeContext};
+
+const SIGNATURE: &str = "x-hub-signature-256";
+
+/// WhatsApp Business Cloud API.
+pub const WHATSAPP: MetaWebhook = MetaWebhook { name: "whatsapp", channel: Channel::Whatsapp, object: "whatsapp_business_account" };
+/// Facebook Messenger (Pages).
+pub const MESSENGER: MetaWebhook = MetaWebhook { name: "messenger", channel: Channel::Messenger, object: "page" };
+/// Instagram messaging.
+pub const INSTAGRAM: MetaWebhook = MetaWebhook { name: "instagram", channel: Channel::Instagram, object: "instagram" };
+
+/// One of Meta's webhook products; they share signing and handshake.
+pub struct MetaWebhook {
+    name: &'static str,
+    channel: Channel,
+    /// The `object` field of its payloads.
+    object: &'static str,
+}
+
+impl Webhook for MetaWebhook {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, _now: OffsetDateTime) -> Result<(), VerifyError> {
+        let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
+        let hex_signature = header.strip_prefix("sha256=").ok_or(VerifyError::MalformedSignature(SIGNATURE))?;
+        let signature = hex::decode(hex_signature).map_err(|_| VerifyError::MalformedSignature(SIGNATURE))?;
+        verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
+    }
+
+    fn handshake(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>) -> Option<Result<String, VerifyError>> {
+        let mode = request.query_param("hub.mode")?;
+        let token = request.query_param("hub.verify_token").unwrap_or_default();
+        let challenge = request.query_param("hub.challenge").unwrap_or_default();
+        let expected = secrets.verify_token.unwrap_or_default();
+        Some(if mode == "subscribe" && !expected.is_empty() && tokens_equal(&token, expected) {
+            Ok(challenge)
+        } else {
+            Err(VerifyError::BadToken)
+        })
+    }
+
+    fn parse<'c>(
+        &self,
+        body: &[u8],
+        account: &str,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Result<Parsed, InputError> {
+        let payload: Payload = serde_json::from_slice(body).map_err(InputError::from_json)?;
+        if payload.object != self.object {
+            return Err(InputError::new(InputErrorCode::InvalidValue, format!("object is not `{}`", self.object))
+                .field("object"));
+        }
+        let mut parsed = Parsed::default();
+        for entry in payload.entry {
+            if self.channel == Channel::Whatsapp {
+                for change in entry.changes {
+                    whatsapp_change(change, account, &mut parsed, context)?;
+                }
+            } else {
+                for event in entry.messaging {
+                    self.messaging_event(event, account, &mut parsed, context)?;
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+impl MetaWebhook {
+    /// Messenger / Instagram: one `messaging` event.
+    fn messaging_event<'c>(
+        &self,
+        event: MessagingEvent,
+        account: &str,
+        parsed: &mut Parsed,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Result<(), InputError> {
+        let Some(message) = event.message.filter(|m| !m.is_echo) else {
+            parsed.ignored += 1; // deliveries, reads, postbacks, the page's own messages
+            return Ok(());
+        };
+        let body = match message.text.filter(|t| !t.trim().is_empty()) {
+            Some(text) => text,
+            None if message.attachments.is_empty() => {
+                parsed.ignored += 1;
+                return Ok(());
+            }
+            None => format!("[{} attachment(s)]", message.attachments.len()),
+        };
+        let occurred_at = from_unix(event.timestamp, true).ok_or_else(|| bad("timestamp"))?;
+        let draft = Draft {
+            channel: self.channel,
+            account: account.to_owned(),
+            message_id: message.mid,
+            conversation_id: event.sender.id.clone(),
+            buyer_identity: format!("id:{}", event.sender.id),
+            country: None,
+            language: None,
+            subject: None,
+            body,
+            order_id: None,
+            product_ids: Vec::new(),
+            attributes: Default::default(),
+            occurred_at,
+        };
+        parsed.inquiries.push(draft.into_inquiry(&context()));
+        Ok(())
+    }
+}
+
+/// WhatsApp: one `changes` item; buyer messages are in `value.messages`, receipts in `value.statuses`.
+fn whatsapp_change<'c>(
+    change: Change,
+    account: &str,
+    parsed: &mut Parsed,
+    context: &mut dyn FnMut() -> NormalizeContext<'c>,
+) -> Result<(), InputError> {
+    let value = change.value;
+    parsed.ignored += value.statuses.len();
+    if change.field != "messages" {
+        parsed.ignored += 1;
+        return Ok(());
+    }
+    for message in value.messages {
+        let caption = [&message.image, &message.video, &message.document]
+            .into_iter()
+            .find_map(|media| media.as_ref().and_then(|m| m.caption.clone()))
+            .filter(|c| !c.trim().is_empty());
+        let body = match (&message.text, message.kind.as_str()) {
+            (Some(text), _) if !text.body.trim().is_empty() => text.body.clone(),
+            (_, kind) if caption.is_some() => format!("[{kind}] {}", caption.clone().unwrap_or_default()),
+            (_, "reaction" | "system" | "unsupported") => {
+                parsed.ignored += 1;
+                continue;
+            }
+            (_, kind) => format!("[{kind}]"),
+        };
+        let seconds: i64 = message.timestamp.parse().map_err(|_| bad("timestamp"))?;
+        let occurred_at = from_unix(seconds, false).ok_or_else(|| bad("timestamp"))?;
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("message_type".to_owned(), serde_json::Value::from(message.kind.clone()));
+        let draft = Draft {
+            channel: Channel::Whatsapp,
+            account: account.to_owned(),
+            message_id: message.id,
+            conversation_id: message.from.clone(),
+            buyer_identity: format!("id:{}", message.from),
+            country: None,
+            language: None,
+            subject: None,
+            body,
+            order_id: None,
+            product_ids: Vec::new(),
+            attributes,
+            occurred_at,
+        };
+        parsed.inquiries.push(draft.into_inquiry(&context()));
+    }
+    Ok(())
+}
+
+fn bad(field: &str) -> InputError {
+    InputError::new(InputErrorCode::InvalidValue, format!("{field} is not a valid time")).field(field)
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    object: String,
+    #[serde(default)]
+    entry: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    changes: Vec<Change>,
+    #[serde(default)]
+    messaging: Vec<MessagingEvent>,
+}
+
+#[derive(Deserialize)]
+struct Change {
+    #[serde(default)]
+    field: String,
+    value: ChangeValue,
+}
+
+#[derive(Deserialize)]
+struct ChangeValue {
+    #[serde(default)]
+    messages: Vec<WaMessage>,
+    #[serde(default)]
+    statuses: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WaMessage {
+    id: String,
+    from: String,
+    timestamp: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    text: Option<WaText>,
+    #[serde(default)]
+    image: Option<WaMedia>,
+    #[serde(default)]
+    video: Option<WaMedia>,
+    #[serde(default)]
+    document: Option<WaMedia>,
+}
+
+#[derive(Deserialize)]
+struct WaMedia {
+    #[serde(default)]
+    caption: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WaText {
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct MessagingEvent {
+    sender: Participant,
+    timestamp: i64,
+    #[serde(default)]
+    message: Option<MessengerMessage>,
+}
+
+#[derive(Deserialize)]
+struct Participant {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct MessengerMessage {
+    mid: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    is_echo: bool,
+    #[serde(default)]
+    attachments: Vec<serde_json::Value>,
+}

@@ -1,0 +1,187 @@
+//! Push connectors: platform webhooks, verified by the platform's signature over the raw body
+//! before anything is parsed, then normalized into canonical inquiries.
+//!
+//! Everything here is pure: the request, the account's secrets, the current time and the id
+//! factory come in as arguments, so each connector is golden-tested on fixtures. Adding a
+//! connector: one module implementing [`Webhook`], one line in [`REGISTRY`], fixtures under
+//! `connectors/tests/fixtures/webhooks/<name>/`, and a config example.
+
+mod line;
+mod meta;
+mod telegram;
+mod webform;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+use crate::error::InputError;
+use crate::inquiry::{Channel, Inquiry};
+use crate::NormalizeContext;
+
+/// Every push connector, by name: the `{connector}` of `/webhooks/{connector}/{account}`.
+pub const REGISTRY: &[&dyn Webhook] = &[
+    &meta::WHATSAPP,
+    &meta::MESSENGER,
+    &meta::INSTAGRAM,
+    &line::Line,
+    &telegram::Telegram,
+    &webform::WebForm,
+];
+
+/// The connector registered under `name`.
+pub fn find(name: &str) -> Option<&'static dyn Webhook> {
+    REGISTRY.iter().copied().find(|w| w.name() == name)
+}
+
+/// A webhook request as received: header names in lower case.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookRequest<'a> {
+    /// Header (name, value) pairs, names lower case.
+    pub headers: Vec<(String, String)>,
+    /// The query string (without `?`).
+    pub query: &'a str,
+    /// The raw body, exactly as received.
+    pub body: &'a [u8],
+}
+
+impl WebhookRequest<'_> {
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of query parameter `name` (percent-decoding `%XX` and `+`).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value))
+        })
+    }
+}
+
+/// The secrets of one (connector, account), from config.
+#[derive(Clone, Copy, Default)]
+pub struct WebhookSecrets<'a> {
+    /// The signing secret (app secret, channel secret, shared key).
+    pub secret: &'a str,
+    /// Token the platform echoes in its subscription handshake (Meta's `hub.verify_token`).
+    pub verify_token: Option<&'a str>,
+}
+
+/// Why a webhook was refused before parsing. The code is the `reason` metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The signature header is absent.
+    #[error("signature header {0} is missing")]
+    MissingSignature(&'static str),
+    /// The signature header is not in the platform's format.
+    #[error("signature header {0} is malformed")]
+    MalformedSignature(&'static str),
+    /// The signature does not match the body.
+    #[error("signature does not match")]
+    BadSignature,
+    /// The signed timestamp is outside the replay window.
+    #[error("signed timestamp is outside the replay window")]
+    Stale,
+    /// The handshake token does not match.
+    #[error("verification token does not match")]
+    BadToken,
+}
+
+impl VerifyError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::MissingSignature(_) => "signature_missing",
+            VerifyError::MalformedSignature(_) => "signature_malformed",
+            VerifyError::BadSignature => "signature_invalid",
+            VerifyError::Stale => "signature_stale",
+            VerifyError::BadToken => "verify_token_invalid",
+        }
+    }
+}
+
+/// What a verified webhook body contained.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Buyer messages, normalized.
+    pub inquiries: Vec<Inquiry>,
+    /// Events that are not buyer messages (delivery receipts, echoes of the seller's own
+    /// messages, reads): acknowledged, not stored.
+    pub ignored: usize,
+}
+
+/// A platform's webhook: how it is verified and how its events become inquiries.
+pub trait Webhook: Sync {
+    /// Name in the URL and in config.
+    fn name(&self) -> &'static str;
+
+    /// Channel of the inquiries it produces.
+    fn channel(&self) -> Channel;
+
+    /// Checks the platform's signature over the raw body, in constant time.
+    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, now: OffsetDateTime)
+        -> Result<(), VerifyError>;
+
+    /// Answers the platform's subscription handshake (a GET), if it has one: the body to return.
+    fn handshake(&self, _request: &WebhookRequest<'_>, _secrets: &WebhookSecrets<'_>) -> Option<Result<String, VerifyError>> {
+        None
+    }
+
+    /// Normalizes a verified body; `context` gives each new inquiry its id, time and trace id.
+    fn parse<'c>(
+        &self,
+        body: &[u8],
+        account: &str,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Result<Parsed, InputError>;
+}
+
+/// HMAC-SHA256 of `parts` (concatenated) with `key`.
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac accepts keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
+
+/// Checks `expected` (the header's decoded signature) against HMAC-SHA256(key, parts), in constant time.
+pub(crate) fn verify_hmac(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> Result<(), VerifyError> {
+    hmac_sha256(key, parts).verify_slice(expected).map_err(|_| VerifyError::BadSignature)
+}
+
+/// Constant-time equality of two tokens (compares their HMACs under a fixed key, so the time taken
+/// depends on neither token's content).
+pub(crate) fn tokens_equal(a: &str, b: &str) -> bool {
+    let tag = hmac_sha256(b"inquiry-gateway token comparison", &[a.as_bytes()]).finalize().into_bytes();
+    hmac_sha256(b"inquiry-gateway token comparison", &[b.as_bytes()]).verify_slice(&tag).is_ok()
+}
+
+/// Seconds or milliseconds since the Unix epoch as a time; `None` when out of range.
+pub(crate) fn from_unix(value: i64, millis: bool) -> Option<OffsetDateTime> {
+    let nanos = if millis { i128::from(value) * 1_000_000 } else { i128::from(value) * 1_000_000_000 };
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'+' => Some((b' ', 1)),
+            b'%' => bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map(|b| (b, 3)),
+            _ => None,
+        };
+        let (byte, len) = decoded.unwrap_or((bytes[i], 1));
+        out.push(byte);
+        i += len;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

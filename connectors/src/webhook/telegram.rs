@@ -1,0 +1,115 @@
+//! Telegram Bot API.
+//!
+//! Verification: the bot registers its webhook with a `secret_token`; Telegram sends it back in
+//! `X-Telegram-Bot-Api-Secret-Token`, compared here in constant time. Message ids are unique per
+//! chat only, so the external id is `<chat id>:<message id>`.
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::{from_unix, tokens_equal, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
+use crate::error::{InputError, InputErrorCode};
+use crate::generic::normalize_language;
+use crate::inquiry::Channel;
+use crate::{Draft, NormalizeContext};
+
+const TOKEN: &str = "x-telegram-bot-api-secret-token";
+
+/// The Telegram connector.
+pub struct Telegram;
+
+impl Webhook for Telegram {
+    fn name(&self) -> &'static str {
+        "telegram"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Telegram
+    }
+
+    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, _now: OffsetDateTime) -> Result<(), VerifyError> {
+        let token = request.header(TOKEN).ok_or(VerifyError::MissingSignature(TOKEN))?;
+        if tokens_equal(token, secrets.secret) {
+            Ok(())
+        } else {
+            Err(VerifyError::BadSignature)
+        }
+    }
+
+    fn parse<'c>(
+        &self,
+        body: &[u8],
+        account: &str,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Result<Parsed, InputError> {
+        let update: Update = serde_json::from_slice(body).map_err(InputError::from_json)?;
+        let mut parsed = Parsed::default();
+        let Some(message) = update.message else {
+            parsed.ignored += 1; // edits, channel posts, callbacks, member updates
+            return Ok(parsed);
+        };
+        let Some(from) = message.from.filter(|f| !f.is_bot) else {
+            parsed.ignored += 1;
+            return Ok(parsed);
+        };
+        let body = match message.text.or(message.caption).filter(|t| !t.trim().is_empty()) {
+            Some(text) => text,
+            None => "[media]".to_owned(),
+        };
+        let occurred_at = from_unix(message.date, false)
+            .ok_or_else(|| InputError::new(InputErrorCode::InvalidValue, "date is not a valid time").field("date"))?;
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("update_id".to_owned(), update.update_id.into());
+        let draft = Draft {
+            channel: Channel::Telegram,
+            account: account.to_owned(),
+            message_id: format!("{}:{}", message.chat.id, message.message_id),
+            conversation_id: message.chat.id.to_string(),
+            buyer_identity: format!("id:{}", from.id),
+            country: None,
+            language: from.language_code.as_deref().and_then(|l| normalize_language(l).ok()),
+            subject: None,
+            body,
+            order_id: None,
+            product_ids: Vec::new(),
+            attributes,
+            occurred_at,
+        };
+        parsed.inquiries.push(draft.into_inquiry(&context()));
+        Ok(parsed)
+    }
+}
+
+#[derive(Deserialize)]
+struct Update {
+    update_id: i64,
+    #[serde(default)]
+    message: Option<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    message_id: i64,
+    date: i64,
+    chat: Chat,
+    #[serde(default)]
+    from: Option<User>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    caption: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct User {
+    id: i64,
+    #[serde(default)]
+    is_bot: bool,
+    #[serde(default)]
+    language_code: Option<String>,
+}
