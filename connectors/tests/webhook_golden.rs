@@ -37,7 +37,10 @@ fn signed_headers(connector: &str, body: &[u8], secret: &str) -> Vec<(String, St
         "telegram" => header("x-telegram-bot-api-secret-token", secret.to_owned()),
         "web_form" => {
             let t = NOW.unix_timestamp().to_string();
-            header("x-inquiry-signature", format!("t={t},v1={}", hex::encode(hmac(&[t.as_bytes(), b".", body], secret))))
+            header(
+                "x-inquiry-signature",
+                format!("t={t},v1={}", hex::encode(hmac(&[t.as_bytes(), b".", body], secret))),
+            )
         }
         other => panic!("no signing rule for {other} in this test"),
     }
@@ -62,7 +65,8 @@ fn every_connector_verifies_signed_requests_and_refuses_tampered_ones() {
         for path in fixtures(connector.name()) {
             let body = fs::read(&path).unwrap();
             let name = format!("{}/{}", connector.name(), path.file_name().unwrap().to_string_lossy());
-            let request = WebhookRequest { headers: signed_headers(connector.name(), &body, SECRET), query: "", body: &body };
+            let request =
+                WebhookRequest { headers: signed_headers(connector.name(), &body, SECRET), query: "", body: &body };
             connector.verify(&request, &secrets, NOW).unwrap_or_else(|e| panic!("{name}: {e}"));
 
             let mut tampered = body.clone();
@@ -71,12 +75,19 @@ fn every_connector_verifies_signed_requests_and_refuses_tampered_ones() {
             let request_tampered = WebhookRequest { body: &tampered, ..request.clone() };
             if connector.name() != "telegram" {
                 // Telegram's token does not cover the body: TLS and the secret URL protect it.
-                assert_eq!(connector.verify(&request_tampered, &secrets, NOW), Err(VerifyError::BadSignature), "{name}");
+                assert_eq!(
+                    connector.verify(&request_tampered, &secrets, NOW),
+                    Err(VerifyError::BadSignature),
+                    "{name}"
+                );
             }
             let wrong = WebhookSecrets { secret: "another-secret-entirely", verify_token: None };
             assert_eq!(connector.verify(&request, &wrong, NOW), Err(VerifyError::BadSignature), "{name}");
             let unsigned = WebhookRequest { headers: Vec::new(), query: "", body: &body };
-            assert!(matches!(connector.verify(&unsigned, &secrets, NOW), Err(VerifyError::MissingSignature(_))), "{name}");
+            assert!(
+                matches!(connector.verify(&unsigned, &secrets, NOW), Err(VerifyError::MissingSignature(_))),
+                "{name}"
+            );
         }
     }
 }
@@ -97,9 +108,8 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
                 }
             };
             let account = if connector.name() == "web_form" { "site-eu" } else { "acct-1" };
-            let parsed = connector
-                .parse(&body, account, &mut context)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let parsed =
+                connector.parse(&body, account, &mut context).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let actual = serde_json::to_string_pretty(&serde_json::json!({
                 "ignored": parsed.ignored,
                 "inquiries": parsed.inquiries,
@@ -110,7 +120,12 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
             if std::env::var_os("BLESS").is_some() {
                 fs::write(&expected_path, &actual).unwrap();
             }
-            assert_eq!(actual, fs::read_to_string(&expected_path).unwrap_or_default(), "{} (BLESS=1 rewrites it)", path.display());
+            assert_eq!(
+                actual,
+                fs::read_to_string(&expected_path).unwrap_or_default(),
+                "{} (BLESS=1 rewrites it)",
+                path.display()
+            );
             for personal in ["Sheena", "Kerry", "Olga", "Jean", "example.fr"] {
                 assert!(!actual.contains(personal), "{}: personal data `{personal}` in the envelope", path.display());
             }
@@ -125,7 +140,8 @@ fn meta_subscription_handshake_echoes_the_challenge_only_for_the_right_token() {
     let query = "hub.mode=subscribe&hub.verify_token=my-verify-token&hub.challenge=1158201444";
     let request = WebhookRequest { headers: Vec::new(), query, body: b"" };
     assert_eq!(whatsapp.handshake(&request, &secrets), Some(Ok("1158201444".to_owned())));
-    let wrong = WebhookRequest { query: "hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1", ..request.clone() };
+    let wrong =
+        WebhookRequest { query: "hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1", ..request.clone() };
     assert_eq!(whatsapp.handshake(&wrong, &secrets), Some(Err(VerifyError::BadToken)));
     let no_token = WebhookSecrets { secret: SECRET, verify_token: None };
     assert_eq!(whatsapp.handshake(&request, &no_token), Some(Err(VerifyError::BadToken)));

@@ -27,12 +27,39 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Who may call the ingest API.
     pub auth: AuthConfig,
+    /// Push connectors: one entry per (connector, account) allowed to post to
+    /// `/webhooks/{connector}/{account}`.
+    pub webhooks: Vec<WebhookConfig>,
     /// Downstream sinks fed from the embedded spool; none configured: embedded store only.
     pub sinks: SinksConfig,
     /// The spool of inquiries waiting for the sinks.
     pub spool: SpoolConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// One platform webhook endpoint.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Connector name: `whatsapp`, `messenger`, `instagram`, `line`, `telegram`, `web_form`.
+    pub connector: String,
+    /// Seller account the webhook posts for (the `{account}` of the URL).
+    pub account: String,
+    /// Signing secret: Meta app secret, LINE channel secret, Telegram `secret_token`, web-form key.
+    pub secret: String,
+    /// Token of the platform's subscription handshake (Meta's `hub.verify_token`).
+    #[serde(default)]
+    pub verify_token: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("connector", &self.connector)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Downstream sinks. Each configured sink gets an outbox in the embedded store (the spool) and a
@@ -392,6 +419,26 @@ impl Config {
             }
             if cql.day_buckets == 0 || cql.max_in_flight == 0 || cql.batch_size == 0 {
                 problems.push("sinks.cql.day_buckets, max_in_flight and batch_size must be at least 1".to_owned());
+            }
+        }
+        let mut endpoints = BTreeSet::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if inquiry_connectors::webhook::find(&hook.connector).is_none() {
+                let known: Vec<&str> = inquiry_connectors::webhook::REGISTRY.iter().map(|w| w.name()).collect();
+                problems.push(format!(
+                    "webhooks[{i}].connector `{}` is not one of {}",
+                    hook.connector,
+                    known.join(", ")
+                ));
+            }
+            if hook.account.trim().is_empty() || hook.account.contains('/') {
+                problems.push(format!("webhooks[{i}].account must be non-empty and contain no `/`"));
+            }
+            if hook.secret.len() < 8 {
+                problems.push(format!("webhooks[{i}].secret must be at least 8 bytes"));
+            }
+            if !endpoints.insert((hook.connector.as_str(), hook.account.as_str())) {
+                problems.push(format!("webhooks[{i}]: {}/{} is configured twice", hook.connector, hook.account));
             }
         }
         if self.spool.max_pending == 0 {

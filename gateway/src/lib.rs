@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         pseudonym_key,
         max_body_bytes: config.ingest.max_body_bytes,
         max_batch_lines: config.ingest.max_batch_lines,
+        webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
     });
     let admin = Arc::new(AdminState { pipeline, spool, metrics });
     let ingress = IngressLimits {

@@ -28,7 +28,12 @@ impl Webhook for Line {
         Channel::Line
     }
 
-    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, _now: OffsetDateTime) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+        secrets: &WebhookSecrets<'_>,
+        _now: OffsetDateTime,
+    ) -> Result<(), VerifyError> {
         let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
         let signature = base64::engine::general_purpose::STANDARD
             .decode(header.trim())

@@ -16,7 +16,8 @@ use crate::{Draft, NormalizeContext};
 const SIGNATURE: &str = "x-hub-signature-256";
 
 /// WhatsApp Business Cloud API.
-pub const WHATSAPP: MetaWebhook = MetaWebhook { name: "whatsapp", channel: Channel::Whatsapp, object: "whatsapp_business_account" };
+pub const WHATSAPP: MetaWebhook =
+    MetaWebhook { name: "whatsapp", channel: Channel::Whatsapp, object: "whatsapp_business_account" };
 /// Facebook Messenger (Pages).
 pub const MESSENGER: MetaWebhook = MetaWebhook { name: "messenger", channel: Channel::Messenger, object: "page" };
 /// Instagram messaging.
@@ -39,14 +40,23 @@ impl Webhook for MetaWebhook {
         self.channel
     }
 
-    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, _now: OffsetDateTime) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+        secrets: &WebhookSecrets<'_>,
+        _now: OffsetDateTime,
+    ) -> Result<(), VerifyError> {
         let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
         let hex_signature = header.strip_prefix("sha256=").ok_or(VerifyError::MalformedSignature(SIGNATURE))?;
         let signature = hex::decode(hex_signature).map_err(|_| VerifyError::MalformedSignature(SIGNATURE))?;
         verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
     }
 
-    fn handshake(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>) -> Option<Result<String, VerifyError>> {
+    fn handshake(
+        &self,
+        request: &WebhookRequest<'_>,
+        secrets: &WebhookSecrets<'_>,
+    ) -> Option<Result<String, VerifyError>> {
         let mode = request.query_param("hub.mode")?;
         let token = request.query_param("hub.verify_token").unwrap_or_default();
         let challenge = request.query_param("hub.challenge").unwrap_or_default();

@@ -20,14 +20,8 @@ use crate::inquiry::{Channel, Inquiry};
 use crate::NormalizeContext;
 
 /// Every push connector, by name: the `{connector}` of `/webhooks/{connector}/{account}`.
-pub const REGISTRY: &[&dyn Webhook] = &[
-    &meta::WHATSAPP,
-    &meta::MESSENGER,
-    &meta::INSTAGRAM,
-    &line::Line,
-    &telegram::Telegram,
-    &webform::WebForm,
-];
+pub const REGISTRY: &[&dyn Webhook] =
+    &[&meta::WHATSAPP, &meta::MESSENGER, &meta::INSTAGRAM, &line::Line, &telegram::Telegram, &webform::WebForm];
 
 /// The connector registered under `name`.
 pub fn find(name: &str) -> Option<&'static dyn Webhook> {
@@ -121,11 +115,19 @@ pub trait Webhook: Sync {
     fn channel(&self) -> Channel;
 
     /// Checks the platform's signature over the raw body, in constant time.
-    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, now: OffsetDateTime)
-        -> Result<(), VerifyError>;
+    fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+        secrets: &WebhookSecrets<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), VerifyError>;
 
     /// Answers the platform's subscription handshake (a GET), if it has one: the body to return.
-    fn handshake(&self, _request: &WebhookRequest<'_>, _secrets: &WebhookSecrets<'_>) -> Option<Result<String, VerifyError>> {
+    fn handshake(
+        &self,
+        _request: &WebhookRequest<'_>,
+        _secrets: &WebhookSecrets<'_>,
+    ) -> Option<Result<String, VerifyError>> {
         None
     }
 

@@ -27,7 +27,12 @@ impl Webhook for Telegram {
         Channel::Telegram
     }
 
-    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, _now: OffsetDateTime) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+        secrets: &WebhookSecrets<'_>,
+        _now: OffsetDateTime,
+    ) -> Result<(), VerifyError> {
         let token = request.header(TOKEN).ok_or(VerifyError::MissingSignature(TOKEN))?;
         if tokens_equal(token, secrets.secret) {
             Ok(())

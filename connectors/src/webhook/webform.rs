@@ -30,7 +30,12 @@ impl Webhook for WebForm {
         Channel::WebForm
     }
 
-    fn verify(&self, request: &WebhookRequest<'_>, secrets: &WebhookSecrets<'_>, now: OffsetDateTime) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+        secrets: &WebhookSecrets<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), VerifyError> {
         let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
         let mut timestamp = None;
         let mut signature = None;

@@ -35,6 +35,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Most lines in a batch.
     pub max_batch_lines: usize,
+    /// Configured webhook endpoints by (connector, account).
+    pub webhooks: std::collections::HashMap<(String, String), crate::config::WebhookConfig>,
 }
 
 /// Answers one ingest request; never fails (errors become 4xx/5xx responses).
@@ -50,6 +52,10 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
         }
         (_, ["v1", "inquiries"] | ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
         (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id),
+        (_, ["webhooks", connector, account]) => {
+            let (connector, account) = (connector.to_string(), account.to_string());
+            super::webhooks::handle(&state, req, &connector, &account, &trace_id, started).await
+        }
         (_, ["v1", "inquiries", _]) => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     };
@@ -257,7 +263,7 @@ fn context<'a>(state: &'a ApiState, trace_id: &'a str) -> NormalizeContext<'a> {
     }
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes"));
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -305,7 +311,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-fn submit_error(err: SubmitError) -> ApiError {
+pub(super) fn submit_error(err: SubmitError) -> ApiError {
     match err {
         SubmitError::Overloaded => ApiError::overloaded(),
         SubmitError::SpoolFull => ApiError::new(

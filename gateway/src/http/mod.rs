@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod webhooks;
 
 use std::convert::Infallible;
 use std::future::Future;

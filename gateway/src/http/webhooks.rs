@@ -1,0 +1,96 @@
+//! `POST /webhooks/{connector}/{account}` and its `GET` handshake: platform pushes, verified by
+//! the platform's signature over the raw body before anything is parsed or stored.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use inquiry_connectors::webhook::{self, VerifyError, WebhookRequest, WebhookSecrets};
+use metrics::counter;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::api::{read_body, submit_error, ApiState};
+use super::error::{json_response, ApiError};
+use crate::pipeline::{AckStatus, Submission};
+use crate::telemetry::{self, Hop};
+
+/// Answers a webhook request for `connector` and `account`.
+pub async fn handle(
+    state: &ApiState,
+    req: Request<Incoming>,
+    connector: &str,
+    account: &str,
+    trace_id: &str,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    // An endpoint that is not configured does not exist, whatever the connector.
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_webhook", "no such webhook endpoint");
+    let hook = webhook::find(connector).ok_or_else(not_found)?;
+    let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
+    let secrets = WebhookSecrets { secret: &config.secret, verify_token: config.verify_token.as_deref() };
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+
+    if req.method() == Method::GET {
+        let request = WebhookRequest { headers, query: &query, body: b"" };
+        return match hook.handshake(&request, &secrets) {
+            Some(Ok(challenge)) => {
+                let mut response = Response::new(Full::new(Bytes::from(challenge)));
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                Ok(response)
+            }
+            Some(Err(err)) => Err(refused(&err, StatusCode::FORBIDDEN)),
+            None => Err(ApiError::method_not_allowed("POST")),
+        };
+    }
+    if req.method() != Method::POST {
+        return Err(ApiError::method_not_allowed("POST, GET"));
+    }
+
+    let body = read_body(req, state.max_body_bytes).await?;
+    let request = WebhookRequest { headers, query: &query, body: &body };
+    hook.verify(&request, &secrets, OffsetDateTime::now_utc()).map_err(|e| refused(&e, StatusCode::UNAUTHORIZED))?;
+
+    let normalize_started = Instant::now();
+    let received_at = OffsetDateTime::now_utc();
+    let mut context = || inquiry_connectors::NormalizeContext {
+        id: Uuid::now_v7(),
+        received_at,
+        trace_id,
+        pseudonym_key: &state.pseudonym_key,
+    };
+    let parsed = hook.parse(&body, account, &mut context)?;
+    let channel = hook.channel();
+    telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), parsed.inquiries.len());
+    if parsed.ignored > 0 {
+        counter!(telemetry::WEBHOOK_EVENTS_IGNORED, "channel" => channel.as_str()).increment(parsed.ignored as u64);
+    }
+    let count = parsed.inquiries.len();
+    let (accepted, duplicates) = if count == 0 {
+        (0, 0)
+    } else {
+        // Each inquiry keeps the whole delivery as its original payload.
+        let submissions = parsed.inquiries.into_iter().map(|i| Submission::new(i, body.clone(), None)).collect();
+        let acks = state.pipeline.submit(submissions).await.map_err(submit_error)?;
+        telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), count);
+        let accepted = acks.iter().filter(|a| a.status == AckStatus::Accepted).count();
+        (accepted, count - accepted)
+    };
+    // Platforms only look at the status; the body helps operators replaying deliveries by hand.
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "accepted": accepted, "duplicates": duplicates, "ignored": parsed.ignored, "trace_id": trace_id }),
+    ))
+}
+
+fn refused(err: &VerifyError, status: StatusCode) -> ApiError {
+    ApiError::new(status, err.code(), err.to_string())
+}
