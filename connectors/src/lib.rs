@@ -7,6 +7,7 @@
 pub mod error;
 pub mod generic;
 pub mod inquiry;
+pub mod poll;
 pub mod webhook;
 
 pub use error::{InputError, InputErrorCode};

@@ -30,6 +30,8 @@ pub struct Config {
     /// Push connectors: one entry per (connector, account) allowed to post to
     /// `/webhooks/{connector}/{account}`.
     pub webhooks: Vec<WebhookConfig>,
+    /// Pull connectors: one entry per (connector, account) to poll.
+    pub pollers: Vec<PollerConfig>,
     /// Downstream sinks fed from the embedded spool; none configured: embedded store only.
     pub sinks: SinksConfig,
     /// The spool of inquiries waiting for the sinks.
@@ -58,6 +60,53 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("connector", &self.connector)
             .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One platform API polled for one account.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerConfig {
+    /// Connector name: `messenger_conversations`.
+    pub connector: String,
+    /// Seller account polled (page id, shop id).
+    pub account: String,
+    /// API credential, sent as `Authorization: Bearer`; use `${ENV}`.
+    pub access_token: String,
+    /// App the credential belongs to: accounts of one app share app-level quotas.
+    #[serde(default = "default_app")]
+    pub app: String,
+    /// API base URL (override for a regional endpoint or a test server).
+    pub base_url: String,
+    /// Pause between polling cycles, in milliseconds.
+    #[serde(default = "default_poll_interval")]
+    pub interval_ms: u64,
+    /// Override of the connector's published requests per second.
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Override of the connector's published burst.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Override of the connector's published daily cap.
+    #[serde(default)]
+    pub per_day: Option<u32>,
+}
+
+fn default_app() -> String {
+    "default".to_owned()
+}
+
+fn default_poll_interval() -> u64 {
+    10_000
+}
+
+impl std::fmt::Debug for PollerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollerConfig")
+            .field("connector", &self.connector)
+            .field("account", &self.account)
+            .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
 }
@@ -439,6 +488,32 @@ impl Config {
             }
             if !endpoints.insert((hook.connector.as_str(), hook.account.as_str())) {
                 problems.push(format!("webhooks[{i}]: {}/{} is configured twice", hook.connector, hook.account));
+            }
+        }
+        let mut polled = BTreeSet::new();
+        for (i, poller) in self.pollers.iter().enumerate() {
+            if inquiry_connectors::poll::find(&poller.connector).is_none() {
+                let known: Vec<&str> = inquiry_connectors::poll::REGISTRY.iter().map(|p| p.name()).collect();
+                problems.push(format!(
+                    "pollers[{i}].connector `{}` is not one of {}",
+                    poller.connector,
+                    known.join(", ")
+                ));
+            }
+            if !poller.base_url.starts_with("https://") && !poller.base_url.starts_with("http://") {
+                problems.push(format!("pollers[{i}].base_url must be an http(s) url"));
+            }
+            if poller.account.trim().is_empty() || poller.access_token.is_empty() {
+                problems.push(format!("pollers[{i}].account and access_token must not be empty"));
+            }
+            if poller.requests_per_second.is_some_and(|r| !(r > 0.0 && r <= 10_000.0)) || poller.burst == Some(0) {
+                problems.push(format!("pollers[{i}]: requests_per_second must be in (0, 10000] and burst at least 1"));
+            }
+            if poller.per_day == Some(0) || poller.interval_ms < 100 {
+                problems.push(format!("pollers[{i}]: per_day must be at least 1 and interval_ms at least 100"));
+            }
+            if !polled.insert((poller.connector.as_str(), poller.account.as_str())) {
+                problems.push(format!("pollers[{i}]: {}/{} is configured twice", poller.connector, poller.account));
             }
         }
         if self.spool.max_pending == 0 {

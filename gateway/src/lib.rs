@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod pipeline;
+pub mod poll;
 pub mod routing;
 pub mod sinks;
 pub mod spool;
@@ -95,6 +96,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map(|(i, sink)| tokio::spawn(sinks::forward(sink, i, spool.clone(), store.clone(), stop_rx.clone())))
         .collect();
 
+    let quotas = Arc::new(poll::QuotaRegistry::default());
+    let shared_key: Arc<[u8]> = pseudonym_key.clone().into();
+    let pollers: Vec<_> = config
+        .pollers
+        .iter()
+        .filter_map(|p| Some((inquiry_connectors::poll::find(&p.connector)?, p.clone())))
+        .map(|(poller, poll_config)| {
+            tokio::spawn(poll::run(
+                poller,
+                poll_config,
+                quotas.clone(),
+                pipeline.clone(),
+                store.clone(),
+                shared_key.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
     let api = Arc::new(ApiState {
         pipeline: pipeline.clone(),
         store,
@@ -121,6 +141,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(());
     let _ = ingest.await;
     let _ = admin.await;
+    for poller in pollers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+    }
     // Every pipeline handle is gone with the servers: the stage commits what is queued and stops.
     let joined = tokio::task::spawn_blocking(move || stage.join());
     if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {

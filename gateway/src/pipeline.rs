@@ -133,6 +133,8 @@ pub struct PipelineLimits {
 
 struct Job {
     items: Vec<Submission>,
+    /// A poller's cursor, stored in the same atomic write as the items.
+    cursor: Option<(String, String)>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Vec<Ack>, StoreError>>,
 }
@@ -188,11 +190,21 @@ impl Pipeline {
 
     /// Queues inquiries and waits until they are durable. Refuses at once when the queue is full.
     pub async fn submit(&self, items: Vec<Submission>) -> Result<Vec<Ack>, SubmitError> {
+        self.submit_with_cursor(items, None).await
+    }
+
+    /// Like [`Pipeline::submit`], and stores a poller's `(name, cursor)` in the same atomic write,
+    /// so that a restart resumes exactly after what is durable.
+    pub async fn submit_with_cursor(
+        &self,
+        items: Vec<Submission>,
+        cursor: Option<(String, String)>,
+    ) -> Result<Vec<Ack>, SubmitError> {
         if self.spool.is_full() {
             return Err(SubmitError::SpoolFull);
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { items, enqueued: Instant::now(), reply };
+        let job = Job { items, cursor, enqueued: Instant::now(), reply };
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
@@ -350,6 +362,9 @@ impl Stage {
             for sink in &self.spool.sinks {
                 batch.put_outbox(&sink.outbox, &entry);
             }
+        }
+        for (name, cursor) in jobs.iter().filter_map(|j| j.cursor.as_ref()) {
+            batch.put_cursor(name, cursor);
         }
         histogram!(telemetry::STORE_BATCH).record(fresh.len() as f64);
         if !batch.is_empty() {

@@ -119,6 +119,12 @@ impl Store {
         Ok(self.inquiries.len()?)
     }
 
+    /// A poller's durable cursor.
+    pub fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let key = format!("cursor/{name}");
+        Ok(self.meta.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// The outbox (spool) of a sink, created on first use.
     pub fn outbox(&self, sink: &str) -> Result<Outbox, StoreError> {
         let name = format!("outbox_{sink}");
@@ -219,6 +225,11 @@ impl StoreBatch<'_> {
         value[..16].copy_from_slice(entry.id.as_bytes());
         value[16..].copy_from_slice(&entry.enqueued_ms.to_be_bytes());
         self.inner.insert(&outbox.partition, entry.seq.to_be_bytes().as_slice(), value.as_slice());
+    }
+
+    /// Sets a poller's cursor.
+    pub fn put_cursor(&mut self, name: &str, cursor: &str) {
+        self.inner.insert(&self.store.meta, format!("cursor/{name}"), cursor.as_bytes());
     }
 
     /// Adds a dead-letter record for an inquiry.

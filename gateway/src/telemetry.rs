@@ -17,6 +17,8 @@ pub const INQUIRIES: &str = "inquiry_gateway_inquiries_total";
 pub const REJECTED: &str = "inquiry_gateway_rejected_total";
 /// Webhook events that are not buyer messages (receipts, echoes, follows). Label: `channel`.
 pub const WEBHOOK_EVENTS_IGNORED: &str = "inquiry_gateway_webhook_events_ignored_total";
+/// Calls to platform APIs by pollers. Labels: `connector`, `outcome` (`ok`, `throttled`, `error`, `unparsable`).
+pub const POLL_REQUESTS: &str = "inquiry_gateway_poll_requests_total";
 /// Inquiries dead-lettered (routed by the fallback after a failure). Label: `reason`.
 pub const DEAD_LETTERS: &str = "inquiry_gateway_dead_letters_total";
 /// Requests waiting in the pipeline queue.
@@ -108,6 +110,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(HOP_DURATION, Unit::Seconds, "latency of one pipeline hop per inquiry");
     describe_counter!(INQUIRIES, "inquiries that passed ingest, by outcome");
     describe_counter!(REJECTED, "requests or lines refused, by reason");
+    describe_counter!(POLL_REQUESTS, "calls to platform APIs by pollers, by outcome");
     describe_counter!(WEBHOOK_EVENTS_IGNORED, "webhook events that are not buyer messages");
     describe_counter!(DEAD_LETTERS, "inquiries dead-lettered, by reason");
     describe_gauge!(QUEUE_DEPTH, "requests waiting in the pipeline queue");
