@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 const SECRET: &str = "test-app-secret-0123456789";
+const APP_KEY: &str = "test-app-key";
 const NOW: OffsetDateTime = datetime!(2026-11-24 08:00:10 UTC);
 
 fn hmac(parts: &[&[u8]], secret: &str) -> Vec<u8> {
@@ -35,6 +36,7 @@ fn signed_headers(connector: &str, body: &[u8], secret: &str) -> Vec<(String, St
         }
         "line" => header("x-line-signature", base64::engine::general_purpose::STANDARD.encode(hmac(&[body], secret))),
         "telegram" => header("x-telegram-bot-api-secret-token", secret.to_owned()),
+        "tiktok_shop" => header("authorization", hex::encode(hmac(&[APP_KEY.as_bytes(), body], secret))),
         "web_form" => {
             let t = NOW.unix_timestamp().to_string();
             header(
@@ -60,7 +62,7 @@ fn fixtures(connector: &str) -> Vec<PathBuf> {
 
 #[test]
 fn every_connector_verifies_signed_requests_and_refuses_tampered_ones() {
-    let secrets = WebhookSecrets { secret: SECRET, verify_token: None };
+    let secrets = WebhookSecrets { secret: SECRET, app_key: Some(APP_KEY), verify_token: None };
     for connector in webhook::REGISTRY {
         for path in fixtures(connector.name()) {
             let body = fs::read(&path).unwrap();
@@ -81,7 +83,8 @@ fn every_connector_verifies_signed_requests_and_refuses_tampered_ones() {
                     "{name}"
                 );
             }
-            let wrong = WebhookSecrets { secret: "another-secret-entirely", verify_token: None };
+            let wrong =
+                WebhookSecrets { secret: "another-secret-entirely", app_key: Some(APP_KEY), verify_token: None };
             assert_eq!(connector.verify(&request, &wrong, NOW), Err(VerifyError::BadSignature), "{name}");
             let unsigned = WebhookRequest { headers: Vec::new(), query: "", body: &body };
             assert!(
@@ -107,7 +110,11 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
                     pseudonym_key: b"golden-test-pseudonym-key-0000000",
                 }
             };
-            let account = if connector.name() == "web_form" { "site-eu" } else { "acct-1" };
+            let account = match connector.name() {
+                "web_form" => "site-eu",
+                "tiktok_shop" => "7494049642642441621",
+                _ => "acct-1",
+            };
             let parsed =
                 connector.parse(&body, account, &mut context).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let actual = serde_json::to_string_pretty(&serde_json::json!({
@@ -136,14 +143,14 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
 #[test]
 fn meta_subscription_handshake_echoes_the_challenge_only_for_the_right_token() {
     let whatsapp = webhook::find("whatsapp").unwrap();
-    let secrets = WebhookSecrets { secret: SECRET, verify_token: Some("my-verify-token") };
+    let secrets = WebhookSecrets { secret: SECRET, app_key: None, verify_token: Some("my-verify-token") };
     let query = "hub.mode=subscribe&hub.verify_token=my-verify-token&hub.challenge=1158201444";
     let request = WebhookRequest { headers: Vec::new(), query, body: b"" };
     assert_eq!(whatsapp.handshake(&request, &secrets), Some(Ok("1158201444".to_owned())));
     let wrong =
         WebhookRequest { query: "hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1", ..request.clone() };
     assert_eq!(whatsapp.handshake(&wrong, &secrets), Some(Err(VerifyError::BadToken)));
-    let no_token = WebhookSecrets { secret: SECRET, verify_token: None };
+    let no_token = WebhookSecrets { secret: SECRET, app_key: Some(APP_KEY), verify_token: None };
     assert_eq!(whatsapp.handshake(&request, &no_token), Some(Err(VerifyError::BadToken)));
     assert_eq!(webhook::find("line").unwrap().handshake(&request, &secrets), None, "LINE has no handshake");
 }
@@ -153,7 +160,7 @@ fn web_form_signatures_expire_after_the_replay_window() {
     let form = webhook::find("web_form").unwrap();
     let body = fs::read(fixtures("web_form").remove(0)).unwrap();
     let request = WebhookRequest { headers: signed_headers("web_form", &body, SECRET), query: "", body: &body };
-    let secrets = WebhookSecrets { secret: SECRET, verify_token: None };
+    let secrets = WebhookSecrets { secret: SECRET, app_key: Some(APP_KEY), verify_token: None };
     assert_eq!(form.verify(&request, &secrets, NOW + time::Duration::seconds(299)), Ok(()));
     assert_eq!(form.verify(&request, &secrets, NOW + time::Duration::seconds(301)), Err(VerifyError::Stale));
     assert_eq!(form.verify(&request, &secrets, NOW - time::Duration::seconds(301)), Err(VerifyError::Stale));

@@ -53,6 +53,9 @@ pub struct WebhookConfig {
     /// Token of the platform's subscription handshake (Meta's `hub.verify_token`).
     #[serde(default)]
     pub verify_token: Option<String>,
+    /// The app's key where the platform signs it along with the body (TikTok Shop `app_key`).
+    #[serde(default)]
+    pub app_key: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookConfig {

@@ -9,6 +9,7 @@
 mod line;
 mod meta;
 mod telegram;
+mod tiktok;
 mod webform;
 
 use hmac::{Hmac, Mac};
@@ -20,8 +21,15 @@ use crate::inquiry::{Channel, Inquiry};
 use crate::NormalizeContext;
 
 /// Every push connector, by name: the `{connector}` of `/webhooks/{connector}/{account}`.
-pub const REGISTRY: &[&dyn Webhook] =
-    &[&meta::WHATSAPP, &meta::MESSENGER, &meta::INSTAGRAM, &line::Line, &telegram::Telegram, &webform::WebForm];
+pub const REGISTRY: &[&dyn Webhook] = &[
+    &meta::WHATSAPP,
+    &meta::MESSENGER,
+    &meta::INSTAGRAM,
+    &line::Line,
+    &telegram::Telegram,
+    &tiktok::TiktokShop,
+    &webform::WebForm,
+];
 
 /// The connector registered under `name`.
 pub fn find(name: &str) -> Option<&'static dyn Webhook> {
@@ -59,6 +67,8 @@ impl WebhookRequest<'_> {
 pub struct WebhookSecrets<'a> {
     /// The signing secret (app secret, channel secret, shared key).
     pub secret: &'a str,
+    /// The app's public key, where the platform signs it too (TikTok Shop's `app_key`).
+    pub app_key: Option<&'a str>,
     /// Token the platform echoes in its subscription handshake (Meta's `hub.verify_token`).
     pub verify_token: Option<&'a str>,
 }

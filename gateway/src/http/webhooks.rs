@@ -31,7 +31,11 @@ pub async fn handle(
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_webhook", "no such webhook endpoint");
     let hook = webhook::find(connector).ok_or_else(not_found)?;
     let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
-    let secrets = WebhookSecrets { secret: &config.secret, verify_token: config.verify_token.as_deref() };
+    let secrets = WebhookSecrets {
+        secret: &config.secret,
+        app_key: config.app_key.as_deref(),
+        verify_token: config.verify_token.as_deref(),
+    };
     let query = req.uri().query().unwrap_or_default().to_owned();
     let headers: Vec<(String, String)> = req
         .headers()
