@@ -7,6 +7,7 @@
 pub mod error;
 pub mod generic;
 pub mod inquiry;
+pub mod language;
 pub mod poll;
 pub mod webhook;
 
@@ -27,6 +28,7 @@ pub(crate) struct Draft {
     /// The most stable buyer identity the platform gives (`id:...`, `email:...`); pseudonymized.
     pub buyer_identity: String,
     pub country: Option<String>,
+    /// The language the platform gives; detected from the body when `None`.
     pub language: Option<String>,
     pub subject: Option<String>,
     pub body: String,
@@ -40,6 +42,7 @@ impl Draft {
     /// The canonical inquiry, with the id, times, trace id and pseudonym from `ctx`.
     pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
         let region = self.country.as_deref().map_or(Region::Other, Region::of_country);
+        let language = self.language.or_else(|| language::detect(&self.body));
         Inquiry {
             schema_version: ENVELOPE_VERSION,
             id: ctx.id,
@@ -48,7 +51,7 @@ impl Draft {
             buyer: Buyer {
                 pseudonym: ctx.pseudonym(self.channel, &self.account, &self.buyer_identity),
                 country: self.country,
-                language: self.language,
+                language,
             },
             account: self.account,
             subject: self.subject,
