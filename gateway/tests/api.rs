@@ -240,12 +240,26 @@ async fn sigterm_drains_and_exits_zero() {
 #[test]
 fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
     let bin = env!("CARGO_BIN_EXE_inquiry-gateway");
-    let ok = Command::new(bin)
-        .args(["check", "--config"])
-        .arg(workspace_file("deploy/examples/embedded.toml"))
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let secrets = [
+        "SHOP_EU_1_API_KEY",
+        "META_APP_SECRET",
+        "META_VERIFY_TOKEN",
+        "LINE_CHANNEL_SECRET",
+        "TELEGRAM_SECRET_TOKEN",
+        "TIKTOK_APP_SECRET",
+        "TIKTOK_APP_KEY",
+        "WEB_FORM_SIGNING_KEY",
+        "META_PAGE_TOKEN",
+    ];
+    for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml"] {
+        let mut check = Command::new(bin);
+        check.args(["check", "--config"]).arg(workspace_file(&format!("deploy/examples/{example}")));
+        for name in secrets {
+            check.env(name, "example-secret-0123456789");
+        }
+        let ok = check.output().unwrap();
+        assert!(ok.status.success(), "{example}: {}", String::from_utf8_lossy(&ok.stderr));
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
