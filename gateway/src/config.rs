@@ -44,7 +44,7 @@ pub struct Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Connector name: `whatsapp`, `messenger`, `instagram`, `line`, `telegram`, `web_form`.
+    /// Connector name: `whatsapp`, `messenger`, `instagram`, `line`, `telegram`, `tiktok_shop`, `web_form`.
     pub connector: String,
     /// Seller account the webhook posts for (the `{account}` of the URL).
     pub account: String,
@@ -488,6 +488,16 @@ impl Config {
             }
             if hook.secret.len() < 8 {
                 problems.push(format!("webhooks[{i}].secret must be at least 8 bytes"));
+            }
+            if hook.connector == "tiktok_shop" && hook.app_key.as_deref().is_none_or(str::is_empty) {
+                problems.push(format!("webhooks[{i}]: tiktok_shop signs with the app key: set app_key"));
+            }
+            let meta = ["whatsapp", "messenger", "instagram"].contains(&hook.connector.as_str());
+            if meta && hook.verify_token.as_deref().is_none_or(str::is_empty) {
+                problems.push(format!(
+                    "webhooks[{i}]: {} needs verify_token for its subscription handshake",
+                    hook.connector
+                ));
             }
             if !endpoints.insert((hook.connector.as_str(), hook.account.as_str())) {
                 problems.push(format!("webhooks[{i}]: {}/{} is configured twice", hook.connector, hook.account));

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::{from_unix, verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
-use crate::error::{InputError, InputErrorCode};
+use crate::error::InputError;
 use crate::inquiry::Channel;
 use crate::{Draft, NormalizeContext};
 
@@ -64,9 +64,11 @@ impl Webhook for Line {
                 Some(text) => text,
                 None => format!("[{}]", message.kind),
             };
-            let occurred_at = from_unix(event.timestamp, true).ok_or_else(|| {
-                InputError::new(InputErrorCode::InvalidValue, "timestamp is not a valid time").field("timestamp")
-            })?;
+            // A malformed event is skipped, not allowed to hold back the rest of the delivery.
+            let Some(occurred_at) = from_unix(event.timestamp, true) else {
+                parsed.ignored += 1;
+                continue;
+            };
             let mut attributes = std::collections::BTreeMap::new();
             if let Some(id) = event.webhook_event_id {
                 attributes.insert("webhook_event_id".to_owned(), id.into());

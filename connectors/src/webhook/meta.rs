@@ -52,6 +52,10 @@ impl Webhook for MetaWebhook {
         verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
     }
 
+    fn has_handshake(&self) -> bool {
+        true
+    }
+
     fn handshake(
         &self,
         request: &WebhookRequest<'_>,
@@ -80,14 +84,18 @@ impl Webhook for MetaWebhook {
                 .field("object"));
         }
         let mut parsed = Parsed::default();
+        // One app's webhook carries every page and number of the app: the URL's account selects
+        // the secret, and each inquiry takes the account its own entry names.
         for entry in payload.entry {
             if self.channel == Channel::Whatsapp {
                 for change in entry.changes {
-                    whatsapp_change(change, account, &mut parsed, context)?;
+                    let number = change.value.metadata.as_ref().map(|m| m.phone_number_id.clone());
+                    whatsapp_change(change, number.as_deref().unwrap_or(account), &mut parsed, context)?;
                 }
             } else {
+                let page = entry.id.as_deref().unwrap_or(account);
                 for event in entry.messaging {
-                    self.messaging_event(event, account, &mut parsed, context)?;
+                    self.messaging_event(event, page, &mut parsed, context)?;
                 }
             }
         }
@@ -116,7 +124,12 @@ impl MetaWebhook {
             }
             None => format!("[{} attachment(s)]", message.attachments.len()),
         };
-        let occurred_at = from_unix(event.timestamp, true).ok_or_else(|| bad("timestamp"))?;
+        // One malformed event must not hold back the rest of the delivery (the platform would
+        // redeliver all of it forever): it is skipped and counted.
+        let Some(occurred_at) = from_unix(event.timestamp, true) else {
+            parsed.ignored += 1;
+            return Ok(());
+        };
         let draft = Draft {
             channel: self.channel,
             account: account.to_owned(),
@@ -164,8 +177,10 @@ fn whatsapp_change<'c>(
             }
             (_, kind) => format!("[{kind}]"),
         };
-        let seconds: i64 = message.timestamp.parse().map_err(|_| bad("timestamp"))?;
-        let occurred_at = from_unix(seconds, false).ok_or_else(|| bad("timestamp"))?;
+        let Some(occurred_at) = message.timestamp.parse().ok().and_then(|s| from_unix(s, false)) else {
+            parsed.ignored += 1;
+            continue;
+        };
         let mut attributes = std::collections::BTreeMap::new();
         attributes.insert("message_type".to_owned(), serde_json::Value::from(message.kind.clone()));
         let draft = Draft {
@@ -188,10 +203,6 @@ fn whatsapp_change<'c>(
     Ok(())
 }
 
-fn bad(field: &str) -> InputError {
-    InputError::new(InputErrorCode::InvalidValue, format!("{field} is not a valid time")).field(field)
-}
-
 #[derive(Deserialize)]
 struct Payload {
     object: String,
@@ -201,6 +212,9 @@ struct Payload {
 
 #[derive(Deserialize)]
 struct Entry {
+    /// The page (Messenger, Instagram) or business account (WhatsApp) id.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     changes: Vec<Change>,
     #[serde(default)]
@@ -217,9 +231,16 @@ struct Change {
 #[derive(Deserialize)]
 struct ChangeValue {
     #[serde(default)]
+    metadata: Option<WaMetadata>,
+    #[serde(default)]
     messages: Vec<WaMessage>,
     #[serde(default)]
     statuses: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WaMetadata {
+    phone_number_id: String,
 }
 
 #[derive(Deserialize)]

@@ -132,6 +132,11 @@ pub trait Webhook: Sync {
         now: OffsetDateTime,
     ) -> Result<(), VerifyError>;
 
+    /// True if the platform verifies the endpoint with a GET handshake.
+    fn has_handshake(&self) -> bool {
+        false
+    }
+
     /// Answers the platform's subscription handshake (a GET), if it has one: the body to return.
     fn handshake(
         &self,

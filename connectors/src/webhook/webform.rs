@@ -3,14 +3,14 @@
 //! The site's backend signs each submission: `X-Inquiry-Signature: t=<unix seconds>,v1=<hex
 //! HMAC-SHA256(secret, "<t>.<raw body>")>`. A signature older or newer than five minutes is
 //! refused (replay window); within it, a replay is a duplicate by external id. The body is the
-//! generic JSON shape (`docs/openapi.yaml`); its channel is `web_form` and its account must be the
-//! one in the URL.
+//! generic JSON shape (`docs/openapi.yaml`) with the generic API's checks; its channel must be
+//! `web_form` and its account the one in the URL.
 
 use time::OffsetDateTime;
 
 use super::{verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
 use crate::error::{InputError, InputErrorCode};
-use crate::generic::{from_generic, GenericInquiry};
+use crate::generic::normalize;
 use crate::inquiry::Channel;
 use crate::NormalizeContext;
 
@@ -51,7 +51,7 @@ impl Webhook for WebForm {
         let seconds: i64 = timestamp.parse().map_err(|_| malformed())?;
         let signature = hex::decode(signature.ok_or_else(malformed)?).map_err(|_| malformed())?;
         verify_hmac(secrets.secret.as_bytes(), &[timestamp.as_bytes(), b".", request.body], &signature)?;
-        if (now.unix_timestamp() - seconds).abs() > REPLAY_WINDOW_SECONDS {
+        if now.unix_timestamp().abs_diff(seconds) > REPLAY_WINDOW_SECONDS as u64 {
             return Err(VerifyError::Stale);
         }
         Ok(())
@@ -63,12 +63,15 @@ impl Webhook for WebForm {
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
-        let mut input: GenericInquiry = serde_json::from_slice(body).map_err(InputError::from_json)?;
-        if input.account != account {
+        // The same checks as the generic API (UTF-8, objects only, every field).
+        let inquiry = normalize(body, &context())?;
+        if inquiry.channel != Channel::WebForm {
+            return Err(InputError::new(InputErrorCode::InvalidValue, "channel must be web_form").field("channel"));
+        }
+        if inquiry.account != account {
             return Err(InputError::new(InputErrorCode::InvalidValue, "account does not match the webhook url")
                 .field("account"));
         }
-        input.channel = Channel::WebForm.as_str().to_owned();
-        Ok(Parsed { inquiries: vec![from_generic(input, &context())?], ignored: 0 })
+        Ok(Parsed { inquiries: vec![inquiry], ignored: 0 })
     }
 }

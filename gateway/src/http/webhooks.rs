@@ -56,7 +56,7 @@ pub async fn handle(
         };
     }
     if req.method() != Method::POST {
-        return Err(ApiError::method_not_allowed("POST, GET"));
+        return Err(ApiError::method_not_allowed(if hook.has_handshake() { "POST, GET" } else { "POST" }));
     }
 
     let body = read_body(req, state.max_body_bytes).await?;
