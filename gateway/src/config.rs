@@ -445,6 +445,13 @@ impl Config {
             if kafka.batch_size == 0 {
                 problems.push("sinks.kafka.batch_size must be at least 1".to_owned());
             }
+            let queue = kafka.properties.get("queue.buffering.max.messages").and_then(|v| v.parse::<usize>().ok());
+            if queue.is_some_and(|q| q < 4 * kafka.batch_size) {
+                problems.push(
+                    "sinks.kafka.properties queue.buffering.max.messages must hold 4 rounds (4 x batch_size)"
+                        .to_owned(),
+                );
+            }
             for fixed in ["enable.idempotence", "acks", "partitioner"] {
                 if kafka.properties.contains_key(fixed) {
                     problems.push(format!("sinks.kafka.properties may not set `{fixed}`: the gateway fixes it"));
@@ -471,6 +478,15 @@ impl Config {
             }
             if cql.day_buckets == 0 || cql.max_in_flight == 0 || cql.batch_size == 0 {
                 problems.push("sinks.cql.day_buckets, max_in_flight and batch_size must be at least 1".to_owned());
+            }
+            if cql.day_buckets > 1024 {
+                problems.push("sinks.cql.day_buckets must be at most 1024".to_owned());
+            }
+            // CQL's largest TTL is 20 years.
+            if cql.ttl_seconds > 630_720_000 || cql.audit_ttl_seconds > 630_720_000 {
+                problems.push(
+                    "sinks.cql.ttl_seconds and audit_ttl_seconds must be at most 630720000 (20 years)".to_owned(),
+                );
             }
         }
         let mut endpoints = BTreeSet::new();

@@ -70,6 +70,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let sinks = build_sinks(&config)?;
     let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
+    // What the journal recovered after a crash may never have been fsynced: make it durable before
+    // forwarders may send it.
+    store.sync()?;
     let (spool, next_seq) = Spool::open(&store, &names, config.spool.max_pending)?;
     let spool = Arc::new(spool);
     let (pipeline, stage) =

@@ -136,19 +136,17 @@ pub async fn run(
                 .body(Empty::new())
                 .expect("a valid request");
             let started = Instant::now();
-            let response = tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(30), client.request(request)) => r,
-                _ = stop.changed() => return,
+            // One deadline for the whole exchange, headers and body: a server that trickles its
+            // body cannot hold the poller.
+            let exchange = async {
+                let response = client.request(request).await.ok()?;
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await.ok()?.to_bytes();
+                Some((status, body))
             };
-            let (status, body) = match response {
-                Ok(Ok(response)) => {
-                    let status = response.status().as_u16();
-                    match response.into_body().collect().await {
-                        Ok(body) => (status, body.to_bytes()),
-                        Err(_) => (599, Bytes::new()),
-                    }
-                }
-                _ => (599, Bytes::new()), // connection error or timeout
+            let (status, body) = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(30), exchange) => r.ok().flatten().unwrap_or((599, Bytes::new())),
+                _ = stop.changed() => return,
             };
             if poller.is_throttled(status, &body) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "throttled").increment(1);

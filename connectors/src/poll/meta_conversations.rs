@@ -1,12 +1,15 @@
 //! Messenger conversations through the Graph API Conversations endpoint, for pages that cannot
 //! receive webhooks (or to backfill what webhooks missed).
 //!
-//! `GET /v21.0/{page-id}/conversations?platform=messenger&fields=updated_time,messages.limit(25){id,created_time,from,message}`
-//! returns conversations newest first, each with its newest messages first, paged by
+//! `GET /v21.0/{page-id}/conversations?platform=messenger&fields=updated_time,messages.limit(100){id,created_time,from,message}`
+//! returns conversations newest first, each with its newest 100 messages first, paged by
 //! `paging.cursors.after`. The cursor kept between cycles is the newest `updated_time` seen: a
-//! cycle walks pages until it reaches a conversation not updated since, and takes the messages
-//! created at or after the cursor that the page did not send itself. Messages at exactly the
-//! cursor second are fetched again and dropped by the pipeline's dedup (message id).
+//! cycle walks pages until it reaches a conversation not updated since, and takes every buyer
+//! message of each conversation it visits. Messages are not filtered by time: a conversation can
+//! move to an already-read page while a cycle pages on, and its messages are then taken in the
+//! next cycle; what was taken before is dropped by the pipeline's dedup (message id). Limit: a
+//! conversation that gets more than 100 messages between two cycles loses the older ones (the
+//! messages edge is not paged yet).
 //!
 //! Quota: Meta documents 2 calls per second per page for the Conversations API; throttled calls
 //! answer with Graph error codes 4, 17, 32, 613 or 80006 (HTTP 400/403/429).
@@ -46,7 +49,7 @@ impl Poller for MetaConversations {
 
     fn request(&self, target: &PollTarget<'_>, _cursor: Option<&str>, page: Option<&str>) -> String {
         let mut path = format!(
-            "/{GRAPH_VERSION}/{}/conversations?platform=messenger&limit=25&fields=updated_time,messages.limit(25)%7Bid,created_time,from,message%7D",
+            "/{GRAPH_VERSION}/{}/conversations?platform=messenger&limit=25&fields=updated_time,messages.limit(100)%7Bid,created_time,from,message%7D",
             target.account
         );
         if let Some(after) = page {
@@ -76,7 +79,10 @@ impl Poller for MetaConversations {
         let mut page = PollPage::default();
         let mut reached_old = false;
         for conversation in response.data {
-            let updated = parse_time(&conversation.updated_time)?;
+            let Ok(updated) = parse_time(&conversation.updated_time) else {
+                page.ignored += 1; // a malformed item must not stall the poller
+                continue;
+            };
             if since.is_some_and(|since| updated < since) {
                 reached_old = true;
                 break;
@@ -85,10 +91,14 @@ impl Poller for MetaConversations {
                 page.cursor = Some(conversation.updated_time.clone());
             }
             for message in conversation.messages.map(|m| m.data).unwrap_or_default() {
-                let created = parse_time(&message.created_time)?;
+                let created = parse_time(&message.created_time);
                 let from_page = message.from.as_ref().is_none_or(|f| f.id == target.account);
                 let text = message.message.filter(|t| !t.trim().is_empty());
-                if from_page || since.is_some_and(|since| created < since) || text.is_none() {
+                let Ok(created) = created else {
+                    page.ignored += 1;
+                    continue;
+                };
+                if from_page || text.is_none() {
                     page.ignored += 1;
                     continue;
                 }
@@ -129,7 +139,8 @@ fn parse_time(value: &str) -> Result<OffsetDateTime, InputError> {
     if let Ok(t) = OffsetDateTime::parse(value, &Rfc3339) {
         return Ok(t);
     }
-    let (local, offset) = value.split_at(value.len().checked_sub(5).ok_or_else(bad)?);
+    let split = value.len().checked_sub(5).filter(|at| value.is_char_boundary(*at)).ok_or_else(bad)?;
+    let (local, offset) = value.split_at(split);
     let local = PrimitiveDateTime::parse(local, format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"))
         .map_err(|_| bad())?;
     let sign = if offset.starts_with('-') { -1 } else { 1 };

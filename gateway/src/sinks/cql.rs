@@ -242,8 +242,12 @@ impl Sink for CqlSink {
 /// A statement the cluster refuses as invalid is permanent; anything else (timeouts,
 /// unavailable replicas, lost connections) is retried.
 fn classify(err: ExecutionError) -> Delivery {
+    use scylla::errors::{DbError, RequestAttemptError};
     match err {
         ExecutionError::BadQuery(e) => Delivery::Rejected { reason: "bad_query", detail: e.to_string() },
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid | DbError::SyntaxError, m)) => {
+            Delivery::Rejected { reason: "invalid_request", detail: m }
+        }
         other => Delivery::Retry { detail: other.to_string() },
     }
 }

@@ -2,20 +2,21 @@
 //!
 //! Producer: idempotent, `acks=all`, `murmur2_random` partitioner (Java clients agree on
 //! partitions), `message.timeout.ms=0` so librdkafka retries a down broker forever in order
-//! rather than failing messages; the forwarder keeps a whole batch in flight. `QueueFull` is
-//! backpressure (wait and resend). Errors that a retry cannot fix send the inquiry to the
-//! dead-letter topic with the reason.
+//! rather than failing messages; the forwarder keeps whole batches in flight. `QueueFull` is
+//! backpressure: queueing stops there and the rest of the batch is retried, in order. Errors that
+//! a retry cannot fix (the record itself is refused) send the inquiry to the dead-letter topic with
+//! the reason.
 
 use std::time::Duration;
 
-use futures_util::future::{join_all, BoxFuture};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{Delivery, OutRecord, Sink, SinkError};
 use crate::config::KafkaConfig;
@@ -120,14 +121,15 @@ impl KafkaSink {
         .map_err(|e| error(e.to_string()))?
     }
 
-    /// Sends one record to `topic` (with `payload`), waiting while the local queue is full.
-    async fn send(
+    /// Queues one record for `topic` (with `payload`) in librdkafka; the future resolves with
+    /// the broker's acknowledgement.
+    fn enqueue(
         &self,
         topic: &str,
         record: &OutRecord,
         payload: &[u8],
         reason: Option<&str>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<DeliveryFuture, KafkaError> {
         let inquiry = &record.stored.inquiry;
         let key = format!("{}/{}/{}", inquiry.channel, inquiry.account, inquiry.external.conversation_id);
         let id = inquiry.id.to_string();
@@ -139,51 +141,80 @@ impl KafkaSink {
         if let Some(reason) = reason {
             headers = headers.insert(Header { key: "dead_letter_reason", value: Some(reason) });
         }
-        let mut message = FutureRecord::to(topic).key(&key).payload(payload).headers(headers);
-        loop {
-            match self.producer.send_result(message) {
-                Ok(delivery) => {
-                    return match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((err, _))) => Err(err),
-                        Err(_) => Err(KafkaError::Canceled),
-                    }
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // Backpressure: librdkafka's queue is full; wait for deliveries to drain it.
-                    message = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((err, _)) => return Err(err),
-            }
-        }
+        let message = FutureRecord::to(topic).key(&key).payload(payload).headers(headers);
+        self.producer.send_result(message).map_err(|(err, _)| err)
     }
 
-    /// Sends to the routed topic; a permanent failure goes to the dead-letter topic. A record too
+    /// Queues every record in order, then awaits the acknowledgements. A full local queue stops
+    /// the queueing: that record and the ones after it are retried later, so none of them can
+    /// overtake an earlier one of the same conversation.
+    async fn deliver_all(&self, records: &[OutRecord]) -> Vec<Delivery> {
+        let mut queued = Vec::with_capacity(records.len());
+        let mut queue_full = false;
+        for record in records {
+            if queue_full {
+                queued.push(Err(None));
+                continue;
+            }
+            match self.enqueue(&self.topics.routed, record, &record.json, None) {
+                Ok(delivery) => queued.push(Ok(delivery)),
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    queue_full = true;
+                    queued.push(Err(None));
+                }
+                Err(err) => queued.push(Err(Some(err))),
+            }
+        }
+        let mut outcomes = Vec::with_capacity(records.len());
+        for (record, queued) in records.iter().zip(queued) {
+            let result = match queued {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((err, _))) => Err(err),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(Some(err)) => Err(err),
+                Err(None) => {
+                    outcomes.push(Delivery::Retry { detail: "the local producer queue is full".to_owned() });
+                    continue;
+                }
+            };
+            outcomes.push(match result {
+                Ok(()) => Delivery::Delivered,
+                Err(err) => self.dead_letter_or_retry(record, err).await,
+            });
+        }
+        outcomes
+    }
+
+    /// A permanent failure goes to the dead-letter topic; anything else is retried. A record too
     /// large for Kafka is dead-lettered as a small reference (id and reason; the inquiry stays in
     /// the gateway's store and the CQL store), since the record itself cannot be sent.
-    async fn deliver_one(&self, record: &OutRecord) -> Delivery {
-        match self.send(&self.topics.routed, record, &record.json, None).await {
-            Ok(()) => Delivery::Delivered,
-            Err(err) => match permanent_reason(&err) {
-                Some(reason) => {
-                    let reference;
-                    let payload = if reason == "message_too_large" {
-                        reference = serde_json::to_vec(&serde_json::json!({
-                            "inquiry_id": record.id(), "reason": reason, "size": record.json.len(),
-                        }))
-                        .expect("json");
-                        &reference
-                    } else {
-                        &record.json
-                    };
-                    match self.send(&self.topics.dead_letter, record, payload, Some(reason)).await {
-                        Ok(()) => Delivery::Rejected { reason, detail: err.to_string() },
-                        Err(dl_err) => Delivery::Retry { detail: format!("{err}; dead-letter topic: {dl_err}") },
-                    }
-                }
-                None => Delivery::Retry { detail: err.to_string() },
+    async fn dead_letter_or_retry(&self, record: &OutRecord, err: KafkaError) -> Delivery {
+        let Some(reason) = permanent_reason(&err) else {
+            return Delivery::Retry { detail: err.to_string() };
+        };
+        let reference;
+        let payload = if reason == "message_too_large" {
+            reference = serde_json::to_vec(&serde_json::json!({
+                "inquiry_id": record.id(), "reason": reason, "size": record.json.len(),
+            }))
+            .expect("json");
+            &reference
+        } else {
+            &record.json
+        };
+        let sent = match self.enqueue(&self.topics.dead_letter, record, payload, Some(reason)) {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
             },
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(()) => Delivery::Rejected { reason, detail: err.to_string() },
+            Err(dl_err) => Delivery::Retry { detail: format!("{err}; dead-letter topic: {dl_err}") },
         }
     }
 }
@@ -199,7 +230,7 @@ impl Sink for KafkaSink {
 
     fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>> {
         // All records in flight at once; librdkafka keeps per-partition order (idempotence).
-        join_all(records.iter().map(|r| self.deliver_one(r))).boxed()
+        self.deliver_all(records).boxed()
     }
 
     fn batch_size(&self) -> usize {
@@ -214,11 +245,10 @@ fn permanent_reason(err: &KafkaError) -> Option<&'static str> {
         _ => return None,
     };
     match code {
-        RDKafkaErrorCode::MessageSizeTooLarge
-        | RDKafkaErrorCode::MessageBatchTooLarge
-        | RDKafkaErrorCode::InvalidMessageSize => Some("message_too_large"),
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => Some("message_too_large"),
         RDKafkaErrorCode::InvalidMessage | RDKafkaErrorCode::InvalidRecord => Some("invalid_message"),
-        RDKafkaErrorCode::TopicAuthorizationFailed => Some("topic_authorization_failed"),
+        // Authorization, batch sizes, fatal producer states: operator problems, not the record's;
+        // retried (and alerted on) rather than dead-lettered.
         _ => None,
     }
 }

@@ -129,7 +129,12 @@ pub async fn forward(
     loop {
         let durable = spool.durable.notified();
         while !stopping && in_flight.len() < WINDOW {
-            let round = match read_round(sink.as_ref(), &spool, index, &store, read_end) {
+            // Store reads take milliseconds for a full round: off the async workers.
+            let read = {
+                let (sink, spool, store) = (sink.clone(), spool.clone(), store.clone());
+                tokio::task::spawn_blocking(move || read_round(sink.as_ref(), &spool, index, &store, read_end)).await
+            };
+            let round = match read.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
                 Ok(Some(round)) => round,
                 Ok(None) => break,
                 Err(err) => {
@@ -179,8 +184,12 @@ pub async fn forward(
 
         let retry_at = finish_round(name, &round, &outcomes);
         let next_seq = retry_at.unwrap_or(round.end);
-        let finished = round.entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq);
-        if let Err(err) = state.outbox.remove(&store, finished) {
+        let finished: Vec<u64> = round.entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq).collect();
+        let removed = {
+            let (spool, store) = (spool.clone(), store.clone());
+            tokio::task::spawn_blocking(move || spool.sinks[index].outbox.remove(&store, finished)).await
+        };
+        if let Err(err) = removed.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
             tracing::error!(sink = name, error = %err, "could not remove forwarded entries; they will be sent again");
         }
         state.forwarded_end.store(next_seq, Ordering::Release);
@@ -263,7 +272,8 @@ fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Opt
             }
         }
     }
-    None
+    // A sink that answered for fewer records than it was given: the rest are retried.
+    round.records.get(outcomes.len()).map(|r| r.seq)
 }
 
 async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> bool {
