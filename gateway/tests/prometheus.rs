@@ -76,6 +76,27 @@ async fn prometheus_scrapes_the_gateway_and_evaluates_the_rules() {
     };
     assert_eq!(accepted, "5");
 
+    // Every query of the Grafana dashboard runs on a real Prometheus without error.
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(workspace_file("deploy/grafana/inquiry-gateway.json")).unwrap()).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$hop", ".*");
+            let url = format!("{}?query={}", api("query"), url_encode(&expr));
+            let reply = client.get(&url).await;
+            assert_eq!(
+                reply.json()["status"],
+                "success",
+                "panel {}: {expr}: {}",
+                panel["title"],
+                String::from_utf8_lossy(&reply.body)
+            );
+            queries += 1;
+        }
+    }
+    assert!(queries >= 13);
+
     let targets = client.get(&api("targets")).await.json();
     let target = &targets["data"]["activeTargets"][0];
     assert_eq!(target["health"], "up", "{target}");
@@ -101,4 +122,14 @@ async fn prometheus_scrapes_the_gateway_and_evaluates_the_rules() {
         assert!(Instant::now() < deadline, "rules never evaluated");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
