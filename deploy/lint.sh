@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Lints the deployment files: the Helm chart (helm lint; rendered manifests validated against the
+# Kubernetes schemas bundled in the kubernetes-validate package), the compose file's YAML, and the
+# Prometheus rules. Installs helm from source with the Go toolchain (cached in ~/go/bin) and
+# kubernetes-validate from PyPI if missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export PATH="$HOME/go/bin:$PATH"
+if ! command -v helm >/dev/null 2>&1; then
+  echo "lint: building helm v3.22.0 with go install (first run only)" >&2
+  go install helm.sh/helm/v3/cmd/helm@v3.22.0
+fi
+python3 -c 'import kubernetes_validate' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check kubernetes-validate \
+  || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate
+
+helm lint helm/inquiry-gateway
+rendered="$(mktemp)"
+trap 'rm -f "$rendered"' EXIT
+helm template demo helm/inquiry-gateway > "$rendered"
+python3 - "$rendered" <<'PY'
+import sys, yaml, kubernetes_validate
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for doc in docs:
+    kubernetes_validate.validate(doc, "1.31", strict=True)
+kinds = sorted(d["kind"] for d in docs)
+expected = ["ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"]
+assert kinds == expected, kinds
+print(f"lint: {len(docs)} rendered manifests valid against Kubernetes 1.31: {', '.join(kinds)}")
+PY
+python3 -c 'import sys, yaml; c = yaml.safe_load(open("compose/docker-compose.yml")); assert {"gateway", "kafka", "scylla", "prometheus", "grafana"} <= set(c["services"]); print("lint: compose file parses, services:", ", ".join(c["services"]))'
+promtool check rules prometheus/alerts.yml >/dev/null && promtool test rules prometheus/alerts.test.yml >/dev/null
+echo "lint: prometheus rules ok"
