@@ -22,6 +22,8 @@ trap stop_services EXIT
 tests/services/kafka.sh fetch
 tests/services/cassandra.sh fetch
 cargo build --workspace --all-targets --locked
+# Deployment files: helm lint, rendered manifests against the Kubernetes schemas, configs, rules.
+GATEWAY_BIN="$CARGO_TARGET_DIR/debug/inquiry-gateway" deploy/lint.sh
 tests/services/kafka.sh start
 tests/services/cassandra.sh start
 

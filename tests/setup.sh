@@ -13,6 +13,7 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   $sudo_cmd apt-get update -qq
