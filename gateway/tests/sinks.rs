@@ -341,6 +341,18 @@ async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_rea
         assert!(ids.contains(reference["inquiry_id"].as_str().unwrap()));
     }
     assert!(kcat_records(&routed).is_empty());
+    let out = Command::new("python3")
+        .arg(workspace_file("tests/consumers/validate_routed.py"))
+        .args(["--brokers", BROKERS, "--topic", &format!("{prefix}.inquiries.deadletter.v1"), "--expect", "3"])
+        .args(["--schema", "deadletter.v1.schema.json", "--schemas"])
+        .arg(workspace_file("docs/schemas"))
+        .output()
+        .expect("python3 runs");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && report.contains("3 distinct inquiries valid"),
+        "dead letters against their schema: {report}"
+    );
     let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
     let rejected = support::metric_value(
         &metrics,

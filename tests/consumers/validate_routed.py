@@ -22,13 +22,13 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 
-def load_validator(schema_dir: pathlib.Path) -> Draft202012Validator:
+def load_validator(schema_dir: pathlib.Path, root_name: str) -> Draft202012Validator:
     resources = []
     for path in schema_dir.glob("*.schema.json"):
         schema = json.loads(path.read_text())
         resources.append((schema["$id"], Resource.from_contents(schema)))
     registry = Registry().with_resources(resources)
-    root = json.loads((schema_dir / "stored-inquiry.v1.schema.json").read_text())
+    root = json.loads((schema_dir / root_name).read_text())
     return Draft202012Validator(root, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
@@ -39,9 +39,11 @@ def main() -> int:
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--schemas", type=pathlib.Path, required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--schema", default="stored-inquiry.v1.schema.json",
+                        help="schema file of the topic's values, in --schemas")
     args = parser.parse_args()
 
-    validator = load_validator(args.schemas)
+    validator = load_validator(args.schemas, args.schema)
     consumer = Consumer({
         "bootstrap.servers": args.brokers,
         "group.id": f"validate-{uuid.uuid4()}",
@@ -69,7 +71,8 @@ def main() -> int:
             headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
             value = json.loads(msg.value())
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
-            if headers.get("inquiry_id") != value.get("inquiry", {}).get("id"):
+            value_id = value.get("inquiry", {}).get("id") or value.get("inquiry_id")
+            if headers.get("inquiry_id") != value_id:
                 errors.append("inquiry_id header does not match the record")
             if headers.get("schema") != "inquiry-gateway.routed-inquiry.v1":
                 errors.append(f"unexpected schema header {headers.get('schema')!r}")
