@@ -20,7 +20,7 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub struct Inquiry {
     /// Envelope version, always [`ENVELOPE_VERSION`] for envelopes written by this build.
     pub schema_version: u32,
-    /// Gateway-assigned id (UUIDv7: time-ordered).
+    /// Id derived from the platform message ([`crate::stable_id`]): stable and time-ordered.
     pub id: Uuid,
     /// Platform or channel the inquiry came from.
     pub channel: Channel,

@@ -15,7 +15,7 @@ pub use error::{InputError, InputErrorCode};
 pub use inquiry::{Buyer, Channel, ExternalIds, Inquiry, Region, ENVELOPE_VERSION};
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -43,9 +43,10 @@ impl Draft {
     pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
         let region = self.country.as_deref().map_or(Region::Other, Region::of_country);
         let language = self.language.or_else(|| language::detect(&self.body));
+        let id = stable_id(self.channel, &self.account, &self.message_id, self.occurred_at);
         Inquiry {
             schema_version: ENVELOPE_VERSION,
-            id: ctx.id,
+            id,
             channel: self.channel,
             external: ExternalIds { message_id: self.message_id, conversation_id: self.conversation_id },
             buyer: Buyer {
@@ -63,16 +64,33 @@ impl Draft {
             occurred_at: self.occurred_at,
             region,
             trace_id: ctx.trace_id.to_owned(),
-            raw_ref: format!("embedded:raw/{}", ctx.id),
+            raw_ref: format!("embedded:raw/{id}"),
         }
     }
+}
+
+/// The id of the inquiry for a platform message: a UUIDv8 whose first 48 bits are the Unix
+/// milliseconds of when the buyer sent it (ids sort by time, like UUIDv7) and whose other 74 bits
+/// come from SHA-256 over (channel, account, message id). The same message gets the same id on
+/// every replica, after every restart and on every redelivery, so downstream consumers can drop
+/// duplicates by id whichever gateway replica fetched it.
+pub fn stable_id(channel: Channel, account: &str, message_id: &str, occurred_at: OffsetDateTime) -> Uuid {
+    let mut hash = Sha256::new();
+    for part in [channel.as_str(), account, message_id] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    let millis = (occurred_at.unix_timestamp_nanos() / 1_000_000).clamp(0, (1 << 48) - 1) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&digest[..10]);
+    Uuid::new_v8(bytes)
 }
 
 /// What the gateway decides for an inquiry before a connector normalizes it.
 #[derive(Debug, Clone, Copy)]
 pub struct NormalizeContext<'a> {
-    /// Id to give the inquiry.
-    pub id: Uuid,
     /// When the gateway received it.
     pub received_at: OffsetDateTime,
     /// Trace id to carry.

@@ -7,11 +7,9 @@ use std::path::Path;
 
 use inquiry_connectors::{generic, Channel, NormalizeContext, Region};
 use time::macros::datetime;
-use uuid::Uuid;
 
 fn context() -> NormalizeContext<'static> {
     NormalizeContext {
-        id: Uuid::parse_str("01a20cca-ee25-741e-bd8f-7e3170ff15fc").unwrap(),
         received_at: datetime!(2026-11-24 08:00:01 UTC),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         pseudonym_key: b"golden-test-pseudonym-key-0000000",
@@ -103,4 +101,27 @@ fn error_messages_never_echo_the_payload() {
         assert_eq!(err.code.as_str(), "invalid_type", "{doc}");
         assert!(!err.message.contains("jane") && !err.message.contains("12345678"), "{}", err.message);
     }
+}
+
+#[test]
+fn inquiry_ids_are_stable_per_platform_message_and_sort_by_time() {
+    let doc = |external_id: &str, occurred_at: &str| {
+        format!(
+            r#"{{"channel":"generic","account":"s","external_id":"{external_id}","body":"x","occurred_at":"{occurred_at}"}}"#
+        )
+    };
+    let ctx = context();
+    let later_ctx = NormalizeContext {
+        received_at: datetime!(2026-11-25 00:00:00 UTC),
+        trace_id: "0af7651916cd43dd8448eb211c80319c",
+        ..ctx
+    };
+    let a = generic::normalize(doc("m-1", "2026-11-24T08:00:00Z").as_bytes(), &ctx).unwrap();
+    let again = generic::normalize(doc("m-1", "2026-11-24T08:00:00Z").as_bytes(), &later_ctx).unwrap();
+    let b = generic::normalize(doc("m-2", "2026-11-24T08:00:00Z").as_bytes(), &ctx).unwrap();
+    let c = generic::normalize(doc("m-0", "2026-11-24T09:00:00Z").as_bytes(), &ctx).unwrap();
+    assert_eq!(a.id, again.id, "same platform message, same id, whenever and wherever it is received");
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.id.get_version_num(), 8);
+    assert!(c.id > a.id && c.id > b.id, "ids sort by the time the buyer sent the message");
 }

@@ -13,7 +13,6 @@ use inquiry_connectors::NormalizeContext;
 use sha2::Sha256;
 use time::macros::datetime;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 const SECRET: &str = "test-app-secret-0123456789";
 const APP_KEY: &str = "test-app-key";
@@ -100,15 +99,10 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
     for connector in webhook::REGISTRY {
         for path in fixtures(connector.name()) {
             let body = fs::read(&path).unwrap();
-            let mut n = 0u128;
-            let mut context = || {
-                n += 1;
-                NormalizeContext {
-                    id: Uuid::from_u128(0x01a2_0cca_ee25_741e_bd8f_7e31_7000_0000 + n),
-                    received_at: datetime!(2026-11-24 08:00:01 UTC),
-                    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
-                    pseudonym_key: b"golden-test-pseudonym-key-0000000",
-                }
+            let mut context = || NormalizeContext {
+                received_at: datetime!(2026-11-24 08:00:01 UTC),
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                pseudonym_key: b"golden-test-pseudonym-key-0000000",
             };
             let account = match connector.name() {
                 "web_form" => "site-eu",
@@ -164,12 +158,8 @@ fn web_form_signatures_expire_after_the_replay_window() {
     assert_eq!(form.verify(&request, &secrets, NOW + time::Duration::seconds(299)), Ok(()));
     assert_eq!(form.verify(&request, &secrets, NOW + time::Duration::seconds(301)), Err(VerifyError::Stale));
     assert_eq!(form.verify(&request, &secrets, NOW - time::Duration::seconds(301)), Err(VerifyError::Stale));
-    let mut context = || NormalizeContext {
-        id: Uuid::nil(),
-        received_at: NOW,
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
-        pseudonym_key: b"k",
-    };
+    let mut context =
+        || NormalizeContext { received_at: NOW, trace_id: "4bf92f3577b34da6a3ce929d0e0e4736", pseudonym_key: b"k" };
     let err = form.parse(&body, "another-site", &mut context).unwrap_err();
     assert_eq!(err.field.as_deref(), Some("account"), "a form may only post for its own account");
 }

@@ -543,7 +543,6 @@ mod tests {
         })
         .to_string();
         let ctx = NormalizeContext {
-            id: Uuid::now_v7(),
             received_at: OffsetDateTime::now_utc(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
             pseudonym_key: b"test-key-test-key-test-key-test-key",

@@ -174,12 +174,7 @@ pub async fn run(
 
             let received_at = OffsetDateTime::now_utc();
             let trace_id = crate::http::new_trace_id();
-            let mut context = || NormalizeContext {
-                id: Uuid::now_v7(),
-                received_at,
-                trace_id: &trace_id,
-                pseudonym_key: &pseudonym_key,
-            };
+            let mut context = || NormalizeContext { received_at, trace_id: &trace_id, pseudonym_key: &pseudonym_key };
             let page = match poller.parse(&body, &target, cursor.as_deref(), &mut context) {
                 Ok(page) => page,
                 Err(err) => {

@@ -2,8 +2,8 @@
 //!
 //! Every group commit is one atomic fjall batch written to the journal ([`StoreBatch::write`])
 //! and made durable by one fsync ([`Store::sync`]), so the cost of an fsync is shared by every
-//! request in the batch. Keys of the `inquiries` partition are UUIDv7 bytes, so writes arrive in
-//! time order; its values are large, so they live in fjall's value log (key-value separation)
+//! request in the batch. Keys of the `inquiries` partition are inquiry ids, which start with the message time, so
+//! writes arrive in near time order; its values are large, so they live in fjall's value log (key-value separation)
 //! and compaction moves only keys.
 
 use std::path::Path;

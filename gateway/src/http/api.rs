@@ -255,12 +255,7 @@ fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<F
 }
 
 fn context<'a>(state: &'a ApiState, trace_id: &'a str) -> NormalizeContext<'a> {
-    NormalizeContext {
-        id: Uuid::now_v7(),
-        received_at: OffsetDateTime::now_utc(),
-        trace_id,
-        pseudonym_key: &state.pseudonym_key,
-    }
+    NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id, pseudonym_key: &state.pseudonym_key }
 }
 
 pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {

@@ -11,7 +11,6 @@ use inquiry_connectors::webhook::{self, VerifyError, WebhookRequest, WebhookSecr
 use metrics::counter;
 use serde_json::json;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::api::{read_body, submit_error, ApiState};
 use super::error::{json_response, ApiError};
@@ -65,12 +64,8 @@ pub async fn handle(
 
     let normalize_started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
-    let mut context = || inquiry_connectors::NormalizeContext {
-        id: Uuid::now_v7(),
-        received_at,
-        trace_id,
-        pseudonym_key: &state.pseudonym_key,
-    };
+    let mut context =
+        || inquiry_connectors::NormalizeContext { received_at, trace_id, pseudonym_key: &state.pseudonym_key };
     let parsed = hook.parse(&body, account, &mut context)?;
     let channel = hook.channel();
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), parsed.inquiries.len());
