@@ -39,6 +39,33 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
+    /// A chat message: what every platform gives; the other fields start empty.
+    pub(crate) fn message(
+        channel: Channel,
+        account: &str,
+        message_id: String,
+        conversation_id: String,
+        buyer_identity: String,
+        body: String,
+        occurred_at: OffsetDateTime,
+    ) -> Draft {
+        Draft {
+            channel,
+            account: account.to_owned(),
+            message_id,
+            conversation_id,
+            buyer_identity,
+            country: None,
+            language: None,
+            subject: None,
+            body,
+            order_id: None,
+            product_ids: Vec::new(),
+            attributes: Default::default(),
+            occurred_at,
+        }
+    }
+
     /// The canonical inquiry, with the id, times, trace id and pseudonym from `ctx`.
     pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
         let region = self.country.as_deref().map_or(Region::Other, Region::of_country);

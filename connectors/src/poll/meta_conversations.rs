@@ -103,21 +103,15 @@ impl Poller for MetaConversations {
                     continue;
                 }
                 let buyer = message.from.expect("checked above").id;
-                let draft = Draft {
-                    channel: Channel::Messenger,
-                    account: target.account.to_owned(),
-                    message_id: message.id,
-                    conversation_id: conversation.id.clone(),
-                    buyer_identity: format!("id:{buyer}"),
-                    country: None,
-                    language: None,
-                    subject: None,
-                    body: text.expect("checked above"),
-                    order_id: None,
-                    product_ids: Vec::new(),
-                    attributes: Default::default(),
-                    occurred_at: created,
-                };
+                let draft = Draft::message(
+                    Channel::Messenger,
+                    target.account,
+                    message.id,
+                    conversation.id.clone(),
+                    format!("id:{buyer}"),
+                    text.expect("checked above"),
+                    created,
+                );
                 page.inquiries.push(draft.into_inquiry(&context()));
             }
         }

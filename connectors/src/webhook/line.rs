@@ -74,19 +74,16 @@ impl Webhook for Line {
                 attributes.insert("webhook_event_id".to_owned(), id.into());
             }
             let draft = Draft {
-                channel: Channel::Line,
-                account: account.to_owned(),
-                message_id: message.id,
-                conversation_id,
-                buyer_identity: format!("id:{user}"),
-                country: None,
-                language: None,
-                subject: None,
-                body,
-                order_id: None,
-                product_ids: Vec::new(),
                 attributes,
-                occurred_at,
+                ..Draft::message(
+                    Channel::Line,
+                    account,
+                    message.id,
+                    conversation_id,
+                    format!("id:{user}"),
+                    body,
+                    occurred_at,
+                )
             };
             parsed.inquiries.push(draft.into_inquiry(&context()));
         }

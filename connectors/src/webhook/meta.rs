@@ -130,21 +130,15 @@ impl MetaWebhook {
             parsed.ignored += 1;
             return Ok(());
         };
-        let draft = Draft {
-            channel: self.channel,
-            account: account.to_owned(),
-            message_id: message.mid,
-            conversation_id: event.sender.id.clone(),
-            buyer_identity: format!("id:{}", event.sender.id),
-            country: None,
-            language: None,
-            subject: None,
+        let draft = Draft::message(
+            self.channel,
+            account,
+            message.mid,
+            event.sender.id.clone(),
+            format!("id:{}", event.sender.id),
             body,
-            order_id: None,
-            product_ids: Vec::new(),
-            attributes: Default::default(),
             occurred_at,
-        };
+        );
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(())
     }
@@ -184,19 +178,16 @@ fn whatsapp_change<'c>(
         let mut attributes = std::collections::BTreeMap::new();
         attributes.insert("message_type".to_owned(), serde_json::Value::from(message.kind.clone()));
         let draft = Draft {
-            channel: Channel::Whatsapp,
-            account: account.to_owned(),
-            message_id: message.id,
-            conversation_id: message.from.clone(),
-            buyer_identity: format!("id:{}", message.from),
-            country: None,
-            language: None,
-            subject: None,
-            body,
-            order_id: None,
-            product_ids: Vec::new(),
             attributes,
-            occurred_at,
+            ..Draft::message(
+                Channel::Whatsapp,
+                account,
+                message.id,
+                message.from.clone(),
+                format!("id:{}", message.from),
+                body,
+                occurred_at,
+            )
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
     }

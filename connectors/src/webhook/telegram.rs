@@ -66,19 +66,17 @@ impl Webhook for Telegram {
         let mut attributes = std::collections::BTreeMap::new();
         attributes.insert("update_id".to_owned(), update.update_id.into());
         let draft = Draft {
-            channel: Channel::Telegram,
-            account: account.to_owned(),
-            message_id: format!("{}:{}", message.chat.id, message.message_id),
-            conversation_id: message.chat.id.to_string(),
-            buyer_identity: format!("id:{}", from.id),
-            country: None,
             language: from.language_code.as_deref().and_then(|l| normalize_language(l).ok()),
-            subject: None,
-            body,
-            order_id: None,
-            product_ids: Vec::new(),
             attributes,
-            occurred_at,
+            ..Draft::message(
+                Channel::Telegram,
+                account,
+                format!("{}:{}", message.chat.id, message.message_id),
+                message.chat.id.to_string(),
+                format!("id:{}", from.id),
+                body,
+                occurred_at,
+            )
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(parsed)

@@ -85,20 +85,20 @@ impl Webhook for TiktokShop {
         let occurred_at = from_unix(message.create_time, false).ok_or_else(|| {
             InputError::new(InputErrorCode::InvalidValue, "create_time is not a valid time").field("create_time")
         })?;
+        let buyer = format!("id:{}", message.sender.im_user_id);
         let draft = Draft {
-            channel: Channel::TiktokShop,
-            account: account.to_owned(),
-            message_id: message.message_id,
-            conversation_id: message.conversation_id,
-            buyer_identity: format!("id:{}", message.sender.im_user_id),
-            country: None,
-            language: None,
-            subject: None,
-            body,
             order_id,
             product_ids,
             attributes,
-            occurred_at,
+            ..Draft::message(
+                Channel::TiktokShop,
+                account,
+                message.message_id,
+                message.conversation_id,
+                buyer,
+                body,
+                occurred_at,
+            )
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(parsed)
