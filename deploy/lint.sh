@@ -35,8 +35,8 @@ PY
 if [[ -n "${GATEWAY_BIN:-}" ]]; then
   GATEWAY_API_KEY=lint-key-0123456789 "$GATEWAY_BIN" check --config "$rendered.toml"
   GATEWAY_API_KEY=lint-key-0123456789 "$GATEWAY_BIN" check --config compose/gateway.toml
-  rm -f "$rendered.toml"
 fi
+rm -f "$rendered.toml"
 python3 -c 'import sys, yaml; c = yaml.safe_load(open("compose/docker-compose.yml")); assert {"gateway", "kafka", "scylla", "prometheus", "grafana"} <= set(c["services"]); print("lint: compose file parses, services:", ", ".join(c["services"]))'
 promtool check rules prometheus/alerts.yml >/dev/null && promtool test rules prometheus/alerts.test.yml >/dev/null
 echo "lint: prometheus rules ok"

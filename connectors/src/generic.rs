@@ -1,7 +1,8 @@
 //! The generic JSON connector: `POST /v1/inquiries` and the NDJSON batch endpoint.
 //!
-//! Pure: no clock, no randomness, no I/O. Everything the gateway decides (id, receive time,
-//! trace id, pseudonym key) comes in through [`NormalizeContext`], so fixtures give golden results.
+//! Pure: no clock, no randomness, no I/O. Everything the gateway decides (receive time, trace id,
+//! pseudonym key) comes in through [`NormalizeContext`] and the id derives from the message
+//! ([`crate::stable_id`]), so fixtures give golden results.
 
 use std::collections::BTreeMap;
 

@@ -66,7 +66,8 @@ impl Draft {
         }
     }
 
-    /// The canonical inquiry, with the id, times, trace id and pseudonym from `ctx`.
+    /// The canonical inquiry: the id derived from the message, the receive time, trace id and
+    /// pseudonym from `ctx`.
     pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
         let region = self.country.as_deref().map_or(Region::Other, Region::of_country);
         let language = self.language.or_else(|| language::detect(&self.body));
@@ -97,7 +98,7 @@ impl Draft {
 }
 
 /// The id of the inquiry for a platform message: a UUIDv8 whose first 48 bits are the Unix
-/// milliseconds of when the buyer sent it (ids sort by time, like UUIDv7) and whose other 74 bits
+/// milliseconds (whole seconds) of when the buyer sent it (ids sort by time, like UUIDv7) and whose other 74 bits
 /// come from SHA-256 over (channel, account, message id). The same message gets the same id on
 /// every replica, after every restart and on every redelivery, so downstream consumers can drop
 /// duplicates by id whichever gateway replica fetched it.
@@ -108,7 +109,9 @@ pub fn stable_id(channel: Channel, account: &str, message_id: &str, occurred_at:
         hash.update(part.as_bytes());
     }
     let digest = hash.finalize();
-    let millis = (occurred_at.unix_timestamp_nanos() / 1_000_000).clamp(0, (1 << 48) - 1) as u64;
+    // Whole seconds: platforms differ in precision (a webhook in milliseconds, the same message
+    // polled from an API in seconds), and the same message must get the same id either way.
+    let millis = (i128::from(occurred_at.unix_timestamp()) * 1000).clamp(0, (1 << 48) - 1) as u64;
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&digest[..10]);

@@ -121,6 +121,8 @@ fn inquiry_ids_are_stable_per_platform_message_and_sort_by_time() {
     let b = generic::normalize(doc("m-2", "2026-11-24T08:00:00Z").as_bytes(), &ctx).unwrap();
     let c = generic::normalize(doc("m-0", "2026-11-24T09:00:00Z").as_bytes(), &ctx).unwrap();
     assert_eq!(a.id, again.id, "same platform message, same id, whenever and wherever it is received");
+    let precise = generic::normalize(doc("m-1", "2026-11-24T08:00:00.731Z").as_bytes(), &ctx).unwrap();
+    assert_eq!(a.id, precise.id, "a platform's sub-second precision does not change the id");
     assert_ne!(a.id, b.id);
     assert_eq!(a.id.get_version_num(), 8);
     assert!(c.id > a.id && c.id > b.id, "ids sort by the time the buyer sent the message");

@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency of one hop of the pipeline, per inquiry. Labels: `hop`, `channel`.
 pub const HOP_DURATION: &str = "inquiry_gateway_hop_duration_seconds";
-/// Inquiries that passed ingest. Labels: `outcome` (`accepted`, `duplicate`), `channel`.
+/// Inquiries that passed ingest. Labels: `outcome` (`accepted`, `duplicate`, `conflict`), `channel`.
 pub const INQUIRIES: &str = "inquiry_gateway_inquiries_total";
 /// Requests or lines refused. Label: `reason`.
 pub const REJECTED: &str = "inquiry_gateway_rejected_total";
@@ -25,7 +25,7 @@ pub const DEAD_LETTERS: &str = "inquiry_gateway_dead_letters_total";
 pub const QUEUE_DEPTH: &str = "inquiry_gateway_queue_depth";
 /// Capacity of the pipeline queue, in requests.
 pub const QUEUE_CAPACITY: &str = "inquiry_gateway_queue_capacity";
-/// Duration of one group commit (write + fsync) of the embedded store.
+/// Duration of one fsync of the embedded store's journal (one per group commit round).
 pub const STORE_COMMIT: &str = "inquiry_gateway_store_commit_seconds";
 /// Inquiries per group commit.
 pub const STORE_BATCH: &str = "inquiry_gateway_store_batch_inquiries";

@@ -1,8 +1,8 @@
 //! Push connectors: platform webhooks, verified by the platform's signature over the raw body
 //! before anything is parsed, then normalized into canonical inquiries.
 //!
-//! Everything here is pure: the request, the account's secrets, the current time and the id
-//! factory come in as arguments, so each connector is golden-tested on fixtures. Adding a
+//! Everything here is pure: the request, the account's secrets, the current time and the
+//! normalization context come in as arguments, so each connector is golden-tested on fixtures. Adding a
 //! connector: one module implementing [`Webhook`], one line in [`REGISTRY`], fixtures under
 //! `connectors/tests/fixtures/webhooks/<name>/`, and a config example.
 
@@ -146,7 +146,8 @@ pub trait Webhook: Sync {
         None
     }
 
-    /// Normalizes a verified body; `context` gives each new inquiry its id, time and trace id.
+    /// Normalizes a verified body; `context` gives each new inquiry its receive time, trace id and
+    /// pseudonym key (the id comes from the message itself, see [`crate::stable_id`]).
     fn parse<'c>(
         &self,
         body: &[u8],
