@@ -50,6 +50,10 @@ impl Webhook for Line {
         let payload: Payload = serde_json::from_slice(body).map_err(InputError::from_json)?;
         let mut parsed = Parsed::default();
         for event in payload.events {
+            let Ok(event) = serde_json::from_value::<Event>(event) else {
+                parsed.ignored += 1; // malformed: skipped, not the whole delivery
+                continue;
+            };
             let (Some(message), "message") = (event.message, event.kind.as_str()) else {
                 parsed.ignored += 1;
                 continue;
@@ -94,7 +98,7 @@ impl Webhook for Line {
 #[derive(Deserialize)]
 struct Payload {
     #[serde(default)]
-    events: Vec<Event>,
+    events: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]

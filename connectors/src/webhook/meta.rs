@@ -94,7 +94,12 @@ impl Webhook for MetaWebhook {
                 }
             } else {
                 let page = entry.id.as_deref().unwrap_or(account);
+                // Each event is decoded on its own: a malformed one is skipped, not the delivery.
                 for event in entry.messaging {
+                    let Ok(event) = serde_json::from_value::<MessagingEvent>(event) else {
+                        parsed.ignored += 1;
+                        continue;
+                    };
                     self.messaging_event(event, page, &mut parsed, context)?;
                 }
             }
@@ -158,6 +163,10 @@ fn whatsapp_change<'c>(
         return Ok(());
     }
     for message in value.messages {
+        let Ok(message) = serde_json::from_value::<WaMessage>(message) else {
+            parsed.ignored += 1; // malformed: skipped, not the whole delivery
+            continue;
+        };
         let caption = [&message.image, &message.video, &message.document]
             .into_iter()
             .find_map(|media| media.as_ref().and_then(|m| m.caption.clone()))
@@ -209,7 +218,7 @@ struct Entry {
     #[serde(default)]
     changes: Vec<Change>,
     #[serde(default)]
-    messaging: Vec<MessagingEvent>,
+    messaging: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -224,7 +233,7 @@ struct ChangeValue {
     #[serde(default)]
     metadata: Option<WaMetadata>,
     #[serde(default)]
-    messages: Vec<WaMessage>,
+    messages: Vec<serde_json::Value>,
     #[serde(default)]
     statuses: Vec<serde_json::Value>,
 }
