@@ -184,6 +184,9 @@ pub async fn run(
                 }
             };
             let count = page.inquiries.len();
+            if page.ignored > 0 {
+                counter!(telemetry::POLL_ITEMS_IGNORED, "connector" => name).increment(page.ignored as u64);
+            }
             telemetry::record_hop(Hop::Normalize, poller.channel(), started.elapsed(), count);
             // Items come newest first: the first page of a cycle carries its newest cursor.
             if page_token.is_none() {

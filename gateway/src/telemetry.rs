@@ -19,6 +19,8 @@ pub const REJECTED: &str = "inquiry_gateway_rejected_total";
 pub const WEBHOOK_EVENTS_IGNORED: &str = "inquiry_gateway_webhook_events_ignored_total";
 /// Calls to platform APIs by pollers. Labels: `connector`, `outcome` (`ok`, `throttled`, `error`, `unparsable`).
 pub const POLL_REQUESTS: &str = "inquiry_gateway_poll_requests_total";
+/// Items a poller fetched that are not new buyer messages (the seller's replies, malformed items). Label: `connector`.
+pub const POLL_ITEMS_IGNORED: &str = "inquiry_gateway_poll_items_ignored_total";
 /// Inquiries dead-lettered (routed by the fallback after a failure). Label: `reason`.
 pub const DEAD_LETTERS: &str = "inquiry_gateway_dead_letters_total";
 /// Requests waiting in the pipeline queue.
@@ -111,6 +113,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(INQUIRIES, "inquiries that passed ingest, by outcome");
     describe_counter!(REJECTED, "requests or lines refused, by reason");
     describe_counter!(POLL_REQUESTS, "calls to platform APIs by pollers, by outcome");
+    describe_counter!(POLL_ITEMS_IGNORED, "items a poller fetched that are not new buyer messages");
     describe_counter!(WEBHOOK_EVENTS_IGNORED, "webhook events that are not buyer messages");
     describe_counter!(DEAD_LETTERS, "inquiries dead-lettered, by reason");
     describe_gauge!(QUEUE_DEPTH, "requests waiting in the pipeline queue");

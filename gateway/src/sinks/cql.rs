@@ -122,6 +122,8 @@ pub struct CqlSink {
     config: CqlConfig,
     consistency: Consistency,
     prepared: OnceLock<Prepared>,
+    /// Bounds the requests in flight across every round the forwarder has open.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl CqlSink {
@@ -129,7 +131,8 @@ impl CqlSink {
     pub fn new(config: &CqlConfig) -> Result<CqlSink, SinkError> {
         let consistency = parse_consistency(&config.consistency)
             .ok_or_else(|| error(format!("unknown consistency `{}`", config.consistency)))?;
-        Ok(CqlSink { config: config.clone(), consistency, prepared: OnceLock::new() })
+        let in_flight = tokio::sync::Semaphore::new(config.max_in_flight.max(2));
+        Ok(CqlSink { config: config.clone(), consistency, prepared: OnceLock::new(), in_flight })
     }
 
     async fn connect_and_prepare(&self) -> Result<(), SinkError> {
@@ -165,6 +168,10 @@ impl CqlSink {
     }
 
     async fn write(&self, record: &OutRecord) -> Delivery {
+        // Each record is two requests: take both permits before sending.
+        let Ok(_permits) = self.in_flight.acquire_many(2).await else {
+            return Delivery::Retry { detail: "sink is shutting down".to_owned() };
+        };
         let Some(prepared) = self.prepared.get() else {
             return Delivery::Retry { detail: "not connected".to_owned() };
         };
@@ -230,6 +237,7 @@ impl Sink for CqlSink {
 
     fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>> {
         // Each record is two requests; keep at most max_in_flight requests outstanding.
+        // The semaphore in `write` bounds requests across rounds; `buffered` only keeps order.
         let concurrent = (self.config.max_in_flight / 2).max(1);
         futures_util::stream::iter(records).map(|r| self.write(r)).buffered(concurrent).collect().boxed()
     }
