@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod pipeline;
 pub mod poll;
+pub mod retry;
 pub mod routing;
 pub mod sinks;
 pub mod spool;

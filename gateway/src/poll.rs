@@ -17,10 +17,10 @@ use inquiry_connectors::NormalizeContext;
 use metrics::counter;
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::config::PollerConfig;
 use crate::pipeline::{Pipeline, Submission};
+use crate::retry::{sleep_or_stop, Backoff};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
 
@@ -115,7 +115,7 @@ pub async fn run(
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .build(hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build());
     let target = PollTarget { account: &config.account };
-    let mut backoff_attempt = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     tracing::info!(poller = name, per_second = quota.per_second, burst = quota.burst, "poller started");
 
     'cycles: loop {
@@ -150,7 +150,7 @@ pub async fn run(
             };
             if poller.is_throttled(status, &body) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "throttled").increment(1);
-                let delay = backoff(&mut backoff_attempt);
+                let delay = backoff.next();
                 quotas.pause(&key, delay);
                 tracing::warn!(
                     poller = name,
@@ -162,7 +162,7 @@ pub async fn run(
             }
             if !(200..300).contains(&status) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "error").increment(1);
-                let delay = backoff(&mut backoff_attempt);
+                let delay = backoff.next();
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "poll failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
                     return;
@@ -170,7 +170,7 @@ pub async fn run(
                 continue;
             }
             counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "ok").increment(1);
-            backoff_attempt = 0;
+            backoff.reset();
 
             let received_at = OffsetDateTime::now_utc();
             let trace_id = crate::http::new_trace_id();
@@ -217,19 +217,5 @@ pub async fn run(
         if sleep_or_stop(Duration::from_millis(config.interval_ms), &mut stop).await {
             break 'cycles;
         }
-    }
-}
-
-/// Exponential backoff with jitter: 500 ms doubling to 60 s.
-fn backoff(attempt: &mut u32) -> Duration {
-    let step = Duration::from_millis(500).saturating_mul(1 << (*attempt).min(7)).min(Duration::from_secs(60));
-    *attempt += 1;
-    step.mul_f64(0.5 + (Uuid::new_v4().as_u128() % 500) as f64 / 1000.0)
-}
-
-async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = stop.changed() => true,
     }
 }

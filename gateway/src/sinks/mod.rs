@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::pipeline::StoredInquiry;
+use crate::retry::{sleep_or_stop, Backoff};
 use crate::spool::Spool;
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
@@ -104,7 +105,7 @@ pub async fn forward(
 ) {
     let name = sink.name();
     let state = &spool.sinks[index];
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     // Prepare (topics, schema) before the first delivery; the sink may be down at start-up.
     loop {
         match tokio::select! { r = sink.prepare() => r, _ = stop.changed() => return } {
@@ -120,7 +121,7 @@ pub async fn forward(
     }
     state.degraded.store(false, Ordering::Relaxed);
     tracing::info!(sink = name, "sink ready");
-    backoff = Backoff::default();
+    backoff.reset();
 
     // Up to WINDOW rounds are in flight at once; their outcomes are handled in commit order.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, (Round, Vec<Delivery>)>> = FuturesOrdered::new();
@@ -208,7 +209,7 @@ pub async fn forward(
         } else {
             state.degraded.store(false, Ordering::Relaxed);
             spool.publish_depths();
-            backoff = Backoff::default();
+            backoff.reset();
         }
     }
 }
@@ -276,28 +277,6 @@ fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Opt
     round.records.get(outcomes.len()).map(|r| r.seq)
 }
 
-async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = stop.changed() => true,
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Exponential backoff with jitter: 100 ms doubling to 10 s, each delay 50-100% of its step.
-#[derive(Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let step = Duration::from_millis(100).saturating_mul(1 << self.attempt.min(7)).min(Duration::from_secs(10));
-        self.attempt += 1;
-        let jitter = 0.5 + (uuid::Uuid::new_v4().as_u128() % 500) as f64 / 1000.0;
-        step.mul_f64(jitter)
-    }
 }

@@ -50,13 +50,12 @@ impl Gateway {
     }
 
     async fn spawn(&mut self) {
+        let (ingest, rest) = split_section(&self.extra_config, "ingest");
         let config = format!(
-            "[ingest]\nlisten = \"{}\"\n{}\n[admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{}\n",
+            "[ingest]\nlisten = \"{}\"\n{ingest}\n[admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{rest}\n",
             self.ingest,
-            section_body(&self.extra_config, "ingest"),
             self.admin,
             self.dir.join("store").display(),
-            without_section(&self.extra_config, "ingest"),
         );
         let config_path = self.dir.join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -151,39 +150,22 @@ impl Drop for Gateway {
     }
 }
 
-/// The keys of `[section]` in `config` (lines up to the next section), or "".
-fn section_body(config: &str, section: &str) -> String {
+/// Splits `config` into the keys of `[section]` (lines up to the next section) and everything else.
+fn split_section(config: &str, section: &str) -> (String, String) {
     let header = format!("[{section}]");
-    let mut inside = false;
-    let mut out = String::new();
+    let (mut inside, mut body, mut rest) = (false, String::new(), String::new());
     for line in config.lines() {
         if line.trim_start().starts_with('[') {
             inside = line.trim() == header;
-            continue;
+            if inside {
+                continue;
+            }
         }
-        if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
+        let target = if inside { &mut body } else { &mut rest };
+        target.push_str(line);
+        target.push('\n');
     }
-    out
-}
-
-/// `config` without `[section]`.
-fn without_section(config: &str, section: &str) -> String {
-    let header = format!("[{section}]");
-    let mut inside = false;
-    let mut out = String::new();
-    for line in config.lines() {
-        if line.trim_start().starts_with('[') {
-            inside = line.trim() == header;
-        }
-        if !inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    (body, rest)
 }
 
 /// A response, fully read.

@@ -1,0 +1,58 @@
+//! Retrying: exponential backoff with jitter, and a sleep that a shutdown cuts short. Shared by
+//! the sink forwarders and the pollers.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Exponential backoff with jitter: `base` doubling up to `max`, each delay 50-100% of its step.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and never above `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff { base, max, attempt: 0 }
+    }
+
+    /// The next delay.
+    pub fn next(&mut self) -> Duration {
+        let step = self.base.saturating_mul(1 << self.attempt.min(7)).min(self.max);
+        self.attempt += 1;
+        let jitter = 0.5 + (uuid::Uuid::new_v4().as_u128() % 500) as f64 / 1000.0;
+        step.mul_f64(jitter)
+    }
+
+    /// Starts again from `base` (after a success).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Sleeps for `delay`; returns true (at once) if `stop` fires first.
+pub async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap_with_jitter_and_reset() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..6).map(|_| backoff.next()).collect();
+        for (delay, step) in delays.iter().zip([100, 200, 400, 800, 1000, 1000]) {
+            let step = Duration::from_millis(step);
+            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} outside 50-100% of {step:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_millis(100));
+    }
+}
