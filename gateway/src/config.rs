@@ -307,11 +307,159 @@ impl std::fmt::Debug for StoreConfig {
 }
 
 /// Routing.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Where an inquiry goes when no rule or plugin decides, or when one fails.
     pub fallback: FallbackConfig,
+    /// WebAssembly routing plugins, by id.
+    pub plugins: Vec<PluginConfig>,
+    /// Which plugins route which inquiries: the first chain whose `channel` and `account` match
+    /// routes an inquiry; no match: the fallback route.
+    pub chains: Vec<ChainConfig>,
+    /// The agent directory plugins look up (capability `agents`); the admin API updates load
+    /// and presence at run time.
+    pub agents: Vec<AgentConfig>,
+    /// How often plugin files are checked for changes, in milliseconds (0: only on SIGHUP or
+    /// `POST /v1/plugins/reload`).
+    pub reload_interval_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            fallback: FallbackConfig::default(),
+            plugins: Vec::new(),
+            chains: Vec::new(),
+            agents: Vec::new(),
+            reload_interval_ms: 2000,
+        }
+    }
+}
+
+/// A WebAssembly routing plugin (ABI v1, docs/plugin-abi.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Plugin id: lower-case letters, digits, `-` and `_` (a metric label).
+    pub id: String,
+    /// The module: a `.wasm` file (or `.wat` text).
+    pub path: PathBuf,
+    /// Version label shown in decisions (`plugin:<id>@<version>`); default: the first 12 hex
+    /// digits of the module's SHA-256.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Host functions granted: `log`, `counters`, `clock`, `agents`, `kv`. A module importing
+    /// one that is not granted is refused.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Limits of the sandbox.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// A candidate version run beside this one on the same traffic without affecting routing;
+    /// disagreements are counted and sampled (`GET /v1/plugins`).
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// A capability a plugin may be granted (a group of host functions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// `igw.log`: rate-limited log lines.
+    Log,
+    /// `igw.counter_add`: plugin counters in the metrics.
+    Counters,
+    /// `igw.now_ms`: the wall clock.
+    Clock,
+    /// `igw.agents`: agent load and presence per team.
+    Agents,
+    /// `igw.kv_get`, `igw.kv_add`: a per-plugin key-value map of integers.
+    Kv,
+}
+
+/// Limits of one plugin's sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Largest linear memory, in bytes.
+    pub max_memory_bytes: u64,
+    /// Time a batch may take: this plus `record_timeout_us` per inquiry, in milliseconds.
+    pub batch_timeout_ms: u64,
+    /// Time per inquiry, added to the batch deadline and used alone when a failed batch is
+    /// retried inquiry by inquiry, in microseconds.
+    pub record_timeout_us: u64,
+    /// Fuel (roughly, WebAssembly instructions) per inquiry: a deterministic cut-off on top of
+    /// the deadline. None: deadline only (cheaper).
+    pub fuel_per_record: Option<u64>,
+    /// Largest result a batch may return, in bytes.
+    pub max_output_bytes: usize,
+    /// Consecutive failed batches that quarantine the plugin.
+    pub quarantine_after_failures: u32,
+    /// How long a quarantine lasts before one batch is tried again, in milliseconds.
+    pub quarantine_ms: u64,
+    /// Log lines per second the plugin may write (more are dropped and counted).
+    pub log_lines_per_second: u32,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            max_memory_bytes: 64 * 1024 * 1024,
+            batch_timeout_ms: 50,
+            record_timeout_us: 500,
+            fuel_per_record: None,
+            max_output_bytes: 4 * 1024 * 1024,
+            quarantine_after_failures: 5,
+            quarantine_ms: 30_000,
+            log_lines_per_second: 10,
+        }
+    }
+}
+
+/// The candidate version of a plugin in shadow mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The candidate module.
+    pub path: PathBuf,
+    /// Its version label (default: from its SHA-256).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// A chain of plugins for some channel and/or account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// Channel this chain routes (any when absent).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Account this chain routes (any when absent).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Plugin ids, asked in order: the first that decides wins; an undecided inquiry goes to
+    /// the next, and past the last to the fallback route.
+    pub plugins: Vec<String>,
+}
+
+/// An agent in the directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Agent id (what decisions name as assignee).
+    pub id: String,
+    /// Team (queue) the agent works in.
+    pub team: String,
+    /// Most open inquiries the agent takes.
+    pub capacity: u32,
+    /// Whether the agent starts online.
+    #[serde(default = "default_true")]
+    pub online: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The fallback route.
@@ -435,6 +583,7 @@ impl Config {
         if self.routing.fallback.queue.trim().is_empty() {
             problems.push("routing.fallback.queue must not be empty".to_owned());
         }
+        validate_routing(&self.routing, &mut problems);
         if let Some(kafka) = &self.sinks.kafka {
             if kafka.brokers.trim().is_empty() {
                 problems.push("sinks.kafka.brokers must not be empty".to_owned());
@@ -575,6 +724,62 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Checks plugins, chains and agents (pure: the modules themselves are checked when they load).
+fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    let mut ids = BTreeSet::new();
+    for (i, plugin) in routing.plugins.iter().enumerate() {
+        if !label(&plugin.id) {
+            problems.push(format!("routing.plugins[{i}].id must be 1-64 of a-z, 0-9, - and _"));
+        } else if !ids.insert(plugin.id.as_str()) {
+            problems.push(format!("routing.plugins[{i}].id `{}` is used twice", plugin.id));
+        }
+        if plugin.path.as_os_str().is_empty() {
+            problems.push(format!("routing.plugins[{i}].path must not be empty"));
+        }
+        let limits = &plugin.limits;
+        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&limits.max_memory_bytes) {
+            problems.push(format!("routing.plugins[{i}].limits.max_memory_bytes must be between 1 MiB and 4 GiB"));
+        }
+        if limits.batch_timeout_ms == 0 || limits.record_timeout_us == 0 || limits.batch_timeout_ms > 60_000 {
+            problems.push(format!(
+                "routing.plugins[{i}].limits: batch_timeout_ms must be 1-60000 and record_timeout_us at least 1"
+            ));
+        }
+        if limits.fuel_per_record == Some(0) || limits.max_output_bytes < 1024 || limits.quarantine_after_failures == 0
+        {
+            problems.push(format!(
+                "routing.plugins[{i}].limits: fuel_per_record, quarantine_after_failures must be at least 1 and max_output_bytes at least 1024"
+            ));
+        }
+    }
+    for (i, chain) in routing.chains.iter().enumerate() {
+        if let Some(channel) = &chain.channel {
+            if channel.parse::<inquiry_connectors::Channel>().is_err() {
+                problems.push(format!("routing.chains[{i}].channel `{channel}` is not a channel"));
+            }
+        }
+        if chain.plugins.is_empty() {
+            problems.push(format!("routing.chains[{i}].plugins must name at least one plugin"));
+        }
+        for id in chain.plugins.iter().filter(|id| !ids.contains(id.as_str())) {
+            problems.push(format!("routing.chains[{i}] names plugin `{id}`, which is not in routing.plugins"));
+        }
+    }
+    let mut agents = BTreeSet::new();
+    for (i, agent) in routing.agents.iter().enumerate() {
+        if agent.id.trim().is_empty() || agent.team.trim().is_empty() {
+            problems.push(format!("routing.agents[{i}]: id and team must not be empty"));
+        } else if !agents.insert(agent.id.as_str()) {
+            problems.push(format!("routing.agents[{i}].id `{}` is used twice", agent.id));
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod pipeline;
+pub mod plugins;
 pub mod poll;
 pub mod retry;
 pub mod routing;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// A sink could not be built or prepared.
     #[error(transparent)]
     Sink(#[from] sinks::SinkError),
+    /// The plugin sandbox could not start.
+    #[error(transparent)]
+    Plugins(#[from] plugins::PluginError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -76,8 +80,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     store.sync()?;
     let (spool, next_seq) = Spool::open(&store, &names, config.spool.max_pending)?;
     let spool = Arc::new(spool);
-    let (pipeline, stage) =
-        Pipeline::start(store.clone(), Arc::new(fallback.clone()), fallback, limits, spool.clone(), next_seq);
+    let plugins = if config.routing.plugins.is_empty() {
+        None
+    } else {
+        let router = Arc::new(plugins::PluginRouter::new(&config.routing)?);
+        if config.routing.reload_interval_ms > 0 {
+            plugins::watch(&router, Duration::from_millis(config.routing.reload_interval_ms));
+        }
+        Some(router)
+    };
+    let router: Arc<dyn routing::Router> = match &plugins {
+        Some(router) => router.clone(),
+        None => Arc::new(fallback.clone()),
+    };
+    let (pipeline, stage) = Pipeline::start(store.clone(), router, fallback, limits, spool.clone(), next_seq);
 
     let ingest_listener = bind(config.ingest.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;

@@ -39,6 +39,32 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Works with a routing plugin offline.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Runs golden cases (JSON Lines: inquiry -> expected decision) and prints a readable diff.
+    Test {
+        /// The plugin (`.wasm` or `.wat`).
+        plugin: PathBuf,
+        /// The cases file.
+        #[arg(long)]
+        cases: PathBuf,
+    },
+    /// Measures the plugin's routing cost per inquiry in batches.
+    Bench {
+        /// The plugin (`.wasm` or `.wat`).
+        plugin: PathBuf,
+        /// Inquiries per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +84,14 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("inquiry-gateway: {err:#}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Plugin(command) => match plugin(command) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("inquiry-gateway: {err:#}");
+                ExitCode::from(2)
             }
         },
         Command::Run { config } => match run(config) {
@@ -93,6 +127,26 @@ fn migrate(path: &PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(inquiry_gateway::migrate(&config))?;
     Ok(())
+}
+
+/// `plugin test` and `plugin bench`; Ok(false) when a case failed.
+fn plugin(command: PluginCommand) -> anyhow::Result<bool> {
+    use inquiry_gateway::plugins::harness;
+    match command {
+        PluginCommand::Test { plugin, cases } => {
+            let text = std::fs::read_to_string(&cases).with_context(|| format!("cannot read {}", cases.display()))?;
+            let (report, passed) = harness::run_cases(&plugin, &text).map_err(anyhow::Error::msg)?;
+            print!("{report}");
+            Ok(passed)
+        }
+        PluginCommand::Bench { plugin, batch, seconds } => {
+            let router = harness::single_plugin_router(&plugin, Default::default())?;
+            harness::sample_agents(&router);
+            let nanos = harness::bench(&router, batch, std::time::Duration::from_secs(seconds));
+            println!("{}: {nanos:.0} ns per inquiry in batches of {batch}", plugin.display());
+            Ok(true)
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -46,6 +46,28 @@ pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
 /// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
 pub const SINK_DEGRADED: &str = "inquiry_gateway_sink_degraded";
 
+/// Duration of one plugin call (a batch). Label: `plugin`.
+pub const PLUGIN_DURATION: &str = "inquiry_gateway_plugin_duration_seconds";
+/// Inquiries a plugin answered. Labels: `plugin`, `outcome` (`decided`, `undecided`, `failed`).
+pub const PLUGIN_OUTCOMES: &str = "inquiry_gateway_plugin_outcomes_total";
+/// Inquiries a plugin failed on. Labels: `plugin`, `reason` (`plugin_timeout`, `plugin_fuel`,
+/// `plugin_memory`, `plugin_trap`, `plugin_bad_output`, `plugin_abi`, `plugin_unavailable`,
+/// `plugin_error`, `plugin_quarantined`).
+pub const PLUGIN_FAILURES: &str = "inquiry_gateway_plugin_failures_total";
+/// 1 while a plugin is quarantined by its circuit breaker. Label: `plugin`.
+pub const PLUGIN_QUARANTINED: &str = "inquiry_gateway_plugin_quarantined";
+/// 1 when a plugin is loaded, 0 when it could not be (its inquiries take the fallback route). Label: `plugin`.
+pub const PLUGIN_LOADED: &str = "inquiry_gateway_plugin_loaded";
+/// Plugin reloads. Label: `result` (`ok`, `error`).
+pub const PLUGIN_RELOADS: &str = "inquiry_gateway_plugin_reloads_total";
+/// Inquiries compared between a plugin and its shadow candidate. Labels: `plugin`, `result`
+/// (`agree`, `disagree`, `failed`).
+pub const PLUGIN_SHADOW: &str = "inquiry_gateway_plugin_shadow_total";
+/// Counters plugins keep (`igw.counter_add`). Labels: `plugin`, `name` (at most 16 per plugin).
+pub const PLUGIN_COUNTER: &str = "inquiry_gateway_plugin_counter_total";
+/// Plugin log lines dropped by the rate limit. Label: `plugin`.
+pub const PLUGIN_LOGS_DROPPED: &str = "inquiry_gateway_plugin_logs_dropped_total";
+
 /// Buckets for latencies, 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -127,6 +149,15 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
     describe_counter!(SINK_RETRIES, "failed delivery rounds that are retried");
     describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");
+    describe_histogram!(PLUGIN_DURATION, Unit::Seconds, "duration of one routing plugin call (a batch)");
+    describe_counter!(PLUGIN_OUTCOMES, "inquiries a routing plugin answered, by outcome");
+    describe_counter!(PLUGIN_FAILURES, "inquiries a routing plugin failed on, by reason");
+    describe_gauge!(PLUGIN_QUARANTINED, "1 while a routing plugin is quarantined");
+    describe_gauge!(PLUGIN_LOADED, "1 when a routing plugin is loaded, 0 when it could not be");
+    describe_counter!(PLUGIN_RELOADS, "routing plugin reloads, by result");
+    describe_counter!(PLUGIN_SHADOW, "inquiries compared between a plugin and its shadow candidate");
+    describe_counter!(PLUGIN_COUNTER, "counters kept by routing plugins");
+    describe_counter!(PLUGIN_LOGS_DROPPED, "plugin log lines dropped by the rate limit");
     handle
 }
 

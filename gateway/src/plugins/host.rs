@@ -1,0 +1,308 @@
+//! Host functions (module `igw`) and what they see: a plugin's [`PluginContext`] (its id,
+//! limits, granted capabilities, key-value map, log budget) and the shared [`AgentDirectory`].
+//! Nothing here reaches the filesystem, the network or the environment.
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use inquiry_plugin_sdk::{wire, Agent};
+use metrics::counter;
+use wasmtime::{Caller, Extern, Linker, Module, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::config::{AgentConfig, Capability, PluginLimits};
+use crate::telemetry;
+
+/// Most distinct counter names one plugin may use (they become metric labels).
+const MAX_COUNTER_NAMES: usize = 16;
+/// Longest log line kept from a plugin, in bytes.
+const MAX_LOG_BYTES: usize = 1024;
+
+/// Agents by team, shared by every plugin; read by `igw.agents`, updated by the admin API.
+#[derive(Debug, Default)]
+pub struct AgentDirectory {
+    teams: DashMap<String, Vec<Agent>>,
+}
+
+impl AgentDirectory {
+    /// A directory of the configured agents (load 0).
+    pub fn new(agents: &[AgentConfig]) -> AgentDirectory {
+        let directory = AgentDirectory::default();
+        for agent in agents {
+            directory.teams.entry(agent.team.clone()).or_default().push(Agent {
+                id: agent.id.clone(),
+                load: 0,
+                capacity: agent.capacity,
+                online: agent.online,
+            });
+        }
+        directory
+    }
+
+    /// The agents of `team`, in configuration order.
+    pub fn team(&self, team: &str) -> Vec<Agent> {
+        self.teams.get(team).map(|agents| agents.clone()).unwrap_or_default()
+    }
+
+    /// Updates an agent's load, capacity or presence; false when no agent has that id.
+    pub fn update(&self, id: &str, load: Option<u32>, capacity: Option<u32>, online: Option<bool>) -> bool {
+        for mut team in self.teams.iter_mut() {
+            if let Some(agent) = team.iter_mut().find(|a| a.id == id) {
+                agent.load = load.unwrap_or(agent.load);
+                agent.capacity = capacity.unwrap_or(agent.capacity);
+                agent.online = online.unwrap_or(agent.online);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Replaces one team's agents (used by the plugin test harness).
+    pub fn set_team(&self, team: &str, agents: Vec<Agent>) {
+        self.teams.insert(team.to_owned(), agents);
+    }
+}
+
+/// What one plugin's host functions act on; shared by all its instances.
+pub struct PluginContext {
+    /// Plugin id (the `plugin` metric label).
+    pub id: String,
+    /// Granted capabilities.
+    pub capabilities: BTreeSet<Capability>,
+    /// Sandbox limits.
+    pub limits: PluginLimits,
+    /// The agent directory.
+    pub agents: Arc<AgentDirectory>,
+    /// The plugin's key-value map (round-robin positions and the like); kept in memory and
+    /// carried over when the plugin is reloaded.
+    pub kv: Arc<DashMap<String, i64>>,
+    log_budget: DefaultDirectRateLimiter,
+    counter_names: Mutex<HashMap<String, String>>,
+}
+
+impl PluginContext {
+    /// A context for plugin `id`.
+    pub fn new(
+        id: &str,
+        capabilities: &[Capability],
+        limits: PluginLimits,
+        agents: Arc<AgentDirectory>,
+        kv: Arc<DashMap<String, i64>>,
+    ) -> PluginContext {
+        let per_second = NonZeroU32::new(limits.log_lines_per_second.max(1)).expect("at least 1");
+        PluginContext {
+            id: id.to_owned(),
+            capabilities: capabilities.iter().copied().collect(),
+            limits,
+            agents,
+            kv,
+            log_budget: RateLimiter::direct(Quota::per_second(per_second)),
+            counter_names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn log(&self, level: i32, message: &str) {
+        if self.log_budget.check().is_err() {
+            counter!(telemetry::PLUGIN_LOGS_DROPPED, "plugin" => self.id.clone()).increment(1);
+            return;
+        }
+        let message: String = message.chars().take(MAX_LOG_BYTES).collect();
+        let plugin = self.id.as_str();
+        match level {
+            0 => tracing::debug!(plugin, message, "plugin log"),
+            1 => tracing::info!(plugin, message, "plugin log"),
+            2 => tracing::warn!(plugin, message, "plugin log"),
+            _ => tracing::error!(plugin, message, "plugin log"),
+        }
+    }
+
+    fn counter_add(&self, name: &str, delta: i64) {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let label = {
+            let mut names = self.counter_names.lock().expect("counter names");
+            match names.get(name) {
+                Some(label) => label.clone(),
+                None if valid && names.len() < MAX_COUNTER_NAMES => {
+                    names.insert(name.to_owned(), name.to_owned());
+                    name.to_owned()
+                }
+                None => "_overflow".to_owned(),
+            }
+        };
+        if delta > 0 {
+            counter!(telemetry::PLUGIN_COUNTER, "plugin" => self.id.clone(), "name" => label).increment(delta as u64);
+        }
+    }
+}
+
+/// Memory and table caps of one store, remembering whether a growth was refused.
+pub struct Limiter {
+    inner: StoreLimits,
+    denied: bool,
+}
+
+impl Limiter {
+    /// True once the plugin asked for more memory than its cap.
+    pub fn denied(&self) -> bool {
+        self.denied
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(allowed, Ok(true)) {
+            self.denied = true;
+        }
+        allowed
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+/// The state of one store (one instance).
+pub struct HostState {
+    /// Memory cap.
+    pub limiter: Limiter,
+    context: Arc<PluginContext>,
+    /// WASI preview 1 with nothing granted: no preopened directories, no sockets, no
+    /// environment, no arguments, no stdio. Present only for modules that import WASI.
+    wasi: Option<WasiP1Ctx>,
+}
+
+impl HostState {
+    /// The state of a new instance of the plugin of `context`.
+    pub fn new(context: Arc<PluginContext>, wasi: bool) -> HostState {
+        let memory = usize::try_from(context.limits.max_memory_bytes).unwrap_or(usize::MAX);
+        let inner = StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .table_elements(1_000_000)
+            .instances(1)
+            .trap_on_grow_failure(true)
+            .build();
+        let wasi = wasi.then(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1());
+        HostState { limiter: Limiter { inner, denied: false }, context, wasi }
+    }
+}
+
+/// Reads `len` bytes at `ptr` of the caller's memory as a string (empty when out of bounds or
+/// not UTF-8: a plugin cannot make the host fail).
+fn read_str(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> String {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return String::new();
+    };
+    let data = memory.data(&caller);
+    let (start, end) = (ptr as usize, ptr as usize + len as usize);
+    data.get(start..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("").to_owned()
+}
+
+/// Which capability an `igw` import needs.
+fn capability_of(name: &str) -> Option<Capability> {
+    Some(match name {
+        "log" => Capability::Log,
+        "counter_add" => Capability::Counters,
+        "now_ms" => Capability::Clock,
+        "agents" => Capability::Agents,
+        "kv_get" | "kv_add" => Capability::Kv,
+        _ => return None,
+    })
+}
+
+/// Defines the granted host functions in `linker` after checking every import of `module`;
+/// returns whether the module needs WASI. An import of an ungranted capability, of an unknown
+/// `igw` function or of another module is refused with a message saying which.
+pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<Capability>) -> Result<bool, String> {
+    let mut wasi = false;
+    for import in module.imports() {
+        match import.module() {
+            "igw" => match capability_of(import.name()) {
+                Some(capability) if granted.contains(&capability) => {}
+                Some(capability) => {
+                    return Err(format!(
+                        "imports igw.{} but capability `{}` is not granted",
+                        import.name(),
+                        format!("{capability:?}").to_lowercase()
+                    ))
+                }
+                None => return Err(format!("imports igw.{}, which the gateway does not offer", import.name())),
+            },
+            "wasi_snapshot_preview1" => wasi = true,
+            other => return Err(format!("imports {other}.{}, which the gateway does not offer", import.name())),
+        }
+    }
+    let e = |err: wasmtime::Error| err.to_string();
+    if granted.contains(&Capability::Log) {
+        linker
+            .func_wrap("igw", "log", |mut caller: Caller<'_, HostState>, level: i32, ptr: u32, len: u32| {
+                let message = read_str(&mut caller, ptr, len);
+                caller.data().context.log(level, &message);
+            })
+            .map_err(e)?;
+    }
+    if granted.contains(&Capability::Counters) {
+        linker
+            .func_wrap("igw", "counter_add", |mut caller: Caller<'_, HostState>, ptr: u32, len: u32, delta: i64| {
+                let name = read_str(&mut caller, ptr, len);
+                caller.data().context.counter_add(&name, delta);
+            })
+            .map_err(e)?;
+    }
+    if granted.contains(&Capability::Clock) {
+        linker
+            .func_wrap("igw", "now_ms", || {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+            })
+            .map_err(e)?;
+    }
+    if granted.contains(&Capability::Agents) {
+        linker
+            .func_wrap(
+                "igw",
+                "agents",
+                |mut caller: Caller<'_, HostState>, team_ptr: u32, team_len: u32, out_ptr: u32, out_cap: u32| -> u32 {
+                    let team = read_str(&mut caller, team_ptr, team_len);
+                    let agents = caller.data().context.agents.team(&team);
+                    let mut encoded = Vec::with_capacity(64);
+                    wire::encode_agents(&mut encoded, agents.iter());
+                    if encoded.len() <= out_cap as usize {
+                        if let Some(Extern::Memory(memory)) = caller.get_export("memory") {
+                            // Out of bounds: the plugin reads nothing; it cannot make the host fail.
+                            let _ = memory.write(&mut caller, out_ptr as usize, &encoded);
+                        }
+                    }
+                    encoded.len() as u32
+                },
+            )
+            .map_err(e)?;
+    }
+    if granted.contains(&Capability::Kv) {
+        linker
+            .func_wrap("igw", "kv_get", |mut caller: Caller<'_, HostState>, ptr: u32, len: u32| -> i64 {
+                let key = read_str(&mut caller, ptr, len);
+                caller.data().context.kv.get(&key).map_or(0, |v| *v)
+            })
+            .map_err(e)?;
+        linker
+            .func_wrap("igw", "kv_add", |mut caller: Caller<'_, HostState>, ptr: u32, len: u32, delta: i64| -> i64 {
+                let key = read_str(&mut caller, ptr, len);
+                let mut value = caller.data().context.kv.entry(key).or_insert(0);
+                *value = value.wrapping_add(delta);
+                *value
+            })
+            .map_err(e)?;
+    }
+    if wasi {
+        wasmtime_wasi::p1::add_to_linker_sync(linker, |state: &mut HostState| {
+            state.wasi.as_mut().expect("modules importing WASI get a WASI context")
+        })
+        .map_err(e)?;
+    }
+    Ok(wasi)
+}

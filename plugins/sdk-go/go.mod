@@ -1,0 +1,3 @@
+module igwplugin
+
+go 1.24
