@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds every example plugin from source into $PLUGINS_OUT (default
 # ~/.cache/inquiry-gateway/plugins, outside the clone): example-rust.wasm, example-go.wasm,
-# example-c.wasm. No .wasm file is ever committed. Installs the toolchains it needs from
-# Debian's packages when they are missing. Usage: plugins/build.sh [rust] [go] [c]
+# example-c.wasm, and the gateway tests' test-*.wasm. No .wasm file is ever committed.
+# Installs the toolchains it needs from Debian's packages when they are missing.
+# Usage: plugins/build.sh [rust] [go] [c] [test]
 #
 # - Rust: Debian's rustc-web (1.96) + rust-web-src + cargo-web build wasm32-unknown-unknown
 #   with -Zbuild-std (rustup's toolchain here has no wasm32 target). Elsewhere, with rustup:
@@ -14,7 +15,7 @@ cd "$(dirname "$0")"
 out="${PLUGINS_OUT:-$HOME/.cache/inquiry-gateway/plugins}"
 mkdir -p "$out"
 languages=("$@")
-((${#languages[@]})) || languages=(rust go c)
+((${#languages[@]})) || languages=(rust go c test)
 
 sudo_cmd=""
 [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -50,8 +51,17 @@ build_c() {
     -o "$out/example-c.wasm" examples/c/router.c
 }
 
+# Test plugins of the gateway's own tests (gateway/tests/plugins/*.c), not examples.
+build_test() {
+  for source in ../gateway/tests/plugins/*.c; do
+    clang-19 --target=wasm32-unknown-unknown -O2 -nostdlib -fno-builtin -Wall -Wextra -Werror \
+      -I sdk-c -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all -fuse-ld=lld \
+      -o "$out/test-$(basename "$source" .c).wasm" "$source"
+  done
+}
+
 for language in "${languages[@]}"; do
   started=$(date +%s)
   "build_$language"
-  echo "plugins: built $out/example-$language.wasm ($(stat -c %s "$out/example-$language.wasm") bytes, $(($(date +%s) - started)) s)"
+  echo "plugins: built $language into $out ($(($(date +%s) - started)) s)"
 done

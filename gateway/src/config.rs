@@ -38,6 +38,10 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The file this configuration was read from (SIGHUP and `POST /v1/plugins/reload` re-read
+    /// its `[routing]` section).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// One platform webhook endpoint.
@@ -258,13 +262,38 @@ impl Default for IngestConfig {
 pub struct AdminConfig {
     /// Address to listen on; keep it off the public network.
     pub listen: SocketAddr,
+    /// Bearer tokens of the admin API (`/v1/plugins`, `/v1/agents`), each with scopes. With none,
+    /// the admin API answers only on a loopback listener; `/healthz`, `/readyz` and `/metrics`
+    /// never need a token.
+    pub tokens: Vec<AdminTokenConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), tokens: Vec::new() }
     }
 }
+
+/// One admin API token.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Name of the token, logged in place of it.
+    pub id: String,
+    /// The secret (at least 16 bytes); use `${ENV}`.
+    pub token: String,
+    /// What it may do: `plugins:read`, `plugins:write`, `agents:write`.
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for AdminTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTokenConfig").field("id", &self.id).field("scopes", &self.scopes).finish_non_exhaustive()
+    }
+}
+
+/// Scopes an admin token may hold.
+pub const ADMIN_SCOPES: [&str; 3] = ["plugins:read", "plugins:write", "agents:write"];
 
 /// The pipeline between ingest and the store.
 #[derive(Debug, Clone, Deserialize)]
@@ -702,6 +731,14 @@ impl Config {
                 "ingest.listen {} is not loopback: configure auth.api_keys (only a loopback gateway may run without keys)",
                 ingest.listen
             ));
+        }
+        for (i, token) in self.admin.tokens.iter().enumerate() {
+            if token.id.trim().is_empty() || token.token.len() < 16 {
+                problems.push(format!("admin.tokens[{i}]: id must not be empty and token must be at least 16 bytes"));
+            }
+            for scope in token.scopes.iter().filter(|s| !ADMIN_SCOPES.contains(&s.as_str())) {
+                problems.push(format!("admin.tokens[{i}]: scope `{scope}` is not one of {}", ADMIN_SCOPES.join(", ")));
+            }
         }
         let mut ids = BTreeSet::new();
         let mut keys = BTreeSet::new();

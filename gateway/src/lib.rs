@@ -137,14 +137,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let api = Arc::new(ApiState {
         pipeline: pipeline.clone(),
-        store,
+        store: store.clone(),
         auth,
         pseudonym_key,
         max_body_bytes: config.ingest.max_body_bytes,
         max_batch_lines: config.ingest.max_batch_lines,
         webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
     });
-    let admin = Arc::new(AdminState { pipeline, spool, metrics });
+    let admin_api = http::admin::AdminApi::new(&config.admin, plugins.clone(), store.clone(), config.source.clone());
+    if config.admin.tokens.is_empty() && config.admin.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.admin.listen, "admin api is open: no admin.tokens configured (loopback only)");
+    }
+    let admin = Arc::new(AdminState { pipeline, spool, metrics, api: admin_api });
+    let reloader = tokio::spawn(reload_on_sighup(admin.clone()));
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
@@ -157,6 +162,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin = tokio::spawn(http::serve_admin(admin_listener, admin, stopped(stop_rx)));
 
     shutdown.await;
+    reloader.abort();
     tracing::info!("shutting down: no new connections, draining open ones");
     let _ = stop_tx.send(());
     let _ = ingest.await;
@@ -177,6 +183,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("inquiry gateway stopped");
     Ok(())
+}
+
+/// Reloads the routing plugins on every SIGHUP (re-reading the config file's `[routing]`).
+async fn reload_on_sighup(admin: Arc<AdminState>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let admin = admin.clone();
+        // Compiling plugins is blocking work.
+        let result = tokio::task::spawn_blocking(move || admin.api.reload()).await;
+        match result {
+            Ok(Ok(())) => tracing::info!("SIGHUP: routing reloaded"),
+            Ok(Err(error)) => tracing::error!(error, "SIGHUP: reload refused; the previous routing stays"),
+            Err(_) => tracing::error!("SIGHUP: reload task failed"),
+        }
+    }
 }
 
 /// The configured sinks, in a fixed order (registration is here, in one place).

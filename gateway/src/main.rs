@@ -109,7 +109,9 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         return Ok(Config::default());
     };
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Config::from_toml(&text)?)
+    let mut config = Config::from_toml(&text)?;
+    config.source = Some(path.clone());
+    Ok(config)
 }
 
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -104,6 +104,28 @@ impl Store {
         Ok(self.inquiries.get(id.as_bytes())?.map(|v| split_frame(&v).0.to_vec()))
     }
 
+    /// The inquiry records whose message time lies in `[from, to]` (ids start with the message
+    /// time in milliseconds), oldest first, at most `limit`.
+    pub fn inquiries_between(
+        &self,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let bound = |at: time::OffsetDateTime, fill: u8| {
+            let millis = (at.unix_timestamp_nanos() / 1_000_000).clamp(0, (1 << 48) - 1) as u64;
+            let mut key = [fill; 16];
+            key[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+            key
+        };
+        let mut records = Vec::new();
+        for item in self.inquiries.range(bound(from, 0)..=bound(to, 0xff)).take(limit) {
+            let (_, value) = item?;
+            records.push(split_frame(&value).0.to_vec());
+        }
+        Ok(records)
+    }
+
     /// The original payload of an inquiry, if kept.
     pub fn get_raw(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.inquiries.get(id.as_bytes())?.map(|v| split_frame(&v).1.to_vec()))

@@ -51,7 +51,7 @@ IGW_IMPORT(kv_add) igw_i64 igw_kv_add(const char *ptr, igw_u32 len, igw_i64 delt
 extern unsigned char __heap_base;
 static igw_size igw_heap_top = 0;
 
-static void *igw_alloc_bytes(igw_size n) {
+static inline void *igw_alloc_bytes(igw_size n) {
   if (igw_heap_top == 0) igw_heap_top = (igw_size)&__heap_base;
   igw_size start = (igw_heap_top + 7) & ~(igw_size)7;
   igw_size end = start + n;
@@ -64,7 +64,7 @@ static void *igw_alloc_bytes(igw_size n) {
   return (void *)start;
 }
 
-static void igw_copy(void *dst, const void *src, igw_size n) {
+static inline void igw_copy(void *dst, const void *src, igw_size n) {
   igw_u8 *d = dst;
   const igw_u8 *s = src;
   while (n--) *d++ = *s++;
@@ -79,14 +79,14 @@ void *memset(void *dst, int c, igw_size n) {
 }
 
 /* ---- string helpers ---- */
-static igw_str igw_s(const char *cstr) {
+static inline igw_str igw_s(const char *cstr) {
   igw_u32 n = 0;
   while (cstr[n]) n++;
   igw_str s = {cstr, n};
   return s;
 }
 
-static int igw_eq(igw_str a, const char *b) {
+static inline int igw_eq(igw_str a, const char *b) {
   igw_str s = igw_s(b);
   if (a.len != s.len) return 0;
   for (igw_u32 i = 0; i < a.len; i++)
@@ -95,7 +95,7 @@ static int igw_eq(igw_str a, const char *b) {
 }
 
 /* Does `hay` contain `needle`? (byte-wise) */
-static int igw_contains(igw_str hay, const char *needle) {
+static inline int igw_contains(igw_str hay, const char *needle) {
   igw_str n = igw_s(needle);
   if (n.len == 0) return 1;
   for (igw_u32 i = 0; i + n.len <= hay.len; i++) {
@@ -107,7 +107,7 @@ static int igw_contains(igw_str hay, const char *needle) {
 }
 
 /* Concatenates `count` strings into the arena. */
-static igw_str igw_concat(const igw_str *parts, int count) {
+static inline igw_str igw_concat(const igw_str *parts, int count) {
   igw_u32 len = 0;
   for (int i = 0; i < count; i++) len += parts[i].len;
   char *buf = igw_alloc_bytes(len + 1);
@@ -121,7 +121,7 @@ static igw_str igw_concat(const igw_str *parts, int count) {
 }
 
 /* The value of attribute `key` (lines of key=value), or an empty string. */
-static igw_str igw_attribute(const igw_inquiry *in, const char *key) {
+static inline igw_str igw_attribute(const igw_inquiry *in, const char *key) {
   igw_str k = igw_s(key), none = {"", 0};
   igw_u32 i = 0;
   while (i < in->attributes.len) {
@@ -141,16 +141,16 @@ static igw_str igw_attribute(const igw_inquiry *in, const char *key) {
 }
 
 /* ---- wire format ---- */
-static igw_u32 igw_read_u32(const igw_u8 *p) {
+static inline igw_u32 igw_read_u32(const igw_u8 *p) {
   return (igw_u32)p[0] | (igw_u32)p[1] << 8 | (igw_u32)p[2] << 16 | (igw_u32)p[3] << 24;
 }
 
-static void igw_write_u32(igw_u8 *p, igw_u32 v) {
+static inline void igw_write_u32(igw_u8 *p, igw_u32 v) {
   p[0] = (igw_u8)v; p[1] = (igw_u8)(v >> 8); p[2] = (igw_u8)(v >> 16); p[3] = (igw_u8)(v >> 24);
 }
 
 /* The agents of `team`; *count receives how many. */
-static igw_agent *igw_agents(igw_str team, igw_u32 *count) {
+static inline igw_agent *igw_agents(igw_str team, igw_u32 *count) {
   igw_u32 cap = 256;
   igw_u8 *buf = igw_alloc_bytes(cap);
   igw_u32 need = igw_agents_raw(team.ptr, team.len, buf, cap);
@@ -176,7 +176,7 @@ static igw_agent *igw_agents(igw_str team, igw_u32 *count) {
 
 typedef struct { igw_u8 *buf; igw_u32 len, cap; } igw_out;
 
-static void igw_out_reserve(igw_out *o, igw_u32 more) {
+static inline void igw_out_reserve(igw_out *o, igw_u32 more) {
   if (o->len + more <= o->cap) return;
   igw_u32 cap = o->cap ? o->cap * 2 : 4096;
   while (cap < o->len + more) cap *= 2;
@@ -186,14 +186,14 @@ static void igw_out_reserve(igw_out *o, igw_u32 more) {
   o->cap = cap;
 }
 
-static void igw_put_str(igw_out *o, igw_str s) {
+static inline void igw_put_str(igw_out *o, igw_str s) {
   igw_out_reserve(o, 4 + s.len);
   igw_write_u32(o->buf + o->len, s.len);
   igw_copy(o->buf + o->len + 4, s.ptr, s.len);
   o->len += 4 + s.len;
 }
 
-static void igw_put_outcome(igw_out *o, const igw_outcome *r) {
+static inline void igw_put_outcome(igw_out *o, const igw_outcome *r) {
   igw_out_reserve(o, 5);
   igw_u32 start = o->len + 4;
   o->len += 4;

@@ -68,6 +68,12 @@ impl ApiError {
         err
     }
 
+    /// Adds a response header.
+    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
     /// Sets `Retry-After`.
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);

@@ -1,5 +1,6 @@
 //! The HTTP side: the ingest listener (behind tower's ingress limits) and the admin listener.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -70,13 +71,20 @@ pub struct AdminState {
     pub spool: Arc<crate::spool::Spool>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The admin API under `/v1/`.
+    pub api: admin::AdminApi,
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` resolves.
+/// Serves `/healthz`, `/readyz`, `/metrics` and the admin API until `shutdown` resolves.
 pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, shutdown: impl Future<Output = ()>) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(admin(&state, &req)) }
+        async move {
+            if req.uri().path().starts_with("/v1/") {
+                return Ok::<_, Infallible>(state.api.handle(req).await);
+            }
+            Ok::<_, Infallible>(admin(&state, &req))
+        }
     });
     serve(listener, service, shutdown).await;
 }

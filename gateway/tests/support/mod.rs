@@ -361,3 +361,32 @@ pub async fn wait_spool_empty(gateway: &Gateway, sink: &str, timeout: Duration) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A plugin built by `plugins/build.sh` (in `$PLUGINS_OUT`, default ~/.cache/inquiry-gateway/plugins);
+/// panics, saying how to build it, when it is missing.
+pub fn built_plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PLUGINS_OUT").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/inquiry-gateway/plugins")
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run plugins/build.sh (tests/run-all.sh does)", path.display());
+    path
+}
+
+/// A hostile or helper test plugin in gateway/tests/plugins.
+pub fn test_plugin(name: &str) -> PathBuf {
+    workspace_file(&format!("gateway/tests/plugins/{name}"))
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes; panics with `what`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -144,7 +144,7 @@ pub fn begin_record(out: &mut Vec<u8>) -> usize {
 }
 
 /// Ends the record begun at `start` by writing its length.
-pub fn end_record(out: &mut Vec<u8>, start: usize) {
+pub fn end_record(out: &mut [u8], start: usize) {
     let len = (out.len() - start) as u32;
     out[start - 4..start].copy_from_slice(&len.to_le_bytes());
 }

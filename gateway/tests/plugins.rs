@@ -1,0 +1,414 @@
+//! Routing plugins over real sockets: the example plugins (Rust, Go, C) in chains, hostile
+//! plugins contained, a poison inquiry failing alone, quarantine, hot reload, shadow mode,
+//! replay, and `plugin test`. Needs plugins/build.sh to have run (tests/run-all.sh does).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{json, Value};
+use support::{built_plugin, eventually, metric_value, test_plugin, workspace_file, Gateway, HttpClient};
+
+fn inquiry(account: &str, external_id: &str, country: &str, body: &str) -> String {
+    json!({
+        "channel": "generic", "account": account, "external_id": external_id,
+        "conversation_id": format!("conv-{external_id}"),
+        "buyer": {"country": country}, "subject": "Question", "body": body,
+        "occurred_at": "2026-11-24T08:00:00Z",
+    })
+    .to_string()
+}
+
+/// Posts one inquiry and returns its stored decision.
+async fn route(client: &HttpClient, gateway: &Gateway, body: String) -> Value {
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), body).await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let stored = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await;
+    stored.json()["decision"].clone()
+}
+
+fn plugin_toml(id: &str, path: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[routing.plugins]]\nid = \"{id}\"\npath = \"{}\"\ncapabilities = [\"agents\", \"kv\", \"log\", \"counters\", \"clock\"]\n{extra}\n",
+        path.display()
+    )
+}
+
+fn chain_toml(account: &str, plugins: &[&str]) -> String {
+    let list: Vec<String> = plugins.iter().map(|p| format!("\"{p}\"")).collect();
+    format!("[[routing.chains]]\naccount = \"{account}\"\nplugins = [{}]\n", list.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plugins_route_in_chains_by_account_with_round_robin() {
+    let mut config = String::new();
+    for language in ["rust", "go", "c"] {
+        config += &plugin_toml(language, &built_plugin(&format!("example-{language}.wasm")), "");
+        config += &chain_toml(&format!("shop-{language}"), &[language]);
+    }
+    config += "[[routing.agents]]\nid = \"anna\"\nteam = \"eu-sales\"\ncapacity = 5\n";
+    config += "[[routing.agents]]\nid = \"ben\"\nteam = \"eu-sales\"\ncapacity = 5\n";
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+
+    for language in ["rust", "go", "c"] {
+        let account = format!("shop-{language}");
+        let first =
+            route(&client, &gateway, inquiry(&account, &format!("{language}-1"), "DE", "Bulk order of 500 units?"))
+                .await;
+        assert_eq!(first["queue"], "eu-sales", "{language}: {first}");
+        assert_eq!(first["priority"], "high", "{language}: {first}");
+        assert_eq!(first["tags"], json!(["bulk"]), "{language}: {first}");
+        assert_eq!(first["assignee"], "anna", "{language}: {first}");
+        assert!(first["decided_by"].as_str().unwrap().starts_with(&format!("plugin:{language}@")), "{first}");
+        let second = route(&client, &gateway, inquiry(&account, &format!("{language}-2"), "AT", "Hallo")).await;
+        assert_eq!(second["assignee"], "ben", "{language}: round-robin moves on: {second}");
+
+        // No rule: the plugin is undecided and the fallback route takes it, without a dead letter.
+        let undecided = route(&client, &gateway, inquiry(&account, &format!("{language}-3"), "BR", "Olá")).await;
+        assert_eq!(
+            (undecided["queue"].as_str(), undecided["decided_by"].as_str()),
+            (Some("unassigned"), Some("fallback"))
+        );
+        assert!(undecided.get("fallback_reason").is_none(), "{undecided}");
+    }
+    // An account without a chain takes the fallback route.
+    let unchained = route(&client, &gateway, inquiry("shop-other", "x-1", "DE", "Bulk order")).await;
+    assert_eq!(unchained["decided_by"], "fallback");
+
+    // Agent presence from the admin API changes the next assignment.
+    let reply = client
+        .request(
+            Method::PUT,
+            &gateway.admin_url("/v1/agents/anna"),
+            r#"{"online": false}"#,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    let third = route(&client, &gateway, inquiry("shop-rust", "rust-4", "DE", "Hallo")).await;
+    assert_eq!(third["assignee"], "ben", "anna is offline: {third}");
+
+    let metrics = client.get(&gateway.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metric_value(&text, "inquiry_gateway_plugin_outcomes_total", &[("plugin", "go"), ("outcome", "decided")])
+            >= 2.0
+    );
+    assert!(metric_value(&text, "inquiry_gateway_plugin_duration_seconds_count", &[("plugin", "c")]) >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_and_their_inquiries_take_the_fallback_route() {
+    let hostile = [
+        ("loop", "loop.wat", "plugin_timeout"),
+        ("bomb", "memory-bomb.wat", "plugin_memory"),
+        ("trap", "trap.wat", "plugin_trap"),
+        ("garbage", "garbage.wat", "plugin_bad_output"),
+        ("enormous", "enormous.wat", "plugin_bad_output"),
+        ("wrong-abi", "wrong-abi.wat", "plugin_abi"),
+        ("ungranted", "ungranted.wat", "plugin_abi"),
+    ];
+    let mut config = String::new();
+    for (id, file, _) in hostile {
+        let extra = "[routing.plugins.limits]\nmax_memory_bytes = 8388608\nbatch_timeout_ms = 20\nquarantine_after_failures = 1000\n";
+        // `ungranted` gets no capabilities at all.
+        let text = plugin_toml(id, &test_plugin(file), extra);
+        config += &if id == "ungranted" {
+            text.replace("capabilities = [\"agents\", \"kv\", \"log\", \"counters\", \"clock\"]", "")
+        } else {
+            text
+        };
+        config += &chain_toml(&format!("shop-{id}"), &[id]);
+    }
+    // A quarantined plugin: two failures open its breaker for a minute.
+    config += &plugin_toml(
+        "flaky",
+        &test_plugin("trap.wat"),
+        "[routing.plugins.limits]\nquarantine_after_failures = 2\nquarantine_ms = 60000\n",
+    );
+    config += &chain_toml("shop-flaky", &["flaky"]);
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+
+    for (id, _, reason) in hostile {
+        // A batch of three: the failed batch is retried inquiry by inquiry; every one still lands.
+        let lines: Vec<String> =
+            (0..3).map(|i| inquiry(&format!("shop-{id}"), &format!("{id}-{i}"), "DE", "Hallo")).collect();
+        let reply = client
+            .request(
+                Method::POST,
+                &gateway.url("/v1/inquiries/batch"),
+                lines.join("\n"),
+                &[("content-type", "application/x-ndjson")],
+            )
+            .await;
+        assert_eq!(reply.status.as_u16(), 200, "{id}: {}", String::from_utf8_lossy(&reply.body));
+        for item in reply.json()["results"].as_array().unwrap() {
+            let stored = client.get(&gateway.url(&format!("/v1/inquiries/{}", item["id"].as_str().unwrap()))).await;
+            let decision = &stored.json()["decision"];
+            assert_eq!(decision["queue"], "unassigned", "{id}: {decision}");
+            assert_eq!(decision["fallback_reason"], reason, "{id}: {decision}");
+        }
+    }
+    for i in 0..3 {
+        let decision = route(&client, &gateway, inquiry("shop-flaky", &format!("flaky-{i}"), "DE", "Hallo")).await;
+        let expected = if i < 2 { "plugin_trap" } else { "plugin_quarantined" };
+        assert_eq!(decision["fallback_reason"], expected, "inquiry {i}: {decision}");
+    }
+
+    let health = client.get(&gateway.admin_url("/healthz")).await;
+    assert_eq!(health.status.as_u16(), 200, "the gateway survives every hostile plugin");
+    let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    for (id, _, reason) in hostile {
+        assert!(
+            metric_value(&text, "inquiry_gateway_plugin_failures_total", &[("plugin", id), ("reason", reason)]) >= 3.0,
+            "{id}: failures counted by reason"
+        );
+        assert!(
+            metric_value(&text, "inquiry_gateway_dead_letters_total", &[("reason", reason)]) >= 3.0,
+            "{reason} dead-lettered"
+        );
+    }
+    assert_eq!(metric_value(&text, "inquiry_gateway_plugin_loaded", &[("plugin", "wrong-abi")]), 0.0);
+    assert_eq!(metric_value(&text, "inquiry_gateway_plugin_loaded", &[("plugin", "trap")]), 1.0);
+    assert_eq!(metric_value(&text, "inquiry_gateway_plugin_quarantined", &[("plugin", "flaky")]), 1.0);
+    assert_eq!(metric_value(&text, "inquiry_gateway_plugin_quarantined", &[("plugin", "trap")]), 0.0);
+
+    let status = client.get(&gateway.admin_url("/v1/plugins")).await.json();
+    let state = |id: &str| status["plugins"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap().clone();
+    assert_eq!(state("flaky")["state"], "quarantined");
+    assert_eq!(state("wrong-abi")["state"], "broken");
+    assert!(
+        state("ungranted")["error"].as_str().unwrap().contains("capability `kv` is not granted"),
+        "{}",
+        state("ungranted")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_inquiry_fails_alone_and_the_rest_of_its_batch_is_routed() {
+    let config = plugin_toml("poison", &built_plugin("test-poison.wasm"), "") + &chain_toml("shop-1", &["poison"]);
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let bodies = ["fine", "this is poison", "fine too", "spin forever", "also fine"];
+    let lines: Vec<String> =
+        bodies.iter().enumerate().map(|(i, b)| inquiry("shop-1", &format!("p-{i}"), "DE", b)).collect();
+    let reply = client
+        .request(
+            Method::POST,
+            &gateway.url("/v1/inquiries/batch"),
+            lines.join("\n"),
+            &[("content-type", "application/x-ndjson")],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    let mut seen = Vec::new();
+    for item in reply.json()["results"].as_array().unwrap() {
+        let stored = client.get(&gateway.url(&format!("/v1/inquiries/{}", item["id"].as_str().unwrap()))).await.json();
+        let decision = &stored["decision"];
+        seen.push((
+            stored["inquiry"]["body"].as_str().unwrap().to_owned(),
+            decision["queue"].clone(),
+            decision["fallback_reason"].clone(),
+        ));
+    }
+    let expected = [
+        ("fine", "clean", Value::Null),
+        ("this is poison", "unassigned", json!("plugin_trap")),
+        ("fine too", "clean", Value::Null),
+        ("spin forever", "unassigned", json!("plugin_timeout")),
+        ("also fine", "clean", Value::Null),
+    ];
+    for ((body, queue, reason), (got_body, got_queue, got_reason)) in expected.iter().zip(&seen) {
+        assert_eq!(
+            (body.to_string(), json!(queue), reason.clone()),
+            (got_body.clone(), got_queue.clone(), got_reason.clone())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_file_is_swapped_in_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("router.wasm");
+    std::fs::copy(built_plugin("example-c.wasm"), &live).unwrap();
+    let config =
+        plugin_toml("router", &live, "") + &chain_toml("shop-1", &["router"]) + "[routing]\nreload_interval_ms = 100\n";
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let version = |status: &Value| status["plugins"][0]["version"].as_str().unwrap().to_owned();
+
+    let before = route(&client, &gateway, inquiry("shop-1", "r-1", "DE", "Hallo")).await;
+    let first_version = version(&client.get(&gateway.admin_url("/v1/plugins")).await.json());
+    assert_eq!(before["decided_by"], format!("plugin:router@{first_version}"));
+
+    // A new version is written beside and renamed into place (atomic for readers).
+    let staged = dir.path().join("router.wasm.new");
+    std::fs::copy(built_plugin("example-rust.wasm"), &staged).unwrap();
+    std::fs::rename(&staged, &live).unwrap();
+    eventually(Duration::from_secs(10), "the new version is live", || async {
+        version(&client.get(&gateway.admin_url("/v1/plugins")).await.json()) != first_version
+    })
+    .await;
+    let second_version = version(&client.get(&gateway.admin_url("/v1/plugins")).await.json());
+    let after = route(&client, &gateway, inquiry("shop-1", "r-2", "DE", "Hallo")).await;
+    assert_eq!(after["decided_by"], format!("plugin:router@{second_version}"));
+
+    // A broken file is refused: the previous version keeps routing.
+    std::fs::write(&staged, b"\0asm garbage").unwrap();
+    std::fs::rename(&staged, &live).unwrap();
+    eventually(Duration::from_secs(10), "the broken reload is counted", || async {
+        let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+        metric_value(&text, "inquiry_gateway_plugin_reloads_total", &[("result", "error")]) >= 1.0
+    })
+    .await;
+    let still = route(&client, &gateway, inquiry("shop-1", "r-3", "DE", "Hallo")).await;
+    assert_eq!(still["decided_by"], format!("plugin:router@{second_version}"));
+    assert_eq!(still["queue"], "eu-sales");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_candidates_are_compared_without_changing_routing_and_replay_uses_either_version() {
+    let rust = built_plugin("example-rust.wasm");
+    let mut config = String::new();
+    config += &plugin_toml(
+        "agreeing",
+        &rust,
+        &format!(
+            "[routing.plugins.shadow]\npath = \"{}\"\nversion = \"c-1\"\n",
+            built_plugin("example-c.wasm").display()
+        ),
+    );
+    config += &chain_toml("shop-a", &["agreeing"]);
+    config += &plugin_toml(
+        "disagreeing",
+        &rust,
+        &format!(
+            "[routing.plugins.shadow]\npath = \"{}\"\nversion = \"review-1\"\n",
+            test_plugin("everything-to-review.wat").display()
+        ),
+    );
+    config += &chain_toml("shop-b", &["disagreeing"]);
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        for account in ["shop-a", "shop-b"] {
+            let country = ["DE", "US", "JP"][i % 3];
+            let body = inquiry(account, &format!("{account}-{i}"), country, "Urgent: wholesale price?");
+            let reply = client.post_json(&gateway.url("/v1/inquiries"), body).await;
+            assert_eq!(reply.status.as_u16(), 201);
+            let id = reply.json()["id"].as_str().unwrap().to_owned();
+            let decision = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["decision"].clone();
+            assert_ne!(decision["queue"], "review", "the shadow never routes");
+            ids.push((account, id));
+        }
+    }
+    let shadow = |status: &Value, id: &str| {
+        status["plugins"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap()["shadow"].clone()
+    };
+    eventually(Duration::from_secs(10), "both shadows compared all six", || async {
+        let status = client.get(&gateway.admin_url("/v1/plugins")).await.json();
+        shadow(&status, "agreeing")["agree"] == 6 && shadow(&status, "disagreeing")["disagree"] == 6
+    })
+    .await;
+    let status = client.get(&gateway.admin_url("/v1/plugins")).await.json();
+    assert_eq!(shadow(&status, "agreeing")["disagree"], 0);
+    let sample = &shadow(&status, "disagreeing")["samples"][0];
+    assert!(sample["candidate"].as_str().unwrap().contains("queue=review"), "{sample}");
+
+    // Replay: the live version reproduces the stored decisions; the candidate changes them all.
+    let b_ids: Vec<&str> = ids.iter().filter(|(a, _)| *a == "shop-b").map(|(_, id)| id.as_str()).collect();
+    let replay = |version: &'static str| {
+        let body = json!({ "ids": b_ids, "version": version }).to_string();
+        let client = client.clone();
+        let url = gateway.admin_url("/v1/plugins/disagreeing/replay");
+        async move { client.request(Method::POST, &url, body, &[("content-type", "application/json")]).await.json() }
+    };
+    let live = replay("live").await;
+    assert_eq!((live["replayed"].as_u64(), live["changed"].as_u64()), (Some(6), Some(0)), "{live}");
+    let candidate = replay("shadow").await;
+    assert_eq!((candidate["replayed"].as_u64(), candidate["changed"].as_u64()), (Some(6), Some(6)), "{candidate}");
+    assert_eq!(candidate["results"][0]["replayed"]["queue"], "review");
+    // By time range too (ids start with the message time).
+    let body = json!({ "from": "2026-11-24T07:00:00Z", "to": "2026-11-24T09:00:00Z", "limit": 100 }).to_string();
+    let ranged = client
+        .request(
+            Method::POST,
+            &gateway.admin_url("/v1/plugins/agreeing/replay"),
+            body,
+            &[("content-type", "application/json")],
+        )
+        .await
+        .json();
+    assert_eq!(ranged["replayed"].as_u64(), Some(12), "{ranged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_a_token_with_the_right_scope_once_tokens_are_configured() {
+    let config = plugin_toml("router", &built_plugin("example-c.wasm"), "")
+        + &chain_toml("shop-1", &["router"])
+        + "[[admin.tokens]]\nid = \"ops\"\ntoken = \"read-only-token-0123456789\"\nscopes = [\"plugins:read\"]\n";
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let url = gateway.admin_url("/v1/plugins");
+    assert_eq!(client.get(&url).await.status.as_u16(), 401);
+    let bad = client.request(Method::GET, &url, "", &[("authorization", "Bearer nope-nope-nope-nope")]).await;
+    assert_eq!(bad.status.as_u16(), 401);
+    let ok = client.request(Method::GET, &url, "", &[("authorization", "Bearer read-only-token-0123456789")]).await;
+    assert_eq!(ok.status.as_u16(), 200);
+    let reload = client
+        .request(
+            Method::POST,
+            &gateway.admin_url("/v1/plugins/reload"),
+            "",
+            &[("authorization", "Bearer read-only-token-0123456789")],
+        )
+        .await;
+    assert_eq!((reload.status.as_u16(), reload.error_code().as_str()), (403, "scope_missing"));
+    assert_eq!(client.get(&gateway.admin_url("/metrics")).await.status.as_u16(), 200, "scrapes need no token");
+}
+
+#[test]
+fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_mismatch() {
+    let binary = env!("CARGO_BIN_EXE_inquiry-gateway");
+    for language in ["rust", "go", "c"] {
+        let cases = workspace_file(&format!("plugins/examples/{language}/cases.jsonl"));
+        let out = Command::new(binary)
+            .args(["plugin", "test"])
+            .arg(built_plugin(&format!("example-{language}.wasm")))
+            .arg("--cases")
+            .arg(&cases)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{language}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("12 passed, 0 failed"), "{language}:\n{stdout}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.jsonl");
+    let case = json!({
+        "name": "expects the wrong team",
+        "inquiry": {"channel": "generic", "account": "a", "external_id": "1", "body": "Hallo", "occurred_at": "2026-11-24T08:00:00Z", "buyer": {"country": "DE"}},
+        "expect": {"queue": "jp-sales", "priority": "normal"},
+    });
+    std::fs::write(&wrong, case.to_string()).unwrap();
+    let out = Command::new(binary)
+        .args(["plugin", "test"])
+        .arg(built_plugin("example-c.wasm"))
+        .arg("--cases")
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  expects the wrong team"), "{stdout}");
+    assert!(stdout.contains(r#"queue: expected "jp-sales", got "eu-sales""#), "{stdout}");
+    assert!(!stdout.contains("priority:"), "matching fields are not listed: {stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}

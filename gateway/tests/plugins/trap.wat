@@ -1,0 +1,6 @@
+;; Hostile: traps at once (plugin_trap).
+(module
+  (memory (export "memory") 1)
+  (func (export "igw_abi_version") (result i32) (i32.const 1))
+  (func (export "igw_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "igw_route") (param i32 i32) (result i64) unreachable))
