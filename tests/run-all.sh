@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, golden and end-to-end tests over real sockets, including the sinks
 # against a real Apache Kafka broker (KRaft) and a real Apache Cassandra node on loopback.
-# Installs its prerequisites first (tests/setup.sh), fetches and starts the servers
+# Installs its prerequisites first (tests/setup.sh), builds the WebAssembly plugins
+# (plugins/build.sh, into ~/.cache/inquiry-gateway/plugins), fetches and starts the servers
 # (tests/services/*.sh; jars cached in ~/.cache/inquiry-gateway/services) and stops them at the
 # end. Build output goes to $CARGO_TARGET_DIR (default ~/.cache/inquiry-gateway/target, outside
 # the clone, so reruns are incremental).
@@ -21,6 +22,9 @@ trap stop_services EXIT
 # Fetch the servers, build, then start them (the build and the JVMs would compete for 2 cores).
 tests/services/kafka.sh fetch
 tests/services/cassandra.sh fetch
+# WebAssembly plugins from source (Rust, Go, C examples and the tests' own plugins): installs
+# Debian's rustc-web, rust-web-src, cargo-web, clang-19 and lld-19 when missing.
+plugins/build.sh
 cargo build --workspace --all-targets --locked
 # Deployment files: helm lint, rendered manifests against the Kubernetes schemas, configs, rules.
 GATEWAY_BIN="$CARGO_TARGET_DIR/debug/inquiry-gateway" deploy/lint.sh

@@ -251,7 +251,7 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         "WEB_FORM_SIGNING_KEY",
         "META_PAGE_TOKEN",
     ];
-    for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml"] {
+    for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml", "plugins.toml"] {
         let mut check = Command::new(bin);
         check.args(["check", "--config"]).arg(workspace_file(&format!("deploy/examples/{example}")));
         for name in secrets {
