@@ -3,7 +3,7 @@
 
 use inquiry_connectors::Inquiry;
 use inquiry_plugin_sdk::{wire, Priority as SdkPriority, Route};
-use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 use crate::routing::{Decision, Disposition, Priority};
 
@@ -37,9 +37,11 @@ pub fn encode_batch(batch: &[&Inquiry], out: &mut Vec<u8>) {
             attributes.push_str(&value);
             attributes.push('\n');
         }
-        let id = inquiry.id.to_string();
-        let occurred = inquiry.occurred_at.format(&Rfc3339).unwrap_or_default();
-        let received = inquiry.received_at.format(&Rfc3339).unwrap_or_default();
+        let mut id = [0u8; 36];
+        let id = inquiry.id.hyphenated().encode_lower(&mut id);
+        let (mut occurred, mut received) = ([0u8; 40], [0u8; 40]);
+        let occurred = rfc3339_utc(inquiry.occurred_at, &mut occurred);
+        let received = rfc3339_utc(inquiry.received_at, &mut received);
         let region = match inquiry.region {
             inquiry_connectors::Region::Eu => "eu",
             inquiry_connectors::Region::Other => "other",
@@ -47,7 +49,7 @@ pub fn encode_batch(batch: &[&Inquiry], out: &mut Vec<u8>) {
         wire::put_inquiry(
             out,
             &[
-                &id,
+                id,
                 inquiry.channel.as_str(),
                 &inquiry.account,
                 &inquiry.external.message_id,
@@ -61,11 +63,36 @@ pub fn encode_batch(batch: &[&Inquiry], out: &mut Vec<u8>) {
                 inquiry.order_id.as_deref().unwrap_or(""),
                 &products,
                 &attributes,
-                &occurred,
-                &received,
+                occurred,
+                received,
             ],
         );
     }
+}
+
+/// Formats `at` in UTC as RFC 3339 (`2026-11-24T08:00:00Z`, with `.fff...` when it has a
+/// fraction) into `buf`, without allocating (the time crate's formatter allocates a String).
+fn rfc3339_utc(at: OffsetDateTime, buf: &mut [u8; 40]) -> &str {
+    use std::io::Write as _;
+    let at = at.to_offset(UtcOffset::UTC);
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let (date, time) = (at.date(), at.time());
+    let _ = write!(
+        cursor,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        date.year(),
+        date.month() as u8,
+        date.day(),
+        time.hour(),
+        time.minute(),
+        time.second()
+    );
+    if time.nanosecond() != 0 {
+        let _ = write!(cursor, ".{:09}", time.nanosecond());
+    }
+    let _ = write!(cursor, "Z");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
 /// The decision for a plugin's route, or why the route is refused.
@@ -104,4 +131,23 @@ pub fn decision(route: Route, inquiry: &Inquiry, decided_by: &str) -> Result<Dec
         decided_by: decided_by.to_owned(),
         fallback_reason: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        let mut buf = [0u8; 40];
+        assert_eq!(rfc3339_utc(datetime!(2026-11-24 09:30:00 +01:00), &mut buf), "2026-11-24T08:30:00Z");
+        assert_eq!(rfc3339_utc(datetime!(2026-01-02 03:04:05.5 UTC), &mut buf), "2026-01-02T03:04:05.500000000Z");
+        let parsed = OffsetDateTime::parse(
+            rfc3339_utc(datetime!(9999-12-31 23:59:59.999999999 UTC), &mut buf),
+            &time::format_description::well_known::Rfc3339,
+        );
+        assert_eq!(parsed.unwrap(), datetime!(9999-12-31 23:59:59.999999999 UTC));
+    }
 }

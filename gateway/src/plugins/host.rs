@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use inquiry_plugin_sdk::{wire, Agent};
 use metrics::counter;
-use wasmtime::{Caller, Extern, Linker, Module, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Caller, Linker, Memory, Module, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::config::{AgentConfig, Capability, PluginLimits};
@@ -22,38 +22,67 @@ const MAX_COUNTER_NAMES: usize = 16;
 const MAX_LOG_BYTES: usize = 1024;
 
 /// Agents by team, shared by every plugin; read by `igw.agents`, updated by the admin API.
+/// Each team is kept with its ABI encoding, so a lookup copies bytes and allocates nothing.
 #[derive(Debug, Default)]
 pub struct AgentDirectory {
-    teams: DashMap<String, Vec<Agent>>,
+    teams: DashMap<String, Team>,
+}
+
+#[derive(Debug, Default)]
+struct Team {
+    agents: Vec<Agent>,
+    encoded: Vec<u8>,
+}
+
+impl Team {
+    fn of(agents: Vec<Agent>) -> Team {
+        let mut encoded = Vec::new();
+        wire::encode_agents(&mut encoded, agents.iter());
+        Team { agents, encoded }
+    }
 }
 
 impl AgentDirectory {
     /// A directory of the configured agents (load 0).
     pub fn new(agents: &[AgentConfig]) -> AgentDirectory {
-        let directory = AgentDirectory::default();
+        let mut teams: HashMap<String, Vec<Agent>> = HashMap::new();
         for agent in agents {
-            directory.teams.entry(agent.team.clone()).or_default().push(Agent {
+            teams.entry(agent.team.clone()).or_default().push(Agent {
                 id: agent.id.clone(),
                 load: 0,
                 capacity: agent.capacity,
                 online: agent.online,
             });
         }
+        let directory = AgentDirectory::default();
+        for (team, agents) in teams {
+            directory.teams.insert(team, Team::of(agents));
+        }
         directory
     }
 
     /// The agents of `team`, in configuration order.
     pub fn team(&self, team: &str) -> Vec<Agent> {
-        self.teams.get(team).map(|agents| agents.clone()).unwrap_or_default()
+        self.teams.get(team).map(|t| t.agents.clone()).unwrap_or_default()
+    }
+
+    /// Calls `with` on the ABI encoding of `team`'s agents (an empty list when unknown).
+    fn with_encoded<R>(&self, team: &str, with: impl FnOnce(&[u8]) -> R) -> R {
+        match self.teams.get(team) {
+            Some(t) => with(&t.encoded),
+            None => with(&0u32.to_le_bytes()),
+        }
     }
 
     /// Updates an agent's load, capacity or presence; false when no agent has that id.
     pub fn update(&self, id: &str, load: Option<u32>, capacity: Option<u32>, online: Option<bool>) -> bool {
         for mut team in self.teams.iter_mut() {
-            if let Some(agent) = team.iter_mut().find(|a| a.id == id) {
+            let mut agents = team.agents.clone();
+            if let Some(agent) = agents.iter_mut().find(|a| a.id == id) {
                 agent.load = load.unwrap_or(agent.load);
                 agent.capacity = capacity.unwrap_or(agent.capacity);
                 agent.online = online.unwrap_or(agent.online);
+                *team = Team::of(agents);
                 return true;
             }
         }
@@ -62,7 +91,7 @@ impl AgentDirectory {
 
     /// Replaces one team's agents (used by the plugin test harness).
     pub fn set_team(&self, team: &str, agents: Vec<Agent>) {
-        self.teams.insert(team.to_owned(), agents);
+        self.teams.insert(team.to_owned(), Team::of(agents));
     }
 }
 
@@ -175,6 +204,9 @@ pub struct HostState {
     /// WASI preview 1 with nothing granted: no preopened directories, no sockets, no
     /// environment, no arguments, no stdio. Present only for modules that import WASI.
     wasi: Option<WasiP1Ctx>,
+    /// The instance's exported memory, set once it is instantiated (host functions read and
+    /// write through it without looking the export up on every call).
+    pub memory: Option<Memory>,
 }
 
 impl HostState {
@@ -188,19 +220,18 @@ impl HostState {
             .trap_on_grow_failure(true)
             .build();
         let wasi = wasi.then(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1());
-        HostState { limiter: Limiter { inner, denied: false }, context, wasi }
+        HostState { limiter: Limiter { inner, denied: false }, context, wasi, memory: None }
     }
 }
 
-/// Reads `len` bytes at `ptr` of the caller's memory as a string (empty when out of bounds or
-/// not UTF-8: a plugin cannot make the host fail).
-fn read_str(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> String {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return String::new();
-    };
-    let data = memory.data(&caller);
+/// Calls `with` on the string at `ptr`/`len` of the caller's memory, without copying it (an
+/// empty string when out of bounds or not UTF-8: a plugin cannot make the host fail).
+fn with_str<R>(caller: &Caller<'_, HostState>, ptr: u32, len: u32, with: impl FnOnce(&str, &HostState) -> R) -> R {
+    let state = caller.data();
+    let data = state.memory.map(|m| m.data(caller)).unwrap_or_default();
     let (start, end) = (ptr as usize, ptr as usize + len as usize);
-    data.get(start..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("").to_owned()
+    let text = data.get(start..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("");
+    with(text, state)
 }
 
 /// Which capability an `igw` import needs.
@@ -240,17 +271,15 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
     let e = |err: wasmtime::Error| err.to_string();
     if granted.contains(&Capability::Log) {
         linker
-            .func_wrap("igw", "log", |mut caller: Caller<'_, HostState>, level: i32, ptr: u32, len: u32| {
-                let message = read_str(&mut caller, ptr, len);
-                caller.data().context.log(level, &message);
+            .func_wrap("igw", "log", |caller: Caller<'_, HostState>, level: i32, ptr: u32, len: u32| {
+                with_str(&caller, ptr, len, |message, state| state.context.log(level, message));
             })
             .map_err(e)?;
     }
     if granted.contains(&Capability::Counters) {
         linker
-            .func_wrap("igw", "counter_add", |mut caller: Caller<'_, HostState>, ptr: u32, len: u32, delta: i64| {
-                let name = read_str(&mut caller, ptr, len);
-                caller.data().context.counter_add(&name, delta);
+            .func_wrap("igw", "counter_add", |caller: Caller<'_, HostState>, ptr: u32, len: u32, delta: i64| {
+                with_str(&caller, ptr, len, |name, state| state.context.counter_add(name, delta));
             })
             .map_err(e)?;
     }
@@ -267,34 +296,36 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
                 "igw",
                 "agents",
                 |mut caller: Caller<'_, HostState>, team_ptr: u32, team_len: u32, out_ptr: u32, out_cap: u32| -> u32 {
-                    let team = read_str(&mut caller, team_ptr, team_len);
-                    let agents = caller.data().context.agents.team(&team);
-                    let mut encoded = Vec::with_capacity(64);
-                    wire::encode_agents(&mut encoded, agents.iter());
-                    if encoded.len() <= out_cap as usize {
-                        if let Some(Extern::Memory(memory)) = caller.get_export("memory") {
+                    let Some(memory) = caller.data().memory else { return 0 };
+                    let context = caller.data().context.clone();
+                    let team = with_str(&caller, team_ptr, team_len, |team, _| team.to_owned());
+                    context.agents.with_encoded(&team, |encoded| {
+                        if encoded.len() <= out_cap as usize {
                             // Out of bounds: the plugin reads nothing; it cannot make the host fail.
-                            let _ = memory.write(&mut caller, out_ptr as usize, &encoded);
+                            let _ = memory.write(&mut caller, out_ptr as usize, encoded);
                         }
-                    }
-                    encoded.len() as u32
+                        encoded.len() as u32
+                    })
                 },
             )
             .map_err(e)?;
     }
     if granted.contains(&Capability::Kv) {
         linker
-            .func_wrap("igw", "kv_get", |mut caller: Caller<'_, HostState>, ptr: u32, len: u32| -> i64 {
-                let key = read_str(&mut caller, ptr, len);
-                caller.data().context.kv.get(&key).map_or(0, |v| *v)
+            .func_wrap("igw", "kv_get", |caller: Caller<'_, HostState>, ptr: u32, len: u32| -> i64 {
+                with_str(&caller, ptr, len, |key, state| state.context.kv.get(key).map_or(0, |v| *v))
             })
             .map_err(e)?;
         linker
-            .func_wrap("igw", "kv_add", |mut caller: Caller<'_, HostState>, ptr: u32, len: u32, delta: i64| -> i64 {
-                let key = read_str(&mut caller, ptr, len);
-                let mut value = caller.data().context.kv.entry(key).or_insert(0);
-                *value = value.wrapping_add(delta);
-                *value
+            .func_wrap("igw", "kv_add", |caller: Caller<'_, HostState>, ptr: u32, len: u32, delta: i64| -> i64 {
+                with_str(&caller, ptr, len, |key, state| {
+                    let kv = &state.context.kv;
+                    if let Some(mut value) = kv.get_mut(key) {
+                        *value = value.wrapping_add(delta);
+                        return *value;
+                    }
+                    *kv.entry(key.to_owned()).and_modify(|v| *v = v.wrapping_add(delta)).or_insert(delta)
+                })
             })
             .map_err(e)?;
     }

@@ -54,6 +54,8 @@ pub struct PluginRouter {
     kv: Mutex<HashMap<String, Arc<DashMap<String, i64>>>>,
     /// File stamps of the last reload that failed, so a broken file is tried once per change.
     failed_stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    /// The batch encoding buffer, reused across batches.
+    buffer: Mutex<Vec<u8>>,
 }
 
 /// One generation of the routing configuration: chains of loaded plugins. A batch uses the
@@ -200,6 +202,7 @@ impl PluginRouter {
             modules: Mutex::new(HashMap::new()),
             kv: Mutex::new(HashMap::new()),
             failed_stamps: Mutex::new(Vec::new()),
+            buffer: Mutex::new(Vec::new()),
         };
         let routing = router.build(config, false)?;
         *router.current.write().expect("routing lock") = Arc::new(routing);
@@ -413,7 +416,7 @@ impl Router for PluginRouter {
                 by_chain[chain].push(i);
             }
         }
-        let mut buf = Vec::new();
+        let mut buf = self.buffer.lock().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default();
         for (chain, mut pending) in routing.chains.iter().zip(by_chain) {
             for slot in &chain.slots {
                 if pending.is_empty() {
@@ -430,6 +433,9 @@ impl Router for PluginRouter {
                 }
                 pending = undecided;
             }
+        }
+        if let Ok(mut kept) = self.buffer.lock() {
+            *kept = buf; // the next batch encodes into the same allocation
         }
         outcomes
     }

@@ -257,6 +257,7 @@ impl Plugin {
             Failure::Trap(detail) => Failure::Unavailable(detail),
             other => other,
         })?;
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             init.call(&mut store, ()).map_err(|e| classify(e, &store))?;
         }

@@ -81,13 +81,18 @@ impl Host for Imports {
         unsafe { imports::now_ms() }
     }
     fn agents(&self, team: &str) -> Vec<Agent> {
-        let mut buf = vec![0u8; 256];
+        // One buffer for every call (plugins are single-threaded), grown when a team needs more.
+        static mut BUF: Vec<u8> = Vec::new();
+        // SAFETY: wasm32 plugins are single-threaded and this is the only user of BUF.
+        let buf = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
+        if buf.len() < 512 {
+            buf.resize(512, 0);
+        }
         loop {
             // SAFETY: `buf` is writable for its length; the host writes at most `out_cap` bytes.
             let need = unsafe { imports::agents(team.as_ptr(), team.len() as u32, buf.as_mut_ptr(), buf.len() as u32) };
             if need as usize <= buf.len() {
-                buf.truncate(need as usize);
-                return crate::wire::decode_agents(&buf).unwrap_or_default();
+                return crate::wire::decode_agents(&buf[..need as usize]).unwrap_or_default();
             }
             buf.resize(need as usize, 0);
         }

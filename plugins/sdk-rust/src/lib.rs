@@ -171,11 +171,16 @@ pub type RouteFn = fn(&Inquiry<'_>, &dyn Host) -> Outcome;
 /// export does; also usable natively, for tests and benchmarks).
 pub fn route_batch(input: &[u8], route: RouteFn, host: &dyn Host, out: &mut Vec<u8>) -> Result<(), wire::WireError> {
     let batch = wire::decode_batch(input)?;
+    route_decoded(&batch, route, host, out);
+    Ok(())
+}
+
+/// Routes a decoded batch with `route`, appending the encoded results to `out`.
+pub fn route_decoded(batch: &[Inquiry<'_>], route: RouteFn, host: &dyn Host, out: &mut Vec<u8>) {
     let mut writer = wire::ResultWriter::new(out, batch.len());
-    for inquiry in &batch {
+    for inquiry in batch {
         writer.push(&route(inquiry, host));
     }
-    Ok(())
 }
 
 /// Exports `igw_abi_version`, `igw_alloc` and `igw_route` for a routing function
@@ -213,8 +218,12 @@ macro_rules! export_router {
                 let input = unsafe { ::core::slice::from_raw_parts(ptr, len as usize) };
                 let output = unsafe { &mut *::core::ptr::addr_of_mut!(OUTPUT) };
                 output.clear();
-                match $crate::route_batch(input, $route, &$crate::Imports, output) {
-                    Ok(()) => ((output.as_ptr() as i64) << 32) | output.len() as i64,
+                // SAFETY: the gateway writes only UTF-8 strings into batches.
+                match unsafe { $crate::wire::decode_batch_trusted(input) } {
+                    Ok(batch) => {
+                        $crate::route_decoded(&batch, $route, &$crate::Imports, output);
+                        ((output.as_ptr() as i64) << 32) | output.len() as i64
+                    }
                     Err(_) => -1,
                 }
             }

@@ -124,6 +124,20 @@ impl<'a> Reader<'a> {
         core::str::from_utf8(self.bytes(len)?).map_err(|_| WireError::NotUtf8)
     }
 
+    /// Takes a string without checking that it is UTF-8, for data the gateway wrote (it only
+    /// writes Rust strings); an exhausted record reads as the empty string.
+    ///
+    /// # Safety
+    /// The bytes must be UTF-8.
+    unsafe fn str_trusted(&mut self) -> Result<&'a str, WireError> {
+        if self.data.is_empty() {
+            return Ok("");
+        }
+        let len = self.u32()? as usize;
+        // SAFETY: guaranteed by the caller.
+        Ok(unsafe { core::str::from_utf8_unchecked(self.bytes(len)?) })
+    }
+
     /// Takes a record and returns a reader over its bytes.
     pub fn record(&mut self) -> Result<Reader<'a>, WireError> {
         let len = self.u32()? as usize;
@@ -164,8 +178,21 @@ pub fn put_inquiry(out: &mut Vec<u8>, fields: &[&str; 16]) {
     end_record(out, start);
 }
 
-/// Decodes a batch (plugin side).
+/// Decodes a batch (plugin side), checking that every string is UTF-8.
 pub fn decode_batch(data: &[u8]) -> Result<Vec<Inquiry<'_>>, WireError> {
+    if core::str::from_utf8(data).is_err() && !strings_are_utf8(data)? {
+        return Err(WireError::NotUtf8);
+    }
+    // SAFETY: every string was checked above.
+    unsafe { decode_batch_trusted(data) }
+}
+
+/// Decodes a batch the gateway wrote, without checking the strings for UTF-8 again (the
+/// gateway encodes Rust strings only); this is what `export_router!` uses.
+///
+/// # Safety
+/// Every string in `data` must be UTF-8.
+pub unsafe fn decode_batch_trusted(data: &[u8]) -> Result<Vec<Inquiry<'_>>, WireError> {
     let mut reader = Reader::new(data);
     let version = reader.u32()?;
     if version != ABI_VERSION {
@@ -175,26 +202,47 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Inquiry<'_>>, WireError> {
     let mut batch = Vec::with_capacity(count.min(data.len() / 4));
     for _ in 0..count {
         let mut r = reader.record()?;
+        // SAFETY: guaranteed by the caller.
+        let mut s = || unsafe { r.str_trusted() };
         batch.push(Inquiry {
-            id: r.str()?,
-            channel: r.str()?,
-            account: r.str()?,
-            message_id: r.str()?,
-            conversation_id: r.str()?,
-            buyer_pseudonym: r.str()?,
-            buyer_country: r.str()?,
-            buyer_language: r.str()?,
-            region: r.str()?,
-            subject: r.str()?,
-            body: r.str()?,
-            order_id: r.str()?,
-            product_ids: r.str()?,
-            attributes: r.str()?,
-            occurred_at: r.str()?,
-            received_at: r.str()?,
+            id: s()?,
+            channel: s()?,
+            account: s()?,
+            message_id: s()?,
+            conversation_id: s()?,
+            buyer_pseudonym: s()?,
+            buyer_country: s()?,
+            buyer_language: s()?,
+            region: s()?,
+            subject: s()?,
+            body: s()?,
+            order_id: s()?,
+            product_ids: s()?,
+            attributes: s()?,
+            occurred_at: s()?,
+            received_at: s()?,
         });
     }
     Ok(batch)
+}
+
+/// Whether every string of the batch is UTF-8 (when the batch as a whole is not, because lengths
+/// are binary).
+fn strings_are_utf8(data: &[u8]) -> Result<bool, WireError> {
+    let mut reader = Reader::new(data);
+    reader.u32()?;
+    let count = reader.u32()?;
+    for _ in 0..count {
+        let mut r = reader.record()?;
+        while !r.is_empty() {
+            match r.str() {
+                Ok(_) => {}
+                Err(WireError::NotUtf8) => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Writes the results of a batch (plugin side).
