@@ -4,7 +4,8 @@
 //! directly from a native `Router` with the same agent directory and key-value map).
 //!
 //! `cargo run --release -p inquiry-benches --bin plugin-bench` after `plugins/build.sh`;
-//! `benches/plugins.sh` does both.
+//! `benches/plugins.sh` does both. ROUNDS (default 5) interleaved rounds of SECONDS_PER_RUN
+//! (default 1) per cell; each cell is the median.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -100,28 +101,41 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::var_os("PLUGINS_OUT").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/inquiry-gateway/plugins")
     });
-    let seconds: u64 = std::env::var("SECONDS_PER_RUN").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let seconds: u64 = std::env::var("SECONDS_PER_RUN").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let duration = Duration::from_secs(seconds);
     let batches = [1usize, 16, 256];
 
-    let mut results: BTreeMap<(String, usize), f64> = BTreeMap::new();
+    // Rounds interleave the implementations, and each cell is the median of its rounds, so that
+    // a noisy neighbour on a shared machine shifts every implementation alike.
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let native_router = harness::single_plugin_router(&dir.join("example-rust.wasm"), PluginLimits::default())?;
     harness::sample_agents(&native_router);
     let native = NativeRules {
         host: NativeHost { agents: Arc::<AgentDirectory>::clone(native_router.agents()), kv: Default::default() },
     };
-    for &batch in &batches {
-        results.insert(("native".into(), batch), harness::bench(&native, batch, duration));
-    }
+    let mut routers: Vec<(String, Box<dyn Router>)> = vec![("native".into(), Box::new(native))];
     for language in ["rust", "go", "c"] {
         let path = dir.join(format!("example-{language}.wasm"));
         let router = harness::single_plugin_router(&path, PluginLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e} (run plugins/build.sh)", path.display()))?;
         harness::sample_agents(&router);
-        for &batch in &batches {
-            results.insert((language.into(), batch), harness::bench(&router, batch, duration));
+        routers.push((language.into(), Box::new(router)));
+    }
+    let mut samples: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for (name, router) in &routers {
+            for &batch in &batches {
+                samples.entry((name.clone(), batch)).or_default().push(harness::bench(router.as_ref(), batch, duration));
+            }
         }
     }
+    let results: BTreeMap<(String, usize), f64> = samples
+        .into_iter()
+        .map(|(key, mut values)| {
+            values.sort_by(f64::total_cmp);
+            (key, values[values.len() / 2])
+        })
+        .collect();
 
     println!("| implementation | batch 1 | batch 16 | batch 256 | ratio to native at 256 |");
     println!("|---|---:|---:|---:|---:|");
