@@ -909,6 +909,47 @@ mod tests {
     }
 
     #[test]
+    fn routing_plugins_chains_and_admin_tokens_are_checked() {
+        let text = r#"
+[[routing.plugins]]
+id = "Rules!"
+path = "a.wasm"
+[routing.plugins.limits]
+batch_timeout_ms = 0
+[[routing.plugins]]
+id = "ok"
+path = "b.wasm"
+[[routing.plugins]]
+id = "ok"
+path = "c.wasm"
+[[routing.chains]]
+channel = "myspace"
+plugins = ["ok", "missing"]
+[[admin.tokens]]
+id = "ops"
+token = "short"
+scopes = ["plugins:read", "root"]
+"#;
+        let err = Config::from_toml_with_env(text, env).unwrap().validate().unwrap_err().to_string();
+        for expected in [
+            "routing.plugins[0].id must be",
+            "routing.plugins[0].limits: batch_timeout_ms",
+            "routing.plugins[2].id `ok` is used twice",
+            "routing.chains[0].channel `myspace`",
+            "names plugin `missing`",
+            "admin.tokens[0]: id must not be empty and token must be at least 16 bytes",
+            "scope `root`",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+        let unknown = Config::from_toml_with_env(
+            "[[routing.plugins]]\nid = \"a\"\npath = \"a.wasm\"\ncapabilities = [\"network\"]\n",
+            env,
+        );
+        assert!(unknown.unwrap_err().to_string().contains("unknown variant `network`"));
+    }
+
+    #[test]
     fn debug_output_never_shows_keys() {
         let text = "[store]\npseudonym_key = \"${KEY_A}${KEY_A}\"\n[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"*\"]\n";
         let config = Config::from_toml_with_env(text, env).unwrap();

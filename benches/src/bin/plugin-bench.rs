@@ -125,7 +125,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         for (name, router) in &routers {
             for &batch in &batches {
-                samples.entry((name.clone(), batch)).or_default().push(harness::bench(router.as_ref(), batch, duration));
+                samples.entry((name.clone(), batch)).or_default().push(harness::bench(
+                    router.as_ref(),
+                    batch,
+                    duration,
+                ));
             }
         }
     }

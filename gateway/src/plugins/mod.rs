@@ -735,3 +735,62 @@ pub fn watch(router: &Arc<PluginRouter>, interval: Duration) {
         tracing::error!(error = %err, "plugin reload thread not started; reload with SIGHUP");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::PluginLimits;
+
+    fn wat(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/plugins").join(name)
+    }
+
+    fn one_inquiry() -> Inquiry {
+        harness::sample_inquiries(1).remove(0)
+    }
+
+    #[test]
+    fn a_fuel_budget_stops_a_loop_deterministically() {
+        let limits =
+            PluginLimits { fuel_per_record: Some(100_000), batch_timeout_ms: 60_000, ..PluginLimits::default() };
+        let router = harness::single_plugin_router(&wat("loop.wat"), limits).unwrap();
+        let inquiry = one_inquiry();
+        let started = Instant::now();
+        let outcome = router.route(&[&inquiry]).remove(0);
+        assert!(matches!(outcome, RouteOutcome::Failed { reason: "plugin_fuel", .. }), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "fuel, not the 60 s deadline, stopped it");
+    }
+
+    #[test]
+    fn the_breaker_opens_after_consecutive_failures_and_lets_one_batch_try_after_the_quarantine() {
+        let limits = PluginLimits { quarantine_after_failures: 2, quarantine_ms: 50, ..PluginLimits::default() };
+        let router = harness::single_plugin_router(&wat("trap.wat"), limits).unwrap();
+        let inquiry = one_inquiry();
+        let reason = |router: &PluginRouter| match router.route(&[&inquiry]).remove(0) {
+            RouteOutcome::Failed { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(&router), "plugin_trap");
+        assert_eq!(reason(&router), "plugin_trap");
+        assert_eq!(reason(&router), "plugin_quarantined");
+        assert_eq!(router.status()[0].state, "quarantined");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(reason(&router), "plugin_trap", "half-open: one batch is tried again");
+        assert_eq!(reason(&router), "plugin_quarantined", "it failed, so the quarantine is back");
+    }
+
+    #[test]
+    fn summaries_leave_out_the_assignee_and_who_decided() {
+        let inquiry = one_inquiry();
+        let decision = |assignee: &str, by: &str| {
+            let mut d = crate::routing::FallbackRouter::new(Default::default()).decide(&inquiry, None);
+            d.assignee = Some(assignee.to_owned());
+            d.decided_by = by.to_owned();
+            RouteOutcome::Decided(d)
+        };
+        assert_eq!(summary(&decision("anna", "plugin:a@1")), summary(&decision("ben", "plugin:a@2")));
+        assert_ne!(summary(&decision("anna", "x")), summary(&RouteOutcome::Undecided));
+    }
+}
