@@ -30,6 +30,24 @@ async fn route(client: &HttpClient, gateway: &Gateway, body: String) -> Value {
     stored.json()["decision"].clone()
 }
 
+/// Posts `lines` as one NDJSON batch and returns the stored inquiries, in order.
+async fn route_batch(client: &HttpClient, gateway: &Gateway, lines: Vec<String>) -> Vec<Value> {
+    let reply = client
+        .request(
+            Method::POST,
+            &gateway.url("/v1/inquiries/batch"),
+            lines.join("\n"),
+            &[("content-type", "application/x-ndjson")],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    let mut stored = Vec::new();
+    for item in reply.json()["results"].as_array().unwrap() {
+        stored.push(client.get(&gateway.url(&format!("/v1/inquiries/{}", item["id"].as_str().unwrap()))).await.json());
+    }
+    stored
+}
+
 fn plugin_toml(id: &str, path: &std::path::Path, extra: &str) -> String {
     format!(
         "[[routing.plugins]]\nid = \"{id}\"\npath = \"{}\"\ncapabilities = [\"agents\", \"kv\", \"log\", \"counters\", \"clock\"]\n{extra}\n",
@@ -138,18 +156,8 @@ async fn hostile_plugins_are_contained_and_their_inquiries_take_the_fallback_rou
         // A batch of three: the failed batch is retried inquiry by inquiry; every one still lands.
         let lines: Vec<String> =
             (0..3).map(|i| inquiry(&format!("shop-{id}"), &format!("{id}-{i}"), "DE", "Hallo")).collect();
-        let reply = client
-            .request(
-                Method::POST,
-                &gateway.url("/v1/inquiries/batch"),
-                lines.join("\n"),
-                &[("content-type", "application/x-ndjson")],
-            )
-            .await;
-        assert_eq!(reply.status.as_u16(), 200, "{id}: {}", String::from_utf8_lossy(&reply.body));
-        for item in reply.json()["results"].as_array().unwrap() {
-            let stored = client.get(&gateway.url(&format!("/v1/inquiries/{}", item["id"].as_str().unwrap()))).await;
-            let decision = &stored.json()["decision"];
+        for stored in route_batch(&client, &gateway, lines).await {
+            let decision = &stored["decision"];
             assert_eq!(decision["queue"], "unassigned", "{id}: {decision}");
             assert_eq!(decision["fallback_reason"], reason, "{id}: {decision}");
         }
@@ -197,25 +205,18 @@ async fn a_poison_inquiry_fails_alone_and_the_rest_of_its_batch_is_routed() {
     let bodies = ["fine", "this is poison", "fine too", "spin forever", "also fine"];
     let lines: Vec<String> =
         bodies.iter().enumerate().map(|(i, b)| inquiry("shop-1", &format!("p-{i}"), "DE", b)).collect();
-    let reply = client
-        .request(
-            Method::POST,
-            &gateway.url("/v1/inquiries/batch"),
-            lines.join("\n"),
-            &[("content-type", "application/x-ndjson")],
-        )
-        .await;
-    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
-    let mut seen = Vec::new();
-    for item in reply.json()["results"].as_array().unwrap() {
-        let stored = client.get(&gateway.url(&format!("/v1/inquiries/{}", item["id"].as_str().unwrap()))).await.json();
-        let decision = &stored["decision"];
-        seen.push((
-            stored["inquiry"]["body"].as_str().unwrap().to_owned(),
-            decision["queue"].clone(),
-            decision["fallback_reason"].clone(),
-        ));
-    }
+    let seen: Vec<(String, Value, Value)> = route_batch(&client, &gateway, lines)
+        .await
+        .into_iter()
+        .map(|stored| {
+            let decision = &stored["decision"];
+            (
+                stored["inquiry"]["body"].as_str().unwrap().to_owned(),
+                decision["queue"].clone(),
+                decision["fallback_reason"].clone(),
+            )
+        })
+        .collect();
     let expected = [
         ("fine", "clean", Value::Null),
         ("this is poison", "unassigned", json!("plugin_trap")),
