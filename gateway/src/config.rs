@@ -783,8 +783,9 @@ fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {
             problems.push(format!("routing.plugins[{i}].path must not be empty"));
         }
         let limits = &plugin.limits;
-        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&limits.max_memory_bytes) {
-            problems.push(format!("routing.plugins[{i}].limits.max_memory_bytes must be between 1 MiB and 4 GiB"));
+        // Results are returned as (pointer << 32 | length) in an i64: pointers stay below 2 GiB.
+        if !(1024 * 1024..=2 * 1024 * 1024 * 1024).contains(&limits.max_memory_bytes) {
+            problems.push(format!("routing.plugins[{i}].limits.max_memory_bytes must be between 1 MiB and 2 GiB"));
         }
         if limits.batch_timeout_ms == 0 || limits.record_timeout_us == 0 || limits.batch_timeout_ms > 60_000 {
             problems.push(format!(

@@ -83,7 +83,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let plugins = if config.routing.plugins.is_empty() {
         None
     } else {
-        let router = Arc::new(plugins::PluginRouter::new(&config.routing)?);
+        // Compiling and starting plugins is blocking work (and WASI must not run on a runtime thread).
+        let router = Arc::new(tokio::task::block_in_place(|| plugins::PluginRouter::new(&config.routing))?);
         if config.routing.reload_interval_ms > 0 {
             plugins::watch(&router, Duration::from_millis(config.routing.reload_interval_ms));
         }

@@ -65,6 +65,8 @@ pub const PLUGIN_RELOADS: &str = "inquiry_gateway_plugin_reloads_total";
 pub const PLUGIN_SHADOW: &str = "inquiry_gateway_plugin_shadow_total";
 /// Counters plugins keep (`igw.counter_add`). Labels: `plugin`, `name` (at most 16 per plugin).
 pub const PLUGIN_COUNTER: &str = "inquiry_gateway_plugin_counter_total";
+/// New keys a plugin's key-value map refused (too long, or the map is full). Label: `plugin`.
+pub const PLUGIN_KV_REFUSED: &str = "inquiry_gateway_plugin_kv_refused_total";
 /// Plugin log lines dropped by the rate limit. Label: `plugin`.
 pub const PLUGIN_LOGS_DROPPED: &str = "inquiry_gateway_plugin_logs_dropped_total";
 
@@ -157,6 +159,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(PLUGIN_RELOADS, "routing plugin reloads, by result");
     describe_counter!(PLUGIN_SHADOW, "inquiries compared between a plugin and its shadow candidate");
     describe_counter!(PLUGIN_COUNTER, "counters kept by routing plugins");
+    describe_counter!(PLUGIN_KV_REFUSED, "new keys a plugin's key-value map refused");
     describe_counter!(PLUGIN_LOGS_DROPPED, "plugin log lines dropped by the rate limit");
     handle
 }

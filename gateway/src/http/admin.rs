@@ -110,11 +110,12 @@ impl AdminApi {
                 Ok(json_response(StatusCode::OK, &json!({ "reloaded": true })))
             }
             (Method::POST, ["v1", "plugins", id, "replay"]) => {
-                let who = self.authorize(&req, "plugins:read")?;
+                // Replay runs the plugin, which moves its key-value map (round-robin positions).
+                let who = self.authorize(&req, "plugins:write")?;
                 let id = id.to_string();
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 tracing::info!(token = %who, plugin = %id, "admin: replay");
-                self.replay(&id, &body)
+                tokio::task::block_in_place(|| self.replay(&id, &body))
             }
             (Method::PUT, ["v1", "agents", id]) => {
                 let who = self.authorize(&req, "agents:write")?;

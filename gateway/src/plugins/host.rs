@@ -20,6 +20,23 @@ use crate::telemetry;
 const MAX_COUNTER_NAMES: usize = 16;
 /// Longest log line kept from a plugin, in bytes.
 const MAX_LOG_BYTES: usize = 1024;
+/// Longest key of a plugin's key-value map, in bytes.
+const MAX_KV_KEY_BYTES: usize = 128;
+/// Most keys in a plugin's key-value map; `kv_add` on a new key beyond it stores nothing.
+const MAX_KV_KEYS: usize = 10_000;
+/// Longest team name `agents` looks up, in bytes.
+const MAX_TEAM_BYTES: usize = 256;
+/// WASI errno `notsup`.
+const WASI_ENOTSUP: i32 = 58;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// Agents by team, shared by every plugin; read by `igw.agents`, updated by the admin API.
 /// Each team is kept with its ABI encoding, so a lookup copies bytes and allocates nothing.
@@ -89,6 +106,19 @@ impl AgentDirectory {
         false
     }
 
+    /// Adds configured agents that the directory does not know yet (a reload); agents it knows
+    /// keep their run-time load and presence.
+    pub fn merge(&self, agents: &[AgentConfig]) {
+        for agent in agents {
+            let known = self.teams.iter().any(|team| team.agents.iter().any(|a| a.id == agent.id));
+            if !known {
+                let mut team = self.team(&agent.team);
+                team.push(Agent { id: agent.id.clone(), load: 0, capacity: agent.capacity, online: agent.online });
+                self.set_team(&agent.team, team);
+            }
+        }
+    }
+
     /// Replaces one team's agents (used by the plugin test harness).
     pub fn set_team(&self, team: &str, agents: Vec<Agent>) {
         self.teams.insert(team.to_owned(), Team::of(agents));
@@ -138,7 +168,7 @@ impl PluginContext {
             counter!(telemetry::PLUGIN_LOGS_DROPPED, "plugin" => self.id.clone()).increment(1);
             return;
         }
-        let message: String = message.chars().take(MAX_LOG_BYTES).collect();
+        let message = truncate(message, MAX_LOG_BYTES);
         let plugin = self.id.as_str();
         match level {
             0 => tracing::debug!(plugin, message, "plugin log"),
@@ -262,10 +292,21 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
                         format!("{capability:?}").to_lowercase()
                     ))
                 }
-                None => return Err(format!("imports igw.{}, which the gateway does not offer", import.name())),
+                None => {
+                    return Err(format!(
+                        "imports igw.{}, which the gateway does not offer",
+                        truncate(import.name(), 64)
+                    ))
+                }
             },
             "wasi_snapshot_preview1" => wasi = true,
-            other => return Err(format!("imports {other}.{}, which the gateway does not offer", import.name())),
+            other => {
+                return Err(format!(
+                    "imports {}.{}, which the gateway does not offer",
+                    truncate(other, 64),
+                    truncate(import.name(), 64)
+                ))
+            }
         }
     }
     let e = |err: wasmtime::Error| err.to_string();
@@ -298,6 +339,9 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
                 |mut caller: Caller<'_, HostState>, team_ptr: u32, team_len: u32, out_ptr: u32, out_cap: u32| -> u32 {
                     let Some(memory) = caller.data().memory else { return 0 };
                     let context = caller.data().context.clone();
+                    if team_len as usize > MAX_TEAM_BYTES {
+                        return 4; // an empty list: no team has such a name
+                    }
                     let team = with_str(&caller, team_ptr, team_len, |team, _| team.to_owned());
                     context.agents.with_encoded(&team, |encoded| {
                         if encoded.len() <= out_cap as usize {
@@ -324,6 +368,10 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
                         *value = value.wrapping_add(delta);
                         return *value;
                     }
+                    if key.len() > MAX_KV_KEY_BYTES || kv.len() >= MAX_KV_KEYS {
+                        counter!(telemetry::PLUGIN_KV_REFUSED, "plugin" => state.context.id.clone()).increment(1);
+                        return 0;
+                    }
                     *kv.entry(key.to_owned()).and_modify(|v| *v = v.wrapping_add(delta)).or_insert(delta)
                 })
             })
@@ -334,6 +382,15 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
             state.wasi.as_mut().expect("modules importing WASI get a WASI context")
         })
         .map_err(e)?;
+        // No sleeping: a host call is not interrupted by the deadline, so a plugin that asked to
+        // wait would stall the pipeline. Routing never needs to wait.
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap("wasi_snapshot_preview1", "poll_oneoff", |_: i32, _: i32, _: i32, _: i32| -> i32 {
+                WASI_ENOTSUP
+            })
+            .map_err(e)?;
+        linker.allow_shadowing(false);
     }
     Ok(wasi)
 }

@@ -56,6 +56,9 @@ pub struct PluginRouter {
     failed_stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
     /// The batch encoding buffer, reused across batches.
     buffer: Mutex<Vec<u8>>,
+    /// Held by a reload from reading the current generation to swapping in the next, so that
+    /// reloads from the file watcher, SIGHUP and the admin API never overwrite each other.
+    reload_lock: Mutex<()>,
 }
 
 /// One generation of the routing configuration: chains of loaded plugins. A batch uses the
@@ -66,6 +69,8 @@ pub struct Routing {
     chains: Vec<Chain>,
     /// Plugin files and how they looked when loaded, to notice changes.
     files: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
+    /// SHA-256 of the modules this generation uses.
+    digests: Vec<String>,
 }
 
 struct Chain {
@@ -203,6 +208,7 @@ impl PluginRouter {
             kv: Mutex::new(HashMap::new()),
             failed_stamps: Mutex::new(Vec::new()),
             buffer: Mutex::new(Vec::new()),
+            reload_lock: Mutex::new(()),
         };
         let routing = router.build(config, false)?;
         *router.current.write().expect("routing lock") = Arc::new(routing);
@@ -226,6 +232,7 @@ impl PluginRouter {
     /// Loads `config` (or, when None, the current configuration's files anew) and swaps it in
     /// atomically; when any plugin fails to load, nothing changes and the error says which.
     pub fn reload(&self, config: Option<&RoutingConfig>) -> Result<(), PluginError> {
+        let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
         let current = self.current();
         let config = config.unwrap_or(&current.config);
         if config.plugins.iter().any(|p| p.limits.fuel_per_record.is_some()) && !self.sandbox.meters_fuel() {
@@ -234,6 +241,10 @@ impl PluginRouter {
         }
         match self.build(config, true) {
             Ok(routing) => {
+                self.agents.merge(&config.agents);
+                // Compiled modules no generation uses any more are dropped.
+                let used: std::collections::HashSet<&str> = routing.digests.iter().map(String::as_str).collect();
+                self.modules.lock().expect("module cache").retain(|digest, _| used.contains(digest.as_str()));
                 *self.current.write().expect("routing lock") = Arc::new(routing);
                 counter!(telemetry::PLUGIN_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(
@@ -313,10 +324,11 @@ impl PluginRouter {
     fn build(&self, config: &RoutingConfig, strict: bool) -> Result<Routing, PluginError> {
         let mut slots = BTreeMap::new();
         let mut files = Vec::new();
+        let mut digests = Vec::new();
         for plugin_config in &config.plugins {
             let kv = self.kv.lock().expect("kv maps").entry(plugin_config.id.clone()).or_default().clone();
             files.push((plugin_config.path.clone(), file_stamp(&plugin_config.path)));
-            let (plugin, version) = self.load(plugin_config, kv);
+            let (plugin, version) = self.load_with_digest(plugin_config, kv, &mut digests);
             if let Err(failure) = &plugin {
                 if strict {
                     return Err(PluginError::Load { id: plugin_config.id.clone(), failure: failure.clone() });
@@ -332,7 +344,8 @@ impl PluginRouter {
                     shadow: None,
                     ..plugin_config.clone()
                 };
-                let (candidate, version) = self.load(&candidate_config, Arc::new(DashMap::new()));
+                let (candidate, version) =
+                    self.load_with_digest(&candidate_config, Arc::new(DashMap::new()), &mut digests);
                 Shadow::start(&plugin_config.id, candidate, version)
             });
             gauge!(telemetry::PLUGIN_LOADED, "plugin" => plugin_config.id.clone()).set(if plugin.is_ok() {
@@ -360,12 +373,22 @@ impl PluginRouter {
                 slots: chain.plugins.iter().filter_map(|id| slots.get(id).cloned()).collect(),
             })
             .collect();
-        Ok(Routing { config: config.clone(), slots, chains, files })
+        Ok(Routing { config: config.clone(), slots, chains, files, digests })
     }
 
     /// Reads, compiles (or takes from the cache) and links one plugin; returns it (or why not)
     /// and its version label.
     fn load(&self, config: &PluginConfig, kv: Arc<DashMap<String, i64>>) -> (Result<Plugin, Failure>, String) {
+        self.load_with_digest(config, kv, &mut Vec::new())
+    }
+
+    /// Like [`PluginRouter::load`], noting the module's digest in `digests`.
+    fn load_with_digest(
+        &self,
+        config: &PluginConfig,
+        kv: Arc<DashMap<String, i64>>,
+        digests: &mut Vec<String>,
+    ) -> (Result<Plugin, Failure>, String) {
         let bytes = match std::fs::read(&config.path) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -374,6 +397,7 @@ impl PluginRouter {
             }
         };
         let digest = sandbox::digest(&bytes);
+        digests.push(digest.clone());
         let version = config.version.clone().unwrap_or_else(|| digest[..12].to_owned());
         let cached = self.modules.lock().expect("module cache").get(&digest).cloned();
         let module = match cached {
@@ -395,7 +419,13 @@ impl PluginRouter {
 
 impl Routing {
     fn empty() -> Routing {
-        Routing { config: RoutingConfig::default(), slots: BTreeMap::new(), chains: Vec::new(), files: Vec::new() }
+        Routing {
+            config: RoutingConfig::default(),
+            slots: BTreeMap::new(),
+            chains: Vec::new(),
+            files: Vec::new(),
+            digests: Vec::new(),
+        }
     }
 
     fn chain_for(&self, inquiry: &Inquiry) -> Option<usize> {
@@ -792,5 +822,24 @@ mod tests {
         };
         assert_eq!(summary(&decision("anna", "plugin:a@1")), summary(&decision("ben", "plugin:a@2")));
         assert_ne!(summary(&decision("anna", "x")), summary(&RouteOutcome::Undecided));
+    }
+}
+
+#[cfg(test)]
+mod wasi_tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::PluginLimits;
+
+    #[test]
+    fn a_plugin_cannot_sleep_in_a_host_call() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/plugins/sleeper.wat");
+        let router = harness::single_plugin_router(&path, PluginLimits::default()).unwrap();
+        let inquiry = harness::sample_inquiries(1).remove(0);
+        let started = Instant::now();
+        let outcome = router.route(&[&inquiry]).remove(0);
+        assert!(matches!(outcome, RouteOutcome::Failed { reason: "plugin_bad_output", .. }), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "poll_oneoff returned at once");
     }
 }

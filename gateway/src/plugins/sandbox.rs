@@ -23,8 +23,9 @@ const POOL_INSTANCES: u32 = 128;
 const POOL_MAX_MEMORY: usize = 4 << 30;
 /// An instance is replaced after this many batches, so a slow leak in a guest cannot grow forever.
 const RECYCLE_AFTER_CALLS: u32 = 10_000;
-/// Deadline of a new instance's start-up (`_initialize` of WASI reactors, the ABI check).
-const START_DEADLINE_TICKS: u64 = 2_000;
+/// Deadline of a new instance's start-up (`_initialize` of WASI reactors, the ABI check), in
+/// addition to the deadline of the call that needs the instance.
+const START_DEADLINE_TICKS: u64 = 250;
 
 /// Why a plugin call failed; [`Failure::reason`] is the metric label and dead-letter reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

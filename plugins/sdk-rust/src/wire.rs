@@ -180,7 +180,7 @@ pub fn put_inquiry(out: &mut Vec<u8>, fields: &[&str; 16]) {
 
 /// Decodes a batch (plugin side), checking that every string is UTF-8.
 pub fn decode_batch(data: &[u8]) -> Result<Vec<Inquiry<'_>>, WireError> {
-    if core::str::from_utf8(data).is_err() && !strings_are_utf8(data)? {
+    if !strings_are_utf8(data)? {
         return Err(WireError::NotUtf8);
     }
     // SAFETY: every string was checked above.
@@ -226,8 +226,8 @@ pub unsafe fn decode_batch_trusted(data: &[u8]) -> Result<Vec<Inquiry<'_>>, Wire
     Ok(batch)
 }
 
-/// Whether every string of the batch is UTF-8 (when the batch as a whole is not, because lengths
-/// are binary).
+/// Whether every string of the batch is UTF-8 (checked string by string: the batch as a whole
+/// being UTF-8 says nothing, since lengths are binary).
 fn strings_are_utf8(data: &[u8]) -> Result<bool, WireError> {
     let mut reader = Reader::new(data);
     reader.u32()?;
