@@ -75,7 +75,8 @@ impl Gateway {
 
     async fn wait_healthy(&mut self) {
         let client = HttpClient::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: a gateway with plugins compiles them before it serves, and tests run in parallel.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(resp) = client.try_request(Method::GET, &self.admin_url("/healthz"), Bytes::new(), &[]).await {
                 if resp.status == StatusCode::OK {
@@ -85,7 +86,7 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("gateway exited with {status} before it was healthy; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "gateway not healthy within 30 s; log:\n{}", self.log());
+            assert!(Instant::now() < deadline, "gateway not healthy within 90 s; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
