@@ -97,15 +97,10 @@ fn rfc3339_utc(at: OffsetDateTime, buf: &mut [u8; 40]) -> &str {
 
 /// The decision for a plugin's route, or why the route is refused.
 pub fn decision(route: Route, inquiry: &Inquiry, decided_by: &str) -> Result<Decision, String> {
-    let labels = [
-        &Some(route.queue.clone()),
-        &route.assignee,
-        &route.language,
-        &route.reply_template,
-        &route.sla_policy,
-        &route.spam_reason,
-    ];
-    if labels.iter().any(|l| l.as_ref().is_some_and(|l| l.len() > MAX_LABEL_BYTES)) {
+    let optional = [&route.assignee, &route.language, &route.reply_template, &route.sla_policy, &route.spam_reason];
+    if route.queue.len() > MAX_LABEL_BYTES
+        || optional.iter().any(|l| l.as_ref().is_some_and(|l| l.len() > MAX_LABEL_BYTES))
+    {
         return Err(format!("a value is longer than {MAX_LABEL_BYTES} bytes"));
     }
     if route.tags.len() > MAX_TAGS || route.tags.iter().any(|t| t.len() > MAX_LABEL_BYTES) {

@@ -297,20 +297,14 @@ impl PluginRouter {
                 Err(failure) => failed_all(inquiries.len(), failure),
             }),
             ReplayVersion::Shadow => {
-                let shadow_config = current
+                let candidate = current
                     .config
                     .plugins
                     .iter()
                     .find(|p| p.id == id)
-                    .and_then(|p| p.shadow.clone())
+                    .and_then(candidate_config)
                     .ok_or_else(|| PluginError::Unknown(format!("{id} (shadow)")))?;
-                let candidate = PluginConfig {
-                    path: shadow_config.path,
-                    version: shadow_config.version,
-                    shadow: None,
-                    ..current.config.plugins.iter().find(|p| p.id == id).expect("found above").clone()
-                };
-                let (plugin, version) = self.load(&candidate, Arc::new(DashMap::new()));
+                let (plugin, version) = self.load(&candidate, Arc::new(DashMap::new()), &mut Vec::new());
                 let decided_by = format!("plugin:{id}@{version}");
                 Ok(match plugin {
                     Ok(plugin) => run(&plugin, inquiries, &decided_by, &mut buf).0,
@@ -328,7 +322,7 @@ impl PluginRouter {
         for plugin_config in &config.plugins {
             let kv = self.kv.lock().expect("kv maps").entry(plugin_config.id.clone()).or_default().clone();
             files.push((plugin_config.path.clone(), file_stamp(&plugin_config.path)));
-            let (plugin, version) = self.load_with_digest(plugin_config, kv, &mut digests);
+            let (plugin, version) = self.load(plugin_config, kv, &mut digests);
             if let Err(failure) = &plugin {
                 if strict {
                     return Err(PluginError::Load { id: plugin_config.id.clone(), failure: failure.clone() });
@@ -336,16 +330,9 @@ impl PluginRouter {
                 tracing::error!(plugin = %plugin_config.id, error = %failure,
                     "plugin not loaded; its inquiries take the fallback route");
             }
-            let shadow = plugin_config.shadow.as_ref().map(|shadow_config| {
-                files.push((shadow_config.path.clone(), file_stamp(&shadow_config.path)));
-                let candidate_config = PluginConfig {
-                    path: shadow_config.path.clone(),
-                    version: shadow_config.version.clone(),
-                    shadow: None,
-                    ..plugin_config.clone()
-                };
-                let (candidate, version) =
-                    self.load_with_digest(&candidate_config, Arc::new(DashMap::new()), &mut digests);
+            let shadow = candidate_config(plugin_config).map(|candidate_config| {
+                files.push((candidate_config.path.clone(), file_stamp(&candidate_config.path)));
+                let (candidate, version) = self.load(&candidate_config, Arc::new(DashMap::new()), &mut digests);
                 Shadow::start(&plugin_config.id, candidate, version)
             });
             gauge!(telemetry::PLUGIN_LOADED, "plugin" => plugin_config.id.clone()).set(if plugin.is_ok() {
@@ -377,13 +364,8 @@ impl PluginRouter {
     }
 
     /// Reads, compiles (or takes from the cache) and links one plugin; returns it (or why not)
-    /// and its version label.
-    fn load(&self, config: &PluginConfig, kv: Arc<DashMap<String, i64>>) -> (Result<Plugin, Failure>, String) {
-        self.load_with_digest(config, kv, &mut Vec::new())
-    }
-
-    /// Like [`PluginRouter::load`], noting the module's digest in `digests`.
-    fn load_with_digest(
+    /// and its version label, and notes the module's digest in `digests`.
+    fn load(
         &self,
         config: &PluginConfig,
         kv: Arc<DashMap<String, i64>>,
@@ -480,16 +462,7 @@ impl Slot {
         };
         let limits = &plugin.context().limits;
         if !self.breaker.lock().expect("breaker").admits() {
-            return self
-                .failed(subset.len(), &Failure::Unavailable("quarantined after repeated failures".into()))
-                .into_iter()
-                .map(|o| match o {
-                    RouteOutcome::Failed { detail, .. } => {
-                        RouteOutcome::Failed { reason: "plugin_quarantined", detail }
-                    }
-                    other => other,
-                })
-                .collect();
+            return self.failed(subset.len(), &Failure::Quarantined);
         }
         let started = Instant::now();
         let (outcomes, batch_failure) = run(plugin, subset, &self.decided_by, buf);
@@ -509,17 +482,7 @@ impl Slot {
                 }
             }
         }
-        for outcome in &outcomes {
-            let label = match outcome {
-                RouteOutcome::Decided(_) => "decided",
-                RouteOutcome::Undecided => "undecided",
-                RouteOutcome::Failed { reason, .. } => {
-                    counter!(telemetry::PLUGIN_FAILURES, "plugin" => self.id.clone(), "reason" => *reason).increment(1);
-                    "failed"
-                }
-            };
-            counter!(telemetry::PLUGIN_OUTCOMES, "plugin" => self.id.clone(), "outcome" => label).increment(1);
-        }
+        self.count(&outcomes);
         if let Some(shadow) = &self.shadow {
             shadow.offer(subset, &outcomes);
         }
@@ -527,9 +490,34 @@ impl Slot {
     }
 
     fn failed(&self, count: usize, failure: &Failure) -> Vec<RouteOutcome> {
-        counter!(telemetry::PLUGIN_FAILURES, "plugin" => self.id.clone(), "reason" => failure.reason())
-            .increment(count as u64);
-        failed_all(count, failure)
+        let outcomes = failed_all(count, failure);
+        self.count(&outcomes);
+        outcomes
+    }
+
+    /// Counts a batch's outcomes: one metric update per outcome kind and failure reason.
+    fn count(&self, outcomes: &[RouteOutcome]) {
+        let (mut decided, mut undecided) = (0u64, 0u64);
+        let mut failures: Vec<(&'static str, u64)> = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                RouteOutcome::Decided(_) => decided += 1,
+                RouteOutcome::Undecided => undecided += 1,
+                RouteOutcome::Failed { reason, .. } => match failures.iter_mut().find(|(r, _)| r == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => failures.push((reason, 1)),
+                },
+            }
+        }
+        let failed = failures.iter().map(|(_, n)| n).sum::<u64>();
+        for (label, n) in [("decided", decided), ("undecided", undecided), ("failed", failed)] {
+            if n > 0 {
+                counter!(telemetry::PLUGIN_OUTCOMES, "plugin" => self.id.clone(), "outcome" => label).increment(n);
+            }
+        }
+        for (reason, n) in failures {
+            counter!(telemetry::PLUGIN_FAILURES, "plugin" => self.id.clone(), "reason" => reason).increment(n);
+        }
     }
 
     fn status(&self) -> PluginStatus {
@@ -740,6 +728,12 @@ fn summary(outcome: &RouteOutcome) -> String {
         RouteOutcome::Undecided => "undecided".to_owned(),
         RouteOutcome::Failed { reason, .. } => format!("failed {reason}"),
     }
+}
+
+/// The configuration of `plugin`'s shadow candidate: the plugin's, with the candidate's module.
+fn candidate_config(plugin: &PluginConfig) -> Option<PluginConfig> {
+    let shadow = plugin.shadow.as_ref()?;
+    Some(PluginConfig { path: shadow.path.clone(), version: shadow.version.clone(), shadow: None, ..plugin.clone() })
 }
 
 /// Modification time and size of a file, to notice a new version.

@@ -2,7 +2,6 @@
 //! [`Plugin`]s; a plugin runs batches in a cached instance under a deadline, a memory cap and,
 //! when configured, a fuel budget, and any failure is classified into a [`Failure`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +50,9 @@ pub enum Failure {
     /// No instance could be created (the pool is exhausted, or start-up failed).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The plugin is quarantined after repeated failures and was not called.
+    #[error("quarantined after repeated failures")]
+    Quarantined,
 }
 
 impl Failure {
@@ -64,16 +66,16 @@ impl Failure {
             Failure::BadOutput(_) => "plugin_bad_output",
             Failure::Abi(_) => "plugin_abi",
             Failure::Unavailable(_) => "plugin_unavailable",
+            Failure::Quarantined => "plugin_quarantined",
         }
     }
 }
 
-/// The engine every plugin is compiled with, and the thread that advances its epoch.
-#[derive(Clone)]
+/// The engine every plugin is compiled with, and the thread that advances its epoch (it ends
+/// when the engine is gone: the sandbox and every plugin compiled with it).
 pub struct Sandbox {
     engine: Engine,
     fuel: bool,
-    stop: Arc<AtomicBool>,
 }
 
 impl Sandbox {
@@ -94,22 +96,18 @@ impl Sandbox {
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| Failure::Unavailable(format!("engine: {e}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
-        let ticking = stop.clone();
         std::thread::Builder::new()
             .name("plugin-epoch".to_owned())
-            .spawn(move || {
-                while !ticking.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
                 }
             })
             .map_err(|e| Failure::Unavailable(format!("epoch thread: {e}")))?;
-        Ok(Sandbox { engine, fuel, stop })
+        Ok(Sandbox { engine, fuel })
     }
 
     /// Whether plugins are metered with fuel.
@@ -132,15 +130,6 @@ impl Sandbox {
         let started = plugin.start()?;
         plugin.cached.lock().expect("instance cache").replace(started);
         Ok(plugin)
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // The last clone stops the ticker (clones share `stop`).
-        if Arc::strong_count(&self.stop) == 1 {
-            self.stop.store(true, Ordering::Relaxed);
-        }
     }
 }
 

@@ -115,27 +115,28 @@ impl<'a> Reader<'a> {
         Ok(self.bytes(1)?[0])
     }
 
-    /// Takes a string; an exhausted record reads as the empty string (fields appended later).
-    pub fn str(&mut self) -> Result<&'a str, WireError> {
+    /// Takes a string's bytes; an exhausted record reads as empty (fields appended later).
+    fn field(&mut self) -> Result<&'a [u8], WireError> {
         if self.data.is_empty() {
-            return Ok("");
+            return Ok(&[]);
         }
         let len = self.u32()? as usize;
-        core::str::from_utf8(self.bytes(len)?).map_err(|_| WireError::NotUtf8)
+        self.bytes(len)
+    }
+
+    /// Takes a string; an exhausted record reads as the empty string (fields appended later).
+    pub fn str(&mut self) -> Result<&'a str, WireError> {
+        core::str::from_utf8(self.field()?).map_err(|_| WireError::NotUtf8)
     }
 
     /// Takes a string without checking that it is UTF-8, for data the gateway wrote (it only
-    /// writes Rust strings); an exhausted record reads as the empty string.
+    /// writes Rust strings).
     ///
     /// # Safety
     /// The bytes must be UTF-8.
     unsafe fn str_trusted(&mut self) -> Result<&'a str, WireError> {
-        if self.data.is_empty() {
-            return Ok("");
-        }
-        let len = self.u32()? as usize;
         // SAFETY: guaranteed by the caller.
-        Ok(unsafe { core::str::from_utf8_unchecked(self.bytes(len)?) })
+        Ok(unsafe { core::str::from_utf8_unchecked(self.field()?) })
     }
 
     /// Takes a record and returns a reader over its bytes.
