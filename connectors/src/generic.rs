@@ -1,7 +1,7 @@
 //! The generic JSON connector: `POST /v1/inquiries` and the NDJSON batch endpoint.
 //!
-//! Pure: no clock, no randomness, no I/O. Everything the gateway decides (receive time, trace id,
-//! pseudonym key) comes in through [`NormalizeContext`] and the id derives from the message
+//! Pure: no clock, no randomness, no I/O. Everything the gateway decides (receive time, trace id)
+//! comes in through [`NormalizeContext`] and the id derives from the message
 //! ([`crate::stable_id`]), so fixtures give golden results.
 
 use std::collections::BTreeMap;
@@ -53,7 +53,8 @@ pub struct GenericInquiry {
     pub attributes: BTreeMap<String, serde_json::Value>,
 }
 
-/// The buyer in the generic JSON shape; name and e-mail are personal data and never leave the raw payload.
+/// The buyer in the generic JSON shape; everything but country and language is personal data,
+/// sealed per data subject by the gateway.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenericBuyer {
@@ -66,6 +67,9 @@ pub struct GenericBuyer {
     /// E-mail address.
     #[serde(default)]
     pub email: Option<String>,
+    /// Phone number.
+    #[serde(default)]
+    pub phone: Option<String>,
     /// ISO 3166-1 alpha-2 country code.
     #[serde(default)]
     pub country: Option<String>,
@@ -118,12 +122,18 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
     let country = input.buyer.country.as_deref().map(normalize_country).transpose()?;
     let language = input.buyer.language.as_deref().map(normalize_language).transpose()?;
     let buyer_identity = buyer_identity(&input.buyer, &conversation_id);
+    let present = |value: Option<String>| value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let draft = Draft {
         channel,
         account,
         message_id,
         conversation_id,
         buyer_identity,
+        buyer_name: present(input.buyer.name),
+        buyer_email: present(input.buyer.email),
+        buyer_phone: present(input.buyer.phone),
+        platform_user_id: present(input.buyer.id),
+        conversation_is_buyer: false,
         country,
         language,
         subject: input.subject,
@@ -150,11 +160,12 @@ fn required_id(field: &'static str, value: String) -> Result<String, InputError>
     Ok(value)
 }
 
-/// The most stable identity the platform gives: its buyer id, else the e-mail, else the conversation.
+/// The identity a data subject is found by: the e-mail (what subject requests name, and the same
+/// person on every channel), else the platform's buyer id, else the conversation.
 fn buyer_identity(buyer: &GenericBuyer, conversation_id: &str) -> String {
-    match (&buyer.id, &buyer.email) {
-        (Some(id), _) if !id.trim().is_empty() => format!("id:{}", id.trim()),
-        (_, Some(email)) if !email.trim().is_empty() => format!("email:{}", email.trim().to_lowercase()),
+    match (&buyer.email, &buyer.id) {
+        (Some(email), _) if !email.trim().is_empty() => format!("email:{}", email.trim().to_lowercase()),
+        (_, Some(id)) if !id.trim().is_empty() => format!("id:{}", id.trim()),
         _ => format!("conversation:{conversation_id}"),
     }
 }

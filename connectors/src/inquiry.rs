@@ -8,13 +8,15 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// Version of the [`Inquiry`] envelope; bumped on any incompatible change.
-pub const ENVELOPE_VERSION: u32 = 1;
+/// Version of the [`Inquiry`] envelope; bumped on any incompatible change (2: personal data sealed).
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// A buyer inquiry in canonical form, as stored, routed and published downstream.
 ///
-/// Personal data (buyer name, e-mail) is not part of the envelope: the buyer is a pseudonym and the
-/// original payload is kept apart, referenced by [`Inquiry::raw_ref`].
+/// Personal data (buyer name, e-mail, phone, platform user id, subject line and message text) is
+/// never serialized in clear: [`Inquiry::personal`] holds it in memory for routing, and the gateway
+/// seals it per data subject into [`Inquiry::sealed`] before anything is stored or published. The
+/// buyer is a random pseudonym; the original payload is kept apart, referenced by [`Inquiry::raw_ref`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inquiry {
@@ -30,11 +32,13 @@ pub struct Inquiry {
     pub external: ExternalIds,
     /// Who asked, without personal data.
     pub buyer: Buyer,
-    /// Subject line, where the channel has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// Message text.
-    pub body: String,
+    /// Personal data in clear, for routing in memory: never serialized.
+    #[serde(skip)]
+    pub personal: Personal,
+    /// The personal data sealed for the buyer's data key: field name -> base64 of
+    /// `nonce (12 bytes) || AES-256-GCM ciphertext || tag` (see `docs/compliance.md`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed: BTreeMap<String, String>,
     /// Order the inquiry refers to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
@@ -54,8 +58,73 @@ pub struct Inquiry {
     pub region: Region,
     /// W3C trace id (32 lowercase hex digits) that follows the inquiry through every hop.
     pub trace_id: String,
-    /// Where the original payload is kept (`embedded:raw/<id>` for the embedded store).
+    /// Where the original payload is kept, sealed like the personal data (`embedded:raw/<id>`), or
+    /// `none` when it is not kept (a delivery that carried several buyers' messages).
     pub raw_ref: String,
+}
+
+/// The personal data of one inquiry: what a data subject request exports and erasure destroys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Personal {
+    /// The most stable identity the platform gives for the buyer (`email:...`, `id:...`): finds
+    /// the data subject; never stored in clear.
+    pub identity: String,
+    /// The buyer's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The buyer's e-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The buyer's phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The platform's id of the buyer (PSID, WhatsApp number, LINE user id...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_user_id: Option<String>,
+    /// Subject line, where the channel has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Message text.
+    pub body: String,
+    /// The platform's conversation id is the buyer's own id (a chat with one person): the envelope's
+    /// conversation id is left empty by the connector and set to the buyer's pseudonym by the gateway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conversation_is_buyer: bool,
+}
+
+impl Personal {
+    /// The fields to seal, by their wire name, with their values (absent ones left out).
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut fields = Vec::with_capacity(6);
+        for (name, value) in [
+            ("name", &self.name),
+            ("email", &self.email),
+            ("phone", &self.phone),
+            ("platform_user_id", &self.platform_user_id),
+            ("subject", &self.subject),
+        ] {
+            if let Some(value) = value {
+                fields.push((name, value.as_str()));
+            }
+        }
+        fields.push(("body", self.body.as_str()));
+        fields
+    }
+
+    /// Sets the field `name` (as [`Personal::fields`] names it); false for an unknown name.
+    pub fn set(&mut self, name: &str, value: String) -> bool {
+        match name {
+            "name" => self.name = Some(value),
+            "email" => self.email = Some(value),
+            "phone" => self.phone = Some(value),
+            "platform_user_id" => self.platform_user_id = Some(value),
+            "subject" => self.subject = Some(value),
+            "body" => self.body = value,
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// Message and conversation ids as the platform assigned them.
@@ -72,7 +141,8 @@ pub struct ExternalIds {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Buyer {
-    /// Stable pseudonym for this buyer within the account (`bp_` + 32 hex digits).
+    /// Random pseudonym of the data subject (`bp_` + 32 hex digits), assigned by the gateway (empty
+    /// until then); erasure retires it, so a returning buyer gets a new one.
     pub pseudonym: String,
     /// ISO 3166-1 alpha-2 country code, upper case.
     #[serde(default, skip_serializing_if = "Option::is_none")]

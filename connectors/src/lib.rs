@@ -12,9 +12,8 @@ pub mod poll;
 pub mod webhook;
 
 pub use error::{InputError, InputErrorCode};
-pub use inquiry::{Buyer, Channel, ExternalIds, Inquiry, Region, ENVELOPE_VERSION};
+pub use inquiry::{Buyer, Channel, ExternalIds, Inquiry, Personal, Region, ENVELOPE_VERSION};
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -25,8 +24,15 @@ pub(crate) struct Draft {
     pub account: String,
     pub message_id: String,
     pub conversation_id: String,
-    /// The most stable buyer identity the platform gives (`id:...`, `email:...`); pseudonymized.
+    /// The most stable buyer identity the platform gives (`id:...`, `email:...`); finds the data subject.
     pub buyer_identity: String,
+    /// The buyer's name, e-mail, phone and platform id, where the platform gives them.
+    pub buyer_name: Option<String>,
+    pub buyer_email: Option<String>,
+    pub buyer_phone: Option<String>,
+    pub platform_user_id: Option<String>,
+    /// The conversation id is the buyer's own platform id.
+    pub conversation_is_buyer: bool,
     pub country: Option<String>,
     /// The language the platform gives; detected from the body when `None`.
     pub language: Option<String>,
@@ -55,6 +61,11 @@ impl Draft {
             message_id,
             conversation_id,
             buyer_identity,
+            buyer_name: None,
+            buyer_email: None,
+            buyer_phone: None,
+            platform_user_id: None,
+            conversation_is_buyer: false,
             country: None,
             language: None,
             subject: None,
@@ -66,8 +77,20 @@ impl Draft {
         }
     }
 
-    /// The canonical inquiry: the id derived from the message, the receive time, trace id and
-    /// pseudonym from `ctx`.
+    /// A chat message from the buyer `user_id`. Where the conversation id is that same user id
+    /// (WhatsApp, Messenger, Instagram, LINE and Telegram private chats) it is personal data: it is
+    /// left empty here and the gateway sets it to the buyer's pseudonym.
+    pub(crate) fn from_user(mut self, user_id: &str) -> Draft {
+        if self.conversation_id == user_id {
+            self.conversation_is_buyer = true;
+            self.conversation_id.clear();
+        }
+        self.platform_user_id = Some(user_id.to_owned());
+        self
+    }
+
+    /// The canonical inquiry: the id derived from the message, the receive time and trace id from
+    /// `ctx`; the personal data in [`Inquiry::personal`], for the gateway to seal.
     pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
         let region = self.country.as_deref().map_or(Region::Other, Region::of_country);
         let language = self.language.or_else(|| language::detect(&self.body));
@@ -77,14 +100,19 @@ impl Draft {
             id,
             channel: self.channel,
             external: ExternalIds { message_id: self.message_id, conversation_id: self.conversation_id },
-            buyer: Buyer {
-                pseudonym: ctx.pseudonym(self.channel, &self.account, &self.buyer_identity),
-                country: self.country,
-                language,
-            },
+            buyer: Buyer { pseudonym: String::new(), country: self.country, language },
             account: self.account,
-            subject: self.subject,
-            body: self.body,
+            personal: Personal {
+                identity: self.buyer_identity,
+                name: self.buyer_name,
+                email: self.buyer_email,
+                phone: self.buyer_phone,
+                platform_user_id: self.platform_user_id,
+                subject: self.subject,
+                body: self.body,
+                conversation_is_buyer: self.conversation_is_buyer,
+            },
+            sealed: Default::default(),
             order_id: self.order_id,
             product_ids: self.product_ids,
             attributes: self.attributes,
@@ -125,25 +153,4 @@ pub struct NormalizeContext<'a> {
     pub received_at: OffsetDateTime,
     /// Trace id to carry.
     pub trace_id: &'a str,
-    /// Secret key for buyer pseudonyms.
-    pub pseudonym_key: &'a [u8],
-}
-
-impl NormalizeContext<'_> {
-    /// Keyed pseudonym of the buyer `identity` within `channel` and `account`:
-    /// `bp_` + the first 16 bytes of HMAC-SHA256(key, channel | account | identity), hex.
-    pub fn pseudonym(&self, channel: Channel, account: &str, identity: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.pseudonym_key).expect("hmac accepts keys of any length");
-        for part in [channel.as_str(), account, identity] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part.as_bytes());
-        }
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(3 + 32);
-        out.push_str("bp_");
-        for byte in &digest[..16] {
-            out.push_str(&format!("{byte:02x}"));
-        }
-        out
-    }
 }

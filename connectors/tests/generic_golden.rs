@@ -9,11 +9,7 @@ use inquiry_connectors::{generic, Channel, NormalizeContext, Region};
 use time::macros::datetime;
 
 fn context() -> NormalizeContext<'static> {
-    NormalizeContext {
-        received_at: datetime!(2026-11-24 08:00:01 UTC),
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
-        pseudonym_key: b"golden-test-pseudonym-key-0000000",
-    }
+    NormalizeContext { received_at: datetime!(2026-11-24 08:00:01 UTC), trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" }
 }
 
 fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
@@ -33,17 +29,25 @@ fn valid_fixtures_normalize_to_their_golden_envelopes() {
     for path in fixtures("ok") {
         let inquiry = generic::normalize(&fs::read(&path).unwrap(), &context())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let actual = serde_json::to_string_pretty(&inquiry).unwrap() + "\n";
+        let envelope = serde_json::to_string_pretty(&inquiry).unwrap();
+        let actual = serde_json::to_string_pretty(&serde_json::json!({
+            "envelope": inquiry,
+            "personal": inquiry.personal,
+        }))
+        .unwrap()
+            + "\n";
         let expected_path = path.with_extension("expected.json");
         if std::env::var_os("BLESS").is_some() {
             fs::write(&expected_path, &actual).unwrap();
         }
         let expected = fs::read_to_string(&expected_path).unwrap_or_default();
         assert_eq!(actual, expected, "{} (BLESS=1 rewrites it)", path.display());
-        // The envelope round-trips and carries no personal data from the payload.
-        assert_eq!(serde_json::from_str::<inquiry_connectors::Inquiry>(&actual).unwrap(), inquiry);
+        // The envelope round-trips without its in-memory personal data and carries none of it.
+        let parsed = serde_json::from_str::<inquiry_connectors::Inquiry>(&envelope).unwrap();
+        assert_eq!(parsed, inquiry_connectors::Inquiry { personal: Default::default(), ..inquiry.clone() });
+        assert!(!envelope.contains(&inquiry.personal.body), "{}: message text in envelope", path.display());
         for personal in ["Anna", "Example.com", "example.com", "example.jp"] {
-            assert!(!actual.contains(personal), "{}: personal data `{personal}` in envelope", path.display());
+            assert!(!envelope.contains(personal), "{}: personal data `{personal}` in envelope", path.display());
         }
     }
 }
@@ -62,20 +66,22 @@ fn invalid_fixtures_are_refused_with_the_code_and_field_in_their_name() {
 }
 
 #[test]
-fn pseudonyms_are_stable_per_buyer_and_keyed() {
+fn a_buyer_is_identified_by_e_mail_first_whatever_its_case() {
     let doc = |email: &str| {
         format!(
             r#"{{"channel":"generic","account":"s","external_id":"{email}","buyer":{{"email":"{email}"}},"body":"x","occurred_at":"2026-11-01T00:00:00Z"}}"#
         )
     };
     let ctx = context();
-    let a1 = generic::normalize(doc("a@example.com").as_bytes(), &ctx).unwrap().buyer.pseudonym;
-    let a2 = generic::normalize(doc("A@Example.com ").as_bytes(), &ctx).unwrap().buyer.pseudonym;
-    let b = generic::normalize(doc("b@example.com").as_bytes(), &ctx).unwrap().buyer.pseudonym;
-    assert_eq!(a1, a2, "the same buyer gets the same pseudonym");
-    assert_ne!(a1, b);
-    let other_key = NormalizeContext { pseudonym_key: b"another-key-another-key-another-k", ..ctx };
-    assert_ne!(generic::normalize(doc("a@example.com").as_bytes(), &other_key).unwrap().buyer.pseudonym, a1);
+    let identity = |email: &str| generic::normalize(doc(email).as_bytes(), &ctx).unwrap().personal.identity;
+    assert_eq!(identity("a@example.com"), "email:a@example.com");
+    assert_eq!(identity("A@Example.com "), identity("a@example.com"), "the same buyer, the same identity");
+    assert_ne!(identity("b@example.com"), identity("a@example.com"));
+    let with_id = r#"{"channel":"generic","account":"s","external_id":"1","buyer":{"id":"u-7","email":"a@example.com"},"body":"x","occurred_at":"2026-11-01T00:00:00Z"}"#;
+    let inquiry = generic::normalize(with_id.as_bytes(), &ctx).unwrap();
+    assert_eq!(inquiry.personal.identity, "email:a@example.com");
+    assert_eq!(inquiry.personal.platform_user_id.as_deref(), Some("u-7"));
+    assert_eq!(inquiry.buyer.pseudonym, "", "pseudonyms are the gateway's to assign");
 }
 
 #[test]

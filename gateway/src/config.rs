@@ -38,6 +38,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Personal data protection, the audit trail and data subject requests.
+    pub compliance: ComplianceConfig,
     /// The file this configuration was read from (SIGHUP and `POST /v1/plugins/reload` re-read
     /// its `[routing]` section).
     #[serde(skip)]
@@ -293,7 +295,93 @@ impl std::fmt::Debug for AdminTokenConfig {
 }
 
 /// Scopes an admin token may hold.
-pub const ADMIN_SCOPES: [&str; 3] = ["plugins:read", "plugins:write", "agents:write"];
+pub const ADMIN_SCOPES: [&str; 7] = [
+    "plugins:read",
+    "plugins:write",
+    "agents:write",
+    "audit:read",
+    "subjects:read",
+    "subjects:export",
+    "subjects:erase",
+];
+
+/// Personal data protection, the audit trail and data subject requests (docs/compliance.md).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComplianceConfig {
+    /// The data controller (the seller's organization); bound into every sealed field.
+    pub tenant: String,
+    /// The key-encryption key: base64 of 32 bytes, e.g. `${GATEWAY_KEK}`. With neither this nor
+    /// `kek_file`, a key is generated into `<store.path>/keys/kek` (for a single machine only).
+    pub kek: Option<String>,
+    /// A file holding the key-encryption key (base64 of 32 bytes).
+    pub kek_file: Option<PathBuf>,
+    /// Ed25519 key (PKCS#8) that signs the audit log's tree heads; generated into
+    /// `<store.path>/keys/audit-signing.pk8` when absent.
+    pub signing_key_file: Option<PathBuf>,
+    /// How often a tree head is signed while the log grows.
+    pub tree_head_interval_ms: u64,
+    /// How long subject request records are kept (24 months by default).
+    pub request_retention_days: u32,
+    /// What an export tells the data subject (GDPR Art. 15(1)).
+    pub processing: ProcessingConfig,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        ComplianceConfig {
+            tenant: "default".to_owned(),
+            kek: None,
+            kek_file: None,
+            signing_key_file: None,
+            tree_head_interval_ms: 10_000,
+            request_retention_days: 730,
+            processing: ProcessingConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ComplianceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComplianceConfig")
+            .field("tenant", &self.tenant)
+            .field("kek", &self.kek.as_ref().map(|_| "<set>"))
+            .field("kek_file", &self.kek_file)
+            .field("signing_key_file", &self.signing_key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The GDPR Art. 15(1) information an export carries; fill it in from your records of processing.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    /// Who the controller is and how to reach them.
+    pub controller: String,
+    /// The purposes of the processing.
+    pub purposes: Vec<String>,
+    /// Recipients or categories of recipients.
+    pub recipients: Vec<String>,
+    /// How long the data is kept, or the criteria.
+    pub retention: String,
+    /// Where the data came from.
+    pub source: String,
+    /// Transfers to third countries and their safeguards.
+    pub transfers: String,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            controller: "(set compliance.processing.controller)".to_owned(),
+            purposes: vec!["answering the buyer's inquiries and the orders they concern".to_owned()],
+            recipients: vec!["the seller's customer service team and its helpdesk".to_owned()],
+            retention: "(set compliance.processing.retention)".to_owned(),
+            source: "the buyer, through the marketplace or channel the message came from".to_owned(),
+            transfers: "(set compliance.processing.transfers)".to_owned(),
+        }
+    }
+}
 
 /// The pipeline between ingest and the store.
 #[derive(Debug, Clone, Deserialize)]
@@ -757,11 +845,36 @@ impl Config {
                 problems.push(format!("auth.api_keys[{i}].accounts must name at least one account or \"*\""));
             }
         }
+        validate_compliance(&self.compliance, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+}
+
+/// Checks `[compliance]` (pure: key files are read at start-up).
+fn validate_compliance(compliance: &ComplianceConfig, problems: &mut Vec<String>) {
+    use base64::Engine as _;
+    if compliance.tenant.trim().is_empty() || compliance.tenant.len() > 128 {
+        problems.push("compliance.tenant must be 1 to 128 bytes".to_owned());
+    }
+    match (&compliance.kek, &compliance.kek_file) {
+        (Some(_), Some(_)) => problems.push("compliance: set kek or kek_file, not both".to_owned()),
+        (Some(kek), None) => {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(kek.trim());
+            if decoded.map_or(true, |k| k.len() != 32) {
+                problems.push("compliance.kek must be base64 of exactly 32 bytes".to_owned());
+            }
+        }
+        _ => {}
+    }
+    if compliance.tree_head_interval_ms < 100 {
+        problems.push("compliance.tree_head_interval_ms must be at least 100".to_owned());
+    }
+    if compliance.request_retention_days < 730 {
+        problems.push("compliance.request_retention_days must be at least 730 (24 months)".to_owned());
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! The data path is [`pipeline`]; [`http`] feeds it, [`store`] keeps it, [`routing`] decides.
 
+pub mod compliance;
 pub mod config;
 pub mod http;
 pub mod pipeline;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The plugin sandbox could not start.
     #[error(transparent)]
     Plugins(#[from] plugins::PluginError),
+    /// The compliance keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] compliance::KeyError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -64,16 +68,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     config.validate()?;
     let metrics = telemetry::install_metrics();
     let store = open_store(&config)?;
-    let pseudonym_key = match &config.store.pseudonym_key {
+    let index_key = match &config.store.pseudonym_key {
         Some(key) => key.as_bytes().to_vec(),
         None => store.pseudonym_key()?,
     };
+    let keys = compliance::load_keys(&config, &index_key)?;
+    if keys.generated_kek {
+        tracing::warn!(path = %compliance::key_dir(&config).display(),
+            "compliance.kek is not configured: personal data is sealed with a key kept beside the data \
+             (fine for one machine; set compliance.kek or kek_file from a secret store in production)");
+    }
+    let subjects = compliance::subjects(&keys, &store);
+    let public_key = keys.signer.public_key().to_vec();
+    let audit_log = compliance::audit::AuditLog::open(
+        &store,
+        keys.signer,
+        Duration::from_millis(config.compliance.tree_head_interval_ms),
+    )?;
     let fallback = FallbackRouter::new(config.routing.fallback.clone());
     let limits = PipelineLimits {
         queue_capacity: config.pipeline.queue_capacity,
         max_batch_inquiries: config.pipeline.max_batch_inquiries,
     };
     let sinks = build_sinks(&config)?;
+    let sinks_for_erasure = sinks.clone();
     let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     // What the journal recovered after a crash may never have been fsynced: make it durable before
     // forwarders may send it.
@@ -94,7 +112,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(router) => router.clone(),
         None => Arc::new(fallback.clone()),
     };
-    let (pipeline, stage) = Pipeline::start(store.clone(), router, fallback, limits, spool.clone(), next_seq);
+    let parts = pipeline::StageParts {
+        store: store.clone(),
+        router,
+        fallback,
+        spool: spool.clone(),
+        next_seq,
+        audit: audit_log,
+        subjects: subjects.clone(),
+    };
+    let (pipeline, stage) = Pipeline::start(parts, limits)?;
 
     let ingest_listener = bind(config.ingest.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
@@ -118,7 +145,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .collect();
 
     let quotas = Arc::new(poll::QuotaRegistry::default());
-    let shared_key: Arc<[u8]> = pseudonym_key.clone().into();
     let pollers: Vec<_> = config
         .pollers
         .iter()
@@ -130,7 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 quotas.clone(),
                 pipeline.clone(),
                 store.clone(),
-                shared_key.clone(),
+                subjects.clone(),
                 stop_rx.clone(),
             ))
         })
@@ -140,12 +166,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         pipeline: pipeline.clone(),
         store: store.clone(),
         auth,
-        pseudonym_key,
+        subjects: subjects.clone(),
         max_body_bytes: config.ingest.max_body_bytes,
         max_batch_lines: config.ingest.max_batch_lines,
         webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
     });
-    let admin_api = http::admin::AdminApi::new(&config.admin, plugins.clone(), store.clone(), config.source.clone());
+    let requests = Arc::new(compliance::requests::SubjectRequests {
+        store: store.clone(),
+        subjects: subjects.clone(),
+        pipeline: pipeline.clone(),
+        sinks: sinks_for_erasure,
+        processing: config.compliance.processing.clone(),
+        retention: time::Duration::days(i64::from(config.compliance.request_retention_days)),
+    });
+    let retrier = tokio::spawn(retry_erasures(requests.clone()));
+    let admin_api = http::admin::AdminApi::new(
+        &config.admin,
+        http::admin::AdminParts {
+            plugins: plugins.clone(),
+            store: store.clone(),
+            source: config.source.clone(),
+            pipeline: pipeline.clone(),
+            subjects: subjects.clone(),
+            requests,
+            public_key,
+        },
+    );
     if config.admin.tokens.is_empty() && config.admin.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.admin.listen, "admin api is open: no admin.tokens configured (loopback only)");
     }
@@ -164,6 +210,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     reloader.abort();
+    retrier.abort();
     tracing::info!("shutting down: no new connections, draining open ones");
     let _ = stop_tx.send(());
     let _ = ingest.await;
@@ -184,6 +231,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("inquiry gateway stopped");
     Ok(())
+}
+
+/// Retries the sink part of erasures that failed (a sink was down), every 30 s.
+async fn retry_erasures(requests: Arc<compliance::requests::SubjectRequests>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if let Err(err) = requests.retry_pending().await {
+            tracing::warn!(error = %err, "retrying erasures in sinks failed");
+        }
+    }
 }
 
 /// Reloads the routing plugins on every SIGHUP (re-reading the config file's `[routing]`).

@@ -42,6 +42,36 @@ enum Command {
     /// Works with a routing plugin offline.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Verifies or exports the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks every signed tree head, inclusion and consistency proofs, and that no entry was
+    /// changed, removed or reordered. Reads the store of a stopped gateway (--config), or an
+    /// export (--export, with the --public-key you trust). Exit 1 when the log does not verify.
+    Verify {
+        /// Configuration file of the gateway whose store to read (the gateway must be stopped).
+        #[arg(long, conflicts_with = "export")]
+        config: Option<PathBuf>,
+        /// An export written by `audit export` or fetched from `GET /v1/audit/entries`.
+        #[arg(long, requires = "public_key")]
+        export: Option<PathBuf>,
+        /// The Ed25519 public key of the tree heads (hex); defaults to the gateway's own key.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Writes the signed tree heads and every entry as NDJSON, for an outside witness.
+    Export {
+        /// Configuration file of the gateway whose store to read (the gateway must be stopped).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +117,14 @@ fn main() -> ExitCode {
             }
         },
         Command::Plugin(command) => match plugin(command) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("inquiry-gateway: {err:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Audit(command) => match audit(command) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(err) => {
@@ -149,6 +187,49 @@ fn plugin(command: PluginCommand) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// `audit verify` and `audit export`; Ok(false) when the log does not verify.
+fn audit(command: AuditCommand) -> anyhow::Result<bool> {
+    use inquiry_gateway::compliance::{self, audit};
+    let open = |config: &Config| inquiry_gateway::store::Store::open(&config.store.path).map_err(anyhow::Error::from);
+    let report = match command {
+        AuditCommand::Export { config, out } => {
+            let config = load(config.as_ref())?;
+            let store = open(&config)?;
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?,
+            );
+            let entries = audit::write_export(&store, &mut file)?;
+            std::io::Write::flush(&mut file)?;
+            println!("{}: {entries} entries", out.display());
+            return Ok(true);
+        }
+        AuditCommand::Verify { export: Some(export), public_key, .. } => {
+            let key = hex::decode(public_key.unwrap_or_default().trim()).context("--public-key is not hex")?;
+            let text = std::fs::read_to_string(&export).with_context(|| format!("cannot read {}", export.display()))?;
+            audit::verify_export(&text, &key)
+        }
+        AuditCommand::Verify { config, public_key, .. } => {
+            let config = load(config.as_ref())?;
+            let key = match public_key {
+                Some(hex_key) => hex::decode(hex_key.trim()).context("--public-key is not hex")?,
+                None => {
+                    let path = compliance::signing_key_path(&config);
+                    let document = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    audit::TreeSigner::from_pkcs8(&document).map_err(anyhow::Error::msg)?.public_key().to_vec()
+                }
+            };
+            audit::verify_store(&open(&config)?, &key)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.ok() {
+        eprintln!("audit log verifies: {} entries, {} covered by signed tree heads", report.entries, report.covered);
+    } else {
+        eprintln!("audit log does NOT verify: {} problem(s)", report.problems.len());
+    }
+    Ok(report.ok())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,26 +1,30 @@
 //! The pipeline, in one place: ingest -> normalize -> dedup -> route -> sink.
 //!
-//! HTTP handlers normalize (in parallel, on the async workers) and [`Pipeline::submit`] the result
-//! into a bounded queue; a full queue is refused at once ([`SubmitError::Overloaded`]), never
-//! waited on or dropped. One stage thread drains the queue into batches and, per batch:
-//! deduplicates, routes, writes everything in one atomic store batch with one fsync (group commit),
-//! and only then acknowledges each request.
+//! HTTP handlers normalize and seal the personal data (in parallel, on the async workers) and
+//! [`Pipeline::submit`] the result into a bounded queue; a full queue is refused at once
+//! ([`SubmitError::Overloaded`]), never waited on or dropped. One stage thread drains the queue into
+//! batches and, per batch: deduplicates, routes, writes everything in one atomic store batch with
+//! the batch's audit entries and one fsync (group commit), and only then acknowledges each request.
+//! The same thread appends audit events of other hops and carries out erasures, so the audit log
+//! has one writer and one order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use inquiry_connectors::{Channel, Inquiry};
 use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::compliance::audit::{AuditEvent, AuditLog};
+use crate::compliance::subjects::{Subject, Subjects};
 use crate::routing::{Decision, FallbackRouter, RouteOutcome, Router};
 use crate::spool::Spool;
 use crate::store::{OutboxEntry, Store, StoreError};
@@ -50,24 +54,83 @@ pub struct DeadLetter {
     pub at: OffsetDateTime,
 }
 
-/// One normalized inquiry handed to the pipeline.
-#[derive(Debug, Clone)]
+/// One normalized inquiry handed to the pipeline, its personal data sealed for its data subject.
+#[derive(Clone)]
 pub struct Submission {
-    /// The normalized inquiry.
+    /// The normalized inquiry (personal data in clear in memory, sealed in its JSON).
     pub inquiry: Inquiry,
     /// Its JSON, serialized by the caller (in parallel) rather than on the stage thread.
     pub inquiry_json: Vec<u8>,
-    /// The original payload, kept beside it.
-    pub raw: Bytes,
+    /// The original payload sealed for the data subject; empty when not kept.
+    pub raw: Vec<u8>,
     /// The client's Idempotency-Key, when it sent one.
     pub idempotency_key: Option<String>,
+    /// Keyed fingerprint of the clear payload: the same key with another payload is a conflict.
+    pub fingerprint: [u8; 32],
+    /// The inquiry's data subject.
+    pub subject: Arc<Subject>,
+    /// The subject was created for this inquiry: the stage stores it with the inquiry.
+    pub new_subject: bool,
+    /// Who delivered it (`api_key:<id>`, `webhook:<connector>/<account>`, `poller:...`), audited.
+    pub actor: String,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission").field("id", &self.inquiry.id).field("actor", &self.actor).finish_non_exhaustive()
+    }
 }
 
 impl Submission {
-    /// A submission of `inquiry`, its original payload and the client's Idempotency-Key.
-    pub fn new(inquiry: Inquiry, raw: Bytes, idempotency_key: Option<String>) -> Self {
+    /// Seals `inquiry` for its data subject and makes it a submission. `raw` is the clear original
+    /// payload; it is kept (sealed) only when `keep_raw`: a delivery that carries several buyers'
+    /// messages is not kept, since erasing one buyer could not remove it.
+    pub fn seal(
+        mut inquiry: Inquiry,
+        raw: &[u8],
+        keep_raw: bool,
+        idempotency_key: Option<String>,
+        actor: &str,
+        subjects: &Subjects,
+    ) -> Result<Self, StoreError> {
+        let sealed = subjects.seal(&mut inquiry, keep_raw.then_some(raw))?;
         let inquiry_json = serde_json::to_vec(&inquiry).expect("inquiries serialize");
-        Submission { inquiry, inquiry_json, raw, idempotency_key }
+        Ok(Submission {
+            inquiry,
+            inquiry_json,
+            raw: sealed.raw,
+            idempotency_key,
+            fingerprint: subjects.vault().fingerprint(raw),
+            subject: sealed.subject,
+            new_subject: sealed.new_subject,
+            actor: actor.to_owned(),
+        })
+    }
+
+    /// Seals the inquiry again for the subject its identity resolves to now (its subject was
+    /// erased while it waited in the queue: the buyer wrote again, and that is new data).
+    fn reseal(&mut self, subjects: &Subjects) -> Result<(), StoreError> {
+        let raw = subjects.vault().open_bytes(
+            &self.subject.key,
+            self.inquiry.id,
+            crate::compliance::subjects::RAW_FIELD,
+            &self.raw,
+        );
+        let mut inquiry = self.inquiry.clone();
+        if inquiry.personal.conversation_is_buyer {
+            inquiry.external.conversation_id.clear();
+        }
+        let keep_raw = !self.raw.is_empty();
+        let resealed = Submission::seal(
+            inquiry,
+            raw.as_deref().unwrap_or_default(),
+            keep_raw && raw.is_ok(),
+            self.idempotency_key.take(),
+            &self.actor,
+            subjects,
+        )?;
+        *self = Submission { fingerprint: self.fingerprint, ..resealed };
+        Ok(())
     }
 }
 
@@ -122,6 +185,30 @@ pub enum SubmitError {
     StageFailed,
 }
 
+/// An erasure for the stage to carry out.
+#[derive(Debug, Clone)]
+pub struct Erasure {
+    /// The subject's pseudonym.
+    pub pseudonym: String,
+    /// The subject's index.
+    pub index: [u8; 32],
+    /// The erasure record kept (request id, time; no personal data).
+    pub record: Vec<u8>,
+    /// The audit event of the erasure.
+    pub event: AuditEvent,
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// One ack per submitted inquiry.
+    Acks(Vec<Ack>),
+    /// The events are durable.
+    Audited,
+    /// The subject is erased; these were its inquiries (records now stripped of sealed data).
+    Erased(Vec<Uuid>),
+}
+
 /// Sizes of the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineLimits {
@@ -131,12 +218,47 @@ pub struct PipelineLimits {
     pub max_batch_inquiries: usize,
 }
 
+/// What a job asks of the stage.
+enum Work {
+    /// Store inquiries (and a poller's cursor in the same atomic write).
+    Inquiries { items: Vec<Submission>, cursor: Option<(String, String)> },
+    /// Append audit events.
+    Audit(Vec<AuditEvent>),
+    /// Erase a data subject (always in a batch of its own).
+    Erase(Erasure),
+}
+
 struct Job {
-    items: Vec<Submission>,
-    /// A poller's cursor, stored in the same atomic write as the items.
-    cursor: Option<(String, String)>,
+    work: Work,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<Ack>, StoreError>>,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+impl Job {
+    fn items(&self) -> &[Submission] {
+        match &self.work {
+            Work::Inquiries { items, .. } => items,
+            _ => &[],
+        }
+    }
+}
+
+/// What the stage thread needs besides the queue.
+pub struct StageParts {
+    /// The store.
+    pub store: Store,
+    /// The router.
+    pub router: Arc<dyn Router>,
+    /// The fallback route.
+    pub fallback: FallbackRouter,
+    /// The spool (outboxes of the sinks).
+    pub spool: Arc<Spool>,
+    /// Commit sequence of the next new inquiry.
+    pub next_seq: u64,
+    /// The audit log's writer.
+    pub audit: AuditLog,
+    /// The data subjects.
+    pub subjects: Arc<Subjects>,
 }
 
 /// Handle to the running pipeline; cheap to clone. When every handle is dropped the stage
@@ -150,14 +272,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the stage and sync threads. The returned handle joins both.
-    pub fn start(
-        store: Store,
-        router: Arc<dyn Router>,
-        fallback: FallbackRouter,
-        limits: PipelineLimits,
-        spool: Arc<Spool>,
-        next_seq: u64,
-    ) -> (Pipeline, JoinHandle<()>) {
+    pub fn start(parts: StageParts, limits: PipelineLimits) -> Result<(Pipeline, JoinHandle<()>), StoreError> {
+        let StageParts { store, router, fallback, spool, next_seq, audit, subjects } = parts;
+        let erased = store.erased_pseudonyms()?.into_iter().collect();
         let (tx, rx) = mpsc::channel(limits.queue_capacity);
         let store_ok = Arc::new(AtomicBool::new(true));
         gauge!(telemetry::QUEUE_CAPACITY).set(limits.queue_capacity as f64);
@@ -173,6 +290,10 @@ impl Pipeline {
             to_sync,
             spool: spool.clone(),
             next_seq,
+            audit,
+            subjects,
+            erased,
+            held: None,
         };
         let thread = std::thread::Builder::new()
             .name("pipeline-stage".to_owned())
@@ -185,12 +306,45 @@ impl Pipeline {
                 let _ = sync_thread.join();
             })
             .expect("spawning the pipeline thread");
-        (Pipeline { tx, store_ok, spool }, thread)
+        Ok((Pipeline { tx, store_ok, spool }, thread))
     }
 
     /// Queues inquiries and waits until they are durable. Refuses at once when the queue is full.
     pub async fn submit(&self, items: Vec<Submission>) -> Result<Vec<Ack>, SubmitError> {
         self.submit_with_cursor(items, None).await
+    }
+
+    /// Appends audit events and waits until they are durable.
+    pub async fn audit(&self, events: Vec<AuditEvent>) -> Result<(), SubmitError> {
+        self.run(Work::Audit(events)).await.map(|_| ())
+    }
+
+    /// Appends audit events without waiting. When the queue is full they are counted as dropped
+    /// (`inquiry_gateway_audit_dropped_total`): refused requests must not crowd out inquiries.
+    pub fn audit_soon(&self, events: Vec<AuditEvent>) {
+        let count = events.len() as u64;
+        let (reply, _) = oneshot::channel();
+        if self.tx.try_send(Job { work: Work::Audit(events), enqueued: Instant::now(), reply }).is_err() {
+            counter!(telemetry::AUDIT_DROPPED).increment(count);
+            tracing::warn!(events = count, "pipeline queue full: audit events of refused requests dropped");
+        }
+    }
+
+    /// Erases a data subject and waits until the erasure is durable; returns its inquiries.
+    pub async fn erase(&self, erasure: Erasure) -> Result<Vec<Uuid>, SubmitError> {
+        match self.run(Work::Erase(erasure)).await? {
+            Outcome::Erased(ids) => Ok(ids),
+            _ => Err(SubmitError::StageFailed),
+        }
+    }
+
+    async fn run(&self, work: Work) -> Result<Outcome, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(Job { work, enqueued: Instant::now(), reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })?;
+        Ok(answer.await.map_err(|_| SubmitError::StageFailed)??)
     }
 
     /// Like [`Pipeline::submit`], and stores a poller's `(name, cursor)` in the same atomic write,
@@ -203,13 +357,10 @@ impl Pipeline {
         if self.spool.is_full() {
             return Err(SubmitError::SpoolFull);
         }
-        let (reply, answer) = oneshot::channel();
-        let job = Job { items, cursor, enqueued: Instant::now(), reply };
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
-        })?;
-        Ok(answer.await.map_err(|_| SubmitError::StageFailed)??)
+        match self.run(Work::Inquiries { items, cursor }).await? {
+            Outcome::Acks(acks) => Ok(acks),
+            _ => Err(SubmitError::StageFailed),
+        }
     }
 
     /// True while the stage runs and the store takes writes. A failed fsync poisons the store
@@ -237,12 +388,18 @@ struct Stage {
     spool: Arc<Spool>,
     /// Sequence number of the next new inquiry (commit order, shared by every outbox).
     next_seq: u64,
+    audit: AuditLog,
+    subjects: Arc<Subjects>,
+    /// Pseudonyms of erased subjects (never reused; an inquiry sealed for one is sealed again).
+    erased: HashSet<String>,
+    /// An erasure received while a batch was being gathered: it goes first in the next batch, alone.
+    held: Option<Job>,
 }
 
 /// A batch written to the store, waiting for the fsync that makes it durable.
 struct Written {
     jobs: Vec<Job>,
-    acks: Vec<Vec<Ack>>,
+    outcomes: Vec<Outcome>,
     /// When its write started (the store hop runs until the fsync ends).
     write_started: Instant,
     /// Sequence numbers below this are in this batch or earlier ones.
@@ -251,14 +408,20 @@ struct Written {
 
 impl Stage {
     fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
+        while let Some(first) = self.held.take().or_else(|| self.rx.blocking_recv()) {
             let seq_start = self.next_seq;
-            let mut size = first.items.len();
+            let checkpoint = self.audit.checkpoint();
+            let mut size = first.items().len();
+            let alone = matches!(first.work, Work::Erase(_));
             let mut jobs = vec![first];
-            while size < self.max_batch {
+            while size < self.max_batch && !alone {
                 match self.rx.try_recv() {
+                    Ok(job) if matches!(job.work, Work::Erase(_)) => {
+                        self.held = Some(job);
+                        break;
+                    }
                     Ok(job) => {
-                        size += job.items.len();
+                        size += job.items().len();
                         jobs.push(job);
                     }
                     Err(_) => break,
@@ -266,29 +429,76 @@ impl Stage {
             }
             gauge!(telemetry::QUEUE_DEPTH).set(self.rx.len() as f64);
             let started = Instant::now();
-            for job in &jobs {
-                record_per_channel(Hop::Queue, &job.items, started - job.enqueued);
+            for job in &mut jobs {
+                record_per_channel(Hop::Queue, job.items(), started - job.enqueued);
+                if let Work::Inquiries { items, .. } = &mut job.work {
+                    for item in items.iter_mut().filter(|i| self.erased.contains(&i.inquiry.buyer.pseudonym)) {
+                        if let Err(err) = item.reseal(&self.subjects) {
+                            tracing::error!(error = %err, "an inquiry of an erased subject could not be sealed again");
+                        }
+                    }
+                }
             }
-            match self.write(&jobs) {
-                Ok((acks, write_started)) => {
+            let written = match &jobs[0].work {
+                Work::Erase(erasure) => self.erase(erasure).map(|ids| (vec![Outcome::Erased(ids)], Instant::now())),
+                _ => self.write(&jobs),
+            };
+            match written {
+                Ok((outcomes, write_started)) => {
                     let seq_end = self.next_seq;
-                    if let Err(unsent) = self.to_sync.send(Written { jobs, acks, write_started, seq_end }) {
+                    if let Err(unsent) = self.to_sync.send(Written { jobs, outcomes, write_started, seq_end }) {
                         fail_jobs(unsent.0.jobs, &StoreError::from_message("the sync thread stopped"));
                     }
                 }
                 Err(err) => {
                     self.next_seq = seq_start; // nothing of the batch was written
+                    self.audit.rollback(checkpoint);
+                    for job in &jobs {
+                        for item in job.items().iter().filter(|i| i.new_subject) {
+                            self.subjects.forget(&item.subject.index); // not stored: created again
+                        }
+                    }
                     counter!(telemetry::STORE_ERRORS).increment(1);
                     tracing::error!(error = %err, jobs = jobs.len(), "store write failed; batch not acknowledged");
                     fail_jobs(jobs, &err);
                 }
             }
         }
+        // Cover everything written with a signed tree head before stopping.
+        let mut batch = self.store.batch();
+        if self.audit.sign_if_due(&mut batch, true).is_some() {
+            if let Err(err) = batch.write().and_then(|()| self.store.sync()) {
+                tracing::error!(error = %err, "the final audit tree head could not be stored");
+            }
+        }
         tracing::info!("pipeline stage stopped");
     }
 
-    /// Dedup, route and write one batch; returns one ack list per job, in order.
-    fn write(&mut self, jobs: &[Job]) -> Result<(Vec<Vec<Ack>>, Instant), StoreError> {
+    /// Erases a data subject in one atomic write: its key and pseudonym mapping go, its inquiries
+    /// lose their sealed fields and original payloads, the erasure is audited.
+    fn erase(&mut self, erasure: &Erasure) -> Result<Vec<Uuid>, StoreError> {
+        self.subjects.forget(&erasure.index);
+        let ids = self.store.inquiries_of(&erasure.pseudonym)?;
+        let mut batch = self.store.batch();
+        for id in &ids {
+            let Some(record) = self.store.get_inquiry(*id)? else { continue };
+            let Ok(mut stored) = serde_json::from_slice::<StoredInquiry>(&record) else { continue };
+            stored.inquiry.sealed.clear();
+            stored.inquiry.raw_ref = "erased".to_owned();
+            batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
+        }
+        batch.erase_subject(&erasure.index, &erasure.pseudonym, &erasure.record);
+        let mut event = erasure.event.clone();
+        event.detail["inquiries"] = serde_json::json!(ids);
+        self.audit.append(&mut batch, event);
+        self.audit.sign_if_due(&mut batch, true);
+        batch.write()?;
+        self.erased.insert(erasure.pseudonym.clone());
+        Ok(ids)
+    }
+
+    /// Dedup, route and write one batch; returns one outcome per job, in order.
+    fn write(&mut self, jobs: &[Job]) -> Result<(Vec<Outcome>, Instant), StoreError> {
         // Dedup: against the store and within this batch.
         let dedup_started = Instant::now();
         let mut acks: Vec<Vec<Ack>> = Vec::with_capacity(jobs.len());
@@ -299,8 +509,8 @@ impl Stage {
             None => self.store.find_dedup(key),
         };
         for job in jobs {
-            let mut job_acks = Vec::with_capacity(job.items.len());
-            for item in &job.items {
+            let mut job_acks = Vec::with_capacity(job.items().len());
+            for item in job.items() {
                 let keys = DedupKeys::of(item);
                 let earlier = match &keys.idempotency {
                     Some((key, fingerprint)) => lookup(&pending, key)?.map(|value| {
@@ -330,7 +540,7 @@ impl Stage {
             }
             acks.push(job_acks);
         }
-        let all = || jobs.iter().flat_map(|j| &j.items);
+        let all = || jobs.iter().flat_map(|j| j.items());
         record_per_channel(Hop::Dedup, all(), dedup_started.elapsed());
 
         // Route the new ones.
@@ -342,6 +552,7 @@ impl Stage {
         let write_started = Instant::now();
         let mut batch = self.store.batch();
         let mut record = Vec::with_capacity(2048);
+        let sinks: Vec<&'static str> = self.spool.sinks.iter().map(|s| s.name).collect();
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
             record.clear();
@@ -354,7 +565,18 @@ impl Stage {
             for (key, value) in keys.entries(id) {
                 batch.put_dedup(key, &value);
             }
+            let pseudonym = &item.subject.key.pseudonym;
+            if item.new_subject {
+                batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
+            }
+            batch.link_inquiry(pseudonym, id);
+            self.audit.append(&mut batch, ingested_event(item, &decision, &sinks));
             if let Some(letter) = dead_letter {
+                let event = AuditEvent::new("inquiry.dead_lettered", "gateway")
+                    .inquiry(id)
+                    .subject(pseudonym)
+                    .detail(serde_json::json!({ "reason": letter.reason, "detail": letter.detail }));
+                self.audit.append(&mut batch, event);
                 batch.put_dead_letter(id, serde_json::to_vec(&letter).expect("dead letters serialize"));
             }
             let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
@@ -363,14 +585,34 @@ impl Stage {
                 batch.put_outbox(&sink.outbox, &entry);
             }
         }
-        for (name, cursor) in jobs.iter().filter_map(|j| j.cursor.as_ref()) {
-            batch.put_cursor(name, cursor);
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for (job, job_acks) in jobs.iter().zip(acks) {
+            for (item, ack) in job.items().iter().zip(&job_acks).filter(|(_, a)| a.status != AckStatus::Accepted) {
+                let event = AuditEvent::new("inquiry.deduplicated", item.actor.as_str())
+                    .inquiry(ack.id)
+                    .detail(serde_json::json!({ "status": ack.status.as_str(), "channel": item.inquiry.channel }));
+                self.audit.append(&mut batch, event);
+            }
+            match &job.work {
+                Work::Inquiries { cursor: Some((name, cursor)), .. } => batch.put_cursor(name, cursor),
+                Work::Audit(events) => {
+                    for event in events {
+                        self.audit.append(&mut batch, event.clone());
+                    }
+                }
+                _ => {}
+            }
+            outcomes.push(match job.work {
+                Work::Inquiries { .. } => Outcome::Acks(job_acks),
+                _ => Outcome::Audited,
+            });
         }
+        self.audit.sign_if_due(&mut batch, false);
         histogram!(telemetry::STORE_BATCH).record(fresh.len() as f64);
         if !batch.is_empty() {
             batch.write()?;
         }
-        Ok((acks, write_started))
+        Ok((outcomes, write_started))
     }
 
     /// Asks the router, and sends what it could not decide down the fallback route.
@@ -428,10 +670,10 @@ impl Syncer {
                     for batch in batches {
                         record_per_channel(
                             Hop::Store,
-                            batch.jobs.iter().flat_map(|j| &j.items),
+                            batch.jobs.iter().flat_map(|j| j.items()),
                             done - batch.write_started,
                         );
-                        acknowledge(batch.jobs, batch.acks);
+                        acknowledge(batch.jobs, batch.outcomes);
                     }
                 }
                 Err(err) => {
@@ -452,16 +694,47 @@ fn enqueued_ms() -> u64 {
 }
 
 /// Answers every job of a durable batch.
-fn acknowledge(jobs: Vec<Job>, acks: Vec<Vec<Ack>>) {
-    for (job, acks) in jobs.into_iter().zip(acks) {
-        for (item, ack) in job.items.iter().zip(&acks) {
-            let channel = item.inquiry.channel.as_str();
-            counter!(telemetry::INQUIRIES, "outcome" => ack.status.as_str(), "channel" => channel).increment(1);
-            tracing::debug!(trace_id = %item.inquiry.trace_id, inquiry_id = %ack.id, channel,
-                status = ack.status.as_str(), "inquiry durable");
+fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        if let Outcome::Acks(acks) = &outcome {
+            for (item, ack) in job.items().iter().zip(acks) {
+                let channel = item.inquiry.channel.as_str();
+                counter!(telemetry::INQUIRIES, "outcome" => ack.status.as_str(), "channel" => channel).increment(1);
+                tracing::debug!(trace_id = %item.inquiry.trace_id, inquiry_id = %ack.id, channel,
+                    status = ack.status.as_str(), "inquiry durable");
+            }
         }
-        let _ = job.reply.send(Ok(acks));
+        let _ = job.reply.send(Ok(outcome));
     }
+}
+
+/// The audit event of a new inquiry: every hop up to the embedded store, with hashes of the
+/// sealed fields (never the fields).
+fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&'static str]) -> AuditEvent {
+    let inquiry = &item.inquiry;
+    let sealed: serde_json::Map<String, serde_json::Value> = inquiry
+        .sealed
+        .iter()
+        .map(|(field, value)| (field.clone(), hex::encode(Sha256::digest(value.as_bytes())).into()))
+        .collect();
+    AuditEvent::new("inquiry.ingested", item.actor.as_str())
+        .inquiry(inquiry.id)
+        .subject(&item.subject.key.pseudonym)
+        .detail(serde_json::json!({
+            "trace_id": inquiry.trace_id,
+            "channel": inquiry.channel,
+            "account": inquiry.account,
+            "region": inquiry.region,
+            "hops": {
+                "received": { "at": inquiry.received_at.format(&Rfc3339).unwrap_or_default(), "verified_by": item.actor },
+                "normalized": { "envelope": inquiry.schema_version, "sealed_sha256": sealed,
+                    "raw_sha256": (!item.raw.is_empty()).then(|| hex::encode(Sha256::digest(&item.raw))) },
+                "deduplicated": { "status": "new" },
+                "routed": { "by": decision.decided_by, "queue": decision.queue, "priority": decision.priority,
+                    "disposition": decision.disposition, "fallback_reason": decision.fallback_reason },
+                "stored": { "sink": "embedded", "queued_for": sinks },
+            },
+        }))
 }
 
 /// Answers every job with the store's error: nothing of them is acknowledged.
@@ -495,10 +768,7 @@ impl DedupKeys {
         };
         DedupKeys {
             message: key("message", &inquiry.external.message_id),
-            idempotency: item
-                .idempotency_key
-                .as_deref()
-                .map(|k| (key("idempotency", k), Sha256::digest(&item.raw).into())),
+            idempotency: item.idempotency_key.as_deref().map(|k| (key("idempotency", k), item.fingerprint)),
         }
     }
 
@@ -533,33 +803,53 @@ mod tests {
     use inquiry_connectors::{generic, NormalizeContext};
 
     use super::*;
+    use crate::compliance::audit::AuditEvent;
     use crate::config::FallbackConfig;
     use crate::routing::{Disposition, Priority};
 
-    fn submission(external_id: &str, body: &str) -> Submission {
+    fn submission(subjects: &Subjects, external_id: &str, body: &str) -> Submission {
         let raw = serde_json::json!({
             "channel": "generic", "account": "shop-1", "external_id": external_id,
+            "buyer": { "email": "anna@example.com", "name": "Anna Example" },
             "body": body, "occurred_at": "2026-11-24T08:00:00Z",
         })
         .to_string();
-        let ctx = NormalizeContext {
-            received_at: OffsetDateTime::now_utc(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
-            pseudonym_key: b"test-key-test-key-test-key-test-key",
-        };
+        let ctx =
+            NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" };
         let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
-        Submission::new(inquiry, Bytes::from(raw), None)
+        Submission::seal(inquiry, raw.as_bytes(), true, None, "api_key:test", subjects).unwrap()
     }
 
-    fn start(router: impl Router, queue_capacity: usize) -> (Pipeline, Store, tempfile::TempDir) {
+    struct Running {
+        pipeline: Pipeline,
+        store: Store,
+        subjects: Arc<Subjects>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn start(router: impl Router, queue_capacity: usize) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let fallback = FallbackRouter::new(FallbackConfig::default());
+        let vault =
+            Arc::new(crate::compliance::vault::Vault::new("test", &[9u8; 32], b"index-key-for-pipeline-tests-000"));
+        let subjects = Arc::new(Subjects::new(vault, store.clone()));
+        let signer =
+            crate::compliance::audit::TreeSigner::from_pkcs8(&crate::compliance::audit::TreeSigner::generate_pkcs8())
+                .unwrap();
+        let audit = AuditLog::open(&store, signer, Duration::from_secs(3600)).unwrap();
         let limits = PipelineLimits { queue_capacity, max_batch_inquiries: 1024 };
         let (spool, next_seq) = Spool::open(&store, &[], 10).unwrap();
-        let (pipeline, _thread) =
-            Pipeline::start(store.clone(), Arc::new(router), fallback, limits, Arc::new(spool), next_seq);
-        (pipeline, store, dir)
+        let parts = StageParts {
+            store: store.clone(),
+            router: Arc::new(router),
+            fallback: FallbackRouter::new(FallbackConfig::default()),
+            spool: Arc::new(spool),
+            next_seq,
+            audit,
+            subjects: subjects.clone(),
+        };
+        let (pipeline, _thread) = Pipeline::start(parts, limits).unwrap();
+        Running { pipeline, store, subjects, _dir: dir }
     }
 
     fn stored(store: &Store, id: Uuid) -> StoredInquiry {
@@ -573,7 +863,7 @@ mod tests {
             batch
                 .iter()
                 .map(|inquiry| {
-                    if inquiry.body.contains("boom") {
+                    if inquiry.personal.body.contains("boom") {
                         RouteOutcome::Failed { reason: "plugin_trap", detail: "unreachable executed".to_owned() }
                     } else {
                         let mut decision = FallbackRouter::new(FallbackConfig::default()).decide(inquiry, None);
@@ -589,8 +879,11 @@ mod tests {
 
     #[tokio::test]
     async fn router_failures_take_the_fallback_route_and_are_dead_lettered() {
-        let (pipeline, store, _dir) = start(Picky, 8);
-        let acks = pipeline.submit(vec![submission("a", "hello"), submission("b", "boom")]).await.unwrap();
+        let Running { pipeline, store, subjects, .. } = start(Picky, 8);
+        let acks = pipeline
+            .submit(vec![submission(&subjects, "a", "hello"), submission(&subjects, "b", "boom")])
+            .await
+            .unwrap();
         assert!(acks.iter().all(|a| a.status == AckStatus::Accepted));
 
         let routed = stored(&store, acks[0].id);
@@ -615,8 +908,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_router_breaking_its_contract_cannot_lose_inquiries() {
-        let (pipeline, store, _dir) = start(Silent, 8);
-        let acks = pipeline.submit(vec![submission("a", "x"), submission("b", "y")]).await.unwrap();
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let acks =
+            pipeline.submit(vec![submission(&subjects, "a", "x"), submission(&subjects, "b", "y")]).await.unwrap();
         for ack in acks {
             assert_eq!(stored(&store, ack.id).decision.fallback_reason.as_deref(), Some("router_contract"));
             assert!(store.get_dead_letter(ack.id).unwrap().is_some());
@@ -641,22 +935,24 @@ mod tests {
         let (entered_tx, entered) = std_mpsc::channel();
         let (release, release_rx) = std_mpsc::channel();
         let gate = Gate { entered: Mutex::new(entered_tx), release: Mutex::new(release_rx) };
-        let (pipeline, store, _dir) = start(gate, 1);
+        let Running { pipeline, store, subjects, .. } = start(gate, 1);
 
         let first = tokio::spawn({
             let pipeline = pipeline.clone();
-            async move { pipeline.submit(vec![submission("a", "x")]).await }
+            let item = submission(&subjects, "a", "x");
+            async move { pipeline.submit(vec![item]).await }
         });
         entered.recv().unwrap(); // the stage holds the first batch
         let second = tokio::spawn({
             let pipeline = pipeline.clone();
-            async move { pipeline.submit(vec![submission("b", "x")]).await }
+            let item = submission(&subjects, "b", "x");
+            async move { pipeline.submit(vec![item]).await }
         });
         // The second job fills the one-slot queue; the third is refused without waiting.
         while pipeline.tx.capacity() > 0 {
             tokio::task::yield_now().await;
         }
-        let third = pipeline.submit(vec![submission("c", "x")]).await;
+        let third = pipeline.submit(vec![submission(&subjects, "c", "x")]).await;
         assert!(matches!(third, Err(SubmitError::Overloaded)));
 
         release.send(()).unwrap();
@@ -665,5 +961,57 @@ mod tests {
         let second = second.await.unwrap().unwrap();
         assert!(store.get_inquiry(first[0].id).unwrap().is_some());
         assert!(store.get_inquiry(second[0].id).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn inquiries_are_stored_sealed_linked_to_their_subject_and_audited() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let acks = pipeline.submit(vec![submission(&subjects, "a", "where is my parcel")]).await.unwrap();
+        let again = pipeline.submit(vec![submission(&subjects, "a", "where is my parcel")]).await.unwrap();
+        assert_eq!(again[0].status, AckStatus::Duplicate);
+        let record = String::from_utf8(store.get_inquiry(acks[0].id).unwrap().unwrap()).unwrap();
+        let raw = store.get_raw(acks[0].id).unwrap().unwrap();
+        for clear in ["parcel", "anna", "Anna"] {
+            assert!(!record.contains(clear), "`{clear}` in the stored record");
+            assert!(!raw.windows(clear.len()).any(|w| w == clear.as_bytes()), "`{clear}` in the stored payload");
+        }
+        let inquiry = stored(&store, acks[0].id).inquiry;
+        assert_eq!(store.inquiries_of(&inquiry.buyer.pseudonym).unwrap(), vec![acks[0].id]);
+        let personal = subjects.open(&inquiry).unwrap().unwrap();
+        assert_eq!(
+            (personal.body.as_str(), personal.email.as_deref()),
+            ("where is my parcel", Some("anna@example.com"))
+        );
+        let kinds: Vec<String> = store
+            .audit_entries(0, 100)
+            .unwrap()
+            .iter()
+            .map(|(_, e)| serde_json::from_slice::<crate::compliance::audit::AuditEntry>(e).unwrap().event.kind)
+            .collect();
+        assert_eq!(kinds, ["inquiry.ingested", "inquiry.dead_lettered", "inquiry.deduplicated"]);
+    }
+
+    #[tokio::test]
+    async fn an_erased_subject_is_unreadable_and_a_new_message_gets_a_new_pseudonym() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let acks = pipeline.submit(vec![submission(&subjects, "a", "first message")]).await.unwrap();
+        let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
+        // A message sealed for the subject while the erasure is under way (it waits in the queue).
+        let late = submission(&subjects, "b", "second message");
+        let index = store.subject_index(&pseudonym).unwrap().unwrap();
+        let event = AuditEvent::new("subject.erased", "test").subject(&pseudonym);
+        let erasure = Erasure { pseudonym: pseudonym.clone(), index, record: b"{}".to_vec(), event };
+        let erased = pipeline.erase(erasure).await.unwrap();
+        assert_eq!(erased, vec![acks[0].id]);
+        let first = stored(&store, acks[0].id).inquiry;
+        assert!(first.sealed.is_empty() && first.raw_ref == "erased");
+        assert!(subjects.open(&first).unwrap().is_none());
+        assert!(store.get_raw(acks[0].id).unwrap().unwrap().is_empty());
+        assert!(store.subject_index(&pseudonym).unwrap().is_none());
+
+        let late_ack = pipeline.submit(vec![late]).await.unwrap();
+        let second = stored(&store, late_ack[0].id).inquiry;
+        assert_ne!(second.buyer.pseudonym, pseudonym, "sealed again for a new subject");
+        assert_eq!(subjects.open(&second).unwrap().unwrap().body, "second message");
     }
 }

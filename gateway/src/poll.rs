@@ -88,7 +88,7 @@ pub async fn run(
     quotas: Arc<QuotaRegistry>,
     pipeline: Pipeline,
     store: Store,
-    pseudonym_key: Arc<[u8]>,
+    subjects: Arc<crate::compliance::subjects::Subjects>,
     mut stop: watch::Receiver<()>,
 ) {
     let name = poller.name();
@@ -174,7 +174,7 @@ pub async fn run(
 
             let received_at = OffsetDateTime::now_utc();
             let trace_id = crate::http::new_trace_id();
-            let mut context = || NormalizeContext { received_at, trace_id: &trace_id, pseudonym_key: &pseudonym_key };
+            let mut context = || NormalizeContext { received_at, trace_id: &trace_id };
             let page = match poller.parse(&body, &target, cursor.as_deref(), &mut context) {
                 Ok(page) => page,
                 Err(err) => {
@@ -195,8 +195,20 @@ pub async fn run(
             let last_page = page.next_page.is_none();
             // The cursor moves with the cycle's last page only: a crash mid-cycle re-polls the cycle.
             let cursor_update = if last_page { next_cursor.clone().map(|c| (cursor_name.clone(), c)) } else { None };
-            let submissions: Vec<Submission> =
-                page.inquiries.into_iter().map(|i| Submission::new(i, body.clone(), None)).collect();
+            // A page holds many buyers' messages: it is not kept as any one inquiry's payload.
+            let actor = format!("poller:{name}/{}", config.account);
+            let sealed: Result<Vec<Submission>, _> = page
+                .inquiries
+                .into_iter()
+                .map(|i| Submission::seal(i, &body, false, None, &actor, &subjects))
+                .collect();
+            let submissions = match sealed {
+                Ok(submissions) => submissions,
+                Err(err) => {
+                    tracing::error!(poller = name, error = %err, "sealing failed; cycle abandoned, cursor kept");
+                    break;
+                }
+            };
             loop {
                 match pipeline.submit_with_cursor(submissions.clone(), cursor_update.clone()).await {
                     Ok(_) => break,

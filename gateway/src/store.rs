@@ -24,6 +24,22 @@ mod partition {
     pub const DEAD_LETTERS: &str = "dead_letters";
     /// Store metadata (`pseudonym_key`).
     pub const META: &str = "meta";
+    /// `subject index (32 bytes) -> SubjectRecord JSON` (pseudonym and wrapped data key).
+    pub const SUBJECTS: &str = "subjects";
+    /// `pseudonym -> subject index`.
+    pub const PSEUDONYMS: &str = "pseudonyms";
+    /// `pseudonym || 0x00 || inquiry id (16 bytes) -> ()`: every inquiry of a data subject.
+    pub const SUBJECT_INQUIRIES: &str = "subject_inquiries";
+    /// `pseudonym -> erasure JSON`: subjects erased (their pseudonyms are never reused).
+    pub const ERASURES: &str = "erasures";
+    /// `request id (16 bytes) -> SubjectRequest JSON`.
+    pub const SUBJECT_REQUESTS: &str = "subject_requests";
+    /// `index (u64 BE) -> audit entry bytes` (the Merkle leaves' contents).
+    pub const AUDIT: &str = "audit";
+    /// `level (u8) || index (u64 BE) -> hash`: the roots of the audit tree's perfect subtrees.
+    pub const AUDIT_NODES: &str = "audit_nodes";
+    /// `tree size (u64 BE) -> SignedTreeHead JSON`.
+    pub const AUDIT_HEADS: &str = "audit_heads";
 }
 
 const META_PSEUDONYM_KEY: &str = "pseudonym_key";
@@ -54,6 +70,14 @@ pub struct Store {
     dedup: PartitionHandle,
     dead_letters: PartitionHandle,
     meta: PartitionHandle,
+    subjects: PartitionHandle,
+    pseudonyms: PartitionHandle,
+    subject_inquiries: PartitionHandle,
+    erasures: PartitionHandle,
+    subject_requests: PartitionHandle,
+    audit: PartitionHandle,
+    audit_nodes: PartitionHandle,
+    audit_heads: PartitionHandle,
 }
 
 impl Store {
@@ -71,6 +95,14 @@ impl Store {
             dedup: open(partition::DEDUP)?,
             dead_letters: open(partition::DEAD_LETTERS)?,
             meta: open(partition::META)?,
+            subjects: open(partition::SUBJECTS)?,
+            pseudonyms: open(partition::PSEUDONYMS)?,
+            subject_inquiries: open(partition::SUBJECT_INQUIRIES)?,
+            erasures: open(partition::ERASURES)?,
+            subject_requests: open(partition::SUBJECT_REQUESTS)?,
+            audit: open(partition::AUDIT)?,
+            audit_nodes: open(partition::AUDIT_NODES)?,
+            audit_heads: open(partition::AUDIT_HEADS)?,
             keyspace,
         })
     }
@@ -139,6 +171,107 @@ impl Store {
     /// Number of stored inquiries (exact; walks the partition, for tests and tools).
     pub fn count_inquiries(&self) -> Result<usize, StoreError> {
         Ok(self.inquiries.len()?)
+    }
+
+    /// The stored record of the data subject with `index`.
+    pub fn subject(&self, index: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.subjects.get(index)?.map(|v| v.to_vec()))
+    }
+
+    /// The index of the data subject with `pseudonym`, unless erased.
+    pub fn subject_index(&self, pseudonym: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.pseudonyms.get(pseudonym)?.and_then(|v| <[u8; 32]>::try_from(&*v).ok()))
+    }
+
+    /// Ids of every stored inquiry of the data subject `pseudonym`, oldest first.
+    pub fn inquiries_of(&self, pseudonym: &str) -> Result<Vec<Uuid>, StoreError> {
+        let mut prefix = pseudonym.as_bytes().to_vec();
+        prefix.push(0);
+        let mut ids = Vec::new();
+        for item in self.subject_inquiries.prefix(&prefix) {
+            let (key, _) = item?;
+            if let Ok(id) = Uuid::from_slice(&key[prefix.len()..]) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The erasure record of `pseudonym`, if the subject was erased.
+    pub fn erasure(&self, pseudonym: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.erasures.get(pseudonym)?.map(|v| v.to_vec()))
+    }
+
+    /// Every erased pseudonym.
+    pub fn erased_pseudonyms(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.erasures.keys() {
+            out.push(String::from_utf8_lossy(&item?).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// A subject request record.
+    pub fn subject_request(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.subject_requests.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every subject request record (ids are UUIDv7: oldest first).
+    pub fn subject_requests(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.subject_requests.iter() {
+            out.push(item?.1.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Number of audit entries.
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .audit
+            .last_key_value()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(&*k).ok())
+            .map_or(0, |k| u64::from_be_bytes(k) + 1))
+    }
+
+    /// Audit entries with `from <= index < to`, in order, as `(index, entry)`.
+    pub fn audit_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for item in self.audit.range(from.to_be_bytes()..to.to_be_bytes()) {
+            let (key, value) = item?;
+            if let Ok(index) = <[u8; 8]>::try_from(&*key) {
+                out.push((u64::from_be_bytes(index), value.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stored node of the audit tree.
+    pub fn audit_node(&self, level: u32, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.audit_nodes.get(audit_node_key(level, index))?.and_then(|v| <[u8; 32]>::try_from(&*v).ok()))
+    }
+
+    /// Every signed tree head, by tree size.
+    pub fn audit_heads(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.audit_heads.iter() {
+            out.push(item?.1.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The signed tree head of the largest tree.
+    pub fn latest_audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.audit_heads.last_key_value()?.map(|(_, v)| v.to_vec()))
+    }
+
+    /// The raw partition of the audit log, for tools and tests that must act below the store's API.
+    #[doc(hidden)]
+    pub fn audit_partition(&self) -> &PartitionHandle {
+        &self.audit
     }
 
     /// A poller's durable cursor.
@@ -213,6 +346,13 @@ impl Outbox {
     }
 }
 
+fn audit_node_key(level: u32, index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = level as u8;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
 /// Splits an `inquiries` value into (record, raw payload).
 fn split_frame(frame: &[u8]) -> (&[u8], &[u8]) {
     let len = frame.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
@@ -247,6 +387,58 @@ impl StoreBatch<'_> {
         value[..16].copy_from_slice(entry.id.as_bytes());
         value[16..].copy_from_slice(&entry.enqueued_ms.to_be_bytes());
         self.inner.insert(&outbox.partition, entry.seq.to_be_bytes().as_slice(), value.as_slice());
+    }
+
+    /// Stores a data subject: its record under its index, and the pseudonym's way back to it.
+    pub fn put_subject(&mut self, index: &[u8; 32], pseudonym: &str, record: &[u8]) {
+        self.inner.insert(&self.store.subjects, index.as_slice(), record);
+        self.inner.insert(&self.store.pseudonyms, pseudonym, index.as_slice());
+    }
+
+    /// Records that inquiry `id` belongs to the data subject `pseudonym`.
+    pub fn link_inquiry(&mut self, pseudonym: &str, id: Uuid) {
+        let mut key = Vec::with_capacity(pseudonym.len() + 17);
+        key.extend_from_slice(pseudonym.as_bytes());
+        key.push(0);
+        key.extend_from_slice(id.as_bytes());
+        self.inner.insert(&self.store.subject_inquiries, key, []);
+    }
+
+    /// Erases a data subject: its wrapped key and pseudonym mapping go, the erasure record stays.
+    pub fn erase_subject(&mut self, index: &[u8; 32], pseudonym: &str, erasure: &[u8]) {
+        self.inner.remove(&self.store.subjects, index.as_slice());
+        self.inner.remove(&self.store.pseudonyms, pseudonym);
+        self.inner.insert(&self.store.erasures, pseudonym, erasure);
+    }
+
+    /// Replaces an inquiry's record and drops its original payload (erasure).
+    pub fn replace_inquiry(&mut self, id: Uuid, record: &[u8]) {
+        self.put_inquiry(id, record, &[]);
+    }
+
+    /// Stores a subject request record.
+    pub fn put_subject_request(&mut self, id: Uuid, record: &[u8]) {
+        self.inner.insert(&self.store.subject_requests, id.as_bytes().as_slice(), record);
+    }
+
+    /// Removes a subject request record (past its retention).
+    pub fn remove_subject_request(&mut self, id: Uuid) {
+        self.inner.remove(&self.store.subject_requests, id.as_bytes().as_slice());
+    }
+
+    /// Appends audit entry `index`.
+    pub fn put_audit(&mut self, index: u64, entry: &[u8]) {
+        self.inner.insert(&self.store.audit, index.to_be_bytes().as_slice(), entry);
+    }
+
+    /// Stores a node of the audit tree.
+    pub fn put_audit_node(&mut self, level: u32, index: u64, hash: &[u8; 32]) {
+        self.inner.insert(&self.store.audit_nodes, audit_node_key(level, index).as_slice(), hash.as_slice());
+    }
+
+    /// Stores a signed tree head.
+    pub fn put_audit_head(&mut self, size: u64, head: &[u8]) {
+        self.inner.insert(&self.store.audit_heads, size.to_be_bytes().as_slice(), head);
     }
 
     /// Sets a poller's cursor.

@@ -46,6 +46,17 @@ pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
 /// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
 pub const SINK_DEGRADED: &str = "inquiry_gateway_sink_degraded";
 
+/// Audit events of refused requests dropped because the pipeline queue was full.
+pub const AUDIT_DROPPED: &str = "inquiry_gateway_audit_dropped_total";
+/// Entries in the audit log.
+pub const AUDIT_ENTRIES: &str = "inquiry_gateway_audit_entries";
+/// Size of the latest signed tree head of the audit log.
+pub const AUDIT_SIGNED_SIZE: &str = "inquiry_gateway_audit_signed_tree_size";
+/// Data subject requests. Labels: `kind` (`export`, `erasure`), `outcome` (`completed`, `not_found`, `failed`).
+pub const SUBJECT_REQUESTS: &str = "inquiry_gateway_subject_requests_total";
+/// Open data subject requests past their deadline (0 when none).
+pub const SUBJECT_REQUESTS_OVERDUE: &str = "inquiry_gateway_subject_requests_overdue";
+
 /// Duration of one plugin call (a batch). Label: `plugin`.
 pub const PLUGIN_DURATION: &str = "inquiry_gateway_plugin_duration_seconds";
 /// Inquiries a plugin answered. Labels: `plugin`, `outcome` (`decided`, `undecided`, `failed`).
@@ -151,6 +162,11 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
     describe_counter!(SINK_RETRIES, "failed delivery rounds that are retried");
     describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");
+    describe_counter!(AUDIT_DROPPED, "audit events of refused requests dropped on a full queue");
+    describe_gauge!(AUDIT_ENTRIES, "entries in the audit log");
+    describe_gauge!(AUDIT_SIGNED_SIZE, "tree size of the latest signed head of the audit log");
+    describe_counter!(SUBJECT_REQUESTS, "data subject requests, by kind and outcome");
+    describe_gauge!(SUBJECT_REQUESTS_OVERDUE, "open data subject requests past their deadline");
     describe_histogram!(PLUGIN_DURATION, Unit::Seconds, "duration of one routing plugin call (a batch)");
     describe_counter!(PLUGIN_OUTCOMES, "inquiries a routing plugin answered, by outcome");
     describe_counter!(PLUGIN_FAILURES, "inquiries a routing plugin failed on, by reason");

@@ -127,7 +127,8 @@ async fn batches_dedup_within_and_across_requests_and_honour_idempotency_keys() 
     let location = first.headers["location"].to_str().unwrap().to_owned();
     assert_eq!(location, format!("/v1/inquiries/{}", first.json()["id"].as_str().unwrap()));
 
-    // The stored record carries the routing decision and no personal data.
+    // The stored record carries the routing decision; its envelope holds personal data only
+    // sealed, and the API opens it for the caller.
     let id = first.json()["id"].as_str().unwrap().to_owned();
     let stored = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await;
     assert_eq!(stored.status, 200);
@@ -136,8 +137,15 @@ async fn batches_dedup_within_and_across_requests_and_honour_idempotency_keys() 
     assert_eq!(record["decision"]["decided_by"], "fallback");
     assert_eq!(record["inquiry"]["region"], "eu");
     assert!(record["inquiry"]["buyer"]["pseudonym"].as_str().unwrap().starts_with("bp_"));
-    let text = String::from_utf8(stored.body.to_vec()).unwrap();
-    assert!(!text.contains("k-1@example.com") && !text.contains("Test Buyer"), "personal data in the envelope");
+    let envelope = record["inquiry"].to_string();
+    for clear in ["k-1@example.com", "Test Buyer", "Berlin", "Bulk order"] {
+        assert!(!envelope.contains(clear), "`{clear}` in clear in the envelope");
+    }
+    assert!(record["inquiry"]["sealed"]["body"].is_string() && record["inquiry"]["sealed"]["email"].is_string());
+    assert_eq!(record["personal"]["email"], "k-1@example.com");
+    assert_eq!(record["personal"]["name"], "Test Buyer");
+    assert_eq!(record["personal"]["body"], "Can you ship 500 units to Berlin?");
+    assert_eq!(record["personal"]["subject"], "Bulk order");
     assert_eq!(client.get(&gateway.url("/v1/inquiries/not-a-uuid")).await.error_code(), "invalid_id");
     let unknown = client.get(&gateway.url("/v1/inquiries/01a20cca-ee25-741e-bd8f-7e3170ff15fc")).await;
     assert_eq!((unknown.status.as_u16(), unknown.error_code().as_str()), (404, "not_found"));

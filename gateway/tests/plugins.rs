@@ -211,7 +211,7 @@ async fn a_poison_inquiry_fails_alone_and_the_rest_of_its_batch_is_routed() {
         .map(|stored| {
             let decision = &stored["decision"];
             (
-                stored["inquiry"]["body"].as_str().unwrap().to_owned(),
+                stored["personal"]["body"].as_str().unwrap().to_owned(),
                 decision["queue"].clone(),
                 decision["fallback_reason"].clone(),
             )

@@ -46,8 +46,8 @@ impl Router for NativeRules {
                 let view = View {
                     buyer_country: inquiry.buyer.country.as_deref().unwrap_or(""),
                     buyer_language: inquiry.buyer.language.as_deref().unwrap_or(""),
-                    subject: inquiry.subject.as_deref().unwrap_or(""),
-                    body: &inquiry.body,
+                    subject: inquiry.personal.subject.as_deref().unwrap_or(""),
+                    body: &inquiry.personal.body,
                     attributes: &attributes,
                     ..View::default()
                 };

@@ -111,7 +111,8 @@ impl Poller for MetaConversations {
                     format!("id:{buyer}"),
                     text.expect("checked above"),
                     created,
-                );
+                )
+                .from_user(&buyer);
                 page.inquiries.push(draft.into_inquiry(&context()));
             }
         }

@@ -143,7 +143,8 @@ impl MetaWebhook {
             format!("id:{}", event.sender.id),
             body,
             occurred_at,
-        );
+        )
+        .from_user(&event.sender.id);
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(())
     }
@@ -186,8 +187,10 @@ fn whatsapp_change<'c>(
         };
         let mut attributes = std::collections::BTreeMap::new();
         attributes.insert("message_type".to_owned(), serde_json::Value::from(message.kind.clone()));
+        // The WhatsApp id of a user is their phone number.
         let draft = Draft {
             attributes,
+            buyer_phone: Some(format!("+{}", message.from)),
             ..Draft::message(
                 Channel::Whatsapp,
                 account,
@@ -197,6 +200,7 @@ fn whatsapp_change<'c>(
                 body,
                 occurred_at,
             )
+            .from_user(&message.from)
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
     }

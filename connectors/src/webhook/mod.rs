@@ -146,8 +146,8 @@ pub trait Webhook: Sync {
         None
     }
 
-    /// Normalizes a verified body; `context` gives each new inquiry its receive time, trace id and
-    /// pseudonym key (the id comes from the message itself, see [`crate::stable_id`]).
+    /// Normalizes a verified body; `context` gives each new inquiry its receive time and trace id
+    /// (the id comes from the message itself, see [`crate::stable_id`]).
     fn parse<'c>(
         &self,
         body: &[u8],

@@ -71,12 +71,14 @@ impl Webhook for Telegram {
             ..Draft::message(
                 Channel::Telegram,
                 account,
-                format!("{}:{}", message.chat.id, message.message_id),
+                // Bot-wide unique; the chat id of a private chat is the buyer's user id (personal data).
+                format!("update:{}", update.update_id),
                 message.chat.id.to_string(),
                 format!("id:{}", from.id),
                 body,
                 occurred_at,
             )
+            .from_user(&from.id.to_string())
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(parsed)
@@ -92,7 +94,6 @@ struct Update {
 
 #[derive(Deserialize)]
 struct Message {
-    message_id: i64,
     date: i64,
     chat: Chat,
     #[serde(default)]

@@ -87,6 +87,7 @@ impl Webhook for TiktokShop {
         })?;
         let buyer = format!("id:{}", message.sender.im_user_id);
         let draft = Draft {
+            platform_user_id: Some(message.sender.im_user_id.clone()),
             order_id,
             product_ids,
             attributes,

@@ -1,5 +1,7 @@
-//! The admin API on the admin listener: routing plugins (status, reload, replay) and the agent
-//! directory, behind bearer tokens with scopes. Every call is logged with the token's name.
+//! The admin API on the admin listener: routing plugins (status, reload, replay), the agent
+//! directory, the audit log (tree heads, entries, proofs) and data subject requests (export,
+//! erasure), behind bearer tokens with scopes. Every call, allowed or refused, is written to the
+//! audit log with the token's name and the caller's address.
 
 use std::sync::Arc;
 
@@ -15,8 +17,12 @@ use uuid::Uuid;
 
 use super::error::{json_response, ApiError};
 use super::{new_trace_id, HttpResponse};
+use crate::compliance::audit::{key_id, AuditEvent, StoredNodes};
+use crate::compliance::merkle::PerfectNodes as _;
+use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectRequests, SubjectSpec};
+use crate::compliance::subjects::Subjects;
 use crate::config::{AdminConfig, Config};
-use crate::pipeline::StoredInquiry;
+use crate::pipeline::{Pipeline, StoredInquiry};
 use crate::plugins::{harness, PluginRouter, ReplayVersion};
 use crate::store::Store;
 
@@ -26,84 +32,151 @@ const MAX_REPLAY: usize = 10_000;
 const MAX_BODY: usize = 1024 * 1024;
 
 /// What the admin API acts on.
-pub struct AdminApi {
-    tokens: Vec<([u8; 32], String, Vec<String>)>,
-    open: bool,
+pub struct AdminParts {
     /// The plugin router, when plugins are configured.
     pub plugins: Option<Arc<PluginRouter>>,
-    /// The store (replay reads inquiries from it).
+    /// The store (replay and the audit endpoints read it).
     pub store: Store,
     /// The config file, re-read by a reload.
     pub source: Option<std::path::PathBuf>,
+    /// The pipeline (admin calls are audited through it).
+    pub pipeline: Pipeline,
+    /// Data subjects (replay opens sealed fields to route them).
+    pub subjects: Arc<Subjects>,
+    /// Data subject requests.
+    pub requests: Arc<SubjectRequests>,
+    /// The public key that verifies the audit log's tree heads.
+    pub public_key: Vec<u8>,
+}
+
+/// The admin API.
+pub struct AdminApi {
+    tokens: Vec<([u8; 32], String, Vec<String>)>,
+    open: bool,
+    parts: AdminParts,
+}
+
+/// The caller of an admin request, as far as it is known.
+struct Caller {
+    actor: String,
+    source: Option<String>,
+    scope: Option<&'static str>,
+}
+
+impl std::ops::Deref for AdminApi {
+    type Target = AdminParts;
+    fn deref(&self) -> &AdminParts {
+        &self.parts
+    }
 }
 
 impl AdminApi {
     /// The admin API of `config`. Without tokens it is open only on a loopback listener.
-    pub fn new(
-        config: &AdminConfig,
-        plugins: Option<Arc<PluginRouter>>,
-        store: Store,
-        source: Option<std::path::PathBuf>,
-    ) -> Self {
+    pub fn new(config: &AdminConfig, parts: AdminParts) -> Self {
         let tokens = config
             .tokens
             .iter()
             .map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.id.clone(), t.scopes.clone()))
             .collect();
-        AdminApi { tokens, open: config.tokens.is_empty() && config.listen.ip().is_loopback(), plugins, store, source }
+        AdminApi { tokens, open: config.tokens.is_empty() && config.listen.ip().is_loopback(), parts }
     }
 
-    /// The token's name when it holds `scope`; 401/403 otherwise.
-    fn authorize(&self, req: &Request<Incoming>, scope: &str) -> Result<String, ApiError> {
+    /// Checks that the caller holds `scope`; records who it is in `caller`; 401/403 otherwise.
+    fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        scope: &'static str,
+        caller: &mut Caller,
+    ) -> Result<String, ApiError> {
+        caller.scope = Some(scope);
+        let who = self.token_of(headers, scope);
+        if let Ok(id) | Err((Some(id), _)) = &who {
+            caller.actor = format!("admin:{id}");
+        }
+        who.map_err(|(_, err)| err)
+    }
+
+    /// The token's name when it holds `scope`; otherwise the name (if the token is known) and the refusal.
+    fn token_of(&self, headers: &http::HeaderMap, scope: &str) -> Result<String, (Option<String>, ApiError)> {
         if self.open {
             return Ok("loopback".to_owned());
         }
-        let presented = req
-            .headers()
+        let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "an admin bearer token is required")
-                    .with_header(header::WWW_AUTHENTICATE, "Bearer")
+                (
+                    None,
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "an admin bearer token is required")
+                        .with_header(header::WWW_AUTHENTICATE, "Bearer"),
+                )
             })?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         match self.tokens.iter().find(|(d, _, _)| *d == digest) {
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown admin token")
-                .with_header(header::WWW_AUTHENTICATE, "Bearer")),
+            None => Err((
+                None,
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown admin token")
+                    .with_header(header::WWW_AUTHENTICATE, "Bearer"),
+            )),
             Some((_, id, scopes)) if scopes.iter().any(|s| s == scope) => Ok(id.clone()),
             Some((_, id, _)) => {
                 tracing::warn!(token = %id, scope, "admin call refused: scope not granted");
-                Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "scope_missing",
-                    format!("this token lacks the `{scope}` scope"),
+                Err((
+                    Some(id.clone()),
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "scope_missing",
+                        format!("this token lacks the `{scope}` scope"),
+                    ),
                 ))
             }
         }
     }
 
-    /// Handles `/v1/...` on the admin listener.
+    /// Handles `/v1/...` on the admin listener; every call is audited with its outcome.
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let trace_id = new_trace_id();
-        match self.route(req).await {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+        let mut caller = Caller { actor: "anonymous".to_owned(), source: super::peer(&req), scope: None };
+        let response = match self.route(req, &mut caller).await {
             Ok(response) => response,
             Err(err) => err.into_response(&trace_id),
+        };
+        let status = response.status().as_u16();
+        let event = AuditEvent::new("admin.call", caller.actor).from_source(caller.source).detail(json!({
+            "method": method, "path": path, "scope": caller.scope, "status": status,
+            "allowed": !matches!(status, 401 | 403),
+        }));
+        // Refused calls must not be able to fill the queue and block inquiries: they are audited
+        // without waiting; allowed calls wait for their audit entry to be durable.
+        if matches!(status, 401 | 403) {
+            self.pipeline.audit_soon(vec![event]);
+        } else if let Err(err) = self.pipeline.audit(vec![event]).await {
+            tracing::error!(error = %err, "admin call could not be audited");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the call could not be audited; retry",
+            )
+            .retry_after(1)
+            .into_response(&trace_id);
         }
+        response
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    async fn route(&self, req: Request<Incoming>, caller: &mut Caller) -> Result<HttpResponse, ApiError> {
         let path: Vec<String> = req.uri().path().trim_matches('/').split('/').map(str::to_owned).collect();
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let method = req.method().clone();
         match (method, path.as_slice()) {
             (Method::GET, ["v1", "plugins"]) => {
-                self.authorize(&req, "plugins:read")?;
+                self.authorize(req.headers(), "plugins:read", caller)?;
                 let plugins = self.plugins.as_ref().map(|p| p.status()).unwrap_or_default();
                 Ok(json_response(StatusCode::OK, &json!({ "plugins": plugins })))
             }
             (Method::POST, ["v1", "plugins", "reload"]) => {
-                let who = self.authorize(&req, "plugins:write")?;
+                let who = self.authorize(req.headers(), "plugins:write", caller)?;
                 tracing::info!(token = %who, "admin: plugin reload");
                 self.reload()
                     .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", message))?;
@@ -111,14 +184,14 @@ impl AdminApi {
             }
             (Method::POST, ["v1", "plugins", id, "replay"]) => {
                 // Replay runs the plugin, which moves its key-value map (round-robin positions).
-                let who = self.authorize(&req, "plugins:write")?;
+                let who = self.authorize(req.headers(), "plugins:write", caller)?;
                 let id = id.to_string();
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 tracing::info!(token = %who, plugin = %id, "admin: replay");
                 tokio::task::block_in_place(|| self.replay(&id, &body))
             }
             (Method::PUT, ["v1", "agents", id]) => {
-                let who = self.authorize(&req, "agents:write")?;
+                let who = self.authorize(req.headers(), "agents:write", caller)?;
                 let id = id.to_string();
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 let update: AgentUpdate = serde_json::from_slice(&body)
@@ -130,7 +203,136 @@ impl AdminApi {
                 tracing::info!(token = %who, agent = %id, "admin: agent updated");
                 Ok(json_response(StatusCode::OK, &json!({ "updated": id })))
             }
-            (_, ["v1", "plugins", ..] | ["v1", "agents", ..]) => Err(ApiError::method_not_allowed("GET, POST, PUT")),
+            (Method::GET, ["v1", "audit", "tree-head"]) => {
+                self.authorize(req.headers(), "audit:read", caller)?;
+                let head = self.store.latest_audit_head().map_err(store_error)?;
+                let head: Option<serde_json::Value> = head.and_then(|h| serde_json::from_slice(&h).ok());
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "tree_head": head,
+                        "public_key": hex::encode(&self.public_key),
+                        "key_id": key_id(&self.public_key),
+                        "entries": self.store.audit_len().map_err(store_error)?,
+                    }),
+                ))
+            }
+            (Method::GET, ["v1", "audit", "tree-heads"]) => {
+                self.authorize(req.headers(), "audit:read", caller)?;
+                let heads: Vec<serde_json::Value> = self
+                    .store
+                    .audit_heads()
+                    .map_err(store_error)?
+                    .iter()
+                    .filter_map(|h| serde_json::from_slice(h).ok())
+                    .collect();
+                Ok(json_response(StatusCode::OK, &json!({ "tree_heads": heads })))
+            }
+            (Method::GET, ["v1", "audit", "entries"]) => {
+                self.authorize(req.headers(), "audit:read", caller)?;
+                let query = Query::of(&req);
+                let from = query.number("from")?.unwrap_or(0);
+                let limit = query.number("limit")?.unwrap_or(1000).min(10_000);
+                let entries = self.store.audit_entries(from, from.saturating_add(limit)).map_err(store_error)?;
+                // NDJSON: each line is an entry exactly as hashed into the log.
+                let mut body = Vec::new();
+                for (_, entry) in entries {
+                    body.extend_from_slice(&entry);
+                    body.push(b'\n');
+                }
+                let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+                Ok(response)
+            }
+            (Method::GET, ["v1", "audit", "proof", "inclusion"]) => {
+                self.authorize(req.headers(), "audit:read", caller)?;
+                let query = Query::of(&req);
+                let (index, size) = (query.required("index")?, query.required("size")?);
+                let proof = self.checked_size(size).and_then(|()| {
+                    StoredNodes(&self.store).inclusion_proof(index, size).ok_or_else(|| {
+                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "index must be below size")
+                    })
+                })?;
+                let leaf = self.store.audit_node(0, index).map_err(store_error)?.map(hex::encode);
+                let proof: Vec<String> = proof.iter().map(hex::encode).collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "index": index, "tree_size": size, "leaf_hash": leaf, "audit_path": proof }),
+                ))
+            }
+            (Method::GET, ["v1", "audit", "proof", "consistency"]) => {
+                self.authorize(req.headers(), "audit:read", caller)?;
+                let query = Query::of(&req);
+                let (first, second) = (query.required("first")?, query.required("second")?);
+                let proof = self.checked_size(second).and_then(|()| {
+                    StoredNodes(&self.store).consistency_proof(first, second).ok_or_else(|| {
+                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "first must not exceed second")
+                    })
+                })?;
+                let proof: Vec<String> = proof.iter().map(hex::encode).collect();
+                Ok(json_response(StatusCode::OK, &json!({ "first": first, "second": second, "proof": proof })))
+            }
+            (Method::POST, ["v1", "subject-requests"]) => {
+                let headers = req.headers().clone();
+                let body = super::api::read_body(req, MAX_BODY).await?;
+                let request: NewSubjectRequest = serde_json::from_slice(&body).map_err(|e| {
+                    // Serde's message may quote the input (an e-mail address): give only its position.
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_value",
+                        format!("not a subject request (line {}, column {})", e.line(), e.column()),
+                    )
+                })?;
+                let scope = match request.kind {
+                    RequestKind::Export => "subjects:export",
+                    RequestKind::Erasure => "subjects:erase",
+                };
+                let who = self.authorize(&headers, scope, caller)?;
+                let by = format!("admin:{who}");
+                let jurisdiction = request.jurisdiction.unwrap_or(Jurisdiction::Gdpr);
+                let result = match request.kind {
+                    RequestKind::Export => self
+                        .requests
+                        .export(&request.subject, jurisdiction, "admin_api", &by)
+                        .await
+                        .map(|(_, document)| document),
+                    RequestKind::Erasure => self
+                        .requests
+                        .erase(&request.subject, jurisdiction, "admin_api", &by)
+                        .await
+                        .map(|record| json!({ "request": record })),
+                };
+                match result {
+                    Ok(document) => Ok(json_response(StatusCode::OK, &document)),
+                    Err(RequestError::NoSubject) => Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "no_subject",
+                        RequestError::NoSubject.to_string(),
+                    )),
+                    Err(RequestError::Store(err)) => Err(store_error(err)),
+                    Err(RequestError::Pipeline(err)) => Err(super::api::submit_error(err)),
+                }
+            }
+            (Method::GET, ["v1", "subject-requests"]) => {
+                self.authorize(req.headers(), "subjects:read", caller)?;
+                let requests = self.requests.list().map_err(store_error)?;
+                Ok(json_response(StatusCode::OK, &json!({ "requests": requests })))
+            }
+            (Method::GET, ["v1", "subject-requests", id]) => {
+                self.authorize(req.headers(), "subjects:read", caller)?;
+                let id = Uuid::try_parse(id)
+                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the id is not a uuid"))?;
+                let request = self.requests.get(id).map_err(store_error)?.ok_or_else(|| {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no subject request with this id")
+                })?;
+                Ok(json_response(StatusCode::OK, &request))
+            }
+            (
+                _,
+                ["v1", "plugins", ..] | ["v1", "agents", ..] | ["v1", "audit", ..] | ["v1", "subject-requests", ..],
+            ) => Err(ApiError::method_not_allowed("GET, POST, PUT")),
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
         }
     }
@@ -148,6 +350,19 @@ impl AdminApi {
             None => None,
         };
         plugins.reload(config.as_ref()).map_err(|e| e.to_string())
+    }
+
+    /// 422 unless `size` entries exist in the log.
+    fn checked_size(&self, size: u64) -> Result<(), ApiError> {
+        let entries = self.store.audit_len().map_err(store_error)?;
+        if size == 0 || size > entries {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                format!("tree size must be between 1 and {entries}"),
+            ));
+        }
+        Ok(())
     }
 
     fn replay(&self, id: &str, body: &Bytes) -> Result<HttpResponse, ApiError> {
@@ -176,7 +391,13 @@ impl AdminApi {
                 ))
             }
         };
-        let stored: Vec<StoredInquiry> = records.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect();
+        let mut stored: Vec<StoredInquiry> = records.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect();
+        // Plugins route on the message text: open it (an erased subject's inquiries replay without it).
+        for record in &mut stored {
+            if let Some(personal) = self.subjects.open(&record.inquiry).map_err(store_error)? {
+                record.inquiry.personal = personal;
+            }
+        }
         let inquiries: Vec<&Inquiry> = stored.iter().map(|s| &s.inquiry).collect();
         let version = match request.version.as_deref() {
             None | Some("live") => ReplayVersion::Live,
@@ -215,6 +436,45 @@ impl AdminApi {
 
 fn no_plugins() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no routing plugins are configured")
+}
+
+/// Body of `POST /v1/subject-requests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSubjectRequest {
+    kind: RequestKind,
+    /// `gdpr` (default), `ccpa` or `lgpd`.
+    jurisdiction: Option<Jurisdiction>,
+    subject: SubjectSpec,
+}
+
+/// Query parameters of a GET.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(req: &Request<Incoming>) -> Query {
+        let pairs = req.uri().query().unwrap_or_default().split('&').filter_map(|p| p.split_once('='));
+        Query(pairs.map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.0.iter().find(|(k, _)| k == name) {
+            None => Ok(None),
+            Some((_, v)) => v.parse().map(Some).map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", format!("`{name}` must be a whole number"))
+            }),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<u64, ApiError> {
+        self.number(name)?
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing_field", format!("`{name}` is required")))
+    }
+}
+
+fn store_error(err: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %err, "admin call could not use the store");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not be read").retry_after(1)
 }
 
 /// Body of `PUT /v1/agents/{id}`.

@@ -29,8 +29,8 @@ pub struct ApiState {
     pub store: Store,
     /// API keys.
     pub auth: Authenticator,
-    /// Secret for buyer pseudonyms.
-    pub pseudonym_key: Vec<u8>,
+    /// Data subjects: personal data is sealed for its subject before it is queued.
+    pub subjects: std::sync::Arc<crate::compliance::subjects::Subjects>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// Most lines in a batch.
@@ -81,13 +81,14 @@ async fn post_one(
     let raw = read_body(req, state.max_body_bytes).await?;
 
     let normalize_started = Instant::now();
-    let inquiry = generic::normalize(&raw, &context(state, trace_id))?;
+    let inquiry = generic::normalize(&raw, &context(trace_id))?;
     grant.check(&inquiry.account)?;
     let channel = inquiry.channel;
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), 1);
 
-    let acks =
-        state.pipeline.submit(vec![Submission::new(inquiry, raw, idempotency_key)]).await.map_err(submit_error)?;
+    let submission =
+        Submission::seal(inquiry, &raw, true, idempotency_key, &grant.actor(), &state.subjects).map_err(store_error)?;
+    let acks = state.pipeline.submit(vec![submission]).await.map_err(submit_error)?;
     telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), 1);
     let ack = &acks[0];
     let status = match ack.status {
@@ -197,13 +198,18 @@ fn normalize_batch(
     let mut submissions = Vec::with_capacity(lines.len());
     let mut numbers = Vec::with_capacity(lines.len());
     let mut errors = Vec::new();
+    let actor = grant.actor();
     for (number, line) in lines {
         let line_trace = shared_trace.map_or_else(super::new_trace_id, str::to_owned);
-        match generic::normalize(&line, &context(state, &line_trace)) {
+        match generic::normalize(&line, &context(&line_trace)) {
             Ok(inquiry) if grant.allows(&inquiry.account) => {
                 // Keys are visible ascii, so "\0" cannot occur in one: "key\0line" is unambiguous.
                 let idempotency_key = idempotency_key.map(|k| format!("{k}\0{number}"));
-                submissions.push(Submission::new(inquiry, line, idempotency_key));
+                if errors.is_empty() {
+                    let submission = Submission::seal(inquiry, &line, true, idempotency_key, &actor, &state.subjects)
+                        .map_err(store_error)?;
+                    submissions.push(submission);
+                }
                 numbers.push(number);
             }
             Ok(_) => {
@@ -251,11 +257,15 @@ fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<F
     if !grant.allows(&stored.inquiry.account) {
         return Err(not_found());
     }
-    Ok(json_response(StatusCode::OK, &stored))
+    // The personal data, opened for the caller; `null` once the subject was erased.
+    let personal = state.subjects.open(&stored.inquiry).map_err(store_error)?;
+    let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
+    body["personal"] = serde_json::to_value(personal).expect("personal data serializes");
+    Ok(json_response(StatusCode::OK, &body))
 }
 
-fn context<'a>(state: &'a ApiState, trace_id: &'a str) -> NormalizeContext<'a> {
-    NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id, pseudonym_key: &state.pseudonym_key }
+fn context(trace_id: &str) -> NormalizeContext<'_> {
+    NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id }
 }
 
 pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
@@ -328,7 +338,7 @@ pub(super) fn submit_error(err: SubmitError) -> ApiError {
     }
 }
 
-fn store_error(err: crate::store::StoreError) -> ApiError {
+pub(super) fn store_error(err: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %err, "store failure");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not complete the request")
         .retry_after(1)

@@ -35,6 +35,14 @@ impl Grant {
         }
     }
 
+    /// Who this is, for the audit trail: `api_key:<id>`, or `open` without keys.
+    pub fn actor(&self) -> String {
+        match self {
+            Grant::Open => "open".to_owned(),
+            Grant::Key { id, .. } => format!("api_key:{id}"),
+        }
+    }
+
     /// 403 for an account outside the grant.
     pub fn check(&self, account: &str) -> Result<(), ApiError> {
         if self.allows(account) {

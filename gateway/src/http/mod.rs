@@ -31,6 +31,15 @@ use crate::pipeline::Pipeline;
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// The peer address of a request's connection (a request extension), for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The peer address of `req`, as text.
+pub fn peer(req: &Request<Incoming>) -> Option<String> {
+    req.extensions().get::<PeerAddr>().map(|p| p.0.to_string())
+}
+
 /// Ingress limits of the ingest listener.
 #[derive(Debug, Clone, Copy)]
 pub struct IngressLimits {
@@ -171,7 +180,7 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, addr) = match accepted {
                     Ok(conn) => conn,
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -181,7 +190,12 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service.clone());
+                let inner = service.clone();
+                let with_peer = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(addr));
+                    inner.call(req)
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;

@@ -64,8 +64,7 @@ pub async fn handle(
 
     let normalize_started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
-    let mut context =
-        || inquiry_connectors::NormalizeContext { received_at, trace_id, pseudonym_key: &state.pseudonym_key };
+    let mut context = || inquiry_connectors::NormalizeContext { received_at, trace_id };
     let parsed = hook.parse(&body, account, &mut context)?;
     let channel = hook.channel();
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), parsed.inquiries.len());
@@ -76,8 +75,16 @@ pub async fn handle(
     let (accepted, duplicates) = if count == 0 {
         (0, 0)
     } else {
-        // Each inquiry keeps the whole delivery as its original payload.
-        let submissions = parsed.inquiries.into_iter().map(|i| Submission::new(i, body.clone(), None)).collect();
+        // The delivery is kept as the original payload only when it is one buyer's message alone:
+        // erasing one buyer must not leave their message inside another's payload.
+        let keep_raw = count == 1;
+        let actor = format!("webhook:{connector}/{account}");
+        let submissions = parsed
+            .inquiries
+            .into_iter()
+            .map(|i| Submission::seal(i, &body, keep_raw, None, &actor, &state.subjects))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(super::api::store_error)?;
         let acks = state.pipeline.submit(submissions).await.map_err(submit_error)?;
         telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), count);
         let accepted = acks.iter().filter(|a| a.status == AckStatus::Accepted).count();

@@ -17,6 +17,7 @@ use scylla::value::{CqlDate, CqlTimestamp};
 
 use super::{Delivery, OutRecord, Sink, SinkError};
 use crate::config::CqlConfig;
+use crate::pipeline::StoredInquiry;
 
 /// The schema, in order. Every statement is idempotent (`IF NOT EXISTS`); `{ks}` is the keyspace.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -115,6 +116,8 @@ struct Prepared {
     session: Session,
     by_id: PreparedStatement,
     by_account_day: PreparedStatement,
+    delete_by_id: PreparedStatement,
+    delete_by_account_day: PreparedStatement,
 }
 
 /// The CQL sink.
@@ -163,7 +166,12 @@ impl CqlSink {
              queue, priority, region) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
         ))
         .await?;
-        let _ = self.prepared.set(Prepared { session, by_id, by_account_day });
+        let delete_by_id = prepare(format!("DELETE FROM {ks}.inquiries_by_id WHERE id = ?")).await?;
+        let delete_by_account_day = prepare(format!(
+            "DELETE FROM {ks}.inquiries_by_account_day WHERE account = ? AND day = ? AND bucket = ? AND received_at = ? AND id = ?"
+        ))
+        .await?;
+        let _ = self.prepared.set(Prepared { session, by_id, by_account_day, delete_by_id, delete_by_account_day });
         Ok(())
     }
 
@@ -177,10 +185,7 @@ impl CqlSink {
         };
         let inquiry = &record.stored.inquiry;
         let decision = &record.stored.decision;
-        let received_ms = (inquiry.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
-        let received = CqlTimestamp(received_ms);
-        let day = CqlDate(((1u64 << 31) as i64 + received_ms.div_euclid(86_400_000)) as u32);
-        let bucket = (inquiry.id.as_u128() % u128::from(self.config.day_buckets)) as i16;
+        let (received, day, bucket) = self.day_key(inquiry);
         let json = String::from_utf8_lossy(&record.json);
         let priority = serde_json::to_value(decision.priority).ok().and_then(|v| v.as_str().map(str::to_owned));
         let region = serde_json::to_value(inquiry.region).ok().and_then(|v| v.as_str().map(str::to_owned));
@@ -226,6 +231,33 @@ impl CqlSink {
     }
 }
 
+impl CqlSink {
+    /// The clustering and partition values of an inquiry in `inquiries_by_account_day`.
+    fn day_key(&self, inquiry: &inquiry_connectors::Inquiry) -> (CqlTimestamp, CqlDate, i16) {
+        let received_ms = (inquiry.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let day = CqlDate(((1u64 << 31) as i64 + received_ms.div_euclid(86_400_000)) as u32);
+        let bucket = (inquiry.id.as_u128() % u128::from(self.config.day_buckets)) as i16;
+        (CqlTimestamp(received_ms), day, bucket)
+    }
+
+    /// Deletes the rows of erased inquiries from both tables.
+    async fn delete(&self, records: &[StoredInquiry]) -> Result<(), String> {
+        self.connect_and_prepare().await.map_err(|e| e.to_string())?;
+        let prepared = self.prepared.get().ok_or("not connected")?;
+        for record in records {
+            let inquiry = &record.inquiry;
+            let (received, day, bucket) = self.day_key(inquiry);
+            prepared.session.execute_unpaged(&prepared.delete_by_id, (inquiry.id,)).await.map_err(|e| e.to_string())?;
+            prepared
+                .session
+                .execute_unpaged(&prepared.delete_by_account_day, (&inquiry.account, day, bucket, received, inquiry.id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 impl Sink for CqlSink {
     fn name(&self) -> &'static str {
         "cql"
@@ -244,6 +276,10 @@ impl Sink for CqlSink {
 
     fn batch_size(&self) -> usize {
         self.config.batch_size
+    }
+
+    fn erase<'a>(&'a self, _pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>> {
+        self.delete(records).boxed()
     }
 }
 

@@ -20,9 +20,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{Delivery, OutRecord, Sink, SinkError};
 use crate::config::KafkaConfig;
+use crate::pipeline::StoredInquiry;
 
 /// Version of the routed-inquiry topic's payload (`docs/topics.md`).
-pub const ROUTED_SCHEMA: &str = "inquiry-gateway.routed-inquiry.v1";
+pub const ROUTED_SCHEMA: &str = "inquiry-gateway.routed-inquiry.v2";
 
 /// The topics, with their versioned names.
 #[derive(Debug, Clone)]
@@ -33,15 +34,18 @@ pub struct Topics {
     pub audit: String,
     /// Inquiries a sink refused for good, with the reason in headers.
     pub dead_letter: String,
+    /// Compacted, keyed by subject pseudonym: a tombstone tells consumers a subject was erased.
+    pub subjects: String,
 }
 
 impl Topics {
     /// The topic names for `prefix`.
     pub fn new(prefix: &str) -> Topics {
         Topics {
-            routed: format!("{prefix}inquiries.routed.v1"),
+            routed: format!("{prefix}inquiries.routed.v2"),
             audit: format!("{prefix}audit.events.v1"),
-            dead_letter: format!("{prefix}inquiries.deadletter.v1"),
+            dead_letter: format!("{prefix}inquiries.deadletter.v2"),
+            subjects: format!("{prefix}subjects.v1"),
         }
     }
 }
@@ -87,6 +91,8 @@ impl KafkaSink {
             NewTopic::new(&self.topics.routed, self.config.partitions, replication()).set("retention.ms", &retention),
             NewTopic::new(&self.topics.audit, self.config.partitions, replication()).set("retention.ms", &retention),
             NewTopic::new(&self.topics.dead_letter, 1, replication()).set("retention.ms", &dead_letter_retention),
+            NewTopic::new(&self.topics.subjects, self.config.partitions, replication())
+                .set("cleanup.policy", "compact"),
         ];
         if self.config.create_topics {
             let admin: AdminClient<DefaultClientContext> =
@@ -103,7 +109,12 @@ impl KafkaSink {
             }
         }
         let producer = self.producer.clone();
-        let names = [self.topics.routed.clone(), self.topics.audit.clone(), self.topics.dead_letter.clone()];
+        let names = [
+            self.topics.routed.clone(),
+            self.topics.audit.clone(),
+            self.topics.dead_letter.clone(),
+            self.topics.subjects.clone(),
+        ];
         tokio::task::spawn_blocking(move || {
             for name in &names {
                 let metadata = producer
@@ -235,6 +246,27 @@ impl Sink for KafkaSink {
 
     fn batch_size(&self) -> usize {
         self.config.batch_size
+    }
+
+    fn erase<'a>(&'a self, pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            // Published records cannot be deleted from a time-retained topic; their sealed fields
+            // are unreadable now. The tombstone tells consumers to delete what they derived.
+            let count = records.len().to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "event", value: Some("subject_erased") })
+                .insert(Header { key: "inquiries", value: Some(&count) });
+            let message = FutureRecord::<str, [u8]>::to(&self.topics.subjects).key(pseudonym).headers(headers);
+            match self.producer.send_result(message) {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((err, _))) => Err(err.to_string()),
+                    Err(_) => Err("delivery canceled".to_owned()),
+                },
+                Err((err, _)) => Err(err.to_string()),
+            }
+        }
+        .boxed()
     }
 }
 

@@ -89,6 +89,11 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Most records per [`Sink::deliver`] call.
     fn batch_size(&self) -> usize;
+
+    /// Deletes or retracts what the sink holds of an erased data subject: `records` are its
+    /// inquiries as stored now (sealed fields already removed). Their sealed copies are unreadable
+    /// already (the subject's key is destroyed); this removes what can be removed.
+    fn erase<'a>(&'a self, pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// After this long without an answer a sink is reported degraded (it keeps being awaited).

@@ -1,0 +1,454 @@
+//! Data subject requests: export (GDPR Art. 15, CCPA right to know, LGPD Art. 18) and erasure
+//! (GDPR Art. 17, CCPA deletion, LGPD), each kept as a record with its jurisdiction's deadline.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::{Duration, Month, OffsetDateTime};
+use uuid::Uuid;
+
+use super::audit::{AuditEntry, AuditEvent};
+use super::subjects::{SubjectRecord, Subjects};
+use crate::config::ProcessingConfig;
+use crate::pipeline::{Erasure, Pipeline, StoredInquiry, SubmitError};
+use crate::sinks::Sink;
+use crate::store::{Store, StoreError};
+
+/// Most audit entries an export scans for the subject's events.
+const MAX_AUDIT_SCAN: u64 = 5_000_000;
+
+/// What the data subject asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// A copy of everything held on them.
+    Export,
+    /// Erasure of their personal data.
+    Erasure,
+}
+
+/// The law the request is made under; it sets the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Jurisdiction {
+    /// GDPR Art. 12(3): one month, extendable by two further months.
+    Gdpr,
+    /// CCPA §1798.130: 45 days, extendable once by 45 days.
+    Ccpa,
+    /// LGPD Art. 19: 15 days.
+    Lgpd,
+}
+
+impl Jurisdiction {
+    /// The deadline and the extended deadline of a request received at `received`.
+    pub fn deadlines(self, received: OffsetDateTime) -> (OffsetDateTime, Option<OffsetDateTime>) {
+        match self {
+            Jurisdiction::Gdpr => (add_months(received, 1), Some(add_months(received, 3))),
+            Jurisdiction::Ccpa => (received + Duration::days(45), Some(received + Duration::days(90))),
+            Jurisdiction::Lgpd => (received + Duration::days(15), None),
+        }
+    }
+}
+
+/// The same day `months` later, or the month's last day (31 January + 1 month = 28/29 February).
+fn add_months(at: OffsetDateTime, months: u8) -> OffsetDateTime {
+    let total = at.month() as u8 - 1 + months;
+    let year = at.year() + i32::from(total / 12);
+    let month = Month::try_from(total % 12 + 1).expect("1..=12");
+    let day = at.day().min(month.length(year));
+    at.replace_day(1)
+        .and_then(|t| t.replace_year(year))
+        .and_then(|t| t.replace_month(month))
+        .and_then(|t| t.replace_day(day))
+        .expect("a valid date")
+}
+
+/// Who the request is about: any combination; every subject found is included.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectSpec {
+    /// The buyer's e-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// A platform user id, with the channel and account it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Channel of `user_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Account of `user_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// A pseudonym, as found on an inquiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym: Option<String>,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Received, not yet carried out (e.g. a Shopify data request awaiting the operator).
+    Open,
+    /// Carried out.
+    Completed,
+    /// Carried out; nothing was held on the subject.
+    NotFound,
+}
+
+/// A data subject request as kept (24 months by default). Holds no personal data: the subject
+/// is recorded by pseudonym only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectRequest {
+    /// Request id (UUIDv7).
+    pub id: Uuid,
+    /// Export or erasure.
+    pub kind: RequestKind,
+    /// The law it is made under.
+    pub jurisdiction: Jurisdiction,
+    /// Where it came from: `admin_api`, `shopify:<shop domain>`.
+    pub source: String,
+    /// Who made it (admin token, webhook).
+    pub requested_by: String,
+    /// When it was received.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// When it must be answered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    /// The latest answer allowed with an extension, where the law has one.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub extended_due_at: Option<OffsetDateTime>,
+    /// Where it stands.
+    pub status: RequestStatus,
+    /// When it was carried out.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+    /// Pseudonyms of the subjects found.
+    pub subjects: Vec<String>,
+    /// Inquiries concerned.
+    pub inquiries: usize,
+    /// Downstream sinks whose part of an erasure is still to do (retried).
+    #[serde(default)]
+    pub pending_sinks: Vec<String>,
+    /// When this record itself is deleted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Why a request could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The request names no subject.
+    #[error("name the subject: email, pseudonym, or user_id with channel and account")]
+    NoSubject,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pipeline refused (overloaded, stopping).
+    #[error(transparent)]
+    Pipeline(#[from] SubmitError),
+}
+
+/// Carries out data subject requests.
+pub struct SubjectRequests {
+    /// The store.
+    pub store: Store,
+    /// The data subjects.
+    pub subjects: Arc<Subjects>,
+    /// The pipeline (erasures and audit events go through its stage).
+    pub pipeline: Pipeline,
+    /// Downstream sinks, for their part of an erasure.
+    pub sinks: Vec<Arc<dyn Sink>>,
+    /// What an export tells the subject.
+    pub processing: ProcessingConfig,
+    /// How long request records are kept.
+    pub retention: Duration,
+}
+
+impl SubjectRequests {
+    /// A new request record, received now.
+    pub fn new_record(&self, kind: RequestKind, jurisdiction: Jurisdiction, source: &str, by: &str) -> SubjectRequest {
+        let received_at = OffsetDateTime::now_utc();
+        let (due_at, extended_due_at) = jurisdiction.deadlines(received_at);
+        SubjectRequest {
+            id: Uuid::now_v7(),
+            kind,
+            jurisdiction,
+            source: source.to_owned(),
+            requested_by: by.to_owned(),
+            received_at,
+            due_at,
+            extended_due_at,
+            status: RequestStatus::Open,
+            completed_at: None,
+            subjects: Vec::new(),
+            inquiries: 0,
+            pending_sinks: Vec::new(),
+            expires_at: received_at + self.retention,
+        }
+    }
+
+    /// Stores a request record durably.
+    pub fn save(&self, request: &SubjectRequest) -> Result<(), StoreError> {
+        let mut batch = self.store.batch();
+        batch.put_subject_request(request.id, &serde_json::to_vec(request).expect("requests serialize"));
+        batch.commit()
+    }
+
+    /// A stored request.
+    pub fn get(&self, id: Uuid) -> Result<Option<SubjectRequest>, StoreError> {
+        Ok(self.store.subject_request(id)?.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Every stored request, oldest first; deletes those past their retention.
+    pub fn list(&self) -> Result<Vec<SubjectRequest>, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut kept = Vec::new();
+        let mut expired = self.store.batch();
+        for bytes in self.store.subject_requests()? {
+            let Ok(request) = serde_json::from_slice::<SubjectRequest>(&bytes) else { continue };
+            if request.expires_at < now {
+                expired.remove_subject_request(request.id);
+            } else {
+                kept.push(request);
+            }
+        }
+        if !expired.is_empty() {
+            expired.commit()?;
+        }
+        let overdue = kept.iter().filter(|r| r.status == RequestStatus::Open && r.due_at < now).count();
+        metrics::gauge!(crate::telemetry::SUBJECT_REQUESTS_OVERDUE).set(overdue as f64);
+        Ok(kept)
+    }
+
+    /// The pseudonyms the spec names that exist (never creates a subject).
+    pub fn find(&self, spec: &SubjectSpec) -> Result<Vec<String>, RequestError> {
+        let mut indexes = Vec::new();
+        if let Some(email) = spec.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+            indexes.push(self.subjects.index_of("", "", &format!("email:{}", email.to_lowercase())));
+        }
+        if let (Some(user), Some(channel), Some(account)) = (&spec.user_id, &spec.channel, &spec.account) {
+            indexes.push(self.subjects.index_of(channel, account, &format!("id:{}", user.trim())));
+        }
+        let mut found = Vec::new();
+        for index in indexes {
+            if let Some(bytes) = self.store.subject(&index)? {
+                if let Ok(record) = serde_json::from_slice::<SubjectRecord>(&bytes) {
+                    found.push(record.pseudonym);
+                }
+            }
+        }
+        if let Some(pseudonym) = &spec.pseudonym {
+            if self.store.subject_index(pseudonym)?.is_some() {
+                found.push(pseudonym.clone());
+            }
+        }
+        if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() {
+            return Err(RequestError::NoSubject);
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Exports everything held on the subject, decrypted, with the Art. 15 information; the
+    /// request is recorded and audited (the export itself is not kept).
+    pub async fn export(
+        &self,
+        spec: &SubjectSpec,
+        jurisdiction: Jurisdiction,
+        source: &str,
+        by: &str,
+    ) -> Result<(SubjectRequest, Value), RequestError> {
+        let pseudonyms = self.find(spec)?;
+        let mut request = self.new_record(RequestKind::Export, jurisdiction, source, by);
+        let store = self.store.clone();
+        let subjects = self.subjects.clone();
+        let wanted = pseudonyms.clone();
+        let (inquiries, events) = tokio::task::spawn_blocking(move || collect_export(&store, &subjects, &wanted))
+            .await
+            .map_err(|_| RequestError::Store(StoreError::from_message("export task failed")))??;
+        request.subjects = pseudonyms;
+        request.inquiries = inquiries.len();
+        request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
+        request.completed_at = Some(OffsetDateTime::now_utc());
+        self.save(&request)?;
+        let event = AuditEvent::new("subject.exported", by).detail(json!({
+            "request_id": request.id, "subjects": request.subjects, "inquiries": request.inquiries,
+            "jurisdiction": jurisdiction, "source": source,
+        }));
+        self.pipeline.audit(vec![event]).await?;
+        count(RequestKind::Export, request.status);
+        let document = json!({
+            "request": request,
+            "processing": self.processing,
+            "subjects": request.subjects,
+            "inquiries": inquiries,
+            "audit_events": events,
+        });
+        Ok((request, document))
+    }
+
+    /// Erases the subject: its data key and pseudonym mapping are destroyed (every sealed copy,
+    /// anywhere, becomes unreadable), its stored records lose their sealed fields, and each sink
+    /// is asked to delete what it can. The request is recorded and audited.
+    pub async fn erase(
+        &self,
+        spec: &SubjectSpec,
+        jurisdiction: Jurisdiction,
+        source: &str,
+        by: &str,
+    ) -> Result<SubjectRequest, RequestError> {
+        let pseudonyms = self.find(spec)?;
+        let mut request = self.new_record(RequestKind::Erasure, jurisdiction, source, by);
+        self.save(&request)?;
+        let mut erased = Vec::new();
+        for pseudonym in &pseudonyms {
+            let Some(index) = self.store.subject_index(pseudonym)? else { continue };
+            let record = serde_json::to_vec(
+                &json!({ "request_id": request.id, "erased_at": OffsetDateTime::now_utc().unix_timestamp() }),
+            )
+            .expect("json");
+            let event = AuditEvent::new("subject.erased", by).subject(pseudonym).detail(json!({
+                "request_id": request.id, "jurisdiction": jurisdiction, "source": source,
+            }));
+            let ids = self.pipeline.erase(Erasure { pseudonym: pseudonym.clone(), index, record, event }).await?;
+            erased.push((pseudonym.clone(), ids));
+        }
+        request.subjects = pseudonyms;
+        request.inquiries = erased.iter().map(|(_, ids)| ids.len()).sum();
+        request.pending_sinks = self.erase_in_sinks(&erased, by).await;
+        request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
+        request.completed_at = Some(OffsetDateTime::now_utc());
+        self.save(&request)?;
+        count(RequestKind::Erasure, request.status);
+        Ok(request)
+    }
+
+    /// Asks every sink to delete the erased inquiries; returns the sinks that failed.
+    async fn erase_in_sinks(&self, erased: &[(String, Vec<Uuid>)], by: &str) -> Vec<String> {
+        let mut failed = Vec::new();
+        for sink in &self.sinks {
+            for (pseudonym, ids) in erased {
+                let records: Vec<StoredInquiry> = ids
+                    .iter()
+                    .filter_map(|id| self.store.get_inquiry(*id).ok().flatten())
+                    .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+                    .collect();
+                let outcome = sink.erase(pseudonym, &records).await;
+                let event = AuditEvent::new("sink.erased", by).subject(pseudonym).detail(json!({
+                    "sink": sink.name(), "inquiries": ids.len(), "ok": outcome.is_ok(),
+                    "error": outcome.as_ref().err(),
+                }));
+                self.pipeline.audit_soon(vec![event]);
+                if let Err(err) = outcome {
+                    tracing::warn!(sink = sink.name(), error = %err, "erasure in sink failed; retried later");
+                    failed.push(sink.name().to_owned());
+                }
+            }
+        }
+        failed.sort();
+        failed.dedup();
+        failed
+    }
+
+    /// Retries the sink part of erasures that failed before; called periodically.
+    pub async fn retry_pending(&self) -> Result<(), StoreError> {
+        for mut request in self.list()?.into_iter().filter(|r| !r.pending_sinks.is_empty()) {
+            let erased: Vec<(String, Vec<Uuid>)> = request
+                .subjects
+                .iter()
+                .map(|p| Ok((p.clone(), self.store.inquiries_of(p)?)))
+                .collect::<Result<_, StoreError>>()?;
+            request.pending_sinks = self.erase_in_sinks(&erased, "gateway").await;
+            self.save(&request)?;
+        }
+        Ok(())
+    }
+}
+
+fn count(kind: RequestKind, status: RequestStatus) {
+    let kind = match kind {
+        RequestKind::Export => "export",
+        RequestKind::Erasure => "erasure",
+    };
+    let outcome = match status {
+        RequestStatus::NotFound => "not_found",
+        _ => "completed",
+    };
+    metrics::counter!(crate::telemetry::SUBJECT_REQUESTS, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// The subject's inquiries (decrypted) and audit events.
+fn collect_export(
+    store: &Store,
+    subjects: &Subjects,
+    pseudonyms: &[String],
+) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
+    let mut inquiries = Vec::new();
+    let mut wanted_ids = std::collections::HashSet::new();
+    for pseudonym in pseudonyms {
+        for id in store.inquiries_of(pseudonym)? {
+            let Some(bytes) = store.get_inquiry(id)? else { continue };
+            let Ok(mut stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { continue };
+            // Only what was sealed for this very subject: never another buyer's data.
+            if &stored.inquiry.buyer.pseudonym != pseudonym {
+                continue;
+            }
+            let personal = subjects.open(&stored.inquiry)?;
+            let raw = match store.get_raw(id)? {
+                Some(sealed) => subjects.open_raw(&stored.inquiry, &sealed)?,
+                None => None,
+            };
+            stored.inquiry.sealed.clear();
+            wanted_ids.insert(id);
+            inquiries.push(json!({
+                "inquiry": stored.inquiry,
+                "personal": personal,
+                "decision": stored.decision,
+                "original_payload": raw.map(|r| String::from_utf8(r.clone()).map(Value::from).unwrap_or_else(|_| BASE64.encode(r).into())),
+            }));
+        }
+    }
+    let mut events = Vec::new();
+    let len = store.audit_len()?;
+    let mut from = len.saturating_sub(MAX_AUDIT_SCAN);
+    while from < len {
+        let to = (from + 10_000).min(len);
+        for (_, bytes) in store.audit_entries(from, to)? {
+            let Ok(entry) = serde_json::from_slice::<AuditEntry>(&bytes) else { continue };
+            let about_subject = entry.event.subject.as_ref().is_some_and(|s| pseudonyms.contains(s));
+            let about_inquiry = entry.event.inquiry_id.is_some_and(|id| wanted_ids.contains(&id));
+            if about_subject || about_inquiry {
+                events.push(serde_json::to_value(&entry).expect("audit entries serialize"));
+            }
+        }
+        from = to;
+    }
+    Ok((inquiries, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn deadlines_follow_each_law() {
+        let received = datetime!(2026-01-31 10:00 UTC);
+        let (due, extended) = Jurisdiction::Gdpr.deadlines(received);
+        assert_eq!(due, datetime!(2026-02-28 10:00 UTC), "one month, clamped to the month's end");
+        assert_eq!(extended, Some(datetime!(2026-04-30 10:00 UTC)), "two further months");
+        let (due, _) = Jurisdiction::Gdpr.deadlines(datetime!(2026-12-15 09:00 UTC));
+        assert_eq!(due, datetime!(2027-01-15 09:00 UTC));
+        assert_eq!(
+            Jurisdiction::Ccpa.deadlines(received),
+            (datetime!(2026-03-17 10:00 UTC), Some(datetime!(2026-05-01 10:00 UTC)))
+        );
+        assert_eq!(Jurisdiction::Lgpd.deadlines(received), (datetime!(2026-02-15 10:00 UTC), None));
+    }
+}

@@ -1,0 +1,191 @@
+//! Data subjects: who an inquiry's personal data belongs to, their pseudonym and data key.
+//!
+//! A buyer identity (`email:...`, `id:...`) maps through the keyed index to a subject record: a
+//! random pseudonym and the subject's data key, wrapped by the KEK. Sealing happens where the
+//! inquiry is normalized (on the request's worker); the pipeline stores new subjects in the same
+//! atomic batch as their first inquiry.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use dashmap::DashMap;
+use inquiry_connectors::{Inquiry, Personal};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::vault::{DataKey, Vault};
+use crate::store::{Store, StoreError};
+
+/// Most subjects kept unwrapped in memory; the cache starts over beyond it.
+const CACHE_LIMIT: usize = 200_000;
+
+/// Field name of the sealed original payload.
+pub const RAW_FIELD: &str = "raw";
+
+/// A data subject as stored (`subjects` partition).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectRecord {
+    /// Random pseudonym.
+    pub pseudonym: String,
+    /// The data key, wrapped by the KEK (base64).
+    pub wrapped_key: String,
+    /// When the subject was first seen.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A data subject with its unwrapped key.
+pub struct Subject {
+    /// Keyed index of the identity.
+    pub index: [u8; 32],
+    /// The data key and pseudonym.
+    pub key: DataKey,
+    /// The stored record (JSON), written with the subject's first inquiry.
+    pub record: Vec<u8>,
+}
+
+/// An inquiry sealed for its data subject.
+pub struct Sealed {
+    /// The subject.
+    pub subject: Arc<Subject>,
+    /// True when the subject was created for this inquiry (the pipeline stores it).
+    pub new_subject: bool,
+    /// The original payload sealed for the subject (empty when not kept).
+    pub raw: Vec<u8>,
+}
+
+/// The registry of data subjects: resolves identities, seals and opens personal data.
+pub struct Subjects {
+    vault: Arc<Vault>,
+    store: Store,
+    cache: DashMap<[u8; 32], Arc<Subject>>,
+}
+
+impl Subjects {
+    /// A registry over `store`, sealing with `vault`.
+    pub fn new(vault: Arc<Vault>, store: Store) -> Subjects {
+        Subjects { vault, store, cache: DashMap::new() }
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The index of a buyer identity: e-mail addresses are one subject across the tenant; platform
+    /// ids are scoped by channel and account (a Messenger id means nothing on LINE).
+    pub fn index_of(&self, channel: &str, account: &str, identity: &str) -> [u8; 32] {
+        if identity.starts_with("email:") {
+            self.vault.index("", identity)
+        } else {
+            self.vault.index(&format!("{channel}/{account}"), identity)
+        }
+    }
+
+    /// The subject of an identity, created if unknown; true when created now.
+    pub fn resolve(&self, index: [u8; 32]) -> Result<(Arc<Subject>, bool), StoreError> {
+        if let Some(subject) = self.cache.get(&index) {
+            return Ok((subject.clone(), false));
+        }
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        // The entry lock makes concurrent first inquiries of one buyer agree on one subject.
+        match self.cache.entry(index) {
+            dashmap::Entry::Occupied(entry) => Ok((entry.get().clone(), false)),
+            dashmap::Entry::Vacant(entry) => {
+                let (subject, created) = match self.load(&index)? {
+                    Some(subject) => (subject, false),
+                    None => {
+                        let (key, wrapped) = self.vault.new_subject();
+                        let record = SubjectRecord {
+                            pseudonym: key.pseudonym.clone(),
+                            wrapped_key: BASE64.encode(wrapped),
+                            created_at: OffsetDateTime::now_utc(),
+                        };
+                        let record = serde_json::to_vec(&record).expect("subject records serialize");
+                        (Subject { index, key, record }, true)
+                    }
+                };
+                let subject = Arc::new(subject);
+                entry.insert(subject.clone());
+                Ok((subject, created))
+            }
+        }
+    }
+
+    /// Reads and unwraps a stored subject.
+    fn load(&self, index: &[u8; 32]) -> Result<Option<Subject>, StoreError> {
+        let Some(bytes) = self.store.subject(index)? else { return Ok(None) };
+        let record: SubjectRecord =
+            serde_json::from_slice(&bytes).map_err(|_| StoreError::from_message("a subject record is unreadable"))?;
+        let wrapped = BASE64.decode(&record.wrapped_key).map_err(|_| StoreError::from_message("bad wrapped key"))?;
+        let key = self.vault.unwrap_key(&record.pseudonym, &wrapped).map_err(|_| {
+            StoreError::from_message("a data key does not unwrap: is compliance.kek the key it was wrapped with?")
+        })?;
+        Ok(Some(Subject { index: *index, key, record: bytes }))
+    }
+
+    /// The subject with `pseudonym`, if it exists (not erased).
+    pub fn by_pseudonym(&self, pseudonym: &str) -> Result<Option<Arc<Subject>>, StoreError> {
+        let Some(index) = self.store.subject_index(pseudonym)? else { return Ok(None) };
+        if let Some(subject) = self.cache.get(&index) {
+            return Ok(Some(subject.clone()));
+        }
+        Ok(self.load(&index)?.map(Arc::new))
+    }
+
+    /// Forgets a subject in memory (its erasure is being written).
+    pub fn forget(&self, index: &[u8; 32]) {
+        self.cache.remove(index);
+    }
+
+    /// Assigns the inquiry's pseudonym and seals its personal data and `raw` payload; the clear
+    /// personal data stays in [`Inquiry::personal`] for routing.
+    pub fn seal(&self, inquiry: &mut Inquiry, raw: Option<&[u8]>) -> Result<Sealed, StoreError> {
+        let index = self.index_of(inquiry.channel.as_str(), &inquiry.account, &inquiry.personal.identity);
+        let (subject, new_subject) = self.resolve(index)?;
+        let key = &subject.key;
+        inquiry.buyer.pseudonym = key.pseudonym.clone();
+        if inquiry.personal.conversation_is_buyer {
+            inquiry.external.conversation_id = key.pseudonym.clone();
+        }
+        inquiry.sealed = inquiry
+            .personal
+            .fields()
+            .into_iter()
+            .map(|(field, value)| (field.to_owned(), self.vault.seal(key, inquiry.id, field, value.as_bytes())))
+            .collect();
+        let raw = match raw {
+            Some(raw) => self.vault.seal_bytes(key, inquiry.id, RAW_FIELD, raw),
+            None => {
+                inquiry.raw_ref = "none".to_owned();
+                Vec::new()
+            }
+        };
+        Ok(Sealed { subject, new_subject, raw })
+    }
+
+    /// Opens an inquiry's sealed personal data; `None` when its subject was erased.
+    pub fn open(&self, inquiry: &Inquiry) -> Result<Option<Personal>, StoreError> {
+        let Some(subject) = self.by_pseudonym(&inquiry.buyer.pseudonym)? else { return Ok(None) };
+        let mut personal = Personal::default();
+        for (field, sealed) in &inquiry.sealed {
+            // A field that does not open is reported as absent, never as someone else's data.
+            if let Ok(value) = self.vault.open(&subject.key, inquiry.id, field, sealed) {
+                personal.set(field, value);
+            }
+        }
+        Ok(Some(personal))
+    }
+
+    /// Opens a sealed original payload; `None` when erased or not kept.
+    pub fn open_raw(&self, inquiry: &Inquiry, sealed: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if sealed.is_empty() {
+            return Ok(None);
+        }
+        let Some(subject) = self.by_pseudonym(&inquiry.buyer.pseudonym)? else { return Ok(None) };
+        Ok(self.vault.open_bytes(&subject.key, inquiry.id, RAW_FIELD, sealed).ok())
+    }
+}
