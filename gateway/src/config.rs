@@ -137,8 +137,8 @@ pub struct SinksConfig {
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated `host:port`.
     pub brokers: String,
-    /// Prefix of every topic name (e.g. `eu1.`); topics are `<prefix>inquiries.routed.v1`,
-    /// `<prefix>audit.events.v1` and `<prefix>inquiries.deadletter.v1`.
+    /// Prefix of every topic name (e.g. `eu1.`); topics are `<prefix>inquiries.routed.v2`,
+    /// `<prefix>audit.events.v1` and `<prefix>inquiries.deadletter.v2`.
     pub topic_prefix: String,
     /// Create missing topics at start-up (else they must exist).
     pub create_topics: bool,

@@ -105,7 +105,7 @@ fn assert_all_delivered(acked: &HashSet<String>, seen: &HashMap<String, usize>, 
 async fn fifty_thousand_inquiries_reach_kafka_across_a_broker_sigkill() {
     let _servers = lock();
     let prefix = unique("t");
-    let topic = format!("{prefix}.inquiries.routed.v1");
+    let topic = format!("{prefix}.inquiries.routed.v2");
     let gateway = Gateway::start(&kafka_config(&format!("{prefix}."))).await;
 
     // The broker is killed once 15,000 inquiries are acknowledged and restarted at 30,000.
@@ -152,7 +152,7 @@ async fn fifty_thousand_inquiries_reach_kafka_across_a_broker_sigkill() {
 async fn a_gateway_killed_while_forwarding_loses_nothing() {
     let _servers = lock();
     let prefix = unique("t");
-    let topic = format!("{prefix}.inquiries.routed.v1");
+    let topic = format!("{prefix}.inquiries.routed.v2");
     let mut gateway = Gateway::start(&kafka_config(&format!("{prefix}."))).await;
     let client = HttpClient::new();
     // Topics exist once the sink is ready.
@@ -267,7 +267,7 @@ fn kcat_records(topic: &str) -> Vec<(String, String, String)> {
 async fn one_conversation_stays_in_order_across_a_broker_outage() {
     let _servers = lock();
     let prefix = unique("t");
-    let topic = format!("{prefix}.inquiries.routed.v1");
+    let topic = format!("{prefix}.inquiries.routed.v2");
     let gateway = Gateway::start(&kafka_config(&format!("{prefix}."))).await;
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
     let client = HttpClient::new();
@@ -306,7 +306,7 @@ async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_rea
     let prefix = unique("t");
     // The routed topic exists already, with a record size limit below any inquiry's size: the
     // broker refuses every record with MESSAGE_TOO_LARGE, a permanent error.
-    let routed = format!("{prefix}.inquiries.routed.v1");
+    let routed = format!("{prefix}.inquiries.routed.v2");
     let out = Command::new("bash")
         .arg(workspace_file("tests/services/kafka.sh"))
         .args(["tool", "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", BROKERS, "--create"])
@@ -333,7 +333,7 @@ async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_rea
     }
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
 
-    let dead = kcat_records(&format!("{prefix}.inquiries.deadletter.v1"));
+    let dead = kcat_records(&format!("{prefix}.inquiries.deadletter.v2"));
     assert_eq!(dead.len(), 3);
     for (_, headers, value) in &dead {
         assert!(headers.contains("dead_letter_reason=message_too_large"), "{headers}");
@@ -343,8 +343,8 @@ async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_rea
     assert!(kcat_records(&routed).is_empty());
     let out = Command::new("python3")
         .arg(workspace_file("tests/consumers/validate_routed.py"))
-        .args(["--brokers", BROKERS, "--topic", &format!("{prefix}.inquiries.deadletter.v1"), "--expect", "3"])
-        .args(["--schema", "deadletter.v1.schema.json", "--schemas"])
+        .args(["--brokers", BROKERS, "--topic", &format!("{prefix}.inquiries.deadletter.v2"), "--expect", "3"])
+        .args(["--schema", "deadletter.v2.schema.json", "--schemas"])
         .arg(workspace_file("docs/schemas"))
         .output()
         .expect("python3 runs");

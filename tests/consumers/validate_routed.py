@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """A downstream CRM consumer in Python (confluent-kafka): reads the routed-inquiry topic from the
 beginning with its own consumer group and validates every record against the published JSON
-Schema (docs/schemas/stored-inquiry.v1.schema.json, which references inquiry.v1.schema.json).
+Schema (docs/schemas/stored-inquiry.v2.schema.json, which references inquiry.v2.schema.json).
 
     python3 tests/consumers/validate_routed.py --brokers 127.0.0.1:9092 \
-        --topic inquiries.routed.v1 --expect 50000 --schemas docs/schemas
+        --topic inquiries.routed.v2 --expect 50000 --schemas docs/schemas
 
 Exits 0 when at least --expect distinct inquiries were read and every record is valid; prints
 "<n> distinct inquiries valid". Duplicates (same inquiry_id) are counted and reported: a consumer
@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--schemas", type=pathlib.Path, required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--schema", default="stored-inquiry.v1.schema.json",
+    parser.add_argument("--schema", default="stored-inquiry.v2.schema.json",
                         help="schema file of the topic's values, in --schemas")
     args = parser.parse_args()
 
@@ -74,7 +74,7 @@ def main() -> int:
             value_id = value.get("inquiry", {}).get("id") or value.get("inquiry_id")
             if headers.get("inquiry_id") != value_id:
                 errors.append("inquiry_id header does not match the record")
-            if headers.get("schema") != "inquiry-gateway.routed-inquiry.v1":
+            if headers.get("schema") != "inquiry-gateway.routed-inquiry.v2":
                 errors.append(f"unexpected schema header {headers.get('schema')!r}")
             if errors:
                 invalid += 1

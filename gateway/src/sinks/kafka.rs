@@ -1,4 +1,4 @@
-//! The Kafka sink: routed inquiries to `<prefix>inquiries.routed.v1`, keyed by conversation.
+//! The Kafka sink: routed inquiries to `<prefix>inquiries.routed.v2`, keyed by conversation.
 //!
 //! Producer: idempotent, `acks=all`, `murmur2_random` partitioner (Java clients agree on
 //! partitions), `message.timeout.ms=0` so librdkafka retries a down broker forever in order
@@ -148,6 +148,7 @@ impl KafkaSink {
             .insert(Header { key: "schema", value: Some(ROUTED_SCHEMA) })
             .insert(Header { key: "inquiry_id", value: Some(&id) })
             .insert(Header { key: "trace_id", value: Some(&inquiry.trace_id) })
+            .insert(Header { key: "subject", value: Some(&inquiry.buyer.pseudonym) })
             .insert(Header { key: "content-type", value: Some("application/json") });
         if let Some(reason) = reason {
             headers = headers.insert(Header { key: "dead_letter_reason", value: Some(reason) });

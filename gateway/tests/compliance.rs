@@ -1,0 +1,387 @@
+//! Compliance end to end: personal data sealed everywhere, export and erasure over the admin API,
+//! and the audit log's tamper evidence. The erasure test runs against the real Kafka broker and
+//! Cassandra node that `tests/run-all.sh` starts (127.0.0.1:9092 and :9042).
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use inquiry_connectors::Inquiry;
+use inquiry_gateway::compliance::subjects::Subjects;
+use inquiry_gateway::compliance::vault::Vault;
+use inquiry_gateway::pipeline::StoredInquiry;
+use inquiry_gateway::store::Store;
+use serde_json::{json, Value};
+use support::{eventually, unique, wait_spool_empty, Gateway, HttpClient, Method};
+
+const BROKERS: &str = "127.0.0.1:9092";
+const CQL: &str = "127.0.0.1:9042";
+const ERASER: &str = "token-of-the-privacy-officer";
+const READER: &str = "token-that-may-only-read-audit";
+
+/// Admin tokens: one that may do everything with subjects and the audit log, one that only reads.
+fn admin_tokens() -> String {
+    format!(
+        "[[admin.tokens]]\nid = \"privacy\"\ntoken = \"{ERASER}\"\n\
+         scopes = [\"subjects:export\", \"subjects:erase\", \"subjects:read\", \"audit:read\"]\n\
+         [[admin.tokens]]\nid = \"auditor\"\ntoken = \"{READER}\"\nscopes = [\"audit:read\"]\n\
+         [compliance]\ntree_head_interval_ms = 200\n"
+    )
+}
+
+fn inquiry(email: &str, name: &str, external_id: &str, body: &str) -> String {
+    json!({
+        "channel": "generic", "account": "shop-gdpr", "external_id": external_id,
+        "conversation_id": format!("conv-{external_id}"),
+        "buyer": { "name": name, "email": email, "country": "DE" },
+        "subject": format!("Question from {name}"), "body": body,
+        "occurred_at": "2026-11-24T08:00:00Z",
+    })
+    .to_string()
+}
+
+async fn admin(
+    client: &HttpClient,
+    gateway: &Gateway,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> support::Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    client.request(method, &gateway.admin_url(path), body, &headers).await
+}
+
+/// Every audit entry, as the admin API serves it.
+async fn audit_entries(client: &HttpClient, gateway: &Gateway) -> Vec<Value> {
+    let reply =
+        admin(client, gateway, Method::GET, "/v1/audit/entries?from=0&limit=10000", Some(READER), Value::Null).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    String::from_utf8_lossy(&reply.body).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// True when `needle` occurs anywhere in the files under `dir`.
+fn found_on_disk(dir: &Path, needle: &str) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The gateway's own data subject registry, opened the way an attacker holding the disk (and
+/// the key-encryption key kept beside it) would.
+fn registry_of(store_dir: &Path) -> Arc<Subjects> {
+    let store = Store::open(store_dir).unwrap();
+    let kek = std::fs::read_to_string(store_dir.join("keys/kek")).unwrap();
+    let kek: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(kek.trim()).unwrap().try_into().unwrap();
+    let vault = Arc::new(Vault::new("default", &kek, &store.pseudonym_key().unwrap()));
+    Arc::new(Subjects::new(vault, store))
+}
+
+/// (key, value) of every record of `topic`, via kcat; a tombstone has the value `NULL`.
+fn kcat(topic: &str) -> Vec<(String, String)> {
+    let out = Command::new("kcat")
+        .args(["-b", BROKERS, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-Z", "-f", "%k\t%s\n"])
+        .output()
+        .expect("kcat runs");
+    assert!(out.status.success(), "kcat: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+async fn cql_ids(keyspace: &str) -> HashSet<String> {
+    let session =
+        scylla::client::session_builder::SessionBuilder::new().known_node(CQL).build().await.expect("cql session");
+    let mut rows = session
+        .query_iter(format!("SELECT id FROM {keyspace}.inquiries_by_id"), ())
+        .await
+        .expect("select")
+        .rows_stream::<(uuid::Uuid,)>()
+        .expect("typed rows");
+    let mut ids = HashSet::new();
+    while let Some(row) = rows.next().await {
+        ids.insert(row.expect("row").0.to_string());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_the_log_still_verifies() {
+    let prefix = unique("c");
+    let keyspace = unique("c_");
+    let config = format!(
+        "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 2\n\
+         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\n",
+        admin_tokens()
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let anna = ("anna.erasure@example.com", "Anna Erasure", "ANNA-SECRET-TEXT: my parcel to Hamburg");
+    let bob = ("bob.keeps@example.com", "Bob Keeps", "BOB-KEPT-TEXT: invoice please");
+    let mut ids = (Vec::new(), Vec::new());
+    for n in 0..3 {
+        for ((email, name, body), out) in [(anna, &mut ids.0), (bob, &mut ids.1)] {
+            let doc = inquiry(email, name, &format!("{}-{n}", &email[..3]), &format!("{body} #{n}"));
+            let reply = client.post_json(&gateway.url("/v1/inquiries"), doc).await;
+            assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+            out.push(reply.json()["id"].as_str().unwrap().to_owned());
+        }
+    }
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
+    wait_spool_empty(&gateway, "cql", Duration::from_secs(120)).await;
+
+    // Export: every inquiry of Anna, decrypted, with the Art. 15 information; nothing of Bob.
+    let export = admin(
+        &client,
+        &gateway,
+        Method::POST,
+        "/v1/subject-requests",
+        Some(ERASER),
+        json!({ "kind": "export", "subject": { "email": "Anna.Erasure@example.com" } }),
+    )
+    .await;
+    assert_eq!(export.status, 200, "{}", String::from_utf8_lossy(&export.body));
+    let document = export.json();
+    let exported: HashSet<String> = document["inquiries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["inquiry"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(exported, ids.0.iter().cloned().collect::<HashSet<_>>());
+    for exported in document["inquiries"].as_array().unwrap() {
+        assert_eq!(exported["personal"]["email"], anna.0);
+        assert_eq!(exported["personal"]["name"], anna.1);
+        assert!(exported["personal"]["body"].as_str().unwrap().starts_with("ANNA-SECRET-TEXT"));
+        assert!(exported["original_payload"].as_str().unwrap().contains(anna.0));
+    }
+    let text = String::from_utf8_lossy(&export.body);
+    assert!(!text.contains("Bob") && !text.contains("BOB-KEPT-TEXT"), "another buyer's data in the export");
+    assert!(document["processing"]["purposes"].is_array() && document["request"]["due_at"].is_string());
+    assert!(document["audit_events"].as_array().unwrap().iter().any(|e| e["kind"] == "inquiry.ingested"));
+
+    // Unauthenticated and under-scoped calls are refused, and audited.
+    let erase = json!({ "kind": "erasure", "jurisdiction": "gdpr", "subject": { "email": anna.0 } });
+    let anonymous = admin(&client, &gateway, Method::POST, "/v1/subject-requests", None, erase.clone()).await;
+    assert_eq!(anonymous.status, 401);
+    let reader = admin(&client, &gateway, Method::POST, "/v1/subject-requests", Some(READER), erase.clone()).await;
+    assert_eq!((reader.status.as_u16(), reader.error_code().as_str()), (403, "scope_missing"));
+
+    // Erasure.
+    let erased = admin(&client, &gateway, Method::POST, "/v1/subject-requests", Some(ERASER), erase).await;
+    assert_eq!(erased.status, 200, "{}", String::from_utf8_lossy(&erased.body));
+    let request = erased.json()["request"].clone();
+    assert_eq!((request["status"].as_str(), request["inquiries"].as_u64()), (Some("completed"), Some(3)));
+    assert_eq!(request["pending_sinks"], json!([]), "kafka and cql did their part");
+    let pseudonym = request["subjects"][0].as_str().unwrap().to_owned();
+    let listed = admin(
+        &client,
+        &gateway,
+        Method::GET,
+        &format!("/v1/subject-requests/{}", request["id"].as_str().unwrap()),
+        Some(ERASER),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(listed.json()["kind"], "erasure");
+
+    // The API: Anna's inquiries remain (routing metadata) with nothing personal; Bob's open.
+    for id in &ids.0 {
+        let record = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json();
+        assert!(record["personal"].is_null() && record["inquiry"]["sealed"].is_null(), "{record}");
+        assert_eq!(record["inquiry"]["raw_ref"], "erased");
+    }
+    let kept = client.get(&gateway.url(&format!("/v1/inquiries/{}", ids.1[0]))).await.json();
+    assert!(kept["personal"]["body"].as_str().unwrap().starts_with("BOB-KEPT-TEXT"));
+
+    // Refused calls were audited with who and from where.
+    eventually(Duration::from_secs(10), "refused admin calls in the audit log", || async {
+        let entries = audit_entries(&client, &gateway).await;
+        let refused: Vec<&Value> =
+            entries.iter().filter(|e| e["kind"] == "admin.call" && e["detail"]["allowed"] == false).collect();
+        refused.iter().any(|e| e["actor"] == "anonymous" && e["detail"]["status"] == 401 && e["source"].is_string())
+            && refused.iter().any(|e| e["actor"] == "admin:auditor" && e["detail"]["status"] == 403)
+    })
+    .await;
+    let entries = audit_entries(&client, &gateway).await;
+    assert!(entries.iter().any(|e| e["kind"] == "subject.erased" && e["subject"] == pseudonym.as_str()));
+    let entries_text = serde_json::to_string(&entries).unwrap();
+    for clear in [anna.0, anna.1, "ANNA-SECRET", bob.0, "BOB-KEPT"] {
+        assert!(!entries_text.contains(clear), "`{clear}` in the audit log");
+    }
+
+    // Kafka: the routed records hold Anna's data sealed only, and nothing decrypts it any more;
+    // the compacted subjects topic has her tombstone.
+    let routed = kcat(&format!("{prefix}.inquiries.routed.v2"));
+    assert_eq!(routed.len(), 6, "every inquiry published once");
+    // CQL: Anna's rows are deleted, Bob's remain.
+    let rows = cql_ids(&keyspace).await;
+    assert!(ids.0.iter().all(|id| !rows.contains(id)), "Anna's CQL rows are deleted");
+    assert!(ids.1.iter().all(|id| rows.contains(id)), "Bob's CQL rows remain");
+    let tombstones = kcat(&format!("{prefix}.subjects.v1"));
+    assert!(tombstones.iter().any(|(k, v)| k == &pseudonym && v == "NULL"), "{tombstones:?}");
+
+    assert!(gateway.terminate().success());
+    let store_dir = gateway.store_dir();
+    let registry = registry_of(&store_dir);
+    let mut opened = (0, 0);
+    for (_, value) in &routed {
+        let record: StoredInquiry = serde_json::from_str(value).unwrap();
+        let inquiry: &Inquiry = &record.inquiry;
+        assert!(!value.contains("ANNA-SECRET") && !value.contains(anna.0) && !value.contains("BOB-KEPT"));
+        match registry.open(inquiry).unwrap() {
+            Some(personal) => {
+                assert!(ids.1.contains(&inquiry.id.to_string()) && personal.body.starts_with("BOB-KEPT"));
+                opened.0 += 1;
+            }
+            None => {
+                assert!(ids.0.contains(&inquiry.id.to_string()), "only Anna's records stop decrypting");
+                assert!(!inquiry.sealed.is_empty(), "the published copy still holds ciphertext, now unreadable");
+                opened.1 += 1;
+            }
+        }
+    }
+    assert_eq!(opened, (3, 3));
+    // The embedded store: no personal data in clear anywhere on disk, ever (not even Bob's).
+    drop(registry);
+    assert!(found_on_disk(&store_dir, "shop-gdpr"), "the scan reads the store's files (positive control)");
+    for clear in [anna.0, anna.1, "ANNA-SECRET-TEXT", bob.0, bob.1, "BOB-KEPT-TEXT", "Hamburg"] {
+        assert!(!found_on_disk(&store_dir, clear), "`{clear}` in clear in the store directory");
+    }
+
+    // The audit log verifies after the erasure.
+    let verify = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"))
+        .args(["audit", "verify", "--config"])
+        .arg(gateway.dir.join("gateway.toml"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout).into_owned() + &String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{report}");
+    let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert!(report["covered"].as_u64().unwrap() >= 10 && report["covered"] == report["entries"], "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_removing_or_reordering_any_audit_entry_is_detected() {
+    let mut gateway = Gateway::start(&admin_tokens()).await;
+    let client = HttpClient::new();
+    for n in 0..12 {
+        let doc = inquiry("carla@example.com", "Carla", &format!("t-{n}"), &format!("message {n}"));
+        assert_eq!(client.post_json(&gateway.url("/v1/inquiries"), doc).await.status, 201);
+    }
+    // A witness fetches signed tree heads while the log grows, and checks a consistency proof.
+    let head = |reply: support::Reply| reply.json()["tree_head"].clone();
+    let first = head(admin(&client, &gateway, Method::GET, "/v1/audit/tree-head", Some(READER), Value::Null).await);
+    assert!(first["tree_size"].as_u64().unwrap() >= 1, "{first}");
+    let doc = inquiry("dora@example.com", "Dora", "t-late", "late message");
+    assert_eq!(client.post_json(&gateway.url("/v1/inquiries"), doc).await.status, 201);
+    let mut second = first.clone();
+    for _ in 0..100 {
+        second = head(admin(&client, &gateway, Method::GET, "/v1/audit/tree-head", Some(READER), Value::Null).await);
+        if second["tree_size"].as_u64() > first["tree_size"].as_u64() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (m, n) = (first["tree_size"].as_u64().unwrap(), second["tree_size"].as_u64().unwrap());
+    let proof = admin(
+        &client,
+        &gateway,
+        Method::GET,
+        &format!("/v1/audit/proof/consistency?first={m}&second={n}"),
+        Some(READER),
+        Value::Null,
+    )
+    .await
+    .json();
+    let hashes: Vec<[u8; 32]> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    let root = |h: &Value| -> [u8; 32] { hex::decode(h["root_hash"].as_str().unwrap()).unwrap().try_into().unwrap() };
+    assert!(inquiry_gateway::compliance::merkle::verify_consistency(m, n, &root(&first), &root(&second), &hashes));
+    let public_key = admin(&client, &gateway, Method::GET, "/v1/audit/tree-head", Some(READER), Value::Null)
+        .await
+        .json()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    assert!(gateway.terminate().success());
+    let binary = env!("CARGO_BIN_EXE_inquiry-gateway");
+    let config = gateway.dir.join("gateway.toml");
+    let run = |args: &[&str]| Command::new(binary).args(args).output().unwrap();
+    let verified = run(&["audit", "verify", "--config", config.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+
+    // An outside witness holds an export and the public key.
+    let export = gateway.dir.join("audit.ndjson");
+    assert!(run(&["audit", "export", "--config", config.to_str().unwrap(), "--out", export.to_str().unwrap()])
+        .status
+        .success());
+    let original = std::fs::read_to_string(&export).unwrap();
+    let verify_export = |text: &str| {
+        let path = gateway.dir.join("tampered.ndjson");
+        std::fs::write(&path, text).unwrap();
+        run(&["audit", "verify", "--export", path.to_str().unwrap(), "--public-key", &public_key]).status.success()
+    };
+    assert!(verify_export(&original), "the untouched export verifies");
+    let lines: Vec<&str> = original.lines().collect();
+    let entries: Vec<usize> = (0..lines.len()).filter(|i| !lines[*i].starts_with("{\"tree_head\"")).collect();
+    assert!(entries.len() >= 13);
+    for &victim in &entries {
+        // One byte flipped inside the entry (in a value, so the JSON still parses).
+        let line = lines[victim];
+        let at = line.find("\"kind\":\"").unwrap() + 9;
+        let mut bytes = line.as_bytes().to_vec();
+        bytes[at] ^= 0x01;
+        let mut tampered = lines.clone();
+        let changed = String::from_utf8(bytes).unwrap();
+        tampered[victim] = &changed;
+        assert!(!verify_export(&(tampered.join("\n") + "\n")), "a flipped byte in entry line {victim} went unnoticed");
+    }
+    let mut removed = lines.clone();
+    removed.remove(entries[3]);
+    assert!(!verify_export(&(removed.join("\n") + "\n")), "a removed entry went unnoticed");
+    let mut reordered = lines.clone();
+    reordered.swap(entries[1], entries[2]);
+    assert!(!verify_export(&(reordered.join("\n") + "\n")), "reordered entries went unnoticed");
+    let other_key = "11".repeat(32);
+    let forged = run(&["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &other_key]);
+    assert!(!forged.status.success(), "heads verified with a key that did not sign them");
+
+    // Tampering in the store itself (an attacker with disk access rewrites an entry).
+    {
+        let store = Store::open(&gateway.store_dir()).unwrap();
+        let (index, entry) = store.audit_entries(5, 6).unwrap().remove(0);
+        let tampered = String::from_utf8(entry).unwrap().replace("inquiry.ingested", "inquiry.ingestec");
+        store.audit_partition().insert(index.to_be_bytes(), tampered.into_bytes()).unwrap();
+        store.sync().unwrap();
+    }
+    let detected = run(&["audit", "verify", "--config", config.to_str().unwrap()]);
+    assert!(!detected.status.success(), "a rewritten entry in the store went unnoticed");
+    let report: Value = serde_json::from_slice(&detected.stdout).unwrap();
+    assert!(report["problems"].to_string().contains("entry 5"), "{report}");
+}
