@@ -141,7 +141,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let forwarders: Vec<_> = sinks
         .into_iter()
         .enumerate()
-        .map(|(i, sink)| tokio::spawn(sinks::forward(sink, i, spool.clone(), store.clone(), stop_rx.clone())))
+        .flat_map(|(i, sink)| {
+            [
+                tokio::spawn(sinks::forward(sink.clone(), i, spool.clone(), store.clone(), stop_rx.clone())),
+                tokio::spawn(sinks::forward_audit(sink, i, spool.clone(), store.clone(), stop_rx.clone())),
+            ]
+        })
         .collect();
 
     let quotas = Arc::new(poll::QuotaRegistry::default());
@@ -180,6 +185,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         retention: time::Duration::days(i64::from(config.compliance.request_retention_days)),
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
+    let signer_tick = tokio::spawn({
+        let (pipeline, every) = (pipeline.clone(), Duration::from_millis(config.compliance.tree_head_interval_ms));
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                pipeline.tick();
+            }
+        }
+    });
     let admin_api = http::admin::AdminApi::new(
         &config.admin,
         http::admin::AdminParts {
@@ -211,6 +225,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     shutdown.await;
     reloader.abort();
     retrier.abort();
+    signer_tick.abort();
     tracing::info!("shutting down: no new connections, draining open ones");
     let _ = stop_tx.send(());
     let _ = ingest.await;

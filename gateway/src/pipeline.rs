@@ -330,6 +330,13 @@ impl Pipeline {
         }
     }
 
+    /// Wakes the stage so that it signs a tree head over entries written since the last one,
+    /// even when no traffic comes (skipped when the queue is full: the stage is busy anyway).
+    pub fn tick(&self) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Job { work: Work::Audit(Vec::new()), enqueued: Instant::now(), reply });
+    }
+
     /// Erases a data subject and waits until the erasure is durable; returns its inquiries.
     pub async fn erase(&self, erasure: Erasure) -> Result<Vec<Uuid>, SubmitError> {
         match self.run(Work::Erase(erasure)).await? {
@@ -404,6 +411,8 @@ struct Written {
     write_started: Instant,
     /// Sequence numbers below this are in this batch or earlier ones.
     seq_end: u64,
+    /// Audit entries below this index are in this batch or earlier ones.
+    audit_end: u64,
 }
 
 impl Stage {
@@ -445,8 +454,9 @@ impl Stage {
             };
             match written {
                 Ok((outcomes, write_started)) => {
-                    let seq_end = self.next_seq;
-                    if let Err(unsent) = self.to_sync.send(Written { jobs, outcomes, write_started, seq_end }) {
+                    let (seq_end, audit_end) = (self.next_seq, self.audit.size());
+                    let written = Written { jobs, outcomes, write_started, seq_end, audit_end };
+                    if let Err(unsent) = self.to_sync.send(written) {
                         fail_jobs(unsent.0.jobs, &StoreError::from_message("the sync thread stopped"));
                     }
                 }
@@ -665,6 +675,7 @@ impl Syncer {
             match synced {
                 Ok(()) => {
                     self.store_ok.store(true, Ordering::Relaxed);
+                    self.spool.mark_audit_durable(batches.iter().map(|b| b.audit_end).max().unwrap_or(0));
                     self.spool.mark_durable(batches.iter().map(|b| b.seq_end).max().unwrap_or(0));
                     let done = Instant::now();
                     for batch in batches {

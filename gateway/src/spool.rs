@@ -30,6 +30,8 @@ pub struct Spool {
     /// One entry per configured sink.
     pub sinks: Vec<SpoolSink>,
     durable_end: AtomicU64,
+    /// Audit entries below this index are durable.
+    audit_durable_end: AtomicU64,
     /// Wakes forwarders when new entries become durable.
     pub durable: tokio::sync::Notify,
     max_pending: u64,
@@ -56,7 +58,13 @@ impl Spool {
                 degraded: AtomicBool::new(true),
             })
             .collect();
-        let spool = Spool { sinks, durable_end: AtomicU64::new(next_seq), durable: Default::default(), max_pending };
+        let spool = Spool {
+            sinks,
+            durable_end: AtomicU64::new(next_seq),
+            audit_durable_end: AtomicU64::new(store.audit_len()?),
+            durable: Default::default(),
+            max_pending,
+        };
         spool.publish_depths();
         Ok((spool, next_seq))
     }
@@ -71,6 +79,16 @@ impl Spool {
         self.durable_end.fetch_max(end, Ordering::AcqRel);
         self.publish_depths();
         self.durable.notify_waiters();
+    }
+
+    /// Audit entries below this index are durable.
+    pub fn audit_durable_end(&self) -> u64 {
+        self.audit_durable_end.load(Ordering::Acquire)
+    }
+
+    /// Called after an fsync: audit entries below `end` are durable.
+    pub fn mark_audit_durable(&self, end: u64) {
+        self.audit_durable_end.fetch_max(end, Ordering::AcqRel);
     }
 
     /// Inquiries waiting for sink `index`.

@@ -48,6 +48,8 @@ pub const SINK_DEGRADED: &str = "inquiry_gateway_sink_degraded";
 
 /// Audit events of refused requests dropped because the pipeline queue was full.
 pub const AUDIT_DROPPED: &str = "inquiry_gateway_audit_dropped_total";
+/// Audit entries copied to a sink. Label: `sink`.
+pub const AUDIT_FORWARDED: &str = "inquiry_gateway_audit_forwarded_total";
 /// Entries in the audit log.
 pub const AUDIT_ENTRIES: &str = "inquiry_gateway_audit_entries";
 /// Size of the latest signed tree head of the audit log.
@@ -164,6 +166,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");
     describe_counter!(AUDIT_DROPPED, "audit events of refused requests dropped on a full queue");
     describe_gauge!(AUDIT_ENTRIES, "entries in the audit log");
+    describe_counter!(AUDIT_FORWARDED, "audit entries copied to a sink");
     describe_gauge!(AUDIT_SIGNED_SIZE, "tree size of the latest signed head of the audit log");
     describe_counter!(SUBJECT_REQUESTS, "data subject requests, by kind and outcome");
     describe_gauge!(SUBJECT_REQUESTS_OVERDUE, "open data subject requests past their deadline");

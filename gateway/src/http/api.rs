@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::auth::{Authenticator, Grant};
 use super::error::{json_response, ApiError, LineError};
+use crate::compliance::audit::AuditEvent;
 use crate::pipeline::{AckStatus, Pipeline, StoredInquiry, Submission, SubmitError};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
@@ -44,7 +45,8 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
     let started = Instant::now();
     let traceparent = super::traceparent_id(req.headers());
     let trace_id = traceparent.clone().unwrap_or_else(super::new_trace_id);
-    let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    let (method, full_path, source) = (req.method().to_string(), req.uri().path().to_owned(), super::peer(&req));
+    let path: Vec<&str> = full_path.trim_matches('/').split('/').collect();
     let result = match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "inquiries"]) => post_one(&state, req, &trace_id, started).await,
         (&Method::POST, ["v1", "inquiries", "batch"]) => {
@@ -59,7 +61,25 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
         (_, ["v1", "inquiries", _]) => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     };
-    result.unwrap_or_else(|err| err.into_response(&trace_id))
+    result.unwrap_or_else(|err| {
+        audit_refusal(&state, &err, &method, &full_path, source, &trace_id);
+        err.into_response(&trace_id)
+    })
+}
+
+/// Writes a refused request (a 4xx other than 404 and 429) to the audit log, without waiting:
+/// who could not get in, or what was malformed, and from where. Never the payload.
+fn audit_refusal(state: &ApiState, err: &ApiError, method: &str, path: &str, source: Option<String>, trace_id: &str) {
+    let status = err.status.as_u16();
+    if !(400..500).contains(&status) || matches!(status, 404 | 429) {
+        return;
+    }
+    let kind = if path.starts_with("/webhooks/") { "webhook.rejected" } else { "request.rejected" };
+    let event = AuditEvent::new(kind, "unauthenticated").from_source(source).detail(serde_json::json!({
+        "method": method, "path": path, "status": status, "reason": err.code, "field": err.field,
+        "lines": err.lines.len(), "trace_id": trace_id,
+    }));
+    state.pipeline.audit_soon(vec![event]);
 }
 
 #[derive(Serialize)]

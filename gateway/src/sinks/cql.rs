@@ -15,7 +15,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::{CqlDate, CqlTimestamp};
 
-use super::{Delivery, OutRecord, Sink, SinkError};
+use super::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
 use crate::config::CqlConfig;
 use crate::pipeline::StoredInquiry;
 
@@ -118,6 +118,8 @@ struct Prepared {
     by_account_day: PreparedStatement,
     delete_by_id: PreparedStatement,
     delete_by_account_day: PreparedStatement,
+    audit_by_day: PreparedStatement,
+    audit_by_subject: PreparedStatement,
 }
 
 /// The CQL sink.
@@ -171,7 +173,25 @@ impl CqlSink {
             "DELETE FROM {ks}.inquiries_by_account_day WHERE account = ? AND day = ? AND bucket = ? AND received_at = ? AND id = ?"
         ))
         .await?;
-        let _ = self.prepared.set(Prepared { session, by_id, by_account_day, delete_by_id, delete_by_account_day });
+        let audit_by_day = prepare(format!(
+            "INSERT INTO {ks}.audit_events_by_day (day, bucket, at, event_id, subject, kind, inquiry_id, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        ))
+        .await?;
+        let audit_by_subject = prepare(format!(
+            "INSERT INTO {ks}.audit_events_by_subject (subject, at, event_id, kind, inquiry_id, detail)
+             VALUES (?, ?, ?, ?, ?, ?) USING TTL ?"
+        ))
+        .await?;
+        let _ = self.prepared.set(Prepared {
+            session,
+            by_id,
+            by_account_day,
+            delete_by_id,
+            delete_by_account_day,
+            audit_by_day,
+            audit_by_subject,
+        });
         Ok(())
     }
 
@@ -240,6 +260,40 @@ impl CqlSink {
         (CqlTimestamp(received_ms), day, bucket)
     }
 
+    /// Writes audit entries to both audit tables (`detail` holds the whole entry as hashed).
+    async fn write_audit(&self, entries: &[AuditRecord]) -> Result<(), String> {
+        let prepared = self.prepared.get().ok_or("not connected")?;
+        let ttl = self.config.audit_ttl_seconds as i32;
+        for record in entries {
+            let event = &record.entry.event;
+            let at_ms = (event.at.unix_timestamp_nanos() / 1_000_000) as i64;
+            let day = CqlDate(((1u64 << 31) as i64 + at_ms.div_euclid(86_400_000)) as u32);
+            let bucket = (record.index % u64::from(self.config.day_buckets)) as i16;
+            // The entry's index as a stable id: a resend overwrites the same row.
+            let event_id = uuid::Uuid::from_u64_pair(0, record.index);
+            let detail = String::from_utf8_lossy(&record.bytes);
+            let at = CqlTimestamp(at_ms);
+            let session = &prepared.session;
+            session
+                .execute_unpaged(
+                    &prepared.audit_by_day,
+                    (day, bucket, at, event_id, &event.subject, &event.kind, event.inquiry_id, detail.as_ref(), ttl),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(subject) = &event.subject {
+                session
+                    .execute_unpaged(
+                        &prepared.audit_by_subject,
+                        (subject, at, event_id, &event.kind, event.inquiry_id, detail.as_ref(), ttl),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes the rows of erased inquiries from both tables.
     async fn delete(&self, records: &[StoredInquiry]) -> Result<(), String> {
         self.connect_and_prepare().await.map_err(|e| e.to_string())?;
@@ -276,6 +330,10 @@ impl Sink for CqlSink {
 
     fn batch_size(&self) -> usize {
         self.config.batch_size
+    }
+
+    fn deliver_audit<'a>(&'a self, entries: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), String>> {
+        self.write_audit(entries).boxed()
     }
 
     fn erase<'a>(&'a self, _pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>> {

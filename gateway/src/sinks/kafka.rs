@@ -18,12 +18,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::{Delivery, OutRecord, Sink, SinkError};
+use super::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
 use crate::config::KafkaConfig;
 use crate::pipeline::StoredInquiry;
 
 /// Version of the routed-inquiry topic's payload (`docs/topics.md`).
 pub const ROUTED_SCHEMA: &str = "inquiry-gateway.routed-inquiry.v2";
+
+/// Version of the audit topic's payload (an audit log entry, `docs/compliance.md`).
+pub const AUDIT_SCHEMA: &str = "inquiry-gateway.audit-entry.v1";
 
 /// The topics, with their versioned names.
 #[derive(Debug, Clone)]
@@ -247,6 +250,36 @@ impl Sink for KafkaSink {
 
     fn batch_size(&self) -> usize {
         self.config.batch_size
+    }
+
+    fn deliver_audit<'a>(&'a self, entries: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let mut deliveries = Vec::with_capacity(entries.len());
+            for record in entries {
+                let event = &record.entry.event;
+                let key = event
+                    .subject
+                    .clone()
+                    .or(event.inquiry_id.map(|id| id.to_string()))
+                    .unwrap_or_else(|| "gateway".to_owned());
+                let index = record.index.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "schema", value: Some(AUDIT_SCHEMA) })
+                    .insert(Header { key: "index", value: Some(&index) })
+                    .insert(Header { key: "content-type", value: Some("application/json") });
+                let message = FutureRecord::to(&self.topics.audit).key(&key).payload(&record.bytes).headers(headers);
+                deliveries.push(self.producer.send_result(message).map_err(|(err, _)| err.to_string())?);
+            }
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((err, _))) => return Err(err.to_string()),
+                    Err(_) => return Err("delivery canceled".to_owned()),
+                }
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn erase<'a>(&'a self, pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>> {

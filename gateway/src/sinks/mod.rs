@@ -19,6 +19,7 @@ use metrics::{counter, gauge};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::compliance::audit::AuditEntry;
 use crate::pipeline::StoredInquiry;
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::spool::Spool;
@@ -94,6 +95,95 @@ pub trait Sink: Send + Sync + 'static {
     /// inquiries as stored now (sealed fields already removed). Their sealed copies are unreadable
     /// already (the subject's key is destroyed); this removes what can be removed.
     fn erase<'a>(&'a self, pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Delivers audit entries (`(index, entry bytes, parsed)`, in log order); all or nothing
+    /// (a retry sends them again: consumers drop duplicates by index).
+    fn deliver_audit<'a>(&'a self, entries: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// An audit entry on its way to a sink.
+pub struct AuditRecord {
+    /// Its index in the log.
+    pub index: u64,
+    /// The entry exactly as hashed into the log.
+    pub bytes: Vec<u8>,
+    /// The same, parsed.
+    pub entry: AuditEntry,
+}
+
+/// Most audit entries per delivery.
+const AUDIT_BATCH: u64 = 500;
+
+/// Copies the audit log to `sink` in order, from the sink's own cursor, until `stop` fires. Only
+/// durable entries are sent; the cursor is kept in the store (after a crash, a few entries may be
+/// sent again).
+pub async fn forward_audit(
+    sink: Arc<dyn Sink>,
+    index: usize,
+    spool: Arc<Spool>,
+    store: Store,
+    mut stop: watch::Receiver<()>,
+) {
+    let name = sink.name();
+    let cursor_name = format!("audit-forwarded/{name}");
+    let mut next: u64 = store.cursor(&cursor_name).ok().flatten().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    // The inquiry forwarder prepares the sink (topics, schema); wait for it.
+    while spool.sinks[index].degraded.load(Ordering::Relaxed) {
+        if sleep_or_stop(Duration::from_millis(200), &mut stop).await {
+            return;
+        }
+    }
+    loop {
+        let end = spool.audit_durable_end();
+        if next >= end {
+            tokio::select! {
+                _ = spool.durable.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        let to = end.min(next + AUDIT_BATCH);
+        let read = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.audit_entries(next, to)).await
+        };
+        let records: Vec<AuditRecord> = match read.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|(index, bytes)| {
+                    let entry = serde_json::from_slice(&bytes).ok()?;
+                    Some(AuditRecord { index, bytes, entry })
+                })
+                .collect(),
+            Err(err) => {
+                tracing::error!(sink = name, error = %err, "audit log unreadable");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        match sink.deliver_audit(&records).await {
+            Ok(()) => {
+                next = to;
+                let mut batch = store.batch();
+                batch.put_cursor(&cursor_name, &next.to_string());
+                if let Err(err) = batch.write() {
+                    tracing::warn!(sink = name, error = %err, "audit cursor not stored; entries may be sent again");
+                }
+                counter!(telemetry::AUDIT_FORWARDED, "sink" => name).increment(records.len() as u64);
+                backoff.reset();
+            }
+            Err(err) => {
+                tracing::warn!(sink = name, error = %err, "audit delivery failed; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// After this long without an answer a sink is reported degraded (it keeps being awaited).
