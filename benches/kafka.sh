@@ -28,6 +28,7 @@ path = "$work/store"
 level = "warn"
 [sinks.kafka]
 brokers = "127.0.0.1:9092"
+location = "eu"
 topic_prefix = "$prefix"
 partitions = 6
 TOML

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::routing::Priority;
+use inquiry_connectors::Region;
 
 /// The whole gateway configuration. Every section has defaults: an empty file is the embedded default.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,6 +41,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Personal data protection, the audit trail and data subject requests.
     pub compliance: ComplianceConfig,
+    /// How long each class of data is kept, in every store.
+    pub retention: RetentionConfig,
     /// The file this configuration was read from (SIGHUP and `POST /v1/plugins/reload` re-read
     /// its `[routing]` section).
     #[serde(skip)]
@@ -146,8 +149,12 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of created topics.
     pub replication_factor: i32,
-    /// `retention.ms` of the routed-inquiry and audit topics (dead letters keep 4x as long).
-    pub retention_ms: i64,
+    /// Where the cluster runs (`eu` or `other`); required: `check` refuses EU-region data for a
+    /// cluster outside the EU.
+    pub location: Option<Region>,
+    /// Regions of the inquiries this sink receives (default both); the others stay in the
+    /// embedded store (and any sink that takes them).
+    pub regions: Vec<Region>,
     /// Inquiries sent per forwarder round (all in flight at once).
     pub batch_size: usize,
     /// Extra librdkafka properties (security, SASL, tuning); they override the gateway's defaults
@@ -163,7 +170,8 @@ impl Default for KafkaConfig {
             create_topics: true,
             partitions: 6,
             replication_factor: 1,
-            retention_ms: 7 * 24 * 3600 * 1000,
+            location: None,
+            regions: vec![Region::Eu, Region::Other],
             batch_size: 2000,
             properties: Default::default(),
         }
@@ -184,10 +192,10 @@ pub struct CqlConfig {
     pub replication: std::collections::BTreeMap<String, u32>,
     /// Consistency of writes: `one`, `local_one`, `local_quorum`, `quorum`, `each_quorum`, `all`.
     pub consistency: String,
-    /// Time to live of inquiry rows, in seconds (0 = keep forever).
-    pub ttl_seconds: u32,
-    /// Time to live of audit rows, in seconds (0 = keep forever).
-    pub audit_ttl_seconds: u32,
+    /// Where the cluster runs (`eu` or `other`); required, as for Kafka.
+    pub location: Option<Region>,
+    /// Regions of the inquiries this sink receives (default both).
+    pub regions: Vec<Region>,
     /// Partitions per account and day in `inquiries_by_account_day` (spreads busy accounts).
     pub day_buckets: u16,
     /// Requests in flight at once.
@@ -206,12 +214,59 @@ impl Default for CqlConfig {
             local_datacenter: "dc1".to_owned(),
             replication: [("dc1".to_owned(), 1)].into_iter().collect(),
             consistency: "local_quorum".to_owned(),
-            ttl_seconds: 400 * 24 * 3600,
-            audit_ttl_seconds: 0,
+            location: None,
+            regions: vec![Region::Eu, Region::Other],
             day_buckets: 8,
             max_in_flight: 256,
             batch_size: 1000,
             migrate: true,
+        }
+    }
+}
+
+/// How long each class of data is kept (docs/compliance.md): enforced by expiry in the embedded
+/// store, by TTL in the CQL tables and by `retention.ms` of the Kafka topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Inquiries (records, sealed personal data, original payloads), by message time.
+    pub inquiries_days: u32,
+    /// Dead-letter records.
+    pub dead_letters_days: u32,
+    /// The audit trail in Kafka and CQL (0 = kept forever). The embedded audit log is never
+    /// expired: removing entries would break its verification.
+    pub audit_days: u32,
+    /// The Kafka feed of routed inquiries (`inquiries.routed.v2`): consumers read it promptly;
+    /// at most `inquiries_days`.
+    pub kafka_feed_days: u32,
+    /// How often the embedded store drops what has expired.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            inquiries_days: 400,
+            dead_letters_days: 30,
+            audit_days: 0,
+            kafka_feed_days: 7,
+            sweep_interval_ms: 3_600_000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Days as seconds (CQL TTL; 0 stays 0 = no expiry).
+    pub fn seconds(days: u32) -> u32 {
+        days.saturating_mul(86_400)
+    }
+
+    /// Days as Kafka `retention.ms` (0 = -1, kept forever).
+    pub fn kafka_ms(days: u32) -> i64 {
+        if days == 0 {
+            -1
+        } else {
+            i64::from(days) * 86_400_000
         }
     }
 }
@@ -748,11 +803,40 @@ impl Config {
             if cql.day_buckets > 1024 {
                 problems.push("sinks.cql.day_buckets must be at most 1024".to_owned());
             }
-            // CQL's largest TTL is 20 years.
-            if cql.ttl_seconds > 630_720_000 || cql.audit_ttl_seconds > 630_720_000 {
-                problems.push(
-                    "sinks.cql.ttl_seconds and audit_ttl_seconds must be at most 630720000 (20 years)".to_owned(),
-                );
+        }
+        let retention = &self.retention;
+        // CQL's largest TTL is 20 years.
+        if retention.inquiries_days == 0 || retention.inquiries_days > 7300 || retention.audit_days > 7300 {
+            problems
+                .push("retention.inquiries_days must be 1 to 7300 and audit_days at most 7300 (20 years)".to_owned());
+        }
+        if retention.dead_letters_days == 0 || retention.dead_letters_days > retention.inquiries_days {
+            problems.push("retention.dead_letters_days must be 1 to retention.inquiries_days".to_owned());
+        }
+        if retention.kafka_feed_days == 0 || retention.kafka_feed_days > retention.inquiries_days {
+            problems.push("retention.kafka_feed_days must be 1 to retention.inquiries_days".to_owned());
+        }
+        if retention.sweep_interval_ms < 100 {
+            problems.push("retention.sweep_interval_ms must be at least 100".to_owned());
+        }
+        let sinks: [(&str, Option<(&Option<Region>, &Vec<Region>)>); 2] = [
+            ("kafka", self.sinks.kafka.as_ref().map(|k| (&k.location, &k.regions))),
+            ("cql", self.sinks.cql.as_ref().map(|c| (&c.location, &c.regions))),
+        ];
+        for (name, sink) in sinks {
+            let Some((location, regions)) = sink else { continue };
+            match location {
+                None => problems.push(format!(
+                    "sinks.{name}.location must say where the cluster runs: \"eu\" or \"other\" (data residency)"
+                )),
+                Some(Region::Other) if regions.contains(&Region::Eu) => problems.push(format!(
+                    "sinks.{name} runs outside the EU (location = \"other\") but would receive EU-region data: \
+                     set regions = [\"other\"] or use a sink in the EU"
+                )),
+                _ => {}
+            }
+            if regions.is_empty() {
+                problems.push(format!("sinks.{name}.regions must name at least one region"));
             }
         }
         let mut endpoints = BTreeSet::new();
@@ -1068,5 +1152,19 @@ scopes = ["plugins:read", "root"]
         let text = "[store]\npseudonym_key = \"${KEY_A}${KEY_A}\"\n[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"*\"]\n";
         let config = Config::from_toml_with_env(text, env).unwrap();
         assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn check_refuses_eu_data_for_a_sink_outside_the_eu_and_a_sink_without_a_location() {
+        let problems = |text: &str| match Config::from_toml(text).unwrap().validate() {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        let outside = problems("[sinks.kafka]\nlocation = \"other\"\n");
+        assert!(outside.contains("runs outside the EU") && outside.contains("sinks.kafka"), "{outside}");
+        assert_eq!(problems("[sinks.kafka]\nlocation = \"other\"\nregions = [\"other\"]\n"), "");
+        assert_eq!(problems("[sinks.cql]\nlocation = \"eu\"\n"), "");
+        assert!(problems("[sinks.cql]\n").contains("sinks.cql.location must say where the cluster runs"));
+        assert!(problems("[retention]\ninquiries_days = 10\nkafka_feed_days = 20\n").contains("kafka_feed_days"));
     }
 }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod pipeline;
 pub mod plugins;
 pub mod poll;
+pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod sinks;
@@ -92,7 +93,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let sinks = build_sinks(&config)?;
     let sinks_for_erasure = sinks.clone();
-    let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
+    let names: Vec<(&'static str, Vec<inquiry_connectors::Region>)> =
+        sinks.iter().map(|s| (s.name(), s.regions().to_vec())).collect();
     // What the journal recovered after a crash may never have been fsynced: make it durable before
     // forwarders may send it.
     store.sync()?;
@@ -149,6 +151,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
         .collect();
 
+    let sweeper =
+        tokio::spawn(retention::run(store.clone(), config.retention.clone(), pipeline.clone(), stop_rx.clone()));
     let quotas = Arc::new(poll::QuotaRegistry::default());
     let pollers: Vec<_> = config
         .pollers
@@ -230,6 +234,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(());
     let _ = ingest.await;
     let _ = admin.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
     for poller in pollers {
         let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
     }
@@ -280,10 +285,10 @@ async fn reload_on_sighup(admin: Arc<AdminState>) {
 fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, StartError> {
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(kafka) = &config.sinks.kafka {
-        built.push(Arc::new(KafkaSink::new(kafka)?));
+        built.push(Arc::new(KafkaSink::new(kafka, &config.retention)?));
     }
     if let Some(cql) = &config.sinks.cql {
-        built.push(Arc::new(CqlSink::new(cql)?));
+        built.push(Arc::new(CqlSink::new(cql, &config.retention)?));
     }
     Ok(built)
 }

@@ -562,7 +562,6 @@ impl Stage {
         let write_started = Instant::now();
         let mut batch = self.store.batch();
         let mut record = Vec::with_capacity(2048);
-        let sinks: Vec<&'static str> = self.spool.sinks.iter().map(|s| s.name).collect();
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
             record.clear();
@@ -580,6 +579,8 @@ impl Stage {
                 batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
             }
             batch.link_inquiry(pseudonym, id);
+            let sinks: Vec<&'static str> =
+                self.spool.sinks.iter().filter(|s| s.regions.contains(&item.inquiry.region)).map(|s| s.name).collect();
             self.audit.append(&mut batch, ingested_event(item, &decision, &sinks));
             if let Some(letter) = dead_letter {
                 let event = AuditEvent::new("inquiry.dead_lettered", "gateway")
@@ -591,7 +592,8 @@ impl Stage {
             }
             let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
             self.next_seq += 1;
-            for sink in &self.spool.sinks {
+            // Data residency: a sink gets only the regions it is declared for.
+            for sink in self.spool.sinks.iter().filter(|s| s.regions.contains(&item.inquiry.region)) {
                 batch.put_outbox(&sink.outbox, &entry);
             }
         }
@@ -769,18 +771,16 @@ impl DedupKeys {
     /// The keys of a submission.
     pub fn of(item: &Submission) -> DedupKeys {
         let inquiry = &item.inquiry;
-        let key = |kind: &str, value: &str| {
-            let mut key = Vec::with_capacity(64);
-            for part in [inquiry.channel.as_str(), inquiry.account.as_str(), kind, value] {
-                key.extend_from_slice(&(part.len() as u32).to_be_bytes());
-                key.extend_from_slice(part.as_bytes());
-            }
-            key
-        };
+        let key = |kind: &str, value: &str| dedup_key(inquiry, kind, value);
         DedupKeys {
             message: key("message", &inquiry.external.message_id),
             idempotency: item.idempotency_key.as_deref().map(|k| (key("idempotency", k), item.fingerprint)),
         }
+    }
+
+    /// The message key of a stored inquiry (retention removes it with the inquiry).
+    pub fn message_key(inquiry: &Inquiry) -> Vec<u8> {
+        dedup_key(inquiry, "message", &inquiry.external.message_id)
     }
 
     /// The entries to store for inquiry `id`.
@@ -791,6 +791,16 @@ impl DedupKeys {
         }
         entries
     }
+}
+
+/// `(channel, account, kind, value)`, each part length-prefixed.
+fn dedup_key(inquiry: &Inquiry, kind: &str, value: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(64);
+    for part in [inquiry.channel.as_str(), inquiry.account.as_str(), kind, value] {
+        key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
 }
 
 /// Records `elapsed` for every submission, grouped by channel (one histogram update per channel).
@@ -819,10 +829,14 @@ mod tests {
     use crate::routing::{Disposition, Priority};
 
     fn submission(subjects: &Subjects, external_id: &str, body: &str) -> Submission {
+        submission_at(subjects, external_id, body, "2026-11-24T08:00:00Z")
+    }
+
+    fn submission_at(subjects: &Subjects, external_id: &str, body: &str, occurred_at: &str) -> Submission {
         let raw = serde_json::json!({
             "channel": "generic", "account": "shop-1", "external_id": external_id,
             "buyer": { "email": "anna@example.com", "name": "Anna Example" },
-            "body": body, "occurred_at": "2026-11-24T08:00:00Z",
+            "body": body, "occurred_at": occurred_at,
         })
         .to_string();
         let ctx =
@@ -1000,6 +1014,34 @@ mod tests {
             .map(|(_, e)| serde_json::from_slice::<crate::compliance::audit::AuditEntry>(e).unwrap().event.kind)
             .collect();
         assert_eq!(kinds, ["inquiry.ingested", "inquiry.dead_lettered", "inquiry.deduplicated"]);
+    }
+
+    #[tokio::test]
+    async fn expired_inquiries_leave_the_store_with_their_dedup_key_link_and_dead_letter() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let now = OffsetDateTime::now_utc();
+        let recent = (now - time::Duration::days(2)).format(&Rfc3339).unwrap();
+        let old = (now - time::Duration::days(45)).format(&Rfc3339).unwrap();
+        let acks = pipeline
+            .submit(vec![submission_at(&subjects, "old", "x", &old), submission_at(&subjects, "new", "y", &recent)])
+            .await
+            .unwrap();
+        let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
+        let retention =
+            crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
+        let swept = crate::retention::sweep(&store, &retention, now).unwrap();
+        assert_eq!((swept.inquiries, swept.dead_letters), (1, 1));
+        assert!(
+            store.get_inquiry(acks[0].id).unwrap().is_none() && store.get_dead_letter(acks[0].id).unwrap().is_none()
+        );
+        assert!(
+            store.get_inquiry(acks[1].id).unwrap().is_some() && store.get_dead_letter(acks[1].id).unwrap().is_some()
+        );
+        assert_eq!(store.inquiries_of(&pseudonym).unwrap(), vec![acks[1].id]);
+        // The dedup key went with it: the same message, delivered again, is stored again.
+        let again = pipeline.submit(vec![submission_at(&subjects, "old", "x", &old)]).await.unwrap();
+        assert_eq!(again[0].status, AckStatus::Accepted);
+        assert_eq!(crate::retention::sweep(&store, &retention, now).unwrap().inquiries, 1);
     }
 
     #[tokio::test]

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use metrics::gauge;
 
+use inquiry_connectors::Region;
+
 use crate::store::{Outbox, Store, StoreError};
 use crate::telemetry;
 
@@ -23,6 +25,8 @@ pub struct SpoolSink {
     pub forwarded_end: AtomicU64,
     /// True while the sink is unreachable or failing (inquiries keep spooling).
     pub degraded: AtomicBool,
+    /// Regions of the inquiries it receives (data residency).
+    pub regions: Vec<Region>,
 }
 
 /// Everything the stage, the sync thread and the forwarders share about the spool.
@@ -39,23 +43,28 @@ pub struct Spool {
 
 impl Spool {
     /// Opens the outboxes of `sinks`; returns the spool and the next sequence number to assign.
-    pub fn open(store: &Store, sinks: &[&'static str], max_pending: u64) -> Result<(Spool, u64), StoreError> {
+    pub fn open(
+        store: &Store,
+        sinks: &[(&'static str, Vec<Region>)],
+        max_pending: u64,
+    ) -> Result<(Spool, u64), StoreError> {
         let mut opened = Vec::new();
         let mut next_seq = 0;
-        for name in sinks {
+        for (name, regions) in sinks {
             let outbox = store.outbox(name)?;
             let bounds = outbox.bounds()?;
             next_seq = next_seq.max(bounds.map_or(0, |(_, last)| last + 1));
-            opened.push((name, outbox, bounds.map(|(first, _)| first)));
+            opened.push((name, outbox, bounds.map(|(first, _)| first), regions.clone()));
         }
         let sinks = opened
             .into_iter()
-            .map(|(name, outbox, first)| SpoolSink {
+            .map(|(name, outbox, first, regions)| SpoolSink {
                 name,
                 outbox,
                 forwarded_end: AtomicU64::new(first.unwrap_or(next_seq)),
                 // Degraded until the forwarder has prepared the sink (connected, topics, schema).
                 degraded: AtomicBool::new(true),
+                regions,
             })
             .collect();
         let spool = Spool {

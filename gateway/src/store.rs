@@ -158,6 +158,34 @@ impl Store {
         Ok(records)
     }
 
+    /// Up to `limit` inquiries whose message time is before `before` (ids start with it), oldest
+    /// first, as `(id, record)`.
+    pub fn inquiries_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inquiries.range(..time_prefix(before)).take(limit) {
+            let (key, value) = item?;
+            if let Ok(id) = Uuid::from_slice(&key) {
+                out.push((id, split_frame(&value).0.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` dead letters of inquiries whose message time is before `before`.
+    pub fn dead_letters_before(&self, before: time::OffsetDateTime, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.dead_letters.range(..time_prefix(before)).take(limit) {
+            if let Ok(id) = Uuid::from_slice(&item?.0) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// The original payload of an inquiry, if kept.
     pub fn get_raw(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.inquiries.get(id.as_bytes())?.map(|v| split_frame(&v).1.to_vec()))
@@ -346,6 +374,14 @@ impl Outbox {
     }
 }
 
+/// The smallest inquiry id of message time `at` (ids start with 48 bits of Unix milliseconds).
+fn time_prefix(at: time::OffsetDateTime) -> [u8; 16] {
+    let millis = (at.unix_timestamp_nanos() / 1_000_000).clamp(0, (1 << 48) - 1) as u64;
+    let mut key = [0u8; 16];
+    key[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    key
+}
+
 fn audit_node_key(level: u32, index: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = level as u8;
@@ -409,6 +445,22 @@ impl StoreBatch<'_> {
         self.inner.remove(&self.store.subjects, index.as_slice());
         self.inner.remove(&self.store.pseudonyms, pseudonym);
         self.inner.insert(&self.store.erasures, pseudonym, erasure);
+    }
+
+    /// Removes an expired inquiry, with its message dedup key and its link to its subject.
+    pub fn remove_inquiry(&mut self, id: Uuid, dedup_key: &[u8], pseudonym: &str) {
+        self.inner.remove(&self.store.inquiries, id.as_bytes().as_slice());
+        self.inner.remove(&self.store.dedup, dedup_key);
+        let mut link = Vec::with_capacity(pseudonym.len() + 17);
+        link.extend_from_slice(pseudonym.as_bytes());
+        link.push(0);
+        link.extend_from_slice(id.as_bytes());
+        self.inner.remove(&self.store.subject_inquiries, link);
+    }
+
+    /// Removes an expired dead letter.
+    pub fn remove_dead_letter(&mut self, id: Uuid) {
+        self.inner.remove(&self.store.dead_letters, id.as_bytes().as_slice());
     }
 
     /// Replaces an inquiry's record and drops its original payload (erasure).

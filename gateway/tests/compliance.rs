@@ -130,8 +130,8 @@ async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_
     let prefix = unique("c");
     let keyspace = unique("c_");
     let config = format!(
-        "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 2\n\
-         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\n",
+        "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 2\nlocation = \"eu\"\n\
+         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n",
         admin_tokens()
     );
     let mut gateway = Gateway::start(&config).await;
@@ -439,4 +439,39 @@ async fn changing_removing_or_reordering_any_audit_entry_is_detected() {
     assert!(!detected.status.success(), "a rewritten entry in the store went unnoticed");
     let report: Value = serde_json::from_slice(&detected.stdout).unwrap();
     assert!(report["problems"].to_string().contains("entry 5"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_outside_the_eu_never_receives_eu_region_data() {
+    let prefix = unique("r");
+    let config = format!(
+        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 1\n\
+         location = \"other\"\nregions = [\"other\"]\n"
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let mut ids = Vec::new();
+    for (n, country) in ["DE", "US", "FR", "JP", "DE"].iter().enumerate() {
+        let doc = json!({
+            "channel": "generic", "account": "shop-r", "external_id": format!("r-{n}"),
+            "buyer": { "email": format!("r{n}@example.com"), "country": country },
+            "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
+        });
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+        assert_eq!(reply.status, 201);
+        ids.push((reply.json()["id"].as_str().unwrap().to_owned(), *country));
+    }
+    // The spool drains although the EU inquiries are never queued for this sink.
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
+    let published: HashSet<String> = kcat(&format!("{prefix}.inquiries.routed.v2"))
+        .iter()
+        .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap()["inquiry"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: HashSet<String> =
+        ids.iter().filter(|(_, c)| matches!(*c, "US" | "JP")).map(|(id, _)| id.clone()).collect();
+    assert_eq!(published, expected, "only non-EU inquiries reach a sink outside the EU");
+    // EU inquiries stay in the embedded store.
+    for (id, _) in &ids {
+        assert_eq!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.status, 200);
+    }
 }

@@ -29,11 +29,13 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn kafka_config(prefix: &str) -> String {
-    format!("[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}\"\npartitions = 3\n")
+    format!("[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}\"\npartitions = 3\nlocation = \"eu\"\n")
 }
 
 fn cql_config(keyspace: &str) -> String {
-    format!("[sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\n")
+    format!(
+        "[sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n"
+    )
 }
 
 /// Reads `topic` from the beginning with a fresh consumer group until every id of `expected` was
@@ -182,7 +184,9 @@ async fn a_gateway_killed_while_forwarding_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_sink_spools_until_the_budget_then_refuses_with_retry_after() {
     // No broker listens on port 1: the sink is down from the start.
-    let gateway = Gateway::start("[spool]\nmax_pending = 50\n[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\n").await;
+    let gateway =
+        Gateway::start("[spool]\nmax_pending = 50\n[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\nlocation = \"eu\"\n")
+            .await;
     let client = HttpClient::new();
     let mut accepted = 0;
     let mut refused = None;

@@ -16,7 +16,7 @@ use scylla::statement::Consistency;
 use scylla::value::{CqlDate, CqlTimestamp};
 
 use super::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
-use crate::config::CqlConfig;
+use crate::config::{CqlConfig, RetentionConfig};
 use crate::pipeline::StoredInquiry;
 
 /// The schema, in order. Every statement is idempotent (`IF NOT EXISTS`); `{ks}` is the keyspace.
@@ -125,6 +125,10 @@ struct Prepared {
 /// The CQL sink.
 pub struct CqlSink {
     config: CqlConfig,
+    /// TTL of inquiry rows (`retention.inquiries_days`).
+    ttl_seconds: u32,
+    /// TTL of audit rows (`retention.audit_days`; 0 = none).
+    audit_ttl_seconds: u32,
     consistency: Consistency,
     prepared: OnceLock<Prepared>,
     /// Bounds the requests in flight across every round the forwarder has open.
@@ -133,11 +137,18 @@ pub struct CqlSink {
 
 impl CqlSink {
     /// A sink for `config` (connects in [`Sink::prepare`]).
-    pub fn new(config: &CqlConfig) -> Result<CqlSink, SinkError> {
+    pub fn new(config: &CqlConfig, retention: &RetentionConfig) -> Result<CqlSink, SinkError> {
         let consistency = parse_consistency(&config.consistency)
             .ok_or_else(|| error(format!("unknown consistency `{}`", config.consistency)))?;
         let in_flight = tokio::sync::Semaphore::new(config.max_in_flight.max(2));
-        Ok(CqlSink { config: config.clone(), consistency, prepared: OnceLock::new(), in_flight })
+        Ok(CqlSink {
+            config: config.clone(),
+            ttl_seconds: RetentionConfig::seconds(retention.inquiries_days),
+            audit_ttl_seconds: RetentionConfig::seconds(retention.audit_days),
+            consistency,
+            prepared: OnceLock::new(),
+            in_flight,
+        })
     }
 
     async fn connect_and_prepare(&self) -> Result<(), SinkError> {
@@ -209,7 +220,7 @@ impl CqlSink {
         let json = String::from_utf8_lossy(&record.json);
         let priority = serde_json::to_value(decision.priority).ok().and_then(|v| v.as_str().map(str::to_owned));
         let region = serde_json::to_value(inquiry.region).ok().and_then(|v| v.as_str().map(str::to_owned));
-        let ttl = self.config.ttl_seconds as i32;
+        let ttl = self.ttl_seconds as i32;
         let by_id = prepared.session.execute_unpaged(
             &prepared.by_id,
             (
@@ -263,7 +274,7 @@ impl CqlSink {
     /// Writes audit entries to both audit tables (`detail` holds the whole entry as hashed).
     async fn write_audit(&self, entries: &[AuditRecord]) -> Result<(), String> {
         let prepared = self.prepared.get().ok_or("not connected")?;
-        let ttl = self.config.audit_ttl_seconds as i32;
+        let ttl = self.audit_ttl_seconds as i32;
         for record in entries {
             let event = &record.entry.event;
             let at_ms = (event.at.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -315,6 +326,10 @@ impl CqlSink {
 impl Sink for CqlSink {
     fn name(&self) -> &'static str {
         "cql"
+    }
+
+    fn regions(&self) -> &[inquiry_connectors::Region] {
+        &self.config.regions
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {

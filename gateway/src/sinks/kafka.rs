@@ -19,7 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, RetentionConfig};
 use crate::pipeline::StoredInquiry;
 
 /// Version of the routed-inquiry topic's payload (`docs/topics.md`).
@@ -56,6 +56,7 @@ impl Topics {
 /// The Kafka sink.
 pub struct KafkaSink {
     config: KafkaConfig,
+    retention: RetentionConfig,
     client_config: ClientConfig,
     producer: FutureProducer,
     topics: Topics,
@@ -63,7 +64,7 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// Builds the producer (no I/O yet; librdkafka connects in the background).
-    pub fn new(config: &KafkaConfig) -> Result<KafkaSink, SinkError> {
+    pub fn new(config: &KafkaConfig, retention: &RetentionConfig) -> Result<KafkaSink, SinkError> {
         let mut client_config = ClientConfig::new();
         client_config
             .set("bootstrap.servers", &config.brokers)
@@ -77,7 +78,13 @@ impl KafkaSink {
         }
         client_config.set("enable.idempotence", "true").set("acks", "all").set("partitioner", "murmur2_random");
         let producer = client_config.create().map_err(|e| error(format!("cannot create producer: {e}")))?;
-        Ok(KafkaSink { config: config.clone(), client_config, producer, topics: Topics::new(&config.topic_prefix) })
+        Ok(KafkaSink {
+            config: config.clone(),
+            retention: retention.clone(),
+            client_config,
+            producer,
+            topics: Topics::new(&config.topic_prefix),
+        })
     }
 
     /// The topic names.
@@ -87,12 +94,14 @@ impl KafkaSink {
 
     /// Creates missing topics (if configured) and checks that all exist.
     async fn ensure_topics(&self) -> Result<(), SinkError> {
-        let retention = self.config.retention_ms.to_string();
-        let dead_letter_retention = (self.config.retention_ms.saturating_mul(4)).to_string();
+        let retention = &self.retention;
+        let feed = RetentionConfig::kafka_ms(retention.kafka_feed_days).to_string();
+        let audit = RetentionConfig::kafka_ms(retention.audit_days).to_string();
+        let dead_letter_retention = RetentionConfig::kafka_ms(retention.dead_letters_days).to_string();
         let replication = || TopicReplication::Fixed(self.config.replication_factor);
         let topics = [
-            NewTopic::new(&self.topics.routed, self.config.partitions, replication()).set("retention.ms", &retention),
-            NewTopic::new(&self.topics.audit, self.config.partitions, replication()).set("retention.ms", &retention),
+            NewTopic::new(&self.topics.routed, self.config.partitions, replication()).set("retention.ms", &feed),
+            NewTopic::new(&self.topics.audit, self.config.partitions, replication()).set("retention.ms", &audit),
             NewTopic::new(&self.topics.dead_letter, 1, replication()).set("retention.ms", &dead_letter_retention),
             NewTopic::new(&self.topics.subjects, self.config.partitions, replication())
                 .set("cleanup.policy", "compact"),
@@ -237,6 +246,10 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
+    }
+
+    fn regions(&self) -> &[inquiry_connectors::Region] {
+        &self.config.regions
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -82,6 +82,9 @@ pub trait Sink: Send + Sync + 'static {
     /// Short fixed name (`kafka`, `cql`): outbox name and metric label.
     fn name(&self) -> &'static str;
 
+    /// Regions of the inquiries it receives (data residency); the others never reach its outbox.
+    fn regions(&self) -> &[inquiry_connectors::Region];
+
     /// Connects and creates or checks what the sink needs (topics, keyspace and tables).
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 
@@ -226,13 +229,23 @@ pub async fn forward(
         let durable = spool.durable.notified();
         while !stopping && in_flight.len() < WINDOW {
             // Store reads take milliseconds for a full round: off the async workers.
+            let durable_end = spool.durable_end();
             let read = {
                 let (sink, spool, store) = (sink.clone(), spool.clone(), store.clone());
                 tokio::task::spawn_blocking(move || read_round(sink.as_ref(), &spool, index, &store, read_end)).await
             };
             let round = match read.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
                 Ok(Some(round)) => round,
-                Ok(None) => break,
+                Ok(None) => {
+                    // Nothing for this sink up to the durable end (other regions' inquiries):
+                    // it has taken everything it will get so far.
+                    if in_flight.is_empty() && read_end < durable_end {
+                        read_end = durable_end;
+                        state.forwarded_end.fetch_max(durable_end, Ordering::AcqRel);
+                        spool.publish_depths();
+                    }
+                    break;
+                }
                 Err(err) => {
                     tracing::error!(sink = name, error = %err, "outbox unreadable");
                     break;

@@ -1,0 +1,91 @@
+//! Retention in the embedded store: inquiries (with their sealed personal data, original payload,
+//! dedup key and subject link) and dead letters past their class's retention are removed.
+//! Kafka and CQL enforce the same classes themselves (`retention.ms`, `USING TTL`).
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::compliance::audit::AuditEvent;
+use crate::config::RetentionConfig;
+use crate::pipeline::{DedupKeys, Pipeline, StoredInquiry};
+use crate::retry::sleep_or_stop;
+use crate::store::{Store, StoreError};
+
+/// Removals per write.
+const CHUNK: usize = 10_000;
+
+/// What one sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Swept {
+    /// Inquiries removed.
+    pub inquiries: usize,
+    /// Dead letters removed.
+    pub dead_letters: usize,
+}
+
+/// Removes what expired before `now` (message time older than the class's retention).
+pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
+    let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
+    loop {
+        let expired = store.inquiries_before(cutoff, CHUNK)?;
+        if expired.is_empty() {
+            break;
+        }
+        let mut batch = store.batch();
+        for (id, record) in &expired {
+            match serde_json::from_slice::<StoredInquiry>(record) {
+                Ok(stored) => {
+                    let inquiry = &stored.inquiry;
+                    batch.remove_inquiry(*id, &DedupKeys::message_key(inquiry), &inquiry.buyer.pseudonym);
+                }
+                // Unreadable: remove the record itself; nothing else can be found from it.
+                Err(_) => batch.remove_inquiry(*id, &[], ""),
+            }
+        }
+        batch.write()?;
+        swept.inquiries += expired.len();
+    }
+    let cutoff = now - time::Duration::days(i64::from(retention.dead_letters_days));
+    loop {
+        let expired = store.dead_letters_before(cutoff, CHUNK)?;
+        if expired.is_empty() {
+            break;
+        }
+        let mut batch = store.batch();
+        for id in &expired {
+            batch.remove_dead_letter(*id);
+        }
+        batch.write()?;
+        swept.dead_letters += expired.len();
+    }
+    Ok(swept)
+}
+
+/// Sweeps every `retention.sweep_interval_ms` until `stop`; each sweep that removed something is audited.
+pub async fn run(store: Store, retention: RetentionConfig, pipeline: Pipeline, mut stop: watch::Receiver<()>) {
+    loop {
+        let swept = {
+            let (store, retention) = (store.clone(), retention.clone());
+            tokio::task::spawn_blocking(move || sweep(&store, &retention, OffsetDateTime::now_utc())).await
+        };
+        match swept {
+            Ok(Ok(swept)) if swept != Swept::default() => {
+                tracing::info!(inquiries = swept.inquiries, dead_letters = swept.dead_letters, "expired data removed");
+                let event = AuditEvent::new("retention.expired", "gateway").detail(serde_json::json!({
+                    "removed": swept, "inquiries_days": retention.inquiries_days,
+                    "dead_letters_days": retention.dead_letters_days,
+                }));
+                let _ = pipeline.audit(vec![event]).await;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "retention sweep failed; retried next time"),
+            Err(err) => tracing::error!(error = %err, "retention sweep task failed"),
+        }
+        if sleep_or_stop(Duration::from_millis(retention.sweep_interval_ms), &mut stop).await {
+            return;
+        }
+    }
+}
