@@ -80,7 +80,7 @@ impl Draft {
     /// A chat message from the buyer `user_id`. Where the conversation id is that same user id
     /// (WhatsApp, Messenger, Instagram, LINE and Telegram private chats) it is personal data: it is
     /// left empty here and the gateway sets it to the buyer's pseudonym.
-    pub(crate) fn from_user(mut self, user_id: &str) -> Draft {
+    pub(crate) fn sent_by(mut self, user_id: &str) -> Draft {
         if self.conversation_id == user_id {
             self.conversation_is_buyer = true;
             self.conversation_id.clear();

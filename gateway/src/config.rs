@@ -841,12 +841,15 @@ impl Config {
         }
         let mut endpoints = BTreeSet::new();
         for (i, hook) in self.webhooks.iter().enumerate() {
-            if inquiry_connectors::webhook::find(&hook.connector).is_none() {
+            if inquiry_connectors::webhook::find(&hook.connector).is_none()
+                && hook.connector != crate::http::shopify_compliance::CONNECTOR
+            {
                 let known: Vec<&str> = inquiry_connectors::webhook::REGISTRY.iter().map(|w| w.name()).collect();
                 problems.push(format!(
-                    "webhooks[{i}].connector `{}` is not one of {}",
+                    "webhooks[{i}].connector `{}` is not one of {}, {}",
                     hook.connector,
-                    known.join(", ")
+                    known.join(", "),
+                    crate::http::shopify_compliance::CONNECTOR
                 ));
             }
             if hook.account.trim().is_empty() || hook.account.contains('/') {

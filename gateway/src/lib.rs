@@ -171,15 +171,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
         .collect();
 
-    let api = Arc::new(ApiState {
-        pipeline: pipeline.clone(),
-        store: store.clone(),
-        auth,
-        subjects: subjects.clone(),
-        max_body_bytes: config.ingest.max_body_bytes,
-        max_batch_lines: config.ingest.max_batch_lines,
-        webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
-    });
     let requests = Arc::new(compliance::requests::SubjectRequests {
         store: store.clone(),
         subjects: subjects.clone(),
@@ -187,6 +178,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sinks: sinks_for_erasure,
         processing: config.compliance.processing.clone(),
         retention: time::Duration::days(i64::from(config.compliance.request_retention_days)),
+    });
+    let api = Arc::new(ApiState {
+        pipeline: pipeline.clone(),
+        store: store.clone(),
+        auth,
+        subjects: subjects.clone(),
+        requests: requests.clone(),
+        max_body_bytes: config.ingest.max_body_bytes,
+        max_batch_lines: config.ingest.max_batch_lines,
+        webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({

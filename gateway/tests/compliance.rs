@@ -475,3 +475,100 @@ async fn a_sink_outside_the_eu_never_receives_eu_region_data() {
         assert_eq!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
+    let secret = "shopify-app-client-secret";
+    let shop = "acme-eu.myshopify.com";
+    let config = format!(
+        "{}[[webhooks]]\nconnector = \"shopify_compliance\"\naccount = \"{shop}\"\nsecret = \"{secret}\"\n",
+        admin_tokens()
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let doc = json!({
+            "channel": "shopify", "account": shop, "external_id": format!("s-{n}"),
+            "buyer": { "id": "191167", "email": "john@example.com", "name": "John Shopper", "country": "NL" },
+            "body": format!("JOHN-TEXT {n}"), "occurred_at": "2026-11-24T08:00:00Z",
+        });
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+        assert_eq!(reply.status, 201);
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    let url = gateway.url(&format!("/webhooks/shopify_compliance/{shop}"));
+    let send = |topic: &'static str, body: Value, key: &'static str| {
+        let (client, url) = (&client, url.clone());
+        async move {
+            let body = body.to_string();
+            let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()), body.as_bytes());
+            let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-shopify-topic", topic),
+                ("x-shopify-hmac-sha256", signature.as_str()),
+            ];
+            client.request(Method::POST, &url, body.into_bytes(), &headers).await
+        }
+    };
+    let customer = json!({ "id": 191167, "email": "john@example.com", "phone": "555-625-1199" });
+    // Shopify requires 401 for an invalid HMAC.
+    let forged =
+        send("customers/redact", json!({ "shop_id": 1, "shop_domain": shop, "customer": customer }), "not-the-secret")
+            .await;
+    assert_eq!(forged.status, 401);
+    assert_eq!(
+        client.get(&gateway.url(&format!("/v1/inquiries/{}", ids[0]))).await.json()["personal"]["body"],
+        "JOHN-TEXT 0"
+    );
+
+    // customers/data_request: an open export request with the GDPR deadline, answered by an operator.
+    let requested = send(
+        "customers/data_request",
+        json!({ "shop_id": 1, "shop_domain": shop, "orders_requested": [299938], "customer": customer, "data_request": { "id": 9999 } }),
+        secret,
+    )
+    .await;
+    assert_eq!(requested.status, 200, "{}", String::from_utf8_lossy(&requested.body));
+    let open_id = requested.json()["request_id"].as_str().unwrap().to_owned();
+    let open =
+        admin(&client, &gateway, Method::GET, &format!("/v1/subject-requests/{open_id}"), Some(ERASER), Value::Null)
+            .await
+            .json();
+    assert_eq!((open["status"].as_str(), open["kind"].as_str()), (Some("open"), Some("export")));
+    assert_eq!(open["source"], format!("shopify:{shop}"));
+    assert_eq!(open["subjects"].as_array().unwrap().len(), 1, "the customer's email and Shopify id are one subject");
+    let pseudonym = open["subjects"][0].as_str().unwrap().to_owned();
+    let export = admin(
+        &client,
+        &gateway,
+        Method::POST,
+        "/v1/subject-requests",
+        Some(ERASER),
+        json!({ "kind": "export", "subject": { "pseudonym": pseudonym }, "fulfils": open_id }),
+    )
+    .await;
+    assert_eq!(export.status, 200);
+    assert_eq!(export.json()["inquiries"].as_array().unwrap().len(), 2);
+    let fulfilled =
+        admin(&client, &gateway, Method::GET, &format!("/v1/subject-requests/{open_id}"), Some(ERASER), Value::Null)
+            .await
+            .json();
+    assert_eq!(fulfilled["status"], "completed");
+
+    // customers/redact: erased at once.
+    let redacted = send(
+        "customers/redact",
+        json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "orders_to_redact": [299938] }),
+        secret,
+    )
+    .await;
+    assert_eq!((redacted.status.as_u16(), redacted.json()["status"].as_str()), (200, Some("completed")));
+    for id in &ids {
+        assert!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["personal"].is_null());
+    }
+    // Another shop's domain in the body is refused.
+    let wrong = send("shop/redact", json!({ "shop_id": 2, "shop_domain": "other.myshopify.com" }), secret).await;
+    assert_eq!(wrong.status, 422);
+}

@@ -112,7 +112,7 @@ impl Poller for MetaConversations {
                     text.expect("checked above"),
                     created,
                 )
-                .from_user(&buyer);
+                .sent_by(&buyer);
                 page.inquiries.push(draft.into_inquiry(&context()));
             }
         }

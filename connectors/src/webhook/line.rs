@@ -88,7 +88,7 @@ impl Webhook for Line {
                     body,
                     occurred_at,
                 )
-                .from_user(&user)
+                .sent_by(&user)
             };
             parsed.inquiries.push(draft.into_inquiry(&context()));
         }

@@ -144,7 +144,7 @@ impl MetaWebhook {
             body,
             occurred_at,
         )
-        .from_user(&event.sender.id);
+        .sent_by(&event.sender.id);
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(())
     }
@@ -200,7 +200,7 @@ fn whatsapp_change<'c>(
                 body,
                 occurred_at,
             )
-            .from_user(&message.from)
+            .sent_by(&message.from)
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
     }

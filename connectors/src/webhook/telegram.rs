@@ -78,7 +78,7 @@ impl Webhook for Telegram {
                 body,
                 occurred_at,
             )
-            .from_user(&from.id.to_string())
+            .sent_by(&from.id.to_string())
         };
         parsed.inquiries.push(draft.into_inquiry(&context()));
         Ok(parsed)

@@ -49,7 +49,7 @@ pub trait PerfectNodes {
         if n == 0 {
             return Some(empty_root());
         }
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             return self.perfect(n.trailing_zeros(), start >> n.trailing_zeros());
         }
         let k = split(n);

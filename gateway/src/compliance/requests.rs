@@ -255,6 +255,49 @@ impl SubjectRequests {
         Ok(found)
     }
 
+    /// Records a request to be carried out later (a Shopify `customers/data_request`: the export
+    /// goes to the merchant, so an operator runs it and marks this one fulfilled).
+    pub async fn open(
+        &self,
+        kind: RequestKind,
+        spec: &SubjectSpec,
+        jurisdiction: Jurisdiction,
+        source: &str,
+        by: &str,
+    ) -> Result<SubjectRequest, RequestError> {
+        let mut request = self.new_record(kind, jurisdiction, source, by);
+        request.subjects = match self.find(spec) {
+            Ok(found) => found,
+            Err(RequestError::NoSubject) => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        self.save(&request)?;
+        let event = AuditEvent::new("subject.request_received", by).detail(json!({
+            "request_id": request.id, "kind": kind, "subjects": request.subjects, "source": source,
+            "due_at": request.due_at.unix_timestamp(),
+        }));
+        self.pipeline.audit(vec![event]).await?;
+        Ok(request)
+    }
+
+    /// Marks an open request fulfilled by another (the export or erasure that answered it).
+    pub async fn fulfil(
+        &self,
+        open: Uuid,
+        by_request: &SubjectRequest,
+        by: &str,
+    ) -> Result<Option<SubjectRequest>, RequestError> {
+        let Some(mut request) = self.get(open)? else { return Ok(None) };
+        request.status = by_request.status;
+        request.completed_at = by_request.completed_at;
+        request.inquiries = by_request.inquiries;
+        self.save(&request)?;
+        let event = AuditEvent::new("subject.request_fulfilled", by)
+            .detail(json!({ "request_id": open, "fulfilled_by": by_request.id }));
+        self.pipeline.audit(vec![event]).await?;
+        Ok(Some(request))
+    }
+
     /// Exports everything held on the subject, decrypted, with the Art. 15 information; the
     /// request is recorded and audited (the export itself is not kept).
     pub async fn export(

@@ -292,28 +292,15 @@ impl AdminApi {
                 let who = self.authorize(&headers, scope, caller)?;
                 let by = format!("admin:{who}");
                 let jurisdiction = request.jurisdiction.unwrap_or(Jurisdiction::Gdpr);
-                let result = match request.kind {
-                    RequestKind::Export => self
-                        .requests
-                        .export(&request.subject, jurisdiction, "admin_api", &by)
-                        .await
-                        .map(|(_, document)| document),
-                    RequestKind::Erasure => self
-                        .requests
-                        .erase(&request.subject, jurisdiction, "admin_api", &by)
-                        .await
-                        .map(|record| json!({ "request": record })),
-                };
-                match result {
-                    Ok(document) => Ok(json_response(StatusCode::OK, &document)),
-                    Err(RequestError::NoSubject) => Err(ApiError::new(
+                self.subject_request(&request, jurisdiction, &by).await.map_err(|err| match err {
+                    RequestError::NoSubject => ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "no_subject",
                         RequestError::NoSubject.to_string(),
-                    )),
-                    Err(RequestError::Store(err)) => Err(store_error(err)),
-                    Err(RequestError::Pipeline(err)) => Err(super::api::submit_error(err)),
-                }
+                    ),
+                    RequestError::Store(err) => store_error(err),
+                    RequestError::Pipeline(err) => super::api::submit_error(err),
+                })
             }
             (Method::GET, ["v1", "subject-requests"]) => {
                 self.authorize(req.headers(), "subjects:read", caller)?;
@@ -350,6 +337,37 @@ impl AdminApi {
             None => None,
         };
         plugins.reload(config.as_ref()).map_err(|e| e.to_string())
+    }
+
+    /// Carries out an export or erasure; marks the open request it answers (`fulfils`) fulfilled.
+    async fn subject_request(
+        &self,
+        request: &NewSubjectRequest,
+        jurisdiction: Jurisdiction,
+        by: &str,
+    ) -> Result<HttpResponse, RequestError> {
+        if let Some(open) = request.fulfils {
+            if self.requests.get(open)?.is_none() {
+                return Ok(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no open request with the id in `fulfils`",
+                )
+                .into_response(&new_trace_id()));
+            }
+        }
+        let (record, document) = match request.kind {
+            RequestKind::Export => self.requests.export(&request.subject, jurisdiction, "admin_api", by).await?,
+            RequestKind::Erasure => {
+                let record = self.requests.erase(&request.subject, jurisdiction, "admin_api", by).await?;
+                let document = json!({ "request": record });
+                (record, document)
+            }
+        };
+        if let Some(open) = request.fulfils {
+            self.requests.fulfil(open, &record, by).await?;
+        }
+        Ok(json_response(StatusCode::OK, &document))
     }
 
     /// 422 unless `size` entries exist in the log.
@@ -443,6 +461,8 @@ fn no_plugins() -> ApiError {
 #[serde(deny_unknown_fields)]
 struct NewSubjectRequest {
     kind: RequestKind,
+    /// An open request (e.g. from Shopify's `customers/data_request`) this one answers.
+    fulfils: Option<Uuid>,
     /// `gdpr` (default), `ccpa` or `lgpd`.
     jurisdiction: Option<Jurisdiction>,
     subject: SubjectSpec,

@@ -30,6 +30,8 @@ pub struct ApiState {
     pub store: Store,
     /// API keys.
     pub auth: Authenticator,
+    /// Data subject requests (Shopify's compliance webhooks create them).
+    pub requests: Arc<crate::compliance::requests::SubjectRequests>,
     /// Data subjects: personal data is sealed for its subject before it is queued.
     pub subjects: std::sync::Arc<crate::compliance::subjects::Subjects>,
     /// Largest body accepted.
@@ -336,7 +338,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-pub(super) fn submit_error(err: SubmitError) -> ApiError {
+pub(crate) fn submit_error(err: SubmitError) -> ApiError {
     match err {
         SubmitError::Overloaded => ApiError::overloaded(),
         SubmitError::SpoolFull => ApiError::new(
@@ -358,7 +360,7 @@ pub(super) fn submit_error(err: SubmitError) -> ApiError {
     }
 }
 
-pub(super) fn store_error(err: crate::store::StoreError) -> ApiError {
+pub(crate) fn store_error(err: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %err, "store failure");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not complete the request")
         .retry_after(1)

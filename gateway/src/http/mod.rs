@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod shopify_compliance;
 pub mod webhooks;
 
 use std::convert::Infallible;

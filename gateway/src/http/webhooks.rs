@@ -28,6 +28,15 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     // An endpoint that is not configured does not exist, whatever the connector.
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_webhook", "no such webhook endpoint");
+    if connector == super::shopify_compliance::CONNECTOR {
+        let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
+        if req.method() != Method::POST {
+            return Err(ApiError::method_not_allowed("POST"));
+        }
+        let headers = req.headers().clone();
+        let body = read_body(req, state.max_body_bytes).await?;
+        return super::shopify_compliance::handle(state, &headers, &body, account, &config.secret).await;
+    }
     let hook = webhook::find(connector).ok_or_else(not_found)?;
     let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
     let secrets = WebhookSecrets {

@@ -1,0 +1,107 @@
+//! Shopify's mandatory compliance webhooks (`customers/data_request`, `customers/redact`,
+//! `shop/redact`) at `POST /webhooks/shopify_compliance/{shop domain}`: verified by
+//! `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the raw body with the app's client secret; a
+//! bad signature is answered 401, as Shopify requires), then turned into data subject requests.
+//! See shopify.dev/docs/apps/build/compliance/privacy-law-compliance.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::{store_error, submit_error, ApiState};
+use super::error::{json_response, ApiError};
+use super::HttpResponse;
+use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectSpec};
+
+/// The connector name in `[[webhooks]]`.
+pub const CONNECTOR: &str = "shopify_compliance";
+
+#[derive(Deserialize)]
+struct Payload {
+    shop_domain: String,
+    #[serde(default)]
+    customer: Option<Customer>,
+}
+
+#[derive(Deserialize)]
+struct Customer {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+/// Verifies and handles one compliance webhook for `shop`.
+pub async fn handle(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: &[u8],
+    shop: &str,
+    secret: &str,
+) -> Result<HttpResponse, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", message.to_owned());
+    let signature = headers
+        .get("x-shopify-hmac-sha256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| BASE64.decode(v.trim()).ok())
+        .ok_or_else(|| unauthorized("X-Shopify-Hmac-Sha256 is missing or not base64"))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::verify(&key, body, &signature).map_err(|_| unauthorized("the signature does not match the body"))?;
+    let topic = headers.get("x-shopify-topic").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let payload: Payload = serde_json::from_slice(body).map_err(|_| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "not a Shopify compliance payload")
+    })?;
+    if payload.shop_domain != shop {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            "shop_domain does not match the url",
+        )
+        .field_name("shop_domain"));
+    }
+    let customer = payload.customer.unwrap_or(Customer { id: None, email: None });
+    let user_id = customer.id.map(|id| match id {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    });
+    let spec = SubjectSpec {
+        email: customer.email,
+        channel: user_id.as_ref().map(|_| "shopify".to_owned()),
+        account: user_id.as_ref().map(|_| shop.to_owned()),
+        user_id,
+        pseudonym: None,
+    };
+    let source = format!("shopify:{shop}");
+    let by = format!("webhook:{CONNECTOR}/{shop}");
+    let requests = &state.requests;
+    // Shopify applies the same rights everywhere; the GDPR's deadlines are the strictest common ones.
+    let record = match topic.as_str() {
+        "customers/data_request" => requests.open(RequestKind::Export, &spec, Jurisdiction::Gdpr, &source, &by).await,
+        "customers/redact" => match requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await {
+            Err(RequestError::NoSubject) => {
+                requests.open(RequestKind::Erasure, &spec, Jurisdiction::Gdpr, &source, &by).await
+            }
+            other => other,
+        },
+        // Redacting a whole shop is not automated: recorded open, for an operator (docs/compliance.md).
+        "shop/redact" => {
+            let source = format!("shopify:{shop}:shop_redact");
+            requests.open(RequestKind::Erasure, &SubjectSpec::default(), Jurisdiction::Gdpr, &source, &by).await
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_topic",
+                "X-Shopify-Topic is not a compliance topic",
+            ))
+        }
+    }
+    .map_err(|err| match err {
+        RequestError::Store(err) => store_error(err),
+        RequestError::Pipeline(err) => submit_error(err),
+        RequestError::NoSubject => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", err.to_string()),
+    })?;
+    Ok(json_response(StatusCode::OK, &json!({ "request_id": record.id, "status": record.status })))
+}
