@@ -33,7 +33,8 @@ open(sys.argv[1] + ".toml", "w").write(config)
 PY
 # The chart's and the compose stack's gateway configs pass the gateway's own check.
 if [[ -n "${GATEWAY_BIN:-}" ]]; then
-  GATEWAY_API_KEY=lint-key-0123456789 "$GATEWAY_BIN" check --config "$rendered.toml"
+  GATEWAY_API_KEY=lint-key-0123456789 GATEWAY_KEK=Q0hBTkdFLU1FLUNIQU5HRS1NRS1DSEFOR0UtTUUtMDA= \
+    GATEWAY_INDEX_KEY=lint-index-key-0123456789-0123456789 "$GATEWAY_BIN" check --config "$rendered.toml"
   GATEWAY_API_KEY=lint-key-0123456789 "$GATEWAY_BIN" check --config compose/gateway.toml
 fi
 rm -f "$rendered.toml"
