@@ -145,7 +145,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .enumerate()
         .flat_map(|(i, sink)| {
             [
-                tokio::spawn(sinks::forward(sink.clone(), i, spool.clone(), store.clone(), stop_rx.clone())),
+                tokio::spawn(sinks::forward(
+                    sink.clone(),
+                    i,
+                    spool.clone(),
+                    store.clone(),
+                    pipeline.clone(),
+                    stop_rx.clone(),
+                )),
                 tokio::spawn(sinks::forward_audit(sink, i, spool.clone(), store.clone(), stop_rx.clone())),
             ]
         })

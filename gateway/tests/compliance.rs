@@ -225,6 +225,14 @@ async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_
     .await;
     let entries = audit_entries(&client, &gateway).await;
     assert!(entries.iter().any(|e| e["kind"] == "subject.erased" && e["subject"] == pseudonym.as_str()));
+    for sink in ["kafka", "cql"] {
+        let persisted: HashSet<String> = entries
+            .iter()
+            .filter(|e| e["kind"] == "sink.persisted" && e["detail"]["sink"] == sink)
+            .flat_map(|e| e["detail"]["inquiry_ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()))
+            .collect();
+        assert!(ids.0.iter().chain(&ids.1).all(|id| persisted.contains(id)), "every delivery to {sink} is audited");
+    }
     let entries_text = serde_json::to_string(&entries).unwrap();
     for clear in [anna.0, anna.1, "ANNA-SECRET", bob.0, "BOB-KEPT"] {
         assert!(!entries_text.contains(clear), "`{clear}` in the audit log");

@@ -276,6 +276,10 @@ impl AdminApi {
             }
             (Method::POST, ["v1", "subject-requests"]) => {
                 let headers = req.headers().clone();
+                // Who it is first (401 before the body is even read); the scope depends on the kind.
+                if let Err((None, err)) = self.token_of(&headers, "") {
+                    return Err(err);
+                }
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 let request: NewSubjectRequest = serde_json::from_slice(&body).map_err(|e| {
                     // Serde's message may quote the input (an e-mail address): give only its position.

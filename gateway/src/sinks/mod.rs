@@ -19,8 +19,8 @@ use metrics::{counter, gauge};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::compliance::audit::AuditEntry;
-use crate::pipeline::StoredInquiry;
+use crate::compliance::audit::{AuditEntry, AuditEvent};
+use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::spool::Spool;
 use crate::store::{OutboxEntry, Store, StoreError};
@@ -199,6 +199,7 @@ pub async fn forward(
     index: usize,
     spool: Arc<Spool>,
     store: Store,
+    pipeline: Pipeline,
     mut stop: watch::Receiver<()>,
 ) {
     let name = sink.name();
@@ -293,6 +294,7 @@ pub async fn forward(
 
         let retry_at = finish_round(name, &round, &outcomes);
         let next_seq = retry_at.unwrap_or(round.end);
+        audit_round(&pipeline, name, &round, &outcomes).await;
         let finished: Vec<u64> = round.entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq).collect();
         let removed = {
             let (spool, store) = (spool.clone(), store.clone());
@@ -357,6 +359,37 @@ fn read_round(
         }
     }
     Ok(Some(Round { entries, records, end }))
+}
+
+/// Audits what the sink took (`sink.persisted`) and refused for good, one entry per round, and
+/// waits until the entry is durable (a full queue is waited out: the entry is not dropped).
+async fn audit_round(pipeline: &Pipeline, name: &'static str, round: &Round, outcomes: &[Delivery]) {
+    let mut persisted = Vec::new();
+    let mut rejected = Vec::new();
+    for (record, outcome) in round.records.iter().zip(outcomes) {
+        match outcome {
+            Delivery::Delivered => persisted.push(record.id()),
+            Delivery::Rejected { reason, .. } => {
+                rejected.push(serde_json::json!({ "inquiry_id": record.id(), "reason": reason }))
+            }
+            Delivery::Retry { .. } => break,
+        }
+    }
+    if persisted.is_empty() && rejected.is_empty() {
+        return;
+    }
+    let event = AuditEvent::new("sink.persisted", "gateway")
+        .detail(serde_json::json!({ "sink": name, "inquiry_ids": persisted, "dead_lettered": rejected }));
+    loop {
+        match pipeline.audit(vec![event.clone()]).await {
+            Err(SubmitError::Overloaded) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(err) => {
+                tracing::warn!(sink = name, error = %err, "a sink delivery could not be audited");
+                return;
+            }
+            Ok(()) => return,
+        }
+    }
 }
 
 /// Records metrics and logs for the outcomes of a round; returns the sequence number of the first
