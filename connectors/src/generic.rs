@@ -122,6 +122,13 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
     let country = input.buyer.country.as_deref().map(normalize_country).transpose()?;
     let language = input.buyer.language.as_deref().map(normalize_language).transpose()?;
     let buyer_identity = buyer_identity(&input.buyer, &conversation_id);
+    // A conversation named after the buyer (a chat id that is their user id, e-mail or phone) is
+    // personal data: the gateway puts the buyer's pseudonym in its place.
+    let conversation_is_buyer = [&input.buyer.id, &input.buyer.email, &input.buyer.phone]
+        .into_iter()
+        .flatten()
+        .any(|value| value.trim() == conversation_id.trim());
+    let conversation_id = if conversation_is_buyer { String::new() } else { conversation_id };
     let present = |value: Option<String>| value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let draft = Draft {
         channel,
@@ -133,7 +140,7 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
         buyer_email: present(input.buyer.email),
         buyer_phone: present(input.buyer.phone),
         platform_user_id: present(input.buyer.id),
-        conversation_is_buyer: false,
+        conversation_is_buyer,
         country,
         language,
         subject: input.subject,

@@ -82,6 +82,11 @@ fn a_buyer_is_identified_by_e_mail_first_whatever_its_case() {
     assert_eq!(inquiry.personal.identity, "email:a@example.com");
     assert_eq!(inquiry.personal.platform_user_id.as_deref(), Some("u-7"));
     assert_eq!(inquiry.buyer.pseudonym, "", "pseudonyms are the gateway's to assign");
+    // A conversation named after the buyer's own id is personal data: left for the pseudonym.
+    let chat = r#"{"channel":"whatsapp","account":"s","external_id":"2","conversation_id":"4915112345678","buyer":{"id":"4915112345678"},"body":"x","occurred_at":"2026-11-01T00:00:00Z"}"#;
+    let inquiry = generic::normalize(chat.as_bytes(), &ctx).unwrap();
+    assert!(inquiry.personal.conversation_is_buyer && inquiry.external.conversation_id.is_empty());
+    assert!(!serde_json::to_string(&inquiry).unwrap().contains("4915112345678"));
 }
 
 #[test]

@@ -93,8 +93,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let sinks = build_sinks(&config)?;
     let sinks_for_erasure = sinks.clone();
-    let names: Vec<(&'static str, Vec<inquiry_connectors::Region>)> =
-        sinks.iter().map(|s| (s.name(), s.regions().to_vec())).collect();
+    let names: Vec<(&'static str, Vec<inquiry_connectors::Region>, inquiry_connectors::Region)> =
+        sinks.iter().map(|s| (s.name(), s.regions().to_vec(), s.location())).collect();
     // What the journal recovered after a crash may never have been fsynced: make it durable before
     // forwarders may send it.
     store.sync()?;
@@ -216,6 +216,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             subjects: subjects.clone(),
             requests,
             public_key,
+            spool: spool.clone(),
         },
     );
     if config.admin.tokens.is_empty() && config.admin.listen.ip().is_loopback() {
@@ -242,23 +243,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(());
     let _ = ingest.await;
     let _ = admin.await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    finish(sweeper, Duration::from_secs(5)).await;
     for poller in pollers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+        finish(poller, Duration::from_secs(5)).await;
     }
-    // Every pipeline handle is gone with the servers: the stage commits what is queued and stops.
+    // Forwarders finish their current round (a down sink's round is abandoned after 10 s); what is
+    // left stays in the spool for the next start. They hold pipeline handles (to audit deliveries),
+    // so they go before the stage is joined.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for forwarder in forwarders {
+        finish(forwarder, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    }
+    // Every pipeline handle is gone: the stage commits what is queued, signs a last tree head and stops.
     let joined = tokio::task::spawn_blocking(move || stage.join());
     if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
         tracing::warn!(
             "pipeline stage did not stop within 10 s; unacknowledged requests are lost to their clients' retries"
         );
     }
-    // Forwarders finish their current round; what is left stays in the spool for the next start.
-    for forwarder in forwarders {
-        let _ = tokio::time::timeout(Duration::from_secs(10), forwarder).await;
-    }
     tracing::info!("inquiry gateway stopped");
     Ok(())
+}
+
+/// Waits up to `limit` for a task, then cancels it (dropping what it holds).
+async fn finish(mut task: tokio::task::JoinHandle<()>, limit: Duration) {
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
 }
 
 /// Retries the sink part of erasures that failed (a sink was down), every 30 s.

@@ -216,6 +216,11 @@ fn audit(command: AuditCommand) -> anyhow::Result<bool> {
                 Some(hex_key) => hex::decode(hex_key.trim()).context("--public-key is not hex")?,
                 None => {
                     let path = compliance::signing_key_path(&config);
+                    eprintln!(
+                        "note: the public key comes from {}; someone who can write that file can re-sign a \
+                         changed log: pin the key with --public-key (from GET /v1/audit/tree-head, kept elsewhere)",
+                        path.display()
+                    );
                     let document = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                     audit::TreeSigner::from_pkcs8(&document).map_err(anyhow::Error::msg)?.public_key().to_vec()
                 }

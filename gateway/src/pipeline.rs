@@ -8,7 +8,7 @@
 //! The same thread appends audit events of other hops and carries out erasures, so the audit log
 //! has one writer and one order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -69,7 +69,7 @@ pub struct Submission {
     pub fingerprint: [u8; 32],
     /// The inquiry's data subject.
     pub subject: Arc<Subject>,
-    /// The subject was created for this inquiry: the stage stores it with the inquiry.
+    /// The subject was created for this inquiry (if its batch is not written, it is forgotten).
     pub new_subject: bool,
     /// Who delivered it (`api_key:<id>`, `webhook:<connector>/<account>`, `poller:...`), audited.
     pub actor: String,
@@ -274,7 +274,7 @@ impl Pipeline {
     /// Starts the stage and sync threads. The returned handle joins both.
     pub fn start(parts: StageParts, limits: PipelineLimits) -> Result<(Pipeline, JoinHandle<()>), StoreError> {
         let StageParts { store, router, fallback, spool, next_seq, audit, subjects } = parts;
-        let erased = store.erased_pseudonyms()?.into_iter().collect();
+        subjects.load_erased(store.erased_pseudonyms()?);
         let (tx, rx) = mpsc::channel(limits.queue_capacity);
         let store_ok = Arc::new(AtomicBool::new(true));
         gauge!(telemetry::QUEUE_CAPACITY).set(limits.queue_capacity as f64);
@@ -292,7 +292,6 @@ impl Pipeline {
             next_seq,
             audit,
             subjects,
-            erased,
             held: None,
         };
         let thread = std::thread::Builder::new()
@@ -397,8 +396,6 @@ struct Stage {
     next_seq: u64,
     audit: AuditLog,
     subjects: Arc<Subjects>,
-    /// Pseudonyms of erased subjects (never reused; an inquiry sealed for one is sealed again).
-    erased: HashSet<String>,
     /// An erasure received while a batch was being gathered: it goes first in the next batch, alone.
     held: Option<Job>,
 }
@@ -441,7 +438,7 @@ impl Stage {
             for job in &mut jobs {
                 record_per_channel(Hop::Queue, job.items(), started - job.enqueued);
                 if let Work::Inquiries { items, .. } = &mut job.work {
-                    for item in items.iter_mut().filter(|i| self.erased.contains(&i.inquiry.buyer.pseudonym)) {
+                    for item in items.iter_mut().filter(|i| self.subjects.is_erased(&i.inquiry.buyer.pseudonym)) {
                         if let Err(err) = item.reseal(&self.subjects) {
                             tracing::error!(error = %err, "an inquiry of an erased subject could not be sealed again");
                         }
@@ -487,7 +484,7 @@ impl Stage {
     /// Erases a data subject in one atomic write: its key and pseudonym mapping go, its inquiries
     /// lose their sealed fields and original payloads, the erasure is audited.
     fn erase(&mut self, erasure: &Erasure) -> Result<Vec<Uuid>, StoreError> {
-        self.subjects.forget(&erasure.index);
+        self.subjects.mark_erased(&erasure.index, &erasure.pseudonym);
         let ids = self.store.inquiries_of(&erasure.pseudonym)?;
         let mut batch = self.store.batch();
         for id in &ids {
@@ -503,7 +500,6 @@ impl Stage {
         self.audit.append(&mut batch, event);
         self.audit.sign_if_due(&mut batch, true);
         batch.write()?;
-        self.erased.insert(erasure.pseudonym.clone());
         Ok(ids)
     }
 
@@ -575,25 +571,28 @@ impl Stage {
                 batch.put_dedup(key, &value);
             }
             let pseudonym = &item.subject.key.pseudonym;
-            if item.new_subject {
-                batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
-            }
+            // Every time, not only when created: the creating request may have been refused
+            // (queue full, a bad line in its batch, a duplicate) while later ones are stored.
+            batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
             batch.link_inquiry(pseudonym, id);
             let sinks: Vec<&'static str> =
-                self.spool.sinks.iter().filter(|s| s.regions.contains(&item.inquiry.region)).map(|s| s.name).collect();
+                self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)).map(|s| s.name).collect();
             self.audit.append(&mut batch, ingested_event(item, &decision, &sinks));
             if let Some(letter) = dead_letter {
-                let event = AuditEvent::new("inquiry.dead_lettered", "gateway")
-                    .inquiry(id)
-                    .subject(pseudonym)
-                    .detail(serde_json::json!({ "reason": letter.reason, "detail": letter.detail }));
+                // The detail may quote what a plugin saw: only its hash goes into the permanent log.
+                let event = AuditEvent::new("inquiry.dead_lettered", "gateway").inquiry(id).subject(pseudonym).detail(
+                    serde_json::json!({
+                        "reason": letter.reason,
+                        "detail_sha256": hex::encode(Sha256::digest(letter.detail.as_bytes())),
+                    }),
+                );
                 self.audit.append(&mut batch, event);
                 batch.put_dead_letter(id, serde_json::to_vec(&letter).expect("dead letters serialize"));
             }
             let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
             self.next_seq += 1;
             // Data residency: a sink gets only the regions it is declared for.
-            for sink in self.spool.sinks.iter().filter(|s| s.regions.contains(&item.inquiry.region)) {
+            for sink in self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)) {
                 batch.put_outbox(&sink.outbox, &entry);
             }
         }

@@ -27,6 +27,16 @@ pub struct SpoolSink {
     pub degraded: AtomicBool,
     /// Regions of the inquiries it receives (data residency).
     pub regions: Vec<Region>,
+    /// Where it runs.
+    pub location: Region,
+}
+
+impl SpoolSink {
+    /// True when `inquiry` may go to this sink: its region is one the sink takes, and a sink
+    /// outside the EU never gets an inquiry whose buyer's country is unknown (it may be an EU buyer).
+    pub fn accepts(&self, inquiry: &inquiry_connectors::Inquiry) -> bool {
+        self.regions.contains(&inquiry.region) && (self.location == Region::Eu || inquiry.buyer.country.is_some())
+    }
 }
 
 /// Everything the stage, the sync thread and the forwarders share about the spool.
@@ -45,26 +55,27 @@ impl Spool {
     /// Opens the outboxes of `sinks`; returns the spool and the next sequence number to assign.
     pub fn open(
         store: &Store,
-        sinks: &[(&'static str, Vec<Region>)],
+        sinks: &[(&'static str, Vec<Region>, Region)],
         max_pending: u64,
     ) -> Result<(Spool, u64), StoreError> {
         let mut opened = Vec::new();
         let mut next_seq = 0;
-        for (name, regions) in sinks {
+        for (name, regions, location) in sinks {
             let outbox = store.outbox(name)?;
             let bounds = outbox.bounds()?;
             next_seq = next_seq.max(bounds.map_or(0, |(_, last)| last + 1));
-            opened.push((name, outbox, bounds.map(|(first, _)| first), regions.clone()));
+            opened.push((name, outbox, bounds.map(|(first, _)| first), regions.clone(), *location));
         }
         let sinks = opened
             .into_iter()
-            .map(|(name, outbox, first, regions)| SpoolSink {
+            .map(|(name, outbox, first, regions, location)| SpoolSink {
                 name,
                 outbox,
                 forwarded_end: AtomicU64::new(first.unwrap_or(next_seq)),
                 // Degraded until the forwarder has prepared the sink (connected, topics, schema).
                 degraded: AtomicBool::new(true),
                 regions,
+                location,
             })
             .collect();
         let spool = Spool {

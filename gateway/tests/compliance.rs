@@ -459,11 +459,15 @@ async fn a_sink_outside_the_eu_never_receives_eu_region_data() {
     let gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
     let mut ids = Vec::new();
-    for (n, country) in ["DE", "US", "FR", "JP", "DE"].iter().enumerate() {
+    // "" = the buyer's country is unknown: it may be an EU buyer, so it stays off a non-EU sink.
+    for (n, country) in ["DE", "US", "FR", "JP", "DE", ""].iter().enumerate() {
+        let mut buyer = json!({ "email": format!("r{n}@example.com") });
+        if !country.is_empty() {
+            buyer["country"] = json!(country);
+        }
         let doc = json!({
             "channel": "generic", "account": "shop-r", "external_id": format!("r-{n}"),
-            "buyer": { "email": format!("r{n}@example.com"), "country": country },
-            "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
+            "buyer": buyer, "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
         });
         let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
         assert_eq!(reply.status, 201);

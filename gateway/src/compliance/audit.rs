@@ -15,7 +15,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::merkle::{self, Frontier, Hash, Leaves, PerfectNodes};
+use super::merkle::{self, Frontier, Hash, PerfectNodes};
 use crate::store::{Store, StoreBatch, StoreError};
 
 /// One audited fact: what happened, to what, by whom, from where.
@@ -201,10 +201,19 @@ impl AuditLog {
         let size = store.audit_len()?;
         let frontier = Frontier::restore(size, &StoredNodes(store))
             .ok_or_else(|| StoreError::from_message("audit log: stored tree nodes are missing"))?;
-        let last_signed_size = match store.latest_audit_head()? {
-            Some(bytes) => serde_json::from_slice::<SignedTreeHead>(&bytes).map_or(0, |h| h.tree_size),
-            None => 0,
-        };
+        let latest: Option<SignedTreeHead> = store.latest_audit_head()?.and_then(|b| serde_json::from_slice(&b).ok());
+        // Never sign on top of a log that no longer matches what was signed.
+        if let Some(head) = &latest {
+            let root = StoredNodes(store).subtree(0, head.tree_size).filter(|_| head.tree_size <= size);
+            if root.is_none() || root != head.root() || !head.verify(signer.public_key()) {
+                return Err(StoreError::from_message(&format!(
+                    "audit log: the stored log does not match its latest signed tree head (size {}); \
+                     run `inquiry-gateway audit verify` before starting",
+                    head.tree_size
+                )));
+            }
+        }
+        let last_signed_size = latest.map_or(0, |h| h.tree_size);
         Ok(AuditLog { frontier, signer, interval, last_signed_at: Instant::now(), last_signed_size })
     }
 
@@ -214,13 +223,13 @@ impl AuditLog {
     }
 
     /// The right edge, to restore if the batch holding new entries fails.
-    pub fn checkpoint(&self) -> Frontier {
-        self.frontier.clone()
+    pub fn checkpoint(&self) -> (Frontier, u64) {
+        (self.frontier.clone(), self.last_signed_size)
     }
 
-    /// Rolls back to a checkpoint (the batch was not written).
-    pub fn rollback(&mut self, checkpoint: Frontier) {
-        self.frontier = checkpoint;
+    /// Rolls back to a checkpoint (the batch was not written, nor the head signed in it).
+    pub fn rollback(&mut self, checkpoint: (Frontier, u64)) {
+        (self.frontier, self.last_signed_size) = checkpoint;
     }
 
     /// Adds an event to `batch`; returns its index.
@@ -353,7 +362,12 @@ pub fn verify(
             report.problems.push(format!("tree head of size {}: bad signature", head.tree_size));
         }
     }
-    let mut leaves = Leaves(Vec::new());
+    // One pass: rebuild the tree from the entries, keeping every perfect node (for proofs) and
+    // the root at each signed size.
+    let sizes: std::collections::HashSet<u64> = heads.iter().map(|h| h.tree_size).collect();
+    let mut rebuilt = NodeMap::default();
+    let mut frontier = Frontier::default();
+    let mut roots = std::collections::HashMap::new();
     for (position, (index, entry)) in entries.into_iter().enumerate() {
         let position = position as u64;
         if index != position {
@@ -372,29 +386,33 @@ pub fn verify(
                 report.problems.push(format!("entry {position}: content does not match its stored leaf hash"));
             }
         }
-        leaves.0.push(leaf);
+        for (level, node, hash) in frontier.push(leaf) {
+            rebuilt.0.insert((level, node), hash);
+        }
+        if sizes.contains(&frontier.size()) {
+            roots.insert(frontier.size(), frontier.root());
+        }
     }
-    report.entries = leaves.0.len() as u64;
+    report.entries = frontier.size();
+    let proofs: &dyn PerfectNodes = nodes.unwrap_or(&rebuilt);
     let mut previous: Option<(&SignedTreeHead, Hash)> = None;
     for head in &heads {
         let Some(signed_root) = head.root() else {
             report.problems.push(format!("tree head of size {}: unreadable root", head.tree_size));
             continue;
         };
-        match leaves.root(head.tree_size) {
+        match roots.get(&head.tree_size) {
             None => report.problems.push(format!(
                 "tree head of size {} covers entries that are missing (only {} present)",
                 head.tree_size, report.entries
             )),
-            Some(root) if root != signed_root => report.problems.push(format!(
+            Some(root) if *root != signed_root => report.problems.push(format!(
                 "tree head of size {}: the entries do not hash to its signed root (an entry was changed, removed or reordered)",
                 head.tree_size
             )),
             Some(_) => {
                 if let Some((earlier, earlier_root)) = previous {
-                    let proof = nodes
-                        .and_then(|n| n.consistency_proof(earlier.tree_size, head.tree_size))
-                        .or_else(|| leaves.consistency_proof(earlier.tree_size, head.tree_size));
+                    let proof = proofs.consistency_proof(earlier.tree_size, head.tree_size);
                     let consistent = proof.is_some_and(|p| {
                         merkle::verify_consistency(earlier.tree_size, head.tree_size, &earlier_root, &signed_root, &p)
                     });
@@ -417,18 +435,35 @@ pub fn verify(
         let step = (size / 4096).max(1);
         let mut index = 0;
         while index < size {
-            let proof =
-                nodes.and_then(|n| n.inclusion_proof(index, size)).or_else(|| leaves.inclusion_proof(index, size));
+            let leaf = rebuilt.perfect(0, index).expect("rebuilt from every entry");
+            let proof = proofs.inclusion_proof(index, size);
             report.inclusion_proofs += 1;
-            if !proof.is_some_and(|p| merkle::verify_inclusion(&leaves.0[index as usize], index, size, &p, &root)) {
+            if !proof.is_some_and(|p| merkle::verify_inclusion(&leaf, index, size, &p, &root)) {
                 report.problems.push(format!("entry {index}: inclusion proof in the head of size {size} fails"));
             }
             index += step;
         }
-    } else if report.entries > 0 && heads.is_empty() {
-        report.problems.push("no signed tree head: the log cannot be verified".to_owned());
+    }
+    // A stopped gateway signs a head over everything at shutdown: entries beyond the latest head
+    // are not protected by any signature, and a removed head would hide changes to them.
+    if report.entries > report.covered {
+        report.problems.push(format!(
+            "{} entries after the latest signed tree head (size {}) are not covered by any signature",
+            report.entries - report.covered,
+            report.covered
+        ));
     }
     report
+}
+
+/// Perfect nodes rebuilt in memory while verifying.
+#[derive(Default)]
+struct NodeMap(std::collections::HashMap<(u32, u64), Hash>);
+
+impl PerfectNodes for NodeMap {
+    fn perfect(&self, level: u32, index: u64) -> Option<Hash> {
+        self.0.get(&(level, index)).copied()
+    }
 }
 
 #[cfg(test)]
@@ -454,10 +489,15 @@ mod tests {
 
     #[test]
     fn an_untouched_log_verifies() {
-        let (entries, heads, signer) = signed_log(50, 7);
-        let report = verify(entries, &heads, signer.public_key(), None);
+        let (entries, heads, signer) = signed_log(49, 7);
+        let report = verify(entries.clone(), &heads, signer.public_key(), None);
         assert!(report.ok(), "{:?}", report.problems);
-        assert_eq!((report.entries, report.covered, report.consistency_proofs), (50, 49, 6));
+        assert_eq!((report.entries, report.covered, report.consistency_proofs), (49, 49, 6));
+        // Dropping the latest head leaves entries no signature covers: reported, since a change
+        // to them could no longer be seen.
+        let report = verify(entries, &heads[..heads.len() - 1], signer.public_key(), None);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].contains("7 entries after the latest signed tree head"));
     }
 
     #[test]

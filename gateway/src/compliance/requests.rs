@@ -250,6 +250,9 @@ impl SubjectRequests {
         if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() {
             return Err(RequestError::NoSubject);
         }
+        if spec.user_id.is_some() && (spec.channel.is_none() || spec.account.is_none()) {
+            return Err(RequestError::NoSubject);
+        }
         found.sort();
         found.dedup();
         Ok(found)
@@ -276,7 +279,7 @@ impl SubjectRequests {
             "request_id": request.id, "kind": kind, "subjects": request.subjects, "source": source,
             "due_at": request.due_at.unix_timestamp(),
         }));
-        self.pipeline.audit(vec![event]).await?;
+        patiently(|| self.pipeline.audit(vec![event.clone()])).await?;
         Ok(request)
     }
 
@@ -288,13 +291,18 @@ impl SubjectRequests {
         by: &str,
     ) -> Result<Option<SubjectRequest>, RequestError> {
         let Some(mut request) = self.get(open)? else { return Ok(None) };
+        // Only an open request of the same kind, about the same subjects, is answered by this one.
+        let same_subjects = request.subjects.iter().all(|s| by_request.subjects.contains(s));
+        if request.status != RequestStatus::Open || request.kind != by_request.kind || !same_subjects {
+            return Ok(None);
+        }
         request.status = by_request.status;
         request.completed_at = by_request.completed_at;
         request.inquiries = by_request.inquiries;
         self.save(&request)?;
         let event = AuditEvent::new("subject.request_fulfilled", by)
             .detail(json!({ "request_id": open, "fulfilled_by": by_request.id }));
-        self.pipeline.audit(vec![event]).await?;
+        patiently(|| self.pipeline.audit(vec![event.clone()])).await?;
         Ok(Some(request))
     }
 
@@ -324,7 +332,7 @@ impl SubjectRequests {
             "request_id": request.id, "subjects": request.subjects, "inquiries": request.inquiries,
             "jurisdiction": jurisdiction, "source": source,
         }));
-        self.pipeline.audit(vec![event]).await?;
+        patiently(|| self.pipeline.audit(vec![event.clone()])).await?;
         count(RequestKind::Export, request.status);
         let document = json!({
             "request": request,
@@ -359,7 +367,8 @@ impl SubjectRequests {
             let event = AuditEvent::new("subject.erased", by).subject(pseudonym).detail(json!({
                 "request_id": request.id, "jurisdiction": jurisdiction, "source": source,
             }));
-            let ids = self.pipeline.erase(Erasure { pseudonym: pseudonym.clone(), index, record, event }).await?;
+            let erasure = Erasure { pseudonym: pseudonym.clone(), index, record, event };
+            let ids = patiently(|| self.pipeline.erase(erasure.clone())).await?;
             erased.push((pseudonym.clone(), ids));
         }
         request.subjects = pseudonyms;
@@ -387,7 +396,9 @@ impl SubjectRequests {
                     "sink": sink.name(), "inquiries": ids.len(), "ok": outcome.is_ok(),
                     "error": outcome.as_ref().err(),
                 }));
-                self.pipeline.audit_soon(vec![event]);
+                if let Err(err) = patiently(|| self.pipeline.audit(vec![event.clone()])).await {
+                    tracing::warn!(error = %err, "a sink's erasure could not be audited");
+                }
                 if let Err(err) = outcome {
                     tracing::warn!(sink = sink.name(), error = %err, "erasure in sink failed; retried later");
                     failed.push(sink.name().to_owned());
@@ -412,6 +423,22 @@ impl SubjectRequests {
         }
         Ok(())
     }
+}
+
+/// Runs a pipeline job, waiting out a full queue (up to 10 s): a subject request is rare and must
+/// not fail half done because ingest is busy.
+async fn patiently<T, F, Fut>(mut job: F) -> Result<T, SubmitError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SubmitError>>,
+{
+    for _ in 0..200 {
+        match job().await {
+            Err(SubmitError::Overloaded) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            other => return other,
+        }
+    }
+    job().await
 }
 
 fn count(kind: RequestKind, status: RequestStatus) {

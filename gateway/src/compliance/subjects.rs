@@ -60,12 +60,15 @@ pub struct Subjects {
     vault: Arc<Vault>,
     store: Store,
     cache: DashMap<[u8; 32], Arc<Subject>>,
+    /// Pseudonyms being or already erased: never handed out again, even from a record read
+    /// just before the erasure was written.
+    erased: DashMap<String, ()>,
 }
 
 impl Subjects {
     /// A registry over `store`, sealing with `vault`.
     pub fn new(vault: Arc<Vault>, store: Store) -> Subjects {
-        Subjects { vault, store, cache: DashMap::new() }
+        Subjects { vault, store, cache: DashMap::new(), erased: DashMap::new() }
     }
 
     /// The vault.
@@ -85,8 +88,11 @@ impl Subjects {
 
     /// The subject of an identity, created if unknown; true when created now.
     pub fn resolve(&self, index: [u8; 32]) -> Result<(Arc<Subject>, bool), StoreError> {
-        if let Some(subject) = self.cache.get(&index) {
-            return Ok((subject.clone(), false));
+        if let Some(subject) = self.cache.get(&index).map(|s| s.clone()) {
+            if !self.erased.contains_key(&subject.key.pseudonym) {
+                return Ok((subject, false));
+            }
+            self.cache.remove(&index);
         }
         if self.cache.len() >= CACHE_LIMIT {
             self.cache.clear();
@@ -95,7 +101,8 @@ impl Subjects {
         match self.cache.entry(index) {
             dashmap::Entry::Occupied(entry) => Ok((entry.get().clone(), false)),
             dashmap::Entry::Vacant(entry) => {
-                let (subject, created) = match self.load(&index)? {
+                let loaded = self.load(&index)?.filter(|s| !self.erased.contains_key(&s.key.pseudonym));
+                let (subject, created) = match loaded {
                     Some(subject) => (subject, false),
                     None => {
                         let (key, wrapped) = self.vault.new_subject();
@@ -136,9 +143,28 @@ impl Subjects {
         Ok(self.load(&index)?.map(Arc::new))
     }
 
-    /// Forgets a subject in memory (its erasure is being written).
+    /// Forgets a subject in memory (a batch creating it was not written).
     pub fn forget(&self, index: &[u8; 32]) {
         self.cache.remove(index);
+    }
+
+    /// Marks a subject erased before its erasure is written: from now on its pseudonym is never
+    /// handed out again (a buyer writing again gets a new subject).
+    pub fn mark_erased(&self, index: &[u8; 32], pseudonym: &str) {
+        self.erased.insert(pseudonym.to_owned(), ());
+        self.cache.remove(index);
+    }
+
+    /// Loads the erased pseudonyms at start-up.
+    pub fn load_erased(&self, pseudonyms: impl IntoIterator<Item = String>) {
+        for pseudonym in pseudonyms {
+            self.erased.insert(pseudonym, ());
+        }
+    }
+
+    /// True when `pseudonym` was erased.
+    pub fn is_erased(&self, pseudonym: &str) -> bool {
+        self.erased.contains_key(pseudonym)
     }
 
     /// Assigns the inquiry's pseudonym and seals its personal data and `raw` payload; the clear

@@ -47,6 +47,8 @@ pub struct AdminParts {
     pub requests: Arc<SubjectRequests>,
     /// The public key that verifies the audit log's tree heads.
     pub public_key: Vec<u8>,
+    /// How far the audit log is durable (only that much is served).
+    pub spool: Arc<crate::spool::Spool>,
 }
 
 /// The admin API.
@@ -137,7 +139,7 @@ impl AdminApi {
     /// Handles `/v1/...` on the admin listener; every call is audited with its outcome.
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let trace_id = new_trace_id();
-        let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+        let (method, path) = (req.method().to_string(), super::path_template(req.uri().path()));
         let mut caller = Caller { actor: "anonymous".to_owned(), source: super::peer(&req), scope: None };
         let response = match self.route(req, &mut caller).await {
             Ok(response) => response,
@@ -146,7 +148,7 @@ impl AdminApi {
         let status = response.status().as_u16();
         let event = AuditEvent::new("admin.call", caller.actor).from_source(caller.source).detail(json!({
             "method": method, "path": path, "scope": caller.scope, "status": status,
-            "allowed": !matches!(status, 401 | 403),
+            "allowed": caller.scope.is_some() && !matches!(status, 401 | 403),
         }));
         // Refused calls must not be able to fill the queue and block inquiries: they are audited
         // without waiting; allowed calls wait for their audit entry to be durable.
@@ -205,35 +207,28 @@ impl AdminApi {
             }
             (Method::GET, ["v1", "audit", "tree-head"]) => {
                 self.authorize(req.headers(), "audit:read", caller)?;
-                let head = self.store.latest_audit_head().map_err(store_error)?;
-                let head: Option<serde_json::Value> = head.and_then(|h| serde_json::from_slice(&h).ok());
+                let head = self.durable_heads()?.pop();
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({
                         "tree_head": head,
                         "public_key": hex::encode(&self.public_key),
                         "key_id": key_id(&self.public_key),
-                        "entries": self.store.audit_len().map_err(store_error)?,
+                        "entries": self.spool.audit_durable_end(),
                     }),
                 ))
             }
             (Method::GET, ["v1", "audit", "tree-heads"]) => {
                 self.authorize(req.headers(), "audit:read", caller)?;
-                let heads: Vec<serde_json::Value> = self
-                    .store
-                    .audit_heads()
-                    .map_err(store_error)?
-                    .iter()
-                    .filter_map(|h| serde_json::from_slice(h).ok())
-                    .collect();
-                Ok(json_response(StatusCode::OK, &json!({ "tree_heads": heads })))
+                Ok(json_response(StatusCode::OK, &json!({ "tree_heads": self.durable_heads()? })))
             }
             (Method::GET, ["v1", "audit", "entries"]) => {
                 self.authorize(req.headers(), "audit:read", caller)?;
                 let query = Query::of(&req);
                 let from = query.number("from")?.unwrap_or(0);
                 let limit = query.number("limit")?.unwrap_or(1000).min(10_000);
-                let entries = self.store.audit_entries(from, from.saturating_add(limit)).map_err(store_error)?;
+                let to = from.saturating_add(limit).min(self.spool.audit_durable_end());
+                let entries = self.store.audit_entries(from, to).map_err(store_error)?;
                 // NDJSON: each line is an entry exactly as hashed into the log.
                 let mut body = Vec::new();
                 for (_, entry) in entries {
@@ -351,11 +346,14 @@ impl AdminApi {
         by: &str,
     ) -> Result<HttpResponse, RequestError> {
         if let Some(open) = request.fulfils {
-            if self.requests.get(open)?.is_none() {
+            let answerable = self.requests.get(open)?.is_some_and(|r| {
+                r.status == crate::compliance::requests::RequestStatus::Open && r.kind == request.kind
+            });
+            if !answerable {
                 return Ok(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
-                    "no open request with the id in `fulfils`",
+                    "no open request of this kind with the id in `fulfils`",
                 )
                 .into_response(&new_trace_id()));
             }
@@ -374,9 +372,23 @@ impl AdminApi {
         Ok(json_response(StatusCode::OK, &document))
     }
 
+    /// The signed tree heads whose entries are durable (a witness must never see a head that a
+    /// crash could take back), oldest first.
+    fn durable_heads(&self) -> Result<Vec<crate::compliance::audit::SignedTreeHead>, ApiError> {
+        let durable = self.spool.audit_durable_end();
+        Ok(self
+            .store
+            .audit_heads()
+            .map_err(store_error)?
+            .iter()
+            .filter_map(|h| serde_json::from_slice::<crate::compliance::audit::SignedTreeHead>(h).ok())
+            .filter(|h| h.tree_size <= durable)
+            .collect())
+    }
+
     /// 422 unless `size` entries exist in the log.
     fn checked_size(&self, size: u64) -> Result<(), ApiError> {
-        let entries = self.store.audit_len().map_err(store_error)?;
+        let entries = self.spool.audit_durable_end();
         if size == 0 || size > entries {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -48,6 +48,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
     let traceparent = super::traceparent_id(req.headers());
     let trace_id = traceparent.clone().unwrap_or_else(super::new_trace_id);
     let (method, full_path, source) = (req.method().to_string(), req.uri().path().to_owned(), super::peer(&req));
+    let audited_path = super::path_template(&full_path);
     let path: Vec<&str> = full_path.trim_matches('/').split('/').collect();
     let result = match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "inquiries"]) => post_one(&state, req, &trace_id, started).await,
@@ -64,7 +65,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     };
     result.unwrap_or_else(|err| {
-        audit_refusal(&state, &err, &method, &full_path, source, &trace_id);
+        audit_refusal(&state, &err, &method, &audited_path, source, &trace_id);
         err.into_response(&trace_id)
     })
 }

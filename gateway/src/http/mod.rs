@@ -36,6 +36,26 @@ pub type HttpResponse = Response<Full<Bytes>>;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// A request path as the audit log keeps it: at most 8 segments, each kept only when it looks
+/// like a route name or an id (letters, digits, `.`, `_`, `-`; at most 64 bytes), else `*`; so
+/// a caller cannot write an e-mail address or free text into the permanent log.
+pub fn path_template(path: &str) -> String {
+    let kept: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .take(8)
+        .map(|s| {
+            let plain = s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if plain {
+                s
+            } else {
+                "*"
+            }
+        })
+        .collect();
+    format!("/{}", kept.join("/"))
+}
+
 /// The peer address of `req`, as text.
 pub fn peer(req: &Request<Incoming>) -> Option<String> {
     req.extensions().get::<PeerAddr>().map(|p| p.0.to_string())

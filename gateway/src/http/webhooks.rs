@@ -86,7 +86,8 @@ pub async fn handle(
     } else {
         // The delivery is kept as the original payload only when it is one buyer's message alone:
         // erasing one buyer must not leave their message inside another's payload.
-        let keep_raw = count == 1;
+        // Ignored events (receipts, reactions, other users' read events) can name other buyers too.
+        let keep_raw = count == 1 && parsed.ignored == 0;
         let actor = format!("webhook:{connector}/{account}");
         let submissions = parsed
             .inquiries

@@ -332,6 +332,10 @@ impl Sink for CqlSink {
         &self.config.regions
     }
 
+    fn location(&self) -> inquiry_connectors::Region {
+        self.config.location.unwrap_or(inquiry_connectors::Region::Eu)
+    }
+
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         self.connect_and_prepare().boxed()
     }

@@ -103,8 +103,10 @@ impl KafkaSink {
             NewTopic::new(&self.topics.routed, self.config.partitions, replication()).set("retention.ms", &feed),
             NewTopic::new(&self.topics.audit, self.config.partitions, replication()).set("retention.ms", &audit),
             NewTopic::new(&self.topics.dead_letter, 1, replication()).set("retention.ms", &dead_letter_retention),
+            // Tombstones stay readable 90 days, so a consumer that was away still learns of an erasure.
             NewTopic::new(&self.topics.subjects, self.config.partitions, replication())
-                .set("cleanup.policy", "compact"),
+                .set("cleanup.policy", "compact")
+                .set("delete.retention.ms", "7776000000"),
         ];
         if self.config.create_topics {
             let admin: AdminClient<DefaultClientContext> =
@@ -250,6 +252,10 @@ impl Sink for KafkaSink {
 
     fn regions(&self) -> &[inquiry_connectors::Region] {
         &self.config.regions
+    }
+
+    fn location(&self) -> inquiry_connectors::Region {
+        self.config.location.unwrap_or(inquiry_connectors::Region::Eu)
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -85,6 +85,9 @@ pub trait Sink: Send + Sync + 'static {
     /// Regions of the inquiries it receives (data residency); the others never reach its outbox.
     fn regions(&self) -> &[inquiry_connectors::Region];
 
+    /// Where the cluster runs (`check` makes it explicit).
+    fn location(&self) -> inquiry_connectors::Region;
+
     /// Connects and creates or checks what the sink needs (topics, keyspace and tables).
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 
@@ -131,6 +134,11 @@ pub async fn forward_audit(
     let cursor_name = format!("audit-forwarded/{name}");
     let mut next: u64 = store.cursor(&cursor_name).ok().flatten().and_then(|c| c.parse().ok()).unwrap_or(0);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    // Audit entries name EU subjects (pseudonyms are still personal data): not outside the EU.
+    if sink.location() != inquiry_connectors::Region::Eu {
+        tracing::info!(sink = name, "sink outside the EU: the audit trail is not copied to it");
+        return;
+    }
     // The inquiry forwarder prepares the sink (topics, schema); wait for it.
     while spool.sinks[index].degraded.load(Ordering::Relaxed) {
         if sleep_or_stop(Duration::from_millis(200), &mut stop).await {
