@@ -292,6 +292,7 @@ impl Pipeline {
             next_seq,
             audit,
             subjects,
+            written_subjects: Default::default(),
             held: None,
         };
         let thread = std::thread::Builder::new()
@@ -396,6 +397,8 @@ struct Stage {
     next_seq: u64,
     audit: AuditLog,
     subjects: Arc<Subjects>,
+    /// Subjects whose record this stage has written (no need to write it with every inquiry).
+    written_subjects: std::collections::HashSet<[u8; 32]>,
     /// An erasure received while a batch was being gathered: it goes first in the next batch, alone.
     held: Option<Job>,
 }
@@ -495,6 +498,7 @@ impl Stage {
             batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
         }
         batch.erase_subject(&erasure.index, &erasure.pseudonym, &erasure.record);
+        self.written_subjects.remove(&erasure.index);
         let mut event = erasure.event.clone();
         event.detail["inquiries"] = serde_json::json!(ids);
         self.audit.append(&mut batch, event);
@@ -558,6 +562,7 @@ impl Stage {
         let write_started = Instant::now();
         let mut batch = self.store.batch();
         let mut record = Vec::with_capacity(2048);
+        let mut subjects_written = Vec::new();
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
             record.clear();
@@ -571,9 +576,12 @@ impl Stage {
                 batch.put_dedup(key, &value);
             }
             let pseudonym = &item.subject.key.pseudonym;
-            // Every time, not only when created: the creating request may have been refused
-            // (queue full, a bad line in its batch, a duplicate) while later ones are stored.
-            batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
+            // Not only when created (the creating request may have been refused: queue full, a bad
+            // line in its batch, a duplicate) but whenever this stage has not written it yet.
+            if !self.written_subjects.contains(&item.subject.index) {
+                batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
+                subjects_written.push(item.subject.index);
+            }
             batch.link_inquiry(pseudonym, id);
             let sinks: Vec<&'static str> =
                 self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)).map(|s| s.name).collect();
@@ -623,6 +631,10 @@ impl Stage {
         if !batch.is_empty() {
             batch.write()?;
         }
+        if self.written_subjects.len() > 500_000 {
+            self.written_subjects.clear();
+        }
+        self.written_subjects.extend(subjects_written);
         Ok((outcomes, write_started))
     }
 

@@ -182,6 +182,11 @@ pub struct StoredNodes<'a>(pub &'a Store);
 
 impl PerfectNodes for StoredNodes<'_> {
     fn perfect(&self, level: u32, index: u64) -> Option<Hash> {
+        if level == 0 {
+            // Leaves are not stored: they are the hash of the stored entry.
+            let entry = self.0.audit_entries(index, index + 1).ok()?.pop()?;
+            return Some(merkle::leaf_hash(&entry.1));
+        }
         self.0.audit_node(level, index).ok().flatten()
     }
 }
@@ -237,7 +242,9 @@ impl AuditLog {
         let index = self.frontier.size();
         let entry = serde_json::to_vec(&AuditEntry { index, event }).expect("audit entries serialize");
         for (level, node, hash) in self.frontier.push(merkle::leaf_hash(&entry)) {
-            batch.put_audit_node(level, node, &hash);
+            if level > 0 {
+                batch.put_audit_node(level, node, &hash);
+            }
         }
         batch.put_audit(index, &entry);
         metrics::gauge!(crate::telemetry::AUDIT_ENTRIES).set((index + 1) as f64);
@@ -381,9 +388,11 @@ pub fn verify(
             Err(_) => report.problems.push(format!("entry {position}: not a readable audit entry")),
         }
         let leaf = merkle::leaf_hash(&entry);
-        if let Some(stored) = nodes.and_then(|n| n.perfect(0, position)) {
-            if stored != leaf {
-                report.problems.push(format!("entry {position}: content does not match its stored leaf hash"));
+        // The first stored node above the entry must agree with the entries beneath it.
+        if let (Some(nodes), true) = (nodes, position % 2 == 1) {
+            let left = rebuilt.perfect(0, position - 1);
+            if left.is_some_and(|l| nodes.perfect(1, position / 2) != Some(merkle::node_hash(&l, &leaf))) {
+                report.problems.push(format!("entries {} and {position}: content does not match the stored tree", position - 1));
             }
         }
         for (level, node, hash) in frontier.push(leaf) {
@@ -446,11 +455,11 @@ pub fn verify(
     }
     // A stopped gateway signs a head over everything at shutdown: entries beyond the latest head
     // are not protected by any signature, and a removed head would hide changes to them.
-    if report.entries > report.covered {
+    let signed = heads.last().map_or(0, |h| h.tree_size);
+    if report.entries > signed {
         report.problems.push(format!(
-            "{} entries after the latest signed tree head (size {}) are not covered by any signature",
-            report.entries - report.covered,
-            report.covered
+            "{} entries after the latest signed tree head (size {signed}) are not covered by any signature",
+            report.entries - signed,
         ));
     }
     report

@@ -250,7 +250,7 @@ impl AdminApi {
                         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "index must be below size")
                     })
                 })?;
-                let leaf = self.store.audit_node(0, index).map_err(store_error)?.map(hex::encode);
+                let leaf = StoredNodes(&self.store).perfect(0, index).map(hex::encode);
                 let proof: Vec<String> = proof.iter().map(hex::encode).collect();
                 Ok(json_response(
                     StatusCode::OK,
