@@ -84,14 +84,22 @@ pub struct PollerConfig {
     pub connector: String,
     /// Seller account polled (page id, shop id).
     pub account: String,
-    /// API credential, sent as `Authorization: Bearer`; use `${ENV}`.
+    /// The account's API credential (OAuth access token, eBay user token, shop token); use `${ENV}`.
     pub access_token: String,
+    /// The app's public id where the platform wants one (Etsy API key, Shopee partner id,
+    /// TikTok Shop app key, eBay app id).
+    #[serde(default)]
+    pub app_key: Option<String>,
+    /// The app's secret where the platform signs requests with it (Shopee partner key, TikTok
+    /// Shop app secret); use `${ENV}`.
+    #[serde(default)]
+    pub app_secret: Option<String>,
     /// App the credential belongs to: accounts of one app share app-level quotas.
     #[serde(default = "default_app")]
     pub app: String,
     /// API base URL (override for a regional endpoint or a test server).
     pub base_url: String,
-    /// Pause between polling cycles, in milliseconds.
+    /// Pause between polling cycles, in milliseconds (0: poll again at once, as fast as the quota allows).
     #[serde(default = "default_poll_interval")]
     pub interval_ms: u64,
     /// Override of the connector's published requests per second.
@@ -874,7 +882,17 @@ impl Config {
         }
         let mut polled = BTreeSet::new();
         for (i, poller) in self.pollers.iter().enumerate() {
-            if inquiry_connectors::poll::find(&poller.connector).is_none() {
+            let found = inquiry_connectors::poll::find(&poller.connector);
+            for needed in found.map(|p| p.required_credentials()).unwrap_or_default() {
+                let (field, given) = match needed {
+                    inquiry_connectors::poll::Credential::AppKey => ("app_key", &poller.app_key),
+                    inquiry_connectors::poll::Credential::AppSecret => ("app_secret", &poller.app_secret),
+                };
+                if given.as_deref().is_none_or(str::is_empty) {
+                    problems.push(format!("pollers[{i}]: {} needs {field}", poller.connector));
+                }
+            }
+            if found.is_none() {
                 let known: Vec<&str> = inquiry_connectors::poll::REGISTRY.iter().map(|p| p.name()).collect();
                 problems.push(format!(
                     "pollers[{i}].connector `{}` is not one of {}",
@@ -891,8 +909,8 @@ impl Config {
             if poller.requests_per_second.is_some_and(|r| !(r > 0.0 && r <= 10_000.0)) || poller.burst == Some(0) {
                 problems.push(format!("pollers[{i}]: requests_per_second must be in (0, 10000] and burst at least 1"));
             }
-            if poller.per_day == Some(0) || poller.interval_ms < 100 {
-                problems.push(format!("pollers[{i}]: per_day must be at least 1 and interval_ms at least 100"));
+            if poller.per_day == Some(0) {
+                problems.push(format!("pollers[{i}]: per_day must be at least 1"));
             }
             if !polled.insert((poller.connector.as_str(), poller.account.as_str())) {
                 problems.push(format!("pollers[{i}]: {}/{} is configured twice", poller.connector, poller.account));

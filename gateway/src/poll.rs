@@ -1,6 +1,7 @@
-//! The poll runner: calls a [`Poller`]'s API under governor rate limiters, backs off when the
-//! platform throttles, and keeps a durable cursor that moves only together with the inquiries
-//! it covers (one atomic store write), so a restart neither skips nor re-imports anything.
+//! The poll runner: calls a [`Poller`]'s API under governor rate limiters, follows the limits
+//! the platform reports in its response headers, backs off when the platform throttles, and
+//! keeps a durable cursor that moves only together with the inquiries it covers (one atomic store
+//! write), so a restart neither skips nor re-imports anything.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -8,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
-use http_body_util::{BodyExt, Empty};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use inquiry_connectors::poll::{PollQuota, PollTarget, Poller};
+use inquiry_connectors::poll::{
+    PollCredentials, PollMethod, PollPosition, PollQuota, PollTarget, Poller, QuotaScope, RateHeaders,
+};
 use inquiry_connectors::NormalizeContext;
-use metrics::counter;
+use metrics::{counter, gauge, histogram};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -24,61 +27,155 @@ use crate::retry::{sleep_or_stop, Backoff};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
 
-/// A rate-limit key: (platform, app, account, operation).
+/// A rate-limit key: (platform, app, account or `*` for app-wide quotas, operation).
 pub type QuotaKey = (&'static str, String, String, String);
 
-/// Rate limiters shared by every poller of the process, one per key, each with its own quota;
-/// plus a pause per key set when the platform throttles.
+/// One limiter with the rate it was built for (so a new rate from the platform replaces it).
+struct Limiter {
+    per_second: f64,
+    burst: u32,
+    bucket: DefaultDirectRateLimiter,
+}
+
+impl Limiter {
+    /// A limiter of `per_second` with `burst`, starting with an empty bucket: the platform may
+    /// still count calls made just before a restart, so a restart must not add a fresh burst on
+    /// top of them.
+    fn new(per_second: f64, burst: u32) -> Limiter {
+        Limiter::with_available(per_second, burst, 0)
+    }
+
+    /// A limiter holding `available` (at most `burst`) calls at once.
+    fn with_available(per_second: f64, burst: u32, available: u32) -> Limiter {
+        let period = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
+        let burst = burst.max(1);
+        let quota =
+            Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(burst).expect(">= 1"));
+        let bucket = RateLimiter::direct(quota);
+        if let Some(used) = NonZeroU32::new(burst - available.min(burst)) {
+            let _ = bucket.check_n(used);
+        }
+        Limiter { per_second, burst, bucket }
+    }
+}
+
+/// Rate limiters shared by every poller of the process, one per key (the per-second quota and,
+/// where the platform has one, the daily cap), plus a pause per key set when the platform
+/// throttles.
 #[derive(Default)]
 pub struct QuotaRegistry {
-    limiters: DashMap<QuotaKey, Arc<DefaultDirectRateLimiter>>,
+    limiters: DashMap<QuotaKey, Arc<Limiter>>,
     paused_until: DashMap<QuotaKey, Instant>,
 }
 
 impl QuotaRegistry {
-    /// The limiter of `key`, created with `quota` on first use. A new limiter starts with an
-    /// empty bucket: the platform may still count calls made just before a restart, so a restart
-    /// must not add a fresh burst on top of them.
-    fn limiter(&self, key: &QuotaKey, quota: Quota) -> Arc<DefaultDirectRateLimiter> {
-        self.limiters
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let limiter = RateLimiter::direct(quota);
-                let _ = limiter.check_n(quota.burst_size());
-                Arc::new(limiter)
-            })
-            .clone()
+    /// The limiter of `key`, created with (`per_second`, `burst`) on first use.
+    fn limiter(&self, key: &QuotaKey, per_second: f64, burst: u32) -> Arc<Limiter> {
+        self.limiters.entry(key.clone()).or_insert_with(|| Arc::new(Limiter::new(per_second, burst))).clone()
     }
 
-    /// Waits until `key` may make one more call: the throttle pause, then every limiter.
-    async fn acquire(&self, key: &QuotaKey, limiters: &[Arc<DefaultDirectRateLimiter>]) {
-        let pause = self.paused_until.get(key).map(|until| *until);
-        if let Some(until) = pause {
-            tokio::time::sleep_until(until.into()).await;
+    /// Replaces the limiter of `key` when the platform reports a rate more than 1% away from
+    /// it; the new one holds `available` calls at once (none unless the platform said how many
+    /// are left).
+    fn follow(&self, key: &QuotaKey, per_second: f64, burst: u32, available: u32) -> bool {
+        let current = self.limiters.get(key).map(|l| (l.per_second, l.burst));
+        let changed = current.is_none_or(|(rate, b)| (rate - per_second).abs() > rate * 0.01 || b != burst);
+        if changed {
+            self.limiters.insert(key.clone(), Arc::new(Limiter::with_available(per_second, burst, available)));
         }
-        for limiter in limiters {
-            limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
-        }
+        changed
     }
 
-    /// Pauses `key` for `delay` (the platform said the quota is used up).
+    /// Waits until `keys` (the per-second key, then the daily one) may make one more call: each
+    /// key's throttle pause, then its limiter. Returns the time waited.
+    async fn acquire(&self, keys: &[QuotaKey]) -> Duration {
+        let started = Instant::now();
+        for key in keys {
+            let pause = self.paused_until.get(key).map(|until| *until);
+            if let Some(until) = pause {
+                tokio::time::sleep_until(until.into()).await;
+            }
+        }
+        for key in keys {
+            let limiter = self.limiters.get(key).map(|l| l.clone());
+            if let Some(limiter) = limiter {
+                limiter.bucket.until_ready().await;
+            }
+        }
+        started.elapsed()
+    }
+
+    /// Pauses `key` for `delay` (the platform said the quota is used up), unless a longer pause is set.
     fn pause(&self, key: &QuotaKey, delay: Duration) {
-        self.paused_until.insert(key.clone(), Instant::now() + delay);
+        let until = Instant::now() + delay;
+        self.paused_until.entry(key.clone()).and_modify(|u| *u = (*u).max(until)).or_insert(until);
     }
 }
 
-/// The governor quota for `requests_per_second` with `burst`.
-fn rate_quota(per_second: f64, burst: u32) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
-    Quota::with_period(period)
-        .expect("period is positive")
-        .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst >= 1"))
+/// The quota one poller runs under: its keys and the configured (or published) rates.
+struct PollerQuota {
+    per_second_key: QuotaKey,
+    daily_key: Option<QuotaKey>,
+    quota: PollQuota,
 }
 
-/// A daily cap as a token bucket: `per_day` calls, refilled evenly over 24 hours.
-fn daily_quota(per_day: u32) -> Quota {
-    let period = Duration::from_secs(86_400) / per_day.max(1);
-    Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(per_day.max(1)).expect(">= 1"))
+impl PollerQuota {
+    fn new(poller: &dyn Poller, config: &PollerConfig, registry: &QuotaRegistry) -> PollerQuota {
+        let published = poller.default_quota();
+        let quota = PollQuota {
+            per_second: config.requests_per_second.unwrap_or(published.per_second),
+            burst: config.burst.unwrap_or(published.burst),
+            per_day: config.per_day.or(published.per_day),
+        };
+        let scope = match poller.quota_scope() {
+            QuotaScope::Account => config.account.clone(),
+            QuotaScope::App => "*".to_owned(),
+        };
+        let per_second_key = (poller.name(), config.app.clone(), scope.clone(), poller.operation().to_owned());
+        registry.limiter(&per_second_key, quota.per_second, quota.burst);
+        let daily_key = quota.per_day.map(|per_day| {
+            let key = (poller.name(), config.app.clone(), scope, format!("{}:daily", poller.operation()));
+            registry.limiter(&key, daily_rate(per_day), per_day);
+            key
+        });
+        PollerQuota { per_second_key, daily_key, quota }
+    }
+
+    fn keys(&self) -> Vec<QuotaKey> {
+        std::iter::once(self.per_second_key.clone()).chain(self.daily_key.clone()).collect()
+    }
+
+    /// Follows what the platform's headers say: a new rate replaces the limiter, an exhausted
+    /// day pauses the daily key for one refill period.
+    fn follow(&mut self, registry: &QuotaRegistry, headers: &RateHeaders, name: &'static str, account: &str) {
+        if let Some(per_second) = headers.per_second {
+            if registry.follow(&self.per_second_key, per_second, self.quota.burst, 0) {
+                tracing::info!(poller = name, per_second, "following the rate the platform reports");
+                self.quota.per_second = per_second;
+            }
+        }
+        if let (Some(per_day), Some(key)) = (headers.per_day, &self.daily_key) {
+            let per_day = u32::try_from(per_day).unwrap_or(u32::MAX);
+            let left = headers.remaining_today.map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX));
+            if registry.follow(key, daily_rate(per_day), per_day, left) {
+                tracing::info!(poller = name, per_day, "following the daily cap the platform reports");
+                self.quota.per_day = Some(per_day);
+            }
+        }
+        if let Some(remaining) = headers.remaining_today {
+            gauge!(telemetry::POLL_QUOTA_REMAINING, "connector" => name, "account" => account.to_owned())
+                .set(remaining as f64);
+            if remaining == 0 {
+                let refill = Duration::from_secs_f64(86_400.0 / f64::from(self.quota.per_day.unwrap_or(86_400)));
+                registry.pause(self.daily_key.as_ref().unwrap_or(&self.per_second_key), refill);
+            }
+        }
+    }
+}
+
+/// A daily cap as a rate: `per_day` calls refilled evenly over 24 hours.
+fn daily_rate(per_day: u32) -> f64 {
+    f64::from(per_day.max(1)) / 86_400.0
 }
 
 /// Polls one (connector, account) until `stop` fires.
@@ -92,18 +189,8 @@ pub async fn run(
     mut stop: watch::Receiver<()>,
 ) {
     let name = poller.name();
-    let published = poller.default_quota();
-    let quota = PollQuota {
-        per_second: config.requests_per_second.unwrap_or(published.per_second),
-        burst: config.burst.unwrap_or(published.burst),
-        per_day: config.per_day.or(published.per_day),
-    };
-    let key: QuotaKey = (name, config.app.clone(), config.account.clone(), poller.operation().to_owned());
-    let mut limiters = vec![quotas.limiter(&key, rate_quota(quota.per_second, quota.burst))];
-    if let Some(per_day) = quota.per_day {
-        let daily_key = (name, config.app.clone(), config.account.clone(), format!("{}:daily", poller.operation()));
-        limiters.push(quotas.limiter(&daily_key, daily_quota(per_day)));
-    }
+    let account = config.account.clone();
+    let mut quota = PollerQuota::new(poller, &config, &quotas);
     let cursor_name = format!("{}/{}", name, config.account);
     let mut cursor = match store.cursor(&cursor_name) {
         Ok(cursor) => cursor,
@@ -112,57 +199,84 @@ pub async fn run(
             return;
         }
     };
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .build(hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build());
-    let target = PollTarget { account: &config.account };
+    let credentials = PollCredentials {
+        access_token: &config.access_token,
+        app_key: config.app_key.as_deref(),
+        app_secret: config.app_secret.as_deref(),
+    };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    tracing::info!(poller = name, per_second = quota.per_second, burst = quota.burst, "poller started");
+    let actor = format!("poller:{name}/{account}");
+    tracing::info!(
+        poller = name,
+        per_second = quota.quota.per_second,
+        burst = quota.quota.burst,
+        per_day = quota.quota.per_day,
+        "poller started"
+    );
 
     'cycles: loop {
         let mut page_token: Option<String> = None;
         let mut next_cursor = cursor.clone();
         loop {
-            tokio::select! {
-                () = quotas.acquire(&key, &limiters) => {}
+            let keys = quota.keys();
+            let waited = tokio::select! {
+                waited = quotas.acquire(&keys) => waited,
                 _ = stop.changed() => return,
+            };
+            histogram!(telemetry::POLL_LIMITER_WAIT, "connector" => name).record(waited.as_secs_f64());
+            let target = PollTarget { account: &account, credentials, now: OffsetDateTime::now_utc() };
+            let position = PollPosition { cursor: cursor.as_deref(), page: page_token.as_deref() };
+            let wanted = poller.request(&target, &position);
+            let url = format!("{}{}", config.base_url.trim_end_matches('/'), wanted.path_and_query);
+            let mut request = hyper::Request::builder()
+                .method(match wanted.method {
+                    PollMethod::Get => hyper::Method::GET,
+                    PollMethod::Post => hyper::Method::POST,
+                })
+                .uri(&url);
+            for (header, value) in &wanted.headers {
+                request = request.header(header.as_str(), value.as_str());
             }
-            let url = format!(
-                "{}{}",
-                config.base_url.trim_end_matches('/'),
-                poller.request(&target, cursor.as_deref(), page_token.as_deref())
-            );
-            let request = hyper::Request::get(&url)
-                .header(hyper::header::AUTHORIZATION, format!("Bearer {}", config.access_token))
-                .body(Empty::new())
-                .expect("a valid request");
+            let request = match request.body(Full::new(Bytes::from(wanted.body))) {
+                Ok(request) => request,
+                Err(err) => {
+                    tracing::error!(poller = name, error = %err, "the poller built an invalid request; stopped");
+                    return;
+                }
+            };
             let started = Instant::now();
             // One deadline for the whole exchange, headers and body: a server that trickles its
             // body cannot hold the poller.
             let exchange = async {
                 let response = client.request(request).await.ok()?;
                 let status = response.status().as_u16();
+                let headers = response.headers().clone();
                 let body = response.into_body().collect().await.ok()?.to_bytes();
-                Some((status, body))
+                Some((status, headers, body))
             };
-            let (status, body) = tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(30), exchange) => r.ok().flatten().unwrap_or((599, Bytes::new())),
+            let (status, headers, body) = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(30), exchange) => {
+                    r.ok().flatten().unwrap_or((599, Default::default(), Bytes::new()))
+                }
                 _ = stop.changed() => return,
             };
-            if poller.is_throttled(status, &body) {
+            let rate = RateHeaders::parse(
+                headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+                OffsetDateTime::now_utc(),
+            );
+            quota.follow(&quotas, &rate, name, &account);
+            if status == 429 || poller.is_throttled(status, &body) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "throttled").increment(1);
-                let delay = backoff.next();
-                quotas.pause(&key, delay);
-                tracing::warn!(
-                    poller = name,
-                    status,
-                    delay_ms = delay.as_millis() as u64,
-                    "platform throttled; pausing"
-                );
+                let delay = rate.retry_after.unwrap_or_else(|| backoff.next());
+                quotas.pause(&quota.per_second_key, delay);
+                tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "platform throttled; pausing");
                 continue;
             }
             if !(200..300).contains(&status) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "error").increment(1);
-                let delay = backoff.next();
+                let delay = rate.retry_after.unwrap_or_else(|| backoff.next());
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "poll failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
                     return;
@@ -175,7 +289,7 @@ pub async fn run(
             let received_at = OffsetDateTime::now_utc();
             let trace_id = crate::http::new_trace_id();
             let mut context = || NormalizeContext { received_at, trace_id: &trace_id };
-            let page = match poller.parse(&body, &target, cursor.as_deref(), &mut context) {
+            let page = match poller.parse(&body, &target, &position, &mut context) {
                 Ok(page) => page,
                 Err(err) => {
                     counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "unparsable").increment(1);
@@ -187,16 +301,23 @@ pub async fn run(
             if page.ignored > 0 {
                 counter!(telemetry::POLL_ITEMS_IGNORED, "connector" => name).increment(page.ignored as u64);
             }
+            if let Some(newest) = page.inquiries.iter().map(|i| i.occurred_at).max() {
+                let lag = (received_at - newest).as_seconds_f64().max(0.0);
+                histogram!(telemetry::POLL_LAG, "connector" => name).record(lag);
+            }
+            counter!(telemetry::POLL_ITEMS, "connector" => name).increment(count as u64);
             telemetry::record_hop(Hop::Normalize, poller.channel(), started.elapsed(), count);
-            // Items come newest first: the first page of a cycle carries its newest cursor.
-            if page_token.is_none() {
-                next_cursor = page.cursor.clone().or(next_cursor);
+            if page.cursor.is_some() {
+                next_cursor = page.cursor.clone();
             }
             let last_page = page.next_page.is_none();
             // The cursor moves with the cycle's last page only: a crash mid-cycle re-polls the cycle.
-            let cursor_update = if last_page { next_cursor.clone().map(|c| (cursor_name.clone(), c)) } else { None };
+            let cursor_update = if last_page && next_cursor != cursor {
+                next_cursor.clone().map(|c| (cursor_name.clone(), c))
+            } else {
+                None
+            };
             // A page holds many buyers' messages: it is not kept as any one inquiry's payload.
-            let actor = format!("poller:{name}/{}", config.account);
             let sealed: Result<Vec<Submission>, _> = page
                 .inquiries
                 .into_iter()
@@ -209,16 +330,22 @@ pub async fn run(
                     break;
                 }
             };
-            loop {
-                match pipeline.submit_with_cursor(submissions.clone(), cursor_update.clone()).await {
-                    Ok(_) => break,
-                    Err(err) => {
-                        tracing::warn!(poller = name, error = %err, "pipeline refused the page; retrying");
-                        if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                            return;
+            if !submissions.is_empty() || cursor_update.is_some() {
+                loop {
+                    match pipeline.submit_with_cursor(submissions.clone(), cursor_update.clone()).await {
+                        Ok(_) => break,
+                        Err(err) => {
+                            tracing::warn!(poller = name, error = %err, "pipeline refused the page; retrying");
+                            if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                                return;
+                            }
                         }
                     }
                 }
+            }
+            if cursor_update.is_some() {
+                gauge!(telemetry::POLL_CURSOR_UPDATED, "connector" => name, "account" => account.clone())
+                    .set(OffsetDateTime::now_utc().unix_timestamp() as f64);
             }
             if last_page {
                 cursor = next_cursor.clone();
@@ -226,8 +353,53 @@ pub async fn run(
             }
             page_token = page.next_page;
         }
+        gauge!(telemetry::POLL_CYCLE_COMPLETED, "connector" => name, "account" => account.clone())
+            .set(OffsetDateTime::now_utc().unix_timestamp() as f64);
         if sleep_or_stop(Duration::from_millis(config.interval_ms), &mut stop).await {
             break 'cycles;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(op: &str) -> QuotaKey {
+        ("test", "app".into(), "*".into(), op.into())
+    }
+
+    #[tokio::test]
+    async fn a_new_limiter_starts_empty_and_a_reported_rate_replaces_it() {
+        let registry = QuotaRegistry::default();
+        registry.limiter(&key("a"), 20.0, 2);
+        let waited = registry.acquire(&[key("a")]).await;
+        assert!(waited >= Duration::from_millis(40), "an empty bucket waits one period, waited {waited:?}");
+        assert!(!registry.follow(&key("a"), 20.1, 2, 0), "within 1%: kept");
+        assert!(registry.follow(&key("a"), 5.0, 2, 0), "a new rate replaces the limiter");
+        let waited = registry.acquire(&[key("a")]).await;
+        assert!(waited >= Duration::from_millis(190), "the new rate applies at once, waited {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_followed_daily_cap_keeps_the_calls_the_platform_says_are_left() {
+        let registry = QuotaRegistry::default();
+        assert!(registry.follow(&key("d"), daily_rate(6), 6, 2));
+        let started = Instant::now();
+        registry.acquire(&[key("d")]).await;
+        registry.acquire(&[key("d")]).await;
+        assert!(started.elapsed() < Duration::from_millis(50), "the two calls left are there at once");
+        let third = tokio::time::timeout(Duration::from_millis(200), registry.acquire(&[key("d")])).await;
+        assert!(third.is_err(), "the third waits for the day to refill");
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_call_of_its_key() {
+        let registry = QuotaRegistry::default();
+        registry.limiter(&key("b"), 1000.0, 1000);
+        registry.pause(&key("b"), Duration::from_millis(150));
+        registry.pause(&key("b"), Duration::from_millis(10)); // a shorter pause does not cut it
+        let waited = registry.acquire(&[key("b")]).await;
+        assert!(waited >= Duration::from_millis(150), "waited {waited:?}");
     }
 }

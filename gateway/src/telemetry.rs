@@ -21,6 +21,18 @@ pub const WEBHOOK_EVENTS_IGNORED: &str = "inquiry_gateway_webhook_events_ignored
 pub const POLL_REQUESTS: &str = "inquiry_gateway_poll_requests_total";
 /// Items a poller fetched that are not new buyer messages (the seller's replies, malformed items). Label: `connector`.
 pub const POLL_ITEMS_IGNORED: &str = "inquiry_gateway_poll_items_ignored_total";
+/// Buyer messages a poller fetched, by connector.
+pub const POLL_ITEMS: &str = "inquiry_gateway_poll_items_total";
+/// Time a poller waited on its rate limiters before a call.
+pub const POLL_LIMITER_WAIT: &str = "inquiry_gateway_poll_limiter_wait_seconds";
+/// Age of the newest buyer message of a page when it was fetched.
+pub const POLL_LAG: &str = "inquiry_gateway_poll_lag_seconds";
+/// Calls left today, as the platform reports it.
+pub const POLL_QUOTA_REMAINING: &str = "inquiry_gateway_poll_quota_remaining";
+/// When a poller's durable cursor last moved (Unix seconds).
+pub const POLL_CURSOR_UPDATED: &str = "inquiry_gateway_poll_cursor_updated_timestamp_seconds";
+/// When a poller last completed a cycle (Unix seconds).
+pub const POLL_CYCLE_COMPLETED: &str = "inquiry_gateway_poll_cycle_completed_timestamp_seconds";
 /// Inquiries dead-lettered (routed by the fallback after a failure). Label: `reason`.
 pub const DEAD_LETTERS: &str = "inquiry_gateway_dead_letters_total";
 /// Requests waiting in the pipeline queue.
@@ -89,6 +101,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Buckets for group-commit sizes.
 const BATCH_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
+/// Buckets for how old a polled message is, 1 s to 1 day.
+const AGE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0];
 
 /// A hop of the pipeline, the `hop` label of [`HOP_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +157,7 @@ pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.to_owned()), BATCH_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(POLL_LAG.to_owned()), AGE_BUCKETS))
         .expect("bucket lists are non-empty")
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
@@ -151,6 +166,12 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(REJECTED, "requests or lines refused, by reason");
     describe_counter!(POLL_REQUESTS, "calls to platform APIs by pollers, by outcome");
     describe_counter!(POLL_ITEMS_IGNORED, "items a poller fetched that are not new buyer messages");
+    describe_counter!(POLL_ITEMS, "buyer messages a poller fetched");
+    describe_histogram!(POLL_LIMITER_WAIT, Unit::Seconds, "time a poller waited on its rate limiters per call");
+    describe_histogram!(POLL_LAG, Unit::Seconds, "age of the newest buyer message of a page when fetched");
+    describe_gauge!(POLL_QUOTA_REMAINING, "calls left today as the platform reports it");
+    describe_gauge!(POLL_CURSOR_UPDATED, "when a poller's durable cursor last moved, Unix seconds");
+    describe_gauge!(POLL_CYCLE_COMPLETED, "when a poller last completed a polling cycle, Unix seconds");
     describe_counter!(WEBHOOK_EVENTS_IGNORED, "webhook events that are not buyer messages");
     describe_counter!(DEAD_LETTERS, "inquiries dead-lettered, by reason");
     describe_gauge!(QUEUE_DEPTH, "requests waiting in the pipeline queue");

@@ -19,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
-use super::{PollPage, PollQuota, PollTarget, Poller};
+use super::{encode, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller};
 use crate::error::{InputError, InputErrorCode};
 use crate::inquiry::Channel;
 use crate::{Draft, NormalizeContext};
@@ -47,16 +47,16 @@ impl Poller for MetaConversations {
         PollQuota { per_second: 2.0, burst: 2, per_day: None }
     }
 
-    fn request(&self, target: &PollTarget<'_>, _cursor: Option<&str>, page: Option<&str>) -> String {
+    fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
         let mut path = format!(
             "/{GRAPH_VERSION}/{}/conversations?platform=messenger&limit=25&fields=updated_time,messages.limit(100)%7Bid,created_time,from,message%7D",
             target.account
         );
-        if let Some(after) = page {
+        if let Some(after) = position.page {
             path.push_str("&after=");
             path.push_str(&encode(after));
         }
-        path
+        PollRequest::get_bearer(path, target.credentials.access_token)
     }
 
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
@@ -71,10 +71,11 @@ impl Poller for MetaConversations {
         &self,
         body: &[u8],
         target: &PollTarget<'_>,
-        cursor: Option<&str>,
+        position: &PollPosition<'_>,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
         let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
+        let cursor = position.cursor;
         let since = cursor.map(parse_time).transpose()?;
         let mut page = PollPage::default();
         let mut reached_old = false;
@@ -119,9 +120,10 @@ impl Poller for MetaConversations {
         if !reached_old {
             page.next_page = response.paging.and_then(|p| p.next.and(p.cursors.and_then(|c| c.after)));
         }
-        // Keep the old cursor when nothing newer was seen.
-        if page.cursor.is_none() {
-            page.cursor = cursor.map(str::to_owned);
+        // Conversations come newest first: the first page of a cycle holds its newest time; later
+        // pages leave the cycle's cursor as it is.
+        if position.page.is_some() {
+            page.cursor = None;
         }
         Ok(page)
     }
@@ -143,16 +145,6 @@ fn parse_time(value: &str) -> Result<OffsetDateTime, InputError> {
     let minutes: i8 = offset.get(3..5).and_then(|m| m.parse().ok()).ok_or_else(bad)?;
     let offset = time::UtcOffset::from_hms(sign * hours, sign * minutes, 0).map_err(|_| bad())?;
     Ok(local.assume_offset(offset))
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[derive(Deserialize)]

@@ -1,25 +1,34 @@
 //! Pull connectors: platform APIs polled under their published quotas.
 //!
-//! A [`Poller`] is pure: it builds the request for a page and parses the response into
-//! inquiries, a next-page token and a new cursor. The gateway's poll runner owns the HTTP calls,
-//! the governor rate limiters, backoff on throttling, and the durable cursor. Adding a poller:
-//! one module, one line in [`REGISTRY`], fixtures, a config example.
+//! A [`Poller`] is pure: it builds the request for a page ([`PollRequest`]: method, path,
+//! headers, body, signed where the platform wants it) and parses the response into inquiries, a
+//! next-page token and a new cursor. The gateway's poll runner owns the HTTP calls, the governor
+//! rate limiters, the live adjustment of limits from response headers ([`RateHeaders`]), backoff
+//! on throttling, and the durable cursor. Adding a poller: one module, one line in [`REGISTRY`],
+//! fixtures under `connectors/tests/fixtures/pollers/<name>/`, a config example and a stand-in
+//! under `tests/standins`.
 
+mod etsy_receipts;
 mod meta_conversations;
+mod rate_headers;
+
+pub use rate_headers::RateHeaders;
+
+use time::OffsetDateTime;
 
 use crate::error::InputError;
 use crate::inquiry::{Channel, Inquiry};
 use crate::NormalizeContext;
 
 /// Every pull connector, by name.
-pub const REGISTRY: &[&dyn Poller] = &[&meta_conversations::MetaConversations];
+pub const REGISTRY: &[&dyn Poller] = &[&meta_conversations::MetaConversations, &etsy_receipts::EtsyReceipts];
 
 /// The poller registered under `name`.
 pub fn find(name: &str) -> Option<&'static dyn Poller> {
     REGISTRY.iter().copied().find(|p| p.name() == name)
 }
 
-/// A platform's published request quota for one operation of one account.
+/// A platform's published request quota for one operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PollQuota {
     /// Sustained requests per second.
@@ -30,11 +39,96 @@ pub struct PollQuota {
     pub per_day: Option<u32>,
 }
 
-/// What is polled: one account with its credentials.
+/// Who shares a quota: each seller account has its own, or every account of one app (API key,
+/// partner id) draws from one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// One quota per (app, account, operation).
+    Account,
+    /// One quota per (app, operation), shared by every account of the app.
+    App,
+}
+
+/// The credentials of one polled account, from config.
+#[derive(Clone, Copy, Default)]
+pub struct PollCredentials<'a> {
+    /// The account's access token (OAuth bearer, eBay user token, Shopee/TikTok shop token).
+    pub access_token: &'a str,
+    /// The app's public id where the platform wants it (Etsy `x-api-key`, Shopee `partner_id`,
+    /// TikTok Shop `app_key`, eBay app id).
+    pub app_key: Option<&'a str>,
+    /// The app's secret where the platform signs requests with it (Shopee partner key, TikTok
+    /// Shop app secret).
+    pub app_secret: Option<&'a str>,
+}
+
+impl std::fmt::Debug for PollCredentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollCredentials").field("app_key", &self.app_key).finish_non_exhaustive()
+    }
+}
+
+/// A credential a poller may need besides the access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// [`PollCredentials::app_key`].
+    AppKey,
+    /// [`PollCredentials::app_secret`].
+    AppSecret,
+}
+
+/// What is polled: one account with its credentials, at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct PollTarget<'a> {
-    /// The seller account (page id, shop id).
+    /// The seller account (page id, shop id, user name).
     pub account: &'a str,
+    /// Its credentials.
+    pub credentials: PollCredentials<'a>,
+    /// When the request is made (signed timestamps).
+    pub now: OffsetDateTime,
+}
+
+/// Where a request stands in a polling cycle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PollPosition<'a> {
+    /// The durable cursor the cycle started from (`None`: never polled).
+    pub cursor: Option<&'a str>,
+    /// The page token returned by the previous page of this cycle (`None`: the first page).
+    pub page: Option<&'a str>,
+}
+
+/// HTTP method of a poll request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PollMethod {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+}
+
+/// One API call, as a poller wants it made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PollRequest {
+    /// Method.
+    pub method: PollMethod,
+    /// Path and query, appended to the configured base URL.
+    pub path_and_query: String,
+    /// Headers to send (authorization, content type, the platform's call headers).
+    pub headers: Vec<(String, String)>,
+    /// Body (empty for GET).
+    pub body: String,
+}
+
+impl PollRequest {
+    /// A GET of `path_and_query` with `Authorization: Bearer <token>`.
+    pub fn get_bearer(path_and_query: String, token: &str) -> PollRequest {
+        PollRequest {
+            method: PollMethod::Get,
+            path_and_query,
+            headers: vec![("authorization".to_owned(), format!("Bearer {token}"))],
+            body: String::new(),
+        }
+    }
 }
 
 /// One parsed response.
@@ -44,9 +138,13 @@ pub struct PollPage {
     pub inquiries: Vec<Inquiry>,
     /// Items that are not buyer messages (the seller's own replies, old messages).
     pub ignored: usize,
-    /// Token of the next page of this cycle, if the platform has more that may be new.
+    /// Token of the next page of this cycle, if the platform has more that may be new. Opaque to
+    /// the runner: a poller that needs several calls per item (a list, then each conversation's
+    /// messages) keeps its work list here.
     pub next_page: Option<String>,
-    /// The cursor to keep once this cycle's inquiries are durable (the newest item seen).
+    /// The cursor to keep once the cycle's inquiries are durable. The runner keeps the last one
+    /// any page of the cycle returned (`None`: keep what was there) and stores it with the
+    /// cycle's last page.
     pub cursor: Option<String>,
 }
 
@@ -61,21 +159,43 @@ pub trait Poller: Sync {
     /// The operation polled (the last part of the rate-limit key).
     fn operation(&self) -> &'static str;
 
-    /// The published quota of that operation, per account.
+    /// The published quota of that operation.
     fn default_quota(&self) -> PollQuota;
 
-    /// Path and query of the request for `page` (None: the first page) after `cursor`.
-    fn request(&self, target: &PollTarget<'_>, cursor: Option<&str>, page: Option<&str>) -> String;
+    /// Whether accounts of one app share the quota.
+    fn quota_scope(&self) -> QuotaScope {
+        QuotaScope::Account
+    }
 
-    /// True if a response says the caller is over its quota.
+    /// The credentials besides the access token that config must give.
+    fn required_credentials(&self) -> &'static [Credential] {
+        &[]
+    }
+
+    /// The request for `position`.
+    fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest;
+
+    /// True if a response says the caller is over its quota (429 is always taken as throttling).
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool;
 
-    /// Parses a successful response.
+    /// Parses a successful response to the request for `position`.
     fn parse<'c>(
         &self,
         body: &[u8],
         target: &PollTarget<'_>,
-        cursor: Option<&str>,
+        position: &PollPosition<'_>,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError>;
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+pub(crate) fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

@@ -1,0 +1,161 @@
+//! Etsy: the note a buyer leaves with an order (`message_from_buyer`), read from the shop's
+//! receipts with Open API v3 `getShopReceipts`
+//! (<https://developers.etsy.com/documentation/reference/#operation/getShopReceipts>). Etsy's API
+//! has no conversations endpoint; conversations reach the gateway by e-mail (IMAP).
+//!
+//! `GET /v3/application/shops/{shop_id}/receipts?min_last_modified={cursor}&sort_on=updated&sort_order=asc&limit=100&offset={page}`
+//! with `x-api-key: <keystring>` and `Authorization: Bearer <token>`. The cursor is the newest
+//! `updated_timestamp` seen; a cycle pages by offset from the receipts modified at or after it
+//! (the boundary receipt comes again and is dropped by the pipeline's dedup). A receipt whose
+//! note is empty is ignored; a receipt modified later (shipped, refunded) gives the same message
+//! id and is deduplicated.
+//!
+//! Quota (<https://developers.etsy.com/documentation/essentials/rate-limits>): per app (API key)
+//! for all its shops, 10 requests per second and 10,000 per rolling 24 hours; answers carry
+//! `x-limit-per-second`, `x-limit-per-day` and `x-remaining-today`, which the runner follows.
+
+use serde::Deserialize;
+
+use super::{Credential, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope};
+use crate::error::{InputError, InputErrorCode};
+use crate::inquiry::Channel;
+use crate::{Draft, NormalizeContext};
+
+/// Receipts per page (Etsy's maximum).
+const PAGE_SIZE: usize = 100;
+
+/// The receipts poller.
+pub struct EtsyReceipts;
+
+impl Poller for EtsyReceipts {
+    fn name(&self) -> &'static str {
+        "etsy_receipts"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Etsy
+    }
+
+    fn operation(&self) -> &'static str {
+        "requests"
+    }
+
+    fn default_quota(&self) -> PollQuota {
+        PollQuota { per_second: 10.0, burst: 10, per_day: Some(10_000) }
+    }
+
+    fn quota_scope(&self) -> QuotaScope {
+        QuotaScope::App
+    }
+
+    fn required_credentials(&self) -> &'static [Credential] {
+        &[Credential::AppKey]
+    }
+
+    fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
+        let since = position.cursor.unwrap_or("0");
+        let offset = position.page.unwrap_or("0");
+        let path = format!(
+            "/v3/application/shops/{}/receipts?min_last_modified={}&sort_on=updated&sort_order=asc&limit={PAGE_SIZE}&offset={}",
+            super::encode(target.account),
+            super::encode(since),
+            super::encode(offset),
+        );
+        let mut request = PollRequest::get_bearer(path, target.credentials.access_token);
+        request.headers.push(("x-api-key".to_owned(), target.credentials.app_key.unwrap_or_default().to_owned()));
+        request
+    }
+
+    fn is_throttled(&self, status: u16, _body: &[u8]) -> bool {
+        status == 429
+    }
+
+    fn parse<'c>(
+        &self,
+        body: &[u8],
+        target: &PollTarget<'_>,
+        position: &PollPosition<'_>,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Result<PollPage, InputError> {
+        let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
+        let offset: usize = position.page.and_then(|p| p.parse().ok()).unwrap_or(0);
+        let mut page = PollPage::default();
+        let mut newest: Option<i64> = None;
+        let received = response.results.len();
+        for receipt in response.results {
+            newest = newest.max(Some(receipt.updated_timestamp));
+            let note = receipt.message_from_buyer.as_deref().map(str::trim).unwrap_or_default();
+            let Some(created) = crate::webhook::from_unix(receipt.created_timestamp, false) else {
+                page.ignored += 1;
+                continue;
+            };
+            if note.is_empty() {
+                page.ignored += 1;
+                continue;
+            }
+            let receipt_id = receipt.receipt_id.to_string();
+            let buyer = receipt.buyer_user_id.to_string();
+            let mut draft = Draft::message(
+                Channel::Etsy,
+                target.account,
+                format!("receipt:{receipt_id}"),
+                format!("receipt:{receipt_id}"),
+                format!("id:{buyer}"),
+                note.to_owned(),
+                created,
+            )
+            .sent_by(&buyer);
+            draft.buyer_name = receipt.name.filter(|n| !n.is_empty());
+            draft.buyer_email = receipt.buyer_email.filter(|e| !e.is_empty());
+            draft.country = receipt.country_iso.filter(|c| c.len() == 2).map(|c| c.to_ascii_uppercase());
+            draft.order_id = Some(receipt_id);
+            draft.product_ids = receipt.transactions.iter().filter_map(|t| t.listing_id).map(|l| l.to_string()).collect();
+            page.inquiries.push(draft.into_inquiry(&context()));
+        }
+        if received == PAGE_SIZE && offset + PAGE_SIZE < response.count {
+            page.next_page = Some((offset + PAGE_SIZE).to_string());
+        }
+        page.cursor = newest.map(|t| t.to_string());
+        if page.cursor.as_deref().zip(position.cursor).is_some_and(|(new, old)| parse(new) < parse(old)) {
+            return Err(InputError::new(InputErrorCode::InvalidValue, "receipts are not sorted by modification time")
+                .field("results"));
+        }
+        Ok(page)
+    }
+}
+
+fn parse(timestamp: &str) -> i64 {
+    timestamp.parse().unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct Response {
+    #[serde(default)]
+    count: usize,
+    #[serde(default)]
+    results: Vec<Receipt>,
+}
+
+#[derive(Deserialize)]
+struct Receipt {
+    receipt_id: u64,
+    buyer_user_id: u64,
+    #[serde(default)]
+    buyer_email: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    country_iso: Option<String>,
+    #[serde(default)]
+    message_from_buyer: Option<String>,
+    created_timestamp: i64,
+    updated_timestamp: i64,
+    #[serde(default)]
+    transactions: Vec<Transaction>,
+}
+
+#[derive(Deserialize)]
+struct Transaction {
+    #[serde(default)]
+    listing_id: Option<u64>,
+}

@@ -1,0 +1,163 @@
+//! Quota enforcement as the platforms document it: a token bucket per quota key (requests per
+//! second with a burst) and, where the platform has one, a cap on the calls of the last 24 hours.
+//! Every call is counted; a call over the quota is a violation and is answered the way the
+//! platform answers it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// A platform's documented quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaRule {
+    /// Requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
+    /// Requests per rolling 24 hours, where the platform caps them.
+    pub per_day: Option<u32>,
+}
+
+/// Clock slack granted to callers: requests leave a client evenly spaced but may arrive a few
+/// milliseconds closer together after a delay on the way.
+const SLACK: Duration = Duration::from_millis(20);
+
+/// What one quota key did so far.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KeyStats {
+    /// Every request that reached the quota check.
+    pub calls: u64,
+    /// Requests over the quota (answered as throttled).
+    pub violations: u64,
+    /// Seconds from the first to the last request.
+    pub span_seconds: f64,
+    /// Requests served within quota.
+    pub served: u64,
+    /// Requests the rule allows over `span_seconds` at the sustained rate (one at the start plus
+    /// one per period), also capped by the daily limit spread over the day.
+    pub allowed: f64,
+}
+
+/// One key's bucket and counters.
+struct KeyState {
+    tokens: f64,
+    refilled: Instant,
+    day: VecDeque<Instant>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    stats: KeyStats,
+}
+
+/// Quota state of every key of one stand-in.
+pub struct Quotas {
+    rule: QuotaRule,
+    keys: BTreeMap<String, KeyState>,
+}
+
+/// The result of a quota check.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// The call is within quota.
+    pub allowed: bool,
+    /// Calls left in the current second (whole tokens).
+    pub remaining_this_second: u64,
+    /// Calls left in the rolling day, where there is a daily cap.
+    pub remaining_today: Option<u64>,
+    /// The rule enforced.
+    pub rule: QuotaRule,
+}
+
+impl Quotas {
+    /// Quotas under `rule`.
+    pub fn new(rule: QuotaRule) -> Quotas {
+        Quotas { rule, keys: BTreeMap::new() }
+    }
+
+    /// The rule enforced.
+    pub fn rule(&self) -> QuotaRule {
+        self.rule
+    }
+
+    /// Counts one call of `key` and says whether it is within quota.
+    pub fn admit(&mut self, key: &str) -> Admission {
+        let rule = self.rule;
+        let now = Instant::now();
+        let state = self.keys.entry(key.to_owned()).or_insert_with(|| KeyState {
+            tokens: f64::from(rule.burst),
+            refilled: now,
+            day: VecDeque::new(),
+            first: None,
+            last: None,
+            stats: KeyStats::default(),
+        });
+        let elapsed = (now - state.refilled).as_secs_f64();
+        state.tokens = (state.tokens + elapsed * rule.per_second).min(f64::from(rule.burst));
+        state.refilled = now;
+        while state.day.front().is_some_and(|t| now - *t >= Duration::from_secs(86_400)) {
+            state.day.pop_front();
+        }
+        state.first.get_or_insert(now);
+        state.last = Some(now);
+        state.stats.calls += 1;
+        let within_second = state.tokens + SLACK.as_secs_f64() * rule.per_second >= 1.0;
+        let within_day = rule.per_day.is_none_or(|cap| state.day.len() < cap as usize);
+        let allowed = within_second && within_day;
+        if allowed {
+            state.tokens -= 1.0;
+            state.day.push_back(now);
+            state.stats.served += 1;
+        } else {
+            state.stats.violations += 1;
+        }
+        Admission {
+            allowed,
+            remaining_this_second: state.tokens.max(0.0) as u64,
+            remaining_today: rule.per_day.map(|cap| u64::from(cap).saturating_sub(state.day.len() as u64)),
+            rule,
+        }
+    }
+
+    /// Counters of every key.
+    pub fn stats(&self) -> BTreeMap<String, KeyStats> {
+        self.keys
+            .iter()
+            .map(|(key, state)| {
+                let span = match (state.first, state.last) {
+                    (Some(first), Some(last)) => (last - first).as_secs_f64(),
+                    _ => 0.0,
+                };
+                let mut allowed = 1.0 + span * self.rule.per_second;
+                if let Some(cap) = self.rule.per_day {
+                    allowed = allowed.min(1.0 + span * f64::from(cap) / 86_400.0).max(1.0);
+                }
+                (key.clone(), KeyStats { span_seconds: span, allowed, ..state.stats.clone() })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_and_counts_violations() {
+        let mut quotas = Quotas::new(QuotaRule { per_second: 1.0, burst: 2, per_day: None });
+        assert!(quotas.admit("a").allowed);
+        assert!(quotas.admit("a").allowed);
+        assert!(!quotas.admit("a").allowed);
+        assert!(quotas.admit("b").allowed, "keys are separate");
+        let stats = quotas.stats();
+        assert_eq!((stats["a"].calls, stats["a"].served, stats["a"].violations), (3, 2, 1));
+    }
+
+    #[test]
+    fn a_daily_cap_refuses_past_its_count() {
+        let mut quotas = Quotas::new(QuotaRule { per_second: 1000.0, burst: 1000, per_day: Some(3) });
+        let admissions: Vec<_> = (0..4).map(|_| quotas.admit("app")).collect();
+        assert!(admissions[..3].iter().all(|a| a.allowed));
+        assert!(!admissions[3].allowed);
+        assert_eq!(admissions[2].remaining_today, Some(0));
+    }
+}
