@@ -38,14 +38,9 @@ struct Limiter {
 }
 
 impl Limiter {
-    /// A limiter of `per_second` with `burst`, starting with an empty bucket: the platform may
-    /// still count calls made just before a restart, so a restart must not add a fresh burst on
-    /// top of them.
-    fn new(per_second: f64, burst: u32) -> Limiter {
-        Limiter::with_available(per_second, burst, 0)
-    }
-
-    /// A limiter holding `available` (at most `burst`) calls at once.
+    /// A limiter of `per_second` with `burst`, holding `available` (at most `burst`) calls at
+    /// once. New limiters start (almost) empty: the platform may still count calls made just
+    /// before a restart, so a restart must not add a fresh burst on top of them.
     fn with_available(per_second: f64, burst: u32, available: u32) -> Limiter {
         let period = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
         let burst = burst.max(1);
@@ -69,9 +64,10 @@ pub struct QuotaRegistry {
 }
 
 impl QuotaRegistry {
-    /// The limiter of `key`, created with (`per_second`, `burst`) on first use.
-    fn limiter(&self, key: &QuotaKey, per_second: f64, burst: u32) -> Arc<Limiter> {
-        self.limiters.entry(key.clone()).or_insert_with(|| Arc::new(Limiter::new(per_second, burst))).clone()
+    /// The limiter of `key`, created on first use with (`per_second`, `burst`) holding
+    /// `available` calls.
+    fn limiter(&self, key: &QuotaKey, per_second: f64, burst: u32, available: u32) {
+        self.limiters.entry(key.clone()).or_insert_with(|| Arc::new(Limiter::with_available(per_second, burst, available)));
     }
 
     /// Replaces the limiter of `key` when the platform reports a rate more than 1% away from
@@ -117,6 +113,8 @@ struct PollerQuota {
     per_second_key: QuotaKey,
     daily_key: Option<QuotaKey>,
     quota: PollQuota,
+    /// The daily limiter was set to what the platform said is left today.
+    daily_synced: bool,
 }
 
 impl PollerQuota {
@@ -132,13 +130,15 @@ impl PollerQuota {
             QuotaScope::App => "*".to_owned(),
         };
         let per_second_key = (poller.name(), config.app.clone(), scope.clone(), poller.operation().to_owned());
-        registry.limiter(&per_second_key, quota.per_second, quota.burst);
+        registry.limiter(&per_second_key, quota.per_second, quota.burst, 0);
+        // The day starts with one call: calls made before a restart are unknown, so the bucket
+        // starts almost empty, but one call lets a platform that reports what is left say so.
         let daily_key = quota.per_day.map(|per_day| {
             let key = (poller.name(), config.app.clone(), scope, format!("{}:daily", poller.operation()));
-            registry.limiter(&key, daily_rate(per_day), per_day);
+            registry.limiter(&key, daily_rate(per_day), per_day, 1);
             key
         });
-        PollerQuota { per_second_key, daily_key, quota }
+        PollerQuota { per_second_key, daily_key, quota, daily_synced: false }
     }
 
     fn keys(&self) -> Vec<QuotaKey> {
@@ -154,11 +154,16 @@ impl PollerQuota {
                 self.quota.per_second = per_second;
             }
         }
-        if let (Some(per_day), Some(key)) = (headers.per_day, &self.daily_key) {
+        if let (Some(per_day), Some(key)) = (headers.per_day.or(self.quota.per_day.map(u64::from)), &self.daily_key) {
             let per_day = u32::try_from(per_day).unwrap_or(u32::MAX);
-            let left = headers.remaining_today.map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX));
-            if registry.follow(key, daily_rate(per_day), per_day, left) {
-                tracing::info!(poller = name, per_day, "following the daily cap the platform reports");
+            let left = headers.remaining_today.map(|r| u32::try_from(r).unwrap_or(u32::MAX));
+            if !self.daily_synced && left.is_some() {
+                // First answer that says what is left today: start the day from it.
+                registry.limiters.remove(key);
+                self.daily_synced = true;
+            }
+            if registry.follow(key, daily_rate(per_day), per_day, left.unwrap_or(0)) {
+                tracing::info!(poller = name, per_day, left, "following the daily cap the platform reports");
                 self.quota.per_day = Some(per_day);
             }
         }
@@ -372,7 +377,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_limiter_starts_empty_and_a_reported_rate_replaces_it() {
         let registry = QuotaRegistry::default();
-        registry.limiter(&key("a"), 20.0, 2);
+        registry.limiter(&key("a"), 20.0, 2, 0);
         let waited = registry.acquire(&[key("a")]).await;
         assert!(waited >= Duration::from_millis(40), "an empty bucket waits one period, waited {waited:?}");
         assert!(!registry.follow(&key("a"), 20.1, 2, 0), "within 1%: kept");
@@ -396,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_pause_holds_every_call_of_its_key() {
         let registry = QuotaRegistry::default();
-        registry.limiter(&key("b"), 1000.0, 1000);
+        registry.limiter(&key("b"), 1000.0, 1000, 1000);
         registry.pause(&key("b"), Duration::from_millis(150));
         registry.pause(&key("b"), Duration::from_millis(10)); // a shorter pause does not cut it
         let waited = registry.acquire(&[key("b")]).await;

@@ -1,266 +1,254 @@
-//! The Messenger Conversations poller against a local stand-in for the Graph API that speaks the
-//! documented shape (`GET /v21.0/{page-id}/conversations`, newest first, `paging.cursors.after`)
-//! and enforces the documented quota of 2 calls per second per page (token bucket, burst 2),
-//! answering Graph error 613 when exceeded. The gateway must import every buyer message exactly
-//! once, across a SIGKILL, without ever exceeding the quota.
+//! Pollers against the local platform stand-ins (`tests/standins`): each speaks its platform's
+//! documented API shape and enforces its documented quota, counting every call over it. The
+//! gateway must import every buyer message exactly once, across a SIGKILL, use at least 95% of
+//! the calls the quota allows, never exceed it (also with several shops sharing one app quota),
+//! and follow the limits the platform reports in its response headers.
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use serde_json::json;
+use platform_standins::{etsy::Etsy, meta::Meta, Message, QuotaRule, Standin};
 use support::{metric_value, Gateway, HttpClient};
 
 const PAGE: &str = "110044338451234";
+const ETSY_SHOPS: [&str; 3] = ["38291047", "38291048", "38291049"];
 
-struct Message {
-    id: String,
-    created: i64,
-    from: String,
-    text: String,
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// The stand-in's state.
-struct Graph {
-    conversations: Vec<(String, Vec<Message>)>,
-    tokens: f64,
-    last_refill: Instant,
-    calls: u64,
-    over_quota: u64,
-    saw_bearer: bool,
-}
-
-impl Graph {
-    fn add_exchange(&mut self, conversation: usize, created: i64) {
-        while self.conversations.len() <= conversation {
-            let n = self.conversations.len();
-            self.conversations.push((format!("t_{n}"), Vec::new()));
-        }
-        let (_, messages) = &mut self.conversations[conversation];
-        let n = messages.len();
-        messages.push(Message {
-            id: format!("m_{conversation}_{n}"),
-            created,
-            from: format!("psid-{conversation}"),
-            text: format!("question {n}"),
-        });
-        messages.push(Message {
-            id: format!("m_{conversation}_{n}_reply"),
-            created: created + 1,
-            from: PAGE.to_owned(),
-            text: "answer".to_owned(),
-        });
-    }
-
-    fn buyer_messages(&self) -> usize {
-        self.conversations.iter().map(|(_, m)| m.iter().filter(|m| m.from != PAGE).count()).sum()
-    }
-
-    /// Token bucket of the documented quota: 2 per second, burst 2 (20 ms of clock slack).
-    fn take_token(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + (now - self.last_refill).as_secs_f64() * 2.0 + 0.04).min(2.0);
-        self.last_refill = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn page(&self, after: usize, base: &str) -> serde_json::Value {
-        let time = |t: i64| {
-            time::OffsetDateTime::from_unix_timestamp(t)
-                .unwrap()
-                .format(&time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+0000"))
-                .unwrap()
-        };
-        let mut sorted: Vec<&(String, Vec<Message>)> = self.conversations.iter().collect();
-        sorted.sort_by_key(|(_, m)| std::cmp::Reverse(m.iter().map(|m| m.created).max().unwrap_or(0)));
-        let data: Vec<serde_json::Value> = sorted
-            .iter()
-            .skip(after)
-            .take(25)
-            .map(|(id, messages)| {
-                let mut newest_first: Vec<&Message> = messages.iter().collect();
-                newest_first.reverse();
-                json!({
-                    "id": id,
-                    "updated_time": time(messages.iter().map(|m| m.created).max().unwrap_or(0)),
-                    "messages": {"data": newest_first.iter().map(|m| json!({
-                        "id": m.id, "created_time": time(m.created), "from": {"id": m.from}, "message": m.text,
-                    })).collect::<Vec<_>>()},
-                })
-            })
-            .collect();
-        let mut body = json!({ "data": data });
-        if after + 25 < sorted.len() {
-            let next = after + 25;
-            body["paging"] = json!({"cursors": {"after": next.to_string()}, "next": format!("{base}?after={next}")});
-        }
-        body
-    }
-}
-
-async fn serve_graph(graph: Arc<Mutex<Graph>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let base_for_pages = base.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (graph, base) = (graph.clone(), base_for_pages.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (graph, base) = (graph.clone(), base.clone());
-                    async move {
-                        let mut graph = graph.lock().unwrap();
-                        graph.calls += 1;
-                        graph.saw_bearer |=
-                            req.headers().get("authorization").is_some_and(|v| v == "Bearer page-token-123");
-                        let path = req.uri().path().to_owned();
-                        let after = req
-                            .uri()
-                            .query()
-                            .unwrap_or_default()
-                            .split('&')
-                            .find_map(|p| p.strip_prefix("after="))
-                            .and_then(|a| a.parse().ok())
-                            .unwrap_or(0);
-                        let (status, body) = if path != format!("/v21.0/{PAGE}/conversations") {
-                            (404, json!({"error": {"code": 803, "message": "unknown path"}}))
-                        } else if !graph.take_token() {
-                            graph.over_quota += 1;
-                            (
-                                400,
-                                json!({"error": {"code": 613, "message": "Calls to this api have exceeded the rate limit."}}),
-                            )
-                        } else {
-                            (200, graph.page(after, &format!("{base}{path}")))
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
+/// A buyer message and the seller's reply, in conversation `conversation` of `account`.
+fn exchange(standin: &Standin, account: &str, conversation: usize, created: i64) {
+    let n = standin.mailbox().of_account(account).len();
+    standin.add(Message {
+        account: account.to_owned(),
+        conversation: format!("{}", 3_000_000_000u64 + conversation as u64),
+        id: format!("m_{account}_{conversation}_{n}"),
+        buyer_id: format!("{}", 6_000_000_000u64 + conversation as u64),
+        buyer_name: "Test Buyer".to_owned(),
+        text: format!("question {n} about conversation {conversation}"),
+        created,
+        from_seller: false,
+        order_id: None,
+        country: Some("DE".to_owned()),
     });
-    base
+    standin.add(Message {
+        account: account.to_owned(),
+        conversation: format!("{}", 3_000_000_000u64 + conversation as u64),
+        id: format!("m_{account}_{conversation}_{n}_reply"),
+        buyer_id: format!("{}", 6_000_000_000u64 + conversation as u64),
+        buyer_name: String::new(),
+        text: "answer".to_owned(),
+        created,
+        from_seller: true,
+        order_id: None,
+        country: None,
+    });
 }
 
-async fn accepted(gateway: &Gateway) -> f64 {
-    let metrics = HttpClient::new().get(&gateway.admin_url("/metrics")).await;
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
-    metric_value(&text, "inquiry_gateway_inquiries_total", &[("outcome", "accepted"), ("channel", "messenger")])
+async fn metrics(gateway: &Gateway) -> String {
+    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
 }
 
-async fn wait_for(gateway: &Gateway, expected: f64, timeout: Duration) {
+async fn accepted(gateway: &Gateway, channel: &str) -> f64 {
+    metric_value(&metrics(gateway).await, "inquiry_gateway_inquiries_total", &[("outcome", "accepted"), ("channel", channel)])
+}
+
+/// Waits until exactly `expected` inquiries of `channel` were accepted; never more.
+async fn wait_for(gateway: &Gateway, channel: &str, expected: f64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let now = accepted(gateway).await;
-        assert!(now <= expected, "imported {now}, more than the {expected} buyer messages");
+        let now = accepted(gateway, channel).await;
+        assert!(now <= expected, "imported {now} {channel} messages, more than the {expected} there are");
         if now == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "imported {now} of {expected} in {timeout:?}\n{}", gateway.log());
+        assert!(Instant::now() < deadline, "imported {now} of {expected} {channel} messages in {timeout:?}\n{}", gateway.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// A stand-in with `conversations` conversations of one exchange each, and the gateway config
-/// polling it (`extra` appended to the poller entry).
-async fn graph_with(conversations: usize, extra: &str) -> (Arc<Mutex<Graph>>, String, i64) {
-    let start = time::OffsetDateTime::now_utc().unix_timestamp() - 3600;
-    let graph = Arc::new(Mutex::new(Graph {
-        conversations: Vec::new(),
-        tokens: 2.0,
-        last_refill: Instant::now(),
-        calls: 0,
-        over_quota: 0,
-        saw_bearer: false,
-    }));
-    {
-        let mut g = graph.lock().unwrap();
-        for c in 0..conversations {
-            g.add_exchange(c, start + c as i64 * 10);
-        }
+fn meta_poller(standin: &Standin, interval_ms: u64, extra: &str) -> String {
+    format!(
+        "[[pollers]]\nconnector = \"messenger_conversations\"\naccount = \"{PAGE}\"\naccess_token = \"test-page-token\"\nbase_url = \"{}\"\ninterval_ms = {interval_ms}\n{extra}\n",
+        standin.url()
+    )
+}
+
+fn etsy_poller(standin: &Standin, shop: &str, extra: &str) -> String {
+    format!(
+        "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{shop}\"\napp = \"etsy-app\"\naccess_token = \"test-etsy-token\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{}\"\ninterval_ms = 0\n{extra}\n",
+        standin.url()
+    )
+}
+
+/// Asserts that every quota key of `standin` saw no violation and used at least 95% of what its
+/// quota allowed over the span of its calls.
+fn assert_quota_used(standin: &Standin, what: &str) {
+    let stats = standin.stats();
+    assert!(!stats.is_empty(), "{what}: no calls");
+    for (key, stats) in stats {
+        assert_eq!(stats.violations, 0, "{what} {key}: {} of {} calls over the quota", stats.violations, stats.calls);
+        let used = stats.served as f64 / stats.allowed;
+        assert!(
+            used >= 0.95,
+            "{what} {key}: {} calls in {:.1} s is {:.1}% of the {:.1} the quota allows",
+            stats.served,
+            stats.span_seconds,
+            used * 100.0,
+            stats.allowed
+        );
     }
-    let base = serve_graph(graph.clone()).await;
-    let config = format!(
-        "[[pollers]]\nconnector = \"messenger_conversations\"\naccount = \"{PAGE}\"\naccess_token = \"page-token-123\"\nbase_url = \"{base}\"\ninterval_ms = 200\n{extra}"
-    );
-    (graph, config, start)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_set_too_high_is_corrected_by_backing_off_on_throttling() {
     // Configured at 20 calls/s (burst 10), against the platform's 2/s: the platform answers 613,
     // the poller pauses with growing backoff instead of hammering, and still imports everything.
-    let (graph, config, _) = graph_with(120, "requests_per_second = 20.0\nburst = 10\n").await;
-    let gateway = Gateway::start(&config).await;
-    wait_for(&gateway, 120.0, Duration::from_secs(60)).await;
-    let g = graph.lock().unwrap();
-    assert!(g.over_quota > 0, "the configured quota was too high, so the platform throttled");
-    assert!(g.over_quota <= g.calls / 2, "backing off: {} throttled of {} calls", g.over_quota, g.calls);
-    let metrics = {
-        drop(g);
-        String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
-    };
-    let throttled = metric_value(&metrics, "inquiry_gateway_poll_requests_total", &[("outcome", "throttled")]);
-    assert_eq!(throttled, graph.lock().unwrap().over_quota as f64, "every throttled call is counted");
+    let graph = Standin::start(Arc::new(Meta::default()), None).await.unwrap();
+    let start = now() - 3600;
+    for c in 0..120 {
+        exchange(&graph, PAGE, c, start + c as i64 * 10);
+    }
+    let gateway = Gateway::start(&meta_poller(&graph, 200, "requests_per_second = 20.0\nburst = 10")).await;
+    wait_for(&gateway, "messenger", 120.0, Duration::from_secs(60)).await;
+    let stats = graph.stats()[PAGE].clone();
+    assert!(stats.violations > 0, "the configured quota was too high, so the platform throttled");
+    assert!(stats.violations <= stats.calls / 2, "backing off: {} throttled of {} calls", stats.violations, stats.calls);
+    let throttled =
+        metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_requests_total", &[("outcome", "throttled")]);
+    assert!(throttled >= stats.violations as f64 - 1.0, "every throttled call is counted ({throttled})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_buyer_message_is_imported_once_within_quota_across_a_sigkill() {
-    let (graph, config, start) = graph_with(60, "").await;
+    let graph = Standin::start(Arc::new(Meta::default()), None).await.unwrap();
+    let etsy = Standin::start(Arc::new(Etsy::default()), Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }))
+        .await
+        .unwrap();
+    let start = now() - 3600;
+    // Three pages of 25 conversations: 60 buyer messages; 2 x 120 receipts with notes (2 pages each).
+    for c in 0..60 {
+        exchange(&graph, PAGE, c, start + c as i64 * 10);
+    }
+    for (s, shop) in ETSY_SHOPS[..2].iter().enumerate() {
+        for c in 0..120 {
+            exchange(&etsy, shop, s * 1000 + c, start + c as i64);
+        }
+    }
+    // Etsy's published daily cap (10,000 per app) allows one call every 8.6 s: raised here.
+    let daily = "per_day = 2000000";
+    let config =
+        meta_poller(&graph, 200, "") + &etsy_poller(&etsy, ETSY_SHOPS[0], daily) + &etsy_poller(&etsy, ETSY_SHOPS[1], daily);
     let mut gateway = Gateway::start(&config).await;
-
-    // Three pages of 25 conversations: 60 buyer messages.
-    wait_for(&gateway, 60.0, Duration::from_secs(30)).await;
+    wait_for(&gateway, "messenger", 60.0, Duration::from_secs(30)).await;
+    wait_for(&gateway, "etsy", 240.0, Duration::from_secs(30)).await;
 
     // New messages in old conversations come back to the first page.
-    {
-        let mut g = graph.lock().unwrap();
-        for c in [3, 17, 42] {
-            g.add_exchange(c, start + 5000 + c as i64);
-        }
+    for c in [3, 17, 42] {
+        exchange(&graph, PAGE, c, start + 5000 + c as i64);
     }
-    wait_for(&gateway, 63.0, Duration::from_secs(30)).await;
+    wait_for(&gateway, "messenger", 63.0, Duration::from_secs(30)).await;
 
-    // Killed and restarted: the durable cursor resumes; nothing is imported twice or skipped.
+    // Killed and restarted: the durable cursors resume; nothing is imported twice or skipped.
     gateway.kill9();
-    {
-        let mut g = graph.lock().unwrap();
-        for c in [5, 59] {
-            g.add_exchange(c, start + 6000 + c as i64);
-        }
-        g.add_exchange(60, start + 6100); // a new conversation
+    for c in [5, 59, 60] {
+        exchange(&graph, PAGE, c, start + 6000 + c as i64);
+    }
+    for c in 0..5 {
+        exchange(&etsy, ETSY_SHOPS[0], 500 + c, now());
     }
     gateway.restart().await;
-    wait_for(&gateway, 3.0, Duration::from_secs(30)).await; // only the 3 new ones after the restart
-    let calls_before_idle = graph.lock().unwrap().calls;
+    wait_for(&gateway, "messenger", 3.0, Duration::from_secs(30)).await; // only the new ones after the restart
+    wait_for(&gateway, "etsy", 5.0, Duration::from_secs(30)).await;
+    let calls_before_idle = graph.stats()[PAGE].calls;
     tokio::time::sleep(Duration::from_secs(2)).await; // a few more cycles: still nothing new
-    assert_eq!(accepted(&gateway).await, 3.0);
+    assert_eq!(accepted(&gateway, "messenger").await, 3.0);
+    assert_eq!(accepted(&gateway, "etsy").await, 5.0);
 
-    let g = graph.lock().unwrap();
-    assert_eq!(g.buyer_messages(), 66);
-    assert_eq!(g.over_quota, 0, "{} of {} calls exceeded the quota", g.over_quota, g.calls);
-    assert!(g.saw_bearer, "the access token is sent as a bearer token");
-    assert!(
-        g.calls >= calls_before_idle + 2,
-        "the poller keeps polling when idle ({} calls)",
-        g.calls - calls_before_idle
+    assert_eq!(graph.mailbox().buyer_messages(), 66);
+    assert_eq!(graph.stats()[PAGE].violations, 0);
+    assert_eq!(etsy.stats()["test-etsy-keystring"].violations, 0);
+    assert!(graph.stats()[PAGE].calls >= calls_before_idle + 2, "the poller keeps polling when idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pollers_use_their_quota_and_never_exceed_it_also_when_shops_share_an_app_quota() {
+    // Meta: 2 calls/s per page. Etsy: 10 calls/s per app, shared by three shops. Etsy's daily cap
+    // (10,000 per app) would allow one call every 8.6 s, so both sides raise it here to let the
+    // per-second quota bind; the daily cap has its own test below.
+    let graph = Standin::start(Arc::new(Meta::default()), None).await.unwrap();
+    let etsy_rule = QuotaRule { per_second: 10.0, burst: 10, per_day: Some(2_000_000) };
+    let etsy = Standin::start(Arc::new(Etsy::default()), Some(etsy_rule)).await.unwrap();
+    let start = now() - 3600;
+    for c in 0..30 {
+        exchange(&graph, PAGE, c, start + c as i64);
+    }
+    let mut config = meta_poller(&graph, 0, "");
+    for (s, shop) in ETSY_SHOPS.iter().enumerate() {
+        for c in 0..110 {
+            exchange(&etsy, shop, s * 1000 + c, start + c as i64);
+        }
+        config += &etsy_poller(&etsy, shop, "per_day = 2000000");
+    }
+    let gateway = Gateway::start(&config).await;
+
+    // New messages keep arriving for a minute.
+    let run = Duration::from_secs(60);
+    let started = Instant::now();
+    let mut n = 0usize;
+    while started.elapsed() < run {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        exchange(&graph, PAGE, n % 40, now());
+        exchange(&etsy, ETSY_SHOPS[n % 3], 5000 + n, now());
+        n += 1;
+    }
+    assert_quota_used(&graph, "meta (per page)");
+    assert_quota_used(&etsy, "etsy (per app, three shops)");
+    let etsy_calls = etsy.stats()["test-etsy-keystring"].served;
+    assert!(etsy_calls >= 500, "three shops shared one app quota: {etsy_calls} calls");
+
+    wait_for(&gateway, "messenger", graph.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
+    wait_for(&gateway, "etsy", etsy.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
+    let text = metrics(&gateway).await;
+    for (metric, labels) in [
+        ("inquiry_gateway_poll_limiter_wait_seconds_count", vec![("connector", "etsy_receipts")]),
+        ("inquiry_gateway_poll_lag_seconds_count", vec![("connector", "messenger_conversations")]),
+        ("inquiry_gateway_poll_items_total", vec![("connector", "etsy_receipts")]),
+        ("inquiry_gateway_poll_quota_remaining", vec![("connector", "etsy_receipts"), ("account", ETSY_SHOPS[0])]),
+        ("inquiry_gateway_poll_cursor_updated_timestamp_seconds", vec![("connector", "etsy_receipts")]),
+        ("inquiry_gateway_poll_cycle_completed_timestamp_seconds", vec![("connector", "messenger_conversations")]),
+    ] {
+        assert!(metric_value(&text, metric, &labels) > 0.0, "{metric} {labels:?} is reported");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_follow_what_the_platform_reports_in_its_headers() {
+    // The platform grants this app 4 calls/s and 6 calls a day, less than Etsy's published
+    // defaults the gateway starts from (10/s, 10,000/day). Its headers say so on every answer:
+    // the gateway follows them, uses the 6 calls and then waits for the day, without a single
+    // call over the quota.
+    let rule = QuotaRule { per_second: 4.0, burst: 4, per_day: Some(6) };
+    let etsy = Standin::start(Arc::new(Etsy::default()), Some(rule)).await.unwrap();
+    exchange(&etsy, ETSY_SHOPS[0], 1, now() - 60);
+    let gateway = Gateway::start(&etsy_poller(&etsy, ETSY_SHOPS[0], "")).await;
+    wait_for(&gateway, "etsy", 1.0, Duration::from_secs(10)).await;
+    support::eventually(Duration::from_secs(10), "the day's 6 calls are used", || async {
+        etsy.stats().values().next().is_some_and(|s| s.calls >= 6)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = etsy.stats()["test-etsy-keystring"].clone();
+    assert_eq!((stats.calls, stats.violations), (6, 0), "six calls, then a pause until the day refills");
+    assert!(stats.span_seconds >= 5.0 / 4.0 - 0.1, "calls 2 to 6 followed the 4/s rate: {:.2} s", stats.span_seconds);
+    let remaining = metric_value(
+        &metrics(&gateway).await,
+        "inquiry_gateway_poll_quota_remaining",
+        &[("connector", "etsy_receipts"), ("account", ETSY_SHOPS[0])],
     );
+    assert_eq!(remaining, 0.0, "the gauge shows the exhausted day");
+    assert!(gateway.log().contains("following the rate the platform reports"));
 }

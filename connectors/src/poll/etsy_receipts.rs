@@ -5,8 +5,8 @@
 //!
 //! `GET /v3/application/shops/{shop_id}/receipts?min_last_modified={cursor}&sort_on=updated&sort_order=asc&limit=100&offset={page}`
 //! with `x-api-key: <keystring>` and `Authorization: Bearer <token>`. The cursor is the newest
-//! `updated_timestamp` seen; a cycle pages by offset from the receipts modified at or after it
-//! (the boundary receipt comes again and is dropped by the pipeline's dedup). A receipt whose
+//! `updated_timestamp` seen; a cycle pages by offset from the receipts modified at or after it,
+//! less a minute of [`super::LOOKBACK`] (receipts seen again are dropped by the pipeline's dedup). A receipt whose
 //! note is empty is ignored; a receipt modified later (shipped, refunded) gives the same message
 //! id and is deduplicated.
 //!
@@ -17,7 +17,7 @@
 use serde::Deserialize;
 
 use super::{Credential, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope};
-use crate::error::{InputError, InputErrorCode};
+use crate::error::InputError;
 use crate::inquiry::Channel;
 use crate::{Draft, NormalizeContext};
 
@@ -53,12 +53,12 @@ impl Poller for EtsyReceipts {
     }
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
-        let since = position.cursor.unwrap_or("0");
+        let since = position.cursor.map_or(0, |c| parse(c) - super::LOOKBACK.whole_seconds()).max(0).to_string();
         let offset = position.page.unwrap_or("0");
         let path = format!(
             "/v3/application/shops/{}/receipts?min_last_modified={}&sort_on=updated&sort_order=asc&limit={PAGE_SIZE}&offset={}",
             super::encode(target.account),
-            super::encode(since),
+            since,
             super::encode(offset),
         );
         let mut request = PollRequest::get_bearer(path, target.credentials.access_token);
@@ -116,9 +116,9 @@ impl Poller for EtsyReceipts {
             page.next_page = Some((offset + PAGE_SIZE).to_string());
         }
         page.cursor = newest.map(|t| t.to_string());
+        // Only forward: the look-back can return nothing newer than the cursor.
         if page.cursor.as_deref().zip(position.cursor).is_some_and(|(new, old)| parse(new) < parse(old)) {
-            return Err(InputError::new(InputErrorCode::InvalidValue, "receipts are not sorted by modification time")
-                .field("results"));
+            page.cursor = None;
         }
         Ok(page)
     }

@@ -4,7 +4,8 @@
 //! `GET /v21.0/{page-id}/conversations?platform=messenger&fields=updated_time,messages.limit(100){id,created_time,from,message}`
 //! returns conversations newest first, each with its newest 100 messages first, paged by
 //! `paging.cursors.after`. The cursor kept between cycles is the newest `updated_time` seen: a
-//! cycle walks pages until it reaches a conversation not updated since, and takes every buyer
+//! cycle walks pages until it reaches a conversation not updated since (less a minute of
+//! [`super::LOOKBACK`], for messages the platform stamps late), and takes every buyer
 //! message of each conversation it visits. Messages are not filtered by time: a conversation can
 //! move to an already-read page while a cycle pages on, and its messages are then taken in the
 //! next cycle; what was taken before is dropped by the pipeline's dedup (message id). Limit: a
@@ -76,7 +77,7 @@ impl Poller for MetaConversations {
     ) -> Result<PollPage, InputError> {
         let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
         let cursor = position.cursor;
-        let since = cursor.map(parse_time).transpose()?;
+        let since = cursor.map(parse_time).transpose()?.map(|t| t - super::LOOKBACK);
         let mut page = PollPage::default();
         let mut reached_old = false;
         for conversation in response.data {
@@ -122,7 +123,9 @@ impl Poller for MetaConversations {
         }
         // Conversations come newest first: the first page of a cycle holds its newest time; later
         // pages leave the cycle's cursor as it is.
-        if position.page.is_some() {
+        // Only forward: the look-back can show nothing newer than the cursor.
+        let newer = |c: &String| parse_time(c).ok().zip(cursor.and_then(|c| parse_time(c).ok())).is_none_or(|(n, o)| n > o);
+        if position.page.is_some() || !page.cursor.as_ref().is_some_and(newer) {
             page.cursor = None;
         }
         Ok(page)

@@ -20,6 +20,11 @@ use crate::error::InputError;
 use crate::inquiry::{Channel, Inquiry};
 use crate::NormalizeContext;
 
+/// How far before its cursor a time-based poller looks again: platforms stamp an item with the
+/// time it was written, and an item written just before a page was read can become visible just
+/// after. What is read twice is dropped by the pipeline's dedup.
+pub const LOOKBACK: time::Duration = time::Duration::minutes(1);
+
 /// Every pull connector, by name.
 pub const REGISTRY: &[&dyn Poller] = &[&meta_conversations::MetaConversations, &etsy_receipts::EtsyReceipts];
 
