@@ -152,8 +152,10 @@ impl Email {
     }
 
     /// The draft inquiry: buyer `email:<address>` (lower case), the display name as the buyer's
-    /// name, the message id without angle brackets, the conversation the thread's root (first of
-    /// `References`, else `In-Reply-To`, else the message itself).
+    /// name, the conversation the thread's root (first of `References`, else `In-Reply-To`, else the
+    /// message itself). A `Message-Id` names the sender's mail host (often the buyer's own domain),
+    /// so the envelope carries each id hashed ([`hashed_id`]): still unique, still the same for a
+    /// redelivery and for every message of the thread; the ids in clear stay in the sealed payload.
     pub(crate) fn into_draft(self, account: &str, service: &str) -> Result<Draft, InputError> {
         let (name, address) = self
             .from
@@ -207,9 +209,15 @@ fn mailbox(header: &str) -> Option<(Option<String>, String)> {
     Some((name, address))
 }
 
-/// The first message id of a `Message-Id`/`In-Reply-To`/`References` value, without `<>`.
+/// The first message id of a `Message-Id`/`In-Reply-To`/`References` value, hashed.
 fn first_id(value: &str) -> Option<String> {
     let token = value.split_whitespace().next()?;
     let id = token.trim_start_matches('<').split('>').next().unwrap_or_default().trim();
-    (!id.is_empty()).then(|| id.to_owned())
+    (!id.is_empty()).then(|| hashed_id(id))
+}
+
+/// `mid:` and the first 32 hex digits of SHA-256 over a message id (without `<>`).
+pub(crate) fn hashed_id(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("mid:{}", &hex::encode(Sha256::digest(id.as_bytes()))[..32])
 }

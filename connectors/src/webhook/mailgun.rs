@@ -5,7 +5,7 @@
 //! `signature = hex HMAC-SHA256(webhook signing key, timestamp ‖ token)` ("Securing webhooks").
 //! Only `timestamp` and `token` are signed, not the e-mail: a signature more than five minutes from
 //! now is refused. A token replayed within that window is the same delivery again: the inquiry id
-//! comes from the `Message-Id` and `Date` ([`crate::stable_id`]), so the pipeline drops it as a
+//! comes from the (hashed) `Message-Id` and the `Date` ([`crate::stable_id`]), so the pipeline drops it as a
 //! duplicate; no token cache is needed. Every POST is one inbound e-mail: the text is
 //! `stripped-text` (quoted reply and signature removed), else `body-plain`; the headers come from
 //! `message-headers` (a JSON list of `[name, value]`), else the top-level fields. Auto-replies,

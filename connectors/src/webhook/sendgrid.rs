@@ -7,7 +7,7 @@
 //! header names; this follows its signed Event Webhook, which uses the same key type:
 //! `X-Twilio-Email-Event-Webhook-Signature` = base64 DER ECDSA P-256 / SHA-256 over
 //! `X-Twilio-Email-Event-Webhook-Timestamp ‖ raw body`. A timestamp more than five minutes from now
-//! is refused; a replay within it is deduplicated by the inquiry id (from `Message-ID` and `Date`).
+//! is refused; a replay within it is deduplicated by the inquiry id (from the hashed `Message-ID` and the `Date`).
 //!
 //! The body is `multipart/form-data`: `from`, `subject`, `text`, `headers` (the raw header block)
 //! and `charsets` (JSON: the charset of each field) in the default mode, or `email` (the whole raw
