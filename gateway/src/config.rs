@@ -53,18 +53,39 @@ pub struct Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Connector name: `whatsapp`, `messenger`, `instagram`, `line`, `telegram`, `tiktok_shop`, `web_form`.
+    /// Connector name: `whatsapp`, `messenger`, `instagram`, `line`, `telegram`, `tiktok_shop`,
+    /// `web_form`, `shopee`, `mailgun`, `sendgrid`, `ebay` (and `shopify_compliance`).
     pub connector: String,
     /// Seller account the webhook posts for (the `{account}` of the URL).
     pub account: String,
-    /// Signing secret: Meta app secret, LINE channel secret, Telegram `secret_token`, web-form key.
+    /// Signing secret: Meta app secret, LINE channel secret, Telegram `secret_token`, web-form key,
+    /// Shopee live push partner key, Mailgun webhook signing key (unused by SendGrid and eBay, which
+    /// sign with public keys: leave it empty).
+    #[serde(default)]
     pub secret: String,
-    /// Token of the platform's subscription handshake (Meta's `hub.verify_token`).
+    /// Token of the platform's subscription handshake (Meta's `hub.verify_token`, eBay's
+    /// verification token).
     #[serde(default)]
     pub verify_token: Option<String>,
     /// The app's key where the platform signs it along with the body (TikTok Shop `app_key`).
     #[serde(default)]
     pub app_key: Option<String>,
+    /// The full public URL of this endpoint exactly as registered with the platform (Shopee signs
+    /// it; eBay hashes it into its challenge). Required by `shopee` and `ebay`.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// The platform's public key where it is configured rather than fetched: SendGrid's security
+    /// policy `signature.public_key` (base64 DER). Required by `sendgrid`.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Where to fetch a signing key by id, `{kid}` standing for the id (eBay; default
+    /// `https://api.ebay.com/commerce/notification/v1/public_key/{kid}`).
+    #[serde(default)]
+    pub public_key_url: Option<String>,
+    /// Credential sent as `Authorization: Bearer` when fetching keys (an eBay application token;
+    /// use `${ENV}`). A secret: never logged.
+    #[serde(default)]
+    pub app_token: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -863,8 +884,26 @@ impl Config {
             if hook.account.trim().is_empty() || hook.account.contains('/') {
                 problems.push(format!("webhooks[{i}].account must be non-empty and contain no `/`"));
             }
-            if hook.secret.len() < 8 {
+            // SendGrid and eBay sign with public keys: no shared secret.
+            let public_key_signed = ["sendgrid", "ebay"].contains(&hook.connector.as_str());
+            if hook.secret.len() < 8 && !public_key_signed {
                 problems.push(format!("webhooks[{i}].secret must be at least 8 bytes"));
+            }
+            let unset = |value: &Option<String>| value.as_deref().is_none_or(str::is_empty);
+            if ["shopee", "ebay"].contains(&hook.connector.as_str()) && unset(&hook.endpoint_url) {
+                problems.push(format!(
+                    "webhooks[{i}]: {} needs endpoint_url, the endpoint's public URL as registered",
+                    hook.connector
+                ));
+            }
+            if hook.connector == "sendgrid" && unset(&hook.public_key) {
+                problems.push(format!("webhooks[{i}]: sendgrid needs public_key, its security policy's signature key"));
+            }
+            if hook.connector == "ebay" && unset(&hook.verify_token) {
+                problems.push(format!("webhooks[{i}]: ebay needs verify_token for its endpoint validation"));
+            }
+            if hook.public_key_url.as_deref().is_some_and(|url| !url.contains("{kid}")) {
+                problems.push(format!("webhooks[{i}].public_key_url must contain `{{kid}}`"));
             }
             if hook.connector == "tiktok_shop" && hook.app_key.as_deref().is_none_or(str::is_empty) {
                 problems.push(format!("webhooks[{i}]: tiktok_shop signs with the app key: set app_key"));

@@ -258,6 +258,10 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         "TIKTOK_APP_KEY",
         "WEB_FORM_SIGNING_KEY",
         "META_PAGE_TOKEN",
+        "SHOPEE_LIVE_PUSH_KEY",
+        "MAILGUN_WEBHOOK_SIGNING_KEY",
+        "EBAY_VERIFICATION_TOKEN",
+        "EBAY_APP_TOKEN",
     ];
     for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml", "plugins.toml"] {
         let mut check = Command::new(bin);

@@ -133,3 +133,121 @@ async fn line_telegram_and_web_forms_verify_their_own_schemes() {
         client.request(Method::POST, &url, form.clone(), &[("x-inquiry-signature", &sign(now - 3600))]).await;
     assert_eq!((replayed.status, replayed.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_stale"));
 }
+
+/// A stand-in for eBay's `GET /commerce/notification/v1/public_key/{kid}`: serves `pem` for `kid-1`
+/// to callers with the right bearer token, 404 for other ids; counts the calls.
+async fn ebay_key_server(pem: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (pem, calls) = (pem.clone(), counted.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer test-ebay-app-token");
+                    let (status, body) = match (authorized, req.uri().path()) {
+                        (false, _) => (401, String::new()),
+                        (true, "/commerce/notification/v1/public_key/kid-1") => {
+                            (200, serde_json::json!({"algorithm": "ECDSA", "digest": "SHA256", "key": pem}).to_string())
+                        }
+                        _ => (404, String::new()),
+                    };
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (format!("http://{addr}/commerce/notification/v1/public_key/{{kid}}"), calls)
+}
+
+/// TEST KEYS ONLY: a fresh P-256 key pair (ring), its public key as eBay's one-line PEM.
+fn ebay_test_key() -> (ring::signature::EcdsaKeyPair, String) {
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    // SubjectPublicKeyInfo of a P-256 key: the fixed algorithm prefix, then the uncompressed point.
+    let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----{}-----END PUBLIC KEY-----",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    );
+    (pair, pem)
+}
+
+/// `X-EBAY-SIGNATURE` for `body`: ECDSA P-256 / SHA-256 with `key`, naming `kid`.
+fn ebay_signature(key: &ring::signature::EcdsaKeyPair, kid: &str, body: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signature = key.sign(&ring::rand::SystemRandom::new(), body).unwrap();
+    let header = serde_json::json!({"alg": "ecdsa", "kid": kid, "signature": b64.encode(signature.as_ref()), "digest": "SHA256"});
+    b64.encode(header.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebay_keys_are_fetched_once_per_kid_and_the_challenge_is_answered() {
+    let (key, pem) = ebay_test_key();
+    let (key_url, calls) = ebay_key_server(pem).await;
+    let endpoint = "https://gateway.test/webhooks/ebay/seller-1";
+    let config = format!(
+        r#"
+[[webhooks]]
+connector = "ebay"
+account = "seller-1"
+secret = ""
+verify_token = "test-ebay-verification-token-0123456789"
+endpoint_url = "{endpoint}"
+public_key_url = "{key_url}"
+app_token = "test-ebay-app-token"
+"#
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let url = gateway.url("/webhooks/ebay/seller-1");
+
+    let challenge = client.get(&format!("{url}?challenge_code=a8628072-3d33")).await;
+    assert_eq!(challenge.status, StatusCode::OK);
+    assert_eq!(challenge.headers["content-type"], "application/json");
+    let expected = hex::encode(<Sha256 as sha2::Digest>::digest(
+        format!("a8628072-3d33test-ebay-verification-token-0123456789{endpoint}").as_bytes(),
+    ));
+    assert_eq!(challenge.json(), serde_json::json!({ "challengeResponse": expected }));
+
+    let body = fixture("ebay/buyer-question.json");
+    let signature = ebay_signature(&key, "kid-1", &body);
+    let headers = [("content-type", "application/json"), ("x-ebay-signature", signature.as_str())];
+    let first = client.request(Method::POST, &url, body.clone(), &headers).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.json()["accepted"].as_u64(), Some(1));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the key is fetched once");
+
+    let deletion = fixture("ebay/account-deletion.json");
+    let signature = ebay_signature(&key, "kid-1", &deletion);
+    let reply = client
+        .request(Method::POST, &url, deletion.clone(), &[("x-ebay-signature", signature.as_str())])
+        .await;
+    assert_eq!((reply.status, reply.json()["ignored"].as_u64()), (StatusCode::OK, Some(1)));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the second notification uses the cached key");
+
+    let (forger, _) = ebay_test_key();
+    let forged = ebay_signature(&forger, "kid-1", &body);
+    let reply = client.request(Method::POST, &url, body.clone(), &[("x-ebay-signature", forged.as_str())]).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_invalid"));
+    let unknown_kid = ebay_signature(&key, "kid-2", &body);
+    let reply = client.request(Method::POST, &url, body.clone(), &[("x-ebay-signature", unknown_kid.as_str())]).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_invalid"));
+    let log = gateway.log();
+    assert!(!log.contains("test-ebay-app-token") && !log.contains("sheena_q_77"), "no secrets or buyer ids in logs");
+}

@@ -8,7 +8,9 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{from_unix, tokens_equal, verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
+use super::{
+    from_unix, tokens_equal, verify_hmac, Handshake, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets,
+};
 use crate::error::{InputError, InputErrorCode};
 use crate::inquiry::Channel;
 use crate::{Draft, NormalizeContext};
@@ -60,13 +62,13 @@ impl Webhook for MetaWebhook {
         &self,
         request: &WebhookRequest<'_>,
         secrets: &WebhookSecrets<'_>,
-    ) -> Option<Result<String, VerifyError>> {
+    ) -> Option<Result<Handshake, VerifyError>> {
         let mode = request.query_param("hub.mode")?;
         let token = request.query_param("hub.verify_token").unwrap_or_default();
         let challenge = request.query_param("hub.challenge").unwrap_or_default();
         let expected = secrets.verify_token.unwrap_or_default();
         Some(if mode == "subscribe" && !expected.is_empty() && tokens_equal(&token, expected) {
-            Ok(challenge)
+            Ok(Handshake::text(challenge))
         } else {
             Err(VerifyError::BadToken)
         })

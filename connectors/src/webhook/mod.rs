@@ -6,8 +6,13 @@
 //! connector: one module implementing [`Webhook`], one line in [`REGISTRY`], fixtures under
 //! `connectors/tests/fixtures/webhooks/<name>/`, and a config example.
 
+mod ebay;
+mod email;
 mod line;
+mod mailgun;
 mod meta;
+mod sendgrid;
+mod shopee;
 mod telegram;
 mod tiktok;
 mod webform;
@@ -29,6 +34,10 @@ pub const REGISTRY: &[&dyn Webhook] = &[
     &telegram::Telegram,
     &tiktok::TiktokShop,
     &webform::WebForm,
+    &shopee::Shopee,
+    &mailgun::Mailgun,
+    &sendgrid::SendGrid,
+    &ebay::Ebay,
 ];
 
 /// The connector registered under `name`.
@@ -69,8 +78,15 @@ pub struct WebhookSecrets<'a> {
     pub secret: &'a str,
     /// The app's public key, where the platform signs it too (TikTok Shop's `app_key`).
     pub app_key: Option<&'a str>,
-    /// Token the platform echoes in its subscription handshake (Meta's `hub.verify_token`).
+    /// Token the platform echoes in its subscription handshake (Meta's `hub.verify_token`, eBay's
+    /// verification token).
     pub verify_token: Option<&'a str>,
+    /// The full public URL of this endpoint as registered with the platform, where the platform
+    /// signs it (Shopee) or hashes it into its handshake (eBay).
+    pub endpoint_url: Option<&'a str>,
+    /// The platform's public key for signature checks: SendGrid's base64 SubjectPublicKeyInfo (from
+    /// config), eBay's PEM (fetched by the gateway for [`Webhook::key_id`]).
+    pub public_key: Option<&'a str>,
 }
 
 /// Why a webhook was refused before parsing. The code is the `reason` metric label.
@@ -91,6 +107,9 @@ pub enum VerifyError {
     /// The handshake token does not match.
     #[error("verification token does not match")]
     BadToken,
+    /// The endpoint lacks a setting this connector needs to verify requests (named here).
+    #[error("webhook endpoint is missing its `{0}` setting")]
+    NotConfigured(&'static str),
 }
 
 impl VerifyError {
@@ -102,6 +121,7 @@ impl VerifyError {
             VerifyError::BadSignature => "signature_invalid",
             VerifyError::Stale => "signature_stale",
             VerifyError::BadToken => "verify_token_invalid",
+            VerifyError::NotConfigured(_) => "webhook_not_configured",
         }
     }
 }
@@ -114,6 +134,27 @@ pub struct Parsed {
     /// Events that are not buyer messages (delivery receipts, echoes of the seller's own
     /// messages, reads): acknowledged, not stored.
     pub ignored: usize,
+}
+
+/// The answer to a platform's GET handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// Response body.
+    pub body: String,
+    /// Its content type (`text/plain` for Meta's echo, `application/json` for eBay's hash).
+    pub content_type: &'static str,
+}
+
+impl Handshake {
+    /// A plain-text answer.
+    pub fn text(body: String) -> Handshake {
+        Handshake { body, content_type: "text/plain" }
+    }
+
+    /// A JSON answer.
+    pub fn json(body: &serde_json::Value) -> Handshake {
+        Handshake { body: body.to_string(), content_type: "application/json" }
+    }
 }
 
 /// A platform's webhook: how it is verified and how its events become inquiries.
@@ -137,12 +178,19 @@ pub trait Webhook: Sync {
         false
     }
 
-    /// Answers the platform's subscription handshake (a GET), if it has one: the body to return.
+    /// Answers the platform's subscription handshake (a GET), if it has one: what to return.
     fn handshake(
         &self,
         _request: &WebhookRequest<'_>,
         _secrets: &WebhookSecrets<'_>,
-    ) -> Option<Result<String, VerifyError>> {
+    ) -> Option<Result<Handshake, VerifyError>> {
+        None
+    }
+
+    /// The id of the platform key that signed `request`, where the platform signs with keys the
+    /// gateway must fetch by id (eBay's `kid`): the gateway looks it up and passes it to
+    /// [`Webhook::verify`] as [`WebhookSecrets::public_key`]. `None` when the request names none.
+    fn key_id(&self, _request: &WebhookRequest<'_>) -> Option<String> {
         None
     }
 
@@ -177,13 +225,45 @@ pub(crate) fn tokens_equal(a: &str, b: &str) -> bool {
     hmac_sha256(b"inquiry-gateway token comparison", &[b.as_bytes()]).verify_slice(&tag).is_ok()
 }
 
+/// Checks an ECDSA P-256 signature (ASN.1 DER, as base64 in `signature`) over a message already
+/// hashed to `digest`, with `public_key`: base64 of a DER SubjectPublicKeyInfo, PEM armour allowed
+/// (with or without line breaks, as eBay serves it). ring has no ECDSA over SHA-1, which eBay uses,
+/// so RustCrypto's p256 checks the prehashed digest whatever the hash.
+pub(crate) fn verify_ecdsa_p256(
+    public_key: &str,
+    digest: &[u8],
+    signature: &str,
+    header: &'static str,
+) -> Result<(), VerifyError> {
+    use base64::Engine;
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use p256::pkcs8::DecodePublicKey;
+
+    let armoured = public_key.trim();
+    let inner = armoured
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")
+        .and_then(|k| k.strip_suffix("-----END PUBLIC KEY-----"))
+        .unwrap_or(armoured);
+    let base64: String = inner.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .map_err(|_| VerifyError::NotConfigured("public_key"))?;
+    let key = p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|_| VerifyError::NotConfigured("public_key"))?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signature.trim())
+        .ok()
+        .and_then(|der| p256::ecdsa::Signature::from_der(&der).ok())
+        .ok_or(VerifyError::MalformedSignature(header))?;
+    key.verify_prehash(digest, &signature).map_err(|_| VerifyError::BadSignature)
+}
+
 /// Seconds or milliseconds since the Unix epoch as a time; `None` when out of range.
 pub(crate) fn from_unix(value: i64, millis: bool) -> Option<OffsetDateTime> {
     let nanos = if millis { i128::from(value) * 1_000_000 } else { i128::from(value) * 1_000_000_000 };
     OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
 
-fn percent_decode(value: &str) -> String {
+pub(crate) fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

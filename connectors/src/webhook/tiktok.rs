@@ -148,7 +148,7 @@ mod tests {
             "5dec0f11ec2f6783b8deee53c9ffbf8d024302f7c7e7fa55a35d17629031ac05".to_owned(),
         )];
         let request = WebhookRequest { headers, query: "", body };
-        let secrets = WebhookSecrets { secret: "123", app_key: Some("abcdef"), verify_token: None };
+        let secrets = WebhookSecrets { secret: "123", app_key: Some("abcdef"), ..Default::default() };
         assert_eq!(TiktokShop.verify(&request, &secrets, OffsetDateTime::UNIX_EPOCH), Ok(()));
         let other_key = WebhookSecrets { app_key: Some("abcdeg"), ..secrets };
         assert_eq!(TiktokShop.verify(&request, &other_key, OffsetDateTime::UNIX_EPOCH), Err(VerifyError::BadSignature));

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub max_batch_lines: usize,
     /// Configured webhook endpoints by (connector, account).
     pub webhooks: std::collections::HashMap<(String, String), crate::config::WebhookConfig>,
+    /// Platform signing keys fetched by id (eBay), cached an hour.
+    pub public_keys: super::public_keys::PublicKeys,
 }
 
 /// Answers one ingest request; never fails (errors become 4xx/5xx responses).

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod shopify_compliance;
+pub mod public_keys;
 pub mod webhooks;
 
 use std::convert::Infallible;

@@ -39,10 +39,12 @@ pub async fn handle(
     }
     let hook = webhook::find(connector).ok_or_else(not_found)?;
     let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
-    let secrets = WebhookSecrets {
+    let mut secrets = WebhookSecrets {
         secret: &config.secret,
         app_key: config.app_key.as_deref(),
         verify_token: config.verify_token.as_deref(),
+        endpoint_url: config.endpoint_url.as_deref(),
+        public_key: config.public_key.as_deref(),
     };
     let query = req.uri().query().unwrap_or_default().to_owned();
     let headers: Vec<(String, String)> = req
@@ -54,9 +56,9 @@ pub async fn handle(
     if req.method() == Method::GET {
         let request = WebhookRequest { headers, query: &query, body: b"" };
         return match hook.handshake(&request, &secrets) {
-            Some(Ok(challenge)) => {
-                let mut response = Response::new(Full::new(Bytes::from(challenge)));
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Some(Ok(answer)) => {
+                let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
                 Ok(response)
             }
             Some(Err(err)) => Err(refused(&err, StatusCode::FORBIDDEN)),
@@ -69,7 +71,25 @@ pub async fn handle(
 
     let body = read_body(req, state.max_body_bytes).await?;
     let request = WebhookRequest { headers, query: &query, body: &body };
-    hook.verify(&request, &secrets, OffsetDateTime::now_utc()).map_err(|e| refused(&e, StatusCode::UNAUTHORIZED))?;
+    // A platform that signs with keys published by id (eBay): the key, cached or fetched.
+    let fetched_key;
+    if let Some(kid) = hook.key_id(&request) {
+        let template = config.public_key_url.as_deref().unwrap_or(super::public_keys::EBAY_KEY_URL);
+        fetched_key = state.public_keys.get(template, &kid, config.app_token.as_deref()).await.map_err(|e| match e {
+            super::public_keys::KeyError::Unknown => refused(&VerifyError::BadSignature, StatusCode::UNAUTHORIZED),
+            super::public_keys::KeyError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "signing_key_unavailable",
+                "the platform's signing key could not be fetched; retry later",
+            ),
+        })?;
+        secrets.public_key = Some(&fetched_key);
+    }
+    hook.verify(&request, &secrets, OffsetDateTime::now_utc()).map_err(|e| match e {
+        // A setting missing on our side: the platform should retry once it is fixed.
+        VerifyError::NotConfigured(_) => refused(&e, StatusCode::SERVICE_UNAVAILABLE),
+        _ => refused(&e, StatusCode::UNAUTHORIZED),
+    })?;
 
     let normalize_started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
