@@ -260,3 +260,19 @@ fn describe(err: &async_imap::error::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_connector_builds_with_the_webpki_roots() {
+        assert!(tls_connector().is_ok());
+    }
+
+    #[test]
+    fn parse_errors_are_described_without_the_server_data() {
+        let err = async_imap::error::Error::Parse(async_imap::error::ParseError::Invalid(b"Subject: private".to_vec()));
+        assert_eq!(describe(&err), "unparsable server response");
+    }
+}
