@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, golden and end-to-end tests over real sockets, including the sinks
-# against a real Apache Kafka broker (KRaft) and a real Apache Cassandra node on loopback.
+# against a real Apache Kafka broker (KRaft) and a real Apache Cassandra node on loopback, and
+# the IMAP mailbox reader against a real Dovecot.
 # Installs its prerequisites first (tests/setup.sh), builds the WebAssembly plugins
 # (plugins/build.sh, into ~/.cache/inquiry-gateway/plugins), fetches and starts the servers
 # (tests/services/*.sh; jars cached in ~/.cache/inquiry-gateway/services) and stops them at the
@@ -16,6 +17,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 stop_services() {
   tests/services/kafka.sh stop || true
   tests/services/cassandra.sh stop || true
+  tests/services/dovecot.sh stop || true
 }
 trap stop_services EXIT
 
@@ -30,5 +32,6 @@ cargo build --workspace --all-targets --locked
 GATEWAY_BIN="$CARGO_TARGET_DIR/debug/inquiry-gateway" deploy/lint.sh
 tests/services/kafka.sh start
 tests/services/cassandra.sh start
+tests/services/dovecot.sh start
 
 cargo test --workspace --all-targets --locked

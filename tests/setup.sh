@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine: promtool (Debian's prometheus),
 # kcat, Java 17 and Maven (for Kafka and Cassandra, fetched from Maven Central by
-# tests/services/*.sh), and the Python packages of the downstream-consumer test. Idempotent.
+# tests/services/*.sh), Dovecot (the IMAP server of tests/services/dovecot.sh), and the Python packages of the downstream-consumer test. Idempotent.
 set -euo pipefail
 
 sudo_cmd=""
@@ -14,6 +14,7 @@ command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+command -v dovecot >/dev/null 2>&1 || need_apt+=(dovecot-imapd)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   $sudo_cmd apt-get update -qq

@@ -4,6 +4,7 @@
 //! [`NormalizeContext`], so every connector is golden-tested on fixtures. The gateway's pipeline
 //! owns metrics, retries, rate limits and audit around them.
 
+pub mod email;
 pub mod error;
 pub mod generic;
 pub mod inquiry;

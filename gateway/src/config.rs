@@ -33,6 +33,9 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Pull connectors: one entry per (connector, account) to poll.
     pub pollers: Vec<PollerConfig>,
+    /// IMAP mailboxes read for buyer e-mail (Amazon buyer-seller messages, Etsy and Shopify
+    /// contact forms, the shop's own address).
+    pub mailboxes: Vec<MailboxConfig>,
     /// Downstream sinks fed from the embedded spool; none configured: embedded store only.
     pub sinks: SinksConfig,
     /// The spool of inquiries waiting for the sinks.
@@ -150,6 +153,63 @@ impl std::fmt::Debug for PollerConfig {
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
+}
+
+/// One IMAP mailbox: its new messages become inquiries of channel `email`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// The account of its inquiries (e.g. `shop-eu-support`); also names its cursor.
+    pub name: String,
+    /// IMAP server host name.
+    pub host: String,
+    /// IMAP server port (993: IMAP over TLS).
+    #[serde(default = "default_imap_port")]
+    pub port: u16,
+    /// IMAP over TLS (certificate checked against the webpki roots); `false` is allowed only
+    /// for a loopback host (tests).
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// Login name.
+    pub username: String,
+    /// Password (or app password); use `${ENV}`. Never logged.
+    pub password: String,
+    /// Folder read.
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// Pause between checks when the server has no IDLE, in milliseconds.
+    #[serde(default = "default_mailbox_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_imap_port() -> u16 {
+    993
+}
+
+fn default_folder() -> String {
+    "INBOX".to_owned()
+}
+
+fn default_mailbox_interval() -> u64 {
+    60_000
+}
+
+impl std::fmt::Debug for MailboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxConfig")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("folder", &self.folder)
+            .finish_non_exhaustive()
+    }
+}
+
+/// True for `localhost` and loopback addresses.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Downstream sinks. Each configured sink gets an outbox in the embedded store (the spool) and a
@@ -955,6 +1015,37 @@ impl Config {
                 problems.push(format!("pollers[{i}]: {}/{} is configured twice", poller.connector, poller.account));
             }
         }
+        let mut mailboxes = BTreeSet::new();
+        for (i, mailbox) in self.mailboxes.iter().enumerate() {
+            let label = |s: &str| {
+                !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+            };
+            if !label(&mailbox.name) {
+                problems.push(format!("mailboxes[{i}].name must be 1-128 of letters, digits, -, _, . and @"));
+            } else if !mailboxes.insert(mailbox.name.as_str()) {
+                problems.push(format!("mailboxes[{i}].name `{}` is used twice", mailbox.name));
+            }
+            if mailbox.host.trim().is_empty() || mailbox.port == 0 {
+                problems.push(format!("mailboxes[{i}]: host must not be empty and port must not be 0"));
+            }
+            if !mailbox.tls && !is_loopback_host(&mailbox.host) {
+                problems.push(format!(
+                    "mailboxes[{i}]: tls = false sends the password in clear; allowed only for a loopback host, not `{}`",
+                    mailbox.host
+                ));
+            }
+            if mailbox.username.is_empty() || mailbox.password.is_empty() {
+                problems.push(format!("mailboxes[{i}].username and password must not be empty"));
+            }
+            if mailbox.folder.is_empty() || mailbox.folder.contains(['"', '\\', '\r', '\n']) {
+                problems.push(format!(
+                    "mailboxes[{i}].folder must not be empty nor contain quotes, backslashes or line breaks"
+                ));
+            }
+            if mailbox.interval_ms < 1000 {
+                problems.push(format!("mailboxes[{i}].interval_ms must be at least 1000"));
+            }
+        }
         if self.spool.max_pending == 0 {
             problems.push("spool.max_pending must be at least 1".to_owned());
         }
@@ -1212,6 +1303,35 @@ scopes = ["plugins:read", "root"]
         let text = "[store]\npseudonym_key = \"${KEY_A}${KEY_A}\"\n[[auth.api_keys]]\nid = \"a\"\nkey = \"${KEY_A}\"\naccounts = [\"*\"]\n";
         let config = Config::from_toml_with_env(text, env).unwrap();
         assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn mailboxes_have_defaults_and_are_checked() {
+        let env = |name: &str| (name == "IMAP_PASSWORD").then(|| "s3cret-imap-pass".to_owned());
+        let text = "[[mailboxes]]\nname = \"support\"\nhost = \"imap.example.com\"\nusername = \"support@example.com\"\npassword = \"${IMAP_PASSWORD}\"\n";
+        let config = Config::from_toml_with_env(text, env).unwrap();
+        config.validate().unwrap();
+        let mailbox = &config.mailboxes[0];
+        assert_eq!(
+            (mailbox.port, mailbox.tls, mailbox.folder.as_str(), mailbox.interval_ms),
+            (993, true, "INBOX", 60_000)
+        );
+        assert_eq!(mailbox.password, "s3cret-imap-pass");
+        assert!(!format!("{config:?}").contains("s3cret"), "the password is not in Debug output");
+
+        let text = "[[mailboxes]]\nname = \"a b\"\nhost = \"imap.example.com\"\ntls = false\nusername = \"u\"\npassword = \"\"\nfolder = \"In\\\"box\"\ninterval_ms = 10\n\
+                    [[mailboxes]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = 31143\ntls = false\nusername = \"u\"\npassword = \"p\"\n";
+        let err = Config::from_toml_with_env(text, env).unwrap().validate().unwrap_err().to_string();
+        for expected in [
+            "mailboxes[0].name must be",
+            "mailboxes[0]: tls = false sends the password in clear; allowed only for a loopback host, not `imap.example.com`",
+            "mailboxes[0].username and password must not be empty",
+            "mailboxes[0].folder must not",
+            "mailboxes[0].interval_ms must be at least 1000",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+        assert!(!err.contains("mailboxes[1]"), "plaintext on loopback is allowed: {err}");
     }
 
     #[test]

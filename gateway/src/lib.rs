@@ -5,6 +5,7 @@
 pub mod compliance;
 pub mod config;
 pub mod http;
+pub mod imap;
 pub mod pipeline;
 pub mod plugins;
 pub mod poll;
@@ -177,6 +178,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ))
         })
         .collect();
+    let mailboxes: Vec<_> = config
+        .mailboxes
+        .iter()
+        .map(|mailbox| {
+            tokio::spawn(imap::run(mailbox.clone(), pipeline.clone(), store.clone(), subjects.clone(), stop_rx.clone()))
+        })
+        .collect();
 
     let requests = Arc::new(compliance::requests::SubjectRequests {
         store: store.clone(),
@@ -245,7 +253,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = ingest.await;
     let _ = admin.await;
     finish(sweeper, Duration::from_secs(5)).await;
-    for poller in pollers {
+    for poller in pollers.into_iter().chain(mailboxes) {
         finish(poller, Duration::from_secs(5)).await;
     }
     // Forwarders finish their current round (a down sink's round is abandoned after 10 s); what is
