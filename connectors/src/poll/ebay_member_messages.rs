@@ -97,7 +97,8 @@ impl Cycle {
 
 /// eBay's `dateTime` in UTC with milliseconds.
 fn ebay_time(unix_ms: i64) -> String {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     at.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"))
         .unwrap_or_default()
 }
@@ -174,8 +175,11 @@ impl Poller for EbayMemberMessages {
         })?;
         if !matches!(response.ack.as_str(), "Success" | "Warning") {
             let code = response.errors.first().and_then(|e| e.error_code.clone()).unwrap_or_default();
-            return Err(InputError::new(InputErrorCode::InvalidValue, format!("eBay answered {} ({code})", response.ack))
-                .field("Ack"));
+            return Err(InputError::new(
+                InputErrorCode::InvalidValue,
+                format!("eBay answered {} ({code})", response.ack),
+            )
+            .field("Ack"));
         }
         let mut page = PollPage::default();
         let exchanges = response.member_message.map(|m| m.exchanges).unwrap_or_default();
@@ -309,8 +313,7 @@ mod tests {
             credentials: PollCredentials { access_token: "t", app_key: None, app_secret: None },
             now: datetime!(2026-12-03 08:00:00 UTC),
         };
-        let mut context =
-            || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
+        let mut context = || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
         EbayMemberMessages.parse(body.as_bytes(), &target, &PollPosition::default(), &mut context)
     }
 

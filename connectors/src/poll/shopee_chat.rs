@@ -57,7 +57,14 @@ pub struct ShopeeChat;
 
 /// The Shopee v2 shop-level signature: hex HMAC-SHA256(partner key, partner_id ‖ path ‖
 /// timestamp ‖ access_token ‖ shop_id).
-pub fn sign(partner_key: &str, partner_id: &str, path: &str, timestamp: i64, access_token: &str, shop_id: &str) -> String {
+pub fn sign(
+    partner_key: &str,
+    partner_id: &str,
+    path: &str,
+    timestamp: i64,
+    access_token: &str,
+    shop_id: &str,
+) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(partner_key.as_bytes()).expect("HMAC takes any key length");
     mac.update(format!("{partner_id}{path}{timestamp}{access_token}{shop_id}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
@@ -140,8 +147,10 @@ impl Poller for ShopeeChat {
         match walk.step() {
             Step::List(_) => {
                 let list: ListResponse = response_of(body)?;
-                let next = list.page_result.filter(|p| p.more).and_then(|p| p.next_cursor).map(|c| c.next_message_time_nano);
-                let listed = list.conversations.into_iter().map(|c| (c.conversation_id, to_seconds(c.last_message_timestamp)));
+                let next =
+                    list.page_result.filter(|p| p.more).and_then(|p| p.next_cursor).map(|c| c.next_message_time_nano);
+                let listed =
+                    list.conversations.into_iter().map(|c| (c.conversation_id, to_seconds(c.last_message_timestamp)));
                 walk.listed(listed, next);
             }
             Step::Messages { conversation, .. } => {
@@ -195,8 +204,11 @@ impl Poller for ShopeeChat {
 fn response_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InputError> {
     let envelope: Envelope<T> = serde_json::from_slice(body).map_err(InputError::from_json)?;
     if !envelope.error.is_empty() {
-        return Err(InputError::new(InputErrorCode::InvalidValue, format!("Shopee answered error `{}`", envelope.error))
-            .field("error"));
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            format!("Shopee answered error `{}`", envelope.error),
+        )
+        .field("error"));
     }
     envelope.response.ok_or_else(|| InputError::new(InputErrorCode::MissingField, "no `response`").field("response"))
 }

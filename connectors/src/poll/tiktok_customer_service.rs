@@ -55,7 +55,8 @@ pub struct TiktokCustomerService;
 /// The TikTok Shop request signature: hex HMAC-SHA256(secret, secret ‖ path ‖ sorted `name ‖
 /// value` of every query parameter but `sign` and `access_token` ‖ body ‖ secret).
 pub fn sign(app_secret: &str, path: &str, query: &[(&str, String)], body: &str) -> String {
-    let mut params: Vec<&(&str, String)> = query.iter().filter(|(k, _)| !matches!(*k, "sign" | "access_token")).collect();
+    let mut params: Vec<&(&str, String)> =
+        query.iter().filter(|(k, _)| !matches!(*k, "sign" | "access_token")).collect();
     params.sort_by(|a, b| a.0.cmp(b.0));
     let mut base = String::from(app_secret);
     base.push_str(path);
@@ -202,8 +203,11 @@ impl Poller for TiktokCustomerService {
 fn data_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InputError> {
     let envelope: Envelope<T> = serde_json::from_slice(body).map_err(InputError::from_json)?;
     if envelope.code != 0 {
-        return Err(InputError::new(InputErrorCode::InvalidValue, format!("TikTok Shop answered code {}", envelope.code))
-            .field("code"));
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            format!("TikTok Shop answered code {}", envelope.code),
+        )
+        .field("code"));
     }
     envelope.data.ok_or_else(|| InputError::new(InputErrorCode::MissingField, "no `data`").field("data"))
 }
@@ -294,6 +298,9 @@ mod tests {
             ("page_size", "20".to_owned()),
             ("access_token", "never-signed".to_owned()),
         ];
-        assert_eq!(sign("sec", CONVERSATIONS_PATH, &query, ""), "01e9c6dc8dbefa01bf8ba1c08656e5ede4cfe86c6b888aecabdf2334256b9979");
+        assert_eq!(
+            sign("sec", CONVERSATIONS_PATH, &query, ""),
+            "01e9c6dc8dbefa01bf8ba1c08656e5ede4cfe86c6b888aecabdf2334256b9979"
+        );
     }
 }

@@ -57,9 +57,16 @@ impl Walk {
                 InputError::new(InputErrorCode::InvalidValue, "the page token is not a cycle state").field("page")
             });
         }
-        let since = Watermark::parse(cursor)?
-            .unwrap_or_else(|| Watermark::starting(now_seconds - FIRST_POLL_LOOKBACK_SECONDS));
-        Ok(Walk { list_page: None, list_done: false, todo: VecDeque::new(), inner_page: None, mark: since.clone(), since })
+        let since =
+            Watermark::parse(cursor)?.unwrap_or_else(|| Watermark::starting(now_seconds - FIRST_POLL_LOOKBACK_SECONDS));
+        Ok(Walk {
+            list_page: None,
+            list_done: false,
+            todo: VecDeque::new(),
+            inner_page: None,
+            mark: since.clone(),
+            since,
+        })
     }
 
     /// The call to make now.

@@ -32,7 +32,8 @@ impl Watermark {
         cursor
             .map(|c| {
                 serde_json::from_str(c).map_err(|_| {
-                    InputError::new(InputErrorCode::InvalidValue, "the stored cursor is not a watermark").field("cursor")
+                    InputError::new(InputErrorCode::InvalidValue, "the stored cursor is not a watermark")
+                        .field("cursor")
                 })
             })
             .transpose()

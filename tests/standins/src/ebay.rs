@@ -92,7 +92,12 @@ impl Platform for Ebay {
 
     fn quota_key(&self, request: &Request) -> Result<String, Reply> {
         if request.method != "POST" || request.path != "/ws/api.dll" {
-            return Err(Reply { status: 404, headers: Vec::new(), content_type: "text/html", body: "Not Found".into() });
+            return Err(Reply {
+                status: 404,
+                headers: Vec::new(),
+                content_type: "text/html",
+                body: "Not Found".into(),
+            });
         }
         if request.header("x-ebay-api-call-name") != Some("GetMemberMessages") {
             return Err(failure(2, "Unsupported API call."));
@@ -113,7 +118,8 @@ impl Platform for Ebay {
     fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
         let seller = self.seller_of(request).unwrap_or_default();
         let body = String::from_utf8_lossy(&request.body);
-        let time = |name| tag(&body, name).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()).map(|t| t.unix_timestamp());
+        let time =
+            |name| tag(&body, name).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()).map(|t| t.unix_timestamp());
         let (Some(start), Some(end)) = (time("StartCreationTime"), time("EndCreationTime")) else {
             return failure(20139, "StartCreationTime and EndCreationTime are required for AskSellerQuestion.");
         };
@@ -196,7 +202,8 @@ mod tests {
 
     #[test]
     fn the_poller_reads_what_the_standin_serves() {
-        let (inquiries, ignored) = exchange(&Ebay::default(), "ebay_member_messages", "1001", "test-ebay-user-token", None, None);
+        let (inquiries, ignored) =
+            exchange(&Ebay::default(), "ebay_member_messages", "1001", "test-ebay-user-token", None, None);
         assert_eq!((inquiries, ignored), (2, 0), "two buyer questions; the seller's reply rides on the first");
     }
 }

@@ -12,10 +12,10 @@
 pub mod ebay;
 pub mod etsy;
 pub mod meta;
-pub mod shopee;
-pub mod tiktok;
 pub mod quota;
 mod server;
+pub mod shopee;
+pub mod tiktok;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

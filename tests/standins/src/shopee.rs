@@ -69,7 +69,9 @@ fn id(value: &str) -> serde_json::Value {
 /// Nanosecond time of a conversation's newest message, unique per conversation.
 fn conversation_nanos(messages: &[Message]) -> i128 {
     let newest = messages.iter().map(|m| m.created).max().unwrap_or(0);
-    let spread = messages.first().map_or(0, |m| m.conversation.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))));
+    let spread = messages
+        .first()
+        .map_or(0, |m| m.conversation.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))));
     i128::from(newest) * 1_000_000_000 + i128::from(spread % 1_000_000_000)
 }
 
@@ -94,7 +96,14 @@ impl Platform for Shopee {
         if param("timestamp").parse::<i64>().map_or(true, |t| (now - t).abs() > 300) {
             return Err(shopee_error(403, "error_param", "Invalid timestamp."));
         }
-        let base = format!("{}{}{}{}{}", param("partner_id"), request.path, param("timestamp"), param("access_token"), param("shop_id"));
+        let base = format!(
+            "{}{}{}{}{}",
+            param("partner_id"),
+            request.path,
+            param("timestamp"),
+            param("access_token"),
+            param("shop_id")
+        );
         if param("sign") != sign(&self.partner_key, &base) {
             return Err(shopee_error(403, "error_sign", "Wrong sign."));
         }
@@ -112,7 +121,9 @@ impl Platform for Shopee {
         let shop = request.param("shop_id").unwrap_or_default();
         let page_size: usize = request.param("page_size").and_then(|p| p.parse().ok()).unwrap_or(25);
         if page_size == 0 || page_size > 25 {
-            return ok(json!({"conversations": [], "messages": [], "page_result": {"page_size": page_size, "more": false}}));
+            return ok(
+                json!({"conversations": [], "messages": [], "page_result": {"page_size": page_size, "more": false}}),
+            );
         }
         let mut conversations: Vec<(String, Vec<Message>)> = Vec::new();
         for message in mailbox.of_account(shop) {
@@ -123,7 +134,8 @@ impl Platform for Shopee {
         }
         if request.path == LIST {
             conversations.sort_by_key(|(_, messages)| std::cmp::Reverse(conversation_nanos(messages)));
-            let before: Option<i128> = request.param("next_timestamp_nano").and_then(|n| n.parse().ok()).filter(|n| *n > 0);
+            let before: Option<i128> =
+                request.param("next_timestamp_nano").and_then(|n| n.parse().ok()).filter(|n| *n > 0);
             let remaining: Vec<_> =
                 conversations.iter().filter(|(_, m)| before.is_none_or(|b| conversation_nanos(m) < b)).collect();
             let page: Vec<_> = remaining.iter().take(page_size).collect();
@@ -212,7 +224,8 @@ mod tests {
         let poller = inquiry_connectors::poll::find("shopee_chat").unwrap();
         let wrong_key = request_of(poller, "1001", "test-shopee-shop-token", Some("100001"), Some("other-key"), None);
         assert!(shopee.quota_key(&wrong_key).unwrap_err().body.contains("error_sign"));
-        let wrong_token = request_of(poller, "1001", "other-token", Some("100001"), Some("test-shopee-partner-key"), None);
+        let wrong_token =
+            request_of(poller, "1001", "other-token", Some("100001"), Some("test-shopee-partner-key"), None);
         assert!(shopee.quota_key(&wrong_token).unwrap_err().body.contains("invalid_access_token"));
         let throttled = shopee.throttled(&crate::testing::admission());
         assert!(poller.is_throttled(throttled.status, throttled.body.as_bytes()));
@@ -220,7 +233,14 @@ mod tests {
 
     #[test]
     fn the_poller_reads_what_the_standin_serves() {
-        let taken = exchange(&Shopee::default(), "shopee_chat", "1001", "test-shopee-shop-token", Some("100001"), Some("test-shopee-partner-key"));
+        let taken = exchange(
+            &Shopee::default(),
+            "shopee_chat",
+            "1001",
+            "test-shopee-shop-token",
+            Some("100001"),
+            Some("test-shopee-partner-key"),
+        );
         assert_eq!(taken, (2, 1), "two buyer messages; the shop's reply ignored");
     }
 }

@@ -127,8 +127,16 @@ impl Platform for Tiktok {
                 None => conversations.push((message.conversation.clone(), vec![message])),
             }
         }
-        let page_size = |max: usize| request.param("page_size").and_then(|p| p.parse::<usize>().ok()).filter(|p| (1..=max).contains(p));
-        let next = |shown: usize, total: usize| if offset + shown < total { (offset + shown).to_string() } else { String::new() };
+        let page_size = |max: usize| {
+            request.param("page_size").and_then(|p| p.parse::<usize>().ok()).filter(|p| (1..=max).contains(p))
+        };
+        let next = |shown: usize, total: usize| {
+            if offset + shown < total {
+                (offset + shown).to_string()
+            } else {
+                String::new()
+            }
+        };
         let Some(conversation) = conversation_of(&request.path) else {
             let Some(size) = page_size(20) else { return tiktok_error(400, 5, "page_size must be 1..20") };
             conversations.sort_by_key(|(_, m)| std::cmp::Reverse(m.last().map_or(0, |m| m.created)));
@@ -146,8 +154,11 @@ impl Platform for Tiktok {
             return ok(json!({"conversations": page, "next_page_token": next(shown, conversations.len())}));
         };
         let Some(size) = page_size(10) else { return tiktok_error(400, 5, "page_size must be 1..10") };
-        let mut messages: Vec<&Message> =
-            conversations.iter().find(|(id, _)| id == conversation).map(|(_, m)| m.iter().collect()).unwrap_or_default();
+        let mut messages: Vec<&Message> = conversations
+            .iter()
+            .find(|(id, _)| id == conversation)
+            .map(|(_, m)| m.iter().collect())
+            .unwrap_or_default();
         if request.param("sort_order") != Some("ASC") {
             messages.reverse();
         }
@@ -164,7 +175,14 @@ mod tests {
 
     fn good() -> Request {
         let poller = inquiry_connectors::poll::find("tiktok_customer_service").unwrap();
-        request_of(poller, "1001", "test-tiktok-shop-token", Some("test-tiktok-app-key"), Some("test-tiktok-app-secret"), None)
+        request_of(
+            poller,
+            "1001",
+            "test-tiktok-shop-token",
+            Some("test-tiktok-app-key"),
+            Some("test-tiktok-app-secret"),
+            None,
+        )
     }
 
     #[test]
@@ -184,7 +202,8 @@ mod tests {
         no_header.headers.remove("x-tts-access-token");
         assert!(tiktok.quota_key(&no_header).unwrap_err().body.contains("Invalid access token"));
         let poller = inquiry_connectors::poll::find("tiktok_customer_service").unwrap();
-        let wrong_secret = request_of(poller, "1001", "test-tiktok-shop-token", Some("test-tiktok-app-key"), Some("x"), None);
+        let wrong_secret =
+            request_of(poller, "1001", "test-tiktok-shop-token", Some("test-tiktok-app-key"), Some("x"), None);
         assert!(tiktok.quota_key(&wrong_secret).is_err());
         let mut stale = good();
         stale.query.insert("timestamp".into(), "1700000000".into());
@@ -193,7 +212,14 @@ mod tests {
 
     #[test]
     fn the_poller_reads_what_the_standin_serves() {
-        let taken = exchange(&Tiktok::default(), "tiktok_customer_service", "1001", "test-tiktok-shop-token", Some("test-tiktok-app-key"), Some("test-tiktok-app-secret"));
+        let taken = exchange(
+            &Tiktok::default(),
+            "tiktok_customer_service",
+            "1001",
+            "test-tiktok-shop-token",
+            Some("test-tiktok-app-key"),
+            Some("test-tiktok-app-secret"),
+        );
         assert_eq!(taken, (2, 1), "two buyer messages; the shop's reply ignored");
     }
 }
