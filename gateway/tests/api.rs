@@ -262,6 +262,7 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         "MAILGUN_WEBHOOK_SIGNING_KEY",
         "EBAY_VERIFICATION_TOKEN",
         "EBAY_APP_TOKEN",
+        "IMAP_SUPPORT_PASSWORD",
     ];
     for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml", "plugins.toml"] {
         let mut check = Command::new(bin);

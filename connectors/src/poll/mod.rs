@@ -8,9 +8,15 @@
 //! fixtures under `connectors/tests/fixtures/pollers/<name>/`, a config example and a stand-in
 //! under `tests/standins`.
 
+mod ebay_member_messages;
 mod etsy_receipts;
+mod json_ids;
 mod meta_conversations;
 mod rate_headers;
+mod shopee_chat;
+mod tiktok_customer_service;
+mod walk;
+mod watermark;
 
 pub use rate_headers::RateHeaders;
 
@@ -26,7 +32,13 @@ use crate::NormalizeContext;
 pub const LOOKBACK: time::Duration = time::Duration::minutes(1);
 
 /// Every pull connector, by name.
-pub const REGISTRY: &[&dyn Poller] = &[&meta_conversations::MetaConversations, &etsy_receipts::EtsyReceipts];
+pub const REGISTRY: &[&dyn Poller] = &[
+    &meta_conversations::MetaConversations,
+    &etsy_receipts::EtsyReceipts,
+    &ebay_member_messages::EbayMemberMessages,
+    &shopee_chat::ShopeeChat,
+    &tiktok_customer_service::TiktokCustomerService,
+];
 
 /// The poller registered under `name`.
 pub fn find(name: &str) -> Option<&'static dyn Poller> {

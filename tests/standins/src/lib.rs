@@ -9,10 +9,13 @@
 //! Every stand-in also answers `GET /_standin/stats` (calls and violations per quota key) and
 //! `POST /_standin/messages` (a JSON array of [`Message`]s to add).
 
+pub mod ebay;
 pub mod etsy;
 pub mod meta;
 pub mod quota;
 mod server;
+pub mod shopee;
+pub mod tiktok;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -133,7 +136,7 @@ impl Reply {
 
 /// A platform API: how it authenticates, counts its quota, throttles and answers.
 pub trait Platform: Send + Sync + 'static {
-    /// Name (`etsy`, `meta`).
+    /// Name (`etsy`, `meta`, `ebay`, `shopee`, `tiktok`).
     fn name(&self) -> &'static str;
 
     /// The documented quota.
@@ -155,12 +158,129 @@ pub fn platform(name: &str) -> Option<Arc<dyn Platform>> {
     match name {
         "meta" => Some(Arc::new(meta::Meta::default())),
         "etsy" => Some(Arc::new(etsy::Etsy::default())),
+        "ebay" => Some(Arc::new(ebay::Ebay::default())),
+        "shopee" => Some(Arc::new(shopee::Shopee::default())),
+        "tiktok" => Some(Arc::new(tiktok::Tiktok::default())),
         _ => None,
     }
 }
 
-/// The names [`platform`] knows.
-pub const PLATFORMS: &[&str] = &["meta", "etsy"];
+/// The names [`platform`] knows, in the order the binary serves them on 127.0.0.1:18101+ (meta
+/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105).
+pub const PLATFORMS: &[&str] = &["meta", "etsy", "ebay", "shopee", "tiktok"];
 
 /// The address a stand-in listens on.
 pub type Addr = SocketAddr;
+
+/// Helpers for the stand-ins' unit tests: requests built by the real pollers, and whole polling
+/// cycles run in-process (stand-in `quota_key` and `serve`, poller `parse`).
+#[cfg(test)]
+pub(crate) mod testing {
+    use inquiry_connectors::poll::{PollCredentials, PollPosition, PollRequest, PollTarget, Poller};
+    use inquiry_connectors::NormalizeContext;
+    use time::OffsetDateTime;
+
+    use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Quotas, Request};
+
+    /// A `Request` as the server would see `wanted`.
+    pub fn request_from(wanted: &PollRequest) -> Request {
+        let (path, query) = wanted.path_and_query.split_once('?').unwrap_or((&wanted.path_and_query, ""));
+        Request {
+            method: format!("{:?}", wanted.method).to_uppercase(),
+            path: crate::server::percent_decode(path),
+            query: query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (crate::server::percent_decode(k), crate::server::percent_decode(v))
+                })
+                .collect(),
+            headers: wanted.headers.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect(),
+            body: bytes::Bytes::from(wanted.body.clone()),
+        }
+    }
+
+    /// The first request of a cycle of `poller`, made now.
+    pub fn request_of(
+        poller: &dyn Poller,
+        account: &str,
+        token: &str,
+        app_key: Option<&str>,
+        app_secret: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Request {
+        let target = PollTarget {
+            account,
+            credentials: PollCredentials { access_token: token, app_key, app_secret },
+            now: OffsetDateTime::now_utc(),
+        };
+        request_from(&poller.request(&target, &PollPosition { cursor, page: None }))
+    }
+
+    /// An admission within quota.
+    pub fn admission() -> Admission {
+        Quotas::new(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(10) }).admit("k")
+    }
+
+    /// Runs two polling cycles of `poller_name` against `platform` serving two buyer messages and
+    /// a seller reply for `account`: returns the first cycle's (inquiries, ignored) and checks the
+    /// second cycle, from the first one's cursor, takes nothing again.
+    pub fn exchange(
+        platform: &dyn Platform,
+        poller_name: &str,
+        account: &str,
+        token: &str,
+        app_key: Option<&str>,
+        app_secret: Option<&str>,
+    ) -> (usize, usize) {
+        let poller = inquiry_connectors::poll::find(poller_name).expect("registered poller");
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mailbox = Mailbox::default();
+        let message = |id: &str, conversation: &str, from_seller: bool, ago: i64, text: &str| Message {
+            account: account.to_owned(),
+            conversation: conversation.to_owned(),
+            id: id.to_owned(),
+            buyer_id: if conversation == "3000000001" { "100000001" } else { "100000002" }.to_owned(),
+            buyer_name: "Test Buyer".to_owned(),
+            text: text.to_owned(),
+            created: now - ago,
+            from_seller,
+            order_id: None,
+            country: Some("DE".to_owned()),
+        };
+        mailbox.add(message("910001", "3000000001", false, 600, "Do you sell 200 aprons in blue?"));
+        mailbox.add(message("910002", "3000000001", true, 300, "Yes, we do."));
+        mailbox.add(message("910003", "3000000002", false, 120, "Can you ship to Vienna & Graz?"));
+        let credentials = PollCredentials { access_token: token, app_key, app_secret };
+        let mut cursor: Option<String> = None;
+        let mut first = None;
+        for _cycle in 0..2 {
+            let (mut inquiries, mut ignored, mut page_token, mut next_cursor) = (0, 0, None::<String>, cursor.clone());
+            for _page in 0..50 {
+                let target = PollTarget { account, credentials, now: OffsetDateTime::now_utc() };
+                let position = PollPosition { cursor: cursor.as_deref(), page: page_token.as_deref() };
+                let request = request_from(&poller.request(&target, &position));
+                platform.quota_key(&request).unwrap_or_else(|r| panic!("refused: {}", r.body));
+                let reply = platform.serve(&request, &mailbox, &admission(), "http://127.0.0.1:1");
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                let mut context = || NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: "t" };
+                let page = poller.parse(reply.body.as_bytes(), &target, &position, &mut context).expect("parses");
+                inquiries += page.inquiries.len();
+                ignored += page.ignored;
+                next_cursor = page.cursor.or(next_cursor);
+                page_token = page.next_page;
+                if page_token.is_none() {
+                    break;
+                }
+            }
+            assert!(page_token.is_none(), "the cycle ends");
+            cursor = next_cursor;
+            match first {
+                None => first = Some((inquiries, ignored)),
+                Some(_) => assert_eq!(inquiries, 0, "a second cycle from the cursor takes nothing again"),
+            }
+        }
+        first.expect("one cycle ran")
+    }
+}

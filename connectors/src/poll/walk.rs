@@ -1,0 +1,158 @@
+//! A polling cycle over a conversation list, then the messages of each conversation that may
+//! hold new ones (Shopee seller chat, TikTok Shop customer service). The work list travels in
+//! the page token as JSON, so the poller stays pure:
+//!
+//! 1. The first page of a cycle lists conversations, newest first. Each conversation whose latest
+//!    message is not older than the cursor goes on the work list; the listing stops at the first
+//!    conversation older than the cursor (or when the platform has no more).
+//! 2. Each listed conversation is read newest message first, page by page, until a message older
+//!    than the cursor or the conversation's end; then the next one; then the next list page.
+//!
+//! `since` is the cycle's starting watermark (the durable cursor, or the look-back start of a
+//! first poll); `mark` grows with every buyer message taken and is returned as the cursor of
+//! every page, so the cursor the runner keeps with the cycle's last page covers the whole cycle.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::watermark::Watermark;
+use crate::error::{InputError, InputErrorCode};
+
+/// How far back a never-polled account is read, in seconds (7 days).
+pub(crate) const FIRST_POLL_LOOKBACK_SECONDS: i64 = 7 * 86_400;
+
+/// Where a cycle stands; serialized as the page token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Walk {
+    /// Token of the next conversation-list page (`None`: the first list page).
+    pub list_page: Option<String>,
+    /// The conversation list has been read to its end or to a conversation older than `since`.
+    pub list_done: bool,
+    /// Conversations still to read; the first is being read.
+    pub todo: VecDeque<String>,
+    /// Page token inside the first conversation (`None`: its newest page).
+    pub inner_page: Option<String>,
+    /// The cycle's starting watermark: messages not newer than it were taken before.
+    pub since: Watermark,
+    /// The watermark after what this cycle took so far.
+    pub mark: Watermark,
+}
+
+/// The call a cycle makes next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// A conversation-list page (`None`: the first).
+    List(Option<&'a str>),
+    /// A page of one conversation's messages (`None`: the newest).
+    Messages { conversation: &'a str, page: Option<&'a str> },
+}
+
+impl Walk {
+    /// The cycle state for a request or response at `page` (the page token), starting from the
+    /// durable `cursor`; a never-polled account starts `now_seconds - 7 days`.
+    pub fn resume(cursor: Option<&str>, page: Option<&str>, now_seconds: i64) -> Result<Walk, InputError> {
+        if let Some(token) = page {
+            return serde_json::from_str(token).map_err(|_| {
+                InputError::new(InputErrorCode::InvalidValue, "the page token is not a cycle state").field("page")
+            });
+        }
+        let since =
+            Watermark::parse(cursor)?.unwrap_or_else(|| Watermark::starting(now_seconds - FIRST_POLL_LOOKBACK_SECONDS));
+        Ok(Walk {
+            list_page: None,
+            list_done: false,
+            todo: VecDeque::new(),
+            inner_page: None,
+            mark: since.clone(),
+            since,
+        })
+    }
+
+    /// The call to make now.
+    pub fn step(&self) -> Step<'_> {
+        match self.todo.front() {
+            Some(conversation) => Step::Messages { conversation, page: self.inner_page.as_deref() },
+            None => Step::List(self.list_page.as_deref()),
+        }
+    }
+
+    /// Takes in one conversation-list page: `(conversation id, latest message time in seconds)`,
+    /// newest first, and the platform's next-page token (`None` or empty: no more).
+    pub fn listed(&mut self, conversations: impl IntoIterator<Item = (String, i64)>, next: Option<String>) {
+        let mut reached_old = false;
+        for (id, latest) in conversations {
+            if latest < self.since.at {
+                reached_old = true;
+                break;
+            }
+            if !self.todo.contains(&id) {
+                self.todo.push_back(id);
+            }
+        }
+        let next = next.filter(|n| !n.is_empty());
+        self.list_done = reached_old || next.is_none();
+        self.list_page = if self.list_done { None } else { next };
+    }
+
+    /// Takes in one page of the current conversation: whether it reached a message older than the
+    /// cycle's start, and the platform's next-page token (`None` or empty: no more).
+    pub fn read(&mut self, reached_old: bool, next: Option<String>) {
+        match next.filter(|n| !n.is_empty() && !reached_old) {
+            Some(next) => self.inner_page = Some(next),
+            None => {
+                self.todo.pop_front();
+                self.inner_page = None;
+            }
+        }
+    }
+
+    /// The token of the next page, or `None` when the cycle is complete.
+    pub fn next_token(&self) -> Option<String> {
+        (!self.todo.is_empty() || !self.list_done).then(|| serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// Seconds from a platform time given in seconds, milliseconds, microseconds or nanoseconds.
+pub(crate) fn to_seconds(value: i64) -> i64 {
+    match value.unsigned_abs() {
+        v if v >= 100_000_000_000_000_000 => value / 1_000_000_000,
+        v if v >= 100_000_000_000_000 => value / 1_000_000,
+        v if v >= 100_000_000_000 => value / 1_000,
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cycle_lists_then_reads_each_new_conversation_then_lists_on() {
+        let cursor = Watermark::starting(1_000).to_cursor();
+        let mut walk = Walk::resume(Some(&cursor), None, 5_000).unwrap();
+        assert_eq!(walk.step(), Step::List(None));
+        walk.listed([("a".to_owned(), 1_200), ("b".to_owned(), 1_000)], Some("p2".to_owned()));
+        assert_eq!(walk.step(), Step::Messages { conversation: "a", page: None });
+        walk.read(false, Some("a2".to_owned()));
+        assert_eq!(walk.step(), Step::Messages { conversation: "a", page: Some("a2") });
+        walk.read(true, Some("a3".to_owned()));
+        assert_eq!(walk.step(), Step::Messages { conversation: "b", page: None });
+        walk.read(false, None);
+        assert_eq!(walk.step(), Step::List(Some("p2")));
+        let walk: Walk = serde_json::from_str(&walk.next_token().unwrap()).unwrap();
+        let mut walk = walk;
+        walk.listed([("c".to_owned(), 999)], Some("p3".to_owned()));
+        assert_eq!(walk.next_token(), None, "a conversation older than the cursor ends the listing");
+    }
+
+    #[test]
+    fn a_first_poll_looks_back_seven_days_and_times_are_normalized() {
+        let walk = Walk::resume(None, None, 1_000_000).unwrap();
+        assert_eq!(walk.since.at, 1_000_000 - 7 * 86_400);
+        assert_eq!(to_seconds(1_764_748_680), 1_764_748_680);
+        assert_eq!(to_seconds(1_764_748_680_123), 1_764_748_680);
+        assert_eq!(to_seconds(1_764_748_680_123_456_789), 1_764_748_680);
+        assert!(Walk::resume(None, Some("not json"), 0).is_err());
+    }
+}
