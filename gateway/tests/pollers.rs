@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use platform_standins::{etsy::Etsy, meta::Meta, Message, QuotaRule, Standin};
+use platform_standins::{ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, tiktok::Tiktok, Message, QuotaRule, Standin};
 use support::{metric_value, Gateway, HttpClient};
 
 const PAGE: &str = "110044338451234";
@@ -80,6 +80,21 @@ fn meta_poller(standin: &Standin, interval_ms: u64, extra: &str) -> String {
 fn etsy_poller(standin: &Standin, shop: &str, extra: &str) -> String {
     format!(
         "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{shop}\"\napp = \"etsy-app\"\naccess_token = \"test-etsy-token\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{}\"\ninterval_ms = 0\n{extra}\n",
+        standin.url()
+    )
+}
+
+/// Config of a poller of the eBay, Shopee or TikTok stand-in, for its default seller `1001`.
+fn seller_poller(connector: &str, standin: &Standin, extra: &str) -> String {
+    let credentials = match connector {
+        "ebay_member_messages" => "access_token = \"test-ebay-user-token\"\napp_key = \"test-ebay-app-id\"",
+        "shopee_chat" => {
+            "access_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\""
+        }
+        _ => "access_token = \"test-tiktok-shop-token\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"",
+    };
+    format!(
+        "[[pollers]]\nconnector = \"{connector}\"\naccount = \"1001\"\n{credentials}\nbase_url = \"{}\"\ninterval_ms = 0\n{extra}\n",
         standin.url()
     )
 }
@@ -175,7 +190,7 @@ async fn every_buyer_message_is_imported_once_within_quota_across_a_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pollers_use_their_quota_and_never_exceed_it_also_when_shops_share_an_app_quota() {
+async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_an_app_quota() {
     // Meta: 2 calls/s per page. Etsy: 10 calls/s per app, shared by three shops. Etsy's daily cap
     // (10,000 per app) would allow one call every 8.6 s, so both sides raise it here to let the
     // per-second quota bind; the daily cap has its own test below.
@@ -193,6 +208,19 @@ async fn pollers_use_their_quota_and_never_exceed_it_also_when_shops_share_an_ap
         }
         config += &etsy_poller(&etsy, shop, "per_day = 2000000");
     }
+    // eBay: 5,000 calls a day per app, raised here too (1 call/s); Shopee and TikTok: 2/s per shop.
+    let ebay = Standin::start(Arc::new(Ebay::default()), Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }))
+        .await
+        .unwrap();
+    let shopee = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
+    let tiktok = Standin::start(Arc::new(Tiktok::default()), None).await.unwrap();
+    let sellers = [(&ebay, "ebay_member_messages", "ebay"), (&shopee, "shopee_chat", "shopee"), (&tiktok, "tiktok_customer_service", "tiktok_shop")];
+    for (standin, connector, _) in sellers {
+        for c in 0..10 {
+            exchange(standin, "1001", c, now() - 600 + c as i64);
+        }
+        config += &seller_poller(connector, standin, if connector == "ebay_member_messages" { "per_day = 2000000" } else { "" });
+    }
     let gateway = Gateway::start(&config).await;
 
     // New messages keep arriving for a minute.
@@ -203,15 +231,26 @@ async fn pollers_use_their_quota_and_never_exceed_it_also_when_shops_share_an_ap
         tokio::time::sleep(Duration::from_millis(500)).await;
         exchange(&graph, PAGE, n % 40, now());
         exchange(&etsy, ETSY_SHOPS[n % 3], 5000 + n, now());
+        if n % 4 == 0 {
+            for (standin, _, _) in sellers {
+                exchange(standin, "1001", n % 15, now());
+            }
+        }
         n += 1;
     }
     assert_quota_used(&graph, "meta (per page)");
+    assert_quota_used(&ebay, "ebay (per app)");
+    assert_quota_used(&shopee, "shopee (per shop)");
+    assert_quota_used(&tiktok, "tiktok (per shop)");
     assert_quota_used(&etsy, "etsy (per app, three shops)");
     let etsy_calls = etsy.stats()["test-etsy-keystring"].served;
     assert!(etsy_calls >= 500, "three shops shared one app quota: {etsy_calls} calls");
 
     wait_for(&gateway, "messenger", graph.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
     wait_for(&gateway, "etsy", etsy.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
+    for (standin, _, channel) in sellers {
+        wait_for(&gateway, channel, standin.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
+    }
     let text = metrics(&gateway).await;
     for (metric, labels) in [
         ("inquiry_gateway_poll_limiter_wait_seconds_count", vec![("connector", "etsy_receipts")]),
