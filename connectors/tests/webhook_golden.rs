@@ -260,13 +260,15 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let envelopes = serde_json::to_string_pretty(&parsed.inquiries).unwrap();
             let personal: Vec<_> = parsed.inquiries.iter().map(|i| &i.personal).collect();
-            let actual = serde_json::to_string_pretty(&serde_json::json!({
+            let mut golden = serde_json::json!({
                 "ignored": parsed.ignored,
                 "inquiries": parsed.inquiries,
                 "personal": personal,
-            }))
-            .unwrap()
-                + "\n";
+            });
+            if !parsed.erasures.is_empty() {
+                golden["erasures"] = serde_json::json!(parsed.erasures);
+            }
+            let actual = serde_json::to_string_pretty(&golden).unwrap() + "\n";
             let expected_path = path.with_extension("expected.json");
             assert!(!envelopes.contains('@'), "{}: an e-mail address or message id in the envelope", path.display());
             if std::env::var_os("BLESS").is_some() {

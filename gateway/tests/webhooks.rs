@@ -233,13 +233,37 @@ app_token = "test-ebay-app-token"
     assert_eq!(first.json()["accepted"].as_u64(), Some(1));
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the key is fetched once");
 
+    let inquiry_id = first.json()["ids"][0].as_str().map(str::to_owned);
+
+    // Account deletion of a user never seen: an erasure request per id it names, carried out with
+    // nothing held.
     let deletion = fixture("ebay/account-deletion.json");
     let signature = ebay_signature(&key, "kid-1", &deletion);
     let reply = client
         .request(Method::POST, &url, deletion.clone(), &[("x-ebay-signature", signature.as_str())])
         .await;
-    assert_eq!((reply.status, reply.json()["ignored"].as_u64()), (StatusCode::OK, Some(1)));
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the second notification uses the cached key");
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    let opened = reply.json()["erasure_requests"].as_array().cloned().unwrap_or_default();
+    assert_eq!(opened.len(), 2, "one request for the user name, one for the user id");
+    for id in &opened {
+        let request = client.get(&gateway.admin_url(&format!("/v1/subject-requests/{}", id.as_str().unwrap()))).await;
+        assert_eq!(request.json()["status"], "not_found", "{}", String::from_utf8_lossy(&request.body));
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "later notifications use the cached key");
+
+    // Account deletion of the buyer who asked: erased at once, their message no longer readable.
+    let deletion = br#"{"metadata":{"topic":"MARKETPLACE_ACCOUNT_DELETION","schemaVersion":"1.0"},"notification":{"notificationId":"n-2","eventDate":"2026-11-24T08:00:00.000Z","data":{"username":"sheena_q_77","userId":"u-777"}}}"#.to_vec();
+    let signature = ebay_signature(&key, "kid-1", &deletion);
+    let reply = client.request(Method::POST, &url, deletion, &[("x-ebay-signature", signature.as_str())]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    let first_request = reply.json()["erasure_requests"][0].as_str().unwrap().to_owned();
+    let request = client.get(&gateway.admin_url(&format!("/v1/subject-requests/{first_request}"))).await;
+    assert_eq!(request.json()["status"], "completed", "{}", String::from_utf8_lossy(&request.body));
+    if let Some(id) = inquiry_id {
+        let stored = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await;
+        let text = String::from_utf8_lossy(&stored.body);
+        assert!(!text.contains("Canon R6") && !text.contains("sheena_q_77"), "erased: {text}");
+    }
 
     let (forger, _) = ebay_test_key();
     let forged = ebay_signature(&forger, "kid-1", &body);

@@ -14,7 +14,9 @@
 //! (`NEW_MESSAGE`) become inquiries. eBay's contracts for their `data` were not readable when this
 //! was written, so the fields are looked up under the names eBay's other APIs use (see
 //! `docs/research/webhooks.md`): a notification whose text is not found is ignored, not guessed at.
-//! `MARKETPLACE_ACCOUNT_DELETION` and every other topic are acknowledged and ignored.
+//! `MARKETPLACE_ACCOUNT_DELETION` (mandatory for every eBay app) names a user whose data must be
+//! erased: its `username` and `userId` become [`Parsed::erasures`], which the gateway turns into
+//! erasure requests. Every other topic is acknowledged and ignored.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,8 @@ use crate::{Draft, NormalizeContext};
 const SIGNATURE: &str = "x-ebay-signature";
 /// Topics that carry a buyer's message.
 const MESSAGE_TOPICS: [&str; 2] = ["BUYER_QUESTION", "NEW_MESSAGE"];
+/// The topic of a user's request to delete their eBay account (and their data everywhere).
+const ACCOUNT_DELETION: &str = "MARKETPLACE_ACCOUNT_DELETION";
 
 /// The eBay connector.
 pub struct Ebay;
@@ -122,8 +126,18 @@ impl Webhook for Ebay {
         let envelope: Envelope = serde_json::from_slice(body).map_err(InputError::from_json)?;
         let mut parsed = Parsed::default();
         let topic = envelope.metadata.topic.as_str();
+        if topic == ACCOUNT_DELETION {
+            // The buyer is known by user name to the Trading API and by user id to notifications.
+            let data = &envelope.notification.data;
+            parsed.erasures = ["username", "userId"].iter().filter_map(|k| first_str(data, &[k])).collect();
+            if parsed.erasures.is_empty() {
+                return Err(InputError::new(InputErrorCode::MissingField, "account deletion names no user")
+                    .field("notification.data.userId"));
+            }
+            return Ok(parsed);
+        }
         if !MESSAGE_TOPICS.contains(&topic) {
-            parsed.ignored += 1; // account deletion (see the docs), orders, listings…
+            parsed.ignored += 1; // orders, listings…
             return Ok(parsed);
         }
         let notification = envelope.notification;

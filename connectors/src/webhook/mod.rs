@@ -134,6 +134,9 @@ pub struct Parsed {
     /// Events that are not buyer messages (delivery receipts, echoes of the seller's own
     /// messages, reads): acknowledged, not stored.
     pub ignored: usize,
+    /// Platform user ids whose personal data the platform asks to erase (eBay's marketplace
+    /// account deletion): the gateway opens an erasure request for each.
+    pub erasures: Vec<String>,
 }
 
 /// The answer to a platform's GET handshake.

@@ -72,6 +72,6 @@ impl Webhook for WebForm {
             return Err(InputError::new(InputErrorCode::InvalidValue, "account does not match the webhook url")
                 .field("account"));
         }
-        Ok(Parsed { inquiries: vec![inquiry], ignored: 0 })
+        Ok(Parsed { inquiries: vec![inquiry], ..Parsed::default() })
     }
 }

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::api::{read_body, submit_error, ApiState};
 use super::error::{json_response, ApiError};
+use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectSpec};
 use crate::pipeline::{AckStatus, Submission};
 use crate::telemetry::{self, Hop};
 
@@ -100,9 +101,10 @@ pub async fn handle(
     if parsed.ignored > 0 {
         counter!(telemetry::WEBHOOK_EVENTS_IGNORED, "channel" => channel.as_str()).increment(parsed.ignored as u64);
     }
+    let erasure_requests = open_erasures(state, connector, account, channel, &parsed.erasures).await?;
     let count = parsed.inquiries.len();
-    let (accepted, duplicates) = if count == 0 {
-        (0, 0)
+    let (accepted, duplicates, ids) = if count == 0 {
+        (0, 0, Vec::new())
     } else {
         // The delivery is kept as the original payload only when it is one buyer's message alone:
         // erasing one buyer must not leave their message inside another's payload.
@@ -118,13 +120,57 @@ pub async fn handle(
         let acks = state.pipeline.submit(submissions).await.map_err(submit_error)?;
         telemetry::record_hop(Hop::Ingest, channel, started.elapsed(), count);
         let accepted = acks.iter().filter(|a| a.status == AckStatus::Accepted).count();
-        (accepted, count - accepted)
+        (accepted, count - accepted, acks.iter().map(|a| a.id.to_string()).collect())
     };
     // Platforms only look at the status; the body helps operators replaying deliveries by hand.
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "accepted": accepted, "duplicates": duplicates, "ignored": parsed.ignored, "trace_id": trace_id }),
+        &json!({
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "ignored": parsed.ignored,
+            "ids": ids,
+            "erasure_requests": erasure_requests,
+            "trace_id": trace_id,
+        }),
     ))
+}
+
+/// Opens an erasure request for each platform user the platform asked to erase (eBay account
+/// deletion); erased at once where the subject is known, else recorded open for an operator.
+/// Returns the request ids. Acknowledged only once the requests are durable.
+async fn open_erasures(
+    state: &ApiState,
+    connector: &str,
+    account: &str,
+    channel: inquiry_connectors::Channel,
+    user_ids: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let mut opened = Vec::with_capacity(user_ids.len());
+    for user_id in user_ids {
+        let spec = SubjectSpec {
+            email: None,
+            channel: Some(channel.as_str().to_owned()),
+            account: Some(account.to_owned()),
+            user_id: Some(user_id.clone()),
+            pseudonym: None,
+        };
+        let source = format!("{connector}:{account}:account_deletion");
+        let by = format!("webhook:{connector}/{account}");
+        let record = match state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await {
+            Err(RequestError::NoSubject) => {
+                state.requests.open(RequestKind::Erasure, &spec, Jurisdiction::Gdpr, &source, &by).await
+            }
+            other => other,
+        }
+        .map_err(|err| match err {
+            RequestError::Store(err) => super::api::store_error(err),
+            RequestError::Pipeline(err) => submit_error(err),
+            RequestError::NoSubject => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", err.to_string()),
+        })?;
+        opened.push(record.id.to_string());
+    }
+    Ok(opened)
 }
 
 fn refused(err: &VerifyError, status: StatusCode) -> ApiError {
