@@ -108,7 +108,9 @@ pub struct PollerConfig {
     pub connector: String,
     /// Seller account polled (page id, shop id).
     pub account: String,
-    /// The account's API credential (OAuth access token, eBay user token, shop token); use `${ENV}`.
+    /// The account's API credential (OAuth access token, eBay user token, shop token); use
+    /// `${ENV}`. Empty for partner-level APIs (`shopee_lost_push`).
+    #[serde(default)]
     pub access_token: String,
     /// The app's public id where the platform wants one (Etsy API key, Shopee partner id,
     /// TikTok Shop app key, eBay app id).
@@ -1002,8 +1004,11 @@ impl Config {
             if !poller.base_url.starts_with("https://") && !poller.base_url.starts_with("http://") {
                 problems.push(format!("pollers[{i}].base_url must be an http(s) url"));
             }
-            if poller.account.trim().is_empty() || poller.access_token.is_empty() {
-                problems.push(format!("pollers[{i}].account and access_token must not be empty"));
+            if poller.account.trim().is_empty() {
+                problems.push(format!("pollers[{i}].account must not be empty"));
+            }
+            if found.is_none_or(|p| p.needs_access_token()) && poller.access_token.is_empty() {
+                problems.push(format!("pollers[{i}].access_token must not be empty"));
             }
             if poller.requests_per_second.is_some_and(|r| !(r > 0.0 && r <= 10_000.0)) || poller.burst == Some(0) {
                 problems.push(format!("pollers[{i}]: requests_per_second must be in (0, 10000] and burst at least 1"));

@@ -9,7 +9,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use platform_standins::{ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, tiktok::Tiktok, Message, QuotaRule, Standin};
+use platform_standins::{
+    ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush, tiktok::Tiktok, Message, QuotaRule, Standin,
+};
 use support::{metric_value, Gateway, HttpClient};
 
 const PAGE: &str = "110044338451234";
@@ -221,6 +223,17 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
         }
         config += &seller_poller(connector, standin, if connector == "ebay_member_messages" { "per_day = 2000000" } else { "" });
     }
+    // Shopee's lost-push sweep: 1/s per partner (assumed), pushes of another shop (2002).
+    let lost = ShopeePush::default();
+    let confirmed = lost.confirmed.clone();
+    let pushes = Standin::start(Arc::new(lost), None).await.unwrap();
+    for c in 0..5 {
+        exchange(&pushes, "2002", 900 + c, now() - 300);
+    }
+    config += &format!(
+        "[[pollers]]\nconnector = \"shopee_lost_push\"\naccount = \"partner-100001\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\"\nbase_url = \"{}\"\ninterval_ms = 0\n",
+        pushes.url()
+    );
     let gateway = Gateway::start(&config).await;
 
     // New messages keep arriving for a minute.
@@ -235,6 +248,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
             for (standin, _, _) in sellers {
                 exchange(standin, "1001", n % 15, now());
             }
+            exchange(&pushes, "2002", 900 + n % 15, now());
         }
         n += 1;
     }
@@ -242,6 +256,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     assert_quota_used(&ebay, "ebay (per app)");
     assert_quota_used(&shopee, "shopee (per shop)");
     assert_quota_used(&tiktok, "tiktok (per shop)");
+    assert_quota_used(&pushes, "shopee lost pushes (per partner)");
     assert_quota_used(&etsy, "etsy (per app, three shops)");
     let etsy_calls = etsy.stats()["test-etsy-keystring"].served;
     assert!(etsy_calls >= 500, "three shops shared one app quota: {etsy_calls} calls");
@@ -249,8 +264,14 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     wait_for(&gateway, "messenger", graph.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
     wait_for(&gateway, "etsy", etsy.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
     for (standin, _, channel) in sellers {
-        wait_for(&gateway, channel, standin.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
+        // Shopee's inquiries come from the chat API (shop 1001) and the lost pushes (shop 2002).
+        let lost = if channel == "shopee" { pushes.mailbox().buyer_messages() } else { 0 };
+        wait_for(&gateway, channel, (standin.mailbox().buyer_messages() + lost) as f64, Duration::from_secs(20)).await;
     }
+    support::eventually(Duration::from_secs(10), "every lost push is confirmed as consumed", || async {
+        *confirmed.lock().unwrap() == pushes.mailbox().all().len()
+    })
+    .await;
     let text = metrics(&gateway).await;
     for (metric, labels) in [
         ("inquiry_gateway_poll_limiter_wait_seconds_count", vec![("connector", "etsy_receipts")]),

@@ -84,6 +84,13 @@ async fn meta_handshake_signed_deliveries_and_redeliveries() {
     assert_eq!((count("accepted"), count("duplicate")), (1.0, 1.0));
     assert_eq!(metric_value(&metrics, "inquiry_gateway_rejected_total", &[("reason", "signature_invalid")]), 1.0);
     assert_eq!(metric_value(&metrics, "inquiry_gateway_webhook_events_ignored_total", &[("channel", "whatsapp")]), 2.0);
+    let by_connector = |outcome| {
+        metric_value(&metrics, "inquiry_gateway_webhook_requests_total", &[("connector", "whatsapp"), ("outcome", outcome)])
+    };
+    assert_eq!(by_connector("signature_invalid"), 1.0, "refusals are counted per connector and reason");
+    assert_eq!(by_connector("signature_missing"), 1.0);
+    assert!(by_connector("ok") >= 2.0, "deliveries are counted per connector");
+    assert!(!metrics.contains("connector=\"999\""), "only registered connectors become labels");
     let log = gateway.log();
     assert!(!log.contains("meta-app-secret") && !log.contains("Sheena"), "no secrets or personal data in logs");
 }

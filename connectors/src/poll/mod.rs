@@ -14,6 +14,7 @@ mod json_ids;
 mod meta_conversations;
 mod rate_headers;
 mod shopee_chat;
+mod shopee_lost_push;
 mod tiktok_customer_service;
 mod walk;
 mod watermark;
@@ -37,6 +38,7 @@ pub const REGISTRY: &[&dyn Poller] = &[
     &etsy_receipts::EtsyReceipts,
     &ebay_member_messages::EbayMemberMessages,
     &shopee_chat::ShopeeChat,
+    &shopee_lost_push::ShopeeLostPush,
     &tiktok_customer_service::TiktokCustomerService,
 ];
 
@@ -182,6 +184,11 @@ pub trait Poller: Sync {
     /// Whether accounts of one app share the quota.
     fn quota_scope(&self) -> QuotaScope {
         QuotaScope::Account
+    }
+
+    /// Whether config must give an access token (partner-level APIs have none).
+    fn needs_access_token(&self) -> bool {
+        true
     }
 
     /// The credentials besides the access token that config must give.

@@ -18,8 +18,29 @@ use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, Subje
 use crate::pipeline::{AckStatus, Submission};
 use crate::telemetry::{self, Hop};
 
-/// Answers a webhook request for `connector` and `account`.
+/// Answers a webhook request for `connector` and `account`, and counts its outcome per connector
+/// (`inquiry_gateway_webhook_requests_total{connector, outcome}`: `ok` or the refusal's code).
 pub async fn handle(
+    state: &ApiState,
+    req: Request<Incoming>,
+    connector: &str,
+    account: &str,
+    trace_id: &str,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let result = answer(state, req, connector, account, trace_id, started).await;
+    // Only registered names become labels: the set stays small and fixed.
+    let label = webhook::find(connector)
+        .map(|hook| hook.name())
+        .or((connector == super::shopify_compliance::CONNECTOR).then_some(super::shopify_compliance::CONNECTOR));
+    if let Some(label) = label {
+        let outcome = result.as_ref().map_or_else(|err| err.code, |_| "ok");
+        counter!(telemetry::WEBHOOK_REQUESTS, "connector" => label, "outcome" => outcome).increment(1);
+    }
+    result
+}
+
+async fn answer(
     state: &ApiState,
     req: Request<Incoming>,
     connector: &str,

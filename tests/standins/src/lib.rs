@@ -15,6 +15,7 @@ pub mod meta;
 pub mod quota;
 mod server;
 pub mod shopee;
+pub mod shopee_push;
 pub mod tiktok;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,11 @@ impl Mailbox {
             self.messages.lock().expect("mailbox lock").iter().filter(|m| m.account == account).cloned().collect();
         messages.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         messages
+    }
+
+    /// Every message, in the order they were added.
+    pub fn all(&self) -> Vec<Message> {
+        self.messages.lock().expect("mailbox lock").clone()
     }
 
     /// Buyer messages (not the seller's replies) of every account.
@@ -161,13 +167,14 @@ pub fn platform(name: &str) -> Option<Arc<dyn Platform>> {
         "ebay" => Some(Arc::new(ebay::Ebay::default())),
         "shopee" => Some(Arc::new(shopee::Shopee::default())),
         "tiktok" => Some(Arc::new(tiktok::Tiktok::default())),
+        "shopee_push" => Some(Arc::new(shopee_push::ShopeePush::default())),
         _ => None,
     }
 }
 
 /// The names [`platform`] knows, in the order the binary serves them on 127.0.0.1:18101+ (meta
-/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105).
-pub const PLATFORMS: &[&str] = &["meta", "etsy", "ebay", "shopee", "tiktok"];
+/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106).
+pub const PLATFORMS: &[&str] = &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push"];
 
 /// The address a stand-in listens on.
 pub type Addr = SocketAddr;
