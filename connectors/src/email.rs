@@ -98,15 +98,20 @@ pub fn parse(
 
     let subject = message.subject().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
     let body = message.body_text(0).map(|b| normalize_text(&b)).unwrap_or_default();
+    // Message ids name the sender's mail host (often the buyer's own domain): hashed as the
+    // inbound-parse webhooks hash them, so the same e-mail gets the same ids either way.
+    let hashed = crate::webhook::hashed_message_id;
     let message_id = message
         .message_id()
         .map(clean_id)
         .filter(|id| !id.is_empty())
+        .map(|id| hashed(&id))
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(&Sha256::digest(raw)[..16])));
     let conversation_id = ids(message.references())
         .into_iter()
         .next()
         .or_else(|| ids(message.in_reply_to()).into_iter().next())
+        .map(|id| hashed(&id))
         .unwrap_or_else(|| message_id.clone());
     let occurred_at = message
         .date()

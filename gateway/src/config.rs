@@ -982,6 +982,7 @@ impl Config {
             }
         }
         let mut polled = BTreeSet::new();
+        let mut app_quotas = std::collections::BTreeMap::new();
         for (i, poller) in self.pollers.iter().enumerate() {
             let found = inquiry_connectors::poll::find(&poller.connector);
             for needed in found.map(|p| p.required_credentials()).unwrap_or_default() {
@@ -1015,6 +1016,16 @@ impl Config {
             }
             if poller.per_day == Some(0) {
                 problems.push(format!("pollers[{i}]: per_day must be at least 1"));
+            }
+            if found.is_some_and(|p| p.quota_scope() == inquiry_connectors::poll::QuotaScope::App) {
+                let quota = (poller.requests_per_second.map(f64::to_bits), poller.burst, poller.per_day);
+                let shared = app_quotas.entry((poller.connector.as_str(), poller.app.as_str())).or_insert(quota);
+                if *shared != quota {
+                    problems.push(format!(
+                        "pollers[{i}]: {} shares app `{}`'s quota with another entry: requests_per_second, burst and per_day must be the same in every entry of the app",
+                        poller.connector, poller.app
+                    ));
+                }
             }
             if !polled.insert((poller.connector.as_str(), poller.account.as_str())) {
                 problems.push(format!("pollers[{i}]: {}/{} is configured twice", poller.connector, poller.account));

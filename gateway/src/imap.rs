@@ -110,13 +110,15 @@ impl Reader {
         let mailbox = timed(session.select(&self.config.folder)).await?.map_err(|e| describe(&e))?;
         let validity = mailbox.uid_validity.ok_or("the server gave no UIDVALIDITY")?;
         let mut last = self.resume(validity).await?;
-        backoff.reset();
         tracing::info!(mailbox = %self.config.name, idle, uid_validity = validity, last_uid = last, "mailbox open");
         let unsolicited = session.unsolicited_responses.clone();
         loop {
             // What arrived before this search is found by it; what arrives later is announced.
             while unsolicited.try_recv().is_ok() {}
             last = self.fetch_new(&mut session, validity, last).await?;
+            // Only a fetch that went through resets the backoff: a message that breaks every
+            // fetch must not make the reader log in again twice a second.
+            backoff.reset();
             if idle {
                 let mut handle = session.idle();
                 timed(handle.init()).await?.map_err(|e| describe(&e))?;

@@ -204,6 +204,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_batch_lines: config.ingest.max_batch_lines,
         webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
         public_keys: Default::default(),
+        replays: Default::default(),
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use inquiry_connectors::poll::{
@@ -27,6 +27,14 @@ use crate::retry::{sleep_or_stop, Backoff};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
 
+/// Share of a quota the limiters use: platforms count calls by their arrival, and a call delayed
+/// on the way arrives closer to the next one than it was sent; 2% below the quota absorbs that.
+const HEADROOM: f64 = 0.98;
+/// The largest platform response read (a page of messages is far smaller).
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The most pages one cycle reads before it ends (the cursor is kept; the next cycle goes on).
+const MAX_PAGES_PER_CYCLE: u32 = 10_000;
+
 /// A rate-limit key: (platform, app, account or `*` for app-wide quotas, operation).
 pub type QuotaKey = (&'static str, String, String, String);
 
@@ -42,7 +50,7 @@ impl Limiter {
     /// once. New limiters start (almost) empty: the platform may still count calls made just
     /// before a restart, so a restart must not add a fresh burst on top of them.
     fn with_available(per_second: f64, burst: u32, available: u32) -> Limiter {
-        let period = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
+        let period = Duration::from_secs_f64(1.0 / (per_second * HEADROOM).max(1e-6));
         let burst = burst.max(1);
         let quota =
             Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(burst).expect(">= 1"));
@@ -224,6 +232,8 @@ pub async fn run(
     'cycles: loop {
         let mut page_token: Option<String> = None;
         let mut next_cursor = cursor.clone();
+        let mut pages = 0u32;
+        let mut failed = false;
         loop {
             let keys = quota.keys();
             let waited = tokio::select! {
@@ -258,7 +268,7 @@ pub async fn run(
                 let response = client.request(request).await.ok()?;
                 let status = response.status().as_u16();
                 let headers = response.headers().clone();
-                let body = response.into_body().collect().await.ok()?.to_bytes();
+                let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.ok()?.to_bytes();
                 Some((status, headers, body))
             };
             let (status, headers, body) = tokio::select! {
@@ -274,14 +284,15 @@ pub async fn run(
             quota.follow(&quotas, &rate, name, &account);
             if status == 429 || poller.is_throttled(status, &body) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "throttled").increment(1);
-                let delay = rate.retry_after.unwrap_or_else(|| backoff.next());
+                // A zero or past Retry-After is no reason to hammer: never less than the backoff.
+                let delay = rate.retry_after.unwrap_or_default().max(backoff.next());
                 quotas.pause(&quota.per_second_key, delay);
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "platform throttled; pausing");
                 continue;
             }
             if !(200..300).contains(&status) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "error").increment(1);
-                let delay = rate.retry_after.unwrap_or_else(|| backoff.next());
+                let delay = rate.retry_after.unwrap_or_default().max(backoff.next());
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "poll failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
                     return;
@@ -289,7 +300,6 @@ pub async fn run(
                 continue;
             }
             counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "ok").increment(1);
-            backoff.reset();
 
             let received_at = OffsetDateTime::now_utc();
             let trace_id = crate::http::new_trace_id();
@@ -299,9 +309,11 @@ pub async fn run(
                 Err(err) => {
                     counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "unparsable").increment(1);
                     tracing::error!(poller = name, error = %err, "unparsable response; cycle abandoned, cursor kept");
+                    failed = true;
                     break;
                 }
             };
+            backoff.reset();
             let count = page.inquiries.len();
             if page.ignored > 0 {
                 counter!(telemetry::POLL_ITEMS_IGNORED, "connector" => name).increment(page.ignored as u64);
@@ -332,6 +344,7 @@ pub async fn run(
                 Ok(submissions) => submissions,
                 Err(err) => {
                     tracing::error!(poller = name, error = %err, "sealing failed; cycle abandoned, cursor kept");
+                    failed = true;
                     break;
                 }
             };
@@ -356,11 +369,24 @@ pub async fn run(
                 cursor = next_cursor.clone();
                 break;
             }
+            pages += 1;
+            if page.next_page == page_token || pages >= MAX_PAGES_PER_CYCLE {
+                // A platform that answers "more" without moving on would hold the poller in one
+                // cycle forever, with its cursor never stored: end the cycle here instead.
+                counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "stuck").increment(1);
+                tracing::error!(poller = name, pages, "the platform's paging does not advance; cycle ended, cursor kept");
+                failed = true;
+                break;
+            }
             page_token = page.next_page;
         }
         gauge!(telemetry::POLL_CYCLE_COMPLETED, "connector" => name, "account" => account.clone())
             .set(OffsetDateTime::now_utc().unix_timestamp() as f64);
-        if sleep_or_stop(Duration::from_millis(config.interval_ms), &mut stop).await {
+        // A cycle that failed waits at least the backoff: a response that never parses (an expired
+        // credential answered with 200 and an error body) must not be asked for at the quota's pace.
+        let pause = Duration::from_millis(config.interval_ms);
+        let pause = if failed { pause.max(backoff.next()) } else { pause };
+        if sleep_or_stop(pause, &mut stop).await {
             break 'cycles;
         }
     }

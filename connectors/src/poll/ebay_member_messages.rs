@@ -28,11 +28,11 @@
 //! `ParentMessageID` (a follow-up) or its own `MessageID`.
 //!
 //! Cursor: a [`Watermark`](super::watermark) in Unix milliseconds of `CreationDate` with the
-//! `MessageID`s taken at that instant. A cycle asks `StartCreationTime` = the watermark (a
-//! never-polled account: 7 days back) up to `EndCreationTime` = the cycle's start, fixed for all
-//! its pages (carried in the page token with the page number), so pages do not shift while the
-//! cycle reads them. A restart neither skips (the boundary instant is asked again) nor takes a
-//! message twice (its id is in the cursor).
+//! `MessageID`s taken at that instant. A cycle asks `StartCreationTime` = the watermark less a
+//! minute of [`super::LOOKBACK`] (a never-polled account: 7 days back) up to `EndCreationTime` =
+//! the cycle's start, fixed for all its pages (carried in the page token with the page number), so
+//! pages do not shift while the cycle reads them. A restart skips nothing (the boundary instant and
+//! the minute before it are asked again); what is taken again is dropped by the pipeline's dedup.
 //!
 //! Quota (<https://developer.ebay.com/develop/get-started/api-call-limits>, and the Developers
 //! Program FAQ: "keys are set to a maximum of 5,000 API calls per day"): the Trading API's default
@@ -95,6 +95,9 @@ impl Cycle {
     }
 }
 
+/// [`super::LOOKBACK`] in milliseconds: how far before the cursor a cycle asks again.
+const LOOKBACK_MS: i64 = super::LOOKBACK.whole_milliseconds() as i64;
+
 /// eBay's `dateTime` in UTC with milliseconds.
 fn ebay_time(unix_ms: i64) -> String {
     let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
@@ -136,7 +139,7 @@ impl Poller for EbayMemberMessages {
              <EndCreationTime>{}</EndCreationTime>\n\
              <Pagination><EntriesPerPage>{ENTRIES_PER_PAGE}</EntriesPerPage><PageNumber>{}</PageNumber></Pagination>\n\
              </GetMemberMessagesRequest>\n",
-            ebay_time(cycle.since.at),
+            ebay_time(cycle.since.at - LOOKBACK_MS),
             ebay_time(cycle.end),
             cycle.page
         );
@@ -170,8 +173,9 @@ impl Poller for EbayMemberMessages {
         let mut cycle = Cycle::resume(position, target.now)?;
         let text = std::str::from_utf8(body)
             .map_err(|_| InputError::new(InputErrorCode::InvalidUtf8, "the answer is not UTF-8"))?;
-        let response: Response = quick_xml::de::from_str(text).map_err(|e| {
-            InputError::new(InputErrorCode::MalformedJson, format!("not a GetMemberMessages answer: {e}"))
+        // quick-xml's errors can quote the document: not passed on (they reach the logs).
+        let response: Response = quick_xml::de::from_str(text).map_err(|_| {
+            InputError::new(InputErrorCode::MalformedJson, "not a GetMemberMessages answer")
         })?;
         if !matches!(response.ack.as_str(), "Success" | "Warning") {
             let code = response.errors.first().and_then(|e| e.error_code.clone()).unwrap_or_default();
@@ -200,7 +204,9 @@ impl Poller for EbayMemberMessages {
                 page.ignored += 1;
                 continue;
             };
-            if !cycle.since.is_new(at, &id) {
+            // Within the look-back, taken again (a question eBay indexed late must not be lost;
+            // what was taken before is dropped by the pipeline's dedup).
+            if !cycle.since.is_new(at, &id) && at < cycle.since.at - LOOKBACK_MS {
                 page.ignored += 1;
                 continue;
             }

@@ -5,8 +5,10 @@
 //!
 //! `GET /v3/application/shops/{shop_id}/receipts?min_last_modified={cursor}&sort_on=updated&sort_order=asc&limit=100&offset={page}`
 //! with `x-api-key: <keystring>` and `Authorization: Bearer <token>`. The cursor is the newest
-//! `updated_timestamp` seen; a cycle pages by offset from the receipts modified at or after it,
-//! less a minute of [`super::LOOKBACK`] (receipts seen again are dropped by the pipeline's dedup). A receipt whose
+//! `updated_timestamp` seen; a cycle reads the receipts modified at or after it, less a minute of
+//! [`super::LOOKBACK`], paging by keyset (each page starts at the previous page's newest
+//! modification time; by offset only within one second), so a receipt modified during the cycle
+//! shifts nothing out of reach. Receipts seen again are dropped by the pipeline's dedup. A receipt whose
 //! note is empty is ignored; a receipt modified later (shipped, refunded) gives the same message
 //! id and is deduplicated.
 //!
@@ -53,13 +55,10 @@ impl Poller for EtsyReceipts {
     }
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
-        let since = position.cursor.map_or(0, |c| parse(c) - super::LOOKBACK.whole_seconds()).max(0).to_string();
-        let offset = position.page.unwrap_or("0");
+        let (since, offset) = window(position);
         let path = format!(
-            "/v3/application/shops/{}/receipts?min_last_modified={}&sort_on=updated&sort_order=asc&limit={PAGE_SIZE}&offset={}",
+            "/v3/application/shops/{}/receipts?min_last_modified={since}&sort_on=updated&sort_order=asc&limit={PAGE_SIZE}&offset={offset}",
             super::encode(target.account),
-            since,
-            super::encode(offset),
         );
         let mut request = PollRequest::get_bearer(path, target.credentials.access_token);
         request.headers.push(("x-api-key".to_owned(), target.credentials.app_key.unwrap_or_default().to_owned()));
@@ -78,7 +77,7 @@ impl Poller for EtsyReceipts {
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
         let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
-        let offset: usize = position.page.and_then(|p| p.parse().ok()).unwrap_or(0);
+        let (since, offset) = window(position);
         let mut page = PollPage::default();
         let mut newest: Option<i64> = None;
         let received = response.results.len();
@@ -113,7 +112,12 @@ impl Poller for EtsyReceipts {
             page.inquiries.push(draft.into_inquiry(&context()));
         }
         if received == PAGE_SIZE && offset + PAGE_SIZE < response.count {
-            page.next_page = Some((offset + PAGE_SIZE).to_string());
+            // Keyset paging: the next page starts at this page's newest modification time, so a
+            // receipt modified meanwhile (moved to the end) shifts nothing out of reach. Only a
+            // page that is one second throughout moves on by offset.
+            let newest = newest.unwrap_or(since);
+            let next_offset = if newest == since { offset + PAGE_SIZE } else { 0 };
+            page.next_page = Some(format!("{newest}:{next_offset}"));
         }
         page.cursor = newest.map(|t| t.to_string());
         // Only forward: the look-back can return nothing newer than the cursor.
@@ -122,6 +126,13 @@ impl Poller for EtsyReceipts {
         }
         Ok(page)
     }
+}
+
+/// `min_last_modified` and `offset` of the request at `position`: the page token
+/// (`<modified>:<offset>`), else the cursor less the look-back.
+fn window(position: &PollPosition<'_>) -> (i64, usize) {
+    let token = position.page.and_then(|p| p.split_once(':')).and_then(|(t, o)| Some((t.parse().ok()?, o.parse().ok()?)));
+    token.unwrap_or_else(|| (position.cursor.map_or(0, |c| parse(c) - super::LOOKBACK.whole_seconds()).max(0), 0))
 }
 
 fn parse(timestamp: &str) -> i64 {

@@ -12,6 +12,11 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 
+/// The lowest per-second rate taken from a header (one call a day).
+const MIN_RATE: f64 = 1.0 / 86_400.0;
+/// The highest per-second rate taken from a header (what config allows).
+const MAX_RATE: f64 = 10_000.0;
+
 /// The quota facts found in one response's headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RateHeaders {
@@ -33,7 +38,7 @@ impl RateHeaders {
             let value = value.trim();
             match name.to_ascii_lowercase().as_str() {
                 "x-amzn-ratelimit-limit" | "x-limit-per-second" => {
-                    found.per_second = value.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0);
+                    found.per_second = value.parse::<f64>().ok().filter(|r| (MIN_RATE..=MAX_RATE).contains(r));
                 }
                 "x-limit-per-day" => found.per_day = value.parse().ok().filter(|d| *d > 0),
                 "x-remaining-today" => found.remaining_today = value.parse().ok(),
@@ -93,6 +98,8 @@ mod tests {
         let past = RateHeaders::parse([("retry-after", "Thu, 03 Dec 2026 07:00:00 GMT")], NOW);
         assert_eq!(past.retry_after, Some(Duration::ZERO));
         let junk = RateHeaders::parse([("retry-after", "soon"), ("x-amzn-ratelimit-limit", "-1")], NOW);
+        assert_eq!(junk, RateHeaders::default());
+        let junk = RateHeaders::parse([("x-limit-per-second", "1e10"), ("x-amzn-ratelimit-limit", "0")], NOW);
         assert_eq!(junk, RateHeaders::default());
         let huge = RateHeaders::parse([("retry-after", "99999999")], NOW);
         assert_eq!(huge.retry_after, Some(Duration::from_secs(86_400)));

@@ -155,7 +155,19 @@ impl Poller for ShopeeChat {
             }
             Step::Messages { conversation, .. } => {
                 let conversation = conversation.to_owned();
-                let messages: MessagesResponse = response_of(body)?;
+                let messages: MessagesResponse = match response_of(body) {
+                    Ok(answer) => answer,
+                    // The platform refused this conversation (deleted, blocked): the cycle goes on
+                    // without it and keeps its starting cursor, so the next cycle tries it again.
+                    Err(err) if err.field.as_deref() == Some("error") => {
+                        walk.skip_conversation();
+                        page.ignored += 1;
+                        page.next_page = walk.next_token();
+                        page.cursor = Some(walk.cursor());
+                        return Ok(page);
+                    }
+                    Err(err) => return Err(err),
+                };
                 let mut reached_old = false;
                 for message in messages.messages {
                     if !walk.since.is_new(message.created_timestamp, &message.message_id) {
@@ -163,6 +175,7 @@ impl Poller for ShopeeChat {
                         page.ignored += 1;
                         continue;
                     }
+                    walk.saw(message.created_timestamp, &message.message_id);
                     let from_shop = message.from_shop_id.as_deref() == Some(target.account);
                     let text = message.content.and_then(|c| c.text).filter(|t| !t.trim().is_empty());
                     let created = crate::webhook::from_unix(message.created_timestamp, false);
@@ -172,7 +185,6 @@ impl Poller for ShopeeChat {
                         page.ignored += 1;
                         continue;
                     };
-                    walk.mark.take(message.created_timestamp, &message.message_id);
                     let buyer = message.from_id;
                     let mut draft = Draft::message(
                         Channel::Shopee,
@@ -195,7 +207,7 @@ impl Poller for ShopeeChat {
             }
         }
         page.next_page = walk.next_token();
-        page.cursor = Some(walk.mark.to_cursor());
+        page.cursor = Some(walk.cursor());
         Ok(page)
     }
 }

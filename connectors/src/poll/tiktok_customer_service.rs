@@ -156,7 +156,19 @@ impl Poller for TiktokCustomerService {
             }
             Step::Messages { conversation, .. } => {
                 let conversation = conversation.to_owned();
-                let data: MessagesData = data_of(body)?;
+                let data: MessagesData = match data_of(body) {
+                    Ok(answer) => answer,
+                    // The platform refused this conversation (deleted, blocked): the cycle goes on
+                    // without it and keeps its starting cursor, so the next cycle tries it again.
+                    Err(err) if err.field.as_deref() == Some("code") => {
+                        walk.skip_conversation();
+                        page.ignored += 1;
+                        page.next_page = walk.next_token();
+                        page.cursor = Some(walk.cursor());
+                        return Ok(page);
+                    }
+                    Err(err) => return Err(err),
+                };
                 let mut reached_old = false;
                 for message in data.messages {
                     if !walk.since.is_new(message.create_time, &message.id) {
@@ -164,6 +176,7 @@ impl Poller for TiktokCustomerService {
                         page.ignored += 1;
                         continue;
                     }
+                    walk.saw(message.create_time, &message.id);
                     let sender = message.sender.filter(|s| s.role == "BUYER" && !s.im_user_id.is_empty());
                     let text = (message.r#type == "TEXT")
                         .then(|| serde_json::from_str::<TextContent>(&message.content).ok())
@@ -176,7 +189,6 @@ impl Poller for TiktokCustomerService {
                         page.ignored += 1;
                         continue;
                     };
-                    walk.mark.take(message.create_time, &message.id);
                     let mut draft = Draft::message(
                         Channel::TiktokShop,
                         target.account,
@@ -194,7 +206,7 @@ impl Poller for TiktokCustomerService {
             }
         }
         page.next_page = walk.next_token();
-        page.cursor = Some(walk.mark.to_cursor());
+        page.cursor = Some(walk.cursor());
         Ok(page)
     }
 }

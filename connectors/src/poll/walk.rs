@@ -37,6 +37,14 @@ pub(crate) struct Walk {
     pub since: Watermark,
     /// The watermark after what this cycle took so far.
     pub mark: Watermark,
+    /// When the cycle listed its first page (Unix seconds): conversations not on that list may
+    /// get messages later, so the cursor never goes past this time (less [`super::LOOKBACK`]).
+    #[serde(default)]
+    pub listed_at: i64,
+    /// A conversation could not be read this cycle: the cursor stays where the cycle started, so
+    /// the next cycle reads it again (what was taken meanwhile is dropped by dedup).
+    #[serde(default)]
+    pub failed: bool,
 }
 
 /// The call a cycle makes next.
@@ -66,6 +74,8 @@ impl Walk {
             inner_page: None,
             mark: since.clone(),
             since,
+            listed_at: now_seconds,
+            failed: false,
         })
     }
 
@@ -107,6 +117,34 @@ impl Walk {
         }
     }
 
+    /// Gives up on the conversation being read (the platform refused it): the cycle goes on with
+    /// the others, and its cursor stays where it started.
+    pub fn skip_conversation(&mut self) {
+        self.failed = true;
+        self.todo.pop_front();
+        self.inner_page = None;
+    }
+
+    /// Records a message newer than the cycle's start as seen (taken or ignored), so the cursor
+    /// moves past the seller's own messages too.
+    pub fn saw(&mut self, at: i64, id: &str) {
+        self.mark.take(at, id);
+    }
+
+    /// The cursor to keep: what the cycle saw, but never past the time of its first list page less
+    /// the look-back (a conversation not on that list may hold a message from before), never
+    /// before where it started, and where it started when a conversation could not be read.
+    pub fn cursor(&self) -> String {
+        let cap = self.listed_at - super::LOOKBACK.whole_seconds();
+        if self.failed || cap <= self.since.at {
+            return self.since.to_cursor();
+        }
+        if self.mark.at > cap {
+            return Watermark::starting(cap).to_cursor();
+        }
+        self.mark.to_cursor()
+    }
+
     /// The token of the next page, or `None` when the cycle is complete.
     pub fn next_token(&self) -> Option<String> {
         (!self.todo.is_empty() || !self.list_done).then(|| serde_json::to_string(self).unwrap_or_default())
@@ -144,6 +182,22 @@ mod tests {
         let mut walk = walk;
         walk.listed([("c".to_owned(), 999)], Some("p3".to_owned()));
         assert_eq!(walk.next_token(), None, "a conversation older than the cursor ends the listing");
+    }
+
+    #[test]
+    fn the_cursor_stops_before_the_first_list_and_stays_put_after_a_failure() {
+        let cursor = Watermark::starting(1_000).to_cursor();
+        let mut walk = Walk::resume(Some(&cursor), None, 5_000).unwrap();
+        walk.saw(4_990, "late");
+        assert_eq!(walk.cursor(), Watermark::starting(5_000 - 60).to_cursor(), "capped at the list time less a minute");
+        walk.saw(1_200, "m");
+        let mut early = Walk::resume(Some(&cursor), None, 5_000).unwrap();
+        early.saw(2_000, "m");
+        assert_eq!(early.cursor(), Watermark { at: 2_000, seen: vec!["m".into()] }.to_cursor());
+        early.listed([("a".to_owned(), 2_000)], None);
+        early.skip_conversation();
+        assert_eq!(early.cursor(), cursor, "a conversation that failed keeps the cycle's start");
+        assert_eq!(early.next_token(), None);
     }
 
     #[test]

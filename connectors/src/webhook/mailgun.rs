@@ -56,6 +56,10 @@ impl Webhook for Mailgun {
         Ok(())
     }
 
+    fn replay_key(&self, request: &WebhookRequest<'_>) -> Option<String> {
+        Form::parse(request.body).ok()?.get("token").map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+    }
+
     fn parse<'c>(
         &self,
         body: &[u8],

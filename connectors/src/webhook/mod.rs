@@ -176,6 +176,13 @@ pub trait Webhook: Sync {
         now: OffsetDateTime,
     ) -> Result<(), VerifyError>;
 
+    /// For platforms whose signature covers a token and a timestamp but not the whole content
+    /// (Mailgun signs only `timestamp ‖ token`): the token, which the gateway accepts once within
+    /// the replay window, so a captured signature cannot carry other content.
+    fn replay_key(&self, _request: &WebhookRequest<'_>) -> Option<String> {
+        None
+    }
+
     /// True if the platform verifies the endpoint with a GET handshake.
     fn has_handshake(&self) -> bool {
         false
@@ -205,6 +212,12 @@ pub trait Webhook: Sync {
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError>;
+}
+
+/// A message id (`Message-Id` without `<>`) as the envelope carries it: `mid:` and 32 hex digits
+/// of its SHA-256 (the id names the sender's mail host, often the buyer's own domain).
+pub(crate) fn hashed_message_id(id: &str) -> String {
+    email::hashed_id(id)
 }
 
 /// HMAC-SHA256 of `parts` (concatenated) with `key`.

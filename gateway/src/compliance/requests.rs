@@ -344,6 +344,11 @@ impl SubjectRequests {
         Ok((request, document))
     }
 
+    /// True if the gateway holds data on the subject `spec` names.
+    pub fn holds(&self, spec: &SubjectSpec) -> Result<bool, RequestError> {
+        Ok(!self.find(spec)?.is_empty())
+    }
+
     /// Erases the subject: its data key and pseudonym mapping are destroyed (every sealed copy,
     /// anywhere, becomes unreadable), its stored records lose their sealed fields, and each sink
     /// is asked to delete what it can. The request is recorded and audited.

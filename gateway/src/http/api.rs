@@ -42,6 +42,8 @@ pub struct ApiState {
     pub webhooks: std::collections::HashMap<(String, String), crate::config::WebhookConfig>,
     /// Platform signing keys fetched by id (eBay), cached an hour.
     pub public_keys: super::public_keys::PublicKeys,
+    /// Signed webhook tokens already used (Mailgun), refused a second time.
+    pub replays: super::webhooks::ReplayGuard,
 }
 
 /// Answers one ingest request; never fails (errors become 4xx/5xx responses).

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::api::{read_body, submit_error, ApiState};
 use super::error::{json_response, ApiError};
-use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectSpec};
+use crate::compliance::requests::{Jurisdiction, RequestError, SubjectSpec};
 use crate::pipeline::{AckStatus, Submission};
 use crate::telemetry::{self, Hop};
 
@@ -113,6 +113,13 @@ async fn answer(
         _ => refused(&e, StatusCode::UNAUTHORIZED),
     })?;
 
+    // A token the signature covers is good for one delivery (a platform retry of a failed one
+    // comes again, since only deliveries that went through are remembered).
+    let replay = hook.replay_key(&request).map(|token| (connector.to_owned(), account.to_owned(), token));
+    if replay.as_ref().is_some_and(|key| state.replays.seen(key)) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "signature_replayed", "this signed token was already used"));
+    }
+
     let normalize_started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
     let mut context = || inquiry_connectors::NormalizeContext { received_at, trace_id };
@@ -143,6 +150,9 @@ async fn answer(
         let accepted = acks.iter().filter(|a| a.status == AckStatus::Accepted).count();
         (accepted, count - accepted, acks.iter().map(|a| a.id.to_string()).collect())
     };
+    if let Some(key) = replay {
+        state.replays.record(key);
+    }
     // Platforms only look at the status; the body helps operators replaying deliveries by hand.
     Ok(json_response(
         StatusCode::OK,
@@ -157,9 +167,10 @@ async fn answer(
     ))
 }
 
-/// Opens an erasure request for each platform user the platform asked to erase (eBay account
-/// deletion); erased at once where the subject is known, else recorded open for an operator.
-/// Returns the request ids. Acknowledged only once the requests are durable.
+/// Carries out an erasure request for each platform user the platform asked to erase (eBay
+/// account deletion) whom the gateway holds data on. eBay sends these app-wide, for every user
+/// who deletes an account: a user never seen here leaves no trace (recording one would store a
+/// stranger's ids). Returns the request ids. Acknowledged only once the requests are durable.
 async fn open_erasures(
     state: &ApiState,
     connector: &str,
@@ -178,20 +189,43 @@ async fn open_erasures(
         };
         let source = format!("{connector}:{account}:account_deletion");
         let by = format!("webhook:{connector}/{account}");
-        let record = match state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await {
-            Err(RequestError::NoSubject) => {
-                state.requests.open(RequestKind::Erasure, &spec, Jurisdiction::Gdpr, &source, &by).await
-            }
-            other => other,
-        }
-        .map_err(|err| match err {
+        let map_error = |err: RequestError| match err {
             RequestError::Store(err) => super::api::store_error(err),
             RequestError::Pipeline(err) => submit_error(err),
             RequestError::NoSubject => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", err.to_string()),
-        })?;
+        };
+        if !state.requests.holds(&spec).map_err(map_error)? {
+            continue;
+        }
+        let record = state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await.map_err(map_error)?;
         opened.push(record.id.to_string());
     }
     Ok(opened)
+}
+
+/// Tokens of signed webhook deliveries already taken, remembered for ten minutes (twice the
+/// platforms' replay window), at most 100,000 at once.
+#[derive(Default)]
+pub struct ReplayGuard {
+    used: dashmap::DashMap<(String, String, String), Instant>,
+}
+
+impl ReplayGuard {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(600);
+    const MAX: usize = 100_000;
+
+    /// True if `key` (connector, account, token) was taken within the last ten minutes.
+    pub fn seen(&self, key: &(String, String, String)) -> bool {
+        self.used.get(key).is_some_and(|at| at.elapsed() < Self::TTL)
+    }
+
+    /// Remembers `key` as taken.
+    pub fn record(&self, key: (String, String, String)) {
+        if self.used.len() >= Self::MAX {
+            self.used.retain(|_, at| at.elapsed() < Self::TTL);
+        }
+        self.used.insert(key, Instant::now());
+    }
 }
 
 fn refused(err: &VerifyError, status: StatusCode) -> ApiError {
