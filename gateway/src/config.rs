@@ -112,6 +112,15 @@ pub struct PollerConfig {
     /// `${ENV}`. Empty for partner-level APIs (`shopee_lost_push`).
     #[serde(default)]
     pub access_token: String,
+    /// The account's OAuth refresh token, for platforms whose access tokens expire (Etsy, eBay,
+    /// Shopee, TikTok Shop): the gateway refreshes the access token itself and keeps the newest
+    /// grant sealed in its store; `access_token` may then be empty. Use `${ENV}`.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// Scheme and host of the platform's token endpoint, where not the connector's default (a
+    /// regional endpoint or a test server).
+    #[serde(default)]
+    pub token_url: Option<String>,
     /// The app's public id where the platform wants one (Etsy API key, Shopee partner id,
     /// TikTok Shop app key, eBay app id).
     #[serde(default)]
@@ -1008,8 +1017,22 @@ impl Config {
             if poller.account.trim().is_empty() {
                 problems.push(format!("pollers[{i}].account must not be empty"));
             }
-            if found.is_none_or(|p| p.needs_access_token()) && poller.access_token.is_empty() {
-                problems.push(format!("pollers[{i}].access_token must not be empty"));
+            let refreshes = poller.refresh_token.as_deref().is_some_and(|t| !t.is_empty());
+            if found.is_none_or(|p| p.needs_access_token()) && poller.access_token.is_empty() && !refreshes {
+                problems.push(format!("pollers[{i}]: access_token (or refresh_token) must not be empty"));
+            }
+            if let (true, Some(found)) = (refreshes, found) {
+                let probe = inquiry_connectors::poll::PollTarget {
+                    account: &poller.account,
+                    credentials: Default::default(),
+                    now: time::OffsetDateTime::UNIX_EPOCH,
+                };
+                if found.refresh_request(&probe, "probe").is_none() {
+                    problems.push(format!("pollers[{i}]: {} does not refresh tokens; remove refresh_token", poller.connector));
+                }
+            }
+            if poller.token_url.as_deref().is_some_and(|u| !u.starts_with("https://") && !u.starts_with("http://")) {
+                problems.push(format!("pollers[{i}].token_url must be an http(s) url"));
             }
             if poller.requests_per_second.is_some_and(|r| !(r > 0.0 && r <= 10_000.0)) || poller.burst == Some(0) {
                 problems.push(format!("pollers[{i}]: requests_per_second must be in (0, 10000] and burst at least 1"));

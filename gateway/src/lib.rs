@@ -9,6 +9,7 @@ pub mod imap;
 pub mod pipeline;
 pub mod plugins;
 pub mod poll;
+pub mod poll_tokens;
 pub mod retention;
 pub mod retry;
 pub mod routing;

@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::config::PollerConfig;
+use crate::poll_tokens::PollTokens;
 use crate::pipeline::{Pipeline, Submission};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::store::Store;
@@ -191,6 +192,50 @@ fn daily_rate(per_day: u32) -> f64 {
     f64::from(per_day.max(1)) / 86_400.0
 }
 
+/// The HTTP client of the pollers.
+pub(crate) type PollClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+
+/// Makes `wanted` against `base_url` (unless its path is a full URL): the status, headers and
+/// body (599 and nothing when the platform cannot be reached). One 30 s deadline for the whole
+/// exchange, headers and body, so a server that trickles its body cannot hold the poller; bodies
+/// are read up to [`MAX_RESPONSE_BYTES`]. An error only for a request that cannot be built.
+pub(crate) async fn exchange(
+    client: &PollClient,
+    base_url: &str,
+    wanted: inquiry_connectors::poll::PollRequest,
+) -> Result<(u16, hyper::HeaderMap, Bytes), hyper::http::Error> {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), wanted.path_and_query);
+    let mut request = hyper::Request::builder()
+        .method(match wanted.method {
+            PollMethod::Get => hyper::Method::GET,
+            PollMethod::Post => hyper::Method::POST,
+        })
+        .uri(&url);
+    for (header, value) in &wanted.headers {
+        request = request.header(header.as_str(), value.as_str());
+    }
+    let request = request.body(Full::new(Bytes::from(wanted.body)))?;
+    let answer = async {
+        let response = client.request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.ok()?.to_bytes();
+        Some((status, headers, body))
+    };
+    Ok(tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or((599, Default::default(), Bytes::new())))
+}
+
+fn store_and_vault<'a>(
+    store: &'a Store,
+    subjects: &'a crate::compliance::subjects::Subjects,
+) -> (&'a Store, &'a crate::compliance::vault::Vault) {
+    (store, subjects.vault())
+}
+
 /// Polls one (connector, account) until `stop` fires.
 pub async fn run(
     poller: &'static dyn Poller,
@@ -212,12 +257,14 @@ pub async fn run(
             return;
         }
     };
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+    let client: PollClient = Client::builder(TokioExecutor::new())
         .build(hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build());
-    let credentials = PollCredentials {
-        access_token: &config.access_token,
-        app_key: config.app_key.as_deref(),
-        app_secret: config.app_secret.as_deref(),
+    let mut tokens = match PollTokens::load(&config, &cursor_name, &store, subjects.vault()) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            tracing::error!(poller = name, error = %err, "cannot read the stored token; poller not started");
+            return;
+        }
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let actor = format!("poller:{name}/{account}");
@@ -241,42 +288,44 @@ pub async fn run(
                 _ = stop.changed() => return,
             };
             histogram!(telemetry::POLL_LIMITER_WAIT, "connector" => name).record(waited.as_secs_f64());
+            if tokens.needs_refresh(OffsetDateTime::now_utc()) {
+                let refreshed = tokio::select! {
+                    r = tokens.refresh(poller, &config, &client, store_and_vault(&store, &subjects)) => r,
+                    _ = stop.changed() => return,
+                };
+                if let Err(err) = refreshed {
+                    let delay = backoff.next();
+                    tracing::warn!(poller = name, error = %err, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
+                    if sleep_or_stop(delay, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let credentials = PollCredentials {
+                access_token: tokens.access(),
+                app_key: config.app_key.as_deref(),
+                app_secret: config.app_secret.as_deref(),
+            };
             let target = PollTarget { account: &account, credentials, now: OffsetDateTime::now_utc() };
             let position = PollPosition { cursor: cursor.as_deref(), page: page_token.as_deref() };
-            let wanted = poller.request(&target, &position);
-            let url = format!("{}{}", config.base_url.trim_end_matches('/'), wanted.path_and_query);
-            let mut request = hyper::Request::builder()
-                .method(match wanted.method {
-                    PollMethod::Get => hyper::Method::GET,
-                    PollMethod::Post => hyper::Method::POST,
-                })
-                .uri(&url);
-            for (header, value) in &wanted.headers {
-                request = request.header(header.as_str(), value.as_str());
-            }
-            let request = match request.body(Full::new(Bytes::from(wanted.body))) {
-                Ok(request) => request,
-                Err(err) => {
-                    tracing::error!(poller = name, error = %err, "the poller built an invalid request; stopped");
-                    return;
-                }
-            };
             let started = Instant::now();
-            // One deadline for the whole exchange, headers and body: a server that trickles its
-            // body cannot hold the poller.
-            let exchange = async {
-                let response = client.request(request).await.ok()?;
-                let status = response.status().as_u16();
-                let headers = response.headers().clone();
-                let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.ok()?.to_bytes();
-                Some((status, headers, body))
-            };
             let (status, headers, body) = tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(30), exchange) => {
-                    r.ok().flatten().unwrap_or((599, Default::default(), Bytes::new()))
-                }
+                answer = exchange(&client, &config.base_url, poller.request(&target, &position)) => match answer {
+                    Ok(answer) => answer,
+                    Err(err) => {
+                        tracing::error!(poller = name, error = %err, "the poller built an invalid request; stopped");
+                        return;
+                    }
+                },
                 _ = stop.changed() => return,
             };
+            if status == 401 && tokens.can_refresh() && !tokens.just_refreshed() {
+                // Revoked or expired before its time: refresh at once, then ask again.
+                counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "unauthorized").increment(1);
+                tokens.expire();
+                continue;
+            }
             let rate = RateHeaders::parse(
                 headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
                 OffsetDateTime::now_utc(),

@@ -308,6 +308,11 @@ impl Store {
         Ok(self.meta.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// A secret the gateway keeps for itself (sealed by the caller), by name.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(format!("secret/{name}"))?.map(|v| v.to_vec()))
+    }
+
     /// The outbox (spool) of a sink, created on first use.
     pub fn outbox(&self, sink: &str) -> Result<Outbox, StoreError> {
         let name = format!("outbox_{sink}");
@@ -496,6 +501,11 @@ impl StoreBatch<'_> {
     /// Sets a poller's cursor.
     pub fn put_cursor(&mut self, name: &str, cursor: &str) {
         self.inner.insert(&self.store.meta, format!("cursor/{name}"), cursor.as_bytes());
+    }
+
+    /// Sets a secret (sealed by the caller).
+    pub fn put_secret(&mut self, name: &str, sealed: &[u8]) {
+        self.inner.insert(&self.store.meta, format!("secret/{name}"), sealed);
     }
 
     /// Adds a dead-letter record for an inquiry.

@@ -23,6 +23,8 @@ pub const POLL_REQUESTS: &str = "inquiry_gateway_poll_requests_total";
 pub const POLL_ITEMS_IGNORED: &str = "inquiry_gateway_poll_items_ignored_total";
 /// Webhook requests by connector and outcome (`ok` or the refusal's code).
 pub const WEBHOOK_REQUESTS: &str = "inquiry_gateway_webhook_requests_total";
+/// Access-token refreshes of pollers, by connector and outcome.
+pub const POLL_TOKEN_REFRESHES: &str = "inquiry_gateway_poll_token_refreshes_total";
 /// Buyer messages a poller fetched, by connector.
 pub const POLL_ITEMS: &str = "inquiry_gateway_poll_items_total";
 /// Time a poller waited on its rate limiters before a call.
@@ -169,6 +171,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(POLL_REQUESTS, "calls to platform APIs by pollers, by outcome");
     describe_counter!(POLL_ITEMS_IGNORED, "items a poller fetched that are not new buyer messages");
     describe_counter!(POLL_ITEMS, "buyer messages a poller fetched");
+    describe_counter!(POLL_TOKEN_REFRESHES, "access-token refreshes of pollers, by outcome");
     describe_counter!(WEBHOOK_REQUESTS, "webhook requests by connector and outcome (ok or the refusal's code)");
     describe_histogram!(POLL_LIMITER_WAIT, Unit::Seconds, "time a poller waited on its rate limiters per call");
     describe_histogram!(POLL_LAG, Unit::Seconds, "age of the newest buyer message of a page when fetched");

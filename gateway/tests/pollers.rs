@@ -312,3 +312,67 @@ async fn limits_follow_what_the_platform_reports_in_its_headers() {
     assert_eq!(remaining, 0.0, "the gauge shows the exhausted day");
     assert!(gateway.log().contains("following the rate the platform reports"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_sigkill() {
+    // Access tokens live 4 s here (an hour at Etsy) and every refresh retires the refresh token
+    // it used. The entry has no access token at all, only the first refresh token.
+    let oauth = platform_standins::etsy::OAuth::new(Duration::from_secs(4), "0.etsy-refresh-first");
+    let etsy = Standin::start(
+        Arc::new(Etsy { oauth: Some(oauth.clone()), ..Etsy::default() }),
+        Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }),
+    )
+    .await
+    .unwrap();
+    for c in 0..5 {
+        exchange(&etsy, ETSY_SHOPS[0], c, now() - 60);
+    }
+    let config = format!(
+        "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{}\"\napp = \"etsy-app\"\naccess_token = \"\"\nrefresh_token = \"0.etsy-refresh-first\"\ntoken_url = \"{url}\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{url}\"\ninterval_ms = 200\nper_day = 2000000\n",
+        ETSY_SHOPS[0],
+        url = etsy.url()
+    );
+    let mut gateway = Gateway::start(&config).await;
+    wait_for(&gateway, "etsy", 5.0, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    {
+        let oauth = oauth.lock().unwrap();
+        assert!(oauth.refreshes >= 3, "refreshed halfway through each 4 s token: {} refreshes", oauth.refreshes);
+        assert_eq!(oauth.unauthorized, 0, "no call went out with an expired token");
+    }
+
+    // Killed: the config's refresh token is spent; the stored, rotated one carries on.
+    gateway.kill9();
+    let store = gateway.store_dir();
+    let spent = oauth.lock().unwrap().refresh_token.clone();
+    for entry in walk(&store) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(!bytes.windows(spent.len()).any(|w| w == spent.as_bytes()), "the refresh token is sealed on disk: {}", entry.display());
+    }
+    exchange(&etsy, ETSY_SHOPS[0], 50, now());
+    gateway.restart().await;
+    wait_for(&gateway, "etsy", 1.0, Duration::from_secs(10)).await;
+    support::eventually(Duration::from_secs(10), "the restarted gateway refreshes with the stored token", || async {
+        metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_token_refreshes_total", &[("outcome", "ok")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_token_refreshes_total", &[("outcome", "error")]),
+        0.0,
+        "the spent config token was not tried"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

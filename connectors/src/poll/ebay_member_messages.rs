@@ -158,6 +158,33 @@ impl Poller for EbayMemberMessages {
         }
     }
 
+    /// eBay OAuth (<https://developer.eBay.com/api-docs/static/oauth-refresh-token-request.html>):
+    /// user access tokens last two hours; `POST /identity/v1/oauth2/token` with HTTP Basic
+    /// `app id:cert id` (`app_key`:`app_secret`) and `grant_type=refresh_token` answers
+    /// `{access_token, expires_in}`; the refresh token itself lasts 18 months and is not rotated.
+    fn refresh_request(&self, target: &PollTarget<'_>, refresh_token: &str) -> Option<PollRequest> {
+        use base64::Engine;
+        let credentials = target.credentials;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            credentials.app_key.unwrap_or_default(),
+            credentials.app_secret.unwrap_or_default()
+        ));
+        Some(PollRequest {
+            method: PollMethod::Post,
+            path_and_query: "/identity/v1/oauth2/token".to_owned(),
+            headers: vec![
+                ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+                ("authorization".to_owned(), format!("Basic {basic}")),
+            ],
+            body: super::form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]),
+        })
+    }
+
+    fn parse_refresh(&self, body: &[u8], _now: time::OffsetDateTime) -> Result<super::TokenGrant, InputError> {
+        super::oauth_grant(body)
+    }
+
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
         const USAGE_LIMIT: &[u8] = b"<ErrorCode>518</ErrorCode>";
         status == 429 || body.windows(USAGE_LIMIT.len()).any(|w| w == USAGE_LIMIT)

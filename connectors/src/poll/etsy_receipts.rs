@@ -65,6 +65,28 @@ impl Poller for EtsyReceipts {
         request
     }
 
+    fn token_base_url(&self) -> Option<&'static str> {
+        Some("https://api.etsy.com")
+    }
+
+    /// Etsy OAuth 2.0 (<https://developers.etsy.com/documentation/essentials/authentication>):
+    /// access tokens last an hour; `POST /v3/public/oauth/token` with `grant_type=refresh_token`,
+    /// `client_id` (the keystring) and `refresh_token` answers `{access_token, expires_in,
+    /// refresh_token}` (a new refresh token each time).
+    fn refresh_request(&self, target: &PollTarget<'_>, refresh_token: &str) -> Option<PollRequest> {
+        let client_id = target.credentials.app_key.unwrap_or_default();
+        Some(PollRequest {
+            method: super::PollMethod::Post,
+            path_and_query: "/v3/public/oauth/token".to_owned(),
+            headers: vec![("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned())],
+            body: super::form(&[("grant_type", "refresh_token"), ("client_id", client_id), ("refresh_token", refresh_token)]),
+        })
+    }
+
+    fn parse_refresh(&self, body: &[u8], _now: time::OffsetDateTime) -> Result<super::TokenGrant, InputError> {
+        super::oauth_grant(body)
+    }
+
     fn is_throttled(&self, status: u16, _body: &[u8]) -> bool {
         status == 429
     }

@@ -150,6 +150,53 @@ impl PollRequest {
     }
 }
 
+/// A new access token from a platform's token endpoint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// The access token to send from now on.
+    pub access_token: String,
+    /// Seconds until it expires, where the platform says.
+    pub expires_in_seconds: Option<i64>,
+    /// A new refresh token, where the platform rotates them (the old one may stop working).
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGrant").field("expires_in_seconds", &self.expires_in_seconds).finish_non_exhaustive()
+    }
+}
+
+/// The error of a token endpoint's answer that holds no token.
+pub(crate) fn no_token(what: &str) -> InputError {
+    InputError::new(crate::error::InputErrorCode::MissingField, format!("the token answer holds no {what}"))
+        .field("access_token")
+}
+
+/// An RFC 6749 token answer: `{"access_token", "expires_in", "refresh_token"}`.
+pub(crate) fn oauth_grant(body: &[u8]) -> Result<TokenGrant, InputError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        access_token: Option<String>,
+        #[serde(default)]
+        expires_in: Option<i64>,
+        #[serde(default)]
+        refresh_token: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(InputError::from_json)?;
+    Ok(TokenGrant {
+        access_token: answer.access_token.filter(|t| !t.is_empty()).ok_or_else(|| no_token("access_token"))?,
+        expires_in_seconds: answer.expires_in,
+        refresh_token: answer.refresh_token.filter(|t| !t.is_empty()),
+    })
+}
+
+/// A form-encoded body (`application/x-www-form-urlencoded`).
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
 /// One parsed response.
 #[derive(Debug, Default)]
 pub struct PollPage {
@@ -198,6 +245,23 @@ pub trait Poller: Sync {
 
     /// The request for `position`.
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest;
+
+    /// Scheme and host of the platform's token endpoint where it is not the API's (config
+    /// `token_url` overrides it).
+    fn token_base_url(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The request that trades `refresh_token` for a new access token, for platforms whose access
+    /// tokens expire (`None`: tokens do not expire, or are not refreshed by the gateway).
+    fn refresh_request(&self, _target: &PollTarget<'_>, _refresh_token: &str) -> Option<PollRequest> {
+        None
+    }
+
+    /// Parses the token endpoint's answer to [`Poller::refresh_request`], received at `now`.
+    fn parse_refresh(&self, _body: &[u8], _now: OffsetDateTime) -> Result<TokenGrant, InputError> {
+        Err(no_token("access token"))
+    }
 
     /// True if a response says the caller is over its quota (429 is always taken as throttling).
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool;

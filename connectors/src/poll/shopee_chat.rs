@@ -47,6 +47,8 @@ use crate::{Draft, NormalizeContext};
 
 /// Path of the conversation list.
 pub const LIST_PATH: &str = "/api/v2/sellerchat/get_conversation_list";
+/// Path of the token refresh.
+pub const REFRESH_PATH: &str = "/api/v2/auth/access_token/get";
 /// Path of one conversation's messages.
 pub const MESSAGES_PATH: &str = "/api/v2/sellerchat/get_message";
 /// Conversations and messages per page (25: larger list pages are answered empty).
@@ -128,6 +130,50 @@ impl Poller for ShopeeChat {
             headers: Vec::new(),
             body: String::new(),
         }
+    }
+
+    /// Shopee v2 authorization (<https://open.shopee.com/developer-guide/20>): access tokens last
+    /// four hours; `POST /api/v2/auth/access_token/get` (partner-signed: `partner_id ‖ path ‖
+    /// timestamp`) with `{refresh_token, partner_id, shop_id}` answers `{access_token,
+    /// refresh_token, expire_in}` (a new refresh token each time).
+    fn refresh_request(&self, target: &PollTarget<'_>, refresh_token: &str) -> Option<PollRequest> {
+        let partner_id = target.credentials.app_key.unwrap_or_default();
+        let partner_key = target.credentials.app_secret.unwrap_or_default();
+        let timestamp = target.now.unix_timestamp();
+        let sign = super::shopee_lost_push::sign_partner(partner_key, partner_id, REFRESH_PATH, timestamp);
+        let id = |v: &str| v.parse::<u64>().map_or_else(|_| serde_json::json!(v), |n| serde_json::json!(n));
+        Some(PollRequest {
+            method: PollMethod::Post,
+            path_and_query: format!("{REFRESH_PATH}?partner_id={}&timestamp={timestamp}&sign={sign}", encode(partner_id)),
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: serde_json::json!({
+                "refresh_token": refresh_token, "partner_id": id(partner_id), "shop_id": id(target.account),
+            })
+            .to_string(),
+        })
+    }
+
+    fn parse_refresh(&self, body: &[u8], _now: time::OffsetDateTime) -> Result<super::TokenGrant, InputError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            error: String,
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            refresh_token: Option<String>,
+            #[serde(default)]
+            expire_in: Option<i64>,
+        }
+        let answer: Answer = serde_json::from_slice(body).map_err(InputError::from_json)?;
+        if !answer.error.is_empty() {
+            return Err(InputError::new(InputErrorCode::InvalidValue, "Shopee refused the refresh").field("error"));
+        }
+        Ok(super::TokenGrant {
+            access_token: answer.access_token.filter(|t| !t.is_empty()).ok_or_else(|| super::no_token("access_token"))?,
+            expires_in_seconds: answer.expire_in,
+            refresh_token: answer.refresh_token.filter(|t| !t.is_empty()),
+        })
     }
 
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {

@@ -86,6 +86,17 @@ impl Vault {
         Ok(DataKey { pseudonym: pseudonym.to_owned(), key: LessSafeKey::new(key) })
     }
 
+    /// Seals a secret the gateway keeps for itself (a platform's refreshed OAuth tokens) under
+    /// the KEK, bound to (tenant, `name`).
+    pub fn seal_secret(&self, name: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_with(&self.kek, &binding(&["secret", &self.tenant, name]), plaintext)
+    }
+
+    /// Opens what [`Vault::seal_secret`] sealed under `name`.
+    pub fn open_secret(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        self.open_with(&self.kek, &binding(&["secret", &self.tenant, name]), sealed)
+    }
+
     /// Seals `field` of inquiry `inquiry_id` for the subject of `key`: base64 of
     /// `nonce || ciphertext || tag`, bound to (tenant, pseudonym, inquiry id, field).
     pub fn seal(&self, key: &DataKey, inquiry_id: Uuid, field: &str, plaintext: &[u8]) -> String {

@@ -12,6 +12,9 @@
 //! Each buyer [`Message`] is one receipt (its conversation is the receipt id); seller replies are
 //! not receipts and are not served.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::{Admission, Mailbox, Platform, QuotaRule, Reply, Request};
@@ -21,13 +24,46 @@ use crate::{Admission, Mailbox, Platform, QuotaRule, Reply, Request};
 pub struct Etsy {
     /// The app's keystring it accepts in `x-api-key`.
     pub api_key: String,
-    /// The OAuth token it accepts.
+    /// A token it accepts forever.
     pub access_token: String,
+    /// Tokens issued by its OAuth endpoint, where it has one.
+    pub oauth: Option<Arc<Mutex<OAuth>>>,
 }
 
 impl Default for Etsy {
     fn default() -> Etsy {
-        Etsy { api_key: "test-etsy-keystring".to_owned(), access_token: "test-etsy-token".to_owned() }
+        Etsy { api_key: "test-etsy-keystring".to_owned(), access_token: "test-etsy-token".to_owned(), oauth: None }
+    }
+}
+
+/// Etsy's OAuth token endpoint (<https://developers.etsy.com/documentation/essentials/authentication>):
+/// `POST /v3/public/oauth/token` with `grant_type=refresh_token`, `client_id` and
+/// `refresh_token` answers a new access token and a new refresh token; the old refresh token stops
+/// working. Access tokens expire after `lifetime`.
+#[derive(Debug)]
+pub struct OAuth {
+    /// How long an access token lives.
+    pub lifetime: Duration,
+    /// The one refresh token that works now.
+    pub refresh_token: String,
+    /// Access tokens issued and when they expire.
+    pub issued: Vec<(String, Instant)>,
+    /// Refreshes granted.
+    pub refreshes: u32,
+    /// Calls refused for an expired or unknown token.
+    pub unauthorized: u32,
+}
+
+impl OAuth {
+    /// An endpoint whose first refresh token is `refresh_token`.
+    pub fn new(lifetime: Duration, refresh_token: &str) -> Arc<Mutex<OAuth>> {
+        Arc::new(Mutex::new(OAuth {
+            lifetime,
+            refresh_token: refresh_token.to_owned(),
+            issued: Vec::new(),
+            refreshes: 0,
+            unauthorized: 0,
+        }))
     }
 }
 
@@ -63,6 +99,39 @@ impl Platform for Etsy {
         QuotaRule { per_second: 10.0, burst: 10, per_day: Some(10_000) }
     }
 
+    fn outside_quota(&self, request: &Request) -> Option<Reply> {
+        if (request.method.as_str(), request.path.as_str()) != ("POST", "/v3/public/oauth/token") {
+            return None;
+        }
+        let Some(oauth) = &self.oauth else { return Some(etsy_error(404, "Resource not found")) };
+        let form: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&request.body)
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (crate::server::percent_decode(k), crate::server::percent_decode(v)))
+            .collect();
+        let mut oauth = oauth.lock().expect("oauth lock");
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+        if field("grant_type") != "refresh_token" || field("client_id") != self.api_key {
+            return Some(Reply::json(400, &json!({"error": "invalid_request"})));
+        }
+        if field("refresh_token") != oauth.refresh_token {
+            return Some(Reply::json(400, &json!({"error": "invalid_grant", "error_description": "refresh token is spent"})));
+        }
+        oauth.refreshes += 1;
+        let n = oauth.refreshes;
+        let access = format!("{n}.etsy-access-{n}");
+        let until = Instant::now() + oauth.lifetime;
+        oauth.issued.push((access.clone(), until));
+        oauth.refresh_token = format!("{n}.etsy-refresh-{n}");
+        Some(Reply::json(
+            200,
+            &json!({
+                "access_token": access, "token_type": "Bearer",
+                "expires_in": oauth.lifetime.as_secs(), "refresh_token": oauth.refresh_token,
+            }),
+        ))
+    }
+
     fn quota_key(&self, request: &Request) -> Result<String, Reply> {
         if shop_of(&request.path).is_none() {
             return Err(etsy_error(404, "Resource not found"));
@@ -72,7 +141,14 @@ impl Platform for Etsy {
         if key != Some(self.api_key.as_str()) {
             return Err(etsy_error(403, "Invalid API key"));
         }
-        if request.header("authorization") != Some(&format!("Bearer {}", self.access_token)) {
+        let bearer = request.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).unwrap_or_default();
+        let live = self.oauth.as_ref().is_some_and(|oauth| {
+            oauth.lock().expect("oauth lock").issued.iter().any(|(t, until)| t == bearer && Instant::now() < *until)
+        });
+        if bearer != self.access_token && !live {
+            if let Some(oauth) = &self.oauth {
+                oauth.lock().expect("oauth lock").unauthorized += 1;
+            }
             return Err(etsy_error(401, "invalid_token"));
         }
         Ok(self.api_key.clone())

@@ -148,6 +148,11 @@ pub trait Platform: Send + Sync + 'static {
     /// The documented quota.
     fn documented_quota(&self) -> QuotaRule;
 
+    /// The answer to a request outside the API's quota (an OAuth token endpoint), if it is one.
+    fn outside_quota(&self, _request: &Request) -> Option<Reply> {
+        None
+    }
+
     /// The key the platform counts the quota under (the app's API key, the page id), or the
     /// answer to a request that does not authenticate or names no known operation.
     fn quota_key(&self, request: &Request) -> Result<String, Reply>;

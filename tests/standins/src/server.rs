@@ -130,7 +130,7 @@ async fn answer(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Respon
             }
             Err(err) => Reply::json(400, &serde_json::json!({ "error": err.to_string() })),
         },
-        _ => match shared.platform.quota_key(&request) {
+        _ => match shared.platform.outside_quota(&request).map_or_else(|| shared.platform.quota_key(&request), Err) {
             Err(reply) => reply,
             Ok(key) => {
                 let admission = shared.quotas.lock().expect("quota lock").admit(&key);

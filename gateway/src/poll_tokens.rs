@@ -1,0 +1,168 @@
+//! Access tokens of pollers whose platforms' tokens expire (Etsy after an hour, eBay after two,
+//! Shopee after four): refreshed with the entry's `refresh_token` five minutes before they expire
+//! (halfway through, for tokens shorter than ten minutes),
+//! and at once when the platform answers 401. Several platforms rotate refresh tokens (each
+//! refresh returns a new one and retires the old), so the newest grant is kept in the embedded
+//! store, sealed under the KEK, and fsynced before it is used: a restart goes on with it rather
+//! than with the spent token in the config. A new `refresh_token` in the config (a shop
+//! re-authorized) wins over what is stored.
+
+use std::time::{Duration, Instant};
+
+use inquiry_connectors::poll::{PollCredentials, PollTarget, Poller};
+use metrics::counter;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::compliance::vault::Vault;
+use crate::config::PollerConfig;
+use crate::poll::{exchange, PollClient};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// How long before its expiry a token is refreshed (at most half its lifetime).
+const EARLY: time::Duration = time::Duration::minutes(5);
+
+/// The live tokens of one poller.
+pub struct PollTokens {
+    /// Store name of the sealed grant.
+    name: String,
+    access: String,
+    refresh: Option<String>,
+    expires_at: Option<OffsetDateTime>,
+    /// When to refresh: five minutes before expiry, or halfway for tokens shorter than ten minutes.
+    refresh_at: Option<OffsetDateTime>,
+    /// Fingerprint of the config's refresh token the grant descends from.
+    origin: String,
+    refreshed_at: Option<Instant>,
+}
+
+/// A grant as stored (sealed).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    origin: String,
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: Option<i64>,
+    refresh_at: Option<i64>,
+}
+
+impl PollTokens {
+    /// The tokens of the poller whose cursor is `cursor_name`: the stored grant when it descends
+    /// from the config's refresh token, else the config's tokens.
+    pub fn load(config: &PollerConfig, cursor_name: &str, store: &Store, vault: &Vault) -> Result<PollTokens, StoreError> {
+        let name = format!("poll-token/{cursor_name}");
+        let origin = config.refresh_token.as_deref().map(fingerprint).unwrap_or_default();
+        let mut tokens = PollTokens {
+            name,
+            access: config.access_token.clone(),
+            refresh: config.refresh_token.clone().filter(|t| !t.is_empty()),
+            expires_at: None,
+            refresh_at: None,
+            origin,
+            refreshed_at: None,
+        };
+        if tokens.refresh.is_none() {
+            return Ok(tokens);
+        }
+        let stored = store
+            .secret(&tokens.name)?
+            .and_then(|sealed| vault.open_secret(&tokens.name, &sealed).ok())
+            .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok());
+        if let Some(stored) = stored.filter(|s| s.origin == tokens.origin) {
+            tokens.access = stored.access_token;
+            tokens.refresh = stored.refresh_token.or(tokens.refresh);
+            tokens.expires_at = stored.expires_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+            tokens.refresh_at = stored.refresh_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        }
+        Ok(tokens)
+    }
+
+    /// The access token to send.
+    pub fn access(&self) -> &str {
+        &self.access
+    }
+
+    /// True if tokens can be refreshed (the entry has a refresh token).
+    pub fn can_refresh(&self) -> bool {
+        self.refresh.is_some()
+    }
+
+    /// True if the token was refreshed in the last minute (a 401 right after a refresh is not
+    /// cured by another one).
+    pub fn just_refreshed(&self) -> bool {
+        self.refreshed_at.is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+    }
+
+    /// True if the token must be refreshed before the next call: there is none, or its refresh
+    /// time has come.
+    pub fn needs_refresh(&self, now: OffsetDateTime) -> bool {
+        self.can_refresh() && (self.access.is_empty() || self.refresh_at.is_some_and(|at| at <= now))
+    }
+
+    /// Marks the token as expired (the platform answered 401).
+    pub fn expire(&mut self) {
+        self.refresh_at = Some(OffsetDateTime::UNIX_EPOCH);
+    }
+
+    /// Trades the refresh token for a new access token at the platform's token endpoint
+    /// (`token_url`, else the poller's, else the API's base URL), and keeps the grant.
+    pub async fn refresh(
+        &mut self,
+        poller: &dyn Poller,
+        config: &PollerConfig,
+        client: &PollClient,
+        (store, vault): (&Store, &Vault),
+    ) -> Result<(), String> {
+        let name = poller.name();
+        let refresh = self.refresh.clone().ok_or("no refresh token")?;
+        let now = OffsetDateTime::now_utc();
+        let credentials =
+            PollCredentials { access_token: "", app_key: config.app_key.as_deref(), app_secret: config.app_secret.as_deref() };
+        let target = PollTarget { account: &config.account, credentials, now };
+        let request = poller.refresh_request(&target, &refresh).ok_or("this platform's tokens are not refreshed")?;
+        let base = config.token_url.as_deref().or(poller.token_base_url()).unwrap_or(&config.base_url);
+        let outcome = async {
+            let (status, _, body) = exchange(client, base, request).await.map_err(|e| e.to_string())?;
+            if !(200..300).contains(&status) {
+                return Err(format!("the token endpoint answered {status}"));
+            }
+            let grant = poller.parse_refresh(&body, now).map_err(|e| e.to_string())?;
+            self.access = grant.access_token;
+            self.refresh = grant.refresh_token.or(Some(refresh));
+            let lifetime = grant.expires_in_seconds.map(time::Duration::seconds);
+            self.expires_at = lifetime.map(|l| now + l);
+            self.refresh_at = lifetime.map(|l| now + l - EARLY.min(l / 2));
+            self.refreshed_at = Some(Instant::now());
+            self.keep(store, vault).map_err(|e| format!("the new token could not be stored: {e}"))
+        }
+        .await;
+        let label = if outcome.is_ok() { "ok" } else { "error" };
+        counter!(telemetry::POLL_TOKEN_REFRESHES, "connector" => name, "outcome" => label).increment(1);
+        if outcome.is_ok() {
+            tracing::info!(poller = name, expires_at = ?self.expires_at, "access token refreshed");
+        }
+        outcome
+    }
+
+    /// Stores the grant, sealed, and fsyncs it.
+    fn keep(&self, store: &Store, vault: &Vault) -> Result<(), StoreError> {
+        let stored = Stored {
+            origin: self.origin.clone(),
+            access_token: self.access.clone(),
+            refresh_token: self.refresh.clone(),
+            expires_at: self.expires_at.map(OffsetDateTime::unix_timestamp),
+            refresh_at: self.refresh_at.map(OffsetDateTime::unix_timestamp),
+        };
+        let sealed = vault.seal_secret(&self.name, &serde_json::to_vec(&stored).expect("a grant serializes"));
+        let mut batch = store.batch();
+        batch.put_secret(&self.name, &sealed);
+        batch.commit()
+    }
+}
+
+/// A short fingerprint of a token (which config token a stored grant descends from).
+fn fingerprint(token: &str) -> String {
+    hex::encode(&Sha256::digest(token.as_bytes())[..8])
+}
