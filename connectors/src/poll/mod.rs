@@ -8,6 +8,7 @@
 //! fixtures under `connectors/tests/fixtures/pollers/<name>/`, a config example and a stand-in
 //! under `tests/standins`.
 
+mod aliexpress_messages;
 mod ebay_member_messages;
 mod etsy_receipts;
 mod json_ids;
@@ -40,6 +41,7 @@ pub const REGISTRY: &[&dyn Poller] = &[
     &shopee_chat::ShopeeChat,
     &shopee_lost_push::ShopeeLostPush,
     &tiktok_customer_service::TiktokCustomerService,
+    &aliexpress_messages::AliexpressMessages,
 ];
 
 /// The poller registered under `name`.
@@ -71,13 +73,14 @@ pub enum QuotaScope {
 /// The credentials of one polled account, from config.
 #[derive(Clone, Copy, Default)]
 pub struct PollCredentials<'a> {
-    /// The account's access token (OAuth bearer, eBay user token, Shopee/TikTok shop token).
+    /// The account's access token (OAuth bearer, eBay user token, Shopee/TikTok shop token,
+    /// AliExpress seller session).
     pub access_token: &'a str,
     /// The app's public id where the platform wants it (Etsy `x-api-key`, Shopee `partner_id`,
-    /// TikTok Shop `app_key`, eBay app id).
+    /// TikTok Shop and AliExpress `app_key`, eBay app id).
     pub app_key: Option<&'a str>,
     /// The app's secret where the platform signs requests with it (Shopee partner key, TikTok
-    /// Shop app secret).
+    /// Shop and AliExpress app secret).
     pub app_secret: Option<&'a str>,
 }
 

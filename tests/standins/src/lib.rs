@@ -9,6 +9,7 @@
 //! Every stand-in also answers `GET /_standin/stats` (calls and violations per quota key) and
 //! `POST /_standin/messages` (a JSON array of [`Message`]s to add).
 
+pub mod aliexpress;
 pub mod ebay;
 pub mod etsy;
 pub mod meta;
@@ -142,7 +143,7 @@ impl Reply {
 
 /// A platform API: how it authenticates, counts its quota, throttles and answers.
 pub trait Platform: Send + Sync + 'static {
-    /// Name (`etsy`, `meta`, `ebay`, `shopee`, `tiktok`).
+    /// Name (`etsy`, `meta`, `ebay`, `shopee`, `tiktok`, `aliexpress`).
     fn name(&self) -> &'static str;
 
     /// The documented quota.
@@ -173,13 +174,14 @@ pub fn platform(name: &str) -> Option<Arc<dyn Platform>> {
         "shopee" => Some(Arc::new(shopee::Shopee::default())),
         "tiktok" => Some(Arc::new(tiktok::Tiktok::default())),
         "shopee_push" => Some(Arc::new(shopee_push::ShopeePush::default())),
+        "aliexpress" => Some(Arc::new(aliexpress::Aliexpress::default())),
         _ => None,
     }
 }
 
 /// The names [`platform`] knows, in the order the binary serves them on 127.0.0.1:18101+ (meta
-/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106).
-pub const PLATFORMS: &[&str] = &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push"];
+/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106, aliexpress 18107).
+pub const PLATFORMS: &[&str] = &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push", "aliexpress"];
 
 /// The address a stand-in listens on.
 pub type Addr = SocketAddr;
