@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform_standins::{
-    ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush, tiktok::Tiktok, Message, QuotaRule, Standin,
+    aliexpress::Aliexpress, ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush, tiktok::Tiktok, Message, QuotaRule, Standin,
 };
 use support::{metric_value, Gateway, HttpClient};
 
@@ -92,6 +92,9 @@ fn seller_poller(connector: &str, standin: &Standin, extra: &str) -> String {
         "ebay_member_messages" => "access_token = \"test-ebay-user-token\"\napp_key = \"test-ebay-app-id\"",
         "shopee_chat" => {
             "access_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\""
+        }
+        "aliexpress_messages" => {
+            "access_token = \"test-aliexpress-session\"\napp_key = \"test-aliexpress-app-key\"\napp_secret = \"test-aliexpress-app-secret\""
         }
         _ => "access_token = \"test-tiktok-shop-token\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"",
     };
@@ -216,12 +219,23 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
         .unwrap();
     let shopee = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
     let tiktok = Standin::start(Arc::new(Tiktok::default()), None).await.unwrap();
-    let sellers = [(&ebay, "ebay_member_messages", "ebay"), (&shopee, "shopee_chat", "shopee"), (&tiktok, "tiktok_customer_service", "tiktok_shop")];
+    // AliExpress: 5,000 calls a day per app (assumed), raised here too (1 call/s).
+    let aliexpress =
+        Standin::start(Arc::new(Aliexpress::default()), Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }))
+            .await
+            .unwrap();
+    let sellers = [
+        (&ebay, "ebay_member_messages", "ebay"),
+        (&shopee, "shopee_chat", "shopee"),
+        (&tiktok, "tiktok_customer_service", "tiktok_shop"),
+        (&aliexpress, "aliexpress_messages", "aliexpress"),
+    ];
     for (standin, connector, _) in sellers {
         for c in 0..10 {
             exchange(standin, "1001", c, now() - 600 + c as i64);
         }
-        config += &seller_poller(connector, standin, if connector == "ebay_member_messages" { "per_day = 2000000" } else { "" });
+        let daily = matches!(connector, "ebay_member_messages" | "aliexpress_messages");
+        config += &seller_poller(connector, standin, if daily { "per_day = 2000000" } else { "" });
     }
     // Shopee's lost-push sweep: 1/s per partner (assumed), pushes of another shop (2002).
     let lost = ShopeePush::default();
@@ -256,6 +270,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     assert_quota_used(&ebay, "ebay (per app)");
     assert_quota_used(&shopee, "shopee (per shop)");
     assert_quota_used(&tiktok, "tiktok (per shop)");
+    assert_quota_used(&aliexpress, "aliexpress (per app)");
     assert_quota_used(&pushes, "shopee lost pushes (per partner)");
     assert_quota_used(&etsy, "etsy (per app, three shops)");
     let etsy_calls = etsy.stats()["test-etsy-keystring"].served;

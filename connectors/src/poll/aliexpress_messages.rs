@@ -55,9 +55,10 @@
 //! boundary second is read again) nor takes one twice (its taken ids are in the cursor). The list
 //! is paged by page number, so a conversation that gets a message during the cycle moves to the
 //! front and shifts the others down (nothing is skipped; a conversation listed again is not read
-//! again in the same cycle). Messages stamped after the cycle started, less [`LOOKBACK`], are left
-//! to the next cycle: taking them could move the cursor past an older message that was not yet
-//! visible when its conversation was read. A never-polled seller is read 7 days back.
+//! again in the same cycle). The cursor never goes past the time of the cycle's first list page
+//! less [`LOOKBACK`] (see `Walk::cursor`): a message taken later than that is taken again by the
+//! next cycle and dropped by the pipeline's dedup, but no older message that was not yet visible
+//! when its conversation was read is skipped. A never-polled seller is read 7 days back.
 //!
 //! Quota: AliExpress documents three kinds of limits ("API access count limitation": per app key
 //! per day, shown and raised in the console, the app banned until midnight Beijing time once over
@@ -79,7 +80,6 @@ use super::walk::{to_seconds, Step, Walk, FIRST_POLL_LOOKBACK_SECONDS};
 use super::watermark::Watermark;
 use super::{
     encode, Credential, PollMethod, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope,
-    LOOKBACK,
 };
 use crate::error::{InputError, InputErrorCode};
 use crate::inquiry::Channel;
@@ -127,8 +127,6 @@ struct Cycle {
     /// Conversations read to the cursor this cycle (not read again if listed again).
     #[serde(default)]
     done: Vec<String>,
-    /// Unix seconds: messages stamped later are left to the next cycle.
-    until: i64,
 }
 
 impl Cycle {
@@ -139,11 +137,11 @@ impl Cycle {
                 InputError::new(InputErrorCode::InvalidValue, "the page token is not a cycle state").field("page")
             });
         }
-        Ok(Cycle::fresh(Walk::resume(position.cursor, None, now)?, now))
+        Ok(Cycle::fresh(Walk::resume(position.cursor, None, now)?))
     }
 
-    fn fresh(walk: Walk, now: i64) -> Cycle {
-        Cycle { walk, buyers: BTreeMap::new(), done: Vec::new(), until: now.saturating_sub(LOOKBACK.whole_seconds()) }
+    fn fresh(walk: Walk) -> Cycle {
+        Cycle { walk, buyers: BTreeMap::new(), done: Vec::new() }
     }
 
     /// The page number of the current step (1 when the walk holds none or a foreign one).
@@ -163,7 +161,16 @@ impl Cycle {
 /// A walk from 7 days back (a never-polled seller).
 fn fresh_walk(now: i64) -> Walk {
     let since = Watermark::starting(now.saturating_sub(FIRST_POLL_LOOKBACK_SECONDS));
-    Walk { list_page: None, list_done: false, todo: Default::default(), inner_page: None, mark: since.clone(), since }
+    Walk {
+        list_page: None,
+        list_done: false,
+        todo: Default::default(),
+        inner_page: None,
+        mark: since.clone(),
+        since,
+        listed_at: now,
+        failed: false,
+    }
 }
 
 /// The number of the page after `page` when `page` was full and the API pages that far.
@@ -201,7 +208,7 @@ impl Poller for AliexpressMessages {
         // A token or cursor this poller did not write cannot be followed: start the cycle again.
         let cycle = Cycle::resume(position, now)
             .or_else(|_| Cycle::resume(&PollPosition { cursor: position.cursor, page: None }, now))
-            .unwrap_or_else(|_| Cycle::fresh(fresh_walk(now), now));
+            .unwrap_or_else(|_| Cycle::fresh(fresh_walk(now)));
         let credentials = target.credentials;
         let page = cycle.page_number();
         let mut params: Vec<(&str, String)> = vec![
@@ -294,9 +301,7 @@ impl Poller for AliexpressMessages {
                         page.ignored += 1;
                         continue;
                     }
-                    if at > cycle.until {
-                        continue;
-                    }
+                    cycle.walk.saw(at, &message.id);
                     let from_buyer = match (&buyer, &message.sender_ali_id) {
                         (Some(buyer), Some(sender)) => buyer == sender,
                         (None, Some(sender)) => sender != target.account,
@@ -310,7 +315,6 @@ impl Poller for AliexpressMessages {
                         page.ignored += 1;
                         continue;
                     };
-                    cycle.walk.mark.take(at, &message.id);
                     let mut draft = Draft::message(
                         Channel::Aliexpress,
                         target.account,
@@ -338,7 +342,7 @@ impl Poller for AliexpressMessages {
         let todo = &cycle.walk.todo;
         cycle.buyers.retain(|channel, _| todo.contains(channel));
         page.next_page = cycle.token();
-        page.cursor = Some(cycle.walk.mark.to_cursor());
+        page.cursor = Some(cycle.walk.cursor());
         Ok(page)
     }
 }
