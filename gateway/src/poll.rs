@@ -31,6 +31,10 @@ use crate::telemetry::{self, Hop};
 /// Share of a quota the limiters use: platforms count calls by their arrival, and a call delayed
 /// on the way arrives closer to the next one than it was sent; 2% below the quota absorbs that.
 const HEADROOM: f64 = 0.98;
+/// How long a quota whose day is used up is paused before it is tried again.
+const DAILY_CAP_PAUSE: Duration = Duration::from_secs(3600);
+/// How many inquiry ids a poller remembers having handed to the pipeline.
+const HANDED_OVER_MEMORY: usize = 100_000;
 /// The largest platform response read (a page of messages is far smaller).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// The most pages one cycle reads before it ends (the cursor is kept; the next cycle goes on).
@@ -267,6 +271,7 @@ pub async fn run(
         }
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut handed_over = std::collections::HashSet::new();
     let actor = format!("poller:{name}/{account}");
     tracing::info!(
         poller = name,
@@ -334,8 +339,11 @@ pub async fn run(
             if status == 429 || poller.is_throttled(status, &body) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "throttled").increment(1);
                 // A zero or past Retry-After is no reason to hammer: never less than the backoff.
-                let delay = rate.retry_after.unwrap_or_default().max(backoff.next());
-                quotas.pause(&quota.per_second_key, delay);
+                // A day's cap used up pauses the quota for an hour (retrying by seconds would
+                // spend the day on refusals).
+                let daily = poller.is_daily_cap(status, &body);
+                let delay = rate.retry_after.unwrap_or_default().max(if daily { DAILY_CAP_PAUSE } else { backoff.next() });
+                quotas.pause(quota.daily_key.as_ref().filter(|_| daily).unwrap_or(&quota.per_second_key), delay);
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "platform throttled; pausing");
                 continue;
             }
@@ -384,11 +392,13 @@ pub async fn run(
                 None
             };
             // A page holds many buyers' messages: it is not kept as any one inquiry's payload.
-            let sealed: Result<Vec<Submission>, _> = page
-                .inquiries
-                .into_iter()
-                .map(|i| Submission::seal(i, &body, false, None, &actor, &subjects))
-                .collect();
+            // What this poller already handed over (the look-back and cycle boundaries fetch
+            // messages again) is skipped before the costly sealing; the pipeline's dedup still
+            // drops what a restart fetches again.
+            let fresh: Vec<_> = page.inquiries.into_iter().filter(|i| !handed_over.contains(&i.id)).collect();
+            let fresh_ids: Vec<uuid::Uuid> = fresh.iter().map(|i| i.id).collect();
+            let sealed: Result<Vec<Submission>, _> =
+                fresh.into_iter().map(|i| Submission::seal(i, &body, false, None, &actor, &subjects)).collect();
             let submissions = match sealed {
                 Ok(submissions) => submissions,
                 Err(err) => {
@@ -400,7 +410,13 @@ pub async fn run(
             if !submissions.is_empty() || cursor_update.is_some() {
                 loop {
                     match pipeline.submit_with_cursor(submissions.clone(), cursor_update.clone()).await {
-                        Ok(_) => break,
+                        Ok(_) => {
+                            if handed_over.len() + fresh_ids.len() > HANDED_OVER_MEMORY {
+                                handed_over.clear();
+                            }
+                            handed_over.extend(fresh_ids.iter().copied());
+                            break;
+                        }
                         Err(err) => {
                             tracing::warn!(poller = name, error = %err, "pipeline refused the page; retrying");
                             if sleep_or_stop(Duration::from_secs(1), &mut stop).await {

@@ -391,3 +391,22 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_day_pauses_the_poller_for_an_hour_not_seconds() {
+    // The entry claims far more calls a day than the app has left (3): after eBay's error 518 the
+    // poller stops asking instead of spending the day on refusals.
+    let ebay = Standin::start(Arc::new(Ebay::default()), Some(QuotaRule { per_second: 20.0, burst: 20, per_day: Some(3) }))
+        .await
+        .unwrap();
+    exchange(&ebay, "1001", 1, now() - 60);
+    let gateway = Gateway::start(&seller_poller("ebay_member_messages", &ebay, "per_day = 2000000\nrequests_per_second = 20.0\nburst = 20")).await;
+    support::eventually(Duration::from_secs(10), "the day's three calls and one refusal", || async {
+        ebay.stats().values().next().is_some_and(|s| s.calls >= 4)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = ebay.stats().values().next().cloned().unwrap();
+    assert_eq!((stats.served, stats.violations), (3, 1), "one refusal, then a pause of an hour");
+    assert!(gateway.log().contains("platform throttled; pausing"));
+}

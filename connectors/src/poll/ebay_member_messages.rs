@@ -185,9 +185,14 @@ impl Poller for EbayMemberMessages {
         super::oauth_grant(body)
     }
 
-    fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
+    /// Error 518: the application's call limit (a daily cap) is used up.
+    fn is_daily_cap(&self, _status: u16, body: &[u8]) -> bool {
         const USAGE_LIMIT: &[u8] = b"<ErrorCode>518</ErrorCode>";
-        status == 429 || body.windows(USAGE_LIMIT.len()).any(|w| w == USAGE_LIMIT)
+        body.windows(USAGE_LIMIT.len()).any(|w| w == USAGE_LIMIT)
+    }
+
+    fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
+        status == 429 || self.is_daily_cap(status, body)
     }
 
     fn parse<'c>(

@@ -266,6 +266,12 @@ pub trait Poller: Sync {
         Err(no_token("access token"))
     }
 
+    /// True if a throttled response says the day's calls are used up (not just this second's):
+    /// the runner then pauses the quota for an hour instead of backing off by seconds.
+    fn is_daily_cap(&self, _status: u16, _body: &[u8]) -> bool {
+        false
+    }
+
     /// True if a response says the caller is over its quota (429 is always taken as throttling).
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool;
 

@@ -46,16 +46,19 @@ impl Default for Shopee {
     }
 }
 
-fn shopee_error(status: u16, error: &str, message: &str) -> Reply {
+/// A Shopee refusal.
+pub(crate) fn shopee_error(status: u16, error: &str, message: &str) -> Reply {
     Reply::json(status, &json!({"request_id": "standin", "error": error, "message": message}))
 }
 
-fn ok(response: serde_json::Value) -> Reply {
+/// A Shopee answer.
+pub(crate) fn ok(response: serde_json::Value) -> Reply {
     Reply::json(200, &json!({"request_id": "standin", "error": "", "message": "", "response": response}))
 }
 
-/// Shopee's shop-level signature.
-fn sign(partner_key: &str, base: &str) -> String {
+/// Shopee's signature over `base` (shop level: partner_id ‖ path ‖ timestamp ‖ token ‖ shop;
+/// partner level: partner_id ‖ path ‖ timestamp).
+pub(crate) fn sign(partner_key: &str, base: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(partner_key.as_bytes()).expect("HMAC takes any key length");
     mac.update(base.as_bytes());
     hex::encode(mac.finalize().into_bytes())

@@ -14,10 +14,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 
+use crate::shopee::{ok, shopee_error, sign};
 use crate::{Admission, Mailbox, Platform, QuotaRule, Reply, Request};
 
 const LIST: &str = "/api/v2/push/get_lost_push_message";
@@ -47,20 +46,6 @@ impl Default for ShopeePush {
             confirmed: Arc::default(),
         }
     }
-}
-
-fn shopee_error(status: u16, error: &str, message: &str) -> Reply {
-    Reply::json(status, &json!({"request_id": "standin", "error": error, "message": message}))
-}
-
-fn ok(response: serde_json::Value) -> Reply {
-    Reply::json(200, &json!({"request_id": "standin", "error": "", "message": "", "response": response}))
-}
-
-fn sign(partner_key: &str, base: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(partner_key.as_bytes()).expect("HMAC takes any key length");
-    mac.update(base.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 impl Platform for ShopeePush {
