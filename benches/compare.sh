@@ -19,7 +19,7 @@
 #   SECONDS_PER_RUN=5 benches/compare.sh --quick    # regression check: under 2 minutes when built
 #
 # Environment: SECONDS_PER_RUN (10; 5 with --quick), WARMUP_SECONDS (2), CONNS (saturation
-# connection counts, "64 256"; "256" with --quick), RATE_CONNS (connections of the open-loop
+# connection counts, "64 256 1024"; "256" with --quick), RATE_CONNS (connections of the open-loop
 # runs, 256), OUT (where the JSON lines go; default a temporary file, printed at the end),
 # CARGO_TARGET_DIR (~/.cache/inquiry-gateway/target-main). Everything runs under nice -n 19.
 # Starts Kafka (tests/services/kafka.sh start) when it is not running and leaves it running.
@@ -30,7 +30,7 @@ quick=0
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inquiry-gateway/target-main}"
 secs="${SECONDS_PER_RUN:-$([[ $quick == 1 ]] && echo 5 || echo 10)}"
 warm="${WARMUP_SECONDS:-2}"
-conns="${CONNS:-$([[ $quick == 1 ]] && echo 256 || echo "64 256")}"
+conns="${CONNS:-$([[ $quick == 1 ]] && echo 256 || echo "64 256 1024")}"
 rate_conns="${RATE_CONNS:-256}"
 n="nice -n 19"
 
@@ -54,6 +54,7 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 # snap PID FILE [ADMIN]: CPU ticks and RSS of PID and the broker's CPU; the gateway's metrics.
 snap() {
+  rm -f "$2.metrics"
   printf '{"t":%s,"cpu":%s,"rss_kib":%s,"kafka_cpu":%s}\n' "$(date +%s.%N)" "$(cpu_ticks "$1")" "$(rss_kib "$1")" \
     "$(cpu_ticks "$kafka_pid")" > "$2"
   if [[ -n "${3:-}" ]]; then curl -sf "$3/metrics" > "$2.metrics" || true; fi
@@ -129,7 +130,7 @@ priority = "normal"
 [[routing.plugins]]
 id = "rules"
 path = "$plugin"
-capabilities = ["agents", "kv", "log", "counters"]
+capabilities = ["agents", "kv", "log", "counters", "clock"]
 [[routing.chains]]
 plugins = ["rules"]
 [[routing.agents]]
@@ -155,7 +156,7 @@ for _ in $(seq 300); do
 done
 saturate gateway "$gw" http://127.0.0.1:19091 http://127.0.0.1:18081/v1/inquiries > /dev/null
 at_rates gateway "$gw" http://127.0.0.1:19091 http://127.0.0.1:18081/v1/inquiries
-grep -i "error\|panic" "$work/gateway.log" | head -5 >&2 || true
+if grep -i "error\|panic" "$work/gateway.log" >&2; then echo "compare: the gateway logged errors (above)" >&2; fi
 kill -TERM "$gw"; wait "$gw" || true
 
 # ---- the bare-hyper ceiling ----
