@@ -45,7 +45,7 @@ impl Gateway {
             admin: free_addr(),
             extra_config: extra_config.to_owned(),
         };
-        gateway.spawn().await;
+        gateway.spawn_with_retry(true).await;
         gateway
     }
 
@@ -73,6 +73,32 @@ impl Gateway {
         self.wait_healthy().await;
     }
 
+    /// Starts the process; when one of its ports was taken meanwhile (ports are picked free,
+    /// then released, and parallel tests bind their own servers), tries again: with new ports for
+    /// a first start, with the same ones (after a pause) for a restart.
+    async fn spawn_with_retry(&mut self, first_start: bool) {
+        for attempt in 0.. {
+            let log_before = self.log().len();
+            let started = std::panic::AssertUnwindSafe(self.spawn());
+            match futures_util::FutureExt::catch_unwind(started).await {
+                Ok(()) => return,
+                Err(panic) => {
+                    let clash = self.log()[log_before..].contains("Address already in use");
+                    if !clash || attempt >= 5 {
+                        std::panic::resume_unwind(panic);
+                    }
+                    self.child = None;
+                    if first_start {
+                        self.ingest = free_addr();
+                        self.admin = free_addr();
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    }
+
     async fn wait_healthy(&mut self) {
         let client = HttpClient::new();
         // Generous: a gateway with plugins compiles them before it serves, and tests run in parallel.
@@ -94,7 +120,7 @@ impl Gateway {
     /// Restarts the gateway on the same store and ports.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the gateway before restarting it");
-        self.spawn().await;
+        self.spawn_with_retry(false).await;
     }
 
     /// SIGKILL: no chance to flush anything.
