@@ -577,6 +577,23 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     )
     .await;
     assert_eq!((redacted.status.as_u16(), redacted.json()["status"].as_str()), (200, Some("completed")));
+
+    // A redelivery (the same X-Shopify-Event-Id) answers the request it opened the first time.
+    let data_request = json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "data_request": { "id": 10000 } });
+    let body = data_request.to_string();
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-shopify-topic", "customers/data_request"),
+        ("x-shopify-hmac-sha256", signature.as_str()),
+        ("x-shopify-event-id", "98880550-7158-44d4-b7cd-2c97c8a091b5"),
+    ];
+    let first = client.request(Method::POST, &url, body.clone().into_bytes(), &headers).await;
+    let again = client.request(Method::POST, &url, body.into_bytes(), &headers).await;
+    assert_eq!((first.status.as_u16(), again.status.as_u16()), (200, 200));
+    assert_eq!(first.json()["request_id"], again.json()["request_id"], "one request per event");
+    assert_eq!(again.json()["duplicate"], true);
     for id in &ids {
         assert!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["personal"].is_null());
     }

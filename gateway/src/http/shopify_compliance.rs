@@ -73,9 +73,28 @@ pub async fn handle(
         user_id,
         pseudonym: None,
     };
-    let source = format!("shopify:{shop}");
+    // Shopify redelivers until it gets a 200; a redelivery carries the same event id and must not
+    // open (or carry out) the request twice.
+    let event = headers
+        .get("x-shopify-event-id")
+        .or_else(|| headers.get("x-shopify-webhook-id"))
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128);
+    let source = match event {
+        Some(event) => format!("shopify:{shop}:event:{event}"),
+        None => format!("shopify:{shop}"),
+    };
     let by = format!("webhook:{CONNECTOR}/{shop}");
     let requests = &state.requests;
+    if event.is_some() {
+        let earlier = requests.list().map_err(store_error)?.into_iter().find(|r| r.source == source);
+        if let Some(earlier) = earlier {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({ "request_id": earlier.id, "status": earlier.status, "duplicate": true }),
+            ));
+        }
+    }
     // Shopify applies the same rights everywhere; the GDPR's deadlines are the strictest common ones.
     let record = match topic.as_str() {
         "customers/data_request" => requests.open(RequestKind::Export, &spec, Jurisdiction::Gdpr, &source, &by).await,
