@@ -291,15 +291,7 @@ impl AdminApi {
                 let who = self.authorize(&headers, scope, caller)?;
                 let by = format!("admin:{who}");
                 let jurisdiction = request.jurisdiction.unwrap_or(Jurisdiction::Gdpr);
-                self.subject_request(&request, jurisdiction, &by).await.map_err(|err| match err {
-                    RequestError::NoSubject => ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "no_subject",
-                        RequestError::NoSubject.to_string(),
-                    ),
-                    RequestError::Store(err) => store_error(err),
-                    RequestError::Pipeline(err) => super::api::submit_error(err),
-                })
+                self.subject_request(&request, jurisdiction, &by).await.map_err(super::api::request_error)
             }
             (Method::GET, ["v1", "subject-requests"]) => {
                 self.authorize(req.headers(), "subjects:read", caller)?;

@@ -370,3 +370,15 @@ pub(crate) fn store_error(err: crate::store::StoreError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not complete the request")
         .retry_after(1)
 }
+
+/// A data subject request that could not be carried out, as the HTTP error it answers.
+pub(crate) fn request_error(err: crate::compliance::requests::RequestError) -> ApiError {
+    use crate::compliance::requests::RequestError;
+    match err {
+        RequestError::Store(err) => store_error(err),
+        RequestError::Pipeline(err) => submit_error(err),
+        RequestError::NoSubject => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", RequestError::NoSubject.to_string())
+        }
+    }
+}

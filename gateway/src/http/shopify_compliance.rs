@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{store_error, submit_error, ApiState};
+use super::api::{store_error, ApiState};
 use super::error::{json_response, ApiError};
 use super::HttpResponse;
 use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectSpec};
@@ -117,10 +117,6 @@ pub async fn handle(
             ))
         }
     }
-    .map_err(|err| match err {
-        RequestError::Store(err) => store_error(err),
-        RequestError::Pipeline(err) => submit_error(err),
-        RequestError::NoSubject => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", err.to_string()),
-    })?;
+    .map_err(super::api::request_error)?;
     Ok(json_response(StatusCode::OK, &json!({ "request_id": record.id, "status": record.status })))
 }

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::api::{read_body, submit_error, ApiState};
 use super::error::{json_response, ApiError};
-use crate::compliance::requests::{Jurisdiction, RequestError, SubjectSpec};
+use crate::compliance::requests::{Jurisdiction, SubjectSpec};
 use crate::pipeline::{AckStatus, Submission};
 use crate::telemetry::{self, Hop};
 
@@ -189,15 +189,10 @@ async fn open_erasures(
         };
         let source = format!("{connector}:{account}:account_deletion");
         let by = format!("webhook:{connector}/{account}");
-        let map_error = |err: RequestError| match err {
-            RequestError::Store(err) => super::api::store_error(err),
-            RequestError::Pipeline(err) => submit_error(err),
-            RequestError::NoSubject => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", err.to_string()),
-        };
-        if !state.requests.holds(&spec).map_err(map_error)? {
+        if !state.requests.holds(&spec).map_err(super::api::request_error)? {
             continue;
         }
-        let record = state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await.map_err(map_error)?;
+        let record = state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await.map_err(super::api::request_error)?;
         opened.push(record.id.to_string());
     }
     Ok(opened)
