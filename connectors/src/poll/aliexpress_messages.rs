@@ -76,8 +76,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::json_ids;
-use super::walk::{to_seconds, Step, Walk, FIRST_POLL_LOOKBACK_SECONDS};
-use super::watermark::Watermark;
+use super::walk::{to_seconds, Step, Walk};
 use super::{
     encode, Credential, PollMethod, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope,
 };
@@ -130,14 +129,14 @@ struct Cycle {
 }
 
 impl Cycle {
-    /// The state for `position`; a first page starts from the durable cursor (7 days back if none).
-    fn resume(position: &PollPosition<'_>, now: i64) -> Result<Cycle, InputError> {
-        if let Some(token) = position.page {
-            return serde_json::from_str(token).map_err(|_| {
-                InputError::new(InputErrorCode::InvalidValue, "the page token is not a cycle state").field("page")
-            });
-        }
-        Ok(Cycle::fresh(Walk::resume(position.cursor, None, now)?))
+    /// The state for `position`: the page token's, else a first page from the durable cursor (7
+    /// days back if none). A token or cursor this poller did not write starts the cycle again, the
+    /// same way for the request and the parse of its answer.
+    fn resume_or_restart(position: &PollPosition<'_>, now: i64) -> Cycle {
+        position
+            .page
+            .and_then(|token| serde_json::from_str(token).ok())
+            .unwrap_or_else(|| Cycle::fresh(Walk::resume_or_restart(position.cursor, None, now)))
     }
 
     fn fresh(walk: Walk) -> Cycle {
@@ -158,20 +157,6 @@ impl Cycle {
     }
 }
 
-/// A walk from 7 days back (a never-polled seller).
-fn fresh_walk(now: i64) -> Walk {
-    let since = Watermark::starting(now.saturating_sub(FIRST_POLL_LOOKBACK_SECONDS));
-    Walk {
-        list_page: None,
-        list_done: false,
-        todo: Default::default(),
-        inner_page: None,
-        mark: since.clone(),
-        since,
-        listed_at: now,
-        failed: false,
-    }
-}
 
 /// The number of the page after `page` when `page` was full and the API pages that far.
 fn next_page_number(page: u32, rows: usize) -> Option<String> {
@@ -205,10 +190,7 @@ impl Poller for AliexpressMessages {
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
         let now = target.now.unix_timestamp();
-        // A token or cursor this poller did not write cannot be followed: start the cycle again.
-        let cycle = Cycle::resume(position, now)
-            .or_else(|_| Cycle::resume(&PollPosition { cursor: position.cursor, page: None }, now))
-            .unwrap_or_else(|_| Cycle::fresh(fresh_walk(now)));
+        let cycle = Cycle::resume_or_restart(position, now);
         let credentials = target.credentials;
         let page = cycle.page_number();
         let mut params: Vec<(&str, String)> = vec![
@@ -260,7 +242,7 @@ impl Poller for AliexpressMessages {
         position: &PollPosition<'_>,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
-        let mut cycle = Cycle::resume(position, target.now.unix_timestamp())?;
+        let mut cycle = Cycle::resume_or_restart(position, target.now.unix_timestamp());
         let page_number = cycle.page_number();
         let mut page = PollPage::default();
         match cycle.walk.step() {

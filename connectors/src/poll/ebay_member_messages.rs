@@ -82,6 +82,15 @@ struct Cycle {
 }
 
 impl Cycle {
+    /// Like [`Cycle::resume`], but a token or cursor this poller did not write starts the cycle
+    /// again, the same way for the request and the parse of its answer.
+    fn resume_or_restart(position: &PollPosition<'_>, now: OffsetDateTime) -> Cycle {
+        Cycle::resume(position, now)
+            .or_else(|_| Cycle::resume(&PollPosition { cursor: position.cursor, page: None }, now))
+            .or_else(|_| Cycle::resume(&PollPosition { cursor: None, page: None }, now))
+            .expect("a cycle without cursor or token always starts")
+    }
+
     fn resume(position: &PollPosition<'_>, now: OffsetDateTime) -> Result<Cycle, InputError> {
         if let Some(token) = position.page {
             return serde_json::from_str(token).map_err(|_| {
@@ -128,9 +137,7 @@ impl Poller for EbayMemberMessages {
     }
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
-        let cycle = Cycle::resume(position, target.now)
-            .or_else(|_| Cycle::resume(&PollPosition { cursor: None, page: None }, target.now))
-            .expect("a fresh cycle always starts");
+        let cycle = Cycle::resume_or_restart(position, target.now);
         let body = format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
              <GetMemberMessagesRequest xmlns=\"urn:ebay:apis:eBLBaseComponents\">\n\
@@ -202,7 +209,7 @@ impl Poller for EbayMemberMessages {
         position: &PollPosition<'_>,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
-        let mut cycle = Cycle::resume(position, target.now)?;
+        let mut cycle = Cycle::resume_or_restart(position, target.now);
         let text = std::str::from_utf8(body)
             .map_err(|_| InputError::new(InputErrorCode::InvalidUtf8, "the answer is not UTF-8"))?;
         // quick-xml's errors can quote the document: not passed on (they reach the logs).

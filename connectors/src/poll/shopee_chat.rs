@@ -95,10 +95,7 @@ impl Poller for ShopeeChat {
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
         let now = target.now.unix_timestamp();
-        // A token this poller did not write cannot be followed: start the cycle again.
-        let walk = Walk::resume(position.cursor, position.page, now)
-            .or_else(|_| Walk::resume(None, None, now))
-            .expect("a fresh walk always starts");
+        let walk = Walk::resume_or_restart(position.cursor, position.page, now);
         let (path, extra) = match walk.step() {
             Step::List(page) => {
                 let mut extra = format!("&direction=older&type=all&page_size={PAGE_SIZE}");
@@ -188,7 +185,7 @@ impl Poller for ShopeeChat {
         position: &PollPosition<'_>,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
-        let mut walk = Walk::resume(position.cursor, position.page, target.now.unix_timestamp())?;
+        let mut walk = Walk::resume_or_restart(position.cursor, position.page, target.now.unix_timestamp());
         let mut page = PollPage::default();
         match walk.step() {
             Step::List(_) => {

@@ -94,9 +94,7 @@ impl Poller for TiktokCustomerService {
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
         let now = target.now.unix_timestamp();
-        let walk = Walk::resume(position.cursor, position.page, now)
-            .or_else(|_| Walk::resume(None, None, now))
-            .expect("a fresh walk always starts");
+        let walk = Walk::resume_or_restart(position.cursor, position.page, now);
         let credentials = target.credentials;
         let mut query: Vec<(&str, String)> = vec![
             ("app_key", credentials.app_key.unwrap_or_default().to_owned()),
@@ -185,7 +183,7 @@ impl Poller for TiktokCustomerService {
         position: &PollPosition<'_>,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
-        let mut walk = Walk::resume(position.cursor, position.page, target.now.unix_timestamp())?;
+        let mut walk = Walk::resume_or_restart(position.cursor, position.page, target.now.unix_timestamp());
         let mut page = PollPage::default();
         match walk.step() {
             Step::List(_) => {

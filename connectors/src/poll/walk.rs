@@ -79,6 +79,17 @@ impl Walk {
         })
     }
 
+    /// Like [`Walk::resume`], but a page token or cursor this poller did not write starts the
+    /// cycle again (from the cursor when only the token is unreadable, else 7 days back): the
+    /// request and the parse of its answer must follow the same state, or a bad cursor would fail
+    /// every cycle.
+    pub fn resume_or_restart(cursor: Option<&str>, page: Option<&str>, now_seconds: i64) -> Walk {
+        Walk::resume(cursor, page, now_seconds)
+            .or_else(|_| Walk::resume(cursor, None, now_seconds))
+            .or_else(|_| Walk::resume(None, None, now_seconds))
+            .expect("a cycle without cursor or token always starts")
+    }
+
     /// The call to make now.
     pub fn step(&self) -> Step<'_> {
         match self.todo.front() {
@@ -208,5 +219,8 @@ mod tests {
         assert_eq!(to_seconds(1_764_748_680_123), 1_764_748_680);
         assert_eq!(to_seconds(1_764_748_680_123_456_789), 1_764_748_680);
         assert!(Walk::resume(None, Some("not json"), 0).is_err());
+        let cursor = Watermark::starting(1_000).to_cursor();
+        assert_eq!(Walk::resume_or_restart(Some(&cursor), Some("not json"), 5_000).since.at, 1_000, "the cursor kept");
+        assert_eq!(Walk::resume_or_restart(Some("garbage"), None, 1_000_000).since.at, 1_000_000 - 7 * 86_400);
     }
 }
