@@ -233,13 +233,6 @@ pub(crate) async fn exchange(
         .unwrap_or((599, Default::default(), Bytes::new())))
 }
 
-fn store_and_vault<'a>(
-    store: &'a Store,
-    subjects: &'a crate::compliance::subjects::Subjects,
-) -> (&'a Store, &'a crate::compliance::vault::Vault) {
-    (store, subjects.vault())
-}
-
 /// Polls one (connector, account) until `stop` fires.
 pub async fn run(
     poller: &'static dyn Poller,
@@ -295,7 +288,7 @@ pub async fn run(
             histogram!(telemetry::POLL_LIMITER_WAIT, "connector" => name).record(waited.as_secs_f64());
             if tokens.needs_refresh(OffsetDateTime::now_utc()) {
                 let refreshed = tokio::select! {
-                    r = tokens.refresh(poller, &config, &client, store_and_vault(&store, &subjects)) => r,
+                    r = tokens.refresh(poller, &config, &client, &store, subjects.vault()) => r,
                     _ = stop.changed() => return,
                 };
                 if let Err(err) = refreshed {

@@ -30,7 +30,6 @@ pub struct PollTokens {
     name: String,
     access: String,
     refresh: Option<String>,
-    expires_at: Option<OffsetDateTime>,
     /// When to refresh: five minutes before expiry, or halfway for tokens shorter than ten minutes.
     refresh_at: Option<OffsetDateTime>,
     /// Fingerprint of the config's refresh token the grant descends from.
@@ -44,7 +43,6 @@ struct Stored {
     origin: String,
     access_token: String,
     refresh_token: Option<String>,
-    expires_at: Option<i64>,
     refresh_at: Option<i64>,
 }
 
@@ -58,7 +56,6 @@ impl PollTokens {
             name,
             access: config.access_token.clone(),
             refresh: config.refresh_token.clone().filter(|t| !t.is_empty()),
-            expires_at: None,
             refresh_at: None,
             origin,
             refreshed_at: None,
@@ -73,7 +70,6 @@ impl PollTokens {
         if let Some(stored) = stored.filter(|s| s.origin == tokens.origin) {
             tokens.access = stored.access_token;
             tokens.refresh = stored.refresh_token.or(tokens.refresh);
-            tokens.expires_at = stored.expires_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
             tokens.refresh_at = stored.refresh_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
         }
         Ok(tokens)
@@ -113,7 +109,8 @@ impl PollTokens {
         poller: &dyn Poller,
         config: &PollerConfig,
         client: &PollClient,
-        (store, vault): (&Store, &Vault),
+        store: &Store,
+        vault: &Vault,
     ) -> Result<(), String> {
         let name = poller.name();
         let refresh = self.refresh.clone().ok_or("no refresh token")?;
@@ -132,7 +129,6 @@ impl PollTokens {
             self.access = grant.access_token;
             self.refresh = grant.refresh_token.or(Some(refresh));
             let lifetime = grant.expires_in_seconds.map(time::Duration::seconds);
-            self.expires_at = lifetime.map(|l| now + l);
             self.refresh_at = lifetime.map(|l| now + l - EARLY.min(l / 2));
             self.refreshed_at = Some(Instant::now());
             self.keep(store, vault).map_err(|e| format!("the new token could not be stored: {e}"))
@@ -141,7 +137,7 @@ impl PollTokens {
         let label = if outcome.is_ok() { "ok" } else { "error" };
         counter!(telemetry::POLL_TOKEN_REFRESHES, "connector" => name, "outcome" => label).increment(1);
         if outcome.is_ok() {
-            tracing::info!(poller = name, expires_at = ?self.expires_at, "access token refreshed");
+            tracing::info!(poller = name, refresh_at = ?self.refresh_at, "access token refreshed");
         }
         outcome
     }
@@ -152,7 +148,6 @@ impl PollTokens {
             origin: self.origin.clone(),
             access_token: self.access.clone(),
             refresh_token: self.refresh.clone(),
-            expires_at: self.expires_at.map(OffsetDateTime::unix_timestamp),
             refresh_at: self.refresh_at.map(OffsetDateTime::unix_timestamp),
         };
         let sealed = vault.seal_secret(&self.name, &serde_json::to_vec(&stored).expect("a grant serializes"));

@@ -20,9 +20,7 @@
 //! Quota: none published for these calls (ASSUMED 1 call per second per partner, no daily cap;
 //! a sweep every few minutes needs far less).
 
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 
 use super::{encode, Credential, PollMethod, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope};
 use crate::error::{InputError, InputErrorCode};
@@ -40,10 +38,9 @@ const WEBCHAT_PUSH: i64 = 10;
 pub struct ShopeeLostPush;
 
 /// The Shopee v2 partner-level signature: hex HMAC-SHA256(partner key, partner_id ‖ path ‖ timestamp).
+/// (The shop-level signature without a token and shop.)
 pub fn sign_partner(partner_key: &str, partner_id: &str, path: &str, timestamp: i64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(partner_key.as_bytes()).expect("HMAC takes any key length");
-    mac.update(format!("{partner_id}{path}{timestamp}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    super::shopee_chat::sign(partner_key, partner_id, path, timestamp, "", "")
 }
 
 /// What the page token says to do next.
