@@ -22,7 +22,15 @@ const HEADERS: [&str; 9] = [
 /// A body: random bytes, or a random tail after a prefix that steers it into a parser
 /// (JSON object, multipart boundary, form fields).
 fn body() -> impl Strategy<Value = Vec<u8>> {
-    let prefixes = prop::sample::select(vec!["", "{", "{\"data\":", "--b\r\n", "--b\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n", "timestamp=1&token=", "signature="]);
+    let prefixes = prop::sample::select(vec![
+        "",
+        "{",
+        "{\"data\":",
+        "--b\r\n",
+        "--b\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n",
+        "timestamp=1&token=",
+        "signature=",
+    ]);
     (prefixes, prop::collection::vec(any::<u8>(), 0..512)).prop_map(|(prefix, tail)| {
         let mut body = prefix.as_bytes().to_vec();
         body.extend(tail);

@@ -54,7 +54,11 @@ fn every_poller_builds_its_requests_and_parses_its_fixtures_to_the_goldens() {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let envelopes = serde_json::to_string(&page.inquiries).unwrap();
             for inquiry in &page.inquiries {
-                assert!(!envelopes.contains(&inquiry.personal.body), "{}: message text in the envelope", path.display());
+                assert!(
+                    !envelopes.contains(&inquiry.personal.body),
+                    "{}: message text in the envelope",
+                    path.display()
+                );
                 for personal in [&inquiry.personal.name, &inquiry.personal.email, &inquiry.personal.platform_user_id] {
                     if let Some(value) = personal {
                         assert!(!envelopes.contains(value.as_str()), "{}: `{value}` in the envelope", path.display());
@@ -76,7 +80,12 @@ fn every_poller_builds_its_requests_and_parses_its_fixtures_to_the_goldens() {
             if std::env::var_os("BLESS").is_some() {
                 fs::write(&expected_path, &actual).unwrap();
             }
-            assert_eq!(actual, fs::read_to_string(&expected_path).unwrap_or_default(), "{} (BLESS=1 rewrites it)", path.display());
+            assert_eq!(
+                actual,
+                fs::read_to_string(&expected_path).unwrap_or_default(),
+                "{} (BLESS=1 rewrites it)",
+                path.display()
+            );
         }
     }
 }

@@ -29,23 +29,39 @@ fn each_platform_refreshes_the_way_it_documents() {
     let grant = etsy
         .parse_refresh(br#"{"access_token":"a-2","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#, NOW)
         .unwrap();
-    assert_eq!((grant.access_token.as_str(), grant.expires_in_seconds, grant.refresh_token.as_deref()), ("a-2", Some(3600), Some("rt-2")));
+    assert_eq!(
+        (grant.access_token.as_str(), grant.expires_in_seconds, grant.refresh_token.as_deref()),
+        ("a-2", Some(3600), Some("rt-2"))
+    );
 
     let ebay = poll::find("ebay_member_messages").unwrap();
     let request = ebay.refresh_request(&target(), "v^1.1#r").unwrap();
     assert_eq!(request.path_and_query, "/identity/v1/oauth2/token");
-    assert!(request.headers.contains(&("authorization".to_owned(), "Basic dGVzdC1hcHAta2V5OnRlc3QtYXBwLXNlY3JldA==".to_owned())));
+    assert!(request
+        .headers
+        .contains(&("authorization".to_owned(), "Basic dGVzdC1hcHAta2V5OnRlc3QtYXBwLXNlY3JldA==".to_owned())));
     assert_eq!(request.body, "grant_type=refresh_token&refresh_token=v%5E1.1%23r");
-    let grant = ebay.parse_refresh(br#"{"access_token":"v^1.1#i","expires_in":7200,"token_type":"User Access Token"}"#, NOW).unwrap();
-    assert_eq!((grant.expires_in_seconds, grant.refresh_token), (Some(7200), None), "eBay does not rotate refresh tokens");
+    let grant = ebay
+        .parse_refresh(br#"{"access_token":"v^1.1#i","expires_in":7200,"token_type":"User Access Token"}"#, NOW)
+        .unwrap();
+    assert_eq!(
+        (grant.expires_in_seconds, grant.refresh_token),
+        (Some(7200), None),
+        "eBay does not rotate refresh tokens"
+    );
 
     let shopee = poll::find("shopee_chat").unwrap();
     let request = shopee.refresh_request(&target(), "rt-s").unwrap();
-    assert!(request.path_and_query.starts_with("/api/v2/auth/access_token/get?partner_id=test-app-key&timestamp=1796284800&sign="));
+    assert!(request
+        .path_and_query
+        .starts_with("/api/v2/auth/access_token/get?partner_id=test-app-key&timestamp=1796284800&sign="));
     let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
     assert_eq!(body, serde_json::json!({"refresh_token": "rt-s", "partner_id": "test-app-key", "shop_id": 1001}));
     let grant = shopee
-        .parse_refresh(br#"{"error":"","message":"","access_token":"s-2","refresh_token":"rt-s2","expire_in":14400}"#, NOW)
+        .parse_refresh(
+            br#"{"error":"","message":"","access_token":"s-2","refresh_token":"rt-s2","expire_in":14400}"#,
+            NOW,
+        )
         .unwrap();
     assert_eq!((grant.expires_in_seconds, grant.refresh_token.as_deref()), (Some(14400), Some("rt-s2")));
     assert!(shopee.parse_refresh(br#"{"error":"error_auth","message":"invalid refresh_token"}"#, NOW).is_err());
@@ -57,11 +73,16 @@ fn each_platform_refreshes_the_way_it_documents() {
         "/api/v2/token/refresh?app_key=test-app-key&app_secret=test-app-secret&refresh_token=rt-t&grant_type=refresh_token"
     );
     let expires = NOW.unix_timestamp() + 604_800;
-    let answer = format!(r#"{{"code":0,"message":"success","data":{{"access_token":"t-2","access_token_expire_in":{expires},"refresh_token":"rt-t2"}}}}"#);
+    let answer = format!(
+        r#"{{"code":0,"message":"success","data":{{"access_token":"t-2","access_token_expire_in":{expires},"refresh_token":"rt-t2"}}}}"#
+    );
     let grant = tiktok.parse_refresh(answer.as_bytes(), NOW).unwrap();
     assert_eq!(grant.expires_in_seconds, Some(604_800), "TikTok's absolute expiry becomes a duration");
 
-    assert!(poll::find("messenger_conversations").unwrap().refresh_request(&target(), "x").is_none(), "page tokens do not expire");
+    assert!(
+        poll::find("messenger_conversations").unwrap().refresh_request(&target(), "x").is_none(),
+        "page tokens do not expire"
+    );
 }
 
 #[test]
@@ -71,7 +92,12 @@ fn an_answer_without_a_token_is_an_error() {
             continue;
         }
         for body in [&b"{}"[..], b"{\"access_token\":\"\"}", b"<html>", b""] {
-            assert!(poller.parse_refresh(body, NOW).is_err(), "{} took {:?}", poller.name(), String::from_utf8_lossy(body));
+            assert!(
+                poller.parse_refresh(body, NOW).is_err(),
+                "{} took {:?}",
+                poller.name(),
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -61,7 +61,9 @@ fn secrets(connector: &str, secret: &'static str) -> WebhookSecrets<'static> {
     let public_key: &'static str = match connector {
         "sendgrid" => Box::leak(public_key(secret).into_boxed_str()),
         // eBay serves its PEM without line breaks.
-        "ebay" => Box::leak(format!("-----BEGIN PUBLIC KEY-----{}-----END PUBLIC KEY-----", public_key(secret)).into_boxed_str()),
+        "ebay" => Box::leak(
+            format!("-----BEGIN PUBLIC KEY-----{}-----END PUBLIC KEY-----", public_key(secret)).into_boxed_str(),
+        ),
         _ => "",
     };
     WebhookSecrets {
@@ -182,7 +184,11 @@ fn every_connector_verifies_signed_requests_and_refuses_tampered_ones() {
             let request_tampered = WebhookRequest { body: &tampered, ..request.clone() };
             if name != "telegram" {
                 // Telegram's token does not cover the body: TLS and the secret URL protect it.
-                assert_eq!(connector.verify(&request_tampered, &secrets, NOW), Err(VerifyError::BadSignature), "{file}");
+                assert_eq!(
+                    connector.verify(&request_tampered, &secrets, NOW),
+                    Err(VerifyError::BadSignature),
+                    "{file}"
+                );
             }
             let wrong = self::secrets(name, WRONG_SECRET);
             assert_eq!(connector.verify(&request, &wrong, NOW), Err(VerifyError::BadSignature), "{file}");
@@ -347,7 +353,8 @@ fn ebay_challenge_is_answered_with_the_documented_hash_in_json() {
         endpoint_url: Some("https://gateway.test/webhooks/ebay/acct-1"),
         ..Default::default()
     };
-    let request = WebhookRequest { headers: Vec::new(), query: "challenge_code=a8628072-3d33-45ee-9004-bee86830a22d", body: b"" };
+    let request =
+        WebhookRequest { headers: Vec::new(), query: "challenge_code=a8628072-3d33-45ee-9004-bee86830a22d", body: b"" };
     let expected = hex::encode(Sha256::digest(
         "a8628072-3d33-45ee-9004-bee86830a22dtest-verification-token-0123456789abcdefhttps://gateway.test/webhooks/ebay/acct-1",
     ));
@@ -369,7 +376,10 @@ fn ebay_names_its_signing_key_and_accepts_sha256_digests() {
     assert_eq!(ebay.key_id(&request).as_deref(), Some("test-kid-1"));
     assert_eq!(webhook::find("line").unwrap().key_id(&request), None);
     let json = serde_json::json!({"alg": "ecdsa", "kid": "k2", "signature": ecdsa(SECRET, &Sha256::digest(&body)), "digest": "SHA256"});
-    let sha256 = WebhookRequest { headers: vec![("x-ebay-signature".into(), b64(json.to_string().as_bytes()))], ..request.clone() };
+    let sha256 = WebhookRequest {
+        headers: vec![("x-ebay-signature".into(), b64(json.to_string().as_bytes()))],
+        ..request.clone()
+    };
     assert_eq!(ebay.verify(&sha256, &secrets("ebay", SECRET), NOW), Ok(()));
     let keyless = WebhookSecrets { public_key: None, ..secrets("ebay", SECRET) };
     assert_eq!(ebay.verify(&request, &keyless, NOW), Err(VerifyError::NotConfigured("public_key")));

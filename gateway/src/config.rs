@@ -1028,7 +1028,10 @@ impl Config {
                     now: time::OffsetDateTime::UNIX_EPOCH,
                 };
                 if found.refresh_request(&probe, "probe").is_none() {
-                    problems.push(format!("pollers[{i}]: {} does not refresh tokens; remove refresh_token", poller.connector));
+                    problems.push(format!(
+                        "pollers[{i}]: {} does not refresh tokens; remove refresh_token",
+                        poller.connector
+                    ));
                 }
             }
             if poller.token_url.as_deref().is_some_and(|u| !u.starts_with("https://") && !u.starts_with("http://")) {

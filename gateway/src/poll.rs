@@ -22,8 +22,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::config::PollerConfig;
-use crate::poll_tokens::PollTokens;
 use crate::pipeline::{Pipeline, Submission};
+use crate::poll_tokens::PollTokens;
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
@@ -80,7 +80,9 @@ impl QuotaRegistry {
     /// The limiter of `key`, created on first use with (`per_second`, `burst`) holding
     /// `available` calls.
     fn limiter(&self, key: &QuotaKey, per_second: f64, burst: u32, available: u32) {
-        self.limiters.entry(key.clone()).or_insert_with(|| Arc::new(Limiter::with_available(per_second, burst, available)));
+        self.limiters
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Limiter::with_available(per_second, burst, available)));
     }
 
     /// Replaces the limiter of `key` when the platform reports a rate more than 1% away from
@@ -197,7 +199,8 @@ fn daily_rate(per_day: u32) -> f64 {
 }
 
 /// The HTTP client of the pollers.
-pub(crate) type PollClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+pub(crate) type PollClient =
+    Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
 
 /// Makes `wanted` against `base_url` (unless its path is a full URL): the status, headers and
 /// body (599 and nothing when the platform cannot be reached). One 30 s deadline for the whole
@@ -226,11 +229,11 @@ pub(crate) async fn exchange(
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.ok()?.to_bytes();
         Some((status, headers, body))
     };
-    Ok(tokio::time::timeout(Duration::from_secs(30), answer)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or((599, Default::default(), Bytes::new())))
+    Ok(tokio::time::timeout(Duration::from_secs(30), answer).await.ok().flatten().unwrap_or((
+        599,
+        Default::default(),
+        Bytes::new(),
+    )))
 }
 
 /// Polls one (connector, account) until `stop` fires.
@@ -335,9 +338,15 @@ pub async fn run(
                 // A day's cap used up pauses the quota for an hour (retrying by seconds would
                 // spend the day on refusals).
                 let daily = poller.is_daily_cap(status, &body);
-                let delay = rate.retry_after.unwrap_or_default().max(if daily { DAILY_CAP_PAUSE } else { backoff.next() });
+                let delay =
+                    rate.retry_after.unwrap_or_default().max(if daily { DAILY_CAP_PAUSE } else { backoff.next() });
                 quotas.pause(quota.daily_key.as_ref().filter(|_| daily).unwrap_or(&quota.per_second_key), delay);
-                tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "platform throttled; pausing");
+                tracing::warn!(
+                    poller = name,
+                    status,
+                    delay_ms = delay.as_millis() as u64,
+                    "platform throttled; pausing"
+                );
                 continue;
             }
             if !(200..300).contains(&status) {
@@ -432,7 +441,11 @@ pub async fn run(
                 // A platform that answers "more" without moving on would hold the poller in one
                 // cycle forever, with its cursor never stored: end the cycle here instead.
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "stuck").increment(1);
-                tracing::error!(poller = name, pages, "the platform's paging does not advance; cycle ended, cursor kept");
+                tracing::error!(
+                    poller = name,
+                    pages,
+                    "the platform's paging does not advance; cycle ended, cursor kept"
+                );
                 failed = true;
                 break;
             }

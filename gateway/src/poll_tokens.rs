@@ -49,7 +49,12 @@ struct Stored {
 impl PollTokens {
     /// The tokens of the poller whose cursor is `cursor_name`: the stored grant when it descends
     /// from the config's refresh token, else the config's tokens.
-    pub fn load(config: &PollerConfig, cursor_name: &str, store: &Store, vault: &Vault) -> Result<PollTokens, StoreError> {
+    pub fn load(
+        config: &PollerConfig,
+        cursor_name: &str,
+        store: &Store,
+        vault: &Vault,
+    ) -> Result<PollTokens, StoreError> {
         let name = format!("poll-token/{cursor_name}");
         let origin = config.refresh_token.as_deref().map(fingerprint).unwrap_or_default();
         let mut tokens = PollTokens {
@@ -115,8 +120,11 @@ impl PollTokens {
         let name = poller.name();
         let refresh = self.refresh.clone().ok_or("no refresh token")?;
         let now = OffsetDateTime::now_utc();
-        let credentials =
-            PollCredentials { access_token: "", app_key: config.app_key.as_deref(), app_secret: config.app_secret.as_deref() };
+        let credentials = PollCredentials {
+            access_token: "",
+            app_key: config.app_key.as_deref(),
+            app_secret: config.app_secret.as_deref(),
+        };
         let target = PollTarget { account: &config.account, credentials, now };
         let request = poller.refresh_request(&target, &refresh).ok_or("this platform's tokens are not refreshed")?;
         let base = config.token_url.as_deref().or(poller.token_base_url()).unwrap_or(&config.base_url);

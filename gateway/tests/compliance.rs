@@ -579,7 +579,8 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     assert_eq!((redacted.status.as_u16(), redacted.json()["status"].as_str()), (200, Some("completed")));
 
     // A redelivery (the same X-Shopify-Event-Id) answers the request it opened the first time.
-    let data_request = json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "data_request": { "id": 10000 } });
+    let data_request =
+        json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "data_request": { "id": 10000 } });
     let body = data_request.to_string();
     let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
     let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform_standins::{
-    aliexpress::Aliexpress, ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush, tiktok::Tiktok, Message, QuotaRule, Standin,
+    aliexpress::Aliexpress, ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush,
+    tiktok::Tiktok, Message, QuotaRule, Standin,
 };
 use support::{metric_value, Gateway, HttpClient};
 
@@ -55,7 +56,11 @@ async fn metrics(gateway: &Gateway) -> String {
 }
 
 async fn accepted(gateway: &Gateway, channel: &str) -> f64 {
-    metric_value(&metrics(gateway).await, "inquiry_gateway_inquiries_total", &[("outcome", "accepted"), ("channel", channel)])
+    metric_value(
+        &metrics(gateway).await,
+        "inquiry_gateway_inquiries_total",
+        &[("outcome", "accepted"), ("channel", channel)],
+    )
 }
 
 /// Waits until exactly `expected` inquiries of `channel` were accepted; never more.
@@ -67,7 +72,11 @@ async fn wait_for(gateway: &Gateway, channel: &str, expected: f64, timeout: Dura
         if now == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "imported {now} of {expected} {channel} messages in {timeout:?}\n{}", gateway.log());
+        assert!(
+            Instant::now() < deadline,
+            "imported {now} of {expected} {channel} messages in {timeout:?}\n{}",
+            gateway.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -136,7 +145,12 @@ async fn a_quota_set_too_high_is_corrected_by_backing_off_on_throttling() {
     wait_for(&gateway, "messenger", 120.0, Duration::from_secs(60)).await;
     let stats = graph.stats()[PAGE].clone();
     assert!(stats.violations > 0, "the configured quota was too high, so the platform throttled");
-    assert!(stats.violations <= stats.calls / 2, "backing off: {} throttled of {} calls", stats.violations, stats.calls);
+    assert!(
+        stats.violations <= stats.calls / 2,
+        "backing off: {} throttled of {} calls",
+        stats.violations,
+        stats.calls
+    );
     let throttled =
         metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_requests_total", &[("outcome", "throttled")]);
     assert!(throttled >= stats.violations as f64 - 1.0, "every throttled call is counted ({throttled})");
@@ -145,9 +159,10 @@ async fn a_quota_set_too_high_is_corrected_by_backing_off_on_throttling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_buyer_message_is_imported_once_within_quota_across_a_sigkill() {
     let graph = Standin::start(Arc::new(Meta::default()), None).await.unwrap();
-    let etsy = Standin::start(Arc::new(Etsy::default()), Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }))
-        .await
-        .unwrap();
+    let etsy =
+        Standin::start(Arc::new(Etsy::default()), Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }))
+            .await
+            .unwrap();
     let start = now() - 3600;
     // Three pages of 25 conversations: 60 buyer messages; 2 x 120 receipts with notes (2 pages each).
     for c in 0..60 {
@@ -160,8 +175,9 @@ async fn every_buyer_message_is_imported_once_within_quota_across_a_sigkill() {
     }
     // Etsy's published daily cap (10,000 per app) allows one call every 8.6 s: raised here.
     let daily = "per_day = 2000000";
-    let config =
-        meta_poller(&graph, 200, "") + &etsy_poller(&etsy, ETSY_SHOPS[0], daily) + &etsy_poller(&etsy, ETSY_SHOPS[1], daily);
+    let config = meta_poller(&graph, 200, "")
+        + &etsy_poller(&etsy, ETSY_SHOPS[0], daily)
+        + &etsy_poller(&etsy, ETSY_SHOPS[1], daily);
     let mut gateway = Gateway::start(&config).await;
     wait_for(&gateway, "messenger", 60.0, Duration::from_secs(30)).await;
     wait_for(&gateway, "etsy", 240.0, Duration::from_secs(30)).await;
@@ -214,16 +230,21 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
         config += &etsy_poller(&etsy, shop, "per_day = 2000000");
     }
     // eBay: 5,000 calls a day per app, raised here too (1 call/s); Shopee and TikTok: 2/s per shop.
-    let ebay = Standin::start(Arc::new(Ebay::default()), Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }))
-        .await
-        .unwrap();
+    let ebay = Standin::start(
+        Arc::new(Ebay::default()),
+        Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }),
+    )
+    .await
+    .unwrap();
     let shopee = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
     let tiktok = Standin::start(Arc::new(Tiktok::default()), None).await.unwrap();
     // AliExpress: 5,000 calls a day per app (assumed), raised here too (1 call/s).
-    let aliexpress =
-        Standin::start(Arc::new(Aliexpress::default()), Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }))
-            .await
-            .unwrap();
+    let aliexpress = Standin::start(
+        Arc::new(Aliexpress::default()),
+        Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }),
+    )
+    .await
+    .unwrap();
     let sellers = [
         (&ebay, "ebay_member_messages", "ebay"),
         (&shopee, "shopee_chat", "shopee"),
@@ -362,13 +383,18 @@ async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_
     let spent = oauth.lock().unwrap().refresh_token.clone();
     for entry in walk(&store) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
-        assert!(!bytes.windows(spent.len()).any(|w| w == spent.as_bytes()), "the refresh token is sealed on disk: {}", entry.display());
+        assert!(
+            !bytes.windows(spent.len()).any(|w| w == spent.as_bytes()),
+            "the refresh token is sealed on disk: {}",
+            entry.display()
+        );
     }
     exchange(&etsy, ETSY_SHOPS[0], 50, now());
     gateway.restart().await;
     wait_for(&gateway, "etsy", 1.0, Duration::from_secs(10)).await;
     support::eventually(Duration::from_secs(10), "the restarted gateway refreshes with the stored token", || async {
-        metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_token_refreshes_total", &[("outcome", "ok")]) >= 1.0
+        metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_token_refreshes_total", &[("outcome", "ok")])
+            >= 1.0
     })
     .await;
     assert_eq!(
@@ -396,11 +422,17 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn a_used_up_day_pauses_the_poller_for_an_hour_not_seconds() {
     // The entry claims far more calls a day than the app has left (3): after eBay's error 518 the
     // poller stops asking instead of spending the day on refusals.
-    let ebay = Standin::start(Arc::new(Ebay::default()), Some(QuotaRule { per_second: 20.0, burst: 20, per_day: Some(3) }))
-        .await
-        .unwrap();
+    let ebay =
+        Standin::start(Arc::new(Ebay::default()), Some(QuotaRule { per_second: 20.0, burst: 20, per_day: Some(3) }))
+            .await
+            .unwrap();
     exchange(&ebay, "1001", 1, now() - 60);
-    let gateway = Gateway::start(&seller_poller("ebay_member_messages", &ebay, "per_day = 2000000\nrequests_per_second = 20.0\nburst = 20")).await;
+    let gateway = Gateway::start(&seller_poller(
+        "ebay_member_messages",
+        &ebay,
+        "per_day = 2000000\nrequests_per_second = 20.0\nburst = 20",
+    ))
+    .await;
     support::eventually(Duration::from_secs(10), "the day's three calls and one refusal", || async {
         ebay.stats().values().next().is_some_and(|s| s.calls >= 4)
     })

@@ -90,7 +90,11 @@ async fn meta_handshake_signed_deliveries_and_redeliveries() {
     assert_eq!(metric_value(&metrics, "inquiry_gateway_rejected_total", &[("reason", "signature_invalid")]), 1.0);
     assert_eq!(metric_value(&metrics, "inquiry_gateway_webhook_events_ignored_total", &[("channel", "whatsapp")]), 2.0);
     let by_connector = |outcome| {
-        metric_value(&metrics, "inquiry_gateway_webhook_requests_total", &[("connector", "whatsapp"), ("outcome", outcome)])
+        metric_value(
+            &metrics,
+            "inquiry_gateway_webhook_requests_total",
+            &[("connector", "whatsapp"), ("outcome", outcome)],
+        )
     };
     assert_eq!(by_connector("signature_invalid"), 1.0, "refusals are counted per connector and reason");
     assert_eq!(by_connector("signature_missing"), 1.0);
@@ -162,7 +166,8 @@ async fn ebay_key_server(pem: String) -> (String, std::sync::Arc<std::sync::atom
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer test-ebay-app-token");
+                    let authorized =
+                        req.headers().get("authorization").is_some_and(|v| v == "Bearer test-ebay-app-token");
                     let (status, body) = match (authorized, req.uri().path()) {
                         (false, _) => (401, String::new()),
                         (true, "/commerce/notification/v1/public_key/kid-1") => {
@@ -250,9 +255,7 @@ app_token = "test-ebay-app-token"
     // Account deletion of a user never seen (eBay sends them for every user): no trace kept.
     let deletion = fixture("ebay/account-deletion.json");
     let signature = ebay_signature(&key, "kid-1", &deletion);
-    let reply = client
-        .request(Method::POST, &url, deletion.clone(), &[("x-ebay-signature", signature.as_str())])
-        .await;
+    let reply = client.request(Method::POST, &url, deletion.clone(), &[("x-ebay-signature", signature.as_str())]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
     assert_eq!(reply.json()["erasure_requests"], serde_json::json!([]), "nothing held, nothing recorded");
     let listed = client.get(&gateway.admin_url("/v1/subject-requests")).await;
@@ -307,7 +310,8 @@ async fn a_mailgun_token_is_good_for_one_delivery() {
         .unwrap()
         .replace("{{timestamp}}", &timestamp)
         .replace("{{signature}}", &signature);
-    let form = form.replace(&form[form.find("&token=").unwrap()..form.find("&signature=").unwrap()], &format!("&token={token}"));
+    let form = form
+        .replace(&form[form.find("&token=").unwrap()..form.find("&signature=").unwrap()], &format!("&token={token}"));
     let headers = [("content-type", "application/x-www-form-urlencoded")];
     let first = client.request(Method::POST, &url, form.clone(), &headers).await;
     assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.body));

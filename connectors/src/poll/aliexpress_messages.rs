@@ -157,7 +157,6 @@ impl Cycle {
     }
 }
 
-
 /// The number of the page after `page` when `page` was full and the API pages that far.
 fn next_page_number(page: u32, rows: usize) -> Option<String> {
     (rows >= PAGE_SIZE as usize && page.saturating_mul(PAGE_SIZE) < MAX_ROWS).then(|| (page + 1).to_string())

@@ -213,9 +213,8 @@ impl Poller for EbayMemberMessages {
         let text = std::str::from_utf8(body)
             .map_err(|_| InputError::new(InputErrorCode::InvalidUtf8, "the answer is not UTF-8"))?;
         // quick-xml's errors can quote the document: not passed on (they reach the logs).
-        let response: Response = quick_xml::de::from_str(text).map_err(|_| {
-            InputError::new(InputErrorCode::MalformedJson, "not a GetMemberMessages answer")
-        })?;
+        let response: Response = quick_xml::de::from_str(text)
+            .map_err(|_| InputError::new(InputErrorCode::MalformedJson, "not a GetMemberMessages answer"))?;
         if !matches!(response.ack.as_str(), "Success" | "Warning") {
             let code = response.errors.first().and_then(|e| e.error_code.clone()).unwrap_or_default();
             return Err(InputError::new(

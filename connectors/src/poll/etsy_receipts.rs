@@ -79,7 +79,11 @@ impl Poller for EtsyReceipts {
             method: super::PollMethod::Post,
             path_and_query: "/v3/public/oauth/token".to_owned(),
             headers: vec![("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned())],
-            body: super::form(&[("grant_type", "refresh_token"), ("client_id", client_id), ("refresh_token", refresh_token)]),
+            body: super::form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id),
+                ("refresh_token", refresh_token),
+            ]),
         })
     }
 
@@ -130,7 +134,8 @@ impl Poller for EtsyReceipts {
             draft.buyer_email = receipt.buyer_email.filter(|e| !e.is_empty());
             draft.country = receipt.country_iso.filter(|c| c.len() == 2).map(|c| c.to_ascii_uppercase());
             draft.order_id = Some(receipt_id);
-            draft.product_ids = receipt.transactions.iter().filter_map(|t| t.listing_id).map(|l| l.to_string()).collect();
+            draft.product_ids =
+                receipt.transactions.iter().filter_map(|t| t.listing_id).map(|l| l.to_string()).collect();
             page.inquiries.push(draft.into_inquiry(&context()));
         }
         if received == PAGE_SIZE && offset + PAGE_SIZE < response.count {
@@ -153,7 +158,8 @@ impl Poller for EtsyReceipts {
 /// `min_last_modified` and `offset` of the request at `position`: the page token
 /// (`<modified>:<offset>`), else the cursor less the look-back.
 fn window(position: &PollPosition<'_>) -> (i64, usize) {
-    let token = position.page.and_then(|p| p.split_once(':')).and_then(|(t, o)| Some((t.parse().ok()?, o.parse().ok()?)));
+    let token =
+        position.page.and_then(|p| p.split_once(':')).and_then(|(t, o)| Some((t.parse().ok()?, o.parse().ok()?)));
     token.unwrap_or_else(|| (position.cursor.map_or(0, |c| parse(c) - super::LOOKBACK.whole_seconds()).max(0), 0))
 }
 

@@ -124,7 +124,8 @@ impl Poller for MetaConversations {
         // Conversations come newest first: the first page of a cycle holds its newest time; later
         // pages leave the cycle's cursor as it is.
         // Only forward: the look-back can show nothing newer than the cursor.
-        let newer = |c: &String| parse_time(c).ok().zip(cursor.and_then(|c| parse_time(c).ok())).is_none_or(|(n, o)| n > o);
+        let newer =
+            |c: &String| parse_time(c).ok().zip(cursor.and_then(|c| parse_time(c).ok())).is_none_or(|(n, o)| n > o);
         if position.page.is_some() || !page.cursor.as_ref().is_some_and(newer) {
             page.cursor = None;
         }

@@ -141,7 +141,10 @@ impl Poller for ShopeeChat {
         let id = |v: &str| v.parse::<u64>().map_or_else(|_| serde_json::json!(v), |n| serde_json::json!(n));
         Some(PollRequest {
             method: PollMethod::Post,
-            path_and_query: format!("{REFRESH_PATH}?partner_id={}&timestamp={timestamp}&sign={sign}", encode(partner_id)),
+            path_and_query: format!(
+                "{REFRESH_PATH}?partner_id={}&timestamp={timestamp}&sign={sign}",
+                encode(partner_id)
+            ),
             headers: vec![("content-type".to_owned(), "application/json".to_owned())],
             body: serde_json::json!({
                 "refresh_token": refresh_token, "partner_id": id(partner_id), "shop_id": id(target.account),
@@ -167,7 +170,10 @@ impl Poller for ShopeeChat {
             return Err(InputError::new(InputErrorCode::InvalidValue, "Shopee refused the refresh").field("error"));
         }
         Ok(super::TokenGrant {
-            access_token: answer.access_token.filter(|t| !t.is_empty()).ok_or_else(|| super::no_token("access_token"))?,
+            access_token: answer
+                .access_token
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| super::no_token("access_token"))?,
             expires_in_seconds: answer.expire_in,
             refresh_token: answer.refresh_token.filter(|t| !t.is_empty()),
         })

@@ -22,7 +22,9 @@
 
 use serde::Deserialize;
 
-use super::{encode, Credential, PollMethod, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope};
+use super::{
+    encode, Credential, PollMethod, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope,
+};
 use crate::error::{InputError, InputErrorCode};
 use crate::inquiry::Channel;
 use crate::NormalizeContext;
@@ -111,7 +113,8 @@ impl Poller for ShopeeLostPush {
 
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
         status == 429
-            || serde_json::from_slice::<Envelope>(body).is_ok_and(|e| matches!(e.error.as_str(), "error_busy" | "system_busy"))
+            || serde_json::from_slice::<Envelope>(body)
+                .is_ok_and(|e| matches!(e.error.as_str(), "error_busy" | "system_busy"))
     }
 
     fn parse<'c>(
@@ -130,7 +133,8 @@ impl Poller for ShopeeLostPush {
             page.next_page = more.then(|| "list".to_owned());
             return Ok(page);
         }
-        let list: LostPushes = serde_json::from_value(envelope.response.unwrap_or_default()).map_err(InputError::from_json)?;
+        let list: LostPushes =
+            serde_json::from_value(envelope.response.unwrap_or_default()).map_err(InputError::from_json)?;
         let shopee = crate::webhook::find("shopee").expect("the shopee webhook is registered");
         for push in &list.push_message_list {
             let (Some(shop_id), WEBCHAT_PUSH) = (push.shop_id, push.code) else {
@@ -141,7 +145,8 @@ impl Poller for ShopeeLostPush {
                 page.ignored += 1; // a malformed push must not stall the sweep
                 continue;
             };
-            let delivery = serde_json::json!({ "code": push.code, "shop_id": shop_id, "timestamp": push.timestamp, "data": data });
+            let delivery =
+                serde_json::json!({ "code": push.code, "shop_id": shop_id, "timestamp": push.timestamp, "data": data });
             match shopee.parse(delivery.to_string().as_bytes(), &shop_id.to_string(), context) {
                 Ok(parsed) => {
                     page.ignored += parsed.ignored;

@@ -165,7 +165,10 @@ impl Poller for TiktokCustomerService {
         let grant: Grant = data_of(body)?;
         let now = now.unix_timestamp();
         Ok(super::TokenGrant {
-            access_token: grant.access_token.filter(|t| !t.is_empty()).ok_or_else(|| super::no_token("access_token"))?,
+            access_token: grant
+                .access_token
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| super::no_token("access_token"))?,
             // An absolute time in TikTok's answer; the runner wants a duration.
             expires_in_seconds: grant.access_token_expire_in.map(|at| at - now),
             refresh_token: grant.refresh_token.filter(|t| !t.is_empty()),

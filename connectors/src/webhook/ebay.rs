@@ -143,12 +143,14 @@ impl Webhook for Ebay {
         let notification = envelope.notification;
         let data = &notification.data;
         let text = first_str(data, &["question", "questionText", "messageBody", "messageText", "body", "text"]);
-        let buyer = first_str(data, &["buyerUserId", "senderUserId", "userId", "buyerUsername", "senderUsername", "username"]);
+        let buyer =
+            first_str(data, &["buyerUserId", "senderUserId", "userId", "buyerUsername", "senderUsername", "username"]);
         let (Some(text), Some(buyer)) = (text.filter(|t| !t.trim().is_empty()), buyer) else {
             parsed.ignored += 1; // a payload shape this connector does not know: not guessed at
             return Ok(parsed);
         };
-        let message_id = first_str(data, &["questionId", "messageId"]).unwrap_or_else(|| notification.notification_id.clone());
+        let message_id =
+            first_str(data, &["questionId", "messageId"]).unwrap_or_else(|| notification.notification_id.clone());
         if message_id.is_empty() {
             return Err(InputError::new(InputErrorCode::MissingField, "missing field `notificationId`")
                 .field("notification.notificationId"));
@@ -171,7 +173,15 @@ impl Webhook for Ebay {
             order_id: first_str(data, &["orderId"]),
             product_ids: first_str(data, &["itemId", "listingId"]).into_iter().collect(),
             attributes,
-            ..Draft::message(Channel::Ebay, account, message_id, conversation_id, format!("id:{buyer}"), text, occurred_at)
+            ..Draft::message(
+                Channel::Ebay,
+                account,
+                message_id,
+                conversation_id,
+                format!("id:{buyer}"),
+                text,
+                occurred_at,
+            )
         }
         .sent_by(&buyer);
         parsed.inquiries.push(draft.into_inquiry(&context()));

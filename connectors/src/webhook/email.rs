@@ -157,17 +157,13 @@ impl Email {
     /// so the envelope carries each id hashed ([`hashed_id`]): still unique, still the same for a
     /// redelivery and for every message of the thread; the ids in clear stay in the sealed payload.
     pub(crate) fn into_draft(self, account: &str, service: &str) -> Result<Draft, InputError> {
-        let (name, address) = self
-            .from
-            .as_deref()
-            .and_then(mailbox)
-            .or_else(|| self.sender.as_deref().and_then(mailbox))
-            .ok_or_else(|| InputError::new(InputErrorCode::MissingField, "no readable sender address").field("from"))?;
-        let message_id = self
-            .message_id
-            .as_deref()
-            .and_then(first_id)
-            .ok_or_else(|| InputError::new(InputErrorCode::MissingField, "missing Message-Id header").field("Message-Id"))?;
+        let (name, address) =
+            self.from.as_deref().and_then(mailbox).or_else(|| self.sender.as_deref().and_then(mailbox)).ok_or_else(
+                || InputError::new(InputErrorCode::MissingField, "no readable sender address").field("from"),
+            )?;
+        let message_id = self.message_id.as_deref().and_then(first_id).ok_or_else(|| {
+            InputError::new(InputErrorCode::MissingField, "missing Message-Id header").field("Message-Id")
+        })?;
         let conversation_id = self
             .references
             .as_deref()
@@ -189,7 +185,15 @@ impl Email {
             buyer_email: Some(address.clone()),
             subject: self.subject.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
             attributes,
-            ..Draft::message(Channel::Email, account, message_id, conversation_id, format!("email:{address}"), body, occurred_at)
+            ..Draft::message(
+                Channel::Email,
+                account,
+                message_id,
+                conversation_id,
+                format!("email:{address}"),
+                body,
+                occurred_at,
+            )
         })
     }
 }

@@ -264,7 +264,8 @@ pub(crate) fn verify_ecdsa_p256(
     let der = base64::engine::general_purpose::STANDARD
         .decode(base64)
         .map_err(|_| VerifyError::NotConfigured("public_key"))?;
-    let key = p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|_| VerifyError::NotConfigured("public_key"))?;
+    let key =
+        p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|_| VerifyError::NotConfigured("public_key"))?;
     let signature = base64::engine::general_purpose::STANDARD
         .decode(signature.trim())
         .ok()

@@ -92,9 +92,9 @@ fn parsed_email(form: &Form) -> Result<Email, InputError> {
         form.get("charsets").and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
     let field = |name: &str| form.raw(name).map(|v| decode_charset(v, charsets[name].as_str().unwrap_or("utf-8")));
     let mut email = Email { from: field("from"), subject: field("subject"), text: field("text"), ..Email::default() };
-    let block = form.raw("headers").ok_or_else(|| {
-        InputError::new(InputErrorCode::MissingField, "missing field `headers`").field("headers")
-    })?;
+    let block = form
+        .raw("headers")
+        .ok_or_else(|| InputError::new(InputErrorCode::MissingField, "missing field `headers`").field("headers"))?;
     let (headers, _) = mailparse::parse_headers(block)
         .map_err(|_| InputError::new(InputErrorCode::InvalidValue, "unreadable header block").field("headers"))?;
     email.headers(headers.iter().map(|h| (h.get_key(), h.get_value())));

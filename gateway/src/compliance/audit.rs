@@ -392,7 +392,9 @@ pub fn verify(
         if let (Some(nodes), true) = (nodes, position % 2 == 1) {
             let left = rebuilt.perfect(0, position - 1);
             if left.is_some_and(|l| nodes.perfect(1, position / 2) != Some(merkle::node_hash(&l, &leaf))) {
-                report.problems.push(format!("entries {} and {position}: content does not match the stored tree", position - 1));
+                report
+                    .problems
+                    .push(format!("entries {} and {position}: content does not match the stored tree", position - 1));
             }
         }
         for (level, node, hash) in frontier.push(leaf) {

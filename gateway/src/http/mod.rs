@@ -4,8 +4,8 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
-pub mod shopify_compliance;
 pub mod public_keys;
+pub mod shopify_compliance;
 pub mod webhooks;
 
 use std::convert::Infallible;

@@ -97,14 +97,15 @@ async fn answer(
     let fetched_key;
     if let Some(kid) = hook.key_id(&request) {
         let template = config.public_key_url.as_deref().unwrap_or(super::public_keys::EBAY_KEY_URL);
-        fetched_key = state.public_keys.get(template, &kid, config.app_token.as_deref()).await.map_err(|e| match e {
-            super::public_keys::KeyError::Unknown => refused(&VerifyError::BadSignature, StatusCode::UNAUTHORIZED),
-            super::public_keys::KeyError::Unavailable => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "signing_key_unavailable",
-                "the platform's signing key could not be fetched; retry later",
-            ),
-        })?;
+        fetched_key =
+            state.public_keys.get(template, &kid, config.app_token.as_deref()).await.map_err(|e| match e {
+                super::public_keys::KeyError::Unknown => refused(&VerifyError::BadSignature, StatusCode::UNAUTHORIZED),
+                super::public_keys::KeyError::Unavailable => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "signing_key_unavailable",
+                    "the platform's signing key could not be fetched; retry later",
+                ),
+            })?;
         secrets.public_key = Some(&fetched_key);
     }
     hook.verify(&request, &secrets, OffsetDateTime::now_utc()).map_err(|e| match e {
@@ -192,7 +193,8 @@ async fn open_erasures(
         if !state.requests.holds(&spec).map_err(super::api::request_error)? {
             continue;
         }
-        let record = state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await.map_err(super::api::request_error)?;
+        let record =
+            state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await.map_err(super::api::request_error)?;
         opened.push(record.id.to_string());
     }
     Ok(opened)

@@ -115,7 +115,10 @@ impl Platform for Etsy {
             return Some(Reply::json(400, &json!({"error": "invalid_request"})));
         }
         if field("refresh_token") != oauth.refresh_token {
-            return Some(Reply::json(400, &json!({"error": "invalid_grant", "error_description": "refresh token is spent"})));
+            return Some(Reply::json(
+                400,
+                &json!({"error": "invalid_grant", "error_description": "refresh token is spent"}),
+            ));
         }
         oauth.refreshes += 1;
         let n = oauth.refreshes;

@@ -26,7 +26,11 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let wanted: Vec<(String, SocketAddr)> = if args.serve.is_empty() {
-        PLATFORMS.iter().enumerate().map(|(i, n)| (n.to_string(), SocketAddr::from(([127, 0, 0, 1], 18101 + i as u16)))).collect()
+        PLATFORMS
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), SocketAddr::from(([127, 0, 0, 1], 18101 + i as u16))))
+            .collect()
     } else {
         args.serve
             .iter()
