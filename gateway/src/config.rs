@@ -33,6 +33,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// Pull connectors: one entry per (connector, account) to poll.
     pub pollers: Vec<PollerConfig>,
+    /// How several replicas share the `[[pollers]]` entries.
+    pub polling: PollingConfig,
     /// IMAP mailboxes read for buyer e-mail (Amazon buyer-seller messages, Etsy and Shopify
     /// contact forms, the shop's own address).
     pub mailboxes: Vec<MailboxConfig>,
@@ -382,6 +384,39 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig { max_pending: 5_000_000 }
+    }
+}
+
+/// Who polls what when several replicas run one configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coordination {
+    /// This process polls every `[[pollers]]` entry; cursors live in the embedded store (one replica).
+    #[default]
+    Local,
+    /// Replicas share the entries through leases in the CQL store of `[sinks.cql]`: each
+    /// (platform, shop), or each app where the platform's quota is per app, is polled by exactly
+    /// one replica at a time; cursors and token grants live with the lease.
+    Cql,
+}
+
+/// How the pollers of several replicas share the work (`[polling]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollingConfig {
+    /// `local` (default) or `cql`.
+    pub coordination: Coordination,
+    /// This replica's name in leases, logs and the pollers' User-Agent; default `$HOSTNAME`.
+    pub replica: Option<String>,
+    /// How long a lease lasts without renewal, in ms. It is renewed every tenth of that; a
+    /// replica that cannot renew stops polling after 60% of it; another replica takes it over
+    /// once it has expired (replica clocks must agree within 20% of it).
+    pub lease_ms: u64,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig { coordination: Coordination::Local, replica: None, lease_ms: 10_000 }
     }
 }
 
@@ -1057,6 +1092,25 @@ impl Config {
                 problems.push(format!("pollers[{i}]: {}/{} is configured twice", poller.connector, poller.account));
             }
         }
+        let polling = &self.polling;
+        if polling.coordination == Coordination::Cql && self.sinks.cql.is_none() {
+            problems.push("polling.coordination = \"cql\" needs [sinks.cql] (the leases live there)".to_owned());
+        }
+        let refreshing = self.pollers.iter().any(|p| p.refresh_token.as_deref().is_some_and(|t| !t.is_empty()));
+        let shared_kek = self.compliance.kek.is_some() || self.compliance.kek_file.is_some();
+        if polling.coordination == Coordination::Cql && refreshing && !shared_kek {
+            problems.push(
+                "polling.coordination = \"cql\" with refresh tokens needs compliance.kek or kek_file: every replica must open the token grants the others seal".to_owned(),
+            );
+        }
+        if !(1000..=300_000).contains(&polling.lease_ms) {
+            problems.push("polling.lease_ms must be between 1000 and 300000".to_owned());
+        }
+        if polling.replica.as_ref().is_some_and(|r| {
+            r.is_empty() || r.len() > 128 || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }) {
+            problems.push("polling.replica must be 1-128 of letters, digits, -, _ and .".to_owned());
+        }
         let mut mailboxes = BTreeSet::new();
         for (i, mailbox) in self.mailboxes.iter().enumerate() {
             let label = |s: &str| {
@@ -1388,5 +1442,33 @@ scopes = ["plugins:read", "root"]
         assert_eq!(problems("[sinks.cql]\nlocation = \"eu\"\n"), "");
         assert!(problems("[sinks.cql]\n").contains("sinks.cql.location must say where the cluster runs"));
         assert!(problems("[retention]\ninquiries_days = 10\nkafka_feed_days = 20\n").contains("kafka_feed_days"));
+    }
+
+    #[test]
+    fn cql_coordination_needs_the_cql_store_a_sane_lease_and_a_plain_replica_name() {
+        let problems = |text: &str| match Config::from_toml(text).unwrap().validate() {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        let err = problems("[polling]\ncoordination = \"cql\"\nlease_ms = 100\nreplica = \"a b\"\n");
+        for expected in [
+            "polling.coordination = \"cql\" needs [sinks.cql]",
+            "polling.lease_ms must be between 1000 and 300000",
+            "polling.replica must be",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+        let shared = "[polling]\ncoordination = \"cql\"\nreplica = \"gateway-0\"\n[sinks.cql]\nlocation = \"eu\"\n";
+        assert_eq!(problems(shared), "");
+        let refreshing = "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"1\"\naccess_token = \"\"\nrefresh_token = \"r\"\napp_key = \"k\"\nbase_url = \"https://openapi.etsy.com\"\n";
+        let err = problems(&format!("{shared}{refreshing}"));
+        assert!(err.contains("with refresh tokens needs compliance.kek"), "{err}");
+        assert_eq!(
+            problems(&format!(
+                "{shared}[compliance]\nkek = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n{refreshing}"
+            )),
+            ""
+        );
+        assert!(Config::from_toml("[polling]\ncoordination = \"zookeeper\"\n").is_err(), "unknown coordination");
     }
 }

@@ -9,6 +9,7 @@ pub mod imap;
 pub mod pipeline;
 pub mod plugins;
 pub mod poll;
+pub mod poll_leases;
 pub mod poll_tokens;
 pub mod retention;
 pub mod retry;
@@ -163,20 +164,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let sweeper =
         tokio::spawn(retention::run(store.clone(), config.retention.clone(), pipeline.clone(), stop_rx.clone()));
     let quotas = Arc::new(poll::QuotaRegistry::default());
-    let pollers: Vec<_> = config
+    let polled: Vec<_> = config
         .pollers
         .iter()
         .filter_map(|p| Some((inquiry_connectors::poll::find(&p.connector)?, p.clone())))
+        .collect();
+    let replica = config.polling.replica.clone().unwrap_or_else(replica_name);
+    let user_agent = format!("inquiry-gateway/{} ({replica})", env!("CARGO_PKG_VERSION"));
+    let group = |poller: &dyn inquiry_connectors::poll::Poller, entry: &config::PollerConfig| {
+        poll_leases::group_of(poller.name(), poller.quota_scope(), &entry.account, &entry.app)
+    };
+    let leases = match (&config.polling.coordination, &config.sinks.cql) {
+        (config::Coordination::Cql, Some(cql)) if !polled.is_empty() => {
+            let groups: std::collections::BTreeSet<String> = polled.iter().map(|(p, e)| group(*p, e)).collect();
+            let lease = Duration::from_millis(config.polling.lease_ms);
+            let leases = Arc::new(poll_leases::Leases::new(cql, &replica, lease, groups));
+            tracing::info!(holder = leases.holder(), "pollers share their work through leases in the cql store");
+            Some(leases)
+        }
+        _ => None,
+    };
+    let lease_keeper = leases.clone().map(|leases| tokio::spawn(leases.keep(stop_rx.clone())));
+    let pollers: Vec<_> = polled
+        .into_iter()
         .map(|(poller, poll_config)| {
-            tokio::spawn(poll::run(
+            let handle = leases.as_ref().map(|leases| leases.handle(&group(poller, &poll_config)));
+            let parts = poll::PollerParts {
                 poller,
-                poll_config,
-                quotas.clone(),
-                pipeline.clone(),
-                store.clone(),
-                subjects.clone(),
-                stop_rx.clone(),
-            ))
+                config: poll_config,
+                quotas: quotas.clone(),
+                pipeline: pipeline.clone(),
+                store: store.clone(),
+                subjects: subjects.clone(),
+                user_agent: user_agent.clone(),
+            };
+            tokio::spawn(poll::run(parts, handle, stop_rx.clone()))
         })
         .collect();
     let mailboxes: Vec<_> = config
@@ -258,6 +280,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for poller in pollers.into_iter().chain(mailboxes) {
         finish(poller, Duration::from_secs(5)).await;
     }
+    // Pollers stopped: their leases are released for the other replicas.
+    if let Some(keeper) = lease_keeper {
+        finish(keeper, Duration::from_secs(5)).await;
+    }
     // Forwarders finish their current round (a down sink's round is abandoned after 10 s); what is
     // left stays in the spool for the next start. They hold pipeline handles (to audit deliveries),
     // so they go before the stage is joined.
@@ -274,6 +300,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("inquiry gateway stopped");
     Ok(())
+}
+
+/// This replica's name when the config gives none: the host name (a StatefulSet pod's name).
+fn replica_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
 }
 
 /// Waits up to `limit` for a task, then cancels it (dropping what it holds).

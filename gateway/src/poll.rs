@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::config::PollerConfig;
 use crate::pipeline::{Pipeline, Submission};
+use crate::poll_leases::LeaseHandle;
 use crate::poll_tokens::PollTokens;
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::store::Store;
@@ -156,6 +157,18 @@ impl PollerQuota {
         PollerQuota { per_second_key, daily_key, quota, daily_synced: false }
     }
 
+    /// Empties the limiters of this poller's keys (a fresh lease: calls made by the replica that
+    /// held it before are unknown here).
+    fn reset(&self, registry: &QuotaRegistry) {
+        registry.limiters.insert(
+            self.per_second_key.clone(),
+            Arc::new(Limiter::with_available(self.quota.per_second, self.quota.burst, 0)),
+        );
+        if let (Some(key), Some(per_day)) = (&self.daily_key, self.quota.per_day) {
+            registry.limiters.insert(key.clone(), Arc::new(Limiter::with_available(daily_rate(per_day), per_day, 1)));
+        }
+    }
+
     fn keys(&self) -> Vec<QuotaKey> {
         std::iter::once(self.per_second_key.clone()).chain(self.daily_key.clone()).collect()
     }
@@ -210,6 +223,7 @@ pub(crate) async fn exchange(
     client: &PollClient,
     base_url: &str,
     wanted: inquiry_connectors::poll::PollRequest,
+    user_agent: &str,
 ) -> Result<(u16, hyper::HeaderMap, Bytes), hyper::http::Error> {
     let url = format!("{}{}", base_url.trim_end_matches('/'), wanted.path_and_query);
     let mut request = hyper::Request::builder()
@@ -217,7 +231,8 @@ pub(crate) async fn exchange(
             PollMethod::Get => hyper::Method::GET,
             PollMethod::Post => hyper::Method::POST,
         })
-        .uri(&url);
+        .uri(&url)
+        .header(hyper::header::USER_AGENT, user_agent);
     for (header, value) in &wanted.headers {
         request = request.header(header.as_str(), value.as_str());
     }
@@ -236,36 +251,122 @@ pub(crate) async fn exchange(
     )))
 }
 
-/// Polls one (connector, account) until `stop` fires.
-pub async fn run(
-    poller: &'static dyn Poller,
-    config: PollerConfig,
-    quotas: Arc<QuotaRegistry>,
-    pipeline: Pipeline,
-    store: Store,
-    subjects: Arc<crate::compliance::subjects::Subjects>,
-    mut stop: watch::Receiver<()>,
-) {
+/// What one poller works with, whoever holds its lease.
+pub struct PollerParts {
+    /// The platform's poller.
+    pub poller: &'static dyn Poller,
+    /// Its `[[pollers]]` entry.
+    pub config: PollerConfig,
+    /// The process's rate limiters.
+    pub quotas: Arc<QuotaRegistry>,
+    /// Where its inquiries go.
+    pub pipeline: Pipeline,
+    /// The embedded store (cursors and token grants when polling is local).
+    pub store: Store,
+    /// Seals buyers' personal data.
+    pub subjects: Arc<crate::compliance::subjects::Subjects>,
+    /// The User-Agent of its requests (the gateway's version and replica).
+    pub user_agent: String,
+}
+
+/// Where a poller keeps its cursor and token grant while it polls.
+pub enum Place<'a> {
+    /// The embedded store (`[polling] coordination = "local"`).
+    Local,
+    /// Its group's lease row in the CQL store, fenced by the epoch the lease is held under.
+    Leased {
+        /// The group's lease.
+        lease: &'a LeaseHandle,
+        /// The epoch it is held under.
+        epoch: i64,
+    },
+}
+
+impl Place<'_> {
+    /// Stores a sealed token grant where the next poll of this account will look for it.
+    pub async fn keep_grant(&self, store: &Store, name: &str, account: &str, sealed: &[u8]) -> Result<(), String> {
+        match self {
+            Place::Local => {
+                let mut batch = store.batch();
+                batch.put_secret(name, sealed);
+                batch.commit().map_err(|e| e.to_string())
+            }
+            Place::Leased { lease, epoch } => match lease.save_grant(*epoch, account, sealed).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the poll lease moved to another replica".to_owned()),
+                Err(err) => Err(err.to_string()),
+            },
+        }
+    }
+}
+
+/// How a period of polling ended.
+enum Ended {
+    /// `stop` fired (shutdown, or the lease was lost) or the lease was handed on.
+    Stopped,
+    /// The poller cannot run (its state is unreadable, it builds invalid requests).
+    Broken,
+}
+
+/// Polls one (connector, account) until `stop` fires: at once when polling is local, else
+/// whenever this replica holds the lease of its group.
+pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch::Receiver<()>) {
+    let Some(mut lease) = lease else {
+        poll(&parts, Place::Local, stop).await;
+        return;
+    };
+    loop {
+        let Some((epoch, _polling)) = lease.acquire(&mut stop).await else { return };
+        // A replica that held the group before kept a limiter that refilled while another
+        // replica used the quota: start from an empty one, as after a restart.
+        PollerQuota::new(parts.poller, &parts.config, &parts.quotas).reset(&parts.quotas);
+        let (period_tx, period_stop) = watch::channel(());
+        let polled = poll(&parts, Place::Leased { lease: &lease, epoch }, period_stop);
+        tokio::pin!(polled);
+        let lost = async {
+            let shutdown = tokio::select! {
+                _ = stop.changed() => true,
+                _ = lease.ended(epoch, false) => false,
+            };
+            let _ = period_tx.send(());
+            shutdown
+        };
+        tokio::pin!(lost);
+        let (ended, shutdown) = tokio::select! {
+            ended = &mut polled => (ended, false),
+            shutdown = &mut lost => ((&mut polled).await, shutdown),
+        };
+        if shutdown || matches!(ended, Ended::Broken) {
+            return;
+        }
+    }
+}
+
+/// Polls until `stop` fires or, when leased, until the lease is handed on at a cycle's end.
+async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<()>) -> Ended {
+    let PollerParts { poller, config, quotas, pipeline, store, subjects, user_agent } = parts;
+    let poller = *poller;
     let name = poller.name();
     let account = config.account.clone();
-    let mut quota = PollerQuota::new(poller, &config, &quotas);
+    let mut quota = PollerQuota::new(poller, config, quotas);
     let cursor_name = format!("{}/{}", name, config.account);
-    let mut cursor = match store.cursor(&cursor_name) {
-        Ok(cursor) => cursor,
+    let stored = match &place {
+        Place::Local => store.cursor(&cursor_name).map_err(|e| e.to_string()).and_then(|cursor| {
+            let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;
+            Ok((cursor, grant))
+        }),
+        Place::Leased { lease, .. } => lease.state_of(&account).await.map_err(|e| e.to_string()),
+    };
+    let (mut cursor, grant) = match stored {
+        Ok(stored) => stored,
         Err(err) => {
-            tracing::error!(poller = name, error = %err, "cannot read the cursor; poller not started");
-            return;
+            tracing::error!(poller = name, error = %err, "cannot read the cursor or token; poller not started");
+            return Ended::Broken;
         }
     };
     let client: PollClient = Client::builder(TokioExecutor::new())
         .build(hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build());
-    let mut tokens = match PollTokens::load(&config, &cursor_name, &store, subjects.vault()) {
-        Ok(tokens) => tokens,
-        Err(err) => {
-            tracing::error!(poller = name, error = %err, "cannot read the stored token; poller not started");
-            return;
-        }
-    };
+    let mut tokens = PollTokens::load(config, &cursor_name, grant, subjects.vault());
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut handed_over = std::collections::HashSet::new();
     let actor = format!("poller:{name}/{account}");
@@ -277,7 +378,7 @@ pub async fn run(
         "poller started"
     );
 
-    'cycles: loop {
+    loop {
         let mut page_token: Option<String> = None;
         let mut next_cursor = cursor.clone();
         let mut pages = 0u32;
@@ -286,19 +387,19 @@ pub async fn run(
             let keys = quota.keys();
             let waited = tokio::select! {
                 waited = quotas.acquire(&keys) => waited,
-                _ = stop.changed() => return,
+                _ = stop.changed() => return Ended::Stopped,
             };
             histogram!(telemetry::POLL_LIMITER_WAIT, "connector" => name).record(waited.as_secs_f64());
             if tokens.needs_refresh(OffsetDateTime::now_utc()) {
                 let refreshed = tokio::select! {
-                    r = tokens.refresh(poller, &config, &client, &store, subjects.vault()) => r,
-                    _ = stop.changed() => return,
+                    r = tokens.refresh(poller, config, &client, store, &place, subjects.vault()) => r,
+                    _ = stop.changed() => return Ended::Stopped,
                 };
                 if let Err(err) = refreshed {
                     let delay = backoff.next();
                     tracing::warn!(poller = name, error = %err, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
                     if sleep_or_stop(delay, &mut stop).await {
-                        return;
+                        return Ended::Stopped;
                     }
                     continue;
                 }
@@ -312,14 +413,14 @@ pub async fn run(
             let position = PollPosition { cursor: cursor.as_deref(), page: page_token.as_deref() };
             let started = Instant::now();
             let (status, headers, body) = tokio::select! {
-                answer = exchange(&client, &config.base_url, poller.request(&target, &position)) => match answer {
+                answer = exchange(&client, &config.base_url, poller.request(&target, &position), user_agent) => match answer {
                     Ok(answer) => answer,
                     Err(err) => {
                         tracing::error!(poller = name, error = %err, "the poller built an invalid request; stopped");
-                        return;
+                        return Ended::Broken;
                     }
                 },
-                _ = stop.changed() => return,
+                _ = stop.changed() => return Ended::Stopped,
             };
             if status == 401 && tokens.can_refresh() && !tokens.just_refreshed() {
                 // Revoked or expired before its time: refresh at once, then ask again.
@@ -331,7 +432,7 @@ pub async fn run(
                 headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
                 OffsetDateTime::now_utc(),
             );
-            quota.follow(&quotas, &rate, name, &account);
+            quota.follow(quotas, &rate, name, &account);
             if status == 429 || poller.is_throttled(status, &body) {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "throttled").increment(1);
                 // A zero or past Retry-After is no reason to hammer: never less than the backoff.
@@ -354,7 +455,7 @@ pub async fn run(
                 let delay = rate.retry_after.unwrap_or_default().max(backoff.next());
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "poll failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
-                    return;
+                    return Ended::Stopped;
                 }
                 continue;
             }
@@ -388,11 +489,7 @@ pub async fn run(
             }
             let last_page = page.next_page.is_none();
             // The cursor moves with the cycle's last page only: a crash mid-cycle re-polls the cycle.
-            let cursor_update = if last_page && next_cursor != cursor {
-                next_cursor.clone().map(|c| (cursor_name.clone(), c))
-            } else {
-                None
-            };
+            let moved = if last_page && next_cursor != cursor { next_cursor.clone() } else { None };
             // A page holds many buyers' messages: it is not kept as any one inquiry's payload.
             // What this poller already handed over (the look-back and cycle boundaries fetch
             // messages again) is skipped before the costly sealing; the pipeline's dedup still
@@ -400,7 +497,7 @@ pub async fn run(
             let fresh: Vec<_> = page.inquiries.into_iter().filter(|i| !handed_over.contains(&i.id)).collect();
             let fresh_ids: Vec<uuid::Uuid> = fresh.iter().map(|i| i.id).collect();
             let sealed: Result<Vec<Submission>, _> =
-                fresh.into_iter().map(|i| Submission::seal(i, &body, false, None, &actor, &subjects)).collect();
+                fresh.into_iter().map(|i| Submission::seal(i, &body, false, None, &actor, subjects)).collect();
             let submissions = match sealed {
                 Ok(submissions) => submissions,
                 Err(err) => {
@@ -409,9 +506,16 @@ pub async fn run(
                     break;
                 }
             };
-            if !submissions.is_empty() || cursor_update.is_some() {
+            // Local: the cursor is written in the same store batch as the inquiries it covers.
+            // Leased: into the lease row, once the inquiries are durable here (a crash in between
+            // makes the next holder fetch them again, with the same inquiry ids).
+            let local_cursor = match &place {
+                Place::Local => moved.clone().map(|c| (cursor_name.clone(), c)),
+                Place::Leased { .. } => None,
+            };
+            if !submissions.is_empty() || local_cursor.is_some() {
                 loop {
-                    match pipeline.submit_with_cursor(submissions.clone(), cursor_update.clone()).await {
+                    match pipeline.submit_with_cursor(submissions.clone(), local_cursor.clone()).await {
                         Ok(_) => {
                             if handed_over.len() + fresh_ids.len() > HANDED_OVER_MEMORY {
                                 handed_over.clear();
@@ -422,13 +526,30 @@ pub async fn run(
                         Err(err) => {
                             tracing::warn!(poller = name, error = %err, "pipeline refused the page; retrying");
                             if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                                return;
+                                return Ended::Stopped;
                             }
                         }
                     }
                 }
             }
-            if cursor_update.is_some() {
+            if let (Place::Leased { lease, epoch }, Some(moved)) = (&place, &moved) {
+                loop {
+                    match lease.save_cursor(*epoch, &account, moved).await {
+                        Ok(true) => break,
+                        Ok(false) => {
+                            tracing::warn!(poller = name, "the poll lease moved to another replica; cursor not stored");
+                            return Ended::Stopped;
+                        }
+                        Err(err) => {
+                            tracing::warn!(poller = name, error = %err, "cannot store the cursor; retrying");
+                            if sleep_or_stop(Duration::from_millis(500), &mut stop).await {
+                                return Ended::Stopped;
+                            }
+                        }
+                    }
+                }
+            }
+            if moved.is_some() {
                 gauge!(telemetry::POLL_CURSOR_UPDATED, "connector" => name, "account" => account.clone())
                     .set(OffsetDateTime::now_utc().unix_timestamp() as f64);
             }
@@ -457,8 +578,18 @@ pub async fn run(
         // credential answered with 200 and an error body) must not be asked for at the quota's pace.
         let pause = Duration::from_millis(config.interval_ms);
         let pause = if failed { pause.max(backoff.next()) } else { pause };
-        if sleep_or_stop(pause, &mut stop).await {
-            break 'cycles;
+        // Between cycles is where a lease being handed on is let go: the cursor covers
+        // everything handed over.
+        let handed_on = async {
+            match &place {
+                Place::Local => std::future::pending().await,
+                Place::Leased { lease, epoch } => lease.ended(*epoch, true).await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return Ended::Stopped,
+            _ = handed_on => return Ended::Stopped,
         }
     }
 }

@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use crate::compliance::vault::Vault;
 use crate::config::PollerConfig;
-use crate::poll::{exchange, PollClient};
-use crate::store::{Store, StoreError};
+use crate::poll::{exchange, Place, PollClient};
+use crate::store::Store;
 use crate::telemetry;
 
 /// How long before its expiry a token is refreshed (at most half its lifetime).
@@ -47,14 +47,9 @@ struct Stored {
 }
 
 impl PollTokens {
-    /// The tokens of the poller whose cursor is `cursor_name`: the stored grant when it descends
-    /// from the config's refresh token, else the config's tokens.
-    pub fn load(
-        config: &PollerConfig,
-        cursor_name: &str,
-        store: &Store,
-        vault: &Vault,
-    ) -> Result<PollTokens, StoreError> {
+    /// The tokens of the poller whose cursor is `cursor_name`: the `sealed` grant stored for it
+    /// when it descends from the config's refresh token, else the config's tokens.
+    pub fn load(config: &PollerConfig, cursor_name: &str, sealed: Option<Vec<u8>>, vault: &Vault) -> PollTokens {
         let name = format!("poll-token/{cursor_name}");
         let origin = config.refresh_token.as_deref().map(fingerprint).unwrap_or_default();
         let mut tokens = PollTokens {
@@ -66,10 +61,9 @@ impl PollTokens {
             refreshed_at: None,
         };
         if tokens.refresh.is_none() {
-            return Ok(tokens);
+            return tokens;
         }
-        let stored = store
-            .secret(&tokens.name)?
+        let stored = sealed
             .and_then(|sealed| vault.open_secret(&tokens.name, &sealed).ok())
             .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok());
         if let Some(stored) = stored.filter(|s| s.origin == tokens.origin) {
@@ -77,7 +71,7 @@ impl PollTokens {
             tokens.refresh = stored.refresh_token.or(tokens.refresh);
             tokens.refresh_at = stored.refresh_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
         }
-        Ok(tokens)
+        tokens
     }
 
     /// The access token to send.
@@ -108,13 +102,14 @@ impl PollTokens {
     }
 
     /// Trades the refresh token for a new access token at the platform's token endpoint
-    /// (`token_url`, else the poller's, else the API's base URL), and keeps the grant.
+    /// (`token_url`, else the poller's, else the API's base URL), and keeps the grant in `place`.
     pub async fn refresh(
         &mut self,
         poller: &dyn Poller,
         config: &PollerConfig,
         client: &PollClient,
         store: &Store,
+        place: &Place<'_>,
         vault: &Vault,
     ) -> Result<(), String> {
         let name = poller.name();
@@ -129,7 +124,8 @@ impl PollTokens {
         let request = poller.refresh_request(&target, &refresh).ok_or("this platform's tokens are not refreshed")?;
         let base = config.token_url.as_deref().or(poller.token_base_url()).unwrap_or(&config.base_url);
         let outcome = async {
-            let (status, _, body) = exchange(client, base, request).await.map_err(|e| e.to_string())?;
+            let agent = concat!("inquiry-gateway/", env!("CARGO_PKG_VERSION"));
+            let (status, _, body) = exchange(client, base, request, agent).await.map_err(|e| e.to_string())?;
             if !(200..300).contains(&status) {
                 return Err(format!("the token endpoint answered {status}"));
             }
@@ -139,7 +135,11 @@ impl PollTokens {
             let lifetime = grant.expires_in_seconds.map(time::Duration::seconds);
             self.refresh_at = lifetime.map(|l| now + l - EARLY.min(l / 2));
             self.refreshed_at = Some(Instant::now());
-            self.keep(store, vault).map_err(|e| format!("the new token could not be stored: {e}"))
+            let sealed = self.sealed(vault);
+            place
+                .keep_grant(store, &self.name, &config.account, &sealed)
+                .await
+                .map_err(|e| format!("the new token could not be stored: {e}"))
         }
         .await;
         let label = if outcome.is_ok() { "ok" } else { "error" };
@@ -150,18 +150,15 @@ impl PollTokens {
         outcome
     }
 
-    /// Stores the grant, sealed, and fsyncs it.
-    fn keep(&self, store: &Store, vault: &Vault) -> Result<(), StoreError> {
+    /// The grant, sealed under the KEK.
+    fn sealed(&self, vault: &Vault) -> Vec<u8> {
         let stored = Stored {
             origin: self.origin.clone(),
             access_token: self.access.clone(),
             refresh_token: self.refresh.clone(),
             refresh_at: self.refresh_at.map(OffsetDateTime::unix_timestamp),
         };
-        let sealed = vault.seal_secret(&self.name, &serde_json::to_vec(&stored).expect("a grant serializes"));
-        let mut batch = store.batch();
-        batch.put_secret(&self.name, &sealed);
-        batch.commit()
+        vault.seal_secret(&self.name, &serde_json::to_vec(&stored).expect("a grant serializes"))
     }
 }
 

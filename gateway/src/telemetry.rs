@@ -35,6 +35,10 @@ pub const POLL_LAG: &str = "inquiry_gateway_poll_lag_seconds";
 pub const POLL_QUOTA_REMAINING: &str = "inquiry_gateway_poll_quota_remaining";
 /// When a poller's durable cursor last moved (Unix seconds).
 pub const POLL_CURSOR_UPDATED: &str = "inquiry_gateway_poll_cursor_updated_timestamp_seconds";
+/// Poll lease groups this replica holds (`[polling] coordination = "cql"`).
+pub const POLL_LEASES_HELD: &str = "inquiry_gateway_poll_leases_held";
+/// Poll leases acquired, released (handed on, shutdown) and lost (not renewed in time), by `change`.
+pub const POLL_LEASE_CHANGES: &str = "inquiry_gateway_poll_lease_changes_total";
 /// When a poller last completed a cycle (Unix seconds).
 pub const POLL_CYCLE_COMPLETED: &str = "inquiry_gateway_poll_cycle_completed_timestamp_seconds";
 /// Inquiries dead-lettered (routed by the fallback after a failure). Label: `reason`.
@@ -177,6 +181,8 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(POLL_LAG, Unit::Seconds, "age of the newest buyer message of a page when fetched");
     describe_gauge!(POLL_QUOTA_REMAINING, "calls left today as the platform reports it");
     describe_gauge!(POLL_CURSOR_UPDATED, "when a poller's durable cursor last moved, Unix seconds");
+    describe_gauge!(POLL_LEASES_HELD, "poll lease groups this replica holds");
+    describe_counter!(POLL_LEASE_CHANGES, "poll leases acquired, released or lost, by change");
     describe_gauge!(POLL_CYCLE_COMPLETED, "when a poller last completed a polling cycle, Unix seconds");
     describe_counter!(WEBHOOK_EVENTS_IGNORED, "webhook events that are not buyer messages");
     describe_counter!(DEAD_LETTERS, "inquiries dead-lettered, by reason");

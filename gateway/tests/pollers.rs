@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use platform_standins::{
     aliexpress::Aliexpress, ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush,
-    tiktok::Tiktok, Message, QuotaRule, Standin,
+    tiktok::Tiktok, QuotaRule, Standin,
 };
 use support::{metric_value, Gateway, HttpClient};
 
@@ -24,31 +24,7 @@ fn now() -> i64 {
 
 /// A buyer message and the seller's reply, in conversation `conversation` of `account`.
 fn exchange(standin: &Standin, account: &str, conversation: usize, created: i64) {
-    let n = standin.mailbox().of_account(account).len();
-    standin.add(Message {
-        account: account.to_owned(),
-        conversation: format!("{}", 3_000_000_000u64 + conversation as u64),
-        id: format!("m_{account}_{conversation}_{n}"),
-        buyer_id: format!("{}", 6_000_000_000u64 + conversation as u64),
-        buyer_name: "Test Buyer".to_owned(),
-        text: format!("question {n} about conversation {conversation}"),
-        created,
-        from_seller: false,
-        order_id: None,
-        country: Some("DE".to_owned()),
-    });
-    standin.add(Message {
-        account: account.to_owned(),
-        conversation: format!("{}", 3_000_000_000u64 + conversation as u64),
-        id: format!("m_{account}_{conversation}_{n}_reply"),
-        buyer_id: format!("{}", 6_000_000_000u64 + conversation as u64),
-        buyer_name: String::new(),
-        text: "answer".to_owned(),
-        created,
-        from_seller: true,
-        order_id: None,
-        country: None,
-    });
+    standin.add_exchange(account, conversation, created);
 }
 
 async fn metrics(gateway: &Gateway) -> String {

@@ -52,6 +52,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
             subject text, at timestamp, event_id uuid, kind text, inquiry_id uuid, detail text,
             PRIMARY KEY (subject, at, event_id)) WITH CLUSTERING ORDER BY (at DESC, event_id ASC)",
     ),
+    (
+        5,
+        "poller leases",
+        "CREATE TABLE IF NOT EXISTS {ks}.poll_leases (
+            lease text PRIMARY KEY, holder text, epoch bigint, expires_at bigint,
+            cursors map<text, text>, grants map<text, blob>)",
+    ),
+    (6, "poller replicas", "CREATE TABLE IF NOT EXISTS {ks}.poll_replicas (holder text PRIMARY KEY, seen_at bigint)"),
 ];
 
 /// The consistency level named in config (`local_quorum`, ...).

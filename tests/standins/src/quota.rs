@@ -37,6 +37,11 @@ pub struct KeyStats {
     /// Requests the rule allows over `span_seconds` at the sustained rate (one at the start plus
     /// one per period), also capped by the daily limit spread over the day.
     pub allowed: f64,
+    /// Calls per caller (the User-Agent each call named).
+    pub callers: BTreeMap<String, u64>,
+    /// How often a call came from another caller than the call before it: once per handover
+    /// when callers take turns, far more when two poll the same key at the same time.
+    pub handovers: u64,
 }
 
 /// One key's bucket and counters.
@@ -46,6 +51,7 @@ struct KeyState {
     day: VecDeque<Instant>,
     first: Option<Instant>,
     last: Option<Instant>,
+    last_caller: Option<String>,
     stats: KeyStats,
 }
 
@@ -89,6 +95,7 @@ impl Quotas {
             day: VecDeque::new(),
             first: None,
             last: None,
+            last_caller: None,
             stats: KeyStats::default(),
         });
         let elapsed = (now - state.refilled).as_secs_f64();
@@ -116,6 +123,16 @@ impl Quotas {
             remaining_today: rule.per_day.map(|cap| u64::from(cap).saturating_sub(state.day.len() as u64)),
             rule,
         }
+    }
+
+    /// Records who made the call just admitted for `key`.
+    pub fn record_caller(&mut self, key: &str, caller: &str) {
+        let Some(state) = self.keys.get_mut(key) else { return };
+        *state.stats.callers.entry(caller.to_owned()).or_default() += 1;
+        if state.last_caller.as_deref().is_some_and(|last| last != caller) {
+            state.stats.handovers += 1;
+        }
+        state.last_caller = Some(caller.to_owned());
     }
 
     /// Counters of every key.
@@ -148,6 +165,11 @@ mod tests {
         assert!(quotas.admit("a").allowed);
         assert!(!quotas.admit("a").allowed);
         assert!(quotas.admit("b").allowed, "keys are separate");
+        for caller in ["x", "x", "y", "x"] {
+            quotas.record_caller("a", caller);
+        }
+        let stats = &quotas.stats()["a"];
+        assert_eq!((stats.callers["x"], stats.callers["y"], stats.handovers), (3, 1, 2));
         let stats = quotas.stats();
         assert_eq!((stats["a"].calls, stats["a"].served, stats["a"].violations), (3, 2, 1));
     }

@@ -77,6 +77,38 @@ impl Standin {
         self.mailbox.add(message);
     }
 
+    /// Adds a buyer's message and the seller's reply to conversation `conversation` of `account`,
+    /// sent at `created` (Unix seconds); message ids are unique per account.
+    pub fn add_exchange(&self, account: &str, conversation: usize, created: i64) {
+        let n = self.mailbox.of_account(account).len();
+        let conversation_id = format!("{}", 3_000_000_000u64 + conversation as u64);
+        let buyer_id = format!("{}", 6_000_000_000u64 + conversation as u64);
+        self.add(Message {
+            account: account.to_owned(),
+            conversation: conversation_id.clone(),
+            id: format!("m_{account}_{conversation}_{n}"),
+            buyer_id: buyer_id.clone(),
+            buyer_name: "Test Buyer".to_owned(),
+            text: format!("question {n} about conversation {conversation}"),
+            created,
+            from_seller: false,
+            order_id: None,
+            country: Some("DE".to_owned()),
+        });
+        self.add(Message {
+            account: account.to_owned(),
+            conversation: conversation_id,
+            id: format!("m_{account}_{conversation}_{n}_reply"),
+            buyer_id,
+            buyer_name: String::new(),
+            text: "answer".to_owned(),
+            created,
+            from_seller: true,
+            order_id: None,
+            country: None,
+        });
+    }
+
     /// The mailbox.
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
@@ -133,7 +165,12 @@ async fn answer(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Respon
         _ => match shared.platform.outside_quota(&request).map_or_else(|| shared.platform.quota_key(&request), Err) {
             Err(reply) => reply,
             Ok(key) => {
-                let admission = shared.quotas.lock().expect("quota lock").admit(&key);
+                let admission = {
+                    let mut quotas = shared.quotas.lock().expect("quota lock");
+                    let admission = quotas.admit(&key);
+                    quotas.record_caller(&key, request.header("user-agent").unwrap_or("-"));
+                    admission
+                };
                 if admission.allowed {
                     shared.platform.serve(&request, &shared.mailbox, &admission, &shared.base)
                 } else {

@@ -1,0 +1,267 @@
+//! Replicas sharing the pollers through leases in the CQL store (`[polling] coordination =
+//! "cql"`), against the Apache Cassandra node `tests/run-all.sh` starts on 127.0.0.1:9042 and the
+//! platform stand-ins of `tests/standins` (which enforce each platform's quota and record which
+//! replica made each call, by its User-Agent).
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inquiry_gateway::config::CqlConfig;
+use inquiry_gateway::poll_leases::Leases;
+use platform_standins::{etsy::Etsy, meta::Meta, tiktok::Tiktok, QuotaRule, Standin};
+use support::{metric_value, unique, Gateway, HttpClient};
+
+const CQL: &str = "127.0.0.1:9042";
+const LEASE_MS: u64 = 3000;
+const PAGES: [&str; 4] = ["110044338450001", "110044338450002", "110044338450003", "110044338450004"];
+const ETSY_SHOP: &str = "38291047";
+const TIKTOK_SHOP: &str = "1001";
+/// Base64 of 32 bytes: the key every replica seals token grants under.
+const KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+struct Platforms {
+    meta: Standin,
+    etsy: Standin,
+    tiktok: Standin,
+    oauth: Arc<std::sync::Mutex<platform_standins::etsy::OAuth>>,
+}
+
+impl Platforms {
+    async fn start() -> Platforms {
+        // Etsy access tokens live 4 s and every refresh retires the refresh token it used: a
+        // replica that takes the lease over must go on with the grant its predecessor stored.
+        let oauth = platform_standins::etsy::OAuth::new(Duration::from_secs(4), "0.etsy-refresh-first");
+        Platforms {
+            meta: Standin::start(Arc::new(Meta::default()), None).await.unwrap(),
+            etsy: Standin::start(
+                Arc::new(Etsy { oauth: Some(oauth.clone()), ..Etsy::default() }),
+                Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }),
+            )
+            .await
+            .unwrap(),
+            tiktok: Standin::start(Arc::new(Tiktok::default()), None).await.unwrap(),
+            oauth,
+        }
+    }
+
+    /// Every (stand-in, account) polled: four Meta pages, one Etsy shop (its app is one lease
+    /// group), one TikTok shop. Six lease groups.
+    fn accounts(&self) -> Vec<(&Standin, &str)> {
+        let mut accounts: Vec<(&Standin, &str)> = PAGES.iter().map(|p| (&self.meta, *p)).collect();
+        accounts.push((&self.etsy, ETSY_SHOP));
+        accounts.push((&self.tiktok, TIKTOK_SHOP));
+        accounts
+    }
+
+    fn config(&self, keyspace: &str, replica: &str) -> String {
+        let mut config = format!(
+            "[polling]\ncoordination = \"cql\"\nreplica = \"{replica}\"\nlease_ms = {LEASE_MS}\n\
+             [compliance]\nkek = \"{KEK}\"\n\
+             [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n"
+        );
+        for page in PAGES {
+            config.push_str(&format!(
+                "[[pollers]]\nconnector = \"messenger_conversations\"\naccount = \"{page}\"\naccess_token = \"test-page-token\"\nbase_url = \"{}\"\ninterval_ms = 200\n",
+                self.meta.url()
+            ));
+        }
+        config.push_str(&format!(
+            "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{ETSY_SHOP}\"\napp = \"etsy-app\"\naccess_token = \"\"\nrefresh_token = \"0.etsy-refresh-first\"\ntoken_url = \"{url}\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{url}\"\ninterval_ms = 200\nper_day = 2000000\n",
+            url = self.etsy.url()
+        ));
+        config.push_str(&format!(
+            "[[pollers]]\nconnector = \"tiktok_customer_service\"\naccount = \"{TIKTOK_SHOP}\"\naccess_token = \"test-tiktok-shop-token\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nbase_url = \"{}\"\ninterval_ms = 200\n",
+            self.tiktok.url()
+        ));
+        config
+    }
+}
+
+async fn metrics(gateway: &Gateway) -> String {
+    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
+}
+
+async fn leases_held(gateway: &Gateway) -> f64 {
+    metric_value(&metrics(gateway).await, "inquiry_gateway_poll_leases_held", &[])
+}
+
+/// Waits until each of `gateways` holds `expected[i]` leases; the time it took.
+async fn wait_for_leases(gateways: &[&Gateway], expected: &[f64], timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut held = Vec::new();
+        for gateway in gateways {
+            held.push(leases_held(gateway).await);
+        }
+        if held == expected {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "leases held {held:?}, expected {expected:?} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Distinct message ids stored in the CQL store, per account.
+async fn stored_messages(keyspace: &str) -> BTreeMap<String, HashSet<String>> {
+    let session =
+        scylla::client::session_builder::SessionBuilder::new().known_node(CQL).build().await.expect("cql session");
+    let rows = session
+        .query_unpaged(format!("SELECT account, message_id FROM {keyspace}.inquiries_by_id"), ())
+        .await
+        .map(|r| {
+            r.into_rows_result().unwrap().rows::<(String, String)>().unwrap().map(Result::unwrap).collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let mut stored: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    for (account, message) in rows {
+        stored.entry(account).or_default().insert(message);
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_pollers_and_one_killed_hands_its_work_on_within_seconds() {
+    let platforms = Platforms::start().await;
+    let keyspace = unique("cluster");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap().keep()).collect();
+
+    // Buyers keep writing during the whole run.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        let standins: Vec<(Standin, String)> =
+            platforms.accounts().into_iter().map(|(s, a)| (s.clone(), a.to_owned())).collect();
+        tokio::spawn(async move {
+            let mut conversation = 0;
+            while writing.load(Ordering::SeqCst) {
+                for (standin, account) in &standins {
+                    // A new conversation each time: an Etsy receipt is its conversation.
+                    standin.add_exchange(account, conversation, now());
+                }
+                conversation += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    let mut replicas = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        replicas.push(Gateway::start_in(dir.clone(), &platforms.config(&keyspace, &format!("gw-{i}"))).await);
+    }
+    // Six groups, three replicas: two each, whoever started first.
+    wait_for_leases(&replicas.iter().collect::<Vec<_>>(), &[2.0, 2.0, 2.0], Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // SIGKILL one: no release; its leases expire and the two others take them over.
+    replicas[0].kill9();
+    let moved = wait_for_leases(&[&replicas[1], &replicas[2]], &[3.0, 3.0], Duration::from_secs(20)).await;
+    assert!(moved < Duration::from_secs(10), "the work moved {moved:?} after the kill");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // It comes back (as a StatefulSet pod would, on its volume): the others hand it its share.
+    replicas[0].restart().await;
+    wait_for_leases(&replicas.iter().collect::<Vec<_>>(), &[2.0, 2.0, 2.0], Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    writing.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    // Nothing missed: every buyer message of every account reaches the CQL store.
+    let expected: BTreeMap<String, usize> = platforms
+        .accounts()
+        .into_iter()
+        .map(|(standin, account)| {
+            (account.to_owned(), standin.mailbox().of_account(account).iter().filter(|m| !m.from_seller).count())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = stored_messages(&keyspace).await;
+        let counts: BTreeMap<String, usize> =
+            expected.keys().map(|a| (a.clone(), stored.get(a).map_or(0, HashSet::len))).collect();
+        if counts == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stored {counts:?} of {expected:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // One replica at a time per quota key, never over the quota in total.
+    let keys: Vec<_> = [&platforms.meta, &platforms.etsy, &platforms.tiktok]
+        .into_iter()
+        .flat_map(|standin| standin.stats().into_iter())
+        .collect();
+    assert_eq!(keys.len(), 6, "four pages, the Etsy app, the TikTok shop: {keys:?}");
+    for (key, stats) in keys {
+        assert_eq!(stats.violations, 0, "{key}: calls over the quota: {stats:?}");
+        // Start-up shares out (at most two handovers), the kill (one), the restart (one): a
+        // handful. Two replicas polling one key at once would alternate on every call.
+        assert!(stats.handovers <= 6, "{key}: the key changed hands {} times: {stats:?}", stats.handovers);
+        assert!(stats.served > 20, "{key}: {stats:?}");
+    }
+
+    // The rotated Etsy refresh token went from holder to holder with the lease.
+    let refreshes = platforms.oauth.lock().unwrap().refreshes;
+    assert!(refreshes >= 5, "tokens refreshed every ~2 s: {refreshes}");
+    for gateway in &replicas {
+        let failed = metric_value(
+            &metrics(gateway).await,
+            "inquiry_gateway_poll_token_refreshes_total",
+            &[("outcome", "error")],
+        );
+        assert_eq!(failed, 0.0, "a replica refreshed with a spent token:\n{}", gateway.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_lease_can_no_longer_move_the_cursor() {
+    let keyspace = unique("leases");
+    let cql = CqlConfig {
+        contact_points: vec![CQL.to_owned()],
+        keyspace: keyspace.clone(),
+        location: Some(inquiry_connectors::Region::Eu),
+        ..CqlConfig::default()
+    };
+    let session = inquiry_gateway::sinks::cql::connect(&cql).await.expect("cassandra is up");
+    inquiry_gateway::sinks::cql::migrate(&session, &cql).await.unwrap();
+    let group = || ["etsy_receipts/app:etsy-app".to_owned()];
+    let lease = Duration::from_millis(1000);
+
+    // A holds the group, then freezes (its keeper is gone without releasing anything).
+    let a = Arc::new(Leases::new(&cql, "a", lease, group()));
+    let (stop_a, stop_a_rx) = tokio::sync::watch::channel(());
+    let keeper_a = tokio::spawn(a.clone().keep(stop_a_rx));
+    let mut handle_a = a.handle("etsy_receipts/app:etsy-app");
+    let (_never, mut never_rx) = tokio::sync::watch::channel(());
+    let (epoch_a, polling_a) =
+        tokio::time::timeout(Duration::from_secs(30), handle_a.acquire(&mut never_rx)).await.unwrap().unwrap();
+    assert!(handle_a.save_cursor(epoch_a, ETSY_SHOP, "cursor-a").await.unwrap());
+    keeper_a.abort();
+    drop(stop_a);
+
+    // B takes it once it expired, under a higher epoch, and reads A's cursor.
+    let b = Arc::new(Leases::new(&cql, "b", lease, group()));
+    let (_stop_b, stop_b_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(b.clone().keep(stop_b_rx));
+    let mut handle_b = b.handle("etsy_receipts/app:etsy-app");
+    let started = Instant::now();
+    let (epoch_b, _polling_b) =
+        tokio::time::timeout(Duration::from_secs(30), handle_b.acquire(&mut never_rx)).await.unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500), "B waited for A's lease to expire");
+    assert!(epoch_b > epoch_a, "a new holder, a new epoch: {epoch_a} -> {epoch_b}");
+    assert_eq!(handle_b.state_of(ETSY_SHOP).await.unwrap().0.as_deref(), Some("cursor-a"));
+
+    // A wakes up: its writes are fenced off; B's go through.
+    assert!(!handle_a.save_cursor(epoch_a, ETSY_SHOP, "stale").await.unwrap(), "A's cursor write is refused");
+    assert!(!handle_a.save_grant(epoch_a, ETSY_SHOP, b"stale").await.unwrap(), "A's grant write is refused");
+    assert!(handle_b.save_cursor(epoch_b, ETSY_SHOP, "cursor-b").await.unwrap());
+    assert_eq!(handle_b.state_of(ETSY_SHOP).await.unwrap().0.as_deref(), Some("cursor-b"));
+    drop(polling_a);
+}
