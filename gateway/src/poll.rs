@@ -300,6 +300,25 @@ impl Place<'_> {
     }
 }
 
+/// Shows a poller as polling here (`inquiry_gateway_poller_active`) while alive.
+struct Active {
+    gauge: metrics::Gauge,
+}
+
+impl Active {
+    fn new(connector: &'static str, account: &str) -> Active {
+        let gauge = gauge!(telemetry::POLLER_ACTIVE, "connector" => connector, "account" => account.to_owned());
+        gauge.set(1.0);
+        Active { gauge }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.gauge.set(0.0);
+    }
+}
+
 /// How a period of polling ended.
 enum Ended {
     /// `stop` fired (shutdown, or the lease was lost) or the lease was handed on.
@@ -350,6 +369,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     let account = config.account.clone();
     let mut quota = PollerQuota::new(poller, config, quotas);
     let cursor_name = format!("{}/{}", name, config.account);
+    let _active = Active::new(name, &account);
     let stored = match &place {
         Place::Local => store.cursor(&cursor_name).map_err(|e| e.to_string()).and_then(|cursor| {
             let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;

@@ -211,6 +211,7 @@ impl Leases {
     pub async fn keep(self: Arc<Leases>, mut stop: watch::Receiver<()>) {
         let tick = (self.lease / 10).max(Duration::from_millis(100));
         let mut held: HashMap<String, Held> = HashMap::new();
+        gauge!(telemetry::POLL_LEASE_GROUPS).set(self.slots.len() as f64);
         loop {
             if self.cql.get().is_none() {
                 if let Err(err) = self.connect().await {

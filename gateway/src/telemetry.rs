@@ -35,6 +35,11 @@ pub const POLL_LAG: &str = "inquiry_gateway_poll_lag_seconds";
 pub const POLL_QUOTA_REMAINING: &str = "inquiry_gateway_poll_quota_remaining";
 /// When a poller's durable cursor last moved (Unix seconds).
 pub const POLL_CURSOR_UPDATED: &str = "inquiry_gateway_poll_cursor_updated_timestamp_seconds";
+/// Poll lease groups the config defines (`[polling] coordination = "cql"`; the same on every replica).
+pub const POLL_LEASE_GROUPS: &str = "inquiry_gateway_poll_lease_groups";
+/// 1 while a poller polls here (always, when polling is local; while this replica holds its
+/// lease otherwise), 0 when another replica has it, by `connector` and `account`.
+pub const POLLER_ACTIVE: &str = "inquiry_gateway_poller_active";
 /// Poll lease groups this replica holds (`[polling] coordination = "cql"`).
 pub const POLL_LEASES_HELD: &str = "inquiry_gateway_poll_leases_held";
 /// Poll leases acquired, released (handed on, shutdown) and lost (not renewed in time), by `change`.
@@ -181,6 +186,8 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(POLL_LAG, Unit::Seconds, "age of the newest buyer message of a page when fetched");
     describe_gauge!(POLL_QUOTA_REMAINING, "calls left today as the platform reports it");
     describe_gauge!(POLL_CURSOR_UPDATED, "when a poller's durable cursor last moved, Unix seconds");
+    describe_gauge!(POLL_LEASE_GROUPS, "poll lease groups the config defines");
+    describe_gauge!(POLLER_ACTIVE, "1 while a poller polls on this replica, by connector and account");
     describe_gauge!(POLL_LEASES_HELD, "poll lease groups this replica holds");
     describe_counter!(POLL_LEASE_CHANGES, "poll leases acquired, released or lost, by change");
     describe_gauge!(POLL_CYCLE_COMPLETED, "when a poller last completed a polling cycle, Unix seconds");
