@@ -35,6 +35,8 @@ pub struct Config {
     pub pollers: Vec<PollerConfig>,
     /// How several replicas share the `[[pollers]]` entries.
     pub polling: PollingConfig,
+    /// Reach-out: first-response SLA timers, reminders, escalation and agent alerts.
+    pub reach: ReachConfig,
     /// IMAP mailboxes read for buyer e-mail (Amazon buyer-seller messages, Etsy and Shopify
     /// contact forms, the shop's own address).
     pub mailboxes: Vec<MailboxConfig>,
@@ -385,6 +387,149 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig { max_pending: 5_000_000 }
     }
+}
+
+/// Reach-out (`[reach]`): first-response SLA policies and the alerts that tell agents about them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReachConfig {
+    /// SLA policies by id.
+    pub sla_policies: Vec<SlaPolicyConfig>,
+    /// Which policy an inquiry gets: the routing decision's `sla_policy`, else the first rule
+    /// that matches its account, queue and priority; none: no SLA.
+    pub sla_rules: Vec<SlaRuleConfig>,
+    /// Business calendars by id.
+    pub calendars: Vec<CalendarConfig>,
+    /// Teams by queue: who breaches are escalated to and where the team's alerts go.
+    pub teams: Vec<TeamConfig>,
+    /// Where alerts are sent.
+    pub alert_targets: Vec<AlertTargetConfig>,
+    /// Record SLA events (store, Kafka) but send no alert: each is counted and logged as `dry_run`.
+    pub dry_run: bool,
+}
+
+/// A first-response SLA policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaPolicyConfig {
+    /// Id (referenced by rules and routing decisions).
+    pub id: String,
+    /// Time allowed for the first response (`"4h"`, `"30m"`); business time when `calendar` is set.
+    pub first_response: String,
+    /// Reminders this long before the deadline (`["1h", "15m"]`).
+    #[serde(default)]
+    pub reminders: Vec<String>,
+    /// Business calendar; none: around the clock.
+    #[serde(default)]
+    pub calendar: Option<String>,
+    /// After a breach, escalate to the team lead, then to the supervisor, this long after the
+    /// deadline (`["0s", "2h"]`).
+    #[serde(default)]
+    pub escalate_after: Vec<String>,
+}
+
+/// Which inquiries get a policy; every given field must match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaRuleConfig {
+    /// Account (shop).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Queue the inquiry was routed to.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// The policy id.
+    pub policy: String,
+}
+
+/// Business hours in one time zone, with holidays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// Id.
+    pub id: String,
+    /// IANA time zone (`Europe/Berlin`, `Asia/Shanghai`).
+    pub time_zone: String,
+    /// Open slots per weekday (`mon` .. `sun`): `["09:00-12:30", "13:30-18:00"]`; a day not
+    /// listed is closed.
+    pub hours: std::collections::BTreeMap<String, Vec<String>>,
+    /// Closed dates (`2026-12-25`).
+    #[serde(default)]
+    pub holidays: Vec<String>,
+}
+
+/// A team (the agents of one queue).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    /// The queue it works.
+    pub queue: String,
+    /// Who a breach is escalated to first.
+    #[serde(default)]
+    pub lead: Option<String>,
+    /// Who it is escalated to next.
+    #[serde(default)]
+    pub supervisor: Option<String>,
+    /// Alert targets (ids) that get the team's SLA alerts.
+    pub alert_targets: Vec<String>,
+}
+
+/// How an alert target is addressed and signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Slack incoming webhook (the URL is the secret).
+    Slack,
+    /// Feishu / Lark custom bot; with `secret`, signed (`timestamp` + `sign` in the body).
+    Feishu,
+    /// DingTalk custom robot; with `secret`, signed (`timestamp` + `sign` in the URL).
+    Dingtalk,
+    /// WeCom group robot (the URL's key is the secret).
+    Wecom,
+    /// Any HTTPS endpoint: the event batch as JSON, signed with HMAC-SHA256 (`secret` required).
+    Webhook,
+}
+
+/// One place alerts are sent to.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertTargetConfig {
+    /// Id (referenced by teams).
+    pub id: String,
+    /// Which kind of endpoint.
+    pub kind: AlertKind,
+    /// Its URL (`${ENV}`: bot URLs carry their token).
+    pub url: String,
+    /// Signing secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Most events in one message (a burst is sent as few messages).
+    #[serde(default = "default_alert_batch")]
+    pub max_batch: usize,
+}
+
+impl std::fmt::Debug for AlertTargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertTargetConfig")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("url", &"<set>")
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+fn default_alert_batch() -> usize {
+    20
+}
+
+/// Parses a config duration (`"90s"`, `"15m"`, `"4h"`, `"2d"`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e})"))
 }
 
 /// Who polls what when several replicas run one configuration.
@@ -1177,6 +1322,7 @@ impl Config {
             }
         }
         validate_compliance(&self.compliance, &mut problems);
+        validate_reach(&self.reach, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1210,6 +1356,75 @@ fn validate_compliance(compliance: &ComplianceConfig, problems: &mut Vec<String>
 }
 
 /// Checks plugins, chains and agents (pure: the modules themselves are checked when they load).
+fn validate_reach(reach: &ReachConfig, problems: &mut Vec<String>) {
+    let calendars: BTreeSet<&str> = reach.calendars.iter().map(|c| c.id.as_str()).collect();
+    for (i, calendar) in reach.calendars.iter().enumerate() {
+        if let Err(err) = crate::reach::calendar::Calendar::from_config(calendar) {
+            problems.push(format!("reach.calendars[{i}]: {err}"));
+        }
+    }
+    let mut policies = BTreeSet::new();
+    for (i, policy) in reach.sla_policies.iter().enumerate() {
+        if !policies.insert(policy.id.as_str()) {
+            problems.push(format!("reach.sla_policies[{i}]: id `{}` is used twice", policy.id));
+        }
+        match parse_duration(&policy.first_response) {
+            Ok(d) if d.is_zero() => problems.push(format!("reach.sla_policies[{i}].first_response must be positive")),
+            Ok(_) => {}
+            Err(err) => problems.push(format!("reach.sla_policies[{i}].first_response: {err}")),
+        }
+        for (field, values) in [("reminders", &policy.reminders), ("escalate_after", &policy.escalate_after)] {
+            for value in values {
+                if let Err(err) = parse_duration(value) {
+                    problems.push(format!("reach.sla_policies[{i}].{field}: {err}"));
+                }
+            }
+        }
+        if policy.escalate_after.len() > 2 {
+            problems
+                .push(format!("reach.sla_policies[{i}].escalate_after: at most two levels (team lead, supervisor)"));
+        }
+        if let Some(calendar) = &policy.calendar {
+            if !calendars.contains(calendar.as_str()) {
+                problems.push(format!("reach.sla_policies[{i}].calendar `{calendar}` is not in reach.calendars"));
+            }
+        }
+    }
+    for (i, rule) in reach.sla_rules.iter().enumerate() {
+        if !policies.contains(rule.policy.as_str()) {
+            problems.push(format!("reach.sla_rules[{i}].policy `{}` is not in reach.sla_policies", rule.policy));
+        }
+    }
+    let mut targets = BTreeSet::new();
+    for (i, target) in reach.alert_targets.iter().enumerate() {
+        let label_ok = !target.id.is_empty()
+            && target.id.len() <= 64
+            && target.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !label_ok {
+            problems.push(format!("reach.alert_targets[{i}].id must be 1-64 of letters, digits, - and _"));
+        }
+        if !targets.insert(target.id.as_str()) {
+            problems.push(format!("reach.alert_targets[{i}]: id `{}` is used twice", target.id));
+        }
+        if !(target.url.starts_with("https://") || target.url.starts_with("http://")) {
+            problems.push(format!("reach.alert_targets[{i}].url must be an http(s) url"));
+        }
+        if target.kind == AlertKind::Webhook && target.secret.as_deref().is_none_or(|s| s.len() < 16) {
+            problems.push(format!("reach.alert_targets[{i}]: a webhook target needs a secret of 16 bytes or more"));
+        }
+        if target.max_batch == 0 || target.max_batch > 100 {
+            problems.push(format!("reach.alert_targets[{i}].max_batch must be between 1 and 100"));
+        }
+    }
+    for (i, team) in reach.teams.iter().enumerate() {
+        for target in &team.alert_targets {
+            if !targets.contains(target.as_str()) {
+                problems.push(format!("reach.teams[{i}]: alert target `{target}` is not in reach.alert_targets"));
+            }
+        }
+    }
+}
+
 fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {
     let label = |s: &str| {
         !s.is_empty()

@@ -11,6 +11,7 @@ pub mod plugins;
 pub mod poll;
 pub mod poll_leases;
 pub mod poll_tokens;
+pub mod reach;
 pub mod retention;
 pub mod retry;
 pub mod routing;

@@ -75,6 +75,9 @@ impl Limiter {
 pub struct QuotaRegistry {
     limiters: DashMap<QuotaKey, Arc<Limiter>>,
     paused_until: DashMap<QuotaKey, Instant>,
+    /// The lease epoch each key's limiter was last emptied for (pollers of one app share a
+    /// key and a lease: the first of them to start empties it, once).
+    reset_for: DashMap<QuotaKey, i64>,
 }
 
 impl QuotaRegistry {
@@ -159,13 +162,18 @@ impl PollerQuota {
 
     /// Empties the limiters of this poller's keys (a fresh lease: calls made by the replica that
     /// held it before are unknown here).
-    fn reset(&self, registry: &QuotaRegistry) {
-        registry.limiters.insert(
-            self.per_second_key.clone(),
-            Arc::new(Limiter::with_available(self.quota.per_second, self.quota.burst, 0)),
-        );
+    fn reset(&self, registry: &QuotaRegistry, epoch: i64) {
+        let first = |key: &QuotaKey| registry.reset_for.insert(key.clone(), epoch) != Some(epoch);
+        if first(&self.per_second_key) {
+            let empty = Limiter::with_available(self.quota.per_second, self.quota.burst, 0);
+            registry.limiters.insert(self.per_second_key.clone(), Arc::new(empty));
+        }
         if let (Some(key), Some(per_day)) = (&self.daily_key, self.quota.per_day) {
-            registry.limiters.insert(key.clone(), Arc::new(Limiter::with_available(daily_rate(per_day), per_day, 1)));
+            if first(key) {
+                registry
+                    .limiters
+                    .insert(key.clone(), Arc::new(Limiter::with_available(daily_rate(per_day), per_day, 1)));
+            }
         }
     }
 
@@ -283,19 +291,35 @@ pub enum Place<'a> {
 }
 
 impl Place<'_> {
-    /// Stores a sealed token grant where the next poll of this account will look for it.
-    pub async fn keep_grant(&self, store: &Store, name: &str, account: &str, sealed: &[u8]) -> Result<(), String> {
+    /// Stores a sealed token grant where the next poll of this account will look for it
+    /// (shared: only over `previous`, the grant it was refreshed from).
+    pub async fn keep_grant(
+        &self,
+        store: &Store,
+        name: &str,
+        account: &str,
+        sealed: &[u8],
+        previous: Option<&[u8]>,
+    ) -> Result<(), String> {
         match self {
             Place::Local => {
                 let mut batch = store.batch();
                 batch.put_secret(name, sealed);
                 batch.commit().map_err(|e| e.to_string())
             }
-            Place::Leased { lease, epoch } => match lease.save_grant(*epoch, account, sealed).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("the poll lease moved to another replica".to_owned()),
-                Err(err) => Err(err.to_string()),
-            },
+            Place::Leased { lease, .. } => {
+                // Fenced by the grant it replaces, not by the epoch: the platform has retired
+                // the old refresh token, so the new grant must be kept even if the lease moved.
+                for _ in 0..5 {
+                    match lease.save_grant(account, sealed, previous).await {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => return Err("another grant was stored meanwhile".to_owned()),
+                        Err(err) => tracing::warn!(error = %err, "cannot store the token grant; retrying"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err("the cql store did not take the token grant".to_owned())
+            }
         }
     }
 }
@@ -338,7 +362,7 @@ pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch
         let Some((epoch, _polling)) = lease.acquire(&mut stop).await else { return };
         // A replica that held the group before kept a limiter that refilled while another
         // replica used the quota: start from an empty one, as after a restart.
-        PollerQuota::new(parts.poller, &parts.config, &parts.quotas).reset(&parts.quotas);
+        PollerQuota::new(parts.poller, &parts.config, &parts.quotas).reset(&parts.quotas, epoch);
         let (period_tx, period_stop) = watch::channel(());
         let polled = poll(&parts, Place::Leased { lease: &lease, epoch }, period_stop);
         tokio::pin!(polled);
@@ -355,7 +379,12 @@ pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch
             ended = &mut polled => (ended, false),
             shutdown = &mut lost => ((&mut polled).await, shutdown),
         };
-        if shutdown || matches!(ended, Ended::Broken) {
+        if matches!(ended, Ended::Broken) {
+            // Let a replica where it works have the group.
+            lease.give_up();
+            return;
+        }
+        if shutdown {
             return;
         }
     }
@@ -370,12 +399,30 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     let mut quota = PollerQuota::new(poller, config, quotas);
     let cursor_name = format!("{}/{}", name, config.account);
     let _active = Active::new(name, &account);
+    let local = || -> Result<(Option<String>, Option<Vec<u8>>), String> {
+        let cursor = store.cursor(&cursor_name).map_err(|e| e.to_string())?;
+        let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;
+        Ok((cursor, grant))
+    };
     let stored = match &place {
-        Place::Local => store.cursor(&cursor_name).map_err(|e| e.to_string()).and_then(|cursor| {
-            let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;
-            Ok((cursor, grant))
-        }),
-        Place::Leased { lease, .. } => lease.state_of(&account).await.map_err(|e| e.to_string()),
+        Place::Local => local(),
+        Place::Leased { lease, .. } => loop {
+            // A read that fails (a timeout, contention) is tried again while the lease lasts.
+            match lease.state_of(&account).await {
+                Ok((cursor, grant)) => {
+                    // A group polled locally before (coordination was `local`) starts from
+                    // this replica's own cursor and grant.
+                    let earlier = if cursor.is_none() || grant.is_none() { local() } else { Ok((None, None)) };
+                    break earlier.map(|(local_cursor, local_grant)| (cursor.or(local_cursor), grant.or(local_grant)));
+                }
+                Err(err) => {
+                    tracing::warn!(poller = name, error = %err, "cannot read the poll lease's cursor; retrying");
+                    if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                        return Ended::Stopped;
+                    }
+                }
+            }
+        },
     };
     let (mut cursor, grant) = match stored {
         Ok(stored) => stored,
@@ -410,12 +457,22 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 _ = stop.changed() => return Ended::Stopped,
             };
             histogram!(telemetry::POLL_LIMITER_WAIT, "connector" => name).record(waited.as_secs_f64());
+            if let Place::Leased { lease, epoch } = &place {
+                if !lease.may_call(*epoch) {
+                    return Ended::Stopped;
+                }
+            }
             if tokens.needs_refresh(OffsetDateTime::now_utc()) {
-                let refreshed = tokio::select! {
-                    r = tokens.refresh(poller, config, &client, store, &place, subjects.vault()) => r,
-                    _ = stop.changed() => return Ended::Stopped,
-                };
+                // Not cancelled once started: a platform that rotates refresh tokens has retired
+                // the old one when it answers, and the new grant must reach the store.
+                let refreshed = tokens.refresh(poller, config, &client, store, &place, subjects.vault()).await;
                 if let Err(err) = refreshed {
+                    if let Place::Leased { lease, .. } = &place {
+                        // Another replica may have rotated the token meanwhile: take its grant.
+                        if let Ok((_, Some(sealed))) = lease.state_of(&account).await {
+                            tokens.adopt(sealed, subjects.vault());
+                        }
+                    }
                     let delay = backoff.next();
                     tracing::warn!(poller = name, error = %err, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
                     if sleep_or_stop(delay, &mut stop).await {
@@ -558,6 +615,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                         Ok(true) => break,
                         Ok(false) => {
                             tracing::warn!(poller = name, "the poll lease moved to another replica; cursor not stored");
+                            lease.lost(*epoch);
                             return Ended::Stopped;
                         }
                         Err(err) => {

@@ -24,7 +24,7 @@ use metrics::{counter, gauge};
 use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
+use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, OnceCell};
@@ -61,6 +61,18 @@ struct Slot {
     state: watch::Sender<LeaseState>,
     /// Pollers of the group polling right now.
     active: Arc<AtomicUsize>,
+    /// Until when its pollers may call the platform without another successful renewal;
+    /// they check it before every call.
+    hold_until: std::sync::Mutex<Option<Instant>>,
+    /// A poller of the group cannot run (unreadable config, invalid requests): the keeper lets
+    /// the group go and does not take it again, so a replica where it works can.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Slot {
+    fn set_hold(&self, until: Option<Instant>) {
+        *self.hold_until.lock().expect("hold lock") = until;
+    }
 }
 
 /// A lease this replica holds (the keeper's own record).
@@ -93,11 +105,14 @@ impl Cql {
             let session = &session;
             async move {
                 let mut statement = session.prepare(cql).await.map_err(lease_error)?;
+                // SERIAL, not LOCAL_SERIAL: replicas in several datacenters must agree on one
+                // holder (a lease changes hands rarely; the cross-datacenter round trip is fine).
+                statement.set_serial_consistency(Some(SerialConsistency::Serial));
                 if serial_read {
                     // A plain read may miss a transaction in progress; a serial read completes it.
-                    statement.set_consistency(Consistency::LocalSerial);
+                    statement.set_consistency(Consistency::Serial);
                 } else {
-                    statement.set_consistency(Consistency::LocalQuorum);
+                    statement.set_consistency(Consistency::Quorum);
                 }
                 Ok::<_, LeaseError>(statement)
             }
@@ -139,7 +154,7 @@ impl Cql {
             )
             .await?,
             save_grant: prepare(
-                format!("UPDATE {ks}.poll_leases SET grants[?] = ? WHERE lease = ? IF holder = ? AND epoch = ?"),
+                format!("UPDATE {ks}.poll_leases SET grants[?] = ? WHERE lease = ? IF grants[?] = ?"),
                 false,
             )
             .await?,
@@ -179,7 +194,15 @@ impl Leases {
     pub fn new(config: &CqlConfig, replica: &str, lease: Duration, groups: impl IntoIterator<Item = String>) -> Leases {
         let slots = groups
             .into_iter()
-            .map(|group| (group, Slot { state: watch::channel(LeaseState::Idle).0, active: Arc::default() }))
+            .map(|group| {
+                let slot = Slot {
+                    state: watch::channel(LeaseState::Idle).0,
+                    active: Arc::default(),
+                    hold_until: Default::default(),
+                    broken: Default::default(),
+                };
+                (group, slot)
+            })
             .collect();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         Leases {
@@ -243,30 +266,45 @@ impl Leases {
         Ok(())
     }
 
-    /// One tick: heartbeat, count the live replicas, renew, hand on or take.
+    /// One tick: renew, heartbeat and count the live replicas, hand on or take.
     async fn round(&self, held: &mut HashMap<String, Held>) -> Result<(), LeaseError> {
         let cql = self.cql()?;
+        // Renewals first, all at once: nothing else in the round may delay them.
+        let renewals = held.iter().map(|(group, lease)| async move {
+            let sent = Instant::now();
+            let expires_at = now_ms() + self.lease.as_millis() as i64;
+            (group.clone(), sent, cql.applied(&cql.renew, (expires_at, group, &self.holder, lease.epoch)).await)
+        });
+        for (group, sent, renewed) in futures_util::future::join_all(renewals).await {
+            match renewed {
+                Ok(true) => {
+                    let until = sent + self.lease.mul_f64(HOLD_FRACTION);
+                    held.get_mut(&group).expect("renewed from held").hold_until = until;
+                    self.slots[&group].set_hold(Some(until));
+                }
+                Ok(false) => {
+                    // Someone else holds it now (this replica was cut off past the expiry).
+                    tracing::warn!(lease = %group, "poll lease lost to another replica");
+                    held.remove(&group);
+                    self.let_go(&group);
+                }
+                Err(err) => tracing::warn!(lease = %group, error = %err, "poll lease renewal failed"),
+            }
+        }
+
         let ttl = i32::try_from(self.lease.as_secs().max(1)).unwrap_or(i32::MAX);
         cql.session.execute_unpaged(&cql.heartbeat, (&self.holder, now_ms(), ttl)).await.map_err(lease_error)?;
         let members = cql.session.execute_unpaged(&cql.members, ()).await.map_err(lease_error)?;
         let live = members.into_rows_result().map_err(lease_error)?.rows_num().max(1);
         let share = self.slots.len().div_ceil(live);
 
+        // Broken groups go; over the share: hand on the groups this replica ranks lowest.
         for (group, lease) in held.iter_mut() {
-            let sent = Instant::now();
-            let expires_at = now_ms() + self.lease.as_millis() as i64;
-            match cql.applied(&cql.renew, (expires_at, group, &self.holder, lease.epoch)).await {
-                Ok(true) => lease.hold_until = sent + self.lease.mul_f64(HOLD_FRACTION),
-                Ok(false) => {
-                    // Someone else holds it now (this replica was cut off past the expiry).
-                    tracing::warn!(lease = %group, "poll lease lost to another replica");
-                    lease.hold_until = sent; // expire_unrenewed lets it go
-                }
-                Err(err) => tracing::warn!(lease = %group, error = %err, "poll lease renewal failed"),
+            if lease.handing_on.is_none() && self.slots[group].broken.load(Ordering::SeqCst) {
+                lease.handing_on = Some(Instant::now());
+                self.slots[group].state.send_replace(LeaseState::Idle);
             }
         }
-
-        // Over the share: hand on the groups this replica ranks lowest.
         let keeping = held.values().filter(|l| l.handing_on.is_none()).count();
         if keeping > share {
             let mut ranked: Vec<&String> =
@@ -301,23 +339,41 @@ impl Leases {
 
         // Under the share: take free groups, those this replica ranks highest first.
         if held.len() < share {
-            let mut free: Vec<&String> = self.slots.keys().filter(|g| !held.contains_key(*g)).collect();
+            let mut free: Vec<&String> = self
+                .slots
+                .iter()
+                .filter(|(g, slot)| !held.contains_key(*g) && !slot.broken.load(Ordering::SeqCst))
+                .map(|(g, _)| g)
+                .collect();
             free.sort_by_key(|g| std::cmp::Reverse(self.rank(g)));
             for group in free {
                 if held.len() >= share {
                     break;
                 }
                 let sent = Instant::now();
-                if let Some(epoch) = self.try_take(group).await? {
-                    let hold_until = sent + self.lease.mul_f64(HOLD_FRACTION);
-                    held.insert(group.clone(), Held { epoch, hold_until, handing_on: None });
-                    self.slots[group].state.send_replace(LeaseState::Held(epoch));
-                    counter!(telemetry::POLL_LEASE_CHANGES, "change" => "acquired").increment(1);
-                    tracing::info!(lease = %group, epoch, "poll lease acquired");
+                match self.try_take(group).await {
+                    Ok(Some(epoch)) => {
+                        let hold_until = sent + self.lease.mul_f64(HOLD_FRACTION);
+                        held.insert(group.clone(), Held { epoch, hold_until, handing_on: None });
+                        self.slots[group].set_hold(Some(hold_until));
+                        self.slots[group].state.send_replace(LeaseState::Held(epoch));
+                        counter!(telemetry::POLL_LEASE_CHANGES, "change" => "acquired").increment(1);
+                        tracing::info!(lease = %group, epoch, "poll lease acquired");
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(lease = %group, error = %err, "taking the poll lease failed"),
                 }
             }
         }
         Ok(())
+    }
+
+    /// Stops the pollers of `group` at once (the lease is gone or going).
+    fn let_go(&self, group: &str) {
+        let slot = &self.slots[group];
+        slot.set_hold(None);
+        slot.state.send_replace(LeaseState::Idle);
+        counter!(telemetry::POLL_LEASE_CHANGES, "change" => "lost").increment(1);
     }
 
     /// Takes `group` if nobody holds it or its lease expired: its new epoch, or `None`.
@@ -344,10 +400,12 @@ impl Leases {
 
     /// Gives `group` up (expired at once, so the next replica's tick takes it).
     async fn release(&self, group: &str, epoch: i64) {
+        self.slots[group].set_hold(None);
         self.slots[group].state.send_replace(LeaseState::Idle);
         if let Ok(cql) = self.cql() {
             match cql.applied(&cql.renew, (0i64, group, &self.holder, epoch)).await {
-                Ok(_) => tracing::info!(lease = %group, epoch, "poll lease released"),
+                Ok(true) => tracing::info!(lease = %group, epoch, "poll lease released"),
+                Ok(false) => tracing::info!(lease = %group, epoch, "poll lease was no longer held here"),
                 Err(err) => tracing::warn!(lease = %group, error = %err, "poll lease release failed; it expires"),
             }
         }
@@ -362,8 +420,7 @@ impl Leases {
                 return true;
             }
             tracing::warn!(lease = %group, "poll lease not renewed in time; its pollers stop");
-            self.slots[group].state.send_replace(LeaseState::Idle);
-            counter!(telemetry::POLL_LEASE_CHANGES, "change" => "lost").increment(1);
+            self.let_go(group);
             false
         });
     }
@@ -424,6 +481,9 @@ impl LeaseHandle {
     pub async fn acquire(&mut self, stop: &mut watch::Receiver<()>) -> Option<(i64, Polling)> {
         let active = self.leases.slots[&self.group].active.clone();
         loop {
+            if stop.has_changed().unwrap_or(true) {
+                return None;
+            }
             let current = *self.state.borrow_and_update();
             if let LeaseState::Held(epoch) = current {
                 active.fetch_add(1, Ordering::SeqCst);
@@ -442,9 +502,30 @@ impl LeaseHandle {
         }
     }
 
-    /// True while the group is held under `epoch` and not being handed on.
-    pub fn holds(&self, epoch: i64) -> bool {
-        *self.state.borrow() == LeaseState::Held(epoch)
+    /// True while a poller of the group may call the platform: the group is held here under
+    /// `epoch` (or being handed on, its cycle finishing) and the lease was renewed recently
+    /// enough. Checked before every call, so a replica cut off from the CQL store stops calling
+    /// after 60% of the lease, whatever its keeper is doing.
+    pub fn may_call(&self, epoch: i64) -> bool {
+        let held = matches!(*self.state.borrow(), LeaseState::Held(e) | LeaseState::Draining(e) if e == epoch);
+        let slot = &self.leases.slots[&self.group];
+        let hold = *slot.hold_until.lock().expect("hold lock");
+        held && hold.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The lease turned out to be another replica's (a fenced write was refused): its pollers
+    /// stop at once; the keeper drops it at its next renewal.
+    pub fn lost(&self, epoch: i64) {
+        let slot = &self.leases.slots[&self.group];
+        if matches!(*self.state.borrow(), LeaseState::Held(e) | LeaseState::Draining(e) if e == epoch) {
+            slot.set_hold(None);
+            slot.state.send_replace(LeaseState::Idle);
+        }
+    }
+
+    /// A poller of the group cannot run here: the keeper lets the group go for good.
+    pub fn give_up(&self) {
+        self.leases.slots[&self.group].broken.store(true, Ordering::SeqCst);
     }
 
     /// Resolves once the group is no longer held under `epoch` (lost, or draining if
@@ -481,10 +562,13 @@ impl LeaseHandle {
         cql.applied(&cql.save_cursor, (account, cursor, &self.group, &self.leases.holder, epoch)).await
     }
 
-    /// Stores the sealed token grant of `account`, fenced by `epoch` like the cursor.
-    pub async fn save_grant(&self, epoch: i64, account: &str, sealed: &[u8]) -> Result<bool, LeaseError> {
+    /// Stores the sealed token grant of `account` if the stored one is still `previous` (the
+    /// grant it was refreshed from; `None`: none stored). A rotated refresh token replaces the
+    /// one it came from whoever holds the lease now, since the platform has retired the old one;
+    /// false when another grant was stored meanwhile.
+    pub async fn save_grant(&self, account: &str, sealed: &[u8], previous: Option<&[u8]>) -> Result<bool, LeaseError> {
         let cql = self.leases.cql()?;
-        cql.applied(&cql.save_grant, (account, sealed, &self.group, &self.leases.holder, epoch)).await
+        cql.applied(&cql.save_grant, (account, sealed, &self.group, account, previous)).await
     }
 }
 

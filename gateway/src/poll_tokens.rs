@@ -35,6 +35,8 @@ pub struct PollTokens {
     /// Fingerprint of the config's refresh token the grant descends from.
     origin: String,
     refreshed_at: Option<Instant>,
+    /// The sealed grant these tokens come from (what a new grant replaces in the store).
+    sealed: Option<Vec<u8>>,
 }
 
 /// A grant as stored (sealed).
@@ -59,10 +61,12 @@ impl PollTokens {
             refresh_at: None,
             origin,
             refreshed_at: None,
+            sealed: None,
         };
         if tokens.refresh.is_none() {
             return tokens;
         }
+        tokens.sealed = sealed.clone();
         let stored = sealed
             .and_then(|sealed| vault.open_secret(&tokens.name, &sealed).ok())
             .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok());
@@ -72,6 +76,25 @@ impl PollTokens {
             tokens.refresh_at = stored.refresh_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
         }
         tokens
+    }
+
+    /// Takes the grant another replica stored (`sealed`), when it descends from the same config
+    /// refresh token; either way, a new grant will replace that one in the store.
+    pub fn adopt(&mut self, sealed: Vec<u8>, vault: &Vault) {
+        if self.sealed.as_deref() == Some(sealed.as_slice()) {
+            return;
+        }
+        let stored = vault
+            .open_secret(&self.name, &sealed)
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok())
+            .filter(|s| s.origin == self.origin);
+        if let Some(stored) = stored {
+            self.access = stored.access_token;
+            self.refresh = stored.refresh_token.or(self.refresh.take());
+            self.refresh_at = stored.refresh_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        }
+        self.sealed = Some(sealed);
     }
 
     /// The access token to send.
@@ -135,11 +158,13 @@ impl PollTokens {
             let lifetime = grant.expires_in_seconds.map(time::Duration::seconds);
             self.refresh_at = lifetime.map(|l| now + l - EARLY.min(l / 2));
             self.refreshed_at = Some(Instant::now());
-            let sealed = self.sealed(vault);
+            let sealed = self.seal(vault);
             place
-                .keep_grant(store, &self.name, &config.account, &sealed)
+                .keep_grant(store, &self.name, &config.account, &sealed, self.sealed.as_deref())
                 .await
-                .map_err(|e| format!("the new token could not be stored: {e}"))
+                .map_err(|e| format!("the new token could not be stored: {e}"))?;
+            self.sealed = Some(sealed);
+            Ok(())
         }
         .await;
         let label = if outcome.is_ok() { "ok" } else { "error" };
@@ -151,7 +176,7 @@ impl PollTokens {
     }
 
     /// The grant, sealed under the KEK.
-    fn sealed(&self, vault: &Vault) -> Vec<u8> {
+    fn seal(&self, vault: &Vault) -> Vec<u8> {
         let stored = Stored {
             origin: self.origin.clone(),
             access_token: self.access.clone(),

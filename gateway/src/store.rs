@@ -40,6 +40,13 @@ mod partition {
     pub const AUDIT_NODES: &str = "audit_nodes";
     /// `tree size (u64 BE) -> SignedTreeHead JSON`.
     pub const AUDIT_HEADS: &str = "audit_heads";
+    /// `inquiry id (16 bytes) -> SlaState JSON`: first-response SLAs (reach-out).
+    pub const SLA_STATES: &str = "sla_states";
+    /// `due (i64 BE Unix ms) || inquiry id (16 bytes) -> ()`: the next step of each open SLA.
+    pub const SLA_TIMERS: &str = "sla_timers";
+    /// `queue name || 0x00 || seq (u64 BE) -> event JSON`: reach-out events waiting for delivery
+    /// (the Kafka topic, each alert target).
+    pub const REACH_QUEUES: &str = "reach_queues";
 }
 
 const META_PSEUDONYM_KEY: &str = "pseudonym_key";
@@ -78,6 +85,9 @@ pub struct Store {
     audit: PartitionHandle,
     audit_nodes: PartitionHandle,
     audit_heads: PartitionHandle,
+    sla_states: PartitionHandle,
+    sla_timers: PartitionHandle,
+    reach_queues: PartitionHandle,
 }
 
 impl Store {
@@ -103,6 +113,9 @@ impl Store {
             audit: open(partition::AUDIT)?,
             audit_nodes: open(partition::AUDIT_NODES)?,
             audit_heads: open(partition::AUDIT_HEADS)?,
+            sla_states: open(partition::SLA_STATES)?,
+            sla_timers: open(partition::SLA_TIMERS)?,
+            reach_queues: open(partition::REACH_QUEUES)?,
             keyspace,
         })
     }
@@ -302,6 +315,58 @@ impl Store {
         &self.audit
     }
 
+    /// The first-response SLA of an inquiry.
+    pub fn sla_state(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.sla_states.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` SLA timers due at or before `until_ms`, earliest first: (due ms, inquiry id).
+    pub fn due_sla_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<(i64, Uuid)>, StoreError> {
+        let mut due = Vec::new();
+        for item in self.sla_timers.range(..sla_timer_key(until_ms.saturating_add(1), Uuid::nil())).take(limit) {
+            let (key, _) = item?;
+            if let Some(timer) = parse_sla_timer_key(&key) {
+                due.push(timer);
+            }
+        }
+        Ok(due)
+    }
+
+    /// When the earliest SLA timer is due (Unix ms), if any.
+    pub fn next_sla_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.sla_timers.first_key_value()?.and_then(|(key, _)| parse_sla_timer_key(&key)).map(|(due, _)| due))
+    }
+
+    /// Number of open SLA timers (for the gauge; walks the partition).
+    pub fn sla_timer_count(&self) -> Result<usize, StoreError> {
+        Ok(self.sla_timers.len()?)
+    }
+
+    /// Up to `limit` events of reach-out queue `queue`, in order: (seq, event).
+    pub fn queued(&self, queue: &str, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let prefix = reach_queue_prefix(queue);
+        let mut items = Vec::new();
+        for item in self.reach_queues.prefix(&prefix).take(limit) {
+            let (key, value) = item?;
+            if let Ok(seq) = <[u8; 8]>::try_from(&key[prefix.len()..]) {
+                items.push((u64::from_be_bytes(seq), value.to_vec()));
+            }
+        }
+        Ok(items)
+    }
+
+    /// The last sequence number used in reach-out queue `queue`, if any is left.
+    pub fn last_queued(&self, queue: &str) -> Result<Option<u64>, StoreError> {
+        let prefix = reach_queue_prefix(queue);
+        Ok(self
+            .reach_queues
+            .prefix(&prefix)
+            .next_back()
+            .transpose()?
+            .and_then(|(key, _)| <[u8; 8]>::try_from(&key[prefix.len()..]).ok())
+            .map(u64::from_be_bytes))
+    }
+
     /// A poller's durable cursor.
     pub fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         let key = format!("cursor/{name}");
@@ -385,6 +450,26 @@ fn time_prefix(at: time::OffsetDateTime) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
     key
+}
+
+/// Timers sort by due time: the due ms with its sign bit flipped (so negative times sort first),
+/// then the inquiry id.
+fn sla_timer_key(due_ms: i64, id: Uuid) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&((due_ms as u64) ^ (1 << 63)).to_be_bytes());
+    key[8..].copy_from_slice(id.as_bytes());
+    key
+}
+
+fn parse_sla_timer_key(key: &[u8]) -> Option<(i64, Uuid)> {
+    let due = u64::from_be_bytes(key.get(..8)?.try_into().ok()?) ^ (1 << 63);
+    Some((due as i64, Uuid::from_slice(key.get(8..24)?).ok()?))
+}
+
+fn reach_queue_prefix(queue: &str) -> Vec<u8> {
+    let mut prefix = queue.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
 }
 
 fn audit_node_key(level: u32, index: u64) -> [u8; 9] {
@@ -496,6 +581,35 @@ impl StoreBatch<'_> {
     /// Stores a signed tree head.
     pub fn put_audit_head(&mut self, size: u64, head: &[u8]) {
         self.inner.insert(&self.store.audit_heads, size.to_be_bytes().as_slice(), head);
+    }
+
+    /// Stores an inquiry's SLA.
+    pub fn put_sla_state(&mut self, id: Uuid, state: &[u8]) {
+        self.inner.insert(&self.store.sla_states, id.as_bytes().as_slice(), state);
+    }
+
+    /// Sets the timer of an SLA's next step.
+    pub fn put_sla_timer(&mut self, due_ms: i64, id: Uuid) {
+        self.inner.insert(&self.store.sla_timers, sla_timer_key(due_ms, id).as_slice(), b"".as_slice());
+    }
+
+    /// Removes an SLA timer.
+    pub fn remove_sla_timer(&mut self, due_ms: i64, id: Uuid) {
+        self.inner.remove(&self.store.sla_timers, sla_timer_key(due_ms, id).as_slice());
+    }
+
+    /// Queues an event for reach-out queue `queue` under `seq`.
+    pub fn put_queued(&mut self, queue: &str, seq: u64, event: &[u8]) {
+        let mut key = reach_queue_prefix(queue);
+        key.extend_from_slice(&seq.to_be_bytes());
+        self.inner.insert(&self.store.reach_queues, key, event);
+    }
+
+    /// Removes a delivered event from reach-out queue `queue`.
+    pub fn remove_queued(&mut self, queue: &str, seq: u64) {
+        let mut key = reach_queue_prefix(queue);
+        key.extend_from_slice(&seq.to_be_bytes());
+        self.inner.remove(&self.store.reach_queues, key);
     }
 
     /// Sets a poller's cursor.

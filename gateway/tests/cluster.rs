@@ -258,10 +258,19 @@ async fn a_replica_that_lost_its_lease_can_no_longer_move_the_cursor() {
     assert!(epoch_b > epoch_a, "a new holder, a new epoch: {epoch_a} -> {epoch_b}");
     assert_eq!(handle_b.state_of(ETSY_SHOP).await.unwrap().0.as_deref(), Some("cursor-a"));
 
-    // A wakes up: its writes are fenced off; B's go through.
+    // A wakes up: its cursor writes are fenced off; B's go through, and A may no longer call.
     assert!(!handle_a.save_cursor(epoch_a, ETSY_SHOP, "stale").await.unwrap(), "A's cursor write is refused");
-    assert!(!handle_a.save_grant(epoch_a, ETSY_SHOP, b"stale").await.unwrap(), "A's grant write is refused");
     assert!(handle_b.save_cursor(epoch_b, ETSY_SHOP, "cursor-b").await.unwrap());
     assert_eq!(handle_b.state_of(ETSY_SHOP).await.unwrap().0.as_deref(), Some("cursor-b"));
+    assert!(!handle_a.may_call(epoch_a), "A's hold ran out with its keeper");
+    assert!(handle_b.may_call(epoch_b));
+
+    // Token grants are fenced by the grant they replace: a rotated token is kept whoever holds
+    // the lease, but never over a newer grant.
+    assert!(handle_b.save_grant(ETSY_SHOP, b"grant-1", None).await.unwrap(), "first grant");
+    assert!(!handle_a.save_grant(ETSY_SHOP, b"stale", None).await.unwrap(), "not over grant-1");
+    assert!(handle_a.save_grant(ETSY_SHOP, b"grant-2", Some(b"grant-1")).await.unwrap(), "replaces grant-1");
+    assert!(!handle_b.save_grant(ETSY_SHOP, b"grant-2b", Some(b"grant-1")).await.unwrap(), "grant-1 is gone");
+    assert_eq!(handle_b.state_of(ETSY_SHOP).await.unwrap().1.as_deref(), Some(b"grant-2".as_slice()));
     drop(polling_a);
 }
