@@ -95,8 +95,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         queue_capacity: config.pipeline.queue_capacity,
         max_batch_inquiries: config.pipeline.max_batch_inquiries,
     };
-    let sinks = build_sinks(&config)?;
+    let (mut sinks, kafka_sink) = build_sinks(&config)?;
     let sinks_for_erasure = sinks.clone();
+    // Reach-out reads the spool like a sink: it starts the SLAs of what was stored.
+    let reach = if config.reach.sla_policies.is_empty() {
+        None
+    } else {
+        let clock = Arc::new(reach::SystemClock);
+        let reach = reach::Reach::new(&config.reach, store.clone(), kafka_sink.is_some(), clock)
+            .map_err(|e| StoreError::from_message(&format!("reach: {e}")))?;
+        let reach = Arc::new(reach);
+        sinks.push(Arc::new(reach::ReachSink::new(reach.clone())));
+        Some(reach)
+    };
     let names: Vec<(&'static str, Vec<inquiry_connectors::Region>, inquiry_connectors::Region)> =
         sinks.iter().map(|s| (s.name(), s.regions().to_vec(), s.location())).collect();
     // What the journal recovered after a crash may never have been fsynced: make it durable before
@@ -162,6 +173,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
         .collect();
 
+    let reach_tasks = match &reach {
+        Some(reach) => spawn_reach(reach, kafka_sink.clone(), &store, &stop_rx),
+        None => Vec::new(),
+    };
     let sweeper =
         tokio::spawn(retention::run(store.clone(), config.retention.clone(), pipeline.clone(), stop_rx.clone()));
     let quotas = Arc::new(poll::QuotaRegistry::default());
@@ -229,6 +244,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
         public_keys: Default::default(),
         replays: Default::default(),
+        reach: reach.clone(),
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({
@@ -278,6 +294,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = ingest.await;
     let _ = admin.await;
     finish(sweeper, Duration::from_secs(5)).await;
+    for task in reach_tasks {
+        finish(task, Duration::from_secs(5)).await;
+    }
     for poller in pollers.into_iter().chain(mailboxes) {
         finish(poller, Duration::from_secs(5)).await;
     }
@@ -350,21 +369,59 @@ async fn reload_on_sighup(admin: Arc<AdminState>) {
 }
 
 /// The configured sinks, in a fixed order (registration is here, in one place).
-fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn Sink>>, StartError> {
+/// The configured sinks, and the Kafka sink by its type (reach-out publishes SLA events with it).
+fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaSink>>), StartError> {
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut kafka_sink = None;
     if let Some(kafka) = &config.sinks.kafka {
-        built.push(Arc::new(KafkaSink::new(kafka, &config.retention)?));
+        let kafka = Arc::new(KafkaSink::new(kafka, &config.retention)?);
+        built.push(kafka.clone());
+        kafka_sink = Some(kafka);
     }
     if let Some(cql) = &config.sinks.cql {
         built.push(Arc::new(CqlSink::new(cql, &config.retention)?));
     }
-    Ok(built)
+    Ok((built, kafka_sink))
+}
+
+/// The reach-out tasks: the SLA timers, and one deliverer per destination (the Kafka topic,
+/// each alert target).
+fn spawn_reach(
+    reach: &Arc<reach::Reach>,
+    kafka: Option<Arc<KafkaSink>>,
+    store: &Store,
+    stop: &watch::Receiver<()>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let dry_run = reach.dry_run();
+    use futures_util::FutureExt;
+    let mut tasks = vec![tokio::spawn(reach::run_timers(reach.clone(), store.clone(), stop.clone()))];
+    if let Some(kafka) = kafka {
+        let send = move |events: Vec<reach::sla::SlaEvent>| {
+            let kafka = kafka.clone();
+            async move { kafka.publish_sla(&events).await }.boxed()
+        };
+        let queue = reach::KAFKA_QUEUE.to_owned();
+        tasks.push(tokio::spawn(reach::deliver_queue(reach.clone(), store.clone(), queue, 500, stop.clone(), send)));
+    }
+    let client = Arc::new(poll::client());
+    for target in reach.targets() {
+        let (client, target_config) = (client.clone(), Arc::new(target.clone()));
+        let send = move |events: Vec<reach::sla::SlaEvent>| {
+            let (client, target) = (client.clone(), target_config.clone());
+            let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            async move { reach::alerts::send(&client, &target, events, now, dry_run).await }.boxed()
+        };
+        let queue = reach::alert_queue(&target.id);
+        let batch = target.max_batch;
+        tasks.push(tokio::spawn(reach::deliver_queue(reach.clone(), store.clone(), queue, batch, stop.clone(), send)));
+    }
+    tasks
 }
 
 /// Creates the Kafka topics and migrates the CQL schema of `config`, then returns.
 pub async fn migrate(config: &Config) -> Result<(), StartError> {
     config.validate()?;
-    for sink in build_sinks(config)? {
+    for sink in build_sinks(config)?.0 {
         sink.prepare().await?;
         tracing::info!(sink = sink.name(), "sink prepared");
     }

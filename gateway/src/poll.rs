@@ -223,6 +223,12 @@ fn daily_rate(per_day: u32) -> f64 {
 pub(crate) type PollClient =
     Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
 
+/// An HTTP(S) client for platform APIs and alert targets.
+pub(crate) fn client() -> PollClient {
+    Client::builder(TokioExecutor::new())
+        .build(hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build())
+}
+
 /// Makes `wanted` against `base_url` (unless its path is a full URL): the status, headers and
 /// body (599 and nothing when the platform cannot be reached). One 30 s deadline for the whole
 /// exchange, headers and body, so a server that trickles its body cannot hold the poller; bodies
@@ -431,8 +437,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             return Ended::Broken;
         }
     };
-    let client: PollClient = Client::builder(TokioExecutor::new())
-        .build(hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build());
+    let client = client();
     let mut tokens = PollTokens::load(config, &cursor_name, grant, subjects.vault());
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut handed_over = std::collections::HashSet::new();

@@ -35,6 +35,16 @@ pub const POLL_LAG: &str = "inquiry_gateway_poll_lag_seconds";
 pub const POLL_QUOTA_REMAINING: &str = "inquiry_gateway_poll_quota_remaining";
 /// When a poller's durable cursor last moved (Unix seconds).
 pub const POLL_CURSOR_UPDATED: &str = "inquiry_gateway_poll_cursor_updated_timestamp_seconds";
+/// SLA events recorded, by `kind` (`sla.started`, `sla.reminder`, `sla.breached`, ...).
+pub const SLA_EVENTS: &str = "inquiry_gateway_sla_events_total";
+/// First responses recorded, by `outcome` (`met`, `late`): the SLA attainment.
+pub const SLA_FIRST_RESPONSES: &str = "inquiry_gateway_sla_first_responses_total";
+/// SLAs still waiting for a step (open timers).
+pub const SLA_OPEN: &str = "inquiry_gateway_sla_open";
+/// How late SLA steps fire after they are due, in seconds.
+pub const SLA_TIMER_LAG: &str = "inquiry_gateway_sla_timer_lag_seconds";
+/// Alert messages, by `target` and `outcome` (`sent`, `failed`, `dry_run`).
+pub const ALERTS: &str = "inquiry_gateway_alerts_total";
 /// Poll lease groups the config defines (`[polling] coordination = "cql"`; the same on every replica).
 pub const POLL_LEASE_GROUPS: &str = "inquiry_gateway_poll_lease_groups";
 /// 1 while a poller polls here (always, when polling is local; while this replica holds its
@@ -186,6 +196,11 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(POLL_LAG, Unit::Seconds, "age of the newest buyer message of a page when fetched");
     describe_gauge!(POLL_QUOTA_REMAINING, "calls left today as the platform reports it");
     describe_gauge!(POLL_CURSOR_UPDATED, "when a poller's durable cursor last moved, Unix seconds");
+    describe_counter!(SLA_EVENTS, "sla events recorded, by kind");
+    describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late)");
+    describe_gauge!(SLA_OPEN, "slas waiting for their next step");
+    describe_histogram!(SLA_TIMER_LAG, Unit::Seconds, "how late sla steps fire after they are due");
+    describe_counter!(ALERTS, "alert messages, by target and outcome");
     describe_gauge!(POLL_LEASE_GROUPS, "poll lease groups the config defines");
     describe_gauge!(POLLER_ACTIVE, "1 while a poller polls on this replica, by connector and account");
     describe_gauge!(POLL_LEASES_HELD, "poll lease groups this replica holds");

@@ -44,6 +44,8 @@ pub struct ApiState {
     pub public_keys: super::public_keys::PublicKeys,
     /// Signed webhook tokens already used (Mailgun), refused a second time.
     pub replays: super::webhooks::ReplayGuard,
+    /// Reach-out (first-response SLAs), when configured.
+    pub reach: Option<Arc<crate::reach::Reach>>,
 }
 
 /// Answers one ingest request; never fails (errors become 4xx/5xx responses).
@@ -61,6 +63,11 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
         }
         (_, ["v1", "inquiries"] | ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
         (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id),
+        (&Method::POST, ["v1", "inquiries", id, "reply"]) => {
+            let id = id.to_string();
+            post_reply(&state, req, &id).await
+        }
+        (_, ["v1", "inquiries", _, "reply"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["webhooks", connector, account]) => {
             let (connector, account) = (connector.to_string(), account.to_string());
             super::webhooks::handle(&state, req, &connector, &account, &trace_id, started).await
@@ -289,6 +296,65 @@ fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<F
     let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
     body["personal"] = serde_json::to_value(personal).expect("personal data serializes");
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The body of `POST /v1/inquiries/{id}/reply` (all optional).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplyBody {
+    /// When the first response was sent (RFC 3339); default: now.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    replied_at: Option<OffsetDateTime>,
+    /// The agent who answered (an agent id, not a name).
+    #[serde(default)]
+    agent: Option<String>,
+}
+
+/// Records the first response to an inquiry (a CRM calls it when an agent answered): stops its
+/// SLA clock. Idempotent: a second call reports the SLA as the first one left it.
+async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(req.headers())?;
+    let id = Uuid::try_parse(id)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the id is not a uuid"))?;
+    let body = read_body(req, 64 * 1024).await?;
+    let reply: ReplyBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplyBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?
+    };
+    if reply.agent.as_ref().is_some_and(|a| a.len() > 128) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_agent", "agent is at most 128 bytes"));
+    }
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
+    let bytes = state.store.get_inquiry(id).map_err(store_error)?.ok_or_else(not_found)?;
+    let stored: StoredInquiry = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored record is unreadable"))?;
+    if !grant.allows(&stored.inquiry.account) {
+        return Err(not_found());
+    }
+    let at = reply.replied_at.unwrap_or_else(OffsetDateTime::now_utc);
+    let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+    let outcome = match &state.reach {
+        Some(reach) => {
+            let reach = reach.clone();
+            tokio::task::spawn_blocking(move || reach.reply(id, at_ms))
+                .await
+                .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
+                .map_err(store_error)?
+        }
+        None => crate::reach::ReplyOutcome::NoSla,
+    };
+    let sla = match &outcome {
+        crate::reach::ReplyOutcome::NoSla => serde_json::Value::Null,
+        crate::reach::ReplyOutcome::Recorded(state) => serde_json::to_value(state).expect("states serialize"),
+    };
+    let mut event = AuditEvent::new("inquiry.replied", grant.actor()).inquiry(id);
+    if let Some(agent) = &reply.agent {
+        event = event.detail(serde_json::json!({ "agent": agent }));
+    }
+    state.pipeline.audit_soon(vec![event]);
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }
 
 fn context(trace_id: &str) -> NormalizeContext<'_> {

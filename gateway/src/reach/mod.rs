@@ -1,4 +1,599 @@
 //! Reach-out: first-response SLA timers, reminders, escalation and agent alerts.
+//!
+//! The reach stage reads stored inquiries from the spool like a sink does ([`ReachSink`]): for
+//! each routed inquiry with an SLA policy it stores the SLA's state and the timer of its next step
+//! in the embedded store. The [`run_timers`] task fires due steps; each firing, in one atomic store
+//! write, removes the timer, stores the state and the next timer, and queues the step's event for
+//! every destination (the Kafka topic `sla.events.v1`, the team's alert targets). So a restart
+//! neither loses nor repeats a step, and a destination that is down only delays its events. A
+//! reply (`POST /v1/inquiries/{id}/reply`) stops the clock the same way.
 
+pub mod alerts;
 pub mod calendar;
 pub mod sla;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use metrics::{counter, gauge, histogram};
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use crate::config::{AlertTargetConfig, ReachConfig, TeamConfig};
+use crate::pipeline::StoredInquiry;
+use crate::retry::{sleep_or_stop, Backoff};
+use crate::sinks::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
+use crate::store::{Store, StoreBatch, StoreError};
+use crate::telemetry;
+use sla::{EventKind, Policies, SlaEvent, SlaState, Status};
+
+/// The queue of events for the Kafka topic `sla.events.v1`.
+pub const KAFKA_QUEUE: &str = "kafka";
+
+/// Most due timers fired in one store write.
+const FIRE_BATCH: usize = 256;
+
+/// The time source of the SLA clock (tests use a manual one).
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    }
+}
+
+/// The reach-out engine: policies, the SLA states and timers in the store, and the event queues.
+pub struct Reach {
+    store: Store,
+    policies: Policies,
+    teams: HashMap<String, TeamConfig>,
+    targets: Vec<AlertTargetConfig>,
+    to_kafka: bool,
+    dry_run: bool,
+    clock: Arc<dyn Clock>,
+    /// Next sequence number per queue; held while a write is built, so writes do not interleave.
+    next_seq: Mutex<HashMap<String, u64>>,
+    /// Wakes the timer task when an earlier timer may have been set.
+    pub timers_changed: Notify,
+    /// Wakes the queue deliverers when events were queued.
+    pub queued: Notify,
+}
+
+/// What a reply did to an inquiry's SLA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// The inquiry has no SLA (none configured, spam, unknown id).
+    NoSla,
+    /// The SLA as it stands after the reply (an earlier reply is kept).
+    Recorded(Box<SlaState>),
+}
+
+impl Reach {
+    /// The engine for a validated `config`; events go to Kafka when `to_kafka`.
+    pub fn new(config: &ReachConfig, store: Store, to_kafka: bool, clock: Arc<dyn Clock>) -> Result<Reach, String> {
+        Ok(Reach {
+            store,
+            policies: Policies::from_config(config)?,
+            teams: config.teams.iter().map(|t| (t.queue.clone(), t.clone())).collect(),
+            targets: config.alert_targets.clone(),
+            to_kafka,
+            dry_run: config.dry_run,
+            clock,
+            next_seq: Mutex::default(),
+            timers_changed: Notify::new(),
+            queued: Notify::new(),
+        })
+    }
+
+    /// True when SLA policies are configured (else there is nothing for the reach stage to do).
+    pub fn is_enabled(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
+    /// True when alerts are only recorded, not sent.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// The alert targets.
+    pub fn targets(&self) -> &[AlertTargetConfig] {
+        &self.targets
+    }
+
+    /// The queue names events are delivered from: the Kafka topic (if configured) and every
+    /// alert target.
+    pub fn queues(&self) -> Vec<String> {
+        let alerts = self.targets.iter().map(|t| alert_queue(&t.id));
+        self.to_kafka.then(|| KAFKA_QUEUE.to_owned()).into_iter().chain(alerts).collect()
+    }
+
+    /// Starts the SLA of every record that has a policy and none yet (a record delivered again
+    /// after a crash finds its SLA and is skipped). Blocking.
+    pub fn schedule(&self, records: &[OutRecord]) -> Result<usize, StoreError> {
+        let mut seqs = self.next_seq.lock().expect("reach lock");
+        let now = self.clock.now_ms();
+        let mut batch = self.store.batch();
+        let mut started = 0;
+        for record in records {
+            let Some(policy) = self.policies.policy_for(&record.stored) else { continue };
+            if self.store.sla_state(record.id())?.is_some() {
+                continue;
+            }
+            let state = SlaState::start(policy, &record.stored);
+            self.queue_event(&mut batch, &mut seqs, state.started(now))?;
+            if let Some(due) = state.next_due() {
+                batch.put_sla_timer(due, state.inquiry_id);
+            }
+            batch.put_sla_state(state.inquiry_id, &serde_json::to_vec(&state).expect("states serialize"));
+            started += 1;
+        }
+        if started > 0 {
+            batch.commit()?;
+            self.timers_changed.notify_one();
+            self.queued.notify_waiters();
+        }
+        Ok(started)
+    }
+
+    /// Fires every step due now (up to [`FIRE_BATCH`] timers in one write): the number fired.
+    /// Blocking.
+    pub fn fire_due(&self) -> Result<usize, StoreError> {
+        let mut seqs = self.next_seq.lock().expect("reach lock");
+        let now = self.clock.now_ms();
+        let due = self.store.due_sla_timers(now, FIRE_BATCH)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.store.batch();
+        let mut fired = 0;
+        for (due_ms, id) in due {
+            batch.remove_sla_timer(due_ms, id);
+            let Some(mut state) = self.load(id)? else { continue };
+            while state.next_due().is_some_and(|at| at <= now) {
+                let Some(event) = state.fire(now) else { break };
+                histogram!(telemetry::SLA_TIMER_LAG).record((now - due_ms).max(0) as f64 / 1000.0);
+                self.queue_event(&mut batch, &mut seqs, event)?;
+                fired += 1;
+            }
+            if let Some(next) = state.next_due() {
+                batch.put_sla_timer(next, id);
+            }
+            batch.put_sla_state(id, &serde_json::to_vec(&state).expect("states serialize"));
+        }
+        batch.commit()?;
+        self.queued.notify_waiters();
+        Ok(fired)
+    }
+
+    /// Records the first response to inquiry `id` at `at_ms`: stops its clock. Blocking.
+    pub fn reply(&self, id: Uuid, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
+        let mut seqs = self.next_seq.lock().expect("reach lock");
+        let Some(mut state) = self.load(id)? else { return Ok(ReplyOutcome::NoSla) };
+        let pending = state.next_due();
+        let Some(event) = state.reply(at_ms, self.clock.now_ms()) else {
+            return Ok(ReplyOutcome::Recorded(Box::new(state)));
+        };
+        let outcome = if state.status == Status::Met { "met" } else { "late" };
+        let mut batch = self.store.batch();
+        if let Some(due) = pending {
+            batch.remove_sla_timer(due, id);
+        }
+        self.queue_event(&mut batch, &mut seqs, event)?;
+        batch.put_sla_state(id, &serde_json::to_vec(&state).expect("states serialize"));
+        batch.commit()?;
+        counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome).increment(1);
+        self.queued.notify_waiters();
+        Ok(ReplyOutcome::Recorded(Box::new(state)))
+    }
+
+    /// The SLA of inquiry `id`, if it has one.
+    pub fn load(&self, id: Uuid) -> Result<Option<SlaState>, StoreError> {
+        Ok(self.store.sla_state(id)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Queues `event` for the Kafka topic and, for reminders, breaches and escalations, for the
+    /// alert targets of the inquiry's team, addressed to who must act.
+    fn queue_event(
+        &self,
+        batch: &mut StoreBatch<'_>,
+        seqs: &mut HashMap<String, u64>,
+        mut event: SlaEvent,
+    ) -> Result<(), StoreError> {
+        counter!(telemetry::SLA_EVENTS, "kind" => event.kind.as_str()).increment(1);
+        let team = self.teams.get(&event.queue);
+        event.notify = match (event.kind, event.level) {
+            (EventKind::Escalated, 1) => team.and_then(|t| t.lead.clone()),
+            (EventKind::Escalated, _) => team.and_then(|t| t.supervisor.clone()),
+            _ => event.assignee.clone(),
+        };
+        let payload = serde_json::to_vec(&event).expect("events serialize");
+        if self.to_kafka {
+            let seq = self.next(seqs, KAFKA_QUEUE)?;
+            batch.put_queued(KAFKA_QUEUE, seq, &payload);
+        }
+        if event.kind.alerts() {
+            for target in team.map(|t| t.alert_targets.as_slice()).unwrap_or_default() {
+                let queue = alert_queue(target);
+                let seq = self.next(seqs, &queue)?;
+                batch.put_queued(&queue, seq, &payload);
+            }
+        }
+        Ok(())
+    }
+
+    fn next(&self, seqs: &mut HashMap<String, u64>, queue: &str) -> Result<u64, StoreError> {
+        let next = match seqs.get(queue) {
+            Some(next) => *next,
+            None => self.store.last_queued(queue)?.map_or(0, |last| last + 1),
+        };
+        seqs.insert(queue.to_owned(), next + 1);
+        Ok(next)
+    }
+}
+
+/// The queue of alert target `id`.
+pub fn alert_queue(id: &str) -> String {
+    format!("alert/{id}")
+}
+
+/// Fires SLA steps when they are due, until `stop` fires.
+pub async fn run_timers(reach: Arc<Reach>, store: Store, mut stop: watch::Receiver<()>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let fired = {
+            let reach = reach.clone();
+            tokio::task::spawn_blocking(move || reach.fire_due()).await
+        };
+        match fired.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
+            Ok(_) => backoff.reset(),
+            Err(err) => {
+                tracing::error!(error = %err, "sla timers could not fire; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        if let Ok(open) = store.sla_timer_count() {
+            gauge!(telemetry::SLA_OPEN).set(open as f64);
+        }
+        // Sleep until the next timer (at most a second: the clock, not an event, makes steps due).
+        let now = reach.clock.now_ms();
+        let next = store.next_sla_due().ok().flatten().map_or(1000, |due| (due - now).clamp(0, 1000));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(next as u64)) => {}
+            _ = reach.timers_changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Delivers queue `queue` in order, `batch` events at a time, with `send`, until `stop` fires;
+/// an event leaves the queue once sent (after a crash, a few may be sent again: receivers drop
+/// repeats by `event_id`).
+pub async fn deliver_queue<F>(
+    reach: Arc<Reach>,
+    store: Store,
+    queue: String,
+    batch: usize,
+    mut stop: watch::Receiver<()>,
+    send: F,
+) where
+    F: Fn(Vec<SlaEvent>) -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
+    loop {
+        let queued = reach.queued.notified();
+        let items = match store.queued(&queue, batch) {
+            Ok(items) => items,
+            Err(err) => {
+                tracing::error!(queue = %queue, error = %err, "reach queue unreadable");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if items.is_empty() {
+            tokio::select! {
+                _ = queued => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        let events: Vec<SlaEvent> = items.iter().filter_map(|(_, bytes)| serde_json::from_slice(bytes).ok()).collect();
+        match send(events).await {
+            Ok(()) => {
+                backoff.reset();
+                let mut done = store.batch();
+                for (seq, _) in &items {
+                    done.remove_queued(&queue, *seq);
+                }
+                if let Err(err) = done.write() {
+                    tracing::warn!(queue = %queue, error = %err, "sent events not removed; they may be sent again");
+                }
+            }
+            Err(err) => {
+                let delay = backoff.next();
+                tracing::warn!(queue = %queue, error = %err, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
+                if sleep_or_stop(delay, &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The reach stage as a consumer of the spool: starts the SLAs of stored inquiries.
+pub struct ReachSink {
+    reach: Arc<Reach>,
+}
+
+impl ReachSink {
+    /// The stage for `reach`.
+    pub fn new(reach: Arc<Reach>) -> ReachSink {
+        ReachSink { reach }
+    }
+}
+
+impl Sink for ReachSink {
+    fn name(&self) -> &'static str {
+        "reach"
+    }
+
+    fn regions(&self) -> &[inquiry_connectors::Region] {
+        &[inquiry_connectors::Region::Eu, inquiry_connectors::Region::Other]
+    }
+
+    fn location(&self) -> inquiry_connectors::Region {
+        // On this machine, in the embedded store: wherever the gateway runs.
+        inquiry_connectors::Region::Eu
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>> {
+        async move {
+            let outcome = tokio::task::block_in_place(|| self.reach.schedule(records));
+            let delivery = match outcome {
+                Ok(_) => Delivery::Delivered,
+                Err(err) => Delivery::Retry { detail: err.to_string() },
+            };
+            vec![delivery; records.len()]
+        }
+        .boxed()
+    }
+
+    fn batch_size(&self) -> usize {
+        FIRE_BATCH
+    }
+
+    fn erase<'a>(&'a self, _pseudonym: &'a str, _records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>> {
+        // SLA states and events hold ids, labels and times: no personal data to remove.
+        async { Ok(()) }.boxed()
+    }
+
+    fn takes_audit(&self) -> bool {
+        false
+    }
+
+    fn deliver_audit<'a>(&'a self, _entries: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), String>> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use inquiry_connectors::{generic, NormalizeContext};
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::pipeline::StoredInquiry;
+    use crate::routing::{Decision, Disposition, Priority};
+
+    struct ManualClock(AtomicI64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// 2026-12-02T10:00:00Z, a Wednesday.
+    const T0: i64 = 1_796_205_600_000;
+    const MIN: i64 = 60_000;
+
+    const CONFIG: &str = r#"
+        [[sla_policies]]
+        id = "standard"
+        first_response = "60m"
+        reminders = ["30m", "10m"]
+        escalate_after = ["0s", "30m"]
+        [[sla_policies]]
+        id = "office"
+        first_response = "2h"
+        calendar = "berlin"
+        [[sla_rules]]
+        queue = "sales"
+        policy = "standard"
+        [[calendars]]
+        id = "berlin"
+        time_zone = "Europe/Berlin"
+        [calendars.hours]
+        mon = ["09:00-17:00"]
+        tue = ["09:00-17:00"]
+        wed = ["09:00-17:00"]
+        thu = ["09:00-17:00"]
+        fri = ["09:00-17:00"]
+        [[teams]]
+        queue = "sales"
+        lead = "lead-li"
+        supervisor = "boss-wang"
+        alert_targets = ["ops"]
+        [[alert_targets]]
+        id = "ops"
+        kind = "webhook"
+        url = "http://127.0.0.1:1/alerts"
+        secret = "0123456789abcdef"
+    "#;
+
+    fn reach(store: &Store, clock: &Arc<ManualClock>) -> Reach {
+        let config: ReachConfig = toml::from_str(CONFIG).unwrap();
+        Reach::new(&config, store.clone(), true, clock.clone()).unwrap()
+    }
+
+    fn record(seq: u64, received_ms: i64, queue: &str, sla_policy: Option<&str>) -> OutRecord {
+        let raw = serde_json::json!({
+            "channel": "generic", "account": "shop-1", "external_id": format!("m-{seq}"),
+            "buyer": { "email": "anna@example.com" }, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
+        })
+        .to_string();
+        let received_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(received_ms) * 1_000_000).unwrap();
+        let ctx = NormalizeContext { received_at, trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" };
+        let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        let decision = Decision {
+            disposition: Disposition::Deliver,
+            queue: queue.to_owned(),
+            assignee: Some("agent-ana".to_owned()),
+            priority: Priority::High,
+            tags: Vec::new(),
+            language: None,
+            reply_template: None,
+            sla_policy: sla_policy.map(str::to_owned),
+            decided_by: "fallback".to_owned(),
+            fallback_reason: None,
+        };
+        let stored = StoredInquiry { inquiry, decision };
+        let json = serde_json::to_vec(&stored).unwrap();
+        OutRecord { seq, stored, json }
+    }
+
+    fn queued(store: &Store, queue: &str) -> Vec<SlaEvent> {
+        store.queued(queue, 1000).unwrap().into_iter().map(|(_, b)| serde_json::from_slice(&b).unwrap()).collect()
+    }
+
+    fn kinds(events: &[SlaEvent]) -> Vec<(&'static str, Option<String>)> {
+        events.iter().map(|e| (e.kind.as_str(), e.notify.clone())).collect()
+    }
+
+    #[test]
+    fn steps_fire_once_each_in_order_and_exactly_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = reach(&store, &clock);
+        let sales = record(1, T0, "sales", None);
+        assert_eq!(engine.schedule(std::slice::from_ref(&sales)).unwrap(), 1);
+        assert_eq!(engine.schedule(&[sales]).unwrap(), 0, "delivered again: the SLA is not restarted");
+        assert_eq!(engine.schedule(&[record(2, T0, "other", None)]).unwrap(), 0, "no rule, no SLA");
+
+        clock.0.store(T0 + 29 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 0, "nothing due before the first reminder");
+        clock.0.store(T0 + 30 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 1, "the 30-minute reminder");
+        assert_eq!(engine.fire_due().unwrap(), 0, "fired once");
+
+        // Restart: the engine and the store are opened again; nothing fires twice.
+        drop(engine);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let engine = reach(&store, &clock);
+        assert_eq!(engine.fire_due().unwrap(), 0, "the reminder fired before the restart");
+        // Down for an hour: everything due meanwhile fires once, in order.
+        clock.0.store(T0 + 61 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 3, "second reminder, breach, level-1 escalation");
+        clock.0.store(T0 + 95 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 1, "level-2 escalation");
+        assert_eq!(engine.fire_due().unwrap(), 0);
+        assert_eq!(store.next_sla_due().unwrap(), None, "no step left");
+
+        let all = queued(&store, KAFKA_QUEUE);
+        let agent = Some("agent-ana".to_owned());
+        assert_eq!(
+            kinds(&all),
+            [
+                ("sla.started", agent.clone()),
+                ("sla.reminder", agent.clone()),
+                ("sla.reminder", agent.clone()),
+                ("sla.breached", agent),
+                ("sla.escalated", Some("lead-li".to_owned())),
+                ("sla.escalated", Some("boss-wang".to_owned())),
+            ]
+        );
+        let ids: std::collections::HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids.len(), all.len(), "every event has its own id");
+        assert_eq!(all[3].deadline, "2026-12-02T11:00:00Z");
+        // Alerts: reminders, breach and escalations; not the start.
+        assert_eq!(queued(&store, &alert_queue("ops")).len(), 5);
+    }
+
+    #[test]
+    fn a_reply_stops_the_clock_and_says_whether_it_was_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = reach(&store, &clock);
+        let (early, late) = (record(1, T0, "sales", None), record(2, T0, "sales", None));
+        engine.schedule(&[early.clone_for_test(), late.clone_for_test()]).unwrap();
+
+        clock.0.store(T0 + 20 * MIN, Ordering::SeqCst);
+        let ReplyOutcome::Recorded(state) = engine.reply(early.id(), T0 + 20 * MIN).unwrap() else { panic!() };
+        assert_eq!(state.status, Status::Met);
+        assert!(state.pending.is_empty());
+        let again = engine.reply(early.id(), T0 + 25 * MIN).unwrap();
+        assert_eq!(again, ReplyOutcome::Recorded(state), "a second reply changes nothing");
+
+        clock.0.store(T0 + 70 * MIN, Ordering::SeqCst);
+        engine.fire_due().unwrap();
+        let ReplyOutcome::Recorded(state) = engine.reply(late.id(), T0 + 70 * MIN).unwrap() else { panic!() };
+        assert_eq!(state.status, Status::RepliedLate);
+        clock.0.store(T0 + 200 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 0, "the reply cancelled the level-2 escalation");
+
+        let of = |id: Uuid| -> Vec<&'static str> {
+            queued(&store, KAFKA_QUEUE).iter().filter(|e| e.inquiry_id == id).map(|e| e.kind.as_str()).collect()
+        };
+        assert_eq!(of(early.id()), ["sla.started", "sla.met"], "no reminder after the reply");
+        assert_eq!(
+            of(late.id()),
+            ["sla.started", "sla.reminder", "sla.reminder", "sla.breached", "sla.escalated", "sla.replied_late"]
+        );
+        assert_eq!(engine.reply(Uuid::nil(), T0).unwrap(), ReplyOutcome::NoSla);
+    }
+
+    #[test]
+    fn business_hours_move_the_deadline_and_the_decision_picks_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        // Friday 2026-12-04 15:00 UTC = 16:00 in Berlin: one office hour left that day.
+        let friday = T0 + 2 * 24 * 60 * MIN + 5 * 60 * MIN;
+        let clock = Arc::new(ManualClock(AtomicI64::new(friday)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = reach(&store, &clock);
+        let office = record(1, friday, "other", Some("office"));
+        engine.schedule(std::slice::from_ref(&office)).unwrap();
+        let state = engine.load(office.id()).unwrap().unwrap();
+        assert_eq!(state.policy, "office", "the routing decision names the policy");
+        // One hour on Friday, the second on Monday from 09:00 Berlin (08:00 UTC).
+        assert_eq!(sla::SlaEvent::clone(&queued(&store, KAFKA_QUEUE)[0]).deadline, "2026-12-07T09:00:00Z");
+    }
+
+    impl OutRecord {
+        fn clone_for_test(&self) -> OutRecord {
+            OutRecord { seq: self.seq, stored: self.stored.clone(), json: self.json.clone() }
+        }
+    }
+}

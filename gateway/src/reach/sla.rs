@@ -110,7 +110,7 @@ pub enum Status {
 }
 
 /// An inquiry's SLA as kept in the store (no personal data: ids, labels, times).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlaState {
     /// The inquiry.
     pub inquiry_id: Uuid,

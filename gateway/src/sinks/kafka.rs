@@ -39,6 +39,8 @@ pub struct Topics {
     pub dead_letter: String,
     /// Compacted, keyed by subject pseudonym: a tombstone tells consumers a subject was erased.
     pub subjects: String,
+    /// First-response SLA events (started, reminder, breached, escalated, met, replied late).
+    pub sla: String,
 }
 
 impl Topics {
@@ -49,6 +51,7 @@ impl Topics {
             audit: format!("{prefix}audit.events.v1"),
             dead_letter: format!("{prefix}inquiries.deadletter.v2"),
             subjects: format!("{prefix}subjects.v1"),
+            sla: format!("{prefix}sla.events.v1"),
         }
     }
 }
@@ -107,6 +110,7 @@ impl KafkaSink {
             NewTopic::new(&self.topics.subjects, self.config.partitions, replication())
                 .set("cleanup.policy", "compact")
                 .set("delete.retention.ms", "7776000000"),
+            NewTopic::new(&self.topics.sla, self.config.partitions, replication()).set("retention.ms", &feed),
         ];
         if self.config.create_topics {
             let admin: AdminClient<DefaultClientContext> =
@@ -128,6 +132,7 @@ impl KafkaSink {
             self.topics.audit.clone(),
             self.topics.dead_letter.clone(),
             self.topics.subjects.clone(),
+            self.topics.sla.clone(),
         ];
         tokio::task::spawn_blocking(move || {
             for name in &names {
@@ -144,6 +149,29 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| error(e.to_string()))?
+    }
+
+    /// Publishes SLA events to `sla.events.v1` (keyed by inquiry id, so one inquiry's events stay
+    /// in order) and waits for every acknowledgement.
+    pub async fn publish_sla(&self, events: &[crate::reach::sla::SlaEvent]) -> Result<(), String> {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let key = event.inquiry_id.to_string();
+            let payload = serde_json::to_vec(event).expect("events serialize");
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "schema", value: Some(crate::reach::sla::EVENT_SCHEMA) })
+                .insert(Header { key: "content-type", value: Some("application/json") });
+            let record = FutureRecord::to(&self.topics.sla).key(&key).payload(&payload).headers(headers);
+            pending.push(self.producer.send_result(record).map_err(|(err, _)| err.to_string())?);
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(err.to_string()),
+                Err(_) => return Err("the producer dropped the message".to_owned()),
+            }
+        }
+        Ok(())
     }
 
     /// Queues one record for `topic` (with `payload`) in librdkafka; the future resolves with

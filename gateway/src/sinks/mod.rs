@@ -102,6 +102,11 @@ pub trait Sink: Send + Sync + 'static {
     /// already (the subject's key is destroyed); this removes what can be removed.
     fn erase<'a>(&'a self, pseudonym: &'a str, records: &'a [StoredInquiry]) -> BoxFuture<'a, Result<(), String>>;
 
+    /// True when the sink takes a copy of the audit trail (the in-process reach stage does not).
+    fn takes_audit(&self) -> bool {
+        true
+    }
+
     /// Delivers audit entries (`(index, entry bytes, parsed)`, in log order); all or nothing
     /// (a retry sends them again: consumers drop duplicates by index).
     fn deliver_audit<'a>(&'a self, entries: &'a [AuditRecord]) -> BoxFuture<'a, Result<(), String>>;
@@ -134,6 +139,9 @@ pub async fn forward_audit(
     let cursor_name = format!("audit-forwarded/{name}");
     let mut next: u64 = store.cursor(&cursor_name).ok().flatten().and_then(|c| c.parse().ok()).unwrap_or(0);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    if !sink.takes_audit() {
+        return;
+    }
     // Audit entries name EU subjects (pseudonyms are still personal data): not outside the EU.
     if sink.location() != inquiry_connectors::Region::Eu {
         tracing::info!(sink = name, "sink outside the EU: the audit trail is not copied to it");
