@@ -1686,4 +1686,49 @@ scopes = ["plugins:read", "root"]
         );
         assert!(Config::from_toml("[polling]\ncoordination = \"zookeeper\"\n").is_err(), "unknown coordination");
     }
+
+    #[test]
+    fn reach_checks_durations_references_calendars_and_targets() {
+        let problems = |text: &str| match Config::from_toml(text).unwrap().validate() {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        let text = r#"
+            [[reach.sla_policies]]
+            id = "p"
+            first_response = "soon"
+            reminders = ["1 fortnight"]
+            calendar = "nowhere"
+            escalate_after = ["1h", "2h", "3h"]
+            [[reach.sla_rules]]
+            policy = "missing"
+            [[reach.calendars]]
+            id = "c"
+            time_zone = "Europe/Nowhere"
+            [reach.calendars.hours]
+            mon = ["09:00-17:00"]
+            [[reach.teams]]
+            queue = "q"
+            alert_targets = ["ghost"]
+            [[reach.alert_targets]]
+            id = "hook"
+            kind = "webhook"
+            url = "ftp://example.com"
+            secret = "short"
+        "#;
+        let err = problems(text);
+        for expected in [
+            "reach.sla_policies[0].first_response: `soon` is not a duration",
+            "reach.sla_policies[0].reminders: `1 fortnight` is not a duration",
+            "reach.sla_policies[0].escalate_after: at most two levels",
+            "reach.sla_policies[0].calendar `nowhere` is not in reach.calendars",
+            "reach.sla_rules[0].policy `missing` is not in reach.sla_policies",
+            "reach.calendars[0]: time_zone `Europe/Nowhere` is not an IANA time zone",
+            "reach.teams[0]: alert target `ghost` is not in reach.alert_targets",
+            "reach.alert_targets[0].url must be an http(s) url",
+            "reach.alert_targets[0]: a webhook target needs a secret of 16 bytes or more",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+    }
 }

@@ -181,6 +181,7 @@ pub fn install_metrics() -> PrometheusHandle {
         .set_buckets(LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.to_owned()), BATCH_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(POLL_LAG.to_owned()), AGE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SLA_TIMER_LAG.to_owned()), AGE_BUCKETS))
         .expect("bucket lists are non-empty")
         .install_recorder()
         .expect("the metrics recorder is installed once per process");

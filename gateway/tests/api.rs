@@ -263,12 +263,18 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         "EBAY_VERIFICATION_TOKEN",
         "EBAY_APP_TOKEN",
         "IMAP_SUPPORT_PASSWORD",
+        "FEISHU_BOT_SECRET",
+        "CRM_SLA_WEBHOOK_SECRET",
     ];
-    for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml", "plugins.toml"] {
+    let urls = ["FEISHU_BOT_URL", "SLACK_WEBHOOK_URL", "CRM_SLA_WEBHOOK_URL"];
+    for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml", "plugins.toml", "reach.toml"] {
         let mut check = Command::new(bin);
         check.args(["check", "--config"]).arg(workspace_file(&format!("deploy/examples/{example}")));
         for name in secrets {
             check.env(name, "example-secret-0123456789");
+        }
+        for name in urls {
+            check.env(name, "https://hooks.example.com/bot/0123456789");
         }
         let ok = check.output().unwrap();
         assert!(ok.status.success(), "{example}: {}", String::from_utf8_lossy(&ok.stderr));

@@ -114,7 +114,7 @@ async fn prometheus_scrapes_the_gateway_and_evaluates_the_rules() {
             for rule in &rules {
                 assert_eq!(rule["health"], "ok", "rule {} failed: {}", rule["name"], rule["lastError"]);
             }
-            assert_eq!(rules.len(), 15);
+            assert_eq!(rules.len(), 17);
             let firing: Vec<&serde_json::Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
             assert!(firing.is_empty(), "a healthy gateway fires nothing: {firing:?}");
             break;

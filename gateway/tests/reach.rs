@@ -1,0 +1,295 @@
+//! Reach-out end to end: the gateway binary starts first-response SLAs for what it stores, fires
+//! reminders, breaches and escalations on time and exactly once across a SIGKILL, stops the clock
+//! on a reply, and alerts a local receiver that checks every signature the way the platforms do
+//! (DingTalk, Feishu, HMAC webhooks) and refuses the first deliveries (they are retried).
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use support::{inquiry_json, metric_value, Gateway, HttpClient, Method, StatusCode};
+
+const HOOK_SECRET: &str = "hook-secret-0123456789";
+const DING_SECRET: &str = "SECding-test-secret";
+const FEISHU_SECRET: &str = "feishu-test-secret";
+
+/// What the receiver took, per target: (event ids or text lines), and the signatures it refused.
+#[derive(Default)]
+struct Received {
+    /// Webhook events: (event_id, kind, inquiry_id, notify).
+    hook: Vec<(String, String, String, Option<String>)>,
+    /// Lines of DingTalk and Feishu messages.
+    ding: Vec<String>,
+    feishu: Vec<String>,
+    bad_signatures: Vec<String>,
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&value[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Checks one delivery as the platform would; records it, or why it was refused.
+fn receive(
+    received: &Mutex<Received>,
+    refusals: &AtomicUsize,
+    path: &str,
+    query: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> (u16, String) {
+    let mut received = received.lock().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match path {
+        "/hook" => {
+            // The first two deliveries fail: the gateway must retry them.
+            if refusals.fetch_add(1, Ordering::SeqCst) < 2 {
+                return (503, String::new());
+            }
+            let signature = headers.get("x-inquiry-gateway-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let parts: HashMap<&str, &str> = signature.split(',').filter_map(|p| p.split_once('=')).collect();
+            let t: i64 = parts.get("t").and_then(|t| t.parse().ok()).unwrap_or(0);
+            let mut signed = format!("{t}.").into_bytes();
+            signed.extend_from_slice(body);
+            let expected = hex::encode(hmac_sha256(HOOK_SECRET.as_bytes(), &signed));
+            if parts.get("v1") != Some(&expected.as_str()) || (now - t).abs() > 300 {
+                received.bad_signatures.push(format!("hook: {signature}"));
+                return (401, String::new());
+            }
+            for event in json["events"].as_array().cloned().unwrap_or_default() {
+                let text = |f: &str| event[f].as_str().unwrap_or_default().to_owned();
+                received.hook.push((
+                    text("event_id"),
+                    text("kind"),
+                    text("inquiry_id"),
+                    event["notify"].as_str().map(str::to_owned),
+                ));
+            }
+            (200, String::new())
+        }
+        "/ding" => {
+            let params: HashMap<&str, &str> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+            let timestamp = params.get("timestamp").copied().unwrap_or("");
+            let sign = percent_decode(params.get("sign").copied().unwrap_or(""));
+            let expected = b64(&hmac_sha256(DING_SECRET.as_bytes(), format!("{timestamp}\n{DING_SECRET}").as_bytes()));
+            let fresh = timestamp.parse::<i64>().is_ok_and(|ms| (now * 1000 - ms).abs() < 3_600_000);
+            if sign != expected || !fresh || params.get("access_token") != Some(&"ding-token") {
+                received.bad_signatures.push(format!("ding: {query}"));
+                return (200, r#"{"errcode":310000,"errmsg":"sign not match"}"#.to_owned());
+            }
+            let text = json["text"]["content"].as_str().unwrap_or_default();
+            received.ding.extend(text.lines().map(str::to_owned));
+            (200, r#"{"errcode":0,"errmsg":"ok"}"#.to_owned())
+        }
+        "/feishu" => {
+            let timestamp = json["timestamp"].as_str().unwrap_or_default();
+            let expected = b64(&hmac_sha256(format!("{timestamp}\n{FEISHU_SECRET}").as_bytes(), b""));
+            let fresh = timestamp.parse::<i64>().is_ok_and(|s| (now - s).abs() < 3600);
+            if json["sign"].as_str() != Some(expected.as_str()) || !fresh {
+                received.bad_signatures.push(format!("feishu: {json}"));
+                return (
+                    200,
+                    r#"{"code":19021,"msg":"sign match fail or timestamp is not within one hour from current time"}"#
+                        .to_owned(),
+                );
+            }
+            let text = json["content"]["text"].as_str().unwrap_or_default();
+            received.feishu.extend(text.lines().map(str::to_owned));
+            (200, r#"{"code":0,"msg":"success"}"#.to_owned())
+        }
+        _ => (404, String::new()),
+    }
+}
+
+async fn alert_receiver() -> (String, Arc<Mutex<Received>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Received::default()));
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let shared = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (received, refusals) = (shared.clone(), refusals.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (received, refusals) = (received.clone(), refusals.clone());
+                    async move {
+                        use http_body_util::BodyExt;
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let query = parts.uri.query().unwrap_or_default().to_owned();
+                        let (status, answer) =
+                            receive(&received, &refusals, parts.uri.path(), &query, &parts.headers, &body);
+                        let response = hyper::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), received)
+}
+
+fn config(receiver: &str) -> String {
+    format!(
+        r#"
+[[reach.sla_policies]]
+id = "fast"
+first_response = "3s"
+reminders = ["2s"]
+escalate_after = ["1s"]
+[[reach.sla_rules]]
+policy = "fast"
+[[reach.teams]]
+queue = "unassigned"
+lead = "lead-li"
+alert_targets = ["hook", "ding", "feishu"]
+[[reach.alert_targets]]
+id = "hook"
+kind = "webhook"
+url = "{receiver}/hook"
+secret = "{HOOK_SECRET}"
+[[reach.alert_targets]]
+id = "ding"
+kind = "dingtalk"
+url = "{receiver}/ding?access_token=ding-token"
+secret = "{DING_SECRET}"
+[[reach.alert_targets]]
+id = "feishu"
+kind = "feishu"
+url = "{receiver}/feishu"
+secret = "{FEISHU_SECRET}"
+"#
+    )
+}
+
+async fn post(gateway: &Gateway, external_id: &str) -> String {
+    let reply = HttpClient::new().post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", external_id)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert_is_signed() {
+    let (receiver, received) = alert_receiver().await;
+    let mut gateway = Gateway::start(&config(&receiver)).await;
+    let client = HttpClient::new();
+
+    let answered = post(&gateway, "reach-answered").await;
+    let reply = client
+        .request(
+            Method::POST,
+            &gateway.url(&format!("/v1/inquiries/{answered}/reply")),
+            r#"{"agent": "agent-ana"}"#,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    // The reach stage may not have taken it yet: then there is no SLA to stop. Ask until it is met.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sla = reply.json()["sla"].clone();
+    while sla.is_null() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reply =
+            client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{answered}/reply")), "", &[]).await;
+        sla = reply.json()["sla"].clone();
+    }
+    assert_eq!(sla["status"], "met", "{sla}");
+
+    let late = post(&gateway, "reach-late").await;
+    let across_kill = post(&gateway, "reach-across-kill").await;
+    // Killed before any step is due; down while all of them come due.
+    gateway.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    gateway.restart().await;
+
+    let started = Instant::now();
+    loop {
+        let count = received.lock().unwrap().hook.len();
+        if count >= 6 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{count} webhook events:\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may come
+    let received = received.lock().unwrap();
+    assert!(received.bad_signatures.is_empty(), "refused signatures: {:?}", received.bad_signatures);
+
+    // Each step of each unanswered inquiry, once; nothing for the answered one.
+    let mut steps: Vec<(String, String, Option<String>)> =
+        received.hook.iter().map(|(_, kind, id, notify)| (id.clone(), kind.clone(), notify.clone())).collect();
+    steps.sort();
+    let mut expected = Vec::new();
+    for id in [&late, &across_kill] {
+        expected.push((id.clone(), "sla.breached".to_owned(), None));
+        expected.push((id.clone(), "sla.escalated".to_owned(), Some("lead-li".to_owned())));
+        expected.push((id.clone(), "sla.reminder".to_owned(), None));
+    }
+    expected.sort();
+    assert_eq!(steps, expected);
+    let ids: std::collections::HashSet<&String> = received.hook.iter().map(|(id, ..)| id).collect();
+    assert_eq!(ids.len(), received.hook.len(), "no event delivered twice");
+
+    // The chat bots got the same six alerts, signed, as text lines.
+    for (name, lines) in [("dingtalk", &received.ding), ("feishu", &received.feishu)] {
+        assert_eq!(lines.len(), 6, "{name}: {lines:?}");
+        assert!(lines.iter().all(|l| !l.contains(&answered)), "{name}: alerted about the answered inquiry");
+        assert_eq!(lines.iter().filter(|l| l.contains("escalated") && l.contains("@lead-li")).count(), 2, "{name}");
+    }
+
+    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(metric_value(&metrics, "inquiry_gateway_alerts_total", &[("target", "hook"), ("outcome", "sent")]) >= 1.0);
+    assert!(metric_value(&metrics, "inquiry_gateway_sla_events_total", &[("kind", "sla.breached")]) >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_an_unknown_inquiry_or_with_a_bad_body_is_refused() {
+    let (receiver, _) = alert_receiver().await;
+    let gateway = Gateway::start(&config(&receiver)).await;
+    let client = HttpClient::new();
+    let unknown = client
+        .request(Method::POST, &gateway.url("/v1/inquiries/0190a0c4-5c7e-7000-8000-000000000000/reply"), "", &[])
+        .await;
+    assert_eq!((unknown.status, unknown.error_code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    let id = post(&gateway, "reach-bad-body").await;
+    let bad =
+        client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{id}/reply")), "{\"when\": 1}", &[]).await;
+    assert_eq!((bad.status, bad.error_code().as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
+    let wrong_method = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{id}/reply")), "", &[]).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+}
