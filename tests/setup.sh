@@ -15,6 +15,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v dovecot >/dev/null 2>&1 || need_apt+=(dovecot-imapd)
+# aiosmtpd: the SMTP server the auto-acknowledgement tests send to (gateway/tests/acks.rs).
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   $sudo_cmd apt-get update -qq

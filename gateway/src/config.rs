@@ -390,7 +390,7 @@ impl Default for SpoolConfig {
 }
 
 /// Reach-out (`[reach]`): first-response SLA policies and the alerts that tell agents about them.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReachConfig {
     /// SLA policies by id.
@@ -405,7 +405,171 @@ pub struct ReachConfig {
     /// Where alerts are sent.
     pub alert_targets: Vec<AlertTargetConfig>,
     /// Record SLA events (store, Kafka) but send no alert: each is counted and logged as `dry_run`.
+    /// Acknowledgements are rendered, audited and counted as `dry_run`, never sent.
     pub dry_run: bool,
+    /// Auto-acknowledgement templates (one entry per id, language and account variant).
+    pub templates: Vec<TemplateConfig>,
+    /// Which inquiries are acknowledged: the routing decision's `reply_template`, else the first
+    /// rule that matches; none: no acknowledgement.
+    pub ack_rules: Vec<AckRuleConfig>,
+    /// The language used when a template has no variant in the buyer's language.
+    pub fallback_language: String,
+    /// Contact block of the EU authorised representative, appended to every acknowledgement of
+    /// an account in `eu_accounts`.
+    pub eu_representative: Option<String>,
+    /// Accounts selling in the EU (their acknowledgements carry `eu_representative`).
+    pub eu_accounts: Vec<String>,
+    /// Quiet hours in the buyer's time zone (`"21:00-08:00"`): acknowledgements wait for their end.
+    pub quiet_hours: Option<String>,
+    /// How acknowledgements leave, per channel.
+    pub senders: Vec<SenderConfig>,
+}
+
+/// One variant of an acknowledgement template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// Template id (named by rules and routing decisions).
+    pub id: String,
+    /// Version, recorded in the audit log with every message sent from it.
+    pub version: u32,
+    /// Language (`de`, `en`, `zh`).
+    pub language: String,
+    /// Only for this account (a variant without one serves every account).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// E-mail subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Text; placeholders: `{buyer_name}`, `{order_id}`, `{account}`, `{inquiry_id}`,
+    /// `{first_response_by}` (`{{` and `}}` for braces).
+    pub body: String,
+}
+
+/// Which inquiries get an acknowledgement; every given field must match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRuleConfig {
+    /// Account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Channel (`email`, `whatsapp`, ...).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Queue it was routed to.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Template id.
+    pub template: String,
+}
+
+/// TLS of an SMTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587).
+    Starttls,
+    /// TLS from the start (465).
+    Tls,
+    /// None: only for a loopback relay.
+    None,
+}
+
+/// How acknowledgements leave for one channel.
+#[derive(Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SenderConfig {
+    /// E-mail over SMTP, to the buyer's address (inquiries of `channels`).
+    Smtp {
+        /// Relay host.
+        host: String,
+        /// Port (587 STARTTLS, 465 TLS, 25 plain).
+        port: u16,
+        /// TLS mode.
+        tls: SmtpTls,
+        /// Login, if the relay wants one.
+        #[serde(default)]
+        username: Option<String>,
+        /// Password (`${ENV}`).
+        #[serde(default)]
+        password: Option<String>,
+        /// Sender address (`Shop <support@shop.example>`).
+        from: String,
+        /// Channels whose buyers are answered by e-mail.
+        #[serde(default = "default_smtp_channels")]
+        channels: Vec<String>,
+        /// Messages per second to the relay.
+        #[serde(default = "default_smtp_rate")]
+        per_second: f64,
+    },
+    /// WhatsApp Cloud API: `POST {base_url}/{phone_number_id}/messages` (the account is the
+    /// phone number id).
+    Whatsapp {
+        /// Graph API base (`https://graph.facebook.com/v21.0`).
+        #[serde(default = "default_whatsapp_base")]
+        base_url: String,
+        /// System-user access token (`${ENV}`).
+        access_token: String,
+        /// Messages per second per business number (Meta's default throughput: 80).
+        #[serde(default = "default_whatsapp_rate")]
+        per_second: f64,
+        /// Seconds between two messages to the same buyer (Meta's pair rate limit: 6).
+        #[serde(default = "default_whatsapp_pair")]
+        per_recipient_seconds: f64,
+    },
+}
+
+impl std::fmt::Debug for SenderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SenderConfig::Smtp { host, port, tls, .. } => {
+                f.debug_struct("Smtp").field("host", host).field("port", port).field("tls", tls).finish_non_exhaustive()
+            }
+            SenderConfig::Whatsapp { base_url, .. } => {
+                f.debug_struct("Whatsapp").field("base_url", base_url).finish_non_exhaustive()
+            }
+        }
+    }
+}
+
+fn default_smtp_channels() -> Vec<String> {
+    vec!["email".to_owned(), "web_form".to_owned()]
+}
+
+fn default_smtp_rate() -> f64 {
+    10.0
+}
+
+fn default_whatsapp_base() -> String {
+    "https://graph.facebook.com/v21.0".to_owned()
+}
+
+fn default_whatsapp_rate() -> f64 {
+    80.0
+}
+
+fn default_whatsapp_pair() -> f64 {
+    6.0
+}
+
+impl Default for ReachConfig {
+    fn default() -> Self {
+        ReachConfig {
+            sla_policies: Vec::new(),
+            sla_rules: Vec::new(),
+            calendars: Vec::new(),
+            teams: Vec::new(),
+            alert_targets: Vec::new(),
+            dry_run: false,
+            templates: Vec::new(),
+            ack_rules: Vec::new(),
+            fallback_language: "en".to_owned(),
+            eu_representative: None,
+            eu_accounts: Vec::new(),
+            quiet_hours: None,
+            senders: Vec::new(),
+        }
+    }
 }
 
 /// A first-response SLA policy.
@@ -1414,6 +1578,70 @@ fn validate_reach(reach: &ReachConfig, problems: &mut Vec<String>) {
         }
         if target.max_batch == 0 || target.max_batch > 100 {
             problems.push(format!("reach.alert_targets[{i}].max_batch must be between 1 and 100"));
+        }
+    }
+    let mut variants = BTreeSet::new();
+    for (i, template) in reach.templates.iter().enumerate() {
+        if let Err(err) = crate::reach::ack::Template::parse(&template.body) {
+            problems.push(format!("reach.templates[{i}].body: {err}"));
+        }
+        if let Some(Err(err)) = template.subject.as_deref().map(crate::reach::ack::Template::parse) {
+            problems.push(format!("reach.templates[{i}].subject: {err}"));
+        }
+        if !variants.insert((template.id.as_str(), template.language.as_str(), template.account.as_deref())) {
+            problems.push(format!(
+                "reach.templates[{i}]: template `{}` has two variants for language `{}` and the same account",
+                template.id, template.language
+            ));
+        }
+    }
+    let template_ids: BTreeSet<&str> = reach.templates.iter().map(|t| t.id.as_str()).collect();
+    for id in &template_ids {
+        let has_fallback =
+            reach.templates.iter().any(|t| t.id == *id && t.language == reach.fallback_language && t.account.is_none());
+        if !has_fallback {
+            problems.push(format!(
+                "reach.templates: template `{id}` needs a variant in the fallback language `{}` for every account",
+                reach.fallback_language
+            ));
+        }
+    }
+    for (i, rule) in reach.ack_rules.iter().enumerate() {
+        if !template_ids.contains(rule.template.as_str()) {
+            problems.push(format!("reach.ack_rules[{i}].template `{}` is not in reach.templates", rule.template));
+        }
+    }
+    if let Some(Err(err)) = reach.quiet_hours.as_deref().map(crate::reach::ack::QuietHours::parse) {
+        problems.push(format!("reach.quiet_hours: {err}"));
+    }
+    for (i, sender) in reach.senders.iter().enumerate() {
+        match sender {
+            SenderConfig::Smtp { host, tls, from, per_second, .. } => {
+                if *tls == SmtpTls::None && !is_loopback_host(host) {
+                    problems.push(format!(
+                        "reach.senders[{i}]: tls = \"none\" sends in clear; allowed only for a loopback relay, not `{host}`"
+                    ));
+                }
+                if from.parse::<lettre::message::Mailbox>().is_err() {
+                    problems.push(format!("reach.senders[{i}].from `{from}` is not an e-mail address"));
+                }
+                if !(*per_second > 0.0 && *per_second <= 10_000.0) {
+                    problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
+                }
+            }
+            SenderConfig::Whatsapp { base_url, access_token, per_second, per_recipient_seconds } => {
+                if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+                    problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
+                }
+                if access_token.is_empty() {
+                    problems.push(format!("reach.senders[{i}].access_token must not be empty"));
+                }
+                if !(*per_second > 0.0 && *per_second <= 10_000.0) || !(*per_recipient_seconds >= 0.0) {
+                    problems.push(format!(
+                        "reach.senders[{i}]: per_second must be in (0, 10000], per_recipient_seconds >= 0"
+                    ));
+                }
+            }
         }
     }
     for (i, team) in reach.teams.iter().enumerate() {

@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (mut sinks, kafka_sink) = build_sinks(&config)?;
     let sinks_for_erasure = sinks.clone();
     // Reach-out reads the spool like a sink: it starts the SLAs of what was stored.
-    let reach = if config.reach.sla_policies.is_empty() {
+    let reach = if config.reach.sla_policies.is_empty() && config.reach.templates.is_empty() {
         None
     } else {
         let clock = Arc::new(reach::SystemClock);
@@ -174,7 +174,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .collect();
 
     let reach_tasks = match &reach {
-        Some(reach) => spawn_reach(reach, kafka_sink.clone(), &store, &stop_rx),
+        Some(reach) => {
+            let mut tasks = spawn_reach(reach, kafka_sink.clone(), &store, &stop_rx);
+            if !reach.acks().is_empty() {
+                let parts = (reach.clone(), store.clone(), subjects.clone(), pipeline.clone(), stop_rx.clone());
+                tasks.push(tokio::spawn(reach::send::run_acks(parts.0, parts.1, parts.2, parts.3, parts.4)));
+            }
+            tasks
+        }
         None => Vec::new(),
     };
     let sweeper =
@@ -374,7 +381,8 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     let mut kafka_sink = None;
     if let Some(kafka) = &config.sinks.kafka {
-        let kafka = Arc::new(KafkaSink::new(kafka, &config.retention)?);
+        let reach = !config.reach.sla_policies.is_empty();
+        let kafka = Arc::new(KafkaSink::new(kafka, &config.retention, reach)?);
         built.push(kafka.clone());
         kafka_sink = Some(kafka);
     }

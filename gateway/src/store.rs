@@ -44,6 +44,10 @@ mod partition {
     pub const SLA_STATES: &str = "sla_states";
     /// `due (i64 BE Unix ms) || inquiry id (16 bytes) -> ()`: the next step of each open SLA.
     pub const SLA_TIMERS: &str = "sla_timers";
+    /// `inquiry id (16 bytes) -> AckState JSON`: auto-acknowledgements (reach-out).
+    pub const ACK_STATES: &str = "ack_states";
+    /// `due (i64 BE Unix ms) || inquiry id (16 bytes) -> ()`: acknowledgements waiting to be sent.
+    pub const ACK_TIMERS: &str = "ack_timers";
     /// `queue name || 0x00 || seq (u64 BE) -> event JSON`: reach-out events waiting for delivery
     /// (the Kafka topic, each alert target).
     pub const REACH_QUEUES: &str = "reach_queues";
@@ -87,7 +91,18 @@ pub struct Store {
     audit_heads: PartitionHandle,
     sla_states: PartitionHandle,
     sla_timers: PartitionHandle,
+    ack_states: PartitionHandle,
+    ack_timers: PartitionHandle,
     reach_queues: PartitionHandle,
+}
+
+/// The two kinds of per-inquiry timers reach-out keeps: each has its states and its timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeline {
+    /// First-response SLAs.
+    Sla,
+    /// Auto-acknowledgements.
+    Ack,
 }
 
 impl Store {
@@ -115,6 +130,8 @@ impl Store {
             audit_heads: open(partition::AUDIT_HEADS)?,
             sla_states: open(partition::SLA_STATES)?,
             sla_timers: open(partition::SLA_TIMERS)?,
+            ack_states: open(partition::ACK_STATES)?,
+            ack_timers: open(partition::ACK_TIMERS)?,
             reach_queues: open(partition::REACH_QUEUES)?,
             keyspace,
         })
@@ -315,31 +332,53 @@ impl Store {
         &self.audit
     }
 
-    /// The first-response SLA of an inquiry.
-    pub fn sla_state(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.sla_states.get(id.as_bytes())?.map(|v| v.to_vec()))
+    fn timeline(&self, timeline: Timeline) -> (&PartitionHandle, &PartitionHandle) {
+        match timeline {
+            Timeline::Sla => (&self.sla_states, &self.sla_timers),
+            Timeline::Ack => (&self.ack_states, &self.ack_timers),
+        }
     }
 
-    /// Up to `limit` SLA timers due at or before `until_ms`, earliest first: (due ms, inquiry id).
-    pub fn due_sla_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<(i64, Uuid)>, StoreError> {
+    /// An inquiry's state on `timeline` (its SLA, its acknowledgement).
+    pub fn timeline_state(&self, timeline: Timeline, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.timeline(timeline).0.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every state on `timeline` (for recovery at start-up): (inquiry id, state).
+    pub fn timeline_states(&self, timeline: Timeline) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut states = Vec::new();
+        for item in self.timeline(timeline).0.iter() {
+            let (key, value) = item?;
+            if let Ok(id) = Uuid::from_slice(&key) {
+                states.push((id, value.to_vec()));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Up to `limit` timers of `timeline` due at or before `until_ms`, earliest first: (due ms,
+    /// inquiry id).
+    pub fn due_timers(&self, timeline: Timeline, until_ms: i64, limit: usize) -> Result<Vec<(i64, Uuid)>, StoreError> {
         let mut due = Vec::new();
-        for item in self.sla_timers.range(..sla_timer_key(until_ms.saturating_add(1), Uuid::nil())).take(limit) {
+        let timers = self.timeline(timeline).1;
+        for item in timers.range(..timer_key(until_ms.saturating_add(1), Uuid::nil())).take(limit) {
             let (key, _) = item?;
-            if let Some(timer) = parse_sla_timer_key(&key) {
+            if let Some(timer) = parse_timer_key(&key) {
                 due.push(timer);
             }
         }
         Ok(due)
     }
 
-    /// When the earliest SLA timer is due (Unix ms), if any.
-    pub fn next_sla_due(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.sla_timers.first_key_value()?.and_then(|(key, _)| parse_sla_timer_key(&key)).map(|(due, _)| due))
+    /// When the earliest timer of `timeline` is due (Unix ms), if any.
+    pub fn next_due(&self, timeline: Timeline) -> Result<Option<i64>, StoreError> {
+        let first = self.timeline(timeline).1.first_key_value()?;
+        Ok(first.and_then(|(key, _)| parse_timer_key(&key)).map(|(due, _)| due))
     }
 
-    /// Number of open SLA timers (for the gauge; walks the partition).
-    pub fn sla_timer_count(&self) -> Result<usize, StoreError> {
-        Ok(self.sla_timers.len()?)
+    /// Number of timers of `timeline` (for the gauges; walks the partition).
+    pub fn timer_count(&self, timeline: Timeline) -> Result<usize, StoreError> {
+        Ok(self.timeline(timeline).1.len()?)
     }
 
     /// Up to `limit` events of reach-out queue `queue`, in order: (seq, event).
@@ -454,14 +493,14 @@ fn time_prefix(at: time::OffsetDateTime) -> [u8; 16] {
 
 /// Timers sort by due time: the due ms with its sign bit flipped (so negative times sort first),
 /// then the inquiry id.
-fn sla_timer_key(due_ms: i64, id: Uuid) -> [u8; 24] {
+fn timer_key(due_ms: i64, id: Uuid) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..8].copy_from_slice(&((due_ms as u64) ^ (1 << 63)).to_be_bytes());
     key[8..].copy_from_slice(id.as_bytes());
     key
 }
 
-fn parse_sla_timer_key(key: &[u8]) -> Option<(i64, Uuid)> {
+fn parse_timer_key(key: &[u8]) -> Option<(i64, Uuid)> {
     let due = u64::from_be_bytes(key.get(..8)?.try_into().ok()?) ^ (1 << 63);
     Some((due as i64, Uuid::from_slice(key.get(8..24)?).ok()?))
 }
@@ -583,19 +622,19 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.audit_heads, size.to_be_bytes().as_slice(), head);
     }
 
-    /// Stores an inquiry's SLA.
-    pub fn put_sla_state(&mut self, id: Uuid, state: &[u8]) {
-        self.inner.insert(&self.store.sla_states, id.as_bytes().as_slice(), state);
+    /// Stores an inquiry's state on `timeline`.
+    pub fn put_timeline_state(&mut self, timeline: Timeline, id: Uuid, state: &[u8]) {
+        self.inner.insert(self.store.timeline(timeline).0, id.as_bytes().as_slice(), state);
     }
 
-    /// Sets the timer of an SLA's next step.
-    pub fn put_sla_timer(&mut self, due_ms: i64, id: Uuid) {
-        self.inner.insert(&self.store.sla_timers, sla_timer_key(due_ms, id).as_slice(), b"".as_slice());
+    /// Sets a timer on `timeline`.
+    pub fn put_timer(&mut self, timeline: Timeline, due_ms: i64, id: Uuid) {
+        self.inner.insert(self.store.timeline(timeline).1, timer_key(due_ms, id).as_slice(), b"".as_slice());
     }
 
-    /// Removes an SLA timer.
-    pub fn remove_sla_timer(&mut self, due_ms: i64, id: Uuid) {
-        self.inner.remove(&self.store.sla_timers, sla_timer_key(due_ms, id).as_slice());
+    /// Removes a timer from `timeline`.
+    pub fn remove_timer(&mut self, timeline: Timeline, due_ms: i64, id: Uuid) {
+        self.inner.remove(self.store.timeline(timeline).1, timer_key(due_ms, id).as_slice());
     }
 
     /// Queues an event for reach-out queue `queue` under `seq`.

@@ -43,6 +43,8 @@ pub const SLA_FIRST_RESPONSES: &str = "inquiry_gateway_sla_first_responses_total
 pub const SLA_OPEN: &str = "inquiry_gateway_sla_open";
 /// How late SLA steps fire after they are due, in seconds.
 pub const SLA_TIMER_LAG: &str = "inquiry_gateway_sla_timer_lag_seconds";
+/// Auto-acknowledgements, by `channel` and `outcome` (`sent`, `failed`, `retried`, `uncertain`, `dry_run`).
+pub const ACKS: &str = "inquiry_gateway_acks_total";
 /// Alert messages, by `target` and `outcome` (`sent`, `failed`, `dry_run`).
 pub const ALERTS: &str = "inquiry_gateway_alerts_total";
 /// Poll lease groups the config defines (`[polling] coordination = "cql"`; the same on every replica).
@@ -201,6 +203,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late)");
     describe_gauge!(SLA_OPEN, "slas waiting for their next step");
     describe_histogram!(SLA_TIMER_LAG, Unit::Seconds, "how late sla steps fire after they are due");
+    describe_counter!(ACKS, "auto-acknowledgements, by channel and outcome");
     describe_counter!(ALERTS, "alert messages, by target and outcome");
     describe_gauge!(POLL_LEASE_GROUPS, "poll lease groups the config defines");
     describe_gauge!(POLLER_ACTIVE, "1 while a poller polls on this replica, by connector and account");

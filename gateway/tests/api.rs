@@ -265,6 +265,8 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         "IMAP_SUPPORT_PASSWORD",
         "FEISHU_BOT_SECRET",
         "CRM_SLA_WEBHOOK_SECRET",
+        "WHATSAPP_TOKEN",
+        "SMTP_PASSWORD",
     ];
     let urls = ["FEISHU_BOT_URL", "SLACK_WEBHOOK_URL", "CRM_SLA_WEBHOOK_URL"];
     for example in ["embedded.toml", "kafka-cql.toml", "connectors.toml", "plugins.toml", "reach.toml"] {

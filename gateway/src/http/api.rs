@@ -333,12 +333,19 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     if !grant.allows(&stored.inquiry.account) {
         return Err(not_found());
     }
-    let at = reply.replied_at.unwrap_or_else(OffsetDateTime::now_utc);
+    // A reply cannot come from the future, nor before the gateway had the inquiry.
+    let now = OffsetDateTime::now_utc();
+    let at = reply.replied_at.unwrap_or(now);
+    if at > now + time::Duration::minutes(5) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", "replied_at is in the future")
+            .field_name("replied_at"));
+    }
+    let at = at.max(stored.inquiry.received_at);
     let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
     let outcome = match &state.reach {
         Some(reach) => {
-            let reach = reach.clone();
-            tokio::task::spawn_blocking(move || reach.reply(id, at_ms))
+            let (reach, stored) = (reach.clone(), stored.clone());
+            tokio::task::spawn_blocking(move || reach.reply(&stored, at_ms))
                 .await
                 .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
                 .map_err(store_error)?
@@ -349,11 +356,14 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         crate::reach::ReplyOutcome::NoSla => serde_json::Value::Null,
         crate::reach::ReplyOutcome::Recorded(state) => serde_json::to_value(state).expect("states serialize"),
     };
-    let mut event = AuditEvent::new("inquiry.replied", grant.actor()).inquiry(id);
-    if let Some(agent) = &reply.agent {
-        event = event.detail(serde_json::json!({ "agent": agent }));
-    }
-    state.pipeline.audit_soon(vec![event]);
+    let status = match &outcome {
+        crate::reach::ReplyOutcome::NoSla => serde_json::Value::Null,
+        crate::reach::ReplyOutcome::Recorded(sla) => serde_json::to_value(sla.status).expect("statuses serialize"),
+    };
+    let event = AuditEvent::new("inquiry.replied", grant.actor())
+        .inquiry(id)
+        .detail(serde_json::json!({ "agent": reply.agent, "sla_status": status }));
+    state.pipeline.audit(vec![event]).await.map_err(submit_error)?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }
 

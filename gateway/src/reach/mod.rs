@@ -8,8 +8,10 @@
 //! neither loses nor repeats a step, and a destination that is down only delays its events. A
 //! reply (`POST /v1/inquiries/{id}/reply`) stops the clock the same way.
 
+pub mod ack;
 pub mod alerts;
 pub mod calendar;
+pub mod send;
 pub mod sla;
 
 use std::collections::HashMap;
@@ -26,7 +28,7 @@ use crate::config::{AlertTargetConfig, ReachConfig, TeamConfig};
 use crate::pipeline::StoredInquiry;
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::sinks::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
-use crate::store::{Store, StoreBatch, StoreError};
+use crate::store::{Store, StoreBatch, StoreError, Timeline};
 use crate::telemetry;
 use sla::{EventKind, Policies, SlaEvent, SlaState, Status};
 
@@ -59,13 +61,16 @@ pub struct Reach {
     targets: Vec<AlertTargetConfig>,
     to_kafka: bool,
     dry_run: bool,
-    clock: Arc<dyn Clock>,
+    acks: ack::Acks,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Next sequence number per queue; held while a write is built, so writes do not interleave.
     next_seq: Mutex<HashMap<String, u64>>,
     /// Wakes the timer task when an earlier timer may have been set.
     pub timers_changed: Notify,
     /// Wakes the queue deliverers when events were queued.
     pub queued: Notify,
+    /// Wakes the acknowledgement sender when acknowledgements were planned.
+    pub acks_changed: Notify,
 }
 
 /// What a reply did to an inquiry's SLA.
@@ -87,16 +92,24 @@ impl Reach {
             targets: config.alert_targets.clone(),
             to_kafka,
             dry_run: config.dry_run,
+            acks: ack::Acks::from_config(config)?,
             clock,
             next_seq: Mutex::default(),
             timers_changed: Notify::new(),
             queued: Notify::new(),
+            acks_changed: Notify::new(),
         })
     }
 
-    /// True when SLA policies are configured (else there is nothing for the reach stage to do).
+    /// True when SLA policies or acknowledgements are configured (else the reach stage has
+    /// nothing to do).
     pub fn is_enabled(&self) -> bool {
-        !self.policies.is_empty()
+        !self.policies.is_empty() || !self.acks.is_empty()
+    }
+
+    /// The acknowledgement rules, templates and senders.
+    pub fn acks(&self) -> &ack::Acks {
+        &self.acks
     }
 
     /// True when alerts are only recorded, not sent.
@@ -116,29 +129,46 @@ impl Reach {
         self.to_kafka.then(|| KAFKA_QUEUE.to_owned()).into_iter().chain(alerts).collect()
     }
 
-    /// Starts the SLA of every record that has a policy and none yet (a record delivered again
-    /// after a crash finds its SLA and is skipped). Blocking.
+    /// Starts the SLA of every record that has a policy and none yet, and plans its
+    /// acknowledgement (a record delivered again after a crash finds both and is skipped).
+    /// Blocking.
     pub fn schedule(&self, records: &[OutRecord]) -> Result<usize, StoreError> {
         let mut seqs = self.next_seq.lock().expect("reach lock");
         let now = self.clock.now_ms();
         let mut batch = self.store.batch();
-        let mut started = 0;
+        let (mut started, mut acks) = (0, 0);
         for record in records {
+            if let Some(ack) = self.acks.plan(&record.stored, now) {
+                if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
+                    batch.put_timer(Timeline::Ack, ack.not_before_ms, ack.inquiry_id);
+                    batch.put_timeline_state(
+                        Timeline::Ack,
+                        ack.inquiry_id,
+                        &serde_json::to_vec(&ack).expect("acks serialize"),
+                    );
+                    acks += 1;
+                }
+            }
             let Some(policy) = self.policies.policy_for(&record.stored) else { continue };
-            if self.store.sla_state(record.id())?.is_some() {
+            if self.store.timeline_state(Timeline::Sla, record.id())?.is_some() {
                 continue;
             }
             let state = SlaState::start(policy, &record.stored);
             self.queue_event(&mut batch, &mut seqs, state.started(now))?;
             if let Some(due) = state.next_due() {
-                batch.put_sla_timer(due, state.inquiry_id);
+                batch.put_timer(Timeline::Sla, due, state.inquiry_id);
             }
-            batch.put_sla_state(state.inquiry_id, &serde_json::to_vec(&state).expect("states serialize"));
+            batch.put_timeline_state(
+                Timeline::Sla,
+                state.inquiry_id,
+                &serde_json::to_vec(&state).expect("states serialize"),
+            );
             started += 1;
         }
-        if started > 0 {
+        if started + acks > 0 {
             batch.commit()?;
             self.timers_changed.notify_one();
+            self.acks_changed.notify_one();
             self.queued.notify_waiters();
         }
         Ok(started)
@@ -149,14 +179,14 @@ impl Reach {
     pub fn fire_due(&self) -> Result<usize, StoreError> {
         let mut seqs = self.next_seq.lock().expect("reach lock");
         let now = self.clock.now_ms();
-        let due = self.store.due_sla_timers(now, FIRE_BATCH)?;
+        let due = self.store.due_timers(Timeline::Sla, now, FIRE_BATCH)?;
         if due.is_empty() {
             return Ok(0);
         }
         let mut batch = self.store.batch();
         let mut fired = 0;
         for (due_ms, id) in due {
-            batch.remove_sla_timer(due_ms, id);
+            batch.remove_timer(Timeline::Sla, due_ms, id);
             let Some(mut state) = self.load(id)? else { continue };
             while state.next_due().is_some_and(|at| at <= now) {
                 let Some(event) = state.fire(now) else { break };
@@ -165,39 +195,88 @@ impl Reach {
                 fired += 1;
             }
             if let Some(next) = state.next_due() {
-                batch.put_sla_timer(next, id);
+                batch.put_timer(Timeline::Sla, next, id);
             }
-            batch.put_sla_state(id, &serde_json::to_vec(&state).expect("states serialize"));
+            batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&state).expect("states serialize"));
         }
         batch.commit()?;
         self.queued.notify_waiters();
         Ok(fired)
     }
 
-    /// Records the first response to inquiry `id` at `at_ms`: stops its clock. Blocking.
-    pub fn reply(&self, id: Uuid, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
+    /// Records the first response to `stored` at `at_ms`: stops its clock and cancels an
+    /// acknowledgement not sent yet. A reply that comes before the reach stage took the inquiry
+    /// starts its SLA closed, so it is never reminded or escalated. Blocking.
+    pub fn reply(&self, stored: &StoredInquiry, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
         let mut seqs = self.next_seq.lock().expect("reach lock");
-        let Some(mut state) = self.load(id)? else { return Ok(ReplyOutcome::NoSla) };
+        let id = stored.inquiry.id;
+        let now = self.clock.now_ms();
+        let mut batch = self.store.batch();
+        self.cancel_ack(&mut batch, id)?;
+        let mut state = match self.load(id)? {
+            Some(state) => state,
+            None => match self.policies.policy_for(stored) {
+                Some(policy) => {
+                    let state = SlaState::start(policy, stored);
+                    self.queue_event(&mut batch, &mut seqs, state.started(now))?;
+                    state
+                }
+                None => {
+                    batch.commit()?;
+                    return Ok(ReplyOutcome::NoSla);
+                }
+            },
+        };
         let pending = state.next_due();
-        let Some(event) = state.reply(at_ms, self.clock.now_ms()) else {
+        let Some(event) = state.reply(at_ms, now) else {
+            batch.commit()?;
             return Ok(ReplyOutcome::Recorded(Box::new(state)));
         };
         let outcome = if state.status == Status::Met { "met" } else { "late" };
-        let mut batch = self.store.batch();
         if let Some(due) = pending {
-            batch.remove_sla_timer(due, id);
+            batch.remove_timer(Timeline::Sla, due, id);
         }
         self.queue_event(&mut batch, &mut seqs, event)?;
-        batch.put_sla_state(id, &serde_json::to_vec(&state).expect("states serialize"));
+        batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
         counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome).increment(1);
         self.queued.notify_waiters();
         Ok(ReplyOutcome::Recorded(Box::new(state)))
     }
 
-    /// The SLA of inquiry `id`, if it has one.
+    /// An acknowledgement that has not left yet is not sent once an agent answered.
+    fn cancel_ack(&self, batch: &mut StoreBatch<'_>, id: Uuid) -> Result<(), StoreError> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let planned = self.store.timeline_state(Timeline::Ack, id)?;
+        let plan = planned.and_then(|b| serde_json::from_slice::<ack::AckState>(&b).ok());
+        match plan {
+            Some(mut plan) if plan.status == ack::AckStatus::Scheduled => {
+                batch.remove_timer(Timeline::Ack, plan.not_before_ms, id);
+                plan.status = ack::AckStatus::Cancelled;
+                batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(&plan).expect("acks serialize"));
+            }
+            Some(_) => {}
+            None => {
+                // Not planned yet: mark it, so the reach stage does not plan it later.
+                let cancelled = serde_json::json!({ "inquiry_id": id, "status": "cancelled" });
+                batch.put_timeline_state(Timeline::Ack, id, cancelled.to_string().as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// The SLA of inquiry `id`, if it has one (an unreadable one is logged and treated as none).
     pub fn load(&self, id: Uuid) -> Result<Option<SlaState>, StoreError> {
-        Ok(self.store.sla_state(id)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        let Some(bytes) = self.store.timeline_state(Timeline::Sla, id)? else { return Ok(None) };
+        match serde_json::from_slice(&bytes) {
+            Ok(state) => Ok(Some(state)),
+            Err(err) => {
+                tracing::error!(inquiry_id = %id, error = %err, "unreadable sla state; its steps are dropped");
+                Ok(None)
+            }
+        }
     }
 
     /// Queues `event` for the Kafka topic and, for reminders, breaches and escalations, for the
@@ -250,8 +329,14 @@ pub async fn run_timers(reach: Arc<Reach>, store: Store, mut stop: watch::Receiv
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let fired = {
-            let reach = reach.clone();
-            tokio::task::spawn_blocking(move || reach.fire_due()).await
+            let (reach, store) = (reach.clone(), store.clone());
+            tokio::task::spawn_blocking(move || {
+                let fired = reach.fire_due()?;
+                // The gauge walks the partition: off the async workers, with the firing.
+                gauge!(telemetry::SLA_OPEN).set(store.timer_count(Timeline::Sla)? as f64);
+                Ok::<_, StoreError>(fired)
+            })
+            .await
         };
         match fired.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
             Ok(_) => backoff.reset(),
@@ -263,12 +348,9 @@ pub async fn run_timers(reach: Arc<Reach>, store: Store, mut stop: watch::Receiv
                 continue;
             }
         }
-        if let Ok(open) = store.sla_timer_count() {
-            gauge!(telemetry::SLA_OPEN).set(open as f64);
-        }
         // Sleep until the next timer (at most a second: the clock, not an event, makes steps due).
         let now = reach.clock.now_ms();
-        let next = store.next_sla_due().ok().flatten().map_or(1000, |due| (due - now).clamp(0, 1000));
+        let next = store.next_due(Timeline::Sla).ok().flatten().map_or(1000, |due| (due - now).clamp(0, 1000));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(next as u64)) => {}
             _ = reach.timers_changed.notified() => {}
@@ -311,8 +393,15 @@ pub async fn deliver_queue<F>(
             }
             continue;
         }
-        let events: Vec<SlaEvent> = items.iter().filter_map(|(_, bytes)| serde_json::from_slice(bytes).ok()).collect();
-        match send(events).await {
+        let mut events = Vec::with_capacity(items.len());
+        for (seq, bytes) in &items {
+            match serde_json::from_slice::<SlaEvent>(bytes) {
+                Ok(event) => events.push(event),
+                Err(err) => tracing::error!(queue = %queue, seq, error = %err, "unreadable queued event; dropped"),
+            }
+        }
+        let sent = if events.is_empty() { Ok(()) } else { send(events).await };
+        match sent {
             Ok(()) => {
                 backoff.reset();
                 let mut done = store.batch();
@@ -320,7 +409,11 @@ pub async fn deliver_queue<F>(
                     done.remove_queued(&queue, *seq);
                 }
                 if let Err(err) = done.write() {
+                    // Not removed: they would be sent again at once; wait first.
                     tracing::warn!(queue = %queue, error = %err, "sent events not removed; they may be sent again");
+                    if sleep_or_stop(backoff.next(), &mut stop).await {
+                        return;
+                    }
                 }
             }
             Err(err) => {
@@ -519,7 +612,7 @@ mod tests {
         clock.0.store(T0 + 95 * MIN, Ordering::SeqCst);
         assert_eq!(engine.fire_due().unwrap(), 1, "level-2 escalation");
         assert_eq!(engine.fire_due().unwrap(), 0);
-        assert_eq!(store.next_sla_due().unwrap(), None, "no step left");
+        assert_eq!(store.next_due(Timeline::Sla).unwrap(), None, "no step left");
 
         let all = queued(&store, KAFKA_QUEUE);
         let agent = Some("agent-ana".to_owned());
@@ -551,15 +644,15 @@ mod tests {
         engine.schedule(&[early.clone_for_test(), late.clone_for_test()]).unwrap();
 
         clock.0.store(T0 + 20 * MIN, Ordering::SeqCst);
-        let ReplyOutcome::Recorded(state) = engine.reply(early.id(), T0 + 20 * MIN).unwrap() else { panic!() };
+        let ReplyOutcome::Recorded(state) = engine.reply(&early.stored, T0 + 20 * MIN).unwrap() else { panic!() };
         assert_eq!(state.status, Status::Met);
         assert!(state.pending.is_empty());
-        let again = engine.reply(early.id(), T0 + 25 * MIN).unwrap();
+        let again = engine.reply(&early.stored, T0 + 25 * MIN).unwrap();
         assert_eq!(again, ReplyOutcome::Recorded(state), "a second reply changes nothing");
 
         clock.0.store(T0 + 70 * MIN, Ordering::SeqCst);
         engine.fire_due().unwrap();
-        let ReplyOutcome::Recorded(state) = engine.reply(late.id(), T0 + 70 * MIN).unwrap() else { panic!() };
+        let ReplyOutcome::Recorded(state) = engine.reply(&late.stored, T0 + 70 * MIN).unwrap() else { panic!() };
         assert_eq!(state.status, Status::RepliedLate);
         clock.0.store(T0 + 200 * MIN, Ordering::SeqCst);
         assert_eq!(engine.fire_due().unwrap(), 0, "the reply cancelled the level-2 escalation");
@@ -572,7 +665,16 @@ mod tests {
             of(late.id()),
             ["sla.started", "sla.reminder", "sla.reminder", "sla.breached", "sla.escalated", "sla.replied_late"]
         );
-        assert_eq!(engine.reply(Uuid::nil(), T0).unwrap(), ReplyOutcome::NoSla);
+        assert_eq!(engine.reply(&record(3, T0, "other", None).stored, T0).unwrap(), ReplyOutcome::NoSla);
+
+        // Answered before the reach stage took it: the SLA starts closed and never reminds.
+        let quick = record(4, T0 + 200 * MIN, "sales", None);
+        let ReplyOutcome::Recorded(state) = engine.reply(&quick.stored, T0 + 201 * MIN).unwrap() else { panic!() };
+        assert_eq!(state.status, Status::Met);
+        assert_eq!(engine.schedule(std::slice::from_ref(&quick)).unwrap(), 0, "taken later: already closed");
+        clock.0.store(T0 + 400 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 0);
+        assert_eq!(of(quick.id()), ["sla.started", "sla.met"]);
     }
 
     #[test]

@@ -63,11 +63,13 @@ pub struct KafkaSink {
     client_config: ClientConfig,
     producer: FutureProducer,
     topics: Topics,
+    /// Reach-out publishes SLA events: `sla.events.v1` is created and checked too.
+    sla_events: bool,
 }
 
 impl KafkaSink {
     /// Builds the producer (no I/O yet; librdkafka connects in the background).
-    pub fn new(config: &KafkaConfig, retention: &RetentionConfig) -> Result<KafkaSink, SinkError> {
+    pub fn new(config: &KafkaConfig, retention: &RetentionConfig, sla_events: bool) -> Result<KafkaSink, SinkError> {
         let mut client_config = ClientConfig::new();
         client_config
             .set("bootstrap.servers", &config.brokers)
@@ -87,6 +89,7 @@ impl KafkaSink {
             client_config,
             producer,
             topics: Topics::new(&config.topic_prefix),
+            sla_events,
         })
     }
 
@@ -102,7 +105,7 @@ impl KafkaSink {
         let audit = RetentionConfig::kafka_ms(retention.audit_days).to_string();
         let dead_letter_retention = RetentionConfig::kafka_ms(retention.dead_letters_days).to_string();
         let replication = || TopicReplication::Fixed(self.config.replication_factor);
-        let topics = [
+        let mut topics = vec![
             NewTopic::new(&self.topics.routed, self.config.partitions, replication()).set("retention.ms", &feed),
             NewTopic::new(&self.topics.audit, self.config.partitions, replication()).set("retention.ms", &audit),
             NewTopic::new(&self.topics.dead_letter, 1, replication()).set("retention.ms", &dead_letter_retention),
@@ -110,8 +113,12 @@ impl KafkaSink {
             NewTopic::new(&self.topics.subjects, self.config.partitions, replication())
                 .set("cleanup.policy", "compact")
                 .set("delete.retention.ms", "7776000000"),
-            NewTopic::new(&self.topics.sla, self.config.partitions, replication()).set("retention.ms", &feed),
         ];
+        if self.sla_events {
+            topics.push(
+                NewTopic::new(&self.topics.sla, self.config.partitions, replication()).set("retention.ms", &feed),
+            );
+        }
         if self.config.create_topics {
             let admin: AdminClient<DefaultClientContext> =
                 self.client_config.create().map_err(|e| error(format!("cannot create admin client: {e}")))?;
@@ -127,13 +134,15 @@ impl KafkaSink {
             }
         }
         let producer = self.producer.clone();
-        let names = [
+        let mut names = vec![
             self.topics.routed.clone(),
             self.topics.audit.clone(),
             self.topics.dead_letter.clone(),
             self.topics.subjects.clone(),
-            self.topics.sla.clone(),
         ];
+        if self.sla_events {
+            names.push(self.topics.sla.clone());
+        }
         tokio::task::spawn_blocking(move || {
             for name in &names {
                 let metadata = producer

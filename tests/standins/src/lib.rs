@@ -18,6 +18,7 @@ mod server;
 pub mod shopee;
 pub mod shopee_push;
 pub mod tiktok;
+pub mod whatsapp_send;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -175,13 +176,16 @@ pub fn platform(name: &str) -> Option<Arc<dyn Platform>> {
         "tiktok" => Some(Arc::new(tiktok::Tiktok::default())),
         "shopee_push" => Some(Arc::new(shopee_push::ShopeePush::default())),
         "aliexpress" => Some(Arc::new(aliexpress::Aliexpress::default())),
+        "whatsapp_send" => Some(Arc::new(whatsapp_send::WhatsappSend::default())),
         _ => None,
     }
 }
 
 /// The names [`platform`] knows, in the order the binary serves them on 127.0.0.1:18101+ (meta
-/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106, aliexpress 18107).
-pub const PLATFORMS: &[&str] = &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push", "aliexpress"];
+/// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106, aliexpress 18107,
+/// whatsapp_send 18108).
+pub const PLATFORMS: &[&str] =
+    &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push", "aliexpress", "whatsapp_send"];
 
 /// The address a stand-in listens on.
 pub type Addr = SocketAddr;

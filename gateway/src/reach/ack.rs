@@ -1,0 +1,391 @@
+//! Auto-acknowledgements: which inquiries get one, from which template variant, and when (quiet
+//! hours in the buyer's time zone). Pure; the sending is in [`super::send`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{AckRuleConfig, ReachConfig, SenderConfig};
+use crate::pipeline::StoredInquiry;
+use crate::routing::Disposition;
+
+/// The placeholders a template may use.
+const PLACEHOLDERS: &[&str] = &["buyer_name", "order_id", "account", "inquiry_id", "first_response_by"];
+
+/// A parsed template: text and placeholders.
+#[derive(Debug, Clone)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Placeholder(&'static str),
+}
+
+impl Template {
+    /// Parses `{placeholder}` text (`{{` and `}}` for braces); unknown placeholders are errors.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                    let known = PLACEHOLDERS.iter().find(|p| **p == name).ok_or_else(|| {
+                        format!("unknown placeholder `{{{name}}}` (known: {})", PLACEHOLDERS.join(", "))
+                    })?;
+                    parts.push(Part::Text(std::mem::take(&mut literal)));
+                    parts.push(Part::Placeholder(known));
+                }
+                '}' => return Err("a lone `}` (write `}}`)".to_owned()),
+                c => literal.push(c),
+            }
+        }
+        parts.push(Part::Text(literal));
+        Ok(Template { parts })
+    }
+
+    /// The text with each placeholder replaced by its value (empty when unknown).
+    pub fn render(&self, values: &HashMap<&'static str, String>) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => text.as_str(),
+                Part::Placeholder(name) => values.get(name).map_or("", String::as_str),
+            })
+            .collect()
+    }
+}
+
+/// Quiet hours (`"21:00-08:00"`, may span midnight).
+#[derive(Debug, Clone, Copy)]
+pub struct QuietHours {
+    start: Time,
+    end: Time,
+}
+
+impl QuietHours {
+    /// Parses `HH:MM-HH:MM`.
+    pub fn parse(text: &str) -> Result<QuietHours, String> {
+        let (start, end) = text
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<Time>().ok()?, b.trim().parse::<Time>().ok()?)))
+            .ok_or_else(|| format!("`{text}` is not a window like 21:00-08:00"))?;
+        if start == end {
+            return Err(format!("`{text}` is empty"));
+        }
+        Ok(QuietHours { start, end })
+    }
+
+    fn is_quiet(&self, time: Time) -> bool {
+        if self.start < self.end {
+            self.start <= time && time < self.end
+        } else {
+            time >= self.start || time < self.end
+        }
+    }
+
+    /// The first moment at or after `at_ms` outside quiet hours in every one of `zones` (a buyer
+    /// whose country spans several zones is not woken in any of them).
+    pub fn next_allowed(&self, at_ms: i64, zones: &[TimeZone]) -> i64 {
+        let mut at = Timestamp::from_millisecond(at_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+        // Each pass moves past one zone's quiet window; a few passes settle it.
+        for _ in 0..(zones.len() * 2 + 2) {
+            let mut moved = false;
+            for zone in zones {
+                let local = at.to_zoned(zone.clone());
+                if !self.is_quiet(local.time()) {
+                    continue;
+                }
+                let mut date = local.date();
+                if local.time() >= self.end && self.start > self.end {
+                    date = date.tomorrow().unwrap_or(date);
+                }
+                if let Ok(end) = date.to_datetime(self.end).to_zoned(zone.clone()) {
+                    if end.timestamp() > at {
+                        at = end.timestamp();
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        at.as_millisecond()
+    }
+}
+
+/// The IANA zones of a country (ISO 3166 alpha-2), from the system's tz database (`zone.tab`).
+pub fn country_zones(country: &str) -> Vec<TimeZone> {
+    static BY_COUNTRY: OnceLock<HashMap<String, Vec<String>>> = OnceLock::new();
+    let table = BY_COUNTRY.get_or_init(|| {
+        let mut table: HashMap<String, Vec<String>> = HashMap::new();
+        let text = std::fs::read_to_string("/usr/share/zoneinfo/zone.tab").unwrap_or_default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let fields: Vec<&str> = line.split('\t').collect();
+            if let (Some(code), Some(zone)) = (fields.first(), fields.get(2)) {
+                // Antarctic stations are not where buyers live.
+                if !zone.starts_with("Antarctica/") {
+                    table.entry(code.to_string()).or_default().push(zone.to_string());
+                }
+            }
+        }
+        table
+    });
+    table
+        .get(&country.to_ascii_uppercase())
+        .map(|zones| zones.iter().filter_map(|z| TimeZone::get(z).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Where an acknowledgement stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Waiting for its time (quiet hours, the quota, a retry).
+    Scheduled,
+    /// Handed to the channel; the outcome is not recorded yet.
+    Sending,
+    /// The channel took it.
+    Sent {
+        /// The channel's id of the message (WhatsApp `wamid`, the SMTP queue id).
+        provider_id: String,
+    },
+    /// Not sent, for good.
+    Failed {
+        /// Why (no personal data).
+        reason: String,
+    },
+    /// The gateway stopped while sending: it may or may not have left; never sent again.
+    Uncertain,
+    /// Dry run: rendered and recorded, not sent.
+    DryRun,
+    /// An agent answered before it was sent.
+    Cancelled,
+}
+
+/// An inquiry's acknowledgement as kept in the store (no personal data: the recipient and the
+/// text are derived when it is sent, from the sealed inquiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckState {
+    /// The inquiry.
+    pub inquiry_id: Uuid,
+    /// Template id and version.
+    pub template: String,
+    /// Its version.
+    pub version: u32,
+    /// The variant's language.
+    pub language: String,
+    /// Channel it answers on.
+    pub channel: String,
+    /// Account.
+    pub account: String,
+    /// Which sender (index into `reach.senders`).
+    pub sender: usize,
+    /// Where it stands.
+    pub status: AckStatus,
+    /// Sending attempts so far.
+    pub attempts: u32,
+    /// Not before (Unix ms).
+    pub not_before_ms: i64,
+}
+
+/// One variant of a template.
+#[derive(Debug, Clone)]
+struct Variant {
+    version: u32,
+    language: String,
+    account: Option<String>,
+    subject: Option<Template>,
+    body: Template,
+}
+
+/// A rendered acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// E-mail subject, where the template has one.
+    pub subject: Option<String>,
+    /// The text, with the EU representative's block where the account needs it.
+    pub body: String,
+}
+
+/// The acknowledgement rules, templates and senders of a validated config.
+#[derive(Debug, Clone, Default)]
+pub struct Acks {
+    templates: HashMap<String, Vec<Variant>>,
+    rules: Vec<AckRuleConfig>,
+    fallback_language: String,
+    eu_block: Option<String>,
+    eu_accounts: HashSet<String>,
+    quiet: Option<QuietHours>,
+    senders: Vec<SenderConfig>,
+}
+
+impl Acks {
+    /// From a validated config.
+    pub fn from_config(config: &ReachConfig) -> Result<Acks, String> {
+        let mut templates: HashMap<String, Vec<Variant>> = HashMap::new();
+        for t in &config.templates {
+            templates.entry(t.id.clone()).or_default().push(Variant {
+                version: t.version,
+                language: t.language.to_ascii_lowercase(),
+                account: t.account.clone(),
+                subject: t.subject.as_deref().map(Template::parse).transpose()?,
+                body: Template::parse(&t.body)?,
+            });
+        }
+        Ok(Acks {
+            templates,
+            rules: config.ack_rules.clone(),
+            fallback_language: config.fallback_language.to_ascii_lowercase(),
+            eu_block: config.eu_representative.clone(),
+            eu_accounts: config.eu_accounts.iter().cloned().collect(),
+            quiet: config.quiet_hours.as_deref().map(QuietHours::parse).transpose()?,
+            senders: config.senders.clone(),
+        })
+    }
+
+    /// True when no acknowledgement can ever be sent.
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty() || self.senders.is_empty()
+    }
+
+    /// The senders.
+    pub fn senders(&self) -> &[SenderConfig] {
+        &self.senders
+    }
+
+    /// The acknowledgement `stored` gets, scheduled for `now_ms` or the end of the buyer's quiet
+    /// hours; `None`: none (spam, no template, no sender for its channel).
+    pub fn plan(&self, stored: &StoredInquiry, now_ms: i64) -> Option<AckState> {
+        let (inquiry, decision) = (&stored.inquiry, &stored.decision);
+        if matches!(decision.disposition, Disposition::RejectSpam { .. }) {
+            return None;
+        }
+        let template = match decision.reply_template.as_deref().filter(|t| self.templates.contains_key(*t)) {
+            Some(template) => template,
+            None => {
+                let channel = inquiry.channel.as_str();
+                let rule = self.rules.iter().find(|r| {
+                    r.account.as_deref().is_none_or(|a| a == inquiry.account)
+                        && r.channel.as_deref().is_none_or(|c| c == channel)
+                        && r.queue.as_deref().is_none_or(|q| q == decision.queue)
+                })?;
+                rule.template.as_str()
+            }
+        };
+        let sender = self.sender_for(inquiry.channel.as_str())?;
+        let language = decision.language.as_deref().or(inquiry.buyer.language.as_deref());
+        let variant = self.variant(template, language, &inquiry.account)?;
+        let zones = inquiry.buyer.country.as_deref().map(country_zones).unwrap_or_default();
+        let not_before_ms = match &self.quiet {
+            Some(quiet) if !zones.is_empty() => quiet.next_allowed(now_ms, &zones),
+            _ => now_ms,
+        };
+        Some(AckState {
+            inquiry_id: inquiry.id,
+            template: template.to_owned(),
+            version: variant.version,
+            language: variant.language.clone(),
+            channel: inquiry.channel.as_str().to_owned(),
+            account: inquiry.account.clone(),
+            sender,
+            status: AckStatus::Scheduled,
+            attempts: 0,
+            not_before_ms,
+        })
+    }
+
+    /// The text of `state` for its inquiry: `values` fill the placeholders.
+    pub fn render(&self, state: &AckState, values: &HashMap<&'static str, String>) -> Option<Rendered> {
+        let variant = self.variant(&state.template, Some(&state.language), &state.account)?;
+        let mut body = variant.body.render(values);
+        if let Some(block) = self.eu_block.as_deref().filter(|_| self.eu_accounts.contains(&state.account)) {
+            body.push_str("\n\n");
+            body.push_str(block);
+        }
+        Some(Rendered { subject: variant.subject.as_ref().map(|s| s.render(values)), body })
+    }
+
+    /// The variant of `template` for `language` (its primary subtag: `de-AT` takes `de`) and
+    /// `account`, else the fallback language's; an account's own variant wins.
+    fn variant(&self, template: &str, language: Option<&str>, account: &str) -> Option<&Variant> {
+        let variants = self.templates.get(template)?;
+        let primary = |l: &str| l.split(['-', '_']).next().unwrap_or(l).to_ascii_lowercase();
+        let pick = |language: &str| {
+            let of_language = variants.iter().filter(move |v| primary(&v.language) == primary(language));
+            of_language
+                .clone()
+                .find(|v| v.account.as_deref() == Some(account))
+                .or_else(|| of_language.clone().find(|v| v.account.is_none()))
+        };
+        language.and_then(pick).or_else(|| pick(&self.fallback_language))
+    }
+
+    fn sender_for(&self, channel: &str) -> Option<usize> {
+        self.senders.iter().position(|sender| match sender {
+            SenderConfig::Smtp { channels, .. } => channels.iter().any(|c| c == channel),
+            SenderConfig::Whatsapp { .. } => channel == "whatsapp",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(zoned: &str) -> i64 {
+        zoned.parse::<jiff::Zoned>().unwrap().timestamp().as_millisecond()
+    }
+
+    #[test]
+    fn templates_fill_placeholders_and_refuse_unknown_ones() {
+        let t = Template::parse("Hallo {buyer_name}, Bestellung {order_id} {{ok}}").unwrap();
+        let values = HashMap::from([("buyer_name", "Anna".to_owned())]);
+        assert_eq!(t.render(&values), "Hallo Anna, Bestellung  {ok}");
+        assert!(Template::parse("Hi {name}").unwrap_err().contains("unknown placeholder `{name}`"));
+        assert!(Template::parse("a } b").is_err());
+    }
+
+    #[test]
+    fn quiet_hours_wait_for_the_morning_in_every_zone_of_the_country() {
+        let quiet = QuietHours::parse("21:00-08:00").unwrap();
+        let de = country_zones("DE");
+        assert!(!de.is_empty(), "the system's tz database knows Germany");
+        // 23:30 in Berlin: wait until 08:00.
+        assert_eq!(
+            quiet.next_allowed(ms("2026-12-02T23:30[Europe/Berlin]"), &de),
+            ms("2026-12-03T08:00[Europe/Berlin]")
+        );
+        // 06:00: until 08:00 the same day; 12:00: at once.
+        assert_eq!(
+            quiet.next_allowed(ms("2026-12-03T06:00[Europe/Berlin]"), &de),
+            ms("2026-12-03T08:00[Europe/Berlin]")
+        );
+        let noon = ms("2026-12-03T12:00[Europe/Berlin]");
+        assert_eq!(quiet.next_allowed(noon, &de), noon);
+        // The US spans New York to Honolulu: 08:00 in Honolulu is 13:00 in New York.
+        let us = country_zones("US");
+        let at = quiet.next_allowed(ms("2026-12-03T09:00[America/New_York]"), &us);
+        assert!(at >= ms("2026-12-03T08:00[Pacific/Honolulu]"), "no buyer is woken anywhere in the US");
+        assert!(at < ms("2026-12-03T21:00[America/New_York]"), "but it is sent that day");
+        assert!(QuietHours::parse("9-5").is_err());
+    }
+}

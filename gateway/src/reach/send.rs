@@ -1,0 +1,389 @@
+//! Sending auto-acknowledgements: e-mail over SMTP (lettre) and the WhatsApp Cloud API, each
+//! under its outbound quota (governor: messages per second per sender and account, and a pause
+//! between two messages to the same buyer), never twice for one inquiry, every send audited.
+//!
+//! An acknowledgement is marked `sending` (fsynced) before it leaves: a gateway that stops while
+//! sending marks it `uncertain` at its next start and never sends it again, so a buyer is never
+//! acknowledged twice. A refusal that may pass later (a throttle, a 5xx, a dropped connection) is
+//! rescheduled with backoff; anything else fails for good. Both are in the audit log.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use inquiry_connectors::poll::{PollMethod, PollRequest};
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use metrics::counter;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::ack::{AckState, AckStatus, Rendered};
+use super::Reach;
+use crate::compliance::audit::AuditEvent;
+use crate::compliance::subjects::Subjects;
+use crate::config::{SenderConfig, SmtpTls};
+use crate::pipeline::{Pipeline, StoredInquiry};
+use crate::poll::{exchange, PollClient};
+use crate::retry::sleep_or_stop;
+use crate::store::{Store, StoreError, Timeline};
+use crate::telemetry;
+
+/// Most attempts before an acknowledgement fails for good.
+const MAX_ATTEMPTS: u32 = 6;
+/// WhatsApp accepts free-form messages only within 24 hours of the buyer's last message.
+const WHATSAPP_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// Why a send did not go through.
+#[derive(Debug)]
+pub enum SendError {
+    /// May pass later: retried with backoff.
+    Retry(String),
+    /// Will not pass: failed for good.
+    Permanent(String),
+}
+
+/// One configured sender, ready to send.
+enum Channel {
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: lettre::message::Mailbox },
+    Whatsapp { client: PollClient, base_url: String, access_token: String },
+}
+
+/// A sender with its quotas.
+struct Sender {
+    channel: Channel,
+    /// Per account (the business number, the relay).
+    rate: HashMap<String, Arc<DefaultDirectRateLimiter>>,
+    per_second: f64,
+    /// Per recipient (a hash of the address): the pause between two messages to one buyer.
+    pair: Option<DefaultKeyedRateLimiter<[u8; 16]>>,
+}
+
+impl Sender {
+    fn new(config: &SenderConfig) -> Result<Sender, String> {
+        let (channel, per_second, pair_seconds) = match config {
+            SenderConfig::Smtp { host, port, tls, username, password, from, per_second, .. } => {
+                let builder = match tls {
+                    SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+                    SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+                    SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
+                }
+                .map_err(|e| format!("smtp relay {host}: {e}"))?;
+                let mut builder = builder.port(*port).timeout(Some(Duration::from_secs(30)));
+                if let (Some(user), Some(pass)) = (username, password) {
+                    builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+                        user.clone(),
+                        pass.clone(),
+                    ));
+                }
+                let from = from.parse().map_err(|e| format!("smtp from: {e}"))?;
+                (Channel::Smtp { transport: builder.build(), from }, *per_second, 0.0)
+            }
+            SenderConfig::Whatsapp { base_url, access_token, per_second, per_recipient_seconds } => {
+                let channel = Channel::Whatsapp {
+                    client: crate::poll::client(),
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    access_token: access_token.clone(),
+                };
+                (channel, *per_second, *per_recipient_seconds)
+            }
+        };
+        let pair = (pair_seconds > 0.0).then(|| {
+            // A little over the pause: the platform measures arrivals, not departures.
+            let period = Duration::from_secs_f64(pair_seconds * 1.02);
+            RateLimiter::keyed(Quota::with_period(period).expect("positive period"))
+        });
+        Ok(Sender { channel, rate: HashMap::new(), per_second, pair })
+    }
+
+    /// How long to wait before a message from `account` to `recipient` keeps both quotas;
+    /// `None`: go now (and the calls are counted).
+    fn wait(&mut self, account: &str, recipient: &str) -> Option<Duration> {
+        let per_second = self.per_second;
+        let rate = self.rate.entry(account.to_owned()).or_insert_with(|| {
+            // 98% of the quota, like the pollers: arrivals bunch up on the way.
+            let period = Duration::from_secs_f64(1.0 / (per_second * 0.98));
+            let burst = NonZeroU32::new((per_second as u32).max(1)).expect(">= 1");
+            Arc::new(RateLimiter::direct(Quota::with_period(period).expect("positive").allow_burst(burst)))
+        });
+        let key: [u8; 16] = Sha256::digest(recipient.as_bytes())[..16].try_into().expect("16 bytes");
+        if let Some(pair) = &self.pair {
+            if let Err(not_until) = pair.check_key(&key) {
+                return Some(
+                    not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())),
+                );
+            }
+        }
+        match rate.check() {
+            Ok(()) => None,
+            Err(not_until) => {
+                Some(not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())))
+            }
+        }
+    }
+
+    async fn send(&self, account: &str, recipient: &str, message: &Rendered, id: Uuid) -> Result<String, SendError> {
+        match &self.channel {
+            Channel::Smtp { transport, from } => {
+                let to =
+                    recipient.parse().map_err(|_| SendError::Permanent("the buyer's address is invalid".into()))?;
+                let email = Message::builder()
+                    .from(from.clone())
+                    .to(to)
+                    .subject(message.subject.clone().unwrap_or_default())
+                    // The same id on every attempt: a relay or mailbox that got it twice sees one.
+                    .message_id(Some(format!("<ack-{id}@inquiry-gateway>")))
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(message.body.clone())
+                    .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
+                match transport.send(email).await {
+                    Ok(response) => Ok(response.message().collect::<Vec<_>>().join(" ")),
+                    Err(err) if err.is_permanent() => Err(SendError::Permanent(format!("smtp: {err}"))),
+                    Err(err) => Err(SendError::Retry(format!("smtp: {err}"))),
+                }
+            }
+            Channel::Whatsapp { client, base_url, access_token } => {
+                let body = serde_json::json!({
+                    "messaging_product": "whatsapp", "recipient_type": "individual", "to": recipient,
+                    "type": "text", "text": { "preview_url": false, "body": message.body },
+                });
+                let request = PollRequest {
+                    method: PollMethod::Post,
+                    path_and_query: format!("{base_url}/{account}/messages"),
+                    headers: vec![
+                        ("authorization".to_owned(), format!("Bearer {access_token}")),
+                        ("content-type".to_owned(), "application/json".to_owned()),
+                    ],
+                    body: body.to_string(),
+                };
+                let agent = concat!("inquiry-gateway/", env!("CARGO_PKG_VERSION"));
+                let (status, _, answer) =
+                    exchange(client, "", request, agent).await.map_err(|e| SendError::Permanent(e.to_string()))?;
+                whatsapp_outcome(status, &answer)
+            }
+        }
+    }
+}
+
+/// Reads a Cloud API answer: the message id, or whether the refusal may pass later.
+/// <https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes>: 130429
+/// (throughput reached), 131056 (pair rate limit), 131048 (spam rate limit), 80007 and 4 (rate
+/// limits) and 5xx are retried; 131047 (more than 24 hours since the buyer wrote) and the rest fail.
+pub fn whatsapp_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if (200..300).contains(&status) {
+        return json["messages"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| SendError::Retry("the answer has no message id".to_owned()));
+    }
+    let code = json["error"]["code"].as_i64().unwrap_or(0);
+    let reason = format!("whatsapp answered {status}, error {code}");
+    if status == 429 || status >= 500 || status == 599 || matches!(code, 4 | 80007 | 130429 | 131048 | 131056) {
+        Err(SendError::Retry(reason))
+    } else {
+        Err(SendError::Permanent(reason))
+    }
+}
+
+/// Sends due acknowledgements until `stop` fires.
+pub async fn run_acks(
+    reach: Arc<Reach>,
+    store: Store,
+    subjects: Arc<Subjects>,
+    pipeline: Pipeline,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut senders: Vec<Option<Sender>> = reach
+        .acks()
+        .senders()
+        .iter()
+        .map(|config| {
+            Sender::new(config)
+                .map_err(|err| tracing::error!(error = %err, "acknowledgement sender unusable; its messages fail"))
+                .ok()
+        })
+        .collect();
+    if let Err(err) = recover_sending(&store, &pipeline).await {
+        tracing::error!(error = %err, "cannot check for interrupted acknowledgements");
+    }
+    loop {
+        let now = reach.clock.now_ms();
+        let due = match store.due_timers(Timeline::Ack, now, 64) {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::error!(error = %err, "acknowledgement timers unreadable; retrying");
+                if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        for (due_ms, id) in due {
+            if let Err(err) = send_one(&reach, &store, &subjects, &pipeline, &mut senders, due_ms, id).await {
+                tracing::error!(error = %err, "acknowledgement not recorded; retrying");
+            }
+        }
+        let next = store.next_due(Timeline::Ack).ok().flatten().map_or(1000, |at| (at - now).clamp(0, 1000));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(next.max(5) as u64)) => {}
+            _ = reach.acks_changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Acknowledgements left `sending` by a stop become `uncertain`: never sent again.
+async fn recover_sending(store: &Store, pipeline: &Pipeline) -> Result<(), StoreError> {
+    for (id, bytes) in store.timeline_states(Timeline::Ack)? {
+        let Ok(mut state) = serde_json::from_slice::<AckState>(&bytes) else { continue };
+        if state.status != AckStatus::Sending {
+            continue;
+        }
+        state.status = AckStatus::Uncertain;
+        let mut batch = store.batch();
+        batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(&state).expect("states serialize"));
+        batch.commit()?;
+        counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => "uncertain").increment(1);
+        let _ = pipeline.audit(vec![ack_event("ack.uncertain", &state, None)]).await;
+    }
+    Ok(())
+}
+
+/// Sends (or reschedules, or fails) the acknowledgement of inquiry `id` whose timer is `due_ms`.
+async fn send_one(
+    reach: &Reach,
+    store: &Store,
+    subjects: &Subjects,
+    pipeline: &Pipeline,
+    senders: &mut [Option<Sender>],
+    due_ms: i64,
+    id: Uuid,
+) -> Result<(), StoreError> {
+    let now = reach.clock.now_ms();
+    let Some(mut state) =
+        store.timeline_state(Timeline::Ack, id)?.and_then(|b| serde_json::from_slice::<AckState>(&b).ok())
+    else {
+        let mut batch = store.batch();
+        batch.remove_timer(Timeline::Ack, due_ms, id);
+        return batch.write();
+    };
+    let save = |state: &AckState, next: Option<i64>| {
+        let mut batch = store.batch();
+        batch.remove_timer(Timeline::Ack, due_ms, id);
+        if let Some(next) = next {
+            batch.put_timer(Timeline::Ack, next, id);
+        }
+        batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(state).expect("states serialize"));
+        batch.commit()
+    };
+    if state.status != AckStatus::Scheduled {
+        return save(&state, None);
+    }
+    // What to send, to whom: opened from the sealed inquiry now, never kept.
+    let stored = store.get_inquiry(id)?.and_then(|b| serde_json::from_slice::<StoredInquiry>(&b).ok());
+    let personal = match &stored {
+        Some(stored) => subjects.open(&stored.inquiry)?,
+        None => None,
+    };
+    let (Some(stored), Some(personal)) = (stored, personal) else {
+        return finish(pipeline, &mut state, AckStatus::Failed { reason: "erased".into() }, save).await;
+    };
+    let recipient = match state.channel.as_str() {
+        "whatsapp" => personal.platform_user_id.clone(),
+        _ => personal.email.clone(),
+    };
+    let Some(recipient) = recipient else {
+        return finish(pipeline, &mut state, AckStatus::Failed { reason: "no recipient".into() }, save).await;
+    };
+    if state.channel == "whatsapp" {
+        let wrote_ms = (stored.inquiry.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        if now - wrote_ms > WHATSAPP_WINDOW_MS {
+            let reason = "outside the 24-hour customer service window".into();
+            return finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await;
+        }
+    }
+    let Some(sender) = senders.get_mut(state.sender).and_then(Option::as_mut) else {
+        return finish(pipeline, &mut state, AckStatus::Failed { reason: "no sender".into() }, save).await;
+    };
+    if let Some(wait) = sender.wait(&state.account, &recipient) {
+        // Over the quota: the same acknowledgement a little later.
+        return save(&state, Some(now + wait.as_millis() as i64 + 1));
+    }
+    let sla_deadline = reach.load(id)?.map(|sla| super::sla::rfc3339(sla.deadline_ms)).unwrap_or_default();
+    let values = HashMap::from([
+        ("buyer_name", personal.name.clone().unwrap_or_default()),
+        ("order_id", stored.inquiry.order_id.clone().unwrap_or_default()),
+        ("account", stored.inquiry.account.clone()),
+        ("inquiry_id", id.to_string()),
+        ("first_response_by", sla_deadline),
+    ]);
+    let Some(message) = reach.acks().render(&state, &values) else {
+        return finish(pipeline, &mut state, AckStatus::Failed { reason: "no template".into() }, save).await;
+    };
+    if reach.dry_run() {
+        return finish(pipeline, &mut state, AckStatus::DryRun, save).await;
+    }
+    // Durable before it leaves: a stop from here on never sends it again.
+    state.status = AckStatus::Sending;
+    state.attempts += 1;
+    save(&state, None)?;
+    let outcome = sender.send(&state.account, &recipient, &message, id).await;
+    match outcome {
+        Ok(provider_id) => finish(pipeline, &mut state, AckStatus::Sent { provider_id }, save).await,
+        Err(SendError::Retry(reason)) if state.attempts < MAX_ATTEMPTS => {
+            tracing::warn!(inquiry_id = %id, attempts = state.attempts, reason, "acknowledgement refused for now; retrying");
+            counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => "retried").increment(1);
+            state.status = AckStatus::Scheduled;
+            let backoff = 1000i64 << state.attempts.min(10);
+            save(&state, Some(now + backoff))
+        }
+        Err(SendError::Retry(reason) | SendError::Permanent(reason)) => {
+            finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await
+        }
+    }
+}
+
+/// Records the final status, counts and audits it.
+async fn finish(
+    pipeline: &Pipeline,
+    state: &mut AckState,
+    status: AckStatus,
+    save: impl Fn(&AckState, Option<i64>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (kind, outcome, provider_id) = match &status {
+        AckStatus::Sent { provider_id } => ("ack.sent", "sent", Some(provider_id.clone())),
+        AckStatus::DryRun => ("ack.dry_run", "dry_run", None),
+        _ => ("ack.failed", "failed", None),
+    };
+    if let AckStatus::Failed { reason } = &status {
+        tracing::warn!(inquiry_id = %state.inquiry_id, reason, "acknowledgement not sent");
+    }
+    state.status = status;
+    save(state, None)?;
+    counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => outcome).increment(1);
+    let _ = pipeline.audit(vec![ack_event(kind, state, provider_id)]).await;
+    Ok(())
+}
+
+/// The audit event of an acknowledgement: which template version went where (never the text or
+/// the recipient).
+fn ack_event(kind: &str, state: &AckState, provider_id: Option<String>) -> AuditEvent {
+    AuditEvent::new(kind, "reach").inquiry(state.inquiry_id).detail(serde_json::json!({
+        "template": state.template, "version": state.version, "language": state.language,
+        "channel": state.channel, "account": state.account, "attempts": state.attempts,
+        "status": state.status, "provider_message_id": provider_id,
+    }))
+}
+
+fn channel_label(channel: &str) -> &'static str {
+    match channel {
+        "whatsapp" => "whatsapp",
+        "email" => "email",
+        "web_form" => "web_form",
+        _ => "other",
+    }
+}

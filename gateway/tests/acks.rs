@@ -1,0 +1,207 @@
+//! Auto-acknowledgements end to end: WhatsApp through a stand-in of the Cloud API that enforces
+//! Meta's documented throughput (80 messages/s per number) and pair rate limit (one message per
+//! 6 s to one user), and e-mail through a real SMTP server on loopback (Debian's aiosmtpd, which
+//! writes what it receives to a Maildir). Each inquiry is acknowledged once, in the buyer's
+//! language, with the EU representative's block for EU accounts, and never twice across a SIGKILL.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use platform_standins::whatsapp_send::WhatsappSend;
+use platform_standins::Standin;
+use support::{free_addr, metric_value, Gateway, HttpClient, StatusCode};
+
+const NUMBER: &str = "106540352242922";
+const EU_BLOCK: &str = "EU representative: Example Rep GmbH, Berlin";
+
+fn templates() -> String {
+    format!(
+        r#"
+[reach]
+eu_representative = "{EU_BLOCK}"
+eu_accounts = ["{NUMBER}"]
+[[reach.templates]]
+id = "ack"
+version = 3
+language = "en"
+subject = "We received your message"
+body = "Thanks {{buyer_name}}, we received your message (ref {{inquiry_id}})."
+[[reach.templates]]
+id = "ack"
+version = 3
+language = "de"
+subject = "Wir haben Ihre Nachricht erhalten"
+body = "Danke {{buyer_name}}, wir haben Ihre Nachricht erhalten (Ref {{inquiry_id}})."
+[[reach.ack_rules]]
+template = "ack"
+"#
+    )
+}
+
+/// A generic-API inquiry from `buyer` (a WhatsApp id or an e-mail address).
+fn inquiry(channel: &str, account: &str, external_id: &str, buyer: &str, language: &str) -> String {
+    let mut buyer_json = serde_json::json!({ "name": format!("Buyer {buyer}"), "language": language, "country": "DE" });
+    if buyer.contains('@') {
+        buyer_json["email"] = buyer.into();
+    } else {
+        buyer_json["id"] = buyer.into();
+    }
+    serde_json::json!({
+        "channel": channel, "account": account, "external_id": external_id,
+        "conversation_id": format!("conv-{buyer}"), "buyer": buyer_json,
+        "body": "Is this in stock?", "occurred_at": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339).unwrap(),
+    })
+    .to_string()
+}
+
+async fn post(gateway: &Gateway, body: String) -> String {
+    let reply = HttpClient::new().post_json(&gateway.url("/v1/inquiries"), body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+async fn metrics(gateway: &Gateway) -> String {
+    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_acknowledgements_keep_the_throughput_and_pair_limits_and_go_once_each() {
+    let platform = Arc::new(WhatsappSend::default());
+    let standin = Standin::start(platform.clone(), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"whatsapp\"\nbase_url = \"{}/v21.0\"\naccess_token = \"test-whatsapp-token\"\n",
+        templates(),
+        standin.url()
+    );
+    let gateway = Gateway::start(&config).await;
+
+    // 240 inquiries from 200 buyers: 40 write twice (their second acknowledgement waits 6 s).
+    let mut expected: HashMap<String, (String, &str)> = HashMap::new();
+    for n in 0..240 {
+        let buyer = format!("4917600{:05}", n % 200);
+        let language = if n % 2 == 0 { "de" } else { "en" };
+        let id = post(&gateway, inquiry("whatsapp", NUMBER, &format!("wamid.in{n}"), &buyer, language)).await;
+        expected.insert(id, (buyer, language));
+    }
+    let started = Instant::now();
+    while standin.mailbox().all().len() < expected.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of {} acknowledgements sent\n{}",
+            standin.mailbox().all().len(),
+            expected.len(),
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may come
+
+    let sent = standin.mailbox().all();
+    assert_eq!(sent.len(), expected.len(), "exactly one acknowledgement per inquiry");
+    for (id, (buyer, language)) in &expected {
+        let mine: Vec<_> = sent.iter().filter(|m| m.text.contains(id.as_str())).collect();
+        assert_eq!(mine.len(), 1, "inquiry {id}: {mine:?}");
+        assert_eq!(&mine[0].buyer_id, buyer, "sent to the buyer who wrote");
+        let greeting = if *language == "de" { "Danke Buyer" } else { "Thanks Buyer" };
+        assert!(mine[0].text.starts_with(greeting), "{language}: {}", mine[0].text);
+        assert!(mine[0].text.ends_with(EU_BLOCK), "an EU account's message carries the block");
+    }
+    let stats = standin.stats();
+    assert_eq!(stats[NUMBER].violations, 0, "over 80 messages/s: {:?}", stats[NUMBER]);
+    assert_eq!(platform.pair_violations.load(Ordering::SeqCst), 0, "two messages to one buyer within 6 s");
+    let exposition = metrics(&gateway).await;
+    let counted =
+        metric_value(&exposition, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "sent")]);
+    assert_eq!(counted, expected.len() as f64);
+}
+
+/// Debian's aiosmtpd on a loopback port, delivering into a Maildir.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    fn start() -> SmtpServer {
+        let maildir = tempfile::tempdir().unwrap();
+        let port = free_addr().port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd is installed (tests/setup.sh installs python3-aiosmtpd)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer { child, port, maildir }
+    }
+
+    /// Every message received so far, raw.
+    fn messages(&self) -> Vec<String> {
+        let new = self.maildir.path().join("mail/new");
+        let mut messages: Vec<String> = std::fs::read_dir(new)
+            .map(|dir| dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+            .unwrap_or_default();
+        messages.sort();
+        messages
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_acknowledgements_go_through_smtp_once_even_across_a_sigkill() {
+    let smtp = SmtpServer::start();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"Shop Support <support@shop.example>\"\n",
+        templates(),
+        smtp.port
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let first = post(&gateway, inquiry("email", "shop-1", "mid-1", "anna@example.com", "de-AT")).await;
+    let wait_for = |count: usize| {
+        let smtp = &smtp;
+        async move {
+            let started = Instant::now();
+            while smtp.messages().len() < count {
+                assert!(started.elapsed() < Duration::from_secs(30), "{} of {count} e-mails", smtp.messages().len());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(1).await;
+    let message = &smtp.messages()[0];
+    assert!(message.contains("To: anna@example.com"), "{message}");
+    assert!(message.contains("Subject: Wir haben Ihre Nachricht erhalten"), "de-AT takes the de variant: {message}");
+    assert!(message.contains(&format!("Message-ID: <ack-{first}@inquiry-gateway>")), "{message}");
+    assert!(message.contains(&first), "{message}");
+    assert!(!message.contains(EU_BLOCK), "shop-1 is not an EU account");
+
+    // A SIGKILL and a restart: the first is not sent again; a new inquiry is.
+    gateway.kill9();
+    gateway.restart().await;
+    let second = post(&gateway, inquiry("email", "shop-1", "mid-2", "ben@example.com", "fr")).await;
+    wait_for(2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 2, "one e-mail per inquiry");
+    let ben = messages.iter().find(|m| m.contains(&second)).expect("the second acknowledgement");
+    assert!(ben.contains("Subject: We received your message"), "French falls back to English: {ben}");
+    assert_eq!(messages.iter().filter(|m| m.contains(&first)).count(), 1);
+}
