@@ -423,6 +423,9 @@ pub struct ReachConfig {
     pub quiet_hours: Option<String>,
     /// How acknowledgements leave, per channel.
     pub senders: Vec<SenderConfig>,
+    /// A Kafka topic (in `[sinks.kafka]`, with its `topic_prefix`) the CRM writes first responses
+    /// to (`{"inquiry_id", "replied_at"?, "agent"?}`); every replica reads all of it.
+    pub replies_topic: Option<String>,
 }
 
 /// One variant of an acknowledgement template.
@@ -568,6 +571,7 @@ impl Default for ReachConfig {
             eu_accounts: Vec::new(),
             quiet_hours: None,
             senders: Vec::new(),
+            replies_topic: None,
         }
     }
 }
@@ -1486,7 +1490,7 @@ impl Config {
             }
         }
         validate_compliance(&self.compliance, &mut problems);
-        validate_reach(&self.reach, &mut problems);
+        validate_reach(&self.reach, self.sinks.kafka.is_some(), &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1520,7 +1524,10 @@ fn validate_compliance(compliance: &ComplianceConfig, problems: &mut Vec<String>
 }
 
 /// Checks plugins, chains and agents (pure: the modules themselves are checked when they load).
-fn validate_reach(reach: &ReachConfig, problems: &mut Vec<String>) {
+fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) {
+    if reach.replies_topic.is_some() && !kafka {
+        problems.push("reach.replies_topic needs [sinks.kafka]".to_owned());
+    }
     let calendars: BTreeSet<&str> = reach.calendars.iter().map(|c| c.id.as_str()).collect();
     for (i, calendar) in reach.calendars.iter().enumerate() {
         if let Err(err) = crate::reach::calendar::Calendar::from_config(calendar) {
@@ -1609,6 +1616,14 @@ fn validate_reach(reach: &ReachConfig, problems: &mut Vec<String>) {
     for (i, rule) in reach.ack_rules.iter().enumerate() {
         if !template_ids.contains(rule.template.as_str()) {
             problems.push(format!("reach.ack_rules[{i}].template `{}` is not in reach.templates", rule.template));
+        }
+    }
+    if let Some(topic) = &reach.replies_topic {
+        let legal = !topic.is_empty()
+            && topic.len() <= 200
+            && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !legal {
+            problems.push(format!("reach.replies_topic `{topic}` is not a Kafka topic name"));
         }
     }
     if let Some(Err(err)) = reach.quiet_hours.as_deref().map(crate::reach::ack::QuietHours::parse) {

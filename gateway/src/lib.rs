@@ -173,9 +173,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
         .collect();
 
+    let replica = config.polling.replica.clone().unwrap_or_else(replica_name);
     let reach_tasks = match &reach {
         Some(reach) => {
             let mut tasks = spawn_reach(reach, kafka_sink.clone(), &store, &stop_rx);
+            if let Some(kafka) = kafka_sink.as_ref().filter(|k| k.replies_topic().is_some()) {
+                let group = format!("inquiry-gateway-replies-{replica}");
+                let parts = (reach.clone(), store.clone(), pipeline.clone(), stop_rx.clone());
+                tasks.push(tokio::spawn(reach::replies::consume(
+                    parts.0,
+                    parts.1,
+                    parts.2,
+                    kafka.clone(),
+                    group,
+                    parts.3,
+                )));
+            }
             if !reach.acks().is_empty() {
                 let parts = (reach.clone(), store.clone(), subjects.clone(), pipeline.clone(), stop_rx.clone());
                 tasks.push(tokio::spawn(reach::send::run_acks(parts.0, parts.1, parts.2, parts.3, parts.4)));
@@ -192,7 +205,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .iter()
         .filter_map(|p| Some((inquiry_connectors::poll::find(&p.connector)?, p.clone())))
         .collect();
-    let replica = config.polling.replica.clone().unwrap_or_else(replica_name);
     let user_agent = format!("inquiry-gateway/{} ({replica})", env!("CARGO_PKG_VERSION"));
     let group = |poller: &dyn inquiry_connectors::poll::Poller, entry: &config::PollerConfig| {
         poll_leases::group_of(poller.name(), poller.quota_scope(), &entry.account, &entry.app)
@@ -382,7 +394,8 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
     let mut kafka_sink = None;
     if let Some(kafka) = &config.sinks.kafka {
         let reach = !config.reach.sla_policies.is_empty();
-        let kafka = Arc::new(KafkaSink::new(kafka, &config.retention, reach)?);
+        let replies = config.reach.replies_topic.clone();
+        let kafka = Arc::new(KafkaSink::new(kafka, &config.retention, reach, replies)?);
         built.push(kafka.clone());
         kafka_sink = Some(kafka);
     }

@@ -36,6 +36,7 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
         }
         let mut batch = store.batch();
         for (id, record) in &expired {
+            crate::reach::forget(store, &mut batch, *id)?;
             match serde_json::from_slice::<StoredInquiry>(record) {
                 Ok(stored) => {
                     let inquiry = &stored.inquiry;

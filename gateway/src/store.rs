@@ -627,6 +627,11 @@ impl StoreBatch<'_> {
         self.inner.insert(self.store.timeline(timeline).0, id.as_bytes().as_slice(), state);
     }
 
+    /// Removes an inquiry's state from `timeline` (its timer is removed separately).
+    pub fn remove_timeline_state(&mut self, timeline: Timeline, id: Uuid) {
+        self.inner.remove(self.store.timeline(timeline).0, id.as_bytes().as_slice());
+    }
+
     /// Sets a timer on `timeline`.
     pub fn put_timer(&mut self, timeline: Timeline, due_ms: i64, id: Uuid) {
         self.inner.insert(self.store.timeline(timeline).1, timer_key(due_ms, id).as_slice(), b"".as_slice());

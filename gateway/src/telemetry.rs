@@ -45,6 +45,9 @@ pub const SLA_OPEN: &str = "inquiry_gateway_sla_open";
 pub const SLA_TIMER_LAG: &str = "inquiry_gateway_sla_timer_lag_seconds";
 /// Auto-acknowledgements, by `channel` and `outcome` (`sent`, `failed`, `retried`, `uncertain`, `dry_run`).
 pub const ACKS: &str = "inquiry_gateway_acks_total";
+/// First responses received, by `source` (`http`, `kafka`) and `outcome` (`recorded`,
+/// `not_here`, `invalid`, `store_error`).
+pub const REPLIES: &str = "inquiry_gateway_replies_total";
 /// Alert messages, by `target` and `outcome` (`sent`, `failed`, `dry_run`).
 pub const ALERTS: &str = "inquiry_gateway_alerts_total";
 /// Poll lease groups the config defines (`[polling] coordination = "cql"`; the same on every replica).
@@ -148,6 +151,8 @@ pub enum Hop {
     SinkKafka,
     /// From the commit to the CQL store's acknowledgement.
     SinkCql,
+    /// From the commit to the reach stage (SLAs and acknowledgements planned).
+    Reach,
 }
 
 impl Hop {
@@ -162,6 +167,7 @@ impl Hop {
             Hop::Ingest => "ingest",
             Hop::SinkKafka => "sink_kafka",
             Hop::SinkCql => "sink_cql",
+            Hop::Reach => "reach",
         }
     }
 }
@@ -203,6 +209,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late)");
     describe_gauge!(SLA_OPEN, "slas waiting for their next step");
     describe_histogram!(SLA_TIMER_LAG, Unit::Seconds, "how late sla steps fire after they are due");
+    describe_counter!(REPLIES, "first responses received, by source and outcome");
     describe_counter!(ACKS, "auto-acknowledgements, by channel and outcome");
     describe_counter!(ALERTS, "alert messages, by target and outcome");
     describe_gauge!(POLL_LEASE_GROUPS, "poll lease groups the config defines");

@@ -287,3 +287,74 @@ async fn a_reply_to_an_unknown_inquiry_or_with_a_bad_body_is_refused() {
     let wrong_method = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{id}/reply")), "", &[]).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_on_the_kafka_topic_stops_the_clock_and_the_events_reach_kafka() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message};
+
+    const BROKERS: &str = "127.0.0.1:9092";
+    let prefix = support::unique("reach");
+    let (receiver, received) = alert_receiver().await;
+    let kafka = format!(
+        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\nlocation = \"eu\"\npartitions = 1\ntopic_prefix = \"{prefix}.\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n"
+    );
+    // Longer than the other tests: the replies consumer first joins its group (seconds).
+    let reach = config(&receiver)
+        .replace("first_response = \"3s\"", "first_response = \"15s\"")
+        .replace("reminders = [\"2s\"]", "reminders = [\"5s\"]");
+    let gateway = Gateway::start(&format!("{kafka}{reach}")).await;
+    support::wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await; // topics created
+    let answered = post(&gateway, "kafka-answered").await;
+    let unanswered = post(&gateway, "kafka-unanswered").await;
+
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    let payload = serde_json::json!({ "inquiry_id": answered, "agent": "agent-ana" }).to_string();
+    let topic = format!("{prefix}.crm.replies.v1");
+    // The gateway creates the topic when its Kafka sink is ready (maybe a moment from now).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err((err, _)) =
+        producer.send(FutureRecord::to(&topic).key(&answered).payload(&payload), Duration::from_secs(10)).await
+    {
+        assert!(Instant::now() < deadline, "reply not produced: {err}\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Read sla.events.v1 until both inquiries' fates are known.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", support::unique("sla-reader-"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&format!("{prefix}.sla.events.v1")]).unwrap();
+    let mut kinds: HashMap<String, Vec<String>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let done = kinds.get(&answered).is_some_and(|k| k.contains(&"sla.met".to_owned()))
+            && kinds.get(&unanswered).is_some_and(|k| k.contains(&"sla.escalated".to_owned()));
+        if done {
+            break;
+        }
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            assert_eq!(message.key(), Some(event["inquiry_id"].as_str().unwrap().as_bytes()), "keyed by inquiry id");
+            let id = event["inquiry_id"].as_str().unwrap().to_owned();
+            kinds.entry(id).or_default().push(event["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        kinds.get(&answered).cloned().unwrap_or_default(),
+        ["sla.started", "sla.met"],
+        "{kinds:?}\n{}",
+        gateway.log()
+    );
+    assert_eq!(
+        kinds.get(&unanswered).cloned().unwrap_or_default(),
+        ["sla.started", "sla.reminder", "sla.breached", "sla.escalated"],
+        "{kinds:?}"
+    );
+    let hook = &received.lock().unwrap().hook;
+    assert!(hook.iter().all(|(_, _, id, _)| id != &answered), "no alert about the answered inquiry");
+}

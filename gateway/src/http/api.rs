@@ -364,6 +364,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         .inquiry(id)
         .detail(serde_json::json!({ "agent": reply.agent, "sla_status": status }));
     state.pipeline.audit(vec![event]).await.map_err(submit_error)?;
+    metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }
 

@@ -11,6 +11,7 @@
 pub mod ack;
 pub mod alerts;
 pub mod calendar;
+pub mod replies;
 pub mod send;
 pub mod sla;
 
@@ -317,6 +318,24 @@ impl Reach {
         seqs.insert(queue.to_owned(), next + 1);
         Ok(next)
     }
+}
+
+/// Removes what reach-out keeps of inquiry `id` (its SLA, its acknowledgement and their
+/// timers) in `batch`: the retention sweeper calls it with the inquiry's removal.
+pub fn forget(store: &Store, batch: &mut StoreBatch<'_>, id: Uuid) -> Result<(), StoreError> {
+    if let Some(bytes) = store.timeline_state(Timeline::Sla, id)? {
+        if let Some(due) = serde_json::from_slice::<SlaState>(&bytes).ok().and_then(|s| s.next_due()) {
+            batch.remove_timer(Timeline::Sla, due, id);
+        }
+        batch.remove_timeline_state(Timeline::Sla, id);
+    }
+    if let Some(bytes) = store.timeline_state(Timeline::Ack, id)? {
+        if let Ok(plan) = serde_json::from_slice::<ack::AckState>(&bytes) {
+            batch.remove_timer(Timeline::Ack, plan.not_before_ms, id);
+        }
+        batch.remove_timeline_state(Timeline::Ack, id);
+    }
+    Ok(())
 }
 
 /// The queue of alert target `id`.
@@ -691,6 +710,24 @@ mod tests {
         assert_eq!(state.policy, "office", "the routing decision names the policy");
         // One hour on Friday, the second on Monday from 09:00 Berlin (08:00 UTC).
         assert_eq!(sla::SlaEvent::clone(&queued(&store, KAFKA_QUEUE)[0]).deadline, "2026-12-07T09:00:00Z");
+    }
+
+    #[test]
+    fn retention_forgets_an_inquirys_sla_with_its_timers() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = reach(&store, &clock);
+        let sales = record(1, T0, "sales", None);
+        engine.schedule(std::slice::from_ref(&sales)).unwrap();
+        assert!(store.next_due(Timeline::Sla).unwrap().is_some());
+        let mut batch = store.batch();
+        forget(&store, &mut batch, sales.id()).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(engine.load(sales.id()).unwrap(), None);
+        assert_eq!(store.next_due(Timeline::Sla).unwrap(), None, "no timer left behind");
+        clock.0.store(T0 + 500 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 0);
     }
 
     impl OutRecord {

@@ -311,7 +311,8 @@ async fn send_one(
     };
     if let Some(wait) = sender.wait(&state.account, &recipient) {
         // Over the quota: the same acknowledgement a little later.
-        return save(&state, Some(now + wait.as_millis() as i64 + 1));
+        state.not_before_ms = now + wait.as_millis() as i64 + 1;
+        return save(&state, Some(state.not_before_ms));
     }
     let sla_deadline = reach.load(id)?.map(|sla| super::sla::rfc3339(sla.deadline_ms)).unwrap_or_default();
     let values = HashMap::from([
@@ -338,8 +339,8 @@ async fn send_one(
             tracing::warn!(inquiry_id = %id, attempts = state.attempts, reason, "acknowledgement refused for now; retrying");
             counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => "retried").increment(1);
             state.status = AckStatus::Scheduled;
-            let backoff = 1000i64 << state.attempts.min(10);
-            save(&state, Some(now + backoff))
+            state.not_before_ms = now + (1000i64 << state.attempts.min(10));
+            save(&state, Some(state.not_before_ms))
         }
         Err(SendError::Retry(reason) | SendError::Permanent(reason)) => {
             finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await

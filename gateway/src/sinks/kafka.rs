@@ -65,11 +65,18 @@ pub struct KafkaSink {
     topics: Topics,
     /// Reach-out publishes SLA events: `sla.events.v1` is created and checked too.
     sla_events: bool,
+    /// Reach-out reads replies from this topic (created when missing).
+    replies: Option<String>,
 }
 
 impl KafkaSink {
     /// Builds the producer (no I/O yet; librdkafka connects in the background).
-    pub fn new(config: &KafkaConfig, retention: &RetentionConfig, sla_events: bool) -> Result<KafkaSink, SinkError> {
+    pub fn new(
+        config: &KafkaConfig,
+        retention: &RetentionConfig,
+        sla_events: bool,
+        replies: Option<String>,
+    ) -> Result<KafkaSink, SinkError> {
         let mut client_config = ClientConfig::new();
         client_config
             .set("bootstrap.servers", &config.brokers)
@@ -90,12 +97,29 @@ impl KafkaSink {
             producer,
             topics: Topics::new(&config.topic_prefix),
             sla_events,
+            replies: replies.map(|topic| format!("{}{topic}", config.topic_prefix)),
         })
     }
 
     /// The topic names.
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// The configuration a consumer of this cluster starts from: the brokers and the configured
+    /// `properties` (TLS, SASL), without the producer's settings.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.config.brokers).set("client.id", "inquiry-gateway");
+        for (key, value) in &self.config.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The replies topic, with the prefix, if reach-out reads one.
+    pub fn replies_topic(&self) -> Option<&str> {
+        self.replies.as_deref()
     }
 
     /// Creates missing topics (if configured) and checks that all exist.
@@ -118,6 +142,9 @@ impl KafkaSink {
             topics.push(
                 NewTopic::new(&self.topics.sla, self.config.partitions, replication()).set("retention.ms", &feed),
             );
+        }
+        if let Some(replies) = &self.replies {
+            topics.push(NewTopic::new(replies, self.config.partitions, replication()).set("retention.ms", &feed));
         }
         if self.config.create_topics {
             let admin: AdminClient<DefaultClientContext> =

@@ -412,7 +412,11 @@ async fn audit_round(pipeline: &Pipeline, name: &'static str, round: &Round, out
 /// record to retry, if any (everything before it is done: delivered or dead-lettered).
 fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Option<u64> {
     let now = now_ms();
-    let hop = if name == "kafka" { Hop::SinkKafka } else { Hop::SinkCql };
+    let hop = match name {
+        "kafka" => Hop::SinkKafka,
+        "cql" => Hop::SinkCql,
+        _ => Hop::Reach,
+    };
     for (record, outcome) in round.records.iter().zip(outcomes) {
         match outcome {
             Delivery::Delivered => {

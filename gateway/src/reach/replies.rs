@@ -1,0 +1,145 @@
+//! First responses read from a Kafka topic the CRM writes (`reach.replies_topic`): each message
+//! `{"inquiry_id": "...", "replied_at": "RFC 3339"?, "agent": "..."?}` stops the inquiry's SLA
+//! clock like `POST /v1/inquiries/{id}/reply`. Every replica reads the whole topic with a consumer
+//! group of its own and applies the replies to the inquiries in its store; offsets are committed
+//! once a reply is recorded (or found not to be this replica's), so a restart re-reads at most the
+//! last few, and a reply recorded twice changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::counter;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{Reach, ReplyOutcome};
+use crate::compliance::audit::AuditEvent;
+use crate::pipeline::{Pipeline, StoredInquiry};
+use crate::retry::{sleep_or_stop, Backoff};
+use crate::sinks::kafka::KafkaSink;
+use crate::store::Store;
+use crate::telemetry;
+
+/// One message of the replies topic.
+#[derive(Debug, Deserialize)]
+struct ReplyMessage {
+    inquiry_id: Uuid,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    replied_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    agent: Option<String>,
+}
+
+/// Reads the replies topic of `kafka` as consumer group `group` until `stop` fires.
+pub async fn consume(
+    reach: Arc<Reach>,
+    store: Store,
+    pipeline: Pipeline,
+    kafka: Arc<KafkaSink>,
+    group: String,
+    mut stop: watch::Receiver<()>,
+) {
+    let Some(topic) = kafka.replies_topic().map(str::to_owned) else { return };
+    let consumer: StreamConsumer = match kafka
+        .consumer_config()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot create the replies consumer; replies are read over HTTP only");
+            return;
+        }
+    };
+    if let Err(err) = consumer.subscribe(&[&topic]) {
+        tracing::error!(error = %err, topic, "cannot subscribe to the replies topic");
+        return;
+    }
+    tracing::info!(topic, group, "reading replies");
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let message = tokio::select! {
+            message = consumer.recv() => message,
+            _ = stop.changed() => return,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(error = %err, "replies topic unreadable; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        let outcome = apply(&reach, &store, &pipeline, message.payload().unwrap_or_default()).await;
+        counter!(telemetry::REPLIES, "source" => "kafka", "outcome" => outcome).increment(1);
+        if outcome == "store_error" {
+            // Not committed: read again after a pause.
+            if sleep_or_stop(backoff.next(), &mut stop).await {
+                return;
+            }
+            let _ = consumer.seek(
+                message.topic(),
+                message.partition(),
+                rdkafka::Offset::Offset(message.offset()),
+                Duration::from_secs(5),
+            );
+            continue;
+        }
+        if let Err(err) = consumer.commit_message(&message, CommitMode::Async) {
+            tracing::warn!(error = %err, "replies offset not committed; the reply may be read again");
+        }
+    }
+}
+
+/// Applies one message: `recorded`, `not_here` (another replica's inquiry), `invalid` or
+/// `store_error`.
+async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: &[u8]) -> &'static str {
+    let Ok(reply) = serde_json::from_slice::<ReplyMessage>(payload) else {
+        tracing::warn!("a replies message is not a reply; skipped");
+        return "invalid";
+    };
+    let id = reply.inquiry_id;
+    let recorded = {
+        let (reach, store) = (reach.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            let Some(bytes) = store.get_inquiry(id)? else { return Ok(None) };
+            let Ok(stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { return Ok(None) };
+            let now = OffsetDateTime::now_utc();
+            let at = reply.replied_at.unwrap_or(now).min(now).max(stored.inquiry.received_at);
+            let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+            reach.reply(&stored, at_ms).map(Some)
+        })
+        .await
+    };
+    match recorded {
+        Ok(Ok(None)) => "not_here",
+        Ok(Ok(Some(outcome))) => {
+            let status = match &outcome {
+                ReplyOutcome::NoSla => serde_json::Value::Null,
+                ReplyOutcome::Recorded(sla) => serde_json::to_value(sla.status).expect("statuses serialize"),
+            };
+            let event = AuditEvent::new("inquiry.replied", "kafka:replies")
+                .inquiry(id)
+                .detail(serde_json::json!({ "agent": reply.agent, "sla_status": status }));
+            let _ = pipeline.audit(vec![event]).await;
+            "recorded"
+        }
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "reply not recorded");
+            "store_error"
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reply not recorded");
+            "store_error"
+        }
+    }
+}
