@@ -221,6 +221,15 @@ impl std::fmt::Debug for MailboxConfig {
     }
 }
 
+/// The host of an `smtp://` or `smtps://` url.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("smtps://").or_else(|| url.strip_prefix("smtp://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
 /// True for `localhost` and loopback addresses.
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -659,6 +668,9 @@ pub enum AlertKind {
     Wecom,
     /// Any HTTPS endpoint: the event batch as JSON, signed with HMAC-SHA256 (`secret` required).
     Webhook,
+    /// E-mail over SMTP: `url` is `smtps://user:pass@host:465` or
+    /// `smtp://user:pass@host:587?tls=required` (`smtp://` without TLS only on loopback), to `to`.
+    Email,
 }
 
 /// One place alerts are sent to.
@@ -677,6 +689,12 @@ pub struct AlertTargetConfig {
     /// Most events in one message (a burst is sent as few messages).
     #[serde(default = "default_alert_batch")]
     pub max_batch: usize,
+    /// E-mail: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// E-mail: the sender address.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 impl std::fmt::Debug for AlertTargetConfig {
@@ -687,6 +705,7 @@ impl std::fmt::Debug for AlertTargetConfig {
             .field("url", &"<set>")
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("max_batch", &self.max_batch)
+            .field("to", &self.to.len())
             .finish()
     }
 }
@@ -1577,7 +1596,24 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
         if !targets.insert(target.id.as_str()) {
             problems.push(format!("reach.alert_targets[{i}]: id `{}` is used twice", target.id));
         }
-        if !(target.url.starts_with("https://") || target.url.starts_with("http://")) {
+        if target.kind == AlertKind::Email {
+            let parsed = url_host(&target.url);
+            let plain = target.url.starts_with("smtp://") && !target.url.contains("tls=required");
+            match parsed {
+                None => problems.push(format!("reach.alert_targets[{i}].url must be an smtp:// or smtps:// url")),
+                Some(host) if plain && !is_loopback_host(&host) => problems.push(format!(
+                    "reach.alert_targets[{i}]: smtp without TLS only to a loopback relay; use smtps:// or ?tls=required"
+                )),
+                Some(_) => {}
+            }
+            let address = |a: &str| a.parse::<lettre::message::Mailbox>().is_ok();
+            if target.to.is_empty() || !target.to.iter().all(|a| address(a)) {
+                problems.push(format!("reach.alert_targets[{i}].to must list e-mail addresses"));
+            }
+            if !target.from.as_deref().is_some_and(address) {
+                problems.push(format!("reach.alert_targets[{i}].from must be an e-mail address"));
+            }
+        } else if !(target.url.starts_with("https://") || target.url.starts_with("http://")) {
             problems.push(format!("reach.alert_targets[{i}].url must be an http(s) url"));
         }
         if target.kind == AlertKind::Webhook && target.secret.as_deref().is_none_or(|s| s.len() < 16) {
@@ -1958,6 +1994,11 @@ scopes = ["plugins:read", "root"]
             kind = "webhook"
             url = "ftp://example.com"
             secret = "short"
+            [[reach.alert_targets]]
+            id = "mail"
+            kind = "email"
+            url = "smtp://user:pass@smtp.example.com:587"
+            to = ["not an address"]
         "#;
         let err = problems(text);
         for expected in [
@@ -1970,6 +2011,9 @@ scopes = ["plugins:read", "root"]
             "reach.teams[0]: alert target `ghost` is not in reach.alert_targets",
             "reach.alert_targets[0].url must be an http(s) url",
             "reach.alert_targets[0]: a webhook target needs a secret of 16 bytes or more",
+            "reach.alert_targets[1]: smtp without TLS only to a loopback relay",
+            "reach.alert_targets[1].to must list e-mail addresses",
+            "reach.alert_targets[1].from must be an e-mail address",
         ] {
             assert!(err.contains(expected), "missing {expected} in {err}");
         }

@@ -7,14 +7,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform_standins::whatsapp_send::WhatsappSend;
 use platform_standins::Standin;
-use support::{free_addr, metric_value, Gateway, HttpClient, StatusCode};
+use support::{metric_value, Gateway, HttpClient, SmtpServer, StatusCode};
 
 const NUMBER: &str = "106540352242922";
 const EU_BLOCK: &str = "EU representative: Example Rep GmbH, Berlin";
@@ -119,50 +118,6 @@ async fn whatsapp_acknowledgements_keep_the_throughput_and_pair_limits_and_go_on
     let counted =
         metric_value(&exposition, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "sent")]);
     assert_eq!(counted, expected.len() as f64);
-}
-
-/// Debian's aiosmtpd on a loopback port, delivering into a Maildir.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    maildir: tempfile::TempDir,
-}
-
-impl SmtpServer {
-    fn start() -> SmtpServer {
-        let maildir = tempfile::tempdir().unwrap();
-        let port = free_addr().port();
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(maildir.path().join("mail"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("aiosmtpd is installed (tests/setup.sh installs python3-aiosmtpd)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpServer { child, port, maildir }
-    }
-
-    /// Every message received so far, raw.
-    fn messages(&self) -> Vec<String> {
-        let new = self.maildir.path().join("mail/new");
-        let mut messages: Vec<String> = std::fs::read_dir(new)
-            .map(|dir| dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
-            .unwrap_or_default();
-        messages.sort();
-        messages
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -358,3 +358,42 @@ async fn a_reply_on_the_kafka_topic_stops_the_clock_and_the_events_reach_kafka()
     let hook = &received.lock().unwrap().hook;
     assert!(hook.iter().all(|(_, _, id, _)| id != &answered), "no alert about the answered inquiry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_alerts_reach_the_team_lead_by_email() {
+    let smtp = support::SmtpServer::start();
+    let config = format!(
+        r#"
+[[reach.sla_policies]]
+id = "fast"
+first_response = "1s"
+escalate_after = ["0s"]
+[[reach.sla_rules]]
+policy = "fast"
+[[reach.teams]]
+queue = "unassigned"
+lead = "lead-li"
+alert_targets = ["mail"]
+[[reach.alert_targets]]
+id = "mail"
+kind = "email"
+url = "smtp://127.0.0.1:{}"
+from = "Inquiry Gateway <sla@shop.example>"
+to = ["lead-li@shop.example", "ops@shop.example"]
+"#,
+        smtp.port
+    );
+    let gateway = Gateway::start(&config).await;
+    let late = post(&gateway, "mail-late").await;
+    let started = Instant::now();
+    while smtp.messages().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no alert e-mail\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = smtp.messages().join("\n");
+    assert!(all.contains("To: lead-li@shop.example, ops@shop.example"), "{all}");
+    assert!(all.contains("Subject: [SLA]"), "{all}");
+    assert!(all.contains(&late), "the inquiry is named: {all}");
+    assert!(all.contains("@lead-li"), "the escalation names the lead: {all}");
+}

@@ -71,6 +71,7 @@ pub fn request(target: &AlertTargetConfig, events: &[SlaEvent], now_ms: i64) -> 
             body
         }
         AlertKind::Webhook => serde_json::json!({ "events": events }),
+        AlertKind::Email => serde_json::Value::Null,
     };
     let body = body.to_string();
     if target.kind == AlertKind::Webhook {
@@ -92,7 +93,7 @@ pub fn accepted(kind: AlertKind, status: u16, body: &[u8]) -> bool {
     match kind {
         AlertKind::Dingtalk | AlertKind::Wecom => code("errcode") == Some(0),
         AlertKind::Feishu => code("code").or_else(|| code("StatusCode")) == Some(0),
-        AlertKind::Slack | AlertKind::Webhook => true,
+        AlertKind::Slack | AlertKind::Webhook | AlertKind::Email => true,
     }
 }
 
@@ -111,6 +112,12 @@ pub async fn send(
         counter!(telemetry::ALERTS, "target" => label, "outcome" => "dry_run").increment(1);
         return Ok(());
     }
+    if target.kind == AlertKind::Email {
+        let sent = send_email(target, &events).await;
+        let outcome = if sent.is_ok() { "sent" } else { "failed" };
+        counter!(telemetry::ALERTS, "target" => label, "outcome" => outcome).increment(1);
+        return sent;
+    }
     let agent = concat!("inquiry-gateway/", env!("CARGO_PKG_VERSION"));
     let (status, _, body) =
         exchange(client, "", request(target, &events, now_ms), agent).await.map_err(|e| e.to_string())?;
@@ -123,6 +130,27 @@ pub async fn send(
         let answer = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         Err(format!("alert target answered {status}: {answer}"))
     }
+}
+
+/// Sends `events` as one e-mail to the target's recipients.
+async fn send_email(target: &AlertTargetConfig, events: &[SlaEvent]) -> Result<(), String> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    // The url carries the relay's credentials: errors name the target, never the url.
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&target.url)
+        .map_err(|_| format!("alert target {}: the smtp url is unusable", target.id))?
+        .timeout(Some(std::time::Duration::from_secs(30)))
+        .build();
+    let breached = events.iter().filter(|e| e.kind != EventKind::Reminder).count();
+    let subject = format!("[SLA] {} alert(s), {breached} breached or escalated", events.len());
+    let mut message = Message::builder()
+        .from(target.from.as_deref().unwrap_or_default().parse().map_err(|_| "bad from address".to_owned())?)
+        .subject(subject)
+        .header(lettre::message::header::ContentType::TEXT_PLAIN);
+    for to in &target.to {
+        message = message.to(to.parse().map_err(|_| "bad recipient address".to_owned())?);
+    }
+    let message = message.body(render(events)).map_err(|e| format!("alert e-mail: {e}"))?;
+    transport.send(message).await.map(|_| ()).map_err(|e| format!("alert target {}: smtp: {e}", target.id))
 }
 
 /// Feishu: HMAC-SHA256 keyed by "{timestamp}\n{secret}" over nothing, base64.
