@@ -529,6 +529,31 @@ pub enum SenderConfig {
         #[serde(default = "default_whatsapp_pair")]
         per_recipient_seconds: f64,
     },
+    /// Telegram Bot API `sendMessage` (the account is the bot's username).
+    Telegram {
+        /// API base (`https://api.telegram.org`).
+        #[serde(default = "default_telegram_base")]
+        base_url: String,
+        /// Bot token per account (`${ENV}`).
+        bot_tokens: std::collections::BTreeMap<String, String>,
+        /// Messages per second per bot (Telegram's guidance: about 30).
+        #[serde(default = "default_telegram_rate")]
+        per_second: f64,
+        /// Seconds between two messages to one chat (Telegram's guidance: about 1).
+        #[serde(default = "default_telegram_pair")]
+        per_recipient_seconds: f64,
+    },
+    /// LINE Messaging API push message (the account is the channel).
+    Line {
+        /// API base (`https://api.line.me`).
+        #[serde(default = "default_line_base")]
+        base_url: String,
+        /// Channel access token per account (`${ENV}`).
+        channel_tokens: std::collections::BTreeMap<String, String>,
+        /// Requests per second per channel (LINE's limit for push: 2,000).
+        #[serde(default = "default_line_rate")]
+        per_second: f64,
+    },
 }
 
 impl std::fmt::Debug for SenderConfig {
@@ -540,6 +565,16 @@ impl std::fmt::Debug for SenderConfig {
             SenderConfig::Whatsapp { base_url, .. } => {
                 f.debug_struct("Whatsapp").field("base_url", base_url).finish_non_exhaustive()
             }
+            SenderConfig::Telegram { base_url, bot_tokens, .. } => f
+                .debug_struct("Telegram")
+                .field("base_url", base_url)
+                .field("accounts", &bot_tokens.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            SenderConfig::Line { base_url, channel_tokens, .. } => f
+                .debug_struct("Line")
+                .field("base_url", base_url)
+                .field("accounts", &channel_tokens.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -562,6 +597,26 @@ fn default_whatsapp_rate() -> f64 {
 
 fn default_whatsapp_pair() -> f64 {
     6.0
+}
+
+fn default_telegram_base() -> String {
+    "https://api.telegram.org".to_owned()
+}
+
+fn default_telegram_rate() -> f64 {
+    30.0
+}
+
+fn default_telegram_pair() -> f64 {
+    1.0
+}
+
+fn default_line_base() -> String {
+    "https://api.line.me".to_owned()
+}
+
+fn default_line_rate() -> f64 {
+    2000.0
 }
 
 impl Default for ReachConfig {
@@ -1691,6 +1746,18 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
                     problems.push(format!(
                         "reach.senders[{i}]: per_second must be in (0, 10000], per_recipient_seconds >= 0"
                     ));
+                }
+            }
+            SenderConfig::Telegram { base_url, bot_tokens: tokens, per_second, .. }
+            | SenderConfig::Line { base_url, channel_tokens: tokens, per_second, .. } => {
+                if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+                    problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
+                }
+                if tokens.is_empty() || tokens.values().any(String::is_empty) {
+                    problems.push(format!("reach.senders[{i}]: a token for each account, none empty"));
+                }
+                if !(*per_second > 0.0 && *per_second <= 10_000.0) {
+                    problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
                 }
             }
         }

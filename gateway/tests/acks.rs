@@ -160,3 +160,47 @@ async fn email_acknowledgements_go_through_smtp_once_even_across_a_sigkill() {
     assert!(ben.contains("Subject: We received your message"), "French falls back to English: {ben}");
     assert_eq!(messages.iter().filter(|m| m.contains(&first)).count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_and_line_acknowledgements_respect_their_limits_and_go_once_each() {
+    use platform_standins::chat_send::{LineSend, TelegramSend};
+    let telegram = Arc::new(TelegramSend::default());
+    let telegram_standin = Standin::start(telegram.clone(), None).await.unwrap();
+    let line_standin = Standin::start(Arc::new(LineSend::default()), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"telegram\"\nbase_url = \"{}\"\nbot_tokens = {{ shop_bot = \"123:test-bot-token\" }}\n\
+         [[reach.senders]]\nkind = \"line\"\nbase_url = \"{}\"\nchannel_tokens = {{ \"1657000001\" = \"test-line-channel-token\" }}\n",
+        templates(),
+        telegram_standin.url(),
+        line_standin.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    // 60 Telegram inquiries from 20 chats (three each: one second apart at least), 40 on LINE.
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let chat = format!("{}", 700_000_000 + n % 20);
+        ids.push(("telegram", post(&gateway, inquiry("telegram", "shop_bot", &format!("tg-{n}"), &chat, "en")).await));
+    }
+    for n in 0..40 {
+        let user = format!("U{:032x}", n);
+        ids.push(("line", post(&gateway, inquiry("line", "1657000001", &format!("line-{n}"), &user, "en")).await));
+    }
+    let started = Instant::now();
+    let total = || telegram_standin.mailbox().all().len() + line_standin.mailbox().all().len();
+    while total() < ids.len() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{} of {} sent\n{}", total(), ids.len(), gateway.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (channel, id) in &ids {
+        let standin = if *channel == "telegram" { &telegram_standin } else { &line_standin };
+        let count = standin.mailbox().all().iter().filter(|m| m.text.contains(id.as_str())).count();
+        assert_eq!(count, 1, "{channel} inquiry {id}");
+    }
+    assert_eq!(telegram.chat_violations.load(Ordering::SeqCst), 0, "two messages to one chat within a second");
+    for (name, standin) in [("telegram", &telegram_standin), ("line", &line_standin)] {
+        for (key, stats) in standin.stats() {
+            assert_eq!(stats.violations, 0, "{name} {key}: {stats:?}");
+        }
+    }
+}

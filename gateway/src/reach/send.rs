@@ -50,6 +50,8 @@ pub enum SendError {
 enum Channel {
     Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: lettre::message::Mailbox },
     Whatsapp { client: PollClient, base_url: String, access_token: String },
+    Telegram { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
+    Line { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
 }
 
 /// A sender with its quotas.
@@ -89,6 +91,22 @@ impl Sender {
                     access_token: access_token.clone(),
                 };
                 (channel, *per_second, *per_recipient_seconds)
+            }
+            SenderConfig::Telegram { base_url, bot_tokens, per_second, per_recipient_seconds } => {
+                let channel = Channel::Telegram {
+                    client: crate::poll::client(),
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    tokens: bot_tokens.clone(),
+                };
+                (channel, *per_second, *per_recipient_seconds)
+            }
+            SenderConfig::Line { base_url, channel_tokens, per_second } => {
+                let channel = Channel::Line {
+                    client: crate::poll::client(),
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    tokens: channel_tokens.clone(),
+                };
+                (channel, *per_second, 0.0)
             }
         };
         let pair = (pair_seconds > 0.0).then(|| {
@@ -164,7 +182,75 @@ impl Sender {
                     exchange(client, "", request, agent).await.map_err(|e| SendError::Permanent(e.to_string()))?;
                 whatsapp_outcome(status, &answer)
             }
+            Channel::Telegram { client, base_url, tokens } => {
+                let token =
+                    tokens.get(account).ok_or_else(|| SendError::Permanent("no bot token for the account".into()))?;
+                let body = serde_json::json!({ "chat_id": recipient, "text": message.body });
+                let request = json_post(format!("{base_url}/bot{token}/sendMessage"), None, &body, &[]);
+                let (status, _, answer) = exchange(client, "", request, AGENT)
+                    .await
+                    .map_err(|_| SendError::Permanent("bad request".into()))?;
+                telegram_outcome(status, &answer)
+            }
+            Channel::Line { client, base_url, tokens } => {
+                let token = tokens
+                    .get(account)
+                    .ok_or_else(|| SendError::Permanent("no channel token for the account".into()))?;
+                let body =
+                    serde_json::json!({ "to": recipient, "messages": [{ "type": "text", "text": message.body }] });
+                // The retry key makes LINE take a retried push once (it answers 409 to a repeat).
+                let retry_key = ("x-line-retry-key".to_owned(), id.to_string());
+                let request = json_post(format!("{base_url}/v2/bot/message/push"), Some(token), &body, &[retry_key]);
+                let (status, _, answer) =
+                    exchange(client, "", request, AGENT).await.map_err(|e| SendError::Permanent(e.to_string()))?;
+                line_outcome(status, &answer)
+            }
         }
+    }
+}
+
+/// The User-Agent of outbound messages.
+const AGENT: &str = concat!("inquiry-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// A JSON POST, with a bearer token where the API wants one.
+fn json_post(url: String, bearer: Option<&str>, body: &serde_json::Value, extra: &[(String, String)]) -> PollRequest {
+    let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    if let Some(token) = bearer {
+        headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+    }
+    headers.extend(extra.iter().cloned());
+    PollRequest { method: PollMethod::Post, path_and_query: url, headers, body: body.to_string() }
+}
+
+/// Reads a Bot API answer (<https://core.telegram.org/bots/api#making-requests>): `ok` with the
+/// message id; 429 (flood control, `retry_after`) and 5xx are retried; a blocked bot (403) and
+/// other 4xx fail.
+pub fn telegram_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if (200..300).contains(&status) && json["ok"] == true {
+        return Ok(json["result"]["message_id"].to_string());
+    }
+    let reason = format!("telegram answered {status}: {}", json["description"].as_str().unwrap_or_default());
+    if status == 429 || status >= 500 {
+        Err(SendError::Retry(reason))
+    } else {
+        Err(SendError::Permanent(reason))
+    }
+}
+
+/// Reads a LINE push answer (<https://developers.line.biz/en/reference/messaging-api/#send-push-message>):
+/// 200 with `sentMessages`; 409 means this retry key was accepted before (sent); 429 and 5xx are
+/// retried; other 4xx fail.
+pub fn line_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match status {
+        200..=299 => Ok(json["sentMessages"][0]["id"].as_str().unwrap_or_default().to_owned()),
+        409 => Ok(json["sentMessages"][0]["id"].as_str().unwrap_or("accepted before").to_owned()),
+        429 | 500.. => Err(SendError::Retry(format!("line answered {status}"))),
+        _ => Err(SendError::Permanent(format!(
+            "line answered {status}: {}",
+            json["message"].as_str().unwrap_or_default()
+        ))),
     }
 }
 
@@ -293,7 +379,7 @@ async fn send_one(
         return finish(pipeline, &mut state, AckStatus::Failed { reason: "erased".into() }, save).await;
     };
     let recipient = match state.channel.as_str() {
-        "whatsapp" => personal.platform_user_id.clone(),
+        "whatsapp" | "telegram" | "line" => personal.platform_user_id.clone(),
         _ => personal.email.clone(),
     };
     let Some(recipient) = recipient else {
@@ -383,6 +469,8 @@ fn ack_event(kind: &str, state: &AckState, provider_id: Option<String>) -> Audit
 fn channel_label(channel: &str) -> &'static str {
     match channel {
         "whatsapp" => "whatsapp",
+        "telegram" => "telegram",
+        "line" => "line",
         "email" => "email",
         "web_form" => "web_form",
         _ => "other",

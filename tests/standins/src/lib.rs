@@ -10,6 +10,7 @@
 //! `POST /_standin/messages` (a JSON array of [`Message`]s to add).
 
 pub mod aliexpress;
+pub mod chat_send;
 pub mod ebay;
 pub mod etsy;
 pub mod meta;

@@ -1,0 +1,151 @@
+//! Sending to chat users, for the auto-acknowledgement tests.
+//!
+//! - Telegram Bot API `sendMessage` (<https://core.telegram.org/bots/api#sendmessage>):
+//!   `POST /bot{token}/sendMessage` `{"chat_id", "text"}`; answers `{"ok": true, "result":
+//!   {"message_id"}}`. Limits (<https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this>):
+//!   about 30 messages per second per bot and one per second per chat; over them, 429 with
+//!   `parameters.retry_after`.
+//! - LINE Messaging API push (<https://developers.line.biz/en/reference/messaging-api/#send-push-message>):
+//!   `POST /v2/bot/message/push` with `Authorization: Bearer <channel token>`, `{"to",
+//!   "messages": [{"type": "text", "text"}]}` and an optional `X-Line-Retry-Key`; answers
+//!   `{"sentMessages": [{"id"}]}`; a retry key seen before is answered 409 and not sent again.
+//!   Limit: 2,000 requests per second per channel; over it, 429.
+//!
+//! Every message taken is kept in the mailbox (account = the bot or channel token, buyer = the
+//! chat or user id, `from_seller`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Reply, Request};
+
+fn keep(mailbox: &Mailbox, account: &str, to: &str, id: &str, text: &str) {
+    mailbox.add(Message {
+        account: account.to_owned(),
+        conversation: to.to_owned(),
+        id: id.to_owned(),
+        buyer_id: to.to_owned(),
+        buyer_name: String::new(),
+        text: text.to_owned(),
+        created: time::OffsetDateTime::now_utc().unix_timestamp(),
+        from_seller: true,
+        order_id: None,
+        country: None,
+    });
+}
+
+/// Telegram's flood-control answer.
+fn flood() -> Reply {
+    Reply::json(
+        429,
+        &json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
+    )
+}
+
+/// The Telegram stand-in.
+#[derive(Debug, Default)]
+pub struct TelegramSend {
+    /// Messages refused for the one-per-second-per-chat limit.
+    pub chat_violations: AtomicU64,
+    last_to: Mutex<HashMap<String, Instant>>,
+    sent: AtomicU64,
+}
+
+impl Platform for TelegramSend {
+    fn name(&self) -> &'static str {
+        "telegram_send"
+    }
+
+    fn documented_quota(&self) -> QuotaRule {
+        QuotaRule { per_second: 30.0, burst: 30, per_day: None }
+    }
+
+    fn quota_key(&self, request: &Request) -> Result<String, Reply> {
+        let token = request.path.strip_prefix("/bot").and_then(|p| p.strip_suffix("/sendMessage"));
+        match token {
+            Some(token) if !token.is_empty() => Ok(token.to_owned()),
+            _ => Err(Reply::json(404, &json!({"ok": false, "error_code": 404, "description": "Not Found"}))),
+        }
+    }
+
+    fn throttled(&self, _: &Admission) -> Reply {
+        flood()
+    }
+
+    fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
+        let token = self.quota_key(request).unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let (Some(chat), Some(text)) = (body["chat_id"].as_str(), body["text"].as_str()) else {
+            return Reply::json(
+                400,
+                &json!({"ok": false, "error_code": 400, "description": "Bad Request: chat_id and text"}),
+            );
+        };
+        {
+            let mut last = self.last_to.lock().expect("chat lock");
+            let now = Instant::now();
+            if last
+                .get(chat)
+                .is_some_and(|at| now.duration_since(*at) + Duration::from_millis(20) < Duration::from_secs(1))
+            {
+                self.chat_violations.fetch_add(1, Ordering::SeqCst);
+                return flood();
+            }
+            last.insert(chat.to_owned(), now);
+        }
+        let n = self.sent.fetch_add(1, Ordering::SeqCst);
+        keep(mailbox, &token, chat, &n.to_string(), text);
+        Reply::json(200, &json!({"ok": true, "result": {"message_id": n, "chat": {"id": chat}, "text": text}}))
+    }
+}
+
+/// The LINE stand-in.
+#[derive(Debug, Default)]
+pub struct LineSend {
+    retry_keys: Mutex<HashSet<String>>,
+    sent: AtomicU64,
+}
+
+impl Platform for LineSend {
+    fn name(&self) -> &'static str {
+        "line_send"
+    }
+
+    fn documented_quota(&self) -> QuotaRule {
+        QuotaRule { per_second: 2000.0, burst: 2000, per_day: None }
+    }
+
+    fn quota_key(&self, request: &Request) -> Result<String, Reply> {
+        if request.path != "/v2/bot/message/push" {
+            return Err(Reply::json(404, &json!({"message": "Not found"})));
+        }
+        match request.header("authorization").and_then(|a| a.strip_prefix("Bearer ")) {
+            Some(token) if !token.is_empty() => Ok(token.to_owned()),
+            _ => Err(Reply::json(401, &json!({"message": "Authentication failed"}))),
+        }
+    }
+
+    fn throttled(&self, _: &Admission) -> Reply {
+        Reply::json(429, &json!({"message": "The API rate limit has been exceeded. Try again later."}))
+    }
+
+    fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
+        let token = self.quota_key(request).unwrap_or_default();
+        if let Some(key) = request.header("x-line-retry-key") {
+            if !self.retry_keys.lock().expect("retry lock").insert(key.to_owned()) {
+                return Reply::json(409, &json!({"message": "The retry key is already accepted"}));
+            }
+        }
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let (Some(to), Some(text)) = (body["to"].as_str(), body["messages"][0]["text"].as_str()) else {
+            return Reply::json(400, &json!({"message": "The request body has 1 error(s)"}));
+        };
+        let id = format!("{}", 500_000_000_000u64 + self.sent.fetch_add(1, Ordering::SeqCst));
+        keep(mailbox, &token, to, &id, text);
+        Reply::json(200, &json!({"sentMessages": [{"id": id, "quoteToken": "q"}]}))
+    }
+}
