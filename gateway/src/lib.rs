@@ -190,8 +190,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 )));
             }
             if !reach.acks().is_empty() {
+                // With a CQL store, replicas claim acknowledgements there: one per inquiry in all.
+                let claims = config.sinks.cql.as_ref().map(|cql| Arc::new(reach::send::AckClaims::new(cql, &replica)));
                 let parts = (reach.clone(), store.clone(), subjects.clone(), pipeline.clone(), stop_rx.clone());
-                tasks.push(tokio::spawn(reach::send::run_acks(parts.0, parts.1, parts.2, parts.3, parts.4)));
+                tasks.push(tokio::spawn(reach::send::run_acks(parts.0, parts.1, parts.2, parts.3, claims, parts.4)));
             }
             tasks
         }

@@ -204,3 +204,51 @@ async fn telegram_and_line_acknowledgements_respect_their_limits_and_go_once_eac
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inquiry_that_reached_two_replicas_is_acknowledged_once() {
+    let platform = Arc::new(WhatsappSend::default());
+    let standin = Standin::start(platform.clone(), None).await.unwrap();
+    let keyspace = support::unique("acks");
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"whatsapp\"\nbase_url = \"{}/v21.0\"\naccess_token = \"test-whatsapp-token\"\n\
+         [sinks.cql]\ncontact_points = [\"127.0.0.1:9042\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n",
+        templates(),
+        standin.url()
+    );
+    let first = Gateway::start(&format!("[polling]\nreplica = \"gw-a\"\n{config}")).await;
+    let second = Gateway::start(&format!("[polling]\nreplica = \"gw-b\"\n{config}")).await;
+    // The platform delivers each message to both replicas (a retried webhook landing elsewhere).
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let body = inquiry("whatsapp", NUMBER, &format!("wamid.twice{n}"), &format!("4917611{n:05}"), "en");
+        let a = post(&first, body.clone()).await;
+        let b = post(&second, body).await;
+        assert_eq!(a, b, "the same message has the same inquiry id on every replica");
+        ids.push(a);
+    }
+    let started = Instant::now();
+    while standin.mailbox().all().len() < ids.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} of {} acknowledgements\n{}",
+            standin.mailbox().all().len(),
+            ids.len(),
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = standin.mailbox().all();
+    for id in &ids {
+        assert_eq!(sent.iter().filter(|m| m.text.contains(id.as_str())).count(), 1, "inquiry {id} acknowledged twice");
+    }
+    let refused = |gateway: &Gateway| {
+        let gateway = gateway.admin_url("/metrics");
+        async move {
+            let text = String::from_utf8(HttpClient::new().get(&gateway).await.body.to_vec()).unwrap();
+            metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "failed")])
+        }
+    };
+    assert_eq!(refused(&first).await + refused(&second).await, ids.len() as f64, "the other replica stood down");
+}

@@ -390,4 +390,69 @@ mod tests {
         assert!(at < ms("2026-12-03T21:00[America/New_York]"), "but it is sent that day");
         assert!(QuietHours::parse("9-5").is_err());
     }
+
+    fn stored(country: &str, language: &str, channel: &str) -> StoredInquiry {
+        let mut raw = serde_json::json!({
+            "channel": channel, "account": "shop-1", "external_id": "m-1",
+            "buyer": { "id": "4917600000001", "email": "anna@example.com", "country": country, "language": language },
+            "body": "hello", "occurred_at": "2026-12-02T22:00:00Z",
+        });
+        if country.is_empty() {
+            raw["buyer"].as_object_mut().unwrap().remove("country");
+        }
+        let raw = raw.to_string();
+        let received_at = time::macros::datetime!(2026-12-02 22:30 UTC);
+        let ctx = inquiry_connectors::NormalizeContext { received_at, trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" };
+        let inquiry = inquiry_connectors::generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        let decision = crate::routing::Decision {
+            disposition: Disposition::Deliver,
+            queue: "sales".to_owned(),
+            assignee: None,
+            priority: crate::routing::Priority::Normal,
+            tags: Vec::new(),
+            language: None,
+            reply_template: None,
+            sla_policy: None,
+            decided_by: "fallback".to_owned(),
+            fallback_reason: None,
+        };
+        StoredInquiry { inquiry, decision }
+    }
+
+    #[test]
+    fn a_plan_waits_for_the_buyers_morning_and_picks_the_language_variant() {
+        let config: ReachConfig = toml::from_str(
+            r#"
+            quiet_hours = "21:00-08:00"
+            [[templates]]
+            id = "ack"
+            version = 2
+            language = "en"
+            body = "Thanks"
+            [[templates]]
+            id = "ack"
+            version = 2
+            language = "de"
+            body = "Danke"
+            [[ack_rules]]
+            template = "ack"
+            [[senders]]
+            kind = "whatsapp"
+            access_token = "t"
+            "#,
+        )
+        .unwrap();
+        let acks = Acks::from_config(&config).unwrap();
+        let now = ms("2026-12-02T23:30[Europe/Berlin]");
+        // A German buyer writing at 23:30 Berlin time hears back at 08:00.
+        let plan = acks.plan(&stored("DE", "de-DE", "whatsapp"), now).unwrap();
+        assert_eq!(plan.not_before_ms, ms("2026-12-03T08:00[Europe/Berlin]"));
+        assert_eq!((plan.language.as_str(), plan.version), ("de", 2));
+        // In Singapore it is 06:30: until 08:00 there.
+        let plan = acks.plan(&stored("SG", "en", "whatsapp"), now).unwrap();
+        assert_eq!(plan.not_before_ms, ms("2026-12-03T08:00[Asia/Singapore]"));
+        // No country: at once. No sender for e-mail: no plan.
+        assert_eq!(acks.plan(&stored("", "fr", "whatsapp"), now).unwrap().not_before_ms, now);
+        assert!(acks.plan(&stored("DE", "de", "email"), now).is_none());
+    }
 }

@@ -275,12 +275,78 @@ pub fn whatsapp_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
     }
 }
 
+/// Claims in the CQL store that replicas share: an inquiry that reached two replicas (a webhook
+/// redelivered to another one, a client retrying elsewhere) has the same id on both and is
+/// acknowledged by the first to claim it (`INSERT ... IF NOT EXISTS`, kept 30 days).
+pub struct AckClaims {
+    config: crate::config::CqlConfig,
+    holder: String,
+    cql: tokio::sync::OnceCell<(
+        scylla::client::session::Session,
+        scylla::statement::prepared::PreparedStatement,
+        scylla::statement::prepared::PreparedStatement,
+    )>,
+}
+
+impl AckClaims {
+    /// Claims for `holder` (this replica's name) in the cluster of `config`.
+    pub fn new(config: &crate::config::CqlConfig, holder: &str) -> AckClaims {
+        AckClaims { config: config.clone(), holder: holder.to_owned(), cql: tokio::sync::OnceCell::new() }
+    }
+
+    /// True if this replica may send inquiry `id`'s acknowledgement: it claimed it now, or had
+    /// claimed it before (a restart between the claim and the send).
+    async fn claim(&self, id: Uuid) -> Result<bool, String> {
+        let (session, insert, read) = self
+            .cql
+            .get_or_try_init(|| async {
+                let session = crate::sinks::cql::connect(&self.config).await.map_err(|e| e.to_string())?;
+                let ks = &self.config.keyspace;
+                let mut insert = session
+                    .prepare(format!(
+                        "INSERT INTO {ks}.ack_claims (inquiry_id, holder, at) VALUES (?, ?, ?) IF NOT EXISTS"
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                insert.set_serial_consistency(Some(scylla::statement::SerialConsistency::Serial));
+                let mut read = session
+                    .prepare(format!("SELECT holder FROM {ks}.ack_claims WHERE inquiry_id = ?"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                read.set_consistency(scylla::statement::Consistency::Serial);
+                Ok::<_, String>((session, insert, read))
+            })
+            .await?;
+        let at =
+            scylla::value::CqlTimestamp((time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64);
+        let result = session.execute_unpaged(insert, (id, &self.holder, at)).await.map_err(|e| e.to_string())?;
+        let rows = result.into_rows_result().map_err(|e| e.to_string())?;
+        let applied = rows
+            .rows::<scylla::value::Row>()
+            .map_err(|e| e.to_string())?
+            .next()
+            .and_then(Result::ok)
+            .and_then(|row| row.columns.into_iter().next().flatten());
+        if matches!(applied, Some(scylla::value::CqlValue::Boolean(true))) {
+            return Ok(true);
+        }
+        let holder = session.execute_unpaged(read, (id,)).await.map_err(|e| e.to_string())?;
+        let holder = holder
+            .into_rows_result()
+            .map_err(|e| e.to_string())?
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(|e| e.to_string())?;
+        Ok(holder.and_then(|(h,)| h).as_deref() == Some(self.holder.as_str()))
+    }
+}
+
 /// Sends due acknowledgements until `stop` fires.
 pub async fn run_acks(
     reach: Arc<Reach>,
     store: Store,
     subjects: Arc<Subjects>,
     pipeline: Pipeline,
+    claims: Option<Arc<AckClaims>>,
     mut stop: watch::Receiver<()>,
 ) {
     let mut senders: Vec<Option<Sender>> = reach
@@ -309,7 +375,8 @@ pub async fn run_acks(
             }
         };
         for (due_ms, id) in due {
-            if let Err(err) = send_one(&reach, &store, &subjects, &pipeline, &mut senders, due_ms, id).await {
+            let claims = claims.as_deref();
+            if let Err(err) = send_one(&reach, &store, &subjects, &pipeline, claims, &mut senders, due_ms, id).await {
                 tracing::error!(error = %err, "acknowledgement not recorded; retrying");
             }
         }
@@ -340,11 +407,13 @@ async fn recover_sending(store: &Store, pipeline: &Pipeline) -> Result<(), Store
 }
 
 /// Sends (or reschedules, or fails) the acknowledgement of inquiry `id` whose timer is `due_ms`.
+#[allow(clippy::too_many_arguments)]
 async fn send_one(
     reach: &Reach,
     store: &Store,
     subjects: &Subjects,
     pipeline: &Pipeline,
+    claims: Option<&AckClaims>,
     senders: &mut [Option<Sender>],
     due_ms: i64,
     id: Uuid,
@@ -413,6 +482,21 @@ async fn send_one(
     };
     if reach.dry_run() {
         return finish(pipeline, &mut state, AckStatus::DryRun, save).await;
+    }
+    // Another replica with the same inquiry acknowledges it, not this one.
+    if let Some(claims) = claims {
+        match claims.claim(id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let reason = "acknowledged by another replica".into();
+                return finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await;
+            }
+            Err(err) => {
+                tracing::warn!(inquiry_id = %id, error = %err, "cannot claim the acknowledgement; retrying");
+                state.not_before_ms = now + 2000;
+                return save(&state, Some(state.not_before_ms));
+            }
+        }
     }
     // Durable before it leaves: a stop from here on never sends it again.
     state.status = AckStatus::Sending;

@@ -60,6 +60,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
             cursors map<text, text>, grants map<text, blob>)",
     ),
     (6, "poller replicas", "CREATE TABLE IF NOT EXISTS {ks}.poll_replicas (holder text PRIMARY KEY, seen_at bigint)"),
+    (
+        7,
+        "acknowledgement claims",
+        "CREATE TABLE IF NOT EXISTS {ks}.ack_claims (inquiry_id uuid PRIMARY KEY, holder text, at timestamp)
+            WITH default_time_to_live = 2592000",
+    ),
 ];
 
 /// The consistency level named in config (`local_quorum`, ...).
