@@ -529,6 +529,21 @@ pub enum SenderConfig {
         #[serde(default = "default_whatsapp_pair")]
         per_recipient_seconds: f64,
     },
+    /// Messenger Platform Send API: `POST {base_url}/{account}/messages` (the account is the
+    /// Facebook Page id, or the Instagram professional account id), to the buyer's PSID/IGSID.
+    Messenger {
+        /// Graph API base (`https://graph.facebook.com/v21.0`).
+        #[serde(default = "default_whatsapp_base")]
+        base_url: String,
+        /// Page (or Instagram account) access token per account (`${ENV}`).
+        page_tokens: std::collections::BTreeMap<String, String>,
+        /// Calls per second per Page (Meta's Send API limit for text: 300).
+        #[serde(default = "default_messenger_rate")]
+        per_second: f64,
+        /// Channels it answers (`messenger`, `instagram`).
+        #[serde(default = "default_messenger_channels")]
+        channels: Vec<String>,
+    },
     /// Telegram Bot API `sendMessage` (the account is the bot's username).
     Telegram {
         /// API base (`https://api.telegram.org`).
@@ -565,6 +580,11 @@ impl std::fmt::Debug for SenderConfig {
             SenderConfig::Whatsapp { base_url, .. } => {
                 f.debug_struct("Whatsapp").field("base_url", base_url).finish_non_exhaustive()
             }
+            SenderConfig::Messenger { base_url, page_tokens, .. } => f
+                .debug_struct("Messenger")
+                .field("base_url", base_url)
+                .field("accounts", &page_tokens.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
             SenderConfig::Telegram { base_url, bot_tokens, .. } => f
                 .debug_struct("Telegram")
                 .field("base_url", base_url)
@@ -597,6 +617,14 @@ fn default_whatsapp_rate() -> f64 {
 
 fn default_whatsapp_pair() -> f64 {
     6.0
+}
+
+fn default_messenger_rate() -> f64 {
+    300.0
+}
+
+fn default_messenger_channels() -> Vec<String> {
+    vec!["messenger".to_owned(), "instagram".to_owned()]
 }
 
 fn default_telegram_base() -> String {
@@ -1749,6 +1777,7 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
                 }
             }
             SenderConfig::Telegram { base_url, bot_tokens: tokens, per_second, .. }
+            | SenderConfig::Messenger { base_url, page_tokens: tokens, per_second, .. }
             | SenderConfig::Line { base_url, channel_tokens: tokens, per_second, .. } => {
                 if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
                     problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));

@@ -252,3 +252,54 @@ async fn an_inquiry_that_reached_two_replicas_is_acknowledged_once() {
     };
     assert_eq!(refused(&first).await + refused(&second).await, ids.len() as f64, "the other replica stood down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messenger_acknowledgements_stay_in_the_24_hour_window_and_under_the_page_limit() {
+    use platform_standins::chat_send::MessengerSend;
+    let standin = Standin::start(Arc::new(MessengerSend::default()), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"messenger\"\nbase_url = \"{}/v21.0\"\npage_tokens = {{ \"110044338451234\" = \"test-page-token\" }}\n",
+        templates(),
+        standin.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    let mut fresh = Vec::new();
+    for n in 0..50 {
+        let body = inquiry("messenger", "110044338451234", &format!("mid.{n}"), &format!("24{n:014}"), "en");
+        fresh.push(post(&gateway, body).await);
+    }
+    // Written two days ago (a backlog imported late): outside the window, not answered.
+    let mut old: serde_json::Value =
+        serde_json::from_str(&inquiry("messenger", "110044338451234", "mid.old", "2400000000000099", "en")).unwrap();
+    old["occurred_at"] = (time::OffsetDateTime::now_utc() - time::Duration::days(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .into();
+    let stale = post(&gateway, old.to_string()).await;
+    let started = Instant::now();
+    while standin.mailbox().all().len() < fresh.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} sent\n{}",
+            standin.mailbox().all().len(),
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = standin.mailbox().all();
+    assert_eq!(sent.len(), fresh.len(), "one each, none for the stale one");
+    assert!(sent.iter().all(|m| !m.text.contains(&stale)));
+    for id in &fresh {
+        assert_eq!(sent.iter().filter(|m| m.text.contains(id.as_str())).count(), 1, "{id}");
+    }
+    for (key, stats) in standin.stats() {
+        assert_eq!(stats.violations, 0, "{key}: {stats:?}");
+    }
+    let failed = metric_value(
+        &metrics(&gateway).await,
+        "inquiry_gateway_acks_total",
+        &[("channel", "messenger"), ("outcome", "failed")],
+    );
+    assert_eq!(failed, 1.0, "the stale one failed for the window");
+}

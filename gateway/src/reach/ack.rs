@@ -343,6 +343,7 @@ impl Acks {
         self.senders.iter().position(|sender| match sender {
             SenderConfig::Smtp { channels, .. } => channels.iter().any(|c| c == channel),
             SenderConfig::Whatsapp { .. } => channel == "whatsapp",
+            SenderConfig::Messenger { channels, .. } => channels.iter().any(|c| c == channel),
             SenderConfig::Telegram { .. } => channel == "telegram",
             SenderConfig::Line { .. } => channel == "line",
         })

@@ -34,7 +34,7 @@ use crate::telemetry;
 
 /// Most attempts before an acknowledgement fails for good.
 const MAX_ATTEMPTS: u32 = 6;
-/// WhatsApp accepts free-form messages only within 24 hours of the buyer's last message.
+/// WhatsApp and Messenger accept free-form messages only within 24 hours of the buyer's last message.
 const WHATSAPP_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// Why a send did not go through.
@@ -50,6 +50,7 @@ pub enum SendError {
 enum Channel {
     Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: lettre::message::Mailbox },
     Whatsapp { client: PollClient, base_url: String, access_token: String },
+    Messenger { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
     Telegram { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
     Line { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
 }
@@ -91,6 +92,14 @@ impl Sender {
                     access_token: access_token.clone(),
                 };
                 (channel, *per_second, *per_recipient_seconds)
+            }
+            SenderConfig::Messenger { base_url, page_tokens, per_second, .. } => {
+                let channel = Channel::Messenger {
+                    client: crate::poll::client(),
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    tokens: page_tokens.clone(),
+                };
+                (channel, *per_second, 0.0)
             }
             SenderConfig::Telegram { base_url, bot_tokens, per_second, per_recipient_seconds } => {
                 let channel = Channel::Telegram {
@@ -182,6 +191,17 @@ impl Sender {
                     exchange(client, "", request, agent).await.map_err(|e| SendError::Permanent(e.to_string()))?;
                 whatsapp_outcome(status, &answer)
             }
+            Channel::Messenger { client, base_url, tokens } => {
+                let token =
+                    tokens.get(account).ok_or_else(|| SendError::Permanent("no page token for the account".into()))?;
+                let body = serde_json::json!({
+                    "recipient": { "id": recipient }, "messaging_type": "RESPONSE", "message": { "text": message.body },
+                });
+                let request = json_post(format!("{base_url}/{account}/messages"), Some(token), &body, &[]);
+                let (status, _, answer) =
+                    exchange(client, "", request, AGENT).await.map_err(|e| SendError::Permanent(e.to_string()))?;
+                messenger_outcome(status, &answer)
+            }
             Channel::Telegram { client, base_url, tokens } => {
                 let token =
                     tokens.get(account).ok_or_else(|| SendError::Permanent("no bot token for the account".into()))?;
@@ -220,6 +240,27 @@ fn json_post(url: String, bearer: Option<&str>, body: &serde_json::Value, extra:
     }
     headers.extend(extra.iter().cloned());
     PollRequest { method: PollMethod::Post, path_and_query: url, headers, body: body.to_string() }
+}
+
+/// Reads a Send API answer (<https://developers.facebook.com/docs/messenger-platform/reference/send-api/>,
+/// error codes in <https://developers.facebook.com/docs/messenger-platform/error-codes>): the
+/// message id; rate limits (4, 32, 613), temporary errors (1200, 2) and 5xx are retried; outside
+/// the messaging window (10 / 2018278), a person not available (551) and the rest fail.
+pub fn messenger_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if (200..300).contains(&status) {
+        return json["message_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| SendError::Retry("the answer has no message id".to_owned()));
+    }
+    let code = json["error"]["code"].as_i64().unwrap_or(0);
+    let reason = format!("messenger answered {status}, error {code}");
+    if status == 429 || status >= 500 || matches!(code, 2 | 4 | 32 | 613 | 1200) {
+        Err(SendError::Retry(reason))
+    } else {
+        Err(SendError::Permanent(reason))
+    }
 }
 
 /// Reads a Bot API answer (<https://core.telegram.org/bots/api#making-requests>): `ok` with the
@@ -448,16 +489,18 @@ async fn send_one(
         return finish(pipeline, &mut state, AckStatus::Failed { reason: "erased".into() }, save).await;
     };
     let recipient = match state.channel.as_str() {
-        "whatsapp" | "telegram" | "line" => personal.platform_user_id.clone(),
+        "whatsapp" | "telegram" | "line" | "messenger" | "instagram" => personal.platform_user_id.clone(),
         _ => personal.email.clone(),
     };
     let Some(recipient) = recipient else {
         return finish(pipeline, &mut state, AckStatus::Failed { reason: "no recipient".into() }, save).await;
     };
-    if state.channel == "whatsapp" {
+    if matches!(state.channel.as_str(), "whatsapp" | "messenger" | "instagram") {
+        // WhatsApp's customer service window and Meta's standard messaging window: free-form
+        // messages only within 24 hours of the buyer's last message.
         let wrote_ms = (stored.inquiry.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64;
         if now - wrote_ms > WHATSAPP_WINDOW_MS {
-            let reason = "outside the 24-hour customer service window".into();
+            let reason = "outside the 24-hour messaging window".into();
             return finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await;
         }
     }
@@ -555,6 +598,8 @@ fn channel_label(channel: &str) -> &'static str {
         "whatsapp" => "whatsapp",
         "telegram" => "telegram",
         "line" => "line",
+        "messenger" => "messenger",
+        "instagram" => "instagram",
         "email" => "email",
         "web_form" => "web_form",
         _ => "other",

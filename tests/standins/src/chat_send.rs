@@ -11,6 +11,12 @@
 //!   `{"sentMessages": [{"id"}]}`; a retry key seen before is answered 409 and not sent again.
 //!   Limit: 2,000 requests per second per channel; over it, 429.
 //!
+//! - Messenger Platform Send API (<https://developers.facebook.com/docs/messenger-platform/reference/send-api/>):
+//!   `POST /v21.0/{page-id}/messages` with `Authorization: Bearer <page token>`, `{"recipient":
+//!   {"id"}, "messaging_type": "RESPONSE", "message": {"text"}}`; answers `{"recipient_id",
+//!   "message_id"}`. Limit (<https://developers.facebook.com/documentation/business-messaging/messenger-platform/overview/rate-limiting>):
+//!   300 calls per second per Page for text; over it, Graph error 613.
+//!
 //! Every message taken is kept in the mailbox (account = the bot or channel token, buyer = the
 //! chat or user id, `from_seller`).
 
@@ -147,5 +153,58 @@ impl Platform for LineSend {
         let id = format!("{}", 500_000_000_000u64 + self.sent.fetch_add(1, Ordering::SeqCst));
         keep(mailbox, &token, to, &id, text);
         Reply::json(200, &json!({"sentMessages": [{"id": id, "quoteToken": "q"}]}))
+    }
+}
+
+/// The Messenger Send API stand-in.
+#[derive(Debug)]
+pub struct MessengerSend {
+    /// The page token it accepts.
+    pub page_token: String,
+    sent: AtomicU64,
+}
+
+impl Default for MessengerSend {
+    fn default() -> MessengerSend {
+        MessengerSend { page_token: "test-page-token".to_owned(), sent: AtomicU64::new(0) }
+    }
+}
+
+impl Platform for MessengerSend {
+    fn name(&self) -> &'static str {
+        "messenger_send"
+    }
+
+    fn documented_quota(&self) -> QuotaRule {
+        QuotaRule { per_second: 300.0, burst: 300, per_day: None }
+    }
+
+    fn quota_key(&self, request: &Request) -> Result<String, Reply> {
+        let page = request.path.strip_prefix("/v21.0/").and_then(|p| p.strip_suffix("/messages"));
+        let Some(page) = page.filter(|p| !p.is_empty() && request.method == "POST") else {
+            return Err(Reply::json(404, &json!({"error": {"message": "Unknown path components", "code": 803}})));
+        };
+        if request.header("authorization") != Some(&format!("Bearer {}", self.page_token)) {
+            return Err(Reply::json(401, &json!({"error": {"message": "Invalid OAuth access token.", "code": 190}})));
+        }
+        Ok(page.to_owned())
+    }
+
+    fn throttled(&self, _: &Admission) -> Reply {
+        Reply::json(400, &json!({"error": {"message": "Calls to this api have exceeded the rate limit.", "code": 613}}))
+    }
+
+    fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
+        let page = self.quota_key(request).unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let (Some(to), Some(text)) = (body["recipient"]["id"].as_str(), body["message"]["text"].as_str()) else {
+            return Reply::json(400, &json!({"error": {"message": "(#100) Invalid parameter", "code": 100}}));
+        };
+        if body["messaging_type"] != "RESPONSE" {
+            return Reply::json(400, &json!({"error": {"message": "(#100) messaging_type", "code": 100}}));
+        }
+        let id = format!("m_test{:08}", self.sent.fetch_add(1, Ordering::SeqCst));
+        keep(mailbox, &page, to, &id, text);
+        Reply::json(200, &json!({"recipient_id": to, "message_id": id}))
     }
 }
