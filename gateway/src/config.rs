@@ -1770,7 +1770,9 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
                 if access_token.is_empty() {
                     problems.push(format!("reach.senders[{i}].access_token must not be empty"));
                 }
-                if !(*per_second > 0.0 && *per_second <= 10_000.0) || !(*per_recipient_seconds >= 0.0) {
+                let rate_ok = *per_second > 0.0 && *per_second <= 10_000.0;
+                let pause_ok = per_recipient_seconds.is_finite() && *per_recipient_seconds >= 0.0;
+                if !rate_ok || !pause_ok {
                     problems.push(format!(
                         "reach.senders[{i}]: per_second must be in (0, 10000], per_recipient_seconds >= 0"
                     ));
