@@ -1771,25 +1771,22 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
                     problems.push(format!("reach.senders[{i}].access_token must not be empty"));
                 }
                 let rate_ok = *per_second > 0.0 && *per_second <= 10_000.0;
-                let pause_ok = per_recipient_seconds.is_finite() && *per_recipient_seconds >= 0.0;
+                let pause_ok = (0.0..=86_400.0).contains(per_recipient_seconds);
                 if !rate_ok || !pause_ok {
                     problems.push(format!(
                         "reach.senders[{i}]: per_second must be in (0, 10000], per_recipient_seconds >= 0"
                     ));
                 }
             }
-            SenderConfig::Telegram { base_url, bot_tokens: tokens, per_second, .. }
-            | SenderConfig::Messenger { base_url, page_tokens: tokens, per_second, .. }
+            SenderConfig::Telegram { base_url, bot_tokens: tokens, per_second, per_recipient_seconds: pause } => {
+                if !(0.0..=86_400.0).contains(pause) {
+                    problems.push(format!("reach.senders[{i}].per_recipient_seconds must be between 0 and 86400"));
+                }
+                validate_chat_sender(i, base_url, tokens, *per_second, problems);
+            }
+            SenderConfig::Messenger { base_url, page_tokens: tokens, per_second, .. }
             | SenderConfig::Line { base_url, channel_tokens: tokens, per_second, .. } => {
-                if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-                    problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
-                }
-                if tokens.is_empty() || tokens.values().any(String::is_empty) {
-                    problems.push(format!("reach.senders[{i}]: a token for each account, none empty"));
-                }
-                if !(*per_second > 0.0 && *per_second <= 10_000.0) {
-                    problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
-                }
+                validate_chat_sender(i, base_url, tokens, *per_second, problems);
             }
         }
     }
@@ -1799,6 +1796,25 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
                 problems.push(format!("reach.teams[{i}]: alert target `{target}` is not in reach.alert_targets"));
             }
         }
+    }
+}
+
+/// The checks every chat sender shares: an http(s) base, a token per account, a sane rate.
+fn validate_chat_sender(
+    i: usize,
+    base_url: &str,
+    tokens: &std::collections::BTreeMap<String, String>,
+    per_second: f64,
+    problems: &mut Vec<String>,
+) {
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
+    }
+    if tokens.is_empty() || tokens.values().any(String::is_empty) {
+        problems.push(format!("reach.senders[{i}]: a token for each account, none empty"));
+    }
+    if !(per_second > 0.0 && per_second <= 10_000.0) {
+        problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
     }
 }
 

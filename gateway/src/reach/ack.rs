@@ -46,7 +46,18 @@ impl Template {
                     literal.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(format!("`{{{name}` is not closed"));
+                    }
                     let known = PLACEHOLDERS.iter().find(|p| **p == name).ok_or_else(|| {
                         format!("unknown placeholder `{{{name}}}` (known: {})", PLACEHOLDERS.join(", "))
                     })?;
@@ -205,6 +216,9 @@ pub struct AckState {
     pub attempts: u32,
     /// Not before (Unix ms).
     pub not_before_ms: i64,
+    /// An agent answered while it was being sent: a retry is not made.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// One variant of a template.
@@ -310,6 +324,7 @@ impl Acks {
             status: AckStatus::Scheduled,
             attempts: 0,
             not_before_ms,
+            cancel_requested: false,
         })
     }
 
@@ -339,7 +354,8 @@ impl Acks {
         language.and_then(pick).or_else(|| pick(&self.fallback_language))
     }
 
-    fn sender_for(&self, channel: &str) -> Option<usize> {
+    /// The sender of `channel`, by its index in `reach.senders`.
+    pub fn sender_for(&self, channel: &str) -> Option<usize> {
         self.senders.iter().position(|sender| match sender {
             SenderConfig::Smtp { channels, .. } => channels.iter().any(|c| c == channel),
             SenderConfig::Whatsapp { .. } => channel == "whatsapp",
@@ -365,6 +381,7 @@ mod tests {
         assert_eq!(t.render(&values), "Hallo Anna, Bestellung  {ok}");
         assert!(Template::parse("Hi {name}").unwrap_err().contains("unknown placeholder `{name}`"));
         assert!(Template::parse("a } b").is_err());
+        assert!(Template::parse("Hi {buyer_name").unwrap_err().contains("not closed"));
     }
 
     #[test]

@@ -258,6 +258,11 @@ impl Reach {
                 plan.status = ack::AckStatus::Cancelled;
                 batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(&plan).expect("acks serialize"));
             }
+            Some(mut plan) if plan.status == ack::AckStatus::Sending => {
+                // Leaving now: it cannot be stopped, but it is not retried.
+                plan.cancel_requested = true;
+                batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(&plan).expect("acks serialize"));
+            }
             Some(_) => {}
             None => {
                 // Not planned yet: mark it, so the reach stage does not plan it later.
@@ -266,6 +271,41 @@ impl Reach {
             }
         }
         Ok(())
+    }
+
+    /// Reads, changes and writes inquiry `id`'s acknowledgement under the reach lock, so a reply
+    /// that cancels it cannot interleave: `change` returns false to leave it as it is. The timer
+    /// `due_ms` (the one that fired) and the old one go; a scheduled state gets its new timer.
+    /// `None` when it has no acknowledgement.
+    pub(crate) fn update_ack(
+        &self,
+        id: Uuid,
+        due_ms: Option<i64>,
+        change: impl FnOnce(&mut ack::AckState) -> bool,
+    ) -> Result<Option<ack::AckState>, StoreError> {
+        let _writes = self.next_seq.lock().expect("reach lock");
+        let mut batch = self.store.batch();
+        if let Some(due) = due_ms {
+            batch.remove_timer(Timeline::Ack, due, id);
+        }
+        let state = self.store.timeline_state(Timeline::Ack, id)?;
+        let Some(mut state) = state.and_then(|b| serde_json::from_slice::<ack::AckState>(&b).ok()) else {
+            batch.commit()?;
+            return Ok(None);
+        };
+        let before = state.not_before_ms;
+        if change(&mut state) {
+            batch.remove_timer(Timeline::Ack, before, id);
+            if state.status == ack::AckStatus::Scheduled {
+                batch.put_timer(Timeline::Ack, state.not_before_ms, id);
+            }
+            batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(&state).expect("acks serialize"));
+        } else if state.status == ack::AckStatus::Scheduled && Some(state.not_before_ms) == due_ms {
+            // Unchanged and still scheduled at the time that fired: keep its timer.
+            batch.put_timer(Timeline::Ack, state.not_before_ms, id);
+        }
+        batch.commit()?;
+        Ok(Some(state))
     }
 
     /// The SLA of inquiry `id`, if it has one (an unreadable one is logged and treated as none).

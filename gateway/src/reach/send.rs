@@ -1,17 +1,22 @@
-//! Sending auto-acknowledgements: e-mail over SMTP (lettre) and the WhatsApp Cloud API, each
-//! under its outbound quota (governor: messages per second per sender and account, and a pause
-//! between two messages to the same buyer), never twice for one inquiry, every send audited.
+//! Sending auto-acknowledgements: e-mail over SMTP (lettre), WhatsApp, Messenger/Instagram,
+//! Telegram and LINE, each under its outbound quota (governor: messages per second per sender and
+//! account, and a pause between two messages to the same buyer), at most once per inquiry, every
+//! send audited.
 //!
 //! An acknowledgement is marked `sending` (fsynced) before it leaves: a gateway that stops while
-//! sending marks it `uncertain` at its next start and never sends it again, so a buyer is never
-//! acknowledged twice. A refusal that may pass later (a throttle, a 5xx, a dropped connection) is
-//! rescheduled with backoff; anything else fails for good. Both are in the audit log.
+//! sending marks it `uncertain` at its next start and never sends it again. An answer that does
+//! not say whether the message left (a timeout, a dropped connection after the request went out)
+//! is `uncertain` too, and not retried: a buyer is never acknowledged twice (LINE alone takes a
+//! repeat once, by its retry key, so it is retried). An explicit refusal that may pass later (a
+//! throttle, a 5xx, a relay that refused the connection) is rescheduled with backoff; anything
+//! else fails for good. Failure reasons hold status and error codes only, never an answer's text.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use inquiry_connectors::poll::{PollMethod, PollRequest};
 use lettre::message::header::ContentType;
@@ -40,10 +45,12 @@ const WHATSAPP_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// Why a send did not go through.
 #[derive(Debug)]
 pub enum SendError {
-    /// May pass later: retried with backoff.
+    /// Refused for now: retried with backoff.
     Retry(String),
     /// Will not pass: failed for good.
     Permanent(String),
+    /// It may or may not have left: recorded uncertain, never retried.
+    Unknown(String),
 }
 
 /// One configured sender, ready to send.
@@ -59,7 +66,7 @@ enum Channel {
 struct Sender {
     channel: Channel,
     /// Per account (the business number, the relay).
-    rate: HashMap<String, Arc<DefaultDirectRateLimiter>>,
+    rate: std::sync::Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     per_second: f64,
     /// Per recipient (a hash of the address): the pause between two messages to one buyer.
     pair: Option<DefaultKeyedRateLimiter<[u8; 16]>>,
@@ -123,32 +130,44 @@ impl Sender {
             let period = Duration::from_secs_f64(pair_seconds * 1.02);
             RateLimiter::keyed(Quota::with_period(period).expect("positive period"))
         });
-        Ok(Sender { channel, rate: HashMap::new(), per_second, pair })
+        Ok(Sender { channel, rate: Default::default(), per_second, pair })
     }
 
     /// How long to wait before a message from `account` to `recipient` keeps both quotas;
     /// `None`: go now (and the calls are counted).
-    fn wait(&mut self, account: &str, recipient: &str) -> Option<Duration> {
+    fn wait(&self, account: &str, recipient: &str) -> Option<Duration> {
         let per_second = self.per_second;
-        let rate = self.rate.entry(account.to_owned()).or_insert_with(|| {
-            // 98% of the quota, like the pollers: arrivals bunch up on the way.
-            let period = Duration::from_secs_f64(1.0 / (per_second * 0.98));
-            let burst = NonZeroU32::new((per_second as u32).max(1)).expect(">= 1");
-            Arc::new(RateLimiter::direct(Quota::with_period(period).expect("positive").allow_burst(burst)))
-        });
+        let rate = self
+            .rate
+            .lock()
+            .expect("rate lock")
+            .entry(account.to_owned())
+            .or_insert_with(|| {
+                // 98% of the quota, like the pollers, and no burst: a platform that counts calls per
+                // second must not see the bucket's burst on top of the steady rate.
+                let period = Duration::from_secs_f64(1.0 / (per_second * 0.98));
+                let quota = Quota::with_period(period).expect("positive").allow_burst(NonZeroU32::MIN);
+                Arc::new(RateLimiter::direct(quota))
+            })
+            .clone();
+        let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+        // The account's rate first: a refusal there must not spend the buyer's pause.
+        if let Err(not_until) = rate.check() {
+            return Some(not_until.wait_time_from(now));
+        }
         let key: [u8; 16] = Sha256::digest(recipient.as_bytes())[..16].try_into().expect("16 bytes");
         if let Some(pair) = &self.pair {
             if let Err(not_until) = pair.check_key(&key) {
-                return Some(
-                    not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())),
-                );
+                return Some(not_until.wait_time_from(now));
             }
         }
-        match rate.check() {
-            Ok(()) => None,
-            Err(not_until) => {
-                Some(not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())))
-            }
+        None
+    }
+
+    /// Forgets the buyers whose pause is over (the per-buyer limiter would grow without end).
+    fn forget_old_recipients(&self) {
+        if let Some(pair) = &self.pair {
+            pair.retain_recent();
         }
     }
 
@@ -167,9 +186,8 @@ impl Sender {
                     .body(message.body.clone())
                     .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
                 match transport.send(email).await {
-                    Ok(response) => Ok(response.message().collect::<Vec<_>>().join(" ")),
-                    Err(err) if err.is_permanent() => Err(SendError::Permanent(format!("smtp: {err}"))),
-                    Err(err) => Err(SendError::Retry(format!("smtp: {err}"))),
+                    Ok(response) => Ok(format!("smtp {}", response.code())),
+                    Err(err) => Err(smtp_outcome(&err)),
                 }
             }
             Channel::Whatsapp { client, base_url, access_token } => {
@@ -249,14 +267,13 @@ fn json_post(url: String, bearer: Option<&str>, body: &serde_json::Value, extra:
 pub fn messenger_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     if (200..300).contains(&status) {
-        return json["message_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| SendError::Retry("the answer has no message id".to_owned()));
+        return Ok(json["message_id"].as_str().unwrap_or("accepted").to_owned());
     }
     let code = json["error"]["code"].as_i64().unwrap_or(0);
     let reason = format!("messenger answered {status}, error {code}");
-    if status == 429 || status >= 500 || matches!(code, 2 | 4 | 32 | 613 | 1200) {
+    if status == 599 {
+        Err(SendError::Unknown("no answer from messenger".to_owned()))
+    } else if status == 429 || status >= 500 || matches!(code, 2 | 4 | 32 | 613 | 1200 | 80002 | 80006) {
         Err(SendError::Retry(reason))
     } else {
         Err(SendError::Permanent(reason))
@@ -268,11 +285,13 @@ pub fn messenger_outcome(status: u16, body: &[u8]) -> Result<String, SendError> 
 /// other 4xx fail.
 pub fn telegram_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    if (200..300).contains(&status) && json["ok"] == true {
+    if (200..300).contains(&status) {
         return Ok(json["result"]["message_id"].to_string());
     }
-    let reason = format!("telegram answered {status}: {}", json["description"].as_str().unwrap_or_default());
-    if status == 429 || status >= 500 {
+    let reason = format!("telegram answered {status}, error {}", json["error_code"]);
+    if status == 599 {
+        Err(SendError::Unknown("no answer from telegram".to_owned()))
+    } else if status == 429 || status >= 500 {
         Err(SendError::Retry(reason))
     } else {
         Err(SendError::Permanent(reason))
@@ -295,6 +314,26 @@ pub fn line_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
     }
 }
 
+/// Classifies an SMTP failure by its code and kind only (the relay's text may quote the address).
+fn smtp_outcome(err: &lettre::transport::smtp::Error) -> SendError {
+    let code = err.status().map(|c| c.to_string()).unwrap_or_default();
+    if err.is_permanent() || err.is_client() {
+        return SendError::Permanent(format!("smtp refused {code}"));
+    }
+    if err.is_transient() || err.is_tls() {
+        // An explicit 4xx, or a handshake that failed before the message: nothing left.
+        return SendError::Retry(format!("smtp refused for now {code}"));
+    }
+    let refused = std::error::Error::source(err).and_then(|e| e.downcast_ref::<std::io::Error>()).is_some_and(|e| {
+        matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable)
+    });
+    if refused {
+        SendError::Retry("smtp relay refused the connection".to_owned())
+    } else {
+        SendError::Unknown("smtp connection lost or timed out while sending".to_owned())
+    }
+}
+
 /// Reads a Cloud API answer: the message id, or whether the refusal may pass later.
 /// <https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes>: 130429
 /// (throughput reached), 131056 (pair rate limit), 131048 (spam rate limit), 80007 and 4 (rate
@@ -302,14 +341,13 @@ pub fn line_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
 pub fn whatsapp_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     if (200..300).contains(&status) {
-        return json["messages"][0]["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| SendError::Retry("the answer has no message id".to_owned()));
+        return Ok(json["messages"][0]["id"].as_str().unwrap_or("accepted").to_owned());
     }
     let code = json["error"]["code"].as_i64().unwrap_or(0);
     let reason = format!("whatsapp answered {status}, error {code}");
-    if status == 429 || status >= 500 || status == 599 || matches!(code, 4 | 80007 | 130429 | 131048 | 131056) {
+    if status == 599 {
+        Err(SendError::Unknown("no answer from whatsapp".to_owned()))
+    } else if status == 429 || status >= 500 || matches!(code, 4 | 80007 | 130429 | 131048 | 131056) {
         Err(SendError::Retry(reason))
     } else {
         Err(SendError::Permanent(reason))
@@ -390,7 +428,7 @@ pub async fn run_acks(
     claims: Option<Arc<AckClaims>>,
     mut stop: watch::Receiver<()>,
 ) {
-    let mut senders: Vec<Option<Sender>> = reach
+    let senders: Vec<Option<Sender>> = reach
         .acks()
         .senders()
         .iter()
@@ -403,6 +441,7 @@ pub async fn run_acks(
     if let Err(err) = recover_sending(&store, &pipeline).await {
         tracing::error!(error = %err, "cannot check for interrupted acknowledgements");
     }
+    let mut last_sweep = std::time::Instant::now();
     loop {
         let now = reach.clock.now_ms();
         let due = match store.due_timers(Timeline::Ack, now, 64) {
@@ -415,11 +454,25 @@ pub async fn run_acks(
                 continue;
             }
         };
-        for (due_ms, id) in due {
-            let claims = claims.as_deref();
-            if let Err(err) = send_one(&reach, &store, &subjects, &pipeline, claims, &mut senders, due_ms, id).await {
-                tracing::error!(error = %err, "acknowledgement not recorded; retrying");
-            }
+        // Several at once: a slow relay must not hold the other channels.
+        let (reach, store, subjects, pipeline, senders) = (&reach, &store, &subjects, &pipeline, &senders);
+        let claims = claims.as_deref();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(16, |(due_ms, id)| async move {
+                let sent = send_one(reach, store, subjects, pipeline, claims, senders, due_ms, id).await;
+                if let Err(err) = sent {
+                    tracing::error!(inquiry_id = %id, error = %err, "acknowledgement not recorded; retrying in 5 s");
+                    let later = reach.clock.now_ms() + 5000;
+                    let _ = reach.update_ack(id, Some(due_ms), |state| {
+                        state.not_before_ms = later;
+                        true
+                    });
+                }
+            })
+            .await;
+        if last_sweep.elapsed() > Duration::from_secs(60) {
+            senders.iter().flatten().for_each(Sender::forget_old_recipients);
+            last_sweep = std::time::Instant::now();
         }
         let next = store.next_due(Timeline::Ack).ok().flatten().map_or(1000, |at| (at - now).clamp(0, 1000));
         tokio::select! {
@@ -448,6 +501,8 @@ async fn recover_sending(store: &Store, pipeline: &Pipeline) -> Result<(), Store
 }
 
 /// Sends (or reschedules, or fails) the acknowledgement of inquiry `id` whose timer is `due_ms`.
+/// Every change of its state goes through [`Reach::update_ack`], so a reply that cancels it
+/// cannot be overwritten.
 #[allow(clippy::too_many_arguments)]
 async fn send_one(
     reach: &Reach,
@@ -455,62 +510,52 @@ async fn send_one(
     subjects: &Subjects,
     pipeline: &Pipeline,
     claims: Option<&AckClaims>,
-    senders: &mut [Option<Sender>],
+    senders: &[Option<Sender>],
     due_ms: i64,
     id: Uuid,
 ) -> Result<(), StoreError> {
     let now = reach.clock.now_ms();
-    let Some(mut state) =
-        store.timeline_state(Timeline::Ack, id)?.and_then(|b| serde_json::from_slice::<AckState>(&b).ok())
-    else {
-        let mut batch = store.batch();
-        batch.remove_timer(Timeline::Ack, due_ms, id);
-        return batch.write();
+    let scheduled = |state: &AckState| state.status == AckStatus::Scheduled;
+    let state = store.timeline_state(Timeline::Ack, id)?.and_then(|b| serde_json::from_slice::<AckState>(&b).ok());
+    let Some(state) = state.filter(scheduled) else {
+        // Done, cancelled or gone: only its timer is left to remove.
+        reach.update_ack(id, Some(due_ms), |_| false)?;
+        return Ok(());
     };
-    let save = |state: &AckState, next: Option<i64>| {
-        let mut batch = store.batch();
-        batch.remove_timer(Timeline::Ack, due_ms, id);
-        if let Some(next) = next {
-            batch.put_timer(Timeline::Ack, next, id);
-        }
-        batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(state).expect("states serialize"));
-        batch.commit()
-    };
-    if state.status != AckStatus::Scheduled {
-        return save(&state, None);
-    }
+    let fail = |reason: &str| finish(reach, pipeline, id, due_ms, AckStatus::Failed { reason: reason.to_owned() });
     // What to send, to whom: opened from the sealed inquiry now, never kept.
     let stored = store.get_inquiry(id)?.and_then(|b| serde_json::from_slice::<StoredInquiry>(&b).ok());
     let personal = match &stored {
         Some(stored) => subjects.open(&stored.inquiry)?,
         None => None,
     };
-    let (Some(stored), Some(personal)) = (stored, personal) else {
-        return finish(pipeline, &mut state, AckStatus::Failed { reason: "erased".into() }, save).await;
-    };
+    let (Some(stored), Some(personal)) = (stored, personal) else { return fail("erased").await };
     let recipient = match state.channel.as_str() {
         "whatsapp" | "telegram" | "line" | "messenger" | "instagram" => personal.platform_user_id.clone(),
         _ => personal.email.clone(),
     };
-    let Some(recipient) = recipient else {
-        return finish(pipeline, &mut state, AckStatus::Failed { reason: "no recipient".into() }, save).await;
-    };
+    let Some(recipient) = recipient else { return fail("no recipient").await };
     if matches!(state.channel.as_str(), "whatsapp" | "messenger" | "instagram") {
         // WhatsApp's customer service window and Meta's standard messaging window: free-form
         // messages only within 24 hours of the buyer's last message.
         let wrote_ms = (stored.inquiry.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64;
         if now - wrote_ms > WHATSAPP_WINDOW_MS {
-            let reason = "outside the 24-hour messaging window".into();
-            return finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await;
+            return fail("outside the 24-hour messaging window").await;
         }
     }
-    let Some(sender) = senders.get_mut(state.sender).and_then(Option::as_mut) else {
-        return finish(pipeline, &mut state, AckStatus::Failed { reason: "no sender".into() }, save).await;
+    // The sender configured for the channel now (the config may have changed since the plan).
+    let Some(sender) = reach.acks().sender_for(&state.channel).and_then(|i| senders.get(i)).and_then(Option::as_ref)
+    else {
+        return fail("no sender").await;
     };
     if let Some(wait) = sender.wait(&state.account, &recipient) {
         // Over the quota: the same acknowledgement a little later.
-        state.not_before_ms = now + wait.as_millis() as i64 + 1;
-        return save(&state, Some(state.not_before_ms));
+        let later = now + wait.as_millis() as i64 + 1;
+        reach.update_ack(id, Some(due_ms), |state| {
+            state.not_before_ms = later;
+            scheduled(state)
+        })?;
+        return Ok(());
     }
     let sla_deadline = reach.load(id)?.map(|sla| super::sla::rfc3339(sla.deadline_ms)).unwrap_or_default();
     let values = HashMap::from([
@@ -520,66 +565,88 @@ async fn send_one(
         ("inquiry_id", id.to_string()),
         ("first_response_by", sla_deadline),
     ]);
-    let Some(message) = reach.acks().render(&state, &values) else {
-        return finish(pipeline, &mut state, AckStatus::Failed { reason: "no template".into() }, save).await;
-    };
+    let Some(message) = reach.acks().render(&state, &values) else { return fail("no template").await };
     if reach.dry_run() {
-        return finish(pipeline, &mut state, AckStatus::DryRun, save).await;
+        return finish(reach, pipeline, id, due_ms, AckStatus::DryRun).await;
     }
     // Another replica with the same inquiry acknowledges it, not this one.
     if let Some(claims) = claims {
         match claims.claim(id).await {
             Ok(true) => {}
-            Ok(false) => {
-                let reason = "acknowledged by another replica".into();
-                return finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await;
-            }
+            Ok(false) => return fail("acknowledged by another replica").await,
             Err(err) => {
                 tracing::warn!(inquiry_id = %id, error = %err, "cannot claim the acknowledgement; retrying");
-                state.not_before_ms = now + 2000;
-                return save(&state, Some(state.not_before_ms));
+                let later = now + 2000;
+                reach.update_ack(id, Some(due_ms), |state| {
+                    state.not_before_ms = later;
+                    scheduled(state)
+                })?;
+                return Ok(());
             }
         }
     }
-    // Durable before it leaves: a stop from here on never sends it again.
-    state.status = AckStatus::Sending;
-    state.attempts += 1;
-    save(&state, None)?;
+    // Durable before it leaves: a stop from here on never sends it again. A reply may have
+    // cancelled it meanwhile: then it stays cancelled and is not sent.
+    let marked = reach.update_ack(id, Some(due_ms), |state| {
+        if !scheduled(state) {
+            return false;
+        }
+        state.status = AckStatus::Sending;
+        state.attempts += 1;
+        true
+    })?;
+    let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
     let outcome = sender.send(&state.account, &recipient, &message, id).await;
     match outcome {
-        Ok(provider_id) => finish(pipeline, &mut state, AckStatus::Sent { provider_id }, save).await,
-        Err(SendError::Retry(reason)) if state.attempts < MAX_ATTEMPTS => {
-            tracing::warn!(inquiry_id = %id, attempts = state.attempts, reason, "acknowledgement refused for now; retrying");
+        Ok(provider_id) => finish(reach, pipeline, id, due_ms, AckStatus::Sent { provider_id }).await,
+        Err(SendError::Retry(reason)) if marked.attempts < MAX_ATTEMPTS => {
+            tracing::warn!(inquiry_id = %id, attempts = marked.attempts, reason, "acknowledgement refused for now; retrying");
             counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => "retried").increment(1);
-            state.status = AckStatus::Scheduled;
-            state.not_before_ms = now + (1000i64 << state.attempts.min(10));
-            save(&state, Some(state.not_before_ms))
+            let later = now + (1000i64 << marked.attempts.min(10));
+            reach.update_ack(id, Some(due_ms), |state| {
+                // A reply while it was sending cancels the retry.
+                state.status = if state.cancel_requested { AckStatus::Cancelled } else { AckStatus::Scheduled };
+                state.not_before_ms = later;
+                true
+            })?;
+            Ok(())
+        }
+        Err(SendError::Unknown(reason)) => {
+            tracing::warn!(inquiry_id = %id, reason, "acknowledgement may or may not have left; not sent again");
+            finish(reach, pipeline, id, due_ms, AckStatus::Uncertain).await
         }
         Err(SendError::Retry(reason) | SendError::Permanent(reason)) => {
-            finish(pipeline, &mut state, AckStatus::Failed { reason }, save).await
+            finish(reach, pipeline, id, due_ms, AckStatus::Failed { reason }).await
         }
     }
 }
 
-/// Records the final status, counts and audits it.
+/// Records the final status of inquiry `id`'s acknowledgement, counts and audits it.
 async fn finish(
+    reach: &Reach,
     pipeline: &Pipeline,
-    state: &mut AckState,
+    id: Uuid,
+    due_ms: i64,
     status: AckStatus,
-    save: impl Fn(&AckState, Option<i64>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let (kind, outcome, provider_id) = match &status {
         AckStatus::Sent { provider_id } => ("ack.sent", "sent", Some(provider_id.clone())),
         AckStatus::DryRun => ("ack.dry_run", "dry_run", None),
+        AckStatus::Uncertain => ("ack.uncertain", "uncertain", None),
         _ => ("ack.failed", "failed", None),
     };
     if let AckStatus::Failed { reason } = &status {
-        tracing::warn!(inquiry_id = %state.inquiry_id, reason, "acknowledgement not sent");
+        tracing::warn!(inquiry_id = %id, reason, "acknowledgement not sent");
     }
-    state.status = status;
-    save(state, None)?;
+    let Some(state) = reach.update_ack(id, Some(due_ms), |state| {
+        state.status = status;
+        true
+    })?
+    else {
+        return Ok(());
+    };
     counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => outcome).increment(1);
-    let _ = pipeline.audit(vec![ack_event(kind, state, provider_id)]).await;
+    let _ = pipeline.audit(vec![ack_event(kind, &state, provider_id)]).await;
     Ok(())
 }
 
