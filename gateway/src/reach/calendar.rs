@@ -94,6 +94,38 @@ impl Calendar {
         start_ms.saturating_add(business.as_millis() as i64)
     }
 
+    /// The moment `business` of open time before `end_ms` (Unix ms in, Unix ms out): a reminder
+    /// an hour before a Monday 09:30 deadline comes on Monday at 08:30 only if the office is open
+    /// then, else on Friday an hour before closing.
+    pub fn sub(&self, end_ms: i64, business: std::time::Duration) -> i64 {
+        let end = Timestamp::from_millisecond(end_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut left = SignedDuration::try_from(business).unwrap_or(SignedDuration::MAX);
+        let mut date = end.to_zoned(self.zone.clone()).date();
+        for _ in 0..HORIZON_DAYS {
+            if !self.holidays.contains(&date) {
+                for (open, close) in self.week[weekday_index(date.weekday())].iter().rev() {
+                    let (Some(open), Some(close)) = (self.instant(date, *open), self.instant(date, *close)) else {
+                        continue;
+                    };
+                    let to = close.min(end);
+                    if to <= open {
+                        continue;
+                    }
+                    let available = to.duration_since(open);
+                    if left <= available {
+                        return to.checked_sub(left).unwrap_or(open).as_millisecond();
+                    }
+                    left -= available;
+                }
+            }
+            match date.yesterday() {
+                Ok(previous) => date = previous,
+                Err(_) => break,
+            }
+        }
+        end_ms.saturating_sub(business.as_millis() as i64)
+    }
+
     /// The instant of `time` on `date` in this zone (a time skipped by a DST change moves forward).
     fn instant(&self, date: Date, time: Time) -> Option<Timestamp> {
         date.to_datetime(time).to_zoned(self.zone.clone()).ok().map(|z| z.timestamp())
@@ -135,6 +167,18 @@ mod tests {
         // Christmas Eve 17:00 with the 25th and 26th off (a Friday and Saturday in 2026).
         let cal = calendar(&["2026-12-25"]);
         assert_eq!(cal.add(ms("2026-12-24T17:30[Europe/Berlin]"), hours(1)), ms("2026-12-28T09:30[Europe/Berlin]"));
+    }
+
+    #[test]
+    fn reminders_count_back_in_business_time() {
+        let cal = calendar(&[]);
+        // An hour before Monday 09:30: half an hour on Monday, half an hour before Friday's close.
+        assert_eq!(cal.sub(ms("2026-12-07T09:30[Europe/Berlin]"), hours(1)), ms("2026-12-04T17:30[Europe/Berlin]"));
+        // Across lunch: an hour before 14:00 is 12:00.
+        assert_eq!(cal.sub(ms("2026-12-02T14:00[Europe/Berlin]"), hours(1)), ms("2026-12-02T12:00[Europe/Berlin]"));
+        // The inverse of add within a day.
+        let start = ms("2026-12-02T10:00[Europe/Berlin]");
+        assert_eq!(cal.sub(cal.add(start, hours(3)), hours(3)), start);
     }
 
     #[test]

@@ -578,6 +578,8 @@ mod tests {
         [[sla_policies]]
         id = "office"
         first_response = "2h"
+        reminders = ["90m"]
+        escalate_after = ["1h"]
         calendar = "berlin"
         [[sla_rules]]
         queue = "sales"
@@ -750,6 +752,18 @@ mod tests {
         assert_eq!(state.policy, "office", "the routing decision names the policy");
         // One hour on Friday, the second on Monday from 09:00 Berlin (08:00 UTC).
         assert_eq!(sla::SlaEvent::clone(&queued(&store, KAFKA_QUEUE)[0]).deadline, "2026-12-07T09:00:00Z");
+        // The reminder 90 office minutes before: 30 on Monday, 60 before Friday's close, so
+        // 16:30 Berlin on Friday; the escalation an office hour after the deadline.
+        let at = |ms: i64| sla::rfc3339(ms);
+        let steps: Vec<(String, sla::Step)> = state.pending.iter().map(|(ms, step)| (at(*ms), *step)).collect();
+        assert_eq!(
+            steps,
+            [
+                ("2026-12-04T15:30:00Z".to_owned(), sla::Step::Reminder),
+                ("2026-12-07T09:00:00Z".to_owned(), sla::Step::Breach),
+                ("2026-12-07T10:00:00Z".to_owned(), sla::Step::Escalation { level: 1 }),
+            ]
+        );
     }
 
     #[test]

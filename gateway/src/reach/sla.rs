@@ -148,16 +148,21 @@ impl SlaState {
             Some(calendar) => calendar.add(started_ms, policy.first_response),
             None => started_ms.saturating_add(policy.first_response.as_millis() as i64),
         };
-        let ms = |d: &Duration| d.as_millis() as i64;
-        let mut pending: Vec<(i64, Step)> = policy
-            .reminders
-            .iter()
-            .map(|before| (deadline_ms - ms(before), Step::Reminder))
-            .filter(|(at, _)| *at > started_ms)
-            .collect();
+        // Reminders and escalations count in the same business time as the deadline: nobody is
+        // reminded before the office opens or escalated to at night.
+        let before = |d: &Duration| match &policy.calendar {
+            Some(calendar) => calendar.sub(deadline_ms, *d),
+            None => deadline_ms - d.as_millis() as i64,
+        };
+        let after = |d: &Duration| match &policy.calendar {
+            Some(calendar) if !d.is_zero() => calendar.add(deadline_ms, *d),
+            _ => deadline_ms + d.as_millis() as i64,
+        };
+        let mut pending: Vec<(i64, Step)> =
+            policy.reminders.iter().map(|r| (before(r), Step::Reminder)).filter(|(at, _)| *at > started_ms).collect();
         pending.push((deadline_ms, Step::Breach));
-        for (i, after) in policy.escalate_after.iter().enumerate() {
-            pending.push((deadline_ms + ms(after), Step::Escalation { level: i as u8 + 1 }));
+        for (i, wait) in policy.escalate_after.iter().enumerate() {
+            pending.push((after(wait), Step::Escalation { level: i as u8 + 1 }));
         }
         // Stable: a breach and a level-1 escalation at the same moment fire in that order.
         pending.sort_by_key(|(at, _)| *at);
