@@ -70,6 +70,11 @@ struct Sender {
     per_second: f64,
     /// Per recipient (a hash of the address): the pause between two messages to one buyer.
     pair: Option<DefaultKeyedRateLimiter<[u8; 16]>>,
+    /// The pause itself, and when the last message to each recipient leaves: sends run
+    /// concurrently, so the limiter's check (before the message is marked and built) is made
+    /// exact at the departure itself.
+    pause: Duration,
+    departures: std::sync::Mutex<HashMap<[u8; 16], tokio::time::Instant>>,
 }
 
 impl Sender {
@@ -130,7 +135,8 @@ impl Sender {
             let period = Duration::from_secs_f64(pair_seconds * 1.02);
             RateLimiter::keyed(Quota::with_period(period).expect("positive period"))
         });
-        Ok(Sender { channel, rate: Default::default(), per_second, pair })
+        let pause = Duration::from_secs_f64(pair_seconds * 1.02);
+        Ok(Sender { channel, rate: Default::default(), per_second, pair, pause, departures: Default::default() })
     }
 
     /// How long to wait before a message from `account` to `recipient` keeps both quotas;
@@ -169,6 +175,25 @@ impl Sender {
         if let Some(pair) = &self.pair {
             pair.retain_recent();
         }
+        let now = tokio::time::Instant::now();
+        self.departures.lock().expect("departures lock").retain(|_, at| *at + self.pause > now);
+    }
+
+    /// Waits until a message to `recipient` may leave (the pause after the previous one to the
+    /// same buyer) and reserves that moment; concurrent sends to one buyer queue up.
+    async fn space(&self, recipient: &str) {
+        if self.pause.is_zero() {
+            return;
+        }
+        let key: [u8; 16] = Sha256::digest(recipient.as_bytes())[..16].try_into().expect("16 bytes");
+        let at = {
+            let mut departures = self.departures.lock().expect("departures lock");
+            let now = tokio::time::Instant::now();
+            let at = departures.get(&key).map_or(now, |last| (*last + self.pause).max(now));
+            departures.insert(key, at);
+            at
+        };
+        tokio::time::sleep_until(at).await;
     }
 
     async fn send(&self, account: &str, recipient: &str, message: &Rendered, id: Uuid) -> Result<String, SendError> {
@@ -596,6 +621,7 @@ async fn send_one(
         true
     })?;
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
+    sender.space(&recipient).await;
     let outcome = sender.send(&state.account, &recipient, &message, id).await;
     match outcome {
         Ok(provider_id) => finish(reach, pipeline, id, due_ms, AckStatus::Sent { provider_id }).await,
