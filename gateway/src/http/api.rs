@@ -279,18 +279,27 @@ fn normalize_batch(
     Err(err)
 }
 
-fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    let grant = state.auth.authenticate(headers)?;
-    let id = Uuid::try_parse(id)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the id is not a uuid"))?;
+/// The id in a path: 400 `invalid_id` when it is not a UUID.
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the id is not a uuid"))
+}
+
+/// The stored inquiry `id`, if `grant` may use its account. A key that may not learns nothing,
+/// not even that the id exists: 404 either way.
+fn stored_for(state: &ApiState, grant: &Grant, id: Uuid) -> Result<StoredInquiry, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
     let bytes = state.store.get_inquiry(id).map_err(store_error)?.ok_or_else(not_found)?;
     let stored: StoredInquiry = serde_json::from_slice(&bytes)
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored record is unreadable"))?;
-    // A key that may not see the account learns nothing, not even that the id exists.
     if !grant.allows(&stored.inquiry.account) {
         return Err(not_found());
     }
+    Ok(stored)
+}
+
+fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(headers)?;
+    let stored = stored_for(state, &grant, parse_id(id)?)?;
     // The personal data, opened for the caller; `null` once the subject was erased.
     let personal = state.subjects.open(&stored.inquiry).map_err(store_error)?;
     let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
@@ -314,8 +323,7 @@ struct ReplyBody {
 /// SLA clock. Idempotent: a second call reports the SLA as the first one left it.
 async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(req.headers())?;
-    let id = Uuid::try_parse(id)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the id is not a uuid"))?;
+    let id = parse_id(id)?;
     let body = read_body(req, 64 * 1024).await?;
     let reply: ReplyBody = if body.iter().all(u8::is_ascii_whitespace) {
         ReplyBody::default()
@@ -326,13 +334,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     if reply.agent.as_ref().is_some_and(|a| a.len() > 128) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_agent", "agent is at most 128 bytes"));
     }
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
-    let bytes = state.store.get_inquiry(id).map_err(store_error)?.ok_or_else(not_found)?;
-    let stored: StoredInquiry = serde_json::from_slice(&bytes)
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored record is unreadable"))?;
-    if !grant.allows(&stored.inquiry.account) {
-        return Err(not_found());
-    }
+    let stored = stored_for(state, &grant, id)?;
     // A reply cannot come from the future, nor before the gateway had the inquiry.
     let now = OffsetDateTime::now_utc();
     let at = reply.replied_at.unwrap_or(now);

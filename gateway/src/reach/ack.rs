@@ -208,8 +208,6 @@ pub struct AckState {
     pub channel: String,
     /// Account.
     pub account: String,
-    /// Which sender (index into `reach.senders`).
-    pub sender: usize,
     /// Where it stands.
     pub status: AckStatus,
     /// Sending attempts so far.
@@ -305,7 +303,8 @@ impl Acks {
                 rule.template.as_str()
             }
         };
-        let sender = self.sender_for(inquiry.channel.as_str())?;
+        // No sender for the channel: nothing to plan (the sender is looked up again when sending).
+        self.sender_for(inquiry.channel.as_str())?;
         let language = decision.language.as_deref().or(inquiry.buyer.language.as_deref());
         let variant = self.variant(template, language, &inquiry.account)?;
         let zones = inquiry.buyer.country.as_deref().map(country_zones).unwrap_or_default();
@@ -320,7 +319,6 @@ impl Acks {
             language: variant.language.clone(),
             channel: inquiry.channel.as_str().to_owned(),
             account: inquiry.account.clone(),
-            sender,
             status: AckStatus::Scheduled,
             attempts: 0,
             not_before_ms,

@@ -102,12 +102,6 @@ impl Reach {
         })
     }
 
-    /// True when SLA policies or acknowledgements are configured (else the reach stage has
-    /// nothing to do).
-    pub fn is_enabled(&self) -> bool {
-        !self.policies.is_empty() || !self.acks.is_empty()
-    }
-
     /// The acknowledgement rules, templates and senders.
     pub fn acks(&self) -> &ack::Acks {
         &self.acks
@@ -121,13 +115,6 @@ impl Reach {
     /// The alert targets.
     pub fn targets(&self) -> &[AlertTargetConfig] {
         &self.targets
-    }
-
-    /// The queue names events are delivered from: the Kafka topic (if configured) and every
-    /// alert target.
-    pub fn queues(&self) -> Vec<String> {
-        let alerts = self.targets.iter().map(|t| alert_queue(&t.id));
-        self.to_kafka.then(|| KAFKA_QUEUE.to_owned()).into_iter().chain(alerts).collect()
     }
 
     /// Starts the SLA of every record that has a policy and none yet, and plans its

@@ -55,11 +55,30 @@ pub enum SendError {
 
 /// One configured sender, ready to send.
 enum Channel {
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: lettre::message::Mailbox },
-    Whatsapp { client: PollClient, base_url: String, access_token: String },
-    Messenger { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
-    Telegram { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
-    Line { client: PollClient, base_url: String, tokens: std::collections::BTreeMap<String, String> },
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: lettre::message::Mailbox,
+    },
+    Whatsapp {
+        client: PollClient,
+        base_url: String,
+        access_token: String,
+    },
+    /// Messenger/Instagram, Telegram and LINE: a JSON POST with a token per account.
+    Chat {
+        api: ChatApi,
+        client: PollClient,
+        base_url: String,
+        tokens: std::collections::BTreeMap<String, String>,
+    },
+}
+
+/// The chat APIs that take a token per account.
+#[derive(Debug, Clone, Copy)]
+enum ChatApi {
+    Messenger,
+    Telegram,
+    Line,
 }
 
 /// A sender with its quotas.
@@ -105,29 +124,14 @@ impl Sender {
                 };
                 (channel, *per_second, *per_recipient_seconds)
             }
-            SenderConfig::Messenger { base_url, page_tokens, per_second, .. } => {
-                let channel = Channel::Messenger {
-                    client: crate::poll::client(),
-                    base_url: base_url.trim_end_matches('/').to_owned(),
-                    tokens: page_tokens.clone(),
-                };
-                (channel, *per_second, 0.0)
+            SenderConfig::Messenger { base_url, page_tokens: tokens, per_second, .. } => {
+                (chat(ChatApi::Messenger, base_url, tokens), *per_second, 0.0)
             }
-            SenderConfig::Telegram { base_url, bot_tokens, per_second, per_recipient_seconds } => {
-                let channel = Channel::Telegram {
-                    client: crate::poll::client(),
-                    base_url: base_url.trim_end_matches('/').to_owned(),
-                    tokens: bot_tokens.clone(),
-                };
-                (channel, *per_second, *per_recipient_seconds)
+            SenderConfig::Telegram { base_url, bot_tokens: tokens, per_second, per_recipient_seconds } => {
+                (chat(ChatApi::Telegram, base_url, tokens), *per_second, *per_recipient_seconds)
             }
-            SenderConfig::Line { base_url, channel_tokens, per_second } => {
-                let channel = Channel::Line {
-                    client: crate::poll::client(),
-                    base_url: base_url.trim_end_matches('/').to_owned(),
-                    tokens: channel_tokens.clone(),
-                };
-                (channel, *per_second, 0.0)
+            SenderConfig::Line { base_url, channel_tokens: tokens, per_second } => {
+                (chat(ChatApi::Line, base_url, tokens), *per_second, 0.0)
             }
         };
         let pair = (pair_seconds > 0.0).then(|| {
@@ -234,41 +238,50 @@ impl Sender {
                     exchange(client, "", request, agent).await.map_err(|e| SendError::Permanent(e.to_string()))?;
                 whatsapp_outcome(status, &answer)
             }
-            Channel::Messenger { client, base_url, tokens } => {
+            Channel::Chat { api, client, base_url, tokens } => {
                 let token =
-                    tokens.get(account).ok_or_else(|| SendError::Permanent("no page token for the account".into()))?;
-                let body = serde_json::json!({
-                    "recipient": { "id": recipient }, "messaging_type": "RESPONSE", "message": { "text": message.body },
-                });
-                let request = json_post(format!("{base_url}/{account}/messages"), Some(token), &body, &[]);
-                let (status, _, answer) =
-                    exchange(client, "", request, AGENT).await.map_err(|e| SendError::Permanent(e.to_string()))?;
-                messenger_outcome(status, &answer)
-            }
-            Channel::Telegram { client, base_url, tokens } => {
-                let token =
-                    tokens.get(account).ok_or_else(|| SendError::Permanent("no bot token for the account".into()))?;
-                let body = serde_json::json!({ "chat_id": recipient, "text": message.body });
-                let request = json_post(format!("{base_url}/bot{token}/sendMessage"), None, &body, &[]);
+                    tokens.get(account).ok_or_else(|| SendError::Permanent("no token for the account".into()))?;
+                let text = &message.body;
+                let (request, read): (PollRequest, fn(u16, &[u8]) -> Result<String, SendError>) = match api {
+                    ChatApi::Messenger => {
+                        let body = serde_json::json!({
+                            "recipient": { "id": recipient }, "messaging_type": "RESPONSE", "message": { "text": text },
+                        });
+                        (
+                            json_post(format!("{base_url}/{account}/messages"), Some(token), &body, &[]),
+                            messenger_outcome,
+                        )
+                    }
+                    ChatApi::Telegram => {
+                        let body = serde_json::json!({ "chat_id": recipient, "text": text });
+                        (json_post(format!("{base_url}/bot{token}/sendMessage"), None, &body, &[]), telegram_outcome)
+                    }
+                    ChatApi::Line => {
+                        let body =
+                            serde_json::json!({ "to": recipient, "messages": [{ "type": "text", "text": text }] });
+                        // The retry key makes LINE take a retried push once (it answers 409 to a repeat).
+                        let retry_key = ("x-line-retry-key".to_owned(), id.to_string());
+                        let url = format!("{base_url}/v2/bot/message/push");
+                        (json_post(url, Some(token), &body, &[retry_key]), line_outcome)
+                    }
+                };
+                // The error of an unbuildable request could quote the URL (Telegram's carries the token).
                 let (status, _, answer) = exchange(client, "", request, AGENT)
                     .await
-                    .map_err(|_| SendError::Permanent("bad request".into()))?;
-                telegram_outcome(status, &answer)
-            }
-            Channel::Line { client, base_url, tokens } => {
-                let token = tokens
-                    .get(account)
-                    .ok_or_else(|| SendError::Permanent("no channel token for the account".into()))?;
-                let body =
-                    serde_json::json!({ "to": recipient, "messages": [{ "type": "text", "text": message.body }] });
-                // The retry key makes LINE take a retried push once (it answers 409 to a repeat).
-                let retry_key = ("x-line-retry-key".to_owned(), id.to_string());
-                let request = json_post(format!("{base_url}/v2/bot/message/push"), Some(token), &body, &[retry_key]);
-                let (status, _, answer) =
-                    exchange(client, "", request, AGENT).await.map_err(|e| SendError::Permanent(e.to_string()))?;
-                line_outcome(status, &answer)
+                    .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
+                read(status, &answer)
             }
         }
+    }
+}
+
+/// A chat sender for `api` at `base_url` with a token per account.
+fn chat(api: ChatApi, base_url: &str, tokens: &std::collections::BTreeMap<String, String>) -> Channel {
+    Channel::Chat {
+        api,
+        client: crate::poll::client(),
+        base_url: base_url.trim_end_matches('/').to_owned(),
+        tokens: tokens.clone(),
     }
 }
 
