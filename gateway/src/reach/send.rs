@@ -89,12 +89,16 @@ struct Sender {
     per_second: f64,
     /// Per recipient (a hash of the address): the pause between two messages to one buyer.
     pair: Option<DefaultKeyedRateLimiter<[u8; 16]>>,
-    /// The pause itself, and when the last message to each recipient leaves: sends run
-    /// concurrently, so the limiter's check (before the message is marked and built) is made
-    /// exact at the departure itself.
+    /// The pause itself, made exact by one lane per recipient: sends run concurrently, so the
+    /// limiter's check (before the message is marked and built) is only a first cut.
     pause: Duration,
-    departures: std::sync::Mutex<HashMap<[u8; 16], tokio::time::Instant>>,
+    lanes: std::sync::Mutex<HashMap<[u8; 16], Lane>>,
 }
+
+/// One buyer's lane: messages to one recipient go one at a time, each `pause` after the platform
+/// answered the previous one. The answer comes after the platform received the message, so the
+/// platform sees them at least `pause` apart however long each took on the way.
+type Lane = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
 
 impl Sender {
     fn new(config: &SenderConfig) -> Result<Sender, String> {
@@ -140,7 +144,7 @@ impl Sender {
             RateLimiter::keyed(Quota::with_period(period).expect("positive period"))
         });
         let pause = Duration::from_secs_f64(pair_seconds * 1.02);
-        Ok(Sender { channel, rate: Default::default(), per_second, pair, pause, departures: Default::default() })
+        Ok(Sender { channel, rate: Default::default(), per_second, pair, pause, lanes: Default::default() })
     }
 
     /// How long to wait before a message from `account` to `recipient` keeps both quotas;
@@ -180,24 +184,26 @@ impl Sender {
             pair.retain_recent();
         }
         let now = tokio::time::Instant::now();
-        self.departures.lock().expect("departures lock").retain(|_, at| *at + self.pause > now);
+        let pause = self.pause;
+        self.lanes.lock().expect("lanes lock").retain(|_, lane| {
+            // In use (cloned under this lock, or locked), or its pause not over yet.
+            Arc::strong_count(lane) > 1 || lane.try_lock().map_or(true, |last| last.is_some_and(|at| at + pause > now))
+        });
     }
 
-    /// Waits until a message to `recipient` may leave (the pause after the previous one to the
-    /// same buyer) and reserves that moment; concurrent sends to one buyer queue up.
-    async fn space(&self, recipient: &str) {
+    /// Waits for the recipient's lane and for the pause after the previous message to the same
+    /// buyer; the caller keeps the lane while it sends and stamps it when the platform answers.
+    async fn space(&self, recipient: &str) -> Option<tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>> {
         if self.pause.is_zero() {
-            return;
+            return None;
         }
         let key: [u8; 16] = Sha256::digest(recipient.as_bytes())[..16].try_into().expect("16 bytes");
-        let at = {
-            let mut departures = self.departures.lock().expect("departures lock");
-            let now = tokio::time::Instant::now();
-            let at = departures.get(&key).map_or(now, |last| (*last + self.pause).max(now));
-            departures.insert(key, at);
-            at
-        };
-        tokio::time::sleep_until(at).await;
+        let lane = self.lanes.lock().expect("lanes lock").entry(key).or_default().clone();
+        let lane = lane.lock_owned().await;
+        if let Some(last) = *lane {
+            tokio::time::sleep_until(last + self.pause).await;
+        }
+        Some(lane)
     }
 
     async fn send(&self, account: &str, recipient: &str, message: &Rendered, id: Uuid) -> Result<String, SendError> {
@@ -634,8 +640,11 @@ async fn send_one(
         true
     })?;
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
-    sender.space(&recipient).await;
+    let lane = sender.space(&recipient).await;
     let outcome = sender.send(&state.account, &recipient, &message, id).await;
+    if let Some(mut last) = lane {
+        *last = Some(tokio::time::Instant::now());
+    }
     match outcome {
         Ok(provider_id) => finish(reach, pipeline, id, due_ms, AckStatus::Sent { provider_id }).await,
         Err(SendError::Retry(reason)) if marked.attempts < MAX_ATTEMPTS => {
