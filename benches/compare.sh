@@ -21,13 +21,13 @@
 # Environment: SECONDS_PER_RUN (10; 5 with --quick), WARMUP_SECONDS (2), CONNS (saturation
 # connection counts, "64 256 1024"; "256" with --quick), RATE_CONNS (connections of the open-loop
 # runs, 256), OUT (where the JSON lines go; default a temporary file, printed at the end),
-# CARGO_TARGET_DIR (~/.cache/inquiry-gateway/target-main). Everything runs under nice -n 19.
+# CARGO_TARGET_DIR (~/.cache/inquiry-gateway/target). Everything runs under nice -n 19.
 # Starts Kafka (tests/services/kafka.sh start) when it is not running and leaves it running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inquiry-gateway/target-main}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inquiry-gateway/target}"
 secs="${SECONDS_PER_RUN:-$([[ $quick == 1 ]] && echo 5 || echo 10)}"
 warm="${WARMUP_SECONDS:-2}"
 conns="${CONNS:-$([[ $quick == 1 ]] && echo 256 || echo "64 256 1024")}"
@@ -110,43 +110,7 @@ at_rates peer "$peer" "" http://127.0.0.1:18082/v1/inquiries
 kill "$peer"; wait "$peer" 2>/dev/null || true
 
 # ---- the gateway: Kafka sink + the Rust example routing plugin ----
-cat > "$work/gateway.toml" <<TOML
-[ingest]
-listen = "127.0.0.1:18081"
-[admin]
-listen = "127.0.0.1:19091"
-[store]
-path = "$work/store"
-[log]
-level = "warn"
-[sinks.kafka]
-brokers = "127.0.0.1:9092"
-location = "eu"
-topic_prefix = "$prefix"
-partitions = 6
-[routing.fallback]
-queue = "unassigned"
-priority = "normal"
-[[routing.plugins]]
-id = "rules"
-path = "$plugin"
-capabilities = ["agents", "kv", "log", "counters", "clock"]
-[[routing.chains]]
-plugins = ["rules"]
-[[routing.agents]]
-id = "anna"
-team = "eu-sales"
-capacity = 8
-[[routing.agents]]
-id = "ben"
-team = "eu-sales"
-capacity = 8
-[[routing.agents]]
-id = "emma"
-team = "en-sales"
-capacity = 12
-online = false
-TOML
+benches/gateway-config.sh "$work" "$prefix" "$plugin" > "$work/gateway.toml"
 $n "$bin/inquiry-gateway" run --config "$work/gateway.toml" > "$work/gateway.log" 2>&1 &
 gw=$!
 wait_port 18081 || { cat "$work/gateway.log" >&2; exit 1; }

@@ -96,6 +96,11 @@ pub struct Store {
     reach_queues: PartitionHandle,
 }
 
+/// The options every partition is created with (see [`Store::open`]).
+fn partition_options() -> PartitionCreateOptions {
+    PartitionCreateOptions::default().compression(CompressionType::None)
+}
+
 /// The two kinds of per-inquiry timers reach-out keeps: each has its states and its timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeline {
@@ -109,14 +114,17 @@ impl Store {
     /// Opens (or creates) the store in `path`, recovering the journal after a crash.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let keyspace = FjallConfig::new(path).open()?;
-        let open = |name| keyspace.open_partition(name, PartitionCreateOptions::default());
-        // Records are ~1 KiB; keeping them out of the LSM tree saves rewriting them on compaction,
-        // and leaving them uncompressed saves the CPU that LZ4 took at ingest (~8% of it).
-        let separated = PartitionCreateOptions::default()
-            .compression(CompressionType::None)
-            .with_kv_separation(KvSeparationOptions::default().separation_threshold(256));
+        // No compression: the values are short (ids, hashes, small JSON) or separated, and LZ4
+        // on every flush and compaction took ~8% of the gateway's CPU at ingest. (Options apply
+        // when a partition is created; an existing store keeps the ones it was made with.)
+        let open = |name| keyspace.open_partition(name, partition_options());
+        // Records and audit entries are ~1 KiB: kept out of the LSM tree (in its value log),
+        // compaction moves only their keys instead of rewriting them level after level.
+        let separated = || {
+            partition_options().with_kv_separation(KvSeparationOptions::default().separation_threshold(256))
+        };
         Ok(Store {
-            inquiries: keyspace.open_partition(partition::INQUIRIES, separated)?,
+            inquiries: keyspace.open_partition(partition::INQUIRIES, separated())?,
             dedup: open(partition::DEDUP)?,
             dead_letters: open(partition::DEAD_LETTERS)?,
             meta: open(partition::META)?,
@@ -125,7 +133,7 @@ impl Store {
             subject_inquiries: open(partition::SUBJECT_INQUIRIES)?,
             erasures: open(partition::ERASURES)?,
             subject_requests: open(partition::SUBJECT_REQUESTS)?,
-            audit: open(partition::AUDIT)?,
+            audit: keyspace.open_partition(partition::AUDIT, separated())?,
             audit_nodes: open(partition::AUDIT_NODES)?,
             audit_heads: open(partition::AUDIT_HEADS)?,
             sla_states: open(partition::SLA_STATES)?,
@@ -420,7 +428,7 @@ impl Store {
     /// The outbox (spool) of a sink, created on first use.
     pub fn outbox(&self, sink: &str) -> Result<Outbox, StoreError> {
         let name = format!("outbox_{sink}");
-        Ok(Outbox { partition: self.keyspace.open_partition(&name, PartitionCreateOptions::default())? })
+        Ok(Outbox { partition: self.keyspace.open_partition(&name, partition_options())? })
     }
 
     /// A new atomic batch.
@@ -579,7 +587,10 @@ impl StoreBatch<'_> {
     /// Removes an expired inquiry, with its message dedup key and its link to its subject.
     pub fn remove_inquiry(&mut self, id: Uuid, dedup_key: &[u8], pseudonym: &str) {
         self.inner.remove(&self.store.inquiries, id.as_bytes().as_slice());
-        self.inner.remove(&self.store.dedup, dedup_key);
+        // Empty when the record was unreadable (nothing else could be found from it).
+        if !dedup_key.is_empty() {
+            self.inner.remove(&self.store.dedup, dedup_key);
+        }
         let mut link = Vec::with_capacity(pseudonym.len() + 17);
         link.extend_from_slice(pseudonym.as_bytes());
         link.push(0);
@@ -715,6 +726,23 @@ mod tests {
         assert_eq!(store.find_dedup(b"generic\0shop\0m:1").unwrap(), Some(id.as_bytes().to_vec()));
         assert_eq!(store.find_dedup(b"generic\0shop\0m:2").unwrap(), None);
         assert_eq!(store.count_inquiries().unwrap(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_record_is_removed_without_its_dedup_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (kept, unreadable) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut batch = store.batch();
+        batch.put_inquiry(kept, b"{}", b"");
+        batch.put_inquiry(unreadable, b"not json", b"");
+        batch.commit().unwrap();
+        // Retention knows no dedup key or subject of a record it cannot read.
+        let mut batch = store.batch();
+        batch.remove_inquiry(unreadable, &[], "");
+        batch.commit().unwrap();
+        assert!(store.get_inquiry(unreadable).unwrap().is_none());
+        assert!(store.get_inquiry(kept).unwrap().is_some());
     }
 
     #[test]

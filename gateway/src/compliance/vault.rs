@@ -126,8 +126,7 @@ impl Vault {
     }
 
     fn seal_with(&self, key: &LessSafeKey, binding: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).expect("the operating system provides randomness");
+        let nonce = self.random_nonce();
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
@@ -136,6 +135,28 @@ impl Vault {
             .expect("AES-GCM seals any length a request can have");
         out.extend_from_slice(&body);
         out
+    }
+
+    /// A random nonce, from the operating system's generator like every other random value here,
+    /// but read a few hundred nonces at a time: one system call per sealed field was a quarter of
+    /// the sealing cost.
+    fn random_nonce(&self) -> [u8; NONCE_LEN] {
+        const NONCES: usize = 341;
+        thread_local! {
+            static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+        }
+        POOL.with_borrow_mut(|(pool, used)| {
+            if *used == pool.len() {
+                pool.resize(NONCES * NONCE_LEN, 0);
+                self.rng.fill(pool).expect("the operating system provides randomness");
+                *used = 0;
+            }
+            let nonce: [u8; NONCE_LEN] = pool[*used..*used + NONCE_LEN].try_into().expect("a whole nonce");
+            // Each nonce is used once: wiped from the pool as it is taken.
+            pool[*used..*used + NONCE_LEN].fill(0);
+            *used += NONCE_LEN;
+            nonce
+        })
     }
 
     fn open_with(&self, key: &LessSafeKey, binding: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
@@ -200,6 +221,14 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         assert_eq!(vault.open(&key, id, "email", &BASE64.encode(bytes)), Err(OpenError));
+    }
+
+    #[test]
+    fn nonces_never_repeat_across_pool_refills() {
+        let vault = vault("acme");
+        let nonces: std::collections::HashSet<_> = (0..2000).map(|_| vault.random_nonce()).collect();
+        assert_eq!(nonces.len(), 2000);
+        assert!(!nonces.contains(&[0u8; NONCE_LEN]));
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl CqlSink {
         let prepared = self.prepared.get().ok_or("not connected")?;
         let ttl = self.audit_ttl_seconds as i32;
         for record in entries {
-            let event = &record.entry.event;
+            let event = &record.head;
             let at_ms = (event.at.unix_timestamp_nanos() / 1_000_000) as i64;
             let day = CqlDate(((1u64 << 31) as i64 + at_ms.div_euclid(86_400_000)) as u32);
             let bucket = (record.index % u64::from(self.config.day_buckets)) as i16;

@@ -339,7 +339,7 @@ impl Sink for KafkaSink {
         async move {
             let mut deliveries = Vec::with_capacity(entries.len());
             for record in entries {
-                let event = &record.entry.event;
+                let event = &record.head;
                 let key = event
                     .subject
                     .clone()

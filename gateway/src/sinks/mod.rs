@@ -19,7 +19,7 @@ use metrics::{counter, gauge};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::compliance::audit::{AuditEntry, AuditEvent};
+use crate::compliance::audit::AuditEvent;
 use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::spool::Spool;
@@ -118,8 +118,26 @@ pub struct AuditRecord {
     pub index: u64,
     /// The entry exactly as hashed into the log.
     pub bytes: Vec<u8>,
-    /// The same, parsed.
-    pub entry: AuditEntry,
+    /// The fields sinks file it by.
+    pub head: AuditHead,
+}
+
+/// The fields of an audit entry that a sink files it by (key, partition, columns); the entry
+/// itself travels as stored. Parsing only these, not the whole event and its details, was the
+/// larger part of forwarding the audit trail.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AuditHead {
+    /// What happened.
+    pub kind: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+    /// The inquiry concerned.
+    #[serde(default)]
+    pub inquiry_id: Option<Uuid>,
+    /// The data subject concerned (pseudonym).
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// Most audit entries per delivery.
@@ -172,8 +190,8 @@ pub async fn forward_audit(
             Ok(entries) => entries
                 .into_iter()
                 .filter_map(|(index, bytes)| {
-                    let entry = serde_json::from_slice(&bytes).ok()?;
-                    Some(AuditRecord { index, bytes, entry })
+                    let head = serde_json::from_slice(&bytes).ok()?;
+                    Some(AuditRecord { index, bytes, head })
                 })
                 .collect(),
             Err(err) => {
