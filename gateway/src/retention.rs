@@ -1,5 +1,6 @@
 //! Retention in the embedded store: inquiries (with their sealed personal data, original payload,
-//! dedup key and subject link) and dead letters past their class's retention are removed.
+//! dedup key and subject link) and dead letters past their class's retention are removed, and
+//! the disk space of value-log files left without a live record is freed.
 //! Kafka and CQL enforce the same classes themselves (`retention.ms`, `USING TTL`).
 
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct Swept {
     pub inquiries: usize,
     /// Dead letters removed.
     pub dead_letters: usize,
+    /// Bytes of the store's value log freed after the removals.
+    pub bytes_freed: u64,
 }
 
 /// Removes what expired before `now` (message time older than the class's retention).
@@ -62,6 +65,9 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
         batch.write()?;
         swept.dead_letters += expired.len();
     }
+    if swept.inquiries > 0 {
+        swept.bytes_freed = store.reclaim_space()?;
+    }
     Ok(swept)
 }
 
@@ -74,7 +80,12 @@ pub async fn run(store: Store, retention: RetentionConfig, pipeline: Pipeline, m
         };
         match swept {
             Ok(Ok(swept)) if swept != Swept::default() => {
-                tracing::info!(inquiries = swept.inquiries, dead_letters = swept.dead_letters, "expired data removed");
+                tracing::info!(
+                    inquiries = swept.inquiries,
+                    dead_letters = swept.dead_letters,
+                    bytes_freed = swept.bytes_freed,
+                    "expired data removed"
+                );
                 let event = AuditEvent::new("retention.expired", "gateway").detail(serde_json::json!({
                     "removed": swept, "inquiries_days": retention.inquiries_days,
                     "dead_letters_days": retention.dead_letters_days,

@@ -186,8 +186,12 @@ impl Sender {
         let now = tokio::time::Instant::now();
         let pause = self.pause;
         self.lanes.lock().expect("lanes lock").retain(|_, lane| {
-            // In use (cloned under this lock, or locked), or its pause not over yet.
-            Arc::strong_count(lane) > 1 || lane.try_lock().map_or(true, |last| last.is_some_and(|at| at + pause > now))
+            // Kept while in use (cloned under this lock, or locked) or its pause is not over yet.
+            Arc::strong_count(lane) > 1
+                || match lane.try_lock() {
+                    Err(_) => true,
+                    Ok(last) => last.is_some_and(|at| at + pause > now),
+                }
         });
     }
 
