@@ -297,8 +297,10 @@ async fn a_reply_on_the_kafka_topic_stops_the_clock_and_the_events_reach_kafka()
     const BROKERS: &str = "127.0.0.1:9092";
     let prefix = support::unique("reach");
     let (receiver, received) = alert_receiver().await;
+    // A replica name of its own: its replies consumer group is then new, not one where a gateway
+    // of an earlier run (same host name) is still a member until its session times out.
     let kafka = format!(
-        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\nlocation = \"eu\"\npartitions = 1\ntopic_prefix = \"{prefix}.\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n"
+        "[polling]\nreplica = \"{prefix}\"\n[sinks.kafka]\nbrokers = \"{BROKERS}\"\nlocation = \"eu\"\nregions = [\"eu\"]\npartitions = 1\ntopic_prefix = \"{prefix}.\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n"
     );
     // Longer than the other tests: the replies consumer first joins its group (seconds).
     let reach = config(&receiver)
@@ -308,6 +310,11 @@ async fn a_reply_on_the_kafka_topic_stops_the_clock_and_the_events_reach_kafka()
     support::wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await; // topics created
     let answered = post(&gateway, "kafka-answered").await;
     let unanswered = post(&gateway, "kafka-unanswered").await;
+    // A buyer outside the EU: its SLA runs, but this EU-only cluster gets none of its events.
+    let body = inquiry_json("shop-1", "kafka-elsewhere").replace("\"DE\"", "\"US\"");
+    let reply = HttpClient::new().post_json(&gateway.url("/v1/inquiries"), body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    let elsewhere = reply.json()["id"].as_str().unwrap().to_owned();
 
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
     let payload = serde_json::json!({ "inquiry_id": answered, "agent": "agent-ana" }).to_string();
@@ -355,8 +362,10 @@ async fn a_reply_on_the_kafka_topic_stops_the_clock_and_the_events_reach_kafka()
         ["sla.started", "sla.reminder", "sla.breached", "sla.escalated"],
         "{kinds:?}"
     );
+    assert!(!kinds.contains_key(&elsewhere), "no events of another region: {kinds:?}");
     let hook = &received.lock().unwrap().hook;
     assert!(hook.iter().all(|(_, _, id, _)| id != &answered), "no alert about the answered inquiry");
+    assert!(hook.iter().any(|(_, _, id, _)| id == &elsewhere), "its SLA ran (alerts go to the team)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

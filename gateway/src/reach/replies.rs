@@ -49,6 +49,9 @@ pub async fn consume(
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // The Kafka sink may create the topic just after this subscribes: look for it again
+        // within seconds, not librdkafka's default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "3000")
         .create()
     {
         Ok(consumer) => consumer,

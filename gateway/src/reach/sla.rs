@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use inquiry_connectors::Region;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -136,6 +137,14 @@ pub struct SlaState {
     pub status: Status,
     /// When the first response came, Unix ms.
     pub replied_ms: Option<i64>,
+    /// The inquiry's data region: its events reach only sinks declared for it. States kept by
+    /// earlier versions have none and count as EU (the stricter).
+    #[serde(default = "eu")]
+    pub region: Region,
+}
+
+fn eu() -> Region {
+    Region::Eu
 }
 
 impl SlaState {
@@ -179,6 +188,7 @@ impl SlaState {
             pending,
             status: Status::Open,
             replied_ms: None,
+            region: inquiry.region,
         }
     }
 
@@ -251,6 +261,7 @@ impl SlaState {
             due: rfc3339(due_ms),
             at: rfc3339(now_ms),
             notify: None,
+            region: self.region,
         }
     }
 }
@@ -333,6 +344,10 @@ pub struct SlaEvent {
     pub at: String,
     /// Who the alert is for: the assignee, the team lead or the supervisor.
     pub notify: Option<String>,
+    /// The inquiry's data region (`eu`, `other`): a Kafka cluster gets the events of the regions
+    /// it is declared for only.
+    #[serde(default = "eu")]
+    pub region: Region,
 }
 
 /// Unix ms as RFC 3339 (UTC).

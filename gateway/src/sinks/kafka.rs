@@ -189,9 +189,11 @@ impl KafkaSink {
 
     /// Publishes SLA events to `sla.events.v1` (keyed by inquiry id, so one inquiry's events stay
     /// in order) and waits for every acknowledgement.
+    /// Events of inquiries from regions the cluster is not declared for are left out (data
+    /// residency, like the inquiries themselves).
     pub async fn publish_sla(&self, events: &[crate::reach::sla::SlaEvent]) -> Result<(), String> {
         let mut pending = Vec::with_capacity(events.len());
-        for event in events {
+        for event in events.iter().filter(|e| self.config.regions.contains(&e.region)) {
             let key = event.inquiry_id.to_string();
             let payload = serde_json::to_vec(event).expect("events serialize");
             let headers = OwnedHeaders::new()
