@@ -42,7 +42,7 @@ plugin="${PLUGINS_OUT:-$HOME/.cache/inquiry-gateway/plugins}/example-rust.wasm"
 work="$(mktemp -d)"
 out="${OUT:-$work/results.jsonl}"
 [[ -n "${OUT:-}" ]] && : > "$out"
-trap 'kill $(jobs -p) 2>/dev/null || true; [[ -n "${OUT:-}" ]] || cp "$out" /tmp/compare-last.jsonl 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; { [[ -n "${OUT:-}" ]] || cp "$out" /tmp/compare-last.jsonl 2>/dev/null || true; }; rm -rf "$work"' EXIT
 
 $n tests/services/kafka.sh status >/dev/null 2>&1 || $n tests/services/kafka.sh start >&2
 kafka_pid="$(cat "${SERVICES_DIR:-$HOME/.cache/inquiry-gateway/services}/kafka/node-${KAFKA_PORT:-9092}/kafka.pid")"

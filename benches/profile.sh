@@ -17,6 +17,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inquiry-gateway/target
 conns="${CONNS:-256}"
 secs="${SECONDS_PER_RUN:-20}"
 record="${RECORD_SECONDS:-8}"
+command -v perf >/dev/null || { echo "profile: perf is not installed (Debian: linux-perf)" >&2; exit 1; }
+(( record < secs )) || { echo "profile: RECORD_SECONDS must be below SECONDS_PER_RUN" >&2; exit 1; }
 cargo build --release --locked -q -p inquiry-gateway -p inquiry-benches
 bin="$CARGO_TARGET_DIR/release"
 plugin="${PLUGINS_OUT:-$HOME/.cache/inquiry-gateway/plugins}/example-rust.wasm"
@@ -34,6 +36,7 @@ for _ in $(seq 300); do
   curl -sf 127.0.0.1:19091/readyz | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["sinks"]["kafka"]["status"]=="ready" else 1)' 2>/dev/null && break
   sleep 0.2
 done
+kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
 cpu0="$(awk '{print $14+$15}' "/proc/$gw/stat")"
 "$bin/loadgen" --url http://127.0.0.1:18081/v1/inquiries --connections "$conns" --seconds "$secs" \
   --warmup-seconds 0 --label "gateway-profile-c$conns" > "$work/loadgen.json" &

@@ -171,8 +171,17 @@ impl Store {
     /// handles into the memtable without journaling them and deletes the old file at once, so a
     /// crash before the next flush would lose records (a test reproduced it on reopen). Retention
     /// removes by message time and files are written in flush order, so old files empty out whole.
+    ///
+    /// The scan holds the inquiries partition's memtable for reading: writes can pause while it
+    /// runs (a full key scan of that partition).
     pub fn reclaim_space(&self) -> Result<u64, StoreError> {
         use fjall::GarbageCollection as _;
+        // Only a value log has files to free (fjall refuses the call on a plain partition).
+        if !self.inquiries.is_kv_separated() {
+            return Ok(0);
+        }
+        // The removals durable first: a crash must not bring back records whose files are gone.
+        self.sync()?;
         // The audit log is never expired in the embedded store: nothing to free there.
         self.inquiries.gc_scan()?;
         Ok(self.inquiries.gc_drop_stale_segments()?)

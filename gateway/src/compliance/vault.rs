@@ -147,8 +147,11 @@ impl Vault {
         }
         POOL.with_borrow_mut(|(pool, used)| {
             if *used == pool.len() {
-                pool.resize(NONCES * NONCE_LEN, 0);
-                self.rng.fill(pool).expect("the operating system provides randomness");
+                // Filled aside and swapped in only when filled: a failed read (a panic) leaves
+                // the pool exhausted, never zeroed and usable.
+                let mut fresh = vec![0u8; NONCES * NONCE_LEN];
+                self.rng.fill(&mut fresh).expect("the operating system provides randomness");
+                *pool = fresh;
                 *used = 0;
             }
             let nonce: [u8; NONCE_LEN] = pool[*used..*used + NONCE_LEN].try_into().expect("a whole nonce");

@@ -633,6 +633,9 @@ async fn send_one(
             }
         }
     }
+    // Its turn among the messages to this buyer first: a stop or a reply while it waits leaves
+    // it scheduled or cancelled, not half-sent.
+    let lane = sender.space(&recipient).await;
     // Durable before it leaves: a stop from here on never sends it again. A reply may have
     // cancelled it meanwhile: then it stays cancelled and is not sent.
     let marked = reach.update_ack(id, Some(due_ms), |state| {
@@ -644,7 +647,6 @@ async fn send_one(
         true
     })?;
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
-    let lane = sender.space(&recipient).await;
     let outcome = sender.send(&state.account, &recipient, &message, id).await;
     if let Some(mut last) = lane {
         *last = Some(tokio::time::Instant::now());

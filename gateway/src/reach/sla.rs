@@ -188,7 +188,9 @@ impl SlaState {
             pending,
             status: Status::Open,
             replied_ms: None,
-            region: inquiry.region,
+            // An unknown country may be an EU buyer: its events count as EU (inquiries of unknown
+            // country never reach a sink outside the EU either).
+            region: if inquiry.buyer.country.is_some() { inquiry.region } else { Region::Eu },
         }
     }
 
