@@ -366,9 +366,6 @@ pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch
     };
     loop {
         let Some((epoch, _polling)) = lease.acquire(&mut stop).await else { return };
-        // A replica that held the group before kept a limiter that refilled while another
-        // replica used the quota: start from an empty one, as after a restart.
-        PollerQuota::new(parts.poller, &parts.config, &parts.quotas).reset(&parts.quotas, epoch);
         let (period_tx, period_stop) = watch::channel(());
         let polled = poll(&parts, Place::Leased { lease: &lease, epoch }, period_stop);
         tokio::pin!(polled);
@@ -403,6 +400,11 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     let name = poller.name();
     let account = config.account.clone();
     let mut quota = PollerQuota::new(poller, config, quotas);
+    if let Place::Leased { epoch, .. } = &place {
+        // A replica that held the group before kept a limiter that refilled while another
+        // replica used the quota: start from an empty one, as after a restart.
+        quota.reset(quotas, *epoch);
+    }
     let cursor_name = format!("{}/{}", name, config.account);
     let _active = Active::new(name, &account);
     let local = || -> Result<(Option<String>, Option<Vec<u8>>), String> {

@@ -65,6 +65,20 @@ async fn post(gateway: &Gateway, body: String) -> String {
     reply.json()["id"].as_str().unwrap().to_owned()
 }
 
+/// Waits until `sent()` reaches `count`; fails after `seconds` with `log()`.
+async fn wait_until_sent(sent: impl Fn() -> usize, count: usize, seconds: u64, log: impl Fn() -> String) {
+    let started = Instant::now();
+    while sent() < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(seconds),
+            "{} of {count} acknowledgements sent\n{}",
+            sent(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn metrics(gateway: &Gateway) -> String {
     String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
 }
@@ -88,17 +102,7 @@ async fn whatsapp_acknowledgements_keep_the_throughput_and_pair_limits_and_go_on
         let id = post(&gateway, inquiry("whatsapp", NUMBER, &format!("wamid.in{n}"), &buyer, language)).await;
         expected.insert(id, (buyer, language));
     }
-    let started = Instant::now();
-    while standin.mailbox().all().len() < expected.len() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} of {} acknowledgements sent\n{}",
-            standin.mailbox().all().len(),
-            expected.len(),
-            gateway.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_sent(|| standin.mailbox().all().len(), expected.len(), 60, || gateway.log()).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may come
 
     let sent = standin.mailbox().all();
@@ -113,7 +117,7 @@ async fn whatsapp_acknowledgements_keep_the_throughput_and_pair_limits_and_go_on
     }
     let stats = standin.stats();
     assert_eq!(stats[NUMBER].violations, 0, "over 80 messages/s: {:?}", stats[NUMBER]);
-    assert_eq!(platform.pair_violations.load(Ordering::SeqCst), 0, "two messages to one buyer within 6 s");
+    assert_eq!(platform.pair_pause.violations.load(Ordering::SeqCst), 0, "two messages to one buyer within 6 s");
     let exposition = metrics(&gateway).await;
     let counted =
         metric_value(&exposition, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "sent")]);
@@ -130,16 +134,7 @@ async fn email_acknowledgements_go_through_smtp_once_even_across_a_sigkill() {
     );
     let mut gateway = Gateway::start(&config).await;
     let first = post(&gateway, inquiry("email", "shop-1", "mid-1", "anna@example.com", "de-AT")).await;
-    let wait_for = |count: usize| {
-        let smtp = &smtp;
-        async move {
-            let started = Instant::now();
-            while smtp.messages().len() < count {
-                assert!(started.elapsed() < Duration::from_secs(30), "{} of {count} e-mails", smtp.messages().len());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let wait_for = |count: usize| wait_until_sent(|| smtp.messages().len(), count, 30, String::new);
     wait_for(1).await;
     let message = &smtp.messages()[0];
     assert!(message.contains("To: anna@example.com"), "{message}");
@@ -185,19 +180,15 @@ async fn telegram_and_line_acknowledgements_respect_their_limits_and_go_once_eac
         let user = format!("U{:032x}", n);
         ids.push(("line", post(&gateway, inquiry("line", "1657000001", &format!("line-{n}"), &user, "en")).await));
     }
-    let started = Instant::now();
     let total = || telegram_standin.mailbox().all().len() + line_standin.mailbox().all().len();
-    while total() < ids.len() {
-        assert!(started.elapsed() < Duration::from_secs(60), "{} of {} sent\n{}", total(), ids.len(), gateway.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_sent(total, ids.len(), 60, || gateway.log()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (channel, id) in &ids {
         let standin = if *channel == "telegram" { &telegram_standin } else { &line_standin };
         let count = standin.mailbox().all().iter().filter(|m| m.text.contains(id.as_str())).count();
         assert_eq!(count, 1, "{channel} inquiry {id}");
     }
-    assert_eq!(telegram.chat_violations.load(Ordering::SeqCst), 0, "two messages to one chat within a second");
+    assert_eq!(telegram.chat_pause.violations.load(Ordering::SeqCst), 0, "two messages to one chat within a second");
     for (name, standin) in [("telegram", &telegram_standin), ("line", &line_standin)] {
         for (key, stats) in standin.stats() {
             assert_eq!(stats.violations, 0, "{name} {key}: {stats:?}");
@@ -227,17 +218,7 @@ async fn an_inquiry_that_reached_two_replicas_is_acknowledged_once() {
         assert_eq!(a, b, "the same message has the same inquiry id on every replica");
         ids.push(a);
     }
-    let started = Instant::now();
-    while standin.mailbox().all().len() < ids.len() {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{} of {} acknowledgements\n{}",
-            standin.mailbox().all().len(),
-            ids.len(),
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_sent(|| standin.mailbox().all().len(), ids.len(), 90, || first.log()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let sent = standin.mailbox().all();
     for id in &ids {
@@ -276,16 +257,7 @@ async fn messenger_acknowledgements_stay_in_the_24_hour_window_and_under_the_pag
         .unwrap()
         .into();
     let stale = post(&gateway, old.to_string()).await;
-    let started = Instant::now();
-    while standin.mailbox().all().len() < fresh.len() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} sent\n{}",
-            standin.mailbox().all().len(),
-            gateway.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_sent(|| standin.mailbox().all().len(), fresh.len(), 30, || gateway.log()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = standin.mailbox().all();
     assert_eq!(sent.len(), fresh.len(), "one each, none for the stale one");

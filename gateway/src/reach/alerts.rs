@@ -174,15 +174,9 @@ pub fn webhook_signature(secret: &str, timestamp_s: i64, body: &[u8]) -> String 
     format!("t={timestamp_s},v1={}", hex::encode(hmac::sign(&key, &signed).as_ref()))
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986).
+/// Percent-encodes a query parameter's value.
 fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 #[cfg(test)]

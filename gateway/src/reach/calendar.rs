@@ -70,21 +70,16 @@ impl Calendar {
         let mut left = SignedDuration::try_from(business).unwrap_or(SignedDuration::MAX);
         let mut date = start.to_zoned(self.zone.clone()).date();
         for _ in 0..HORIZON_DAYS {
-            if !self.holidays.contains(&date) {
-                for (open, close) in &self.week[weekday_index(date.weekday())] {
-                    let (Some(open), Some(close)) = (self.instant(date, *open), self.instant(date, *close)) else {
-                        continue;
-                    };
-                    let from = open.max(start);
-                    if from >= close {
-                        continue;
-                    }
-                    let available = close.duration_since(from);
-                    if left <= available {
-                        return from.checked_add(left).unwrap_or(close).as_millisecond();
-                    }
-                    left -= available;
+            for (open, close) in self.open_spans(date) {
+                let from = open.max(start);
+                if from >= close {
+                    continue;
                 }
+                let available = close.duration_since(from);
+                if left <= available {
+                    return from.checked_add(left).unwrap_or(close).as_millisecond();
+                }
+                left -= available;
             }
             match date.tomorrow() {
                 Ok(next) => date = next,
@@ -102,21 +97,16 @@ impl Calendar {
         let mut left = SignedDuration::try_from(business).unwrap_or(SignedDuration::MAX);
         let mut date = end.to_zoned(self.zone.clone()).date();
         for _ in 0..HORIZON_DAYS {
-            if !self.holidays.contains(&date) {
-                for (open, close) in self.week[weekday_index(date.weekday())].iter().rev() {
-                    let (Some(open), Some(close)) = (self.instant(date, *open), self.instant(date, *close)) else {
-                        continue;
-                    };
-                    let to = close.min(end);
-                    if to <= open {
-                        continue;
-                    }
-                    let available = to.duration_since(open);
-                    if left <= available {
-                        return to.checked_sub(left).unwrap_or(open).as_millisecond();
-                    }
-                    left -= available;
+            for (open, close) in self.open_spans(date).into_iter().rev() {
+                let to = close.min(end);
+                if to <= open {
+                    continue;
                 }
+                let available = to.duration_since(open);
+                if left <= available {
+                    return to.checked_sub(left).unwrap_or(open).as_millisecond();
+                }
+                left -= available;
             }
             match date.yesterday() {
                 Ok(previous) => date = previous,
@@ -124,6 +114,17 @@ impl Calendar {
             }
         }
         end_ms.saturating_sub(business.as_millis() as i64)
+    }
+
+    /// The office hours of `date` as instants, in time order (none on a holiday).
+    fn open_spans(&self, date: Date) -> Vec<(Timestamp, Timestamp)> {
+        if self.holidays.contains(&date) {
+            return Vec::new();
+        }
+        self.week[weekday_index(date.weekday())]
+            .iter()
+            .filter_map(|(open, close)| Some((self.instant(date, *open)?, self.instant(date, *close)?)))
+            .collect()
     }
 
     /// The instant of `time` on `date` in this zone (a time skipped by a DST change moves forward).

@@ -20,13 +20,14 @@
 //! Every message taken is kept in the mailbox (account = the bot or channel token, buyer = the
 //! chat or user id, `from_seller`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
+use crate::quota::RecipientPause;
 use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Reply, Request};
 
 fn keep(mailbox: &Mailbox, account: &str, to: &str, id: &str, text: &str) {
@@ -55,9 +56,8 @@ fn flood() -> Reply {
 /// The Telegram stand-in.
 #[derive(Debug, Default)]
 pub struct TelegramSend {
-    /// Messages refused for the one-per-second-per-chat limit.
-    pub chat_violations: AtomicU64,
-    last_to: Mutex<HashMap<String, Instant>>,
+    /// One message a second per chat.
+    pub chat_pause: RecipientPause,
     sent: AtomicU64,
 }
 
@@ -91,17 +91,8 @@ impl Platform for TelegramSend {
                 &json!({"ok": false, "error_code": 400, "description": "Bad Request: chat_id and text"}),
             );
         };
-        {
-            let mut last = self.last_to.lock().expect("chat lock");
-            let now = Instant::now();
-            if last
-                .get(chat)
-                .is_some_and(|at| now.duration_since(*at) + Duration::from_millis(20) < Duration::from_secs(1))
-            {
-                self.chat_violations.fetch_add(1, Ordering::SeqCst);
-                return flood();
-            }
-            last.insert(chat.to_owned(), now);
+        if !self.chat_pause.admit(chat, Duration::from_secs(1)) {
+            return flood();
         }
         let n = self.sent.fetch_add(1, Ordering::SeqCst);
         keep(mailbox, &token, chat, &n.to_string(), text);

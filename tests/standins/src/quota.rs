@@ -3,7 +3,9 @@
 //! Every call is counted; a call over the quota is a violation and is answered the way the
 //! platform answers it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -22,6 +24,30 @@ pub struct QuotaRule {
 /// Clock slack granted to callers: requests leave a client evenly spaced but may arrive a few
 /// milliseconds closer together after a delay on the way.
 const SLACK: Duration = Duration::from_millis(20);
+
+/// A platform's minimum pause between two messages to one recipient (Telegram: one a second
+/// per chat; WhatsApp: one per 6 s per business number and buyer), and the messages it refused.
+#[derive(Debug, Default)]
+pub struct RecipientPause {
+    /// Messages refused for arriving too soon after the previous one to the same recipient.
+    pub violations: AtomicU64,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl RecipientPause {
+    /// Records a message to `recipient` now; false (and counted) when it arrived less than
+    /// `pause` after the previous one (less the usual slack).
+    pub fn admit(&self, recipient: &str, pause: Duration) -> bool {
+        let mut last = self.last.lock().expect("recipient lock");
+        let now = Instant::now();
+        if last.get(recipient).is_some_and(|at| now.duration_since(*at) + SLACK < pause) {
+            self.violations.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        last.insert(recipient.to_owned(), now);
+        true
+    }
+}
 
 /// What one quota key did so far.
 #[derive(Debug, Clone, Default, Serialize)]

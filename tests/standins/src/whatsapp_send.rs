@@ -10,13 +10,12 @@
 //! user (the pair rate limit; over it: error 131056). Every message it takes is kept in the
 //! mailbox (account = the business number, buyer = the recipient, `from_seller`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
+use crate::quota::RecipientPause;
 use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Reply, Request};
 
 /// The WhatsApp send stand-in.
@@ -26,9 +25,8 @@ pub struct WhatsappSend {
     pub access_token: String,
     /// Seconds between two messages to one user.
     pub pair_seconds: f64,
-    /// Messages refused for the pair rate limit.
-    pub pair_violations: AtomicU64,
-    last_to: Mutex<HashMap<(String, String), Instant>>,
+    /// The pair rate limit (business number, user).
+    pub pair_pause: RecipientPause,
     sent: AtomicU64,
 }
 
@@ -37,15 +35,11 @@ impl Default for WhatsappSend {
         WhatsappSend {
             access_token: "test-whatsapp-token".to_owned(),
             pair_seconds: 6.0,
-            pair_violations: AtomicU64::new(0),
-            last_to: Mutex::default(),
+            pair_pause: RecipientPause::default(),
             sent: AtomicU64::new(0),
         }
     }
 }
-
-/// The same slack the quota check grants: a message may arrive a little early after a delay.
-const SLACK: Duration = Duration::from_millis(20);
 
 fn error(status: u16, code: u32, message: &str) -> Reply {
     Reply::json(status, &json!({"error": {"message": message, "type": "OAuthException", "code": code}}))
@@ -87,17 +81,8 @@ impl Platform for WhatsappSend {
         if body["messaging_product"] != "whatsapp" || body["type"] != "text" {
             return error(400, 100, "Invalid parameter");
         }
-        {
-            let mut last = self.last_to.lock().expect("pair lock");
-            let now = Instant::now();
-            let pause = Duration::from_secs_f64(self.pair_seconds);
-            if let Some(at) = last.get(&(number.clone(), to.to_owned())) {
-                if now.duration_since(*at) + SLACK < pause {
-                    self.pair_violations.fetch_add(1, Ordering::SeqCst);
-                    return error(400, 131056, "(Business Account, Consumer Account) pair rate limit hit");
-                }
-            }
-            last.insert((number.clone(), to.to_owned()), now);
+        if !self.pair_pause.admit(&format!("{number}/{to}"), Duration::from_secs_f64(self.pair_seconds)) {
+            return error(400, 131056, "(Business Account, Consumer Account) pair rate limit hit");
         }
         let n = self.sent.fetch_add(1, Ordering::SeqCst);
         let id = format!("wamid.test{n:08}");
