@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use time::OffsetDateTime;
 
 /// Header names every connector reads, so the values reach its parsing code.
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 11] = [
     "x-hub-signature-256",
     "x-line-signature",
     "x-telegram-bot-api-secret-token",
@@ -16,6 +16,8 @@ const HEADERS: [&str; 9] = [
     "x-twilio-email-event-webhook-signature",
     "x-twilio-email-event-webhook-timestamp",
     "x-ebay-signature",
+    "x-shopify-hmac-sha256",
+    "x-shopify-triggered-at",
     "content-type",
 ];
 
@@ -61,7 +63,23 @@ proptest! {
             let _ = connector.verify(&request, &secrets, OffsetDateTime::UNIX_EPOCH);
             let _ = connector.handshake(&request, &secrets);
             let _ = connector.key_id(&request);
-            let _ = connector.parse(&body, "acct-1", &mut context);
+            let _ = connector.parse(&request, "acct-1", &mut context);
         }
+    }
+
+    #[test]
+    fn shopify_parses_arbitrary_bodies_of_each_topic_without_panicking(
+        body in body(),
+        topic in prop::sample::select(vec!["orders/create", "orders/updated", "returns/request", "shop/update"]),
+        triggered in ".{0,40}",
+    ) {
+        let shopify = webhook::find("shopify").unwrap();
+        let headers = vec![
+            ("x-shopify-topic".to_owned(), topic.to_owned()),
+            ("x-shopify-triggered-at".to_owned(), triggered),
+        ];
+        let request = WebhookRequest { headers, query: "", body: &body };
+        let mut context = || NormalizeContext { received_at: OffsetDateTime::UNIX_EPOCH, trace_id: "0af7651916cd43dd8448eb211c80319c" };
+        let _ = shopify.parse(&request, "acct-1", &mut context);
     }
 }

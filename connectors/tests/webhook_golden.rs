@@ -96,7 +96,10 @@ fn signed(connector: &str, body: &[u8], secret: &str, at: OffsetDateTime) -> (Ve
         "whatsapp" | "messenger" | "instagram" => {
             header("x-hub-signature-256", format!("sha256={}", hex::encode(hmac(&[body], secret))))
         }
-        "line" => header("x-line-signature", b64(&hmac(&[body], secret))),
+        "line" | "shopify" => {
+            let name = if connector == "line" { "x-line-signature" } else { "x-shopify-hmac-sha256" };
+            header(name, b64(&hmac(&[body], secret)))
+        }
         "telegram" => header("x-telegram-bot-api-secret-token", secret.to_owned()),
         "tiktok_shop" => header("authorization", hex::encode(hmac(&[APP_KEY.as_bytes(), body], secret))),
         "web_form" => header(
@@ -127,6 +130,20 @@ fn signed(connector: &str, body: &[u8], secret: &str, at: OffsetDateTime) -> (Ve
     (headers, body.to_vec())
 }
 
+/// Headers a platform sends besides its signature, which a fixture's name gives: Shopify's topic
+/// (`orders-create.note.json` is an `orders/create` delivery), shop and event id.
+fn fixture_headers(connector: &str, path: &Path, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    if connector == "shopify" {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let topic = name.split('.').next().unwrap().replacen('-', "/", 1);
+        headers.push(("x-shopify-topic".to_owned(), topic));
+        headers.push(("x-shopify-shop-domain".to_owned(), account(connector).to_owned()));
+        headers.push(("x-shopify-event-id".to_owned(), "98880550-7158-44d4-b7cd-2c97c8a091b5".to_owned()));
+        headers.push(("x-shopify-triggered-at".to_owned(), "2026-11-24T07:59:58.123Z".to_owned()));
+    }
+    headers
+}
+
 /// `body` with one signed byte changed (Mailgun signs only its token and timestamp).
 fn tamper(connector: &str, body: &[u8]) -> Vec<u8> {
     let mut tampered = body.to_vec();
@@ -146,6 +163,7 @@ fn account(connector: &str) -> &'static str {
         "web_form" => "site-eu",
         "tiktok_shop" => "7494049642642441621",
         "shopee" => "947042923",
+        "shopify" => "linen-and-loom.myshopify.com",
         _ => "acct-1",
     }
 }
@@ -177,7 +195,7 @@ fn every_connector_verifies_signed_requests_and_refuses_tampered_ones() {
         for path in fixtures(name) {
             let file = format!("{name}/{}", path.file_name().unwrap().to_string_lossy());
             let (headers, body) = signed(name, &fs::read(&path).unwrap(), SECRET, NOW);
-            let request = WebhookRequest { headers: headers.clone(), query: "", body: &body };
+            let request = WebhookRequest { headers: fixture_headers(name, &path, headers), query: "", body: &body };
             connector.verify(&request, &secrets, NOW).unwrap_or_else(|e| panic!("{file}: {e}"));
 
             let tampered = tamper(name, &body);
@@ -224,11 +242,11 @@ fn forged_replayed_expired_and_truncated_deliveries() {
             // Replayed: the same delivery twice gives the same inquiries (deduplicated downstream by
             // id); with a signed timestamp, a replay after the window is stale.
             let (headers, body) = signed(name, &original, SECRET, NOW);
-            let request = WebhookRequest { headers, query: "", body: &body };
+            let request = WebhookRequest { headers: fixture_headers(name, &path, headers), query: "", body: &body };
             let later = NOW + Duration::seconds(30);
             assert_eq!(connector.verify(&request, &secrets, later), Ok(()), "{file}: replay within the window");
-            let first = connector.parse(&body, account(name), &mut context).unwrap();
-            let second = connector.parse(&body, account(name), &mut context).unwrap();
+            let first = connector.parse(&request, account(name), &mut context).unwrap();
+            let second = connector.parse(&request, account(name), &mut context).unwrap();
             let ids = |p: &webhook::Parsed| p.inquiries.iter().map(|i| i.id).collect::<Vec<_>>();
             assert_eq!(ids(&first), ids(&second), "{file}: a replay must give the same ids");
             if TIMESTAMPED.contains(&name) {
@@ -244,13 +262,13 @@ fn forged_replayed_expired_and_truncated_deliveries() {
             let half = &body[..body.len() / 2];
             let truncated = WebhookRequest { body: half, ..request.clone() };
             if connector.verify(&truncated, &secrets, NOW).is_ok() {
-                assert!(connector.parse(half, account(name), &mut context).is_err(), "{file}: truncated body parsed");
+                assert!(connector.parse(&truncated, account(name), &mut context).is_err(), "{file}: truncated body parsed");
             }
             // Truncated before signing: never a panic, whatever parse says.
             let (headers, resigned) = signed(name, half, SECRET, NOW);
-            let request = WebhookRequest { headers, query: "", body: &resigned };
+            let request = WebhookRequest { headers: fixture_headers(name, &path, headers), query: "", body: &resigned };
             if connector.verify(&request, &secrets, NOW).is_ok() {
-                let _ = connector.parse(&resigned, account(name), &mut context);
+                let _ = connector.parse(&request, account(name), &mut context);
             }
         }
     }
@@ -260,9 +278,10 @@ fn forged_replayed_expired_and_truncated_deliveries() {
 fn every_fixture_normalizes_to_its_golden_inquiries() {
     for connector in webhook::REGISTRY {
         for path in fixtures(connector.name()) {
-            let (_, body) = signed(connector.name(), &fs::read(&path).unwrap(), SECRET, NOW);
+            let (headers, body) = signed(connector.name(), &fs::read(&path).unwrap(), SECRET, NOW);
+            let request = WebhookRequest { headers: fixture_headers(connector.name(), &path, headers), query: "", body: &body };
             let parsed = connector
-                .parse(&body, account(connector.name()), &mut context)
+                .parse(&request, account(connector.name()), &mut context)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let envelopes = serde_json::to_string_pretty(&parsed.inquiries).unwrap();
             let personal: Vec<_> = parsed.inquiries.iter().map(|i| &i.personal).collect();
@@ -333,7 +352,7 @@ fn web_form_signatures_expire_after_the_replay_window() {
     assert_eq!(form.verify(&request, &secrets, NOW + Duration::seconds(301)), Err(VerifyError::Stale));
     assert_eq!(form.verify(&request, &secrets, NOW - Duration::seconds(301)), Err(VerifyError::Stale));
     let mut context = || NormalizeContext { received_at: NOW, trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" };
-    let err = form.parse(&body, "another-site", &mut context).unwrap_err();
+    let err = form.parse(&request, "another-site", &mut context).unwrap_err();
     assert_eq!(err.field.as_deref(), Some("account"), "a form may only post for its own account");
 }
 
@@ -395,8 +414,9 @@ fn shopee_needs_its_registered_url_and_its_own_shop() {
     assert_eq!(shopee.verify(&request, &no_url, NOW), Err(VerifyError::NotConfigured("endpoint_url")));
     let other_url = WebhookSecrets { endpoint_url: Some("https://gateway.test/webhooks/shopee/1"), ..no_url };
     assert_eq!(shopee.verify(&request, &other_url, NOW), Err(VerifyError::BadSignature));
-    let err = shopee.parse(&body, "12345", &mut context).unwrap_err();
+    let err = shopee.parse(&request, "12345", &mut context).unwrap_err();
     assert_eq!(err.field.as_deref(), Some("shop_id"));
-    let verify_button = shopee.parse(b"", "947042923", &mut context).unwrap();
+    let empty = WebhookRequest { body: b"", ..request.clone() };
+    let verify_button = shopee.parse(&empty, "947042923", &mut context).unwrap();
     assert_eq!((verify_button.inquiries.len(), verify_button.ignored), (0, 0));
 }

@@ -61,12 +61,12 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Connector name: `whatsapp`, `messenger`, `instagram`, `line`, `telegram`, `tiktok_shop`,
-    /// `web_form`, `shopee`, `mailgun`, `sendgrid`, `ebay` (and `shopify_compliance`).
+    /// `web_form`, `shopee`, `mailgun`, `sendgrid`, `ebay`, `shopify` (and `shopify_compliance`).
     pub connector: String,
     /// Seller account the webhook posts for (the `{account}` of the URL).
     pub account: String,
     /// Signing secret: Meta app secret, LINE channel secret, Telegram `secret_token`, web-form key,
-    /// Shopee live push partner key, Mailgun webhook signing key (unused by SendGrid and eBay, which
+    /// Shopee live push partner key, Shopify app client secret, Mailgun webhook signing key (unused by SendGrid and eBay, which
     /// sign with public keys: leave it empty).
     #[serde(default)]
     pub secret: String,

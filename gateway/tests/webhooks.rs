@@ -33,6 +33,11 @@ secret = "web-form-signing-key-01"
 connector = "mailgun"
 account = "support-eu"
 secret = "mailgun-signing-key-01"
+
+[[webhooks]]
+connector = "shopify"
+account = "linen-and-loom.myshopify.com"
+secret = "shopify-client-secret-01"
 "#;
 
 fn hmac(key: &str, parts: &[&[u8]]) -> Vec<u8> {
@@ -148,6 +153,64 @@ async fn line_telegram_and_web_forms_verify_their_own_schemes() {
     let replayed =
         client.request(Method::POST, &url, form.clone(), &[("x-inquiry-signature", &sign(now - 3600))]).await;
     assert_eq!((replayed.status, replayed.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_stale"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shopify_order_notes_and_return_requests_are_inquiries_once() {
+    let gateway = Gateway::start(CONFIG).await;
+    let client = HttpClient::new();
+    let url = gateway.url("/webhooks/shopify/linen-and-loom.myshopify.com");
+    let deliver = |body: Vec<u8>, topic: &'static str, shop: &'static str, event: &'static str| {
+        let signature = base64::engine::general_purpose::STANDARD.encode(hmac("shopify-client-secret-01", &[&body]));
+        let (client, url) = (&client, &url);
+        async move {
+            let headers = [
+                ("x-shopify-hmac-sha256", signature.as_str()),
+                ("x-shopify-topic", topic),
+                ("x-shopify-shop-domain", shop),
+                ("x-shopify-event-id", event),
+                ("x-shopify-webhook-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"),
+            ];
+            client.request(Method::POST, url, body, &headers).await
+        }
+    };
+    let shop = "linen-and-loom.myshopify.com";
+    let order = fixture("shopify/orders-create.note.json");
+
+    let created = deliver(order.clone(), "orders/create", shop, "e-1").await;
+    assert_eq!((created.status, created.json()["accepted"].as_u64()), (StatusCode::OK, Some(1)), "{}", gateway.log());
+    // Shopify redelivers the same event; orders/updated repeats the unchanged note: both are duplicates.
+    let again = deliver(order.clone(), "orders/create", shop, "e-1").await;
+    assert_eq!((again.status, again.json()["duplicates"].as_u64()), (StatusCode::OK, Some(1)));
+    let updated = deliver(fixture("shopify/orders-updated.same-note.json"), "orders/updated", shop, "e-2").await;
+    assert_eq!((updated.status, updated.json()["duplicates"].as_u64()), (StatusCode::OK, Some(1)));
+    // A changed note is a new message of the same order.
+    let changed = String::from_utf8(order.clone()).unwrap().replace("Bitte als Geschenk", "Bitte NICHT als Geschenk");
+    let reply = deliver(changed.into_bytes(), "orders/updated", shop, "e-3").await;
+    assert_eq!((reply.status, reply.json()["accepted"].as_u64()), (StatusCode::OK, Some(1)));
+    let returned = deliver(fixture("shopify/returns-request.json"), "returns/request", shop, "e-4").await;
+    assert_eq!((returned.status, returned.json()["accepted"].as_u64()), (StatusCode::OK, Some(1)));
+    let ignored = deliver(fixture("shopify/customers-update.json"), "customers/update", shop, "e-5").await;
+    assert_eq!((ignored.status, ignored.json()["accepted"].as_u64()), (StatusCode::OK, Some(0)));
+
+    // Refused: another shop's delivery, no topic, a wrong signature.
+    let other = deliver(order.clone(), "orders/create", "someone-else.myshopify.com", "e-6").await;
+    assert_eq!((other.status, other.error_code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"));
+    let signature = base64::engine::general_purpose::STANDARD.encode(hmac("shopify-client-secret-01", &[&order]));
+    let untopical = client.request(Method::POST, &url, order.clone(), &[("x-shopify-hmac-sha256", &signature)]).await;
+    assert!(untopical.status.is_client_error(), "no topic: {:?}", untopical.status);
+    let forged = base64::engine::general_purpose::STANDARD.encode(hmac("guessed-secret", &[&order]));
+    let reply = client
+        .request(Method::POST, &url, order, &[("x-shopify-hmac-sha256", &forged), ("x-shopify-topic", "orders/create")])
+        .await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_invalid"));
+    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let accepted = metric_value(
+        &metrics,
+        "inquiry_gateway_inquiries_total",
+        &[("outcome", "accepted"), ("channel", "shopify")],
+    );
+    assert_eq!(accepted, 3.0, "the note, the changed note and the return");
 }
 
 /// A stand-in for eBay's `GET /commerce/notification/v1/public_key/{kid}`: serves `pem` for `kid-1`

@@ -147,7 +147,9 @@ impl Poller for ShopeeLostPush {
             };
             let delivery =
                 serde_json::json!({ "code": push.code, "shop_id": shop_id, "timestamp": push.timestamp, "data": data });
-            match shopee.parse(delivery.to_string().as_bytes(), &shop_id.to_string(), context) {
+            let body = delivery.to_string();
+            let request = crate::webhook::WebhookRequest { body: body.as_bytes(), ..Default::default() };
+            match shopee.parse(&request, &shop_id.to_string(), context) {
                 Ok(parsed) => {
                     page.ignored += parsed.ignored;
                     page.inquiries.extend(parsed.inquiries);

@@ -119,10 +119,11 @@ impl Webhook for Ebay {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let envelope: Envelope = serde_json::from_slice(body).map_err(InputError::from_json)?;
         let mut parsed = Parsed::default();
         let topic = envelope.metadata.topic.as_str();

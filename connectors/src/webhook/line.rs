@@ -43,10 +43,11 @@ impl Webhook for Line {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let payload: Payload = serde_json::from_slice(body).map_err(InputError::from_json)?;
         let mut parsed = Parsed::default();
         for event in payload.events {

@@ -62,10 +62,11 @@ impl Webhook for Mailgun {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let form = Form::parse(body)?;
         let mut email = Email {
             from: form.get("from"),

@@ -76,10 +76,11 @@ impl Webhook for MetaWebhook {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let payload: Payload = serde_json::from_slice(body).map_err(InputError::from_json)?;
         if payload.object != self.object {
             return Err(InputError::new(InputErrorCode::InvalidValue, format!("object is not `{}`", self.object))

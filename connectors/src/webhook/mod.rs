@@ -13,6 +13,7 @@ mod mailgun;
 mod meta;
 mod sendgrid;
 mod shopee;
+mod shopify;
 mod telegram;
 mod tiktok;
 mod webform;
@@ -38,6 +39,7 @@ pub const REGISTRY: &[&dyn Webhook] = &[
     &mailgun::Mailgun,
     &sendgrid::SendGrid,
     &ebay::Ebay,
+    &shopify::Shopify,
 ];
 
 /// The connector registered under `name`.
@@ -204,11 +206,12 @@ pub trait Webhook: Sync {
         None
     }
 
-    /// Normalizes a verified body; `context` gives each new inquiry its receive time and trace id
-    /// (the id comes from the message itself, see [`crate::stable_id`]).
+    /// Normalizes a verified request (its body, and a header where the platform names the event
+    /// kind there, as Shopify does in `X-Shopify-Topic`); `context` gives each new inquiry its
+    /// receive time and trace id (the id comes from the message itself, see [`crate::stable_id`]).
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError>;

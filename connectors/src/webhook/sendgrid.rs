@@ -60,10 +60,11 @@ impl Webhook for SendGrid {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let form = Form::parse(body)?;
         let mut email = match form.raw("email") {
             Some(raw) => raw_email(raw)?,

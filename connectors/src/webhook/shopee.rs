@@ -49,10 +49,11 @@ impl Webhook for Shopee {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let mut parsed = Parsed::default();
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(parsed); // the console's "Verify" request

@@ -43,10 +43,11 @@ impl Webhook for TiktokShop {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         let push: Push = serde_json::from_slice(body).map_err(InputError::from_json)?;
         if push.shop_id != account {
             return Err(InputError::new(InputErrorCode::InvalidValue, "shop_id does not match the webhook url")

@@ -59,10 +59,11 @@ impl Webhook for WebForm {
 
     fn parse<'c>(
         &self,
-        body: &[u8],
+        request: &WebhookRequest<'_>,
         account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
+        let body = request.body;
         // The same checks as the generic API (UTF-8, objects only, every field).
         let inquiry = normalize(body, &context())?;
         if inquiry.channel != Channel::WebForm {

@@ -124,7 +124,7 @@ async fn answer(
     let normalize_started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
     let mut context = || inquiry_connectors::NormalizeContext { received_at, trace_id };
-    let parsed = hook.parse(&body, account, &mut context)?;
+    let parsed = hook.parse(&request, account, &mut context)?;
     let channel = hook.channel();
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), parsed.inquiries.len());
     if parsed.ignored > 0 {
