@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform_standins::{
-    aliexpress::Aliexpress, ebay::Ebay, etsy::Etsy, meta::Meta, shopee::Shopee, shopee_push::ShopeePush,
-    tiktok::Tiktok, QuotaRule, Standin,
+    aliexpress::Aliexpress, ebay::Ebay, ebay_post_order::EbayPostOrder, etsy::Etsy, meta::Meta, shopee::Shopee,
+    shopee_push::ShopeePush, tiktok::Tiktok, QuotaRule, Standin,
 };
 use support::{metric_value, Gateway, HttpClient};
 
@@ -74,7 +74,9 @@ fn etsy_poller(standin: &Standin, shop: &str, extra: &str) -> String {
 /// Config of a poller of the eBay, Shopee or TikTok stand-in, for its default seller `1001`.
 fn seller_poller(connector: &str, standin: &Standin, extra: &str) -> String {
     let credentials = match connector {
-        "ebay_member_messages" => "access_token = \"test-ebay-user-token\"\napp_key = \"test-ebay-app-id\"",
+        "ebay_member_messages" | "ebay_post_order_inquiries" => {
+            "access_token = \"test-ebay-user-token\"\napp_key = \"test-ebay-app-id\""
+        }
         "shopee_chat" => {
             "access_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\""
         }
@@ -221,8 +223,16 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     )
     .await
     .unwrap();
+    // eBay Post-Order: 5,000 calls a day per app (its own figure unread), raised here too (1 call/s).
+    let post_order = Standin::start(
+        Arc::new(EbayPostOrder::default()),
+        Some(QuotaRule { per_second: 1.0, burst: 1, per_day: Some(2_000_000) }),
+    )
+    .await
+    .unwrap();
     let sellers = [
         (&ebay, "ebay_member_messages", "ebay"),
+        (&post_order, "ebay_post_order_inquiries", "ebay"),
         (&shopee, "shopee_chat", "shopee"),
         (&tiktok, "tiktok_customer_service", "tiktok_shop"),
         (&aliexpress, "aliexpress_messages", "aliexpress"),
@@ -231,7 +241,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
         for c in 0..10 {
             exchange(standin, "1001", c, now() - 600 + c as i64);
         }
-        let daily = matches!(connector, "ebay_member_messages" | "aliexpress_messages");
+        let daily = matches!(connector, "ebay_member_messages" | "ebay_post_order_inquiries" | "aliexpress_messages");
         config += &seller_poller(connector, standin, if daily { "per_day = 2000000" } else { "" });
     }
     // Shopee's lost-push sweep: 1/s per partner (assumed), pushes of another shop (2002).
@@ -265,6 +275,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     }
     assert_quota_used(&graph, "meta (per page)");
     assert_quota_used(&ebay, "ebay (per app)");
+    assert_quota_used(&post_order, "ebay post-order (per app)");
     assert_quota_used(&shopee, "shopee (per shop)");
     assert_quota_used(&tiktok, "tiktok (per shop)");
     assert_quota_used(&aliexpress, "aliexpress (per app)");
@@ -275,10 +286,13 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
 
     wait_for(&gateway, "messenger", graph.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
     wait_for(&gateway, "etsy", etsy.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
-    for (standin, _, channel) in sellers {
-        // Shopee's inquiries come from the chat API (shop 1001) and the lost pushes (shop 2002).
+    for channel in ["ebay", "shopee", "tiktok_shop", "aliexpress"] {
+        // eBay's come from member messages and Post-Order inquiries (one channel); Shopee's from
+        // the chat API (shop 1001) and the lost pushes (shop 2002).
         let lost = if channel == "shopee" { pushes.mailbox().buyer_messages() } else { 0 };
-        wait_for(&gateway, channel, (standin.mailbox().buyer_messages() + lost) as f64, Duration::from_secs(20)).await;
+        let polled: usize =
+            sellers.iter().filter(|(_, _, c)| *c == channel).map(|(s, _, _)| s.mailbox().buyer_messages()).sum();
+        wait_for(&gateway, channel, (polled + lost) as f64, Duration::from_secs(20)).await;
     }
     support::eventually(Duration::from_secs(10), "every lost push is confirmed as consumed", || async {
         *confirmed.lock().unwrap() == pushes.mailbox().all().len()

@@ -105,10 +105,10 @@ impl Cycle {
 }
 
 /// [`super::LOOKBACK`] in milliseconds: how far before the cursor a cycle asks again.
-const LOOKBACK_MS: i64 = super::LOOKBACK.whole_milliseconds() as i64;
+pub(super) const LOOKBACK_MS: i64 = super::LOOKBACK.whole_milliseconds() as i64;
 
 /// eBay's `dateTime` in UTC with milliseconds.
-fn ebay_time(unix_ms: i64) -> String {
+pub(super) fn ebay_time(unix_ms: i64) -> String {
     let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     at.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"))

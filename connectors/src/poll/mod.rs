@@ -10,6 +10,7 @@
 
 mod aliexpress_messages;
 mod ebay_member_messages;
+mod ebay_post_order;
 mod etsy_receipts;
 mod json_ids;
 mod meta_conversations;
@@ -38,6 +39,7 @@ pub const REGISTRY: &[&dyn Poller] = &[
     &meta_conversations::MetaConversations,
     &etsy_receipts::EtsyReceipts,
     &ebay_member_messages::EbayMemberMessages,
+    &ebay_post_order::EbayPostOrderInquiries,
     &shopee_chat::ShopeeChat,
     &shopee_lost_push::ShopeeLostPush,
     &tiktok_customer_service::TiktokCustomerService,

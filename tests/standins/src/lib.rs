@@ -12,6 +12,7 @@
 pub mod aliexpress;
 pub mod chat_send;
 pub mod ebay;
+pub mod ebay_post_order;
 pub mod etsy;
 pub mod meta;
 pub mod quota;
@@ -178,15 +179,16 @@ pub fn platform(name: &str) -> Option<Arc<dyn Platform>> {
         "shopee_push" => Some(Arc::new(shopee_push::ShopeePush::default())),
         "aliexpress" => Some(Arc::new(aliexpress::Aliexpress::default())),
         "whatsapp_send" => Some(Arc::new(whatsapp_send::WhatsappSend::default())),
+        "ebay_post_order" => Some(Arc::new(ebay_post_order::EbayPostOrder::default())),
         _ => None,
     }
 }
 
 /// The names [`platform`] knows, in the order the binary serves them on 127.0.0.1:18101+ (meta
 /// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106, aliexpress 18107,
-/// whatsapp_send 18108).
+/// whatsapp_send 18108, ebay_post_order 18109).
 pub const PLATFORMS: &[&str] =
-    &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push", "aliexpress", "whatsapp_send"];
+    &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push", "aliexpress", "whatsapp_send", "ebay_post_order"];
 
 /// The address a stand-in listens on.
 pub type Addr = SocketAddr;
