@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform_standins::{
-    aliexpress::Aliexpress, ebay::Ebay, ebay_post_order::EbayPostOrder, etsy::Etsy, meta::Meta, shopee::Shopee,
-    shopee_push::ShopeePush, tiktok::Tiktok, QuotaRule, Standin,
+    aliexpress::Aliexpress, ebay::Ebay, ebay_post_order::EbayPostOrder, etsy::Etsy, indiamart::Indiamart, meta::Meta,
+    shopee::Shopee, shopee_push::ShopeePush, tiktok::Tiktok, QuotaRule, Standin,
 };
 use support::{metric_value, Gateway, HttpClient};
 
@@ -80,6 +80,7 @@ fn seller_poller(connector: &str, standin: &Standin, extra: &str) -> String {
         "shopee_chat" => {
             "access_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\""
         }
+        "indiamart_leads" => "access_token = \"test-indiamart-crm-key\"",
         "aliexpress_messages" => {
             "access_token = \"test-aliexpress-session\"\napp_key = \"test-aliexpress-app-key\"\napp_secret = \"test-aliexpress-app-secret\""
         }
@@ -230,9 +231,13 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     )
     .await
     .unwrap();
+    // IndiaMART: one call per 5 minutes per key, sped up on both sides to one per 2 s.
+    let indiamart_rule = QuotaRule { per_second: 0.5, burst: 1, per_day: None };
+    let indiamart = Standin::start(Arc::new(Indiamart::default()), Some(indiamart_rule)).await.unwrap();
     let sellers = [
         (&ebay, "ebay_member_messages", "ebay"),
         (&post_order, "ebay_post_order_inquiries", "ebay"),
+        (&indiamart, "indiamart_leads", "rfq"),
         (&shopee, "shopee_chat", "shopee"),
         (&tiktok, "tiktok_customer_service", "tiktok_shop"),
         (&aliexpress, "aliexpress_messages", "aliexpress"),
@@ -241,8 +246,12 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
         for c in 0..10 {
             exchange(standin, "1001", c, now() - 600 + c as i64);
         }
-        let daily = matches!(connector, "ebay_member_messages" | "ebay_post_order_inquiries" | "aliexpress_messages");
-        config += &seller_poller(connector, standin, if daily { "per_day = 2000000" } else { "" });
+        let extra = match connector {
+            "ebay_member_messages" | "ebay_post_order_inquiries" | "aliexpress_messages" => "per_day = 2000000",
+            "indiamart_leads" => "requests_per_second = 0.5\nburst = 1",
+            _ => "",
+        };
+        config += &seller_poller(connector, standin, extra);
     }
     // Shopee's lost-push sweep: 1/s per partner (assumed), pushes of another shop (2002).
     let lost = ShopeePush::default();
@@ -276,6 +285,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
     assert_quota_used(&graph, "meta (per page)");
     assert_quota_used(&ebay, "ebay (per app)");
     assert_quota_used(&post_order, "ebay post-order (per app)");
+    assert_quota_used(&indiamart, "indiamart (per key)");
     assert_quota_used(&shopee, "shopee (per shop)");
     assert_quota_used(&tiktok, "tiktok (per shop)");
     assert_quota_used(&aliexpress, "aliexpress (per app)");
@@ -286,7 +296,7 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
 
     wait_for(&gateway, "messenger", graph.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
     wait_for(&gateway, "etsy", etsy.mailbox().buyer_messages() as f64, Duration::from_secs(20)).await;
-    for channel in ["ebay", "shopee", "tiktok_shop", "aliexpress"] {
+    for channel in ["ebay", "shopee", "tiktok_shop", "aliexpress", "rfq"] {
         // eBay's come from member messages and Post-Order inquiries (one channel); Shopee's from
         // the chat API (shop 1001) and the lost pushes (shop 2002).
         let lost = if channel == "shopee" { pushes.mailbox().buyer_messages() } else { 0 };

@@ -12,6 +12,7 @@ mod aliexpress_messages;
 mod ebay_member_messages;
 mod ebay_post_order;
 mod etsy_receipts;
+mod indiamart_leads;
 mod json_ids;
 mod meta_conversations;
 mod rate_headers;
@@ -44,6 +45,7 @@ pub const REGISTRY: &[&dyn Poller] = &[
     &shopee_lost_push::ShopeeLostPush,
     &tiktok_customer_service::TiktokCustomerService,
     &aliexpress_messages::AliexpressMessages,
+    &indiamart_leads::IndiamartLeads,
 ];
 
 /// The poller registered under `name`.

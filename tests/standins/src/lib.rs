@@ -14,6 +14,7 @@ pub mod chat_send;
 pub mod ebay;
 pub mod ebay_post_order;
 pub mod etsy;
+pub mod indiamart;
 pub mod meta;
 pub mod quota;
 mod server;
@@ -146,7 +147,7 @@ impl Reply {
 
 /// A platform API: how it authenticates, counts its quota, throttles and answers.
 pub trait Platform: Send + Sync + 'static {
-    /// Name (`etsy`, `meta`, `ebay`, `shopee`, `tiktok`, `aliexpress`).
+    /// Name (`etsy`, `meta`, `ebay`, `shopee`, `tiktok`, `aliexpress`, `indiamart`, ...).
     fn name(&self) -> &'static str;
 
     /// The documented quota.
@@ -180,15 +181,26 @@ pub fn platform(name: &str) -> Option<Arc<dyn Platform>> {
         "aliexpress" => Some(Arc::new(aliexpress::Aliexpress::default())),
         "whatsapp_send" => Some(Arc::new(whatsapp_send::WhatsappSend::default())),
         "ebay_post_order" => Some(Arc::new(ebay_post_order::EbayPostOrder::default())),
+        "indiamart" => Some(Arc::new(indiamart::Indiamart::default())),
         _ => None,
     }
 }
 
 /// The names [`platform`] knows, in the order the binary serves them on 127.0.0.1:18101+ (meta
 /// 18101, etsy 18102, ebay 18103, shopee 18104, tiktok 18105, shopee_push 18106, aliexpress 18107,
-/// whatsapp_send 18108, ebay_post_order 18109).
-pub const PLATFORMS: &[&str] =
-    &["meta", "etsy", "ebay", "shopee", "tiktok", "shopee_push", "aliexpress", "whatsapp_send", "ebay_post_order"];
+/// whatsapp_send 18108, ebay_post_order 18109, indiamart 18110).
+pub const PLATFORMS: &[&str] = &[
+    "meta",
+    "etsy",
+    "ebay",
+    "shopee",
+    "tiktok",
+    "shopee_push",
+    "aliexpress",
+    "whatsapp_send",
+    "ebay_post_order",
+    "indiamart",
+];
 
 /// The address a stand-in listens on.
 pub type Addr = SocketAddr;
