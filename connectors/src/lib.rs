@@ -9,6 +9,7 @@ pub mod error;
 pub mod generic;
 pub mod inquiry;
 pub mod language;
+pub mod outbound;
 pub mod poll;
 pub mod webhook;
 

@@ -569,6 +569,55 @@ pub enum SenderConfig {
         #[serde(default = "default_line_rate")]
         per_second: f64,
     },
+    /// Shopee seller chat `send_message` (the account is the shop id), to the buyer's user id.
+    Shopee {
+        /// API base (`https://partner.shopeemobile.com`).
+        #[serde(default = "default_shopee_base")]
+        base_url: String,
+        /// The app's partner id.
+        partner_id: String,
+        /// The app's partner key (`${ENV}`), which signs each call.
+        partner_key: String,
+        /// Shop access tokens by shop id; a shop not listed uses the token its `shopee_chat`
+        /// poller in this process holds (Shopee's expire after 4 hours; the poller refreshes it).
+        #[serde(default)]
+        shop_tokens: std::collections::BTreeMap<String, String>,
+        /// Messages per second per shop (Shopee publishes none: 1).
+        #[serde(default = "default_marketplace_rate")]
+        per_second: f64,
+    },
+    /// TikTok Shop customer service "Send Message" into the buyer's conversation (the account
+    /// is the shop cipher).
+    TiktokShop {
+        /// API base (`https://open-api.tiktokglobalshop.com`).
+        #[serde(default = "default_tiktok_base")]
+        base_url: String,
+        /// The app key.
+        app_key: String,
+        /// The app secret (`${ENV}`), which signs each call.
+        app_secret: String,
+        /// Shop access tokens by shop cipher; a shop not listed uses the token of its
+        /// `tiktok_customer_service` poller in this process.
+        #[serde(default)]
+        shop_tokens: std::collections::BTreeMap<String, String>,
+        /// Messages per second per shop (TikTok Shop publishes none for this call: 1).
+        #[serde(default = "default_marketplace_rate")]
+        per_second: f64,
+    },
+    /// eBay Trading `AddMemberMessageRTQ`: the answer to a buyer's question about a listing (the
+    /// account is the seller).
+    Ebay {
+        /// API base (`https://api.ebay.com`).
+        #[serde(default = "default_ebay_base")]
+        base_url: String,
+        /// OAuth user tokens by seller; a seller not listed uses the token of its
+        /// `ebay_member_messages` (or `ebay_post_order_inquiries`) poller in this process.
+        #[serde(default)]
+        user_tokens: std::collections::BTreeMap<String, String>,
+        /// Calls per second per seller (eBay: at most 75 in any 60 s, or a 100 s block: 1.25).
+        #[serde(default = "default_ebay_rtq_rate")]
+        per_second: f64,
+    },
 }
 
 impl std::fmt::Debug for SenderConfig {
@@ -594,6 +643,23 @@ impl std::fmt::Debug for SenderConfig {
                 .debug_struct("Line")
                 .field("base_url", base_url)
                 .field("accounts", &channel_tokens.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            SenderConfig::Shopee { base_url, partner_id, shop_tokens, .. } => f
+                .debug_struct("Shopee")
+                .field("base_url", base_url)
+                .field("partner_id", partner_id)
+                .field("accounts", &shop_tokens.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            SenderConfig::TiktokShop { base_url, app_key, shop_tokens, .. } => f
+                .debug_struct("TiktokShop")
+                .field("base_url", base_url)
+                .field("app_key", app_key)
+                .field("accounts", &shop_tokens.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            SenderConfig::Ebay { base_url, user_tokens, .. } => f
+                .debug_struct("Ebay")
+                .field("base_url", base_url)
+                .field("accounts", &user_tokens.keys().collect::<Vec<_>>())
                 .finish_non_exhaustive(),
         }
     }
@@ -645,6 +711,26 @@ fn default_line_base() -> String {
 
 fn default_line_rate() -> f64 {
     2000.0
+}
+
+fn default_shopee_base() -> String {
+    "https://partner.shopeemobile.com".to_owned()
+}
+
+fn default_tiktok_base() -> String {
+    "https://open-api.tiktokglobalshop.com".to_owned()
+}
+
+fn default_ebay_base() -> String {
+    "https://api.ebay.com".to_owned()
+}
+
+fn default_marketplace_rate() -> f64 {
+    1.0
+}
+
+fn default_ebay_rtq_rate() -> f64 {
+    75.0 / 60.0
 }
 
 impl Default for ReachConfig {
@@ -1788,6 +1874,16 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
             | SenderConfig::Line { base_url, channel_tokens: tokens, per_second, .. } => {
                 validate_chat_sender(i, base_url, tokens, *per_second, problems);
             }
+            SenderConfig::Shopee { base_url, partner_id: key, partner_key: secret, shop_tokens: tokens, per_second }
+            | SenderConfig::TiktokShop { base_url, app_key: key, app_secret: secret, shop_tokens: tokens, per_second } => {
+                validate_marketplace_sender(i, base_url, tokens, *per_second, problems);
+                if key.is_empty() || secret.is_empty() {
+                    problems.push(format!("reach.senders[{i}]: the app's id and secret (partner_id/partner_key, app_key/app_secret) are required"));
+                }
+            }
+            SenderConfig::Ebay { base_url, user_tokens: tokens, per_second } => {
+                validate_marketplace_sender(i, base_url, tokens, *per_second, problems);
+            }
         }
     }
     for (i, team) in reach.teams.iter().enumerate() {
@@ -1816,6 +1912,21 @@ fn validate_chat_sender(
     if !(per_second > 0.0 && per_second <= 10_000.0) {
         problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
     }
+}
+
+/// The checks of a marketplace sender: as a chat sender's, but tokens may come from the pollers.
+fn validate_marketplace_sender(
+    i: usize,
+    base_url: &str,
+    tokens: &std::collections::BTreeMap<String, String>,
+    per_second: f64,
+    problems: &mut Vec<String>,
+) {
+    if tokens.values().any(String::is_empty) {
+        problems.push(format!("reach.senders[{i}]: an empty token (leave the account out to use its poller's)"));
+    }
+    let placeholder = std::collections::BTreeMap::from([(String::new(), "token".to_owned())]);
+    validate_chat_sender(i, base_url, &placeholder, per_second, problems);
 }
 
 fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {

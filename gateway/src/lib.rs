@@ -174,6 +174,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .collect();
 
     let replica = config.polling.replica.clone().unwrap_or_else(replica_name);
+    // The pollers' current tokens, which the acknowledgement senders of their platforms use.
+    let live_tokens = poll::LiveTokens::default();
     let reach_tasks = match &reach {
         Some(reach) => {
             let mut tasks = spawn_reach(reach, kafka_sink.clone(), &store, &stop_rx);
@@ -193,7 +195,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 // With a CQL store, replicas claim acknowledgements there: one per inquiry in all.
                 let claims = config.sinks.cql.as_ref().map(|cql| Arc::new(reach::send::AckClaims::new(cql, &replica)));
                 let parts = (reach.clone(), store.clone(), subjects.clone(), pipeline.clone(), stop_rx.clone());
-                tasks.push(tokio::spawn(reach::send::run_acks(parts.0, parts.1, parts.2, parts.3, claims, parts.4)));
+                let senders = reach::send::SenderParts { claims, live_tokens: live_tokens.clone() };
+                tasks.push(tokio::spawn(reach::send::run_acks(parts.0, parts.1, parts.2, parts.3, senders, parts.4)));
             }
             tasks
         }
@@ -234,6 +237,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 store: store.clone(),
                 subjects: subjects.clone(),
                 user_agent: user_agent.clone(),
+                live_tokens: live_tokens.clone(),
             };
             tokio::spawn(poll::run(parts, handle, stop_rx.clone()))
         })

@@ -265,6 +265,36 @@ pub(crate) async fn exchange(
     )))
 }
 
+/// The access tokens this process's pollers use now, by poller and account. The acknowledgement
+/// senders of the same platforms answer buyers with them: Shopee, TikTok Shop and eBay tokens
+/// expire within hours and only the poller refreshes them.
+#[derive(Clone, Default)]
+pub struct LiveTokens(Arc<dashmap::DashMap<(String, String), String>>);
+
+impl LiveTokens {
+    /// Records the token `poller` uses for `account` now.
+    pub fn publish(&self, poller: &str, account: &str, token: &str) {
+        if token.is_empty() {
+            return;
+        }
+        let key = (poller.to_owned(), account.to_owned());
+        if self.0.get(&key).is_none_or(|current| current.value() != token) {
+            self.0.insert(key, token.to_owned());
+        }
+    }
+
+    /// The token `poller` uses for `account`, if it runs in this process and has one.
+    pub fn get(&self, poller: &str, account: &str) -> Option<String> {
+        self.0.get(&(poller.to_owned(), account.to_owned())).map(|t| t.value().clone())
+    }
+}
+
+impl std::fmt::Debug for LiveTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTokens").field("entries", &self.0.len()).finish_non_exhaustive()
+    }
+}
+
 /// What one poller works with, whoever holds its lease.
 pub struct PollerParts {
     /// The platform's poller.
@@ -281,6 +311,8 @@ pub struct PollerParts {
     pub subjects: Arc<crate::compliance::subjects::Subjects>,
     /// The User-Agent of its requests (the gateway's version and replica).
     pub user_agent: String,
+    /// Where it publishes its current access token (for the acknowledgement senders).
+    pub live_tokens: LiveTokens,
 }
 
 /// Where a poller keeps its cursor and token grant while it polls.
@@ -395,7 +427,7 @@ pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch
 
 /// Polls until `stop` fires or, when leased, until the lease is handed on at a cycle's end.
 async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<()>) -> Ended {
-    let PollerParts { poller, config, quotas, pipeline, store, subjects, user_agent } = parts;
+    let PollerParts { poller, config, quotas, pipeline, store, subjects, user_agent, live_tokens } = parts;
     let poller = *poller;
     let name = poller.name();
     let account = config.account.clone();
@@ -488,6 +520,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                     continue;
                 }
             }
+            live_tokens.publish(name, &account, tokens.access());
             let credentials = PollCredentials {
                 access_token: tokens.access(),
                 app_key: config.app_key.as_deref(),

@@ -9,16 +9,16 @@
 //! under `tests/standins`.
 
 mod aliexpress_messages;
-mod ebay_member_messages;
+pub(crate) mod ebay_member_messages;
 mod ebay_post_order;
 mod etsy_receipts;
 mod indiamart_leads;
 mod json_ids;
 mod meta_conversations;
 mod rate_headers;
-mod shopee_chat;
+pub(crate) mod shopee_chat;
 mod shopee_lost_push;
-mod tiktok_customer_service;
+pub(crate) mod tiktok_customer_service;
 mod walk;
 mod watermark;
 

@@ -360,6 +360,9 @@ impl Acks {
             SenderConfig::Messenger { channels, .. } => channels.iter().any(|c| c == channel),
             SenderConfig::Telegram { .. } => channel == "telegram",
             SenderConfig::Line { .. } => channel == "line",
+            SenderConfig::Shopee { .. } => channel == "shopee",
+            SenderConfig::TiktokShop { .. } => channel == "tiktok_shop",
+            SenderConfig::Ebay { .. } => channel == "ebay",
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Sending auto-acknowledgements: e-mail over SMTP (lettre), WhatsApp, Messenger/Instagram,
-//! Telegram and LINE, each under its outbound quota (governor: messages per second per sender and
+//! Telegram, LINE, and the marketplaces' chats (Shopee, TikTok Shop, eBay questions; requests
+//! built by `inquiry_connectors::outbound`, with the pollers' current tokens), each under its outbound quota (governor: messages per second per sender and
 //! account, and a pause between two messages to the same buyer), at most once per inquiry, every
 //! send audited.
 //!
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use inquiry_connectors::outbound::{self, ChatReply, ReplyOutcome};
 use inquiry_connectors::poll::{PollMethod, PollRequest};
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -32,7 +34,7 @@ use crate::compliance::audit::AuditEvent;
 use crate::compliance::subjects::Subjects;
 use crate::config::{SenderConfig, SmtpTls};
 use crate::pipeline::{Pipeline, StoredInquiry};
-use crate::poll::{exchange, PollClient};
+use crate::poll::{exchange, LiveTokens, PollClient};
 use crate::retry::sleep_or_stop;
 use crate::store::{Store, StoreError, Timeline};
 use crate::telemetry;
@@ -71,6 +73,52 @@ enum Channel {
         base_url: String,
         tokens: std::collections::BTreeMap<String, String>,
     },
+    /// Shopee, TikTok Shop and eBay: signed calls with the account's token from config or from
+    /// the account's poller.
+    Marketplace {
+        market: Market,
+        client: PollClient,
+        base_url: String,
+        app_key: String,
+        app_secret: String,
+        tokens: std::collections::BTreeMap<String, String>,
+        live: LiveTokens,
+    },
+}
+
+/// The marketplaces answered through their own chat APIs.
+#[derive(Debug, Clone, Copy)]
+enum Market {
+    Shopee,
+    Tiktok,
+    Ebay,
+}
+
+impl Market {
+    /// The pollers whose tokens reach the same accounts.
+    fn pollers(self) -> &'static [&'static str] {
+        match self {
+            Market::Shopee => &["shopee_chat"],
+            Market::Tiktok => &["tiktok_customer_service"],
+            Market::Ebay => &["ebay_member_messages", "ebay_post_order_inquiries"],
+        }
+    }
+}
+
+/// Where an acknowledgement goes: the account it leaves from, the buyer, and the platform's
+/// references the marketplaces need (the conversation, the message answered, the listing).
+#[derive(Debug, Clone, Copy)]
+pub struct Addressee<'a> {
+    /// The seller account.
+    pub account: &'a str,
+    /// The buyer (an address, a platform user id).
+    pub recipient: &'a str,
+    /// The platform's conversation id.
+    pub conversation_id: &'a str,
+    /// The platform's id of the buyer's message.
+    pub message_id: &'a str,
+    /// The listing the message is about.
+    pub item_id: Option<&'a str>,
 }
 
 /// The chat APIs that take a token per account.
@@ -101,7 +149,7 @@ struct Sender {
 type Lane = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
 
 impl Sender {
-    fn new(config: &SenderConfig) -> Result<Sender, String> {
+    fn new(config: &SenderConfig, live: &LiveTokens) -> Result<Sender, String> {
         let (channel, per_second, pair_seconds) = match config {
             SenderConfig::Smtp { host, port, tls, username, password, from, per_second, .. } => {
                 let builder = match tls {
@@ -136,6 +184,18 @@ impl Sender {
             }
             SenderConfig::Line { base_url, channel_tokens: tokens, per_second } => {
                 (chat(ChatApi::Line, base_url, tokens), *per_second, 0.0)
+            }
+            SenderConfig::Shopee { base_url, partner_id, partner_key, shop_tokens, per_second } => {
+                let channel = marketplace(Market::Shopee, base_url, (partner_id, partner_key), shop_tokens, live);
+                (channel, *per_second, 0.0)
+            }
+            SenderConfig::TiktokShop { base_url, app_key, app_secret, shop_tokens, per_second } => {
+                let channel = marketplace(Market::Tiktok, base_url, (app_key, app_secret), shop_tokens, live);
+                (channel, *per_second, 0.0)
+            }
+            SenderConfig::Ebay { base_url, user_tokens, per_second } => {
+                let none = String::new();
+                (marketplace(Market::Ebay, base_url, (&none, &none), user_tokens, live), *per_second, 0.0)
             }
         };
         let pair = (pair_seconds > 0.0).then(|| {
@@ -210,7 +270,8 @@ impl Sender {
         Some(lane)
     }
 
-    async fn send(&self, account: &str, recipient: &str, message: &Rendered, id: Uuid) -> Result<String, SendError> {
+    async fn send(&self, to: &Addressee<'_>, message: &Rendered, id: Uuid) -> Result<String, SendError> {
+        let (account, recipient) = (to.account, to.recipient);
         match &self.channel {
             Channel::Smtp { transport, from } => {
                 let to =
@@ -281,7 +342,73 @@ impl Sender {
                     .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
                 read(status, &answer)
             }
+            Channel::Marketplace { market, client, base_url, app_key, app_secret, tokens, live } => {
+                // The config's token, else the one the account's poller uses now (refreshed by it).
+                let token = tokens
+                    .get(account)
+                    .cloned()
+                    .or_else(|| market.pollers().iter().find_map(|poller| live.get(poller, account)));
+                let Some(token) = token else {
+                    return Err(SendError::Retry("no token for the account (config or a running poller)".into()));
+                };
+                let reply = ChatReply {
+                    account,
+                    access_token: &token,
+                    app_key,
+                    app_secret,
+                    buyer_id: recipient,
+                    conversation_id: to.conversation_id,
+                    message_id: to.message_id,
+                    item_id: to.item_id,
+                    text: &message.body,
+                    now: time::OffsetDateTime::now_utc(),
+                };
+                let (built, read): (_, fn(u16, &[u8]) -> ReplyOutcome) = match market {
+                    Market::Shopee => (outbound::shopee_send_message(&reply), outbound::shopee_outcome),
+                    Market::Tiktok => (outbound::tiktok_send_message(&reply), outbound::tiktok_outcome),
+                    Market::Ebay => (outbound::ebay_answer_question(&reply), outbound::ebay_outcome),
+                };
+                let mut request = built.map_err(reply_error)?;
+                request.path_and_query = format!("{base_url}{}", request.path_and_query);
+                // The error of an unbuildable request could quote the URL (Shopee's carries the token).
+                let (status, _, answer) = exchange(client, "", request, AGENT)
+                    .await
+                    .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
+                match read(status, &answer) {
+                    ReplyOutcome::Sent(id) => Ok(id),
+                    other => Err(reply_error(other)),
+                }
+            }
         }
+    }
+}
+
+/// A marketplace's refusal as a send error: throttling and a refused token (the poller may
+/// refresh it meanwhile) are tried again.
+fn reply_error(outcome: ReplyOutcome) -> SendError {
+    match outcome {
+        ReplyOutcome::Throttled(reason) | ReplyOutcome::TokenRefused(reason) => SendError::Retry(reason),
+        ReplyOutcome::Unknown(reason) => SendError::Unknown(reason),
+        ReplyOutcome::Failed(reason) | ReplyOutcome::Sent(reason) => SendError::Permanent(reason),
+    }
+}
+
+/// A marketplace sender at `base_url` with the app's (id, secret) and tokens per account.
+fn marketplace(
+    market: Market,
+    base_url: &str,
+    (app_key, app_secret): (&String, &String),
+    tokens: &std::collections::BTreeMap<String, String>,
+    live: &LiveTokens,
+) -> Channel {
+    Channel::Marketplace {
+        market,
+        client: crate::poll::client(),
+        base_url: base_url.trim_end_matches('/').to_owned(),
+        app_key: app_key.clone(),
+        app_secret: app_secret.clone(),
+        tokens: tokens.clone(),
+        live: live.clone(),
     }
 }
 
@@ -467,21 +594,30 @@ impl AckClaims {
     }
 }
 
+/// What the senders share with the rest of the process.
+pub struct SenderParts {
+    /// With a CQL store: the claims that let one replica alone acknowledge an inquiry.
+    pub claims: Option<Arc<AckClaims>>,
+    /// The pollers' current access tokens (the marketplace senders use them).
+    pub live_tokens: LiveTokens,
+}
+
 /// Sends due acknowledgements until `stop` fires.
 pub async fn run_acks(
     reach: Arc<Reach>,
     store: Store,
     subjects: Arc<Subjects>,
     pipeline: Pipeline,
-    claims: Option<Arc<AckClaims>>,
+    parts: SenderParts,
     mut stop: watch::Receiver<()>,
 ) {
+    let SenderParts { claims, live_tokens } = parts;
     let senders: Vec<Option<Sender>> = reach
         .acks()
         .senders()
         .iter()
         .map(|config| {
-            Sender::new(config)
+            Sender::new(config, &live_tokens)
                 .map_err(|err| tracing::error!(error = %err, "acknowledgement sender unusable; its messages fail"))
                 .ok()
         })
@@ -579,9 +715,15 @@ async fn send_one(
     };
     let (Some(stored), Some(personal)) = (stored, personal) else { return fail("erased").await };
     let recipient = match state.channel.as_str() {
-        "whatsapp" | "telegram" | "line" | "messenger" | "instagram" => personal.platform_user_id.clone(),
+        "whatsapp" | "telegram" | "line" | "messenger" | "instagram" | "shopee" | "tiktok_shop" | "ebay" => {
+            personal.platform_user_id.clone()
+        }
         _ => personal.email.clone(),
     };
+    if state.channel == "ebay" && stored.inquiry.attributes.contains_key("inquiry_id") {
+        // A Post-Order inquiry is answered inside the inquiry, not by member message.
+        return fail("an eBay Post-Order inquiry has no member-message answer").await;
+    }
     let Some(recipient) = recipient else { return fail("no recipient").await };
     if matches!(state.channel.as_str(), "whatsapp" | "messenger" | "instagram") {
         // WhatsApp's customer service window and Meta's standard messaging window: free-form
@@ -647,7 +789,15 @@ async fn send_one(
         true
     })?;
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
-    let outcome = sender.send(&state.account, &recipient, &message, id).await;
+    let inquiry = &stored.inquiry;
+    let to = Addressee {
+        account: &state.account,
+        recipient: &recipient,
+        conversation_id: &inquiry.external.conversation_id,
+        message_id: &inquiry.external.message_id,
+        item_id: inquiry.product_ids.first().map(String::as_str),
+    };
+    let outcome = sender.send(&to, &message, id).await;
     if let Some(mut last) = lane {
         *last = Some(tokio::time::Instant::now());
     }
@@ -723,6 +873,9 @@ fn channel_label(channel: &str) -> &'static str {
         "instagram" => "instagram",
         "email" => "email",
         "web_form" => "web_form",
+        "shopee" => "shopee",
+        "tiktok_shop" => "tiktok_shop",
+        "ebay" => "ebay",
         _ => "other",
     }
 }

@@ -15,6 +15,7 @@ pub mod ebay;
 pub mod ebay_post_order;
 pub mod etsy;
 pub mod indiamart;
+pub mod marketplace_send;
 pub mod meta;
 pub mod quota;
 mod server;
