@@ -119,7 +119,9 @@ pub fn shopee_outcome(status: u16, body: &[u8]) -> ReplyOutcome {
         (_, "error_auth" | "invalid_access_token" | "invalid_acceess_token") => {
             ReplyOutcome::TokenRefused(format!("shopee {error}"))
         }
-        (_, "error_busy" | "error_server" | "error_inner") => ReplyOutcome::Throttled(format!("shopee {error}")),
+        (_, "error_busy") => ReplyOutcome::Throttled("shopee error_busy".to_owned()),
+        // A server error may come after the message was taken: not sent again.
+        (_, "error_server" | "error_inner") => ReplyOutcome::Unknown(format!("shopee {error}")),
         (500.., _) | (0..=199, _) => ReplyOutcome::Unknown(format!("shopee {status} {error}")),
         _ => ReplyOutcome::Failed(format!("shopee {status} {error}")),
     }

@@ -578,8 +578,9 @@ pub enum SenderConfig {
         partner_id: String,
         /// The app's partner key (`${ENV}`), which signs each call.
         partner_key: String,
-        /// Shop access tokens by shop id; a shop not listed uses the token its `shopee_chat`
-        /// poller in this process holds (Shopee's expire after 4 hours; the poller refreshes it).
+        /// Shop access tokens by shop id, for shops without a `shopee_chat` poller in this process
+        /// (a running poller's current token comes first: Shopee's expire after 4 hours and the
+        /// poller refreshes it).
         #[serde(default)]
         shop_tokens: std::collections::BTreeMap<String, String>,
         /// Messages per second per shop (Shopee publishes none: 1).
@@ -596,10 +597,14 @@ pub enum SenderConfig {
         app_key: String,
         /// The app secret (`${ENV}`), which signs each call.
         app_secret: String,
-        /// Shop access tokens by shop cipher; a shop not listed uses the token of its
-        /// `tiktok_customer_service` poller in this process.
+        /// Shop access tokens by shop cipher, for shops without a `tiktok_customer_service`
+        /// poller in this process (a running poller's current token comes first).
         #[serde(default)]
         shop_tokens: std::collections::BTreeMap<String, String>,
+        /// Shop cipher by shop id, for inquiries that came by webhook (whose account is the shop
+        /// id; the pollers' is the cipher).
+        #[serde(default)]
+        shop_ciphers: std::collections::BTreeMap<String, String>,
         /// Messages per second per shop (TikTok Shop publishes none for this call: 1).
         #[serde(default = "default_marketplace_rate")]
         per_second: f64,
@@ -610,8 +615,9 @@ pub enum SenderConfig {
         /// API base (`https://api.ebay.com`).
         #[serde(default = "default_ebay_base")]
         base_url: String,
-        /// OAuth user tokens by seller; a seller not listed uses the token of its
-        /// `ebay_member_messages` (or `ebay_post_order_inquiries`) poller in this process.
+        /// OAuth user tokens by seller, for sellers without an `ebay_member_messages` (or
+        /// `ebay_post_order_inquiries`) poller in this process (a running poller's token comes
+        /// first).
         #[serde(default)]
         user_tokens: std::collections::BTreeMap<String, String>,
         /// Calls per second per seller (eBay: at most 75 in any 60 s, or a 100 s block: 1.25).
@@ -1678,7 +1684,8 @@ impl Config {
             }
         }
         validate_compliance(&self.compliance, &mut problems);
-        validate_reach(&self.reach, self.sinks.kafka.is_some(), &mut problems);
+        let polled: BTreeSet<&str> = self.pollers.iter().map(|p| p.connector.as_str()).collect();
+        validate_reach(&self.reach, self.sinks.kafka.is_some(), &polled, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1712,7 +1719,7 @@ fn validate_compliance(compliance: &ComplianceConfig, problems: &mut Vec<String>
 }
 
 /// Checks plugins, chains and agents (pure: the modules themselves are checked when they load).
-fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) {
+fn validate_reach(reach: &ReachConfig, kafka: bool, polled: &BTreeSet<&str>, problems: &mut Vec<String>) {
     if reach.replies_topic.is_some() && !kafka {
         problems.push("reach.replies_topic needs [sinks.kafka]".to_owned());
     }
@@ -1875,14 +1882,19 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, problems: &mut Vec<String>) 
                 validate_chat_sender(i, base_url, tokens, *per_second, problems);
             }
             SenderConfig::Shopee { base_url, partner_id: key, partner_key: secret, shop_tokens: tokens, per_second }
-            | SenderConfig::TiktokShop { base_url, app_key: key, app_secret: secret, shop_tokens: tokens, per_second } => {
-                validate_marketplace_sender(i, base_url, tokens, *per_second, problems);
+            | SenderConfig::TiktokShop {
+                base_url, app_key: key, app_secret: secret, shop_tokens: tokens, per_second, ..
+            } => {
+                let pollers: &[&str] =
+                    if matches!(sender, SenderConfig::Shopee { .. }) { &["shopee_chat"] } else { &["tiktok_customer_service"] };
+                validate_marketplace_sender(i, base_url, tokens, *per_second, pollers, polled, problems);
                 if key.is_empty() || secret.is_empty() {
                     problems.push(format!("reach.senders[{i}]: the app's id and secret (partner_id/partner_key, app_key/app_secret) are required"));
                 }
             }
             SenderConfig::Ebay { base_url, user_tokens: tokens, per_second } => {
-                validate_marketplace_sender(i, base_url, tokens, *per_second, problems);
+                let pollers = ["ebay_member_messages", "ebay_post_order_inquiries"];
+                validate_marketplace_sender(i, base_url, tokens, *per_second, &pollers, polled, problems);
             }
         }
     }
@@ -1914,19 +1926,32 @@ fn validate_chat_sender(
     }
 }
 
-/// The checks of a marketplace sender: as a chat sender's, but tokens may come from the pollers.
+/// The checks of a marketplace sender: an http(s) base and a sane rate, as a chat sender's, and
+/// tokens from its config or from pollers of its platform.
 fn validate_marketplace_sender(
     i: usize,
     base_url: &str,
     tokens: &std::collections::BTreeMap<String, String>,
     per_second: f64,
+    pollers: &[&str],
+    polled: &BTreeSet<&str>,
     problems: &mut Vec<String>,
 ) {
     if tokens.values().any(String::is_empty) {
         problems.push(format!("reach.senders[{i}]: an empty token (leave the account out to use its poller's)"));
     }
-    let placeholder = std::collections::BTreeMap::from([(String::new(), "token".to_owned())]);
-    validate_chat_sender(i, base_url, &placeholder, per_second, problems);
+    if tokens.is_empty() && !pollers.iter().any(|p| polled.contains(p)) {
+        problems.push(format!(
+            "reach.senders[{i}]: no tokens, and no {} poller to take them from",
+            pollers.join(" or ")
+        ));
+    }
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
+    }
+    if !(per_second > 0.0 && per_second <= 10_000.0) {
+        problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
+    }
 }
 
 fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {

@@ -287,6 +287,25 @@ impl LiveTokens {
     pub fn get(&self, poller: &str, account: &str) -> Option<String> {
         self.0.get(&(poller.to_owned(), account.to_owned())).map(|t| t.value().clone())
     }
+
+    /// Forgets `poller`'s token for `account` (it stopped polling here; another replica may
+    /// rotate the token from now on).
+    fn withdraw(&self, poller: &str, account: &str) {
+        self.0.remove(&(poller.to_owned(), account.to_owned()));
+    }
+}
+
+/// Withdraws a poller's token from [`LiveTokens`] when the poller stops (or its lease moves).
+struct Published<'a> {
+    tokens: &'a LiveTokens,
+    poller: &'static str,
+    account: &'a str,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.tokens.withdraw(self.poller, self.account);
+    }
 }
 
 impl std::fmt::Debug for LiveTokens {
@@ -439,6 +458,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     }
     let cursor_name = format!("{}/{}", name, config.account);
     let _active = Active::new(name, &account);
+    let _published = Published { tokens: live_tokens, poller: name, account: &config.account };
     let local = || -> Result<(Option<String>, Option<Vec<u8>>), String> {
         let cursor = store.cursor(&cursor_name).map_err(|e| e.to_string())?;
         let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;
@@ -567,7 +587,18 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 );
                 continue;
             }
-            if !(200..300).contains(&status) {
+            let received_at = OffsetDateTime::now_utc();
+            let trace_id = crate::http::new_trace_id();
+            let mut context = || NormalizeContext { received_at, trace_id: &trace_id };
+            let parsed = if (200..300).contains(&status) {
+                counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "ok").increment(1);
+                poller.parse(&body, &target, &position, &mut context)
+            } else if let Some(page) = poller.step_over(status, &target, &position, &mut context) {
+                // One item the platform refuses (gone, not visible): the poller goes on without it.
+                counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "stepped_over").increment(1);
+                tracing::warn!(poller = name, status, "the platform refused one item; going on without it");
+                page
+            } else {
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "error").increment(1);
                 let delay = rate.retry_after.unwrap_or_default().max(backoff.next());
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "poll failed; retrying");
@@ -575,13 +606,8 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                     return Ended::Stopped;
                 }
                 continue;
-            }
-            counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "ok").increment(1);
-
-            let received_at = OffsetDateTime::now_utc();
-            let trace_id = crate::http::new_trace_id();
-            let mut context = || NormalizeContext { received_at, trace_id: &trace_id };
-            let page = match poller.parse(&body, &target, &position, &mut context) {
+            };
+            let page = match parsed {
                 Ok(page) => page,
                 Err(err) => {
                     counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "unparsable").increment(1);

@@ -296,7 +296,7 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
     let shopee_chat = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"shopee\"\nbase_url = \"{}\"\npartner_id = \"100001\"\npartner_key = \"test-shopee-partner-key\"\n\
-         [[reach.senders]]\nkind = \"tiktok_shop\"\nbase_url = \"{}\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nshop_tokens = {{ \"1001\" = \"test-tiktok-shop-token\" }}\n\
+         [[reach.senders]]\nkind = \"tiktok_shop\"\nbase_url = \"{}\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nshop_tokens = {{ \"1001\" = \"test-tiktok-shop-token\" }}\nshop_ciphers = {{ \"7494049642642441621\" = \"1001\" }}\n\
          [[reach.senders]]\nkind = \"ebay\"\nbase_url = \"{}\"\nuser_tokens = {{ \"1001\" = \"test-ebay-user-token\" }}\n\
          [[pollers]]\nconnector = \"shopee_chat\"\naccount = \"1001\"\naccess_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\"\nbase_url = \"{}\"\ninterval_ms = 1000\n",
         templates(),
@@ -323,6 +323,9 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
         let id = post(&gateway, with(question, serde_json::json!({"product_ids": ["226543219876"]}))).await;
         expected.push(("ebay", id, format!("ebay_buyer_{n}"), format!("asq-{n}")));
     }
+    // A TikTok Shop message that came by webhook carries the shop id: sent under its cipher.
+    let pushed = post(&gateway, inquiry("tiktok_shop", "7494049642642441621", "tts-pushed", "6000000099", "en")).await;
+    expected.push(("tiktok_shop", pushed, "conv-6000000099".to_owned(), "conv-6000000099".to_owned()));
     // A Post-Order inquiry is not a question: it is not answered by member message.
     let post_order = inquiry("ebay", "1001", "inquiry:5045163718:opened", "alpine_buyer_77", "en");
     post(
@@ -357,9 +360,9 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
     let ebay_span = ebay.stats()["1001"].span_seconds;
     assert!(ebay_span >= 7.0 / 1.25 * 0.95, "eBay answers paced at 1.25/s: {ebay_span:.2} s");
     let text = metrics(&gateway).await;
-    for channel in ["shopee", "tiktok_shop", "ebay"] {
+    for (channel, count) in [("shopee", 8.0), ("tiktok_shop", 9.0), ("ebay", 8.0)] {
         let sent = metric_value(&text, "inquiry_gateway_acks_total", &[("channel", channel), ("outcome", "sent")]);
-        assert_eq!(sent, 8.0, "{channel}");
+        assert_eq!(sent, count, "{channel}");
     }
     let refused = metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "ebay"), ("outcome", "failed")]);
     assert_eq!(refused, 1.0, "the Post-Order inquiry's acknowledgement fails");

@@ -261,6 +261,7 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
         "SHOPEE_LIVE_PUSH_KEY",
         "SHOPIFY_CLIENT_SECRET",
         "SHOPEE_PARTNER_KEY",
+        "SHOPEE_SHOP_TOKEN",
         "MAILGUN_WEBHOOK_SIGNING_KEY",
         "EBAY_VERIFICATION_TOKEN",
         "EBAY_APP_TOKEN",

@@ -26,10 +26,13 @@
 //! `inquiry_status`, `claim_amount`, `respond_by`. Messages the buyer adds to an inquiry after the
 //! cycle that read it are not followed (the search filters by creation date only).
 //!
-//! Cursor: the newest `creationDate` taken (Unix milliseconds) and the ids of the inquiries taken
-//! within a minute before it. The look-back lists those again, and they are not read again (each
-//! costs a call); an inquiry that became visible late is. A restart repeats nothing: the cursor
-//! is stored once the cycle's inquiries are durable.
+//! Cursor: the newest `creationDate` taken (Unix milliseconds; once a window is read to its end,
+//! at least its end less the look-back, so a quiet account's window follows the clock) and the ids
+//! of the inquiries taken within a minute before it. The look-back lists those again, and they are
+//! not read again (each costs a call); an inquiry that became visible late is. The cursor is
+//! stored once the cycle's inquiries are durable: a restart mid-cycle skips nothing and reads that
+//! cycle's details again (dropped by dedup). An inquiry whose detail eBay refuses (a 4xx) or that
+//! does not read is taken from its summary alone, as the opening message.
 //!
 //! Quota: eBay publishes the Post-Order call limits per application on its API call limits page
 //! (<https://developer.ebay.com/develop/get-started/api-call-limits>), which could not be read
@@ -101,7 +104,9 @@ impl Cycle {
         let now_ms = now.unix_timestamp() * 1000;
         let taken = Taken::parse(position.cursor)
             .unwrap_or(Taken { at: now_ms - FIRST_POLL_LOOKBACK_SECONDS * 1000, recent: Vec::new() });
-        Cycle { from: taken.at - LOOKBACK_MS, to: now_ms, search_offset: Some(0), todo: VecDeque::new(), taken }
+        // Never a window that ends before it starts, whatever the stored cursor says.
+        let from = taken.at.min(now_ms).saturating_sub(LOOKBACK_MS);
+        Cycle { from, to: now_ms, search_offset: Some(0), todo: VecDeque::new(), taken }
     }
 }
 
@@ -109,13 +114,14 @@ impl Cycle {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Summary {
-    #[serde(deserialize_with = "id_text")]
+    #[serde(deserialize_with = "super::json_ids::id")]
     inquiry_id: String,
     #[serde(default)]
     buyer: Option<String>,
-    #[serde(default, deserialize_with = "opt_id_text")]
+    #[serde(default, deserialize_with = "super::json_ids::opt_id")]
     item_id: Option<String>,
-    #[serde(default, deserialize_with = "opt_id_text")]
+    /// `0` for an auction's single sale.
+    #[serde(default, deserialize_with = "transaction")]
     transaction_id: Option<String>,
     #[serde(default)]
     inquiry_status_enum: Option<String>,
@@ -151,12 +157,8 @@ fn unix_ms(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn id_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<String, D::Error> {
-    opt_id_text(de)?.ok_or_else(|| serde::de::Error::custom("an id is empty"))
-}
-
-/// eBay ids arrive as strings or numbers, depending on the SDK's and the API's version.
-fn opt_id_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+/// A transaction id as a string or a number (`0` included).
+fn transaction<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
     Ok(match serde_json::Value::deserialize(de)? {
         serde_json::Value::String(s) if !s.trim().is_empty() => Some(s),
         serde_json::Value::Number(n) => Some(n.to_string()),
@@ -262,6 +264,20 @@ impl Poller for EbayPostOrderInquiries {
         status == 429
     }
 
+    /// An inquiry whose detail eBay refuses (gone, closed and purged, not visible to this seller)
+    /// is taken from its summary alone, so one such inquiry cannot hold the account's cycle.
+    fn step_over<'c>(
+        &self,
+        status: u16,
+        target: &PollTarget<'_>,
+        position: &PollPosition<'_>,
+        context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Option<Result<PollPage, InputError>> {
+        let reading_detail = Cycle::resume(position, target.now).todo.front().is_some();
+        (reading_detail && (400..500).contains(&status) && status != 429)
+            .then(|| self.parse(b"", target, position, context))
+    }
+
     fn parse<'c>(
         &self,
         body: &[u8],
@@ -272,7 +288,8 @@ impl Poller for EbayPostOrderInquiries {
         let mut cycle = Cycle::resume(position, target.now);
         let mut page = PollPage::default();
         if let Some(inquiry) = cycle.todo.pop_front() {
-            let detail: Detail = serde_json::from_slice(body).map_err(InputError::from_json)?;
+            // A detail that does not read still has its summary: the inquiry is not lost.
+            let detail = serde_json::from_slice::<Detail>(body).ok();
             take_inquiry(&inquiry, detail, target.account, &mut page, context);
         } else {
             let response: SearchResponse = serde_json::from_slice(body).map_err(InputError::from_json)?;
@@ -294,22 +311,27 @@ impl Poller for EbayPostOrderInquiries {
                     page.ignored += 1; // nobody to answer
                     continue;
                 }
+                // A creation time past the window's end (clock skew) must not push the cursor ahead.
+                let created = created.min(cycle.to);
                 cycle.taken.at = cycle.taken.at.max(created);
                 cycle.taken.recent.push((summary.inquiry_id.clone(), created));
                 cycle.todo.push_back(summary);
             }
-            let total = response
-                .pagination_output
-                .and_then(|p| p.total_entries)
-                .or(response.total_number_of_inquiries)
-                .unwrap_or(0);
-            cycle.search_offset = (listed == PAGE_SIZE && offset + PAGE_SIZE < total).then_some(offset + PAGE_SIZE);
+            // eBay may cap `limit` below what was asked: page on while it lists anything and the
+            // total (when it gives one) is not reached.
+            let total = response.pagination_output.and_then(|p| p.total_entries).or(response.total_number_of_inquiries);
+            let more = listed > 0 && total.is_none_or(|total| offset + listed < total);
+            cycle.search_offset = more.then_some(offset + listed);
         }
         if !cycle.todo.is_empty() || cycle.search_offset.is_some_and(|o| o > 0) {
             page.next_page = Some(serde_json::to_string(&cycle).expect("a cycle serializes"));
+        } else {
+            // The window is read to its end: a quiet account's cursor follows the clock (less the
+            // look-back), so its window never reaches back past what eBay serves.
+            cycle.taken.at = cycle.taken.at.max(cycle.to.saturating_sub(LOOKBACK_MS));
         }
         // The runner keeps the cursor with the cycle's last page: by then every listed inquiry is read.
-        let horizon = cycle.taken.at - LOOKBACK_MS;
+        let horizon = cycle.taken.at.saturating_sub(LOOKBACK_MS);
         let mut taken = cycle.taken;
         taken.recent.retain(|(_, created)| *created >= horizon);
         page.cursor = Some(serde_json::to_string(&taken).expect("a cursor serializes"));
@@ -317,10 +339,11 @@ impl Poller for EbayPostOrderInquiries {
     }
 }
 
-/// The messages of one inquiry: each buyer comment, or the opening when there is none.
+/// The messages of one inquiry: each buyer comment, or the opening when there is none (or no
+/// detail could be read).
 fn take_inquiry<'c>(
     inquiry: &Summary,
-    detail: Detail,
+    detail: Option<Detail>,
     account: &str,
     page: &mut PollPage,
     context: &mut dyn FnMut() -> NormalizeContext<'c>,
@@ -328,7 +351,7 @@ fn take_inquiry<'c>(
     let buyer = inquiry.buyer.clone().unwrap_or_default();
     let id = &inquiry.inquiry_id;
     let opened = inquiry.creation_date.as_ref().and_then(EbayDate::time).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let history = detail.inquiry_history_details.map(|h| h.history).unwrap_or_default();
+    let history = detail.and_then(|d| d.inquiry_history_details).map(|h| h.history).unwrap_or_default();
     let mut comments: Vec<(String, OffsetDateTime, String)> = Vec::new();
     for entry in history {
         let text = entry.description.as_deref().map(str::trim).unwrap_or_default();

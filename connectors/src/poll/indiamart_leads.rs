@@ -17,7 +17,8 @@
 //! Each lead is one inquiry of channel `rfq`: message and conversation id `UNIQUE_QUERY_ID`,
 //! buyer `email:<address>` (else `phone:<mobile>`, else the query id), name `SENDER_NAME` with the
 //! company, country `SENDER_COUNTRY_ISO`, subject `SUBJECT`, body `QUERY_MESSAGE` (a lead without
-//! text, a PNS call, gets `[<type> lead: <product>]`), attributes `query_type`, `product_name`.
+//! text, a PNS call, gets `[<type> lead: <product>]`), attributes `query_type`, `product_name`. A
+//! lead whose `QUERY_TIME` does not read takes the receive time.
 //!
 //! Cursor: the newest `QUERY_TIME` taken (Unix seconds). A cycle asks from it less a minute of
 //! [`super::LOOKBACK`] (a never-polled seller: 7 days back) to now, at most 7 days: a seller
@@ -47,10 +48,11 @@ pub struct IndiamartLeads;
 fn window(cursor: Option<&str>, now: OffsetDateTime) -> (i64, i64) {
     let now = now.unix_timestamp();
     let start = match cursor.and_then(|c| c.parse::<i64>().ok()) {
-        Some(at) => at - super::LOOKBACK.whole_seconds(),
+        // Never after now, whatever the stored cursor says.
+        Some(at) => at.min(now).saturating_sub(super::LOOKBACK.whole_seconds()),
         None => now - FIRST_POLL_LOOKBACK_SECONDS,
     };
-    (start, now.min(start + MAX_WINDOW_SECONDS))
+    (start, now.min(start.saturating_add(MAX_WINDOW_SECONDS)))
 }
 
 /// IndiaMART's request time: IST, `05-Jan-202609:00:00`.
@@ -195,11 +197,15 @@ impl Poller for IndiamartLeads {
                     continue;
                 }
             };
-            let Some(at) = lead.query_time.as_deref().and_then(query_time) else {
-                page.ignored += 1;
-                continue;
+            // A time that does not read (its format is inferred) is no reason to lose the lead: it
+            // takes the receive time, and does not move the cursor.
+            let at = match lead.query_time.as_deref().and_then(query_time) {
+                Some(at) => {
+                    newest = newest.max(Some(at.unix_timestamp()));
+                    at
+                }
+                None => context().received_at,
             };
-            newest = newest.max(Some(at.unix_timestamp()));
             page.inquiries.push(lead_inquiry(&lead, id, at, target.account).into_inquiry(&context()));
         }
         // A window that ends before now is read to its end: the cursor moves there even when it

@@ -279,6 +279,19 @@ pub trait Poller: Sync {
     /// True if a response says the caller is over its quota (429 is always taken as throttling).
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool;
 
+    /// The answer to a refusal (an HTTP 4xx other than throttling) of the request for `position`
+    /// that the poller can step over: an item the platform no longer shows. `Some` is taken like a
+    /// parsed page (the cycle goes on); `None` (the default) retries the same request with backoff.
+    fn step_over<'c>(
+        &self,
+        _status: u16,
+        _target: &PollTarget<'_>,
+        _position: &PollPosition<'_>,
+        _context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Option<Result<PollPage, InputError>> {
+        None
+    }
+
     /// Parses a successful response to the request for `position`.
     fn parse<'c>(
         &self,

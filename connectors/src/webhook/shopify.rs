@@ -2,10 +2,9 @@
 //!
 //! Shopify has no webhook (and no public API) for Shopify Inbox chats; chats and the contact form
 //! reach the gateway by e-mail. What a buyer writes in the store itself arrives in webhooks:
-//! - `orders/create` and `orders/updated`: the order `note` the buyer left at checkout, with the
-//!   cart's `note_attributes` (gift messages, delivery wishes). One inquiry per distinct note: the
-//!   message id carries a hash of the text, so `orders/updated` redelivering the same note is
-//!   deduplicated and a changed note is a new message.
+//! - `orders/create`: the order `note` the buyer left at checkout, with the cart's
+//!   `note_attributes` (gift messages, delivery wishes). After checkout only the shop's staff can
+//!   change a note, so `orders/updated` is not read: a staff edit is not the buyer writing.
 //! - `returns/request`: a buyer asks to return items, with a note per item (`customer_note`, up to
 //!   300 characters) and the reason (`return_reason`, `return_reason_note`). One inquiry per
 //!   return, in the order's conversation.
@@ -19,7 +18,6 @@
 
 use base64::Engine;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -76,9 +74,9 @@ impl Webhook for Shopify {
         }
         let mut parsed = Parsed::default();
         let draft = match topic {
-            "orders/create" | "orders/updated" => {
+            "orders/create" => {
                 let order: Order = serde_json::from_slice(request.body).map_err(InputError::from_json)?;
-                order_note(order, account, topic)?
+                order_note(order, account)?
             }
             "returns/request" => {
                 let request_body: Return = serde_json::from_slice(request.body).map_err(InputError::from_json)?;
@@ -101,15 +99,13 @@ impl Webhook for Shopify {
 }
 
 /// The inquiry of an order's buyer note, `None` when the order has none.
-fn order_note(order: Order, account: &str, topic: &str) -> Result<Option<Draft>, InputError> {
+fn order_note(order: Order, account: &str) -> Result<Option<Draft>, InputError> {
     let note = order.note.as_deref().map(str::trim).unwrap_or_default();
     if note.is_empty() {
         return Ok(None);
     }
-    let time = if topic == "orders/updated" { order.updated_at.as_deref() } else { order.created_at.as_deref() };
-    let occurred_at = time.and_then(rfc3339).ok_or_else(|| {
-        InputError::new(InputErrorCode::InvalidValue, "the order has no valid created_at/updated_at")
-            .field("created_at")
+    let occurred_at = order.created_at.as_deref().and_then(rfc3339).ok_or_else(|| {
+        InputError::new(InputErrorCode::InvalidValue, "the order has no valid created_at").field("created_at")
     })?;
     let Some(buyer) = order.customer.as_ref().and_then(|c| c.identity()).or_else(|| email_identity(&order.email))
     else {
@@ -119,12 +115,11 @@ fn order_note(order: Order, account: &str, topic: &str) -> Result<Option<Draft>,
     for attribute in order.note_attributes.iter().filter(|a| !a.value_text().is_empty()) {
         body.push_str(&format!("\n{}: {}", attribute.name, attribute.value_text()));
     }
-    let digest = hex::encode(&Sha256::digest(note.as_bytes())[..4]);
     let order_id = order.id.to_string();
     let mut draft = Draft::message(
         Channel::Shopify,
         account,
-        format!("order:{order_id}:note:{digest}"),
+        format!("order:{order_id}:note"),
         format!("order:{order_id}"),
         buyer.identity,
         body,
@@ -149,10 +144,15 @@ fn order_note(order: Order, account: &str, topic: &str) -> Result<Option<Draft>,
     Ok(Some(draft))
 }
 
-/// The inquiry of a return request; `None` when it names no customer to answer.
+/// The inquiry of a return request. Its buyer is the customer where the payload names one, else
+/// the order's buyer (`order:<id>`), to be matched with the order's conversation.
 fn return_request(request: Return, account: &str, fallback_time: OffsetDateTime) -> Result<Option<Draft>, InputError> {
-    let Some(buyer) = request.customer.as_ref().and_then(Customer::identity) else {
-        return Ok(None);
+    let order_buyer = || {
+        let order = request.order.as_ref()?;
+        Some(BuyerIdentity { identity: format!("order:{}", order.id), user_id: None, email: None })
+    };
+    let Some(buyer) = request.customer.as_ref().and_then(Customer::identity).or_else(order_buyer) else {
+        return Ok(None); // neither a customer nor an order: nobody to answer
     };
     let notes: Vec<&str> = request
         .return_line_items
@@ -245,8 +245,6 @@ struct Order {
     email: Option<String>,
     #[serde(default)]
     created_at: Option<String>,
-    #[serde(default)]
-    updated_at: Option<String>,
     #[serde(default)]
     customer_locale: Option<String>,
     #[serde(default)]

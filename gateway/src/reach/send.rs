@@ -82,6 +82,8 @@ enum Channel {
         app_key: String,
         app_secret: String,
         tokens: std::collections::BTreeMap<String, String>,
+        /// TikTok Shop: the shop cipher of a shop id.
+        ciphers: std::collections::BTreeMap<String, String>,
         live: LiveTokens,
     },
 }
@@ -141,7 +143,13 @@ struct Sender {
     /// limiter's check (before the message is marked and built) is only a first cut.
     pause: Duration,
     lanes: std::sync::Mutex<HashMap<[u8; 16], Lane>>,
+    /// Per account, when its next message may leave: the rate held at departure too, since
+    /// storing the `sending` mark between the decision and the departure takes a varying time.
+    departures: std::sync::Mutex<HashMap<String, Departure>>,
 }
+
+/// When an account's next message may leave.
+type Departure = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
 
 /// One buyer's lane: messages to one recipient go one at a time, each `pause` after the platform
 /// answered the previous one. The answer comes after the platform received the message, so the
@@ -186,16 +194,17 @@ impl Sender {
                 (chat(ChatApi::Line, base_url, tokens), *per_second, 0.0)
             }
             SenderConfig::Shopee { base_url, partner_id, partner_key, shop_tokens, per_second } => {
-                let channel = marketplace(Market::Shopee, base_url, (partner_id, partner_key), shop_tokens, live);
-                (channel, *per_second, 0.0)
+                let app = (partner_id, partner_key);
+                (marketplace(Market::Shopee, base_url, app, shop_tokens, &Default::default(), live), *per_second, 0.0)
             }
-            SenderConfig::TiktokShop { base_url, app_key, app_secret, shop_tokens, per_second } => {
-                let channel = marketplace(Market::Tiktok, base_url, (app_key, app_secret), shop_tokens, live);
+            SenderConfig::TiktokShop { base_url, app_key, app_secret, shop_tokens, shop_ciphers, per_second } => {
+                let channel = marketplace(Market::Tiktok, base_url, (app_key, app_secret), shop_tokens, shop_ciphers, live);
                 (channel, *per_second, 0.0)
             }
             SenderConfig::Ebay { base_url, user_tokens, per_second } => {
                 let none = String::new();
-                (marketplace(Market::Ebay, base_url, (&none, &none), user_tokens, live), *per_second, 0.0)
+                let channel = marketplace(Market::Ebay, base_url, (&none, &none), user_tokens, &Default::default(), live);
+                (channel, *per_second, 0.0)
             }
         };
         let pair = (pair_seconds > 0.0).then(|| {
@@ -204,7 +213,15 @@ impl Sender {
             RateLimiter::keyed(Quota::with_period(period).expect("positive period"))
         });
         let pause = Duration::from_secs_f64(pair_seconds * 1.02);
-        Ok(Sender { channel, rate: Default::default(), per_second, pair, pause, lanes: Default::default() })
+        Ok(Sender {
+            channel,
+            rate: Default::default(),
+            per_second,
+            pair,
+            pause,
+            lanes: Default::default(),
+            departures: Default::default(),
+        })
     }
 
     /// How long to wait before a message from `account` to `recipient` keeps both quotas;
@@ -268,6 +285,26 @@ impl Sender {
             tokio::time::sleep_until(last + self.pause).await;
         }
         Some(lane)
+    }
+
+    /// The account as the platform counts it (TikTok Shop: the shop cipher of a shop id), the key
+    /// of the account's rate.
+    fn platform_account<'a>(&'a self, account: &'a str) -> &'a str {
+        match &self.channel {
+            Channel::Marketplace { ciphers, .. } => ciphers.get(account).map_or(account, String::as_str),
+            _ => account,
+        }
+    }
+
+    /// Waits until a message from `account` may leave: one period of the account's rate after the
+    /// previous departure.
+    async fn depart(&self, account: &str) {
+        let gate = self.departures.lock().expect("departures lock").entry(account.to_owned()).or_default().clone();
+        let mut next = gate.lock().await;
+        if let Some(at) = *next {
+            tokio::time::sleep_until(at).await;
+        }
+        *next = Some(tokio::time::Instant::now() + Duration::from_secs_f64(1.0 / (self.per_second * 0.98)));
     }
 
     async fn send(&self, to: &Addressee<'_>, message: &Rendered, id: Uuid) -> Result<String, SendError> {
@@ -342,12 +379,16 @@ impl Sender {
                     .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
                 read(status, &answer)
             }
-            Channel::Marketplace { market, client, base_url, app_key, app_secret, tokens, live } => {
-                // The config's token, else the one the account's poller uses now (refreshed by it).
-                let token = tokens
-                    .get(account)
-                    .cloned()
-                    .or_else(|| market.pollers().iter().find_map(|poller| live.get(poller, account)));
+            Channel::Marketplace { market, client, base_url, app_key, app_secret, tokens, live, .. } => {
+                // The shop's id on the platform's send API (TikTok Shop: the cipher, where the
+                // inquiry came by webhook under the shop id).
+                let account = self.platform_account(account);
+                // The token the account's poller uses now (it refreshes it), else the config's.
+                let token = market
+                    .pollers()
+                    .iter()
+                    .find_map(|poller| live.get(poller, account))
+                    .or_else(|| tokens.get(account).cloned());
                 let Some(token) = token else {
                     return Err(SendError::Retry("no token for the account (config or a running poller)".into()));
                 };
@@ -399,6 +440,7 @@ fn marketplace(
     base_url: &str,
     (app_key, app_secret): (&String, &String),
     tokens: &std::collections::BTreeMap<String, String>,
+    ciphers: &std::collections::BTreeMap<String, String>,
     live: &LiveTokens,
 ) -> Channel {
     Channel::Marketplace {
@@ -408,6 +450,7 @@ fn marketplace(
         app_key: app_key.clone(),
         app_secret: app_secret.clone(),
         tokens: tokens.clone(),
+        ciphers: ciphers.clone(),
         live: live.clone(),
     }
 }
@@ -738,7 +781,8 @@ async fn send_one(
     else {
         return fail("no sender").await;
     };
-    if let Some(wait) = sender.wait(&state.account, &recipient) {
+    let platform_account = sender.platform_account(&state.account);
+    if let Some(wait) = sender.wait(platform_account, &recipient) {
         // Over the quota: the same acknowledgement a little later.
         let later = now + wait.as_millis() as i64 + 1;
         reach.update_ack(id, Some(due_ms), |state| {
@@ -797,6 +841,7 @@ async fn send_one(
         message_id: &inquiry.external.message_id,
         item_id: inquiry.product_ids.first().map(String::as_str),
     };
+    sender.depart(platform_account).await;
     let outcome = sender.send(&to, &message, id).await;
     if let Some(mut last) = lane {
         *last = Some(tokio::time::Instant::now());
