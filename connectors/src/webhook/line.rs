@@ -5,11 +5,10 @@
 //! postback and other events are acknowledged and ignored. LINE redelivers with the same
 //! `webhookEventId` and message id; the pipeline deduplicates by message id.
 
-use base64::Engine;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{from_unix, verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
+use super::{from_unix, verify_base64_body_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
 use crate::error::InputError;
 use crate::inquiry::Channel;
 use crate::{Draft, NormalizeContext};
@@ -34,11 +33,7 @@ impl Webhook for Line {
         secrets: &WebhookSecrets<'_>,
         _now: OffsetDateTime,
     ) -> Result<(), VerifyError> {
-        let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(header.trim())
-            .map_err(|_| VerifyError::MalformedSignature(SIGNATURE))?;
-        verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
+        verify_base64_body_hmac(request, secrets, SIGNATURE)
     }
 
     fn parse<'c>(

@@ -237,6 +237,21 @@ pub(crate) fn verify_hmac(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> Resul
     hmac_sha256(key, parts).verify_slice(expected).map_err(|_| VerifyError::BadSignature)
 }
 
+/// Checks a header holding the standard base64 HMAC-SHA256 of the raw body keyed with the
+/// endpoint's secret (LINE's `x-line-signature`, Shopify's `X-Shopify-Hmac-Sha256`).
+pub(crate) fn verify_base64_body_hmac(
+    request: &WebhookRequest<'_>,
+    secrets: &WebhookSecrets<'_>,
+    header: &'static str,
+) -> Result<(), VerifyError> {
+    use base64::Engine;
+    let value = request.header(header).ok_or(VerifyError::MissingSignature(header))?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| VerifyError::MalformedSignature(header))?;
+    verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
+}
+
 /// Constant-time equality of two tokens (compares their HMACs under a fixed key, so the time taken
 /// depends on neither token's content).
 pub(crate) fn tokens_equal(a: &str, b: &str) -> bool {

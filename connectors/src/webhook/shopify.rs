@@ -16,12 +16,11 @@
 //! redeliveries repeat it), the REST Order resource and the `returns/request` topic
 //! (`Return.status` REQUESTED) of the webhook topic reference.
 
-use base64::Engine;
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{verify_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
+use super::{verify_base64_body_hmac, Parsed, VerifyError, Webhook, WebhookRequest, WebhookSecrets};
 use crate::error::{InputError, InputErrorCode};
 use crate::inquiry::Channel;
 use crate::{Draft, NormalizeContext};
@@ -50,11 +49,7 @@ impl Webhook for Shopify {
         secrets: &WebhookSecrets<'_>,
         _now: OffsetDateTime,
     ) -> Result<(), VerifyError> {
-        let header = request.header(SIGNATURE).ok_or(VerifyError::MissingSignature(SIGNATURE))?;
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(header.trim())
-            .map_err(|_| VerifyError::MalformedSignature(SIGNATURE))?;
-        verify_hmac(secrets.secret.as_bytes(), &[request.body], &signature)
+        verify_base64_body_hmac(request, secrets, SIGNATURE)
     }
 
     fn parse<'c>(

@@ -297,14 +297,30 @@ impl Sender {
     }
 
     /// Waits until a message from `account` may leave: one period of the account's rate after the
-    /// previous departure.
-    async fn depart(&self, account: &str) {
+    /// previous one left or, at slow rates (10 a second or less: Shopee, TikTok Shop, eBay), after
+    /// the platform answered it. Then the caller keeps the returned gate while it sends and
+    /// [`Sender::answered`] stamps it: the platform counts arrivals, and an arrival comes before
+    /// its answer, so arrivals stay a period apart however long each took on the way.
+    async fn depart(&self, account: &str) -> Option<tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>> {
         let gate = self.departures.lock().expect("departures lock").entry(account.to_owned()).or_default().clone();
-        let mut next = gate.lock().await;
+        let mut next = gate.lock_owned().await;
         if let Some(at) = *next {
             tokio::time::sleep_until(at).await;
         }
-        *next = Some(tokio::time::Instant::now() + Duration::from_secs_f64(1.0 / (self.per_second * 0.98)));
+        *next = Some(tokio::time::Instant::now() + self.period());
+        (self.per_second <= 10.0).then_some(next)
+    }
+
+    /// Stamps a slow-rate account's gate when the platform answered.
+    fn answered(&self, gate: Option<tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>>) {
+        if let Some(mut next) = gate {
+            *next = Some(tokio::time::Instant::now() + self.period());
+        }
+    }
+
+    /// One period of the account's rate (at 98% of it, like the limiter).
+    fn period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / (self.per_second * 0.98))
     }
 
     async fn send(&self, to: &Addressee<'_>, message: &Rendered, id: Uuid) -> Result<String, SendError> {
@@ -841,8 +857,9 @@ async fn send_one(
         message_id: &inquiry.external.message_id,
         item_id: inquiry.product_ids.first().map(String::as_str),
     };
-    sender.depart(platform_account).await;
+    let departure = sender.depart(platform_account).await;
     let outcome = sender.send(&to, &message, id).await;
+    sender.answered(departure);
     if let Some(mut last) = lane {
         *last = Some(tokio::time::Instant::now());
     }

@@ -30,10 +30,16 @@ use serde_json::json;
 use crate::quota::RecipientPause;
 use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Reply, Request};
 
-fn keep(mailbox: &Mailbox, account: &str, to: &str, id: &str, text: &str) {
+/// Keeps a message the seller sent to `to` (its conversation is the recipient).
+pub(crate) fn keep(mailbox: &Mailbox, account: &str, to: &str, id: &str, text: &str) {
+    keep_in(mailbox, account, to, to, id, text);
+}
+
+/// Keeps a message the seller sent to `to` in `conversation`.
+pub(crate) fn keep_in(mailbox: &Mailbox, account: &str, conversation: &str, to: &str, id: &str, text: &str) {
     mailbox.add(Message {
         account: account.to_owned(),
-        conversation: to.to_owned(),
+        conversation: conversation.to_owned(),
         id: id.to_owned(),
         buyer_id: to.to_owned(),
         buyer_name: String::new(),

@@ -25,32 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 
-use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Reply, Request};
-
-fn keep(mailbox: &Mailbox, account: &str, conversation: &str, to: &str, id: &str, text: &str) {
-    mailbox.add(Message {
-        account: account.to_owned(),
-        conversation: conversation.to_owned(),
-        id: id.to_owned(),
-        buyer_id: to.to_owned(),
-        buyer_name: String::new(),
-        text: text.to_owned(),
-        created: time::OffsetDateTime::now_utc().unix_timestamp(),
-        from_seller: true,
-        order_id: None,
-        country: None,
-    });
-}
-
-fn hmac_hex(key: &str, base: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
-    mac.update(base.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
+use crate::chat_send::keep_in;
+use crate::{Admission, Mailbox, Platform, QuotaRule, Reply, Request};
 
 /// A signed timestamp within 5 minutes of now.
 fn fresh(timestamp: Option<&str>) -> bool {
@@ -106,7 +84,7 @@ impl Platform for ShopeeSend {
             return Err(shopee_error(403, "error_auth", "Invalid partner_id or timestamp."));
         }
         let base = format!("{}{SHOPEE_PATH}{}{token}{shop}", self.partner_id, param("timestamp"));
-        if param("sign") != hmac_hex(&self.partner_key, &base) {
+        if param("sign") != crate::shopee::sign(&self.partner_key, &base) {
             return Err(shopee_error(403, "error_auth", "Wrong sign."));
         }
         if !self.tokens.iter().any(|(t, s)| t == token && s == shop) {
@@ -128,7 +106,7 @@ impl Platform for ShopeeSend {
             return shopee_error(400, "error_param", "to_id, message_type text and content.text are required");
         };
         let id = format!("{}", 2_047_000_000u64 + self.sent.fetch_add(1, Ordering::SeqCst));
-        keep(mailbox, shop, &to.to_string(), &to.to_string(), &id, text);
+        keep_in(mailbox, shop, &to.to_string(), &to.to_string(), &id, text);
         Reply::json(
             200,
             &json!({"request_id": "standin", "error": "", "message": "", "response": {
@@ -186,14 +164,7 @@ impl Platform for TiktokSend {
         if param("app_key") != self.app_key || !fresh(request.param("timestamp")) {
             return Err(tiktok_error(401, 36_009_004, "Invalid app_key or timestamp"));
         }
-        let mut base = format!("{}{}", self.app_secret, request.path);
-        for (name, value) in request.query.iter().filter(|(k, _)| !matches!(k.as_str(), "sign" | "access_token")) {
-            base.push_str(name);
-            base.push_str(value);
-        }
-        base.push_str(&String::from_utf8_lossy(&request.body));
-        base.push_str(&self.app_secret);
-        if param("sign") != hmac_hex(&self.app_secret, &base) {
+        if param("sign") != crate::tiktok::expected_sign(&self.app_secret, request) {
             return Err(tiktok_error(401, 106_001, "Invalid sign"));
         }
         let token = request.header("x-tts-access-token").unwrap_or_default();
@@ -221,7 +192,7 @@ impl Platform for TiktokSend {
             return tiktok_error(400, 36_009_001, "type TEXT and a JSON content string are required");
         };
         let id = format!("7494{:012}", self.sent.fetch_add(1, Ordering::SeqCst));
-        keep(mailbox, shop, conversation, conversation, &id, text);
+        keep_in(mailbox, shop, conversation, conversation, &id, text);
         Reply::json(200, &json!({"code": 0, "message": "Success", "request_id": "standin", "data": {"message_id": id}}))
     }
 }
@@ -328,7 +299,7 @@ impl Platform for EbayRtq {
         }
         let text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
         let n = self.sent.fetch_add(1, Ordering::SeqCst);
-        keep(mailbox, &seller, parent, to, &format!("rtq-{n}"), &text);
+        keep_in(mailbox, &seller, parent, to, &format!("rtq-{n}"), &text);
         ebay_ack("Success", "")
     }
 }

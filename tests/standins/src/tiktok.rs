@@ -60,17 +60,23 @@ fn conversation_of(path: &str) -> Option<&str> {
 
 impl Tiktok {
     fn expected_sign(&self, request: &Request) -> String {
-        let mut base = format!("{}{}", self.app_secret, request.path);
-        for (name, value) in request.query.iter().filter(|(k, _)| !matches!(k.as_str(), "sign" | "access_token")) {
-            base.push_str(name);
-            base.push_str(value);
-        }
-        base.push_str(&String::from_utf8_lossy(&request.body));
-        base.push_str(&self.app_secret);
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.app_secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(base.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        expected_sign(&self.app_secret, request)
     }
+}
+
+/// TikTok Shop's signature of `request`: hex HMAC-SHA256(secret, secret ‖ path ‖ sorted `name ‖
+/// value` of the query but `sign` and `access_token` ‖ body ‖ secret).
+pub(crate) fn expected_sign(app_secret: &str, request: &Request) -> String {
+    let mut base = format!("{app_secret}{}", request.path);
+    for (name, value) in request.query.iter().filter(|(k, _)| !matches!(k.as_str(), "sign" | "access_token")) {
+        base.push_str(name);
+        base.push_str(value);
+    }
+    base.push_str(&String::from_utf8_lossy(&request.body));
+    base.push_str(app_secret);
+    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(base.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 fn render(m: &Message, shop: &str) -> serde_json::Value {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::quota::RecipientPause;
-use crate::{Admission, Mailbox, Message, Platform, QuotaRule, Reply, Request};
+use crate::{Admission, Mailbox, Platform, QuotaRule, Reply, Request};
 
 /// The WhatsApp send stand-in.
 #[derive(Debug)]
@@ -86,18 +86,7 @@ impl Platform for WhatsappSend {
         }
         let n = self.sent.fetch_add(1, Ordering::SeqCst);
         let id = format!("wamid.test{n:08}");
-        mailbox.add(Message {
-            account: number,
-            conversation: to.to_owned(),
-            id: id.clone(),
-            buyer_id: to.to_owned(),
-            buyer_name: String::new(),
-            text: text.to_owned(),
-            created: time::OffsetDateTime::now_utc().unix_timestamp(),
-            from_seller: true,
-            order_id: None,
-            country: None,
-        });
+        crate::chat_send::keep(mailbox, &number, to, &id, text);
         Reply::json(
             200,
             &json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]}),
