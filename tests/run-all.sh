@@ -30,6 +30,13 @@ plugins/build.sh
 cargo build --workspace --all-targets --locked
 # Deployment files: helm lint, rendered manifests against the Kubernetes schemas, configs, rules.
 GATEWAY_BIN="$CARGO_TARGET_DIR/debug/inquiry-gateway" deploy/lint.sh
+# Fresh broker and node data each run (the jars stay cached): every test makes its own keyspaces
+# and topics, and a node that kept thousands of tables from earlier runs takes a minute per
+# schema change. KEEP_SERVICE_DATA=1 keeps them.
+if [ "${KEEP_SERVICE_DATA:-0}" != 1 ]; then
+  tests/services/kafka.sh reset
+  tests/services/cassandra.sh reset
+fi
 tests/services/kafka.sh start
 tests/services/cassandra.sh start
 tests/services/dovecot.sh start
