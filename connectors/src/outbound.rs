@@ -221,9 +221,10 @@ pub fn ebay_outcome(status: u16, body: &[u8]) -> ReplyOutcome {
         Some(text[start..end].trim().to_owned())
     };
     match (status, tag("Ack").as_deref()) {
-        (200, Some("Success" | "Warning")) => {
-            ReplyOutcome::Sent(format!("ebay {}", tag("CorrelationID").or_else(|| tag("Timestamp")).unwrap_or_default()))
-        }
+        (200, Some("Success" | "Warning")) => ReplyOutcome::Sent(format!(
+            "ebay {}",
+            tag("CorrelationID").or_else(|| tag("Timestamp")).unwrap_or_default()
+        )),
         (200, Some("Failure" | "PartialFailure")) => {
             let code = tag("ErrorCode").unwrap_or_default();
             match code.as_str() {
@@ -274,7 +275,10 @@ mod tests {
         assert!(matches!(shopee_outcome(200, br#"{"error":"invalid_acceess_token"}"#), ReplyOutcome::TokenRefused(_)));
         assert!(matches!(shopee_outcome(429, b"{}"), ReplyOutcome::Throttled(_)));
         assert!(matches!(shopee_outcome(599, b""), ReplyOutcome::Unknown(_)));
-        assert!(matches!(shopee_outcome(200, br#"{"error":"error_param","message":"to_id"}"#), ReplyOutcome::Failed(_)));
+        assert!(matches!(
+            shopee_outcome(200, br#"{"error":"error_param","message":"to_id"}"#),
+            ReplyOutcome::Failed(_)
+        ));
     }
 
     #[test]
@@ -293,9 +297,15 @@ mod tests {
         ];
         let sign = tiktok_customer_service::sign("secret", path, &query, &request.body);
         assert!(request.path_and_query.ends_with(&format!("sign={sign}")));
-        assert_eq!(tiktok_outcome(200, br#"{"code":0,"data":{"message_id":"7494"}}"#), ReplyOutcome::Sent("7494".into()));
+        assert_eq!(
+            tiktok_outcome(200, br#"{"code":0,"data":{"message_id":"7494"}}"#),
+            ReplyOutcome::Sent("7494".into())
+        );
         assert!(matches!(tiktok_outcome(429, br#"{"code":36009002}"#), ReplyOutcome::Throttled(_)));
-        assert!(matches!(tiktok_outcome(200, br#"{"code":105002,"message":"Expired credentials"}"#), ReplyOutcome::TokenRefused(_)));
+        assert!(matches!(
+            tiktok_outcome(200, br#"{"code":105002,"message":"Expired credentials"}"#),
+            ReplyOutcome::TokenRefused(_)
+        ));
         let no_conversation = ChatReply { conversation_id: "", ..reply() };
         assert!(tiktok_send_message(&no_conversation).is_err());
     }
@@ -305,9 +315,12 @@ mod tests {
         let request = ebay_answer_question(&reply()).unwrap();
         assert!(request.body.contains("<ItemID>226543219876</ItemID>"));
         assert!(request.body.contains("<Body>Thanks &lt;3 &amp; see you</Body>"));
-        assert!(request.body.contains("<ParentMessageID>m_1001_3_0</ParentMessageID><RecipientID>6000000003</RecipientID>"));
+        assert!(request
+            .body
+            .contains("<ParentMessageID>m_1001_3_0</ParentMessageID><RecipientID>6000000003</RecipientID>"));
         assert!(ebay_answer_question(&ChatReply { item_id: None, ..reply() }).is_err());
-        let ok = b"<AddMemberMessageRTQResponse><Timestamp>t</Timestamp><Ack>Success</Ack></AddMemberMessageRTQResponse>";
+        let ok =
+            b"<AddMemberMessageRTQResponse><Timestamp>t</Timestamp><Ack>Success</Ack></AddMemberMessageRTQResponse>";
         assert!(matches!(ebay_outcome(200, ok), ReplyOutcome::Sent(_)));
         let limit = b"<AddMemberMessageRTQResponse><Ack>Failure</Ack><Errors><ShortMessage>x</ShortMessage><ErrorCode>20957</ErrorCode></Errors></AddMemberMessageRTQResponse>";
         assert!(matches!(ebay_outcome(200, limit), ReplyOutcome::Throttled(_)));

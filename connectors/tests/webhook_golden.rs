@@ -262,7 +262,10 @@ fn forged_replayed_expired_and_truncated_deliveries() {
             let half = &body[..body.len() / 2];
             let truncated = WebhookRequest { body: half, ..request.clone() };
             if connector.verify(&truncated, &secrets, NOW).is_ok() {
-                assert!(connector.parse(&truncated, account(name), &mut context).is_err(), "{file}: truncated body parsed");
+                assert!(
+                    connector.parse(&truncated, account(name), &mut context).is_err(),
+                    "{file}: truncated body parsed"
+                );
             }
             // Truncated before signing: never a panic, whatever parse says.
             let (headers, resigned) = signed(name, half, SECRET, NOW);
@@ -279,7 +282,8 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
     for connector in webhook::REGISTRY {
         for path in fixtures(connector.name()) {
             let (headers, body) = signed(connector.name(), &fs::read(&path).unwrap(), SECRET, NOW);
-            let request = WebhookRequest { headers: fixture_headers(connector.name(), &path, headers), query: "", body: &body };
+            let request =
+                WebhookRequest { headers: fixture_headers(connector.name(), &path, headers), query: "", body: &body };
             let parsed = connector
                 .parse(&request, account(connector.name()), &mut context)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

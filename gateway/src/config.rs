@@ -1881,12 +1881,26 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, polled: &BTreeSet<&str>, pro
             | SenderConfig::Line { base_url, channel_tokens: tokens, per_second, .. } => {
                 validate_chat_sender(i, base_url, tokens, *per_second, problems);
             }
-            SenderConfig::Shopee { base_url, partner_id: key, partner_key: secret, shop_tokens: tokens, per_second }
+            SenderConfig::Shopee {
+                base_url,
+                partner_id: key,
+                partner_key: secret,
+                shop_tokens: tokens,
+                per_second,
+            }
             | SenderConfig::TiktokShop {
-                base_url, app_key: key, app_secret: secret, shop_tokens: tokens, per_second, ..
+                base_url,
+                app_key: key,
+                app_secret: secret,
+                shop_tokens: tokens,
+                per_second,
+                ..
             } => {
-                let pollers: &[&str] =
-                    if matches!(sender, SenderConfig::Shopee { .. }) { &["shopee_chat"] } else { &["tiktok_customer_service"] };
+                let pollers: &[&str] = if matches!(sender, SenderConfig::Shopee { .. }) {
+                    &["shopee_chat"]
+                } else {
+                    &["tiktok_customer_service"]
+                };
                 validate_marketplace_sender(i, base_url, tokens, *per_second, pollers, polled, problems);
                 if key.is_empty() || secret.is_empty() {
                     problems.push(format!("reach.senders[{i}]: the app's id and secret (partner_id/partner_key, app_key/app_secret) are required"));
@@ -1941,10 +1955,8 @@ fn validate_marketplace_sender(
         problems.push(format!("reach.senders[{i}]: an empty token (leave the account out to use its poller's)"));
     }
     if tokens.is_empty() && !pollers.iter().any(|p| polled.contains(p)) {
-        problems.push(format!(
-            "reach.senders[{i}]: no tokens, and no {} poller to take them from",
-            pollers.join(" or ")
-        ));
+        problems
+            .push(format!("reach.senders[{i}]: no tokens, and no {} poller to take them from", pollers.join(" or ")));
     }
     if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
         problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));

@@ -330,7 +330,10 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
     let post_order = inquiry("ebay", "1001", "inquiry:5045163718:opened", "alpine_buyer_77", "en");
     post(
         &gateway,
-        with(post_order, serde_json::json!({"product_ids": ["226543219876"], "attributes": {"inquiry_id": "5045163718"}})),
+        with(
+            post_order,
+            serde_json::json!({"product_ids": ["226543219876"], "attributes": {"inquiry_id": "5045163718"}}),
+        ),
     )
     .await;
 
@@ -347,7 +350,11 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
         let sent = standin(channel).mailbox().all();
         let mine: Vec<_> = sent.iter().filter(|m| m.text.contains(id.as_str())).collect();
         assert_eq!(mine.len(), 1, "{channel} inquiry {id}");
-        assert_eq!((&mine[0].buyer_id, &mine[0].conversation), (buyer, conversation), "{channel}: to the buyer who wrote");
+        assert_eq!(
+            (&mine[0].buyer_id, &mine[0].conversation),
+            (buyer, conversation),
+            "{channel}: to the buyer who wrote"
+        );
         assert_eq!(mine[0].account, "1001");
     }
     for (name, standin) in [("shopee", &shopee), ("tiktok", &tiktok), ("ebay", &ebay)] {

@@ -202,11 +202,8 @@ async fn shopify_order_notes_and_return_requests_are_inquiries_once() {
         .await;
     assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_invalid"));
     let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
-    let accepted = metric_value(
-        &metrics,
-        "inquiry_gateway_inquiries_total",
-        &[("outcome", "accepted"), ("channel", "shopify")],
-    );
+    let accepted =
+        metric_value(&metrics, "inquiry_gateway_inquiries_total", &[("outcome", "accepted"), ("channel", "shopify")]);
     assert_eq!(accepted, 2.0, "the note and the return");
 }
 

@@ -255,9 +255,10 @@ impl Poller for EbayPostOrderInquiries {
 
     /// eBay's REST error 2001, "Too many requests": the resource's call limit (daily) is used up.
     fn is_daily_cap(&self, status: u16, body: &[u8]) -> bool {
-        status == 429 && serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|b| {
-            b["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["errorId"].as_i64() == Some(2001)))
-        })
+        status == 429
+            && serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|b| {
+                b["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["errorId"].as_i64() == Some(2001)))
+            })
     }
 
     fn is_throttled(&self, status: u16, _body: &[u8]) -> bool {
@@ -366,9 +367,16 @@ fn take_inquiry<'c>(
         comments.push((format!("inquiry:{id}:opened"), opened, "[item not received inquiry opened]".to_owned()));
     }
     for (message_id, at, text) in comments {
-        let mut draft =
-            Draft::message(Channel::Ebay, account, message_id, format!("inquiry:{id}"), format!("id:{buyer}"), text, at)
-                .sent_by(&buyer);
+        let mut draft = Draft::message(
+            Channel::Ebay,
+            account,
+            message_id,
+            format!("inquiry:{id}"),
+            format!("id:{buyer}"),
+            text,
+            at,
+        )
+        .sent_by(&buyer);
         draft.product_ids = inquiry.item_id.iter().cloned().collect();
         draft.order_id = inquiry.item_id.as_ref().zip(inquiry.transaction_id.as_ref()).map(|(i, t)| format!("{i}-{t}"));
         let attributes = &mut draft.attributes;
@@ -378,7 +386,10 @@ fn take_inquiry<'c>(
         }
         if let Some(Amount { value: Some(value), currency }) = &inquiry.claim_amount {
             let value = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
-            attributes.insert("claim_amount".to_owned(), format!("{value} {}", currency.as_deref().unwrap_or("")).trim().into());
+            attributes.insert(
+                "claim_amount".to_owned(),
+                format!("{value} {}", currency.as_deref().unwrap_or("")).trim().into(),
+            );
         }
         if let Some(by) = inquiry.respond_by_date.as_ref().and_then(|d| d.value.clone()) {
             attributes.insert("respond_by".to_owned(), by.into());

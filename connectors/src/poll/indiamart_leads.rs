@@ -154,8 +154,7 @@ impl Poller for IndiamartLeads {
 
     /// `CODE` 429 comes with HTTP 200.
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
-        status == 429
-            || serde_json::from_slice::<Response>(body).is_ok_and(|r| code_of(&r.code) == Some(429))
+        status == 429 || serde_json::from_slice::<Response>(body).is_ok_and(|r| code_of(&r.code) == Some(429))
     }
 
     fn parse<'c>(
@@ -166,9 +165,8 @@ impl Poller for IndiamartLeads {
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
         let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
-        let code = code_of(&response.code).ok_or_else(|| {
-            InputError::new(InputErrorCode::MissingField, "the answer has no CODE").field("CODE")
-        })?;
+        let code = code_of(&response.code)
+            .ok_or_else(|| InputError::new(InputErrorCode::MissingField, "the answer has no CODE").field("CODE"))?;
         let mut page = PollPage::default();
         let (start, end) = window(position.cursor, target.now);
         let leads = match (code, response.response) {

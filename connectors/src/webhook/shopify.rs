@@ -64,8 +64,11 @@ impl Webhook for Shopify {
         // The domain header is not signed, but one app secret signs every shop's deliveries: a
         // delivery for another shop must not be filed under this one.
         if request.header(SHOP_DOMAIN).is_some_and(|domain| !domain.eq_ignore_ascii_case(account)) {
-            return Err(InputError::new(InputErrorCode::InvalidValue, "the shop domain does not match the webhook url")
-                .field(SHOP_DOMAIN));
+            return Err(InputError::new(
+                InputErrorCode::InvalidValue,
+                "the shop domain does not match the webhook url",
+            )
+            .field(SHOP_DOMAIN));
         }
         let mut parsed = Parsed::default();
         let draft = match topic {
@@ -157,13 +160,13 @@ fn return_request(request: Return, account: &str, fallback_time: OffsetDateTime)
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .collect();
-    let reasons: Vec<String> = request
-        .return_line_items
-        .iter()
-        .filter_map(|item| item.return_reason.as_ref().and_then(reason_text))
-        .collect();
+    let reasons: Vec<String> =
+        request.return_line_items.iter().filter_map(|item| item.return_reason.as_ref().and_then(reason_text)).collect();
     let body = if notes.is_empty() {
-        format!("[return requested: {}]", if reasons.is_empty() { "no reason given".to_owned() } else { reasons.join(", ") })
+        format!(
+            "[return requested: {}]",
+            if reasons.is_empty() { "no reason given".to_owned() } else { reasons.join(", ") }
+        )
     } else {
         notes.join("\n")
     };
@@ -199,7 +202,11 @@ struct BuyerIdentity {
 
 fn email_identity(email: &Option<String>) -> Option<BuyerIdentity> {
     let email = email.as_deref().map(str::trim).filter(|e| !e.is_empty())?;
-    Some(BuyerIdentity { identity: format!("email:{}", email.to_lowercase()), user_id: None, email: Some(email.to_owned()) })
+    Some(BuyerIdentity {
+        identity: format!("email:{}", email.to_lowercase()),
+        user_id: None,
+        email: Some(email.to_owned()),
+    })
 }
 
 fn rfc3339(text: &str) -> Option<OffsetDateTime> {

@@ -198,12 +198,14 @@ impl Sender {
                 (marketplace(Market::Shopee, base_url, app, shop_tokens, &Default::default(), live), *per_second, 0.0)
             }
             SenderConfig::TiktokShop { base_url, app_key, app_secret, shop_tokens, shop_ciphers, per_second } => {
-                let channel = marketplace(Market::Tiktok, base_url, (app_key, app_secret), shop_tokens, shop_ciphers, live);
+                let channel =
+                    marketplace(Market::Tiktok, base_url, (app_key, app_secret), shop_tokens, shop_ciphers, live);
                 (channel, *per_second, 0.0)
             }
             SenderConfig::Ebay { base_url, user_tokens, per_second } => {
                 let none = String::new();
-                let channel = marketplace(Market::Ebay, base_url, (&none, &none), user_tokens, &Default::default(), live);
+                let channel =
+                    marketplace(Market::Ebay, base_url, (&none, &none), user_tokens, &Default::default(), live);
                 (channel, *per_second, 0.0)
             }
         };

@@ -52,7 +52,8 @@ fn error(status: u16, id: u32, message: &str) -> Reply {
 
 fn ebay_date(unix: i64) -> serde_json::Value {
     let at = OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let value = at.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].000Z")).unwrap_or_default();
+    let value =
+        at.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].000Z")).unwrap_or_default();
     let formatted = at.format(format_description!("[month repr:short] [day], [year]")).unwrap_or_default();
     json!({ "value": value, "formattedValue": formatted })
 }
@@ -115,8 +116,9 @@ impl EbayPostOrder {
         let Some(inquiry) = messages.iter().find(|m| m.id == id && !m.from_seller) else {
             return error(404, 1_000_010, "The inquiry id is invalid.");
         };
-        let mut history =
-            vec![json!({"action": "OPEN", "actor": "BUYER", "date": ebay_date(inquiry.created), "description": inquiry.text})];
+        let mut history = vec![
+            json!({"action": "OPEN", "actor": "BUYER", "date": ebay_date(inquiry.created), "description": inquiry.text}),
+        ];
         for reply in messages
             .iter()
             .filter(|m| m.from_seller && m.conversation == inquiry.conversation && m.created >= inquiry.created)
@@ -203,8 +205,14 @@ mod tests {
 
     #[test]
     fn the_poller_reads_what_the_standin_serves() {
-        let (inquiries, ignored) =
-            exchange(&EbayPostOrder::default(), "ebay_post_order_inquiries", "1001", "test-ebay-user-token", None, None);
+        let (inquiries, ignored) = exchange(
+            &EbayPostOrder::default(),
+            "ebay_post_order_inquiries",
+            "1001",
+            "test-ebay-user-token",
+            None,
+            None,
+        );
         assert_eq!((inquiries, ignored), (2, 1), "two inquiries; the seller's reply is in the first one's history");
     }
 }

@@ -91,14 +91,18 @@ impl Platform for Indiamart {
 
     fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
         let seller = self.seller_of(request).unwrap_or_default();
-        let (Some(start), Some(end)) = (
-            request.param("start_time").and_then(request_time),
-            request.param("end_time").and_then(request_time),
-        ) else {
+        let (Some(start), Some(end)) =
+            (request.param("start_time").and_then(request_time), request.param("end_time").and_then(request_time))
+        else {
             return answer(400, "FAILURE", "Invalid start_time or end_time.", Vec::new());
         };
         if start > end || end - start > 7 * 86_400 {
-            return answer(400, "FAILURE", "The duration between start_time and end_time must be up to 7 days.", Vec::new());
+            return answer(
+                400,
+                "FAILURE",
+                "The duration between start_time and end_time must be up to 7 days.",
+                Vec::new(),
+            );
         }
         let leads: Vec<serde_json::Value> = mailbox
             .of_account(seller)

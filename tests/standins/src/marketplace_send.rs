@@ -100,9 +100,11 @@ impl Platform for ShopeeSend {
     fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
         let shop = request.param("shop_id").unwrap_or_default();
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        let (Some(to), "text", Some(text)) =
-            (body["to_id"].as_u64(), body["message_type"].as_str().unwrap_or_default(), body["content"]["text"].as_str())
-        else {
+        let (Some(to), "text", Some(text)) = (
+            body["to_id"].as_u64(),
+            body["message_type"].as_str().unwrap_or_default(),
+            body["content"]["text"].as_str(),
+        ) else {
             return shopee_error(400, "error_param", "to_id, message_type text and content.text are required");
         };
         let id = format!("{}", 2_047_000_000u64 + self.sent.fetch_add(1, Ordering::SeqCst));
@@ -258,7 +260,12 @@ impl Platform for EbayRtq {
 
     fn quota_key(&self, request: &Request) -> Result<String, Reply> {
         if request.method != "POST" || request.path != "/ws/api.dll" {
-            return Err(Reply { status: 404, headers: Vec::new(), content_type: "text/html", body: "Not Found".into() });
+            return Err(Reply {
+                status: 404,
+                headers: Vec::new(),
+                content_type: "text/html",
+                body: "Not Found".into(),
+            });
         }
         if request.header("x-ebay-api-call-name") != Some("AddMemberMessageRTQ") {
             return Err(ebay_failure(2, "Unsupported API call."));
