@@ -22,7 +22,9 @@
 
 use time::OffsetDateTime;
 
-use crate::poll::ebay_member_messages::{COMPATIBILITY_LEVEL as EBAY_COMPATIBILITY_LEVEL, SITE_ID as EBAY_SITE_ID};
+use crate::poll::ebay_member_messages::{
+    ErrorItem, COMPATIBILITY_LEVEL as EBAY_COMPATIBILITY_LEVEL, SITE_ID as EBAY_SITE_ID,
+};
 use crate::poll::{shopee_chat, tiktok_customer_service, PollMethod, PollRequest};
 
 /// One text reply to the buyer of an inquiry.
@@ -185,7 +187,7 @@ pub fn ebay_answer_question(reply: &ChatReply<'_>) -> Result<PollRequest, ReplyO
     let Some(item) = reply.item_id.filter(|i| !i.is_empty()) else {
         return Err(ReplyOutcome::Failed("the inquiry names no eBay listing to answer on".to_owned()));
     };
-    let escape = |text: &str| text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let escape = |text: &str| quick_xml::escape::escape(text).into_owned();
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
          <AddMemberMessageRTQRequest xmlns=\"urn:ebay:apis:eBLBaseComponents\">\n\
@@ -214,23 +216,27 @@ pub fn ebay_answer_question(reply: &ChatReply<'_>) -> Result<PollRequest, ReplyO
 
 /// What eBay's answer to `AddMemberMessageRTQ` means.
 pub fn ebay_outcome(status: u16, body: &[u8]) -> ReplyOutcome {
-    let text = String::from_utf8_lossy(body);
-    let tag = |name: &str| {
-        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
-        let end = start + text[start..].find(&format!("</{name}>"))?;
-        Some(text[start..end].trim().to_owned())
-    };
-    match (status, tag("Ack").as_deref()) {
-        (200, Some("Success" | "Warning")) => ReplyOutcome::Sent(format!(
-            "ebay {}",
-            tag("CorrelationID").or_else(|| tag("Timestamp")).unwrap_or_default()
-        )),
-        (200, Some("Failure" | "PartialFailure")) => {
-            let code = tag("ErrorCode").unwrap_or_default();
+    /// The call's answer: `Ack`, `Errors`, and no call-specific fields.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        ack: String,
+        #[serde(default)]
+        timestamp: Option<String>,
+        #[serde(default)]
+        errors: Vec<ErrorItem>,
+    }
+    let answer = std::str::from_utf8(body).ok().and_then(|text| quick_xml::de::from_str::<Answer>(text).ok());
+    match (status, answer) {
+        (200, Some(answer)) if matches!(answer.ack.as_str(), "Success" | "Warning") => {
+            ReplyOutcome::Sent(format!("ebay {}", answer.timestamp.unwrap_or_default()))
+        }
+        (200, Some(answer)) => {
+            let code = answer.errors.into_iter().find_map(|e| e.error_code).unwrap_or_default();
             match code.as_str() {
                 "931" | "21917053" => ReplyOutcome::TokenRefused(format!("ebay {code}")),
                 "518" | "20957" | "21919144" => ReplyOutcome::Throttled(format!("ebay {code}")),
-                _ => ReplyOutcome::Failed(format!("ebay {code}")),
+                _ => ReplyOutcome::Failed(format!("ebay {} {code}", answer.ack)),
             }
         }
         (429, _) => ReplyOutcome::Throttled("ebay 429".to_owned()),

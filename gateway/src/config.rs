@@ -1929,11 +1929,16 @@ fn validate_chat_sender(
     per_second: f64,
     problems: &mut Vec<String>,
 ) {
-    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
-    }
     if tokens.is_empty() || tokens.values().any(String::is_empty) {
         problems.push(format!("reach.senders[{i}]: a token for each account, none empty"));
+    }
+    validate_sender_endpoint(i, base_url, per_second, problems);
+}
+
+/// An http(s) base and a sane rate.
+fn validate_sender_endpoint(i: usize, base_url: &str, per_second: f64, problems: &mut Vec<String>) {
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
     }
     if !(per_second > 0.0 && per_second <= 10_000.0) {
         problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
@@ -1958,12 +1963,7 @@ fn validate_marketplace_sender(
         problems
             .push(format!("reach.senders[{i}]: no tokens, and no {} poller to take them from", pollers.join(" or ")));
     }
-    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        problems.push(format!("reach.senders[{i}].base_url must be an http(s) url"));
-    }
-    if !(per_second > 0.0 && per_second <= 10_000.0) {
-        problems.push(format!("reach.senders[{i}].per_second must be in (0, 10000]"));
-    }
+    validate_sender_endpoint(i, base_url, per_second, problems);
 }
 
 fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {

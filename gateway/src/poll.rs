@@ -265,52 +265,42 @@ pub(crate) async fn exchange(
     )))
 }
 
-/// The access tokens this process's pollers use now, by poller and account. The acknowledgement
-/// senders of the same platforms answer buyers with them: Shopee, TikTok Shop and eBay tokens
-/// expire within hours and only the poller refreshes them.
+/// The access tokens this process's pollers use now, by poller and account (the cursor's name,
+/// `<poller>/<account>`). The acknowledgement senders of the same platforms answer buyers with
+/// them: Shopee, TikTok Shop and eBay tokens expire within hours and only the poller refreshes them.
 #[derive(Clone, Default)]
-pub struct LiveTokens(Arc<dashmap::DashMap<(String, String), String>>);
+pub struct LiveTokens(Arc<dashmap::DashMap<String, String>>);
 
 impl LiveTokens {
-    /// Records the token `poller` uses for `account` now.
-    pub fn publish(&self, poller: &str, account: &str, token: &str) {
-        if token.is_empty() {
-            return;
-        }
-        let key = (poller.to_owned(), account.to_owned());
-        if self.0.get(&key).is_none_or(|current| current.value() != token) {
-            self.0.insert(key, token.to_owned());
+    /// Records the token the poller named `cursor_name` uses now.
+    fn publish(&self, cursor_name: &str, token: &str) {
+        if !token.is_empty() && self.0.get(cursor_name).is_none_or(|current| current.value() != token) {
+            self.0.insert(cursor_name.to_owned(), token.to_owned());
         }
     }
 
     /// The token `poller` uses for `account`, if it runs in this process and has one.
     pub fn get(&self, poller: &str, account: &str) -> Option<String> {
-        self.0.get(&(poller.to_owned(), account.to_owned())).map(|t| t.value().clone())
-    }
-
-    /// Forgets `poller`'s token for `account` (it stopped polling here; another replica may
-    /// rotate the token from now on).
-    fn withdraw(&self, poller: &str, account: &str) {
-        self.0.remove(&(poller.to_owned(), account.to_owned()));
-    }
-}
-
-/// Withdraws a poller's token from [`LiveTokens`] when the poller stops (or its lease moves).
-struct Published<'a> {
-    tokens: &'a LiveTokens,
-    poller: &'static str,
-    account: &'a str,
-}
-
-impl Drop for Published<'_> {
-    fn drop(&mut self) {
-        self.tokens.withdraw(self.poller, self.account);
+        self.0.get(&format!("{poller}/{account}")).map(|t| t.value().clone())
     }
 }
 
 impl std::fmt::Debug for LiveTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveTokens").field("entries", &self.0.len()).finish_non_exhaustive()
+    }
+}
+
+/// Withdraws a poller's token from [`LiveTokens`] when the poller stops (or its lease moves):
+/// another replica may rotate it from then on.
+struct Published<'a> {
+    tokens: &'a LiveTokens,
+    cursor_name: &'a str,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.tokens.0.remove(self.cursor_name);
     }
 }
 
@@ -458,7 +448,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     }
     let cursor_name = format!("{}/{}", name, config.account);
     let _active = Active::new(name, &account);
-    let _published = Published { tokens: live_tokens, poller: name, account: &config.account };
+    let _published = Published { tokens: live_tokens, cursor_name: &cursor_name };
     let local = || -> Result<(Option<String>, Option<Vec<u8>>), String> {
         let cursor = store.cursor(&cursor_name).map_err(|e| e.to_string())?;
         let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;
@@ -540,7 +530,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                     continue;
                 }
             }
-            live_tokens.publish(name, &account, tokens.access());
+            live_tokens.publish(&cursor_name, tokens.access());
             let credentials = PollCredentials {
                 access_token: tokens.access(),
                 app_key: config.app_key.as_deref(),

@@ -287,11 +287,12 @@ struct Response {
     has_more_items: Option<bool>,
 }
 
+/// One `Errors` entry of a Trading API answer.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ErrorItem {
+pub(crate) struct ErrorItem {
     #[serde(default)]
-    error_code: Option<String>,
+    pub error_code: Option<String>,
 }
 
 #[derive(Deserialize)]

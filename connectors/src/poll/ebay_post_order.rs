@@ -324,7 +324,7 @@ impl Poller for EbayPostOrderInquiries {
             let more = listed > 0 && total.is_none_or(|total| offset + listed < total);
             cycle.search_offset = more.then_some(offset + listed);
         }
-        if !cycle.todo.is_empty() || cycle.search_offset.is_some_and(|o| o > 0) {
+        if !cycle.todo.is_empty() || cycle.search_offset.is_some() {
             page.next_page = Some(serde_json::to_string(&cycle).expect("a cycle serializes"));
         } else {
             // The window is read to its end: a quiet account's cursor follows the clock (less the

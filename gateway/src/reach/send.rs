@@ -1,8 +1,8 @@
 //! Sending auto-acknowledgements: e-mail over SMTP (lettre), WhatsApp, Messenger/Instagram,
 //! Telegram, LINE, and the marketplaces' chats (Shopee, TikTok Shop, eBay questions; requests
-//! built by `inquiry_connectors::outbound`, with the pollers' current tokens), each under its outbound quota (governor: messages per second per sender and
-//! account, and a pause between two messages to the same buyer), at most once per inquiry, every
-//! send audited.
+//! built by `inquiry_connectors::outbound`, with the pollers' current tokens), each under its
+//! outbound quota (governor: messages per second per sender and account, and a pause between two
+//! messages to the same buyer), at most once per inquiry, every send audited.
 //!
 //! An acknowledgement is marked `sending` (fsynced) before it leaves: a gateway that stops while
 //! sending marks it `uncertain` at its next start and never sends it again. An answer that does
@@ -111,7 +111,7 @@ impl Market {
 /// references the marketplaces need (the conversation, the message answered, the listing).
 #[derive(Debug, Clone, Copy)]
 pub struct Addressee<'a> {
-    /// The seller account.
+    /// The seller account, as the platform names it ([`Sender::platform_account`]).
     pub account: &'a str,
     /// The buyer (an address, a platform user id).
     pub recipient: &'a str,
@@ -142,19 +142,54 @@ struct Sender {
     /// The pause itself, made exact by one lane per recipient: sends run concurrently, so the
     /// limiter's check (before the message is marked and built) is only a first cut.
     pause: Duration,
-    lanes: std::sync::Mutex<HashMap<[u8; 16], Lane>>,
-    /// Per account, when its next message may leave: the rate held at departure too, since
-    /// storing the `sending` mark between the decision and the departure takes a varying time.
-    departures: std::sync::Mutex<HashMap<String, Departure>>,
+    lanes: Gates<[u8; 16]>,
+    /// Per account: the rate held at departure too, since storing the `sending` mark between the
+    /// decision and the departure takes a varying time.
+    departures: Gates<String>,
 }
 
-/// When an account's next message may leave.
-type Departure = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
+/// Gates by key (a buyer, an account): messages under one key pass one at a time, each not before
+/// the time its predecessor set. A sender that sets it from the platform's answer (which comes
+/// after the platform received the message) keeps arrivals apart however long each took on the
+/// way.
+struct Gates<K>(std::sync::Mutex<HashMap<K, Gate>>);
 
-/// One buyer's lane: messages to one recipient go one at a time, each `pause` after the platform
-/// answered the previous one. The answer comes after the platform received the message, so the
-/// platform sees them at least `pause` apart however long each took on the way.
-type Lane = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
+/// One key's gate: when the next message may pass.
+type Gate = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
+
+/// Passage through a gate: held while the message is sent; set its time to space the next one.
+type Pass = tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>;
+
+impl<K: std::hash::Hash + Eq> Default for Gates<K> {
+    fn default() -> Gates<K> {
+        Gates(Default::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Gates<K> {
+    /// Waits for `key`'s gate and for the time its last passage set.
+    async fn pass(&self, key: K) -> Pass {
+        let gate = self.0.lock().expect("gates lock").entry(key).or_default().clone();
+        let pass = gate.lock_owned().await;
+        if let Some(at) = *pass {
+            tokio::time::sleep_until(at).await;
+        }
+        pass
+    }
+
+    /// Forgets the gates nobody holds whose time has passed (they would grow without end).
+    fn forget_open(&self) {
+        let now = tokio::time::Instant::now();
+        self.0.lock().expect("gates lock").retain(|_, gate| {
+            // Kept while in use (cloned under this lock, or locked) or its time is to come.
+            Arc::strong_count(gate) > 1
+                || match gate.try_lock() {
+                    Err(_) => true,
+                    Ok(next) => next.is_some_and(|at| at > now),
+                }
+        });
+    }
+}
 
 impl Sender {
     fn new(config: &SenderConfig, live: &LiveTokens) -> Result<Sender, String> {
@@ -257,36 +292,23 @@ impl Sender {
         None
     }
 
-    /// Forgets the buyers whose pause is over (the per-buyer limiter would grow without end).
+    /// Forgets the buyers and accounts whose pause is over (they would grow without end).
     fn forget_old_recipients(&self) {
         if let Some(pair) = &self.pair {
             pair.retain_recent();
         }
-        let now = tokio::time::Instant::now();
-        let pause = self.pause;
-        self.lanes.lock().expect("lanes lock").retain(|_, lane| {
-            // Kept while in use (cloned under this lock, or locked) or its pause is not over yet.
-            Arc::strong_count(lane) > 1
-                || match lane.try_lock() {
-                    Err(_) => true,
-                    Ok(last) => last.is_some_and(|at| at + pause > now),
-                }
-        });
+        self.lanes.forget_open();
+        self.departures.forget_open();
     }
 
-    /// Waits for the recipient's lane and for the pause after the previous message to the same
-    /// buyer; the caller keeps the lane while it sends and stamps it when the platform answers.
-    async fn space(&self, recipient: &str) -> Option<tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>> {
+    /// Waits for the recipient's lane: the pause after the platform answered the previous message
+    /// to the same buyer. The caller holds the pass while it sends; [`Sender::answered`] sets it.
+    async fn space(&self, recipient: &str) -> Option<Pass> {
         if self.pause.is_zero() {
             return None;
         }
         let key: [u8; 16] = Sha256::digest(recipient.as_bytes())[..16].try_into().expect("16 bytes");
-        let lane = self.lanes.lock().expect("lanes lock").entry(key).or_default().clone();
-        let lane = lane.lock_owned().await;
-        if let Some(last) = *lane {
-            tokio::time::sleep_until(last + self.pause).await;
-        }
-        Some(lane)
+        Some(self.lanes.pass(key).await)
     }
 
     /// The account as the platform counts it (TikTok Shop: the shop cipher of a shop id), the key
@@ -300,23 +322,23 @@ impl Sender {
 
     /// Waits until a message from `account` may leave: one period of the account's rate after the
     /// previous one left or, at slow rates (10 a second or less: Shopee, TikTok Shop, eBay), after
-    /// the platform answered it. Then the caller keeps the returned gate while it sends and
-    /// [`Sender::answered`] stamps it: the platform counts arrivals, and an arrival comes before
-    /// its answer, so arrivals stay a period apart however long each took on the way.
-    async fn depart(&self, account: &str) -> Option<tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>> {
-        let gate = self.departures.lock().expect("departures lock").entry(account.to_owned()).or_default().clone();
-        let mut next = gate.lock_owned().await;
-        if let Some(at) = *next {
-            tokio::time::sleep_until(at).await;
-        }
-        *next = Some(tokio::time::Instant::now() + self.period());
-        (self.per_second <= 10.0).then_some(next)
+    /// the platform answered it (then the caller holds the pass while it sends, and
+    /// [`Sender::answered`] sets it).
+    async fn depart(&self, account: &str) -> Option<Pass> {
+        let mut pass = self.departures.pass(account.to_owned()).await;
+        *pass = Some(tokio::time::Instant::now() + self.period());
+        (self.per_second <= 10.0).then_some(pass)
     }
 
-    /// Stamps a slow-rate account's gate when the platform answered.
-    fn answered(&self, gate: Option<tokio::sync::OwnedMutexGuard<Option<tokio::time::Instant>>>) {
-        if let Some(mut next) = gate {
-            *next = Some(tokio::time::Instant::now() + self.period());
+    /// Sets the passes a message held when the platform answered it: the buyer's pause and, at
+    /// slow rates, the account's period start now.
+    fn answered(&self, lane: Option<Pass>, departure: Option<Pass>) {
+        let now = tokio::time::Instant::now();
+        if let Some(mut lane) = lane {
+            *lane = Some(now + self.pause);
+        }
+        if let Some(mut departure) = departure {
+            *departure = Some(now + self.period());
         }
     }
 
@@ -398,9 +420,6 @@ impl Sender {
                 read(status, &answer)
             }
             Channel::Marketplace { market, client, base_url, app_key, app_secret, tokens, live, .. } => {
-                // The shop's id on the platform's send API (TikTok Shop: the cipher, where the
-                // inquiry came by webhook under the shop id).
-                let account = self.platform_account(account);
                 // The token the account's poller uses now (it refreshes it), else the config's.
                 let token = market
                     .pollers()
@@ -427,28 +446,29 @@ impl Sender {
                     Market::Tiktok => (outbound::tiktok_send_message(&reply), outbound::tiktok_outcome),
                     Market::Ebay => (outbound::ebay_answer_question(&reply), outbound::ebay_outcome),
                 };
-                let mut request = built.map_err(reply_error)?;
+                let mut request = match built {
+                    Ok(request) => request,
+                    Err(refusal) => return reply_result(refusal),
+                };
                 request.path_and_query = format!("{base_url}{}", request.path_and_query);
                 // The error of an unbuildable request could quote the URL (Shopee's carries the token).
                 let (status, _, answer) = exchange(client, "", request, AGENT)
                     .await
                     .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
-                match read(status, &answer) {
-                    ReplyOutcome::Sent(id) => Ok(id),
-                    other => Err(reply_error(other)),
-                }
+                reply_result(read(status, &answer))
             }
         }
     }
 }
 
-/// A marketplace's refusal as a send error: throttling and a refused token (the poller may
-/// refresh it meanwhile) are tried again.
-fn reply_error(outcome: ReplyOutcome) -> SendError {
+/// A marketplace's outcome as a send's: throttling and a refused token (the poller may refresh
+/// it meanwhile) are tried again.
+fn reply_result(outcome: ReplyOutcome) -> Result<String, SendError> {
     match outcome {
-        ReplyOutcome::Throttled(reason) | ReplyOutcome::TokenRefused(reason) => SendError::Retry(reason),
-        ReplyOutcome::Unknown(reason) => SendError::Unknown(reason),
-        ReplyOutcome::Failed(reason) | ReplyOutcome::Sent(reason) => SendError::Permanent(reason),
+        ReplyOutcome::Sent(id) => Ok(id),
+        ReplyOutcome::Throttled(reason) | ReplyOutcome::TokenRefused(reason) => Err(SendError::Retry(reason)),
+        ReplyOutcome::Unknown(reason) => Err(SendError::Unknown(reason)),
+        ReplyOutcome::Failed(reason) => Err(SendError::Permanent(reason)),
     }
 }
 
@@ -853,7 +873,7 @@ async fn send_one(
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
     let inquiry = &stored.inquiry;
     let to = Addressee {
-        account: &state.account,
+        account: platform_account,
         recipient: &recipient,
         conversation_id: &inquiry.external.conversation_id,
         message_id: &inquiry.external.message_id,
@@ -861,10 +881,7 @@ async fn send_one(
     };
     let departure = sender.depart(platform_account).await;
     let outcome = sender.send(&to, &message, id).await;
-    sender.answered(departure);
-    if let Some(mut last) = lane {
-        *last = Some(tokio::time::Instant::now());
-    }
+    sender.answered(lane, departure);
     match outcome {
         Ok(provider_id) => finish(reach, pipeline, id, due_ms, AckStatus::Sent { provider_id }).await,
         Err(SendError::Retry(reason)) if marked.attempts < MAX_ATTEMPTS => {

@@ -43,21 +43,26 @@ impl Default for Ebay {
 }
 
 /// An eBay Trading API answer: HTTP 200, XML.
-fn xml(body: String) -> Reply {
+pub(crate) fn xml(body: String) -> Reply {
     Reply { status: 200, headers: Vec::new(), content_type: "text/xml", body }
 }
 
 fn failure(code: u32, message: &str) -> Reply {
+    failure_of("GetMemberMessages", code, message)
+}
+
+/// A Trading API call's `Failure` answer with error `code`.
+pub(crate) fn failure_of(call: &str, code: u32, message: &str) -> Reply {
     xml(format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetMemberMessagesResponse xmlns=\"urn:ebay:apis:eBLBaseComponents\">\
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{call}Response xmlns=\"urn:ebay:apis:eBLBaseComponents\">\
          <Ack>Failure</Ack><Errors><ShortMessage>{message}</ShortMessage><LongMessage>{message}</LongMessage>\
          <ErrorCode>{code}</ErrorCode><SeverityCode>Error</SeverityCode><ErrorClassification>RequestError</ErrorClassification>\
-         </Errors><Version>1423</Version></GetMemberMessagesResponse>\n"
+         </Errors><Version>1423</Version></{call}Response>\n"
     ))
 }
 
 /// The text of the first `<tag>` in `body`.
-fn tag<'b>(body: &'b str, tag: &str) -> Option<&'b str> {
+pub(crate) fn tag<'b>(body: &'b str, tag: &str) -> Option<&'b str> {
     let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
     let end = start + body[start..].find(&format!("</{tag}>"))?;
     Some(body[start..end].trim())
@@ -65,6 +70,11 @@ fn tag<'b>(body: &'b str, tag: &str) -> Option<&'b str> {
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The text of escaped XML character data.
+pub(crate) fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
 }
 
 fn ebay_time(unix: i64) -> String {

@@ -221,31 +221,17 @@ impl Default for EbayRtq {
     }
 }
 
-fn ebay_ack(ack: &str, errors: &str) -> Reply {
-    Reply {
-        status: 200,
-        headers: Vec::new(),
-        content_type: "text/xml",
-        body: format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AddMemberMessageRTQResponse xmlns=\"urn:ebay:apis:eBLBaseComponents\">\
-             <Timestamp>2026-12-03T08:00:00.000Z</Timestamp><Ack>{ack}</Ack>{errors}<Version>1423</Version></AddMemberMessageRTQResponse>\n"
-        ),
-    }
-}
-
-fn ebay_failure(code: u32, message: &str) -> Reply {
-    ebay_ack(
-        "Failure",
-        &format!(
-            "<Errors><ShortMessage>{message}</ShortMessage><ErrorCode>{code}</ErrorCode><SeverityCode>Error</SeverityCode></Errors>"
-        ),
+/// `AddMemberMessageRTQ`'s answer: no call-specific fields.
+fn rtq_success() -> Reply {
+    crate::ebay::xml(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AddMemberMessageRTQResponse xmlns=\"urn:ebay:apis:eBLBaseComponents\">\
+         <Timestamp>2026-12-03T08:00:00.000Z</Timestamp><Ack>Success</Ack><Version>1423</Version></AddMemberMessageRTQResponse>\n"
+            .to_owned(),
     )
 }
 
-fn xml_tag<'b>(body: &'b str, tag: &str) -> Option<&'b str> {
-    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let end = start + body[start..].find(&format!("</{tag}>"))?;
-    Some(body[start..end].trim())
+fn rtq_failure(code: u32, message: &str) -> Reply {
+    crate::ebay::failure_of("AddMemberMessageRTQ", code, message)
 }
 
 impl Platform for EbayRtq {
@@ -268,17 +254,17 @@ impl Platform for EbayRtq {
             });
         }
         if request.header("x-ebay-api-call-name") != Some("AddMemberMessageRTQ") {
-            return Err(ebay_failure(2, "Unsupported API call."));
+            return Err(rtq_failure(2, "Unsupported API call."));
         }
         let token = request.header("x-ebay-api-iaf-token").unwrap_or_default();
         match self.tokens.iter().find(|(t, _)| t == token) {
             Some((_, seller)) => Ok(seller.clone()),
-            None => Err(ebay_failure(931, "Auth token is invalid.")),
+            None => Err(rtq_failure(931, "Auth token is invalid.")),
         }
     }
 
     fn throttled(&self, _: &Admission) -> Reply {
-        ebay_failure(518, "Call usage limit has been reached.")
+        rtq_failure(518, "Call usage limit has been reached.")
     }
 
     fn serve(&self, request: &Request, mailbox: &Mailbox, _: &Admission, _: &str) -> Reply {
@@ -292,21 +278,21 @@ impl Platform for EbayRtq {
             }
             if calls.len() >= 75 {
                 self.violations.fetch_add(1, Ordering::SeqCst);
-                return ebay_failure(21_919_144, "You have exceeded the maximum call limit.");
+                return rtq_failure(21_919_144, "You have exceeded the maximum call limit.");
             }
             calls.push_back(now);
         }
         let body = String::from_utf8_lossy(&request.body);
-        let fields = ["ItemID", "Body", "ParentMessageID", "RecipientID"].map(|tag| xml_tag(&body, tag));
+        let fields = ["ItemID", "Body", "ParentMessageID", "RecipientID"].map(|tag| crate::ebay::tag(&body, tag));
         let [Some(_item), Some(text), Some(parent), Some(to)] = fields else {
-            return ebay_failure(37, "Input data is invalid or missing.");
+            return rtq_failure(37, "Input data is invalid or missing.");
         };
         if text.is_empty() {
-            return ebay_failure(37, "Input data for tag <Body> is invalid or missing.");
+            return rtq_failure(37, "Input data for tag <Body> is invalid or missing.");
         }
-        let text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+        let text = crate::ebay::unescape(text);
         let n = self.sent.fetch_add(1, Ordering::SeqCst);
         keep_in(mailbox, &seller, parent, to, &format!("rtq-{n}"), &text);
-        ebay_ack("Success", "")
+        rtq_success()
     }
 }
