@@ -68,7 +68,7 @@ mod native_host {
     use std::sync::Arc;
 
     use inquiry_gateway::plugins::host::AgentDirectory;
-    use inquiry_plugin_sdk::{Agent, Host, LogLevel};
+    use inquiry_plugin_sdk::{Agents, Host, LogLevel};
 
     /// The host functions, natively: the same agent directory and a map like the plugin's.
     pub struct NativeHost {
@@ -82,8 +82,8 @@ mod native_host {
         fn now_ms(&self) -> i64 {
             0
         }
-        fn agents(&self, team: &str) -> Vec<Agent> {
-            self.agents.team(team)
+        fn agents(&self, team: &str) -> Agents {
+            self.agents.with_encoded(team, Agents::decode)
         }
         fn kv_get(&self, key: &str) -> i64 {
             *self.kv.lock().unwrap().get(key).unwrap_or(&0)
@@ -113,8 +113,15 @@ fn main() -> anyhow::Result<()> {
     let native = NativeRules {
         host: NativeHost { agents: Arc::<AgentDirectory>::clone(native_router.agents()), kv: Default::default() },
     };
-    let mut routers: Vec<(String, Box<dyn Router>)> = vec![("native".into(), Box::new(native))];
-    for language in ["rust", "go", "c"] {
+    // ONLY=rust (a comma-separated list of native, rust, go, c) measures just those, e.g. under
+    // a profiler.
+    let only = std::env::var("ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|only| only.split(',').any(|o| o == name));
+    let mut routers: Vec<(String, Box<dyn Router>)> = Vec::new();
+    if wanted("native") {
+        routers.push(("native".into(), Box::new(native)));
+    }
+    for language in ["rust", "go", "c"].into_iter().filter(|language| wanted(language)) {
         let path = dir.join(format!("example-{language}.wasm"));
         let router = harness::single_plugin_router(&path, PluginLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e} (run plugins/build.sh)", path.display()))?;
@@ -143,12 +150,15 @@ fn main() -> anyhow::Result<()> {
 
     println!("| implementation | batch 1 | batch 16 | batch 256 | ratio to native at 256 |");
     println!("|---|---:|---:|---:|---:|");
-    for name in ["native", "rust", "go", "c"] {
+    for name in ["native", "rust", "go", "c"].into_iter().filter(|name| wanted(name)) {
         let cell = |batch: usize| format!("{:.0} ns", results[&(name.to_owned(), batch)]);
-        let ratio = results[&(name.to_owned(), 256)] / results[&("native".to_owned(), 256)];
+        let ratio = match results.get(&("native".to_owned(), 256)) {
+            Some(native) => format!("{:.2}x", results[&(name.to_owned(), 256)] / native),
+            None => "n/a".to_owned(),
+        };
         let label =
             if name == "native" { "native Rust (same rules)".to_owned() } else { format!("{name} plugin (wasm)") };
-        println!("| {label} | {} | {} | {} | {ratio:.2}x |", cell(1), cell(16), cell(256));
+        println!("| {label} | {} | {} | {} | {ratio} |", cell(1), cell(16), cell(256));
     }
     Ok(())
 }

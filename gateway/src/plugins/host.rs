@@ -84,7 +84,7 @@ impl AgentDirectory {
     }
 
     /// Calls `with` on the ABI encoding of `team`'s agents (an empty list when unknown).
-    fn with_encoded<R>(&self, team: &str, with: impl FnOnce(&[u8]) -> R) -> R {
+    pub fn with_encoded<R>(&self, team: &str, with: impl FnOnce(&[u8]) -> R) -> R {
         match self.teams.get(team) {
             Some(t) => with(&t.encoded),
             None => with(&0u32.to_le_bytes()),

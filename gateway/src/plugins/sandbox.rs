@@ -95,6 +95,10 @@ impl Sandbox {
             .consume_fuel(fuel)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if std::env::var_os("INQUIRY_GATEWAY_PERF_MAP").is_some() {
+            // Names the plugins' compiled functions for `perf report` (/tmp/perf-PID.map).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| Failure::Unavailable(format!("engine: {e}")))?;
         let weak = engine.weak();
         std::thread::Builder::new()

@@ -35,6 +35,95 @@ impl Agent {
     }
 }
 
+/// One agent of an [`Agents`] list, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentView<'a> {
+    /// Agent id.
+    pub id: &'a str,
+    /// Inquiries the agent has open now.
+    pub load: u32,
+    /// Most inquiries the agent may have open.
+    pub capacity: u32,
+    /// Whether the agent is online.
+    pub online: bool,
+}
+
+impl AgentView<'_> {
+    /// Online and below capacity.
+    pub fn available(&self) -> bool {
+        self.online && self.load < self.capacity
+    }
+}
+
+/// The agents of a team, in directory order: the gateway's answer (the ABI's agent list) read
+/// in place, so a lookup allocates nothing once a plugin has warmed up (the buffer is reused
+/// by the next lookup after this list is dropped).
+#[derive(Debug)]
+pub struct Agents {
+    encoded: Vec<u8>,
+    len: usize,
+}
+
+std::thread_local! {
+    /// The buffer of the last dropped [`Agents`], for the next lookup.
+    static SPARE: core::cell::Cell<Vec<u8>> = const { core::cell::Cell::new(Vec::new()) };
+}
+
+impl Agents {
+    /// Reads an agent list in the ABI encoding (copied into a reused buffer); data that is not
+    /// a valid list reads as no agents.
+    pub fn decode(encoded: &[u8]) -> Agents {
+        let mut buf = SPARE.take();
+        buf.clear();
+        buf.extend_from_slice(encoded);
+        Agents::from_buffer(buf)
+    }
+
+    /// The agents of `list`, encoded.
+    pub fn from_list(list: &[Agent]) -> Agents {
+        let mut buf = SPARE.take();
+        buf.clear();
+        crate::wire::encode_agents(&mut buf, list.iter());
+        Agents::from_buffer(buf)
+    }
+
+    /// Takes `encoded` after checking it once (structure and UTF-8), so reading it later
+    /// cannot fail.
+    pub(crate) fn from_buffer(encoded: Vec<u8>) -> Agents {
+        let len = match crate::wire::check_agents(&encoded) {
+            Ok(len) => len,
+            Err(_) => 0,
+        };
+        Agents { encoded, len }
+    }
+
+    /// Number of agents.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the team has no agents.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The agents, in directory order.
+    pub fn iter(&self) -> impl Iterator<Item = AgentView<'_>> + Clone {
+        crate::wire::agent_views(&self.encoded, self.len)
+    }
+
+    /// The agent at `index` (a walk from the first: teams are small).
+    pub fn get(&self, index: usize) -> Option<AgentView<'_>> {
+        self.iter().nth(index)
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        SPARE.set(core::mem::take(&mut self.encoded));
+    }
+}
+
 /// The gateway's host functions (capabilities).
 pub trait Host {
     /// Writes a log line (`log`); the gateway rate-limits plugin logs.
@@ -44,7 +133,7 @@ pub trait Host {
     /// Milliseconds since the Unix epoch (`clock`).
     fn now_ms(&self) -> i64;
     /// The agents of `team`, in a stable order (`agents`).
-    fn agents(&self, team: &str) -> Vec<Agent>;
+    fn agents(&self, team: &str) -> Agents;
     /// The value of `key` in the plugin's key-value map, 0 when absent (`kv`).
     fn kv_get(&self, key: &str) -> i64;
     /// Adds `delta` to `key` and returns the new value (`kv`).
@@ -80,11 +169,8 @@ impl Host for Imports {
     fn now_ms(&self) -> i64 {
         unsafe { imports::now_ms() }
     }
-    fn agents(&self, team: &str) -> Vec<Agent> {
-        // One buffer for every call (plugins are single-threaded), grown when a team needs more.
-        static mut BUF: Vec<u8> = Vec::new();
-        // SAFETY: wasm32 plugins are single-threaded and this is the only user of BUF.
-        let buf = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
+    fn agents(&self, team: &str) -> Agents {
+        let mut buf = SPARE.take();
         if buf.len() < 512 {
             buf.resize(512, 0);
         }
@@ -92,7 +178,8 @@ impl Host for Imports {
             // SAFETY: `buf` is writable for its length; the host writes at most `out_cap` bytes.
             let need = unsafe { imports::agents(team.as_ptr(), team.len() as u32, buf.as_mut_ptr(), buf.len() as u32) };
             if need as usize <= buf.len() {
-                return crate::wire::decode_agents(&buf[..need as usize]).unwrap_or_default();
+                buf.truncate(need as usize);
+                return Agents::from_buffer(buf);
             }
             buf.resize(need as usize, 0);
         }

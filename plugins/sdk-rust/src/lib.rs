@@ -18,12 +18,16 @@
 //! export_router!(route);
 //! ```
 
+use std::borrow::Cow;
+
 pub mod wire;
 
 mod host;
+mod keywords;
 #[cfg(target_arch = "wasm32")]
 pub use host::Imports;
-pub use host::{Agent, Host, LogLevel};
+pub use host::{Agent, AgentView, Agents, Host, LogLevel};
+pub use keywords::Keywords;
 
 /// The ABI version this SDK speaks; returned by the plugin's `igw_abi_version` export.
 pub const ABI_VERSION: u32 = 1;
@@ -75,10 +79,20 @@ impl<'a> Inquiry<'a> {
 
     /// The value of attribute `key`, if present.
     pub fn attribute(&self, key: &str) -> Option<&'a str> {
-        self.attributes.split('\n').find_map(|line| {
-            let (k, v) = line.split_once('=')?;
-            (k == key).then_some(v)
-        })
+        if key.contains('=') {
+            return None; // Keys end at the first `=` of their line.
+        }
+        // Byte by byte: in WebAssembly, `split` and `split_once` cost more than the short lines.
+        let mut rest = self.attributes;
+        while !rest.is_empty() {
+            let end = rest.bytes().position(|b| b == b'\n').unwrap_or(rest.len());
+            let line = &rest[..end];
+            if line.len() > key.len() && line.as_bytes()[key.len()] == b'=' && line.starts_with(key) {
+                return Some(&line[key.len() + 1..]);
+            }
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        None
     }
 }
 
@@ -119,31 +133,35 @@ impl Priority {
     }
 }
 
+/// A decision's text: a `&'static str` costs no allocation (most queue names, tags and policies
+/// are constants), a `String` is taken as it is. `"eu-sales".into()` and `name.into()` both work.
+pub type Text = Cow<'static, str>;
+
 /// A routing decision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Route {
     /// Queue (team) that handles the inquiry; must not be empty.
-    pub queue: String,
+    pub queue: Text,
     /// Agent assigned, if any.
-    pub assignee: Option<String>,
+    pub assignee: Option<Text>,
     /// Priority label.
     pub priority: Priority,
     /// Tags for the helpdesk.
-    pub tags: Vec<String>,
+    pub tags: Vec<Text>,
     /// Language the reply should be written in.
-    pub language: Option<String>,
+    pub language: Option<Text>,
     /// Reply template of the auto-acknowledgement.
-    pub reply_template: Option<String>,
+    pub reply_template: Option<Text>,
     /// First-response SLA policy.
-    pub sla_policy: Option<String>,
+    pub sla_policy: Option<Text>,
     /// When set, the inquiry is kept but not delivered: spam, for this reason.
-    pub spam_reason: Option<String>,
+    pub spam_reason: Option<Text>,
 }
 
 impl Route {
     /// A decision for `queue` with normal priority and nothing else set.
-    pub fn to_queue(queue: &str) -> Route {
-        Route { queue: queue.to_owned(), ..Route::default() }
+    pub fn to_queue(queue: impl Into<Text>) -> Route {
+        Route { queue: queue.into(), ..Route::default() }
     }
 
     /// Sets the priority.
@@ -229,4 +247,22 @@ macro_rules! export_router {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_found_by_their_whole_key() {
+        let inquiry = Inquiry { attributes: "tier=vip\ncustomer_tier=gold\nempty=\nlast=x=y", ..Inquiry::default() };
+        assert_eq!(inquiry.attribute("customer_tier"), Some("gold"));
+        assert_eq!(inquiry.attribute("tier"), Some("vip"));
+        assert_eq!(inquiry.attribute("empty"), Some(""));
+        assert_eq!(inquiry.attribute("last"), Some("x=y"));
+        assert_eq!(inquiry.attribute("last=x"), None);
+        assert_eq!(inquiry.attribute("tie"), None);
+        assert_eq!(inquiry.attribute(""), None);
+        assert_eq!(Inquiry::default().attribute("tier"), None);
+    }
 }

@@ -12,7 +12,7 @@
 //! - agents (host to plugin): `u32 count`, then per agent a string (id) and `u32 load`,
 //!   `u32 capacity`, `u32 online`.
 
-use crate::{Agent, Inquiry, Outcome, Priority, Route, ABI_VERSION};
+use crate::{Agent, AgentView, Inquiry, Outcome, Priority, Route, ABI_VERSION};
 
 /// Order of the strings of an inquiry record.
 pub const INQUIRY_FIELDS: [&str; 16] = [
@@ -268,7 +268,15 @@ impl<'a> ResultWriter<'a> {
                 put_str(out, &route.queue);
                 put_str(out, route.assignee.as_deref().unwrap_or(""));
                 put_str(out, route.priority.as_str());
-                put_str(out, &route.tags.join("\n"));
+                // The tags, one per line, written in place (no joined copy).
+                let tags_len = route.tags.iter().map(|t| t.len() + 1).sum::<usize>().saturating_sub(1);
+                out.extend_from_slice(&(tags_len as u32).to_le_bytes());
+                for (i, tag) in route.tags.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(tag.as_bytes());
+                }
                 for value in [&route.language, &route.reply_template, &route.sla_policy, &route.spam_reason] {
                     put_str(out, value.as_deref().unwrap_or(""));
                 }
@@ -300,7 +308,7 @@ pub fn decode_results(data: &[u8], expected: usize) -> Result<Vec<Result<Outcome
 }
 
 fn decode_outcome(mut r: Reader<'_>) -> Result<Outcome, WireError> {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned().into());
     match r.u8()? {
         STATUS_ROUTE => {
             let queue = r.str()?;
@@ -312,9 +320,9 @@ fn decode_outcome(mut r: Reader<'_>) -> Result<Outcome, WireError> {
                 "" => Priority::Normal,
                 name => Priority::parse(name).ok_or(WireError::Invalid("unknown priority"))?,
             };
-            let tags = r.str()?.split('\n').filter(|t| !t.is_empty()).map(str::to_owned).collect();
+            let tags = r.str()?.split('\n').filter(|t| !t.is_empty()).map(|t| t.to_owned().into()).collect();
             Ok(Outcome::Route(Route {
-                queue: queue.to_owned(),
+                queue: queue.to_owned().into(),
                 assignee: opt(assignee),
                 priority,
                 tags,
@@ -341,16 +349,34 @@ pub fn encode_agents<'a>(out: &mut Vec<u8>, agents: impl ExactSizeIterator<Item 
     }
 }
 
-/// Decodes an agent list (plugin side).
-pub fn decode_agents(data: &[u8]) -> Result<Vec<Agent>, WireError> {
+/// Checks an agent list (plugin side): its structure and that every id is UTF-8; the number
+/// of agents.
+pub(crate) fn check_agents(data: &[u8]) -> Result<usize, WireError> {
     let mut r = Reader::new(data);
     let count = r.u32()? as usize;
-    let mut agents = Vec::with_capacity(count.min(data.len() / 16));
     for _ in 0..count {
-        let id = r.str()?.to_owned();
-        agents.push(Agent { id, load: r.u32()?, capacity: r.u32()?, online: r.u32()? != 0 });
+        r.str()?;
+        r.bytes(12)?;
     }
-    Ok(agents)
+    Ok(count)
+}
+
+/// The agents of a list that [`check_agents`] accepted with `count` agents.
+pub(crate) fn agent_views(data: &[u8], count: usize) -> impl Iterator<Item = AgentView<'_>> + Clone {
+    let mut r = Reader::new(data.get(4..).unwrap_or_default());
+    (0..count).map_while(move |_| {
+        // Checked when the list was taken: neither read fails, and the id is UTF-8.
+        let id = r.field().ok()?;
+        let numbers = r.bytes(12).ok()?;
+        let number = |i: usize| u32::from_le_bytes([numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3]]);
+        Some(AgentView {
+            // SAFETY: `check_agents` found every id UTF-8.
+            id: unsafe { core::str::from_utf8_unchecked(id) },
+            load: number(0),
+            capacity: number(4),
+            online: number(8) != 0,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -390,7 +416,7 @@ mod tests {
         let mut out = Vec::new();
         let mut writer = ResultWriter::new(&mut out, 3);
         writer.push(&Outcome::Route(route.clone()));
-        writer.push(&Outcome::Route(Route { queue: String::new(), ..Route::default() }));
+        writer.push(&Outcome::Route(Route { queue: "".into(), ..Route::default() }));
         writer.push(&Outcome::Failed("no rule".into()));
         let results = decode_results(&out, 3).unwrap();
         assert_eq!(results[0], Ok(Outcome::Route(route)));
@@ -408,7 +434,22 @@ mod tests {
         ];
         let mut out = Vec::new();
         encode_agents(&mut out, agents.iter());
-        assert_eq!(decode_agents(&out).unwrap(), agents);
+        let list = crate::Agents::decode(&out);
+        let read: Vec<Agent> = list
+            .iter()
+            .map(|a| Agent { id: a.id.to_owned(), load: a.load, capacity: a.capacity, online: a.online })
+            .collect();
+        assert_eq!(read, agents);
+        assert_eq!(list.get(1).map(|a| a.available()), Some(false));
+        assert_eq!(list.get(2), None);
+        // Dropping the list leaves its buffer for the next one, which must not see old agents.
+        drop(list);
+        assert!(crate::Agents::decode(&[0, 0, 0, 0]).is_empty());
+        assert_eq!(crate::Agents::from_list(&agents).len(), 2);
+        let mut broken = out.clone();
+        broken[4 + 4] = 0xff; // the first id's first byte: not UTF-8
+        assert!(crate::Agents::decode(&broken).is_empty());
+        assert!(crate::Agents::decode(&out[..out.len() - 1]).is_empty());
     }
 
     #[test]
@@ -429,7 +470,7 @@ mod tests {
                 .collect();
             let _ = decode_batch(&data);
             let _ = decode_results(&data, 3);
-            let _ = decode_agents(&data);
+            let _ = crate::Agents::decode(&data).iter().count();
         }
     }
 }

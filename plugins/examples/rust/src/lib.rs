@@ -3,9 +3,12 @@
 //! Build: `plugins/build.sh rust` (or, with rustup's target,
 //! `cargo build --release --target wasm32-unknown-unknown`).
 
-use inquiry_plugin_sdk::{export_router, Host, Inquiry, Outcome, Priority, Route};
+use inquiry_plugin_sdk::{export_router, Host, Inquiry, Keywords, Outcome, Priority, Route};
 
 export_router!(route);
+
+/// The keywords of the rules, matched ignoring ASCII case in one pass.
+const KEYWORDS: Keywords<5> = Keywords::new(["crypto giveaway", "bulk order", "wholesale", "urgent", "refund"]);
 
 /// Routes one inquiry by the example rules.
 pub fn route(inquiry: &Inquiry, host: &dyn Host) -> Outcome {
@@ -13,78 +16,93 @@ pub fn route(inquiry: &Inquiry, host: &dyn Host) -> Outcome {
     text.push_str(inquiry.subject);
     text.push(' ');
     text.push_str(inquiry.body);
-    text.make_ascii_lowercase();
+    let [giveaway, bulk_order, wholesale, urgent, refund] = KEYWORDS.find(&text);
 
-    if text.contains("crypto giveaway") {
+    if giveaway {
         let mut spam = Route::to_queue("spam");
-        spam.spam_reason = Some("giveaway".to_owned());
+        spam.spam_reason = Some("giveaway".into());
         return Outcome::Route(spam);
     }
     let Some(team) = team(inquiry.buyer_language, inquiry.buyer_country) else {
         return Outcome::Undecided;
     };
 
-    let mut route = Route::to_queue(team);
-    let raise = |route: &mut Route, to: Priority, tag: &str| {
+    let mut route = Route::to_queue(team.name);
+    let raise = |route: &mut Route, to: Priority, tag: &'static str| {
         route.priority = route.priority.max(to);
-        route.tags.push(tag.to_owned());
+        route.tags.push(tag.into());
     };
-    if text.contains("bulk order") || text.contains("wholesale") {
+    if bulk_order || wholesale {
         raise(&mut route, Priority::High, "bulk");
     }
-    if text.contains("urgent") {
+    if urgent {
         raise(&mut route, Priority::Urgent, "urgent");
     }
-    if text.contains("refund") {
+    if refund {
         raise(&mut route, Priority::Normal, "refund");
     }
     let vip = inquiry.attribute("customer_tier") == Some("vip");
     if vip {
         raise(&mut route, Priority::High, "vip");
     }
-    route.reply_template = Some(if vip { "vip-ack".to_owned() } else { format!("ack-{team}") });
+    route.reply_template = Some(if vip { "vip-ack" } else { team.reply_template }.into());
     route.sla_policy = Some(
         match route.priority {
             Priority::Urgent => "sla-15m",
             Priority::High => "sla-1h",
             _ => "sla-4h",
         }
-        .to_owned(),
+        .into(),
     );
-    if !inquiry.buyer_language.is_empty() {
-        route.language = Some(inquiry.buyer_language.to_owned());
-    }
-    route.assignee = assign(team, host);
+    // The reply language is the buyer's: the gateway's default when `route.language` is unset.
+    route.assignee = assign(team, host).map(Into::into);
     Outcome::Route(route)
 }
 
+/// A team and the names the rules derive from it.
+pub struct Team {
+    /// Queue name.
+    pub name: &'static str,
+    /// Reply template for buyers who are not VIP.
+    pub reply_template: &'static str,
+    /// Key of the team's round-robin position in the plugin's key-value map.
+    pub round_robin_key: &'static str,
+}
+
+const EU_SALES: Team = Team { name: "eu-sales", reply_template: "ack-eu-sales", round_robin_key: "rr:eu-sales" };
+const JP_SALES: Team = Team { name: "jp-sales", reply_template: "ack-jp-sales", round_robin_key: "rr:jp-sales" };
+const CN_SALES: Team = Team { name: "cn-sales", reply_template: "ack-cn-sales", round_robin_key: "rr:cn-sales" };
+const EN_SALES: Team = Team { name: "en-sales", reply_template: "ack-en-sales", round_robin_key: "rr:en-sales" };
+
 /// The team for a buyer's language, else country.
-fn team(language: &str, country: &str) -> Option<&'static str> {
-    let by_language = match language.split('-').next().unwrap_or("") {
-        "de" | "fr" | "it" | "es" | "nl" | "pl" => Some("eu-sales"),
-        "ja" => Some("jp-sales"),
-        "zh" => Some("cn-sales"),
-        "en" => Some("en-sales"),
+fn team(language: &str, country: &str) -> Option<&'static Team> {
+    let primary = language.split_once('-').map_or(language, |(primary, _)| primary);
+    let by_language = match primary {
+        "de" | "fr" | "it" | "es" | "nl" | "pl" => Some(&EU_SALES),
+        "ja" => Some(&JP_SALES),
+        "zh" => Some(&CN_SALES),
+        "en" => Some(&EN_SALES),
         _ => None,
     };
     by_language.or(match country {
-        "DE" | "FR" | "IT" | "ES" | "NL" | "PL" | "AT" | "BE" => Some("eu-sales"),
-        "JP" => Some("jp-sales"),
-        "CN" | "TW" | "HK" => Some("cn-sales"),
-        "US" | "GB" | "AU" | "CA" => Some("en-sales"),
+        "DE" | "FR" | "IT" | "ES" | "NL" | "PL" | "AT" | "BE" => Some(&EU_SALES),
+        "JP" => Some(&JP_SALES),
+        "CN" | "TW" | "HK" => Some(&CN_SALES),
+        "US" | "GB" | "AU" | "CA" => Some(&EN_SALES),
         _ => None,
     })
 }
 
 /// Round-robin within `team`, skipping agents that are offline or at capacity.
-fn assign(team: &str, host: &dyn Host) -> Option<String> {
-    let agents = host.agents(team);
+fn assign(team: &Team, host: &dyn Host) -> Option<String> {
+    let agents = host.agents(team.name);
     if agents.is_empty() {
         return None;
     }
-    let key = format!("rr:{team}");
-    let start = host.kv_get(&key).rem_euclid(agents.len() as i64) as usize;
-    let picked = (0..agents.len()).map(|i| (start + i) % agents.len()).find(|&i| agents[i].available())?;
-    host.kv_add(&key, picked as i64 + 1 - start as i64);
-    Some(agents[picked].id.clone())
+    let start = host.kv_get(team.round_robin_key).rem_euclid(agents.len() as i64) as usize;
+    // From `start` to the end, then from the first agent up to `start`.
+    let mut from_start = agents.iter().enumerate().skip(start).chain(agents.iter().enumerate().take(start));
+    let (picked, agent) = from_start.find(|(_, agent)| agent.available())?;
+    host.kv_add(team.round_robin_key, picked as i64 + 1 - start as i64);
+    Some(agent.id.to_owned())
 }
