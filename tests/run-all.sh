@@ -28,6 +28,8 @@ tests/services/cassandra.sh fetch
 # Debian's rustc-web, rust-web-src, cargo-web, clang-19 and lld-19 when missing.
 plugins/build.sh
 cargo build --workspace --all-targets --locked
+# The Go plugin SDK's own tests (the examples' golden cases run in the gateway's tests).
+(cd plugins/sdk-go && go test ./...)
 # Deployment files: helm lint, rendered manifests against the Kubernetes schemas, configs, rules.
 GATEWAY_BIN="$CARGO_TARGET_DIR/debug/inquiry-gateway" deploy/lint.sh
 # Fresh broker and node data each run (the jars stay cached): every test makes its own keyspaces

@@ -44,16 +44,18 @@ func CounterAdd(name string, delta int64) {
 // NowMs returns milliseconds since the Unix epoch (capability "clock").
 func NowMs() int64 { return hostNowMs() }
 
+// agentsBuf receives the host's answers to Agents (the ids are copied out of it).
+var agentsBuf = make([]byte, 512)
+
 // Agents returns the agents of team in directory order (capability "agents").
 func Agents(team string) []Agent {
 	p, n := strPtr(team)
-	buf := make([]byte, 256)
-	need := hostAgents(p, n, unsafe.Pointer(&buf[0]), uint32(len(buf)))
-	if int(need) > len(buf) {
-		buf = make([]byte, need)
-		need = hostAgents(p, n, unsafe.Pointer(&buf[0]), uint32(len(buf)))
+	need := hostAgents(p, n, unsafe.Pointer(&agentsBuf[0]), uint32(len(agentsBuf)))
+	if int(need) > len(agentsBuf) {
+		agentsBuf = make([]byte, need)
+		need = hostAgents(p, n, unsafe.Pointer(&agentsBuf[0]), uint32(len(agentsBuf)))
 	}
-	return decodeAgents(buf[:need])
+	return decodeAgents(agentsBuf[:need])
 }
 
 // KvGet returns the value of key in the plugin's key-value map, 0 when absent (capability "kv").

@@ -13,31 +13,63 @@ func init() { sdk.Register(route) }
 // main is required by the toolchain; a c-shared WASI reactor never runs it.
 func main() {}
 
-var priorities = map[string]int{"normal": 1, "high": 2, "urgent": 3}
+// rank orders the priorities the rules use.
+func rank(priority string) int {
+	switch priority {
+	case "normal":
+		return 1
+	case "high":
+		return 2
+	case "urgent":
+		return 3
+	}
+	return 0
+}
+
+// The keywords of the rules, matched ignoring ASCII case in one pass.
+var keywords = sdk.NewKeywords("crypto giveaway", "bulk order", "wholesale", "urgent", "refund")
+
+const (
+	giveaway = 1 << iota
+	bulkOrder
+	wholesale
+	urgent
+	refund
+)
+
+// team is a team and the names the rules derive from it.
+type team struct{ name, replyTemplate, roundRobinKey string }
+
+var (
+	euSales = &team{"eu-sales", "ack-eu-sales", "rr:eu-sales"}
+	jpSales = &team{"jp-sales", "ack-jp-sales", "rr:jp-sales"}
+	cnSales = &team{"cn-sales", "ack-cn-sales", "rr:cn-sales"}
+	enSales = &team{"en-sales", "ack-en-sales", "rr:en-sales"}
+)
 
 func route(in *sdk.Inquiry) sdk.Outcome {
-	text := strings.ToLower(in.Subject + " " + in.Body)
-	if strings.Contains(text, "crypto giveaway") {
+	found := keywords.Find(in.Subject + " " + in.Body)
+	if found&giveaway != 0 {
 		return sdk.Outcome{Status: sdk.Routed, Queue: "spam", SpamReason: "giveaway"}
 	}
 	team := teamFor(in.BuyerLanguage, in.BuyerCountry)
-	if team == "" {
+	if team == nil {
 		return sdk.Outcome{Status: sdk.Undecided}
 	}
-	out := sdk.Outcome{Status: sdk.Routed, Queue: team, Priority: "normal"}
+	out := sdk.Outcome{Status: sdk.Routed, Queue: team.name, Priority: "normal", Tags: make([]string, 0, 4)}
 	raise := func(to, tag string) {
-		if priorities[to] > priorities[out.Priority] {
+		if rank(to) > rank(out.Priority) {
 			out.Priority = to
 		}
 		out.Tags = append(out.Tags, tag)
 	}
-	if strings.Contains(text, "bulk order") || strings.Contains(text, "wholesale") {
+	if found&(bulkOrder|wholesale) != 0 {
 		raise("high", "bulk")
 	}
-	if strings.Contains(text, "urgent") {
+	if found&urgent != 0 {
 		raise("urgent", "urgent")
 	}
-	if strings.Contains(text, "refund") {
+	if found&refund != 0 {
 		raise("normal", "refund")
 	}
 	vip := in.Attribute("customer_tier") == "vip"
@@ -45,7 +77,7 @@ func route(in *sdk.Inquiry) sdk.Outcome {
 		raise("high", "vip")
 		out.ReplyTemplate = "vip-ack"
 	} else {
-		out.ReplyTemplate = "ack-" + team
+		out.ReplyTemplate = team.replyTemplate
 	}
 	switch out.Priority {
 	case "urgent":
@@ -60,39 +92,39 @@ func route(in *sdk.Inquiry) sdk.Outcome {
 	return out
 }
 
-func teamFor(language, country string) string {
+func teamFor(language, country string) *team {
 	language, _, _ = strings.Cut(language, "-")
 	switch language {
 	case "de", "fr", "it", "es", "nl", "pl":
-		return "eu-sales"
+		return euSales
 	case "ja":
-		return "jp-sales"
+		return jpSales
 	case "zh":
-		return "cn-sales"
+		return cnSales
 	case "en":
-		return "en-sales"
+		return enSales
 	}
 	switch country {
 	case "DE", "FR", "IT", "ES", "NL", "PL", "AT", "BE":
-		return "eu-sales"
+		return euSales
 	case "JP":
-		return "jp-sales"
+		return jpSales
 	case "CN", "TW", "HK":
-		return "cn-sales"
+		return cnSales
 	case "US", "GB", "AU", "CA":
-		return "en-sales"
+		return enSales
 	}
-	return ""
+	return nil
 }
 
 // assign picks round-robin within team, skipping agents offline or at capacity.
-func assign(team string) string {
-	agents := sdk.Agents(team)
+func assign(team *team) string {
+	agents := sdk.Agents(team.name)
 	n := int64(len(agents))
 	if n == 0 {
 		return ""
 	}
-	key := "rr:" + team
+	key := team.roundRobinKey
 	start := ((sdk.KvGet(key) % n) + n) % n
 	for i := int64(0); i < n; i++ {
 		at := (start + i) % n

@@ -1,0 +1,70 @@
+package igwplugin
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestKeywordsFindWhatContainsFindsIgnoringASCIICase(t *testing.T) {
+	words := []string{"crypto giveaway", "bulk order", "urgent", "refund"}
+	set := NewKeywords(words...)
+	for _, text := range []string{
+		"Bulk Order of 500, URGENT",
+		"Ich möchte eine Rückerstattung (refund) — bitte",
+		"bulk orde",
+		"ururgent refun",
+		"サイズ urgent について",
+		"",
+		"CRYPTO GIVEAWAY bulk orderrefund",
+	} {
+		var want uint64
+		for i, word := range words {
+			if strings.Contains(strings.ToLower(text), word) {
+				want |= 1 << i
+			}
+		}
+		if got := set.Find(text); got != want {
+			t.Errorf("Find(%q) = %b, want %b", text, got, want)
+		}
+	}
+}
+
+func TestAttributesAreFoundByTheirWholeKey(t *testing.T) {
+	in := Inquiry{Attributes: "tier=vip\ncustomer_tier=gold\nempty=\nlast=x=y"}
+	for key, want := range map[string]string{
+		"customer_tier": "gold", "tier": "vip", "empty": "", "last": "x=y", "last=x": "", "tie": "",
+	} {
+		if got := in.Attribute(key); got != want {
+			t.Errorf("Attribute(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+func TestABatchRoutesWithViewsIntoIt(t *testing.T) {
+	batch := []byte{1, 0, 0, 0, 1, 0, 0, 0}
+	record := []byte{}
+	for i := 0; i < 16; i++ {
+		field := ""
+		if i == 10 {
+			field = "urgent please"
+		}
+		record = append(record, byte(len(field)), 0, 0, 0)
+		record = append(record, field...)
+	}
+	batch = append(batch, byte(len(record)), 0, 0, 0)
+	batch = append(batch, record...)
+	out, ok := RouteBatch(batch, func(in *Inquiry) Outcome {
+		return Outcome{Status: Routed, Queue: "q", Tags: []string{"a", "b"}, SLAPolicy: in.Body}
+	}, nil)
+	if !ok {
+		t.Fatal("the batch was refused")
+	}
+	// count, record length, status, queue "q", assignee "", priority "", tags "a\nb", language,
+	// template, sla "urgent please", spam reason.
+	want := "\x01\x00\x00\x00" + "\x32\x00\x00\x00" + "\x00" + "\x01\x00\x00\x00q" + "\x00\x00\x00\x00" +
+		"\x00\x00\x00\x00" + "\x03\x00\x00\x00a\nb" + "\x00\x00\x00\x00" + "\x00\x00\x00\x00" +
+		"\x0d\x00\x00\x00urgent please" + "\x00\x00\x00\x00"
+	if string(out) != want {
+		t.Errorf("results %q, want %q", out, want)
+	}
+}
