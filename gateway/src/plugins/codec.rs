@@ -182,6 +182,9 @@ mod tests {
         encode_batch(&[&inquiry], &mut out);
         let batch = wire::decode_batch(&out).expect("a batch");
         assert_eq!(batch[0].attributes, "n={\"a\":[1,\"b\\nc\"]}\ntier x y=gold vip\n");
-        assert_eq!((batch[0].occurred_at, batch[0].received_at), ("2026-11-24T08:00:00Z", "2026-11-24T08:00:01.500000000Z"));
+        assert_eq!(
+            (batch[0].occurred_at, batch[0].received_at),
+            ("2026-11-24T08:00:00Z", "2026-11-24T08:00:01.500000000Z")
+        );
     }
 }
