@@ -504,6 +504,8 @@ impl Stage {
         self.audit.append(&mut batch, event);
         self.audit.sign_if_due(&mut batch, true);
         batch.write()?;
+        // Forwarders must read the rewritten records, not the copies in memory.
+        self.spool.recent.clear();
         Ok(ids)
     }
 
@@ -561,11 +563,12 @@ impl Stage {
         // Sink: one atomic batch; the syncer's fsync makes it durable.
         let write_started = Instant::now();
         let mut batch = self.store.batch();
-        let mut record = Vec::with_capacity(2048);
         let mut subjects_written = Vec::new();
+        // The records for the forwarders, kept in memory once the batch is written.
+        let mut committed = Vec::with_capacity(fresh.len());
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
-            record.clear();
+            let mut record = Vec::with_capacity(item.inquiry_json.len() + 512);
             record.extend_from_slice(b"{\"inquiry\":");
             record.extend_from_slice(&item.inquiry_json);
             record.extend_from_slice(b",\"decision\":");
@@ -603,6 +606,9 @@ impl Stage {
             for sink in self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)) {
                 batch.put_outbox(&sink.outbox, &entry);
             }
+            if !sinks.is_empty() {
+                committed.push((entry.seq, Arc::new(record)));
+            }
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (job, job_acks) in jobs.iter().zip(acks) {
@@ -631,6 +637,7 @@ impl Stage {
         if !batch.is_empty() {
             batch.write()?;
         }
+        self.spool.recent.push_all(committed);
         if self.written_subjects.len() > 500_000 {
             self.written_subjects.clear();
         }
@@ -860,10 +867,20 @@ mod tests {
         pipeline: Pipeline,
         store: Store,
         subjects: Arc<Subjects>,
+        spool: Arc<Spool>,
         _dir: tempfile::TempDir,
     }
 
     fn start(router: impl Router, queue_capacity: usize) -> Running {
+        start_with_sinks(router, queue_capacity, &[])
+    }
+
+    /// With sink outboxes (no forwarder takes from them).
+    fn start_with_sinks(
+        router: impl Router,
+        queue_capacity: usize,
+        sinks: &[(&'static str, Vec<inquiry_connectors::Region>, inquiry_connectors::Region)],
+    ) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let vault =
@@ -874,18 +891,19 @@ mod tests {
                 .unwrap();
         let audit = AuditLog::open(&store, signer, Duration::from_secs(3600)).unwrap();
         let limits = PipelineLimits { queue_capacity, max_batch_inquiries: 1024 };
-        let (spool, next_seq) = Spool::open(&store, &[], 10).unwrap();
+        let (spool, next_seq) = Spool::open(&store, sinks, 10).unwrap();
+        let spool = Arc::new(spool);
         let parts = StageParts {
             store: store.clone(),
             router: Arc::new(router),
             fallback: FallbackRouter::new(FallbackConfig::default()),
-            spool: Arc::new(spool),
+            spool: spool.clone(),
             next_seq,
             audit,
             subjects: subjects.clone(),
         };
         let (pipeline, _thread) = Pipeline::start(parts, limits).unwrap();
-        Running { pipeline, store, subjects, _dir: dir }
+        Running { pipeline, store, subjects, spool, _dir: dir }
     }
 
     fn stored(store: &Store, id: Uuid) -> StoredInquiry {
@@ -1057,9 +1075,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_erased_subject_is_unreadable_and_a_new_message_gets_a_new_pseudonym() {
-        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        use inquiry_connectors::Region;
+        let sinks = [("kafka", vec![Region::Eu, Region::Other], Region::Eu)];
+        let Running { pipeline, store, subjects, spool, .. } = start_with_sinks(Silent, 8, &sinks);
         let acks = pipeline.submit(vec![submission(&subjects, "a", "first message")]).await.unwrap();
         let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
+        // The forwarders' copy in memory is the record as committed...
+        let committed = spool.recent.get(0).expect("the committed record is kept for the forwarders");
+        assert_eq!(serde_json::from_slice::<StoredInquiry>(&committed).unwrap().inquiry.id, acks[0].id);
         // A message sealed for the subject while the erasure is under way (it waits in the queue).
         let late = submission(&subjects, "b", "second message");
         let index = store.subject_index(&pseudonym).unwrap().unwrap();
@@ -1069,6 +1092,8 @@ mod tests {
         assert_eq!(erased, vec![acks[0].id]);
         let first = stored(&store, acks[0].id).inquiry;
         assert!(first.sealed.is_empty() && first.raw_ref == "erased");
+        // ...and after the erasure a forwarder must read the rewritten record from the store.
+        assert!(spool.recent.get(0).is_none(), "the record as committed outlived the erasure in memory");
         assert!(subjects.open(&first).unwrap().is_none());
         assert!(store.get_raw(acks[0].id).unwrap().unwrap().is_empty());
         assert!(store.subject_index(&pseudonym).unwrap().is_none());

@@ -5,8 +5,15 @@
 //! sink's outbox in the same atomic batch as the inquiry itself. The sync thread publishes how far
 //! the journal is durable; a forwarder only sends entries below that mark, so nothing leaves the
 //! gateway before it is durable here.
+//!
+//! The stage also keeps the records it committed last in memory ([`RecentRecords`]): a
+//! forwarder that keeps up takes them from there instead of reading them back from the store;
+//! one that lags (a sink was down, the gateway restarted) reads the store.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use metrics::gauge;
 
@@ -48,6 +55,8 @@ pub struct Spool {
     audit_durable_end: AtomicU64,
     /// Wakes forwarders when new entries become durable.
     pub durable: tokio::sync::Notify,
+    /// The records committed last, by sequence number.
+    pub recent: RecentRecords,
     max_pending: u64,
 }
 
@@ -83,6 +92,7 @@ impl Spool {
             durable_end: AtomicU64::new(next_seq),
             audit_durable_end: AtomicU64::new(store.audit_len()?),
             durable: Default::default(),
+            recent: RecentRecords::default(),
             max_pending,
         };
         spool.publish_depths();
@@ -128,5 +138,108 @@ impl Spool {
             let degraded = if sink.degraded.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
             gauge!(telemetry::SINK_DEGRADED, "sink" => sink.name).set(degraded);
         }
+    }
+}
+
+/// Most bytes of records kept in memory for the forwarders.
+const RECENT_MAX_BYTES: usize = 32 << 20;
+/// Records older than this are read from the store again, so that what changes the store
+/// outside the stage (the retention sweep) is never outrun by a copy in memory for long.
+const RECENT_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The records the stage committed last, by sequence number (at most 32 MiB, one minute old).
+#[derive(Default)]
+pub struct RecentRecords {
+    inner: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    /// Sequence number of `records[0]`.
+    first_seq: u64,
+    records: VecDeque<(Instant, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl RecentRecords {
+    /// Adds records just committed, in sequence order. A sequence number that does not follow
+    /// the last one kept (a failed write used some) starts the memory over.
+    pub fn push_all(&self, committed: Vec<(u64, Arc<Vec<u8>>)>) {
+        if committed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut recent = self.inner.lock().expect("recent records");
+        for (seq, record) in committed {
+            if recent.records.is_empty() || seq != recent.first_seq + recent.records.len() as u64 {
+                recent.records.clear();
+                recent.bytes = 0;
+                recent.first_seq = seq;
+            }
+            recent.bytes += record.len();
+            recent.records.push_back((now, record));
+        }
+        while recent.bytes > RECENT_MAX_BYTES
+            || recent.records.front().is_some_and(|(at, _)| at.elapsed() > RECENT_MAX_AGE)
+        {
+            let Some((_, record)) = recent.records.pop_front() else { break };
+            recent.bytes -= record.len();
+            recent.first_seq += 1;
+        }
+    }
+
+    /// The record of `seq`, while it is kept.
+    pub fn get(&self, seq: u64) -> Option<Arc<Vec<u8>>> {
+        let recent = self.inner.lock().expect("recent records");
+        let index = usize::try_from(seq.checked_sub(recent.first_seq)?).ok()?;
+        let (at, record) = recent.records.get(index)?;
+        (at.elapsed() <= RECENT_MAX_AGE).then(|| record.clone())
+    }
+
+    /// Forgets every record (an erasure rewrote some in the store).
+    pub fn clear(&self) {
+        let mut recent = self.inner.lock().expect("recent records");
+        recent.records.clear();
+        recent.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(byte: u8, len: usize) -> Arc<Vec<u8>> {
+        Arc::new(vec![byte; len])
+    }
+
+    #[test]
+    fn recent_records_are_found_by_sequence_number_until_forgotten() {
+        let recent = RecentRecords::default();
+        assert!(recent.get(0).is_none());
+        recent.push_all(vec![(5, record(5, 10)), (6, record(6, 10))]);
+        recent.push_all(vec![(7, record(7, 10))]);
+        assert_eq!(recent.get(6).as_deref(), Some(&vec![6u8; 10]));
+        assert_eq!(recent.get(7).as_deref(), Some(&vec![7u8; 10]));
+        assert!(recent.get(4).is_none() && recent.get(8).is_none());
+        // A gap (a failed write used 8 and 9) starts over: 7 is no longer kept.
+        recent.push_all(vec![(10, record(10, 10))]);
+        assert!(recent.get(7).is_none());
+        assert_eq!(recent.get(10).as_deref(), Some(&vec![10u8; 10]));
+        recent.clear();
+        assert!(recent.get(10).is_none());
+        recent.push_all(vec![(11, record(11, 1))]);
+        assert!(recent.get(11).is_some());
+    }
+
+    #[test]
+    fn recent_records_keep_at_most_their_byte_budget() {
+        let recent = RecentRecords::default();
+        let size = 1 << 20;
+        let committed = (0..40).map(|seq| (seq, record(seq as u8, size))).collect();
+        recent.push_all(committed);
+        // 32 MiB of 1 MiB records: the last 32 are kept, the first 8 went.
+        assert!(recent.get(7).is_none());
+        assert_eq!(recent.get(8).map(|r| r[0]), Some(8));
+        assert_eq!(recent.get(39).map(|r| r[0]), Some(39));
     }
 }

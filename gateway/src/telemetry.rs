@@ -75,6 +75,9 @@ pub const STORE_BATCH: &str = "inquiry_gateway_store_batch_inquiries";
 pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
 /// Inquiries durable here and waiting for a sink. Label: `sink`.
 pub const SPOOL_DEPTH: &str = "inquiry_gateway_spool_depth";
+/// Records a sink's forwarder took from the spool. Labels: `sink`, `from` (`memory`: the stage's
+/// recent records; `store`: read back from the embedded store, when the forwarder lags).
+pub const SPOOL_READS: &str = "inquiry_gateway_spool_reads_total";
 /// Age of the oldest inquiry waiting for a sink (0 when none waits). Label: `sink`.
 pub const SPOOL_OLDEST_AGE: &str = "inquiry_gateway_spool_oldest_age_seconds";
 /// Inquiries a sink took. Label: `sink`.
@@ -225,6 +228,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(STORE_BATCH, "inquiries per group commit");
     describe_counter!(STORE_ERRORS, "group commits that failed");
     describe_gauge!(SPOOL_DEPTH, "inquiries durable here and waiting for a sink");
+    describe_counter!(SPOOL_READS, "records a forwarder took from the spool, from memory or read back from the store");
     describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "age of the oldest inquiry waiting for a sink");
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");

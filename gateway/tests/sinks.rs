@@ -125,6 +125,13 @@ async fn fifty_thousand_inquiries_reach_kafka_across_a_broker_sigkill() {
     assert_eq!(acked.len(), 50_000);
     service("kafka.sh", "start"); // in case the load finished before the restart mark
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(180)).await;
+    // A forwarder that keeps up takes the records the stage just committed from memory.
+    let metrics = String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let reads = |from| {
+        support::metric_value(&metrics, "inquiry_gateway_spool_reads_total", &[("sink", "kafka"), ("from", from)])
+    };
+    assert!(reads("memory") > 0.0, "no record came from memory: {}", reads("store"));
+    assert!(reads("memory") + reads("store") >= 50_000.0, "each record is read at least once");
 
     let seen = tokio::task::spawn_blocking({
         let (topic, acked) = (topic.clone(), acked.clone());
@@ -171,6 +178,13 @@ async fn a_gateway_killed_while_forwarding_loses_nothing() {
     gateway.kill9(); // ...and the gateway dies in the middle of it
     gateway.restart().await;
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
+    // After a restart nothing is in memory: what was spooled is read back from the store.
+    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let reads = |from| {
+        support::metric_value(&metrics, "inquiry_gateway_spool_reads_total", &[("sink", "kafka"), ("from", from)])
+    };
+    assert_eq!(reads("memory"), 0.0);
+    assert!(reads("store") > 0.0);
 
     let seen = tokio::task::spawn_blocking(move || {
         consume_ids(&topic, &acked.clone(), Duration::from_secs(60)).into_iter().collect::<Vec<_>>()

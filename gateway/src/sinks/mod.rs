@@ -382,8 +382,20 @@ fn read_round(
     let Some(last) = entries.last() else { return Ok(None) };
     let end = last.seq + 1;
     let mut records = Vec::with_capacity(entries.len());
+    let (mut from_memory, mut from_store) = (0u64, 0u64);
     for entry in &entries {
-        let loaded = store.get_inquiry(entry.id)?.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json)));
+        // The record the stage committed, from memory while it is kept; else from the store.
+        let json = match spool.recent.get(entry.seq) {
+            Some(record) => {
+                from_memory += 1;
+                Some(record.as_ref().clone())
+            }
+            None => {
+                from_store += 1;
+                store.get_inquiry(entry.id)?
+            }
+        };
+        let loaded = json.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json)));
         match loaded {
             Some((stored, json)) => records.push(OutRecord { seq: entry.seq, stored, json }),
             None => {
@@ -392,6 +404,8 @@ fn read_round(
             }
         }
     }
+    counter!(telemetry::SPOOL_READS, "sink" => state.name, "from" => "memory").increment(from_memory);
+    counter!(telemetry::SPOOL_READS, "sink" => state.name, "from" => "store").increment(from_store);
     Ok(Some(Round { entries, records, end }))
 }
 
