@@ -1,6 +1,9 @@
 package igwplugin
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"unsafe"
+)
 
 // Agent is an agent of a team as the gateway's directory knows it.
 type Agent struct {
@@ -20,19 +23,23 @@ const (
 	LevelError = 3
 )
 
-func decodeAgents(buf []byte) []Agent {
+// decodeAgents reads an agent list into agents[:0]; the IDs are views into buf.
+func decodeAgents(buf []byte, agents []Agent) []Agent {
+	agents = agents[:0]
 	if len(buf) < 4 {
-		return nil
+		return agents
 	}
 	count := binary.LittleEndian.Uint32(buf)
-	agents := make([]Agent, 0, count)
 	at := 4
 	for i := uint32(0); i < count && at+4 <= len(buf); i++ {
 		n := int(binary.LittleEndian.Uint32(buf[at:]))
 		if at+4+n+12 > len(buf) {
 			break
 		}
-		a := Agent{ID: string(buf[at+4 : at+4+n])}
+		a := Agent{}
+		if n > 0 {
+			a.ID = unsafe.String(&buf[at+4], n)
+		}
 		at += 4 + n
 		a.Load = binary.LittleEndian.Uint32(buf[at:])
 		a.Capacity = binary.LittleEndian.Uint32(buf[at+4:])

@@ -44,10 +44,15 @@ func CounterAdd(name string, delta int64) {
 // NowMs returns milliseconds since the Unix epoch (capability "clock").
 func NowMs() int64 { return hostNowMs() }
 
-// agentsBuf receives the host's answers to Agents (the ids are copied out of it).
-var agentsBuf = make([]byte, 512)
+// agentsBuf receives the host's answer to Agents; agentsList is the list returned, read from it.
+var (
+	agentsBuf  = make([]byte, 512)
+	agentsList []Agent
+)
 
-// Agents returns the agents of team in directory order (capability "agents").
+// Agents returns the agents of team in directory order (capability "agents"). The list and its
+// IDs are reused by the next call: strings.Clone an ID kept beyond it (an Outcome's Assignee is
+// encoded before the next inquiry is routed, so it needs no copy).
 func Agents(team string) []Agent {
 	p, n := strPtr(team)
 	need := hostAgents(p, n, unsafe.Pointer(&agentsBuf[0]), uint32(len(agentsBuf)))
@@ -55,7 +60,8 @@ func Agents(team string) []Agent {
 		agentsBuf = make([]byte, need)
 		need = hostAgents(p, n, unsafe.Pointer(&agentsBuf[0]), uint32(len(agentsBuf)))
 	}
-	return decodeAgents(agentsBuf[:need])
+	agentsList = decodeAgents(agentsBuf[:need], agentsList)
+	return agentsList
 }
 
 // KvGet returns the value of key in the plugin's key-value map, 0 when absent (capability "kv").

@@ -68,3 +68,26 @@ func TestABatchRoutesWithViewsIntoIt(t *testing.T) {
 		t.Errorf("results %q, want %q", out, want)
 	}
 }
+
+func TestAgentListsAreReadIntoTheGivenSlice(t *testing.T) {
+	encode := func(ids ...string) []byte {
+		buf := []byte{byte(len(ids)), 0, 0, 0}
+		for i, id := range ids {
+			buf = append(buf, byte(len(id)), 0, 0, 0)
+			buf = append(buf, id...)
+			buf = append(buf, byte(i), 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0)
+		}
+		return buf
+	}
+	agents := decodeAgents(encode("anna", "ben"), nil)
+	if len(agents) != 2 || agents[1].ID != "ben" || agents[1].Load != 1 || !agents[1].Available() {
+		t.Fatalf("agents %+v", agents)
+	}
+	again := decodeAgents(encode("chloe"), agents)
+	if len(again) != 1 || again[0].ID != "chloe" || &again[0] != &agents[0] {
+		t.Fatalf("the slice is not reused: %+v", again)
+	}
+	if got := decodeAgents(encode("dan")[:9], again); len(got) != 0 {
+		t.Fatalf("a truncated list read as %+v", got)
+	}
+}
