@@ -186,7 +186,18 @@ fn normalize_country(country: &str) -> Result<String, InputError> {
     }
 }
 
+/// Longest language tag accepted. RFC 5646 asks for at least 35 characters; every tag a buyer's
+/// client sends is far shorter, and a routing decision carries the tag (at most 256 bytes).
+const MAX_LANGUAGE_TAG: usize = 64;
+
 pub(crate) fn normalize_language(language: &str) -> Result<String, InputError> {
+    if language.len() > MAX_LANGUAGE_TAG {
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            format!("buyer.language is longer than {MAX_LANGUAGE_TAG} characters"),
+        )
+        .field("buyer.language"));
+    }
     let mut parts = language.split(['-', '_']);
     let primary = parts.next().unwrap_or_default();
     let primary_ok = (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic());

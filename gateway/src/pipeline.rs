@@ -503,9 +503,10 @@ impl Stage {
         event.detail["inquiries"] = serde_json::json!(ids);
         self.audit.append(&mut batch, event);
         self.audit.sign_if_due(&mut batch, true);
-        batch.write()?;
-        // Forwarders must read the rewritten records, not the copies in memory.
+        // Forwarders must read the rewritten records, not the copies in memory: gone before the
+        // rewrite is visible (if the write fails, they only read the store meanwhile).
         self.spool.recent.clear();
+        batch.write()?;
         Ok(ids)
     }
 
@@ -606,9 +607,8 @@ impl Stage {
             for sink in self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)) {
                 batch.put_outbox(&sink.outbox, &entry);
             }
-            if !sinks.is_empty() {
-                committed.push((entry.seq, Arc::new(record)));
-            }
+            // Every number, so that one inquiry no sink takes does not break the run in memory.
+            committed.push((entry.seq, (!sinks.is_empty()).then(|| Arc::new(record))));
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (job, job_acks) in jobs.iter().zip(acks) {

@@ -157,14 +157,34 @@ pub struct RecentRecords {
 struct Recent {
     /// Sequence number of `records[0]`.
     first_seq: u64,
-    records: VecDeque<(Instant, Arc<Vec<u8>>)>,
+    /// One slot per sequence number: the record, or `None` when no sink takes the inquiry.
+    records: VecDeque<(Instant, Option<Arc<Vec<u8>>>)>,
+    /// Bytes allocated by the records kept.
     bytes: usize,
 }
 
+impl Recent {
+    fn pop_front(&mut self) {
+        if let Some((_, record)) = self.records.pop_front() {
+            self.bytes -= record.map_or(0, |r| r.capacity());
+            self.first_seq += 1;
+        }
+    }
+
+    /// Drops what is over the byte budget or too old.
+    fn trim(&mut self) {
+        while self.bytes > RECENT_MAX_BYTES || self.records.front().is_some_and(|(at, _)| at.elapsed() > RECENT_MAX_AGE)
+        {
+            self.pop_front();
+        }
+    }
+}
+
 impl RecentRecords {
-    /// Adds records just committed, in sequence order. A sequence number that does not follow
-    /// the last one kept (a failed write used some) starts the memory over.
-    pub fn push_all(&self, committed: Vec<(u64, Arc<Vec<u8>>)>) {
+    /// Adds what a batch just committed, in sequence order: every sequence number it used, with
+    /// its record when some sink takes it. A number that does not follow the last one kept
+    /// (after a restart there is nothing before it) starts the memory over.
+    pub fn push_all(&self, committed: Vec<(u64, Option<Arc<Vec<u8>>>)>) {
         if committed.is_empty() {
             return;
         }
@@ -176,27 +196,21 @@ impl RecentRecords {
                 recent.bytes = 0;
                 recent.first_seq = seq;
             }
-            recent.bytes += record.len();
+            recent.bytes += record.as_ref().map_or(0, |r| r.capacity());
             recent.records.push_back((now, record));
         }
-        while recent.bytes > RECENT_MAX_BYTES
-            || recent.records.front().is_some_and(|(at, _)| at.elapsed() > RECENT_MAX_AGE)
-        {
-            let Some((_, record)) = recent.records.pop_front() else { break };
-            recent.bytes -= record.len();
-            recent.first_seq += 1;
-        }
+        recent.trim();
     }
 
     /// The record of `seq`, while it is kept.
     pub fn get(&self, seq: u64) -> Option<Arc<Vec<u8>>> {
-        let recent = self.inner.lock().expect("recent records");
+        let mut recent = self.inner.lock().expect("recent records");
+        recent.trim();
         let index = usize::try_from(seq.checked_sub(recent.first_seq)?).ok()?;
-        let (at, record) = recent.records.get(index)?;
-        (at.elapsed() <= RECENT_MAX_AGE).then(|| record.clone())
+        recent.records.get(index)?.1.clone()
     }
 
-    /// Forgets every record (an erasure rewrote some in the store).
+    /// Forgets every record (an erasure is rewriting some in the store).
     pub fn clear(&self) {
         let mut recent = self.inner.lock().expect("recent records");
         recent.records.clear();
@@ -208,8 +222,8 @@ impl RecentRecords {
 mod tests {
     use super::*;
 
-    fn record(byte: u8, len: usize) -> Arc<Vec<u8>> {
-        Arc::new(vec![byte; len])
+    fn record(byte: u8, len: usize) -> Option<Arc<Vec<u8>>> {
+        Some(Arc::new(vec![byte; len]))
     }
 
     #[test]
@@ -217,18 +231,21 @@ mod tests {
         let recent = RecentRecords::default();
         assert!(recent.get(0).is_none());
         recent.push_all(vec![(5, record(5, 10)), (6, record(6, 10))]);
-        recent.push_all(vec![(7, record(7, 10))]);
+        // 8 is an inquiry no sink takes: a placeholder keeps 9 findable after it.
+        recent.push_all(vec![(7, record(7, 10)), (8, None), (9, record(9, 10))]);
         assert_eq!(recent.get(6).as_deref(), Some(&vec![6u8; 10]));
         assert_eq!(recent.get(7).as_deref(), Some(&vec![7u8; 10]));
-        assert!(recent.get(4).is_none() && recent.get(8).is_none());
-        // A gap (a failed write used 8 and 9) starts over: 7 is no longer kept.
-        recent.push_all(vec![(10, record(10, 10))]);
-        assert!(recent.get(7).is_none());
-        assert_eq!(recent.get(10).as_deref(), Some(&vec![10u8; 10]));
+        assert!(recent.get(8).is_none());
+        assert_eq!(recent.get(9).as_deref(), Some(&vec![9u8; 10]));
+        assert!(recent.get(4).is_none() && recent.get(10).is_none());
+        // A gap (nothing kept before a restart's first number) starts over.
+        recent.push_all(vec![(12, record(12, 10))]);
+        assert!(recent.get(9).is_none());
+        assert_eq!(recent.get(12).as_deref(), Some(&vec![12u8; 10]));
         recent.clear();
         assert!(recent.get(10).is_none());
-        recent.push_all(vec![(11, record(11, 1))]);
-        assert!(recent.get(11).is_some());
+        recent.push_all(vec![(13, record(13, 1))]);
+        assert!(recent.get(13).is_some());
     }
 
     #[test]

@@ -389,7 +389,7 @@ fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_m
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{language}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("12 passed, 0 failed"), "{language}:\n{stdout}");
+        assert!(stdout.contains("13 passed, 0 failed"), "{language}:\n{stdout}");
     }
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.jsonl");

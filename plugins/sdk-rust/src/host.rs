@@ -109,7 +109,8 @@ impl Agents {
 
     /// The agents, in directory order.
     pub fn iter(&self) -> impl Iterator<Item = AgentView<'_>> + Clone {
-        crate::wire::agent_views(&self.encoded, self.len)
+        // SAFETY: `from_buffer` checked `encoded` and found `len` agents.
+        unsafe { crate::wire::agent_views(&self.encoded, self.len) }
     }
 
     /// The agent at `index` (a walk from the first: teams are small).
@@ -120,7 +121,9 @@ impl Agents {
 
 impl Drop for Agents {
     fn drop(&mut self) {
-        SPARE.set(core::mem::take(&mut self.encoded));
+        let encoded = core::mem::take(&mut self.encoded);
+        // During thread teardown the spare is gone: the buffer is simply freed.
+        let _ = SPARE.try_with(|spare| spare.set(encoded));
     }
 }
 
@@ -171,9 +174,8 @@ impl Host for Imports {
     }
     fn agents(&self, team: &str) -> Agents {
         let mut buf = SPARE.take();
-        if buf.len() < 512 {
-            buf.resize(512, 0);
-        }
+        // The whole allocation: the last answer may have been shorter than the next one.
+        buf.resize(buf.capacity().max(512), 0);
         loop {
             // SAFETY: `buf` is writable for its length; the host writes at most `out_cap` bytes.
             let need = unsafe { imports::agents(team.as_ptr(), team.len() as u32, buf.as_mut_ptr(), buf.len() as u32) };

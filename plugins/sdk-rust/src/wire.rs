@@ -362,7 +362,10 @@ pub(crate) fn check_agents(data: &[u8]) -> Result<usize, WireError> {
 }
 
 /// The agents of a list that [`check_agents`] accepted with `count` agents.
-pub(crate) fn agent_views(data: &[u8], count: usize) -> impl Iterator<Item = AgentView<'_>> + Clone {
+///
+/// # Safety
+/// `check_agents(data)` must have returned `Ok(count)`: the ids are read without a UTF-8 check.
+pub(crate) unsafe fn agent_views(data: &[u8], count: usize) -> impl Iterator<Item = AgentView<'_>> + Clone {
     let mut r = Reader::new(data.get(4..).unwrap_or_default());
     (0..count).map_while(move |_| {
         // Checked when the list was taken: neither read fails, and the id is UTF-8.
@@ -370,7 +373,7 @@ pub(crate) fn agent_views(data: &[u8], count: usize) -> impl Iterator<Item = Age
         let numbers = r.bytes(12).ok()?;
         let number = |i: usize| u32::from_le_bytes([numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3]]);
         Some(AgentView {
-            // SAFETY: `check_agents` found every id UTF-8.
+            // SAFETY: guaranteed by the caller: `check_agents` found every id UTF-8.
             id: unsafe { core::str::from_utf8_unchecked(id) },
             load: number(0),
             capacity: number(4),
