@@ -60,7 +60,9 @@ impl AgentView<'_> {
 /// by the next lookup after this list is dropped).
 #[derive(Debug)]
 pub struct Agents {
+    /// The buffer; the list is its first `used` bytes (the rest is room for the next lookup).
     encoded: Vec<u8>,
+    used: usize,
     len: usize,
 }
 
@@ -76,7 +78,8 @@ impl Agents {
         let mut buf = SPARE.take();
         buf.clear();
         buf.extend_from_slice(encoded);
-        Agents::from_buffer(buf)
+        let used = buf.len();
+        Agents::from_buffer(buf, used)
     }
 
     /// The agents of `list`, encoded.
@@ -84,17 +87,16 @@ impl Agents {
         let mut buf = SPARE.take();
         buf.clear();
         crate::wire::encode_agents(&mut buf, list.iter());
-        Agents::from_buffer(buf)
+        let used = buf.len();
+        Agents::from_buffer(buf, used)
     }
 
-    /// Takes `encoded` after checking it once (structure and UTF-8), so reading it later
-    /// cannot fail.
-    pub(crate) fn from_buffer(encoded: Vec<u8>) -> Agents {
-        let len = match crate::wire::check_agents(&encoded) {
-            Ok(len) => len,
-            Err(_) => 0,
-        };
-        Agents { encoded, len }
+    /// Takes the list in the first `used` bytes of `encoded` after checking it once (structure
+    /// and UTF-8), so reading it later cannot fail.
+    pub(crate) fn from_buffer(encoded: Vec<u8>, used: usize) -> Agents {
+        let used = used.min(encoded.len());
+        let len = crate::wire::check_agents(&encoded[..used]).unwrap_or(0);
+        Agents { encoded, used, len }
     }
 
     /// Number of agents.
@@ -110,7 +112,7 @@ impl Agents {
     /// The agents, in directory order.
     pub fn iter(&self) -> impl Iterator<Item = AgentView<'_>> + Clone {
         // SAFETY: `from_buffer` checked `encoded` and found `len` agents.
-        unsafe { crate::wire::agent_views(&self.encoded, self.len) }
+        unsafe { crate::wire::agent_views(&self.encoded[..self.used], self.len) }
     }
 
     /// The agent at `index` (a walk from the first: teams are small).
@@ -173,15 +175,16 @@ impl Host for Imports {
         unsafe { imports::now_ms() }
     }
     fn agents(&self, team: &str) -> Agents {
+        // The spare keeps its full length (an `Agents` marks how much of it its list uses).
         let mut buf = SPARE.take();
-        // The whole allocation: the last answer may have been shorter than the next one.
-        buf.resize(buf.capacity().max(512), 0);
+        if buf.len() < 512 {
+            buf.resize(512, 0);
+        }
         loop {
             // SAFETY: `buf` is writable for its length; the host writes at most `out_cap` bytes.
             let need = unsafe { imports::agents(team.as_ptr(), team.len() as u32, buf.as_mut_ptr(), buf.len() as u32) };
             if need as usize <= buf.len() {
-                buf.truncate(need as usize);
-                return Agents::from_buffer(buf);
+                return Agents::from_buffer(buf, need as usize);
             }
             buf.resize(need as usize, 0);
         }
