@@ -73,6 +73,9 @@ pub struct Submission {
     pub new_subject: bool,
     /// Who delivered it (`api_key:<id>`, `webhook:<connector>/<account>`, `poller:...`), audited.
     pub actor: String,
+    /// The `normalized` hop of its audit entry (envelope version, SHA-256 of each sealed field
+    /// and of the sealed payload), hashed by the caller rather than on the stage thread.
+    pub normalized_hop: serde_json::Value,
 }
 
 impl std::fmt::Debug for Submission {
@@ -95,9 +98,17 @@ impl Submission {
     ) -> Result<Self, StoreError> {
         let sealed = subjects.seal(&mut inquiry, keep_raw.then_some(raw))?;
         let inquiry_json = serde_json::to_vec(&inquiry).expect("inquiries serialize");
+        let sealed_sha256: serde_json::Map<String, serde_json::Value> =
+            inquiry.sealed.iter().map(|(field, value)| (field.clone(), sha256_hex(value.as_bytes()).into())).collect();
+        let normalized_hop = serde_json::json!({
+            "envelope": inquiry.schema_version,
+            "sealed_sha256": sealed_sha256,
+            "raw_sha256": (!sealed.raw.is_empty()).then(|| sha256_hex(&sealed.raw)),
+        });
         Ok(Submission {
             inquiry,
             inquiry_json,
+            normalized_hop,
             raw: sealed.raw,
             idempotency_key,
             fingerprint: subjects.vault().fingerprint(raw),
@@ -743,11 +754,6 @@ fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
 /// sealed fields (never the fields).
 fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&'static str]) -> AuditEvent {
     let inquiry = &item.inquiry;
-    let sealed: serde_json::Map<String, serde_json::Value> = inquiry
-        .sealed
-        .iter()
-        .map(|(field, value)| (field.clone(), hex::encode(Sha256::digest(value.as_bytes())).into()))
-        .collect();
     AuditEvent::new("inquiry.ingested", item.actor.as_str())
         .inquiry(inquiry.id)
         .subject(&item.subject.key.pseudonym)
@@ -758,14 +764,20 @@ fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&'static str]
             "region": inquiry.region,
             "hops": {
                 "received": { "at": inquiry.received_at.format(&Rfc3339).unwrap_or_default(), "verified_by": item.actor },
-                "normalized": { "envelope": inquiry.schema_version, "sealed_sha256": sealed,
-                    "raw_sha256": (!item.raw.is_empty()).then(|| hex::encode(Sha256::digest(&item.raw))) },
+                "normalized": item.normalized_hop.clone(),
                 "deduplicated": { "status": "new" },
                 "routed": { "by": decision.decided_by, "queue": decision.queue, "priority": decision.priority,
                     "disposition": decision.disposition, "fallback_reason": decision.fallback_reason },
                 "stored": { "sink": "embedded", "queued_for": sinks },
             },
         }))
+}
+
+/// SHA-256 of `bytes`, lower-case hex (`hex::encode` goes char by char: this is the hot path).
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Answers every job with the store's error: nothing of them is acknowledged.
@@ -950,6 +962,30 @@ mod tests {
         assert_eq!(failed.decision.fallback_reason.as_deref(), Some("plugin_trap"));
         let letter: DeadLetter = serde_json::from_slice(&store.get_dead_letter(acks[1].id).unwrap().unwrap()).unwrap();
         assert_eq!((letter.inquiry_id, letter.reason.as_str()), (acks[1].id, "plugin_trap"));
+    }
+
+    #[tokio::test]
+    async fn the_ingested_audit_entry_hashes_every_sealed_field_and_the_sealed_payload() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let acks = pipeline.submit(vec![submission(&subjects, "h", "hash me")]).await.unwrap();
+        let inquiry = stored(&store, acks[0].id).inquiry;
+        let raw = store.get_raw(acks[0].id).unwrap().unwrap();
+        let entries = store.audit_entries(0, store.audit_len().unwrap()).unwrap();
+        let entry = entries
+            .iter()
+            .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
+            .find(|e| e["kind"] == "inquiry.ingested")
+            .expect("an ingested entry");
+        let normalized = &entry["detail"]["hops"]["normalized"];
+        let hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+        assert!(inquiry.sealed.len() >= 2, "name, e-mail and body are sealed");
+        for (field, value) in &inquiry.sealed {
+            assert_eq!(normalized["sealed_sha256"][field], hex(value.as_bytes()), "{field}");
+        }
+        assert_eq!(normalized["sealed_sha256"].as_object().unwrap().len(), inquiry.sealed.len());
+        assert!(!raw.is_empty());
+        assert_eq!(normalized["raw_sha256"], hex(&raw));
+        assert_eq!(normalized["envelope"], inquiry.schema_version);
     }
 
     /// Breaks the router contract by answering nothing.
