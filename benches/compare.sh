@@ -43,6 +43,7 @@ work="$(mktemp -d)"
 out="${OUT:-$work/results.jsonl}"
 [[ -n "${OUT:-}" ]] && : > "$out"
 trap 'kill $(jobs -p) 2>/dev/null || true; { [[ -n "${OUT:-}" ]] || cp "$out" /tmp/compare-last.jsonl 2>/dev/null || true; }; rm -rf "$work"' EXIT
+trap 'exit 143' INT TERM
 
 $n tests/services/kafka.sh status >/dev/null 2>&1 || $n tests/services/kafka.sh start >&2
 kafka_pid="$(cat "${SERVICES_DIR:-$HOME/.cache/inquiry-gateway/services}/kafka/node-${KAFKA_PORT:-9092}/kafka.pid")"

@@ -13,7 +13,9 @@ secs="${SECONDS_PER_RUN:-10}"
 cargo build --release --locked -q -p inquiry-gateway -p inquiry-benches
 bin="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+# `|| true`: under `set -e` a failing `kill` (no jobs left) would end the trap before the `rm`.
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'exit 143' INT TERM
 tests/services/kafka.sh start >/dev/null
 
 prefix="bench$(date +%s)."

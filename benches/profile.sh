@@ -26,7 +26,9 @@ plugin="${PLUGINS_OUT:-$HOME/.cache/inquiry-gateway/plugins}/example-rust.wasm"
 work="${OUT:-$(mktemp -d)}"
 mkdir -p "$work"
 rm -rf "$work/store"
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+# The store goes (gigabytes); perf.data and the stacks stay in $work.
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.5; rm -rf "$work/store"' EXIT
+trap 'exit 143' INT TERM
 tests/services/kafka.sh status >/dev/null 2>&1 || tests/services/kafka.sh start >&2
 benches/gateway-config.sh "$work" "prof$(date +%s)." "$plugin" > "$work/gateway.toml"
 "$bin/inquiry-gateway" run --config "$work/gateway.toml" > "$work/gateway.log" 2>&1 &

@@ -11,7 +11,9 @@ secs="${SECONDS_PER_RUN:-10}"
 cargo build --release --locked -q -p inquiry-gateway -p inquiry-benches
 bin="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+# `|| true`: under `set -e` a failing `kill` (no jobs left) would end the trap before the `rm`.
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'exit 143' INT TERM
 
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }

@@ -113,7 +113,12 @@ pub enum Timeline {
 impl Store {
     /// Opens (or creates) the store in `path`, recovering the journal after a crash.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let keyspace = FjallConfig::new(path).open()?;
+        // Journal room: fjall flushes partitions once its journals pass half of this and stalls
+        // every write for 500 ms at 90%. With its 512 MiB default, a few seconds of saturated
+        // ingest (records, payloads and audit entries are ~5 KiB an inquiry) reached the stall:
+        // 500 ms pauses, and requests refused meanwhile. The price of more room is a longer
+        // journal replay after a crash (bounded by the flush at half of it).
+        let keyspace = FjallConfig::new(path).max_journaling_size(1 << 30).open()?;
         // No compression: the values are short (ids, hashes, small JSON) or separated, and LZ4
         // on every flush and compaction took ~8% of the gateway's CPU at ingest. (Options apply
         // when a partition is created; an existing store keeps the ones it was made with.)

@@ -102,6 +102,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A keep-alive HTTP/1.1 connection to `authority`.
+async fn connect(authority: &str) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 async fn connection(
     args: Args,
     run: u64,
@@ -112,10 +121,7 @@ async fn connection(
 ) -> anyhow::Result<Histogram<u64>> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let authority = args.url.authority().expect("url has a host").clone();
-    let stream = TcpStream::connect(authority.as_str()).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
+    let mut sender = connect(authority.as_str()).await?;
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
     let mut next =
         Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(conn as f64 / args.connections as f64));
@@ -146,10 +152,31 @@ async fn connection(
             .header(hyper::header::HOST, authority.as_str())
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        resp.into_body().collect().await?;
+        if sender.ready().await.is_err() {
+            // The server closed the connection (after answering): a client opens another.
+            sender = connect(authority.as_str()).await?;
+        }
+        let answered = async {
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            resp.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        };
+        let status = match answered.await {
+            Ok(status) => status,
+            Err(_) => {
+                // Closed before answering (e.g. a server refusing a request whose body it did not
+                // read): counted as an error, and the next request goes on a new connection.
+                if scheduled >= measure_from {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                sender = connect(authority.as_str()).await?;
+                if let Some(interval) = interval {
+                    next += interval;
+                }
+                continue;
+            }
+        };
         let done = Instant::now();
         if scheduled >= measure_from {
             if status.is_success() {
