@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 use inquiry_connectors::{Channel, Inquiry};
 use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::compliance::audit::{AuditEvent, AuditLog};
+use crate::compliance::sha256_hex;
 use crate::compliance::subjects::{Subject, Subjects};
 use crate::routing::{Decision, FallbackRouter, RouteOutcome, Router};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolSink};
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
 
@@ -598,15 +598,15 @@ impl Stage {
                 subjects_written.push(item.subject.index);
             }
             batch.link_inquiry(pseudonym, id);
-            let sinks: Vec<&'static str> =
-                self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)).map(|s| s.name).collect();
+            // Data residency: a sink gets only the regions it is declared for.
+            let sinks: Vec<&SpoolSink> = self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)).collect();
             self.audit.append(&mut batch, ingested_event(item, &decision, &sinks));
             if let Some(letter) = dead_letter {
                 // The detail may quote what a plugin saw: only its hash goes into the permanent log.
                 let event = AuditEvent::new("inquiry.dead_lettered", "gateway").inquiry(id).subject(pseudonym).detail(
                     serde_json::json!({
                         "reason": letter.reason,
-                        "detail_sha256": hex::encode(Sha256::digest(letter.detail.as_bytes())),
+                        "detail_sha256": sha256_hex(letter.detail.as_bytes()),
                     }),
                 );
                 self.audit.append(&mut batch, event);
@@ -614,12 +614,13 @@ impl Stage {
             }
             let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
             self.next_seq += 1;
-            // Data residency: a sink gets only the regions it is declared for.
-            for sink in self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)) {
+            for sink in &sinks {
                 batch.put_outbox(&sink.outbox, &entry);
             }
-            // Every number, so that one inquiry no sink takes does not break the run in memory.
-            committed.push((entry.seq, (!sinks.is_empty()).then(|| Arc::new(record))));
+            if !self.spool.sinks.is_empty() {
+                // Every number, so that one inquiry no sink takes does not break the run in memory.
+                committed.push((entry.seq, (!sinks.is_empty()).then(|| Arc::new(record))));
+            }
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (job, job_acks) in jobs.iter().zip(acks) {
@@ -752,7 +753,7 @@ fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
 
 /// The audit event of a new inquiry: every hop up to the embedded store, with hashes of the
 /// sealed fields (never the fields).
-fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&'static str]) -> AuditEvent {
+fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&SpoolSink]) -> AuditEvent {
     let inquiry = &item.inquiry;
     AuditEvent::new("inquiry.ingested", item.actor.as_str())
         .inquiry(inquiry.id)
@@ -768,16 +769,9 @@ fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&'static str]
                 "deduplicated": { "status": "new" },
                 "routed": { "by": decision.decided_by, "queue": decision.queue, "priority": decision.priority,
                     "disposition": decision.disposition, "fallback_reason": decision.fallback_reason },
-                "stored": { "sink": "embedded", "queued_for": sinks },
+                "stored": { "sink": "embedded", "queued_for": sinks.iter().map(|s| s.name).collect::<Vec<_>>() },
             },
         }))
-}
-
-/// SHA-256 of `bytes`, lower-case hex (`hex::encode` goes char by char: this is the hot path).
-fn sha256_hex(bytes: &[u8]) -> String {
-    let mut out = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Answers every job with the store's error: nothing of them is acknowledged.
@@ -977,7 +971,7 @@ mod tests {
             .find(|e| e["kind"] == "inquiry.ingested")
             .expect("an ingested entry");
         let normalized = &entry["detail"]["hops"]["normalized"];
-        let hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+        let hex = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
         assert!(inquiry.sealed.len() >= 2, "name, e-mail and body are sealed");
         for (field, value) in &inquiry.sealed {
             assert_eq!(normalized["sealed_sha256"][field], hex(value.as_bytes()), "{field}");

@@ -143,6 +143,9 @@ impl Spool {
 
 /// Most bytes of records kept in memory for the forwarders.
 const RECENT_MAX_BYTES: usize = 32 << 20;
+/// What a slot costs besides its record (its time, its pointer): placeholders count too, so the
+/// byte budget bounds their number as well.
+const SLOT_BYTES: usize = 32;
 /// Records older than this are read from the store again, so that what changes the store
 /// outside the stage (the retention sweep) is never outrun by a copy in memory for long.
 const RECENT_MAX_AGE: Duration = Duration::from_secs(60);
@@ -166,7 +169,7 @@ struct Recent {
 impl Recent {
     fn pop_front(&mut self) {
         if let Some((_, record)) = self.records.pop_front() {
-            self.bytes -= record.map_or(0, |r| r.capacity());
+            self.bytes -= SLOT_BYTES + record.map_or(0, |r| r.capacity());
             self.first_seq += 1;
         }
     }
@@ -196,7 +199,7 @@ impl RecentRecords {
                 recent.bytes = 0;
                 recent.first_seq = seq;
             }
-            recent.bytes += record.as_ref().map_or(0, |r| r.capacity());
+            recent.bytes += SLOT_BYTES + record.as_ref().map_or(0, |r| r.capacity());
             recent.records.push_back((now, record));
         }
         recent.trim();
@@ -254,9 +257,13 @@ mod tests {
         let size = 1 << 20;
         let committed = (0..40).map(|seq| (seq, record(seq as u8, size))).collect();
         recent.push_all(committed);
-        // 32 MiB of 1 MiB records: the last 32 are kept, the first 8 went.
-        assert!(recent.get(7).is_none());
-        assert_eq!(recent.get(8).map(|r| r[0]), Some(8));
+        // 32 MiB of 1 MiB records (and their slots): the last 31 are kept, the first 9 went.
+        assert!(recent.get(8).is_none());
+        assert_eq!(recent.get(9).map(|r| r[0]), Some(9));
         assert_eq!(recent.get(39).map(|r| r[0]), Some(39));
+        // Placeholders (inquiries no sink takes) count against the budget too.
+        let placeholders = (100..100 + (RECENT_MAX_BYTES / SLOT_BYTES + 10) as u64).map(|seq| (seq, None)).collect();
+        recent.push_all(placeholders);
+        assert!(recent.inner.lock().unwrap().records.len() <= RECENT_MAX_BYTES / SLOT_BYTES);
     }
 }

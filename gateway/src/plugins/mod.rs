@@ -378,7 +378,7 @@ impl PluginRouter {
                 return (Err(Failure::Unavailable(format!("cannot read {}: {err}", config.path.display()))), version);
             }
         };
-        let digest = sandbox::digest(&bytes);
+        let digest = crate::compliance::sha256_hex(&bytes);
         digests.push(digest.clone());
         let version = config.version.clone().unwrap_or_else(|| digest[..12].to_owned());
         let cached = self.modules.lock().expect("module cache").get(&digest).cloned();

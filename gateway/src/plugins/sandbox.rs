@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inquiry_plugin_sdk::{wire, Outcome, ABI_VERSION};
-use sha2::{Digest, Sha256};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module, PoolingAllocationConfig, Store, Trap,
     TypedFunc,
@@ -135,15 +134,6 @@ impl Sandbox {
         plugin.cached.lock().expect("instance cache").replace(started);
         Ok(plugin)
     }
-}
-
-/// SHA-256 of a module's bytes, hex.
-pub fn digest(bytes: &[u8]) -> String {
-    hex_lower(&Sha256::digest(bytes))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A linked plugin, ready to route batches.
