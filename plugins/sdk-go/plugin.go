@@ -106,7 +106,6 @@ func RouteBatch(data []byte, route RouteFunc, out []byte) ([]byte, bool) {
 			if p+4+n > end {
 				return out, false
 			}
-			*field = ""
 			if n > 0 {
 				// A view into the batch, not a copy (see Inquiry).
 				*field = unsafe.String(&data[p+4], n)

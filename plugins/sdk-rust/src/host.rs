@@ -75,18 +75,19 @@ impl Agents {
     /// Reads an agent list in the ABI encoding (copied into a reused buffer); data that is not
     /// a valid list reads as no agents.
     pub fn decode(encoded: &[u8]) -> Agents {
-        let mut buf = SPARE.take();
-        buf.clear();
-        buf.extend_from_slice(encoded);
-        let used = buf.len();
-        Agents::from_buffer(buf, used)
+        Agents::written(|buf| buf.extend_from_slice(encoded))
     }
 
     /// The agents of `list`, encoded.
     pub fn from_list(list: &[Agent]) -> Agents {
+        Agents::written(|buf| crate::wire::encode_agents(buf, list.iter()))
+    }
+
+    /// The list `write` puts into the reused buffer.
+    fn written(write: impl FnOnce(&mut Vec<u8>)) -> Agents {
         let mut buf = SPARE.take();
         buf.clear();
-        crate::wire::encode_agents(&mut buf, list.iter());
+        write(&mut buf);
         let used = buf.len();
         Agents::from_buffer(buf, used)
     }
