@@ -8,16 +8,16 @@
 //! The same thread appends audit events of other hops and carries out erasures, so the audit log
 //! has one writer and one order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use inquiry_connectors::{Channel, Inquiry};
+use inquiry_connectors::{Channel, Inquiry, Region};
 use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::compliance::audit::{AuditEvent, AuditLog};
 use crate::compliance::sha256_hex;
 use crate::compliance::subjects::{Subject, Subjects};
-use crate::routing::{Decision, FallbackRouter, RouteOutcome, Router};
+use crate::routing::{Decision, Disposition, FallbackRouter, Priority, RouteOutcome, Router};
 use crate::spool::{Spool, SpoolSink};
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
@@ -74,8 +74,8 @@ pub struct Submission {
     /// Who delivered it (`api_key:<id>`, `webhook:<connector>/<account>`, `poller:...`), audited.
     pub actor: String,
     /// The `normalized` hop of its audit entry (envelope version, SHA-256 of each sealed field
-    /// and of the sealed payload), hashed by the caller rather than on the stage thread.
-    pub normalized_hop: serde_json::Value,
+    /// and of the sealed payload) as JSON, hashed by the caller rather than on the stage thread.
+    pub normalized_hop: Box<RawValue>,
 }
 
 impl std::fmt::Debug for Submission {
@@ -98,13 +98,12 @@ impl Submission {
     ) -> Result<Self, StoreError> {
         let sealed = subjects.seal(&mut inquiry, keep_raw.then_some(raw))?;
         let inquiry_json = serde_json::to_vec(&inquiry).expect("inquiries serialize");
-        let sealed_sha256: serde_json::Map<String, serde_json::Value> =
-            inquiry.sealed.iter().map(|(field, value)| (field.clone(), sha256_hex(value.as_bytes()).into())).collect();
-        let normalized_hop = serde_json::json!({
-            "envelope": inquiry.schema_version,
-            "sealed_sha256": sealed_sha256,
-            "raw_sha256": (!sealed.raw.is_empty()).then(|| sha256_hex(&sealed.raw)),
-        });
+        let normalized_hop = serde_json::value::to_raw_value(&NormalizedHop {
+            envelope: inquiry.schema_version,
+            raw_sha256: (!sealed.raw.is_empty()).then(|| sha256_hex(&sealed.raw)),
+            sealed_sha256: SealedHashes(&inquiry.sealed),
+        })
+        .expect("hashes serialize");
         Ok(Submission {
             inquiry,
             inquiry_json,
@@ -600,7 +599,7 @@ impl Stage {
             batch.link_inquiry(pseudonym, id);
             // Data residency: a sink gets only the regions it is declared for.
             let sinks: Vec<&SpoolSink> = self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)).collect();
-            self.audit.append(&mut batch, ingested_event(item, &decision, &sinks));
+            self.audit.append_entry(&mut batch, |index| IngestedEntry::new(index, item, &decision, &sinks));
             if let Some(letter) = dead_letter {
                 // The detail may quote what a plugin saw: only its hash goes into the permanent log.
                 let event = AuditEvent::new("inquiry.dead_lettered", "gateway").inquiry(id).subject(pseudonym).detail(
@@ -698,12 +697,19 @@ struct Syncer {
 
 impl Syncer {
     fn run(self) {
+        let mut gauges_set = Instant::now();
         while let Ok(first) = self.written.recv() {
             let mut batches = vec![first];
             batches.extend(self.written.try_iter());
             let sync_started = Instant::now();
             let synced = self.store.sync();
             histogram!(telemetry::STORE_COMMIT).record(sync_started.elapsed().as_secs_f64());
+            if gauges_set.elapsed() >= Duration::from_millis(250) {
+                gauges_set = Instant::now();
+                let (journal, write_buffer) = self.store.write_backlog();
+                gauge!(telemetry::STORE_JOURNAL_BYTES).set(journal as f64);
+                gauge!(telemetry::STORE_WRITE_BUFFER_BYTES).set(write_buffer as f64);
+            }
             match synced {
                 Ok(()) => {
                     self.store_ok.store(true, Ordering::Relaxed);
@@ -751,27 +757,115 @@ fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
     }
 }
 
-/// The audit event of a new inquiry: every hop up to the embedded store, with hashes of the
-/// sealed fields (never the fields).
-fn ingested_event(item: &Submission, decision: &Decision, sinks: &[&SpoolSink]) -> AuditEvent {
-    let inquiry = &item.inquiry;
-    AuditEvent::new("inquiry.ingested", item.actor.as_str())
-        .inquiry(inquiry.id)
-        .subject(&item.subject.key.pseudonym)
-        .detail(serde_json::json!({
-            "trace_id": inquiry.trace_id,
-            "channel": inquiry.channel,
-            "account": inquiry.account,
-            "region": inquiry.region,
-            "hops": {
-                "received": { "at": inquiry.received_at.format(&Rfc3339).unwrap_or_default(), "verified_by": item.actor },
-                "normalized": item.normalized_hop.clone(),
-                "deduplicated": { "status": "new" },
-                "routed": { "by": decision.decided_by, "queue": decision.queue, "priority": decision.priority,
-                    "disposition": decision.disposition, "fallback_reason": decision.fallback_reason },
-                "stored": { "sink": "embedded", "queued_for": sinks.iter().map(|s| s.name).collect::<Vec<_>>() },
+/// The `normalized` hop of an `inquiry.ingested` audit entry (keys in the order a JSON object
+/// of `serde_json` has them, like the rest of the log).
+#[derive(Serialize)]
+struct NormalizedHop<'a> {
+    envelope: u32,
+    raw_sha256: Option<String>,
+    sealed_sha256: SealedHashes<'a>,
+}
+
+/// Sealed field -> SHA-256 (hex) of its sealed value.
+struct SealedHashes<'a>(&'a BTreeMap<String, String>);
+
+impl Serialize for SealedHashes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(field, value)| (field, sha256_hex(value.as_bytes()))))
+    }
+}
+
+/// The audit entry of a new inquiry: every hop up to the embedded store, with hashes of the
+/// sealed fields (never the fields). It serializes like an [`AuditEntry`](crate::compliance::audit::AuditEntry)
+/// of kind `inquiry.ingested` (same keys, same order), typed because every inquiry writes one.
+#[derive(Serialize)]
+struct IngestedEntry<'a> {
+    index: u64,
+    kind: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    actor: &'a str,
+    inquiry_id: Uuid,
+    subject: &'a str,
+    detail: IngestedDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct IngestedDetail<'a> {
+    account: &'a str,
+    channel: Channel,
+    hops: IngestedHops<'a>,
+    region: Region,
+    trace_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct IngestedHops<'a> {
+    deduplicated: Deduplicated,
+    normalized: &'a RawValue,
+    received: Received<'a>,
+    routed: Routed<'a>,
+    stored: Stored,
+}
+
+#[derive(Serialize)]
+struct Deduplicated {
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct Received<'a> {
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    verified_by: &'a str,
+}
+
+#[derive(Serialize)]
+struct Routed<'a> {
+    by: &'a str,
+    disposition: &'a Disposition,
+    fallback_reason: &'a Option<String>,
+    priority: &'a Priority,
+    queue: &'a str,
+}
+
+#[derive(Serialize)]
+struct Stored {
+    queued_for: Vec<&'static str>,
+    sink: &'static str,
+}
+
+impl<'a> IngestedEntry<'a> {
+    fn new(index: u64, item: &'a Submission, decision: &'a Decision, sinks: &[&SpoolSink]) -> Self {
+        let inquiry = &item.inquiry;
+        IngestedEntry {
+            index,
+            kind: "inquiry.ingested",
+            at: OffsetDateTime::now_utc(),
+            actor: &item.actor,
+            inquiry_id: inquiry.id,
+            subject: &item.subject.key.pseudonym,
+            detail: IngestedDetail {
+                account: &inquiry.account,
+                channel: inquiry.channel,
+                hops: IngestedHops {
+                    deduplicated: Deduplicated { status: "new" },
+                    normalized: &item.normalized_hop,
+                    received: Received { at: inquiry.received_at, verified_by: &item.actor },
+                    routed: Routed {
+                        by: &decision.decided_by,
+                        disposition: &decision.disposition,
+                        fallback_reason: &decision.fallback_reason,
+                        priority: &decision.priority,
+                        queue: &decision.queue,
+                    },
+                    stored: Stored { queued_for: sinks.iter().map(|s| s.name).collect(), sink: "embedded" },
+                },
+                region: inquiry.region,
+                trace_id: &inquiry.trace_id,
             },
-        }))
+        }
+    }
 }
 
 /// Answers every job with the store's error: nothing of them is acknowledged.
@@ -846,6 +940,8 @@ mod tests {
     use std::sync::Mutex;
 
     use inquiry_connectors::{generic, NormalizeContext};
+
+    use time::format_description::well_known::Rfc3339;
 
     use super::*;
     use crate::compliance::audit::AuditEvent;
@@ -980,6 +1076,21 @@ mod tests {
         assert!(!raw.is_empty());
         assert_eq!(normalized["raw_sha256"], hex(&raw));
         assert_eq!(normalized["envelope"], inquiry.schema_version);
+        // The typed entry reads back as any other entry of the log, with every hop.
+        let (_, bytes) =
+            entries.iter().find(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap() == entry).unwrap();
+        let parsed: crate::compliance::audit::AuditEntry = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(parsed.event.kind, "inquiry.ingested");
+        assert_eq!(parsed.event.inquiry_id, Some(inquiry.id));
+        assert_eq!(parsed.event.subject.as_deref(), Some(inquiry.buyer.pseudonym.as_str()));
+        let hops = &parsed.event.detail["hops"];
+        assert_eq!(hops["received"]["verified_by"], parsed.event.actor.as_str());
+        assert_eq!(hops["deduplicated"]["status"], "new");
+        assert_eq!(hops["routed"]["by"], "fallback");
+        assert_eq!(hops["routed"]["queue"], stored(&store, acks[0].id).decision.queue.as_str());
+        assert_eq!(hops["stored"]["sink"], "embedded");
+        assert_eq!(parsed.event.detail["trace_id"], inquiry.trace_id.as_str());
+        assert_eq!(parsed.event.detail["channel"], "generic");
     }
 
     /// Breaks the router contract by answering nothing.

@@ -192,6 +192,11 @@ impl Store {
         Ok(self.inquiries.gc_drop_stale_segments()?)
     }
 
+    /// Bytes of the journal on disk and bytes held in memtables (for the store gauges).
+    pub fn write_backlog(&self) -> (u64, u64) {
+        (self.keyspace.journal_disk_space(), self.keyspace.write_buffer_size())
+    }
+
     /// Makes every write so far durable (one fsync of the journal).
     pub fn sync(&self) -> Result<(), StoreError> {
         Ok(self.keyspace.persist(PersistMode::SyncData)?)

@@ -73,6 +73,11 @@ pub const STORE_COMMIT: &str = "inquiry_gateway_store_commit_seconds";
 pub const STORE_BATCH: &str = "inquiry_gateway_store_batch_inquiries";
 /// Group commits that failed (nothing of them was acknowledged).
 pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
+/// Bytes of the embedded store's journal on disk: writes pause once it passes 90% of its room
+/// (see the README's storage notes), so a rising line means flushes are not keeping up.
+pub const STORE_JOURNAL_BYTES: &str = "inquiry_gateway_store_journal_bytes";
+/// Bytes held in the embedded store's memtables, not yet flushed to disk segments.
+pub const STORE_WRITE_BUFFER_BYTES: &str = "inquiry_gateway_store_write_buffer_bytes";
 /// Inquiries durable here and waiting for a sink. Label: `sink`.
 pub const SPOOL_DEPTH: &str = "inquiry_gateway_spool_depth";
 /// Records a sink's forwarder took from the spool. Labels: `sink`, `from` (`memory`: the stage's
@@ -226,6 +231,12 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_gauge!(QUEUE_CAPACITY, "capacity of the pipeline queue in requests");
     describe_histogram!(STORE_COMMIT, Unit::Seconds, "duration of one group commit including fsync");
     describe_histogram!(STORE_BATCH, "inquiries per group commit");
+    describe_gauge!(
+        STORE_JOURNAL_BYTES,
+        Unit::Bytes,
+        "bytes of the store journal on disk (writes pause at 90% of its room)"
+    );
+    describe_gauge!(STORE_WRITE_BUFFER_BYTES, Unit::Bytes, "bytes in the store's memtables, not yet flushed");
     describe_counter!(STORE_ERRORS, "group commits that failed");
     describe_gauge!(SPOOL_DEPTH, "inquiries durable here and waiting for a sink");
     describe_counter!(SPOOL_READS, "records a forwarder took from the spool, from memory or read back from the store");

@@ -239,8 +239,15 @@ impl AuditLog {
 
     /// Adds an event to `batch`; returns its index.
     pub fn append(&mut self, batch: &mut StoreBatch<'_>, event: AuditEvent) -> u64 {
+        self.append_entry(batch, |index| AuditEntry { index, event })
+    }
+
+    /// Adds the entry that `entry` makes for the next index: any type that serializes to the JSON
+    /// of an [`AuditEntry`] (the per-inquiry entry is typed, so no `serde_json::Value` is built
+    /// for it). Returns its index.
+    pub fn append_entry<T: Serialize>(&mut self, batch: &mut StoreBatch<'_>, entry: impl FnOnce(u64) -> T) -> u64 {
         let index = self.frontier.size();
-        let entry = serde_json::to_vec(&AuditEntry { index, event }).expect("audit entries serialize");
+        let entry = serde_json::to_vec(&entry(index)).expect("audit entries serialize");
         for (level, node, hash) in self.frontier.push(merkle::leaf_hash(&entry)) {
             if level > 0 {
                 batch.put_audit_node(level, node, &hash);
