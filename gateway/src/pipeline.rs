@@ -704,7 +704,8 @@ impl Syncer {
             let sync_started = Instant::now();
             let synced = self.store.sync();
             histogram!(telemetry::STORE_COMMIT).record(sync_started.elapsed().as_secs_f64());
-            if gauges_set.elapsed() >= Duration::from_millis(250) {
+            let maintain = gauges_set.elapsed() >= Duration::from_millis(250);
+            if maintain {
                 gauges_set = Instant::now();
                 let (journal, write_buffer) = self.store.write_backlog();
                 gauge!(telemetry::STORE_JOURNAL_BYTES).set(journal as f64);

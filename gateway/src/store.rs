@@ -96,6 +96,9 @@ pub struct Store {
     reach_queues: PartitionHandle,
 }
 
+/// Room for the store's journals (fjall's `max_journaling_size`).
+const JOURNAL_ROOM: u64 = 4 << 30;
+
 /// The options every partition is created with (see [`Store::open`]).
 fn partition_options() -> PartitionCreateOptions {
     PartitionCreateOptions::default().compression(CompressionType::None)
@@ -114,11 +117,15 @@ impl Store {
     /// Opens (or creates) the store in `path`, recovering the journal after a crash.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // Journal room: fjall flushes partitions once its journals pass half of this and stalls
-        // every write for 500 ms at 90%. With its 512 MiB default, a few seconds of saturated
-        // ingest (records, payloads and audit entries are ~5 KiB an inquiry) reached the stall:
-        // 500 ms pauses, and requests refused meanwhile. The price of more room is a longer
-        // journal replay after a crash (bounded by the flush at half of it).
-        let keyspace = FjallConfig::new(path).max_journaling_size(1 << 30).open()?;
+        // every write for 500 ms at 90%. It counts every journal file as at least 32 MiB (its
+        // preallocation, sparse on disk), and a file lives until every partition written in it
+        // has flushed: the records and audit partitions rotate a file every second or so under
+        // load while the small ones (dedup keys, subject links, tree nodes, outboxes) keep the
+        // old files alive for many seconds. With 1 GiB the count reached 90% within 10-20 s at
+        // 10,000 single POSTs/s (one run in three: p99 420 ms instead of ~20 ms) while the
+        // files held a fifth of that (58 MB of data for 256 MiB counted, measured). 4 GiB keeps
+        // the stall for a flusher that is really behind; a crash replays what the files hold.
+        let keyspace = FjallConfig::new(path).max_journaling_size(JOURNAL_ROOM).open()?;
         // No compression: the values are short (ids, hashes, small JSON) or separated, and LZ4
         // on every flush and compaction took ~8% of the gateway's CPU at ingest. (Options apply
         // when a partition is created; an existing store keeps the ones it was made with.)
