@@ -200,6 +200,7 @@ impl Store {
     }
 
     /// Bytes of the journal on disk and bytes held in memtables (for the store gauges).
+    /// (`Keyspace::journal_disk_space` is hidden from fjall's documentation: check it on upgrades.)
     pub fn write_backlog(&self) -> (u64, u64) {
         (self.keyspace.journal_disk_space(), self.keyspace.write_buffer_size())
     }
