@@ -21,10 +21,11 @@ extern "C" {
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// Keeps the memory mimalloc has freed instead of returning it to the OS a second later (the
-/// default of mimalloc v3, which the `mimalloc` crate builds). Under load the gateway frees and reallocates the same memory all the time: each
-/// return cost a page fault and the zeroing of a page when it was reused (~50,000 faults in 12 s,
-/// ~7% of the CPU per single POST). The price: RSS stays at its peak (memory is still reused).
-/// `MIMALLOC_PURGE_DELAY` in the environment overrides it.
+/// default of mimalloc v3, which the `mimalloc` crate builds). Under load the gateway frees and
+/// reallocates the same memory all the time: each return cost a page fault and the zeroing of a
+/// page when it was reused (~50,000 faults in 12 s, ~7% of the CPU per single POST). The price:
+/// RSS stays at its peak (memory is still reused). `MIMALLOC_PURGE_DELAY` in the environment
+/// overrides it.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain setter of mimalloc's global options, valid at any time.

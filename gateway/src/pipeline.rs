@@ -1081,10 +1081,10 @@ mod tests {
         let inquiry = stored(&store, acks[0].id).inquiry;
         let raw = store.get_raw(acks[0].id).unwrap().unwrap();
         let entries = store.audit_entries(0, store.audit_len().unwrap()).unwrap();
-        let entry = entries
+        let (bytes, entry) = entries
             .iter()
-            .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
-            .find(|e| e["kind"] == "inquiry.ingested")
+            .map(|(_, bytes)| (bytes, serde_json::from_slice::<serde_json::Value>(bytes).unwrap()))
+            .find(|(_, e)| e["kind"] == "inquiry.ingested")
             .expect("an ingested entry");
         let normalized = &entry["detail"]["hops"]["normalized"];
         let hex = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
@@ -1097,8 +1097,6 @@ mod tests {
         assert_eq!(normalized["raw_sha256"], hex(&raw));
         assert_eq!(normalized["envelope"], inquiry.schema_version);
         // The typed entry reads back as any other entry of the log, with every hop.
-        let (_, bytes) =
-            entries.iter().find(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap() == entry).unwrap();
         let parsed: crate::compliance::audit::AuditEntry = serde_json::from_slice(bytes).unwrap();
         assert_eq!(parsed.event.kind, "inquiry.ingested");
         assert_eq!(parsed.event.inquiry_id, Some(inquiry.id));

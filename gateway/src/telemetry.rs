@@ -73,8 +73,9 @@ pub const STORE_COMMIT: &str = "inquiry_gateway_store_commit_seconds";
 pub const STORE_BATCH: &str = "inquiry_gateway_store_batch_inquiries";
 /// Group commits that failed (nothing of them was acknowledged).
 pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
-/// Bytes of the embedded store's journal on disk: writes pause once it passes 90% of its room
-/// (see the README's storage notes), so a rising line means flushes are not keeping up.
+/// Bytes of the embedded store's journal as fjall counts them (at least 32 MiB a file): writes
+/// pause once it passes 90% of its 4 GiB room, so a line climbing toward it means flushes are
+/// not keeping up.
 pub const STORE_JOURNAL_BYTES: &str = "inquiry_gateway_store_journal_bytes";
 /// Bytes held in the embedded store's memtables, not yet flushed to disk segments.
 pub const STORE_WRITE_BUFFER_BYTES: &str = "inquiry_gateway_store_write_buffer_bytes";

@@ -17,13 +17,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-/// SHA-256 of `bytes`, lower-case hex: the digests the audit log records, and plugin module
-/// versions. Written into a buffer (`hex::encode` goes char by char; it runs per inquiry).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let mut out = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
-    String::from_utf8_lossy(&out).into_owned()
-}
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -34,6 +27,14 @@ use crate::store::Store;
 use audit::TreeSigner;
 use subjects::Subjects;
 use vault::Vault;
+
+/// SHA-256 of `bytes`, lower-case hex: the digests the audit log records, and plugin module
+/// versions. Written into a buffer (`hex::encode` goes char by char; it runs per inquiry).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 hex digits for 32 bytes");
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Why the compliance keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
