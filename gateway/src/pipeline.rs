@@ -423,7 +423,15 @@ struct Written {
     seq_end: u64,
     /// Audit entries below this index are in this batch or earlier ones.
     audit_end: u64,
+    /// The records for the forwarders, one per new inquiry in job order (empty without sinks).
+    committed: Vec<Committed>,
+    /// The generation of the recent-records memory the batch was written in.
+    generation: u64,
 }
+
+/// A new inquiry's sequence number and, when some sink takes it, its id, routing decision and
+/// record JSON: the sync thread keeps them in memory for the forwarders once they are durable.
+type Committed = (u64, Option<(Uuid, Decision, Vec<u8>)>);
 
 impl Stage {
     fn run(mut self) {
@@ -459,13 +467,16 @@ impl Stage {
                 }
             }
             let written = match &jobs[0].work {
-                Work::Erase(erasure) => self.erase(erasure).map(|ids| (vec![Outcome::Erased(ids)], Instant::now())),
+                Work::Erase(erasure) => {
+                    self.erase(erasure).map(|ids| (vec![Outcome::Erased(ids)], Instant::now(), Vec::new()))
+                }
                 _ => self.write(&jobs),
             };
             match written {
-                Ok((outcomes, write_started)) => {
+                Ok((outcomes, write_started, committed)) => {
                     let (seq_end, audit_end) = (self.next_seq, self.audit.size());
-                    let written = Written { jobs, outcomes, write_started, seq_end, audit_end };
+                    let generation = self.spool.recent.generation();
+                    let written = Written { jobs, outcomes, write_started, seq_end, audit_end, committed, generation };
                     if let Err(unsent) = self.to_sync.send(written) {
                         fail_jobs(unsent.0.jobs, &StoreError::from_message("the sync thread stopped"));
                     }
@@ -520,8 +531,9 @@ impl Stage {
         Ok(ids)
     }
 
-    /// Dedup, route and write one batch; returns one outcome per job, in order.
-    fn write(&mut self, jobs: &[Job]) -> Result<(Vec<Outcome>, Instant), StoreError> {
+    /// Dedup, route and write one batch; returns one outcome per job, in order, when the write
+    /// started, and the records for the forwarders.
+    fn write(&mut self, jobs: &[Job]) -> Result<(Vec<Outcome>, Instant, Vec<Committed>), StoreError> {
         // Dedup: against the store and within this batch.
         let dedup_started = Instant::now();
         let mut acks: Vec<Vec<Ack>> = Vec::with_capacity(jobs.len());
@@ -575,8 +587,8 @@ impl Stage {
         let write_started = Instant::now();
         let mut batch = self.store.batch();
         let mut subjects_written = Vec::new();
-        // The records for the forwarders, kept in memory once the batch is written.
-        let mut committed = Vec::with_capacity(fresh.len());
+        // The records for the forwarders, kept in memory once the batch is durable.
+        let mut committed = Vec::with_capacity(if self.spool.sinks.is_empty() { 0 } else { fresh.len() });
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
             let mut record = Vec::with_capacity(item.inquiry_json.len() + 512);
@@ -618,7 +630,7 @@ impl Stage {
             }
             if !self.spool.sinks.is_empty() {
                 // Every number, so that one inquiry no sink takes does not break the run in memory.
-                committed.push((entry.seq, (!sinks.is_empty()).then(|| Arc::new(record))));
+                committed.push((entry.seq, (!sinks.is_empty()).then_some((id, decision, record))));
             }
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -648,12 +660,11 @@ impl Stage {
         if !batch.is_empty() {
             batch.write()?;
         }
-        self.spool.recent.push_all(committed);
         if self.written_subjects.len() > 500_000 {
             self.written_subjects.clear();
         }
         self.written_subjects.extend(subjects_written);
-        Ok((outcomes, write_started))
+        Ok((outcomes, write_started, committed))
     }
 
     /// Asks the router, and sends what it could not decide down the fallback route.
@@ -728,8 +739,8 @@ impl Syncer {
         match synced {
             Ok(()) => {
                 self.store_ok.store(true, Ordering::Relaxed);
-                self.spool.mark_audit_durable(batches.iter().map(|b| b.audit_end).max().unwrap_or(0));
-                self.spool.mark_durable(batches.iter().map(|b| b.seq_end).max().unwrap_or(0));
+                let audit_end = batches.iter().map(|b| b.audit_end).max().unwrap_or(0);
+                let seq_end = batches.iter().map(|b| b.seq_end).max().unwrap_or(0);
                 let done = Instant::now();
                 for batch in batches {
                     record_per_channel(
@@ -737,8 +748,15 @@ impl Syncer {
                         batch.jobs.iter().flat_map(|j| j.items()),
                         done - batch.write_started,
                     );
-                    acknowledge(batch.jobs, batch.outcomes);
+                    let (committed, generation) = (batch.committed, batch.generation);
+                    acknowledge(batch.jobs, batch.outcomes, |stored| {
+                        if !committed.is_empty() {
+                            self.spool.recent.push_all(generation, committed_records(committed, stored));
+                        }
+                    });
                 }
+                self.spool.mark_audit_durable(audit_end);
+                self.spool.mark_durable(seq_end);
             }
             Err(err) => {
                 self.store_ok.store(false, Ordering::Relaxed);
@@ -762,19 +780,66 @@ fn enqueued_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Answers every job of a durable batch.
-fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>) {
+/// Answers every job of a durable batch, after handing `keep` the submissions stored new
+/// (accepted), in order.
+fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>, keep: impl FnOnce(Vec<Submission>)) {
+    let mut stored = Vec::new();
+    let mut replies = Vec::with_capacity(jobs.len());
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
-        if let Outcome::Acks(acks) = &outcome {
-            for (item, ack) in job.items().iter().zip(acks) {
+        let Job { work, reply, .. } = job;
+        if let (Work::Inquiries { items, .. }, Outcome::Acks(acks)) = (work, &outcome) {
+            for (item, ack) in items.into_iter().zip(acks) {
                 let channel = item.inquiry.channel.as_str();
                 counter!(telemetry::INQUIRIES, "outcome" => ack.status.as_str(), "channel" => channel).increment(1);
                 tracing::debug!(trace_id = %item.inquiry.trace_id, inquiry_id = %ack.id, channel,
                     status = ack.status.as_str(), "inquiry durable");
+                if ack.status == AckStatus::Accepted {
+                    stored.push(item);
+                }
             }
         }
-        let _ = job.reply.send(Ok(outcome));
+        replies.push((reply, outcome));
     }
+    keep(stored);
+    for (reply, outcome) in replies {
+        let _ = reply.send(Ok(outcome));
+    }
+}
+
+/// The records of a durable batch for the forwarders' memory: each new inquiry moved out of its
+/// submission (not copied, not parsed back from its JSON) with its personal data in clear
+/// dropped, so that it equals what its JSON reads. `stored` are the batch's new submissions, in
+/// the order of `committed`.
+fn committed_records(
+    committed: Vec<Committed>,
+    stored: Vec<Submission>,
+) -> Vec<(u64, Option<Arc<crate::spool::CommittedRecord>>)> {
+    let in_step = committed.len() == stored.len()
+        && committed
+            .iter()
+            .zip(&stored)
+            .all(|((_, slot), item)| slot.as_ref().is_none_or(|(id, ..)| *id == item.inquiry.id));
+    if !in_step {
+        // Not expected; nothing is kept and the forwarders read these records from the store.
+        tracing::error!(
+            records = committed.len(),
+            stored = stored.len(),
+            "committed records out of step; not kept in memory"
+        );
+        return Vec::new();
+    }
+    committed
+        .into_iter()
+        .zip(stored)
+        .map(|((seq, slot), item)| {
+            let record = slot.map(|(_, decision, json)| {
+                let mut inquiry = item.inquiry;
+                inquiry.personal = Default::default();
+                Arc::new(crate::spool::CommittedRecord { stored: StoredInquiry { inquiry, decision }, json })
+            });
+            (seq, record)
+        })
+        .collect()
 }
 
 /// The `normalized` hop of an `inquiry.ingested` audit entry (keys in the order a JSON object
@@ -1241,9 +1306,12 @@ mod tests {
         let Running { pipeline, store, subjects, spool, .. } = start_with_sinks(Silent, 8, &sinks);
         let acks = pipeline.submit(vec![submission(&subjects, "a", "first message")]).await.unwrap();
         let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
-        // The forwarders' copy in memory is the record as committed...
+        // The forwarders' copy in memory is the record as committed: what its JSON in the store
+        // reads (no personal data in clear), with that JSON...
         let committed = spool.recent.get(0).expect("the committed record is kept for the forwarders");
-        assert_eq!(serde_json::from_slice::<StoredInquiry>(&committed).unwrap().inquiry.id, acks[0].id);
+        assert_eq!(committed.stored, stored(&store, acks[0].id));
+        assert_eq!(committed.json, store.get_inquiry(acks[0].id).unwrap().unwrap());
+        assert!(committed.stored.inquiry.personal.body.is_empty() && !committed.stored.inquiry.sealed.is_empty());
         // A message sealed for the subject while the erasure is under way (it waits in the queue).
         let late = submission(&subjects, "b", "second message");
         let index = store.subject_index(&pseudonym).unwrap().unwrap();

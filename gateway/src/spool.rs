@@ -6,9 +6,10 @@
 //! the journal is durable; a forwarder only sends entries below that mark, so nothing leaves the
 //! gateway before it is durable here.
 //!
-//! The stage also keeps the records it committed last in memory ([`RecentRecords`]): a
-//! forwarder that keeps up takes them from there instead of reading them back from the store;
-//! one that lags (a sink was down, the gateway restarted) reads the store.
+//! The sync thread also keeps the records made durable last in memory ([`RecentRecords`]), as
+//! the stage built them (no copy, no parsing): a forwarder that keeps up takes them from there
+//! instead of reading them back from the store; one that lags (a sink was down, the gateway
+//! restarted) reads the store.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use metrics::gauge;
 
 use inquiry_connectors::Region;
 
+use crate::pipeline::StoredInquiry;
 use crate::store::{Outbox, Store, StoreError};
 use crate::telemetry;
 
@@ -141,6 +143,23 @@ impl Spool {
     }
 }
 
+/// A committed inquiry as the forwarders take it: the record as stored and its JSON.
+#[derive(Debug)]
+pub struct CommittedRecord {
+    /// The inquiry and its routing decision, exactly as its JSON reads (no personal data in
+    /// clear: only the sealed fields).
+    pub stored: StoredInquiry,
+    /// The record's JSON as kept in the store (published as is).
+    pub json: Vec<u8>,
+}
+
+impl CommittedRecord {
+    /// Bytes it holds, estimated: its JSON and about as much again for the parsed record.
+    fn footprint(&self) -> usize {
+        2 * self.json.len()
+    }
+}
+
 /// Most bytes of records kept in memory for the forwarders.
 const RECENT_MAX_BYTES: usize = 32 << 20;
 /// What a slot costs besides its record (its time, its pointer): placeholders count too, so the
@@ -150,7 +169,7 @@ const SLOT_BYTES: usize = 32;
 /// outside the stage (the retention sweep) is never outrun by a copy in memory for long.
 const RECENT_MAX_AGE: Duration = Duration::from_secs(60);
 
-/// The records the stage committed last, by sequence number (at most 32 MiB, one minute old).
+/// The records committed last, by sequence number (at most 32 MiB, one minute old).
 #[derive(Default)]
 pub struct RecentRecords {
     inner: Mutex<Recent>,
@@ -161,15 +180,17 @@ struct Recent {
     /// Sequence number of `records[0]`.
     first_seq: u64,
     /// One slot per sequence number: the record, or `None` when no sink takes the inquiry.
-    records: VecDeque<(Instant, Option<Arc<Vec<u8>>>)>,
-    /// Bytes allocated by the records kept.
+    records: VecDeque<(Instant, Option<Arc<CommittedRecord>>)>,
+    /// Bytes held by the records kept ([`CommittedRecord::footprint`]).
     bytes: usize,
+    /// How many times the memory was cleared: records written before a clear are not kept.
+    generation: u64,
 }
 
 impl Recent {
     fn pop_front(&mut self) {
         if let Some((_, record)) = self.records.pop_front() {
-            self.bytes -= SLOT_BYTES + record.map_or(0, |r| r.capacity());
+            self.bytes -= SLOT_BYTES + record.map_or(0, |r| r.footprint());
             self.first_seq += 1;
         }
     }
@@ -184,86 +205,134 @@ impl Recent {
 }
 
 impl RecentRecords {
-    /// Adds what a batch just committed, in sequence order: every sequence number it used, with
-    /// its record when some sink takes it. A number that does not follow the last one kept
-    /// (after a restart there is nothing before it) starts the memory over.
-    pub fn push_all(&self, committed: Vec<(u64, Option<Arc<Vec<u8>>>)>) {
-        if committed.is_empty() {
+    /// The current generation: pass it back to [`RecentRecords::push_all`] with the records
+    /// written now.
+    pub fn generation(&self) -> u64 {
+        self.inner.lock().expect("recent records").generation
+    }
+
+    /// Adds what a batch committed, in sequence order: every sequence number it used, with its
+    /// record when some sink takes it. The batch was written in `generation`: if the memory was
+    /// cleared since, its records are not kept (they may predate an erasure) and the forwarders
+    /// read them from the store. A number that does not follow the last one kept starts the
+    /// memory over.
+    pub fn push_all(&self, generation: u64, committed: Vec<(u64, Option<Arc<CommittedRecord>>)>) {
+        let mut recent = self.inner.lock().expect("recent records");
+        if committed.is_empty() || generation != recent.generation {
             return;
         }
         let now = Instant::now();
-        let mut recent = self.inner.lock().expect("recent records");
         for (seq, record) in committed {
             if recent.records.is_empty() || seq != recent.first_seq + recent.records.len() as u64 {
                 recent.records.clear();
                 recent.bytes = 0;
                 recent.first_seq = seq;
             }
-            recent.bytes += SLOT_BYTES + record.as_ref().map_or(0, |r| r.capacity());
+            recent.bytes += SLOT_BYTES + record.as_ref().map_or(0, |r| r.footprint());
             recent.records.push_back((now, record));
         }
         recent.trim();
     }
 
     /// The record of `seq`, while it is kept.
-    pub fn get(&self, seq: u64) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, seq: u64) -> Option<Arc<CommittedRecord>> {
         let mut recent = self.inner.lock().expect("recent records");
         recent.trim();
         let index = usize::try_from(seq.checked_sub(recent.first_seq)?).ok()?;
         recent.records.get(index)?.1.clone()
     }
 
-    /// Forgets every record (an erasure is rewriting some in the store).
+    /// Forgets every record, and every record of batches written before this call (an erasure
+    /// is rewriting some in the store).
     pub fn clear(&self) {
         let mut recent = self.inner.lock().expect("recent records");
         recent.records.clear();
         recent.bytes = 0;
+        recent.generation += 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::{Decision, Disposition, Priority};
+    use inquiry_connectors::{generic, NormalizeContext};
 
-    fn record(byte: u8, len: usize) -> Option<Arc<Vec<u8>>> {
-        Some(Arc::new(vec![byte; len]))
+    /// A record of `seq` whose JSON (only its length and first byte matter here) is `json_len` bytes.
+    fn record(seq: u64, json_len: usize) -> Option<Arc<CommittedRecord>> {
+        let raw = serde_json::json!({
+            "channel": "generic", "account": "shop-1", "external_id": format!("m-{seq}"),
+            "buyer": { "email": "anna@example.com" }, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
+        })
+        .to_string();
+        let ctx = NormalizeContext {
+            received_at: time::OffsetDateTime::now_utc(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+        };
+        let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        let decision = Decision {
+            disposition: Disposition::Deliver,
+            queue: "sales".to_owned(),
+            assignee: None,
+            priority: Priority::Normal,
+            tags: Vec::new(),
+            language: None,
+            reply_template: None,
+            sla_policy: None,
+            decided_by: "fallback".to_owned(),
+            fallback_reason: None,
+        };
+        let stored = StoredInquiry { inquiry, decision };
+        let json = vec![seq as u8; json_len];
+        Some(Arc::new(CommittedRecord { stored, json }))
+    }
+
+    fn seq_of(record: Option<Arc<CommittedRecord>>) -> Option<u8> {
+        record.map(|r| r.json[0])
     }
 
     #[test]
     fn recent_records_are_found_by_sequence_number_until_forgotten() {
         let recent = RecentRecords::default();
+        let generation = recent.generation();
         assert!(recent.get(0).is_none());
-        recent.push_all(vec![(5, record(5, 10)), (6, record(6, 10))]);
+        recent.push_all(generation, vec![(5, record(5, 10)), (6, record(6, 10))]);
         // 8 is an inquiry no sink takes: a placeholder keeps 9 findable after it.
-        recent.push_all(vec![(7, record(7, 10)), (8, None), (9, record(9, 10))]);
-        assert_eq!(recent.get(6).as_deref(), Some(&vec![6u8; 10]));
-        assert_eq!(recent.get(7).as_deref(), Some(&vec![7u8; 10]));
+        recent.push_all(generation, vec![(7, record(7, 10)), (8, None), (9, record(9, 10))]);
+        assert_eq!(seq_of(recent.get(6)), Some(6));
+        assert_eq!(recent.get(7).unwrap().stored.inquiry.external.message_id, "m-7");
         assert!(recent.get(8).is_none());
-        assert_eq!(recent.get(9).as_deref(), Some(&vec![9u8; 10]));
+        assert_eq!(seq_of(recent.get(9)), Some(9));
         assert!(recent.get(4).is_none() && recent.get(10).is_none());
         // A gap (nothing kept before a restart's first number) starts over.
-        recent.push_all(vec![(12, record(12, 10))]);
+        recent.push_all(generation, vec![(12, record(12, 10))]);
         assert!(recent.get(9).is_none());
-        assert_eq!(recent.get(12).as_deref(), Some(&vec![12u8; 10]));
+        assert_eq!(seq_of(recent.get(12)), Some(12));
         recent.clear();
-        assert!(recent.get(10).is_none());
-        recent.push_all(vec![(13, record(13, 1))]);
-        assert!(recent.get(13).is_some());
+        assert!(recent.get(12).is_none());
+        // A batch written before the clear (it may predate an erasure) is not kept after it.
+        recent.push_all(generation, vec![(13, record(13, 1))]);
+        assert!(recent.get(13).is_none());
+        recent.push_all(recent.generation(), vec![(14, record(14, 1))]);
+        assert_eq!(seq_of(recent.get(14)), Some(14));
     }
 
     #[test]
     fn recent_records_keep_at_most_their_byte_budget() {
         let recent = RecentRecords::default();
-        let size = 1 << 20;
-        let committed = (0..40).map(|seq| (seq, record(seq as u8, size))).collect();
-        recent.push_all(committed);
-        // 32 MiB of 1 MiB records (and their slots): the last 31 are kept, the first 9 went.
-        assert!(recent.get(8).is_none());
-        assert_eq!(recent.get(9).map(|r| r[0]), Some(9));
-        assert_eq!(recent.get(39).map(|r| r[0]), Some(39));
+        let size = 1 << 19;
+        let committed: Vec<_> = (0..80).map(|seq| (seq, record(seq, size))).collect();
+        let each = SLOT_BYTES + committed[0].1.as_ref().unwrap().footprint();
+        recent.push_all(recent.generation(), committed);
+        // 32 MiB of records of ~1 MiB each (JSON and parsed): the newest that fit are kept.
+        let kept = (RECENT_MAX_BYTES / each) as u64;
+        assert!(kept > 20 && kept < 40, "{kept}");
+        assert!(recent.get(79 - kept).is_none());
+        assert_eq!(seq_of(recent.get(80 - kept)), Some((80 - kept) as u8));
+        assert_eq!(seq_of(recent.get(79)), Some(79));
         // Placeholders (inquiries no sink takes) count against the budget too.
         let placeholders = (100..100 + (RECENT_MAX_BYTES / SLOT_BYTES + 10) as u64).map(|seq| (seq, None)).collect();
-        recent.push_all(placeholders);
+        recent.push_all(recent.generation(), placeholders);
         assert!(recent.inner.lock().unwrap().records.len() <= RECENT_MAX_BYTES / SLOT_BYTES);
     }
 }

@@ -3,10 +3,11 @@
 //! Names follow `inquiry_gateway_<name>_<unit>[_total]`. Labels are `hop`, `channel` (a fixed
 //! enum), `outcome` and `reason` (fixed code lists); never a shop id, buyer or error text.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use inquiry_connectors::Channel;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram, Unit};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency of one hop of the pipeline, per inquiry. Labels: `hop`, `channel`.
@@ -165,6 +166,19 @@ pub enum Hop {
 }
 
 impl Hop {
+    /// Every hop, in declaration order.
+    pub const ALL: [Hop; 9] = [
+        Hop::Normalize,
+        Hop::Queue,
+        Hop::Dedup,
+        Hop::Route,
+        Hop::Store,
+        Hop::Ingest,
+        Hop::SinkKafka,
+        Hop::SinkCql,
+        Hop::Reach,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,10 +195,21 @@ impl Hop {
     }
 }
 
+/// Handles of the per-hop histograms, one cell per (hop, channel), made on first use once the
+/// recorder is installed: looking the histogram up by name and labels on every record was ~1% of
+/// the CPU at ingest. Cells are filled lazily so that only pairs that occur are exported.
+static HOP_HISTOGRAMS: OnceLock<Vec<OnceLock<Histogram>>> = OnceLock::new();
+
 /// Records that `count` inquiries of `channel` each spent `elapsed` in `hop`.
 pub fn record_hop(hop: Hop, channel: Channel, elapsed: Duration, count: usize) {
-    histogram!(HOP_DURATION, "hop" => hop.as_str(), "channel" => channel.as_str())
-        .record_many(elapsed.as_secs_f64(), count);
+    let register = || histogram!(HOP_DURATION, "hop" => hop.as_str(), "channel" => channel.as_str());
+    let seconds = elapsed.as_secs_f64();
+    let cell = HOP_HISTOGRAMS.get().and_then(|cells| cells.get(hop as usize * Channel::ALL.len() + channel as usize));
+    match cell {
+        Some(cell) => cell.get_or_init(register).record_many(seconds, count),
+        // Before the recorder is installed (tests of single parts), nothing to keep a handle of.
+        None => register().record_many(seconds, count),
+    }
 }
 
 /// Counts a refused request or line.
@@ -202,6 +227,7 @@ pub fn install_metrics() -> PrometheusHandle {
         .expect("bucket lists are non-empty")
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
+    HOP_HISTOGRAMS.get_or_init(|| (0..Hop::ALL.len() * Channel::ALL.len()).map(|_| OnceLock::new()).collect());
     describe_histogram!(HOP_DURATION, Unit::Seconds, "latency of one pipeline hop per inquiry");
     describe_counter!(INQUIRIES, "inquiries that passed ingest, by outcome");
     describe_counter!(REJECTED, "requests or lines refused, by reason");
@@ -270,4 +296,20 @@ pub fn init_logs(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(filter).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_and_channel_discriminants_index_their_lists() {
+        // record_hop finds a (hop, channel) cell by discriminant: each must equal its list position.
+        for (i, hop) in Hop::ALL.iter().enumerate() {
+            assert_eq!(*hop as usize, i, "{hop:?}");
+        }
+        for (i, channel) in Channel::ALL.iter().enumerate() {
+            assert_eq!(*channel as usize, i, "{channel:?}");
+        }
+    }
 }

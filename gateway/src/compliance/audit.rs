@@ -198,6 +198,8 @@ pub struct AuditLog {
     interval: Duration,
     last_signed_at: Instant,
     last_signed_size: u64,
+    /// The `audit_entries` gauge (a handle: no registry lookup per entry).
+    entries: metrics::Gauge,
 }
 
 impl AuditLog {
@@ -219,7 +221,9 @@ impl AuditLog {
             }
         }
         let last_signed_size = latest.map_or(0, |h| h.tree_size);
-        Ok(AuditLog { frontier, signer, interval, last_signed_at: Instant::now(), last_signed_size })
+        let entries = metrics::gauge!(crate::telemetry::AUDIT_ENTRIES);
+        entries.set(size as f64);
+        Ok(AuditLog { frontier, signer, interval, last_signed_at: Instant::now(), last_signed_size, entries })
     }
 
     /// Number of entries so far (written or pending in the current batch).
@@ -235,6 +239,7 @@ impl AuditLog {
     /// Rolls back to a checkpoint (the batch was not written, nor the head signed in it).
     pub fn rollback(&mut self, checkpoint: (Frontier, u64)) {
         (self.frontier, self.last_signed_size) = checkpoint;
+        self.entries.set(self.frontier.size() as f64);
     }
 
     /// Adds an event to `batch`; returns its index.
@@ -254,7 +259,7 @@ impl AuditLog {
             }
         }
         batch.put_audit(index, &entry);
-        metrics::gauge!(crate::telemetry::AUDIT_ENTRIES).set((index + 1) as f64);
+        self.entries.set((index + 1) as f64);
         index
     }
 

@@ -127,13 +127,14 @@ impl Vault {
 
     fn seal_with(&self, key: &LessSafeKey, binding: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let nonce = self.random_nonce();
+        // One buffer, sealed in place after the nonce: `nonce || ciphertext || tag`.
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let mut body = out.split_off(NONCE_LEN);
-        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(binding), &mut body)
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(binding), &mut out[NONCE_LEN..])
             .expect("AES-GCM seals any length a request can have");
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 

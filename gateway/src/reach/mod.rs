@@ -126,7 +126,7 @@ impl Reach {
         let mut batch = self.store.batch();
         let (mut started, mut acks) = (0, 0);
         for record in records {
-            if let Some(ack) = self.acks.plan(&record.stored, now) {
+            if let Some(ack) = self.acks.plan(record.stored(), now) {
                 if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
                     batch.put_timer(Timeline::Ack, ack.not_before_ms, ack.inquiry_id);
                     batch.put_timeline_state(
@@ -137,11 +137,11 @@ impl Reach {
                     acks += 1;
                 }
             }
-            let Some(policy) = self.policies.policy_for(&record.stored) else { continue };
+            let Some(policy) = self.policies.policy_for(record.stored()) else { continue };
             if self.store.timeline_state(Timeline::Sla, record.id())?.is_some() {
                 continue;
             }
-            let state = SlaState::start(policy, &record.stored);
+            let state = SlaState::start(policy, record.stored());
             self.queue_event(&mut batch, &mut seqs, state.started(now))?;
             if let Some(due) = state.next_due() {
                 batch.put_timer(Timeline::Sla, due, state.inquiry_id);
@@ -620,7 +620,7 @@ mod tests {
         };
         let stored = StoredInquiry { inquiry, decision };
         let json = serde_json::to_vec(&stored).unwrap();
-        OutRecord { seq, stored, json }
+        OutRecord::new(seq, stored, json)
     }
 
     fn queued(store: &Store, queue: &str) -> Vec<SlaEvent> {
@@ -689,18 +689,18 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let engine = reach(&store, &clock);
         let (early, late) = (record(1, T0, "sales", None), record(2, T0, "sales", None));
-        engine.schedule(&[early.clone_for_test(), late.clone_for_test()]).unwrap();
+        engine.schedule(&[early.clone(), late.clone()]).unwrap();
 
         clock.0.store(T0 + 20 * MIN, Ordering::SeqCst);
-        let ReplyOutcome::Recorded(state) = engine.reply(&early.stored, T0 + 20 * MIN).unwrap() else { panic!() };
+        let ReplyOutcome::Recorded(state) = engine.reply(early.stored(), T0 + 20 * MIN).unwrap() else { panic!() };
         assert_eq!(state.status, Status::Met);
         assert!(state.pending.is_empty());
-        let again = engine.reply(&early.stored, T0 + 25 * MIN).unwrap();
+        let again = engine.reply(early.stored(), T0 + 25 * MIN).unwrap();
         assert_eq!(again, ReplyOutcome::Recorded(state), "a second reply changes nothing");
 
         clock.0.store(T0 + 70 * MIN, Ordering::SeqCst);
         engine.fire_due().unwrap();
-        let ReplyOutcome::Recorded(state) = engine.reply(&late.stored, T0 + 70 * MIN).unwrap() else { panic!() };
+        let ReplyOutcome::Recorded(state) = engine.reply(late.stored(), T0 + 70 * MIN).unwrap() else { panic!() };
         assert_eq!(state.status, Status::RepliedLate);
         clock.0.store(T0 + 200 * MIN, Ordering::SeqCst);
         assert_eq!(engine.fire_due().unwrap(), 0, "the reply cancelled the level-2 escalation");
@@ -713,11 +713,11 @@ mod tests {
             of(late.id()),
             ["sla.started", "sla.reminder", "sla.reminder", "sla.breached", "sla.escalated", "sla.replied_late"]
         );
-        assert_eq!(engine.reply(&record(3, T0, "other", None).stored, T0).unwrap(), ReplyOutcome::NoSla);
+        assert_eq!(engine.reply(record(3, T0, "other", None).stored(), T0).unwrap(), ReplyOutcome::NoSla);
 
         // Answered before the reach stage took it: the SLA starts closed and never reminds.
         let quick = record(4, T0 + 200 * MIN, "sales", None);
-        let ReplyOutcome::Recorded(state) = engine.reply(&quick.stored, T0 + 201 * MIN).unwrap() else { panic!() };
+        let ReplyOutcome::Recorded(state) = engine.reply(quick.stored(), T0 + 201 * MIN).unwrap() else { panic!() };
         assert_eq!(state.status, Status::Met);
         assert_eq!(engine.schedule(std::slice::from_ref(&quick)).unwrap(), 0, "taken later: already closed");
         clock.0.store(T0 + 400 * MIN, Ordering::SeqCst);
@@ -769,11 +769,5 @@ mod tests {
         assert_eq!(store.next_due(Timeline::Sla).unwrap(), None, "no timer left behind");
         clock.0.store(T0 + 500 * MIN, Ordering::SeqCst);
         assert_eq!(engine.fire_due().unwrap(), 0);
-    }
-
-    impl OutRecord {
-        fn clone_for_test(&self) -> OutRecord {
-            OutRecord { seq: self.seq, stored: self.stored.clone(), json: self.json.clone() }
-        }
     }
 }

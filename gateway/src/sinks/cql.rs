@@ -228,10 +228,10 @@ impl CqlSink {
         let Some(prepared) = self.prepared.get() else {
             return Delivery::Retry { detail: "not connected".to_owned() };
         };
-        let inquiry = &record.stored.inquiry;
-        let decision = &record.stored.decision;
+        let inquiry = &record.stored().inquiry;
+        let decision = &record.stored().decision;
         let (received, day, bucket) = self.day_key(inquiry);
-        let json = String::from_utf8_lossy(&record.json);
+        let json = String::from_utf8_lossy(record.json());
         let priority = serde_json::to_value(decision.priority).ok().and_then(|v| v.as_str().map(str::to_owned));
         let region = serde_json::to_value(inquiry.region).ok().and_then(|v| v.as_str().map(str::to_owned));
         let ttl = self.ttl_seconds as i32;

@@ -221,7 +221,7 @@ impl KafkaSink {
         payload: &[u8],
         reason: Option<&str>,
     ) -> Result<DeliveryFuture, KafkaError> {
-        let inquiry = &record.stored.inquiry;
+        let inquiry = &record.stored().inquiry;
         let key = format!("{}/{}/{}", inquiry.channel, inquiry.account, inquiry.external.conversation_id);
         let id = inquiry.id.to_string();
         let mut headers = OwnedHeaders::new()
@@ -248,7 +248,7 @@ impl KafkaSink {
                 queued.push(Err(None));
                 continue;
             }
-            match self.enqueue(&self.topics.routed, record, &record.json, None) {
+            match self.enqueue(&self.topics.routed, record, record.json(), None) {
                 Ok(delivery) => queued.push(Ok(delivery)),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     queue_full = true;
@@ -289,12 +289,12 @@ impl KafkaSink {
         let reference;
         let payload = if reason == "message_too_large" {
             reference = serde_json::to_vec(&serde_json::json!({
-                "inquiry_id": record.id(), "reason": reason, "size": record.json.len(),
+                "inquiry_id": record.id(), "reason": reason, "size": record.json().len(),
             }))
             .expect("json");
             &reference
         } else {
-            &record.json
+            record.json()
         };
         let sent = match self.enqueue(&self.topics.dead_letter, record, payload, Some(reason)) {
             Ok(delivery) => match delivery.await {

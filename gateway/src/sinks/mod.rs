@@ -22,29 +22,42 @@ use uuid::Uuid;
 use crate::compliance::audit::AuditEvent;
 use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
-use crate::spool::Spool;
+use crate::spool::{CommittedRecord, Spool};
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
 
-/// A stored inquiry on its way to a sink.
+/// A stored inquiry on its way to a sink. Cheap to clone: the record is shared.
+#[derive(Debug, Clone)]
 pub struct OutRecord {
     /// Commit-order sequence number.
     pub seq: u64,
-    /// The inquiry and its routing decision.
-    pub stored: StoredInquiry,
-    /// The same, as the JSON kept in the store (published as is).
-    pub json: Vec<u8>,
+    record: Arc<CommittedRecord>,
 }
 
 impl OutRecord {
+    /// The record of `seq`: `stored` and the JSON it was read from (or serialized to).
+    pub fn new(seq: u64, stored: StoredInquiry, json: Vec<u8>) -> Self {
+        OutRecord { seq, record: Arc::new(CommittedRecord { stored, json }) }
+    }
+
+    /// The inquiry and its routing decision.
+    pub fn stored(&self) -> &StoredInquiry {
+        &self.record.stored
+    }
+
+    /// The same, as the JSON kept in the store (published as is).
+    pub fn json(&self) -> &[u8] {
+        &self.record.json
+    }
+
     /// The inquiry id.
     pub fn id(&self) -> Uuid {
-        self.stored.inquiry.id
+        self.record.stored.inquiry.id
     }
 
     /// The channel.
     pub fn channel(&self) -> Channel {
-        self.stored.inquiry.channel
+        self.record.stored.inquiry.channel
     }
 }
 
@@ -384,20 +397,16 @@ fn read_round(
     let mut records = Vec::with_capacity(entries.len());
     let (mut from_memory, mut from_store) = (0u64, 0u64);
     for entry in &entries {
-        // The record the stage committed, from memory while it is kept; else from the store.
-        let json = match spool.recent.get(entry.seq) {
-            Some(record) => {
-                from_memory += 1;
-                Some(record.as_ref().clone())
-            }
-            None => {
-                from_store += 1;
-                store.get_inquiry(entry.id)?
-            }
-        };
-        let loaded = json.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json)));
-        match loaded {
-            Some((stored, json)) => records.push(OutRecord { seq: entry.seq, stored, json }),
+        // The record as the stage built it, from memory while it is kept; else from the store.
+        if let Some(record) = spool.recent.get(entry.seq) {
+            from_memory += 1;
+            records.push(OutRecord { seq: entry.seq, record });
+            continue;
+        }
+        from_store += 1;
+        let json = store.get_inquiry(entry.id)?;
+        match json.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json))) {
+            Some((stored, json)) => records.push(OutRecord::new(entry.seq, stored, json)),
             None => {
                 tracing::error!(sink = state.name, seq = entry.seq, "outbox entry without a readable inquiry; skipped");
                 counter!(telemetry::SINK_REJECTED, "sink" => state.name, "reason" => "unreadable").increment(1);
