@@ -133,6 +133,12 @@ impl Spool {
         (0..self.sinks.len()).any(|i| self.depth(i) >= self.max_pending)
     }
 
+    /// Forgets the records in memory that every sink has taken.
+    pub fn release_forwarded(&self) {
+        let end = self.sinks.iter().map(|sink| sink.forwarded_end.load(Ordering::Acquire)).min();
+        self.recent.release_below(end.unwrap_or(0));
+    }
+
     /// Updates the spool-depth gauges.
     pub fn publish_depths(&self) {
         for (i, sink) in self.sinks.iter().enumerate() {
@@ -187,20 +193,27 @@ struct Recent {
     generation: u64,
 }
 
+/// Records taken out of the memory, to be dropped once its lock is released (freeing a record
+/// is many deallocations: not while the forwarders and the sync thread wait for the lock).
+type Released = Vec<Arc<CommittedRecord>>;
+
 impl Recent {
-    fn pop_front(&mut self) {
+    fn pop_front(&mut self, released: &mut Released) {
         if let Some((_, record)) = self.records.pop_front() {
-            self.bytes -= SLOT_BYTES + record.map_or(0, |r| r.footprint());
+            self.bytes -= SLOT_BYTES + record.as_ref().map_or(0, |r| r.footprint());
             self.first_seq += 1;
+            released.extend(record);
         }
     }
 
-    /// Drops what is over the byte budget or too old.
-    fn trim(&mut self) {
+    /// Takes out what is over the byte budget or too old.
+    fn trim(&mut self) -> Released {
+        let mut released = Vec::new();
         while self.bytes > RECENT_MAX_BYTES || self.records.front().is_some_and(|(at, _)| at.elapsed() > RECENT_MAX_AGE)
         {
-            self.pop_front();
+            self.pop_front(&mut released);
         }
+        released
     }
 }
 
@@ -219,6 +232,7 @@ impl RecentRecords {
     pub fn push_all(&self, generation: u64, committed: Vec<(u64, Option<Arc<CommittedRecord>>)>) {
         let mut recent = self.inner.lock().expect("recent records");
         if committed.is_empty() || generation != recent.generation {
+            drop(recent);
             return;
         }
         let now = Instant::now();
@@ -231,15 +245,32 @@ impl RecentRecords {
             recent.bytes += SLOT_BYTES + record.as_ref().map_or(0, |r| r.footprint());
             recent.records.push_back((now, record));
         }
-        recent.trim();
+        let released = recent.trim();
+        drop(recent);
+        drop(released);
     }
 
     /// The record of `seq`, while it is kept.
     pub fn get(&self, seq: u64) -> Option<Arc<CommittedRecord>> {
         let mut recent = self.inner.lock().expect("recent records");
-        recent.trim();
-        let index = usize::try_from(seq.checked_sub(recent.first_seq)?).ok()?;
-        recent.records.get(index)?.1.clone()
+        let released = recent.trim();
+        let index = usize::try_from(seq.checked_sub(recent.first_seq).unwrap_or(u64::MAX));
+        let record = index.ok().and_then(|i| recent.records.get(i)).and_then(|(_, record)| record.clone());
+        drop(recent);
+        drop(released);
+        record
+    }
+
+    /// Forgets the records below `end` (every sink has taken them). The caller drops them, not
+    /// the sync thread that adds records.
+    pub fn release_below(&self, end: u64) {
+        let mut released = Vec::new();
+        let mut recent = self.inner.lock().expect("recent records");
+        while recent.first_seq < end && !recent.records.is_empty() {
+            recent.pop_front(&mut released);
+        }
+        drop(recent);
+        drop(released);
     }
 
     /// Forgets every record, and every record of batches written before this call (an erasure
@@ -313,8 +344,14 @@ mod tests {
         // A batch written before the clear (it may predate an erasure) is not kept after it.
         recent.push_all(generation, vec![(13, record(13, 1))]);
         assert!(recent.get(13).is_none());
-        recent.push_all(recent.generation(), vec![(14, record(14, 1))]);
+        recent.push_all(recent.generation(), vec![(14, record(14, 1)), (15, None), (16, record(16, 1))]);
         assert_eq!(seq_of(recent.get(14)), Some(14));
+        // What every sink has taken is forgotten; the rest stays.
+        recent.release_below(16);
+        assert!(recent.get(14).is_none());
+        assert_eq!(seq_of(recent.get(16)), Some(16));
+        recent.push_all(recent.generation(), vec![(17, record(17, 1))]);
+        assert_eq!(seq_of(recent.get(17)), Some(17), "the run continues after a release");
     }
 
     #[test]

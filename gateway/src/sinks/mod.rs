@@ -290,6 +290,7 @@ pub async fn forward(
                     if in_flight.is_empty() && read_end < durable_end {
                         read_end = durable_end;
                         state.forwarded_end.fetch_max(durable_end, Ordering::AcqRel);
+                        spool.release_forwarded();
                         spool.publish_depths();
                     }
                     break;
@@ -351,6 +352,8 @@ pub async fn forward(
             tracing::error!(sink = name, error = %err, "could not remove forwarded entries; they will be sent again");
         }
         state.forwarded_end.store(next_seq, Ordering::Release);
+        // Freed here, by the forwarder, rather than by the sync thread when memory runs short.
+        spool.release_forwarded();
 
         if let Some(retry_seq) = retry_at {
             // Later rounds may have been delivered; they are sent again after this one, in order
