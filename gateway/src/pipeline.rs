@@ -748,12 +748,7 @@ impl Syncer {
                         batch.jobs.iter().flat_map(|j| j.items()),
                         done - batch.write_started,
                     );
-                    let (committed, generation) = (batch.committed, batch.generation);
-                    acknowledge(batch.jobs, batch.outcomes, |stored| {
-                        if !committed.is_empty() {
-                            self.spool.recent.push_all(generation, committed_records(committed, stored));
-                        }
-                    });
+                    acknowledge(batch.jobs, batch.outcomes, batch.committed, batch.generation, &self.spool.recent);
                 }
                 self.spool.mark_audit_durable(audit_end);
                 self.spool.mark_durable(seq_end);
@@ -780,9 +775,16 @@ fn enqueued_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Answers every job of a durable batch, after handing `keep` the submissions stored new
-/// (accepted), in order.
-fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>, keep: impl FnOnce(Vec<Submission>)) {
+/// Answers every job of a durable batch. The records of its new inquiries (`committed`, written
+/// in `generation`) go into the forwarders' memory first, so that a forwarder finds them once
+/// they are answered; what is left of the submissions is freed after the answers.
+fn acknowledge(
+    jobs: Vec<Job>,
+    outcomes: Vec<Outcome>,
+    committed: Vec<Committed>,
+    generation: u64,
+    recent: &crate::spool::RecentRecords,
+) {
     let mut stored = Vec::new();
     let mut replies = Vec::with_capacity(jobs.len());
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -800,10 +802,16 @@ fn acknowledge(jobs: Vec<Job>, outcomes: Vec<Outcome>, keep: impl FnOnce(Vec<Sub
         }
         replies.push((reply, outcome));
     }
-    keep(stored);
+    let leftover = if committed.is_empty() {
+        stored
+    } else {
+        recent.push_all(generation, committed_records(committed, stored));
+        Vec::new()
+    };
     for (reply, outcome) in replies {
         let _ = reply.send(Ok(outcome));
     }
+    drop(leftover);
 }
 
 /// The records of a durable batch for the forwarders' memory: each new inquiry moved out of its
