@@ -742,16 +742,28 @@ impl Syncer {
                 let audit_end = batches.iter().map(|b| b.audit_end).max().unwrap_or(0);
                 let seq_end = batches.iter().map(|b| b.seq_end).max().unwrap_or(0);
                 let done = Instant::now();
+                let (mut answers, mut leftovers) = (Vec::new(), Vec::new());
                 for batch in batches {
                     record_per_channel(
                         Hop::Store,
                         batch.jobs.iter().flat_map(|j| j.items()),
                         done - batch.write_started,
                     );
-                    acknowledge(batch.jobs, batch.outcomes, batch.committed, batch.generation, &self.spool.recent);
+                    let stored = settle(batch.jobs, batch.outcomes, &mut answers, &mut leftovers);
+                    if batch.committed.is_empty() {
+                        leftovers.extend(stored);
+                    } else {
+                        self.spool.recent.push_all(batch.generation, committed_records(batch.committed, stored));
+                    }
                 }
+                // Durable before the answers: an answered caller finds its audit entries, and the
+                // forwarders find the new records in memory.
                 self.spool.mark_audit_durable(audit_end);
                 self.spool.mark_durable(seq_end);
+                for (reply, outcome) in answers {
+                    let _ = reply.send(Ok(outcome));
+                }
+                drop(leftovers);
             }
             Err(err) => {
                 self.store_ok.store(false, Ordering::Relaxed);
@@ -775,18 +787,19 @@ fn enqueued_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Answers every job of a durable batch. The records of its new inquiries (`committed`, written
-/// in `generation`) go into the forwarders' memory first, so that a forwarder finds them once
-/// they are answered; what is left of the submissions is freed after the answers.
-fn acknowledge(
+/// An answer waiting to be sent.
+type Answer = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome);
+
+/// Counts and logs the outcomes of a durable batch's jobs and takes them apart: each reply with
+/// its outcome goes to `answers`, the duplicates' submissions to `leftovers` (freed after the
+/// answers); returns the submissions stored new (accepted), in order.
+fn settle(
     jobs: Vec<Job>,
     outcomes: Vec<Outcome>,
-    committed: Vec<Committed>,
-    generation: u64,
-    recent: &crate::spool::RecentRecords,
-) {
+    answers: &mut Vec<Answer>,
+    leftovers: &mut Vec<Submission>,
+) -> Vec<Submission> {
     let mut stored = Vec::new();
-    let mut replies = Vec::with_capacity(jobs.len());
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
         let Job { work, reply, .. } = job;
         if let (Work::Inquiries { items, .. }, Outcome::Acks(acks)) = (work, &outcome) {
@@ -797,27 +810,20 @@ fn acknowledge(
                     status = ack.status.as_str(), "inquiry durable");
                 if ack.status == AckStatus::Accepted {
                     stored.push(item);
+                } else {
+                    leftovers.push(item);
                 }
             }
         }
-        replies.push((reply, outcome));
+        answers.push((reply, outcome));
     }
-    let leftover = if committed.is_empty() {
-        stored
-    } else {
-        recent.push_all(generation, committed_records(committed, stored));
-        Vec::new()
-    };
-    for (reply, outcome) in replies {
-        let _ = reply.send(Ok(outcome));
-    }
-    drop(leftover);
+    stored
 }
 
 /// The records of a durable batch for the forwarders' memory: each new inquiry moved out of its
 /// submission (not copied, not parsed back from its JSON) with its personal data in clear
-/// dropped, so that it equals what its JSON reads. `stored` are the batch's new submissions, in
-/// the order of `committed`.
+/// dropped, so that it equals what its JSON reads; the rest of each submission (a few buffers)
+/// is freed here. `stored` are the batch's new submissions, in the order of `committed`.
 fn committed_records(
     committed: Vec<Committed>,
     stored: Vec<Submission>,
