@@ -289,7 +289,8 @@ impl RecentRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::{Decision, Disposition, Priority};
+    use crate::config::FallbackConfig;
+    use crate::routing::FallbackRouter;
     use inquiry_connectors::{generic, NormalizeContext};
 
     /// A record of `seq` whose JSON (only its length and first byte matter here) is `json_len` bytes.
@@ -304,18 +305,7 @@ mod tests {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         };
         let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
-        let decision = Decision {
-            disposition: Disposition::Deliver,
-            queue: "sales".to_owned(),
-            assignee: None,
-            priority: Priority::Normal,
-            tags: Vec::new(),
-            language: None,
-            reply_template: None,
-            sla_policy: None,
-            decided_by: "fallback".to_owned(),
-            fallback_reason: None,
-        };
+        let decision = FallbackRouter::new(FallbackConfig::default()).decide(&inquiry, None);
         let stored = StoredInquiry { inquiry, decision };
         let json = vec![seq as u8; json_len];
         Some(Arc::new(CommittedRecord { stored, json }))
