@@ -151,10 +151,12 @@ EOF
 
 cluster_id() {
     local f="$NODE/cluster.id"
-    if [[ ! -s "$f" ]]; then
-        # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding (22 chars).
+    # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding (22 chars). Like Kafka's
+    # own Uuid.randomUuid, never one that starts with '-': kafka-storage would read it as an
+    # option ("--cluster-id: expected one argument"), one fresh format in 64.
+    while [[ ! -s "$f" || "$(head -c 1 "$f")" == "-" ]]; do
         head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$f"
-    fi
+    done
     cat "$f"
 }
 
