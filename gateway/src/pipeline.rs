@@ -589,6 +589,8 @@ impl Stage {
         let mut subjects_written = Vec::new();
         // The records for the forwarders, kept in memory once the batch is durable.
         let mut committed = Vec::with_capacity(if self.spool.sinks.is_empty() { 0 } else { fresh.len() });
+        // Each sink's outbox entries of this batch, written as one group per sink.
+        let mut queued: Vec<Vec<OutboxEntry>> = vec![Vec::new(); self.spool.sinks.len()];
         for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
             let mut record = Vec::with_capacity(item.inquiry_json.len() + 512);
@@ -625,13 +627,18 @@ impl Stage {
             }
             let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
             self.next_seq += 1;
-            for sink in &sinks {
-                batch.put_outbox(&sink.outbox, &entry);
+            for (sink, group) in self.spool.sinks.iter().zip(&mut queued) {
+                if sink.accepts(&item.inquiry) {
+                    group.push(entry);
+                }
             }
             if !self.spool.sinks.is_empty() {
                 // Every number, so that one inquiry no sink takes does not break the run in memory.
                 committed.push((entry.seq, (!sinks.is_empty()).then_some((id, decision, record))));
             }
+        }
+        for (sink, group) in self.spool.sinks.iter().zip(&queued) {
+            batch.put_outbox(&sink.outbox, group);
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (job, job_acks) in jobs.iter().zip(acks) {

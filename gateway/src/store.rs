@@ -478,8 +478,14 @@ impl Store {
     }
 }
 
-/// A sink's outbox: `seq (u64 BE) -> id (16 bytes) + enqueue time (u64 BE ms)`, in commit order.
-/// The forwarder removes entries once the sink has them; what remains after a crash is sent again.
+/// A sink's outbox, in commit order: one value per group commit, `last seq (u64 BE) -> entries`,
+/// each entry `seq (u64 BE) + id (16 bytes) + enqueue time (u64 BE ms)`, ascending. One key per
+/// commit rather than per inquiry: every key costs the LSM tree a memtable insert, a flush and
+/// compactions, and an outbox key is written once and removed once. Keyed by the last entry, so
+/// that the group holding `seq` is the first at or after it (a forward seek, past the removed
+/// groups' tombstones rather than through them). A store written before grouping holds single
+/// 24-byte values keyed by their seq: they read as one-entry groups.
+/// The forwarder removes what the sink has; what remains after a crash is sent again.
 #[derive(Clone)]
 pub struct Outbox {
     partition: PartitionHandle,
@@ -496,37 +502,99 @@ pub struct OutboxEntry {
     pub enqueued_ms: u64,
 }
 
+/// Bytes of an entry in a group.
+const OUTBOX_ENTRY_BYTES: usize = 32;
+
+impl OutboxEntry {
+    /// One group's value.
+    fn encode_group(entries: &[OutboxEntry]) -> Vec<u8> {
+        let mut group = Vec::with_capacity(entries.len() * OUTBOX_ENTRY_BYTES);
+        for entry in entries {
+            group.extend_from_slice(&entry.seq.to_be_bytes());
+            group.extend_from_slice(entry.id.as_bytes());
+            group.extend_from_slice(&entry.enqueued_ms.to_be_bytes());
+        }
+        group
+    }
+
+    /// The entries of one stored group (or of one pre-grouping entry, keyed by its seq).
+    fn decode_group(key: &[u8], value: &[u8]) -> Vec<OutboxEntry> {
+        let entry = |seq: u64, rest: &[u8]| OutboxEntry {
+            seq,
+            id: Uuid::from_slice(&rest[..16]).expect("16 bytes"),
+            enqueued_ms: u64::from_be_bytes(rest[16..24].try_into().expect("8 bytes")),
+        };
+        if value.len() == 24 {
+            return <[u8; 8]>::try_from(key).map(|seq| vec![entry(u64::from_be_bytes(seq), value)]).unwrap_or_default();
+        }
+        value
+            .chunks_exact(OUTBOX_ENTRY_BYTES)
+            .map(|chunk| entry(u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes")), &chunk[8..]))
+            .collect()
+    }
+}
+
 impl Outbox {
+    /// The groups holding entries with `seq >= from`, in order, with their keys.
+    fn groups_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(fjall::Slice, Vec<OutboxEntry>), StoreError>> + '_ {
+        self.partition.range(from.to_be_bytes()..).map(|item| {
+            let (key, value) = item?;
+            let entries = OutboxEntry::decode_group(&key, &value);
+            Ok((key, entries))
+        })
+    }
+
     /// Up to `limit` entries with `from <= seq < to`, in order.
     pub fn range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        if from >= to {
-            return Ok(Vec::new());
-        }
         let mut entries = Vec::new();
-        for item in self.partition.range(from.to_be_bytes()..to.to_be_bytes()).take(limit) {
-            let (key, value) = item?;
-            let (Ok(seq), true) = (<[u8; 8]>::try_from(&*key), value.len() == 24) else { continue };
-            entries.push(OutboxEntry {
-                seq: u64::from_be_bytes(seq),
-                id: Uuid::from_slice(&value[..16]).expect("16 bytes"),
-                enqueued_ms: u64::from_be_bytes(value[16..24].try_into().expect("8 bytes")),
-            });
+        if from >= to {
+            return Ok(entries);
+        }
+        for group in self.groups_from(from) {
+            let (_, group) = group?;
+            if group.first().is_none_or(|e| e.seq >= to) {
+                break;
+            }
+            entries.extend(group.into_iter().filter(|e| (from..to).contains(&e.seq)));
+            if entries.len() >= limit {
+                entries.truncate(limit);
+                break;
+            }
         }
         Ok(entries)
     }
 
     /// Sequence numbers of the first and the last entry, if any.
     pub fn bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        let seq =
-            |kv: Option<fjall::KvPair>| kv.and_then(|(k, _)| <[u8; 8]>::try_from(&*k).ok().map(u64::from_be_bytes));
-        Ok(seq(self.partition.first_key_value()?).zip(seq(self.partition.last_key_value()?)))
+        let first = self.partition.first_key_value()?;
+        let first = first.and_then(|(k, v)| OutboxEntry::decode_group(&k, &v).first().map(|e| e.seq));
+        let last = self.partition.last_key_value()?;
+        let last = last.and_then(|(k, v)| OutboxEntry::decode_group(&k, &v).last().map(|e| e.seq));
+        Ok(first.zip(last))
     }
 
-    /// Removes forwarded entries (not fsynced: after a crash they are forwarded again).
-    pub fn remove(&self, store: &Store, seqs: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
+    /// Removes the entries with `from <= seq < end`, the sink has them (not fsynced: after a
+    /// crash they are forwarded again). Entries below `from` were removed before. A group that
+    /// `end` cuts through is written again with the rest.
+    pub fn remove(&self, store: &Store, from: u64, end: u64) -> Result<(), StoreError> {
+        if from >= end {
+            return Ok(());
+        }
         let mut batch = store.keyspace.batch();
-        for seq in seqs {
-            batch.remove(&self.partition, seq.to_be_bytes().as_slice());
+        for group in self.groups_from(from) {
+            let (key, group) = group?;
+            if group.first().is_none_or(|e| e.seq >= end) {
+                break;
+            }
+            let rest: Vec<OutboxEntry> = group.into_iter().filter(|e| e.seq >= end).collect();
+            if rest.is_empty() {
+                batch.remove(&self.partition, key);
+            } else {
+                batch.insert(&self.partition, key, OutboxEntry::encode_group(&rest));
+            }
         }
         Ok(batch.commit()?)
     }
@@ -595,12 +663,11 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.dedup, key, value);
     }
 
-    /// Queues inquiry `id` in a sink's outbox under sequence number `seq`.
-    pub fn put_outbox(&mut self, outbox: &Outbox, entry: &OutboxEntry) {
-        let mut value = [0u8; 24];
-        value[..16].copy_from_slice(entry.id.as_bytes());
-        value[16..].copy_from_slice(&entry.enqueued_ms.to_be_bytes());
-        self.inner.insert(&outbox.partition, entry.seq.to_be_bytes().as_slice(), value.as_slice());
+    /// Queues a group commit's inquiries in a sink's outbox: one value, keyed by the last
+    /// entry's sequence number (`entries` ascend).
+    pub fn put_outbox(&mut self, outbox: &Outbox, entries: &[OutboxEntry]) {
+        let Some(last) = entries.last() else { return };
+        self.inner.insert(&outbox.partition, last.seq.to_be_bytes(), OutboxEntry::encode_group(entries));
     }
 
     /// Stores a data subject: its record under its index, and the pseudonym's way back to it.
@@ -820,6 +887,45 @@ mod tests {
         batch.commit().unwrap();
         assert!(store.get_inquiry(unreadable).unwrap().is_none());
         assert!(store.get_inquiry(kept).unwrap().is_some());
+    }
+
+    #[test]
+    fn outbox_groups_read_and_remove_by_sequence_number_across_groups_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |seq: u64| OutboxEntry { seq, id: Uuid::from_u128(seq as u128 + 1000), enqueued_ms: seq * 10 };
+        let seqs = |entries: Vec<OutboxEntry>| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let outbox = store.outbox("test").unwrap();
+            assert_eq!(outbox.bounds().unwrap(), None);
+            // A pre-grouping entry (one 24-byte value under its seq), then three group commits;
+            // seq 6 went to another sink (a region this one does not take).
+            let mut legacy = entry(0).id.as_bytes().to_vec();
+            legacy.extend_from_slice(&0u64.to_be_bytes());
+            outbox.partition.insert(0u64.to_be_bytes(), legacy).unwrap();
+            for group in [vec![1, 2, 3], vec![4, 5, 7], vec![8]] {
+                let mut batch = store.batch();
+                batch.put_outbox(&outbox, &group.into_iter().map(entry).collect::<Vec<_>>());
+                batch.put_outbox(&outbox, &[]);
+                batch.commit().unwrap();
+            }
+            assert_eq!(outbox.bounds().unwrap(), Some((0, 8)));
+            assert_eq!(outbox.range(0, 100, 100).unwrap(), [0, 1, 2, 3, 4, 5, 7, 8].map(entry));
+            assert_eq!(seqs(outbox.range(2, 8, 100).unwrap()), [2, 3, 4, 5, 7]);
+            assert_eq!(seqs(outbox.range(2, 100, 3).unwrap()), [2, 3, 4]);
+            assert_eq!(seqs(outbox.range(6, 7, 100).unwrap()), Vec::<u64>::new());
+            assert_eq!(seqs(outbox.range(5, 5, 100).unwrap()), Vec::<u64>::new());
+            // A sink took 0..5: the legacy entry and the first group go, the second is cut.
+            outbox.remove(&store, 0, 5).unwrap();
+            assert_eq!(seqs(outbox.range(0, 100, 100).unwrap()), [5, 7, 8]);
+            assert_eq!(outbox.bounds().unwrap(), Some((5, 8)));
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = store.outbox("test").unwrap();
+        assert_eq!(outbox.range(0, 100, 100).unwrap(), [5, 7, 8].map(entry));
+        outbox.remove(&store, 5, 9).unwrap();
+        assert_eq!(outbox.bounds().unwrap(), None);
     }
 
     #[test]

@@ -177,17 +177,32 @@ pub fn key_id(public_key: &[u8]) -> String {
     hex::encode(&sha2::Sha256::digest(public_key)[..8])
 }
 
+/// The lowest level of the audit tree whose nodes are stored: one node per 16 entries. The levels
+/// below are hashed from the entries when a proof needs them (at most 8 entries read). Storing
+/// every level was one more key per entry (~n nodes for n entries), each one an LSM-tree insert,
+/// flush and compaction on the ingest path. (Stores written before keep their lower nodes;
+/// they are no longer read.)
+pub const STORED_NODE_LEVEL: u32 = 4;
+
 /// The audit tree's stored nodes, for proofs.
 pub struct StoredNodes<'a>(pub &'a Store);
 
 impl PerfectNodes for StoredNodes<'_> {
     fn perfect(&self, level: u32, index: u64) -> Option<Hash> {
-        if level == 0 {
-            // Leaves are not stored: they are the hash of the stored entry.
-            let entry = self.0.audit_entries(index, index + 1).ok()?.pop()?;
-            return Some(merkle::leaf_hash(&entry.1));
+        if level >= STORED_NODE_LEVEL {
+            return self.0.audit_node(level, index).ok().flatten();
         }
-        self.0.audit_node(level, index).ok().flatten()
+        // Below the stored levels: hashed from the 2^level entries beneath.
+        let width = 1u64 << level;
+        let entries = self.0.audit_entries(index * width, (index + 1) * width).ok()?;
+        if entries.len() as u64 != width {
+            return None;
+        }
+        let mut hashes: Vec<Hash> = entries.iter().map(|(_, entry)| merkle::leaf_hash(entry)).collect();
+        while hashes.len() > 1 {
+            hashes = hashes.chunks_exact(2).map(|pair| merkle::node_hash(&pair[0], &pair[1])).collect();
+        }
+        hashes.pop()
     }
 }
 
@@ -254,7 +269,7 @@ impl AuditLog {
         let index = self.frontier.size();
         let entry = serde_json::to_vec(&entry(index)).expect("audit entries serialize");
         for (level, node, hash) in self.frontier.push(merkle::leaf_hash(&entry)) {
-            if level > 0 {
+            if level >= STORED_NODE_LEVEL {
                 batch.put_audit_node(level, node, &hash);
             }
         }
@@ -400,17 +415,19 @@ pub fn verify(
             Err(_) => report.problems.push(format!("entry {position}: not a readable audit entry")),
         }
         let leaf = merkle::leaf_hash(&entry);
-        // The first stored node above the entry must agree with the entries beneath it.
-        if let (Some(nodes), true) = (nodes, position % 2 == 1) {
-            let left = rebuilt.perfect(0, position - 1);
-            if left.is_some_and(|l| nodes.perfect(1, position / 2) != Some(merkle::node_hash(&l, &leaf))) {
-                report
-                    .problems
-                    .push(format!("entries {} and {position}: content does not match the stored tree", position - 1));
-            }
-        }
         for (level, node, hash) in frontier.push(leaf) {
             rebuilt.0.insert((level, node), hash);
+        }
+        // The first stored node above the entries must agree with the entries beneath it.
+        let width = 1u64 << STORED_NODE_LEVEL;
+        if let (Some(nodes), true) = (nodes, (position + 1) % width == 0) {
+            let node = position / width;
+            if nodes.perfect(STORED_NODE_LEVEL, node) != rebuilt.perfect(STORED_NODE_LEVEL, node) {
+                report.problems.push(format!(
+                    "entries {} to {position}: content does not match the stored tree",
+                    position + 1 - width
+                ));
+            }
         }
         if sizes.contains(&frontier.size()) {
             roots.insert(frontier.size(), frontier.root());
@@ -545,5 +562,60 @@ mod tests {
         assert!(!verify(entries.clone(), &forged, key, None).ok());
         let other = TreeSigner::from_pkcs8(&TreeSigner::generate_pkcs8()).unwrap();
         assert!(!verify(entries, &heads, other.public_key(), None).ok(), "heads signed by another key");
+    }
+
+    #[test]
+    fn the_store_keeps_the_upper_nodes_and_proofs_hash_the_lower_ones_from_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pkcs8 = TreeSigner::generate_pkcs8();
+        let mut log =
+            AuditLog::open(&store, TreeSigner::from_pkcs8(&pkcs8).unwrap(), Duration::from_secs(3600)).unwrap();
+        // Several batches, the last one signed; 77 entries: whole 16-entry nodes and a ragged edge.
+        for chunk in (0..77u64).collect::<Vec<_>>().chunks(10) {
+            let mut batch = store.batch();
+            for n in chunk {
+                log.append(&mut batch, AuditEvent::new("test.event", "gateway").detail(serde_json::json!({ "n": n })));
+            }
+            log.sign_if_due(&mut batch, chunk.contains(&76));
+            batch.commit().unwrap();
+        }
+        let entries = store.audit_entries(0, 77).unwrap();
+        let mut rebuilt = NodeMap::default();
+        let mut frontier = Frontier::default();
+        for (_, entry) in &entries {
+            for (level, node, hash) in frontier.push(merkle::leaf_hash(entry)) {
+                rebuilt.0.insert((level, node), hash);
+            }
+        }
+        // Only the levels from STORED_NODE_LEVEL up are stored, and every node reads the same as
+        // the tree rebuilt from the entries.
+        for (&(level, index), hash) in &rebuilt.0 {
+            assert_eq!(
+                store.audit_node(level, index).unwrap().is_some(),
+                level >= STORED_NODE_LEVEL,
+                "{level}/{index}"
+            );
+            assert_eq!(StoredNodes(&store).perfect(level, index).as_ref(), Some(hash), "node {level}/{index}");
+        }
+        assert_eq!(StoredNodes(&store).perfect(2, 19), None, "a node over entries not written yet");
+        let root = frontier.root();
+        for index in 0..77 {
+            let proof = StoredNodes(&store).inclusion_proof(index, 77).unwrap();
+            let leaf = merkle::leaf_hash(&entries[index as usize].1);
+            assert!(merkle::verify_inclusion(&leaf, index, 77, &proof, &root), "entry {index}");
+        }
+        // The log reopens on its right edge (restored from stored and hashed nodes) and verifies.
+        drop(log);
+        let log = AuditLog::open(&store, TreeSigner::from_pkcs8(&pkcs8).unwrap(), Duration::from_secs(3600)).unwrap();
+        assert_eq!((log.size(), log.frontier.root()), (77, root));
+        let report = verify_store(&store, log.signer.public_key()).unwrap();
+        assert!(report.ok() && report.entries == 77, "{:?}", report.problems);
+        // An entry rewritten on disk is named with the 16 entries of its stored node.
+        let (index, entry) = store.audit_entries(37, 38).unwrap().remove(0);
+        let tampered = String::from_utf8(entry).unwrap().replace("test.event", "test.evenT");
+        store.audit_partition().insert(index.to_be_bytes(), tampered.into_bytes()).unwrap();
+        let report = verify_store(&store, log.signer.public_key()).unwrap();
+        assert!(report.problems.iter().any(|p| p.contains("entries 32 to 47")), "{:?}", report.problems);
     }
 }

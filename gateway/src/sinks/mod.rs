@@ -343,10 +343,10 @@ pub async fn forward(
         let retry_at = finish_round(name, &round, &outcomes);
         let next_seq = retry_at.unwrap_or(round.end);
         audit_round(&pipeline, name, &round, &outcomes).await;
-        let finished: Vec<u64> = round.entries.iter().map(|e| e.seq).filter(|seq| *seq < next_seq).collect();
+        let round_start = round.entries.first().map_or(next_seq, |e| e.seq);
         let removed = {
             let (spool, store) = (spool.clone(), store.clone());
-            tokio::task::spawn_blocking(move || spool.sinks[index].outbox.remove(&store, finished)).await
+            tokio::task::spawn_blocking(move || spool.sinks[index].outbox.remove(&store, round_start, next_seq)).await
         };
         if let Err(err) = removed.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
             tracing::error!(sink = name, error = %err, "could not remove forwarded entries; they will be sent again");
