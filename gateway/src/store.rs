@@ -34,7 +34,9 @@ mod partition {
     pub const ERASURES: &str = "erasures";
     /// `request id (16 bytes) -> SubjectRequest JSON`.
     pub const SUBJECT_REQUESTS: &str = "subject_requests";
-    /// `index (u64 BE) -> audit entry bytes` (the Merkle leaves' contents).
+    /// The Merkle leaves' contents, one value per group commit: `last index (u64 BE) -> 0x00,
+    /// then each entry as u32 BE length + bytes` (see [`super::AuditGroup`]). A store written
+    /// before grouping holds single entries (`index -> entry bytes`, JSON: never a 0x00 first).
     pub const AUDIT: &str = "audit";
     /// `level (u8) || index (u64 BE) -> hash`: the roots of the audit tree's perfect subtrees.
     pub const AUDIT_NODES: &str = "audit_nodes";
@@ -347,13 +349,35 @@ impl Store {
         if from >= to {
             return Ok(out);
         }
-        for item in self.audit.range(from.to_be_bytes()..to.to_be_bytes()) {
+        // Groups are keyed by their last index: the first one at or after `from` holds it.
+        for item in self.audit.range(from.to_be_bytes()..) {
             let (key, value) = item?;
-            if let Ok(index) = <[u8; 8]>::try_from(&*key) {
-                out.push((u64::from_be_bytes(index), value.to_vec()));
+            let Some(entries) = AuditGroup::decode(&key, &value) else { continue };
+            if entries.first().is_none_or(|(index, _)| *index >= to) {
+                break;
             }
+            out.extend(
+                entries.into_iter().filter(|(index, _)| (from..to).contains(index)).map(|(i, e)| (i, e.to_vec())),
+            );
         }
         Ok(out)
+    }
+
+    /// Rewrites audit entry `index` in place, below the log's API: for tests and tools that
+    /// play an attacker with disk access.
+    #[doc(hidden)]
+    pub fn rewrite_audit_entry(&self, index: u64, entry: &[u8]) -> Result<(), StoreError> {
+        let Some(item) = self.audit.range(index.to_be_bytes()..).next() else {
+            return Err(StoreError::from_message("no such audit entry"));
+        };
+        let (key, value) = item?;
+        let entries = AuditGroup::decode(&key, &value).unwrap_or_default();
+        let mut group = AuditGroup::default();
+        for (at, bytes) in &entries {
+            group.push(*at, if *at == index { entry } else { bytes });
+        }
+        self.audit.insert(key, group.value)?;
+        self.sync()
     }
 
     /// A stored node of the audit tree.
@@ -373,12 +397,6 @@ impl Store {
     /// The signed tree head of the largest tree.
     pub fn latest_audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.audit_heads.last_key_value()?.map(|(_, v)| v.to_vec()))
-    }
-
-    /// The raw partition of the audit log, for tools and tests that must act below the store's API.
-    #[doc(hidden)]
-    pub fn audit_partition(&self) -> &PartitionHandle {
-        &self.audit
     }
 
     fn timeline(&self, timeline: Timeline) -> (&PartitionHandle, &PartitionHandle) {
@@ -474,7 +492,7 @@ impl Store {
 
     /// A new atomic batch.
     pub fn batch(&self) -> StoreBatch<'_> {
-        StoreBatch { store: self, inner: self.keyspace.batch() }
+        StoreBatch { store: self, inner: self.keyspace.batch(), audit: AuditGroup::default() }
     }
 }
 
@@ -642,10 +660,50 @@ fn split_frame(frame: &[u8]) -> (&[u8], &[u8]) {
     body.split_at(len.min(body.len()))
 }
 
+/// The audit entries of one group commit, stored as one value: every key costs the LSM tree a
+/// memtable insert, a flush and compactions, and the log is only ever read in index ranges.
+#[derive(Default)]
+struct AuditGroup {
+    /// Index of the last entry pushed.
+    last: Option<u64>,
+    /// `0x00`, then each entry as u32 BE length + bytes.
+    value: Vec<u8>,
+}
+
+impl AuditGroup {
+    /// Appends entry `index` (the next one after the last pushed).
+    fn push(&mut self, index: u64, entry: &[u8]) {
+        debug_assert!(self.last.is_none_or(|last| last + 1 == index), "audit entries are contiguous");
+        if self.value.is_empty() {
+            self.value.push(0);
+        }
+        self.value.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        self.value.extend_from_slice(entry);
+        self.last = Some(index);
+    }
+
+    /// The entries of a stored group as `(index, bytes)`, or the single entry a store written
+    /// before grouping kept under its index. `None` for a value that is neither.
+    fn decode<'v>(key: &[u8], value: &'v [u8]) -> Option<Vec<(u64, &'v [u8])>> {
+        let last = u64::from_be_bytes(key.try_into().ok()?);
+        let Some(mut rest) = value.strip_prefix(&[0]) else { return Some(vec![(last, value)]) };
+        let mut entries = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            entries.push(rest.get(4..4 + len)?);
+            rest = &rest[4 + len..];
+        }
+        let first = (last + 1).checked_sub(entries.len() as u64)?;
+        Some((first..).zip(entries).collect())
+    }
+}
+
 /// Writes applied together, atomically, with one fsync.
 pub struct StoreBatch<'a> {
     store: &'a Store,
     inner: Batch,
+    /// The batch's audit entries, added to `inner` as one value when it is written.
+    audit: AuditGroup,
 }
 
 impl StoreBatch<'_> {
@@ -726,9 +784,9 @@ impl StoreBatch<'_> {
         self.inner.remove(&self.store.subject_requests, id.as_bytes().as_slice());
     }
 
-    /// Appends audit entry `index`.
+    /// Appends audit entry `index` (the batch's entries are contiguous and stored as one value).
     pub fn put_audit(&mut self, index: u64, entry: &[u8]) {
-        self.inner.insert(&self.store.audit, index.to_be_bytes().as_slice(), entry);
+        self.audit.push(index, entry);
     }
 
     /// Stores a node of the audit tree.
@@ -790,18 +848,21 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.dead_letters, id.as_bytes().as_slice(), record);
     }
 
-    /// Number of writes in the batch.
+    /// Number of writes in the batch (the audit entries count as one).
     pub fn len(&self) -> usize {
-        self.inner.len()
+        self.inner.len() + usize::from(self.audit.last.is_some())
     }
 
     /// True when the batch holds no writes.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.len() == 0
     }
 
     /// Writes the batch atomically, visible at once; durable after the next [`Store::sync`].
-    pub fn write(self) -> Result<(), StoreError> {
+    pub fn write(mut self) -> Result<(), StoreError> {
+        if let Some(last) = self.audit.last {
+            self.inner.insert(&self.store.audit, last.to_be_bytes(), std::mem::take(&mut self.audit.value));
+        }
         Ok(self.inner.commit()?)
     }
 
@@ -926,6 +987,40 @@ mod tests {
         assert_eq!(outbox.range(0, 100, 100).unwrap(), [5, 7, 8].map(entry));
         outbox.remove(&store, 5, 9).unwrap();
         assert_eq!(outbox.bounds().unwrap(), None);
+    }
+
+    #[test]
+    fn audit_entries_are_read_by_index_across_groups_old_single_entries_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |index: u64| format!("{{\"index\":{index}}}").into_bytes();
+        let expected = |from: u64, to: u64| (from..to).map(|i| (i, entry(i))).collect::<Vec<_>>();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.audit_len().unwrap(), 0);
+            // Two entries as a store written before grouping holds them, then three group commits.
+            for index in 0..2u64 {
+                store.audit.insert(index.to_be_bytes(), entry(index)).unwrap();
+            }
+            for group in [2..3, 3..7, 7..12] {
+                let mut batch = store.batch();
+                group.for_each(|index| batch.put_audit(index, &entry(index)));
+                assert_eq!(batch.len(), 1, "one value per batch");
+                batch.commit().unwrap();
+            }
+            assert_eq!(store.audit_len().unwrap(), 12);
+            assert_eq!(store.audit_entries(0, 12).unwrap(), expected(0, 12));
+            for (from, to) in [(1, 3), (4, 5), (5, 9), (6, 7), (11, 40), (12, 13), (3, 3)] {
+                assert_eq!(store.audit_entries(from, to).unwrap(), expected(from, to.min(12)), "{from}..{to}");
+            }
+            store.rewrite_audit_entry(5, b"changed").unwrap();
+            store.rewrite_audit_entry(0, b"changed too").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut changed = expected(0, 12);
+        changed[5].1 = b"changed".to_vec();
+        changed[0].1 = b"changed too".to_vec();
+        assert_eq!(store.audit_entries(0, 12).unwrap(), changed);
+        assert_eq!(store.audit_len().unwrap(), 12);
     }
 
     #[test]

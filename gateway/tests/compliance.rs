@@ -440,8 +440,7 @@ async fn changing_removing_or_reordering_any_audit_entry_is_detected() {
         let store = Store::open(&gateway.store_dir()).unwrap();
         let (index, entry) = store.audit_entries(5, 6).unwrap().remove(0);
         let tampered = String::from_utf8(entry).unwrap().replace("inquiry.ingested", "inquiry.ingestec");
-        store.audit_partition().insert(index.to_be_bytes(), tampered.into_bytes()).unwrap();
-        store.sync().unwrap();
+        store.rewrite_audit_entry(index, tampered.as_bytes()).unwrap();
     }
     let detected = run(&["audit", "verify", "--config", config.to_str().unwrap()]);
     assert!(!detected.status.success(), "a rewritten entry in the store went unnoticed");

@@ -614,7 +614,7 @@ mod tests {
         // An entry rewritten on disk is named with the 16 entries of its stored node.
         let (index, entry) = store.audit_entries(37, 38).unwrap().remove(0);
         let tampered = String::from_utf8(entry).unwrap().replace("test.event", "test.evenT");
-        store.audit_partition().insert(index.to_be_bytes(), tampered.into_bytes()).unwrap();
+        store.rewrite_audit_entry(index, tampered.as_bytes()).unwrap();
         let report = verify_store(&store, log.signer.public_key()).unwrap();
         assert!(report.problems.iter().any(|p| p.contains("entries 32 to 47")), "{:?}", report.problems);
     }
