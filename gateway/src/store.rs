@@ -38,7 +38,9 @@ mod partition {
     /// then each entry as u32 BE length + bytes` (see [`super::AuditGroup`]). A store written
     /// before grouping holds single entries (`index -> entry bytes`, JSON: never a 0x00 first).
     pub const AUDIT: &str = "audit";
-    /// `level (u8) || index (u64 BE) -> hash`: the roots of the audit tree's perfect subtrees.
+    /// `level (u8) || index (u64 BE) -> hash`: the roots of the audit tree's perfect subtrees
+    /// from 16 entries up (`compliance::audit::STORED_NODE_LEVEL`; smaller ones are hashed from
+    /// the entries).
     pub const AUDIT_NODES: &str = "audit_nodes";
     /// `tree size (u64 BE) -> SignedTreeHead JSON`.
     pub const AUDIT_HEADS: &str = "audit_heads";
@@ -523,6 +525,10 @@ pub struct OutboxEntry {
 /// Bytes of an entry in a group.
 const OUTBOX_ENTRY_BYTES: usize = 32;
 
+/// Most entries in one outbox value (8 KiB): a forwarder's round that ends inside a group writes
+/// the rest again, and every read decodes the whole group, so a large NDJSON batch is split.
+pub const OUTBOX_GROUP_MAX: usize = 256;
+
 impl OutboxEntry {
     /// One group's value.
     fn encode_group(entries: &[OutboxEntry]) -> Vec<u8> {
@@ -544,6 +550,10 @@ impl OutboxEntry {
         };
         if value.len() == 24 {
             return <[u8; 8]>::try_from(key).map(|seq| vec![entry(u64::from_be_bytes(seq), value)]).unwrap_or_default();
+        }
+        if value.is_empty() || value.len() % OUTBOX_ENTRY_BYTES != 0 {
+            tracing::error!(bytes = value.len(), "unreadable outbox group; skipped");
+            return Vec::new();
         }
         value
             .chunks_exact(OUTBOX_ENTRY_BYTES)
@@ -573,7 +583,8 @@ impl Outbox {
         }
         for group in self.groups_from(from) {
             let (_, group) = group?;
-            if group.first().is_none_or(|e| e.seq >= to) {
+            let Some(first) = group.first() else { continue };
+            if first.seq >= to {
                 break;
             }
             entries.extend(group.into_iter().filter(|e| (from..to).contains(&e.seq)));
@@ -594,9 +605,9 @@ impl Outbox {
         Ok(first.zip(last))
     }
 
-    /// Removes the entries with `from <= seq < end`, the sink has them (not fsynced: after a
-    /// crash they are forwarded again). Entries below `from` were removed before. A group that
-    /// `end` cuts through is written again with the rest.
+    /// Removes the entries below `end`, which the sink has (not fsynced: after a crash they are
+    /// forwarded again). The scan starts at the group holding `from`: earlier calls removed what
+    /// lies before it. A group that `end` cuts through is written again with the rest.
     pub fn remove(&self, store: &Store, from: u64, end: u64) -> Result<(), StoreError> {
         if from >= end {
             return Ok(());
@@ -604,7 +615,8 @@ impl Outbox {
         let mut batch = store.keyspace.batch();
         for group in self.groups_from(from) {
             let (key, group) = group?;
-            if group.first().is_none_or(|e| e.seq >= end) {
+            let Some(first) = group.first() else { continue };
+            if first.seq >= end {
                 break;
             }
             let rest: Vec<OutboxEntry> = group.into_iter().filter(|e| e.seq >= end).collect();
@@ -660,12 +672,18 @@ fn split_frame(frame: &[u8]) -> (&[u8], &[u8]) {
     body.split_at(len.min(body.len()))
 }
 
-/// The audit entries of one group commit, stored as one value: every key costs the LSM tree a
-/// memtable insert, a flush and compactions, and the log is only ever read in index ranges.
+/// Most entries in one audit value: reading one entry (a proof, `audit verify`) reads its group.
+pub const AUDIT_GROUP_MAX: usize = 64;
+
+/// The audit entries of one group commit, stored as values of up to [`AUDIT_GROUP_MAX`] entries:
+/// every key costs the LSM tree a memtable insert, a flush and compactions, and the log is only
+/// ever read in index ranges.
 #[derive(Default)]
 struct AuditGroup {
     /// Index of the last entry pushed.
     last: Option<u64>,
+    /// Entries in `value`.
+    count: usize,
     /// `0x00`, then each entry as u32 BE length + bytes.
     value: Vec<u8>,
 }
@@ -680,6 +698,15 @@ impl AuditGroup {
         self.value.extend_from_slice(&(entry.len() as u32).to_be_bytes());
         self.value.extend_from_slice(entry);
         self.last = Some(index);
+        self.count += 1;
+    }
+
+    /// The stored value and its key (the last index), once the group holds anything; the group is
+    /// empty again after (the next entry starts a new value).
+    fn take(&mut self) -> Option<([u8; 8], Vec<u8>)> {
+        let last = self.last.filter(|_| self.count > 0)?;
+        self.count = 0;
+        Some((last.to_be_bytes(), std::mem::take(&mut self.value)))
     }
 
     /// The entries of a stored group as `(index, bytes)`, or the single entry a store written
@@ -721,11 +748,13 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.dedup, key, value);
     }
 
-    /// Queues a group commit's inquiries in a sink's outbox: one value, keyed by the last
-    /// entry's sequence number (`entries` ascend).
+    /// Queues a group commit's inquiries in a sink's outbox: one value per [`OUTBOX_GROUP_MAX`]
+    /// entries, keyed by its last sequence number (`entries` ascend).
     pub fn put_outbox(&mut self, outbox: &Outbox, entries: &[OutboxEntry]) {
-        let Some(last) = entries.last() else { return };
-        self.inner.insert(&outbox.partition, last.seq.to_be_bytes(), OutboxEntry::encode_group(entries));
+        for group in entries.chunks(OUTBOX_GROUP_MAX) {
+            let last = group.last().expect("chunks are not empty");
+            self.inner.insert(&outbox.partition, last.seq.to_be_bytes(), OutboxEntry::encode_group(group));
+        }
     }
 
     /// Stores a data subject: its record under its index, and the pseudonym's way back to it.
@@ -784,9 +813,20 @@ impl StoreBatch<'_> {
         self.inner.remove(&self.store.subject_requests, id.as_bytes().as_slice());
     }
 
-    /// Appends audit entry `index` (the batch's entries are contiguous and stored as one value).
+    /// Appends audit entry `index` (the batch's entries are contiguous; stored as values of up
+    /// to [`AUDIT_GROUP_MAX`] entries).
     pub fn put_audit(&mut self, index: u64, entry: &[u8]) {
         self.audit.push(index, entry);
+        if self.audit.count == AUDIT_GROUP_MAX {
+            self.flush_audit();
+        }
+    }
+
+    /// Moves the pending audit entries into the batch as one value.
+    fn flush_audit(&mut self) {
+        if let Some((key, value)) = self.audit.take() {
+            self.inner.insert(&self.store.audit, key, value);
+        }
     }
 
     /// Stores a node of the audit tree.
@@ -848,9 +888,9 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.dead_letters, id.as_bytes().as_slice(), record);
     }
 
-    /// Number of writes in the batch (the audit entries count as one).
+    /// Number of writes in the batch (pending audit entries count as one).
     pub fn len(&self) -> usize {
-        self.inner.len() + usize::from(self.audit.last.is_some())
+        self.inner.len() + usize::from(self.audit.count > 0)
     }
 
     /// True when the batch holds no writes.
@@ -860,9 +900,7 @@ impl StoreBatch<'_> {
 
     /// Writes the batch atomically, visible at once; durable after the next [`Store::sync`].
     pub fn write(mut self) -> Result<(), StoreError> {
-        if let Some(last) = self.audit.last {
-            self.inner.insert(&self.store.audit, last.to_be_bytes(), std::mem::take(&mut self.audit.value));
-        }
+        self.flush_audit();
         Ok(self.inner.commit()?)
     }
 
@@ -987,6 +1025,23 @@ mod tests {
         assert_eq!(outbox.range(0, 100, 100).unwrap(), [5, 7, 8].map(entry));
         outbox.remove(&store, 5, 9).unwrap();
         assert_eq!(outbox.bounds().unwrap(), None);
+        // A large batch is stored as values of at most OUTBOX_GROUP_MAX entries; an unreadable
+        // value is skipped, not taken for the end of the outbox.
+        let mut batch = store.batch();
+        batch.put_outbox(&outbox, &(10..610).map(entry).collect::<Vec<_>>());
+        batch.commit().unwrap();
+        assert_eq!(outbox.partition.len().unwrap(), 600usize.div_ceil(OUTBOX_GROUP_MAX));
+        outbox.partition.insert(700u64.to_be_bytes(), b"garbage".as_slice()).unwrap();
+        let mut batch = store.batch();
+        batch.put_outbox(&outbox, &[entry(800)]);
+        batch.commit().unwrap();
+        assert_eq!(
+            seqs(outbox.range(600, 1000, 100).unwrap()),
+            [600, 601, 602, 603, 604, 605, 606, 607, 608, 609, 800]
+        );
+        assert_eq!(outbox.range(10, 610, 1000).unwrap().len(), 600);
+        outbox.remove(&store, 10, 801).unwrap();
+        assert_eq!(seqs(outbox.range(0, 1000, 100).unwrap()), Vec::<u64>::new());
     }
 
     #[test]
@@ -1009,18 +1064,25 @@ mod tests {
             }
             assert_eq!(store.audit_len().unwrap(), 12);
             assert_eq!(store.audit_entries(0, 12).unwrap(), expected(0, 12));
+            assert_eq!(store.audit.len().unwrap(), 5, "two old entries and three groups");
             for (from, to) in [(1, 3), (4, 5), (5, 9), (6, 7), (11, 40), (12, 13), (3, 3)] {
                 assert_eq!(store.audit_entries(from, to).unwrap(), expected(from, to.min(12)), "{from}..{to}");
             }
             store.rewrite_audit_entry(5, b"changed").unwrap();
             store.rewrite_audit_entry(0, b"changed too").unwrap();
+            // A large batch is stored as values of at most AUDIT_GROUP_MAX entries.
+            let mut batch = store.batch();
+            (12..162).for_each(|index| batch.put_audit(index, &entry(index)));
+            batch.commit().unwrap();
+            assert_eq!(store.audit.len().unwrap(), 5 + 150usize.div_ceil(AUDIT_GROUP_MAX));
         }
         let store = Store::open(dir.path()).unwrap();
-        let mut changed = expected(0, 12);
+        let mut changed = expected(0, 162);
         changed[5].1 = b"changed".to_vec();
         changed[0].1 = b"changed too".to_vec();
-        assert_eq!(store.audit_entries(0, 12).unwrap(), changed);
-        assert_eq!(store.audit_len().unwrap(), 12);
+        assert_eq!(store.audit_entries(0, 162).unwrap(), changed);
+        assert_eq!(store.audit_entries(70, 80).unwrap(), expected(70, 80));
+        assert_eq!(store.audit_len().unwrap(), 162);
     }
 
     #[test]

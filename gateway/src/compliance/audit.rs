@@ -222,7 +222,7 @@ impl AuditLog {
     pub fn open(store: &Store, signer: TreeSigner, interval: Duration) -> Result<AuditLog, StoreError> {
         let size = store.audit_len()?;
         let frontier = Frontier::restore(size, &StoredNodes(store))
-            .ok_or_else(|| StoreError::from_message("audit log: stored tree nodes are missing"))?;
+            .ok_or_else(|| StoreError::from_message("audit log: stored entries or tree nodes are missing"))?;
         let latest: Option<SignedTreeHead> = store.latest_audit_head()?.and_then(|b| serde_json::from_slice(&b).ok());
         // Never sign on top of a log that no longer matches what was signed.
         if let Some(head) = &latest {
