@@ -374,6 +374,9 @@ impl Store {
         };
         let (key, value) = item?;
         let entries = AuditGroup::decode(&key, &value).unwrap_or_default();
+        if !entries.iter().any(|(at, _)| *at == index) {
+            return Err(StoreError::from_message("no such audit entry"));
+        }
         let mut group = AuditGroup::default();
         for (at, bytes) in &entries {
             group.push(*at, if *at == index { entry } else { bytes });
@@ -1070,6 +1073,12 @@ mod tests {
             }
             store.rewrite_audit_entry(5, b"changed").unwrap();
             store.rewrite_audit_entry(0, b"changed too").unwrap();
+            assert!(store.rewrite_audit_entry(12, b"beyond the log").is_err());
+            // An unreadable value is refused, not rewritten as an empty group.
+            let group = store.audit.get(11u64.to_be_bytes()).unwrap().unwrap();
+            store.audit.insert(11u64.to_be_bytes(), [0u8, 0, 0, 0, 9, b'x'].as_slice()).unwrap();
+            assert!(store.rewrite_audit_entry(11, b"over a broken value").is_err());
+            store.audit.insert(11u64.to_be_bytes(), group).unwrap();
             // A large batch is stored as values of at most AUDIT_GROUP_MAX entries.
             let mut batch = store.batch();
             (12..162).for_each(|index| batch.put_audit(index, &entry(index)));
