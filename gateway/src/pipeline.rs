@@ -612,7 +612,15 @@ impl Stage {
             }
             batch.link_inquiry(pseudonym, id);
             // Data residency: a sink gets only the regions it is declared for.
-            let sinks: Vec<&SpoolSink> = self.spool.sinks.iter().filter(|s| s.accepts(&item.inquiry)).collect();
+            let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
+            self.next_seq += 1;
+            let mut sinks: Vec<&SpoolSink> = Vec::with_capacity(self.spool.sinks.len());
+            for (sink, group) in self.spool.sinks.iter().zip(&mut queued) {
+                if sink.accepts(&item.inquiry) {
+                    group.push(entry);
+                    sinks.push(sink);
+                }
+            }
             self.audit.append_entry(&mut batch, |index| IngestedEntry::new(index, item, &decision, &sinks));
             if let Some(letter) = dead_letter {
                 // The detail may quote what a plugin saw: only its hash goes into the permanent log.
@@ -624,13 +632,6 @@ impl Stage {
                 );
                 self.audit.append(&mut batch, event);
                 batch.put_dead_letter(id, serde_json::to_vec(&letter).expect("dead letters serialize"));
-            }
-            let entry = OutboxEntry { seq: self.next_seq, id, enqueued_ms: enqueued_ms() };
-            self.next_seq += 1;
-            for (sink, group) in self.spool.sinks.iter().zip(&mut queued) {
-                if sink.accepts(&item.inquiry) {
-                    group.push(entry);
-                }
             }
             if !self.spool.sinks.is_empty() {
                 // Every number, so that one inquiry no sink takes does not break the run in memory.
