@@ -7,14 +7,22 @@
 #   cp "$CARGO_TARGET_DIR/release/inquiry-gateway" /tmp/gw-before   # build, copy, change, build...
 #   benches/ab.sh /tmp/gw-before "$CARGO_TARGET_DIR/release/inquiry-gateway"
 #
-# Environment: ROUNDS (3), CONNS (256), SECONDS_PER_RUN (10), CARGO_TARGET_DIR (for the load
+# Environment: ROUNDS (3), CONNS (256; 4 with BATCH), SECONDS_PER_RUN (10), BATCH (NDJSON
+# batches of that many inquiries instead of single POSTs), CARGO_TARGET_DIR (for the load
 # generator). Starts Kafka (tests/services/kafka.sh start) when it is not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (($# == 2)) || { echo "usage: benches/ab.sh GATEWAY_BINARY_A GATEWAY_BINARY_B" >&2; exit 2; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inquiry-gateway/target}"
 rounds="${ROUNDS:-3}"
-conns="${CONNS:-256}"
+batch="${BATCH:-0}"
+if ((batch > 0)); then
+  conns="${CONNS:-4}"
+  target=(--url http://127.0.0.1:18081/v1/inquiries/batch --batch "$batch")
+else
+  conns="${CONNS:-256}"
+  target=(--url http://127.0.0.1:18081/v1/inquiries)
+fi
 secs="${SECONDS_PER_RUN:-10}"
 cargo build --release --locked -q -p inquiry-benches --bin loadgen
 loadgen="$CARGO_TARGET_DIR/release/loadgen"
@@ -38,16 +46,16 @@ run_one() {
   done
   local before after
   before=$(awk '{print $14 + $15}' "/proc/$gw/stat")
-  "$loadgen" --url http://127.0.0.1:18081/v1/inquiries --connections "$conns" --seconds "$secs" \
+  "$loadgen" "${target[@]}" --connections "$conns" --seconds "$secs" \
     --warmup-seconds 0 --label "$label" > "$work/loadgen.json"
   after=$(awk '{print $14 + $15}' "/proc/$gw/stat")
   kill "$gw"; wait "$gw" 2>/dev/null || true
-  python3 - "$work/loadgen.json" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$work/loadgen.json" "$before" "$after" "$(getconf CLK_TCK)" "$batch" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
 print(f"{r['label']}: {r['inquiries_per_s']:,} inquiries/s, p99 {r['p99_us'] / 1000:.1f} ms, "
-      f"{cpu * 1e6 / max(r['requests'], 1):.1f} µs of gateway CPU per inquiry, "
+      f"{cpu * 1e6 / max(r['requests'] * max(int(sys.argv[5]), 1), 1):.1f} µs of gateway CPU per inquiry, "
       f"errors {r['errors']}, refused {r['refused']}")
 PY
 }

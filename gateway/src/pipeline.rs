@@ -27,7 +27,7 @@ use crate::compliance::sha256_hex;
 use crate::compliance::subjects::{Subject, Subjects};
 use crate::routing::{Decision, Disposition, FallbackRouter, Priority, RouteOutcome, Router};
 use crate::spool::{Spool, SpoolSink};
-use crate::store::{OutboxEntry, Store, StoreError};
+use crate::store::{message_hash, MessageHash, OutboxEntry, Store, StoreError};
 use crate::telemetry::{self, Hop};
 
 /// An inquiry as kept in the store and returned by `GET /v1/inquiries/{id}`.
@@ -534,42 +534,40 @@ impl Stage {
     /// Dedup, route and write one batch; returns one outcome per job, in order, when the write
     /// started, and the records for the forwarders.
     fn write(&mut self, jobs: &[Job]) -> Result<(Vec<Outcome>, Instant, Vec<Committed>), StoreError> {
-        // Dedup: against the store and within this batch.
+        // Dedup: against the store and within this batch, by Idempotency-Key first, then by
+        // message (the tail of the inquiry id, see store::MessageIndex).
         let dedup_started = Instant::now();
         let mut acks: Vec<Vec<Ack>> = Vec::with_capacity(jobs.len());
-        let mut fresh: Vec<(&Submission, DedupKeys)> = Vec::new();
-        let mut pending: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        let lookup = |pending: &HashMap<Vec<u8>, Vec<u8>>, key: &[u8]| match pending.get(key) {
-            Some(value) => Ok(Some(value.clone())),
-            None => self.store.find_dedup(key),
-        };
+        let mut fresh: Vec<(&Submission, Option<IdempotencyKey>)> = Vec::new();
+        let mut pending_keys: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut pending_messages: HashMap<MessageHash, Uuid> = HashMap::new();
         for job in jobs {
             let mut job_acks = Vec::with_capacity(job.items().len());
             for item in job.items() {
-                let keys = DedupKeys::of(item);
-                let earlier = match &keys.idempotency {
-                    Some((key, fingerprint)) => lookup(&pending, key)?.map(|value| {
-                        let (id, earlier_fingerprint) = value.split_at(16);
-                        let status =
-                            if earlier_fingerprint == fingerprint { AckStatus::Duplicate } else { AckStatus::Conflict };
-                        Ack { id: Uuid::from_slice(id).unwrap_or_default(), status }
-                    }),
+                let idempotency = IdempotencyKey::of(item);
+                let earlier = match &idempotency {
+                    Some(key) => match pending_keys.get(&key.key) {
+                        Some(value) => Some(value.clone()),
+                        None => self.store.find_dedup(&key.key)?,
+                    }
+                    .map(|value| key.ack_for(&value)),
                     None => None,
                 };
-                let earlier = match earlier {
-                    Some(ack) => Some(ack),
-                    None => lookup(&pending, &keys.message)?
-                        .map(|id| Ack { id: Uuid::from_slice(&id).unwrap_or_default(), status: AckStatus::Duplicate }),
-                };
+                let id = item.inquiry.id;
+                let earlier = earlier.or_else(|| {
+                    let earlier = pending_messages.get(&message_hash(id)).copied();
+                    let earlier = earlier.or_else(|| self.store.find_message(id))?;
+                    Some(Ack { id: earlier, status: AckStatus::Duplicate })
+                });
                 match earlier {
                     Some(ack) => job_acks.push(ack),
                     None => {
-                        let id = item.inquiry.id;
-                        for (key, value) in keys.entries(id) {
-                            pending.insert(key.to_vec(), value);
+                        pending_messages.insert(message_hash(id), id);
+                        if let Some(key) = &idempotency {
+                            pending_keys.insert(key.key.clone(), key.value(id));
                         }
                         job_acks.push(Ack { id, status: AckStatus::Accepted });
-                        fresh.push((item, keys));
+                        fresh.push((item, idempotency));
                     }
                 }
             }
@@ -591,7 +589,7 @@ impl Stage {
         let mut committed = Vec::with_capacity(if self.spool.sinks.is_empty() { 0 } else { fresh.len() });
         // Each sink's outbox entries of this batch, written as one group per sink.
         let mut queued: Vec<Vec<OutboxEntry>> = vec![Vec::new(); self.spool.sinks.len()];
-        for ((item, keys), (decision, dead_letter)) in fresh.iter().zip(decisions) {
+        for ((item, idempotency), (decision, dead_letter)) in fresh.iter().zip(decisions) {
             let id = item.inquiry.id;
             let mut record = Vec::with_capacity(item.inquiry_json.len() + 512);
             record.extend_from_slice(b"{\"inquiry\":");
@@ -600,8 +598,8 @@ impl Stage {
             serde_json::to_writer(&mut record, &decision).expect("decisions serialize");
             record.push(b'}');
             batch.put_inquiry(id, &record, &item.raw);
-            for (key, value) in keys.entries(id) {
-                batch.put_dedup(key, &value);
+            if let Some(key) = idempotency {
+                batch.put_dedup(&key.key, &key.value(id));
             }
             let pseudonym = &item.subject.key.pseudonym;
             // Not only when created (the creating request may have been refused: queue full, a bad
@@ -982,39 +980,33 @@ fn fail_jobs(jobs: Vec<Job>, err: &StoreError) {
     }
 }
 
-/// The keys an inquiry is deduplicated by. Parts are length-prefixed, so no value can imitate
-/// another.
-pub struct DedupKeys {
-    /// (channel, account, external message id) -> id.
-    pub message: Vec<u8>,
-    /// (channel, account, Idempotency-Key) -> id + SHA-256 of the payload, when the client sent a
-    /// key: a retry with the same payload is a duplicate, the same key with another payload a conflict.
-    pub idempotency: Option<(Vec<u8>, [u8; 32])>,
+/// A client's Idempotency-Key, stored as `(channel, account, key) -> id + SHA-256 of the
+/// payload`: a retry with the same payload is a duplicate, the same key with another payload a
+/// conflict. (Messages are deduplicated by their id: see [`Store::find_message`].)
+struct IdempotencyKey {
+    /// `(channel, account, "idempotency", key)`, each part length-prefixed, so no value can
+    /// imitate another.
+    key: Vec<u8>,
+    fingerprint: [u8; 32],
 }
 
-impl DedupKeys {
-    /// The keys of a submission.
-    pub fn of(item: &Submission) -> DedupKeys {
-        let inquiry = &item.inquiry;
-        let key = |kind: &str, value: &str| dedup_key(inquiry, kind, value);
-        DedupKeys {
-            message: key("message", &inquiry.external.message_id),
-            idempotency: item.idempotency_key.as_deref().map(|k| (key("idempotency", k), item.fingerprint)),
-        }
+impl IdempotencyKey {
+    /// The key of a submission, when its client sent one.
+    fn of(item: &Submission) -> Option<IdempotencyKey> {
+        let key = item.idempotency_key.as_deref()?;
+        Some(IdempotencyKey { key: dedup_key(&item.inquiry, "idempotency", key), fingerprint: item.fingerprint })
     }
 
-    /// The message key of a stored inquiry (retention removes it with the inquiry).
-    pub fn message_key(inquiry: &Inquiry) -> Vec<u8> {
-        dedup_key(inquiry, "message", &inquiry.external.message_id)
+    /// The value to store for inquiry `id`.
+    fn value(&self, id: Uuid) -> Vec<u8> {
+        [id.as_bytes().as_slice(), &self.fingerprint].concat()
     }
 
-    /// The entries to store for inquiry `id`.
-    fn entries(&self, id: Uuid) -> Vec<(&[u8], Vec<u8>)> {
-        let mut entries = vec![(self.message.as_slice(), id.as_bytes().to_vec())];
-        if let Some((key, fingerprint)) = &self.idempotency {
-            entries.push((key.as_slice(), [id.as_bytes().as_slice(), fingerprint].concat()));
-        }
-        entries
+    /// The answer for a submission whose key is stored with `value`.
+    fn ack_for(&self, value: &[u8]) -> Ack {
+        let (id, earlier_fingerprint) = value.split_at(16.min(value.len()));
+        let status = if earlier_fingerprint == self.fingerprint { AckStatus::Duplicate } else { AckStatus::Conflict };
+        Ack { id: Uuid::from_slice(id).unwrap_or_default(), status }
     }
 }
 
@@ -1294,7 +1286,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_inquiries_leave_the_store_with_their_dedup_key_link_and_dead_letter() {
+    async fn expired_inquiries_leave_the_store_with_their_message_link_and_dead_letter() {
         let Running { pipeline, store, subjects, .. } = start(Silent, 8);
         let now = OffsetDateTime::now_utc();
         let recent = (now - time::Duration::days(2)).format(&Rfc3339).unwrap();
@@ -1315,10 +1307,28 @@ mod tests {
             store.get_inquiry(acks[1].id).unwrap().is_some() && store.get_dead_letter(acks[1].id).unwrap().is_some()
         );
         assert_eq!(store.inquiries_of(&pseudonym).unwrap(), vec![acks[1].id]);
-        // The dedup key went with it: the same message, delivered again, is stored again.
+        // Its message went with it: the same message, delivered again, is stored again.
         let again = pipeline.submit(vec![submission_at(&subjects, "old", "x", &old)]).await.unwrap();
         assert_eq!(again[0].status, AckStatus::Accepted);
         assert_eq!(crate::retention::sweep(&store, &retention, now).unwrap().inquiries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_received_again_with_another_time_is_a_duplicate_of_the_first() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        // A platform that sends no message time gets the receive time: another id each time.
+        let at = |hour: u32| format!("2026-11-24T{hour:02}:00:00Z");
+        let acks = pipeline
+            .submit(vec![submission_at(&subjects, "m-1", "x", &at(8)), submission_at(&subjects, "m-1", "x", &at(9))])
+            .await
+            .unwrap();
+        assert_eq!(acks[0].status, AckStatus::Accepted);
+        assert_eq!((acks[1].id, acks[1].status), (acks[0].id, AckStatus::Duplicate), "within one batch");
+        let later = pipeline.submit(vec![submission_at(&subjects, "m-1", "x", &at(10))]).await.unwrap();
+        assert_eq!((later[0].id, later[0].status), (acks[0].id, AckStatus::Duplicate), "in a later batch");
+        let other = pipeline.submit(vec![submission_at(&subjects, "m-2", "x", &at(10))]).await.unwrap();
+        assert_eq!(other[0].status, AckStatus::Accepted);
+        assert_eq!(store.count_inquiries().unwrap(), 2);
     }
 
     #[tokio::test]

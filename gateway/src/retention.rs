@@ -1,6 +1,6 @@
 //! Retention in the embedded store: inquiries (with their sealed personal data, original payload,
-//! dedup key and subject link) and dead letters past their class's retention are removed, and
-//! the disk space of value-log files left without a live record is freed.
+//! subject link and place in the message index) and dead letters past their class's retention
+//! are removed, and the disk space of value-log files left without a live record is freed.
 //! Kafka and CQL enforce the same classes themselves (`retention.ms`, `USING TTL`).
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::compliance::audit::AuditEvent;
 use crate::config::RetentionConfig;
-use crate::pipeline::{DedupKeys, Pipeline, StoredInquiry};
+use crate::pipeline::{Pipeline, StoredInquiry};
 use crate::retry::sleep_or_stop;
 use crate::store::{Store, StoreError};
 
@@ -44,12 +44,9 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
         for (id, record) in &expired {
             crate::reach::forget(store, &mut batch, *id)?;
             match serde_json::from_slice::<StoredInquiry>(record) {
-                Ok(stored) => {
-                    let inquiry = &stored.inquiry;
-                    batch.remove_inquiry(*id, &DedupKeys::message_key(inquiry), &inquiry.buyer.pseudonym);
-                }
-                // Unreadable: remove the record itself; nothing else can be found from it.
-                Err(_) => batch.remove_inquiry(*id, &[], ""),
+                Ok(stored) => batch.remove_inquiry(*id, &stored.inquiry.buyer.pseudonym),
+                // Unreadable: remove the record itself; its subject cannot be found from it.
+                Err(_) => batch.remove_inquiry(*id, ""),
             }
         }
         batch.write()?;

@@ -149,7 +149,7 @@ pub enum Hop {
     Normalize,
     /// Waiting in the pipeline queue.
     Queue,
-    /// Looking up dedup keys.
+    /// Deduplicating: by message (the in-memory index) and by Idempotency-Key (the store).
     Dedup,
     /// Routing.
     Route,
