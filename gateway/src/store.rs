@@ -191,8 +191,8 @@ impl Store {
         let separated =
             || partition_options().with_kv_separation(KvSeparationOptions::default().separation_threshold(256));
         let inquiries = keyspace.open_partition(partition::INQUIRIES, separated())?;
-        let mut messages = MessageIndex::default();
-        // Keys only: the values stay in the value log.
+        // Sized once (no rehash, no doubled peak); keys only: the values stay in the value log.
+        let mut messages = MessageIndex(HashMap::with_capacity(inquiries.approximate_len()));
         for key in inquiries.keys() {
             if let Ok(id) = Uuid::from_slice(&key?) {
                 messages.insert(id);
