@@ -786,6 +786,7 @@ impl Syncer {
         let (journal, write_buffer) = self.store.write_backlog();
         gauge!(telemetry::STORE_JOURNAL_BYTES).set(journal as f64);
         gauge!(telemetry::STORE_WRITE_BUFFER_BYTES).set(write_buffer as f64);
+        gauge!(telemetry::STORE_MESSAGE_INDEX).set(self.store.message_index_len() as f64);
     }
 }
 

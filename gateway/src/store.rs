@@ -239,6 +239,11 @@ impl Store {
         self.messages.lock().unwrap_or_else(PoisonError::into_inner).get(message_hash(id))
     }
 
+    /// Inquiries in the message index (every stored inquiry).
+    pub fn message_index_len(&self) -> usize {
+        self.messages.lock().unwrap_or_else(PoisonError::into_inner).0.len()
+    }
+
     /// The value stored under an Idempotency-Key dedup key (an inquiry id followed by the
     /// payload's fingerprint), if any.
     pub fn find_dedup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

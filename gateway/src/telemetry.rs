@@ -80,6 +80,8 @@ pub const STORE_ERRORS: &str = "inquiry_gateway_store_errors_total";
 pub const STORE_JOURNAL_BYTES: &str = "inquiry_gateway_store_journal_bytes";
 /// Bytes held in the embedded store's memtables, not yet flushed to disk segments.
 pub const STORE_WRITE_BUFFER_BYTES: &str = "inquiry_gateway_store_write_buffer_bytes";
+/// Inquiries in the store's in-memory message index (every stored inquiry; 20-40 bytes each).
+pub const STORE_MESSAGE_INDEX: &str = "inquiry_gateway_store_message_index_entries";
 /// Inquiries durable here and waiting for a sink. Label: `sink`.
 pub const SPOOL_DEPTH: &str = "inquiry_gateway_spool_depth";
 /// Records a sink's forwarder took from the spool. Labels: `sink`, `from` (`memory`: the stage's
@@ -265,6 +267,7 @@ pub fn install_metrics() -> PrometheusHandle {
     );
     describe_gauge!(STORE_WRITE_BUFFER_BYTES, Unit::Bytes, "bytes in the store's memtables, not yet flushed");
     describe_counter!(STORE_ERRORS, "group commits that failed");
+    describe_gauge!(STORE_MESSAGE_INDEX, "stored inquiries in the in-memory message dedup index");
     describe_gauge!(SPOOL_DEPTH, "inquiries durable here and waiting for a sink");
     describe_counter!(SPOOL_READS, "records a forwarder took from the spool, from memory or read back from the store");
     describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "age of the oldest inquiry waiting for a sink");

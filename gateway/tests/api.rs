@@ -194,9 +194,18 @@ async fn metrics_parse_with_promtool_and_hold_every_hop_histogram() {
     for n in 0..20 {
         client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", &format!("p-{n}"))).await;
     }
-    let reply = client.get(&gateway.admin_url("/metrics")).await;
-    assert_eq!(reply.status, 200);
-    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    // The store gauges are refreshed every 250 ms: wait for the message index to count all 20.
+    let mut text = String::new();
+    for _ in 0..40 {
+        let reply = client.get(&gateway.admin_url("/metrics")).await;
+        assert_eq!(reply.status, 200);
+        text = String::from_utf8(reply.body.to_vec()).unwrap();
+        if metric_value(&text, "inquiry_gateway_store_message_index_entries", &[]) == 20.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric_value(&text, "inquiry_gateway_store_message_index_entries", &[]), 20.0);
     for hop in ["normalize", "queue", "dedup", "route", "store", "ingest"] {
         let count =
             metric_value(&text, "inquiry_gateway_hop_duration_seconds_count", &[("hop", hop), ("channel", "generic")]);
