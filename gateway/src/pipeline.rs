@@ -1315,6 +1315,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expired_inquiries_take_their_idempotency_keys_with_them() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let now = OffsetDateTime::now_utc();
+        let old = (now - time::Duration::days(45)).format(&Rfc3339).unwrap();
+        let recent = (now - time::Duration::days(2)).format(&Rfc3339).unwrap();
+        let keyed = |external_id: &str, at: &str, key: &str| {
+            let mut item = submission_at(&subjects, external_id, "x", at);
+            item.idempotency_key = Some(key.to_owned());
+            item
+        };
+        let acks = pipeline.submit(vec![keyed("a", &old, "req-1"), keyed("b", &recent, "req-2")]).await.unwrap();
+        assert!(acks.iter().all(|a| a.status == AckStatus::Accepted));
+        // While stored, the same key with another payload is a conflict.
+        let reused = pipeline.submit(vec![keyed("c", &recent, "req-1")]).await.unwrap();
+        assert_eq!(reused[0].status, AckStatus::Conflict);
+        let retention =
+            crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
+        assert_eq!(crate::retention::sweep(&store, &retention, now).unwrap().inquiries, 1);
+        // The expired inquiry's key is free again; the kept one's still holds.
+        let again = pipeline.submit(vec![keyed("c", &recent, "req-1"), keyed("d", &recent, "req-2")]).await.unwrap();
+        assert_eq!(again[0].status, AckStatus::Accepted);
+        assert_eq!((again[1].id, again[1].status), (acks[1].id, AckStatus::Conflict));
+    }
+
+    #[tokio::test]
     async fn a_message_received_again_with_another_time_is_a_duplicate_of_the_first() {
         let Running { pipeline, store, subjects, .. } = start(Silent, 8);
         // A platform that sends no message time gets the receive time: another id each time.

@@ -1,6 +1,7 @@
 //! Retention in the embedded store: inquiries (with their sealed personal data, original payload,
-//! subject link and place in the message index) and dead letters past their class's retention
-//! are removed, and the disk space of value-log files left without a live record is freed.
+//! subject link, place in the message index and Idempotency-Key) and dead letters past their
+//! class's retention are removed, and the disk space of value-log files left without a live
+//! record is freed.
 //! Kafka and CQL enforce the same classes themselves (`retention.ms`, `USING TTL`).
 
 use std::time::Duration;
@@ -51,6 +52,16 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
         }
         batch.write()?;
         swept.inquiries += expired.len();
+    }
+    // Their Idempotency-Keys: found by the inquiry id they hold.
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let expired = store.dedup_keys_before(cutoff, after.as_deref(), CHUNK)?;
+        let Some(last) = expired.last().cloned() else { break };
+        let mut batch = store.batch();
+        expired.iter().for_each(|key| batch.remove_dedup(key));
+        batch.write()?;
+        after = Some(last);
     }
     let cutoff = now - time::Duration::days(i64::from(retention.dead_letters_days));
     loop {

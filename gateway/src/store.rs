@@ -23,9 +23,10 @@ use uuid::Uuid;
 mod partition {
     /// `id -> [u32 BE length of the record][StoredInquiry JSON][original payload bytes]`.
     pub const INQUIRIES: &str = "inquiries";
-    /// `Idempotency-Key dedup key -> id + payload fingerprint`. (Message dedup keys are not
-    /// stored: see [`super::MessageIndex`]; a store written before that still holds some,
-    /// `message` kind, unused.)
+    /// `Idempotency-Key dedup key -> id + payload fingerprint`, removed by retention with the
+    /// inquiry (the id starts with its message time). Message dedup keys are not stored (see
+    /// [`super::MessageIndex`]); those of a store written before, `message` kind `-> id`, are
+    /// no longer read and leave the same way.
     pub const DEDUP: &str = "dedup";
     /// `id -> dead-letter record` JSON.
     pub const DEAD_LETTERS: &str = "dead_letters";
@@ -248,6 +249,33 @@ impl Store {
     /// payload's fingerprint), if any.
     pub fn find_dedup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.dedup.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Dedup keys (Idempotency-Keys, and message keys of a store written before the message
+    /// index) whose inquiry's message time is before `before`, in key order after `after`: at
+    /// most `limit`. A value starts with its inquiry's id, and an id with its message time, so
+    /// retention removes them with their inquiries without knowing the keys. A full scan of the
+    /// partition over a sweep's calls, which only holds keys clients sent.
+    pub fn dedup_keys_before(
+        &self,
+        before: time::OffsetDateTime,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        use std::ops::Bound;
+        let cutoff = time_prefix(before);
+        let start = after.map_or(Bound::Unbounded, |key| Bound::Excluded(key.to_vec()));
+        let mut expired = Vec::new();
+        for item in self.dedup.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (key, value) = item?;
+            if value.len() >= 16 && value[..6] < cutoff[..6] {
+                expired.push(key.to_vec());
+                if expired.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(expired)
     }
 
     /// Frees the disk space of removed inquiry records (retention, erasure): value-log files
@@ -833,6 +861,11 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.dedup, key, value);
     }
 
+    /// Removes an expired dedup entry (see [`Store::dedup_keys_before`]).
+    pub fn remove_dedup(&mut self, key: &[u8]) {
+        self.inner.remove(&self.store.dedup, key);
+    }
+
     /// Queues a group commit's inquiries in a sink's outbox: one value per [`OUTBOX_GROUP_MAX`]
     /// entries, keyed by its last sequence number (`entries` ascend).
     pub fn put_outbox(&mut self, outbox: &Outbox, entries: &[OutboxEntry]) {
@@ -1075,6 +1108,39 @@ mod tests {
         batch.commit().unwrap();
         assert!(store.get_inquiry(unreadable).unwrap().is_none() && store.find_message(unreadable).is_none());
         assert!(store.get_inquiry(kept).unwrap().is_some() && store.find_message(kept) == Some(kept));
+    }
+
+    #[test]
+    fn expired_dedup_keys_are_found_by_the_message_time_of_their_inquiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = |days: i64| time::OffsetDateTime::from_unix_timestamp(1_790_000_000 + days * 86_400).unwrap();
+        let id_at = |days: i64, n: u128| {
+            let mut bytes = time_prefix(at(days));
+            bytes[6..].copy_from_slice(&Uuid::from_u128(n).as_bytes()[6..]);
+            Uuid::from_bytes(bytes)
+        };
+        let mut batch = store.batch();
+        for n in 0..25u128 {
+            // Idempotency-Keys (id + fingerprint): 20 old, 5 new; a legacy message key (id only).
+            let key = format!("idempotency-{n:02}");
+            let value = [id_at(if n < 20 { 0 } else { 10 }, n).as_bytes().as_slice(), &[7u8; 32]].concat();
+            batch.put_dedup(key.as_bytes(), &value);
+        }
+        batch.put_dedup(b"message-legacy", id_at(0, 99).as_bytes());
+        batch.commit().unwrap();
+        let cutoff = at(5);
+        // In chunks, each resuming after the last key of the one before.
+        let first = store.dedup_keys_before(cutoff, None, 15).unwrap();
+        let rest = store.dedup_keys_before(cutoff, first.last().map(Vec::as_slice), 15).unwrap();
+        assert_eq!((first.len(), rest.len()), (15, 6));
+        let mut batch = store.batch();
+        first.iter().chain(&rest).for_each(|key| batch.remove_dedup(key));
+        batch.commit().unwrap();
+        assert!(store.dedup_keys_before(cutoff, None, 100).unwrap().is_empty());
+        assert!(store.find_dedup(b"message-legacy").unwrap().is_none());
+        assert!(store.find_dedup(b"idempotency-19").unwrap().is_none());
+        assert!(store.find_dedup(b"idempotency-20").unwrap().is_some());
     }
 
     #[test]
