@@ -53,9 +53,11 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
         batch.write()?;
         swept.inquiries += expired.len();
     }
-    // Their Idempotency-Keys: found by the inquiry id they hold.
+    // Their Idempotency-Keys, found by the inquiry id they hold: a scan of every stored key, so
+    // only when inquiries expired (a key expires with its inquiry; one left by a sweep that
+    // failed here goes with the next inquiries that expire).
     let mut after: Option<Vec<u8>> = None;
-    loop {
+    while swept.inquiries > 0 {
         let expired = store.dedup_keys_before(cutoff, after.as_deref(), CHUNK)?;
         let Some(last) = expired.last().cloned() else { break };
         let mut batch = store.batch();

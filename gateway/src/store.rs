@@ -138,8 +138,9 @@ impl MessageIndex {
 
     fn remove(&mut self, id: Uuid) {
         // Only the id stored for that message (never another message time's).
-        if self.get(message_hash(id)) == Some(id) {
-            self.0.remove(&message_hash(id));
+        let message = message_hash(id);
+        if self.get(message) == Some(id) {
+            self.0.remove(&message);
         }
     }
 
