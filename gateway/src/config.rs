@@ -1311,11 +1311,28 @@ pub struct ApiKeyConfig {
     pub key: String,
     /// Accounts this key may post for and read; `"*"` means all.
     pub accounts: Vec<String>,
+    /// What the key may do (see [`API_KEY_SCOPES`]); all of it when absent. A key that only
+    /// submits (a web shop's back end, a form relay) should hold just `inquiries:write`.
+    #[serde(default = "all_api_key_scopes")]
+    pub scopes: Vec<String>,
+}
+
+/// Scopes an ingest API key may hold: `inquiries:write` (`POST /v1/inquiries`, `/batch`),
+/// `inquiries:read` (`GET /v1/inquiries/{id}`, personal data in clear), `replies:write`
+/// (`POST /v1/inquiries/{id}/reply`).
+pub const API_KEY_SCOPES: [&str; 3] = ["inquiries:write", "inquiries:read", "replies:write"];
+
+fn all_api_key_scopes() -> Vec<String> {
+    API_KEY_SCOPES.iter().map(|s| (*s).to_owned()).collect()
 }
 
 impl std::fmt::Debug for ApiKeyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKeyConfig").field("id", &self.id).field("accounts", &self.accounts).finish_non_exhaustive()
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("accounts", &self.accounts)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -1681,6 +1698,13 @@ impl Config {
             }
             if key.accounts.is_empty() {
                 problems.push(format!("auth.api_keys[{i}].accounts must name at least one account or \"*\""));
+            }
+            if key.scopes.is_empty() {
+                problems.push(format!("auth.api_keys[{i}].scopes must name at least one scope (or be left out: all)"));
+            }
+            for scope in key.scopes.iter().filter(|s| !API_KEY_SCOPES.contains(&s.as_str())) {
+                problems
+                    .push(format!("auth.api_keys[{i}]: scope `{scope}` is not one of {}", API_KEY_SCOPES.join(", ")));
             }
         }
         validate_compliance(&self.compliance, &mut problems);
@@ -2101,12 +2125,26 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let text = "[ingest]\nmax_body_bytes = 10\n[pipeline]\nqueue_capacity = 0\n[[auth.api_keys]]\nid = \"a\"\nkey = \"short\"\naccounts = []\n";
+        let text = "[ingest]\nmax_body_bytes = 10\n[pipeline]\nqueue_capacity = 0\n[[auth.api_keys]]\nid = \"a\"\nkey = \"short\"\naccounts = []\n\
+                    [[auth.api_keys]]\nid = \"b\"\nkey = \"long-enough-key-0001\"\naccounts = [\"*\"]\nscopes = [\"inquiries:delete\"]\n\
+                    [[auth.api_keys]]\nid = \"c\"\nkey = \"long-enough-key-0002\"\naccounts = [\"*\"]\nscopes = []\n";
         let err = Config::from_toml_with_env(text, env).unwrap().validate().unwrap_err().to_string();
-        for expected in ["ingest.max_body_bytes", "pipeline.queue_capacity", "api_keys[0].key", "api_keys[0].accounts"]
-        {
+        for expected in [
+            "ingest.max_body_bytes",
+            "pipeline.queue_capacity",
+            "api_keys[0].key",
+            "api_keys[0].accounts",
+            "auth.api_keys[1]: scope `inquiries:delete` is not one of inquiries:write, inquiries:read, replies:write",
+            "auth.api_keys[2].scopes must name at least one scope",
+        ] {
             assert!(err.contains(expected), "missing {expected} in {err}");
         }
+        let unscoped = Config::from_toml_with_env(
+            "[[auth.api_keys]]\nid = \"a\"\nkey = \"long-enough-key-0001\"\naccounts = [\"*\"]\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(unscoped.auth.api_keys[0].scopes, API_KEY_SCOPES, "a key without scopes may do everything");
     }
 
     #[test]

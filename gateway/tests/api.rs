@@ -154,7 +154,9 @@ async fn batches_dedup_within_and_across_requests_and_honour_idempotency_keys() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_limit_callers_to_their_accounts() {
     let config = "[[auth.api_keys]]\nid = \"shop-1-key\"\nkey = \"key-for-shop-one-0001\"\naccounts = [\"shop-1\"]\n\
-                  [[auth.api_keys]]\nid = \"ops\"\nkey = \"key-for-everything-01\"\naccounts = [\"*\"]\n";
+                  [[auth.api_keys]]\nid = \"ops\"\nkey = \"key-for-everything-01\"\naccounts = [\"*\"]\n\
+                  [[auth.api_keys]]\nid = \"form-relay\"\nkey = \"key-that-only-submits\"\naccounts = [\"*\"]\n\
+                  scopes = [\"inquiries:write\"]\n";
     let gateway = Gateway::start(config).await;
     let client = HttpClient::new();
     let url = gateway.url("/v1/inquiries");
@@ -185,6 +187,44 @@ async fn api_keys_limit_callers_to_their_accounts() {
     let hidden = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{id}")), "", &[shop1]).await;
     assert_eq!(hidden.status, 404, "a key never sees another account's inquiries");
     assert!(!gateway.log().contains("key-for-shop-one"), "keys never appear in logs");
+
+    // A read of personal data is in the audit log before the answer: who, which inquiry, whose.
+    let read = client
+        .request(
+            Method::GET,
+            &gateway.url(&format!("/v1/inquiries/{id}")),
+            "",
+            &[("authorization", "Bearer key-for-everything-01")],
+        )
+        .await;
+    assert_eq!(read.status, 200);
+    let read = read.json();
+    assert_eq!(read["personal"]["email"], "auth-2@example.com");
+    let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
+    assert_eq!(entries.status, 200);
+    let reads: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "inquiry.read")
+        .collect();
+    assert_eq!(reads.len(), 1, "the refused read (404) opened nothing and is not a read: {reads:?}");
+    assert_eq!(reads[0]["actor"], "api_key:ops");
+    assert_eq!(reads[0]["inquiry_id"], id.as_str());
+    assert_eq!(reads[0]["subject"], read["inquiry"]["buyer"]["pseudonym"]);
+    assert_eq!(reads[0]["detail"]["personal_data"], true);
+    assert!(!reads[0].to_string().contains("auth-2@example.com"), "the entry holds no personal data");
+
+    // A key scoped to submitting posts, but reads nothing and records no replies.
+    let relay = ("authorization", "Bearer key-that-only-submits");
+    let posted = client.request(Method::POST, &url, inquiry_json("shop-3", "relay-1"), &[JSON, relay]).await;
+    assert_eq!(posted.status, 201);
+    let relayed = posted.json()["id"].as_str().unwrap().to_owned();
+    let peek = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{relayed}")), "", &[relay]).await;
+    assert_eq!((peek.status.as_u16(), peek.error_code().as_str()), (403, "scope_missing"));
+    assert!(peek.json()["error"]["message"].as_str().unwrap().contains("inquiries:read"));
+    let reply_path = format!("/v1/inquiries/{relayed}/reply");
+    let reply = client.request(Method::POST, &gateway.url(&reply_path), "", &[JSON, relay]).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (403, "scope_missing"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

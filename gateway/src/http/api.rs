@@ -62,7 +62,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
             post_batch(&state, req, &trace_id, traceparent.is_some(), started).await
         }
         (_, ["v1", "inquiries"] | ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
-        (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id),
+        (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id, source.clone(), &trace_id).await,
         (&Method::POST, ["v1", "inquiries", id, "reply"]) => {
             let id = id.to_string();
             post_reply(&state, req, &id).await
@@ -110,6 +110,7 @@ async fn post_one(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(req.headers())?;
+    grant.require("inquiries:write")?;
     require_content_type(req.headers(), &["application/json"])?;
     let idempotency_key = idempotency_key(req.headers())?;
     let raw = read_body(req, state.max_body_bytes).await?;
@@ -171,6 +172,7 @@ async fn post_batch(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(req.headers())?;
+    grant.require("inquiries:write")?;
     require_content_type(req.headers(), &["application/x-ndjson", "application/ndjson", "application/jsonl"])?;
     let idempotency_key = idempotency_key(req.headers())?;
     let body = read_body(req, state.max_body_bytes).await?;
@@ -297,11 +299,31 @@ fn stored_for(state: &ApiState, grant: &Grant, id: Uuid) -> Result<StoredInquiry
     Ok(stored)
 }
 
-fn get_one(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+/// `GET /v1/inquiries/{id}`: the stored inquiry with its personal data opened for the caller. Who
+/// read whose data is in the audit log (`inquiry.read`) before the answer leaves: a read that
+/// cannot be audited is refused like an inquiry that cannot be stored (429/503).
+async fn get_one(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    source: Option<String>,
+    trace_id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(headers)?;
+    grant.require("inquiries:read")?;
     let stored = stored_for(state, &grant, parse_id(id)?)?;
     // The personal data, opened for the caller; `null` once the subject was erased.
     let personal = state.subjects.open(&stored.inquiry).map_err(store_error)?;
+    let inquiry = &stored.inquiry;
+    let read = AuditEvent::new("inquiry.read", grant.actor())
+        .from_source(source)
+        .inquiry(inquiry.id)
+        .subject(&inquiry.buyer.pseudonym)
+        .detail(serde_json::json!({
+            "channel": inquiry.channel, "account": inquiry.account,
+            "personal_data": personal.is_some(), "trace_id": trace_id,
+        }));
+    state.pipeline.audit(vec![read]).await.map_err(submit_error)?;
     let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
     body["personal"] = serde_json::to_value(personal).expect("personal data serializes");
     Ok(json_response(StatusCode::OK, &body))
@@ -323,6 +345,7 @@ struct ReplyBody {
 /// SLA clock. Idempotent: a second call reports the SLA as the first one left it.
 async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(req.headers())?;
+    grant.require("replies:write")?;
     let id = parse_id(id)?;
     let body = read_body(req, 64 * 1024).await?;
     let reply: ReplyBody = if body.iter().all(u8::is_ascii_whitespace) {

@@ -22,6 +22,8 @@ pub enum Grant {
         id: String,
         /// Accounts it may use; `None` for all (`"*"`).
         accounts: Option<Vec<String>>,
+        /// What it may do (`config::API_KEY_SCOPES`).
+        scopes: Vec<String>,
     },
 }
 
@@ -32,6 +34,21 @@ impl Grant {
             Grant::Open => true,
             Grant::Key { accounts: None, .. } => true,
             Grant::Key { accounts: Some(accounts), .. } => accounts.iter().any(|a| a == account),
+        }
+    }
+
+    /// 403 `scope_missing` unless the grant holds `scope` (see `config::API_KEY_SCOPES`).
+    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
+        match self {
+            Grant::Key { id, scopes, .. } if !scopes.iter().any(|s| s == scope) => {
+                tracing::warn!(api_key = %id, scope, "ingest call refused: scope not granted");
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "scope_missing",
+                    format!("this key lacks the `{scope}` scope"),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -71,7 +88,7 @@ impl Authenticator {
             .iter()
             .map(|k| {
                 let accounts = (!k.accounts.iter().any(|a| a == "*")).then(|| k.accounts.clone());
-                (digest(&k.key), Grant::Key { id: k.id.clone(), accounts })
+                (digest(&k.key), Grant::Key { id: k.id.clone(), accounts, scopes: k.scopes.clone() })
             })
             .collect();
         Authenticator { keys: Some(keys) }
