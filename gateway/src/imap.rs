@@ -56,6 +56,9 @@ pub async fn run(
     mut stop: watch::Receiver<()>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(300));
+    // Shown as a poller of connector `imap` named by the mailbox, so that the poller alerts
+    // (a stalled cycle) cover mailboxes too.
+    let _active = crate::poll::Active::new(CONNECTOR, &config.name);
     let reader = Reader { cursor_name: format!("imap/{}", config.name), config, pipeline, store, subjects };
     tracing::info!(mailbox = %reader.config.name, host = %reader.config.host, "mailbox reader started");
     loop {
@@ -116,6 +119,8 @@ impl Reader {
             // What arrived before this search is found by it; what arrives later is announced.
             while unsolicited.try_recv().is_ok() {}
             last = self.fetch_new(&mut session, validity, last).await?;
+            // A check of the folder is a completed cycle (with IDLE at least every IDLE_RENEW).
+            set_now(telemetry::POLL_CYCLE_COMPLETED, &self.config.name);
             // Only a fetch that went through resets the backoff: a message that breaks every
             // fetch must not make the reader log in again twice a second.
             backoff.reset();
@@ -213,7 +218,10 @@ impl Reader {
                 counter!(telemetry::POLL_ITEMS_IGNORED, "connector" => CONNECTOR).increment(ignored);
             }
             let next = *chunk.last().expect("chunks are not empty");
+            let imported = submissions.len() as u64;
             self.submit(submissions, validity, next).await?;
+            counter!(telemetry::POLL_ITEMS, "connector" => CONNECTOR).increment(imported);
+            set_now(telemetry::POLL_CURSOR_UPDATED, &self.config.name);
             last = next;
         }
         Ok(last)
@@ -234,6 +242,12 @@ impl Reader {
             }
         }
     }
+}
+
+/// Sets the timestamp gauge `metric` of this mailbox (connector `imap`) to now.
+fn set_now(metric: &'static str, mailbox: &str) {
+    let now = OffsetDateTime::now_utc().unix_timestamp() as f64;
+    metrics::gauge!(metric, "connector" => CONNECTOR, "account" => mailbox.to_owned()).set(now);
 }
 
 /// A TLS connector trusting the webpki roots.

@@ -371,13 +371,15 @@ impl Place<'_> {
     }
 }
 
-/// Shows a poller as polling here (`inquiry_gateway_poller_active`) while alive.
-struct Active {
+/// Shows a poller (or a mailbox reader) as polling here (`inquiry_gateway_poller_active`) while
+/// alive.
+pub(crate) struct Active {
     gauge: metrics::Gauge,
 }
 
 impl Active {
-    fn new(connector: &'static str, account: &str) -> Active {
+    /// Sets the gauge of (`connector`, `account`) to 1 until dropped.
+    pub(crate) fn new(connector: &'static str, account: &str) -> Active {
         let gauge = gauge!(telemetry::POLLER_ACTIVE, "connector" => connector, "account" => account.to_owned());
         gauge.set(1.0);
         Active { gauge }

@@ -97,12 +97,28 @@ async fn mailbox_messages_become_inquiries_once_with_idle_delivery_across_a_sigk
     );
     let mut gateway = Gateway::start(&config).await;
     wait_accepted(&gateway, 7.0, Duration::from_secs(30)).await;
+    // Counted by the reader once the pipeline took the batch: a moment after the pipeline's count.
+    support::eventually(Duration::from_secs(5), "the reader counts the 7 buyer messages it imported", || async {
+        metric_value(&metrics(&gateway).await, "inquiry_gateway_poll_items_total", &[("connector", "imap")]) == 7.0
+    })
+    .await;
     let text = metrics(&gateway).await;
     assert_eq!(metric_value(&text, "inquiry_gateway_poll_items_ignored_total", &[("connector", "imap")]), 1.0);
     assert_eq!(
         metric_value(&text, "inquiry_gateway_poll_requests_total", &[("connector", "imap"), ("outcome", "error")]),
         0.0
     );
+    // The mailbox is reported like a poller, so the poller alerts (a stalled cycle) cover it.
+    let labels = [("connector", "imap"), ("account", ACCOUNT)];
+    assert_eq!(metric_value(&text, "inquiry_gateway_poller_active", &labels), 1.0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    for gauge in [
+        "inquiry_gateway_poll_cycle_completed_timestamp_seconds",
+        "inquiry_gateway_poll_cursor_updated_timestamp_seconds",
+    ] {
+        let at = metric_value(&text, gauge, &labels);
+        assert!((now - 60.0..=now + 1.0).contains(&at), "{gauge} is recent: {at} (now {now})");
+    }
     assert!(!gateway.log().contains(PASSWORD), "the password is never logged");
     assert!(gateway.log().contains("\"idle\":true"), "dovecot offers IDLE and the reader uses it");
 
