@@ -827,6 +827,10 @@ pub struct TeamConfig {
     pub supervisor: Option<String>,
     /// Alert targets (ids) that get the team's SLA alerts.
     pub alert_targets: Vec<String>,
+    /// Also alert the assignee when an inquiry with an SLA is assigned (`sla.started`), not
+    /// only on reminders, breaches and escalations.
+    #[serde(default)]
+    pub alert_on_assignment: bool,
 }
 
 /// How an alert target is addressed and signed.
@@ -870,6 +874,12 @@ pub struct AlertTargetConfig {
     /// E-mail: the sender address.
     #[serde(default)]
     pub from: Option<String>,
+    /// Who to @-mention, by the id routing and teams use (agent, lead, supervisor) -> that
+    /// person's id on this platform: a Slack member id (`U024BE7LH`), a Feishu open_id
+    /// (`ou_...`), a DingTalk userId, a WeCom userid. Without an entry the alert names the id as
+    /// plain text.
+    #[serde(default)]
+    pub mentions: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for AlertTargetConfig {
@@ -881,6 +891,7 @@ impl std::fmt::Debug for AlertTargetConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("max_batch", &self.max_batch)
             .field("to", &self.to.len())
+            .field("mentions", &self.mentions.len())
             .finish()
     }
 }

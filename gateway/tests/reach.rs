@@ -26,6 +26,8 @@ struct Received {
     hook: Vec<(String, String, String, Option<String>)>,
     /// Lines of DingTalk and Feishu messages.
     ding: Vec<String>,
+    /// DingTalk's `at.atUserIds` of each message.
+    ding_mentions: Vec<String>,
     feishu: Vec<String>,
     bad_signatures: Vec<String>,
 }
@@ -107,6 +109,8 @@ fn receive(
             }
             let text = json["text"]["content"].as_str().unwrap_or_default();
             received.ding.extend(text.lines().map(str::to_owned));
+            let mentioned = json["at"]["atUserIds"].as_array().cloned().unwrap_or_default();
+            received.ding_mentions.extend(mentioned.iter().filter_map(|u| u.as_str().map(str::to_owned)));
             (200, r#"{"errcode":0,"errmsg":"ok"}"#.to_owned())
         }
         "/feishu" => {
@@ -188,6 +192,8 @@ id = "ding"
 kind = "dingtalk"
 url = "{receiver}/ding?access_token=ding-token"
 secret = "{DING_SECRET}"
+[reach.alert_targets.mentions]
+lead-li = "dt-lead-li"
 [[reach.alert_targets]]
 id = "feishu"
 kind = "feishu"
@@ -262,8 +268,12 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
     for (name, lines) in [("dingtalk", &received.ding), ("feishu", &received.feishu)] {
         assert_eq!(lines.len(), 6, "{name}: {lines:?}");
         assert!(lines.iter().all(|l| !l.contains(&answered)), "{name}: alerted about the answered inquiry");
-        assert_eq!(lines.iter().filter(|l| l.contains("escalated") && l.contains("@lead-li")).count(), 2, "{name}");
+        // DingTalk maps the lead to a DingTalk user: @-mentioned so that DingTalk notifies them.
+        let lead = if name == "dingtalk" { "@dt-lead-li" } else { "@lead-li" };
+        assert_eq!(lines.iter().filter(|l| l.contains("escalated") && l.ends_with(lead)).count(), 2, "{name}");
     }
+    assert!(!received.ding_mentions.is_empty(), "the escalations list the lead in at.atUserIds");
+    assert!(received.ding_mentions.iter().all(|u| u == "dt-lead-li"), "{:?}", received.ding_mentions);
 
     drop(received);
     let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();

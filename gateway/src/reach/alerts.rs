@@ -1,5 +1,7 @@
-//! Agent alerts: SLA reminders, breaches and escalations as chat-bot messages (Slack, Feishu,
-//! DingTalk, WeCom) or signed webhooks. A burst of events is sent as one message per batch.
+//! Agent alerts: SLA reminders, breaches and escalations (and, where a team asks, assignments) as
+//! chat-bot messages (Slack, Feishu, DingTalk, WeCom), e-mails or signed webhooks, with the person
+//! who must act @-mentioned where the target maps their id. A burst of events is sent as one
+//! message per batch.
 //!
 //! Signing follows each platform's documentation:
 //! - Feishu / Lark custom bot: `sign = base64(HMAC-SHA256(key = "{timestamp}\n{secret}", ""))`,
@@ -23,18 +25,20 @@ use crate::telemetry;
 /// The header that carries a generic webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-inquiry-gateway-signature";
 
-/// One line per event: what happened, to which inquiry, and who must act (no personal data).
-pub fn render(events: &[SlaEvent]) -> String {
+/// One line per event for `target`: what happened, to which inquiry, and who must act, mentioned
+/// the way the platform notifies people where the target maps their id (no personal data).
+pub fn render(events: &[SlaEvent], target: &AlertTargetConfig) -> String {
     let lines: Vec<String> = events
         .iter()
         .map(|e| {
             let what = match e.kind {
+                EventKind::Started => "New inquiry assigned: first response due".to_owned(),
                 EventKind::Reminder => "SLA reminder: first response due".to_owned(),
                 EventKind::Breached => "SLA breached: no first response by".to_owned(),
                 EventKind::Escalated => format!("SLA escalated (level {}): no first response since", e.level),
                 other => other.as_str().to_owned(),
             };
-            let who = e.notify.as_deref().map(|n| format!(" @{n}")).unwrap_or_default();
+            let who = e.notify.as_deref().map(|n| format!(" {}", mention(target, n))).unwrap_or_default();
             format!(
                 "{what} {} | inquiry {} | {} {} | queue {} | {:?}{who}",
                 e.deadline, e.inquiry_id, e.channel, e.account, e.queue, e.priority
@@ -44,22 +48,52 @@ pub fn render(events: &[SlaEvent]) -> String {
     lines.join("\n")
 }
 
+/// `who` (an agent, lead or supervisor id) as the target's platform mentions a person: Slack
+/// `<@U024BE7LH>`, Feishu `<at user_id="ou_..."></at>`, DingTalk and WeCom `@userid` (with the
+/// id also listed in the message's mention field, see [`mentioned`]); `@who` as plain text where
+/// the target does not map the id.
+fn mention(target: &AlertTargetConfig, who: &str) -> String {
+    match (target.kind, target.mentions.get(who)) {
+        (AlertKind::Slack, Some(user)) => format!("<@{user}>"),
+        (AlertKind::Feishu, Some(user)) => format!("<at user_id=\"{user}\"></at>"),
+        (AlertKind::Dingtalk | AlertKind::Wecom, Some(user)) => format!("@{user}"),
+        _ => format!("@{who}"),
+    }
+}
+
+/// The platform user ids of the people `events` notify that `target` maps, each once (DingTalk's
+/// `at.atUserIds`, WeCom's `mentioned_list`: without them the `@` in the text notifies nobody).
+fn mentioned(target: &AlertTargetConfig, events: &[SlaEvent]) -> Vec<String> {
+    let mut users: Vec<String> =
+        events.iter().filter_map(|e| target.mentions.get(e.notify.as_deref()?)).cloned().collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
 /// The request that delivers `events` to `target` at `now_ms` (signed where the target signs).
 pub fn request(target: &AlertTargetConfig, events: &[SlaEvent], now_ms: i64) -> PollRequest {
-    let text = render(events);
+    let text = render(events, target);
     let json = ("content-type".to_owned(), "application/json".to_owned());
     let mut url = target.url.clone();
     let mut headers = vec![json];
     let body = match target.kind {
         AlertKind::Slack => serde_json::json!({ "text": text }),
-        AlertKind::Wecom => serde_json::json!({ "msgtype": "text", "text": { "content": text } }),
+        AlertKind::Wecom => serde_json::json!({
+            "msgtype": "text",
+            "text": { "content": text, "mentioned_list": mentioned(target, events) },
+        }),
         AlertKind::Dingtalk => {
             if let Some(secret) = &target.secret {
                 let sign = dingtalk_sign(secret, now_ms);
                 let joiner = if url.contains('?') { '&' } else { '?' };
                 url = format!("{url}{joiner}timestamp={now_ms}&sign={}", percent_encode(&sign));
             }
-            serde_json::json!({ "msgtype": "text", "text": { "content": text } })
+            serde_json::json!({
+                "msgtype": "text",
+                "text": { "content": text },
+                "at": { "atUserIds": mentioned(target, events), "isAtAll": false },
+            })
         }
         AlertKind::Feishu => {
             let mut body = serde_json::json!({ "msg_type": "text", "content": { "text": text } });
@@ -140,7 +174,7 @@ async fn send_email(target: &AlertTargetConfig, events: &[SlaEvent]) -> Result<(
         .map_err(|_| format!("alert target {}: the smtp url is unusable", target.id))?
         .timeout(Some(std::time::Duration::from_secs(30)))
         .build();
-    let breached = events.iter().filter(|e| e.kind != EventKind::Reminder).count();
+    let breached = events.iter().filter(|e| matches!(e.kind, EventKind::Breached | EventKind::Escalated)).count();
     let subject = format!("[SLA] {} alert(s), {breached} breached or escalated", events.len());
     let mut message = Message::builder()
         .from(target.from.as_deref().unwrap_or_default().parse().map_err(|_| "bad from address".to_owned())?)
@@ -149,7 +183,7 @@ async fn send_email(target: &AlertTargetConfig, events: &[SlaEvent]) -> Result<(
     for to in &target.to {
         message = message.to(to.parse().map_err(|_| "bad recipient address".to_owned())?);
     }
-    let message = message.body(render(events)).map_err(|e| format!("alert e-mail: {e}"))?;
+    let message = message.body(render(events, target)).map_err(|e| format!("alert e-mail: {e}"))?;
     transport.send(message).await.map(|_| ()).map_err(|e| format!("alert target {}: smtp: {e}", target.id))
 }
 
@@ -189,6 +223,75 @@ mod tests {
         assert_eq!(feishu_sign("demo-secret", 1_700_000_000), "mYHw2R2SOm8Rw/sne3lQdmz4sOfntKR+1P/8RKKTwmA=");
         assert_eq!(dingtalk_sign("SECdemo", 1_700_000_000_000), "lOvVf9TQCVugV68mGbSZCg0gzOl1SVjxWi1MyVZCUuA=");
         assert_eq!(percent_encode("a+b/c="), "a%2Bb%2Fc%3D");
+    }
+
+    fn event(kind: EventKind, notify: Option<&str>) -> SlaEvent {
+        SlaEvent {
+            schema: crate::reach::sla::EVENT_SCHEMA.to_owned(),
+            event_id: uuid::Uuid::nil(),
+            kind,
+            inquiry_id: uuid::Uuid::nil(),
+            account: "shop-1".to_owned(),
+            channel: "generic".to_owned(),
+            queue: "sales".to_owned(),
+            priority: crate::routing::Priority::High,
+            assignee: Some("agent-ana".to_owned()),
+            policy: "standard".to_owned(),
+            level: u8::from(kind == EventKind::Escalated),
+            deadline: "2026-12-02T11:00:00Z".to_owned(),
+            due: "2026-12-02T11:00:00Z".to_owned(),
+            at: "2026-12-02T11:00:00Z".to_owned(),
+            notify: notify.map(str::to_owned),
+            region: inquiry_connectors::Region::Eu,
+        }
+    }
+
+    fn target(kind: &str) -> AlertTargetConfig {
+        toml::from_str(&format!(
+            "id = \"t\"\nkind = \"{kind}\"\nurl = \"https://bots.example/send\"\n\
+             [mentions]\nagent-ana = \"u-ana\"\nlead-li = \"u-li\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_person_who_must_act_is_mentioned_the_way_each_platform_notifies() {
+        let events = [
+            event(EventKind::Started, Some("agent-ana")),
+            event(EventKind::Escalated, Some("lead-li")),
+            event(EventKind::Breached, Some("agent-ana")),
+            event(EventKind::Reminder, Some("agent-bo")), // not mapped: named as text
+        ];
+        let body = |kind: &str| -> serde_json::Value {
+            serde_json::from_str(&request(&target(kind), &events, 1_700_000_000_000).body).unwrap()
+        };
+
+        let slack = body("slack")["text"].as_str().unwrap().to_owned();
+        assert!(slack.starts_with("New inquiry assigned: first response due 2026-12-02T11:00:00Z"), "{slack}");
+        assert_eq!((slack.matches("<@u-ana>").count(), slack.matches("<@u-li>").count()), (2, 1), "{slack}");
+        assert!(slack.lines().nth(3).unwrap().ends_with(" @agent-bo"), "{slack}");
+
+        let feishu = body("feishu")["content"]["text"].as_str().unwrap().to_owned();
+        assert_eq!(feishu.matches(r#"<at user_id="u-ana"></at>"#).count(), 2, "{feishu}");
+
+        let ding = body("dingtalk");
+        assert_eq!(ding["at"]["atUserIds"], serde_json::json!(["u-ana", "u-li"]), "each mapped person once");
+        assert_eq!(ding["at"]["isAtAll"], false);
+        assert!(ding["text"]["content"].as_str().unwrap().contains("level 1): no first response since"));
+        assert!(ding["text"]["content"].as_str().unwrap().contains(" @u-li"));
+
+        let wecom = body("wecom");
+        assert_eq!(wecom["text"]["mentioned_list"], serde_json::json!(["u-ana", "u-li"]));
+        assert!(wecom["text"]["content"].as_str().unwrap().contains(" @u-ana"));
+
+        // Generic webhooks carry the events themselves: `notify` is the routing id, unmapped.
+        assert_eq!(body("webhook")["events"][1]["notify"], "lead-li");
+        // Without mentions the ids stay plain text and no one is listed.
+        let plain: AlertTargetConfig =
+            toml::from_str("id = \"p\"\nkind = \"dingtalk\"\nurl = \"https://bots.example/send\"\n").unwrap();
+        let ding: serde_json::Value = serde_json::from_str(&request(&plain, &events, 0).body).unwrap();
+        assert_eq!(ding["at"]["atUserIds"], serde_json::json!([]));
+        assert!(ding["text"]["content"].as_str().unwrap().contains(" @lead-li"));
     }
 
     #[test]

@@ -307,8 +307,9 @@ impl Reach {
         }
     }
 
-    /// Queues `event` for the Kafka topic and, for reminders, breaches and escalations, for the
-    /// alert targets of the inquiry's team, addressed to who must act.
+    /// Queues `event` for the Kafka topic and, for reminders, breaches and escalations (and the
+    /// start, where the team wants assignment alerts), for the alert targets of the inquiry's
+    /// team, addressed to who must act.
     fn queue_event(
         &self,
         batch: &mut StoreBatch<'_>,
@@ -327,7 +328,8 @@ impl Reach {
             let seq = self.next(seqs, KAFKA_QUEUE)?;
             batch.put_queued(KAFKA_QUEUE, seq, &payload);
         }
-        if event.kind.alerts() {
+        let assigned = event.kind == EventKind::Started && team.is_some_and(|t| t.alert_on_assignment);
+        if event.kind.alerts() || assigned {
             for target in team.map(|t| t.alert_targets.as_slice()).unwrap_or_default() {
                 let queue = alert_queue(target);
                 let seq = self.next(seqs, &queue)?;
@@ -680,6 +682,23 @@ mod tests {
         assert_eq!(all[3].deadline, "2026-12-02T11:00:00Z");
         // Alerts: reminders, breach and escalations; not the start.
         assert_eq!(queued(&store, &alert_queue("ops")).len(), 5);
+    }
+
+    #[test]
+    fn a_team_that_asks_for_it_is_alerted_when_an_inquiry_is_assigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let mut config: ReachConfig = toml::from_str(CONFIG).unwrap();
+        config.teams[0].alert_on_assignment = true;
+        let engine = Reach::new(&config, store.clone(), true, clock.clone()).unwrap();
+        assert_eq!(engine.schedule(&[record(1, T0, "sales", None)]).unwrap(), 1);
+        let alerts = queued(&store, &alert_queue("ops"));
+        assert_eq!(kinds(&alerts), [("sla.started", Some("agent-ana".to_owned()))]);
+        assert_eq!(alerts[0].deadline, "2026-12-02T11:00:00Z");
+        clock.0.store(T0 + 30 * MIN, Ordering::SeqCst);
+        assert_eq!(engine.fire_due().unwrap(), 1);
+        assert_eq!(queued(&store, &alert_queue("ops")).len(), 2, "and the reminders as before");
     }
 
     #[test]
