@@ -38,8 +38,10 @@ pub const POLL_QUOTA_REMAINING: &str = "inquiry_gateway_poll_quota_remaining";
 pub const POLL_CURSOR_UPDATED: &str = "inquiry_gateway_poll_cursor_updated_timestamp_seconds";
 /// SLA events recorded, by `kind` (`sla.started`, `sla.reminder`, `sla.breached`, ...).
 pub const SLA_EVENTS: &str = "inquiry_gateway_sla_events_total";
-/// First responses recorded, by `outcome` (`met`, `late`): the SLA attainment.
+/// First responses recorded, by `outcome` (`met`, `late`) and `channel`: the SLA attainment.
 pub const SLA_FIRST_RESPONSES: &str = "inquiry_gateway_sla_first_responses_total";
+/// Time from receiving an inquiry to its first response (wall-clock seconds), by `channel`.
+pub const SLA_FIRST_RESPONSE_TIME: &str = "inquiry_gateway_sla_first_response_seconds";
 /// SLAs still waiting for a step (open timers).
 pub const SLA_OPEN: &str = "inquiry_gateway_sla_open";
 /// How late SLA steps fire after they are due, in seconds.
@@ -143,6 +145,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
 /// Buckets for how old a polled message is, 1 s to 1 day.
 const AGE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0];
+/// Buckets of first-response times: a minute to a week.
+const RESPONSE_BUCKETS: &[f64] =
+    &[60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14_400.0, 28_800.0, 86_400.0, 172_800.0, 604_800.0];
 
 /// A hop of the pipeline, the `hop` label of [`HOP_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +231,7 @@ pub fn install_metrics() -> PrometheusHandle {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.to_owned()), BATCH_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(POLL_LAG.to_owned()), AGE_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SLA_TIMER_LAG.to_owned()), AGE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SLA_FIRST_RESPONSE_TIME.to_owned()), RESPONSE_BUCKETS))
         .expect("bucket lists are non-empty")
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
@@ -243,7 +249,8 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_gauge!(POLL_QUOTA_REMAINING, "calls left today as the platform reports it");
     describe_gauge!(POLL_CURSOR_UPDATED, "when a poller's durable cursor last moved, Unix seconds");
     describe_counter!(SLA_EVENTS, "sla events recorded, by kind");
-    describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late)");
+    describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late) and channel");
+    describe_histogram!(SLA_FIRST_RESPONSE_TIME, Unit::Seconds, "time from receiving an inquiry to its first response");
     describe_gauge!(SLA_OPEN, "slas waiting for their next step");
     describe_histogram!(SLA_TIMER_LAG, Unit::Seconds, "how late sla steps fire after they are due");
     describe_counter!(REPLIES, "first responses received, by source and outcome");

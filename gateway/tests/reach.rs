@@ -228,6 +228,14 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
     // Answered at once, maybe before the reach stage took it: the SLA starts closed either way.
     let sla = reply.json()["sla"].clone();
     assert_eq!(sla["status"], "met", "{sla}");
+    // Attainment and response time per channel.
+    let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let met = [("outcome", "met"), ("channel", "generic")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    let generic = [("channel", "generic")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_response_seconds_count", &generic), 1.0);
+    let within_a_minute = [("channel", "generic"), ("le", "60")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_response_seconds_bucket", &within_a_minute), 1.0);
 
     let late = post(&gateway, "reach-late").await;
     let across_kill = post(&gateway, "reach-across-kill").await;

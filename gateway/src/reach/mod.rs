@@ -227,7 +227,10 @@ impl Reach {
         self.queue_event(&mut batch, &mut seqs, event)?;
         batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
-        counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome).increment(1);
+        counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone()).increment(1);
+        let waited = state.replied_ms.unwrap_or(at_ms).saturating_sub(state.started_ms).max(0);
+        histogram!(telemetry::SLA_FIRST_RESPONSE_TIME, "channel" => state.channel.clone())
+            .record(waited as f64 / 1000.0);
         self.queued.notify_waiters();
         Ok(ReplyOutcome::Recorded(Box::new(state)))
     }
