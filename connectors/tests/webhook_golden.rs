@@ -294,6 +294,14 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
                 "inquiries": parsed.inquiries,
                 "personal": personal,
             });
+            if !parsed.replies.is_empty() {
+                let replies: Vec<serde_json::Value> = parsed
+                    .replies
+                    .iter()
+                    .map(|r| serde_json::json!({"buyer_id": r.buyer_id, "replied_at": r.replied_at.unix_timestamp()}))
+                    .collect();
+                golden["replies"] = serde_json::json!(replies);
+            }
             if !parsed.erasures.is_empty() {
                 golden["erasures"] = serde_json::json!(parsed.erasures);
             }

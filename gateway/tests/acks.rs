@@ -245,7 +245,8 @@ async fn an_inquiry_that_reached_two_replicas_is_acknowledged_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messenger_acknowledgements_stay_in_the_24_hour_window_and_under_the_page_limit() {
     use platform_standins::chat_send::MessengerSend;
-    let standin = Standin::start(Arc::new(MessengerSend::default()), None).await.unwrap();
+    let sender = Arc::new(MessengerSend::default());
+    let standin = Standin::start(sender.clone(), None).await.unwrap();
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"messenger\"\nbase_url = \"{}/v21.0\"\npage_tokens = {{ \"110044338451234\" = \"test-page-token\" }}\n",
         templates(),
@@ -282,6 +283,10 @@ async fn messenger_acknowledgements_stay_in_the_24_hour_window_and_under_the_pag
         &[("channel", "messenger"), ("outcome", "failed")],
     );
     assert_eq!(failed, 1.0, "the stale one failed for the window");
+    // Each marked as the gateway's own, so that Meta's echo of it is no agent's first response.
+    let metadata = sender.metadata.lock().unwrap().clone();
+    assert_eq!(metadata.len(), fresh.len());
+    assert!(metadata.iter().all(|m| m.as_deref() == Some(inquiry_connectors::webhook::AUTO_ACK_METADATA)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -424,3 +424,80 @@ to = ["lead-li@shop.example", "ops@shop.example"]
     assert!(all.contains(&late), "the inquiry is named: {all}");
     assert!(all.contains("@lead-li"), "the escalation names the lead: {all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries() {
+    const PAGE: &str = "110044338451234";
+    const META_SECRET: &str = "meta-app-secret-reach-01";
+    let config = format!(
+        "[[webhooks]]\nconnector = \"messenger\"\naccount = \"{PAGE}\"\nsecret = \"{META_SECRET}\"\nverify_token = \"verify-me-please\"\n\
+         [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n"
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let now_ms = || (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let deliver = |events: Vec<serde_json::Value>| {
+        let body =
+            serde_json::json!({"object": "page", "entry": [{"id": PAGE, "time": now_ms(), "messaging": events}]})
+                .to_string();
+        let signature = format!("sha256={}", hex::encode(hmac_sha256(META_SECRET.as_bytes(), body.as_bytes())));
+        let (client, url) = (client.clone(), gateway.url(&format!("/webhooks/messenger/{PAGE}")));
+        async move {
+            let headers = [("content-type", "application/json"), ("x-hub-signature-256", signature.as_str())];
+            let reply = client.request(Method::POST, &url, body, &headers).await;
+            assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+            reply.json()
+        }
+    };
+    let message = |psid: &str, mid: &str| {
+        serde_json::json!({"sender": {"id": psid}, "recipient": {"id": PAGE}, "timestamp": now_ms(),
+            "message": {"mid": mid, "text": "Is the blue lamp in stock?"}})
+    };
+    let echo = |psid: &str, mid: &str, metadata: Option<&str>| {
+        serde_json::json!({"sender": {"id": PAGE}, "recipient": {"id": psid}, "timestamp": now_ms(),
+            "message": {"mid": mid, "is_echo": true, "text": "Yes, 40 in stock.", "metadata": metadata}})
+    };
+    let (anna, bo) = ("6784739827364819", "5550001112223334");
+    let anna_ids = deliver(vec![message(anna, "m_a1"), message(anna, "m_a2")]).await["ids"].clone();
+    let bo_ids = deliver(vec![message(bo, "m_b1")]).await["ids"].clone();
+    assert_eq!((anna_ids.as_array().unwrap().len(), bo_ids.as_array().unwrap().len()), (2, 1));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // The echo of the gateway's own acknowledgement, and an answer to a stranger: no one answered.
+    let ours = deliver(vec![echo(anna, "m_ack", Some(inquiry_connectors::webhook::AUTO_ACK_METADATA))]).await;
+    assert_eq!(ours["answered"], 0);
+    assert_eq!(deliver(vec![echo("1000000000000001", "m_x", None)]).await["answered"], 0);
+    // An agent answers Anna in the page's inbox: both her inquiries, not Bo's. Redelivered: nothing new.
+    let answer = vec![echo(anna, "m_reply", None)];
+    assert_eq!(deliver(answer.clone()).await["answered"], 2);
+    assert_eq!(deliver(answer).await["answered"], 0);
+
+    let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
+    let mut replied: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "inquiry.replied")
+        .collect();
+    replied.sort_by_key(|e| e["inquiry_id"].as_str().unwrap().to_owned());
+    let mut expected: Vec<&serde_json::Value> = anna_ids.as_array().unwrap().iter().collect();
+    expected.sort_by_key(|id| id.as_str().unwrap().to_owned());
+    assert_eq!(replied.iter().map(|e| &e["inquiry_id"]).collect::<Vec<_>>(), expected);
+    for entry in &replied {
+        assert_eq!(entry["actor"], format!("webhook:messenger/{PAGE}"));
+        assert_eq!(entry["detail"]["sla_status"], "met");
+    }
+    let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let met = [("outcome", "met"), ("channel", "messenger")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 2.0);
+    let platform = [("source", "platform"), ("outcome", "recorded")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_replies_total", &platform), 2.0);
+
+    // Bo's clock still runs: a reply now is his first.
+    let bo_id = bo_ids[0].as_str().unwrap();
+    let reply =
+        client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{bo_id}/reply")), "", &[]).await.json();
+    assert_eq!(reply["sla"]["status"], "met");
+    let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 3.0, "recorded now, not before");
+    assert!(gateway.log().lines().all(|l| !l.contains(anna)), "platform user ids never reach the log");
+}

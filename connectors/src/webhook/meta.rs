@@ -120,10 +120,21 @@ impl MetaWebhook {
         parsed: &mut Parsed,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<(), InputError> {
-        let Some(message) = event.message.filter(|m| !m.is_echo) else {
-            parsed.ignored += 1; // deliveries, reads, postbacks, the page's own messages
+        let Some(message) = event.message else {
+            parsed.ignored += 1; // deliveries, reads, postbacks
             return Ok(());
         };
+        if message.is_echo {
+            // The page's own message to the buyer (`recipient`): sent from the inbox, the
+            // Business Suite or another app, it answers the buyer; the gateway's own
+            // acknowledgements carry AUTO_ACK_METADATA and do not.
+            parsed.ignored += 1;
+            let ours = message.metadata.as_deref() == Some(super::AUTO_ACK_METADATA);
+            if let (false, Some(buyer), Some(replied_at)) = (ours, event.recipient, from_unix(event.timestamp, true)) {
+                parsed.replies.push(super::SellerReply { buyer_id: buyer.id, replied_at });
+            }
+            return Ok(());
+        }
         let body = match message.text.filter(|t| !t.trim().is_empty()) {
             Some(text) => text,
             None if message.attachments.is_empty() => {
@@ -281,6 +292,8 @@ struct WaText {
 #[derive(Deserialize)]
 struct MessagingEvent {
     sender: Participant,
+    #[serde(default)]
+    recipient: Option<Participant>,
     timestamp: i64,
     #[serde(default)]
     message: Option<MessengerMessage>,
@@ -298,6 +311,9 @@ struct MessengerMessage {
     text: Option<String>,
     #[serde(default)]
     is_echo: bool,
+    /// What the sending app attached (`message.metadata` of the Send API), echoed back.
+    #[serde(default)]
+    metadata: Option<String>,
     #[serde(default)]
     attachments: Vec<serde_json::Value>,
 }

@@ -139,7 +139,24 @@ pub struct Parsed {
     /// Platform user ids whose personal data the platform asks to erase (eBay's marketplace
     /// account deletion): the gateway opens an erasure request for each.
     pub erasures: Vec<String>,
+    /// Messages the seller sent to buyers on the platform itself (Messenger and Instagram
+    /// echoes): the first response to those buyers' open inquiries. Counted in `ignored` too
+    /// (they are not inquiries).
+    pub replies: Vec<SellerReply>,
 }
+
+/// A message the seller's account sent to a buyer on the platform (not through the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SellerReply {
+    /// The buyer's platform user id (as in the buyer's own messages: `id:<this>` is the identity).
+    pub buyer_id: String,
+    /// When the platform says it was sent.
+    pub replied_at: OffsetDateTime,
+}
+
+/// Marks a message the gateway itself sent (an auto-acknowledgement over the Messenger Send
+/// API, field `message.metadata`): Meta echoes it back, and it is no one's first response.
+pub const AUTO_ACK_METADATA: &str = "inquiry-gateway:auto-ack";
 
 /// The answer to a platform's GET handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -381,13 +381,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         crate::reach::ReplyOutcome::NoSla => serde_json::Value::Null,
         crate::reach::ReplyOutcome::Recorded(state) => serde_json::to_value(state).expect("states serialize"),
     };
-    let status = match &outcome {
-        crate::reach::ReplyOutcome::NoSla => serde_json::Value::Null,
-        crate::reach::ReplyOutcome::Recorded(sla) => serde_json::to_value(sla.status).expect("statuses serialize"),
-    };
-    let event = AuditEvent::new("inquiry.replied", grant.actor())
-        .inquiry(id)
-        .detail(serde_json::json!({ "agent": reply.agent, "sla_status": status }));
+    let event = crate::reach::replies::replied_event(&grant.actor(), id, reply.agent.as_deref(), &outcome);
     state.pipeline.audit(vec![event]).await.map_err(submit_error)?;
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))

@@ -131,6 +131,7 @@ async fn answer(
         counter!(telemetry::WEBHOOK_EVENTS_IGNORED, "channel" => channel.as_str()).increment(parsed.ignored as u64);
     }
     let erasure_requests = open_erasures(state, connector, account, channel, &parsed.erasures).await?;
+    let answered = record_replies(state, connector, account, channel, &parsed.replies).await?;
     let count = parsed.inquiries.len();
     let (accepted, duplicates, ids) = if count == 0 {
         (0, 0, Vec::new())
@@ -163,6 +164,7 @@ async fn answer(
             "ignored": parsed.ignored,
             "ids": ids,
             "erasure_requests": erasure_requests,
+            "answered": answered,
             "trace_id": trace_id,
         }),
     ))
@@ -198,6 +200,76 @@ async fn open_erasures(
         opened.push(record.id.to_string());
     }
     Ok(opened)
+}
+
+/// Records the seller's answers on the platform itself (Messenger and Instagram echoes) as the
+/// first response to every inquiry of that buyer on this account received before the answer:
+/// their SLA clocks stop like with `POST /v1/inquiries/{id}/reply`, audited as `inquiry.replied`
+/// by `webhook:<connector>/<account>`. A buyer never seen here is skipped (nothing is recorded of
+/// a stranger). Returns how many inquiries got their first response now.
+async fn record_replies(
+    state: &ApiState,
+    connector: &str,
+    account: &str,
+    channel: inquiry_connectors::Channel,
+    replies: &[webhook::SellerReply],
+) -> Result<usize, ApiError> {
+    let Some(reach) = &state.reach else { return Ok(0) };
+    let actor = format!("webhook:{connector}/{account}");
+    // A buyer's first answer in this delivery is the one that counts.
+    let mut first = std::collections::BTreeMap::new();
+    for reply in replies {
+        let at = first.entry(reply.buyer_id.clone()).or_insert(reply.replied_at);
+        *at = reply.replied_at.min(*at);
+    }
+    let mut answered = 0;
+    for (buyer_id, replied_at) in first {
+        let spec = SubjectSpec {
+            email: None,
+            channel: Some(channel.as_str().to_owned()),
+            account: Some(account.to_owned()),
+            user_id: Some(buyer_id),
+            pseudonym: None,
+        };
+        let replied_at = replied_at.min(OffsetDateTime::now_utc());
+        let (reach, store, pseudonyms) =
+            (reach.clone(), state.store.clone(), state.requests.find(&spec).map_err(super::api::request_error)?);
+        let (account, channel) = (account.to_owned(), channel);
+        let recorded = tokio::task::spawn_blocking(move || {
+            let mut recorded = Vec::new();
+            for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
+                let Some(bytes) = store.get_inquiry(id)? else { continue };
+                let Ok(stored) = serde_json::from_slice::<crate::pipeline::StoredInquiry>(&bytes) else { continue };
+                let inquiry = &stored.inquiry;
+                if inquiry.channel != channel || inquiry.account != account || inquiry.received_at > replied_at {
+                    continue;
+                }
+                if reach.load(id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
+                    continue; // answered before (also: this answer, delivered again)
+                }
+                let at_ms = (replied_at.unix_timestamp_nanos() / 1_000_000) as i64;
+                let outcome = reach.reply(&stored, at_ms)?;
+                // Answered now, not by an earlier reply.
+                if matches!(&outcome, crate::reach::ReplyOutcome::Recorded(sla) if sla.replied_ms == Some(at_ms)) {
+                    recorded.push((id, outcome));
+                }
+            }
+            Ok::<_, crate::store::StoreError>(recorded)
+        })
+        .await
+        .map_err(|e| super::api::store_error(crate::store::StoreError::from_message(&e.to_string())))?
+        .map_err(super::api::store_error)?;
+        let events: Vec<_> = recorded
+            .iter()
+            .map(|(id, outcome)| crate::reach::replies::replied_event(&actor, *id, None, outcome))
+            .collect();
+        answered += events.len();
+        counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "recorded").increment(events.len() as u64);
+        if !events.is_empty() {
+            state.pipeline.audit(events).await.map_err(submit_error)?;
+        }
+    }
+    Ok(answered)
 }
 
 /// Tokens of signed webhook deliveries already taken, remembered for ten minutes (twice the

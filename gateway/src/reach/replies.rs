@@ -103,6 +103,18 @@ pub async fn consume(
     }
 }
 
+/// The audit entry of a first response recorded for inquiry `id` (`inquiry.replied`): who
+/// reported it (`actor`), the agent if named, and the SLA's status after it.
+pub fn replied_event(actor: &str, id: Uuid, agent: Option<&str>, outcome: &ReplyOutcome) -> AuditEvent {
+    let status = match outcome {
+        ReplyOutcome::NoSla => serde_json::Value::Null,
+        ReplyOutcome::Recorded(sla) => serde_json::to_value(sla.status).expect("statuses serialize"),
+    };
+    AuditEvent::new("inquiry.replied", actor)
+        .inquiry(id)
+        .detail(serde_json::json!({ "agent": agent, "sla_status": status }))
+}
+
 /// Applies one message: `recorded`, `not_here` (another replica's inquiry), `invalid` or
 /// `store_error`.
 async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: &[u8]) -> &'static str {
@@ -126,14 +138,7 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
     match recorded {
         Ok(Ok(None)) => "not_here",
         Ok(Ok(Some(outcome))) => {
-            let status = match &outcome {
-                ReplyOutcome::NoSla => serde_json::Value::Null,
-                ReplyOutcome::Recorded(sla) => serde_json::to_value(sla.status).expect("statuses serialize"),
-            };
-            let event = AuditEvent::new("inquiry.replied", "kafka:replies")
-                .inquiry(id)
-                .detail(serde_json::json!({ "agent": reply.agent, "sla_status": status }));
-            let _ = pipeline.audit(vec![event]).await;
+            let _ = pipeline.audit(vec![replied_event("kafka:replies", id, reply.agent.as_deref(), &outcome)]).await;
             "recorded"
         }
         Ok(Err(err)) => {

@@ -392,9 +392,7 @@ impl Sender {
                 let text = &message.body;
                 let (request, read): (PollRequest, fn(u16, &[u8]) -> Result<String, SendError>) = match api {
                     ChatApi::Messenger => {
-                        let body = serde_json::json!({
-                            "recipient": { "id": recipient }, "messaging_type": "RESPONSE", "message": { "text": text },
-                        });
+                        let body = messenger_body(recipient, text);
                         (
                             json_post(format!("{base_url}/{account}/messages"), Some(token), &body, &[]),
                             messenger_outcome,
@@ -514,6 +512,16 @@ fn json_post(url: String, bearer: Option<&str>, body: &serde_json::Value, extra:
     }
     headers.extend(extra.iter().cloned());
     PollRequest { method: PollMethod::Post, path_and_query: url, headers, body: body.to_string() }
+}
+
+/// A Messenger Send API body: a text answer to the buyer's message, marked as the gateway's own
+/// (`metadata`, echoed back by Meta) so that its echo is not taken for an agent's first response.
+fn messenger_body(recipient: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "recipient": { "id": recipient },
+        "messaging_type": "RESPONSE",
+        "message": { "text": text, "metadata": inquiry_connectors::webhook::AUTO_ACK_METADATA },
+    })
 }
 
 /// Reads a Send API answer (<https://developers.facebook.com/docs/messenger-platform/reference/send-api/>,

@@ -13,7 +13,8 @@
 //!
 //! - Messenger Platform Send API (<https://developers.facebook.com/docs/messenger-platform/reference/send-api/>):
 //!   `POST /v21.0/{page-id}/messages` with `Authorization: Bearer <page token>`, `{"recipient":
-//!   {"id"}, "messaging_type": "RESPONSE", "message": {"text"}}`; answers `{"recipient_id",
+//!   {"id"}, "messaging_type": "RESPONSE", "message": {"text", "metadata"?}}` (metadata: under
+//!   1,000 characters, echoed back in the `message_echoes` webhook); answers `{"recipient_id",
 //!   "message_id"}`. Limit (<https://developers.facebook.com/documentation/business-messaging/messenger-platform/overview/rate-limiting>):
 //!   300 calls per second per Page for text; over it, Graph error 613.
 //!
@@ -159,11 +160,17 @@ pub struct MessengerSend {
     /// The page token it accepts.
     pub page_token: String,
     sent: AtomicU64,
+    /// The `message.metadata` of every message sent, in order (what the echo would carry).
+    pub metadata: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 impl Default for MessengerSend {
     fn default() -> MessengerSend {
-        MessengerSend { page_token: "test-page-token".to_owned(), sent: AtomicU64::new(0) }
+        MessengerSend {
+            page_token: "test-page-token".to_owned(),
+            sent: AtomicU64::new(0),
+            metadata: Default::default(),
+        }
     }
 }
 
@@ -200,6 +207,12 @@ impl Platform for MessengerSend {
         if body["messaging_type"] != "RESPONSE" {
             return Reply::json(400, &json!({"error": {"message": "(#100) messaging_type", "code": 100}}));
         }
+        // `metadata`: a string of less than 1,000 characters, passed back in the echo.
+        let metadata = &body["message"]["metadata"];
+        if !metadata.is_null() && metadata.as_str().is_none_or(|m| m.chars().count() >= 1000) {
+            return Reply::json(400, &json!({"error": {"message": "(#100) metadata", "code": 100}}));
+        }
+        self.metadata.lock().expect("metadata lock").push(metadata.as_str().map(str::to_owned));
         let id = format!("m_test{:08}", self.sent.fetch_add(1, Ordering::SeqCst));
         keep(mailbox, &page, to, &id, text);
         Reply::json(200, &json!({"recipient_id": to, "message_id": id}))
