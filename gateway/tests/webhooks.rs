@@ -105,6 +105,17 @@ async fn meta_handshake_signed_deliveries_and_redeliveries() {
     assert_eq!(by_connector("signature_missing"), 1.0);
     assert!(by_connector("ok") >= 2.0, "deliveries are counted per connector");
     assert!(!metrics.contains("connector=\"999\""), "only registered connectors become labels");
+    let endpoint = |account| {
+        metric_value(
+            &metrics,
+            "inquiry_gateway_webhook_requests_total",
+            &[("connector", "whatsapp"), ("account", account), ("outcome", "ok")],
+        )
+    };
+    assert!(endpoint("106540352242922") >= 2.0, "deliveries are counted per endpoint");
+    let stray = [("connector", "whatsapp"), ("account", "unknown"), ("outcome", "unknown_webhook")];
+    assert_eq!(metric_value(&metrics, "inquiry_gateway_webhook_requests_total", &stray), 1.0);
+    assert!(!metrics.contains("account=\"999\""), "only configured accounts become labels");
     let log = gateway.log();
     assert!(!log.contains("meta-app-secret") && !log.contains("Sheena"), "no secrets or personal data in logs");
 }

@@ -18,8 +18,9 @@ use crate::compliance::requests::{Jurisdiction, SubjectSpec};
 use crate::pipeline::{AckStatus, Submission};
 use crate::telemetry::{self, Hop};
 
-/// Answers a webhook request for `connector` and `account`, and counts its outcome per connector
-/// (`inquiry_gateway_webhook_requests_total{connector, outcome}`: `ok` or the refusal's code).
+/// Answers a webhook request for `connector` and `account`, and counts its outcome per endpoint
+/// (`inquiry_gateway_webhook_requests_total{connector, account, outcome}`: `ok` or the refusal's
+/// code; `account` is `unknown` for an endpoint that is not configured).
 pub async fn handle(
     state: &ApiState,
     req: Request<Incoming>,
@@ -35,7 +36,10 @@ pub async fn handle(
         .or((connector == super::shopify_compliance::CONNECTOR).then_some(super::shopify_compliance::CONNECTOR));
     if let Some(label) = label {
         let outcome = result.as_ref().map_or_else(|err| err.code, |_| "ok");
-        counter!(telemetry::WEBHOOK_REQUESTS, "connector" => label, "outcome" => outcome).increment(1);
+        let configured = state.webhooks.contains_key(&(connector.to_owned(), account.to_owned()));
+        let account = if configured { account.to_owned() } else { "unknown".to_owned() };
+        counter!(telemetry::WEBHOOK_REQUESTS, "connector" => label, "account" => account, "outcome" => outcome)
+            .increment(1);
     }
     result
 }
