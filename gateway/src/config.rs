@@ -850,6 +850,10 @@ pub enum AlertKind {
     /// E-mail over SMTP: `url` is `smtps://user:pass@host:465` or
     /// `smtp://user:pass@host:587?tls=required` (`smtp://` without TLS only on loopback), to `to`.
     Email,
+    /// SMS through Twilio's Messages API (`url`: `.../2010-04-01/Accounts/{AccountSid}/Messages.json`,
+    /// `secret`: `{AccountSid}:{AuthToken}`, `from`: the sending number): to the phone number
+    /// `mentions` maps the person who must act to, else to the numbers in `to`.
+    Sms,
 }
 
 /// One place alerts are sent to.
@@ -868,10 +872,11 @@ pub struct AlertTargetConfig {
     /// Most events in one message (a burst is sent as few messages).
     #[serde(default = "default_alert_batch")]
     pub max_batch: usize,
-    /// E-mail: the recipients.
+    /// E-mail: the recipients; SMS: the numbers (E.164) that get alerts for people `mentions`
+    /// does not map.
     #[serde(default)]
     pub to: Vec<String>,
-    /// E-mail: the sender address.
+    /// E-mail: the sender address; SMS: the sending number (E.164) or messaging service sid.
     #[serde(default)]
     pub from: Option<String>,
     /// Who to @-mention, by the id routing and teams use (agent, lead, supervisor) -> that
@@ -1827,6 +1832,34 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, polled: &BTreeSet<&str>, pro
         } else if !(target.url.starts_with("https://") || target.url.starts_with("http://")) {
             problems.push(format!("reach.alert_targets[{i}].url must be an http(s) url"));
         }
+        if target.kind == AlertKind::Sms {
+            let e164 = |n: &str| {
+                n.strip_prefix('+')
+                    .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+            };
+            if !target
+                .secret
+                .as_deref()
+                .is_some_and(|s| s.split_once(':').is_some_and(|(u, p)| !u.is_empty() && !p.is_empty()))
+            {
+                problems.push(format!(
+                    "reach.alert_targets[{i}]: an sms target needs secret = \"<account sid>:<auth token>\""
+                ));
+            }
+            if !target.from.as_deref().is_some_and(|f| e164(f) || f.starts_with("MG")) {
+                problems.push(format!(
+                    "reach.alert_targets[{i}].from must be an E.164 number (+...) or a messaging service sid"
+                ));
+            }
+            if target.to.is_empty() && target.mentions.is_empty() {
+                problems.push(format!("reach.alert_targets[{i}]: an sms target needs `to` or `mentions` numbers"));
+            }
+            if !target.to.iter().chain(target.mentions.values()).all(|n| e164(n)) {
+                problems.push(format!(
+                    "reach.alert_targets[{i}]: sms numbers (`to`, `mentions`) must be E.164 (+4915112345678)"
+                ));
+            }
+        }
         if target.kind == AlertKind::Webhook && target.secret.as_deref().is_none_or(|s| s.len() < 16) {
             problems.push(format!("reach.alert_targets[{i}]: a webhook target needs a secret of 16 bytes or more"));
         }
@@ -2310,6 +2343,19 @@ scopes = ["plugins:read", "root"]
             kind = "email"
             url = "smtp://user:pass@smtp.example.com:587"
             to = ["not an address"]
+            [[reach.alert_targets]]
+            id = "sms"
+            kind = "sms"
+            url = "https://api.twilio.com/2010-04-01/Accounts/AC01/Messages.json"
+            secret = "only-a-token"
+            from = "015112345678"
+            to = ["+49 151 1234"]
+            [[reach.alert_targets]]
+            id = "sms-nobody"
+            kind = "sms"
+            url = "https://api.twilio.com/2010-04-01/Accounts/AC01/Messages.json"
+            secret = "AC01:token"
+            from = "+15005550006"
         "#;
         let err = problems(text);
         for expected in [
@@ -2325,6 +2371,10 @@ scopes = ["plugins:read", "root"]
             "reach.alert_targets[1]: smtp without TLS only to a loopback relay",
             "reach.alert_targets[1].to must list e-mail addresses",
             "reach.alert_targets[1].from must be an e-mail address",
+            "reach.alert_targets[2]: an sms target needs secret = \"<account sid>:<auth token>\"",
+            "reach.alert_targets[2].from must be an E.164 number",
+            "reach.alert_targets[2]: sms numbers (`to`, `mentions`) must be E.164",
+            "reach.alert_targets[3]: an sms target needs `to` or `mentions` numbers",
         ] {
             assert!(err.contains(expected), "missing {expected} in {err}");
         }

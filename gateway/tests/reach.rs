@@ -29,6 +29,8 @@ struct Received {
     /// DingTalk's `at.atUserIds` of each message.
     ding_mentions: Vec<String>,
     feishu: Vec<String>,
+    /// SMS lines by number: (To, line).
+    sms: Vec<(String, String)>,
     bad_signatures: Vec<String>,
 }
 
@@ -129,6 +131,22 @@ fn receive(
             received.feishu.extend(text.lines().map(str::to_owned));
             (200, r#"{"code":0,"msg":"success"}"#.to_owned())
         }
+        "/sms/2010-04-01/Accounts/AC0123/Messages.json" => {
+            // Twilio: HTTP Basic with the account sid and auth token, a form body.
+            let expected = format!("Basic {}", b64(b"AC0123:sms-auth-token"));
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+                received.bad_signatures.push("sms: authorization".to_owned());
+                return (401, r#"{"code": 20003, "message": "Authenticate", "status": 401}"#.to_owned());
+            }
+            let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+            if form.get("From").map(String::as_str) != Some("+15005550006") {
+                return (400, r#"{"code": 21212, "message": "Invalid From Number", "status": 400}"#.to_owned());
+            }
+            let to = form.get("To").cloned().unwrap_or_default();
+            let lines = form.get("Body").map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default();
+            received.sms.extend(lines.into_iter().map(|l| (to.clone(), l)));
+            (201, r#"{"sid": "SM0123", "status": "queued"}"#.to_owned())
+        }
         _ => (404, String::new()),
     }
 }
@@ -181,7 +199,7 @@ policy = "fast"
 [[reach.teams]]
 queue = "unassigned"
 lead = "lead-li"
-alert_targets = ["hook", "ding", "feishu"]
+alert_targets = ["hook", "ding", "feishu", "sms"]
 [[reach.alert_targets]]
 id = "hook"
 kind = "webhook"
@@ -194,6 +212,15 @@ url = "{receiver}/ding?access_token=ding-token"
 secret = "{DING_SECRET}"
 [reach.alert_targets.mentions]
 lead-li = "dt-lead-li"
+[[reach.alert_targets]]
+id = "sms"
+kind = "sms"
+url = "{receiver}/sms/2010-04-01/Accounts/AC0123/Messages.json"
+secret = "AC0123:sms-auth-token"
+from = "+15005550006"
+to = ["+4915100000009"]
+[reach.alert_targets.mentions]
+lead-li = "+4915100000002"
 [[reach.alert_targets]]
 id = "feishu"
 kind = "feishu"
@@ -281,6 +308,14 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
         assert_eq!(lines.iter().filter(|l| l.contains("escalated") && l.ends_with(lead)).count(), 2, "{name}");
     }
     assert!(!received.ding_mentions.is_empty(), "the escalations list the lead in at.atUserIds");
+    // SMS: the lead's phone gets the escalations, the duty number the rest.
+    let texts =
+        |number: &str| -> Vec<&String> { received.sms.iter().filter(|(to, _)| to == number).map(|(_, l)| l).collect() };
+    let (lead, duty) = (texts("+4915100000002"), texts("+4915100000009"));
+    assert_eq!(lead.len(), 2, "{lead:?}");
+    assert!(lead.iter().all(|l| l.starts_with("SLA escalated")));
+    assert_eq!(duty.len(), 4, "{duty:?}");
+    assert!(duty.iter().all(|l| l.starts_with("SLA reminder") || l.starts_with("SLA breached")));
     assert!(received.ding_mentions.iter().all(|u| u == "dt-lead-li"), "{:?}", received.ding_mentions);
 
     drop(received);

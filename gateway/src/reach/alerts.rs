@@ -1,5 +1,7 @@
 //! Agent alerts: SLA reminders, breaches and escalations (and, where a team asks, assignments) as
-//! chat-bot messages (Slack, Feishu, DingTalk, WeCom), e-mails or signed webhooks, with the person
+//! chat-bot messages (Slack, Feishu, DingTalk, WeCom), e-mails, SMS (Twilio's Messages API,
+//! <https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource>) or
+//! signed webhooks, with the person
 //! who must act @-mentioned where the target maps their id. A burst of events is sent as one
 //! message per batch.
 //!
@@ -105,7 +107,7 @@ pub fn request(target: &AlertTargetConfig, events: &[SlaEvent], now_ms: i64) -> 
             body
         }
         AlertKind::Webhook => serde_json::json!({ "events": events }),
-        AlertKind::Email => serde_json::Value::Null,
+        AlertKind::Email | AlertKind::Sms => serde_json::Value::Null,
     };
     let body = body.to_string();
     if target.kind == AlertKind::Webhook {
@@ -127,8 +129,50 @@ pub fn accepted(kind: AlertKind, status: u16, body: &[u8]) -> bool {
     match kind {
         AlertKind::Dingtalk | AlertKind::Wecom => code("errcode") == Some(0),
         AlertKind::Feishu => code("code").or_else(|| code("StatusCode")) == Some(0),
-        AlertKind::Slack | AlertKind::Webhook | AlertKind::Email => true,
+        AlertKind::Slack | AlertKind::Webhook | AlertKind::Email | AlertKind::Sms => true,
     }
+}
+
+/// Twilio's longest message body (it splits longer text into segments up to this).
+const SMS_MAX_CHARS: usize = 1600;
+
+/// The SMS requests that deliver `events` through a Twilio Messages API `target`: one per phone
+/// number, with that number's lines (an event goes to the number `mentions` gives the person
+/// who must act, else to every number in `to`). Form-encoded `To`, `From`, `Body`, HTTP Basic
+/// authentication with the target's `secret` (`<account sid>:<auth token>`).
+pub fn sms_requests(target: &AlertTargetConfig, events: &[SlaEvent]) -> Vec<PollRequest> {
+    let mut by_number: std::collections::BTreeMap<&str, Vec<SlaEvent>> = std::collections::BTreeMap::new();
+    for event in events {
+        let mapped = event.notify.as_deref().and_then(|who| target.mentions.get(who));
+        let numbers = mapped.map_or_else(|| target.to.iter().map(String::as_str).collect(), |n| vec![n.as_str()]);
+        for number in numbers {
+            by_number.entry(number).or_default().push(event.clone());
+        }
+    }
+    let credentials = base64::engine::general_purpose::STANDARD.encode(target.secret.as_deref().unwrap_or_default());
+    by_number
+        .into_iter()
+        .map(|(number, events)| {
+            let mut text = render(&events, target);
+            if text.chars().count() > SMS_MAX_CHARS {
+                text = text.chars().take(SMS_MAX_CHARS - 1).collect::<String>() + "…";
+            }
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("To", number)
+                .append_pair("From", target.from.as_deref().unwrap_or_default())
+                .append_pair("Body", &text)
+                .finish();
+            PollRequest {
+                method: PollMethod::Post,
+                path_and_query: target.url.clone(),
+                headers: vec![
+                    ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+                    ("authorization".to_owned(), format!("Basic {credentials}")),
+                ],
+                body,
+            }
+        })
+        .collect()
 }
 
 /// Sends `events` to `target` (or, in dry-run, only counts and logs them).
@@ -153,17 +197,24 @@ pub async fn send(
         return sent;
     }
     let agent = concat!("inquiry-gateway/", env!("CARGO_PKG_VERSION"));
-    let (status, _, body) =
-        exchange(client, "", request(target, &events, now_ms), agent).await.map_err(|e| e.to_string())?;
-    if accepted(target.kind, status, &body) {
-        counter!(telemetry::ALERTS, "target" => label, "outcome" => "sent").increment(1);
-        Ok(())
+    // An SMS batch is one message per number; a failed one fails the batch, which is retried
+    // whole (a number that got its message may get it again).
+    let requests = if target.kind == AlertKind::Sms {
+        sms_requests(target, &events)
     } else {
-        counter!(telemetry::ALERTS, "target" => label, "outcome" => "failed").increment(1);
-        // The answer of a bot endpoint holds its error message, never a secret of ours.
-        let answer = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-        Err(format!("alert target answered {status}: {answer}"))
+        vec![request(target, &events, now_ms)]
+    };
+    for request in requests {
+        let (status, _, body) = exchange(client, "", request, agent).await.map_err(|e| e.to_string())?;
+        if !accepted(target.kind, status, &body) {
+            counter!(telemetry::ALERTS, "target" => label, "outcome" => "failed").increment(1);
+            // The answer of a bot endpoint holds its error message, never a secret of ours.
+            let answer = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(format!("alert target answered {status}: {answer}"));
+        }
     }
+    counter!(telemetry::ALERTS, "target" => label, "outcome" => "sent").increment(1);
+    Ok(())
 }
 
 /// Sends `events` as one e-mail to the target's recipients.
@@ -292,6 +343,30 @@ mod tests {
         let ding: serde_json::Value = serde_json::from_str(&request(&plain, &events, 0).body).unwrap();
         assert_eq!(ding["at"]["atUserIds"], serde_json::json!([]));
         assert!(ding["text"]["content"].as_str().unwrap().contains(" @lead-li"));
+    }
+
+    #[test]
+    fn an_sms_goes_to_the_number_of_who_must_act_else_to_the_default_numbers() {
+        let target: AlertTargetConfig = toml::from_str(
+            "id = \"sms\"\nkind = \"sms\"\nurl = \"https://api.twilio.com/2010-04-01/Accounts/AC01/Messages.json\"\n\
+             secret = \"AC01:token-01\"\nfrom = \"+15005550006\"\nto = [\"+4915100000009\"]\n\
+             [mentions]\nlead-li = \"+4915100000002\"\n",
+        )
+        .unwrap();
+        let events = [event(EventKind::Escalated, Some("lead-li")), event(EventKind::Breached, Some("agent-ana"))];
+        let requests = sms_requests(&target, &events);
+        assert_eq!(requests.len(), 2, "one message per number");
+        let form = |r: &PollRequest| -> std::collections::HashMap<String, String> {
+            url::form_urlencoded::parse(r.body.as_bytes()).into_owned().collect()
+        };
+        let (lead, others) = (form(&requests[0]), form(&requests[1]));
+        assert_eq!((lead["To"].as_str(), lead["From"].as_str()), ("+4915100000002", "+15005550006"));
+        assert!(lead["Body"].starts_with("SLA escalated (level 1)") && lead["Body"].ends_with(" @lead-li"));
+        assert_eq!(others["To"], "+4915100000009");
+        assert!(others["Body"].starts_with("SLA breached") && !others["Body"].contains('\n'));
+        let auth = base64::engine::general_purpose::STANDARD.encode("AC01:token-01");
+        assert!(requests[0].headers.contains(&("authorization".to_owned(), format!("Basic {auth}"))));
+        assert_eq!(requests[0].path_and_query, target.url);
     }
 
     #[test]
