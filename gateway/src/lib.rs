@@ -266,7 +266,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         requests: requests.clone(),
         max_body_bytes: config.ingest.max_body_bytes,
         max_batch_lines: config.ingest.max_batch_lines,
-        webhooks: config.webhooks.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect(),
+        webhooks: std::sync::RwLock::new(http::api::webhook_endpoints(&config.webhooks)),
         public_keys: Default::default(),
         replays: Default::default(),
         reach: reach.clone(),
@@ -298,7 +298,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::warn!(listen = %config.admin.listen, "admin api is open: no admin.tokens configured (loopback only)");
     }
     let admin = Arc::new(AdminState { pipeline, spool, metrics, api: admin_api });
-    let reloader = tokio::spawn(reload_on_sighup(admin.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(admin.clone(), api.clone()));
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
@@ -375,19 +375,48 @@ async fn retry_erasures(requests: Arc<compliance::requests::SubjectRequests>) {
     }
 }
 
-/// Reloads the routing plugins on every SIGHUP (re-reading the config file's `[routing]`).
-async fn reload_on_sighup(admin: Arc<AdminState>) {
+/// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
+/// keys, admin tokens, webhook endpoints and their secrets) and reloads the routing plugins. The
+/// rest (listeners, store, sinks, pollers, reach-out) needs a restart.
+async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");
         return;
     };
     while hangup.recv().await.is_some() {
+        let Some(path) = admin.api.source.clone() else {
+            tracing::warn!("SIGHUP: the embedded default has no config file to reload");
+            continue;
+        };
+        let config = match std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| Config::from_toml(&text).map_err(|e| e.to_string()))
+            .and_then(|config| config.validate().map(|()| config).map_err(|e| e.to_string()))
+        {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error, "SIGHUP: the config does not validate; nothing was reloaded");
+                continue;
+            }
+        };
+        api.auth.reload(&config.auth);
+        *api.webhooks.write().expect("webhooks lock") = http::api::webhook_endpoints(&config.webhooks);
+        admin.api.reload_tokens(&config.admin);
+        tracing::info!(
+            api_keys = config.auth.api_keys.len(),
+            admin_tokens = config.admin.tokens.len(),
+            webhooks = config.webhooks.len(),
+            "SIGHUP: credentials reloaded"
+        );
+        if admin.api.plugins.is_none() {
+            continue;
+        }
         let admin = admin.clone();
         // Compiling plugins is blocking work.
-        let result = tokio::task::spawn_blocking(move || admin.api.reload()).await;
+        let result = tokio::task::spawn_blocking(move || admin.api.reload_routing(&config.routing)).await;
         match result {
             Ok(Ok(())) => tracing::info!("SIGHUP: routing reloaded"),
-            Ok(Err(error)) => tracing::error!(error, "SIGHUP: reload refused; the previous routing stays"),
+            Ok(Err(error)) => tracing::error!(error, "SIGHUP: routing reload refused; the previous routing stays"),
             Err(_) => tracing::error!("SIGHUP: reload task failed"),
         }
     }

@@ -347,3 +347,65 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"), "names the field");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_rotated_on_sighup_without_a_restart() {
+    let credentials = |key: &str, token: &str, secret: &str| {
+        format!(
+            "[[auth.api_keys]]\nid = \"shop\"\nkey = \"{key}\"\naccounts = [\"*\"]\n\
+             [[admin.tokens]]\nid = \"ops\"\ntoken = \"{token}\"\nscopes = [\"audit:read\"]\n\
+             [[webhooks]]\nconnector = \"telegram\"\naccount = \"shop-bot\"\nsecret = \"{secret}\"\n"
+        )
+    };
+    let mut gateway =
+        Gateway::start(&credentials("old-api-key-000000001", "old-admin-token-000001", "old-telegram-secret-1")).await;
+    let client = HttpClient::new();
+    let telegram = std::fs::read(workspace_file("connectors/tests/fixtures/webhooks/telegram/message.json")).unwrap();
+    let (inquiries, tree_head) = (gateway.url("/v1/inquiries"), gateway.admin_url("/v1/audit/tree-head"));
+    let webhook = gateway.url("/webhooks/telegram/shop-bot");
+    let post = |key: &str, n: u32| {
+        let (client, url, auth) = (client.clone(), inquiries.clone(), format!("Bearer {key}"));
+        async move {
+            let headers = [JSON, ("authorization", auth.as_str())];
+            client.request(Method::POST, &url, inquiry_json("shop-1", &format!("rot-{n}")), &headers).await.status
+        }
+    };
+    let audit = |token: &str| {
+        let (client, url, auth) = (client.clone(), tree_head.clone(), format!("Bearer {token}"));
+        async move { client.request(Method::GET, &url, "", &[("authorization", auth.as_str())]).await.status }
+    };
+    let hook = |secret: &str| {
+        let (client, url, body) = (client.clone(), webhook.clone(), telegram.clone());
+        let secret = secret.to_owned();
+        async move {
+            client
+                .request(Method::POST, &url, body, &[("x-telegram-bot-api-secret-token", secret.as_str())])
+                .await
+                .status
+        }
+    };
+    assert_eq!(post("old-api-key-000000001", 1).await, 201);
+    assert_eq!(audit("old-admin-token-000001").await, 200);
+    assert_eq!(hook("old-telegram-secret-1").await, 200);
+
+    // Rotated in the file, then SIGHUP: the new ones work, the old ones are refused, no restart.
+    gateway.reconfigure(&credentials("new-api-key-000000002", "new-admin-token-000002", "new-telegram-secret-2"));
+    support::eventually(std::time::Duration::from_secs(10), "the new api key is taken", || async {
+        post("new-api-key-000000002", 2).await == 201
+    })
+    .await;
+    assert_eq!(post("old-api-key-000000001", 3).await, 401);
+    assert_eq!(audit("new-admin-token-000002").await, 200);
+    assert_eq!(audit("old-admin-token-000001").await, 401);
+    assert_eq!(hook("new-telegram-secret-2").await, 200);
+    assert_eq!(hook("old-telegram-secret-1").await, 401);
+
+    // A config that does not validate changes nothing.
+    gateway.reconfigure("[[auth.api_keys]]\nid = \"shop\"\nkey = \"short\"\naccounts = [\"*\"]\n");
+    support::eventually(std::time::Duration::from_secs(10), "the refusal is logged", || async {
+        gateway.log().contains("SIGHUP: the config does not validate")
+    })
+    .await;
+    assert_eq!(post("new-api-key-000000002", 4).await, 201);
+    assert!(!gateway.log().contains("new-api-key") && !gateway.log().contains("new-telegram"), "no secrets in logs");
+}

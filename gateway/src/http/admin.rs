@@ -53,9 +53,27 @@ pub struct AdminParts {
 
 /// The admin API.
 pub struct AdminApi {
+    tokens: std::sync::RwLock<AdminTokens>,
+    /// The admin listener is on a loopback address (fixed until a restart).
+    loopback: bool,
+    parts: AdminParts,
+}
+
+/// The admin tokens (digest, id, scopes); without any, `open` on a loopback listener.
+struct AdminTokens {
     tokens: Vec<([u8; 32], String, Vec<String>)>,
     open: bool,
-    parts: AdminParts,
+}
+
+impl AdminTokens {
+    fn of(config: &AdminConfig, loopback: bool) -> AdminTokens {
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.id.clone(), t.scopes.clone()))
+            .collect();
+        AdminTokens { tokens, open: config.tokens.is_empty() && loopback }
+    }
 }
 
 /// The caller of an admin request, as far as it is known.
@@ -75,12 +93,14 @@ impl std::ops::Deref for AdminApi {
 impl AdminApi {
     /// The admin API of `config`. Without tokens it is open only on a loopback listener.
     pub fn new(config: &AdminConfig, parts: AdminParts) -> Self {
-        let tokens = config
-            .tokens
-            .iter()
-            .map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.id.clone(), t.scopes.clone()))
-            .collect();
-        AdminApi { tokens, open: config.tokens.is_empty() && config.listen.ip().is_loopback(), parts }
+        let loopback = config.listen.ip().is_loopback();
+        AdminApi { tokens: std::sync::RwLock::new(AdminTokens::of(config, loopback)), loopback, parts }
+    }
+
+    /// Takes the tokens of `config` instead (a validated config, re-read on SIGHUP); the
+    /// listener stays where it is.
+    pub fn reload_tokens(&self, config: &AdminConfig) {
+        *self.tokens.write().expect("admin tokens lock") = AdminTokens::of(config, self.loopback);
     }
 
     /// Checks that the caller holds `scope`; records who it is in `caller`; 401/403 otherwise.
@@ -100,7 +120,8 @@ impl AdminApi {
 
     /// The token's name when it holds `scope`; otherwise the name (if the token is known) and the refusal.
     fn token_of(&self, headers: &http::HeaderMap, scope: &str) -> Result<String, (Option<String>, ApiError)> {
-        if self.open {
+        let tokens = self.tokens.read().expect("admin tokens lock");
+        if tokens.open {
             return Ok("loopback".to_owned());
         }
         let presented = headers
@@ -115,7 +136,7 @@ impl AdminApi {
                 )
             })?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        match self.tokens.iter().find(|(d, _, _)| *d == digest) {
+        match tokens.tokens.iter().find(|(d, _, _)| *d == digest) {
             None => Err((
                 None,
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown admin token")
@@ -328,6 +349,12 @@ impl AdminApi {
             None => None,
         };
         plugins.reload(config.as_ref()).map_err(|e| e.to_string())
+    }
+
+    /// Reloads the routing plugins from `routing` (a validated config's `[routing]`).
+    pub fn reload_routing(&self, routing: &crate::config::RoutingConfig) -> Result<(), String> {
+        let plugins = self.plugins.as_ref().ok_or("no plugins are configured; restart to add them")?;
+        plugins.reload(Some(routing)).map_err(|e| e.to_string())
     }
 
     /// Carries out an export or erasure; marks the open request it answers (`fulfils`) fulfilled.

@@ -38,14 +38,29 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Most lines in a batch.
     pub max_batch_lines: usize,
-    /// Configured webhook endpoints by (connector, account).
-    pub webhooks: std::collections::HashMap<(String, String), crate::config::WebhookConfig>,
+    /// Configured webhook endpoints by (connector, account); replaced on reload (SIGHUP).
+    pub webhooks: std::sync::RwLock<WebhookEndpoints>,
     /// Platform signing keys fetched by id (eBay), cached an hour.
     pub public_keys: super::public_keys::PublicKeys,
     /// Signed webhook tokens already used (Mailgun), refused a second time.
     pub replays: super::webhooks::ReplayGuard,
     /// Reach-out (first-response SLAs), when configured.
     pub reach: Option<Arc<crate::reach::Reach>>,
+}
+
+/// Webhook endpoints by (connector, account).
+pub type WebhookEndpoints = std::collections::HashMap<(String, String), crate::config::WebhookConfig>;
+
+/// The endpoints of `config`'s `[[webhooks]]`.
+pub fn webhook_endpoints(config: &[crate::config::WebhookConfig]) -> WebhookEndpoints {
+    config.iter().map(|w| ((w.connector.clone(), w.account.clone()), w.clone())).collect()
+}
+
+impl ApiState {
+    /// The configured webhook endpoint of (`connector`, `account`), as configured now.
+    pub fn webhook(&self, connector: &str, account: &str) -> Option<crate::config::WebhookConfig> {
+        self.webhooks.read().expect("webhooks lock").get(&(connector.to_owned(), account.to_owned())).cloned()
+    }
 }
 
 /// Answers one ingest request; never fails (errors become 4xx/5xx responses).

@@ -4,6 +4,7 @@
 //! the comparison never runs over the secret itself.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
@@ -71,37 +72,35 @@ impl Grant {
     }
 }
 
-/// The configured keys.
-#[derive(Debug, Clone)]
+/// Key digest -> what the key may do.
+type KeyTable = HashMap<[u8; 32], Grant>;
+
+/// The configured keys; replaced as a whole on reload (SIGHUP).
+#[derive(Debug)]
 pub struct Authenticator {
-    keys: Option<HashMap<[u8; 32], Grant>>,
+    keys: RwLock<Option<Arc<KeyTable>>>,
 }
 
 impl Authenticator {
     /// Builds the key table from config; no keys means an open API.
     pub fn new(config: &AuthConfig) -> Self {
-        if config.api_keys.is_empty() {
-            return Authenticator { keys: None };
-        }
-        let keys = config
-            .api_keys
-            .iter()
-            .map(|k| {
-                let accounts = (!k.accounts.iter().any(|a| a == "*")).then(|| k.accounts.clone());
-                (digest(&k.key), Grant::Key { id: k.id.clone(), accounts, scopes: k.scopes.clone() })
-            })
-            .collect();
-        Authenticator { keys: Some(keys) }
+        Authenticator { keys: RwLock::new(table(config)) }
+    }
+
+    /// Takes the keys of `config` instead (a validated config, re-read on SIGHUP): a rotated key
+    /// works and the old one is refused from the next request on.
+    pub fn reload(&self, config: &AuthConfig) {
+        *self.keys.write().expect("api keys lock") = table(config);
     }
 
     /// True when no keys are configured.
     pub fn is_open(&self) -> bool {
-        self.keys.is_none()
+        self.keys.read().expect("api keys lock").is_none()
     }
 
     /// The grant of the request's `Authorization: Bearer` key, or 401.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
-        let Some(keys) = &self.keys else {
+        let Some(keys) = self.keys.read().expect("api keys lock").clone() else {
             return Ok(Grant::Open);
         };
         let presented = headers
@@ -112,6 +111,22 @@ impl Authenticator {
             .ok_or_else(|| unauthorized("send an api key as Authorization: Bearer <key>"))?;
         keys.get(&digest(presented.trim())).cloned().ok_or_else(|| unauthorized("unknown api key"))
     }
+}
+
+/// The key table of `config`; `None` (an open API) without keys.
+fn table(config: &AuthConfig) -> Option<Arc<KeyTable>> {
+    if config.api_keys.is_empty() {
+        return None;
+    }
+    let keys = config
+        .api_keys
+        .iter()
+        .map(|k| {
+            let accounts = (!k.accounts.iter().any(|a| a == "*")).then(|| k.accounts.clone());
+            (digest(&k.key), Grant::Key { id: k.id.clone(), accounts, scopes: k.scopes.clone() })
+        })
+        .collect();
+    Some(Arc::new(keys))
 }
 
 fn unauthorized(message: &str) -> ApiError {

@@ -36,7 +36,7 @@ pub async fn handle(
         .or((connector == super::shopify_compliance::CONNECTOR).then_some(super::shopify_compliance::CONNECTOR));
     if let Some(label) = label {
         let outcome = result.as_ref().map_or_else(|err| err.code, |_| "ok");
-        let configured = state.webhooks.contains_key(&(connector.to_owned(), account.to_owned()));
+        let configured = state.webhook(connector, account).is_some();
         let account = if configured { account.to_owned() } else { "unknown".to_owned() };
         counter!(telemetry::WEBHOOK_REQUESTS, "connector" => label, "account" => account, "outcome" => outcome)
             .increment(1);
@@ -55,7 +55,7 @@ async fn answer(
     // An endpoint that is not configured does not exist, whatever the connector.
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_webhook", "no such webhook endpoint");
     if connector == super::shopify_compliance::CONNECTOR {
-        let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
+        let config = state.webhook(connector, account).ok_or_else(not_found)?;
         if req.method() != Method::POST {
             return Err(ApiError::method_not_allowed("POST"));
         }
@@ -64,7 +64,7 @@ async fn answer(
         return super::shopify_compliance::handle(state, &headers, &body, account, &config.secret).await;
     }
     let hook = webhook::find(connector).ok_or_else(not_found)?;
-    let config = state.webhooks.get(&(connector.to_owned(), account.to_owned())).ok_or_else(not_found)?;
+    let config = state.webhook(connector, account).ok_or_else(not_found)?;
     let mut secrets = WebhookSecrets {
         secret: &config.secret,
         app_key: config.app_key.as_deref(),

@@ -49,7 +49,8 @@ impl Gateway {
         gateway
     }
 
-    async fn spawn(&mut self) {
+    /// Writes the config file: the listeners and store, then `extra_config`.
+    fn write_config(&self) -> PathBuf {
         let (ingest, rest) = split_section(&self.extra_config, "ingest");
         let config = format!(
             "[ingest]\nlisten = \"{}\"\n{ingest}\n[admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{rest}\n",
@@ -59,6 +60,19 @@ impl Gateway {
         );
         let config_path = self.dir.join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
+        config_path
+    }
+
+    /// Rewrites the config file with `extra_config` instead and sends the running gateway SIGHUP.
+    pub fn reconfigure(&mut self, extra_config: &str) {
+        self.extra_config = extra_config.to_owned();
+        self.write_config();
+        let pid = self.child.as_ref().expect("gateway is running").id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
+    async fn spawn(&mut self) {
+        let config_path = self.write_config();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"))
             .args(["run", "--config"])
