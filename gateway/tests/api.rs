@@ -277,6 +277,8 @@ async fn metrics_parse_with_promtool_and_hold_every_hop_histogram() {
     assert_eq!(ready.json()["sinks"]["embedded"], "ready");
     assert_eq!(client.get(&gateway.admin_url("/healthz")).await.status, 200);
     let wrong_method = client.request(Method::DELETE, &gateway.url("/v1/inquiries"), "", &[]).await;
+    assert_eq!((wrong_method.status.as_u16(), wrong_method.headers["allow"].to_str().unwrap()), (405, "GET, POST"));
+    let wrong_method = client.request(Method::GET, &gateway.url("/v1/inquiries/batch"), "", &[]).await;
     assert_eq!((wrong_method.status.as_u16(), wrong_method.headers["allow"].to_str().unwrap()), (405, "POST"));
 }
 
@@ -408,4 +410,64 @@ async fn credentials_are_rotated_on_sighup_without_a_restart() {
     .await;
     assert_eq!(post("new-api-key-000000002", 4).await, 201);
     assert!(!gateway.log().contains("new-api-key") && !gateway.log().contains("new-telegram"), "no secrets in logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_buyers_inquiries_are_listed_newest_first_within_the_keys_accounts() {
+    let config = "[[auth.api_keys]]\nid = \"ops\"\nkey = \"key-for-everything-01\"\naccounts = [\"*\"]\n\
+                  [[auth.api_keys]]\nid = \"shop-1-key\"\nkey = \"key-for-shop-one-0001\"\naccounts = [\"shop-1\"]\n\
+                  [[auth.api_keys]]\nid = \"relay\"\nkey = \"key-that-only-submits\"\naccounts = [\"*\"]\n\
+                  scopes = [\"inquiries:write\"]\n";
+    let gateway = Gateway::start(config).await;
+    let client = HttpClient::new();
+    let ops = ("authorization", "Bearer key-for-everything-01");
+    let from = |email: &str, account: &str, external_id: &str| {
+        let mut doc: serde_json::Value = serde_json::from_str(&inquiry_json(account, external_id)).unwrap();
+        doc["buyer"]["email"] = email.into();
+        doc.to_string()
+    };
+    let mut posted = Vec::new();
+    for (account, external_id) in [("shop-1", "rb-1"), ("shop-2", "rb-2"), ("shop-1", "rb-3")] {
+        let doc = from("returning@example.com", account, external_id);
+        let reply = client.request(Method::POST, &gateway.url("/v1/inquiries"), doc, &[JSON, ops]).await;
+        assert_eq!(reply.status, 201);
+        posted.push(reply.json()["id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let other = from("someone-else@example.com", "shop-1", "rb-4");
+    assert_eq!(client.request(Method::POST, &gateway.url("/v1/inquiries"), other, &[JSON, ops]).await.status, 201);
+    let first = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{}", posted[0])), "", &[ops]).await;
+    let buyer = first.json()["inquiry"]["buyer"]["pseudonym"].as_str().unwrap().to_owned();
+
+    let list = |key: &'static str, query: String| {
+        let (client, url) = (client.clone(), gateway.url(&format!("/v1/inquiries?{query}")));
+        async move { client.request(Method::GET, &url, "", &[("authorization", key)]).await }
+    };
+    let ids = |reply: &Reply| -> Vec<String> {
+        reply.json()["inquiries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["inquiry"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = list("Bearer key-for-everything-01", format!("buyer={buyer}")).await;
+    assert_eq!(all.status, 200);
+    assert_eq!(ids(&all), [posted[2].clone(), posted[1].clone(), posted[0].clone()], "newest first, one buyer only");
+    assert!(!String::from_utf8_lossy(&all.body).contains("returning@example.com"), "personal data stays sealed");
+    assert_eq!(all.json()["inquiries"][0]["decision"]["queue"], "unassigned");
+    let shop1 = list("Bearer key-for-shop-one-0001", format!("buyer={buyer}")).await;
+    assert_eq!(ids(&shop1), [posted[2].clone(), posted[0].clone()], "only the key's accounts");
+    let newest = list("Bearer key-for-everything-01", format!("buyer={buyer}&limit=1")).await;
+    assert_eq!(ids(&newest), [posted[2].clone()]);
+
+    let relay = list("Bearer key-that-only-submits", format!("buyer={buyer}")).await;
+    assert_eq!((relay.status.as_u16(), relay.error_code().as_str()), (403, "scope_missing"));
+    let bad = list("Bearer key-for-everything-01", "buyer=returning@example.com".to_owned()).await;
+    assert_eq!((bad.status.as_u16(), bad.error_code().as_str()), (400, "invalid_value"));
+    assert_eq!(bad.json()["error"]["field"], "buyer");
+    let zero = list("Bearer key-for-everything-01", format!("buyer={buyer}&limit=0")).await;
+    assert_eq!((zero.status.as_u16(), zero.json()["error"]["field"].as_str()), (400, Some("limit")));
+    let unknown = list("Bearer key-for-everything-01", format!("buyer=bp_{}", "0".repeat(32))).await;
+    assert_eq!((unknown.status.as_u16(), ids(&unknown).len()), (200, 0));
 }

@@ -76,7 +76,9 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
         (&Method::POST, ["v1", "inquiries", "batch"]) => {
             post_batch(&state, req, &trace_id, traceparent.is_some(), started).await
         }
-        (_, ["v1", "inquiries"] | ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
+        (&Method::GET, ["v1", "inquiries"]) => list_of_buyer(&state, req.headers(), req.uri().query()),
+        (_, ["v1", "inquiries"]) => Err(ApiError::method_not_allowed("GET, POST")),
+        (_, ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
         (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id, source.clone(), &trace_id).await,
         (&Method::POST, ["v1", "inquiries", id, "reply"]) => {
             let id = id.to_string();
@@ -312,6 +314,52 @@ fn stored_for(state: &ApiState, grant: &Grant, id: Uuid) -> Result<StoredInquiry
         return Err(not_found());
     }
     Ok(stored)
+}
+
+/// Most inquiries one `GET /v1/inquiries?buyer=` answers with.
+const MAX_LISTED: usize = 500;
+
+/// `GET /v1/inquiries?buyer=<pseudonym>&limit=<n>`: a buyer's inquiries on the accounts the key
+/// may use, newest first (default 50, at most [`MAX_LISTED`]), as stored: envelope and routing
+/// decision, personal data sealed (no read of personal data, so no audit entry). Links a repeat
+/// buyer's conversation history for a CRM.
+fn list_of_buyer(
+    state: &ApiState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(headers)?;
+    grant.require("inquiries:read")?;
+    let params: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let invalid = |field: &str, message: &str| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message.to_owned()).field_name(field)
+    };
+    let buyer = params.get("buyer").map(String::as_str).unwrap_or_default();
+    let pseudonym_shape =
+        buyer.strip_prefix("bp_").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !pseudonym_shape {
+        return Err(invalid("buyer", "buyer must be a buyer pseudonym (bp_ and 32 hex digits)"));
+    }
+    let limit = match params.get("limit") {
+        None => 50,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LISTED).contains(n))
+            .ok_or_else(|| invalid("limit", &format!("limit must be a number from 1 to {MAX_LISTED}")))?,
+    };
+    let mut inquiries = Vec::new();
+    for id in state.store.inquiries_of(buyer).map_err(store_error)? {
+        let Some(bytes) = state.store.get_inquiry(id).map_err(store_error)? else { continue };
+        let Ok(stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { continue };
+        if grant.allows(&stored.inquiry.account) {
+            inquiries.push(stored);
+        }
+    }
+    inquiries.sort_by(|a, b| b.inquiry.received_at.cmp(&a.inquiry.received_at));
+    inquiries.truncate(limit);
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "buyer": buyer, "inquiries": inquiries })))
 }
 
 /// `GET /v1/inquiries/{id}`: the stored inquiry with its personal data opened for the caller. Who
