@@ -298,7 +298,9 @@ fn every_fixture_normalizes_to_its_golden_inquiries() {
                 let replies: Vec<serde_json::Value> = parsed
                     .replies
                     .iter()
-                    .map(|r| serde_json::json!({"buyer_id": r.buyer_id, "replied_at": r.replied_at.unix_timestamp()}))
+                    .map(|r| {
+                        serde_json::json!({"account": r.account, "buyer_id": r.buyer_id, "replied_at": r.replied_at.unix_timestamp()})
+                    })
                     .collect();
                 golden["replies"] = serde_json::json!(replies);
             }

@@ -1851,8 +1851,10 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, polled: &BTreeSet<&str>, pro
                     "reach.alert_targets[{i}].from must be an E.164 number (+...) or a messaging service sid"
                 ));
             }
-            if target.to.is_empty() && target.mentions.is_empty() {
-                problems.push(format!("reach.alert_targets[{i}]: an sms target needs `to` or `mentions` numbers"));
+            if target.to.is_empty() {
+                problems.push(format!(
+                    "reach.alert_targets[{i}]: an sms target needs `to` numbers (for alerts `mentions` does not map)"
+                ));
             }
             if !target.to.iter().chain(target.mentions.values()).all(|n| e164(n)) {
                 problems.push(format!(
@@ -2374,7 +2376,7 @@ scopes = ["plugins:read", "root"]
             "reach.alert_targets[2]: an sms target needs secret = \"<account sid>:<auth token>\"",
             "reach.alert_targets[2].from must be an E.164 number",
             "reach.alert_targets[2]: sms numbers (`to`, `mentions`) must be E.164",
-            "reach.alert_targets[3]: an sms target needs `to` or `mentions` numbers",
+            "reach.alert_targets[3]: an sms target needs `to` numbers",
         ] {
             assert!(err.contains(expected), "missing {expected} in {err}");
         }

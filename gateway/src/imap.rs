@@ -59,6 +59,8 @@ pub async fn run(
     // Shown as a poller of connector `imap` named by the mailbox, so that the poller alerts
     // (a stalled cycle) cover mailboxes too.
     let _active = crate::poll::Active::new(CONNECTOR, &config.name);
+    // Counted from the start: a reader that never gets through (a wrong password) shows as stalled.
+    set_now(telemetry::POLL_CYCLE_COMPLETED, &config.name);
     let reader = Reader { cursor_name: format!("imap/{}", config.name), config, pipeline, store, subjects };
     tracing::info!(mailbox = %reader.config.name, host = %reader.config.host, "mailbox reader started");
     loop {

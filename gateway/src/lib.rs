@@ -298,7 +298,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::warn!(listen = %config.admin.listen, "admin api is open: no admin.tokens configured (loopback only)");
     }
     let admin = Arc::new(AdminState { pipeline, spool, metrics, api: admin_api });
-    let reloader = tokio::spawn(reload_on_sighup(admin.clone(), api.clone()));
+    let ingest_loopback = config.ingest.listen.ip().is_loopback();
+    let reloader = tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), ingest_loopback));
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
@@ -377,8 +378,10 @@ async fn retry_erasures(requests: Arc<compliance::requests::SubjectRequests>) {
 
 /// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
 /// keys, admin tokens, webhook endpoints and their secrets) and reloads the routing plugins. The
-/// rest (listeners, store, sinks, pollers, reach-out) needs a restart.
-async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>) {
+/// rest (listeners, store, sinks, pollers, reach-out) needs a restart. The listeners stay where
+/// they were bound: a file that moved `ingest.listen` to loopback cannot open the running,
+/// non-loopback listener by dropping every API key.
+async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, ingest_loopback: bool) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");
         return;
@@ -399,6 +402,10 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>) {
                 continue;
             }
         };
+        if let Err(error) = keeps_the_listener_closed(&config, ingest_loopback) {
+            tracing::error!(error, "SIGHUP: nothing was reloaded");
+            continue;
+        }
         api.auth.reload(&config.auth);
         *api.webhooks.write().expect("webhooks lock") = http::api::webhook_endpoints(&config.webhooks);
         admin.api.reload_tokens(&config.admin);
@@ -420,6 +427,15 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>) {
             Err(_) => tracing::error!("SIGHUP: reload task failed"),
         }
     }
+}
+
+/// Refuses a reloaded config that would leave the running ingest listener without API keys
+/// when it is not on loopback (the file's own `ingest.listen` is not what is bound).
+fn keeps_the_listener_closed(config: &Config, ingest_loopback: bool) -> Result<(), &'static str> {
+    if config.auth.api_keys.is_empty() && !ingest_loopback {
+        return Err("the ingest listener is not on loopback and the file has no auth.api_keys");
+    }
+    Ok(())
 }
 
 /// The configured sinks, in a fixed order (registration is here, in one place).
@@ -490,4 +506,20 @@ fn open_store(config: &Config) -> Result<Store, StoreError> {
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_never_drops_the_keys_of_a_listener_that_is_not_on_loopback() {
+        let keyless = Config::from_toml("[ingest]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        assert!(keeps_the_listener_closed(&keyless, false).is_err(), "bound on 0.0.0.0: refused");
+        assert!(keeps_the_listener_closed(&keyless, true).is_ok(), "bound on loopback: allowed");
+        let keyed =
+            Config::from_toml("[[auth.api_keys]]\nid = \"a\"\nkey = \"long-enough-key-0001\"\naccounts = [\"*\"]\n")
+                .unwrap();
+        assert!(keeps_the_listener_closed(&keyed, false).is_ok());
+    }
 }

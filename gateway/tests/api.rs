@@ -421,20 +421,22 @@ async fn a_repeat_buyers_inquiries_are_listed_newest_first_within_the_keys_accou
     let gateway = Gateway::start(config).await;
     let client = HttpClient::new();
     let ops = ("authorization", "Bearer key-for-everything-01");
-    let from = |email: &str, account: &str, external_id: &str| {
+    let from = |email: &str, account: &str, external_id: &str, second: u32| {
         let mut doc: serde_json::Value = serde_json::from_str(&inquiry_json(account, external_id)).unwrap();
         doc["buyer"]["email"] = email.into();
+        doc["occurred_at"] = format!("2026-11-24T08:00:{second:02}Z").into();
         doc.to_string()
     };
     let mut posted = Vec::new();
-    for (account, external_id) in [("shop-1", "rb-1"), ("shop-2", "rb-2"), ("shop-1", "rb-3")] {
-        let doc = from("returning@example.com", account, external_id);
+    for (second, (account, external_id)) in
+        [("shop-1", "rb-1"), ("shop-2", "rb-2"), ("shop-1", "rb-3")].into_iter().enumerate()
+    {
+        let doc = from("returning@example.com", account, external_id, second as u32 + 1);
         let reply = client.request(Method::POST, &gateway.url("/v1/inquiries"), doc, &[JSON, ops]).await;
         assert_eq!(reply.status, 201);
         posted.push(reply.json()["id"].as_str().unwrap().to_owned());
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let other = from("someone-else@example.com", "shop-1", "rb-4");
+    let other = from("someone-else@example.com", "shop-1", "rb-4", 9);
     assert_eq!(client.request(Method::POST, &gateway.url("/v1/inquiries"), other, &[JSON, ops]).await.status, 201);
     let first = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{}", posted[0])), "", &[ops]).await;
     let buyer = first.json()["inquiry"]["buyer"]["pseudonym"].as_str().unwrap().to_owned();

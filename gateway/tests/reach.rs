@@ -143,6 +143,13 @@ fn receive(
                 return (400, r#"{"code": 21212, "message": "Invalid From Number", "status": 400}"#.to_owned());
             }
             let to = form.get("To").cloned().unwrap_or_default();
+            if to == "+4915100000666" {
+                // A number that replied STOP: refused for good, quoting the number (as Twilio does).
+                let answer = format!(
+                    r#"{{"code": 21610, "message": "Attempt to send to unsubscribed recipient {to}", "status": 400}}"#
+                );
+                return (400, answer);
+            }
             let lines = form.get("Body").map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default();
             received.sms.extend(lines.into_iter().map(|l| (to.clone(), l)));
             (201, r#"{"sid": "SM0123", "status": "queued"}"#.to_owned())
@@ -218,7 +225,7 @@ kind = "sms"
 url = "{receiver}/sms/2010-04-01/Accounts/AC0123/Messages.json"
 secret = "AC0123:sms-auth-token"
 from = "+15005550006"
-to = ["+4915100000009"]
+to = ["+4915100000009", "+4915100000666"]
 [reach.alert_targets.mentions]
 lead-li = "+4915100000002"
 [[reach.alert_targets]]
@@ -316,11 +323,16 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
     assert!(lead.iter().all(|l| l.starts_with("SLA escalated")));
     assert_eq!(duty.len(), 4, "{duty:?}");
     assert!(duty.iter().all(|l| l.starts_with("SLA reminder") || l.starts_with("SLA breached")));
+    // The unsubscribed number is dropped, not retried forever (the duty number got no repeats),
+    // and its number never reaches the log.
+    assert!(texts("+4915100000666").is_empty());
+    assert!(!gateway.log().contains("4915100000666"), "phone numbers stay out of the log");
     assert!(received.ding_mentions.iter().all(|u| u == "dt-lead-li"), "{:?}", received.ding_mentions);
 
     drop(received);
     let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
     assert!(metric_value(&metrics, "inquiry_gateway_alerts_total", &[("target", "hook"), ("outcome", "sent")]) >= 1.0);
+    assert!(metric_value(&metrics, "inquiry_gateway_alerts_total", &[("target", "sms"), ("outcome", "failed")]) >= 1.0);
     assert!(metric_value(&metrics, "inquiry_gateway_sla_events_total", &[("kind", "sla.breached")]) >= 2.0);
 }
 
@@ -465,7 +477,7 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
     const PAGE: &str = "110044338451234";
     const META_SECRET: &str = "meta-app-secret-reach-01";
     let config = format!(
-        "[[webhooks]]\nconnector = \"messenger\"\naccount = \"{PAGE}\"\nsecret = \"{META_SECRET}\"\nverify_token = \"verify-me-please\"\n\
+        "[[webhooks]]\nconnector = \"messenger\"\naccount = \"shop-main\"\nsecret = \"{META_SECRET}\"\nverify_token = \"verify-me-please\"\n\
          [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n"
     );
     let gateway = Gateway::start(&config).await;
@@ -476,7 +488,8 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
             serde_json::json!({"object": "page", "entry": [{"id": PAGE, "time": now_ms(), "messaging": events}]})
                 .to_string();
         let signature = format!("sha256={}", hex::encode(hmac_sha256(META_SECRET.as_bytes(), body.as_bytes())));
-        let (client, url) = (client.clone(), gateway.url(&format!("/webhooks/messenger/{PAGE}")));
+        // One app's endpoint carries the deliveries of every page it serves.
+        let (client, url) = (client.clone(), gateway.url("/webhooks/messenger/shop-main"));
         async move {
             let headers = [("content-type", "application/json"), ("x-hub-signature-256", signature.as_str())];
             let reply = client.request(Method::POST, &url, body, &headers).await;
@@ -506,6 +519,10 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
     let answer = vec![echo(anna, "m_reply", None)];
     assert_eq!(deliver(answer.clone()).await["answered"], 2);
     assert_eq!(deliver(answer).await["answered"], 0);
+    // A question and its answer in one delivery (Meta batches events): answered too.
+    let carl = "4440001112223335";
+    let both = deliver(vec![message(carl, "m_c1"), echo(carl, "m_c_reply", None)]).await;
+    assert_eq!((both["accepted"].as_u64(), both["answered"].as_u64()), (Some(1), Some(1)));
 
     let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
     let mut replied: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
@@ -514,18 +531,18 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
         .filter(|e| e["kind"] == "inquiry.replied")
         .collect();
     replied.sort_by_key(|e| e["inquiry_id"].as_str().unwrap().to_owned());
-    let mut expected: Vec<&serde_json::Value> = anna_ids.as_array().unwrap().iter().collect();
+    let mut expected: Vec<&serde_json::Value> = anna_ids.as_array().unwrap().iter().chain([&both["ids"][0]]).collect();
     expected.sort_by_key(|id| id.as_str().unwrap().to_owned());
     assert_eq!(replied.iter().map(|e| &e["inquiry_id"]).collect::<Vec<_>>(), expected);
     for entry in &replied {
-        assert_eq!(entry["actor"], format!("webhook:messenger/{PAGE}"));
+        assert_eq!(entry["actor"], "webhook:messenger/shop-main");
         assert_eq!(entry["detail"]["sla_status"], "met");
     }
     let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
     let met = [("outcome", "met"), ("channel", "messenger")];
-    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 2.0);
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 3.0);
     let platform = [("source", "platform"), ("outcome", "recorded")];
-    assert_eq!(metric_value(&text, "inquiry_gateway_replies_total", &platform), 2.0);
+    assert_eq!(metric_value(&text, "inquiry_gateway_replies_total", &platform), 3.0);
 
     // Bo's clock still runs: a reply now is his first.
     let bo_id = bo_ids[0].as_str().unwrap();
@@ -533,6 +550,6 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
         client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{bo_id}/reply")), "", &[]).await.json();
     assert_eq!(reply["sla"]["status"], "met");
     let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
-    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 3.0, "recorded now, not before");
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 4.0, "recorded now, not before");
     assert!(gateway.log().lines().all(|l| !l.contains(anna)), "platform user ids never reach the log");
 }

@@ -148,6 +148,8 @@ pub struct Parsed {
 /// A message the seller's account sent to a buyer on the platform (not through the gateway).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SellerReply {
+    /// The seller's account it was sent from (the page), as the buyer's inquiries name it.
+    pub account: String,
     /// The buyer's platform user id (as in the buyer's own messages: `id:<this>` is the identity).
     pub buyer_id: String,
     /// When the platform says it was sent.

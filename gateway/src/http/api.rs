@@ -76,7 +76,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
         (&Method::POST, ["v1", "inquiries", "batch"]) => {
             post_batch(&state, req, &trace_id, traceparent.is_some(), started).await
         }
-        (&Method::GET, ["v1", "inquiries"]) => list_of_buyer(&state, req.headers(), req.uri().query()),
+        (&Method::GET, ["v1", "inquiries"]) => list_of_buyer(&state, req.headers(), req.uri().query()).await,
         (_, ["v1", "inquiries"]) => Err(ApiError::method_not_allowed("GET, POST")),
         (_, ["v1", "inquiries", "batch"]) => Err(ApiError::method_not_allowed("POST")),
         (&Method::GET, ["v1", "inquiries", id]) => get_one(&state, req.headers(), id, source.clone(), &trace_id).await,
@@ -320,11 +320,13 @@ fn stored_for(state: &ApiState, grant: &Grant, id: Uuid) -> Result<StoredInquiry
 const MAX_LISTED: usize = 500;
 
 /// `GET /v1/inquiries?buyer=<pseudonym>&limit=<n>`: a buyer's inquiries on the accounts the key
-/// may use, newest first (default 50, at most [`MAX_LISTED`]), as stored: envelope and routing
-/// decision, personal data sealed (no read of personal data, so no audit entry). Links a repeat
-/// buyer's conversation history for a CRM.
-fn list_of_buyer(
-    state: &ApiState,
+/// may use, newest message first (default 50, at most [`MAX_LISTED`]), as stored: envelope and
+/// routing decision, personal data sealed (no read of personal data, so no audit entry). Links a
+/// repeat buyer's conversation history for a CRM. Inquiry ids begin with the message time, so
+/// the buyer's index is walked backwards and only what is returned (and what the key may not
+/// see) is read.
+async fn list_of_buyer(
+    state: &Arc<ApiState>,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -332,10 +334,9 @@ fn list_of_buyer(
     grant.require("inquiries:read")?;
     let params: std::collections::HashMap<String, String> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
-    let invalid = |field: &str, message: &str| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message.to_owned()).field_name(field)
-    };
-    let buyer = params.get("buyer").map(String::as_str).unwrap_or_default();
+    let invalid =
+        |field: &str, message: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message).field_name(field);
+    let buyer = params.get("buyer").cloned().unwrap_or_default();
     let pseudonym_shape =
         buyer.strip_prefix("bp_").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     if !pseudonym_shape {
@@ -349,16 +350,24 @@ fn list_of_buyer(
             .filter(|n| (1..=MAX_LISTED).contains(n))
             .ok_or_else(|| invalid("limit", &format!("limit must be a number from 1 to {MAX_LISTED}")))?,
     };
-    let mut inquiries = Vec::new();
-    for id in state.store.inquiries_of(buyer).map_err(store_error)? {
-        let Some(bytes) = state.store.get_inquiry(id).map_err(store_error)? else { continue };
-        let Ok(stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { continue };
-        if grant.allows(&stored.inquiry.account) {
-            inquiries.push(stored);
+    let (store, pseudonym) = (state.store.clone(), buyer.clone());
+    let inquiries = tokio::task::spawn_blocking(move || {
+        let mut inquiries = Vec::new();
+        for id in store.inquiries_of(&pseudonym)?.into_iter().rev() {
+            if inquiries.len() == limit {
+                break;
+            }
+            let Some(bytes) = store.get_inquiry(id)? else { continue };
+            let Ok(stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { continue };
+            if grant.allows(&stored.inquiry.account) {
+                inquiries.push(stored);
+            }
         }
-    }
-    inquiries.sort_by(|a, b| b.inquiry.received_at.cmp(&a.inquiry.received_at));
-    inquiries.truncate(limit);
+        Ok::<_, crate::store::StoreError>(inquiries)
+    })
+    .await
+    .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
+    .map_err(store_error)?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "buyer": buyer, "inquiries": inquiries })))
 }
 

@@ -135,7 +135,6 @@ async fn answer(
         counter!(telemetry::WEBHOOK_EVENTS_IGNORED, "channel" => channel.as_str()).increment(parsed.ignored as u64);
     }
     let erasure_requests = open_erasures(state, connector, account, channel, &parsed.erasures).await?;
-    let answered = record_replies(state, connector, account, channel, &parsed.replies).await?;
     let count = parsed.inquiries.len();
     let (accepted, duplicates, ids) = if count == 0 {
         (0, 0, Vec::new())
@@ -156,6 +155,8 @@ async fn answer(
         let accepted = acks.iter().filter(|a| a.status == AckStatus::Accepted).count();
         (accepted, count - accepted, acks.iter().map(|a| a.id.to_string()).collect())
     };
+    // After the delivery's own inquiries: an answer in the same delivery answers them too.
+    let answered = record_replies(state, connector, account, channel, &parsed.replies).await?;
     if let Some(key) = replay {
         state.replays.record(key);
     }
@@ -207,51 +208,55 @@ async fn open_erasures(
 }
 
 /// Records the seller's answers on the platform itself (Messenger and Instagram echoes) as the
-/// first response to every inquiry of that buyer on this account received before the answer:
-/// their SLA clocks stop like with `POST /v1/inquiries/{id}/reply`, audited as `inquiry.replied`
-/// by `webhook:<connector>/<account>`. A buyer never seen here is skipped (nothing is recorded of
-/// a stranger). Returns how many inquiries got their first response now.
+/// first response to every inquiry of that buyer on that page written before the answer (by the
+/// platform's message times): their SLA clocks stop like with `POST /v1/inquiries/{id}/reply`,
+/// audited as `inquiry.replied` by `webhook:<connector>/<endpoint account>`. A buyer never seen
+/// here is skipped (nothing is recorded of a stranger). Returns how many inquiries got their
+/// first response now.
 async fn record_replies(
     state: &ApiState,
     connector: &str,
-    account: &str,
+    endpoint: &str,
     channel: inquiry_connectors::Channel,
     replies: &[webhook::SellerReply],
 ) -> Result<usize, ApiError> {
     let Some(reach) = &state.reach else { return Ok(0) };
-    let actor = format!("webhook:{connector}/{account}");
+    let actor = format!("webhook:{connector}/{endpoint}");
     // A buyer's first answer in this delivery is the one that counts.
     let mut first = std::collections::BTreeMap::new();
     for reply in replies {
-        let at = first.entry(reply.buyer_id.clone()).or_insert(reply.replied_at);
+        let at = first.entry((reply.account.clone(), reply.buyer_id.clone())).or_insert(reply.replied_at);
         *at = reply.replied_at.min(*at);
     }
     let mut answered = 0;
-    for (buyer_id, replied_at) in first {
+    for ((account, buyer_id), replied_at) in first {
         let spec = SubjectSpec {
             email: None,
             channel: Some(channel.as_str().to_owned()),
-            account: Some(account.to_owned()),
+            account: Some(account.clone()),
             user_id: Some(buyer_id),
             pseudonym: None,
         };
         let replied_at = replied_at.min(OffsetDateTime::now_utc());
         let (reach, store, pseudonyms) =
             (reach.clone(), state.store.clone(), state.requests.find(&spec).map_err(super::api::request_error)?);
-        let (account, channel) = (account.to_owned(), channel);
         let recorded = tokio::task::spawn_blocking(move || {
             let mut recorded = Vec::new();
             for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
                 let Some(bytes) = store.get_inquiry(id)? else { continue };
                 let Ok(stored) = serde_json::from_slice::<crate::pipeline::StoredInquiry>(&bytes) else { continue };
                 let inquiry = &stored.inquiry;
-                if inquiry.channel != channel || inquiry.account != account || inquiry.received_at > replied_at {
+                // Platform times on both sides: the gateway may receive the buyer's message after
+                // the answer to it (a slow or batched delivery).
+                if inquiry.channel != channel || inquiry.account != account || inquiry.occurred_at > replied_at {
                     continue;
                 }
                 if reach.load(id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
                     continue; // answered before (also: this answer, delivered again)
                 }
-                let at_ms = (replied_at.unix_timestamp_nanos() / 1_000_000) as i64;
+                // The clock runs from receipt: an earlier answer counts as given at receipt.
+                let at = replied_at.max(inquiry.received_at);
+                let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
                 let outcome = reach.reply(&stored, at_ms)?;
                 // Answered now, not by an earlier reply.
                 if matches!(&outcome, crate::reach::ReplyOutcome::Recorded(sla) if sla.replied_ms == Some(at_ms)) {

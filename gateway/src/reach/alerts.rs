@@ -136,9 +136,10 @@ pub fn accepted(kind: AlertKind, status: u16, body: &[u8]) -> bool {
 /// Twilio's longest message body (it splits longer text into segments up to this).
 const SMS_MAX_CHARS: usize = 1600;
 
-/// The SMS requests that deliver `events` through a Twilio Messages API `target`: one per phone
-/// number, with that number's lines (an event goes to the number `mentions` gives the person
-/// who must act, else to every number in `to`). Form-encoded `To`, `From`, `Body`, HTTP Basic
+/// The SMS requests that deliver `events` through a Twilio Messages API `target`: per phone
+/// number, that number's lines in as few texts of at most 1,600 characters as they fit (an
+/// event goes to the number `mentions` gives the person who must act, else to every number in
+/// `to`). Form-encoded `To`, `From`, `Body`, HTTP Basic
 /// authentication with the target's `secret` (`<account sid>:<auth token>`).
 pub fn sms_requests(target: &AlertTargetConfig, events: &[SlaEvent]) -> Vec<PollRequest> {
     let mut by_number: std::collections::BTreeMap<&str, Vec<SlaEvent>> = std::collections::BTreeMap::new();
@@ -150,19 +151,27 @@ pub fn sms_requests(target: &AlertTargetConfig, events: &[SlaEvent]) -> Vec<Poll
         }
     }
     let credentials = base64::engine::general_purpose::STANDARD.encode(target.secret.as_deref().unwrap_or_default());
-    by_number
-        .into_iter()
-        .map(|(number, events)| {
-            let mut text = render(&events, target);
-            if text.chars().count() > SMS_MAX_CHARS {
-                text = text.chars().take(SMS_MAX_CHARS - 1).collect::<String>() + "…";
+    let mut requests = Vec::new();
+    for (number, events) in by_number {
+        // As many texts as the lines need: a long batch is split, never cut.
+        let mut texts: Vec<String> = Vec::new();
+        for line in render(&events, target).lines() {
+            let line: String = line.chars().take(SMS_MAX_CHARS).collect();
+            match texts.last_mut() {
+                Some(text) if text.chars().count() + 1 + line.chars().count() <= SMS_MAX_CHARS => {
+                    text.push('\n');
+                    text.push_str(&line);
+                }
+                _ => texts.push(line),
             }
+        }
+        for text in texts {
             let body = url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("To", number)
                 .append_pair("From", target.from.as_deref().unwrap_or_default())
                 .append_pair("Body", &text)
                 .finish();
-            PollRequest {
+            requests.push(PollRequest {
                 method: PollMethod::Post,
                 path_and_query: target.url.clone(),
                 headers: vec![
@@ -170,9 +179,10 @@ pub fn sms_requests(target: &AlertTargetConfig, events: &[SlaEvent]) -> Vec<Poll
                     ("authorization".to_owned(), format!("Basic {credentials}")),
                 ],
                 body,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    requests
 }
 
 /// Sends `events` to `target` (or, in dry-run, only counts and logs them).
@@ -197,21 +207,46 @@ pub async fn send(
         return sent;
     }
     let agent = concat!("inquiry-gateway/", env!("CARGO_PKG_VERSION"));
-    // An SMS batch is one message per number; a failed one fails the batch, which is retried
-    // whole (a number that got its message may get it again).
-    let requests = if target.kind == AlertKind::Sms {
-        sms_requests(target, &events)
+    if target.kind == AlertKind::Sms {
+        return send_sms(client, target, &events, agent).await;
+    }
+    let (status, _, body) =
+        exchange(client, "", request(target, &events, now_ms), agent).await.map_err(|e| e.to_string())?;
+    if accepted(target.kind, status, &body) {
+        counter!(telemetry::ALERTS, "target" => label, "outcome" => "sent").increment(1);
+        Ok(())
     } else {
-        vec![request(target, &events, now_ms)]
-    };
-    for request in requests {
+        counter!(telemetry::ALERTS, "target" => label, "outcome" => "failed").increment(1);
+        // The answer of a bot endpoint holds its error message, never a secret of ours.
+        let answer = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        Err(format!("alert target answered {status}: {answer}"))
+    }
+}
+
+/// Sends the texts of `events` through an SMS target. A number Twilio refuses for good (a 4xx
+/// other than 429: not a mobile number, the person replied STOP) is counted as failed and
+/// dropped, so it cannot hold up the target's queue; a 429 or 5xx fails the batch, which is
+/// retried whole (a number that got its text may get it again). Only Twilio's error code is
+/// logged: its message may quote the phone number.
+async fn send_sms(
+    client: &PollClient,
+    target: &AlertTargetConfig,
+    events: &[SlaEvent],
+    agent: &str,
+) -> Result<(), String> {
+    let label = target.id.clone();
+    for request in sms_requests(target, events) {
         let (status, _, body) = exchange(client, "", request, agent).await.map_err(|e| e.to_string())?;
-        if !accepted(target.kind, status, &body) {
-            counter!(telemetry::ALERTS, "target" => label, "outcome" => "failed").increment(1);
-            // The answer of a bot endpoint holds its error message, never a secret of ours.
-            let answer = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(format!("alert target answered {status}: {answer}"));
+        if (200..300).contains(&status) {
+            continue;
         }
+        let code = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|b| b["code"].as_i64());
+        counter!(telemetry::ALERTS, "target" => label.clone(), "outcome" => "failed").increment(1);
+        if (400..500).contains(&status) && status != 429 {
+            tracing::warn!(target = %label, status, code, "an sms was refused for good; dropped");
+            continue;
+        }
+        return Err(format!("sms target answered {status} (code {code:?})"));
     }
     counter!(telemetry::ALERTS, "target" => label, "outcome" => "sent").increment(1);
     Ok(())
@@ -367,6 +402,13 @@ mod tests {
         let auth = base64::engine::general_purpose::STANDARD.encode("AC01:token-01");
         assert!(requests[0].headers.contains(&("authorization".to_owned(), format!("Basic {auth}"))));
         assert_eq!(requests[0].path_and_query, target.url);
+
+        // A long batch is split into texts of at most 1,600 characters, nothing cut.
+        let many: Vec<SlaEvent> = (0..20).map(|_| event(EventKind::Breached, Some("agent-ana"))).collect();
+        let texts: Vec<String> = sms_requests(&target, &many).iter().map(|r| form(r)["Body"].clone()).collect();
+        assert!(texts.len() >= 2, "{} texts", texts.len());
+        assert!(texts.iter().all(|t| t.chars().count() <= SMS_MAX_CHARS));
+        assert_eq!(texts.iter().map(|t| t.lines().count()).sum::<usize>(), 20);
     }
 
     #[test]

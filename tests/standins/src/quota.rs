@@ -21,12 +21,16 @@ pub struct QuotaRule {
     pub per_day: Option<u32>,
 }
 
-/// Clock slack granted to callers: requests leave a client evenly spaced but may arrive closer
-/// together after a delay on the way. On a loaded two-core machine running several gateways at
-/// once, a first request (which also opens the connection) was seen arriving more than 20 ms late.
-/// The slack never accumulates: a call let in early leaves the bucket below zero, so a caller
-/// that is steadily too fast is still refused.
+/// Clock slack granted to callers of a token bucket: requests leave a client evenly spaced but
+/// may arrive closer together after a delay on the way. On a loaded two-core machine running
+/// several gateways at once, a first request (which also opens the connection) was seen arriving
+/// more than 20 ms late. The slack never accumulates: a call let in early leaves the bucket below
+/// zero, so a caller that is steadily too fast is still refused.
 const SLACK: Duration = Duration::from_millis(100);
+
+/// Slack of a per-recipient pause. Unlike the bucket's, it is granted on every message, so it
+/// stays small: a sender pacing a little too fast must still be caught.
+const PAUSE_SLACK: Duration = Duration::from_millis(20);
 
 /// A platform's minimum pause between two messages to one recipient (Telegram: one a second
 /// per chat; WhatsApp: one per 6 s per business number and buyer), and the messages it refused.
@@ -43,7 +47,7 @@ impl RecipientPause {
     pub fn admit(&self, recipient: &str, pause: Duration) -> bool {
         let mut last = self.last.lock().expect("recipient lock");
         let now = Instant::now();
-        if last.get(recipient).is_some_and(|at| now.duration_since(*at) + SLACK < pause) {
+        if last.get(recipient).is_some_and(|at| now.duration_since(*at) + PAUSE_SLACK < pause) {
             self.violations.fetch_add(1, Ordering::SeqCst);
             return false;
         }
