@@ -438,8 +438,8 @@ fn keeps_the_listener_closed(config: &Config, ingest_loopback: bool) -> Result<(
     Ok(())
 }
 
-/// The configured sinks, in a fixed order (registration is here, in one place).
-/// The configured sinks, and the Kafka sink by its type (reach-out publishes SLA events with it).
+/// The configured sinks, in a fixed order (registration is here, in one place), and the Kafka
+/// sink by its type (reach-out publishes SLA events with it).
 fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaSink>>), StartError> {
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     let mut kafka_sink = None;
