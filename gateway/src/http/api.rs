@@ -449,10 +449,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         }
         None => crate::reach::ReplyOutcome::NoSla,
     };
-    let sla = match &outcome {
-        crate::reach::ReplyOutcome::NoSla => serde_json::Value::Null,
-        crate::reach::ReplyOutcome::Recorded(state) => serde_json::to_value(state).expect("states serialize"),
-    };
+    let sla = outcome.sla().map(|state| serde_json::to_value(state).expect("states serialize"));
     let event = crate::reach::replies::replied_event(&grant.actor(), id, reply.agent.as_deref(), &outcome);
     state.pipeline.audit(vec![event]).await.map_err(submit_error)?;
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);

@@ -258,8 +258,8 @@ async fn record_replies(
                 let at = replied_at.max(inquiry.received_at);
                 let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
                 let outcome = reach.reply(&stored, at_ms)?;
-                // Answered now, not by an earlier reply.
-                if matches!(&outcome, crate::reach::ReplyOutcome::Recorded(sla) if sla.replied_ms == Some(at_ms)) {
+                // Answered now, not by an earlier reply (nor by this one, delivered twice at once).
+                if matches!(&outcome, crate::reach::ReplyOutcome::Recorded(_)) {
                     recorded.push((id, outcome));
                 }
             }

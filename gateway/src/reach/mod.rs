@@ -79,8 +79,20 @@ pub struct Reach {
 pub enum ReplyOutcome {
     /// The inquiry has no SLA (none configured, spam, unknown id).
     NoSla,
-    /// The SLA as it stands after the reply (an earlier reply is kept).
+    /// This reply is the first response: the SLA as it stands now.
     Recorded(Box<SlaState>),
+    /// An earlier reply was the first response and is kept: the SLA as it left it.
+    Unchanged(Box<SlaState>),
+}
+
+impl ReplyOutcome {
+    /// The SLA after the reply, if the inquiry has one.
+    pub fn sla(&self) -> Option<&SlaState> {
+        match self {
+            ReplyOutcome::NoSla => None,
+            ReplyOutcome::Recorded(sla) | ReplyOutcome::Unchanged(sla) => Some(sla),
+        }
+    }
 }
 
 impl Reach {
@@ -218,7 +230,7 @@ impl Reach {
         let pending = state.next_due();
         let Some(event) = state.reply(at_ms, now) else {
             batch.commit()?;
-            return Ok(ReplyOutcome::Recorded(Box::new(state)));
+            return Ok(ReplyOutcome::Unchanged(Box::new(state)));
         };
         let outcome = if state.status == Status::Met { "met" } else { "late" };
         if let Some(due) = pending {
@@ -718,7 +730,7 @@ mod tests {
         assert_eq!(state.status, Status::Met);
         assert!(state.pending.is_empty());
         let again = engine.reply(early.stored(), T0 + 25 * MIN).unwrap();
-        assert_eq!(again, ReplyOutcome::Recorded(state), "a second reply changes nothing");
+        assert_eq!(again, ReplyOutcome::Unchanged(state), "a second reply changes nothing");
 
         clock.0.store(T0 + 70 * MIN, Ordering::SeqCst);
         engine.fire_due().unwrap();

@@ -106,10 +106,7 @@ pub async fn consume(
 /// The audit entry of a first response recorded for inquiry `id` (`inquiry.replied`): who
 /// reported it (`actor`), the agent if named, and the SLA's status after it.
 pub fn replied_event(actor: &str, id: Uuid, agent: Option<&str>, outcome: &ReplyOutcome) -> AuditEvent {
-    let status = match outcome {
-        ReplyOutcome::NoSla => serde_json::Value::Null,
-        ReplyOutcome::Recorded(sla) => serde_json::to_value(sla.status).expect("statuses serialize"),
-    };
+    let status = outcome.sla().map(|sla| serde_json::to_value(sla.status).expect("statuses serialize"));
     AuditEvent::new("inquiry.replied", actor)
         .inquiry(id)
         .detail(serde_json::json!({ "agent": agent, "sla_status": status }))
