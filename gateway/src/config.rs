@@ -1381,6 +1381,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Reads, parses and validates the config file at `path` (a reload: SIGHUP, or
+    /// `POST /v1/plugins/reload`); the error says what is wrong.
+    pub fn read_validated(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
     /// Parses TOML text, replacing `${NAME}` in string values with the environment variable NAME
     /// (comments and keys are left alone, and a value can never inject TOML syntax).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {

@@ -391,11 +391,7 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, ingest_loo
             tracing::warn!("SIGHUP: the embedded default has no config file to reload");
             continue;
         };
-        let config = match std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|text| Config::from_toml(&text).map_err(|e| e.to_string()))
-            .and_then(|config| config.validate().map(|()| config).map_err(|e| e.to_string()))
-        {
+        let config = match Config::read_validated(&path) {
             Ok(config) => config,
             Err(error) => {
                 tracing::error!(error, "SIGHUP: the config does not validate; nothing was reloaded");

@@ -40,6 +40,14 @@ pub struct StoredInquiry {
     pub decision: Decision,
 }
 
+impl StoredInquiry {
+    /// The stored inquiry `id`; `None` when this store does not hold it or its record does not
+    /// read (callers that go through many skip such a record).
+    pub fn load(store: &Store, id: Uuid) -> Result<Option<StoredInquiry>, StoreError> {
+        Ok(store.get_inquiry(id)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+}
+
 /// A dead letter: an inquiry that a router failed on and the fallback route took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

@@ -340,12 +340,7 @@ impl AdminApi {
     pub fn reload(&self) -> Result<(), String> {
         let plugins = self.plugins.as_ref().ok_or("no plugins are configured; restart to add them")?;
         let config = match &self.source {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
-                config.validate().map_err(|e| e.to_string())?;
-                Some(config.routing)
-            }
+            Some(path) => Some(Config::read_validated(path)?.routing),
             None => None,
         };
         plugins.reload(config.as_ref()).map_err(|e| e.to_string())

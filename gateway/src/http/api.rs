@@ -357,8 +357,7 @@ async fn list_of_buyer(
             if inquiries.len() == limit {
                 break;
             }
-            let Some(bytes) = store.get_inquiry(id)? else { continue };
-            let Ok(stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { continue };
+            let Some(stored) = StoredInquiry::load(&store, id)? else { continue };
             if grant.allows(&stored.inquiry.account) {
                 inquiries.push(stored);
             }

@@ -243,8 +243,7 @@ async fn record_replies(
         let recorded = tokio::task::spawn_blocking(move || {
             let mut recorded = Vec::new();
             for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
-                let Some(bytes) = store.get_inquiry(id)? else { continue };
-                let Ok(stored) = serde_json::from_slice::<crate::pipeline::StoredInquiry>(&bytes) else { continue };
+                let Some(stored) = crate::pipeline::StoredInquiry::load(&store, id)? else { continue };
                 let inquiry = &stored.inquiry;
                 // Platform times on both sides: the gateway may receive the buyer's message after
                 // the answer to it (a slow or batched delivery).

@@ -1,9 +1,8 @@
 //! Agent alerts: SLA reminders, breaches and escalations (and, where a team asks, assignments) as
 //! chat-bot messages (Slack, Feishu, DingTalk, WeCom), e-mails, SMS (Twilio's Messages API,
 //! <https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource>) or
-//! signed webhooks, with the person
-//! who must act @-mentioned where the target maps their id. A burst of events is sent as one
-//! message per batch.
+//! signed webhooks, with the person who must act @-mentioned where the target maps their id. A
+//! burst of events is sent as one message per batch.
 //!
 //! Signing follows each platform's documentation:
 //! - Feishu / Lark custom bot: `sign = base64(HMAC-SHA256(key = "{timestamp}\n{secret}", ""))`,

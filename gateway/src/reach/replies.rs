@@ -123,8 +123,7 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
     let recorded = {
         let (reach, store) = (reach.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
-            let Some(bytes) = store.get_inquiry(id)? else { return Ok(None) };
-            let Ok(stored) = serde_json::from_slice::<StoredInquiry>(&bytes) else { return Ok(None) };
+            let Some(stored) = StoredInquiry::load(&store, id)? else { return Ok(None) };
             let now = OffsetDateTime::now_utc();
             let at = reply.replied_at.unwrap_or(now).min(now).max(stored.inquiry.received_at);
             let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;

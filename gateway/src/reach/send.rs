@@ -797,7 +797,7 @@ async fn send_one(
     };
     let fail = |reason: &str| finish(reach, pipeline, id, due_ms, AckStatus::Failed { reason: reason.to_owned() });
     // What to send, to whom: opened from the sealed inquiry now, never kept.
-    let stored = store.get_inquiry(id)?.and_then(|b| serde_json::from_slice::<StoredInquiry>(&b).ok());
+    let stored = StoredInquiry::load(store, id)?;
     let personal = match &stored {
         Some(stored) => subjects.open(&stored.inquiry)?,
         None => None,
