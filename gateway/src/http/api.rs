@@ -351,7 +351,7 @@ async fn list_of_buyer(
             .ok_or_else(|| invalid("limit", &format!("limit must be a number from 1 to {MAX_LISTED}")))?,
     };
     let (store, pseudonym) = (state.store.clone(), buyer.clone());
-    let inquiries = tokio::task::spawn_blocking(move || {
+    let inquiries = off_the_workers(move || {
         let mut inquiries = Vec::new();
         for id in store.inquiries_of(&pseudonym)?.into_iter().rev() {
             if inquiries.len() == limit {
@@ -362,11 +362,9 @@ async fn list_of_buyer(
                 inquiries.push(stored);
             }
         }
-        Ok::<_, crate::store::StoreError>(inquiries)
+        Ok(inquiries)
     })
-    .await
-    .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
-    .map_err(store_error)?;
+    .await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "buyer": buyer, "inquiries": inquiries })))
 }
 
@@ -441,10 +439,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     let outcome = match &state.reach {
         Some(reach) => {
             let (reach, stored) = (reach.clone(), stored.clone());
-            tokio::task::spawn_blocking(move || reach.reply(&stored, at_ms))
-                .await
-                .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
-                .map_err(store_error)?
+            off_the_workers(move || reach.reply(&stored, at_ms)).await?
         }
         None => crate::reach::ReplyOutcome::NoSla,
     };
@@ -527,6 +522,17 @@ pub(crate) fn submit_error(err: SubmitError) -> ApiError {
             "the pipeline failed before acknowledging; retrying is safe",
         ),
     }
+}
+
+/// Runs blocking store work `work` off the async workers; a store error (or the task's panic)
+/// becomes the store's 503.
+pub(crate) async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
+        .map_err(store_error)
 }
 
 pub(crate) fn store_error(err: crate::store::StoreError) -> ApiError {

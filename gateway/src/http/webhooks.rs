@@ -240,7 +240,7 @@ async fn record_replies(
         let replied_at = replied_at.min(OffsetDateTime::now_utc());
         let (reach, store, pseudonyms) =
             (reach.clone(), state.store.clone(), state.requests.find(&spec).map_err(super::api::request_error)?);
-        let recorded = tokio::task::spawn_blocking(move || {
+        let recorded = super::api::off_the_workers(move || {
             let mut recorded = Vec::new();
             for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
                 let Some(stored) = crate::pipeline::StoredInquiry::load(&store, id)? else { continue };
@@ -262,11 +262,9 @@ async fn record_replies(
                     recorded.push((id, outcome));
                 }
             }
-            Ok::<_, crate::store::StoreError>(recorded)
+            Ok(recorded)
         })
-        .await
-        .map_err(|e| super::api::store_error(crate::store::StoreError::from_message(&e.to_string())))?
-        .map_err(super::api::store_error)?;
+        .await?;
         let events: Vec<_> = recorded
             .iter()
             .map(|(id, outcome)| crate::reach::replies::replied_event(&actor, *id, None, outcome))
