@@ -248,7 +248,7 @@ pub struct SinksConfig {
 }
 
 /// The Kafka sink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated `host:port`.
@@ -271,8 +271,101 @@ pub struct KafkaConfig {
     /// Inquiries sent per forwarder round (all in flight at once).
     pub batch_size: usize,
     /// Extra librdkafka properties (security, SASL, tuning); they override the gateway's defaults
-    /// except `enable.idempotence`, `acks` and `partitioner`, which are fixed.
+    /// except `enable.idempotence`, `acks` and `partitioner`, which are fixed. TLS and SASL go
+    /// here: `security.protocol = "sasl_ssl"`, `sasl.mechanisms = "SCRAM-SHA-512"`,
+    /// `sasl.username`, `sasl.password = "${KAFKA_PASSWORD}"`, `ssl.ca.location`. Values of
+    /// secret properties ([`is_secret_property`]) never appear in logs or `Debug` output.
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// True for a librdkafka property whose value is a secret (passwords, keys, OAuth secrets):
+/// its value is redacted wherever the configuration is printed.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key == "ssl.key.pem"
+        || key == "ssl_key"
+        || key == "ssl.keystore.location"
+        || key == "sasl.oauthbearer.config"
+}
+
+/// The SASL mechanisms the gateway's librdkafka is built with (GSSAPI/Kerberos is not).
+const KAFKA_SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
+impl KafkaConfig {
+    /// The configured `security.protocol`, lower case (`plaintext` when unset).
+    pub fn security_protocol(&self) -> String {
+        self.properties.get("security.protocol").map(|p| p.to_ascii_lowercase()).unwrap_or_else(|| "plaintext".into())
+    }
+
+    /// True when every broker of `brokers` is on this machine (loopback).
+    pub fn brokers_are_loopback(&self) -> bool {
+        self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).all(|broker| {
+            let host = broker.rsplit_once(':').map_or(broker, |(host, _)| host);
+            is_loopback_host(host)
+        })
+    }
+
+    /// Problems of the security properties (protocol, SASL mechanism, passwords in clear).
+    fn security_problems(&self, problems: &mut Vec<String>) {
+        let protocol = self.security_protocol();
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()) {
+            problems.push(format!(
+                "sinks.kafka.properties security.protocol `{protocol}` must be plaintext, ssl, sasl_plaintext or sasl_ssl"
+            ));
+            return;
+        }
+        if !protocol.starts_with("sasl_") {
+            return;
+        }
+        let mechanism = self.properties.get("sasl.mechanisms").or_else(|| self.properties.get("sasl.mechanism"));
+        let Some(mechanism) = mechanism.map(|m| m.to_ascii_uppercase()) else {
+            problems.push(format!(
+                "sinks.kafka.properties: security.protocol = {protocol} needs sasl.mechanisms ({})",
+                KAFKA_SASL_MECHANISMS.join(", ")
+            ));
+            return;
+        };
+        if !KAFKA_SASL_MECHANISMS.contains(&mechanism.as_str()) {
+            problems.push(format!(
+                "sinks.kafka.properties sasl.mechanisms `{mechanism}` is not built in; use one of {}",
+                KAFKA_SASL_MECHANISMS.join(", ")
+            ));
+        }
+        let has = |key: &str| self.properties.get(key).is_some_and(|v| !v.is_empty());
+        if mechanism != "OAUTHBEARER" && !(has("sasl.username") && has("sasl.password")) {
+            problems.push(format!("sinks.kafka.properties: SASL {mechanism} needs sasl.username and sasl.password"));
+        }
+        if protocol == "sasl_plaintext" && mechanism == "PLAIN" && !self.brokers_are_loopback() {
+            problems.push(
+                "sinks.kafka.properties: SASL PLAIN over sasl_plaintext sends the password in clear; \
+                 use security.protocol = sasl_ssl (sasl_plaintext is allowed only for loopback brokers)"
+                    .to_owned(),
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: std::collections::BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(key, value)| (key.as_str(), if is_secret_property(key) { "<redacted>" } else { value.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("location", &self.location)
+            .field("regions", &self.regions)
+            .field("batch_size", &self.batch_size)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -292,7 +385,7 @@ impl Default for KafkaConfig {
 }
 
 /// The CQL store sink (ScyllaDB or Cassandra).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CqlConfig {
     /// Contact points, `host:port`.
@@ -317,6 +410,58 @@ pub struct CqlConfig {
     pub batch_size: usize,
     /// Run the schema migration at start-up (else run `inquiry-gateway migrate`).
     pub migrate: bool,
+    /// User name for the cluster's password authentication (ScyllaDB / Cassandra
+    /// `PasswordAuthenticator`); with `password`.
+    pub username: Option<String>,
+    /// Password of `username`; use `${ENV}`. Never logged.
+    pub password: Option<String>,
+    /// TLS to the nodes (client-to-node encryption); required to send a password to a node
+    /// that is not on loopback.
+    pub tls: Option<CqlTlsConfig>,
+}
+
+/// Client-to-node TLS of the CQL sink. The nodes' certificates are checked against `ca_file`
+/// (else the system's trusted roots) and must name the node's IP address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CqlTlsConfig {
+    /// PEM file of the CA(s) that signed the nodes' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for clusters that require client certificates (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for CqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlConfig")
+            .field("contact_points", &self.contact_points)
+            .field("keyspace", &self.keyspace)
+            .field("local_datacenter", &self.local_datacenter)
+            .field("replication", &self.replication)
+            .field("consistency", &self.consistency)
+            .field("location", &self.location)
+            .field("regions", &self.regions)
+            .field("day_buckets", &self.day_buckets)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("batch_size", &self.batch_size)
+            .field("migrate", &self.migrate)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl CqlConfig {
+    /// True when every contact point is on this machine (loopback).
+    pub fn contact_points_are_loopback(&self) -> bool {
+        self.contact_points.iter().all(|point| {
+            let host = point.rsplit_once(':').map_or(point.as_str(), |(host, _)| host);
+            is_loopback_host(host)
+        })
+    }
 }
 
 impl Default for CqlConfig {
@@ -333,6 +478,9 @@ impl Default for CqlConfig {
             max_in_flight: 256,
             batch_size: 1000,
             migrate: true,
+            username: None,
+            password: None,
+            tls: None,
         }
     }
 }
@@ -1462,6 +1610,7 @@ impl Config {
                     problems.push(format!("sinks.kafka.properties may not set `{fixed}`: the gateway fixes it"));
                 }
             }
+            kafka.security_problems(&mut problems);
         }
         if let Some(cql) = &self.sinks.cql {
             if cql.contact_points.is_empty() {
@@ -1486,6 +1635,22 @@ impl Config {
             }
             if cql.day_buckets > 1024 {
                 problems.push("sinks.cql.day_buckets must be at most 1024".to_owned());
+            }
+            let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+            if given(&cql.username) != given(&cql.password) {
+                problems.push("sinks.cql.username and password go together: set both or neither".to_owned());
+            }
+            if given(&cql.password) && cql.tls.is_none() && !cql.contact_points_are_loopback() {
+                problems.push(
+                    "sinks.cql: a password without [sinks.cql.tls] is sent in clear; configure tls \
+                     (a password without TLS is allowed only for loopback contact points)"
+                        .to_owned(),
+                );
+            }
+            if let Some(tls) = &cql.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    problems.push("sinks.cql.tls.cert_file and key_file go together: set both or neither".to_owned());
+                }
             }
         }
         let retention = &self.retention;

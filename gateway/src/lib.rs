@@ -440,6 +440,10 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     let mut kafka_sink = None;
     if let Some(kafka) = &config.sinks.kafka {
+        if !kafka.security_protocol().contains("ssl") && !kafka.brokers_are_loopback() {
+            tracing::warn!(brokers = %kafka.brokers,
+                "kafka traffic is not encrypted: set sinks.kafka.properties security.protocol = \"sasl_ssl\" or \"ssl\"");
+        }
         let reach = !config.reach.sla_policies.is_empty();
         let replies = config.reach.replies_topic.clone();
         let kafka = Arc::new(KafkaSink::new(kafka, &config.retention, reach, replies)?);
@@ -447,6 +451,10 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
         kafka_sink = Some(kafka);
     }
     if let Some(cql) = &config.sinks.cql {
+        if cql.tls.is_none() && !cql.contact_points_are_loopback() {
+            tracing::warn!(contact_points = ?cql.contact_points,
+                "cql traffic is not encrypted: configure [sinks.cql.tls]");
+        }
         built.push(Arc::new(CqlSink::new(cql, &config.retention)?));
     }
     Ok((built, kafka_sink))

@@ -203,9 +203,10 @@ async fn an_inquiry_that_reached_two_replicas_is_acknowledged_once() {
     let keyspace = support::unique("acks");
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"whatsapp\"\nbase_url = \"{}/v21.0\"\naccess_token = \"test-whatsapp-token\"\n\
-         [sinks.cql]\ncontact_points = [\"127.0.0.1:9042\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n",
+         [sinks.cql]\ncontact_points = [\"127.0.0.1:9042\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n{}",
         templates(),
-        standin.url()
+        standin.url(),
+        support::cql_login()
     );
     let first = Gateway::start(&format!("[polling]\nreplica = \"gw-a\"\n{config}")).await;
     let second = Gateway::start(&format!("[polling]\nreplica = \"gw-b\"\n{config}")).await;

@@ -67,7 +67,8 @@ impl Platforms {
         let mut config = format!(
             "[polling]\ncoordination = \"cql\"\nreplica = \"{replica}\"\nlease_ms = {LEASE_MS}\n\
              [compliance]\nkek = \"{KEK}\"\n\
-             [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n"
+             [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n{}",
+            support::cql_login()
         );
         for page in PAGES {
             config.push_str(&format!(
@@ -117,8 +118,7 @@ async fn wait_for_leases(gateways: &[&Gateway], expected: &[f64], timeout: Durat
 
 /// Distinct message ids stored in the CQL store, per account.
 async fn stored_messages(keyspace: &str) -> BTreeMap<String, HashSet<String>> {
-    let session =
-        scylla::client::session_builder::SessionBuilder::new().known_node(CQL).build().await.expect("cql session");
+    let session = support::cql_session(CQL).await;
     let rows = session
         .query_unpaged(format!("SELECT account, message_id FROM {keyspace}.inquiries_by_id"), ())
         .await
@@ -235,6 +235,8 @@ async fn a_replica_that_lost_its_lease_can_no_longer_move_the_cursor() {
         contact_points: vec![CQL.to_owned()],
         keyspace: keyspace.clone(),
         location: Some(inquiry_connectors::Region::Eu),
+        username: Some(support::CQL_USER.to_owned()),
+        password: Some(support::CQL_PASSWORD.to_owned()),
         ..CqlConfig::default()
     };
     let session = inquiry_gateway::sinks::cql::connect(&cql).await.expect("cassandra is up");

@@ -110,8 +110,7 @@ fn kcat(topic: &str) -> Vec<(String, String)> {
 }
 
 async fn cql_ids(keyspace: &str) -> HashSet<String> {
-    let session =
-        scylla::client::session_builder::SessionBuilder::new().known_node(CQL).build().await.expect("cql session");
+    let session = support::cql_session(CQL).await;
     let mut rows = session
         .query_iter(format!("SELECT id FROM {keyspace}.inquiries_by_id"), ())
         .await
@@ -131,8 +130,9 @@ async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_
     let keyspace = unique("c_");
     let config = format!(
         "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 2\nlocation = \"eu\"\n\
-         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n",
-        admin_tokens()
+         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n{}",
+        admin_tokens(),
+        support::cql_login()
     );
     let mut gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
@@ -259,8 +259,7 @@ async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_
     for clear in [anna.0, anna.1, "ANNA-SECRET", bob.0, "BOB-KEPT"] {
         assert!(!audit_text.contains(clear), "`{clear}` on the audit topic");
     }
-    let session =
-        scylla::client::session_builder::SessionBuilder::new().known_node(CQL).build().await.expect("cql session");
+    let session = support::cql_session(CQL).await;
     let kinds_of_subject = || async {
         let mut rows = session
             .query_iter(format!("SELECT kind FROM {keyspace}.audit_events_by_subject WHERE subject = ?"), (&pseudonym,))

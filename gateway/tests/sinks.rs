@@ -34,7 +34,8 @@ fn kafka_config(prefix: &str) -> String {
 
 fn cql_config(keyspace: &str) -> String {
     format!(
-        "[sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n"
+        "[sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n{}",
+        support::cql_login()
     )
 }
 
@@ -226,8 +227,7 @@ async fn an_unreachable_sink_spools_until_the_budget_then_refuses_with_retry_aft
 }
 
 async fn cql_ids(keyspace: &str) -> HashSet<String> {
-    let session =
-        scylla::client::session_builder::SessionBuilder::new().known_node(CQL).build().await.expect("cql session");
+    let session = support::cql_session(CQL).await;
     let mut rows = session
         .query_iter(format!("SELECT id FROM {keyspace}.inquiries_by_id"), ())
         .await

@@ -9,13 +9,16 @@ Used by tests/services/cassandra.sh to tell that a node really answers CQL
                                                           (one per line, name=value, tab-separated)
 
 Exit status: 0 on success, 1 on a CQL error (message on stderr), 2 when the
-node cannot be reached or does not speak CQL. No authentication, no TLS, no
-compression, no paging beyond the first page (5000 rows).
+node cannot be reached or does not speak CQL. Password authentication
+(PasswordAuthenticator, SASL PLAIN) with --user/--password, default from
+$CQL_USER/$CQL_PASSWORD. No TLS, no compression, no paging beyond the first
+page (5000 rows).
 """
 
 import argparse
 import datetime
 import ipaddress
+import os
 import socket
 import struct
 import sys
@@ -24,6 +27,7 @@ import uuid
 VERSION = 0x04
 OP_ERROR, OP_STARTUP, OP_READY, OP_AUTHENTICATE = 0x00, 0x01, 0x02, 0x03
 OP_OPTIONS, OP_SUPPORTED, OP_QUERY, OP_RESULT = 0x05, 0x06, 0x07, 0x08
+OP_AUTH_RESPONSE, OP_AUTH_SUCCESS = 0x0F, 0x10
 CONSISTENCY = {"ANY": 0, "ONE": 1, "TWO": 2, "THREE": 3, "QUORUM": 4, "ALL": 5,
                "LOCAL_QUORUM": 6, "EACH_QUORUM": 7, "LOCAL_ONE": 10}
 
@@ -163,14 +167,20 @@ class Connection:
                 raise CqlError(f"error 0x{code:04x}: {r.string()}")
             return op, r
 
-    def startup(self):
+    def startup(self, user=None, password=None):
         op, r = self.request(OP_OPTIONS)
         if op != OP_SUPPORTED:
             raise Unreachable(f"unexpected answer to OPTIONS (opcode {op})")
         body = struct.pack(">H", 1) + enc_string("CQL_VERSION") + enc_string("3.0.0")
         op, _ = self.request(OP_STARTUP, body)
         if op == OP_AUTHENTICATE:
-            raise CqlError("the node requires authentication (not supported here)")
+            if not user or password is None:
+                raise CqlError("the node requires authentication: give --user and --password")
+            token = b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")
+            op, _ = self.request(OP_AUTH_RESPONSE, struct.pack(">i", len(token)) + token)
+            if op != OP_AUTH_SUCCESS:
+                raise Unreachable(f"unexpected answer to AUTH_RESPONSE (opcode {op})")
+            return
         if op != OP_READY:
             raise Unreachable(f"unexpected answer to STARTUP (opcode {op})")
 
@@ -221,11 +231,13 @@ def main():
     ap.add_argument("--port", type=int, default=9042)
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--consistency", default="ONE", choices=sorted(CONSISTENCY))
+    ap.add_argument("--user", default=os.environ.get("CQL_USER"))
+    ap.add_argument("--password", default=os.environ.get("CQL_PASSWORD"))
     ap.add_argument("statements", nargs="*")
     a = ap.parse_args()
     try:
         c = Connection(a.host, a.port, a.timeout)
-        c.startup()
+        c.startup(a.user, a.password)
         if not a.statements:
             _, rows = c.query("SELECT release_version FROM system.local", CONSISTENCY["ONE"])
             print(rows[0][0][1] if rows else "unknown")

@@ -8,6 +8,10 @@ use std::sync::OnceLock;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::X509;
+use scylla::client::session::OpenSsl010Config;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::ExecutionError;
@@ -16,7 +20,7 @@ use scylla::statement::Consistency;
 use scylla::value::{CqlDate, CqlTimestamp};
 
 use super::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
-use crate::config::{CqlConfig, RetentionConfig};
+use crate::config::{CqlConfig, CqlTlsConfig, RetentionConfig};
 use crate::pipeline::StoredInquiry;
 
 /// The schema, in order. Every statement is idempotent (`IF NOT EXISTS`); `{ks}` is the keyspace.
@@ -83,14 +87,54 @@ pub fn parse_consistency(name: &str) -> Option<Consistency> {
     })
 }
 
-/// Connects to the cluster, preferring the local datacenter (token-aware by default).
+/// Connects to the cluster, preferring the local datacenter (token-aware by default), with the
+/// configured password authentication and TLS.
 pub async fn connect(config: &CqlConfig) -> Result<Session, SinkError> {
-    SessionBuilder::new()
-        .known_nodes(&config.contact_points)
-        .prefer_datacenter(config.local_datacenter.clone())
-        .build()
-        .await
-        .map_err(|e| error(format!("cannot connect: {e}")))
+    let mut builder =
+        SessionBuilder::new().known_nodes(&config.contact_points).prefer_datacenter(config.local_datacenter.clone());
+    if let (Some(username), Some(password)) = (&config.username, &config.password) {
+        builder = builder.user(username, password);
+    }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_context(Some(tls_context(tls)?));
+    }
+    builder.build().await.map_err(|e| error(format!("cannot connect: {e}")))
+}
+
+/// The OpenSSL context of [`CqlTlsConfig`]: peer verification on (the driver checks the node's
+/// certificate against its IP address), the CA file or else the system's roots, and the client
+/// certificate when one is configured.
+fn tls_context(tls: &CqlTlsConfig) -> Result<OpenSsl010Config, SinkError> {
+    let tls_error = |what: &str, e: &dyn std::fmt::Display| error(format!("tls: {what}: {e}"));
+    let mut builder = SslConnector::builder(SslMethod::tls()).map_err(|e| tls_error("cannot set up OpenSSL", &e))?;
+    builder.set_verify(SslVerifyMode::PEER);
+    match &tls.ca_file {
+        Some(ca_file) => {
+            let pem =
+                std::fs::read(ca_file).map_err(|e| tls_error(&format!("cannot read {}", ca_file.display()), &e))?;
+            let mut store = X509StoreBuilder::new().map_err(|e| tls_error("cannot set up OpenSSL", &e))?;
+            let certificates = X509::stack_from_pem(&pem)
+                .map_err(|e| tls_error(&format!("{} is not a PEM certificate", ca_file.display()), &e))?;
+            if certificates.is_empty() {
+                return Err(error(format!("tls: {} holds no certificate", ca_file.display())));
+            }
+            for certificate in certificates {
+                store.add_cert(certificate).map_err(|e| tls_error("cannot trust the CA", &e))?;
+            }
+            builder.set_cert_store(store.build());
+        }
+        None => builder.set_default_verify_paths().map_err(|e| tls_error("no system roots", &e))?,
+    }
+    if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
+        builder
+            .set_certificate_chain_file(cert_file)
+            .map_err(|e| tls_error(&format!("cannot use {}", cert_file.display()), &e))?;
+        builder
+            .set_private_key_file(key_file, SslFiletype::PEM)
+            .map_err(|e| tls_error(&format!("cannot use {}", key_file.display()), &e))?;
+        builder.check_private_key().map_err(|e| tls_error("the key does not match the certificate", &e))?;
+    }
+    Ok(OpenSsl010Config::new(builder))
 }
 
 /// Creates the keyspace (NetworkTopologyStrategy, replication per datacenter from config) and

@@ -324,6 +324,27 @@ pub fn service(script: &str, command: &str) {
     );
 }
 
+/// The Cassandra test node's login (`tests/services/cassandra.sh`: PasswordAuthenticator with
+/// its default superuser, on loopback).
+pub const CQL_USER: &str = "cassandra";
+/// Password of [`CQL_USER`].
+pub const CQL_PASSWORD: &str = "cassandra";
+
+/// The `username`/`password` lines of a `[sinks.cql]` table for the test node.
+pub fn cql_login() -> String {
+    format!("username = \"{CQL_USER}\"\npassword = \"{CQL_PASSWORD}\"\n")
+}
+
+/// A driver session on the Cassandra test node at `node`, logged in.
+pub async fn cql_session(node: &str) -> scylla::client::session::Session {
+    scylla::client::session_builder::SessionBuilder::new()
+        .known_node(node)
+        .user(CQL_USER, CQL_PASSWORD)
+        .build()
+        .await
+        .expect("cql session")
+}
+
 /// A name no other test run uses (topics, keyspaces).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap())
