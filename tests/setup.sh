@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine: promtool (Debian's prometheus),
-# kcat, Java 17 and Maven (for Kafka and Cassandra, fetched from Maven Central by
+# kcat, openssl (test certificates), Java 17 and Maven (for Kafka and Cassandra, fetched from Maven Central by
 # tests/services/*.sh), Dovecot (the IMAP server of tests/services/dovecot.sh), and the Python packages of the downstream-consumer test. Idempotent.
 set -euo pipefail
 
@@ -15,6 +15,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v dovecot >/dev/null 2>&1 || need_apt+=(dovecot-imapd)
+# openssl makes the test servers' certificates (tests/services/tls.sh); the gateway's own OpenSSL
+# is built from source by cargo (vendored).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # aiosmtpd: the SMTP server the auto-acknowledgement tests send to (gateway/tests/acks.rs).
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
 if ((${#need_apt[@]})); then

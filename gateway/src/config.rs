@@ -1105,6 +1105,19 @@ pub struct IngestConfig {
     pub max_concurrent_requests: usize,
     /// Longest a request may take before it is answered 503, in milliseconds.
     pub request_timeout_ms: u64,
+    /// HTTPS on this listener (else plain HTTP, e.g. behind a TLS-terminating load balancer).
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// A listener's certificate: PEM files, read at start and again on SIGHUP (a renewed
+/// certificate applies without a restart).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 impl Default for IngestConfig {
@@ -1115,6 +1128,7 @@ impl Default for IngestConfig {
             max_batch_lines: 10_000,
             max_concurrent_requests: 4096,
             request_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -1129,11 +1143,13 @@ pub struct AdminConfig {
     /// the admin API answers only on a loopback listener; `/healthz`, `/readyz` and `/metrics`
     /// never need a token.
     pub tokens: Vec<AdminTokenConfig>,
+    /// HTTPS on the admin listener (else plain HTTP).
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), tokens: Vec::new() }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), tokens: Vec::new(), tls: None }
     }
 }
 
@@ -2456,6 +2472,57 @@ scopes = ["plugins:read", "root"]
         assert_eq!(problems("[sinks.cql]\nlocation = \"eu\"\n"), "");
         assert!(problems("[sinks.cql]\n").contains("sinks.cql.location must say where the cluster runs"));
         assert!(problems("[retention]\ninquiries_days = 10\nkafka_feed_days = 20\n").contains("kafka_feed_days"));
+    }
+
+    #[test]
+    fn cluster_security_settings_are_checked_and_their_secrets_never_printed() {
+        let problems = |text: &str| match Config::from_toml(text).unwrap().validate() {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        let kafka = |brokers: &str, properties: &str| {
+            problems(&format!(
+                "[sinks.kafka]\nbrokers = \"{brokers}\"\nlocation = \"eu\"\n[sinks.kafka.properties]\n{properties}"
+            ))
+        };
+        let scram = "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\
+                     \"sasl.username\" = \"gw\"\n\"sasl.password\" = \"s3cret-kafka\"\n";
+        assert_eq!(kafka("kafka-1.example.com:9094,kafka-2.example.com:9094", scram), "");
+        assert!(kafka("k:9092", "\"security.protocol\" = \"tls\"\n").contains("security.protocol `tls`"));
+        let no_mechanism = kafka("k:9092", "\"security.protocol\" = \"sasl_ssl\"\n");
+        assert!(no_mechanism.contains("needs sasl.mechanisms"), "{no_mechanism}");
+        let gssapi = kafka("k:9092", "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"GSSAPI\"\n");
+        assert!(gssapi.contains("`GSSAPI` is not built in"), "{gssapi}");
+        let no_login = kafka("k:9092", "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n");
+        assert!(no_login.contains("needs sasl.username and sasl.password"), "{no_login}");
+        let plain = "\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\
+                     \"sasl.username\" = \"gw\"\n\"sasl.password\" = \"pw\"\n";
+        assert!(kafka("kafka.example.com:9092", plain).contains("sends the password in clear"));
+        assert_eq!(kafka("127.0.0.1:9092,localhost:9093", plain), "", "allowed for loopback brokers");
+        let oauth = "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n\
+                     \"sasl.oauthbearer.client.secret\" = \"s3cret-oauth\"\n";
+        assert_eq!(kafka("k:9092", oauth), "");
+
+        let cql = |points: &str, extra: &str| {
+            problems(&format!("[sinks.cql]\ncontact_points = [{points}]\nlocation = \"eu\"\n{extra}"))
+        };
+        let login = "username = \"gw\"\npassword = \"s3cret-cql\"\n";
+        assert!(cql("\"10.0.0.5:9042\"", login).contains("sent in clear"), "a password needs TLS off loopback");
+        assert_eq!(cql("\"10.0.0.5:9042\"", &format!("{login}[sinks.cql.tls]\nca_file = \"/etc/ca.pem\"\n")), "");
+        assert_eq!(cql("\"127.0.0.1:9042\"", login), "", "loopback without TLS");
+        assert!(cql("\"127.0.0.1:9042\"", "username = \"gw\"\n").contains("username and password go together"));
+        let half = cql("\"127.0.0.1:9042\"", "[sinks.cql.tls]\ncert_file = \"/etc/client.pem\"\n");
+        assert!(half.contains("cert_file and key_file go together"), "{half}");
+
+        let text = format!(
+            "[sinks.kafka]\nlocation = \"eu\"\n[sinks.kafka.properties]\n{scram}\"ssl.key.password\" = \"s3cret-key\"\n\
+             [sinks.cql]\nlocation = \"eu\"\n{login}"
+        );
+        let printed = format!("{:?}", Config::from_toml(&text).unwrap());
+        for secret in ["s3cret-kafka", "s3cret-key", "s3cret-cql"] {
+            assert!(!printed.contains(secret), "{secret} is printed: {printed}");
+        }
+        assert!(printed.contains("SCRAM-SHA-512") && printed.contains("\"gw\""), "the rest is shown: {printed}");
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub enum StartError {
     /// The compliance keys could not be loaded.
     #[error(transparent)]
     Keys(#[from] compliance::KeyError),
+    /// A listener's certificate or key could not be loaded.
+    #[error("{listener}.tls: {reason}")]
+    Tls {
+        /// `ingest` or `admin`.
+        listener: &'static str,
+        /// Which file, and why.
+        reason: String,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -140,6 +148,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let (pipeline, stage) = Pipeline::start(parts, limits)?;
 
+    let listener_tls = ListenersTls {
+        ingest: load_tls("ingest", config.ingest.tls.as_ref())?,
+        admin: load_tls("admin", config.admin.tls.as_ref())?,
+    };
     let ingest_listener = bind(config.ingest.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
     let auth = Authenticator::new(&config.auth);
@@ -151,6 +163,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ingest = %ingest_listener.local_addr().map_err(|source| StartError::Bind { addr: config.ingest.listen, source })?,
         admin = %admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin.listen, source })?,
         store = %config.store.path.display(),
+        ingest_tls = listener_tls.ingest.is_some(),
+        admin_tls = listener_tls.admin.is_some(),
         "inquiry gateway started"
     );
 
@@ -299,7 +313,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let admin = Arc::new(AdminState { pipeline, spool, metrics, api: admin_api });
     let ingest_loopback = config.ingest.listen.ip().is_loopback();
-    let reloader = tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), ingest_loopback));
+    let reloader = tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), listener_tls.clone(), ingest_loopback));
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
@@ -308,8 +322,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let ingest = tokio::spawn(http::serve_ingest(ingest_listener, api, ingress, stopped(stop_rx.clone())));
-    let admin = tokio::spawn(http::serve_admin(admin_listener, admin, stopped(stop_rx)));
+    let ingest =
+        tokio::spawn(http::serve_ingest(ingest_listener, listener_tls.ingest, api, ingress, stopped(stop_rx.clone())));
+    let admin = tokio::spawn(http::serve_admin(admin_listener, listener_tls.admin, admin, stopped(stop_rx)));
 
     shutdown.await;
     reloader.abort();
@@ -376,12 +391,29 @@ async fn retry_erasures(requests: Arc<compliance::requests::SubjectRequests>) {
     }
 }
 
+/// The TLS of the listeners that serve HTTPS.
+#[derive(Clone)]
+struct ListenersTls {
+    ingest: Option<Arc<http::tls::ListenerTls>>,
+    admin: Option<Arc<http::tls::ListenerTls>>,
+}
+
+fn load_tls(
+    listener: &'static str,
+    config: Option<&config::ListenerTlsConfig>,
+) -> Result<Option<Arc<http::tls::ListenerTls>>, StartError> {
+    config
+        .map(|tls| http::tls::ListenerTls::load(tls).map_err(|reason| StartError::Tls { listener, reason }))
+        .transpose()
+}
+
 /// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
-/// keys, admin tokens, webhook endpoints and their secrets) and reloads the routing plugins. The
-/// rest (listeners, store, sinks, pollers, reach-out) needs a restart. The listeners stay where
-/// they were bound: a file that moved `ingest.listen` to loopback cannot open the running,
-/// non-loopback listener by dropping every API key.
-async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, ingest_loopback: bool) {
+/// keys, admin tokens, webhook endpoints and their secrets) and the listeners' certificates, and
+/// reloads the routing plugins. The rest (listen addresses, TLS on or off, store, sinks, pollers,
+/// reach-out) needs a restart. The listeners stay where they were bound: a file that moved
+/// `ingest.listen` to loopback cannot open the running, non-loopback listener by dropping every
+/// API key.
+async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: ListenersTls, ingest_loopback: bool) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");
         return;
@@ -411,6 +443,19 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, ingest_loo
             webhooks = config.webhooks.len(),
             "SIGHUP: credentials reloaded"
         );
+        let listeners = [("ingest", &tls.ingest, &config.ingest.tls), ("admin", &tls.admin, &config.admin.tls)];
+        for (listener, running, configured) in listeners {
+            match (running, configured) {
+                (Some(running), Some(files)) => match running.reload(files) {
+                    Ok(()) => tracing::info!(listener, "SIGHUP: certificate reloaded"),
+                    Err(error) => {
+                        tracing::error!(listener, error, "SIGHUP: certificate not reloaded; the old one stays")
+                    }
+                },
+                (None, None) => {}
+                _ => tracing::warn!(listener, "SIGHUP: turning tls on or off needs a restart"),
+            }
+        }
         if admin.api.plugins.is_none() {
             continue;
         }

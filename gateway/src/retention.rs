@@ -56,14 +56,16 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
     // Their Idempotency-Keys, found by the inquiry id they hold: a scan of every stored key, so
     // only when inquiries expired (a key expires with its inquiry; one left by a sweep that
     // failed here goes with the next inquiries that expire).
-    let mut after: Option<Vec<u8>> = None;
-    while swept.inquiries > 0 {
-        let expired = store.dedup_keys_before(cutoff, after.as_deref(), CHUNK)?;
-        let Some(last) = expired.last().cloned() else { break };
-        let mut batch = store.batch();
-        expired.iter().for_each(|key| batch.remove_dedup(key));
-        batch.write()?;
-        after = Some(last);
+    if swept.inquiries > 0 {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let expired = store.dedup_keys_before(cutoff, after.as_deref(), CHUNK)?;
+            let Some(last) = expired.last().cloned() else { break };
+            let mut batch = store.batch();
+            expired.iter().for_each(|key| batch.remove_dedup(key));
+            batch.write()?;
+            after = Some(last);
+        }
     }
     let cutoff = now - time::Duration::days(i64::from(retention.dead_letters_days));
     loop {

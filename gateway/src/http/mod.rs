@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod public_keys;
 pub mod shopify_compliance;
+pub mod tls;
 pub mod webhooks;
 
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use tower::{BoxError, ServiceBuilder};
 
 use self::api::ApiState;
 use self::error::{json_response, ApiError};
+use self::tls::ListenerTls;
 use crate::pipeline::Pipeline;
 
 /// The response type of every handler.
@@ -71,9 +73,11 @@ pub struct IngressLimits {
     pub request_timeout: Duration,
 }
 
-/// Serves the ingest API on `listener` until `shutdown` resolves, then drains open connections.
+/// Serves the ingest API on `listener` (over `tls` when given) until `shutdown` resolves, then
+/// drains open connections.
 pub async fn serve_ingest(
     listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
     state: Arc<ApiState>,
     limits: IngressLimits,
     shutdown: impl Future<Output = ()>,
@@ -91,7 +95,7 @@ pub async fn serve_ingest(
             let state = state.clone();
             async move { Ok::<_, Infallible>(api::handle(state, req).await) }
         });
-    serve(listener, TowerToHyperService::new(service), shutdown).await;
+    serve("ingest", listener, tls, TowerToHyperService::new(service), shutdown).await;
 }
 
 /// What the admin endpoints report on.
@@ -106,8 +110,14 @@ pub struct AdminState {
     pub api: admin::AdminApi,
 }
 
-/// Serves `/healthz`, `/readyz`, `/metrics` and the admin API until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, shutdown: impl Future<Output = ()>) {
+/// Serves `/healthz`, `/readyz`, `/metrics` and the admin API (over `tls` when given) until
+/// `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move {
@@ -117,7 +127,7 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, shutdown
             Ok::<_, Infallible>(admin(&state, &req))
         }
     });
-    serve(listener, service, shutdown).await;
+    serve("admin", listener, tls, service, shutdown).await;
 }
 
 fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
@@ -190,9 +200,18 @@ pub fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Accepts HTTP/1.1 connections until `shutdown`, then lets open ones finish (up to 10 s).
-async fn serve<S>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>)
-where
+/// Longest a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts HTTP/1.1 connections (over TLS when `tls` is given) until `shutdown`, then lets open
+/// ones finish (up to 10 s).
+async fn serve<S>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
     S: hyper::service::Service<Request<Incoming>, Response = HttpResponse> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -217,10 +236,29 @@ where
                     req.extensions_mut().insert(PeerAddr(addr));
                     inner.call(req)
                 });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer);
-                let conn = graceful.watch(conn);
+                let Some(tls) = &tls else {
+                    let conn = graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    continue;
+                };
+                // The handshake runs in the connection's own task: a slow client holds up no one.
+                let (acceptor, watcher) = (tls.acceptor(), graceful.watcher());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer);
+                            let _ = watcher.watch(conn).await;
+                        }
+                        Ok(Err(err)) => {
+                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, "listener" => name).increment(1);
+                            tracing::debug!(listener = name, peer = %addr, error = %err, "tls handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, "listener" => name).increment(1);
+                        }
+                    }
                 });
             }
             () = &mut shutdown => break,
