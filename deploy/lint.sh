@@ -31,6 +31,25 @@ print(f"lint: {len(docs)} rendered manifests valid against Kubernetes 1.31: {', 
 config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.toml"]
 open(sys.argv[1] + ".toml", "w").write(config)
 PY
+# With certificates mounted and HTTPS probes, the StatefulSet still validates and carries both.
+helm template demo helm/inquiry-gateway --set adminScheme=HTTPS \
+  --set 'tlsSecrets[0].name=ingest,tlsSecrets[0].secretName=gw-tls,tlsSecrets[1].name=kafka,tlsSecrets[1].secretName=kafka-ca' \
+  > "$rendered.tls"
+python3 - "$rendered.tls" <<'PY'
+import sys, yaml, kubernetes_validate
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for doc in docs:
+    kubernetes_validate.validate(doc, "1.31", strict=True)
+pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+container = pod["containers"][0]
+assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS", container["readinessProbe"]
+mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+assert mounts["tls-ingest"] == "/etc/inquiry-gateway-tls/ingest" and mounts["tls-kafka"] == "/etc/inquiry-gateway-tls/kafka", mounts
+secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+assert secrets == {"tls-ingest": "gw-tls", "tls-kafka": "kafka-ca"}, secrets
+print("lint: the chart with tlsSecrets and HTTPS probes renders valid manifests")
+PY
+rm -f "$rendered.tls"
 # The chart's and the compose stack's gateway configs pass the gateway's own check.
 if [[ -n "${GATEWAY_BIN:-}" ]]; then
   GATEWAY_API_KEY=lint-key-0123456789 GATEWAY_KEK=Q0hBTkdFLU1FLUNIQU5HRS1NRS1DSEFOR0UtTUUtMDA= \
