@@ -11,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::{InputError, InputErrorCode};
-use crate::inquiry::{Channel, Inquiry};
+use crate::inquiry::{Channel, Consent, Inquiry};
 use crate::{Draft, NormalizeContext};
 
 /// Longest id (account, external ids, order and product ids) accepted, in bytes.
@@ -51,7 +51,27 @@ pub struct GenericInquiry {
     /// Free-form attributes passed through to routing.
     #[serde(default)]
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// What the buyer consented to with this message (a web form's checkboxes).
+    #[serde(default)]
+    pub consent: Option<GenericConsent>,
 }
+
+/// A buyer's consent in the generic JSON shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericConsent {
+    /// Purposes consented to: 1 to [`MAX_CONSENT_PURPOSES`] names of lower-case letters, digits,
+    /// `_`, `-`, `.` and `:`, at most 64 bytes each.
+    pub purposes: Vec<String>,
+    /// Version of the notice the buyer was shown (at most 128 bytes).
+    pub notice: String,
+    /// When the buyer gave it (RFC 3339); defaults to `occurred_at`.
+    #[serde(default)]
+    pub given_at: Option<String>,
+}
+
+/// Most purposes one consent names.
+pub const MAX_CONSENT_PURPOSES: usize = 16;
 
 /// The buyer in the generic JSON shape; everything but country and language is personal data,
 /// sealed per data subject by the gateway.
@@ -129,6 +149,7 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
         .flatten()
         .any(|value| value.trim() == conversation_id.trim());
     let conversation_id = if conversation_is_buyer { String::new() } else { conversation_id };
+    let consent = input.consent.map(|c| consent(c, occurred_at, ctx.received_at)).transpose()?;
     let present = |value: Option<String>| value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let draft = Draft {
         channel,
@@ -150,7 +171,53 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
         attributes: input.attributes,
         occurred_at,
     };
-    Ok(draft.into_inquiry(ctx))
+    let mut inquiry = draft.into_inquiry(ctx);
+    inquiry.consent = consent;
+    Ok(inquiry)
+}
+
+/// True for a consent purpose's name: 1 to 64 bytes of lower-case letters, digits, `_`, `-`, `.`
+/// and `:`.
+pub fn is_purpose_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.:".contains(&b))
+}
+
+/// Checks a reported consent: known-shape purpose names, a notice version, a time that is not
+/// in the future (five minutes of clock skew allowed).
+fn consent(
+    input: GenericConsent,
+    occurred_at: OffsetDateTime,
+    received_at: OffsetDateTime,
+) -> Result<Consent, InputError> {
+    let invalid =
+        |field: &'static str, message: &str| InputError::new(InputErrorCode::InvalidValue, message).field(field);
+    if input.purposes.is_empty() || input.purposes.len() > MAX_CONSENT_PURPOSES {
+        return Err(invalid("consent.purposes", "consent.purposes must name 1 to 16 purposes"));
+    }
+    if !input.purposes.iter().all(|p| is_purpose_name(p)) {
+        return Err(invalid(
+            "consent.purposes",
+            "a purpose is 1 to 64 bytes of lower-case letters, digits, `_`, `-`, `.` and `:`",
+        ));
+    }
+    let notice = input.notice.trim();
+    if notice.is_empty() || notice.len() > 128 || notice.chars().any(char::is_control) {
+        return Err(invalid("consent.notice", "consent.notice is the notice's version: 1 to 128 printable bytes"));
+    }
+    let given_at = match input.given_at {
+        Some(at) => OffsetDateTime::parse(&at, &Rfc3339)
+            .map_err(|_| invalid("consent.given_at", "consent.given_at is not an RFC 3339 timestamp"))?,
+        None => occurred_at,
+    };
+    if given_at > received_at + time::Duration::minutes(5) {
+        return Err(invalid("consent.given_at", "consent.given_at is in the future"));
+    }
+    let mut purposes = input.purposes;
+    purposes.sort();
+    purposes.dedup();
+    Ok(Consent { purposes, notice: notice.to_owned(), given_at: given_at.to_offset(time::UtcOffset::UTC) })
 }
 
 fn required_id(field: &'static str, value: String) -> Result<String, InputError> {

@@ -48,6 +48,10 @@ pub struct Inquiry {
     /// Free-form channel attributes passed through for routing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// What the buyer consented to with this message (a web form's checkboxes), as the channel
+    /// reported it; omitted when it reported none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<Consent>,
     /// When the gateway received the inquiry.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -61,6 +65,21 @@ pub struct Inquiry {
     /// Where the original payload is kept, sealed like the personal data (`embedded:raw/<id>`), or
     /// `none` when it is not kept (a delivery that carried several buyers' messages).
     pub raw_ref: String,
+}
+
+/// A buyer's consent as the channel reported it with a message: the record the seller keeps to
+/// show it (GDPR Art. 7(1)). Purposes and the notice's version are the seller's own names; no
+/// personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    /// Purposes consented to (`marketing_email`, `whatsapp_updates`, ...): sorted, no repeats.
+    pub purposes: Vec<String>,
+    /// Version of the notice the buyer was shown (`privacy-2026-10`).
+    pub notice: String,
+    /// When the buyer gave it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub given_at: OffsetDateTime,
 }
 
 /// The personal data of one inquiry: what a data subject request exports and erasure destroys.

@@ -14,7 +14,7 @@ pub mod poll;
 pub mod webhook;
 
 pub use error::{InputError, InputErrorCode};
-pub use inquiry::{Buyer, Channel, ExternalIds, Inquiry, Personal, Region, ENVELOPE_VERSION};
+pub use inquiry::{Buyer, Channel, Consent, ExternalIds, Inquiry, Personal, Region, ENVELOPE_VERSION};
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -118,6 +118,7 @@ impl Draft {
             order_id: self.order_id,
             product_ids: self.product_ids,
             attributes: self.attributes,
+            consent: None,
             received_at: ctx.received_at,
             occurred_at: self.occurred_at,
             region,

@@ -1172,7 +1172,7 @@ impl std::fmt::Debug for AdminTokenConfig {
 }
 
 /// Scopes an admin token may hold.
-pub const ADMIN_SCOPES: [&str; 7] = [
+pub const ADMIN_SCOPES: [&str; 8] = [
     "plugins:read",
     "plugins:write",
     "agents:write",
@@ -1180,6 +1180,7 @@ pub const ADMIN_SCOPES: [&str; 7] = [
     "subjects:read",
     "subjects:export",
     "subjects:erase",
+    "subjects:consent",
 ];
 
 /// Personal data protection, the audit trail and data subject requests (docs/compliance.md).

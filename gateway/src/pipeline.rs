@@ -908,6 +908,9 @@ struct IngestedEntry<'a> {
 struct IngestedDetail<'a> {
     account: &'a str,
     channel: Channel,
+    /// The buyer's consent reported with the message: the tamper-evident record of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent: Option<&'a inquiry_connectors::Consent>,
     hops: IngestedHops<'a>,
     region: Region,
     trace_id: &'a str,
@@ -962,6 +965,7 @@ impl<'a> IngestedEntry<'a> {
             detail: IngestedDetail {
                 account: &inquiry.account,
                 channel: inquiry.channel,
+                consent: inquiry.consent.as_ref(),
                 hops: IngestedHops {
                     deduplicated: Deduplicated { status: "new" },
                     normalized: &item.normalized_hop,

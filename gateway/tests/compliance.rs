@@ -600,3 +600,130 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     let wrong = send("shop/redact", json!({ "shop_id": 2, "shop_domain": "other.myshopify.com" }), secret).await;
     assert_eq!(wrong.status, 422);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consents_reported_with_an_inquiry_are_audited_withdrawn_given_again_and_exported() {
+    const CONSENT_OFFICER: &str = "token-of-the-consent-desk-0123";
+    let config = format!(
+        "{}[[admin.tokens]]\nid = \"consents\"\ntoken = \"{CONSENT_OFFICER}\"\nscopes = [\"subjects:consent\", \"subjects:read\"]\n",
+        admin_tokens()
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let email = format!("{}@example.com", unique("consent-"));
+    let with_consent = |external_id: &str, consent: Value| {
+        let mut body: Value =
+            serde_json::from_str(&inquiry(&email, "Clara", external_id, "Quote for 50 chairs?")).unwrap();
+        body["consent"] = consent;
+        body.to_string()
+    };
+
+    // A consent that does not read is refused with the field; nothing is stored.
+    let bad = with_consent("c-0", json!({ "purposes": ["Marketing Mails"], "notice": "privacy-2026-10" }));
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), bad).await;
+    assert_eq!(reply.status, 422, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.json()["error"]["field"], "consent.purposes");
+
+    let given = json!({ "purposes": ["whatsapp_updates", "marketing_email"], "notice": "privacy-2026-10",
+                        "given_at": "2026-11-24T07:59:00Z" });
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), with_consent("c-1", given)).await;
+    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    let first = reply.json()["id"].as_str().unwrap().to_owned();
+
+    // The ingested audit entry is the tamper-evident record of the consent.
+    let entries = audit_entries(&client, &gateway).await;
+    let ingested = entries
+        .iter()
+        .find(|e| e["kind"] == "inquiry.ingested" && e["inquiry_id"] == first.as_str())
+        .expect("the inquiry's ingested entry");
+    assert_eq!(
+        ingested["detail"]["consent"],
+        json!({ "purposes": ["marketing_email", "whatsapp_updates"], "notice": "privacy-2026-10",
+                "given_at": "2026-11-24T07:59:00Z" })
+    );
+    let pseudonym = ingested["subject"].as_str().unwrap().to_owned();
+
+    let lookup = |token: &'static str| {
+        let (client, gateway, email) = (&client, &gateway, email.clone());
+        async move {
+            let body = json!({ "subject": { "email": email } });
+            admin(client, gateway, Method::POST, "/v1/subject-consents", Some(token), body).await
+        }
+    };
+    let states = |reply: support::Reply| -> std::collections::BTreeMap<String, Value> {
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let body = reply.json();
+        body["consents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["purpose"].as_str().unwrap().to_owned(), s.clone()))
+            .collect()
+    };
+    let now = states(lookup(CONSENT_OFFICER).await);
+    assert_eq!(now.len(), 2);
+    for state in now.values() {
+        assert_eq!(state["status"], "given");
+        assert_eq!(
+            (state["subject"].as_str(), state["inquiry_id"].as_str()),
+            (Some(pseudonym.as_str()), Some(first.as_str()))
+        );
+        assert_eq!(state["notice"], "privacy-2026-10");
+    }
+
+    // Withdrawal: its own scope, named purposes only.
+    let withdraw =
+        |purposes: Value| json!({ "kind": "consent_withdrawal", "purposes": purposes, "subject": { "email": email } });
+    let path = "/v1/subject-requests";
+    let refused =
+        admin(&client, &gateway, Method::POST, path, Some(ERASER), withdraw(json!(["marketing_email"]))).await;
+    assert_eq!(refused.status, 403, "the privacy token lacks subjects:consent");
+    let empty = admin(&client, &gateway, Method::POST, path, Some(CONSENT_OFFICER), withdraw(json!([]))).await;
+    assert_eq!((empty.status.as_u16(), empty.json()["error"]["field"].clone()), (422, json!("purposes")));
+    let reply =
+        admin(&client, &gateway, Method::POST, path, Some(CONSENT_OFFICER), withdraw(json!(["marketing_email"]))).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let request = reply.json()["request"].clone();
+    assert_eq!((request["kind"].as_str(), request["status"].as_str()), (Some("consent_withdrawal"), Some("completed")));
+    assert_eq!(request["purposes"], json!(["marketing_email"]));
+    assert_eq!(request["subjects"], json!([pseudonym]));
+
+    let now = states(lookup(CONSENT_OFFICER).await);
+    assert_eq!(now["marketing_email"]["status"], "withdrawn");
+    assert_eq!(now["marketing_email"]["withdrawal_request"], request["id"]);
+    assert!(now["marketing_email"]["withdrawn_at"].is_string());
+    assert_eq!(now["whatsapp_updates"]["status"], "given", "only the named purpose is withdrawn");
+    eventually(Duration::from_secs(10), "the withdrawal is in the audit log", || async {
+        audit_entries(&client, &gateway).await.iter().any(|e| {
+            e["kind"] == "consent.withdrawn"
+                && e["subject"] == pseudonym.as_str()
+                && e["detail"]["purposes"] == json!(["marketing_email"])
+                && e["actor"] == "admin:consents"
+        })
+    })
+    .await;
+
+    // Given again later (with a newer message): it holds again.
+    let later = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let mut again: Value = serde_json::from_str(&with_consent(
+        "c-2",
+        json!({ "purposes": ["marketing_email"], "notice": "privacy-2026-11" }),
+    ))
+    .unwrap();
+    again["occurred_at"] = json!(later);
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), again.to_string()).await;
+    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    let now = states(lookup(CONSENT_OFFICER).await);
+    assert_eq!(now["marketing_email"]["status"], "given");
+    assert_eq!(now["marketing_email"]["notice"], "privacy-2026-11");
+    assert_eq!(now["marketing_email"]["inquiry_id"], reply.json()["id"]);
+
+    // The subject's export carries the consents' state.
+    let export = json!({ "kind": "export", "subject": { "email": email } });
+    let reply = admin(&client, &gateway, Method::POST, path, Some(ERASER), export).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let exported = reply.json()["consents"].as_array().unwrap().len();
+    assert_eq!(exported, 2, "both purposes are in the export");
+    // Reading consents needs subjects:read.
+    assert_eq!(lookup(READER).await.status, 403);
+}

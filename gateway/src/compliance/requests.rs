@@ -28,6 +28,8 @@ pub enum RequestKind {
     Export,
     /// Erasure of their personal data.
     Erasure,
+    /// Withdrawal of consents they gave (GDPR Art. 7(3)): recorded and audited at once.
+    ConsentWithdrawal,
 }
 
 /// The law the request is made under; it sets the deadline.
@@ -134,9 +136,48 @@ pub struct SubjectRequest {
     /// Downstream sinks whose part of an erasure is still to do (retried).
     #[serde(default)]
     pub pending_sinks: Vec<String>,
+    /// The purposes a consent withdrawal withdraws (sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
     /// When this record itself is deleted.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+/// Where one consent of a data subject stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsentState {
+    /// The subject's pseudonym.
+    pub subject: String,
+    /// The purpose.
+    pub purpose: String,
+    /// Whether it holds now.
+    pub status: ConsentStatus,
+    /// When it was last given (absent: withdrawn without a consent on record).
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub given_at: Option<OffsetDateTime>,
+    /// The notice's version the buyer was shown then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// The inquiry that reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inquiry_id: Option<Uuid>,
+    /// When it was last withdrawn.
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at: Option<OffsetDateTime>,
+    /// The withdrawal's request record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withdrawal_request: Option<Uuid>,
+}
+
+/// Whether a consent holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentStatus {
+    /// Given, and not withdrawn since.
+    Given,
+    /// Withdrawn since it was last given.
+    Withdrawn,
 }
 
 /// Why a request could not be carried out.
@@ -188,6 +229,7 @@ impl SubjectRequests {
             subjects: Vec::new(),
             inquiries: 0,
             pending_sinks: Vec::new(),
+            purposes: Vec::new(),
             expires_at: received_at + self.retention,
         }
     }
@@ -334,14 +376,116 @@ impl SubjectRequests {
         }));
         patiently(|| self.pipeline.audit(vec![event.clone()])).await?;
         count(RequestKind::Export, request.status);
+        let (_, consents) = self.consents(spec)?;
         let document = json!({
             "request": request,
             "processing": self.processing,
             "subjects": request.subjects,
             "inquiries": inquiries,
+            "consents": consents,
             "audit_events": events,
         });
         Ok((request, document))
+    }
+
+    /// Records the subject's withdrawal of consent to `purposes`, effective at once: one
+    /// `consent.withdrawn` audit entry per subject found, and the request record that
+    /// [`SubjectRequests::consents`] reads.
+    pub async fn withdraw_consent(
+        &self,
+        spec: &SubjectSpec,
+        purposes: &[String],
+        jurisdiction: Jurisdiction,
+        source: &str,
+        by: &str,
+    ) -> Result<SubjectRequest, RequestError> {
+        let pseudonyms = self.find(spec)?;
+        let mut request = self.new_record(RequestKind::ConsentWithdrawal, jurisdiction, source, by);
+        request.purposes = purposes.to_vec();
+        request.purposes.sort();
+        request.purposes.dedup();
+        let events: Vec<AuditEvent> = pseudonyms
+            .iter()
+            .map(|pseudonym| {
+                AuditEvent::new("consent.withdrawn", by).subject(pseudonym).detail(json!({
+                    "request_id": request.id, "purposes": request.purposes, "source": source,
+                }))
+            })
+            .collect();
+        if !events.is_empty() {
+            patiently(|| self.pipeline.audit(events.clone())).await?;
+        }
+        request.subjects = pseudonyms;
+        request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
+        request.completed_at = Some(OffsetDateTime::now_utc());
+        self.save(&request)?;
+        count(RequestKind::ConsentWithdrawal, request.status);
+        Ok(request)
+    }
+
+    /// Where each consent of the subject stands: per subject and purpose, the latest consent
+    /// reported with one of their inquiries and the latest withdrawal, and whether it holds now.
+    pub fn consents(&self, spec: &SubjectSpec) -> Result<(Vec<String>, Vec<ConsentState>), RequestError> {
+        let pseudonyms = self.find(spec)?;
+        let withdrawals: Vec<SubjectRequest> =
+            self.list()?.into_iter().filter(|r| r.kind == RequestKind::ConsentWithdrawal).collect();
+        let mut states = Vec::new();
+        for pseudonym in &pseudonyms {
+            let mut latest: std::collections::BTreeMap<String, ConsentState> = Default::default();
+            for id in self.store.inquiries_of(pseudonym)? {
+                let Some(stored) = StoredInquiry::load(&self.store, id)? else { continue };
+                let Some(consent) = stored.inquiry.consent.filter(|_| &stored.inquiry.buyer.pseudonym == pseudonym)
+                else {
+                    continue;
+                };
+                for purpose in &consent.purposes {
+                    let newer = latest.get(purpose).is_none_or(|s| s.given_at.is_some_and(|at| at < consent.given_at));
+                    if newer {
+                        latest.insert(
+                            purpose.clone(),
+                            ConsentState {
+                                subject: pseudonym.clone(),
+                                purpose: purpose.clone(),
+                                status: ConsentStatus::Given,
+                                given_at: Some(consent.given_at),
+                                notice: Some(consent.notice.clone()),
+                                inquiry_id: Some(id),
+                                withdrawn_at: None,
+                                withdrawal_request: None,
+                            },
+                        );
+                    }
+                }
+            }
+            for withdrawal in withdrawals.iter().filter(|r| r.subjects.contains(pseudonym)) {
+                for purpose in &withdrawal.purposes {
+                    let state = latest.entry(purpose.clone()).or_insert_with(|| ConsentState {
+                        subject: pseudonym.clone(),
+                        purpose: purpose.clone(),
+                        status: ConsentStatus::Withdrawn,
+                        given_at: None,
+                        notice: None,
+                        inquiry_id: None,
+                        withdrawn_at: None,
+                        withdrawal_request: None,
+                    });
+                    if state.withdrawn_at.is_none_or(|at| at < withdrawal.received_at) {
+                        state.withdrawn_at = Some(withdrawal.received_at);
+                        state.withdrawal_request = Some(withdrawal.id);
+                    }
+                }
+            }
+            for state in latest.values_mut() {
+                // A consent given again after a withdrawal holds; otherwise the withdrawal does.
+                state.status = match (state.given_at, state.withdrawn_at) {
+                    (Some(given), Some(withdrawn)) if given > withdrawn => ConsentStatus::Given,
+                    (_, Some(_)) => ConsentStatus::Withdrawn,
+                    _ => ConsentStatus::Given,
+                };
+            }
+            states.extend(latest.into_values());
+        }
+        Ok((pseudonyms, states))
     }
 
     /// True if the gateway holds data on the subject `spec` names.
@@ -450,6 +594,7 @@ fn count(kind: RequestKind, status: RequestStatus) {
     let kind = match kind {
         RequestKind::Export => "export",
         RequestKind::Erasure => "erasure",
+        RequestKind::ConsentWithdrawal => "consent_withdrawal",
     };
     let outcome = match status {
         RequestStatus::NotFound => "not_found",

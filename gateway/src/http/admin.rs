@@ -308,11 +308,31 @@ impl AdminApi {
                 let scope = match request.kind {
                     RequestKind::Export => "subjects:export",
                     RequestKind::Erasure => "subjects:erase",
+                    RequestKind::ConsentWithdrawal => "subjects:consent",
                 };
                 let who = self.authorize(&headers, scope, caller)?;
+                check_purposes(&request)?;
                 let by = format!("admin:{who}");
                 let jurisdiction = request.jurisdiction.unwrap_or(Jurisdiction::Gdpr);
                 self.subject_request(&request, jurisdiction, &by).await.map_err(super::api::request_error)
+            }
+            (Method::POST, ["v1", "subject-consents"]) => {
+                // A read, with the subject in the body: personal data never in a URL or access log.
+                self.authorize(req.headers(), "subjects:read", caller)?;
+                let body = super::api::read_body(req, MAX_BODY).await?;
+                let lookup: ConsentLookup = serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_value",
+                        format!("not a consent lookup (line {}, column {})", e.line(), e.column()),
+                    )
+                })?;
+                let requests = self.requests.clone();
+                let (subjects, consents) = tokio::task::spawn_blocking(move || requests.consents(&lookup.subject))
+                    .await
+                    .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
+                    .map_err(super::api::request_error)?;
+                Ok(json_response(StatusCode::OK, &json!({ "subjects": subjects, "consents": consents })))
             }
             (Method::GET, ["v1", "subject-requests"]) => {
                 self.authorize(req.headers(), "subjects:read", caller)?;
@@ -330,7 +350,11 @@ impl AdminApi {
             }
             (
                 _,
-                ["v1", "plugins", ..] | ["v1", "agents", ..] | ["v1", "audit", ..] | ["v1", "subject-requests", ..],
+                ["v1", "plugins", ..]
+                | ["v1", "agents", ..]
+                | ["v1", "audit", ..]
+                | ["v1", "subject-requests", ..]
+                | ["v1", "subject-consents", ..],
             ) => Err(ApiError::method_not_allowed("GET, POST, PUT")),
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
         }
@@ -376,6 +400,14 @@ impl AdminApi {
             RequestKind::Export => self.requests.export(&request.subject, jurisdiction, "admin_api", by).await?,
             RequestKind::Erasure => {
                 let record = self.requests.erase(&request.subject, jurisdiction, "admin_api", by).await?;
+                let document = json!({ "request": record });
+                (record, document)
+            }
+            RequestKind::ConsentWithdrawal => {
+                let record = self
+                    .requests
+                    .withdraw_consent(&request.subject, &request.purposes, jurisdiction, "admin_api", by)
+                    .await?;
                 let document = json!({ "request": record });
                 (record, document)
             }
@@ -486,11 +518,42 @@ fn no_plugins() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no routing plugins are configured")
 }
 
+/// A consent withdrawal names 1 to 16 purposes by their names; other requests name none.
+fn check_purposes(request: &NewSubjectRequest) -> Result<(), ApiError> {
+    let invalid = |message: &str| {
+        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message).field_name("purposes"))
+    };
+    match request.kind {
+        RequestKind::ConsentWithdrawal => {
+            let max = inquiry_connectors::generic::MAX_CONSENT_PURPOSES;
+            if request.purposes.is_empty() || request.purposes.len() > max {
+                return invalid("a consent withdrawal names 1 to 16 purposes");
+            }
+            if !request.purposes.iter().all(|p| inquiry_connectors::generic::is_purpose_name(p)) {
+                return invalid("a purpose is 1 to 64 bytes of lower-case letters, digits, `_`, `-`, `.` and `:`");
+            }
+            Ok(())
+        }
+        _ if !request.purposes.is_empty() => invalid("only a consent_withdrawal names purposes"),
+        _ => Ok(()),
+    }
+}
+
+/// Body of `POST /v1/subject-consents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentLookup {
+    subject: SubjectSpec,
+}
+
 /// Body of `POST /v1/subject-requests`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewSubjectRequest {
     kind: RequestKind,
+    /// The purposes a `consent_withdrawal` withdraws.
+    #[serde(default)]
+    purposes: Vec<String>,
     /// An open request (e.g. from Shopify's `customers/data_request`) this one answers.
     fulfils: Option<Uuid>,
     /// `gdpr` (default), `ccpa` or `lgpd`.
