@@ -43,6 +43,8 @@ for doc in docs:
 pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
 container = pod["containers"][0]
 assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS", container["readinessProbe"]
+annotations = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+assert annotations["prometheus.io/scheme"] == "https", annotations
 mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
 assert mounts["tls-ingest"] == "/etc/inquiry-gateway-tls/ingest" and mounts["tls-kafka"] == "/etc/inquiry-gateway-tls/kafka", mounts
 secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}

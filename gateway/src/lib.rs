@@ -271,6 +271,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sinks: sinks_for_erasure,
         processing: config.compliance.processing.clone(),
         retention: time::Duration::days(i64::from(config.compliance.request_retention_days)),
+        // A withdrawal is kept as long as the consents it may withdraw (reported with inquiries).
+        withdrawal_retention: time::Duration::days(i64::from(
+            config.compliance.request_retention_days.max(config.retention.inquiries_days),
+        )),
     });
     let api = Arc::new(ApiState {
         pipeline: pipeline.clone(),

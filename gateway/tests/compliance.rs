@@ -718,12 +718,26 @@ async fn consents_reported_with_an_inquiry_are_audited_withdrawn_given_again_and
     assert_eq!(now["marketing_email"]["notice"], "privacy-2026-11");
     assert_eq!(now["marketing_email"]["inquiry_id"], reply.json()["id"]);
 
+    // A consent dated ahead by the client's clock (up to 5 minutes is accepted) counts from its
+    // receipt: a withdrawal after that receipt still wins.
+    let ahead = (time::OffsetDateTime::now_utc() + time::Duration::minutes(4))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let early =
+        with_consent("c-3", json!({ "purposes": ["sms_updates"], "notice": "privacy-2026-11", "given_at": ahead }));
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), early).await;
+    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    let reply =
+        admin(&client, &gateway, Method::POST, path, Some(CONSENT_OFFICER), withdraw(json!(["sms_updates"]))).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(states(lookup(CONSENT_OFFICER).await)["sms_updates"]["status"], "withdrawn");
+
     // The subject's export carries the consents' state.
     let export = json!({ "kind": "export", "subject": { "email": email } });
     let reply = admin(&client, &gateway, Method::POST, path, Some(ERASER), export).await;
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let exported = reply.json()["consents"].as_array().unwrap().len();
-    assert_eq!(exported, 2, "both purposes are in the export");
+    assert_eq!(exported, 3, "every purpose is in the export");
     // Reading consents needs subjects:read.
     assert_eq!(lookup(READER).await.status, 403);
 }

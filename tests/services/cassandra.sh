@@ -5,8 +5,8 @@
 # Central via `mvn dependency:copy-dependencies`; no tarball), one node, seed of itself,
 # CQL on 127.0.0.1:${CQL_PORT:-9042}, storage port 7000, JMX on 127.0.0.1:7199 only,
 # GossipingPropertyFileSnitch with dc=dc1 rack=rack1 (so NetworkTopologyStrategy {'dc1': 1}
-# works), PasswordAuthenticator (the default superuser $CQL_USER / $CQL_PASSWORD, made at once at
-# the first start), client-to-node TLS that is optional on the same port (the test CA of
+# works), PasswordAuthenticator (the default superuser cassandra / cassandra checks readiness and
+# makes the tests' role $CQL_USER / $CQL_PASSWORD), client-to-node TLS that is optional on the same port (the test CA of
 # tests/services/tls.sh: a client may or may not use TLS), commitlog_sync batch (see below). cassandra.yaml, logback.xml and
 # cassandra-rackdc.properties are generated. Needs Java 11 or 17 (the default `java` here
 # is 17) and python3 (for the readiness check, tests/services/cql.py: stdlib only).
@@ -33,8 +33,8 @@
 #   CASSANDRA_JMX_PORT (7199), CASSANDRA_HEAP_OPTS (-Xms1g -Xmx1g),
 #   CASSANDRA_COMMITLOG_SYNC (batch; or periodic, group), CASSANDRA_COMMITLOG_SYNC_PERIOD (10000ms,
 #   periodic), CASSANDRA_COMMITLOG_SYNC_GROUP_WINDOW (10ms, group), CASSANDRA_START_TIMEOUT (150 s),
-#   CASSANDRA_STOP_TIMEOUT (60 s), CQL_USER (cassandra), CQL_PASSWORD (cassandra), JAVA (java),
-#   SERVICES_DIR.
+#   CASSANDRA_STOP_TIMEOUT (60 s), CQL_USER (gateway_test), CQL_PASSWORD (gateway-cql-test-secret;
+#   the tests' login, gateway/tests/support), JAVA (java), SERVICES_DIR.
 set -euo pipefail
 
 SVC=cassandra
@@ -52,8 +52,9 @@ CASSANDRA_COMMITLOG_SYNC_PERIOD="${CASSANDRA_COMMITLOG_SYNC_PERIOD:-10000ms}"
 CASSANDRA_COMMITLOG_SYNC_GROUP_WINDOW="${CASSANDRA_COMMITLOG_SYNC_GROUP_WINDOW:-10ms}"
 CASSANDRA_START_TIMEOUT="${CASSANDRA_START_TIMEOUT:-150}"
 CASSANDRA_STOP_TIMEOUT="${CASSANDRA_STOP_TIMEOUT:-60}"
-# Cassandra's default superuser of a loopback test node (the tests log in with it; cql.py too).
-export CQL_USER="${CQL_USER:-cassandra}" CQL_PASSWORD="${CQL_PASSWORD:-cassandra}"
+# The role the tests log in with (cql.py too), made by `start` with Cassandra's default superuser.
+export CQL_USER="${CQL_USER:-gateway_test}" CQL_PASSWORD="${CQL_PASSWORD:-gateway-cql-test-secret}"
+ADMIN_USER=cassandra ADMIN_PASSWORD=cassandra
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh
@@ -235,7 +236,7 @@ jvm_opts() {
 
 cql_ready() {
     if command -v python3 >/dev/null 2>&1; then
-        python3 "$CQL_PY" --port "$CQL_PORT" --timeout 5 >/dev/null 2>&1
+        python3 "$CQL_PY" --port "$CQL_PORT" --timeout 5 --user "$ADMIN_USER" --password "$ADMIN_PASSWORD" >/dev/null 2>&1
     else
         grep -q 'Starting listening for CQL clients' "$LOG_FILE" 2>/dev/null && port_open "$CQL_PORT"
     fi
@@ -250,6 +251,7 @@ start() {
     local pid
     if pid="$(running_pid)"; then
         if cql_ready; then
+            ensure_test_role
             say "already running (pid $pid), CQL on 127.0.0.1:$CQL_PORT"
             return 0
         fi
@@ -271,7 +273,16 @@ start() {
             die "Cassandra did not answer CQL on 127.0.0.1:$CQL_PORT within ${CASSANDRA_START_TIMEOUT}s (pid $pid still running)"
         sleep 1
     done
+    ensure_test_role
     say "ready: CQL on 127.0.0.1:$CQL_PORT (pid $pid, ${SECONDS}s since the script started, RSS $(rss_mib "$pid") MiB)"
+}
+
+# The tests' login: a superuser role of its own (a password unlike the user name, so that a test
+# can tell a leaked password from a logged user name). Idempotent.
+ensure_test_role() {
+    python3 "$CQL_PY" --port "$CQL_PORT" --user "$ADMIN_USER" --password "$ADMIN_PASSWORD" \
+        "CREATE ROLE IF NOT EXISTS $CQL_USER WITH PASSWORD = '$CQL_PASSWORD' AND LOGIN = true AND SUPERUSER = true" \
+        >/dev/null || die "could not create the test role $CQL_USER"
 }
 
 status() {

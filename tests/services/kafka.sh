@@ -198,6 +198,9 @@ start() {
     local pid
     if pid="$(running_pid)"; then
         if answering; then
+            grep -q "SASL_SSL://127.0.0.1:$KAFKA_SECURE_PORT" "$CONF" 2>/dev/null ||
+                say "WARNING: this broker has no SASL_SSL listener (started by an older script): restart it"
+            ensure_scram_user
             say "already running (pid $pid) on $BOOTSTRAP"
             return 0
         fi

@@ -24,7 +24,7 @@ DIR="$SERVICES_DIR/tls"
 ensure() {
     need openssl "apt-get install openssl"
     mkdir -p "$DIR"
-    if [[ ! -s "$DIR/server.p12" ]]; then
+    if [[ ! -s "$DIR/server.p12" || ! -s "$DIR/ca.pem" || ! -s "$DIR/keystore.password" ]]; then
         local work; work="$(mktemp -d "$DIR/.new.XXXXXX")"
         openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/CN=inquiry-gateway test CA" \
             -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null

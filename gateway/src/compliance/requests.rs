@@ -168,6 +168,9 @@ pub struct ConsentState {
     /// The withdrawal's request record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub withdrawal_request: Option<Uuid>,
+    /// When the gateway counts the consent from: `given_at`, or the inquiry's receipt if earlier.
+    #[serde(skip)]
+    pub effective_at: OffsetDateTime,
 }
 
 /// Whether a consent holds.
@@ -195,6 +198,7 @@ pub enum RequestError {
 }
 
 /// Carries out data subject requests.
+#[derive(Clone)]
 pub struct SubjectRequests {
     /// The store.
     pub store: Store,
@@ -208,6 +212,9 @@ pub struct SubjectRequests {
     pub processing: ProcessingConfig,
     /// How long request records are kept.
     pub retention: Duration,
+    /// How long consent withdrawals are kept: at least as long as the inquiries whose consents
+    /// they withdraw, so that a withdrawal never expires before the consent it overrides.
+    pub withdrawal_retention: Duration,
 }
 
 impl SubjectRequests {
@@ -376,7 +383,13 @@ impl SubjectRequests {
         }));
         patiently(|| self.pipeline.audit(vec![event.clone()])).await?;
         count(RequestKind::Export, request.status);
-        let (_, consents) = self.consents(spec)?;
+        let (_, consents) = {
+            // A blocking store scan, like the export's own.
+            let (requests, spec) = (self.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || requests.consents(&spec))
+                .await
+                .map_err(|_| RequestError::Store(StoreError::from_message("consents task failed")))??
+        };
         let document = json!({
             "request": request,
             "processing": self.processing,
@@ -401,6 +414,7 @@ impl SubjectRequests {
     ) -> Result<SubjectRequest, RequestError> {
         let pseudonyms = self.find(spec)?;
         let mut request = self.new_record(RequestKind::ConsentWithdrawal, jurisdiction, source, by);
+        request.expires_at = request.received_at + self.withdrawal_retention;
         request.purposes = purposes.to_vec();
         request.purposes.sort();
         request.purposes.dedup();
@@ -438,8 +452,11 @@ impl SubjectRequests {
                 else {
                     continue;
                 };
+                // A consent counts from when the gateway had it at the latest: a client's clock
+                // (`given_at` may be up to 5 minutes ahead) never puts it after a later withdrawal.
+                let effective = consent.given_at.min(stored.inquiry.received_at);
                 for purpose in &consent.purposes {
-                    let newer = latest.get(purpose).is_none_or(|s| s.given_at.is_some_and(|at| at < consent.given_at));
+                    let newer = latest.get(purpose).is_none_or(|s| s.effective_at < effective);
                     if newer {
                         latest.insert(
                             purpose.clone(),
@@ -452,6 +469,7 @@ impl SubjectRequests {
                                 inquiry_id: Some(id),
                                 withdrawn_at: None,
                                 withdrawal_request: None,
+                                effective_at: effective,
                             },
                         );
                     }
@@ -468,6 +486,7 @@ impl SubjectRequests {
                         inquiry_id: None,
                         withdrawn_at: None,
                         withdrawal_request: None,
+                        effective_at: OffsetDateTime::UNIX_EPOCH,
                     });
                     if state.withdrawn_at.is_none_or(|at| at < withdrawal.received_at) {
                         state.withdrawn_at = Some(withdrawal.received_at);
@@ -478,7 +497,7 @@ impl SubjectRequests {
             for state in latest.values_mut() {
                 // A consent given again after a withdrawal holds; otherwise the withdrawal does.
                 state.status = match (state.given_at, state.withdrawn_at) {
-                    (Some(given), Some(withdrawn)) if given > withdrawn => ConsentStatus::Given,
+                    (Some(_), Some(withdrawn)) if state.effective_at > withdrawn => ConsentStatus::Given,
                     (_, Some(_)) => ConsentStatus::Withdrawn,
                     _ => ConsentStatus::Given,
                 };

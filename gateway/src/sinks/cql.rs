@@ -4,7 +4,7 @@
 //! consistency level, a TTL per row and a bounded number of requests in flight. The schema is
 //! created by [`migrate`] (run at start-up or by `inquiry-gateway migrate`); see `docs/cql.md`.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -94,11 +94,25 @@ pub async fn connect(config: &CqlConfig) -> Result<Session, SinkError> {
         SessionBuilder::new().known_nodes(&config.contact_points).prefer_datacenter(config.local_datacenter.clone());
     if let (Some(username), Some(password)) = (&config.username, &config.password) {
         builder = builder.user(username, password);
+        if config.tls.is_none() {
+            // `check` allows a password without TLS only for loopback contact points; the peers
+            // the cluster then names may be elsewhere, and they never get the password.
+            builder = builder.host_filter(Arc::new(LoopbackNodesOnly));
+        }
     }
     if let Some(tls) = &config.tls {
         builder = builder.tls_context(Some(tls_context(tls)?));
     }
     builder.build().await.map_err(|e| error(format!("cannot connect: {e}")))
+}
+
+/// Accepts only nodes on this machine.
+struct LoopbackNodesOnly;
+
+impl scylla::policies::host_filter::HostFilter for LoopbackNodesOnly {
+    fn accept(&self, peer: &scylla::cluster::metadata::Peer) -> bool {
+        peer.address.ip().is_loopback()
+    }
 }
 
 /// The OpenSSL context of [`CqlTlsConfig`]: peer verification on (the driver checks the node's

@@ -89,7 +89,8 @@ impl KafkaSink {
             client_config.set(key, value);
         }
         client_config.set("enable.idempotence", "true").set("acks", "all").set("partitioner", "murmur2_random");
-        let producer = client_config.create().map_err(|e| error(format!("cannot create producer: {e}")))?;
+        let producer =
+            client_config.create().map_err(|e| error(format!("cannot create producer: {}", client_error(&e))))?;
         Ok(KafkaSink {
             config: config.clone(),
             retention: retention.clone(),
@@ -147,8 +148,10 @@ impl KafkaSink {
             topics.push(NewTopic::new(replies, self.config.partitions, replication()).set("retention.ms", &feed));
         }
         if self.config.create_topics {
-            let admin: AdminClient<DefaultClientContext> =
-                self.client_config.create().map_err(|e| error(format!("cannot create admin client: {e}")))?;
+            let admin: AdminClient<DefaultClientContext> = self
+                .client_config
+                .create()
+                .map_err(|e| error(format!("cannot create admin client: {}", client_error(&e))))?;
             let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
             let results =
                 admin.create_topics(&topics, &options).await.map_err(|e| error(format!("create topics: {e}")))?;
@@ -401,6 +404,23 @@ fn permanent_reason(err: &KafkaError) -> Option<&'static str> {
         // Authorization, batch sizes, fatal producer states: operator problems, not the record's;
         // retried (and alerted on) rather than dead-lettered.
         _ => None,
+    }
+}
+
+/// librdkafka's complaint about a client configuration, without the configured values: the
+/// message of a refused property names the property, never what it was set to (a password).
+pub fn client_error(err: &KafkaError) -> String {
+    match err {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            if crate::config::is_secret_property(key) {
+                format!("property `{key}` was refused (its value is not shown)")
+            } else if value.is_empty() {
+                format!("property `{key}`: {description}")
+            } else {
+                format!("property `{key}`: {}", description.replace(value.as_str(), "<value>"))
+            }
+        }
+        other => other.to_string(),
     }
 }
 

@@ -324,11 +324,11 @@ pub fn service(script: &str, command: &str) {
     );
 }
 
-/// The Cassandra test node's login (`tests/services/cassandra.sh`: PasswordAuthenticator with
-/// its default superuser, on loopback).
-pub const CQL_USER: &str = "cassandra";
+/// The Cassandra test node's login (`tests/services/cassandra.sh` makes this role; the node
+/// runs PasswordAuthenticator on loopback).
+pub const CQL_USER: &str = "gateway_test";
 /// Password of [`CQL_USER`].
-pub const CQL_PASSWORD: &str = "cassandra";
+pub const CQL_PASSWORD: &str = "gateway-cql-test-secret";
 
 /// The `username`/`password` lines of a `[sinks.cql]` table for the test node.
 pub fn cql_login() -> String {
