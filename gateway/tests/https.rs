@@ -185,3 +185,50 @@ fn a_listener_whose_key_cannot_be_read_does_not_start_and_says_which() {
     assert!(!out.status.success(), "{output}");
     assert!(output.contains("ingest.tls") && output.contains("missing.key"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_health_and_metrics_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path(), "admin");
+    let (ingest, admin) = (support::free_addr(), support::free_addr());
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ingest]\nlisten = \"{ingest}\"\n[admin]\nlisten = \"{admin}\"\n[admin.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             [store]\npath = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = https_client(&ca);
+    let get = |path: &str| Request::get(format!("https://{admin}{path}")).body(Full::default()).unwrap();
+    let mut healthy = false;
+    for _ in 0..200 {
+        if let Ok(response) = client.request(get("/healthz")).await {
+            healthy = response.status() == StatusCode::OK;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = client.request(get("/metrics")).await.map(|r| r.status());
+    let plain = HttpClient::new().try_request(Method::GET, &format!("http://{admin}/healthz"), Bytes::new(), &[]).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+    assert!(healthy, "GET https://.../healthz answered 200\n{log}");
+    assert_eq!(metrics.ok(), Some(StatusCode::OK), "{log}");
+    assert!(plain.is_err(), "plain HTTP gets no answer on the admin TLS port");
+    assert!(log.contains("\"admin_tls\":true"), "the start-up line says so: {log}");
+}
