@@ -436,6 +436,17 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     }
     let at = at.max(stored.inquiry.received_at);
     let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+    // Audited first, recorded after: a failure in between leaves the client's retry to audit
+    // again, never a recorded reply without its entry.
+    let preview = match &state.reach {
+        Some(reach) => {
+            let (reach, stored) = (reach.clone(), stored.clone());
+            off_the_workers(move || reach.preview_reply(&stored, at_ms)).await?
+        }
+        None => crate::reach::ReplyOutcome::NoSla,
+    };
+    let event = crate::reach::replies::replied_event(&grant.actor(), id, reply.agent.as_deref(), &preview);
+    state.pipeline.audit(vec![event]).await.map_err(submit_error)?;
     let outcome = match &state.reach {
         Some(reach) => {
             let (reach, stored) = (reach.clone(), stored.clone());
@@ -444,8 +455,6 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         None => crate::reach::ReplyOutcome::NoSla,
     };
     let sla = outcome.sla().map(|state| serde_json::to_value(state).expect("states serialize"));
-    let event = crate::reach::replies::replied_event(&grant.actor(), id, reply.agent.as_deref(), &outcome);
-    state.pipeline.audit(vec![event]).await.map_err(submit_error)?;
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }

@@ -238,10 +238,10 @@ async fn record_replies(
             pseudonym: None,
         };
         let replied_at = replied_at.min(OffsetDateTime::now_utc());
-        let (reach, store, pseudonyms) =
+        let (previewer, store, pseudonyms) =
             (reach.clone(), state.store.clone(), state.requests.find(&spec).map_err(super::api::request_error)?);
-        let recorded = super::api::off_the_workers(move || {
-            let mut recorded = Vec::new();
+        let answered_now = super::api::off_the_workers(move || {
+            let mut answered_now = Vec::new();
             for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
                 let Some(stored) = crate::pipeline::StoredInquiry::load(&store, id)? else { continue };
                 let inquiry = &stored.inquiry;
@@ -250,30 +250,45 @@ async fn record_replies(
                 if inquiry.channel != channel || inquiry.account != account || inquiry.occurred_at > replied_at {
                     continue;
                 }
-                if reach.load(id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
+                if previewer.load(id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
                     continue; // answered before (also: this answer, delivered again)
                 }
                 // The clock runs from receipt: an earlier answer counts as given at receipt.
                 let at = replied_at.max(inquiry.received_at);
                 let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-                let outcome = reach.reply(&stored, at_ms)?;
-                // Answered now, not by an earlier reply (nor by this one, delivered twice at once).
+                let outcome = previewer.preview_reply(&stored, at_ms)?;
+                // Answered now, not by an earlier reply.
                 if matches!(&outcome, crate::reach::ReplyOutcome::Recorded(_)) {
-                    recorded.push((id, outcome));
+                    answered_now.push((stored, at_ms, outcome));
+                }
+            }
+            Ok(answered_now)
+        })
+        .await?;
+        if answered_now.is_empty() {
+            continue;
+        }
+        // Audited first, recorded after: if recording fails, the platform's redelivery finds the
+        // inquiries still open and audits them again, never a recorded answer without its entry.
+        let events: Vec<_> = answered_now
+            .iter()
+            .map(|(stored, _, outcome)| crate::reach::replies::replied_event(&actor, stored.inquiry.id, None, outcome))
+            .collect();
+        state.pipeline.audit(events).await.map_err(submit_error)?;
+        let reach = reach.clone();
+        let recorded = super::api::off_the_workers(move || {
+            let mut recorded = 0;
+            for (stored, at_ms, _) in &answered_now {
+                // Unchanged: the same answer, delivered twice at once, was recorded meanwhile.
+                if matches!(reach.reply(stored, *at_ms)?, crate::reach::ReplyOutcome::Recorded(_)) {
+                    recorded += 1;
                 }
             }
             Ok(recorded)
         })
         .await?;
-        let events: Vec<_> = recorded
-            .iter()
-            .map(|(id, outcome)| crate::reach::replies::replied_event(&actor, *id, None, outcome))
-            .collect();
-        answered += events.len();
-        counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "recorded").increment(events.len() as u64);
-        if !events.is_empty() {
-            state.pipeline.audit(events).await.map_err(submit_error)?;
-        }
+        answered += recorded;
+        counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "recorded").increment(recorded as u64);
     }
     Ok(answered)
 }

@@ -204,6 +204,25 @@ impl Reach {
         Ok(fired)
     }
 
+    /// What [`Reach::reply`] would do to `stored`'s SLA at `at_ms`, without writing anything:
+    /// callers audit this outcome first and record the reply after, so that a reply is never
+    /// recorded without its `inquiry.replied` entry (a failure in between leaves a retry that
+    /// audits again, at worst twice, never not at all). Blocking.
+    pub fn preview_reply(&self, stored: &StoredInquiry, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut state = match self.load(stored.inquiry.id)? {
+            Some(state) => state,
+            None => match self.policies.policy_for(stored) {
+                Some(policy) => SlaState::start(policy, stored),
+                None => return Ok(ReplyOutcome::NoSla),
+            },
+        };
+        Ok(match state.reply(at_ms, now) {
+            Some(_) => ReplyOutcome::Recorded(Box::new(state)),
+            None => ReplyOutcome::Unchanged(Box::new(state)),
+        })
+    }
+
     /// Records the first response to `stored` at `at_ms`: stops its clock and cancels an
     /// acknowledgement not sent yet. A reply that comes before the reach stage took the inquiry
     /// starts its SLA closed, so it is never reminded or escalated. Blocking.
@@ -726,7 +745,12 @@ mod tests {
         engine.schedule(&[early.clone(), late.clone()]).unwrap();
 
         clock.0.store(T0 + 20 * MIN, Ordering::SeqCst);
+        // The preview (what callers audit first) says what the reply will do and writes nothing.
+        let preview = engine.preview_reply(early.stored(), T0 + 20 * MIN).unwrap();
+        assert_eq!(engine.preview_reply(early.stored(), T0 + 20 * MIN).unwrap(), preview, "nothing was written");
+        assert!(engine.load(early.id()).unwrap().is_some_and(|sla| sla.replied_ms.is_none()), "still open");
         let ReplyOutcome::Recorded(state) = engine.reply(early.stored(), T0 + 20 * MIN).unwrap() else { panic!() };
+        assert_eq!(preview, ReplyOutcome::Recorded(state.clone()), "the preview is what the reply did");
         assert_eq!(state.status, Status::Met);
         assert!(state.pending.is_empty());
         let again = engine.reply(early.stored(), T0 + 25 * MIN).unwrap();
@@ -748,6 +772,10 @@ mod tests {
             ["sla.started", "sla.reminder", "sla.reminder", "sla.breached", "sla.escalated", "sla.replied_late"]
         );
         assert_eq!(engine.reply(record(3, T0, "other", None).stored(), T0).unwrap(), ReplyOutcome::NoSla);
+        assert_eq!(
+            engine.preview_reply(early.stored(), T0 + 30 * MIN).unwrap(),
+            ReplyOutcome::Unchanged(Box::new(engine.load(early.id()).unwrap().unwrap()))
+        );
 
         // Answered before the reach stage took it: the SLA starts closed and never reminds.
         let quick = record(4, T0 + 200 * MIN, "sales", None);

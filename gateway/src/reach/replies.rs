@@ -120,23 +120,37 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
         return "invalid";
     };
     let id = reply.inquiry_id;
-    let recorded = {
+    let previewed = {
         let (reach, store) = (reach.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
             let Some(stored) = StoredInquiry::load(&store, id)? else { return Ok(None) };
             let now = OffsetDateTime::now_utc();
             let at = reply.replied_at.unwrap_or(now).min(now).max(stored.inquiry.received_at);
             let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-            reach.reply(&stored, at_ms).map(Some)
+            reach.preview_reply(&stored, at_ms).map(|outcome| Some((stored, at_ms, outcome)))
         })
         .await
     };
-    match recorded {
-        Ok(Ok(None)) => "not_here",
-        Ok(Ok(Some(outcome))) => {
-            let _ = pipeline.audit(vec![replied_event("kafka:replies", id, reply.agent.as_deref(), &outcome)]).await;
-            "recorded"
+    let (stored, at_ms, preview) = match previewed {
+        Ok(Ok(None)) => return "not_here",
+        Ok(Ok(Some(previewed))) => previewed,
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "reply not recorded");
+            return "store_error";
         }
+        Err(err) => {
+            tracing::error!(error = %err, "reply not recorded");
+            return "store_error";
+        }
+    };
+    // Audited first, recorded after: either failing leaves the message to be read again.
+    if let Err(err) = pipeline.audit(vec![replied_event("kafka:replies", id, reply.agent.as_deref(), &preview)]).await {
+        tracing::warn!(error = %err, "reply not audited; read again");
+        return "store_error";
+    }
+    let reach = reach.clone();
+    match tokio::task::spawn_blocking(move || reach.reply(&stored, at_ms)).await {
+        Ok(Ok(_)) => "recorded",
         Ok(Err(err)) => {
             tracing::error!(error = %err, "reply not recorded");
             "store_error"
