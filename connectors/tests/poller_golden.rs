@@ -66,16 +66,29 @@ fn every_poller_builds_its_requests_and_parses_its_fixtures_to_the_goldens() {
                 }
             }
             let personal: Vec<_> = page.inquiries.iter().map(|i| &i.personal).collect();
-            let actual = serde_json::to_string_pretty(&serde_json::json!({
+            let mut golden = serde_json::json!({
                 "request": request,
                 "ignored": page.ignored,
                 "next_page": page.next_page,
                 "cursor": page.cursor,
                 "inquiries": page.inquiries,
                 "personal": personal,
-            }))
-            .unwrap()
-                + "\n";
+            });
+            // The seller's own answers, where a page has any.
+            if !page.replies.is_empty() {
+                let rfc3339 = time::format_description::well_known::Rfc3339;
+                golden["replies"] = page
+                    .replies
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "account": r.account, "buyer_id": r.buyer_id,
+                            "replied_at": r.replied_at.format(&rfc3339).unwrap(), "message_id": r.message_id,
+                        })
+                    })
+                    .collect();
+            }
+            let actual = serde_json::to_string_pretty(&golden).unwrap() + "\n";
             let expected_path = path.with_extension("expected.json");
             if std::env::var_os("BLESS").is_some() {
                 fs::write(&expected_path, &actual).unwrap();

@@ -218,6 +218,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let sweeper =
         tokio::spawn(retention::run(store.clone(), config.retention.clone(), pipeline.clone(), stop_rx.clone()));
+    let requests = Arc::new(compliance::requests::SubjectRequests {
+        store: store.clone(),
+        subjects: subjects.clone(),
+        pipeline: pipeline.clone(),
+        sinks: sinks_for_erasure,
+        processing: config.compliance.processing.clone(),
+        retention: time::Duration::days(i64::from(config.compliance.request_retention_days)),
+        // A withdrawal is kept as long as the consents it may withdraw (reported with inquiries).
+        withdrawal_retention: time::Duration::days(i64::from(
+            config.compliance.request_retention_days.max(config.retention.inquiries_days),
+        )),
+    });
     let quotas = Arc::new(poll::QuotaRegistry::default());
     let polled: Vec<_> = config
         .pollers
@@ -252,6 +264,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 subjects: subjects.clone(),
                 user_agent: user_agent.clone(),
                 live_tokens: live_tokens.clone(),
+                replies: reach.clone().map(|reach| poll::PollReplies { reach, requests: requests.clone() }),
             };
             tokio::spawn(poll::run(parts, handle, stop_rx.clone()))
         })
@@ -264,18 +277,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
         .collect();
 
-    let requests = Arc::new(compliance::requests::SubjectRequests {
-        store: store.clone(),
-        subjects: subjects.clone(),
-        pipeline: pipeline.clone(),
-        sinks: sinks_for_erasure,
-        processing: config.compliance.processing.clone(),
-        retention: time::Duration::days(i64::from(config.compliance.request_retention_days)),
-        // A withdrawal is kept as long as the consents it may withdraw (reported with inquiries).
-        withdrawal_retention: time::Duration::days(i64::from(
-            config.compliance.request_retention_days.max(config.retention.inquiries_days),
-        )),
-    });
     let api = Arc::new(ApiState {
         pipeline: pipeline.clone(),
         store: store.clone(),

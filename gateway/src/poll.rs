@@ -322,6 +322,17 @@ pub struct PollerParts {
     pub user_agent: String,
     /// Where it publishes its current access token (for the acknowledgement senders).
     pub live_tokens: LiveTokens,
+    /// Where the seller's own answers it sees go (reach-out's SLA clocks), when reach-out runs.
+    pub replies: Option<PollReplies>,
+}
+
+/// What a poller needs to record the seller's answers it sees as first responses.
+#[derive(Clone)]
+pub struct PollReplies {
+    /// Reach-out (the SLA clocks).
+    pub reach: Arc<crate::reach::Reach>,
+    /// Finds the buyers the answers went to.
+    pub requests: Arc<crate::compliance::requests::SubjectRequests>,
 }
 
 /// Where a poller keeps its cursor and token grant while it polls.
@@ -438,7 +449,7 @@ pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch
 
 /// Polls until `stop` fires or, when leased, until the lease is handed on at a cycle's end.
 async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<()>) -> Ended {
-    let PollerParts { poller, config, quotas, pipeline, store, subjects, user_agent, live_tokens } = parts;
+    let PollerParts { poller, config, quotas, pipeline, store, subjects, user_agent, live_tokens, replies } = parts;
     let poller = *poller;
     let name = poller.name();
     let account = config.account.clone();
@@ -599,7 +610,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 }
                 continue;
             };
-            let page = match parsed {
+            let mut page = match parsed {
                 Ok(page) => page,
                 Err(err) => {
                     counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "unparsable").increment(1);
@@ -629,6 +640,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             // What this poller already handed over (the look-back and cycle boundaries fetch
             // messages again) is skipped before the costly sealing; the pipeline's dedup still
             // drops what a restart fetches again.
+            let answers = std::mem::take(&mut page.replies);
             let fresh: Vec<_> = page.inquiries.into_iter().filter(|i| !handed_over.contains(&i.id)).collect();
             let fresh_ids: Vec<uuid::Uuid> = fresh.iter().map(|i| i.id).collect();
             let sealed: Result<Vec<Submission>, _> =
@@ -665,6 +677,24 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                             }
                         }
                     }
+                }
+            }
+            // The seller's answers on the platform, once the questions of the same page are stored.
+            if let (Some(replies), false) = (replies, answers.is_empty()) {
+                let recorded = crate::reach::replies::record_seller_replies(
+                    &replies.reach,
+                    &replies.requests,
+                    pipeline,
+                    &actor,
+                    poller.channel(),
+                    &answers,
+                )
+                .await;
+                if let Err(err) = recorded {
+                    // The cursor moves on: these answers are not seen again, and the inquiries'
+                    // clocks run on (an agent's reply through the API or Kafka still stops them).
+                    counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "error").increment(1);
+                    tracing::warn!(poller = name, error = %err, "the seller's answers could not be recorded");
                 }
             }
             if let (Place::Leased { lease, epoch }, Some(moved)) = (&place, &moved) {

@@ -380,3 +380,83 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
     let refused = metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "ebay"), ("outcome", "failed")]);
     assert_eq!(refused, 1.0, "the Post-Order inquiry's acknowledgement fails");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_acknowledgement_does_not() {
+    use platform_standins::marketplace_send::ShopeeSend;
+    use platform_standins::shopee::Shopee;
+    use platform_standins::Message;
+    let send = Standin::start(Arc::new(ShopeeSend::default()), None).await.unwrap();
+    let chat = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"shopee\"\nbase_url = \"{}\"\npartner_id = \"100001\"\npartner_key = \"test-shopee-partner-key\"\n\
+         [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n\
+         [[pollers]]\nconnector = \"shopee_chat\"\naccount = \"1001\"\naccess_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\"\nbase_url = \"{}\"\ninterval_ms = 300\n",
+        templates(),
+        send.url(),
+        chat.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    let message = |id: &str, from_seller: bool, text: &str, created: i64| Message {
+        account: "1001".to_owned(),
+        conversation: "c-870002222".to_owned(),
+        id: id.to_owned(),
+        buyer_id: "870002222".to_owned(),
+        buyer_name: "Ming".to_owned(),
+        text: text.to_owned(),
+        created,
+        from_seller,
+        order_id: None,
+        country: Some("MY".to_owned()),
+    };
+    let replied = |text: &str| {
+        metric_value(text, "inquiry_gateway_replies_total", &[("source", "platform"), ("outcome", "recorded")])
+    };
+
+    // The buyer asks in Shopee chat; the poller takes it and the gateway acknowledges it there.
+    let asked = now() - 5;
+    chat.mailbox().add(message("2210000000000000001", false, "Do you ship to Penang?", asked));
+    wait_until_sent(|| send.mailbox().all().len(), 1, 60, || gateway.log()).await;
+    let ack = send.mailbox().all().remove(0);
+    let mut sent = 0.0;
+    for _ in 0..100 {
+        let text = metrics(&gateway).await;
+        sent = metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "shopee"), ("outcome", "sent")]);
+        if sent == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent, 1.0, "the acknowledgement is recorded as sent\n{}", gateway.log());
+
+    // The acknowledgement shows up in the chat as the shop's message: it answers nothing.
+    chat.mailbox().add(message(&ack.id, true, &ack.text, now()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replied(&metrics(&gateway).await), 0.0, "the gateway's own acknowledgement is no answer");
+
+    // An agent answers in Shopee's seller centre: the next poll stops the clock.
+    chat.mailbox().add(message("2210000000000000009", true, "Yes, 3-5 days to Penang.", now() + 1));
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics(&gateway).await;
+        if replied(&text) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replied(&text), 1.0, "{}", gateway.log());
+    let met = [("outcome", "met"), ("channel", "shopee")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    let entries = HttpClient::new().get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
+    let replies: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "inquiry.replied")
+        .collect();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["actor"], "poller:shopee_chat/1001");
+    // Seen again by a later cycle's look-back: nothing new.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(replied(&metrics(&gateway).await), 1.0);
+}

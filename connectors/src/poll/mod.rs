@@ -211,6 +211,9 @@ pub struct PollPage {
     pub inquiries: Vec<Inquiry>,
     /// Items that are not buyer messages (the seller's own replies, old messages).
     pub ignored: usize,
+    /// The seller's own messages to buyers on the platform (counted in `ignored` too): the
+    /// first response to those buyers' open inquiries.
+    pub replies: Vec<crate::webhook::SellerReply>,
     /// Token of the next page of this cycle, if the platform has more that may be new. Opaque to
     /// the runner: a poller that needs several calls per item (a list, then each conversation's
     /// messages) keeps its work list here.

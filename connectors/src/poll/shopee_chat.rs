@@ -22,7 +22,9 @@
 //! unit is accepted here).
 //!
 //! What becomes an inquiry: a `text` message not sent by the shop (`from_shop_id` is not the
-//! shop). The shop's own messages and stickers, images, item and order cards are ignored.
+//! shop). Stickers, images, item and order cards are ignored. The shop's own messages (any type)
+//! are the seller's answers: each becomes a [`SellerReply`](crate::webhook::SellerReply) to the
+//! buyer it went to (`to_id`), which stops the SLA clock of that buyer's open inquiries.
 //!
 //! Cursor: a [`Watermark`](super::watermark) in Unix seconds (`created_timestamp`) with the ids
 //! taken at that second; a cycle walks conversations newest first ([`super::walk`]) down to the
@@ -228,6 +230,14 @@ impl Poller for ShopeeChat {
                     let from_shop = message.from_shop_id.as_deref() == Some(target.account);
                     let text = message.content.and_then(|c| c.text).filter(|t| !t.trim().is_empty());
                     let created = crate::webhook::from_unix(message.created_timestamp, false);
+                    if let (true, Some(buyer), Some(replied_at)) = (from_shop, message.to_id.clone(), created) {
+                        page.replies.push(crate::webhook::SellerReply {
+                            account: target.account.to_owned(),
+                            buyer_id: buyer,
+                            replied_at,
+                            message_id: Some(message.message_id.clone()),
+                        });
+                    }
                     let (Some(text), Some(created), false, "text") =
                         (text, created, from_shop, message.message_type.as_str())
                     else {
@@ -344,6 +354,8 @@ struct Message {
     from_id: String,
     #[serde(default, deserialize_with = "json_ids::opt_id")]
     from_shop_id: Option<String>,
+    #[serde(default, deserialize_with = "json_ids::opt_id")]
+    to_id: Option<String>,
     #[serde(deserialize_with = "json_ids::int")]
     created_timestamp: i64,
     #[serde(default)]

@@ -131,7 +131,12 @@ impl MetaWebhook {
             parsed.ignored += 1;
             let ours = message.metadata.as_deref() == Some(super::AUTO_ACK_METADATA);
             if let (false, Some(buyer), Some(replied_at)) = (ours, event.recipient, from_unix(event.timestamp, true)) {
-                parsed.replies.push(super::SellerReply { account: account.to_owned(), buyer_id: buyer.id, replied_at });
+                parsed.replies.push(super::SellerReply {
+                    account: account.to_owned(),
+                    buyer_id: buyer.id,
+                    replied_at,
+                    message_id: Some(message.mid.clone()).filter(|mid| !mid.is_empty()),
+                });
             }
             return Ok(());
         }

@@ -145,15 +145,19 @@ pub struct Parsed {
     pub replies: Vec<SellerReply>,
 }
 
-/// A message the seller's account sent to a buyer on the platform (not through the gateway).
+/// A message the seller's account sent to a buyer on the platform (not through the gateway):
+/// Meta's echoes, a marketplace chat's shop messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SellerReply {
-    /// The seller's account it was sent from (the page), as the buyer's inquiries name it.
+    /// The seller's account it was sent from (the page, the shop), as the buyer's inquiries name it.
     pub account: String,
     /// The buyer's platform user id (as in the buyer's own messages: `id:<this>` is the identity).
     pub buyer_id: String,
     /// When the platform says it was sent.
     pub replied_at: OffsetDateTime,
+    /// The platform's id of the message: the gateway's own acknowledgements are recognised by it
+    /// (their send answered with the same id).
+    pub message_id: Option<String>,
 }
 
 /// Marks a message the gateway itself sent (an auto-acknowledgement over the Messenger Send

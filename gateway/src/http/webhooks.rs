@@ -207,12 +207,9 @@ async fn open_erasures(
     Ok(opened)
 }
 
-/// Records the seller's answers on the platform itself (Messenger and Instagram echoes) as the
-/// first response to every inquiry of that buyer on that page written before the answer (by the
-/// platform's message times): their SLA clocks stop like with `POST /v1/inquiries/{id}/reply`,
-/// audited as `inquiry.replied` by `webhook:<connector>/<endpoint account>`. A buyer never seen
-/// here is skipped (nothing is recorded of a stranger). Returns how many inquiries got their
-/// first response now.
+/// Records the seller's answers on the platform itself (Messenger and Instagram echoes) as first
+/// responses ([`crate::reach::replies::record_seller_replies`]), audited as `inquiry.replied` by
+/// `webhook:<connector>/<endpoint account>`.
 async fn record_replies(
     state: &ApiState,
     connector: &str,
@@ -222,75 +219,13 @@ async fn record_replies(
 ) -> Result<usize, ApiError> {
     let Some(reach) = &state.reach else { return Ok(0) };
     let actor = format!("webhook:{connector}/{endpoint}");
-    // A buyer's first answer in this delivery is the one that counts.
-    let mut first = std::collections::BTreeMap::new();
-    for reply in replies {
-        let at = first.entry((reply.account.clone(), reply.buyer_id.clone())).or_insert(reply.replied_at);
-        *at = reply.replied_at.min(*at);
-    }
-    let mut answered = 0;
-    for ((account, buyer_id), replied_at) in first {
-        let spec = SubjectSpec {
-            email: None,
-            channel: Some(channel.as_str().to_owned()),
-            account: Some(account.clone()),
-            user_id: Some(buyer_id),
-            pseudonym: None,
-        };
-        let replied_at = replied_at.min(OffsetDateTime::now_utc());
-        let (previewer, store, pseudonyms) =
-            (reach.clone(), state.store.clone(), state.requests.find(&spec).map_err(super::api::request_error)?);
-        let answered_now = super::api::off_the_workers(move || {
-            let mut answered_now = Vec::new();
-            for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
-                let Some(stored) = crate::pipeline::StoredInquiry::load(&store, id)? else { continue };
-                let inquiry = &stored.inquiry;
-                // Platform times on both sides: the gateway may receive the buyer's message after
-                // the answer to it (a slow or batched delivery).
-                if inquiry.channel != channel || inquiry.account != account || inquiry.occurred_at > replied_at {
-                    continue;
-                }
-                if previewer.load(id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
-                    continue; // answered before (also: this answer, delivered again)
-                }
-                // The clock runs from receipt: an earlier answer counts as given at receipt.
-                let at = replied_at.max(inquiry.received_at);
-                let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-                let outcome = previewer.preview_reply(&stored, at_ms)?;
-                // Answered now, not by an earlier reply.
-                if matches!(&outcome, crate::reach::ReplyOutcome::Recorded(_)) {
-                    answered_now.push((stored, at_ms, outcome));
-                }
-            }
-            Ok(answered_now)
-        })
-        .await?;
-        if answered_now.is_empty() {
-            continue;
-        }
-        // Audited first, recorded after: if recording fails, the platform's redelivery finds the
-        // inquiries still open and audits them again, never a recorded answer without its entry.
-        let events: Vec<_> = answered_now
-            .iter()
-            .map(|(stored, _, outcome)| crate::reach::replies::replied_event(&actor, stored.inquiry.id, None, outcome))
-            .collect();
-        state.pipeline.audit(events).await.map_err(submit_error)?;
-        let reach = reach.clone();
-        let recorded = super::api::off_the_workers(move || {
-            let mut recorded = 0;
-            for (stored, at_ms, _) in &answered_now {
-                // Unchanged: the same answer, delivered twice at once, was recorded meanwhile.
-                if matches!(reach.reply(stored, *at_ms)?, crate::reach::ReplyOutcome::Recorded(_)) {
-                    recorded += 1;
-                }
-            }
-            Ok(recorded)
-        })
-        .await?;
-        answered += recorded;
-        counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "recorded").increment(recorded as u64);
-    }
-    Ok(answered)
+    use crate::reach::replies::{record_seller_replies, SellerReplyError};
+    record_seller_replies(reach, &state.requests, &state.pipeline, &actor, channel, replies).await.map_err(
+        |e| match e {
+            SellerReplyError::Request(err) => super::api::request_error(err),
+            SellerReplyError::Submit(err) => submit_error(err),
+        },
+    )
 }
 
 /// Tokens of signed webhook deliveries already taken, remembered for ten minutes (twice the

@@ -204,6 +204,15 @@ impl Reach {
         Ok(fired)
     }
 
+    /// The platform's message id of the acknowledgement sent for inquiry `id`, if one was sent.
+    pub fn sent_ack_id(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { return Ok(None) };
+        Ok(match serde_json::from_slice::<ack::AckState>(&bytes) {
+            Ok(ack::AckState { status: ack::AckStatus::Sent { provider_id }, .. }) => Some(provider_id),
+            _ => None,
+        })
+    }
+
     /// What [`Reach::reply`] would do to `stored`'s SLA at `at_ms`, without writing anything:
     /// callers audit this outcome first and record the reply after, so that a reply is never
     /// recorded without its `inquiry.replied` entry (a failure in between leaves a retry that

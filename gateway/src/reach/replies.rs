@@ -16,12 +16,16 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use inquiry_connectors::webhook::SellerReply;
+use inquiry_connectors::Channel;
+
 use super::{Reach, ReplyOutcome};
 use crate::compliance::audit::AuditEvent;
-use crate::pipeline::{Pipeline, StoredInquiry};
+use crate::compliance::requests::{RequestError, SubjectRequests, SubjectSpec};
+use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::sinks::kafka::KafkaSink;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry;
 
 /// One message of the replies topic.
@@ -160,4 +164,139 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
             "store_error"
         }
     }
+}
+
+/// Why the seller's platform answers could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SellerReplyError {
+    /// Finding the buyers or their inquiries failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The audit entries could not be written.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+impl From<StoreError> for SellerReplyError {
+    fn from(err: StoreError) -> Self {
+        SellerReplyError::Request(RequestError::Store(err))
+    }
+}
+
+/// Records the seller's own answers on a platform (Messenger and Instagram echoes, a marketplace
+/// chat's shop messages) as the first response to every inquiry of that buyer on that account
+/// written before the answer (by the platform's message times): their SLA clocks stop like with
+/// `POST /v1/inquiries/{id}/reply`, audited as `inquiry.replied` by `actor` before they are
+/// recorded. A message whose id is that of one of the gateway's own acknowledgements to the buyer
+/// is not an answer. A buyer never seen here is skipped (nothing is recorded of a stranger).
+/// Returns how many inquiries got their first response now.
+pub async fn record_seller_replies(
+    reach: &Arc<Reach>,
+    requests: &SubjectRequests,
+    pipeline: &Pipeline,
+    actor: &str,
+    channel: Channel,
+    replies: &[SellerReply],
+) -> Result<usize, SellerReplyError> {
+    let mut by_buyer: std::collections::BTreeMap<(String, String), Vec<&SellerReply>> = Default::default();
+    for reply in replies {
+        by_buyer.entry((reply.account.clone(), reply.buyer_id.clone())).or_default().push(reply);
+    }
+    let mut answered = 0;
+    for ((account, buyer_id), replies) in by_buyer {
+        let spec = SubjectSpec {
+            email: None,
+            channel: Some(channel.as_str().to_owned()),
+            account: Some(account.clone()),
+            user_id: Some(buyer_id),
+            pseudonym: None,
+        };
+        let pseudonyms = requests.find(&spec)?;
+        if pseudonyms.is_empty() {
+            continue;
+        }
+        let candidates: Vec<(OffsetDateTime, Option<String>)> =
+            replies.iter().map(|r| (r.replied_at.min(OffsetDateTime::now_utc()), r.message_id.clone())).collect();
+        let (previewer, store) = (reach.clone(), requests.store.clone());
+        let answered_now = blocking(move || {
+            let mut inquiries = Vec::new();
+            for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
+                let Some(stored) = StoredInquiry::load(&store, id)? else { continue };
+                if stored.inquiry.channel == channel && stored.inquiry.account == account {
+                    inquiries.push(stored);
+                }
+            }
+            // The gateway's own acknowledgements to this buyer come back as the shop's messages.
+            let ours: std::collections::HashSet<String> = inquiries
+                .iter()
+                .map(|stored| previewer.sent_ack_id(stored.inquiry.id))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            // The buyer's first answer among these is the one that counts.
+            let Some(replied_at) = candidates
+                .iter()
+                .filter(|(_, message_id)| message_id.as_ref().is_none_or(|id| !ours.contains(id)))
+                .map(|(at, _)| *at)
+                .min()
+            else {
+                return Ok(Vec::new());
+            };
+            let mut answered_now = Vec::new();
+            for stored in inquiries {
+                let inquiry = &stored.inquiry;
+                // Platform times on both sides: the gateway may receive the buyer's message after
+                // the answer to it (a slow or batched delivery, a poll cycle).
+                if inquiry.occurred_at > replied_at {
+                    continue;
+                }
+                if previewer.load(inquiry.id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
+                    continue; // answered before (also: this answer, delivered again)
+                }
+                // The clock runs from receipt: an earlier answer counts as given at receipt.
+                let at = replied_at.max(inquiry.received_at);
+                let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+                let outcome = previewer.preview_reply(&stored, at_ms)?;
+                if matches!(&outcome, ReplyOutcome::Recorded(_)) {
+                    answered_now.push((stored, at_ms, outcome));
+                }
+            }
+            Ok(answered_now)
+        })
+        .await?;
+        if answered_now.is_empty() {
+            continue;
+        }
+        // Audited first, recorded after: if recording fails, a redelivery (or the next look at
+        // the same messages) finds the inquiries still open and audits them again, never a
+        // recorded answer without its entry.
+        let events: Vec<_> = answered_now
+            .iter()
+            .map(|(stored, _, outcome)| replied_event(actor, stored.inquiry.id, None, outcome))
+            .collect();
+        pipeline.audit(events).await?;
+        let reach = reach.clone();
+        let recorded = blocking(move || {
+            let mut recorded = 0;
+            for (stored, at_ms, _) in &answered_now {
+                // Unchanged: the same answer, delivered twice at once, was recorded meanwhile.
+                if matches!(reach.reply(stored, *at_ms)?, ReplyOutcome::Recorded(_)) {
+                    recorded += 1;
+                }
+            }
+            Ok(recorded)
+        })
+        .await?;
+        answered += recorded;
+        counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "recorded").increment(recorded as u64);
+    }
+    Ok(answered)
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::from_message(&e.to_string()))?
 }
