@@ -109,21 +109,6 @@ fn kcat(topic: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn cql_ids(keyspace: &str) -> HashSet<String> {
-    let session = support::cql_session(CQL).await;
-    let mut rows = session
-        .query_iter(format!("SELECT id FROM {keyspace}.inquiries_by_id"), ())
-        .await
-        .expect("select")
-        .rows_stream::<(uuid::Uuid,)>()
-        .expect("typed rows");
-    let mut ids = HashSet::new();
-    while let Some(row) = rows.next().await {
-        ids.insert(row.expect("row").0.to_string());
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_the_log_still_verifies() {
     let prefix = unique("c");
@@ -243,7 +228,7 @@ async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_
     let routed = kcat(&format!("{prefix}.inquiries.routed.v2"));
     assert_eq!(routed.len(), 6, "every inquiry published once");
     // CQL: Anna's rows are deleted, Bob's remain.
-    let rows = cql_ids(&keyspace).await;
+    let rows = support::cql_inquiry_ids(CQL, &keyspace).await;
     assert!(ids.0.iter().all(|id| !rows.contains(id)), "Anna's CQL rows are deleted");
     assert!(ids.1.iter().all(|id| rows.contains(id)), "Bob's CQL rows remain");
     let tombstones = kcat(&format!("{prefix}.subjects.v1"));

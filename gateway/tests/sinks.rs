@@ -10,7 +10,6 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -226,21 +225,6 @@ async fn an_unreachable_sink_spools_until_the_budget_then_refuses_with_retry_aft
     assert_eq!(support::metric_value(&metrics, "inquiry_gateway_sink_degraded", &[("sink", "kafka")]), 1.0);
 }
 
-async fn cql_ids(keyspace: &str) -> HashSet<String> {
-    let session = support::cql_session(CQL).await;
-    let mut rows = session
-        .query_iter(format!("SELECT id FROM {keyspace}.inquiries_by_id"), ())
-        .await
-        .expect("select")
-        .rows_stream::<(uuid::Uuid,)>()
-        .expect("typed rows");
-    let mut ids = HashSet::new();
-    while let Some(row) = rows.next().await {
-        ids.insert(row.expect("row").0.to_string());
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_thousand_inquiries_reach_cassandra_across_a_node_restart() {
     let _servers = lock();
@@ -259,7 +243,7 @@ async fn fifty_thousand_inquiries_reach_cassandra_across_a_node_restart() {
     service("cassandra.sh", "start");
     wait_spool_empty(&gateway, "cql", Duration::from_secs(300)).await;
 
-    let stored = cql_ids(&keyspace).await;
+    let stored = support::cql_inquiry_ids(CQL, &keyspace).await;
     let missing = acked.difference(&stored).count();
     assert_eq!(missing, 0, "{missing} acknowledged inquiries missing from {keyspace}.inquiries_by_id");
     assert_eq!(stored.len(), acked.len());

@@ -297,14 +297,7 @@ impl AdminApi {
                     return Err(err);
                 }
                 let body = super::api::read_body(req, MAX_BODY).await?;
-                let request: NewSubjectRequest = serde_json::from_slice(&body).map_err(|e| {
-                    // Serde's message may quote the input (an e-mail address): give only its position.
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_value",
-                        format!("not a subject request (line {}, column {})", e.line(), e.column()),
-                    )
-                })?;
+                let request: NewSubjectRequest = parse_subject_body(&body, "a subject request")?;
                 let scope = match request.kind {
                     RequestKind::Export => "subjects:export",
                     RequestKind::Erasure => "subjects:erase",
@@ -320,13 +313,7 @@ impl AdminApi {
                 // A read, with the subject in the body: personal data never in a URL or access log.
                 self.authorize(req.headers(), "subjects:read", caller)?;
                 let body = super::api::read_body(req, MAX_BODY).await?;
-                let lookup: ConsentLookup = serde_json::from_slice(&body).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_value",
-                        format!("not a consent lookup (line {}, column {})", e.line(), e.column()),
-                    )
-                })?;
+                let lookup: ConsentLookup = parse_subject_body(&body, "a consent lookup")?;
                 let requests = self.requests.clone();
                 let (subjects, consents) = tokio::task::spawn_blocking(move || requests.consents(&lookup.subject))
                     .await
@@ -516,6 +503,18 @@ impl AdminApi {
 
 fn no_plugins() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no routing plugins are configured")
+}
+
+/// A JSON body that names a data subject; a body that does not read is 422 with only the line
+/// and column (serde's message may quote the input: an e-mail address).
+fn parse_subject_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            format!("not {what} (line {}, column {})", e.line(), e.column()),
+        )
+    })
 }
 
 /// A consent withdrawal names 1 to 16 purposes by their names; other requests name none.

@@ -345,6 +345,23 @@ pub async fn cql_session(node: &str) -> scylla::client::session::Session {
         .expect("cql session")
 }
 
+/// The ids in `keyspace.inquiries_by_id` on the Cassandra test node at `node`.
+pub async fn cql_inquiry_ids(node: &str, keyspace: &str) -> std::collections::HashSet<String> {
+    use futures_util::StreamExt;
+    let mut rows = cql_session(node)
+        .await
+        .query_iter(format!("SELECT id FROM {keyspace}.inquiries_by_id"), ())
+        .await
+        .expect("select")
+        .rows_stream::<(uuid::Uuid,)>()
+        .expect("typed rows");
+    let mut ids = std::collections::HashSet::new();
+    while let Some(row) = rows.next().await {
+        ids.insert(row.expect("row").0.to_string());
+    }
+    ids
+}
+
 /// A name no other test run uses (topics, keyspaces).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap())
