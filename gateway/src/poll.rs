@@ -512,6 +512,10 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
         let mut next_cursor = cursor.clone();
         let mut pages = 0u32;
         let mut failed = false;
+        // The seller's answers seen in this cycle: recorded once the whole cycle's questions are
+        // stored (a conversation is read newest first, so an answer may come a page before the
+        // question it answers).
+        let mut answers: Vec<inquiry_connectors::webhook::SellerReply> = Vec::new();
         loop {
             let keys = quota.keys();
             let waited = tokio::select! {
@@ -640,7 +644,9 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             // What this poller already handed over (the look-back and cycle boundaries fetch
             // messages again) is skipped before the costly sealing; the pipeline's dedup still
             // drops what a restart fetches again.
-            let answers = std::mem::take(&mut page.replies);
+            if replies.is_some() {
+                answers.append(&mut page.replies);
+            }
             let fresh: Vec<_> = page.inquiries.into_iter().filter(|i| !handed_over.contains(&i.id)).collect();
             let fresh_ids: Vec<uuid::Uuid> = fresh.iter().map(|i| i.id).collect();
             let sealed: Result<Vec<Submission>, _> =
@@ -656,9 +662,12 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             // Local: the cursor is written in the same store batch as the inquiries it covers.
             // Leased: into the lease row, once the inquiries are durable here (a crash in between
             // makes the next holder fetch them again, with the same inquiry ids).
+            // With answers to record, the cycle's cursor is written after them: a crash in between
+            // reads the cycle again rather than skipping its answers.
+            let answers_first = last_page && !answers.is_empty();
             let local_cursor = match &place {
-                Place::Local => moved.clone().map(|c| (cursor_name.clone(), c)),
-                Place::Leased { .. } => None,
+                Place::Local if !answers_first => moved.clone().map(|c| (cursor_name.clone(), c)),
+                Place::Local | Place::Leased { .. } => None,
             };
             if !submissions.is_empty() || local_cursor.is_some() {
                 loop {
@@ -679,22 +688,40 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                     }
                 }
             }
-            // The seller's answers on the platform, once the questions of the same page are stored.
-            if let (Some(replies), false) = (replies, answers.is_empty()) {
-                let recorded = crate::reach::replies::record_seller_replies(
-                    &replies.reach,
-                    &replies.requests,
-                    pipeline,
-                    &actor,
-                    poller.channel(),
-                    &answers,
-                )
-                .await;
-                if let Err(err) = recorded {
-                    // The cursor moves on: these answers are not seen again, and the inquiries'
-                    // clocks run on (an agent's reply through the API or Kafka still stops them).
-                    counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "error").increment(1);
-                    tracing::warn!(poller = name, error = %err, "the seller's answers could not be recorded");
+            // The seller's answers on the platform, once the cycle's questions are stored; then the
+            // cursor that covers them.
+            if let (Some(replies), true) = (replies, answers_first) {
+                loop {
+                    let recorded = crate::reach::replies::record_seller_replies(
+                        &replies.reach,
+                        &replies.requests,
+                        pipeline,
+                        &actor,
+                        poller.channel(),
+                        &answers,
+                        false,
+                    )
+                    .await;
+                    match recorded {
+                        Ok(_) => break,
+                        Err(err) => {
+                            counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "error").increment(1);
+                            tracing::warn!(poller = name, error = %err, "the seller's answers not recorded; retrying");
+                            if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                                return Ended::Stopped;
+                            }
+                        }
+                    }
+                }
+                answers.clear();
+                if let (Place::Local, Some(moved)) = (&place, &moved) {
+                    let cursor = Some((cursor_name.clone(), moved.clone()));
+                    while let Err(err) = pipeline.submit_with_cursor(Vec::new(), cursor.clone()).await {
+                        tracing::warn!(poller = name, error = %err, "cursor not stored; retrying");
+                        if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                            return Ended::Stopped;
+                        }
+                    }
                 }
             }
             if let (Place::Leased { lease, epoch }, Some(moved)) = (&place, &moved) {

@@ -220,12 +220,13 @@ async fn record_replies(
     let Some(reach) = &state.reach else { return Ok(0) };
     let actor = format!("webhook:{connector}/{endpoint}");
     use crate::reach::replies::{record_seller_replies, SellerReplyError};
-    record_seller_replies(reach, &state.requests, &state.pipeline, &actor, channel, replies).await.map_err(
-        |e| match e {
+    // Meta marks the gateway's own messages (their metadata): the parser has dropped them.
+    record_seller_replies(reach, &state.requests, &state.pipeline, &actor, channel, replies, true).await.map_err(|e| {
+        match e {
             SellerReplyError::Request(err) => super::api::request_error(err),
             SellerReplyError::Submit(err) => submit_error(err),
-        },
-    )
+        }
+    })
 }
 
 /// Tokens of signed webhook deliveries already taken, remembered for ten minutes (twice the

@@ -74,6 +74,18 @@ pub struct Reach {
     pub acks_changed: Notify,
 }
 
+/// How an inquiry's acknowledgement shows up among the shop's own messages on the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckSeenAs {
+    /// Sent: the message with this platform id.
+    Id(String),
+    /// Perhaps sent (in flight, or the gateway stopped while sending): the first shop message
+    /// from this time (Unix ms, when it was due) on.
+    FirstFrom(i64),
+    /// Not sent (none planned, waiting, failed, cancelled, dry run).
+    Nothing,
+}
+
 /// What a reply did to an inquiry's SLA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyOutcome {
@@ -204,12 +216,16 @@ impl Reach {
         Ok(fired)
     }
 
-    /// The platform's message id of the acknowledgement sent for inquiry `id`, if one was sent.
-    pub fn sent_ack_id(&self, id: Uuid) -> Result<Option<String>, StoreError> {
-        let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { return Ok(None) };
+    /// How inquiry `id`'s acknowledgement, if it may have left, shows up among the shop's own
+    /// messages on the platform.
+    pub fn ack_seen_as(&self, id: Uuid) -> Result<AckSeenAs, StoreError> {
+        let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { return Ok(AckSeenAs::Nothing) };
         Ok(match serde_json::from_slice::<ack::AckState>(&bytes) {
-            Ok(ack::AckState { status: ack::AckStatus::Sent { provider_id }, .. }) => Some(provider_id),
-            _ => None,
+            Ok(ack::AckState { status: ack::AckStatus::Sent { provider_id }, .. }) => AckSeenAs::Id(provider_id),
+            Ok(ack::AckState {
+                status: ack::AckStatus::Sending | ack::AckStatus::Uncertain, not_before_ms, ..
+            }) => AckSeenAs::FirstFrom(not_before_ms),
+            _ => AckSeenAs::Nothing,
         })
     }
 
@@ -780,6 +796,14 @@ mod tests {
             of(late.id()),
             ["sla.started", "sla.reminder", "sla.reminder", "sla.breached", "sla.escalated", "sla.replied_late"]
         );
+        // A reply given before the deadline but recorded after the breach fired (a slow CRM) is
+        // met: the preview the caller audits and the record agree, whichever timer fired between.
+        let slow = record(5, T0, "sales", None);
+        engine.schedule(std::slice::from_ref(&slow)).unwrap();
+        engine.fire_due().unwrap();
+        assert_eq!(engine.load(slow.id()).unwrap().unwrap().status, Status::Breached);
+        let ReplyOutcome::Recorded(state) = engine.reply(slow.stored(), T0 + 50 * MIN).unwrap() else { panic!() };
+        assert_eq!(state.status, Status::Met);
         assert_eq!(engine.reply(record(3, T0, "other", None).stored(), T0).unwrap(), ReplyOutcome::NoSla);
         assert_eq!(
             engine.preview_reply(early.stored(), T0 + 30 * MIN).unwrap(),

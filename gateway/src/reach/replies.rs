@@ -188,8 +188,10 @@ impl From<StoreError> for SellerReplyError {
 /// written before the answer (by the platform's message times): their SLA clocks stop like with
 /// `POST /v1/inquiries/{id}/reply`, audited as `inquiry.replied` by `actor` before they are
 /// recorded. A message whose id is that of one of the gateway's own acknowledgements to the buyer
-/// is not an answer. A buyer never seen here is skipped (nothing is recorded of a stranger).
-/// Returns how many inquiries got their first response now.
+/// is not an answer; where the platform does not mark the gateway's own messages
+/// (`acks_marked` false: a marketplace chat), an acknowledgement whose outcome is unknown is taken
+/// to be the first shop message from when it was due. A buyer never seen here is skipped
+/// (nothing is recorded of a stranger). Returns how many inquiries got their first response now.
 pub async fn record_seller_replies(
     reach: &Arc<Reach>,
     requests: &SubjectRequests,
@@ -197,6 +199,7 @@ pub async fn record_seller_replies(
     actor: &str,
     channel: Channel,
     replies: &[SellerReply],
+    acks_marked: bool,
 ) -> Result<usize, SellerReplyError> {
     let mut by_buyer: std::collections::BTreeMap<(String, String), Vec<&SellerReply>> = Default::default();
     for reply in replies {
@@ -211,46 +214,52 @@ pub async fn record_seller_replies(
             user_id: Some(buyer_id),
             pseudonym: None,
         };
-        let pseudonyms = requests.find(&spec)?;
-        if pseudonyms.is_empty() {
-            continue;
-        }
-        let candidates: Vec<(OffsetDateTime, Option<String>)> =
+        let mut candidates: Vec<(OffsetDateTime, Option<String>)> =
             replies.iter().map(|r| (r.replied_at.min(OffsetDateTime::now_utc()), r.message_id.clone())).collect();
-        let (previewer, store) = (reach.clone(), requests.store.clone());
+        candidates.sort();
+        let (previewer, requests) = (reach.clone(), requests.clone());
         let answered_now = blocking(move || {
+            let pseudonyms = requests.find(&spec).map_err(|err| match err {
+                RequestError::Store(err) => err,
+                other => StoreError::from_message(&other.to_string()),
+            })?;
+            let store = &requests.store;
             let mut inquiries = Vec::new();
             for id in pseudonyms.iter().map(|p| store.inquiries_of(p)).collect::<Result<Vec<_>, _>>()?.concat() {
-                let Some(stored) = StoredInquiry::load(&store, id)? else { continue };
+                let Some(stored) = StoredInquiry::load(store, id)? else { continue };
                 if stored.inquiry.channel == channel && stored.inquiry.account == account {
                     inquiries.push(stored);
                 }
             }
-            // The gateway's own acknowledgements to this buyer come back as the shop's messages.
-            let ours: std::collections::HashSet<String> = inquiries
-                .iter()
-                .map(|stored| previewer.sent_ack_id(stored.inquiry.id))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect();
-            // The buyer's first answer among these is the one that counts.
-            let Some(replied_at) = candidates
-                .iter()
-                .filter(|(_, message_id)| message_id.as_ref().is_none_or(|id| !ours.contains(id)))
-                .map(|(at, _)| *at)
-                .min()
-            else {
-                return Ok(Vec::new());
-            };
+            // The gateway's own acknowledgements to this buyer come back as the shop's messages:
+            // known by the id the platform answered the send with; one whose outcome is unknown
+            // (in flight, or the gateway stopped while sending) is taken to be the first shop
+            // message from when it was due.
+            let mut answers: Vec<(OffsetDateTime, Option<String>)> = candidates;
+            for stored in &inquiries {
+                match previewer.ack_seen_as(stored.inquiry.id)? {
+                    super::AckSeenAs::Id(id) => answers.retain(|(_, message_id)| message_id.as_ref() != Some(&id)),
+                    super::AckSeenAs::FirstFrom(due_ms) if !acks_marked => {
+                        let due = OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_ms) * 1_000_000)
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+                            - time::Duration::seconds(1);
+                        if let Some(first) = answers.iter().position(|(at, _)| *at >= due) {
+                            answers.remove(first);
+                        }
+                    }
+                    super::AckSeenAs::FirstFrom(_) | super::AckSeenAs::Nothing => {}
+                }
+            }
             let mut answered_now = Vec::new();
             for stored in inquiries {
                 let inquiry = &stored.inquiry;
                 // Platform times on both sides: the gateway may receive the buyer's message after
-                // the answer to it (a slow or batched delivery, a poll cycle).
-                if inquiry.occurred_at > replied_at {
+                // the answer to it (a slow delivery, a poll cycle). The first answer at or after
+                // the question answers it; a page may hold several questions and answers.
+                let Some((replied_at, _)) = answers.iter().find(|(at, _)| *at >= inquiry.occurred_at) else {
                     continue;
-                }
+                };
+                let replied_at = *replied_at;
                 if previewer.load(inquiry.id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
                     continue; // answered before (also: this answer, delivered again)
                 }
@@ -268,9 +277,9 @@ pub async fn record_seller_replies(
         if answered_now.is_empty() {
             continue;
         }
-        // Audited first, recorded after: if recording fails, a redelivery (or the next look at
-        // the same messages) finds the inquiries still open and audits them again, never a
-        // recorded answer without its entry.
+        // Audited first, recorded after: if recording fails, the caller tries again (a webhook's
+        // redelivery, the poller's retry) and finds the inquiries still open, never a recorded
+        // answer without its entry.
         let events: Vec<_> = answered_now
             .iter()
             .map(|(stored, _, outcome)| replied_event(actor, stored.inquiry.id, None, outcome))

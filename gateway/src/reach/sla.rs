@@ -220,8 +220,10 @@ impl SlaState {
 
     /// Records the first response at `at_ms`: the event, or `None` if one was recorded before.
     pub fn reply(&mut self, at_ms: i64, now_ms: i64) -> Option<SlaEvent> {
+        // By the reply's own time: one given before the deadline is met even when it is
+        // recorded after the breach fired (a slow CRM, a poll cycle).
         let kind = match self.status {
-            Status::Open if at_ms <= self.deadline_ms => EventKind::Met,
+            Status::Open | Status::Breached if at_ms <= self.deadline_ms => EventKind::Met,
             Status::Open | Status::Breached => EventKind::RepliedLate,
             Status::Met | Status::RepliedLate => return None,
         };
