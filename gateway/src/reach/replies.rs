@@ -88,7 +88,7 @@ pub async fn consume(
         backoff.reset();
         let outcome = apply(&reach, &store, &pipeline, message.payload().unwrap_or_default()).await;
         counter!(telemetry::REPLIES, "source" => "kafka", "outcome" => outcome).increment(1);
-        if outcome == "store_error" {
+        if outcome == "store_error" || outcome == "audit_error" {
             // Not committed: read again after a pause.
             if sleep_or_stop(backoff.next(), &mut stop).await {
                 return;
@@ -116,8 +116,8 @@ pub fn replied_event(actor: &str, id: Uuid, agent: Option<&str>, outcome: &Reply
         .detail(serde_json::json!({ "agent": agent, "sla_status": status }))
 }
 
-/// Applies one message: `recorded`, `not_here` (another replica's inquiry), `invalid` or
-/// `store_error`.
+/// Applies one message: `recorded`, `not_here` (another replica's inquiry), `invalid`,
+/// `audit_error` or `store_error` (both read again).
 async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: &[u8]) -> &'static str {
     let Ok(reply) = serde_json::from_slice::<ReplyMessage>(payload) else {
         tracing::warn!("a replies message is not a reply; skipped");
@@ -150,7 +150,7 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
     // Audited first, recorded after: either failing leaves the message to be read again.
     if let Err(err) = pipeline.audit(vec![replied_event("kafka:replies", id, reply.agent.as_deref(), &preview)]).await {
         tracing::warn!(error = %err, "reply not audited; read again");
-        return "store_error";
+        return "audit_error";
     }
     let reach = reach.clone();
     match tokio::task::spawn_blocking(move || reach.reply(&stored, at_ms)).await {
