@@ -485,3 +485,66 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
     assert_eq!(replied(&text), 3.0, "both questions are answered\n{}", gateway.log());
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shops_answer_in_tiktok_shop_chat_stops_the_clock_but_the_gateways_own_acknowledgement_does_not() {
+    use platform_standins::marketplace_send::TiktokSend;
+    use platform_standins::tiktok::Tiktok;
+    use platform_standins::Message;
+    let send = Standin::start(Arc::new(TiktokSend::default()), None).await.unwrap();
+    let chat = Standin::start(Arc::new(Tiktok::default()), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"tiktok_shop\"\nbase_url = \"{}\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nshop_tokens = {{ \"1001\" = \"test-tiktok-shop-token\" }}\n\
+         [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n\
+         [[pollers]]\nconnector = \"tiktok_customer_service\"\naccount = \"1001\"\naccess_token = \"test-tiktok-shop-token\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nbase_url = \"{}\"\ninterval_ms = 300\n",
+        templates(),
+        send.url(),
+        chat.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    let message = |id: &str, from_seller: bool, text: &str, created: i64| Message {
+        account: "1001".to_owned(),
+        conversation: "576460752303429001".to_owned(),
+        id: id.to_owned(),
+        buyer_id: "7494560109738881111".to_owned(),
+        buyer_name: "sunny.k".to_owned(),
+        text: text.to_owned(),
+        created,
+        from_seller,
+        order_id: None,
+        country: Some("US".to_owned()),
+    };
+    let replied = |text: &str| {
+        metric_value(text, "inquiry_gateway_replies_total", &[("source", "platform"), ("outcome", "recorded")])
+    };
+    chat.mailbox().add(message("7494560109732331001", false, "Do you do custom sizes?", now() - 5));
+    wait_until_sent(|| send.mailbox().all().len(), 1, 60, || gateway.log()).await;
+    let ack = send.mailbox().all().remove(0);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics(&gateway).await;
+        if metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "tiktok_shop"), ("outcome", "sent")]) == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The acknowledgement, as the conversation shows it: the shop's message, no answer.
+    chat.mailbox().add(message(&ack.id, true, &ack.text, now()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replied(&metrics(&gateway).await), 0.0, "the gateway's own acknowledgement is no answer\n{text}");
+    // An agent answers in TikTok Shop's seller centre: the shop's message names no buyer, the
+    // conversation's participants do.
+    chat.mailbox().add(message("7494560109732331009", true, "Yes, any size from S to XXL.", now() + 1));
+    for _ in 0..100 {
+        text = metrics(&gateway).await;
+        if replied(&text) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replied(&text), 1.0, "{}", gateway.log());
+    let met = [("outcome", "met"), ("channel", "tiktok_shop")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+}

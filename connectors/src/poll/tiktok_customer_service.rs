@@ -22,8 +22,12 @@
 //! listed newest first.
 //!
 //! What becomes an inquiry: a visible `TEXT` message whose sender role is `BUYER`. Messages of
-//! the shop, its agents, the system and robots, and every other type are ignored. `im_user_id`
-//! is an IM id (it cannot look up orders); it is the buyer's identity.
+//! the system and robots, and every other type, are ignored. `im_user_id` is an IM id (it cannot
+//! look up orders); it is the buyer's identity. A visible message of the shop or its agents
+//! (`SHOP`, `CUSTOMER_SERVICE`) is the seller's answer to the conversation's buyer, named by the
+//! list's `participants[]` (`role` `BUYER`, `im_user_id`; INFERRED from public integrations, the
+//! reference tables do not list it): a [`SellerReply`](crate::webhook::SellerReply) that stops
+//! the buyer's SLA clocks. A conversation whose list entry names no buyer gives no answers.
 //!
 //! Cursor: a [`Watermark`](super::watermark) in Unix seconds (`create_time`) with the ids taken
 //! at that second; a cycle walks conversations newest first ([`super::walk`]) down to the cursor,
@@ -191,11 +195,22 @@ impl Poller for TiktokCustomerService {
         match walk.step() {
             Step::List(_) => {
                 let data: ConversationsData = data_of(body)?;
+                let buyers: Vec<(String, String)> = data
+                    .conversations
+                    .iter()
+                    .filter_map(|c| {
+                        let buyer = c.participants.iter().find(|p| p.role == "BUYER" && !p.im_user_id.is_empty())?;
+                        Some((c.id.clone(), buyer.im_user_id.clone()))
+                    })
+                    .collect();
                 let listed = data.conversations.into_iter().map(|c| {
                     let latest = c.latest_message.map_or(i64::MAX, |m| m.create_time); // unknown: read it
                     (c.id, latest)
                 });
                 walk.listed(listed, data.next_page_token);
+                for (conversation, buyer) in buyers {
+                    walk.note_buyer(&conversation, buyer);
+                }
             }
             Step::Messages { conversation, .. } => {
                 let conversation = conversation.to_owned();
@@ -220,13 +235,25 @@ impl Poller for TiktokCustomerService {
                         continue;
                     }
                     walk.saw(message.create_time, &message.id);
+                    let created = crate::webhook::from_unix(message.create_time, false);
+                    let from_seller =
+                        message.sender.as_ref().is_some_and(|s| s.role == "SHOP" || s.role == "CUSTOMER_SERVICE");
+                    if let (true, true, Some(buyer), Some(replied_at)) =
+                        (from_seller, message.is_visible, walk.buyer_of(&conversation), created)
+                    {
+                        page.replies.push(crate::webhook::SellerReply {
+                            account: target.account.to_owned(),
+                            buyer_id: buyer.to_owned(),
+                            replied_at,
+                            message_id: Some(message.id.clone()),
+                        });
+                    }
                     let sender = message.sender.filter(|s| s.role == "BUYER" && !s.im_user_id.is_empty());
                     let text = (message.r#type == "TEXT")
                         .then(|| serde_json::from_str::<TextContent>(&message.content).ok())
                         .flatten()
                         .map(|c| c.content)
                         .filter(|t| !t.trim().is_empty());
-                    let created = crate::webhook::from_unix(message.create_time, false);
                     let (Some(sender), Some(text), Some(created), true) = (sender, text, created, message.is_visible)
                     else {
                         page.ignored += 1;
@@ -288,6 +315,16 @@ struct Conversation {
     id: String,
     #[serde(default)]
     latest_message: Option<LatestMessage>,
+    #[serde(default)]
+    participants: Vec<Participant>,
+}
+
+#[derive(Deserialize)]
+struct Participant {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    im_user_id: String,
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,7 @@
 //! first poll); `mark` grows with every buyer message taken and is returned as the cursor of
 //! every page, so the cursor the runner keeps with the cycle's last page covers the whole cycle.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,10 @@ pub(crate) struct Walk {
     /// the next cycle reads it again (what was taken meanwhile is dropped by dedup).
     #[serde(default)]
     pub failed: bool,
+    /// The buyer of each conversation still to read, where the list names it (TikTok Shop: the
+    /// shop's own messages do not say whom they answer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buyers: BTreeMap<String, String>,
 }
 
 /// The call a cycle makes next.
@@ -76,6 +80,7 @@ impl Walk {
             since,
             listed_at: now_seconds,
             failed: false,
+            buyers: BTreeMap::new(),
         })
     }
 
@@ -116,24 +121,39 @@ impl Walk {
         self.list_page = if self.list_done { None } else { next };
     }
 
+    /// Notes the buyer of a conversation still to read.
+    pub fn note_buyer(&mut self, conversation: &str, buyer: String) {
+        if self.todo.iter().any(|c| c == conversation) {
+            self.buyers.insert(conversation.to_owned(), buyer);
+        }
+    }
+
+    /// The buyer of `conversation`, when its list entry named one.
+    pub fn buyer_of(&self, conversation: &str) -> Option<&str> {
+        self.buyers.get(conversation).map(String::as_str)
+    }
+
     /// Takes in one page of the current conversation: whether it reached a message older than the
     /// cycle's start, and the platform's next-page token (`None` or empty: no more).
     pub fn read(&mut self, reached_old: bool, next: Option<String>) {
         match next.filter(|n| !n.is_empty() && !reached_old) {
             Some(next) => self.inner_page = Some(next),
-            None => {
-                self.todo.pop_front();
-                self.inner_page = None;
-            }
+            None => self.done_with_conversation(),
         }
+    }
+
+    fn done_with_conversation(&mut self) {
+        if let Some(conversation) = self.todo.pop_front() {
+            self.buyers.remove(&conversation);
+        }
+        self.inner_page = None;
     }
 
     /// Gives up on the conversation being read (the platform refused it): the cycle goes on with
     /// the others, and its cursor stays where it started.
     pub fn skip_conversation(&mut self) {
         self.failed = true;
-        self.todo.pop_front();
-        self.inner_page = None;
+        self.done_with_conversation();
     }
 
     /// Records a message newer than the cycle's start as seen (taken or ignored), so the cursor
@@ -193,6 +213,22 @@ mod tests {
         let mut walk = walk;
         walk.listed([("c".to_owned(), 999)], Some("p3".to_owned()));
         assert_eq!(walk.next_token(), None, "a conversation older than the cursor ends the listing");
+    }
+
+    #[test]
+    fn a_conversations_buyer_travels_with_the_work_list_until_it_is_read() {
+        let mut walk = Walk::resume(Some(&Watermark::starting(1_000).to_cursor()), None, 5_000).unwrap();
+        walk.listed([("a".to_owned(), 1_200), ("b".to_owned(), 1_100), ("old".to_owned(), 900)], None);
+        for (conversation, buyer) in [("a", "buyer-a"), ("b", "buyer-b"), ("old", "buyer-old")] {
+            walk.note_buyer(conversation, buyer.to_owned());
+        }
+        assert_eq!(walk.buyer_of("old"), None, "only conversations still to read");
+        let mut walk: Walk = serde_json::from_str(&walk.next_token().unwrap()).unwrap();
+        assert_eq!((walk.buyer_of("a"), walk.buyer_of("b")), (Some("buyer-a"), Some("buyer-b")));
+        walk.read(false, None);
+        assert_eq!((walk.buyer_of("a"), walk.buyer_of("b")), (None, Some("buyer-b")), "dropped once read");
+        walk.skip_conversation();
+        assert!(walk.buyers.is_empty());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! are this stand-in's own (TikTok's numeric codes for them were not confirmed).
 //!
 //! Conversations newest first (`page_size` at most 20, `page_token`, `next_page_token` `""` at
-//! the end), each with its `latest_message`; messages `DESC` by `create_time` (`page_size` at
+//! the end), each with its `latest_message` and `participants` (the buyer of its first message,
+//! role `BUYER`, and the shop, role `SHOP`); messages `DESC` by `create_time` (`page_size` at
 //! most 10). A [`Message`] from the seller has role `SHOP`, a buyer's `BUYER`; all are `TEXT`
 //! with `content` the JSON string `{"content": "..."}`.
 //!
@@ -152,8 +153,14 @@ impl Platform for Tiktok {
                 .take(size)
                 .map(|(id, messages)| {
                     let latest = messages.last().expect("a conversation has a message");
+                    let buyer = &messages[0];
+                    let participants = json!([
+                        {"im_user_id": buyer.buyer_id, "role": "BUYER", "nickname": buyer.buyer_name, "avatar": ""},
+                        {"im_user_id": format!("shop-{shop}"), "role": "SHOP", "nickname": "Shop", "avatar": ""},
+                    ]);
                     json!({"id": id, "participant_count": 2, "unread_count": 0, "can_send_message": true,
-                           "create_time": messages[0].created, "latest_message": render(latest, shop)})
+                           "create_time": messages[0].created, "latest_message": render(latest, shop),
+                           "participants": participants})
                 })
                 .collect();
             let shown = page.len();
