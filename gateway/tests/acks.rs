@@ -381,11 +381,83 @@ async fn marketplace_acknowledgements_use_the_pollers_tokens_and_keep_each_platf
     assert_eq!(refused, 1.0, "the Post-Order inquiry's acknowledgement fails");
 }
 
+/// A chat message of `buyer` in `conversation` on shop `1001`, for the chat stand-ins.
+fn chat_message(
+    (conversation, buyer): (&str, &str),
+    id: &str,
+    from_seller: bool,
+    text: &str,
+    created: i64,
+) -> platform_standins::Message {
+    platform_standins::Message {
+        account: "1001".to_owned(),
+        conversation: conversation.to_owned(),
+        id: id.to_owned(),
+        buyer_id: buyer.to_owned(),
+        buyer_name: "Ming".to_owned(),
+        text: text.to_owned(),
+        created,
+        from_seller,
+        order_id: None,
+        country: Some("MY".to_owned()),
+    }
+}
+
+fn now_seconds() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Platform answers recorded (`inquiry_gateway_replies_total{source="platform"}`).
+fn platform_answers(exposition: &str) -> f64 {
+    metric_value(exposition, "inquiry_gateway_replies_total", &[("source", "platform"), ("outcome", "recorded")])
+}
+
+/// Polls the metrics until `done` holds (10 s at most); the last exposition.
+async fn metrics_until(gateway: &Gateway, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics(gateway).await;
+        if done(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    text
+}
+
+/// What both marketplace chats must do: the buyer's question is acknowledged in the chat; that
+/// acknowledgement, seen in the chat as the shop's message, answers nothing; the agent's answer
+/// `answer_id` stops the clock. Returns the metrics after the answer.
+async fn ack_is_no_answer_but_the_agents_is(
+    gateway: &Gateway,
+    (send, chat): (&Standin, &Standin),
+    channel: &str,
+    chat_of: (&str, &str),
+    (question_id, answer_id): (&str, &str),
+) -> String {
+    chat.mailbox().add(chat_message(chat_of, question_id, false, "Do you ship to Penang?", now_seconds() - 5));
+    wait_until_sent(|| send.mailbox().all().len(), 1, 60, || gateway.log()).await;
+    let ack = send.mailbox().all().remove(0);
+    let sent = [("channel", channel), ("outcome", "sent")];
+    let text = metrics_until(gateway, |t| metric_value(t, "inquiry_gateway_acks_total", &sent) == 1.0).await;
+    assert_eq!(metric_value(&text, "inquiry_gateway_acks_total", &sent), 1.0, "acknowledged\n{}", gateway.log());
+
+    chat.mailbox().add(chat_message(chat_of, &ack.id, true, &ack.text, now_seconds()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(platform_answers(&metrics(gateway).await), 0.0, "the gateway's own acknowledgement is no answer");
+
+    chat.mailbox().add(chat_message(chat_of, answer_id, true, "Yes, 3-5 days to Penang.", now_seconds() + 1));
+    let text = metrics_until(gateway, |t| platform_answers(t) >= 1.0).await;
+    assert_eq!(platform_answers(&text), 1.0, "{}", gateway.log());
+    let met = [("outcome", "met"), ("channel", channel)];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_acknowledgement_does_not() {
     use platform_standins::marketplace_send::ShopeeSend;
     use platform_standins::shopee::Shopee;
-    use platform_standins::Message;
     let send = Standin::start(Arc::new(ShopeeSend::default()), None).await.unwrap();
     let chat = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
     let config = format!(
@@ -397,57 +469,10 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
         chat.url()
     );
     let gateway = Gateway::start(&config).await;
-    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
-    let message = |id: &str, from_seller: bool, text: &str, created: i64| Message {
-        account: "1001".to_owned(),
-        conversation: "c-870002222".to_owned(),
-        id: id.to_owned(),
-        buyer_id: "870002222".to_owned(),
-        buyer_name: "Ming".to_owned(),
-        text: text.to_owned(),
-        created,
-        from_seller,
-        order_id: None,
-        country: Some("MY".to_owned()),
-    };
-    let replied = |text: &str| {
-        metric_value(text, "inquiry_gateway_replies_total", &[("source", "platform"), ("outcome", "recorded")])
-    };
-
-    // The buyer asks in Shopee chat; the poller takes it and the gateway acknowledges it there.
-    let asked = now() - 5;
-    chat.mailbox().add(message("2210000000000000001", false, "Do you ship to Penang?", asked));
-    wait_until_sent(|| send.mailbox().all().len(), 1, 60, || gateway.log()).await;
-    let ack = send.mailbox().all().remove(0);
-    let mut sent = 0.0;
-    for _ in 0..100 {
-        let text = metrics(&gateway).await;
-        sent = metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "shopee"), ("outcome", "sent")]);
-        if sent == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(sent, 1.0, "the acknowledgement is recorded as sent\n{}", gateway.log());
-
-    // The acknowledgement shows up in the chat as the shop's message: it answers nothing.
-    chat.mailbox().add(message(&ack.id, true, &ack.text, now()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(replied(&metrics(&gateway).await), 0.0, "the gateway's own acknowledgement is no answer");
-
-    // An agent answers in Shopee's seller centre: the next poll stops the clock.
-    chat.mailbox().add(message("2210000000000000009", true, "Yes, 3-5 days to Penang.", now() + 1));
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = metrics(&gateway).await;
-        if replied(&text) >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(replied(&text), 1.0, "{}", gateway.log());
-    let met = [("outcome", "met"), ("channel", "shopee")];
-    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    let ming = ("c-870002222", "870002222");
+    let pair = (&send, &chat);
+    ack_is_no_answer_but_the_agents_is(&gateway, pair, "shopee", ming, ("2210000000000000001", "2210000000000000009"))
+        .await;
     let entries = HttpClient::new().get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
     let replies: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
         .lines()
@@ -459,14 +484,12 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
 
     // Another buyer's two questions and their two answers, read in one page (newest first): each
     // question takes the first answer after it.
-    let other = |id: &str, from_seller: bool, text: &str, created: i64| Message {
-        conversation: "c-870003333".to_owned(),
-        buyer_id: "870003333".to_owned(),
-        ..message(id, from_seller, text, created)
+    let other = |id: &str, from_seller: bool, text: &str, created: i64| {
+        chat_message(("c-870003333", "870003333"), id, from_seller, text, created)
     };
     // All in the past when the poller reads them, as on the platform: a shop message sent before
     // an acknowledgement was due can never be that acknowledgement.
-    let start = now() + 2;
+    let start = now_seconds() + 2;
     tokio::time::sleep(Duration::from_secs(6)).await;
     for (n, (from_seller, text)) in
         [(false, "Price for 10?"), (true, "USD 90."), (false, "And for 20?"), (true, "USD 170.")]
@@ -475,14 +498,9 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
     {
         chat.mailbox().add(other(&format!("22100000000000001{n}"), from_seller, text, start + n as i64));
     }
-    for _ in 0..100 {
-        text = metrics(&gateway).await;
-        if replied(&text) >= 3.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(replied(&text), 3.0, "both questions are answered\n{}", gateway.log());
+    let text = metrics_until(&gateway, |t| platform_answers(t) >= 3.0).await;
+    assert_eq!(platform_answers(&text), 3.0, "both questions are answered\n{}", gateway.log());
+    let met = [("outcome", "met"), ("channel", "shopee")];
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 3.0);
 }
 
@@ -490,7 +508,6 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
 async fn a_shops_answer_in_tiktok_shop_chat_stops_the_clock_but_the_gateways_own_acknowledgement_does_not() {
     use platform_standins::marketplace_send::TiktokSend;
     use platform_standins::tiktok::Tiktok;
-    use platform_standins::Message;
     let send = Standin::start(Arc::new(TiktokSend::default()), None).await.unwrap();
     let chat = Standin::start(Arc::new(Tiktok::default()), None).await.unwrap();
     let config = format!(
@@ -502,49 +519,9 @@ async fn a_shops_answer_in_tiktok_shop_chat_stops_the_clock_but_the_gateways_own
         chat.url()
     );
     let gateway = Gateway::start(&config).await;
-    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
-    let message = |id: &str, from_seller: bool, text: &str, created: i64| Message {
-        account: "1001".to_owned(),
-        conversation: "576460752303429001".to_owned(),
-        id: id.to_owned(),
-        buyer_id: "7494560109738881111".to_owned(),
-        buyer_name: "sunny.k".to_owned(),
-        text: text.to_owned(),
-        created,
-        from_seller,
-        order_id: None,
-        country: Some("US".to_owned()),
-    };
-    let replied = |text: &str| {
-        metric_value(text, "inquiry_gateway_replies_total", &[("source", "platform"), ("outcome", "recorded")])
-    };
-    chat.mailbox().add(message("7494560109732331001", false, "Do you do custom sizes?", now() - 5));
-    wait_until_sent(|| send.mailbox().all().len(), 1, 60, || gateway.log()).await;
-    let ack = send.mailbox().all().remove(0);
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = metrics(&gateway).await;
-        if metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "tiktok_shop"), ("outcome", "sent")]) == 1.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The acknowledgement, as the conversation shows it: the shop's message, no answer.
-    chat.mailbox().add(message(&ack.id, true, &ack.text, now()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(replied(&metrics(&gateway).await), 0.0, "the gateway's own acknowledgement is no answer\n{text}");
-    // An agent answers in TikTok Shop's seller centre: the shop's message names no buyer, the
-    // conversation's participants do.
-    chat.mailbox().add(message("7494560109732331009", true, "Yes, any size from S to XXL.", now() + 1));
-    for _ in 0..100 {
-        text = metrics(&gateway).await;
-        if replied(&text) >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(replied(&text), 1.0, "{}", gateway.log());
-    let met = [("outcome", "met"), ("channel", "tiktok_shop")];
-    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    // The shop's messages name no buyer: the conversation list's participants do.
+    let sunny = ("576460752303429001", "7494560109738881111");
+    let pair = (&send, &chat);
+    let ids = ("7494560109732331001", "7494560109732331009");
+    ack_is_no_answer_but_the_agents_is(&gateway, pair, "tiktok_shop", sunny, ids).await;
 }
