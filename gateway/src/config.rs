@@ -230,6 +230,11 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// True when `endpoint` (`host:port`, or a bare host) is on this machine.
+fn is_loopback_endpoint(endpoint: &str) -> bool {
+    is_loopback_host(endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host))
+}
+
 /// True for `localhost` and loopback addresses.
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -299,10 +304,7 @@ impl KafkaConfig {
 
     /// True when every broker of `brokers` is on this machine (loopback).
     pub fn brokers_are_loopback(&self) -> bool {
-        self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).all(|broker| {
-            let host = broker.rsplit_once(':').map_or(broker, |(host, _)| host);
-            is_loopback_host(host)
-        })
+        self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).all(is_loopback_endpoint)
     }
 
     /// Problems of the security properties (protocol, SASL mechanism, passwords in clear).
@@ -479,10 +481,7 @@ impl std::fmt::Debug for CqlConfig {
 impl CqlConfig {
     /// True when every contact point is on this machine (loopback).
     pub fn contact_points_are_loopback(&self) -> bool {
-        self.contact_points.iter().all(|point| {
-            let host = point.rsplit_once(':').map_or(point.as_str(), |(host, _)| host);
-            is_loopback_host(host)
-        })
+        self.contact_points.iter().all(|point| is_loopback_endpoint(point))
     }
 }
 

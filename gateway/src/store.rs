@@ -79,6 +79,13 @@ impl StoreError {
     }
 }
 
+/// Runs blocking store work `work` off the async workers; the task's panic becomes an error.
+pub async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::from_message(&e.to_string()))?
+}
+
 impl From<fjall::Error> for StoreError {
     fn from(err: fjall::Error) -> Self {
         StoreError(err.to_string())

@@ -173,6 +173,23 @@ pub struct ConsentState {
     pub effective_at: OffsetDateTime,
 }
 
+impl ConsentState {
+    /// Neither given nor withdrawn yet (filled in by [`consent_states`]).
+    fn none(subject: &str, purpose: &str) -> ConsentState {
+        ConsentState {
+            subject: subject.to_owned(),
+            purpose: purpose.to_owned(),
+            status: ConsentStatus::Given,
+            given_at: None,
+            notice: None,
+            inquiry_id: None,
+            withdrawn_at: None,
+            withdrawal_request: None,
+            effective_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+}
+
 /// Whether a consent holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -198,7 +215,6 @@ pub enum RequestError {
 }
 
 /// Carries out data subject requests.
-#[derive(Clone)]
 pub struct SubjectRequests {
     /// The store.
     pub store: Store,
@@ -369,9 +385,13 @@ impl SubjectRequests {
         let store = self.store.clone();
         let subjects = self.subjects.clone();
         let wanted = pseudonyms.clone();
-        let (inquiries, events) = tokio::task::spawn_blocking(move || collect_export(&store, &subjects, &wanted))
-            .await
-            .map_err(|_| RequestError::Store(StoreError::from_message("export task failed")))??;
+        let withdrawals = self.consent_withdrawals()?;
+        let (inquiries, events, consents) = tokio::task::spawn_blocking(move || {
+            let (inquiries, events) = collect_export(&store, &subjects, &wanted)?;
+            Ok::<_, StoreError>((inquiries, events, consent_states(&store, &wanted, &withdrawals)?))
+        })
+        .await
+        .map_err(|_| RequestError::Store(StoreError::from_message("export task failed")))??;
         request.subjects = pseudonyms;
         request.inquiries = inquiries.len();
         request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
@@ -383,13 +403,6 @@ impl SubjectRequests {
         }));
         patiently(|| self.pipeline.audit(vec![event.clone()])).await?;
         count(RequestKind::Export, request.status);
-        let (_, consents) = {
-            // A blocking store scan, like the export's own.
-            let (requests, spec) = (self.clone(), spec.clone());
-            tokio::task::spawn_blocking(move || requests.consents(&spec))
-                .await
-                .map_err(|_| RequestError::Store(StoreError::from_message("consents task failed")))??
-        };
         let document = json!({
             "request": request,
             "processing": self.processing,
@@ -441,70 +454,13 @@ impl SubjectRequests {
     /// reported with one of their inquiries and the latest withdrawal, and whether it holds now.
     pub fn consents(&self, spec: &SubjectSpec) -> Result<(Vec<String>, Vec<ConsentState>), RequestError> {
         let pseudonyms = self.find(spec)?;
-        let withdrawals: Vec<SubjectRequest> =
-            self.list()?.into_iter().filter(|r| r.kind == RequestKind::ConsentWithdrawal).collect();
-        let mut states = Vec::new();
-        for pseudonym in &pseudonyms {
-            let mut latest: std::collections::BTreeMap<String, ConsentState> = Default::default();
-            for id in self.store.inquiries_of(pseudonym)? {
-                let Some(stored) = StoredInquiry::load(&self.store, id)? else { continue };
-                let Some(consent) = stored.inquiry.consent.filter(|_| &stored.inquiry.buyer.pseudonym == pseudonym)
-                else {
-                    continue;
-                };
-                // A consent counts from when the gateway had it at the latest: a client's clock
-                // (`given_at` may be up to 5 minutes ahead) never puts it after a later withdrawal.
-                let effective = consent.given_at.min(stored.inquiry.received_at);
-                for purpose in &consent.purposes {
-                    let newer = latest.get(purpose).is_none_or(|s| s.effective_at < effective);
-                    if newer {
-                        latest.insert(
-                            purpose.clone(),
-                            ConsentState {
-                                subject: pseudonym.clone(),
-                                purpose: purpose.clone(),
-                                status: ConsentStatus::Given,
-                                given_at: Some(consent.given_at),
-                                notice: Some(consent.notice.clone()),
-                                inquiry_id: Some(id),
-                                withdrawn_at: None,
-                                withdrawal_request: None,
-                                effective_at: effective,
-                            },
-                        );
-                    }
-                }
-            }
-            for withdrawal in withdrawals.iter().filter(|r| r.subjects.contains(pseudonym)) {
-                for purpose in &withdrawal.purposes {
-                    let state = latest.entry(purpose.clone()).or_insert_with(|| ConsentState {
-                        subject: pseudonym.clone(),
-                        purpose: purpose.clone(),
-                        status: ConsentStatus::Withdrawn,
-                        given_at: None,
-                        notice: None,
-                        inquiry_id: None,
-                        withdrawn_at: None,
-                        withdrawal_request: None,
-                        effective_at: OffsetDateTime::UNIX_EPOCH,
-                    });
-                    if state.withdrawn_at.is_none_or(|at| at < withdrawal.received_at) {
-                        state.withdrawn_at = Some(withdrawal.received_at);
-                        state.withdrawal_request = Some(withdrawal.id);
-                    }
-                }
-            }
-            for state in latest.values_mut() {
-                // A consent given again after a withdrawal holds; otherwise the withdrawal does.
-                state.status = match (state.given_at, state.withdrawn_at) {
-                    (Some(_), Some(withdrawn)) if state.effective_at > withdrawn => ConsentStatus::Given,
-                    (_, Some(_)) => ConsentStatus::Withdrawn,
-                    _ => ConsentStatus::Given,
-                };
-            }
-            states.extend(latest.into_values());
-        }
+        let states = consent_states(&self.store, &pseudonyms, &self.consent_withdrawals()?)?;
         Ok((pseudonyms, states))
+    }
+
+    /// The recorded consent withdrawals (within their retention).
+    fn consent_withdrawals(&self) -> Result<Vec<SubjectRequest>, StoreError> {
+        Ok(self.list()?.into_iter().filter(|r| r.kind == RequestKind::ConsentWithdrawal).collect())
     }
 
     /// True if the gateway holds data on the subject `spec` names.
@@ -620,6 +576,56 @@ fn count(kind: RequestKind, status: RequestStatus) {
         _ => "completed",
     };
     metrics::counter!(crate::telemetry::SUBJECT_REQUESTS, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// Per subject and purpose: the latest consent reported with one of their inquiries, the
+/// latest of `withdrawals`, and whether the consent holds now.
+fn consent_states(
+    store: &Store,
+    pseudonyms: &[String],
+    withdrawals: &[SubjectRequest],
+) -> Result<Vec<ConsentState>, StoreError> {
+    let mut states = Vec::new();
+    for pseudonym in pseudonyms {
+        let mut latest: std::collections::BTreeMap<String, ConsentState> = Default::default();
+        for id in store.inquiries_of(pseudonym)? {
+            let Some(stored) = StoredInquiry::load(store, id)? else { continue };
+            let Some(consent) = stored.inquiry.consent.filter(|_| &stored.inquiry.buyer.pseudonym == pseudonym) else {
+                continue;
+            };
+            // A consent counts from when the gateway had it at the latest: a client's clock
+            // (`given_at` may be up to 5 minutes ahead) never puts it after a later withdrawal.
+            let effective = consent.given_at.min(stored.inquiry.received_at);
+            for purpose in &consent.purposes {
+                let state = latest.entry(purpose.clone()).or_insert_with(|| ConsentState::none(pseudonym, purpose));
+                if state.given_at.is_none() || state.effective_at < effective {
+                    state.given_at = Some(consent.given_at);
+                    state.notice = Some(consent.notice.clone());
+                    state.inquiry_id = Some(id);
+                    state.effective_at = effective;
+                }
+            }
+        }
+        for withdrawal in withdrawals.iter().filter(|r| r.subjects.contains(pseudonym)) {
+            for purpose in &withdrawal.purposes {
+                let state = latest.entry(purpose.clone()).or_insert_with(|| ConsentState::none(pseudonym, purpose));
+                if state.withdrawn_at.is_none_or(|at| at < withdrawal.received_at) {
+                    state.withdrawn_at = Some(withdrawal.received_at);
+                    state.withdrawal_request = Some(withdrawal.id);
+                }
+            }
+        }
+        for mut state in latest.into_values() {
+            // A consent given again after a withdrawal holds; otherwise the withdrawal does.
+            state.status = match (state.given_at, state.withdrawn_at) {
+                (Some(_), Some(withdrawn)) if state.effective_at > withdrawn => ConsentStatus::Given,
+                (_, Some(_)) => ConsentStatus::Withdrawn,
+                _ => ConsentStatus::Given,
+            };
+            states.push(state);
+        }
+    }
+    Ok(states)
 }
 
 /// The subject's inquiries (decrypted) and audit events.

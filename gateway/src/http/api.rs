@@ -533,15 +533,12 @@ pub(crate) fn submit_error(err: SubmitError) -> ApiError {
     }
 }
 
-/// Runs blocking store work `work` off the async workers; a store error (or the task's panic)
-/// becomes the store's 503.
+/// Runs blocking store work `work` off the async workers ([`crate::store::off_the_workers`]); a
+/// store error (or the task's panic) becomes the store's 503.
 pub(crate) async fn off_the_workers<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| store_error(crate::store::StoreError::from_message(&e.to_string())))?
-        .map_err(store_error)
+    crate::store::off_the_workers(work).await.map_err(store_error)
 }
 
 pub(crate) fn store_error(err: crate::store::StoreError) -> ApiError {

@@ -251,12 +251,11 @@ async fn serve<S>(
                             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer);
                             let _ = watcher.watch(conn).await;
                         }
-                        Ok(Err(err)) => {
+                        failed => {
                             metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, "listener" => name).increment(1);
-                            tracing::debug!(listener = name, peer = %addr, error = %err, "tls handshake failed");
-                        }
-                        Err(_) => {
-                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, "listener" => name).increment(1);
+                            if let Ok(Err(err)) = failed {
+                                tracing::debug!(listener = name, peer = %addr, error = %err, "tls handshake failed");
+                            }
                         }
                     }
                 });

@@ -229,19 +229,22 @@ impl Reach {
         })
     }
 
+    /// `stored`'s SLA as kept, or started now (`true`) when its policy has one and the reach
+    /// stage has not taken it yet; `None` without an SLA.
+    fn sla_of(&self, stored: &StoredInquiry) -> Result<Option<(SlaState, bool)>, StoreError> {
+        if let Some(state) = self.load(stored.inquiry.id)? {
+            return Ok(Some((state, false)));
+        }
+        Ok(self.policies.policy_for(stored).map(|policy| (SlaState::start(policy, stored), true)))
+    }
+
     /// What [`Reach::reply`] would do to `stored`'s SLA at `at_ms`, without writing anything:
     /// callers audit this outcome first and record the reply after, so that a reply is never
     /// recorded without its `inquiry.replied` entry (a failure in between leaves a retry that
     /// audits again, at worst twice, never not at all). Blocking.
     pub fn preview_reply(&self, stored: &StoredInquiry, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
         let now = self.clock.now_ms();
-        let mut state = match self.load(stored.inquiry.id)? {
-            Some(state) => state,
-            None => match self.policies.policy_for(stored) {
-                Some(policy) => SlaState::start(policy, stored),
-                None => return Ok(ReplyOutcome::NoSla),
-            },
-        };
+        let Some((mut state, _)) = self.sla_of(stored)? else { return Ok(ReplyOutcome::NoSla) };
         Ok(match state.reply(at_ms, now) {
             Some(_) => ReplyOutcome::Recorded(Box::new(state)),
             None => ReplyOutcome::Unchanged(Box::new(state)),
@@ -257,19 +260,16 @@ impl Reach {
         let now = self.clock.now_ms();
         let mut batch = self.store.batch();
         self.cancel_ack(&mut batch, id)?;
-        let mut state = match self.load(id)? {
-            Some(state) => state,
-            None => match self.policies.policy_for(stored) {
-                Some(policy) => {
-                    let state = SlaState::start(policy, stored);
-                    self.queue_event(&mut batch, &mut seqs, state.started(now))?;
-                    state
-                }
-                None => {
-                    batch.commit()?;
-                    return Ok(ReplyOutcome::NoSla);
-                }
-            },
+        let mut state = match self.sla_of(stored)? {
+            Some((state, false)) => state,
+            Some((state, true)) => {
+                self.queue_event(&mut batch, &mut seqs, state.started(now))?;
+                state
+            }
+            None => {
+                batch.commit()?;
+                return Ok(ReplyOutcome::NoSla);
+            }
         };
         let pending = state.next_due();
         let Some(event) = state.reply(at_ms, now) else {

@@ -25,7 +25,7 @@ use crate::compliance::requests::{RequestError, SubjectRequests, SubjectSpec};
 use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::sinks::kafka::KafkaSink;
-use crate::store::{Store, StoreError};
+use crate::store::{off_the_workers, Store, StoreError};
 use crate::telemetry;
 
 /// One message of the replies topic.
@@ -126,7 +126,7 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
     let id = reply.inquiry_id;
     let previewed = {
         let (reach, store) = (reach.clone(), store.clone());
-        tokio::task::spawn_blocking(move || {
+        off_the_workers(move || {
             let Some(stored) = StoredInquiry::load(&store, id)? else { return Ok(None) };
             let now = OffsetDateTime::now_utc();
             let at = reply.replied_at.unwrap_or(now).min(now).max(stored.inquiry.received_at);
@@ -136,12 +136,8 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
         .await
     };
     let (stored, at_ms, preview) = match previewed {
-        Ok(Ok(None)) => return "not_here",
-        Ok(Ok(Some(previewed))) => previewed,
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "reply not recorded");
-            return "store_error";
-        }
+        Ok(None) => return "not_here",
+        Ok(Some(previewed)) => previewed,
         Err(err) => {
             tracing::error!(error = %err, "reply not recorded");
             return "store_error";
@@ -153,12 +149,8 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
         return "audit_error";
     }
     let reach = reach.clone();
-    match tokio::task::spawn_blocking(move || reach.reply(&stored, at_ms)).await {
-        Ok(Ok(_)) => "recorded",
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "reply not recorded");
-            "store_error"
-        }
+    match off_the_workers(move || reach.reply(&stored, at_ms)).await {
+        Ok(_) => "recorded",
         Err(err) => {
             tracing::error!(error = %err, "reply not recorded");
             "store_error"
@@ -194,7 +186,7 @@ impl From<StoreError> for SellerReplyError {
 /// (nothing is recorded of a stranger). Returns how many inquiries got their first response now.
 pub async fn record_seller_replies(
     reach: &Arc<Reach>,
-    requests: &SubjectRequests,
+    requests: &Arc<SubjectRequests>,
     pipeline: &Pipeline,
     actor: &str,
     channel: Channel,
@@ -218,7 +210,7 @@ pub async fn record_seller_replies(
             replies.iter().map(|r| (r.replied_at.min(OffsetDateTime::now_utc()), r.message_id.clone())).collect();
         candidates.sort();
         let (previewer, requests) = (reach.clone(), requests.clone());
-        let answered_now = blocking(move || {
+        let answered_now = off_the_workers(move || {
             let pseudonyms = requests.find(&spec).map_err(|err| match err {
                 RequestError::Store(err) => err,
                 other => StoreError::from_message(&other.to_string()),
@@ -286,7 +278,7 @@ pub async fn record_seller_replies(
             .collect();
         pipeline.audit(events).await?;
         let reach = reach.clone();
-        let recorded = blocking(move || {
+        let recorded = off_the_workers(move || {
             let mut recorded = 0;
             for (stored, at_ms, _) in &answered_now {
                 // Unchanged: the same answer, delivered twice at once, was recorded meanwhile.
@@ -301,11 +293,4 @@ pub async fn record_seller_replies(
         counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "recorded").increment(recorded as u64);
     }
     Ok(answered)
-}
-
-/// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::from_message(&e.to_string()))?
 }
