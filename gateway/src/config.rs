@@ -3,7 +3,7 @@
 //! [`Config::from_toml`] parses and [`Config::validate`] checks; neither touches the network or
 //! the filesystem, so `inquiry-gateway check` can vet a file anywhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -1376,6 +1376,41 @@ pub struct PluginConfig {
     /// disagreements are counted and sampled (`GET /v1/plugins`).
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
+    /// The plugin's own settings (`igw.settings`, no capability needed): keys of `A-Z a-z 0-9 _ . -`,
+    /// values given to the plugin as text (strings as they are, other values as JSON text).
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+}
+
+/// Most settings one plugin may have.
+pub const MAX_PLUGIN_SETTINGS: usize = 256;
+/// Longest text of one plugin setting's value, in bytes.
+pub const MAX_PLUGIN_SETTING_BYTES: usize = 16 * 1024;
+
+/// A plugin's settings as the plugin reads them, sorted by key: strings as they are, other
+/// values (numbers, booleans, arrays, tables, dates) as JSON text.
+pub fn plugin_setting_texts(settings: &BTreeMap<String, toml::Value>) -> Vec<(String, String)> {
+    fn json(value: &toml::Value) -> serde_json::Value {
+        match value {
+            toml::Value::String(s) => serde_json::Value::from(s.as_str()),
+            toml::Value::Integer(n) => serde_json::Value::from(*n),
+            toml::Value::Float(f) => serde_json::Value::from(*f),
+            toml::Value::Boolean(b) => serde_json::Value::from(*b),
+            toml::Value::Datetime(d) => serde_json::Value::from(d.to_string()),
+            toml::Value::Array(items) => items.iter().map(json).collect(),
+            toml::Value::Table(table) => table.iter().map(|(k, v)| (k.clone(), json(v))).collect(),
+        }
+    }
+    settings
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                other => json(other).to_string(),
+            };
+            (key.clone(), text)
+        })
+        .collect()
 }
 
 /// A capability a plugin may be granted (a group of host functions).
@@ -1437,11 +1472,15 @@ impl Default for PluginLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
-    /// The candidate module.
-    pub path: PathBuf,
-    /// Its version label (default: from its SHA-256).
+    /// The candidate module (default: the live plugin's module, to try new settings).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Its version label (default: from its SHA-256 and its settings).
     #[serde(default)]
     pub version: Option<String>,
+    /// The candidate's settings (default: the live plugin's).
+    #[serde(default)]
+    pub settings: Option<BTreeMap<String, toml::Value>>,
 }
 
 /// A chain of plugins for some channel and/or account.
@@ -2249,6 +2288,25 @@ fn validate_marketplace_sender(
     validate_sender_endpoint(i, base_url, per_second, problems);
 }
 
+/// Checks a plugin's settings: how many, their keys and the size of their values.
+fn validate_plugin_settings(at: &str, settings: &BTreeMap<String, toml::Value>, problems: &mut Vec<String>) {
+    if settings.len() > MAX_PLUGIN_SETTINGS {
+        problems.push(format!("{at}: at most {MAX_PLUGIN_SETTINGS} settings"));
+    }
+    let key_ok = |key: &str| {
+        !key.is_empty()
+            && key.len() <= 64
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    for (key, text) in plugin_setting_texts(settings) {
+        if !key_ok(&key) {
+            problems.push(format!("{at}: key `{}` must be 1-64 of A-Z, a-z, 0-9, _, . and -", key.escape_debug()));
+        } else if text.len() > MAX_PLUGIN_SETTING_BYTES {
+            problems.push(format!("{at}.{key} is longer than {MAX_PLUGIN_SETTING_BYTES} bytes"));
+        }
+    }
+}
+
 fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {
     let label = |s: &str| {
         !s.is_empty()
@@ -2264,6 +2322,18 @@ fn validate_routing(routing: &RoutingConfig, problems: &mut Vec<String>) {
         }
         if plugin.path.as_os_str().is_empty() {
             problems.push(format!("routing.plugins[{i}].path must not be empty"));
+        }
+        validate_plugin_settings(&format!("routing.plugins[{i}].settings"), &plugin.settings, problems);
+        if let Some(shadow) = &plugin.shadow {
+            if shadow.path.is_none() && shadow.settings.is_none() {
+                problems.push(format!("routing.plugins[{i}].shadow needs a path or settings to try"));
+            }
+            if shadow.path.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+                problems.push(format!("routing.plugins[{i}].shadow.path must not be empty"));
+            }
+            if let Some(settings) = &shadow.settings {
+                validate_plugin_settings(&format!("routing.plugins[{i}].shadow.settings"), settings, problems);
+            }
         }
         let limits = &plugin.limits;
         // Results are returned as (pointer << 32 | length) in an i64: pointers stay below 2 GiB.
@@ -2445,6 +2515,53 @@ scopes = ["plugins:read", "root"]
             env,
         );
         assert!(unknown.unwrap_err().to_string().contains("unknown variant `network`"));
+    }
+
+    #[test]
+    fn plugin_settings_are_text_for_the_plugin_and_are_checked() {
+        let text = r#"
+[[routing.plugins]]
+id = "rules"
+path = "a.wasm"
+[routing.plugins.settings]
+default_team = "global-sales"
+vip_min_order = 500
+discount = 0.5
+strict = true
+countries = ["BR", "AR"]
+teams = { BR = "latam" }
+[routing.plugins.shadow.settings]
+default_team = "latam-sales"
+"#;
+        let config = Config::from_toml_with_env(text, env).unwrap();
+        config.validate().unwrap();
+        let plugin = &config.routing.plugins[0];
+        let texts = plugin_setting_texts(&plugin.settings);
+        let expected = [
+            ("countries", r#"["BR","AR"]"#),
+            ("default_team", "global-sales"),
+            ("discount", "0.5"),
+            ("strict", "true"),
+            ("teams", r#"{"BR":"latam"}"#),
+            ("vip_min_order", "500"),
+        ];
+        let got: Vec<(&str, &str)> = texts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, expected, "sorted by key; strings as they are, the rest as JSON");
+        let shadow = plugin.shadow.as_ref().unwrap();
+        assert_eq!((shadow.path.as_ref(), shadow.settings.as_ref().map(|s| s.len())), (None, Some(1)));
+
+        let long = "x".repeat(MAX_PLUGIN_SETTING_BYTES + 1);
+        let bad = format!(
+            "[[routing.plugins]]\nid = \"a\"\npath = \"a.wasm\"\nshadow = {{}}\n[routing.plugins.settings]\n\"has space\" = 1\nlong = \"{long}\"\n"
+        );
+        let err = Config::from_toml_with_env(&bad, env).unwrap().validate().unwrap_err().to_string();
+        for expected in [
+            "routing.plugins[0].settings: key `has space` must be 1-64 of",
+            "routing.plugins[0].settings.long is longer than 16384 bytes",
+            "routing.plugins[0].shadow needs a path or settings to try",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
     }
 
     #[test]

@@ -273,6 +273,68 @@ async fn a_new_plugin_file_is_swapped_in_and_a_broken_one_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_settings_reach_the_plugin_name_its_version_and_a_shadow_tries_new_ones_on_live_traffic() {
+    let go = built_plugin("example-go.wasm");
+    // The Go example reads the `default_team` setting through the SDK; the shadow runs the same
+    // module with other settings.
+    let config = |team: &str| {
+        plugin_toml(
+            "router",
+            &go,
+            &format!(
+                "[routing.plugins.settings]\ndefault_team = \"{team}\"\n[routing.plugins.shadow.settings]\ndefault_team = \"latam-sales\"\n"
+            ),
+        ) + &chain_toml("shop-1", &["router"])
+    };
+    let mut gateway = Gateway::start(&config("global-sales")).await;
+    let client = HttpClient::new();
+
+    let unmatched = route(&client, &gateway, inquiry("shop-1", "s-1", "BR", "Olá")).await;
+    assert_eq!(unmatched["queue"], "global-sales", "no team by the rules: the setting's: {unmatched}");
+    let matched = route(&client, &gateway, inquiry("shop-1", "s-2", "DE", "Hallo")).await;
+    assert_eq!(matched["queue"], "eu-sales", "the rules come first: {matched}");
+
+    // The version label names the module and the settings: plugin:router@<12 hex>+<8 hex>.
+    let version_of = |decision: &Value| {
+        let decided_by = decision["decided_by"].as_str().unwrap().to_owned();
+        let version = decided_by.strip_prefix("plugin:router@").expect("decided by the plugin").to_owned();
+        let (module, settings) = version.split_once('+').expect("a settings digest");
+        assert!(module.len() == 12 && settings.len() == 8, "{version}");
+        (module.to_owned(), settings.to_owned())
+    };
+    let (module, settings) = version_of(&unmatched);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&go).unwrap()));
+    assert_eq!(module, digest[..12], "the module part is the module's SHA-256");
+
+    let plugin_status = |status: &Value| status["plugins"][0].clone();
+    eventually(Duration::from_secs(10), "the shadow compared both", || async {
+        let shadow = plugin_status(&client.get(&gateway.admin_url("/v1/plugins")).await.json())["shadow"].clone();
+        shadow["agree"] == 1 && shadow["disagree"] == 1
+    })
+    .await;
+    let status = plugin_status(&client.get(&gateway.admin_url("/v1/plugins")).await.json());
+    let sample = &status["shadow"]["samples"][0];
+    assert!(sample["live"].as_str().unwrap().contains("queue=global-sales"), "{sample}");
+    assert!(sample["candidate"].as_str().unwrap().contains("queue=latam-sales"), "{sample}");
+    let shadow_version = status["shadow"]["version"].as_str().unwrap();
+    assert!(shadow_version.starts_with(&format!("{module}+")), "same module: {shadow_version}");
+    assert_ne!(shadow_version, status["version"].as_str().unwrap(), "other settings, another version");
+
+    // New settings on SIGHUP: the next decisions follow them under a new version label.
+    gateway.reconfigure(&config("apac-sales"));
+    eventually(Duration::from_secs(10), "the new settings are live", || async {
+        let status = plugin_status(&client.get(&gateway.admin_url("/v1/plugins")).await.json());
+        status["version"].as_str().is_some_and(|v| !v.ends_with(&settings))
+    })
+    .await;
+    let after = route(&client, &gateway, inquiry("shop-1", "s-3", "BR", "Olá")).await;
+    assert_eq!(after["queue"], "apac-sales", "{after}");
+    let (module_after, settings_after) = version_of(&after);
+    assert_eq!(module_after, module);
+    assert_ne!(settings_after, settings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_candidates_are_compared_without_changing_routing_and_replay_uses_either_version() {
     let rust = built_plugin("example-rust.wasm");
     let mut config = String::new();
@@ -389,7 +451,7 @@ fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_m
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{language}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("13 passed, 0 failed"), "{language}:\n{stdout}");
+        assert!(stdout.contains("15 passed, 0 failed"), "{language}:\n{stdout}");
     }
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.jsonl");

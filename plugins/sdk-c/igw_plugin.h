@@ -46,6 +46,8 @@ IGW_IMPORT(now_ms) igw_i64 igw_now_ms(void);
 IGW_IMPORT(agents) igw_u32 igw_agents_raw(const char *team, igw_u32 team_len, igw_u8 *out, igw_u32 cap);
 IGW_IMPORT(kv_get) igw_i64 igw_kv_get(const char *ptr, igw_u32 len);
 IGW_IMPORT(kv_add) igw_i64 igw_kv_add(const char *ptr, igw_u32 len, igw_i64 delta);
+/* The plugin's own settings (no capability needed): see igw_setting. */
+IGW_IMPORT(settings) igw_u32 igw_settings_raw(igw_u8 *out, igw_u32 cap);
 
 /* ---- memory: a bump arena over linear memory, reset at the start of every batch ---- */
 extern unsigned char __heap_base;
@@ -172,6 +174,35 @@ static inline igw_agent *igw_agents(igw_str team, igw_u32 *count) {
     at += 12;
   }
   return agents;
+}
+
+/* The value of the plugin's setting `key` from the gateway's configuration (strings as they are,
+ * other values as JSON text), or an empty string when it is not set. Read into the arena: valid
+ * until the batch ends. */
+static inline igw_str igw_setting(const char *key) {
+  igw_str none = {"", 0};
+  igw_u32 cap = 256;
+  igw_u8 *buf = igw_alloc_bytes(cap);
+  igw_u32 need = igw_settings_raw(buf, cap);
+  if (need > cap) {
+    buf = igw_alloc_bytes(need);
+    igw_settings_raw(buf, need);
+  }
+  if (need < 4) return none;
+  igw_u32 count = igw_read_u32(buf), at = 4;
+  for (igw_u32 i = 0; i < count; i++) {
+    igw_str pair[2];
+    for (int j = 0; j < 2; j++) {
+      if (at + 4 > need) return none;
+      igw_u32 n = igw_read_u32(buf + at);
+      if (n > need - at - 4) return none;
+      pair[j].ptr = (const char *)buf + at + 4;
+      pair[j].len = n;
+      at += 4 + n;
+    }
+    if (igw_eq(pair[0], key)) return pair[1];
+  }
+  return none;
 }
 
 typedef struct { igw_u8 *buf; igw_u32 len, cap; } igw_out;

@@ -49,3 +49,35 @@ func decodeAgents(buf []byte, agents []Agent) []Agent {
 	}
 	return agents
 }
+
+// decodeSettings reads a settings list (u32 count, then key and value strings) into a new map;
+// data that is not a valid list reads as no settings. The strings are copies.
+func decodeSettings(buf []byte) map[string]string {
+	settings := map[string]string{}
+	if len(buf) < 4 {
+		return settings
+	}
+	count := binary.LittleEndian.Uint32(buf)
+	at := 4
+	str := func() (string, bool) {
+		if at+4 > len(buf) {
+			return "", false
+		}
+		n := int(binary.LittleEndian.Uint32(buf[at:]))
+		if n > len(buf)-at-4 {
+			return "", false
+		}
+		s := string(buf[at+4 : at+4+n])
+		at += 4 + n
+		return s, true
+	}
+	for i := uint32(0); i < count; i++ {
+		key, ok := str()
+		value, ok2 := str()
+		if !ok || !ok2 {
+			return map[string]string{}
+		}
+		settings[key] = value
+	}
+	return settings
+}

@@ -22,6 +22,9 @@ func hostKvGet(ptr unsafe.Pointer, size uint32) int64
 //go:wasmimport igw kv_add
 func hostKvAdd(ptr unsafe.Pointer, size uint32, delta int64) int64
 
+//go:wasmimport igw settings
+func hostSettings(out unsafe.Pointer, outCap uint32) uint32
+
 func strPtr(s string) (unsafe.Pointer, uint32) {
 	if len(s) == 0 {
 		return nil, 0
@@ -75,3 +78,24 @@ func KvAdd(key string, delta int64) int64 {
 	p, n := strPtr(key)
 	return hostKvAdd(p, n, delta)
 }
+
+// settings holds the plugin's settings once read (they are fixed for the life of an instance).
+var settings map[string]string
+
+// Settings returns the plugin's settings from the gateway's configuration: strings as they are,
+// other values as JSON text (no capability needed). The map is shared: do not change it.
+func Settings() map[string]string {
+	if settings == nil {
+		buf := make([]byte, 256)
+		need := hostSettings(unsafe.Pointer(&buf[0]), uint32(len(buf)))
+		if int(need) > len(buf) {
+			buf = make([]byte, need)
+			need = hostSettings(unsafe.Pointer(&buf[0]), uint32(len(buf)))
+		}
+		settings = decodeSettings(buf[:min(int(need), len(buf))])
+	}
+	return settings
+}
+
+// Setting returns the value of the setting key, or "" when it is not set.
+func Setting(key string) string { return Settings()[key] }

@@ -91,3 +91,24 @@ func TestAgentListsAreReadIntoTheGivenSlice(t *testing.T) {
 		t.Fatalf("a truncated list read as %+v", got)
 	}
 }
+
+func TestSettingsAreDecodedAndABrokenListReadsAsNone(t *testing.T) {
+	var buf []byte
+	u32 := func(n int) { buf = append(buf, byte(n), byte(n>>8), byte(n>>16), byte(n>>24)) }
+	str := func(s string) { u32(len(s)); buf = append(buf, s...) }
+	u32(2)
+	str("default_team")
+	str("global-sales")
+	str("vip_min")
+	str("500")
+	got := decodeSettings(buf)
+	if len(got) != 2 || got["default_team"] != "global-sales" || got["vip_min"] != "500" {
+		t.Fatalf("decodeSettings = %v", got)
+	}
+	if got := decodeSettings(buf[:len(buf)-1]); len(got) != 0 {
+		t.Errorf("truncated list = %v, want none", got)
+	}
+	if got := decodeSettings(nil); len(got) != 0 {
+		t.Errorf("empty buffer = %v, want none", got)
+	}
+}

@@ -1,6 +1,7 @@
 //! `inquiry-gateway plugin test` (golden cases) and `plugin bench` (cost per inquiry): a plugin
 //! run offline in the same sandbox, with the same host functions, as in the gateway.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct Case {
     /// Agents to put in the directory before this case (kept for later cases).
     #[serde(default)]
     pub agents: Vec<CaseAgent>,
+    /// The plugin's settings from this case on (the plugin is reloaded with them; `{}` clears
+    /// them); absent: the settings of the case before (none at first).
+    #[serde(default)]
+    pub settings: Option<BTreeMap<String, toml::Value>>,
     /// `"undecided"`, `{"failed": "<reason>"}`, or the decision fields to check (`queue`,
     /// `assignee`, `priority`, `tags`, `language`, `reply_template`, `sla_policy`, `spam`);
     /// fields left out are not checked.
@@ -57,7 +62,19 @@ fn online() -> bool {
 
 /// A router holding one plugin, with every capability granted, routing everything.
 pub fn single_plugin_router(path: &Path, limits: PluginLimits) -> Result<PluginRouter, PluginError> {
-    let config = RoutingConfig {
+    let router = PluginRouter::new(&single_plugin_config(path, limits, BTreeMap::new()))?;
+    if let Some(status) = router.status().into_iter().find(|s| s.error.is_some()) {
+        return Err(PluginError::Load {
+            id: status.id,
+            failure: super::sandbox::Failure::Abi(status.error.unwrap_or_default()),
+        });
+    }
+    Ok(router)
+}
+
+/// The routing configuration of [`single_plugin_router`], with `settings` for the plugin.
+fn single_plugin_config(path: &Path, limits: PluginLimits, settings: BTreeMap<String, toml::Value>) -> RoutingConfig {
+    RoutingConfig {
         plugins: vec![PluginConfig {
             id: "under-test".to_owned(),
             path: path.to_owned(),
@@ -71,18 +88,11 @@ pub fn single_plugin_router(path: &Path, limits: PluginLimits) -> Result<PluginR
             ],
             limits,
             shadow: None,
+            settings,
         }],
         chains: vec![ChainConfig { channel: None, account: None, plugins: vec!["under-test".to_owned()] }],
         ..RoutingConfig::default()
-    };
-    let router = PluginRouter::new(&config)?;
-    if let Some(status) = router.status().into_iter().find(|s| s.error.is_some()) {
-        return Err(PluginError::Load {
-            id: status.id,
-            failure: super::sandbox::Failure::Abi(status.error.unwrap_or_default()),
-        });
     }
-    Ok(router)
 }
 
 /// Normalizes a generic-API inquiry for a case or a benchmark.
@@ -137,6 +147,12 @@ pub fn run_cases(plugin: &Path, cases: &str) -> Result<(String, bool), String> {
     let (mut passed, mut failed) = (0, 0);
     for (line_no, line) in cases.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let case: Case = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", line_no + 1))?;
+        if let Some(settings) = case.settings {
+            // The plugin's key-value map is kept across the reload (round-robin positions go on).
+            router
+                .reload(Some(&single_plugin_config(plugin, PluginLimits::default(), settings)))
+                .map_err(|e| format!("line {} ({}): {e}", line_no + 1, case.name))?;
+        }
         set_agents(router.agents(), &case.agents);
         let inquiry = normalize(&case.inquiry).map_err(|e| format!("line {} ({}): {e}", line_no + 1, case.name))?;
         let got = outcome_json(&router.route(&[&inquiry])[0]);

@@ -138,6 +138,8 @@ pub struct PluginContext {
     /// The plugin's key-value map (round-robin positions and the like); kept in memory and
     /// carried over when the plugin is reloaded.
     pub kv: Arc<DashMap<String, i64>>,
+    /// The plugin's settings in the ABI encoding (`igw.settings`).
+    pub settings: Vec<u8>,
     log_budget: DefaultDirectRateLimiter,
     counter_names: Mutex<HashMap<String, String>>,
 }
@@ -150,6 +152,7 @@ impl PluginContext {
         limits: PluginLimits,
         agents: Arc<AgentDirectory>,
         kv: Arc<DashMap<String, i64>>,
+        settings: Vec<u8>,
     ) -> PluginContext {
         let per_second = NonZeroU32::new(limits.log_lines_per_second.max(1)).expect("at least 1");
         PluginContext {
@@ -158,6 +161,7 @@ impl PluginContext {
             limits,
             agents,
             kv,
+            settings,
             log_budget: RateLimiter::direct(Quota::per_second(per_second)),
             counter_names: Mutex::new(HashMap::new()),
         }
@@ -264,16 +268,18 @@ fn with_str<R>(caller: &Caller<'_, HostState>, ptr: u32, len: u32, with: impl Fn
     with(text, state)
 }
 
-/// Which capability an `igw` import needs.
-fn capability_of(name: &str) -> Option<Capability> {
-    Some(match name {
+/// Which capability an `igw` import needs; `None` for one the gateway does not offer.
+/// `settings` (the plugin's own configuration) needs none.
+fn capability_of(name: &str) -> Option<Option<Capability>> {
+    Some(Some(match name {
+        "settings" => return Some(None),
         "log" => Capability::Log,
         "counter_add" => Capability::Counters,
         "now_ms" => Capability::Clock,
         "agents" => Capability::Agents,
         "kv_get" | "kv_add" => Capability::Kv,
         _ => return None,
-    })
+    }))
 }
 
 /// Defines the granted host functions in `linker` after checking every import of `module`;
@@ -284,8 +290,9 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
     for import in module.imports() {
         match import.module() {
             "igw" => match capability_of(import.name()) {
-                Some(capability) if granted.contains(&capability) => {}
-                Some(capability) => {
+                Some(None) => {}
+                Some(Some(capability)) if granted.contains(&capability) => {}
+                Some(Some(capability)) => {
                     return Err(format!(
                         "imports igw.{} but capability `{}` is not granted",
                         import.name(),
@@ -310,6 +317,17 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
         }
     }
     let e = |err: wasmtime::Error| err.to_string();
+    linker
+        .func_wrap("igw", "settings", |mut caller: Caller<'_, HostState>, out_ptr: u32, out_cap: u32| -> u32 {
+            let Some(memory) = caller.data().memory else { return 0 };
+            let context = caller.data().context.clone();
+            if context.settings.len() <= out_cap as usize {
+                // Out of bounds: the plugin reads nothing; it cannot make the host fail.
+                let _ = memory.write(&mut caller, out_ptr as usize, &context.settings);
+            }
+            context.settings.len() as u32
+        })
+        .map_err(e)?;
     if granted.contains(&Capability::Log) {
         linker
             .func_wrap("igw", "log", |caller: Caller<'_, HostState>, level: i32, ptr: u32, len: u32| {

@@ -380,7 +380,10 @@ impl PluginRouter {
         };
         let digest = crate::compliance::sha256_hex(&bytes);
         digests.push(digest.clone());
-        let version = config.version.clone().unwrap_or_else(|| digest[..12].to_owned());
+        let mut settings = Vec::new();
+        let texts = crate::config::plugin_setting_texts(&config.settings);
+        wire::encode_settings(&mut settings, texts.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let version = config.version.clone().unwrap_or_else(|| default_version(&digest, &texts, &settings));
         let cached = self.modules.lock().expect("module cache").get(&digest).cloned();
         let module = match cached {
             Some(module) => Ok(module),
@@ -394,9 +397,20 @@ impl PluginRouter {
             config.limits.clone(),
             self.agents.clone(),
             kv,
+            settings,
         ));
         (module.and_then(|module| self.sandbox.prepare(&module, context)), version)
     }
+}
+
+/// A plugin's version label when the config gives none: the first 12 hex digits of the module's
+/// SHA-256, and with settings `+` the first 8 of their encoding's, so decisions name the
+/// settings that made them too.
+fn default_version(module_digest: &str, texts: &[(String, String)], encoded_settings: &[u8]) -> String {
+    if texts.is_empty() {
+        return module_digest[..12].to_owned();
+    }
+    format!("{}+{}", &module_digest[..12], &crate::compliance::sha256_hex(encoded_settings)[..8])
 }
 
 impl Routing {
@@ -733,7 +747,13 @@ fn summary(outcome: &RouteOutcome) -> String {
 /// The configuration of `plugin`'s shadow candidate: the plugin's, with the candidate's module.
 fn candidate_config(plugin: &PluginConfig) -> Option<PluginConfig> {
     let shadow = plugin.shadow.as_ref()?;
-    Some(PluginConfig { path: shadow.path.clone(), version: shadow.version.clone(), shadow: None, ..plugin.clone() })
+    Some(PluginConfig {
+        path: shadow.path.clone().unwrap_or_else(|| plugin.path.clone()),
+        version: shadow.version.clone(),
+        settings: shadow.settings.clone().unwrap_or_else(|| plugin.settings.clone()),
+        shadow: None,
+        ..plugin.clone()
+    })
 }
 
 /// Modification time and size of a file, to notice a new version.

@@ -68,8 +68,10 @@ static igw_outcome route(const igw_inquiry *in) {
     out.spam_reason = igw_s("giveaway");
     return out;
   }
-  const char *team = team_for(in);
-  if (!team) {
+  const char *known = team_for(in);
+  /* No team by the rules: the `default_team` setting's, when it is set. */
+  igw_str team = known ? igw_s(known) : igw_setting("default_team");
+  if (team.len == 0) {
     out.status = IGW_UNDECIDED;
     return out;
   }
@@ -97,14 +99,14 @@ static igw_outcome route(const igw_inquiry *in) {
     joined[nj++] = tags[i];
   }
   out.status = IGW_ROUTE;
-  out.queue = igw_s(team);
+  out.queue = team;
   out.tags = igw_concat(joined, nj);
   out.priority = igw_s(priority == URGENT ? "urgent" : priority == HIGH ? "high" : "normal");
   out.sla_policy = igw_s(priority == URGENT ? "sla-15m" : priority == HIGH ? "sla-1h" : "sla-4h");
   if (vip) {
     out.reply_template = igw_s("vip-ack");
   } else {
-    igw_str parts[2] = {{"ack-", 4}, igw_s(team)};
+    igw_str parts[2] = {{"ack-", 4}, team};
     out.reply_template = igw_concat(parts, 2);
   }
   out.language = in->buyer_language;

@@ -54,6 +54,9 @@ func route(in *sdk.Inquiry) sdk.Outcome {
 	}
 	team := teamFor(in.BuyerLanguage, in.BuyerCountry)
 	if team == nil {
+		team = defaultTeam()
+	}
+	if team == nil {
 		return sdk.Outcome{Status: sdk.Undecided}
 	}
 	out := sdk.Outcome{Status: sdk.Routed, Queue: team.name, Priority: "normal", Tags: make([]string, 0, 4)}
@@ -90,6 +93,23 @@ func route(in *sdk.Inquiry) sdk.Outcome {
 	out.Language = in.BuyerLanguage
 	out.Assignee = assign(team)
 	return out
+}
+
+// The team of the "default_team" setting (nil when unset), read once: settings are fixed for
+// the life of an instance.
+var (
+	defaultTeamRead bool
+	defaultTeamOf   *team
+)
+
+func defaultTeam() *team {
+	if !defaultTeamRead {
+		defaultTeamRead = true
+		if name := sdk.Setting("default_team"); name != "" {
+			defaultTeamOf = &team{name, "ack-" + name, "rr:" + name}
+		}
+	}
+	return defaultTeamOf
 }
 
 func teamFor(language, country string) *team {

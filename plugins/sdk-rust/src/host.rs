@@ -1,6 +1,6 @@
 //! What a plugin may ask the gateway. Each call needs its capability granted in the gateway's
 //! config (`capabilities = ["log", "counters", "clock", "agents", "kv"]`); a plugin importing an
-//! ungranted function is refused when it loads.
+//! ungranted function is refused when it loads. The plugin's own settings need no capability.
 
 /// Severity of a plugin log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,60 @@ impl Drop for Agents {
     }
 }
 
+/// A plugin's settings: the `settings` table of its entry in the gateway's configuration, as
+/// text (strings as they are, other values as JSON text), sorted by key. They are fixed for the
+/// life of a loaded plugin; a reload with changed settings starts new instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Key and value pairs, sorted by key.
+    pairs: Vec<(String, String)>,
+}
+
+/// What [`Host::settings`] returns for a host without settings.
+static NO_SETTINGS: Settings = Settings::empty();
+
+impl Settings {
+    /// No settings.
+    pub const fn empty() -> Settings {
+        Settings { pairs: Vec::new() }
+    }
+
+    /// Settings from key and value pairs (a later duplicate key wins); for tests and native hosts.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Settings {
+        let mut pairs: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        pairs.reverse();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: the last of equal keys comes first
+        pairs.dedup_by(|later, first| later.0 == first.0);
+        Settings { pairs }
+    }
+
+    /// Reads settings in the ABI encoding; data that is not a valid list reads as no settings.
+    pub fn decode(encoded: &[u8]) -> Settings {
+        Settings::from_pairs(crate::wire::decode_settings(encoded).unwrap_or_default())
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let at = self.pairs.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.pairs[at].1)
+    }
+
+    /// Every setting, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of settings.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// True when the plugin has no settings.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
 /// The gateway's host functions (capabilities).
 pub trait Host {
     /// Writes a log line (`log`); the gateway rate-limits plugin logs.
@@ -144,6 +198,11 @@ pub trait Host {
     fn kv_get(&self, key: &str) -> i64;
     /// Adds `delta` to `key` and returns the new value (`kv`).
     fn kv_add(&self, key: &str, delta: i64) -> i64;
+    /// The plugin's settings from the gateway's configuration (no capability needed; hosts
+    /// without settings keep this default: none).
+    fn settings(&self) -> &Settings {
+        &NO_SETTINGS
+    }
 }
 
 /// The host functions imported from the gateway (module `igw`).
@@ -160,6 +219,24 @@ mod imports {
         pub fn agents(team_ptr: *const u8, team_len: u32, out_ptr: *mut u8, out_cap: u32) -> u32;
         pub fn kv_get(ptr: *const u8, len: u32) -> i64;
         pub fn kv_add(ptr: *const u8, len: u32, delta: i64) -> i64;
+        pub fn settings(out_ptr: *mut u8, out_cap: u32) -> u32;
+    }
+}
+
+/// The plugin's settings, read from the gateway once per instance.
+#[cfg(target_arch = "wasm32")]
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+#[cfg(target_arch = "wasm32")]
+fn read_settings() -> Settings {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `buf` is writable for its length; the host writes at most `out_cap` bytes.
+        let need = unsafe { imports::settings(buf.as_mut_ptr(), buf.len() as u32) } as usize;
+        if need <= buf.len() {
+            return Settings::decode(&buf[..need]);
+        }
+        buf.resize(need, 0);
     }
 }
 
@@ -195,5 +272,8 @@ impl Host for Imports {
     }
     fn kv_add(&self, key: &str, delta: i64) -> i64 {
         unsafe { imports::kv_add(key.as_ptr(), key.len() as u32, delta) }
+    }
+    fn settings(&self) -> &Settings {
+        SETTINGS.get_or_init(read_settings)
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! The ABI (v1) is documented in `docs/plugin-abi.md`; [`wire`] is its encoding, shared with the
 //! gateway so both ends read and write the same bytes. [`Host`] is what a plugin may ask the
-//! gateway (logging, counters, the clock, agent lookups, a key-value map); the gateway grants
-//! each capability per plugin in its configuration.
+//! gateway (logging, counters, the clock, agent lookups, a key-value map, the plugin's own
+//! settings); the gateway grants each capability per plugin in its configuration.
 //!
 //! ```ignore
 //! use inquiry_plugin_sdk::{export_router, Host, Inquiry, Outcome, Priority, Route};
@@ -26,7 +26,7 @@ mod host;
 mod keywords;
 #[cfg(target_arch = "wasm32")]
 pub use host::Imports;
-pub use host::{Agent, AgentView, Agents, Host, LogLevel};
+pub use host::{Agent, AgentView, Agents, Host, LogLevel, Settings};
 pub use keywords::Keywords;
 
 /// The ABI version this SDK speaks; returned by the plugin's `igw_abi_version` export.
@@ -264,5 +264,26 @@ mod tests {
         assert_eq!(inquiry.attribute("tie"), None);
         assert_eq!(inquiry.attribute(""), None);
         assert_eq!(Inquiry::default().attribute("tier"), None);
+    }
+
+    #[test]
+    fn settings_round_trip_and_are_looked_up_by_key() {
+        let mut encoded = Vec::new();
+        wire::encode_settings(
+            &mut encoded,
+            [("team", "eu-sales"), ("vip_min", "500"), ("flags", "[\"a\"]")].into_iter(),
+        );
+        let settings = Settings::decode(&encoded);
+        assert_eq!(settings.len(), 3);
+        assert_eq!(settings.get("team"), Some("eu-sales"));
+        assert_eq!(settings.get("vip_min"), Some("500"));
+        assert_eq!(settings.get("flags"), Some("[\"a\"]"));
+        assert_eq!(settings.get("missing"), None);
+        let keys: Vec<&str> = settings.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["flags", "team", "vip_min"], "sorted by key");
+        assert!(Settings::decode(&encoded[..encoded.len() - 1]).is_empty(), "a truncated list reads as none");
+        assert!(Settings::decode(&[]).is_empty());
+        let later_wins = Settings::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]);
+        assert_eq!((later_wins.get("a"), later_wins.len()), (Some("3"), 2));
     }
 }

@@ -349,6 +349,27 @@ pub fn encode_agents<'a>(out: &mut Vec<u8>, agents: impl ExactSizeIterator<Item 
     }
 }
 
+/// Encodes a plugin's settings (host side): `u32 count`, then per setting its key and its value
+/// as strings, in the order given (the gateway sorts them by key).
+pub fn encode_settings<'a>(out: &mut Vec<u8>, settings: impl ExactSizeIterator<Item = (&'a str, &'a str)>) {
+    out.extend_from_slice(&(settings.len() as u32).to_le_bytes());
+    for (key, value) in settings {
+        put_str(out, key);
+        put_str(out, value);
+    }
+}
+
+/// Decodes a settings list (plugin side).
+pub fn decode_settings(data: &[u8]) -> Result<Vec<(String, String)>, WireError> {
+    let mut r = Reader::new(data);
+    let count = r.u32()? as usize;
+    let mut settings = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        settings.push((r.str()?.to_owned(), r.str()?.to_owned()));
+    }
+    Ok(settings)
+}
+
 /// Checks an agent list (plugin side): its structure and that every id is UTF-8; the number
 /// of agents.
 pub(crate) fn check_agents(data: &[u8]) -> Result<usize, WireError> {

@@ -3,7 +3,7 @@
 //! Build: `plugins/build.sh rust` (or, with rustup's target,
 //! `cargo build --release --target wasm32-unknown-unknown`).
 
-use inquiry_plugin_sdk::{export_router, Host, Inquiry, Keywords, Outcome, Priority, Route};
+use inquiry_plugin_sdk::{export_router, Host, Inquiry, Keywords, Outcome, Priority, Route, Text};
 
 export_router!(route);
 
@@ -23,11 +23,19 @@ pub fn route(inquiry: &Inquiry, host: &dyn Host) -> Outcome {
         spam.spam_reason = Some("giveaway".into());
         return Outcome::Route(spam);
     }
-    let Some(team) = team(inquiry.buyer_language, inquiry.buyer_country) else {
-        return Outcome::Undecided;
+    let default_team;
+    let team = match team(inquiry.buyer_language, inquiry.buyer_country) {
+        Some(team) => team,
+        None => match host.settings().get("default_team").filter(|name| !name.is_empty()) {
+            Some(name) => {
+                default_team = Team::named(name);
+                &default_team
+            }
+            None => return Outcome::Undecided,
+        },
     };
 
-    let mut route = Route::to_queue(team.name);
+    let mut route = Route::to_queue(team.name.clone());
     let raise = |route: &mut Route, to: Priority, tag: &'static str| {
         route.priority = route.priority.max(to);
         route.tags.push(tag.into());
@@ -45,7 +53,7 @@ pub fn route(inquiry: &Inquiry, host: &dyn Host) -> Outcome {
     if vip {
         raise(&mut route, Priority::High, "vip");
     }
-    route.reply_template = Some(if vip { "vip-ack" } else { team.reply_template }.into());
+    route.reply_template = Some(if vip { "vip-ack".into() } else { team.reply_template.clone() });
     route.sla_policy = Some(
         match route.priority {
             Priority::Urgent => "sla-15m",
@@ -62,17 +70,37 @@ pub fn route(inquiry: &Inquiry, host: &dyn Host) -> Outcome {
 /// A team and the names the rules derive from it.
 pub struct Team {
     /// Queue name.
-    pub name: &'static str,
+    pub name: Text,
     /// Reply template for buyers who are not VIP.
-    pub reply_template: &'static str,
+    pub reply_template: Text,
     /// Key of the team's round-robin position in the plugin's key-value map.
-    pub round_robin_key: &'static str,
+    pub round_robin_key: Text,
 }
 
-const EU_SALES: Team = Team { name: "eu-sales", reply_template: "ack-eu-sales", round_robin_key: "rr:eu-sales" };
-const JP_SALES: Team = Team { name: "jp-sales", reply_template: "ack-jp-sales", round_robin_key: "rr:jp-sales" };
-const CN_SALES: Team = Team { name: "cn-sales", reply_template: "ack-cn-sales", round_robin_key: "rr:cn-sales" };
-const EN_SALES: Team = Team { name: "en-sales", reply_template: "ack-en-sales", round_robin_key: "rr:en-sales" };
+impl Team {
+    /// A team known by name only (the `default_team` setting).
+    fn named(name: &str) -> Team {
+        Team {
+            name: name.to_owned().into(),
+            reply_template: format!("ack-{name}").into(),
+            round_robin_key: format!("rr:{name}").into(),
+        }
+    }
+}
+
+/// A team known when the plugin is built: its names cost no allocation per inquiry.
+const fn known(name: &'static str, reply_template: &'static str, round_robin_key: &'static str) -> Team {
+    Team {
+        name: Text::Borrowed(name),
+        reply_template: Text::Borrowed(reply_template),
+        round_robin_key: Text::Borrowed(round_robin_key),
+    }
+}
+
+static EU_SALES: Team = known("eu-sales", "ack-eu-sales", "rr:eu-sales");
+static JP_SALES: Team = known("jp-sales", "ack-jp-sales", "rr:jp-sales");
+static CN_SALES: Team = known("cn-sales", "ack-cn-sales", "rr:cn-sales");
+static EN_SALES: Team = known("en-sales", "ack-en-sales", "rr:en-sales");
 
 /// The team for a buyer's language, else country.
 fn team(language: &str, country: &str) -> Option<&'static Team> {
@@ -95,14 +123,14 @@ fn team(language: &str, country: &str) -> Option<&'static Team> {
 
 /// Round-robin within `team`, skipping agents that are offline or at capacity.
 fn assign(team: &Team, host: &dyn Host) -> Option<String> {
-    let agents = host.agents(team.name);
+    let agents = host.agents(&team.name);
     if agents.is_empty() {
         return None;
     }
-    let start = host.kv_get(team.round_robin_key).rem_euclid(agents.len() as i64) as usize;
+    let start = host.kv_get(&team.round_robin_key).rem_euclid(agents.len() as i64) as usize;
     // From `start` to the end, then from the first agent up to `start`.
     let mut from_start = agents.iter().enumerate().skip(start).chain(agents.iter().enumerate().take(start));
     let (picked, agent) = from_start.find(|(_, agent)| agent.available())?;
-    host.kv_add(team.round_robin_key, picked as i64 + 1 - start as i64);
+    host.kv_add(&team.round_robin_key, picked as i64 + 1 - start as i64);
     Some(agent.id.to_owned())
 }
