@@ -525,3 +525,34 @@ async fn a_shops_answer_in_tiktok_shop_chat_stops_the_clock_but_the_gateways_own
     let ids = ("7494560109732331001", "7494560109732331009");
     ack_is_no_answer_but_the_agents_is(&gateway, pair, "tiktok_shop", sunny, ids).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sellers_answer_in_aliexpress_messages_stops_the_clock_of_the_conversations_buyer() {
+    use platform_standins::aliexpress::Aliexpress;
+    let chat = Standin::start(Arc::new(Aliexpress::default()), None).await.unwrap();
+    let config = format!(
+        "[[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n\
+         [[pollers]]\nconnector = \"aliexpress_messages\"\naccount = \"1001\"\naccess_token = \"test-aliexpress-session\"\napp_key = \"test-aliexpress-app-key\"\napp_secret = \"test-aliexpress-app-secret\"\nbase_url = \"{}\"\ninterval_ms = 300\nper_day = 2000000\n",
+        chat.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    let anna = ("2300000000000007", "2200000007");
+    chat.mailbox().add(chat_message(anna, "10071", false, "Do you ship to Penang?", now_seconds() - 5));
+    let stored = [("channel", "aliexpress"), ("outcome", "accepted")];
+    let text = metrics_until(&gateway, |t| metric_value(t, "inquiry_gateway_inquiries_total", &stored) >= 1.0).await;
+    assert_eq!(platform_answers(&text), 0.0, "no answer yet\n{}", gateway.log());
+
+    chat.mailbox().add(chat_message(anna, "10072", true, "Yes, 3-5 days to Penang.", now_seconds()));
+    let text = metrics_until(&gateway, |t| platform_answers(t) >= 1.0).await;
+    assert_eq!(platform_answers(&text), 1.0, "{}", gateway.log());
+    let met = [("outcome", "met"), ("channel", "aliexpress")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    let entries = HttpClient::new().get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
+    let replied: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "inquiry.replied")
+        .collect();
+    assert_eq!(replied.len(), 1, "{replied:?}");
+    assert_eq!(replied[0]["actor"], "poller:aliexpress_messages/1001");
+}

@@ -45,9 +45,12 @@
 //!   IOP `code` `ApiCallLimit` or TOP code 7 (`App Call Limited`).
 //!
 //! What becomes an inquiry: a message whose sender is the conversation's buyer (`sender_ali_id` =
-//! the relation's `other_ali_id`) with non-empty `content`. The seller's and its sub-accounts'
-//! messages, and image-only items (empty `content`, `file_path_list`), are ignored. A message
-//! about an order or product carries its `extern_id` as order or product id.
+//! the relation's `other_ali_id`) with non-empty `content`. Image-only items (empty `content`,
+//! `file_path_list`) are ignored. A message about an order or product carries its `extern_id` as
+//! order or product id. The seller's and its sub-accounts' messages (any other sender, any
+//! content) are the seller's answers: each becomes a [`SellerReply`](crate::webhook::SellerReply)
+//! to the conversation's buyer, which stops the SLA clock of that buyer's open inquiries. A
+//! conversation whose list row names no buyer gives no answers (nobody to attribute them to).
 //!
 //! Cursor: a [`Watermark`](super::watermark) in Unix seconds (`gmt_create`) with the ids taken at
 //! that second. A cycle walks conversations newest first ([`super::walk`]) down to the cursor,
@@ -290,6 +293,18 @@ impl Poller for AliexpressMessages {
                     };
                     let text = message.content.filter(|t| !t.trim().is_empty());
                     let created = crate::webhook::from_unix(at, false);
+                    // The seller's (or a sub-account's) message to a known buyer, of any kind,
+                    // answers that buyer.
+                    if let (Some(buyer), Some(_), false, Some(replied_at)) =
+                        (&buyer, &message.sender_ali_id, from_buyer, created)
+                    {
+                        page.replies.push(crate::webhook::SellerReply {
+                            account: target.account.to_owned(),
+                            buyer_id: buyer.clone(),
+                            replied_at,
+                            message_id: Some(message.id.clone()),
+                        });
+                    }
                     let (true, Some(text), Some(created), Some(sender)) =
                         (from_buyer, text, created, message.sender_ali_id)
                     else {

@@ -269,21 +269,29 @@ impl SubjectRequests {
         Ok(self.store.subject_request(id)?.and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
-    /// Every stored request, oldest first; deletes those past their retention.
+    /// Every request still kept, oldest first (one past its retention is left out; the periodic
+    /// sweep deletes it).
     pub fn list(&self) -> Result<Vec<SubjectRequest>, StoreError> {
         let now = OffsetDateTime::now_utc();
-        let mut kept = Vec::new();
-        let mut expired = self.store.batch();
-        for bytes in self.store.subject_requests()? {
-            let Ok(request) = serde_json::from_slice::<SubjectRequest>(&bytes) else { continue };
-            if request.expires_at < now {
-                expired.remove_subject_request(request.id);
-            } else {
-                kept.push(request);
-            }
-        }
+        Ok(self.stored()?.into_iter().filter(|r| r.expires_at >= now).collect())
+    }
+
+    /// Every stored request, expired or not.
+    fn stored(&self) -> Result<Vec<SubjectRequest>, StoreError> {
+        Ok(self.store.subject_requests()?.iter().filter_map(|bytes| serde_json::from_slice(bytes).ok()).collect())
+    }
+
+    /// Deletes the requests past their retention and sets the overdue gauge; returns the kept
+    /// requests. Run periodically (with [`SubjectRequests::retry_pending`]), never on a read.
+    fn sweep(&self) -> Result<Vec<SubjectRequest>, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let (expired, kept): (Vec<_>, Vec<_>) = self.stored()?.into_iter().partition(|r| r.expires_at < now);
         if !expired.is_empty() {
-            expired.commit()?;
+            let mut batch = self.store.batch();
+            for request in &expired {
+                batch.remove_subject_request(request.id);
+            }
+            batch.commit()?;
         }
         let overdue = kept.iter().filter(|r| r.status == RequestStatus::Open && r.due_at < now).count();
         metrics::gauge!(crate::telemetry::SUBJECT_REQUESTS_OVERDUE).set(overdue as f64);
@@ -534,9 +542,10 @@ impl SubjectRequests {
         failed
     }
 
-    /// Retries the sink part of erasures that failed before; called periodically.
+    /// Deletes expired requests, sets the overdue gauge and retries the sink part of erasures
+    /// that failed before; called periodically.
     pub async fn retry_pending(&self) -> Result<(), StoreError> {
-        for mut request in self.list()?.into_iter().filter(|r| !r.pending_sinks.is_empty()) {
+        for mut request in self.sweep()?.into_iter().filter(|r| !r.pending_sinks.is_empty()) {
             let erased: Vec<(String, Vec<Uuid>)> = request
                 .subjects
                 .iter()
