@@ -1339,6 +1339,11 @@ pub struct RoutingConfig {
     /// How often plugin files are checked for changes, in milliseconds (0: only on SIGHUP or
     /// `POST /v1/plugins/reload`).
     pub reload_interval_ms: u64,
+    /// Where agents' run-time state (`PUT /v1/agents/{id}`) is kept: `local` (the embedded
+    /// store: a restart keeps it) or `cql` (the CQL store of `[sinks.cql]`: every replica sees it).
+    pub agent_state: StatePlace,
+    /// With `agent_state = "cql"`: how often each replica reads the shared state, in milliseconds.
+    pub agent_refresh_ms: u64,
 }
 
 impl Default for RoutingConfig {
@@ -1349,8 +1354,21 @@ impl Default for RoutingConfig {
             chains: Vec::new(),
             agents: Vec::new(),
             reload_interval_ms: 2000,
+            agent_state: StatePlace::Local,
+            agent_refresh_ms: 1000,
         }
     }
+}
+
+/// Where state that must outlive a restart, or be seen by every replica, is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatePlace {
+    /// The embedded store of this replica.
+    #[default]
+    Local,
+    /// The CQL store of `[sinks.cql]`, shared by every replica.
+    Cql,
 }
 
 /// A WebAssembly routing plugin (ABI v1, docs/plugin-abi.md).
@@ -1885,6 +1903,14 @@ impl Config {
             }
         }
         let polling = &self.polling;
+        if self.routing.agent_state == StatePlace::Cql && self.sinks.cql.is_none() {
+            problems.push(
+                "routing.agent_state = \"cql\" needs [sinks.cql] (the shared agent states live there)".to_owned(),
+            );
+        }
+        if !(100..=60_000).contains(&self.routing.agent_refresh_ms) {
+            problems.push("routing.agent_refresh_ms must be between 100 and 60000".to_owned());
+        }
         if polling.coordination == Coordination::Cql && self.sinks.cql.is_none() {
             problems.push("polling.coordination = \"cql\" needs [sinks.cql] (the leases live there)".to_owned());
         }
@@ -2678,8 +2704,12 @@ default_team = "latam-sales"
             Ok(()) => String::new(),
             Err(err) => err.to_string(),
         };
-        let err = problems("[polling]\ncoordination = \"cql\"\nlease_ms = 100\nreplica = \"a b\"\n");
+        let err = problems(
+            "[polling]\ncoordination = \"cql\"\nlease_ms = 100\nreplica = \"a b\"\n[routing]\nagent_state = \"cql\"\nagent_refresh_ms = 10\n",
+        );
         for expected in [
+            "routing.agent_state = \"cql\" needs [sinks.cql]",
+            "routing.agent_refresh_ms must be between 100 and 60000",
             "polling.coordination = \"cql\" needs [sinks.cql]",
             "polling.lease_ms must be between 1000 and 300000",
             "polling.replica must be",
@@ -2688,6 +2718,7 @@ default_team = "latam-sales"
         }
         let shared = "[polling]\ncoordination = \"cql\"\nreplica = \"gateway-0\"\n[sinks.cql]\nlocation = \"eu\"\n";
         assert_eq!(problems(shared), "");
+        assert_eq!(problems(&format!("{shared}[routing]\nagent_state = \"cql\"\n")), "");
         let refreshing = "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"1\"\naccess_token = \"\"\nrefresh_token = \"r\"\napp_key = \"k\"\nbase_url = \"https://openapi.etsy.com\"\n";
         let err = problems(&format!("{shared}{refreshing}"));
         assert!(err.contains("with refresh tokens needs compliance.kek"), "{err}");

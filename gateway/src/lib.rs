@@ -2,6 +2,7 @@
 //!
 //! The data path is [`pipeline`]; [`http`] feeds it, [`store`] keeps it, [`routing`] decides.
 
+pub mod agents;
 pub mod compliance;
 pub mod config;
 pub mod http;
@@ -133,6 +134,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         Some(router)
     };
+    // Agents' run-time state: restored before traffic (embedded store), or read from the CQL
+    // store by a refresher every replica runs.
+    let agent_states = plugins.as_ref().map(|router| {
+        Arc::new(agents::AgentStates::new(
+            router.agents().clone(),
+            store.clone(),
+            config.routing.agent_state,
+            config.sinks.cql.clone(),
+        ))
+    });
+    if let Some(states) = &agent_states {
+        let restored = tokio::task::block_in_place(|| states.restore_local())?;
+        if restored > 0 {
+            tracing::info!(agents = restored, "agent states restored from the store");
+        }
+    }
     let router: Arc<dyn routing::Router> = match &plugins {
         Some(router) => router.clone(),
         None => Arc::new(fallback.clone()),
@@ -251,6 +268,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
     let lease_keeper = leases.clone().map(|leases| tokio::spawn(leases.keep(stop_rx.clone())));
+    let agent_refresher = agent_states.clone().map(|states| {
+        tokio::spawn(states.refresh(Duration::from_millis(config.routing.agent_refresh_ms), stop_rx.clone()))
+    });
     let pollers: Vec<_> = polled
         .into_iter()
         .map(|(poller, poll_config)| {
@@ -304,6 +324,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &config.admin,
         http::admin::AdminParts {
             plugins: plugins.clone(),
+            agents: agent_states.clone(),
             store: store.clone(),
             source: config.source.clone(),
             pipeline: pipeline.clone(),
@@ -347,6 +368,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         finish(poller, Duration::from_secs(5)).await;
     }
     // Pollers stopped: their leases are released for the other replicas.
+    if let Some(refresher) = agent_refresher {
+        finish(refresher, Duration::from_secs(5)).await;
+    }
     if let Some(keeper) = lease_keeper {
         finish(keeper, Duration::from_secs(5)).await;
     }

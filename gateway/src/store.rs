@@ -591,6 +591,23 @@ impl Store {
         Ok(self.meta.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// The run-time state kept for agent `id` (`PUT /v1/agents/{id}`), as the caller wrote it.
+    pub fn agent_state(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(format!("agent/{id}"))?.map(|v| v.to_vec()))
+    }
+
+    /// Every agent's kept run-time state, by agent id.
+    pub fn agent_states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.meta
+            .prefix("agent/")
+            .map(|item| {
+                let (key, value) = item?;
+                let id = String::from_utf8_lossy(&key["agent/".len()..]).into_owned();
+                Ok((id, value.to_vec()))
+            })
+            .collect()
+    }
+
     /// A secret the gateway keeps for itself (sealed by the caller), by name.
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(format!("secret/{name}"))?.map(|v| v.to_vec()))
@@ -1005,6 +1022,11 @@ impl StoreBatch<'_> {
     /// Sets a secret (sealed by the caller).
     pub fn put_secret(&mut self, name: &str, sealed: &[u8]) {
         self.inner.insert(&self.store.meta, format!("secret/{name}"), sealed);
+    }
+
+    /// Keeps agent `id`'s run-time state.
+    pub fn put_agent_state(&mut self, id: &str, state: &[u8]) {
+        self.inner.insert(&self.store.meta, format!("agent/{id}"), state);
     }
 
     /// Adds a dead-letter record for an inquiry.

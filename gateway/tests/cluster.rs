@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use inquiry_gateway::config::CqlConfig;
 use inquiry_gateway::poll_leases::Leases;
 use platform_standins::{etsy::Etsy, meta::Meta, tiktok::Tiktok, QuotaRule, Standin};
-use support::{metric_value, unique, Gateway, HttpClient};
+use support::{built_plugin, eventually, metric_value, unique, Gateway, HttpClient};
 
 const CQL: &str = "127.0.0.1:9042";
 /// Lease time: a round of renewals (lightweight transactions) must finish within a quarter of it,
@@ -283,4 +283,65 @@ async fn a_replica_that_lost_its_lease_can_no_longer_move_the_cursor() {
     assert!(!handle_b.save_grant(ETSY_SHOP, b"grant-2b", Some(b"grant-1")).await.unwrap(), "grant-1 is gone");
     assert_eq!(handle_b.state_of(ETSY_SHOP).await.unwrap().1.as_deref(), Some(b"grant-2".as_slice()));
     drop(polling_a);
+}
+
+/// Posts a German inquiry of `shop-1` to `gateway` and returns the assignee its routing chose.
+async fn assignee_on(gateway: &Gateway, external_id: &str) -> serde_json::Value {
+    let client = HttpClient::new();
+    let body = serde_json::json!({
+        "channel": "generic", "account": "shop-1", "external_id": external_id, "conversation_id": external_id,
+        "buyer": {"country": "DE"}, "body": "Hallo", "occurred_at": "2026-11-24T08:00:00Z",
+    });
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), body.to_string()).await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["decision"]["assignee"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_update_on_one_replica_reaches_the_routing_plugins_of_every_replica() {
+    let keyspace = unique("agents");
+    let config = format!(
+        "[routing]\nagent_state = \"cql\"\nagent_refresh_ms = 200\n\
+         [[routing.plugins]]\nid = \"router\"\npath = \"{}\"\ncapabilities = [\"agents\", \"kv\"]\n\
+         [[routing.chains]]\naccount = \"shop-1\"\nplugins = [\"router\"]\n\
+         [[routing.agents]]\nid = \"anna\"\nteam = \"eu-sales\"\ncapacity = 5\n\
+         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n{}",
+        built_plugin("example-c.wasm").display(),
+        support::cql_login()
+    );
+    let a = Gateway::start_in(tempfile::tempdir().unwrap().keep(), &config).await;
+    let b = Gateway::start_in(tempfile::tempdir().unwrap().keep(), &config).await;
+    assert_eq!(assignee_on(&b, "before").await, "anna");
+
+    // Anna goes offline through replica A: kept in the CQL store (once its schema is there: the
+    // first start creates it), then seen by replica B's plugin within its refresh interval.
+    let client = HttpClient::new();
+    let put = |gateway: &Gateway, body: &'static str| {
+        let (client, url) = (client.clone(), gateway.admin_url("/v1/agents/anna"));
+        async move { client.request(hyper::Method::PUT, &url, body, &[("content-type", "application/json")]).await }
+    };
+    eventually(Duration::from_secs(180), "replica A keeps the update in the cql store", || async {
+        put(&a, r#"{"online": false}"#).await.status.as_u16() == 200
+    })
+    .await;
+    assert_eq!(assignee_on(&a, "a-1").await, serde_json::Value::Null, "A: at once");
+    let mut n = 0;
+    eventually(Duration::from_secs(10), "replica B sees anna offline", || {
+        n += 1;
+        let id = format!("b-{n}");
+        let b = &b;
+        async move { assignee_on(b, &id).await.is_null() }
+    })
+    .await;
+
+    // And back, through replica B this time.
+    assert_eq!(put(&b, r#"{"online": true}"#).await.status.as_u16(), 200);
+    eventually(Duration::from_secs(10), "replica A sees anna online again", || {
+        n += 1;
+        let id = format!("a-{n}");
+        let a = &a;
+        async move { assignee_on(a, &id).await == "anna" }
+    })
+    .await;
 }

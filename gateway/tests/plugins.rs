@@ -233,6 +233,46 @@ async fn a_poison_inquiry_fails_alone_and_the_rest_of_its_batch_is_routed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_updates_are_kept_across_a_restart_and_unknown_agents_or_fields_are_refused() {
+    let config = plugin_toml("router", &built_plugin("example-c.wasm"), "")
+        + &chain_toml("shop-1", &["router"])
+        + "[[routing.agents]]\nid = \"anna\"\nteam = \"eu-sales\"\ncapacity = 5\n\
+           [[routing.agents]]\nid = \"ben\"\nteam = \"eu-sales\"\ncapacity = 5\n";
+    let mut gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let agents_url = gateway.admin_url("/v1/agents/"); // the same after a restart
+    let put = |agent: &str, body: &'static str| {
+        let (client, url) = (client.clone(), format!("{agents_url}{agent}"));
+        async move { client.request(Method::PUT, &url, body, &[("content-type", "application/json")]).await }
+    };
+    let unknown = put("nobody", r#"{"online": false}"#).await;
+    assert_eq!((unknown.status.as_u16(), unknown.error_code().as_str()), (404, "not_found"));
+    let bad = put("anna", r#"{"online": false, "mood": "sunny"}"#).await;
+    assert_eq!((bad.status.as_u16(), bad.error_code().as_str()), (422, "invalid_value"));
+    // Two updates of one agent: each keeps the other's field.
+    assert_eq!(put("anna", r#"{"load": 4}"#).await.status.as_u16(), 200);
+    assert_eq!(put("anna", r#"{"online": false}"#).await.status.as_u16(), 200);
+    let first = route(&client, &gateway, inquiry("shop-1", "k-1", "DE", "Hallo")).await;
+    assert_eq!(first["assignee"], "ben", "anna is offline: {first}");
+
+    assert!(gateway.terminate().success());
+    gateway.restart().await;
+    for n in 2..4 {
+        let next = route(&client, &gateway, inquiry("shop-1", &format!("k-{n}"), "DE", "Hallo")).await;
+        assert_eq!(next["assignee"], "ben", "anna is still offline after the restart: {next}");
+    }
+    // Back online with her load of 4 (kept too): below her capacity of 5, she takes the next one
+    // her turn gives her; one more puts her at capacity.
+    assert_eq!(put("anna", r#"{"online": true, "capacity": 4}"#).await.status.as_u16(), 200);
+    let mut assignees = Vec::new();
+    for n in 4..8 {
+        let next = route(&client, &gateway, inquiry("shop-1", &format!("k-{n}"), "DE", "Hallo")).await;
+        assignees.push(next["assignee"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(assignees, ["ben"; 4], "anna's kept load 4 is at her new capacity 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_plugin_file_is_swapped_in_and_a_broken_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("router.wasm");

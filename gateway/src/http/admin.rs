@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::error::{json_response, ApiError};
 use super::{new_trace_id, HttpResponse};
+use crate::agents::{AgentStateError, AgentUpdate};
 use crate::compliance::audit::{key_id, AuditEvent, StoredNodes};
 use crate::compliance::merkle::PerfectNodes as _;
 use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectRequests, SubjectSpec};
@@ -35,6 +36,8 @@ const MAX_BODY: usize = 1024 * 1024;
 pub struct AdminParts {
     /// The plugin router, when plugins are configured.
     pub plugins: Option<Arc<PluginRouter>>,
+    /// Where agents' run-time state is kept (with plugins).
+    pub agents: Option<Arc<crate::agents::AgentStates>>,
     /// The store (replay and the audit endpoints read it).
     pub store: Store,
     /// The config file, re-read by a reload.
@@ -219,10 +222,21 @@ impl AdminApi {
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 let update: AgentUpdate = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
-                let plugins = self.plugins.as_ref().ok_or_else(no_plugins)?;
-                if !plugins.agents().update(&id, update.load, update.capacity, update.online) {
-                    return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no agent with that id"));
-                }
+                let agents = self.agents.as_ref().ok_or_else(no_plugins)?;
+                agents.update(&id, update).await.map_err(|err| match err {
+                    AgentStateError::Unknown => {
+                        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no agent with that id")
+                    }
+                    other => {
+                        tracing::error!(agent = %id, error = %other, "agent state not kept");
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "store_unavailable",
+                            "the agent state could not be kept; try again",
+                        )
+                        .retry_after(1)
+                    }
+                })?;
                 tracing::info!(token = %who, agent = %id, "admin: agent updated");
                 Ok(json_response(StatusCode::OK, &json!({ "updated": id })))
             }
@@ -587,15 +601,6 @@ impl Query {
 fn store_error(err: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %err, "admin call could not use the store");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not be read").retry_after(1)
-}
-
-/// Body of `PUT /v1/agents/{id}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentUpdate {
-    load: Option<u32>,
-    capacity: Option<u32>,
-    online: Option<bool>,
 }
 
 /// Body of `POST /v1/plugins/{id}/replay`.

@@ -91,6 +91,11 @@ impl AgentDirectory {
         }
     }
 
+    /// True when the directory has an agent with this id.
+    pub fn contains(&self, id: &str) -> bool {
+        self.teams.iter().any(|team| team.agents.iter().any(|a| a.id == id))
+    }
+
     /// Updates an agent's load, capacity or presence; false when no agent has that id.
     pub fn update(&self, id: &str, load: Option<u32>, capacity: Option<u32>, online: Option<bool>) -> bool {
         for mut team in self.teams.iter_mut() {
@@ -110,8 +115,7 @@ impl AgentDirectory {
     /// keep their run-time load and presence.
     pub fn merge(&self, agents: &[AgentConfig]) {
         for agent in agents {
-            let known = self.teams.iter().any(|team| team.agents.iter().any(|a| a.id == agent.id));
-            if !known {
+            if !self.contains(&agent.id) {
                 let mut team = self.team(&agent.team);
                 team.push(Agent { id: agent.id.clone(), load: 0, capacity: agent.capacity, online: agent.online });
                 self.set_team(&agent.team, team);

@@ -70,7 +70,18 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "CREATE TABLE IF NOT EXISTS {ks}.ack_claims (inquiry_id uuid PRIMARY KEY, holder text, at timestamp)
             WITH default_time_to_live = 2592000",
     ),
+    (
+        8,
+        "agent states",
+        "CREATE TABLE IF NOT EXISTS {ks}.agent_states (agent text PRIMARY KEY, load int, capacity int, online boolean)",
+    ),
 ];
+
+/// The consistency level of `config` (a validated config names a known one; `local_quorum`
+/// otherwise).
+pub fn consistency_of(config: &CqlConfig) -> Consistency {
+    parse_consistency(&config.consistency).unwrap_or(Consistency::LocalQuorum)
+}
 
 /// The consistency level named in config (`local_quorum`, ...).
 pub fn parse_consistency(name: &str) -> Option<Consistency> {

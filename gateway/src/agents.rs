@@ -1,0 +1,232 @@
+//! The agent directory's run-time state: load, capacity and presence set through
+//! `PUT /v1/agents/{id}`, kept where the next start and every replica see it.
+//!
+//! - `[routing] agent_state = "local"` (the default): in the embedded store; a restart keeps
+//!   every update.
+//! - `agent_state = "cql"`: in the CQL store's `agent_states` table. An update is written there
+//!   (at the configured consistency) before it is answered, and every replica reads the table
+//!   every `agent_refresh_ms`, so a plugin on any replica sees an agent go offline within that
+//!   time.
+//!
+//! Which agents exist and which team each is in stays in the configuration (`[[routing.agents]]`);
+//! an update for an agent the configuration does not name is refused, and a stored state of an
+//! agent removed from it is ignored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, OnceCell};
+
+use crate::config::{CqlConfig, StatePlace};
+use crate::plugins::host::AgentDirectory;
+use crate::retry::sleep_or_stop;
+use crate::store::{Store, StoreError};
+
+/// A change of one agent's state; absent fields keep their value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUpdate {
+    /// Inquiries the agent has open now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<u32>,
+    /// Most inquiries the agent may have open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Whether the agent takes inquiries now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+}
+
+impl AgentUpdate {
+    /// `self` with the fields `later` sets replaced.
+    fn then(self, later: AgentUpdate) -> AgentUpdate {
+        AgentUpdate {
+            load: later.load.or(self.load),
+            capacity: later.capacity.or(self.capacity),
+            online: later.online.or(self.online),
+        }
+    }
+}
+
+/// Why an update was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentStateError {
+    /// The configuration names no agent with this id.
+    #[error("no agent with that id")]
+    Unknown,
+    /// The embedded store refused the write.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The CQL store is not reachable (yet) or refused the write.
+    #[error("cql store: {0}")]
+    Cql(String),
+}
+
+/// The prepared statements of the shared table.
+struct Cql {
+    session: Session,
+    select: PreparedStatement,
+}
+
+/// The agent directory and where its run-time state is kept.
+pub struct AgentStates {
+    directory: Arc<AgentDirectory>,
+    store: Store,
+    place: StatePlace,
+    cql_config: Option<CqlConfig>,
+    cql: OnceCell<Cql>,
+    /// Serializes the embedded store's read-modify-writes.
+    local_writes: Arc<std::sync::Mutex<()>>,
+}
+
+impl AgentStates {
+    /// The states of `directory`'s agents, kept in `place` (`cql_config` is needed for
+    /// [`StatePlace::Cql`]).
+    pub fn new(
+        directory: Arc<AgentDirectory>,
+        store: Store,
+        place: StatePlace,
+        cql_config: Option<CqlConfig>,
+    ) -> AgentStates {
+        AgentStates { directory, store, place, cql_config, cql: OnceCell::new(), local_writes: Arc::default() }
+    }
+
+    /// Applies the states the embedded store kept (before the gateway takes traffic; blocking).
+    /// With the CQL store, [`AgentStates::refresh`] brings them in once connected.
+    pub fn restore_local(&self) -> Result<usize, StoreError> {
+        if self.place != StatePlace::Local {
+            return Ok(0);
+        }
+        let mut applied = 0;
+        for (id, bytes) in self.store.agent_states()? {
+            let Ok(update) = serde_json::from_slice::<AgentUpdate>(&bytes) else { continue };
+            applied += usize::from(self.apply(&id, update));
+        }
+        Ok(applied)
+    }
+
+    /// Keeps `update` of agent `id` and applies it: written to the embedded store or the CQL
+    /// store first, so an answered update survives a restart and reaches every replica.
+    pub async fn update(&self, id: &str, update: AgentUpdate) -> Result<(), AgentStateError> {
+        if !self.directory.contains(id) {
+            return Err(AgentStateError::Unknown);
+        }
+        match self.place {
+            StatePlace::Local => {
+                let (store, lock, id) = (self.store.clone(), self.local_writes.clone(), id.to_owned());
+                crate::store::off_the_workers(move || {
+                    // One read-modify-write at a time: two updates of one agent both keep their fields.
+                    let _one_at_a_time = lock.lock().expect("agent state lock");
+                    let kept = store.agent_state(&id)?.and_then(|b| serde_json::from_slice::<AgentUpdate>(&b).ok());
+                    let merged = kept.unwrap_or_default().then(update);
+                    let mut batch = store.batch();
+                    batch.put_agent_state(&id, &serde_json::to_vec(&merged).expect("updates serialize"));
+                    batch.commit()
+                })
+                .await?;
+            }
+            StatePlace::Cql => self.write_cql(id, update).await?,
+        }
+        self.apply(id, update);
+        Ok(())
+    }
+
+    /// Applies one update to the directory; false when the configuration has no such agent.
+    fn apply(&self, id: &str, update: AgentUpdate) -> bool {
+        self.directory.update(id, update.load, update.capacity, update.online)
+    }
+
+    /// The CQL connection, opened on first use.
+    async fn cql(&self) -> Result<&Cql, AgentStateError> {
+        let config = self.cql_config.as_ref().ok_or_else(|| AgentStateError::Cql("no [sinks.cql]".to_owned()))?;
+        self.cql
+            .get_or_try_init(|| async {
+                let session =
+                    crate::sinks::cql::connect(config).await.map_err(|e| AgentStateError::Cql(e.to_string()))?;
+                let ks = &config.keyspace;
+                let mut select = session
+                    .prepare(format!("SELECT agent, load, capacity, online FROM {ks}.agent_states"))
+                    .await
+                    .map_err(|e| AgentStateError::Cql(e.to_string()))?;
+                select.set_consistency(crate::sinks::cql::consistency_of(config));
+                Ok(Cql { session, select })
+            })
+            .await
+    }
+
+    /// Writes the fields `update` sets (the others keep their stored value).
+    async fn write_cql(&self, id: &str, update: AgentUpdate) -> Result<(), AgentStateError> {
+        let cql = self.cql().await?;
+        let config = self.cql_config.as_ref().expect("connected with a config");
+        let mut sets = Vec::new();
+        let mut values = Vec::new();
+        let to_int = |n: u32| CqlValue::Int(i32::try_from(n).unwrap_or(i32::MAX));
+        if let Some(load) = update.load {
+            sets.push("load = ?");
+            values.push(to_int(load));
+        }
+        if let Some(capacity) = update.capacity {
+            sets.push("capacity = ?");
+            values.push(to_int(capacity));
+        }
+        if let Some(online) = update.online {
+            sets.push("online = ?");
+            values.push(CqlValue::Boolean(online));
+        }
+        if sets.is_empty() {
+            return Ok(());
+        }
+        values.push(CqlValue::Text(id.to_owned()));
+        let text = format!("UPDATE {}.agent_states SET {} WHERE agent = ?", config.keyspace, sets.join(", "));
+        let mut statement = scylla::statement::unprepared::Statement::new(text);
+        statement.set_consistency(crate::sinks::cql::consistency_of(config));
+        cql.session.query_unpaged(statement, values).await.map_err(|e| AgentStateError::Cql(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Reads every agent's shared state and applies it; the number of agents applied.
+    async fn read_cql(&self) -> Result<usize, AgentStateError> {
+        let cql = self.cql().await?;
+        let cql_error = |e: &dyn std::fmt::Display| AgentStateError::Cql(e.to_string());
+        let result = cql.session.execute_unpaged(&cql.select, ()).await.map_err(|e| cql_error(&e))?;
+        let rows = result.into_rows_result().map_err(|e| cql_error(&e))?;
+        let mut applied = 0;
+        for row in rows.rows::<(String, Option<i32>, Option<i32>, Option<bool>)>().map_err(|e| cql_error(&e))? {
+            let (id, load, capacity, online) = row.map_err(|e| cql_error(&e))?;
+            let to_u32 = |n: Option<i32>| n.map(|n| u32::try_from(n).unwrap_or(0));
+            let update = AgentUpdate { load: to_u32(load), capacity: to_u32(capacity), online };
+            applied += usize::from(self.apply(&id, update));
+        }
+        Ok(applied)
+    }
+
+    /// With the CQL store: reads the shared states every `interval` until `stop` (a failed read
+    /// is logged and tried again at the next tick). Returns at once otherwise.
+    pub async fn refresh(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<()>) {
+        if self.place != StatePlace::Cql {
+            return;
+        }
+        let mut failing = false;
+        loop {
+            match self.read_cql().await {
+                Ok(applied) if failing => {
+                    failing = false;
+                    tracing::info!(agents = applied, "agent states read from the cql store again");
+                }
+                Ok(_) => {}
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %err, "agent states not read from the cql store; retrying");
+                }
+                Err(_) => {}
+            }
+            if sleep_or_stop(interval, &mut stop).await {
+                return;
+            }
+        }
+    }
+}
