@@ -12,6 +12,7 @@
 //! an update for an agent the configuration does not name is refused, and a stored state of an
 //! agent removed from it is ignored.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,10 @@ pub struct AgentStates {
     cql: OnceCell<Cql>,
     /// Serializes the embedded store's read-modify-writes.
     local_writes: Arc<std::sync::Mutex<()>>,
+    /// Serializes this replica's CQL writes with applying what a refresh read.
+    cql_writes: tokio::sync::Mutex<()>,
+    /// CQL writes made here so far: a refresh that overlapped one is not applied.
+    writes: AtomicU64,
 }
 
 impl AgentStates {
@@ -92,7 +97,16 @@ impl AgentStates {
         place: StatePlace,
         cql_config: Option<CqlConfig>,
     ) -> AgentStates {
-        AgentStates { directory, store, place, cql_config, cql: OnceCell::new(), local_writes: Arc::default() }
+        AgentStates {
+            directory,
+            store,
+            place,
+            cql_config,
+            cql: OnceCell::new(),
+            local_writes: Arc::default(),
+            cql_writes: tokio::sync::Mutex::new(()),
+            writes: AtomicU64::new(0),
+        }
     }
 
     /// Applies the states the embedded store kept (before the gateway takes traffic; blocking).
@@ -118,20 +132,29 @@ impl AgentStates {
         match self.place {
             StatePlace::Local => {
                 let (store, lock, id) = (self.store.clone(), self.local_writes.clone(), id.to_owned());
+                let directory = self.directory.clone();
                 crate::store::off_the_workers(move || {
-                    // One read-modify-write at a time: two updates of one agent both keep their fields.
+                    // One update at a time, kept then applied: two updates of one agent both keep
+                    // their fields, and the directory ends as the store does.
                     let _one_at_a_time = lock.lock().expect("agent state lock");
                     let kept = store.agent_state(&id)?.and_then(|b| serde_json::from_slice::<AgentUpdate>(&b).ok());
                     let merged = kept.unwrap_or_default().then(update);
                     let mut batch = store.batch();
                     batch.put_agent_state(&id, &serde_json::to_vec(&merged).expect("updates serialize"));
-                    batch.commit()
+                    batch.commit()?;
+                    directory.update(&id, update.load, update.capacity, update.online);
+                    Ok(())
                 })
                 .await?;
             }
-            StatePlace::Cql => self.write_cql(id, update).await?,
+            StatePlace::Cql => {
+                let _one_at_a_time = self.cql_writes.lock().await;
+                self.write_cql(id, update).await?;
+                // A refresh that read the table before this write must not undo it.
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                self.apply(id, update);
+            }
         }
-        self.apply(id, update);
         Ok(())
     }
 
@@ -191,9 +214,14 @@ impl AgentStates {
     /// Reads every agent's shared state and applies it; the number of agents applied.
     async fn read_cql(&self) -> Result<usize, AgentStateError> {
         let cql = self.cql().await?;
+        let writes_before = self.writes.load(Ordering::SeqCst);
         let cql_error = |e: &dyn std::fmt::Display| AgentStateError::Cql(e.to_string());
         let result = cql.session.execute_unpaged(&cql.select, ()).await.map_err(|e| cql_error(&e))?;
         let rows = result.into_rows_result().map_err(|e| cql_error(&e))?;
+        let _no_write_meanwhile = self.cql_writes.lock().await;
+        if self.writes.load(Ordering::SeqCst) != writes_before {
+            return Ok(0); // an update was written meanwhile: the next read has it
+        }
         let mut applied = 0;
         for row in rows.rows::<(String, Option<i32>, Option<i32>, Option<bool>)>().map_err(|e| cql_error(&e))? {
             let (id, load, capacity, online) = row.map_err(|e| cql_error(&e))?;

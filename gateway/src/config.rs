@@ -2315,7 +2315,7 @@ fn validate_marketplace_sender(
 }
 
 /// Checks a plugin's settings: how many, their keys and the size of their values.
-fn validate_plugin_settings(at: &str, settings: &BTreeMap<String, toml::Value>, problems: &mut Vec<String>) {
+pub(crate) fn validate_plugin_settings(at: &str, settings: &BTreeMap<String, toml::Value>, problems: &mut Vec<String>) {
     if settings.len() > MAX_PLUGIN_SETTINGS {
         problems.push(format!("{at}: at most {MAX_PLUGIN_SETTINGS} settings"));
     }

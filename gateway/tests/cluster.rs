@@ -295,7 +295,9 @@ async fn assignee_on(gateway: &Gateway, external_id: &str) -> serde_json::Value 
     let reply = client.post_json(&gateway.url("/v1/inquiries"), body.to_string()).await;
     assert_eq!(reply.status.as_u16(), 201, "{}", String::from_utf8_lossy(&reply.body));
     let id = reply.json()["id"].as_str().unwrap().to_owned();
-    client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["decision"]["assignee"].clone()
+    let decision = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["decision"].clone();
+    assert!(decision["decided_by"].as_str().unwrap().starts_with("plugin:router@"), "{decision}");
+    decision["assignee"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,8 +261,7 @@ async fn agent_updates_are_kept_across_a_restart_and_unknown_agents_or_fields_ar
         let next = route(&client, &gateway, inquiry("shop-1", &format!("k-{n}"), "DE", "Hallo")).await;
         assert_eq!(next["assignee"], "ben", "anna is still offline after the restart: {next}");
     }
-    // Back online with her load of 4 (kept too): below her capacity of 5, she takes the next one
-    // her turn gives her; one more puts her at capacity.
+    // Back online with her kept load of 4 and a capacity lowered to 4: at capacity, she takes none.
     assert_eq!(put("anna", r#"{"online": true, "capacity": 4}"#).await.status.as_u16(), 200);
     let mut assignees = Vec::new();
     for n in 4..8 {

@@ -176,15 +176,23 @@ static inline igw_agent *igw_agents(igw_str team, igw_u32 *count) {
   return agents;
 }
 
+/* Settings up to this size are read once per instance into a static buffer; larger ones are
+ * read into the arena on every igw_setting call (define it before including to change it). */
+#ifndef IGW_SETTINGS_CACHE
+#define IGW_SETTINGS_CACHE 4096
+#endif
+static igw_u8 igw_settings_cache[IGW_SETTINGS_CACHE];
+static igw_u32 igw_settings_len = 0xffffffffu; /* not read yet */
+
 /* The value of the plugin's setting `key` from the gateway's configuration (strings as they are,
- * other values as JSON text), or an empty string when it is not set. Read into the arena: valid
- * until the batch ends. */
+ * other values as JSON text), or an empty string when it is not set. Valid until the batch ends
+ * (settings do not change while an instance lives). */
 static inline igw_str igw_setting(const char *key) {
   igw_str none = {"", 0};
-  igw_u32 cap = 256;
-  igw_u8 *buf = igw_alloc_bytes(cap);
-  igw_u32 need = igw_settings_raw(buf, cap);
-  if (need > cap) {
+  if (igw_settings_len == 0xffffffffu) igw_settings_len = igw_settings_raw(igw_settings_cache, IGW_SETTINGS_CACHE);
+  igw_u8 *buf = igw_settings_cache;
+  igw_u32 need = igw_settings_len;
+  if (need > IGW_SETTINGS_CACHE) {
     buf = igw_alloc_bytes(need);
     igw_settings_raw(buf, need);
   }

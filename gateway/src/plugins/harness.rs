@@ -148,6 +148,11 @@ pub fn run_cases(plugin: &Path, cases: &str) -> Result<(String, bool), String> {
     for (line_no, line) in cases.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let case: Case = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", line_no + 1))?;
         if let Some(settings) = case.settings {
+            let mut problems = Vec::new();
+            crate::config::validate_plugin_settings("settings", &settings, &mut problems);
+            if !problems.is_empty() {
+                return Err(format!("line {} ({}): {}", line_no + 1, case.name, problems.join("; ")));
+            }
             // The plugin's key-value map is kept across the reload (round-robin positions go on).
             router
                 .reload(Some(&single_plugin_config(plugin, PluginLimits::default(), settings)))

@@ -96,19 +96,32 @@ impl AgentDirectory {
         self.teams.iter().any(|team| team.agents.iter().any(|a| a.id == id))
     }
 
-    /// Updates an agent's load, capacity or presence; false when no agent has that id.
+    /// Updates an agent's load, capacity or presence; false when no agent has that id. An update
+    /// that changes nothing takes no write lock (plugins' lookups are not held up).
     pub fn update(&self, id: &str, load: Option<u32>, capacity: Option<u32>, online: Option<bool>) -> bool {
-        for mut team in self.teams.iter_mut() {
-            let mut agents = team.agents.clone();
-            if let Some(agent) = agents.iter_mut().find(|a| a.id == id) {
-                agent.load = load.unwrap_or(agent.load);
-                agent.capacity = capacity.unwrap_or(agent.capacity);
-                agent.online = online.unwrap_or(agent.online);
-                *team = Team::of(agents);
-                return true;
-            }
+        let changed = |agent: &Agent| Agent {
+            id: agent.id.clone(),
+            load: load.unwrap_or(agent.load),
+            capacity: capacity.unwrap_or(agent.capacity),
+            online: online.unwrap_or(agent.online),
+        };
+        let Some((team_name, unchanged)) = self.teams.iter().find_map(|team| {
+            let agent = team.agents.iter().find(|a| a.id == id)?;
+            Some((team.key().clone(), changed(agent) == *agent))
+        }) else {
+            return false;
+        };
+        if unchanged {
+            return true;
         }
-        false
+        match self.teams.get_mut(&team_name) {
+            Some(mut team) => {
+                let agents = team.agents.iter().map(|a| if a.id == id { changed(a) } else { a.clone() }).collect();
+                *team = Team::of(agents);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Adds configured agents that the directory does not know yet (a reload); agents it knows

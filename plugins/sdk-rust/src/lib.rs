@@ -282,6 +282,13 @@ mod tests {
         let keys: Vec<&str> = settings.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["flags", "team", "vip_min"], "sorted by key");
         assert!(Settings::decode(&encoded[..encoded.len() - 1]).is_empty(), "a truncated list reads as none");
+        // Cut at a field boundary (before the last value): still none, not an empty value.
+        let cut = encoded.len() - 4 - "[\"a\"]".len();
+        assert!(Settings::decode(&encoded[..cut]).is_empty(), "cut before the last value: none");
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(Settings::decode(&longer).is_empty(), "bytes after the list: none");
+        assert!(Settings::decode(&u32::MAX.to_le_bytes()).is_empty(), "a count with nothing behind it: none");
         assert!(Settings::decode(&[]).is_empty());
         let later_wins = Settings::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]);
         assert_eq!((later_wins.get("a"), later_wins.len()), (Some("3"), 2));

@@ -359,13 +359,26 @@ pub fn encode_settings<'a>(out: &mut Vec<u8>, settings: impl ExactSizeIterator<I
     }
 }
 
-/// Decodes a settings list (plugin side).
+/// Decodes a settings list (plugin side), strictly: every string present in full and nothing
+/// after the last one.
 pub fn decode_settings(data: &[u8]) -> Result<Vec<(String, String)>, WireError> {
     let mut r = Reader::new(data);
     let count = r.u32()? as usize;
-    let mut settings = Vec::with_capacity(count.min(1024));
+    // Each setting takes at least two length prefixes: a count beyond that is a broken list.
+    if count > data.len() / 8 {
+        return Err(WireError::Truncated);
+    }
+    let mut string = || -> Result<String, WireError> {
+        let len = r.u32()? as usize;
+        let bytes = r.bytes(len)?;
+        core::str::from_utf8(bytes).map(str::to_owned).map_err(|_| WireError::NotUtf8)
+    };
+    let mut settings = Vec::with_capacity(count);
     for _ in 0..count {
-        settings.push((r.str()?.to_owned(), r.str()?.to_owned()));
+        settings.push((string()?, string()?));
+    }
+    if !r.is_empty() {
+        return Err(WireError::Invalid("bytes after the settings"));
     }
     Ok(settings)
 }
