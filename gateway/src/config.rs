@@ -1182,7 +1182,7 @@ pub struct AdminTokenConfig {
     pub id: String,
     /// The secret (at least 16 bytes); use `${ENV}`.
     pub token: String,
-    /// What it may do: `plugins:read`, `plugins:write`, `agents:write`.
+    /// What it may do: `plugins:read`, `plugins:write`, `agents:read`, `agents:write`, ...
     pub scopes: Vec<String>,
 }
 
@@ -1193,9 +1193,10 @@ impl std::fmt::Debug for AdminTokenConfig {
 }
 
 /// Scopes an admin token may hold.
-pub const ADMIN_SCOPES: [&str; 8] = [
+pub const ADMIN_SCOPES: [&str; 9] = [
     "plugins:read",
     "plugins:write",
+    "agents:read",
     "agents:write",
     "audit:read",
     "subjects:read",

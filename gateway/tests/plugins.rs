@@ -255,8 +255,19 @@ async fn agent_updates_are_kept_across_a_restart_and_unknown_agents_or_fields_ar
     let first = route(&client, &gateway, inquiry("shop-1", "k-1", "DE", "Hallo")).await;
     assert_eq!(first["assignee"], "ben", "anna is offline: {first}");
 
+    let listed = |gateway: &Gateway| {
+        let (client, url) = (client.clone(), gateway.admin_url("/v1/agents"));
+        async move { client.get(&url).await.json() }
+    };
+    let expected = json!({"agents": [
+        {"id": "anna", "team": "eu-sales", "load": 4, "capacity": 5, "online": false, "available": false},
+        {"id": "ben", "team": "eu-sales", "load": 0, "capacity": 5, "online": true, "available": true},
+    ]});
+    assert_eq!(listed(&gateway).await, expected);
+
     assert!(gateway.terminate().success());
     gateway.restart().await;
+    assert_eq!(listed(&gateway).await, expected, "the same after the restart");
     for n in 2..4 {
         let next = route(&client, &gateway, inquiry("shop-1", &format!("k-{n}"), "DE", "Hallo")).await;
         assert_eq!(next["assignee"], "ben", "anna is still offline after the restart: {next}");
@@ -473,6 +484,19 @@ async fn the_admin_api_needs_a_token_with_the_right_scope_once_tokens_are_config
         )
         .await;
     assert_eq!((reload.status.as_u16(), reload.error_code().as_str()), (403, "scope_missing"));
+    let agents = client
+        .request(
+            Method::GET,
+            &gateway.admin_url("/v1/agents"),
+            "",
+            &[("authorization", "Bearer read-only-token-0123456789")],
+        )
+        .await;
+    assert_eq!(
+        (agents.status.as_u16(), agents.error_code().as_str()),
+        (403, "scope_missing"),
+        "agents:read is its own"
+    );
     assert_eq!(client.get(&gateway.admin_url("/metrics")).await.status.as_u16(), 200, "scrapes need no token");
 }
 

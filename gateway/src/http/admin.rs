@@ -10,7 +10,7 @@ use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use inquiry_connectors::Inquiry;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -215,6 +215,22 @@ impl AdminApi {
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 tracing::info!(token = %who, plugin = %id, "admin: replay");
                 tokio::task::block_in_place(|| self.replay(&id, &body))
+            }
+            (Method::GET, ["v1", "agents"]) => {
+                self.authorize(req.headers(), "agents:read", caller)?;
+                let plugins = self.plugins.as_ref().ok_or_else(no_plugins)?;
+                let agents: Vec<Value> = plugins
+                    .agents()
+                    .all()
+                    .into_iter()
+                    .map(|(team, a)| {
+                        json!({
+                            "id": a.id, "team": team, "load": a.load, "capacity": a.capacity,
+                            "online": a.online, "available": a.available(),
+                        })
+                    })
+                    .collect();
+                Ok(json_response(StatusCode::OK, &json!({ "agents": agents })))
             }
             (Method::PUT, ["v1", "agents", id]) => {
                 let who = self.authorize(req.headers(), "agents:write", caller)?;

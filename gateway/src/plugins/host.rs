@@ -91,6 +91,17 @@ impl AgentDirectory {
         }
     }
 
+    /// Every agent with its team, by team name, then in directory order.
+    pub fn all(&self) -> Vec<(String, Agent)> {
+        let mut all: Vec<(String, Agent)> = self
+            .teams
+            .iter()
+            .flat_map(|team| team.agents.iter().map(|a| (team.key().clone(), a.clone())).collect::<Vec<_>>())
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0)); // stable: directory order within a team
+        all
+    }
+
     /// True when the directory has an agent with this id.
     pub fn contains(&self, id: &str) -> bool {
         self.teams.iter().any(|team| team.agents.iter().any(|a| a.id == id))
