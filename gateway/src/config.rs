@@ -1579,8 +1579,8 @@ pub struct ApiKeyConfig {
 
 /// Scopes an ingest API key may hold: `inquiries:write` (`POST /v1/inquiries`, `/batch`),
 /// `inquiries:read` (`GET /v1/inquiries/{id}`, personal data in clear), `replies:write`
-/// (`POST /v1/inquiries/{id}/reply`).
-pub const API_KEY_SCOPES: [&str; 3] = ["inquiries:write", "inquiries:read", "replies:write"];
+/// (`POST /v1/inquiries/{id}/reply`), `conversions:write` (`POST /v1/inquiries/{id}/conversion`).
+pub const API_KEY_SCOPES: [&str; 4] = ["inquiries:write", "inquiries:read", "replies:write", "conversions:write"];
 
 fn all_api_key_scopes() -> Vec<String> {
     API_KEY_SCOPES.iter().map(|s| (*s).to_owned()).collect()

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod compliance;
 pub mod config;
+pub mod conversions;
 pub mod http;
 pub mod imap;
 pub mod pipeline;

@@ -63,6 +63,9 @@ mod partition {
     /// `queue name || 0x00 || seq (u64 BE) -> event JSON`: reach-out events waiting for delivery
     /// (the Kafka topic, each alert target).
     pub const REACH_QUEUES: &str = "reach_queues";
+    /// `inquiry id (16 bytes) -> Conversion JSON`: the order an inquiry led to (removed with
+    /// the inquiry).
+    pub const CONVERSIONS: &str = "conversions";
 }
 
 const META_PSEUDONYM_KEY: &str = "pseudonym_key";
@@ -113,6 +116,7 @@ pub struct Store {
     ack_states: PartitionHandle,
     ack_timers: PartitionHandle,
     reach_queues: PartitionHandle,
+    conversions: PartitionHandle,
     messages: Arc<Mutex<MessageIndex>>,
 }
 
@@ -225,6 +229,7 @@ impl Store {
             ack_states: open(partition::ACK_STATES)?,
             ack_timers: open(partition::ACK_TIMERS)?,
             reach_queues: open(partition::REACH_QUEUES)?,
+            conversions: open(partition::CONVERSIONS)?,
             messages: Arc::new(Mutex::new(messages)),
             keyspace,
         })
@@ -591,6 +596,11 @@ impl Store {
         Ok(self.meta.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// The conversion recorded for inquiry `id`, as the caller wrote it.
+    pub fn conversion(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.conversions.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
     /// The run-time state kept for agent `id` (`PUT /v1/agents/{id}`), as the caller wrote it.
     pub fn agent_state(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(format!("agent/{id}"))?.map(|v| v.to_vec()))
@@ -926,6 +936,7 @@ impl StoreBatch<'_> {
     /// record was unreadable); its message is no longer a duplicate.
     pub fn remove_inquiry(&mut self, id: Uuid, pseudonym: &str) {
         self.inner.remove(&self.store.inquiries, id.as_bytes().as_slice());
+        self.inner.remove(&self.store.conversions, id.as_bytes().as_slice());
         self.unindexed.push(id);
         let mut link = Vec::with_capacity(pseudonym.len() + 17);
         link.extend_from_slice(pseudonym.as_bytes());
@@ -1022,6 +1033,11 @@ impl StoreBatch<'_> {
     /// Sets a secret (sealed by the caller).
     pub fn put_secret(&mut self, name: &str, sealed: &[u8]) {
         self.inner.insert(&self.store.meta, format!("secret/{name}"), sealed);
+    }
+
+    /// Records the conversion of inquiry `id`.
+    pub fn put_conversion(&mut self, id: Uuid, conversion: &[u8]) {
+        self.inner.insert(&self.store.conversions, id.as_bytes().as_slice(), conversion);
     }
 
     /// Keeps agent `id`'s run-time state.

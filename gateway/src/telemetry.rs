@@ -51,6 +51,10 @@ pub const ACKS: &str = "inquiry_gateway_acks_total";
 /// First responses received, by `source` (`http`, `kafka`) and `outcome` (`recorded`,
 /// `not_here`, `invalid`, `store_error`).
 pub const REPLIES: &str = "inquiry_gateway_replies_total";
+/// Inquiries that led to an order (`POST /v1/inquiries/{id}/conversion`), by `channel`.
+pub const CONVERSIONS: &str = "inquiry_gateway_conversions_total";
+/// Time from receiving an inquiry to the order it led to, by `channel`.
+pub const CONVERSION_TIME: &str = "inquiry_gateway_conversion_seconds";
 /// Alert messages, by `target` and `outcome` (`sent`, `failed`, `dry_run`).
 pub const ALERTS: &str = "inquiry_gateway_alerts_total";
 /// Poll lease groups the config defines (`[polling] coordination = "cql"`; the same on every replica).
@@ -150,6 +154,8 @@ const AGE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600
 /// Buckets of first-response times: a minute to a week.
 const RESPONSE_BUCKETS: &[f64] =
     &[60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14_400.0, 28_800.0, 86_400.0, 172_800.0, 604_800.0];
+/// Buckets of inquiry-to-order times: ten minutes to a month.
+const CONVERSION_BUCKETS: &[f64] = &[600.0, 3600.0, 14_400.0, 86_400.0, 259_200.0, 604_800.0, 1_209_600.0, 2_592_000.0];
 
 /// A hop of the pipeline, the `hop` label of [`HOP_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +240,7 @@ pub fn install_metrics() -> PrometheusHandle {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(POLL_LAG.to_owned()), AGE_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SLA_TIMER_LAG.to_owned()), AGE_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SLA_FIRST_RESPONSE_TIME.to_owned()), RESPONSE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CONVERSION_TIME.to_owned()), CONVERSION_BUCKETS))
         .expect("bucket lists are non-empty")
         .install_recorder()
         .expect("the metrics recorder is installed once per process");
@@ -257,6 +264,8 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_gauge!(SLA_OPEN, "slas waiting for their next step");
     describe_histogram!(SLA_TIMER_LAG, Unit::Seconds, "how late sla steps fire after they are due");
     describe_counter!(REPLIES, "first responses received, by source and outcome");
+    describe_counter!(CONVERSIONS, "inquiries that led to an order, by channel");
+    describe_histogram!(CONVERSION_TIME, Unit::Seconds, "time from receiving an inquiry to the order it led to");
     describe_counter!(ACKS, "auto-acknowledgements, by channel and outcome");
     describe_counter!(ALERTS, "alert messages, by target and outcome");
     describe_gauge!(POLL_LEASE_GROUPS, "poll lease groups the config defines");

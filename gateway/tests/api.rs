@@ -225,6 +225,88 @@ async fn api_keys_limit_callers_to_their_accounts() {
     let reply_path = format!("/v1/inquiries/{relayed}/reply");
     let reply = client.request(Method::POST, &gateway.url(&reply_path), "", &[JSON, relay]).await;
     assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (403, "scope_missing"));
+    let conversion_path = format!("/v1/inquiries/{relayed}/conversion");
+    let order = r#"{"order_id": "o-1"}"#;
+    let conversion = client.request(Method::POST, &gateway.url(&conversion_path), order, &[JSON, relay]).await;
+    assert_eq!((conversion.status.as_u16(), conversion.error_code().as_str()), (403, "scope_missing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are_refused() {
+    let gateway = Gateway::start("").await;
+    let client = HttpClient::new();
+    let posted =
+        client.request(Method::POST, &gateway.url("/v1/inquiries"), inquiry_json("shop-1", "c-1"), &[JSON]).await;
+    assert_eq!(posted.status, 201);
+    let id = posted.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/inquiries/{id}/conversion");
+    let report = |body: &'static str| {
+        let (client, url) = (client.clone(), gateway.url(&path));
+        async move { client.request(Method::POST, &url, body, &[JSON]).await }
+    };
+
+    for (body, code, field) in [
+        (r#"{"value": "10"}"#, "invalid_json", None),
+        (r#"{"order_id": "o-1", "coupon": "x"}"#, "invalid_json", None),
+        (r#"{"order_id": ""}"#, "invalid_value", Some("order_id")),
+        (r#"{"order_id": "o-1", "value": "12,50", "currency": "EUR"}"#, "invalid_value", Some("value")),
+        (r#"{"order_id": "o-1", "value": 12.5}"#, "invalid_value", Some("currency")),
+        (r#"{"order_id": "o-1", "value": true, "currency": "EUR"}"#, "invalid_value", Some("value")),
+        (r#"{"order_id": "o-1", "converted_at": "2099-01-01T00:00:00Z"}"#, "invalid_value", Some("converted_at")),
+    ] {
+        let refused = report(body).await;
+        assert_eq!((refused.status.as_u16(), refused.error_code().as_str()), (400, code), "{body}");
+        if let Some(field) = field {
+            assert_eq!(refused.json()["error"]["field"], field, "{body}");
+        }
+    }
+    let unknown = client
+        .request(
+            Method::POST,
+            &gateway.url("/v1/inquiries/0190a0c4-5c7e-7000-8000-000000000000/conversion"),
+            r#"{"order_id": "o-1"}"#,
+            &[JSON],
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+    let wrong_method = client.get(&gateway.url(&path)).await;
+    assert_eq!((wrong_method.status.as_u16(), wrong_method.headers["allow"].to_str().unwrap()), (405, "POST"));
+
+    let first = report(r#"{"order_id": "8100000000000001", "value": 129.9, "currency": "EUR"}"#).await;
+    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.json()["recorded"], true);
+    let again = report(r#"{"order_id": "8100000000000002"}"#).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        (again.json()["recorded"].clone(), again.json()["conversion"]["order_id"].clone()),
+        (false.into(), "8100000000000001".into()),
+        "the first report is kept"
+    );
+
+    let shown = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json();
+    assert_eq!(shown["conversion"]["order_id"], "8100000000000001");
+    assert_eq!(
+        (shown["conversion"]["value"].as_str(), shown["conversion"]["currency"].as_str()),
+        (Some("129.9"), Some("EUR"))
+    );
+    let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    assert_eq!(
+        metric_value(&text, "inquiry_gateway_conversions_total", &[("channel", "generic")]),
+        1.0,
+        "counted once"
+    );
+    assert_eq!(metric_value(&text, "inquiry_gateway_conversion_seconds_count", &[("channel", "generic")]), 1.0);
+    let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
+    let converted: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "inquiry.converted")
+        .collect();
+    assert_eq!(converted.len(), 1, "{converted:?}");
+    assert_eq!(
+        (converted[0]["inquiry_id"].as_str(), converted[0]["detail"]["order_id"].as_str()),
+        (Some(id.as_str()), Some("8100000000000001"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::auth::{Authenticator, Grant};
 use super::error::{json_response, ApiError, LineError};
 use crate::compliance::audit::AuditEvent;
+use crate::conversions::Conversion;
 use crate::pipeline::{AckStatus, Pipeline, StoredInquiry, Submission, SubmitError};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
@@ -85,6 +86,11 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Fu
             post_reply(&state, req, &id).await
         }
         (_, ["v1", "inquiries", _, "reply"]) => Err(ApiError::method_not_allowed("POST")),
+        (&Method::POST, ["v1", "inquiries", id, "conversion"]) => {
+            let id = id.to_string();
+            post_conversion(&state, req, &id).await
+        }
+        (_, ["v1", "inquiries", _, "conversion"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["webhooks", connector, account]) => {
             let (connector, account) = (connector.to_string(), account.to_string());
             super::webhooks::handle(&state, req, &connector, &account, &trace_id, started).await
@@ -395,6 +401,8 @@ async fn get_one(
     state.pipeline.audit(vec![read]).await.map_err(submit_error)?;
     let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
     body["personal"] = serde_json::to_value(personal).expect("personal data serializes");
+    let conversion = Conversion::load(&state.store, inquiry.id).map_err(store_error)?;
+    body["conversion"] = serde_json::to_value(conversion).expect("conversions serialize");
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -457,6 +465,87 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     let sla = outcome.sla().map(|state| serde_json::to_value(state).expect("states serialize"));
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
+}
+
+/// The body of `POST /v1/inquiries/{id}/conversion`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConversionBody {
+    /// The order's id.
+    order_id: String,
+    /// Its value: a decimal string (`"129.90"`) or a JSON number.
+    #[serde(default)]
+    value: Option<serde_json::Value>,
+    /// ISO 4217 currency of the value.
+    #[serde(default)]
+    currency: Option<String>,
+    /// When the order was placed (RFC 3339); default: now.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    converted_at: Option<OffsetDateTime>,
+}
+
+/// One conversion report at a time, so that of two reports of one inquiry only the first is
+/// kept and counted.
+static CONVERSION_REPORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Records the order an inquiry led to (the seller's CRM or shop back end calls it): the first
+/// report is audited (`inquiry.converted`), kept and counted (201); a later one changes nothing
+/// and answers what was kept (200).
+async fn post_conversion(
+    state: &ApiState,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grant = state.auth.authenticate(req.headers())?;
+    grant.require("conversions:write")?;
+    let id = parse_id(id)?;
+    let body = read_body(req, 64 * 1024).await?;
+    let report: ConversionBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?;
+    let value = match report.value {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => Some(text),
+        Some(serde_json::Value::Number(number)) => Some(number.to_string()),
+        Some(_) => {
+            return Err(
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", "value must be a decimal").field_name("value")
+            )
+        }
+    };
+    let stored = stored_for(state, &grant, id)?;
+    let now = OffsetDateTime::now_utc();
+    let conversion = Conversion {
+        order_id: report.order_id,
+        value,
+        currency: report.currency,
+        converted_at: report.converted_at.unwrap_or(now),
+        reported_by: grant.actor(),
+    };
+    conversion
+        .check(now)
+        .map_err(|bad| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", bad.reason).field_name(bad.field))?;
+    let _one_at_a_time = CONVERSION_REPORTS.lock().await;
+    let kept = {
+        let store = state.store.clone();
+        off_the_workers(move || Conversion::load(&store, id)).await?
+    };
+    if let Some(kept) = kept {
+        let answer = serde_json::json!({ "inquiry_id": id, "recorded": false, "conversion": kept });
+        return Ok(json_response(StatusCode::OK, &answer));
+    }
+    // Audited first, recorded after: a failure in between leaves the client's retry to audit
+    // again, never a recorded conversion without its entry.
+    state.pipeline.audit(vec![conversion.event(id)]).await.map_err(submit_error)?;
+    {
+        let (store, conversion) = (state.store.clone(), conversion.clone());
+        off_the_workers(move || conversion.record(&store, id)).await?;
+    }
+    let channel = stored.inquiry.channel.as_str();
+    metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
+    let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
+    metrics::histogram!(telemetry::CONVERSION_TIME, "channel" => channel).record(waited);
+    let answer = serde_json::json!({ "inquiry_id": id, "recorded": true, "conversion": conversion });
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 fn context(trace_id: &str) -> NormalizeContext<'_> {
