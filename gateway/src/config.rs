@@ -2490,7 +2490,7 @@ mod tests {
             "pipeline.queue_capacity",
             "api_keys[0].key",
             "api_keys[0].accounts",
-            "auth.api_keys[1]: scope `inquiries:delete` is not one of inquiries:write, inquiries:read, replies:write",
+            "auth.api_keys[1]: scope `inquiries:delete` is not one of inquiries:write, inquiries:read, replies:write, conversions:write",
             "auth.api_keys[2].scopes must name at least one scope",
         ] {
             assert!(err.contains(expected), "missing {expected} in {err}");

@@ -17,7 +17,8 @@ pub const MAX_ORDER_ID_BYTES: usize = 128;
 /// The order an inquiry led to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversion {
-    /// The platform's or the shop's order id (a business reference, not personal data).
+    /// The platform's or the shop's order id (removed with the inquiry and when its buyer is
+    /// erased: the shop can trace it to the buyer).
     pub order_id: String,
     /// The order's value as a decimal string (`"129.90"`), when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,22 +72,36 @@ impl Conversion {
         Ok(())
     }
 
-    /// The conversion recorded for inquiry `id`.
+    /// The conversion recorded for inquiry `id` (an unreadable record is an error, never "none":
+    /// a report must not overwrite it).
     pub fn load(store: &Store, id: Uuid) -> Result<Option<Conversion>, StoreError> {
-        Ok(store.conversion(id)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        store
+            .conversion(id)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|_| StoreError::from_message("a conversion record is unreadable"))
+            })
+            .transpose()
     }
 
-    /// Records this conversion of inquiry `id`.
-    pub fn record(&self, store: &Store, id: Uuid) -> Result<(), StoreError> {
+    /// Records this conversion of inquiry `id` if the inquiry is still stored (retention may
+    /// have removed it meanwhile); false when it is not.
+    pub fn record(&self, store: &Store, id: Uuid) -> Result<bool, StoreError> {
+        if store.get_inquiry(id)?.is_none() {
+            return Ok(false);
+        }
         let mut batch = store.batch();
         batch.put_conversion(id, &serde_json::to_vec(self).expect("conversions serialize"));
-        batch.commit()
+        batch.commit()?;
+        Ok(true)
     }
 
-    /// Its audit entry (`inquiry.converted`).
+    /// Its audit entry (`inquiry.converted`). The log outlives the inquiry and its buyer's
+    /// erasure: it holds the order id's SHA-256 (proof of which order, given the id), not the id.
     pub fn event(&self, id: Uuid) -> AuditEvent {
         AuditEvent::new("inquiry.converted", self.reported_by.clone()).inquiry(id).detail(serde_json::json!({
-            "order_id": self.order_id, "value": self.value, "currency": self.currency,
+            "order_sha256": crate::compliance::sha256_hex(self.order_id.as_bytes()),
+            "value": self.value, "currency": self.currency,
             "converted_at": self.converted_at.format(&time::format_description::well_known::Rfc3339).ok(),
         }))
     }
@@ -122,5 +137,6 @@ mod tests {
         let event = good.event(Uuid::nil());
         let entry = serde_json::to_value(&event).unwrap();
         assert_eq!(entry["kind"], "inquiry.converted", "{entry}");
+        assert!(!entry.to_string().contains("8100000000000001"), "the order id itself stays out of the log: {entry}");
     }
 }

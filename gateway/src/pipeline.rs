@@ -514,7 +514,7 @@ impl Stage {
     }
 
     /// Erases a data subject in one atomic write: its key and pseudonym mapping go, its inquiries
-    /// lose their sealed fields and original payloads, the erasure is audited.
+    /// lose their sealed fields, original payloads and conversions, the erasure is audited.
     fn erase(&mut self, erasure: &Erasure) -> Result<Vec<Uuid>, StoreError> {
         self.subjects.mark_erased(&erasure.index, &erasure.pseudonym);
         let ids = self.store.inquiries_of(&erasure.pseudonym)?;
@@ -525,6 +525,8 @@ impl Stage {
             stored.inquiry.sealed.clear();
             stored.inquiry.raw_ref = "erased".to_owned();
             batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
+            // The order an inquiry led to can be traced to the buyer in the shop's own system.
+            batch.remove_conversion(*id);
         }
         batch.erase_subject(&erasure.index, &erasure.pseudonym, &erasure.record);
         self.written_subjects.remove(&erasure.index);

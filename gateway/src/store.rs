@@ -1040,6 +1040,11 @@ impl StoreBatch<'_> {
         self.inner.insert(&self.store.conversions, id.as_bytes().as_slice(), conversion);
     }
 
+    /// Removes the conversion of inquiry `id` (its subject was erased).
+    pub fn remove_conversion(&mut self, id: Uuid) {
+        self.inner.remove(&self.store.conversions, id.as_bytes().as_slice());
+    }
+
     /// Keeps agent `id`'s run-time state.
     pub fn put_agent_state(&mut self, id: &str, state: &[u8]) {
         self.inner.insert(&self.store.meta, format!("agent/{id}"), state);

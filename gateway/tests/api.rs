@@ -303,10 +303,22 @@ async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are
         .filter(|e| e["kind"] == "inquiry.converted")
         .collect();
     assert_eq!(converted.len(), 1, "{converted:?}");
+    // The log outlives an erasure: it proves which order (by its SHA-256), not the order id.
+    assert!(!converted[0].to_string().contains("8100000000000001"), "{converted:?}");
+    let order_sha256 = "353b725340b2a1c443f5fdf50e3c8d6407fe4666f1902f7fe6a650482404ce26";
     assert_eq!(
-        (converted[0]["inquiry_id"].as_str(), converted[0]["detail"]["order_id"].as_str()),
-        (Some(id.as_str()), Some("8100000000000001"))
+        (converted[0]["inquiry_id"].as_str(), converted[0]["detail"]["order_sha256"].as_str()),
+        (Some(id.as_str()), Some(order_sha256))
     );
+
+    // The buyer's erasure takes the conversion with it, and no report is taken after it.
+    let erase = r#"{"kind": "erasure", "jurisdiction": "gdpr", "subject": {"email": "c-1@example.com"}}"#;
+    let erased = client.request(Method::POST, &gateway.admin_url("/v1/subject-requests"), erase, &[JSON]).await;
+    assert_eq!(erased.status, 200, "{}", String::from_utf8_lossy(&erased.body));
+    let shown = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json();
+    assert_eq!(shown["conversion"], serde_json::Value::Null, "{shown}");
+    let late = report(r#"{"order_id": "8100000000000003"}"#).await;
+    assert_eq!((late.status.as_u16(), late.error_code().as_str()), (409, "subject_erased"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

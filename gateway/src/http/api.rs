@@ -389,6 +389,7 @@ async fn get_one(
     let stored = stored_for(state, &grant, parse_id(id)?)?;
     // The personal data, opened for the caller; `null` once the subject was erased.
     let personal = state.subjects.open(&stored.inquiry).map_err(store_error)?;
+    let conversion = Conversion::load(&state.store, stored.inquiry.id).map_err(store_error)?;
     let inquiry = &stored.inquiry;
     let read = AuditEvent::new("inquiry.read", grant.actor())
         .from_source(source)
@@ -401,7 +402,6 @@ async fn get_one(
     state.pipeline.audit(vec![read]).await.map_err(submit_error)?;
     let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
     body["personal"] = serde_json::to_value(personal).expect("personal data serializes");
-    let conversion = Conversion::load(&state.store, inquiry.id).map_err(store_error)?;
     body["conversion"] = serde_json::to_value(conversion).expect("conversions serialize");
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -486,7 +486,7 @@ struct ConversionBody {
 
 /// One conversion report at a time, so that of two reports of one inquiry only the first is
 /// kept and counted.
-static CONVERSION_REPORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static CONVERSION_REPORTS: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
 
 /// Records the order an inquiry led to (the seller's CRM or shop back end calls it): the first
 /// report is audited (`inquiry.converted`), kept and counted (201); a later one changes nothing
@@ -502,6 +502,10 @@ async fn post_conversion(
     let body = read_body(req, 64 * 1024).await?;
     let report: ConversionBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?;
+    let stored = stored_for(state, &grant, id)?;
+    if state.subjects.is_erased(&stored.inquiry.buyer.pseudonym) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "subject_erased", "the inquiry's buyer was erased"));
+    }
     let value = match report.value {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(text)) => Some(text),
@@ -512,7 +516,6 @@ async fn post_conversion(
             )
         }
     };
-    let stored = stored_for(state, &grant, id)?;
     let now = OffsetDateTime::now_utc();
     let conversion = Conversion {
         order_id: report.order_id,
@@ -524,7 +527,8 @@ async fn post_conversion(
     conversion
         .check(now)
         .map_err(|bad| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", bad.reason).field_name(bad.field))?;
-    let _one_at_a_time = CONVERSION_REPORTS.lock().await;
+    // Held until the record is written, even when the client goes away meanwhile.
+    let one_at_a_time = CONVERSION_REPORTS.clone().lock_owned().await;
     let kept = {
         let store = state.store.clone();
         off_the_workers(move || Conversion::load(&store, id)).await?
@@ -536,9 +540,16 @@ async fn post_conversion(
     // Audited first, recorded after: a failure in between leaves the client's retry to audit
     // again, never a recorded conversion without its entry.
     state.pipeline.audit(vec![conversion.event(id)]).await.map_err(submit_error)?;
-    {
+    let recorded = {
         let (store, conversion) = (state.store.clone(), conversion.clone());
-        off_the_workers(move || conversion.record(&store, id)).await?;
+        off_the_workers(move || {
+            let _held = one_at_a_time;
+            conversion.record(&store, id)
+        })
+        .await?
+    };
+    if !recorded {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id"));
     }
     let channel = stored.inquiry.channel.as_str();
     metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
