@@ -108,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (mut sinks, kafka_sink) = build_sinks(&config)?;
     let sinks_for_erasure = sinks.clone();
     // Reach-out reads the spool like a sink: it starts the SLAs of what was stored.
-    let reach = if config.reach.sla_policies.is_empty() && config.reach.templates.is_empty() {
+    let reach = if !reach_configured(&config.reach) {
         None
     } else {
         let clock = Arc::new(reach::SystemClock);
@@ -223,7 +223,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     parts.3,
                 )));
             }
-            if !reach.acks().is_empty() {
+            // With senders, templates may also come later (a reload).
+            if !reach.acks().senders().is_empty() {
                 // With a CQL store, replicas claim acknowledgements there: one per inquiry in all.
                 let claims = config.sinks.cql.as_ref().map(|cql| Arc::new(reach::send::AckClaims::new(cql, &replica)));
                 let parts = (reach.clone(), store.clone(), subjects.clone(), pipeline.clone(), stop_rx.clone());
@@ -443,6 +444,11 @@ fn load_tls(
 /// reach-out) needs a restart. The listeners stay where they were bound: a file that moved
 /// `ingest.listen` to loopback cannot open the running, non-loopback listener by dropping every
 /// API key.
+/// Whether `[reach]` asks for anything (SLA policies or acknowledgement templates).
+fn reach_configured(reach: &config::ReachConfig) -> bool {
+    !reach.sla_policies.is_empty() || !reach.templates.is_empty()
+}
+
 async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: ListenersTls, ingest_loopback: bool) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");
@@ -485,6 +491,19 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
                 (None, None) => {}
                 _ => tracing::warn!(listener, "SIGHUP: turning tls on or off needs a restart"),
             }
+        }
+        match &api.reach {
+            Some(reach) => match reach.reload(&config.reach) {
+                Ok(false) => tracing::info!("SIGHUP: reach-out policies, teams and templates reloaded"),
+                Ok(true) => tracing::warn!(
+                    "SIGHUP: reach-out policies, teams and templates reloaded; senders, alert targets, dry_run and replies_topic change at the next restart"
+                ),
+                Err(error) => tracing::error!(error, "SIGHUP: reach-out settings not reloaded; the previous ones stay"),
+            },
+            None if reach_configured(&config.reach) => {
+                tracing::warn!("SIGHUP: reach-out was off at start; turning it on needs a restart")
+            }
+            None => {}
         }
         if admin.api.plugins.is_none() {
             continue;

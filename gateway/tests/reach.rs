@@ -553,3 +553,54 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 4.0, "recorded now, not before");
     assert!(gateway.log().lines().all(|l| !l.contains(anna)), "platform user ids never reach the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_policies_change_on_sighup_for_new_inquiries_and_a_reload_naming_an_unknown_target_is_refused() {
+    let policies = |rule: &str| {
+        format!(
+            "[[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n\
+             [[reach.sla_policies]]\nid = \"quarter\"\nfirst_response = \"15m\"\n\
+             [[reach.sla_rules]]\npolicy = \"{rule}\"\n"
+        )
+    };
+    let mut gateway = Gateway::start(&policies("hour")).await;
+    let client = HttpClient::new();
+    let base = gateway.url("/v1/inquiries/"); // the same across reloads
+    let reply = |id: String| {
+        let (client, url) = (client.clone(), format!("{base}{id}/reply"));
+        async move {
+            let answer = client.request(Method::POST, &url, "", &[]).await;
+            assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+            answer.json()["sla"].clone()
+        }
+    };
+    let first = reply(post(&gateway, "policy-1").await).await;
+    assert_eq!(first["policy"], "hour", "{first}");
+
+    gateway.reconfigure(&policies("quarter"));
+    let mut n = 1;
+    let mut latest = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while latest["policy"] != "quarter" {
+        assert!(Instant::now() < deadline, "the new rule never applied: {latest}\n{}", gateway.log());
+        n += 1;
+        latest = reply(post(&gateway, &format!("policy-{n}")).await).await;
+    }
+    let minutes =
+        |sla: &serde_json::Value| (sla["deadline_ms"].as_i64().unwrap() - sla["started_ms"].as_i64().unwrap()) / 60_000;
+    assert_eq!((minutes(&first), minutes(&latest)), (60, 15), "each keeps the deadline it started with");
+    assert!(gateway.log().contains("reach-out policies, teams and templates reloaded"), "{}", gateway.log());
+
+    // A team that names an alert target the running gateway does not have: refused whole.
+    let unknown_target = policies("hour")
+        + "[[reach.alert_targets]]\nid = \"ops-chat\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef0123\"\n\
+           [[reach.teams]]\nqueue = \"unassigned\"\nalert_targets = [\"ops-chat\"]\n";
+    gateway.reconfigure(&unknown_target);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gateway.log().contains("reach-out settings not reloaded") {
+        assert!(Instant::now() < deadline, "the refusal was not logged\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = reply(post(&gateway, "policy-after").await).await;
+    assert_eq!(after["policy"], "quarter", "the previous rules stay: {after}");
+}

@@ -16,7 +16,7 @@ pub mod send;
 pub mod sla;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -57,12 +57,14 @@ impl Clock for SystemClock {
 /// The reach-out engine: policies, the SLA states and timers in the store, and the event queues.
 pub struct Reach {
     store: Store,
-    policies: Policies,
-    teams: HashMap<String, TeamConfig>,
+    /// Policies, teams and acknowledgement rules: swapped whole by [`Reach::reload`].
+    rules: RwLock<Arc<Rules>>,
+    /// What a reload cannot change (senders, alert targets, dry run, the replies topic), as
+    /// text, to tell when a changed config needs a restart.
+    restart_only: String,
     targets: Vec<AlertTargetConfig>,
     to_kafka: bool,
     dry_run: bool,
-    acks: ack::Acks,
     pub(crate) clock: Arc<dyn Clock>,
     /// Next sequence number per queue; held while a write is built, so writes do not interleave.
     next_seq: Mutex<HashMap<String, u64>>,
@@ -107,17 +109,49 @@ impl ReplyOutcome {
     }
 }
 
+/// The parts of the reach-out config a reload replaces: SLA policies, rules and calendars, teams,
+/// acknowledgement templates and rules, quiet hours, the EU block and the fallback language.
+pub struct Rules {
+    policies: Policies,
+    teams: HashMap<String, TeamConfig>,
+    acks: ack::Acks,
+}
+
+impl Rules {
+    fn from_config(config: &ReachConfig) -> Result<Rules, String> {
+        Ok(Rules {
+            policies: Policies::from_config(config)?,
+            teams: config.teams.iter().map(|t| (t.queue.clone(), t.clone())).collect(),
+            acks: ack::Acks::from_config(config)?,
+        })
+    }
+}
+
+/// The acknowledgement rules in force (see [`Reach::acks`]).
+pub struct AcksInForce(Arc<Rules>);
+
+impl std::ops::Deref for AcksInForce {
+    type Target = ack::Acks;
+    fn deref(&self) -> &ack::Acks {
+        &self.0.acks
+    }
+}
+
+/// The parts of `config` only a restart changes, as text.
+fn restart_only(config: &ReachConfig) -> String {
+    format!("{:?}|{:?}|{}|{:?}", config.senders, config.alert_targets, config.dry_run, config.replies_topic)
+}
+
 impl Reach {
     /// The engine for a validated `config`; events go to Kafka when `to_kafka`.
     pub fn new(config: &ReachConfig, store: Store, to_kafka: bool, clock: Arc<dyn Clock>) -> Result<Reach, String> {
         Ok(Reach {
             store,
-            policies: Policies::from_config(config)?,
-            teams: config.teams.iter().map(|t| (t.queue.clone(), t.clone())).collect(),
+            rules: RwLock::new(Arc::new(Rules::from_config(config)?)),
+            restart_only: restart_only(config),
             targets: config.alert_targets.clone(),
             to_kafka,
             dry_run: config.dry_run,
-            acks: ack::Acks::from_config(config)?,
             clock,
             next_seq: Mutex::default(),
             timers_changed: Notify::new(),
@@ -126,9 +160,34 @@ impl Reach {
         })
     }
 
-    /// The acknowledgement rules, templates and senders.
-    pub fn acks(&self) -> &ack::Acks {
-        &self.acks
+    /// The rules in force.
+    fn rules(&self) -> Arc<Rules> {
+        self.rules.read().expect("reach rules lock").clone()
+    }
+
+    /// The acknowledgement rules, templates and senders in force.
+    pub fn acks(&self) -> AcksInForce {
+        AcksInForce(self.rules())
+    }
+
+    /// Replaces the SLA policies, rules and calendars, the teams, the acknowledgement templates
+    /// and rules, quiet hours, the EU block and the fallback language with those of a validated
+    /// `config`; SLAs already started keep their deadlines. Senders, alert targets, `dry_run` and
+    /// the replies topic stay as started: the answer is true when `config` changes any of them
+    /// (they need a restart). Refused, changing nothing, when a team names an alert target that
+    /// is not running.
+    pub fn reload(&self, config: &ReachConfig) -> Result<bool, String> {
+        if let Some((team, target)) = config.teams.iter().find_map(|team| {
+            let unknown = team.alert_targets.iter().find(|t| !self.targets.iter().any(|running| &running.id == *t))?;
+            Some((&team.queue, unknown))
+        }) {
+            return Err(format!("team `{team}` names alert target `{target}`, which starts with the next restart"));
+        }
+        let mut keeping = config.clone();
+        keeping.senders = self.rules().acks.senders().to_vec();
+        let rules = Rules::from_config(&keeping)?;
+        *self.rules.write().expect("reach rules lock") = Arc::new(rules);
+        Ok(restart_only(config) != self.restart_only)
     }
 
     /// True when alerts are only recorded, not sent.
@@ -149,8 +208,9 @@ impl Reach {
         let now = self.clock.now_ms();
         let mut batch = self.store.batch();
         let (mut started, mut acks) = (0, 0);
+        let rules = self.rules();
         for record in records {
-            if let Some(ack) = self.acks.plan(record.stored(), now) {
+            if let Some(ack) = rules.acks.plan(record.stored(), now) {
                 if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
                     batch.put_timer(Timeline::Ack, ack.not_before_ms, ack.inquiry_id);
                     batch.put_timeline_state(
@@ -161,7 +221,7 @@ impl Reach {
                     acks += 1;
                 }
             }
-            let Some(policy) = self.policies.policy_for(record.stored()) else { continue };
+            let Some(policy) = rules.policies.policy_for(record.stored()) else { continue };
             if self.store.timeline_state(Timeline::Sla, record.id())?.is_some() {
                 continue;
             }
@@ -235,7 +295,7 @@ impl Reach {
         if let Some(state) = self.load(stored.inquiry.id)? {
             return Ok(Some((state, false)));
         }
-        Ok(self.policies.policy_for(stored).map(|policy| (SlaState::start(policy, stored), true)))
+        Ok(self.rules().policies.policy_for(stored).map(|policy| (SlaState::start(policy, stored), true)))
     }
 
     /// What [`Reach::reply`] would do to `stored`'s SLA at `at_ms`, without writing anything:
@@ -293,7 +353,7 @@ impl Reach {
 
     /// An acknowledgement that has not left yet is not sent once an agent answered.
     fn cancel_ack(&self, batch: &mut StoreBatch<'_>, id: Uuid) -> Result<(), StoreError> {
-        if self.acks.is_empty() {
+        if self.rules().acks.is_empty() {
             return Ok(());
         }
         let planned = self.store.timeline_state(Timeline::Ack, id)?;
@@ -376,7 +436,8 @@ impl Reach {
         mut event: SlaEvent,
     ) -> Result<(), StoreError> {
         counter!(telemetry::SLA_EVENTS, "kind" => event.kind.as_str()).increment(1);
-        let team = self.teams.get(&event.queue);
+        let rules = self.rules();
+        let team = rules.teams.get(&event.queue);
         event.notify = match (event.kind, event.level) {
             (EventKind::Escalated, 1) => team.and_then(|t| t.lead.clone()),
             (EventKind::Escalated, _) => team.and_then(|t| t.supervisor.clone()),
