@@ -438,17 +438,18 @@ fn load_tls(
         .transpose()
 }
 
-/// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
-/// keys, admin tokens, webhook endpoints and their secrets) and the listeners' certificates, and
-/// reloads the routing plugins. The rest (listen addresses, TLS on or off, store, sinks, pollers,
-/// reach-out) needs a restart. The listeners stay where they were bound: a file that moved
-/// `ingest.listen` to loopback cannot open the running, non-loopback listener by dropping every
-/// API key.
 /// Whether `[reach]` asks for anything (SLA policies or acknowledgement templates).
 fn reach_configured(reach: &config::ReachConfig) -> bool {
     !reach.sla_policies.is_empty() || !reach.templates.is_empty()
 }
 
+/// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
+/// keys, admin tokens, webhook endpoints and their secrets), the listeners' certificates and the
+/// reach-out rules (policies, teams, templates: [`reach::Reach::reload`]), and reloads the
+/// routing plugins. The rest (listen addresses, TLS on or off, store, sinks, pollers, reach-out
+/// senders and alert targets, turning reach-out on) needs a restart. The listeners stay where
+/// they were bound: a file that moved `ingest.listen` to loopback cannot open the running,
+/// non-loopback listener by dropping every API key.
 async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: ListenersTls, ingest_loopback: bool) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");

@@ -236,6 +236,10 @@ pub struct Rendered {
     pub subject: Option<String>,
     /// The text, with the EU representative's block where the account needs it.
     pub body: String,
+    /// The version of the template variant rendered (the one in force when it is sent).
+    pub version: u32,
+    /// The language of that variant.
+    pub language: String,
 }
 
 /// The acknowledgement rules, templates and senders of a validated config.
@@ -334,7 +338,12 @@ impl Acks {
             body.push_str("\n\n");
             body.push_str(block);
         }
-        Some(Rendered { subject: variant.subject.as_ref().map(|s| s.render(values)), body })
+        Some(Rendered {
+            subject: variant.subject.as_ref().map(|s| s.render(values)),
+            body,
+            version: variant.version,
+            language: variant.language.clone(),
+        })
     }
 
     /// The variant of `template` for `language` (its primary subtag: `de-AT` takes `de`) and
@@ -438,10 +447,9 @@ mod tests {
         StoredInquiry { inquiry, decision }
     }
 
-    #[test]
-    fn a_plan_waits_for_the_buyers_morning_and_picks_the_language_variant() {
-        let config: ReachConfig = toml::from_str(
-            r#"
+    /// Two language variants of one template, quiet hours and a WhatsApp sender.
+    fn config_text() -> String {
+        r#"
             quiet_hours = "21:00-08:00"
             [[templates]]
             id = "ack"
@@ -458,9 +466,13 @@ mod tests {
             [[senders]]
             kind = "whatsapp"
             access_token = "t"
-            "#,
-        )
-        .unwrap();
+            "#
+        .to_owned()
+    }
+
+    #[test]
+    fn a_plan_waits_for_the_buyers_morning_and_picks_the_language_variant() {
+        let config: ReachConfig = toml::from_str(&config_text()).unwrap();
         let acks = Acks::from_config(&config).unwrap();
         let now = ms("2026-12-02T23:30[Europe/Berlin]");
         // A German buyer writing at 23:30 Berlin time hears back at 08:00.
@@ -473,5 +485,16 @@ mod tests {
         // No country: at once. No sender for e-mail: no plan.
         assert_eq!(acks.plan(&stored("", "fr", "whatsapp"), now).unwrap().not_before_ms, now);
         assert!(acks.plan(&stored("DE", "de", "email"), now).is_none());
+
+        // A reload that bumped the German variant: a plan made before renders the variant in force
+        // and says which one it rendered (so the send is recorded with version 3).
+        let planned = acks.plan(&stored("DE", "de-DE", "whatsapp"), now).unwrap();
+        let bumped = config_text().replace(
+            "version = 2\n            language = \"de\"\n            body = \"Danke\"",
+            "version = 3\n            language = \"de\"\n            body = \"Vielen Dank\"",
+        );
+        let reloaded: ReachConfig = toml::from_str(&bumped).unwrap();
+        let rendered = Acks::from_config(&reloaded).unwrap().render(&planned, &HashMap::new()).unwrap();
+        assert_eq!((rendered.body.as_str(), rendered.version, rendered.language.as_str()), ("Vielen Dank", 3, "de"));
     }
 }

@@ -226,7 +226,7 @@ impl Reach {
                 continue;
             }
             let state = SlaState::start(policy, record.stored());
-            self.queue_event(&mut batch, &mut seqs, state.started(now))?;
+            self.queue_event(&rules, &mut batch, &mut seqs, state.started(now))?;
             if let Some(due) = state.next_due() {
                 batch.put_timer(Timeline::Sla, due, state.inquiry_id);
             }
@@ -257,13 +257,14 @@ impl Reach {
         }
         let mut batch = self.store.batch();
         let mut fired = 0;
+        let rules = self.rules();
         for (due_ms, id) in due {
             batch.remove_timer(Timeline::Sla, due_ms, id);
             let Some(mut state) = self.load(id)? else { continue };
             while state.next_due().is_some_and(|at| at <= now) {
                 let Some(event) = state.fire(now) else { break };
                 histogram!(telemetry::SLA_TIMER_LAG).record((now - due_ms).max(0) as f64 / 1000.0);
-                self.queue_event(&mut batch, &mut seqs, event)?;
+                self.queue_event(&rules, &mut batch, &mut seqs, event)?;
                 fired += 1;
             }
             if let Some(next) = state.next_due() {
@@ -291,11 +292,11 @@ impl Reach {
 
     /// `stored`'s SLA as kept, or started now (`true`) when its policy has one and the reach
     /// stage has not taken it yet; `None` without an SLA.
-    fn sla_of(&self, stored: &StoredInquiry) -> Result<Option<(SlaState, bool)>, StoreError> {
+    fn sla_of(&self, rules: &Rules, stored: &StoredInquiry) -> Result<Option<(SlaState, bool)>, StoreError> {
         if let Some(state) = self.load(stored.inquiry.id)? {
             return Ok(Some((state, false)));
         }
-        Ok(self.rules().policies.policy_for(stored).map(|policy| (SlaState::start(policy, stored), true)))
+        Ok(rules.policies.policy_for(stored).map(|policy| (SlaState::start(policy, stored), true)))
     }
 
     /// What [`Reach::reply`] would do to `stored`'s SLA at `at_ms`, without writing anything:
@@ -304,7 +305,7 @@ impl Reach {
     /// audits again, at worst twice, never not at all). Blocking.
     pub fn preview_reply(&self, stored: &StoredInquiry, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
         let now = self.clock.now_ms();
-        let Some((mut state, _)) = self.sla_of(stored)? else { return Ok(ReplyOutcome::NoSla) };
+        let Some((mut state, _)) = self.sla_of(&self.rules(), stored)? else { return Ok(ReplyOutcome::NoSla) };
         Ok(match state.reply(at_ms, now) {
             Some(_) => ReplyOutcome::Recorded(Box::new(state)),
             None => ReplyOutcome::Unchanged(Box::new(state)),
@@ -320,10 +321,11 @@ impl Reach {
         let now = self.clock.now_ms();
         let mut batch = self.store.batch();
         self.cancel_ack(&mut batch, id)?;
-        let mut state = match self.sla_of(stored)? {
+        let rules = self.rules();
+        let mut state = match self.sla_of(&rules, stored)? {
             Some((state, false)) => state,
             Some((state, true)) => {
-                self.queue_event(&mut batch, &mut seqs, state.started(now))?;
+                self.queue_event(&rules, &mut batch, &mut seqs, state.started(now))?;
                 state
             }
             None => {
@@ -340,7 +342,7 @@ impl Reach {
         if let Some(due) = pending {
             batch.remove_timer(Timeline::Sla, due, id);
         }
-        self.queue_event(&mut batch, &mut seqs, event)?;
+        self.queue_event(&rules, &mut batch, &mut seqs, event)?;
         batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
         counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone()).increment(1);
@@ -353,7 +355,8 @@ impl Reach {
 
     /// An acknowledgement that has not left yet is not sent once an agent answered.
     fn cancel_ack(&self, batch: &mut StoreBatch<'_>, id: Uuid) -> Result<(), StoreError> {
-        if self.rules().acks.is_empty() {
+        // Senders are fixed for the process; templates may come and go with reloads.
+        if self.rules().acks.senders().is_empty() {
             return Ok(());
         }
         let planned = self.store.timeline_state(Timeline::Ack, id)?;
@@ -431,12 +434,12 @@ impl Reach {
     /// team, addressed to who must act.
     fn queue_event(
         &self,
+        rules: &Rules,
         batch: &mut StoreBatch<'_>,
         seqs: &mut HashMap<String, u64>,
         mut event: SlaEvent,
     ) -> Result<(), StoreError> {
         counter!(telemetry::SLA_EVENTS, "kind" => event.kind.as_str()).increment(1);
-        let rules = self.rules();
         let team = rules.teams.get(&event.queue);
         event.notify = match (event.kind, event.level) {
             (EventKind::Escalated, 1) => team.and_then(|t| t.lead.clone()),

@@ -876,6 +876,10 @@ async fn send_one(
         }
         state.status = AckStatus::Sending;
         state.attempts += 1;
+        // What is sent is recorded: the variant in force now (a reload may have changed it
+        // since the acknowledgement was planned).
+        state.version = message.version;
+        state.language = message.language.clone();
         true
     })?;
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
