@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use platform_standins::whatsapp_send::WhatsappSend;
 use platform_standins::Standin;
-use support::{metric_value, Gateway, HttpClient, SmtpServer, StatusCode};
+use support::{audit_entries_of, metric_value, Gateway, HttpClient, SmtpServer, StatusCode};
 
 const NUMBER: &str = "106540352242922";
 const EU_BLOCK: &str = "EU representative: Example Rep GmbH, Berlin";
@@ -473,12 +473,7 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
     let pair = (&send, &chat);
     ack_is_no_answer_but_the_agents_is(&gateway, pair, "shopee", ming, ("2210000000000000001", "2210000000000000009"))
         .await;
-    let entries = HttpClient::new().get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
-    let replies: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["kind"] == "inquiry.replied")
-        .collect();
+    let replies = audit_entries_of(&gateway, "inquiry.replied").await;
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(replies[0]["actor"], "poller:shopee_chat/1001");
 
@@ -547,12 +542,7 @@ async fn a_sellers_answer_in_aliexpress_messages_stops_the_clock_of_the_conversa
     assert_eq!(platform_answers(&text), 1.0, "{}", gateway.log());
     let met = [("outcome", "met"), ("channel", "aliexpress")];
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
-    let entries = HttpClient::new().get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
-    let replied: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["kind"] == "inquiry.replied")
-        .collect();
+    let replied = audit_entries_of(&gateway, "inquiry.replied").await;
     assert_eq!(replied.len(), 1, "{replied:?}");
     assert_eq!(replied[0]["actor"], "poller:aliexpress_messages/1001");
 }

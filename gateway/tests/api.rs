@@ -5,7 +5,7 @@ mod support;
 use std::process::Command;
 
 use hyper::Method;
-use support::{inquiry_json, metric_value, workspace_file, Gateway, HttpClient, Reply};
+use support::{audit_entries_of, inquiry_json, metric_value, workspace_file, Gateway, HttpClient, Reply};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 const NDJSON: (&str, &str) = ("content-type", "application/x-ndjson");
@@ -200,13 +200,7 @@ async fn api_keys_limit_callers_to_their_accounts() {
     assert_eq!(read.status, 200);
     let read = read.json();
     assert_eq!(read["personal"]["email"], "auth-2@example.com");
-    let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
-    assert_eq!(entries.status, 200);
-    let reads: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["kind"] == "inquiry.read")
-        .collect();
+    let reads = audit_entries_of(&gateway, "inquiry.read").await;
     assert_eq!(reads.len(), 1, "the refused read (404) opened nothing and is not a read: {reads:?}");
     assert_eq!(reads[0]["actor"], "api_key:ops");
     assert_eq!(reads[0]["inquiry_id"], id.as_str());
@@ -296,12 +290,7 @@ async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are
         "counted once"
     );
     assert_eq!(metric_value(&text, "inquiry_gateway_conversion_seconds_count", &[("channel", "generic")]), 1.0);
-    let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
-    let converted: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["kind"] == "inquiry.converted")
-        .collect();
+    let converted = audit_entries_of(&gateway, "inquiry.converted").await;
     assert_eq!(converted.len(), 1, "{converted:?}");
     // The log outlives an erasure: it proves which order (by its SHA-256), not the order id.
     assert!(!converted[0].to_string().contains("8100000000000001"), "{converted:?}");

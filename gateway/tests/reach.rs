@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{inquiry_json, metric_value, Gateway, HttpClient, Method, StatusCode};
+use support::{audit_entries_of, inquiry_json, metric_value, Gateway, HttpClient, Method, StatusCode};
 
 const HOOK_SECRET: &str = "hook-secret-0123456789";
 const DING_SECRET: &str = "SECding-test-secret";
@@ -524,12 +524,7 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
     let both = deliver(vec![message(carl, "m_c1"), echo(carl, "m_c_reply", None)]).await;
     assert_eq!((both["accepted"].as_u64(), both["answered"].as_u64()), (Some(1), Some(1)));
 
-    let entries = client.get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
-    let mut replied: Vec<serde_json::Value> = String::from_utf8_lossy(&entries.body)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["kind"] == "inquiry.replied")
-        .collect();
+    let mut replied = audit_entries_of(&gateway, "inquiry.replied").await;
     replied.sort_by_key(|e| e["inquiry_id"].as_str().unwrap().to_owned());
     let mut expected: Vec<&serde_json::Value> = anna_ids.as_array().unwrap().iter().chain([&both["ids"][0]]).collect();
     expected.sort_by_key(|id| id.as_str().unwrap().to_owned());

@@ -295,6 +295,18 @@ pub fn inquiry_json(account: &str, external_id: &str) -> String {
     .to_string()
 }
 
+/// The audit log's entries of `kind`, in log order (the admin API on its open loopback
+/// listener; the first 1,000 entries).
+pub async fn audit_entries_of(gateway: &Gateway, kind: &str) -> Vec<serde_json::Value> {
+    let entries = HttpClient::new().get(&gateway.admin_url("/v1/audit/entries?from=0&limit=1000")).await;
+    assert_eq!(entries.status, 200, "{}", String::from_utf8_lossy(&entries.body));
+    String::from_utf8_lossy(&entries.body)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
 /// Reads a metric sample's value from a Prometheus exposition (sum over matching label sets).
 pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     exposition
