@@ -657,7 +657,7 @@ pub enum SmtpTls {
 }
 
 /// How acknowledgements leave for one channel.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SenderConfig {
     /// E-mail over SMTP, to the buyer's address (inquiries of `channels`).
@@ -1026,7 +1026,7 @@ pub enum AlertKind {
 }
 
 /// One place alerts are sent to.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertTargetConfig {
     /// Id (referenced by teams).

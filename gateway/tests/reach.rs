@@ -598,4 +598,14 @@ async fn sla_policies_change_on_sighup_for_new_inquiries_and_a_reload_naming_an_
     }
     let after = reply(post(&gateway, "policy-after").await).await;
     assert_eq!(after["policy"], "quarter", "the previous rules stay: {after}");
+
+    // dry_run changes only at a restart: the reload says so, and applies the rest.
+    gateway.reconfigure(&format!("[reach]\ndry_run = true\n{}", policies("hour")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gateway.log().contains("change at the next restart") {
+        assert!(Instant::now() < deadline, "the restart-only change was not logged\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = reply(post(&gateway, "policy-last").await).await;
+    assert_eq!(last["policy"], "hour", "the rules reloaded all the same: {last}");
 }

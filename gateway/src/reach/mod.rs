@@ -60,8 +60,8 @@ pub struct Reach {
     /// Policies, teams and acknowledgement rules: swapped whole by [`Reach::reload`].
     rules: RwLock<Arc<Rules>>,
     /// What a reload cannot change (senders, alert targets, dry run, the replies topic), as
-    /// text, to tell when a changed config needs a restart.
-    restart_only: String,
+    /// started, to tell when a changed config needs a restart.
+    restart_only: RestartOnly,
     targets: Vec<AlertTargetConfig>,
     to_kafka: bool,
     dry_run: bool,
@@ -137,9 +137,22 @@ impl std::ops::Deref for AcksInForce {
     }
 }
 
-/// The parts of `config` only a restart changes, as text.
-fn restart_only(config: &ReachConfig) -> String {
-    format!("{:?}|{:?}|{}|{:?}", config.senders, config.alert_targets, config.dry_run, config.replies_topic)
+/// The parts of a reach-out config only a restart changes (secrets and URLs included).
+#[derive(PartialEq)]
+struct RestartOnly {
+    senders: Vec<crate::config::SenderConfig>,
+    alert_targets: Vec<AlertTargetConfig>,
+    dry_run: bool,
+    replies_topic: Option<String>,
+}
+
+fn restart_only(config: &ReachConfig) -> RestartOnly {
+    RestartOnly {
+        senders: config.senders.clone(),
+        alert_targets: config.alert_targets.clone(),
+        dry_run: config.dry_run,
+        replies_topic: config.replies_topic.clone(),
+    }
 }
 
 impl Reach {
