@@ -73,52 +73,59 @@ struct Cql {
     select: PreparedStatement,
 }
 
-/// The agent directory and where its run-time state is kept.
-pub struct AgentStates {
-    directory: Arc<AgentDirectory>,
-    store: Store,
-    place: StatePlace,
-    cql_config: Option<CqlConfig>,
+/// Where the states are kept.
+enum Keeper {
+    /// The embedded store; its read-modify-writes one at a time.
+    Local { store: Store, writes: Arc<std::sync::Mutex<()>> },
+    /// The CQL store's `agent_states` table.
+    Shared(Box<SharedTable>),
+}
+
+/// The CQL store's `agent_states` table, as one replica uses it.
+struct SharedTable {
+    config: CqlConfig,
     cql: OnceCell<Cql>,
-    /// Serializes the embedded store's read-modify-writes.
-    local_writes: Arc<std::sync::Mutex<()>>,
-    /// Serializes this replica's CQL writes with applying what a refresh read.
-    cql_writes: tokio::sync::Mutex<()>,
-    /// CQL writes made here so far: a refresh that overlapped one is not applied.
+    /// Serializes this replica's writes with applying what a refresh read.
+    writing: tokio::sync::Mutex<()>,
+    /// Writes made here so far: a refresh that overlapped one is not applied.
     writes: AtomicU64,
 }
 
+/// The agent directory and where its run-time state is kept.
+pub struct AgentStates {
+    directory: Arc<AgentDirectory>,
+    keeper: Keeper,
+}
+
 impl AgentStates {
-    /// The states of `directory`'s agents, kept in `place` (`cql_config` is needed for
-    /// [`StatePlace::Cql`]).
+    /// The states of `directory`'s agents, kept in `place`: the embedded store `store`, or with
+    /// [`StatePlace::Cql`] the CQL store of `cql_config` (a validated config has one).
     pub fn new(
         directory: Arc<AgentDirectory>,
         store: Store,
         place: StatePlace,
         cql_config: Option<CqlConfig>,
     ) -> AgentStates {
-        AgentStates {
-            directory,
-            store,
-            place,
-            cql_config,
-            cql: OnceCell::new(),
-            local_writes: Arc::default(),
-            cql_writes: tokio::sync::Mutex::new(()),
-            writes: AtomicU64::new(0),
-        }
+        let keeper = match (place, cql_config) {
+            (StatePlace::Cql, Some(config)) => Keeper::Shared(Box::new(SharedTable {
+                config,
+                cql: OnceCell::new(),
+                writing: tokio::sync::Mutex::new(()),
+                writes: AtomicU64::new(0),
+            })),
+            _ => Keeper::Local { store, writes: Arc::default() },
+        };
+        AgentStates { directory, keeper }
     }
 
     /// Applies the states the embedded store kept (before the gateway takes traffic; blocking).
     /// With the CQL store, [`AgentStates::refresh`] brings them in once connected.
     pub fn restore_local(&self) -> Result<usize, StoreError> {
-        if self.place != StatePlace::Local {
-            return Ok(0);
-        }
+        let Keeper::Local { store, .. } = &self.keeper else { return Ok(0) };
         let mut applied = 0;
-        for (id, bytes) in self.store.agent_states()? {
+        for (id, bytes) in store.agent_states()? {
             let Ok(update) = serde_json::from_slice::<AgentUpdate>(&bytes) else { continue };
-            applied += usize::from(self.apply(&id, update));
+            applied += usize::from(self.directory.apply(&id, update));
         }
         Ok(applied)
     }
@@ -129,9 +136,9 @@ impl AgentStates {
         if !self.directory.contains(id) {
             return Err(AgentStateError::Unknown);
         }
-        match self.place {
-            StatePlace::Local => {
-                let (store, lock, id) = (self.store.clone(), self.local_writes.clone(), id.to_owned());
+        match &self.keeper {
+            Keeper::Local { store, writes } => {
+                let (store, lock, id) = (store.clone(), writes.clone(), id.to_owned());
                 let directory = self.directory.clone();
                 crate::store::off_the_workers(move || {
                     // One update at a time, kept then applied: two updates of one agent both keep
@@ -142,49 +149,78 @@ impl AgentStates {
                     let mut batch = store.batch();
                     batch.put_agent_state(&id, &serde_json::to_vec(&merged).expect("updates serialize"));
                     batch.commit()?;
-                    directory.update(&id, update.load, update.capacity, update.online);
+                    directory.apply(&id, update);
                     Ok(())
                 })
                 .await?;
             }
-            StatePlace::Cql => {
-                let _one_at_a_time = self.cql_writes.lock().await;
-                self.write_cql(id, update).await?;
+            Keeper::Shared(table) => {
+                let _one_at_a_time = table.writing.lock().await;
+                table.write(id, update).await?;
                 // A refresh that read the table before this write must not undo it.
-                self.writes.fetch_add(1, Ordering::SeqCst);
-                self.apply(id, update);
+                table.writes.fetch_add(1, Ordering::SeqCst);
+                self.directory.apply(id, update);
             }
         }
         Ok(())
     }
 
-    /// Applies one update to the directory; false when the configuration has no such agent.
-    fn apply(&self, id: &str, update: AgentUpdate) -> bool {
-        self.directory.update(id, update.load, update.capacity, update.online)
+    /// With the CQL store: reads the shared states every `interval` until `stop` (a failed read
+    /// is logged and tried again at the next tick). Returns at once otherwise.
+    pub async fn refresh(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<()>) {
+        let Keeper::Shared(table) = &self.keeper else { return };
+        let mut failing = false;
+        loop {
+            match table.read_into(&self.directory).await {
+                Ok(applied) if failing => {
+                    failing = false;
+                    tracing::info!(agents = applied, "agent states read from the cql store again");
+                }
+                Ok(_) => {}
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %err, "agent states not read from the cql store; retrying");
+                }
+                Err(_) => {}
+            }
+            if sleep_or_stop(interval, &mut stop).await {
+                return;
+            }
+        }
     }
+}
 
+impl AgentDirectory {
+    /// Applies one update; false when the configuration has no such agent.
+    fn apply(&self, id: &str, update: AgentUpdate) -> bool {
+        self.update(id, update.load, update.capacity, update.online)
+    }
+}
+
+fn cql_error(err: impl std::fmt::Display) -> AgentStateError {
+    AgentStateError::Cql(err.to_string())
+}
+
+impl SharedTable {
     /// The CQL connection, opened on first use.
     async fn cql(&self) -> Result<&Cql, AgentStateError> {
-        let config = self.cql_config.as_ref().ok_or_else(|| AgentStateError::Cql("no [sinks.cql]".to_owned()))?;
         self.cql
             .get_or_try_init(|| async {
-                let session =
-                    crate::sinks::cql::connect(config).await.map_err(|e| AgentStateError::Cql(e.to_string()))?;
-                let ks = &config.keyspace;
+                let session = crate::sinks::cql::connect(&self.config).await.map_err(cql_error)?;
+                let ks = &self.config.keyspace;
                 let mut select = session
                     .prepare(format!("SELECT agent, load, capacity, online FROM {ks}.agent_states"))
                     .await
-                    .map_err(|e| AgentStateError::Cql(e.to_string()))?;
-                select.set_consistency(crate::sinks::cql::consistency_of(config));
+                    .map_err(cql_error)?;
+                select.set_consistency(crate::sinks::cql::consistency_of(&self.config));
                 Ok(Cql { session, select })
             })
             .await
     }
 
     /// Writes the fields `update` sets (the others keep their stored value).
-    async fn write_cql(&self, id: &str, update: AgentUpdate) -> Result<(), AgentStateError> {
+    async fn write(&self, id: &str, update: AgentUpdate) -> Result<(), AgentStateError> {
         let cql = self.cql().await?;
-        let config = self.cql_config.as_ref().expect("connected with a config");
         let mut sets = Vec::new();
         let mut values = Vec::new();
         let to_int = |n: u32| CqlValue::Int(i32::try_from(n).unwrap_or(i32::MAX));
@@ -204,57 +240,30 @@ impl AgentStates {
             return Ok(());
         }
         values.push(CqlValue::Text(id.to_owned()));
-        let text = format!("UPDATE {}.agent_states SET {} WHERE agent = ?", config.keyspace, sets.join(", "));
+        let text = format!("UPDATE {}.agent_states SET {} WHERE agent = ?", self.config.keyspace, sets.join(", "));
         let mut statement = scylla::statement::unprepared::Statement::new(text);
-        statement.set_consistency(crate::sinks::cql::consistency_of(config));
-        cql.session.query_unpaged(statement, values).await.map_err(|e| AgentStateError::Cql(e.to_string()))?;
+        statement.set_consistency(crate::sinks::cql::consistency_of(&self.config));
+        cql.session.query_unpaged(statement, values).await.map_err(cql_error)?;
         Ok(())
     }
 
-    /// Reads every agent's shared state and applies it; the number of agents applied.
-    async fn read_cql(&self) -> Result<usize, AgentStateError> {
+    /// Reads every agent's shared state and applies it to `directory`; the number applied.
+    async fn read_into(&self, directory: &AgentDirectory) -> Result<usize, AgentStateError> {
         let cql = self.cql().await?;
         let writes_before = self.writes.load(Ordering::SeqCst);
-        let cql_error = |e: &dyn std::fmt::Display| AgentStateError::Cql(e.to_string());
-        let result = cql.session.execute_unpaged(&cql.select, ()).await.map_err(|e| cql_error(&e))?;
-        let rows = result.into_rows_result().map_err(|e| cql_error(&e))?;
-        let _no_write_meanwhile = self.cql_writes.lock().await;
+        let result = cql.session.execute_unpaged(&cql.select, ()).await.map_err(cql_error)?;
+        let rows = result.into_rows_result().map_err(cql_error)?;
+        let _no_write_meanwhile = self.writing.lock().await;
         if self.writes.load(Ordering::SeqCst) != writes_before {
             return Ok(0); // an update was written meanwhile: the next read has it
         }
         let mut applied = 0;
-        for row in rows.rows::<(String, Option<i32>, Option<i32>, Option<bool>)>().map_err(|e| cql_error(&e))? {
-            let (id, load, capacity, online) = row.map_err(|e| cql_error(&e))?;
+        for row in rows.rows::<(String, Option<i32>, Option<i32>, Option<bool>)>().map_err(cql_error)? {
+            let (id, load, capacity, online) = row.map_err(cql_error)?;
             let to_u32 = |n: Option<i32>| n.map(|n| u32::try_from(n).unwrap_or(0));
             let update = AgentUpdate { load: to_u32(load), capacity: to_u32(capacity), online };
-            applied += usize::from(self.apply(&id, update));
+            applied += usize::from(directory.apply(&id, update));
         }
         Ok(applied)
-    }
-
-    /// With the CQL store: reads the shared states every `interval` until `stop` (a failed read
-    /// is logged and tried again at the next tick). Returns at once otherwise.
-    pub async fn refresh(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<()>) {
-        if self.place != StatePlace::Cql {
-            return;
-        }
-        let mut failing = false;
-        loop {
-            match self.read_cql().await {
-                Ok(applied) if failing => {
-                    failing = false;
-                    tracing::info!(agents = applied, "agent states read from the cql store again");
-                }
-                Ok(_) => {}
-                Err(err) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %err, "agent states not read from the cql store; retrying");
-                }
-                Err(_) => {}
-            }
-            if sleep_or_stop(interval, &mut stop).await {
-                return;
-            }
-        }
     }
 }

@@ -87,7 +87,7 @@ impl Conversion {
     /// Records this conversion of inquiry `id` if the inquiry is still stored (retention may
     /// have removed it meanwhile); false when it is not.
     pub fn record(&self, store: &Store, id: Uuid) -> Result<bool, StoreError> {
-        if store.get_inquiry(id)?.is_none() {
+        if !store.has_inquiry(id)? {
             return Ok(false);
         }
         let mut batch = store.batch();

@@ -596,6 +596,11 @@ impl Store {
         Ok(self.meta.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Whether inquiry `id` is stored (its record is not read).
+    pub fn has_inquiry(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.inquiries.contains_key(id.as_bytes())?)
+    }
+
     /// The conversion recorded for inquiry `id`, as the caller wrote it.
     pub fn conversion(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.conversions.get(id.as_bytes())?.map(|v| v.to_vec()))

@@ -17,6 +17,9 @@ use support::{audit_entries_of, metric_value, Gateway, HttpClient, SmtpServer, S
 
 const NUMBER: &str = "106540352242922";
 const EU_BLOCK: &str = "EU representative: Example Rep GmbH, Berlin";
+/// A one-hour first-response SLA for every inquiry.
+const HOUR_SLA: &str =
+    "[[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n";
 
 fn templates() -> String {
     format!(
@@ -462,7 +465,7 @@ async fn a_shops_answer_in_shopee_chat_stops_the_clock_but_the_gateways_own_ackn
     let chat = Standin::start(Arc::new(Shopee::default()), None).await.unwrap();
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"shopee\"\nbase_url = \"{}\"\npartner_id = \"100001\"\npartner_key = \"test-shopee-partner-key\"\n\
-         [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n\
+         {HOUR_SLA}\
          [[pollers]]\nconnector = \"shopee_chat\"\naccount = \"1001\"\naccess_token = \"test-shopee-shop-token\"\napp_key = \"100001\"\napp_secret = \"test-shopee-partner-key\"\nbase_url = \"{}\"\ninterval_ms = 300\n",
         templates(),
         send.url(),
@@ -507,7 +510,7 @@ async fn a_shops_answer_in_tiktok_shop_chat_stops_the_clock_but_the_gateways_own
     let chat = Standin::start(Arc::new(Tiktok::default()), None).await.unwrap();
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"tiktok_shop\"\nbase_url = \"{}\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nshop_tokens = {{ \"1001\" = \"test-tiktok-shop-token\" }}\n\
-         [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n\
+         {HOUR_SLA}\
          [[pollers]]\nconnector = \"tiktok_customer_service\"\naccount = \"1001\"\naccess_token = \"test-tiktok-shop-token\"\napp_key = \"test-tiktok-app-key\"\napp_secret = \"test-tiktok-app-secret\"\nbase_url = \"{}\"\ninterval_ms = 300\n",
         templates(),
         send.url(),
@@ -526,8 +529,7 @@ async fn a_sellers_answer_in_aliexpress_messages_stops_the_clock_of_the_conversa
     use platform_standins::aliexpress::Aliexpress;
     let chat = Standin::start(Arc::new(Aliexpress::default()), None).await.unwrap();
     let config = format!(
-        "[[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n\
-         [[pollers]]\nconnector = \"aliexpress_messages\"\naccount = \"1001\"\naccess_token = \"test-aliexpress-session\"\napp_key = \"test-aliexpress-app-key\"\napp_secret = \"test-aliexpress-app-secret\"\nbase_url = \"{}\"\ninterval_ms = 300\nper_day = 2000000\n",
+        "{HOUR_SLA}[[pollers]]\nconnector = \"aliexpress_messages\"\naccount = \"1001\"\naccess_token = \"test-aliexpress-session\"\napp_key = \"test-aliexpress-app-key\"\napp_secret = \"test-aliexpress-app-secret\"\nbase_url = \"{}\"\ninterval_ms = 300\nper_day = 2000000\n",
         chat.url()
     );
     let gateway = Gateway::start(&config).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{audit_entries_of, inquiry_json, metric_value, Gateway, HttpClient, Method, StatusCode};
+use support::{audit_entries_of, eventually, inquiry_json, metric_value, Gateway, HttpClient, Method, StatusCode};
 
 const HOOK_SECRET: &str = "hook-secret-0123456789";
 const DING_SECRET: &str = "SECding-test-secret";
@@ -591,21 +591,19 @@ async fn sla_policies_change_on_sighup_for_new_inquiries_and_a_reload_naming_an_
         + "[[reach.alert_targets]]\nid = \"ops-chat\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef0123\"\n\
            [[reach.teams]]\nqueue = \"unassigned\"\nalert_targets = [\"ops-chat\"]\n";
     gateway.reconfigure(&unknown_target);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gateway.log().contains("reach-out settings not reloaded") {
-        assert!(Instant::now() < deadline, "the refusal was not logged\n{}", gateway.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logged(&gateway, "reach-out settings not reloaded").await;
     let after = reply(post(&gateway, "policy-after").await).await;
     assert_eq!(after["policy"], "quarter", "the previous rules stay: {after}");
 
     // dry_run changes only at a restart: the reload says so, and applies the rest.
     gateway.reconfigure(&format!("[reach]\ndry_run = true\n{}", policies("hour")));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gateway.log().contains("change at the next restart") {
-        assert!(Instant::now() < deadline, "the restart-only change was not logged\n{}", gateway.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logged(&gateway, "change at the next restart").await;
     let last = reply(post(&gateway, "policy-last").await).await;
     assert_eq!(last["policy"], "hour", "the rules reloaded all the same: {last}");
+}
+
+/// Waits (10 s at most) until the gateway's log holds `text`.
+async fn logged(gateway: &Gateway, text: &str) {
+    eventually(Duration::from_secs(10), &format!("the log says `{text}`"), || async { gateway.log().contains(text) })
+        .await;
 }

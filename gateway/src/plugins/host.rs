@@ -296,6 +296,16 @@ fn with_str<R>(caller: &Caller<'_, HostState>, ptr: u32, len: u32, with: impl Fn
     with(text, state)
 }
 
+/// Writes a host answer at `out_ptr` when it fits in `out_cap` bytes and returns the bytes it
+/// needs (the guest calls again with a bigger buffer). Out of bounds, the plugin reads nothing:
+/// it cannot make the host fail.
+fn answer(caller: &mut Caller<'_, HostState>, memory: Memory, out_ptr: u32, out_cap: u32, bytes: &[u8]) -> u32 {
+    if bytes.len() <= out_cap as usize {
+        let _ = memory.write(caller, out_ptr as usize, bytes);
+    }
+    bytes.len() as u32
+}
+
 /// Which capability an `igw` import needs; `None` for one the gateway does not offer.
 /// `settings` (the plugin's own configuration) needs none.
 fn capability_of(name: &str) -> Option<Option<Capability>> {
@@ -349,11 +359,7 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
         .func_wrap("igw", "settings", |mut caller: Caller<'_, HostState>, out_ptr: u32, out_cap: u32| -> u32 {
             let Some(memory) = caller.data().memory else { return 0 };
             let context = caller.data().context.clone();
-            if context.settings.len() <= out_cap as usize {
-                // Out of bounds: the plugin reads nothing; it cannot make the host fail.
-                let _ = memory.write(&mut caller, out_ptr as usize, &context.settings);
-            }
-            context.settings.len() as u32
+            answer(&mut caller, memory, out_ptr, out_cap, &context.settings)
         })
         .map_err(e)?;
     if granted.contains(&Capability::Log) {
@@ -389,13 +395,7 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
                         return 4; // an empty list: no team has such a name
                     }
                     let team = with_str(&caller, team_ptr, team_len, |team, _| team.to_owned());
-                    context.agents.with_encoded(&team, |encoded| {
-                        if encoded.len() <= out_cap as usize {
-                            // Out of bounds: the plugin reads nothing; it cannot make the host fail.
-                            let _ = memory.write(&mut caller, out_ptr as usize, encoded);
-                        }
-                        encoded.len() as u32
-                    })
+                    context.agents.with_encoded(&team, |encoded| answer(&mut caller, memory, out_ptr, out_cap, encoded))
                 },
             )
             .map_err(e)?;
