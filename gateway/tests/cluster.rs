@@ -303,9 +303,12 @@ async fn assignee_on(gateway: &Gateway, external_id: &str) -> serde_json::Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_update_on_one_replica_reaches_the_routing_plugins_of_every_replica() {
     let keyspace = unique("agents");
+    // Generous plugin deadline: this file's other gateways and a Cassandra node share two cores, and a
+    // timed-out batch takes the fallback route, which this test is not about.
     let config = format!(
         "[routing]\nagent_state = \"cql\"\nagent_refresh_ms = 200\n\
          [[routing.plugins]]\nid = \"router\"\npath = \"{}\"\ncapabilities = [\"agents\", \"kv\"]\n\
+         [routing.plugins.limits]\nbatch_timeout_ms = 5000\n\
          [[routing.chains]]\naccount = \"shop-1\"\nplugins = [\"router\"]\n\
          [[routing.agents]]\nid = \"anna\"\nteam = \"eu-sales\"\ncapacity = 5\n\
          [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n{}",
