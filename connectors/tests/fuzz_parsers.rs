@@ -38,6 +38,7 @@ proptest! {
             account: "1001",
             credentials: PollCredentials { access_token: "t", app_key: Some("k"), app_secret: Some("s") },
             now: OffsetDateTime::UNIX_EPOCH,
+            wants_answers: true,
         };
         let position = PollPosition { cursor: cursor.as_deref(), page: page.as_deref() };
         for poller in poll::REGISTRY {

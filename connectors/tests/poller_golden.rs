@@ -42,7 +42,12 @@ fn every_poller_builds_its_requests_and_parses_its_fixtures_to_the_goldens() {
                 serde_json::Value::String(raw) => raw.clone().into_bytes(),
                 json => serde_json::to_vec(json).unwrap(),
             };
-            let target = PollTarget { account: &fixture.account, credentials, now: datetime!(2026-12-03 08:00:00 UTC) };
+            let target = PollTarget {
+                account: &fixture.account,
+                credentials,
+                now: datetime!(2026-12-03 08:00:00 UTC),
+                wants_answers: true,
+            };
             let position = PollPosition { cursor: fixture.cursor.as_deref(), page: fixture.page.as_deref() };
             let request = poller.request(&target, &position);
             let mut context = || NormalizeContext {
@@ -81,10 +86,15 @@ fn every_poller_builds_its_requests_and_parses_its_fixtures_to_the_goldens() {
                     .replies
                     .iter()
                     .map(|r| {
-                        serde_json::json!({
+                        let mut reply = serde_json::json!({
                             "account": r.account, "buyer_id": r.buyer_id,
                             "replied_at": r.replied_at.format(&rfc3339).unwrap(), "message_id": r.message_id,
-                        })
+                        });
+                        // Only where the platform names the message answered (keeps the others' goldens).
+                        if let Some(question) = &r.in_reply_to {
+                            reply["in_reply_to"] = question.as_str().into();
+                        }
+                        reply
                     })
                     .collect();
             }
@@ -109,6 +119,7 @@ fn a_truncated_or_foreign_response_is_an_error_not_a_panic() {
         account: "1001",
         credentials: PollCredentials { access_token: "t", app_key: Some("k"), app_secret: Some("s") },
         now: datetime!(2026-12-03 08:00:00 UTC),
+        wants_answers: true,
     };
     for poller in poll::REGISTRY {
         for body in [&b"{\"data\": [{\"id\": "[..], b"<html>502 Bad Gateway</html>", b""] {

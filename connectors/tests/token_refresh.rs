@@ -16,6 +16,7 @@ fn target() -> PollTarget<'static> {
             app_secret: Some("test-app-secret"),
         },
         now: NOW,
+        wants_answers: false,
     }
 }
 

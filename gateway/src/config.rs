@@ -1872,6 +1872,7 @@ impl Config {
                     account: &poller.account,
                     credentials: Default::default(),
                     now: time::OffsetDateTime::UNIX_EPOCH,
+                    wants_answers: false,
                 };
                 if found.refresh_request(&probe, "probe").is_none() {
                     problems.push(format!(

@@ -553,7 +553,12 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 app_key: config.app_key.as_deref(),
                 app_secret: config.app_secret.as_deref(),
             };
-            let target = PollTarget { account: &account, credentials, now: OffsetDateTime::now_utc() };
+            let target = PollTarget {
+                account: &account,
+                credentials,
+                now: OffsetDateTime::now_utc(),
+                wants_answers: replies.is_some(),
+            };
             let position = PollPosition { cursor: cursor.as_deref(), page: page_token.as_deref() };
             let started = Instant::now();
             let (status, headers, body) = tokio::select! {

@@ -143,7 +143,7 @@ impl PollTokens {
             app_key: config.app_key.as_deref(),
             app_secret: config.app_secret.as_deref(),
         };
-        let target = PollTarget { account: &config.account, credentials, now };
+        let target = PollTarget { account: &config.account, credentials, now, wants_answers: false };
         let request = poller.refresh_request(&target, &refresh).ok_or("this platform's tokens are not refreshed")?;
         let base = config.token_url.as_deref().or(poller.token_base_url()).unwrap_or(&config.base_url);
         let outcome = async {

@@ -548,3 +548,52 @@ async fn a_sellers_answer_in_aliexpress_messages_stops_the_clock_of_the_conversa
     assert_eq!(replied.len(), 1, "{replied:?}");
     assert_eq!(replied[0]["actor"], "poller:aliexpress_messages/1001");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sellers_answer_to_an_ebay_question_stops_its_clock_only_and_the_gateways_own_acknowledgement_none() {
+    use platform_standins::ebay::Ebay;
+    use platform_standins::marketplace_send::EbayRtq;
+    let send = Standin::start(Arc::new(EbayRtq::default()), None).await.unwrap();
+    let questions = Standin::start(Arc::new(Ebay::default()), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"ebay\"\nbase_url = \"{}\"\nuser_tokens = {{ \"1001\" = \"test-ebay-user-token\" }}\n\
+         {HOUR_SLA}\
+         [[pollers]]\nconnector = \"ebay_member_messages\"\naccount = \"1001\"\naccess_token = \"test-ebay-user-token\"\nbase_url = \"{}\"\ninterval_ms = 300\nrequests_per_second = 20.0\nburst = 2\nper_day = 2000000\n",
+        templates(),
+        send.url(),
+        questions.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    // eBay: one exchange per question; the acknowledgement goes into it (its parent is the question).
+    let buyer = "k.schmidt_84";
+    let pair = (&send, &questions);
+    let first = ("2178893412100", buyer);
+    ack_is_no_answer_but_the_agents_is(&gateway, pair, "ebay", first, ("2178893412100", "agent-answer-1")).await;
+    let replies = audit_entries_of(&gateway, "inquiry.replied").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["actor"], "poller:ebay_member_messages/1001");
+
+    // The same buyer asks about two more listings; both are acknowledged, the agent answers the
+    // second only: an answer stops the clock of the question it answers, not the buyer's others.
+    let (second, third) = ("2178893412200", "2178893412300");
+    for (n, question) in [second, third].into_iter().enumerate() {
+        let text = format!("Question {n}: do you have it in blue?");
+        questions.mailbox().add(chat_message((question, buyer), question, false, &text, now_seconds() - 2));
+    }
+    wait_until_sent(|| send.mailbox().all().len(), 3, 60, || gateway.log()).await;
+    let sent = [("channel", "ebay"), ("outcome", "sent")];
+    let text = metrics_until(&gateway, |t| metric_value(t, "inquiry_gateway_acks_total", &sent) == 3.0).await;
+    assert_eq!(metric_value(&text, "inquiry_gateway_acks_total", &sent), 3.0, "{}", gateway.log());
+    for ack in send.mailbox().all().into_iter().filter(|m| m.conversation != first.0) {
+        questions.mailbox().add(chat_message((&ack.conversation, buyer), &ack.id, true, &ack.text, now_seconds()));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(platform_answers(&metrics(&gateway).await), 1.0, "acknowledgements answer nothing");
+    questions.mailbox().add(chat_message((third, buyer), "agent-answer-3", true, "Yes, in blue.", now_seconds() + 1));
+    metrics_until(&gateway, |t| platform_answers(t) >= 2.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // an answer to the second would come meanwhile
+    let text = metrics(&gateway).await;
+    assert_eq!(platform_answers(&text), 2.0, "the third question is answered, the second is not\n{}", gateway.log());
+    let met = [("outcome", "met"), ("channel", "ebay")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 2.0);
+}

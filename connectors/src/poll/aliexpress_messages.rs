@@ -303,6 +303,7 @@ impl Poller for AliexpressMessages {
                             buyer_id: buyer.clone(),
                             replied_at,
                             message_id: Some(message.id.clone()),
+                            in_reply_to: None,
                         });
                     }
                     let (true, Some(text), Some(created), Some(sender)) =

@@ -34,6 +34,17 @@
 //! pages do not shift while the cycle reads them. A restart skips nothing (the boundary instant and
 //! the minute before it are asked again); what is taken again is dropped by the pipeline's dedup.
 //!
+//! The seller's answers (only when reach-out runs, [`PollTarget::wants_answers`]): after the
+//! last page of the questions, the cycle reads the questions of the last [`ANSWERS_WINDOW`] again
+//! with `MessageStatus` `Answered`. eBay gives an answer (`Response[]`, text only) no id and no
+//! time of its own: each answered exchange becomes one [`SellerReply`] at its
+//! `LastModifiedDate` (the latest answer's time; the first answer may be earlier), in reply to
+//! the question's `MessageID`, with the id [`answer_key`]`(question, number of responses)`. The
+//! gateway's own acknowledgement (an `AddMemberMessageRTQ` answer) is recorded under
+//! `answer_key(question, 1)`: an exchange holding only it answers nothing, a second response
+//! does. The cursor does not move in this phase; it costs one call per 200 answered questions
+//! per cycle, from the same daily quota.
+//!
 //! Quota (<https://developer.ebay.com/develop/get-started/api-call-limits>, and the Developers
 //! Program FAQ: "keys are set to a maximum of 5,000 API calls per day"): the Trading API's default
 //! limit is 5,000 calls per day per application, shared by every seller of the app
@@ -54,6 +65,7 @@ use super::watermark::Watermark;
 use super::{PollMethod, PollPage, PollPosition, PollQuota, PollRequest, PollTarget, Poller, QuotaScope};
 use crate::error::{InputError, InputErrorCode};
 use crate::inquiry::Channel;
+use crate::webhook::SellerReply;
 use crate::{Draft, NormalizeContext};
 
 /// The Trading API schema version the requests declare.
@@ -64,6 +76,16 @@ pub const SITE_ID: &str = "0";
 pub const MAIL_MESSAGE_TYPE: &str = "AskSellerQuestion";
 /// Exchanges per page (the maximum eBay accepts).
 const ENTRIES_PER_PAGE: u32 = 200;
+/// How far back (by the question's creation) a cycle looks for the seller's answers: an answer
+/// to an older question is not seen (its first-response SLA has long run out).
+pub const ANSWERS_WINDOW: time::Duration = time::Duration::days(3);
+
+/// The id of the answers an exchange holds when it holds `responses` of them: the gateway's own
+/// acknowledgement of question `question_id` is `answer_key(question_id, 1)` (it is the first
+/// answer), so an exchange whose only answer is that acknowledgement answers nothing.
+pub fn answer_key(question_id: &str, responses: usize) -> String {
+    format!("ebay-rtq:{question_id}:{responses}")
+}
 
 /// The GetMemberMessages poller.
 pub struct EbayMemberMessages;
@@ -79,6 +101,9 @@ struct Cycle {
     since: Watermark,
     /// The watermark after what the cycle took so far.
     mark: Watermark,
+    /// In the answers phase (the answered questions of the last [`ANSWERS_WINDOW`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    answers: bool,
 }
 
 impl Cycle {
@@ -100,7 +125,7 @@ impl Cycle {
         let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
         let since = Watermark::parse(position.cursor)?
             .unwrap_or_else(|| Watermark::starting(now_ms - FIRST_POLL_LOOKBACK_SECONDS * 1000));
-        Ok(Cycle { page: 1, end: now_ms.max(since.at), mark: since.clone(), since })
+        Ok(Cycle { page: 1, end: now_ms.max(since.at), mark: since.clone(), since, answers: false })
     }
 }
 
@@ -138,15 +163,20 @@ impl Poller for EbayMemberMessages {
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
         let cycle = Cycle::resume_or_restart(position, target.now);
+        let (status, start) = if cycle.answers {
+            ("<MessageStatus>Answered</MessageStatus>\n", cycle.end - ANSWERS_WINDOW.whole_milliseconds() as i64)
+        } else {
+            ("", cycle.since.at - LOOKBACK_MS)
+        };
         let body = format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
              <GetMemberMessagesRequest xmlns=\"urn:ebay:apis:eBLBaseComponents\">\n\
              <MailMessageType>{MAIL_MESSAGE_TYPE}</MailMessageType>\n\
-             <StartCreationTime>{}</StartCreationTime>\n\
+             {status}<StartCreationTime>{}</StartCreationTime>\n\
              <EndCreationTime>{}</EndCreationTime>\n\
              <Pagination><EntriesPerPage>{ENTRIES_PER_PAGE}</EntriesPerPage><PageNumber>{}</PageNumber></Pagination>\n\
              </GetMemberMessagesRequest>\n",
-            ebay_time(cycle.since.at - LOOKBACK_MS),
+            ebay_time(start),
             ebay_time(cycle.end),
             cycle.page
         );
@@ -227,6 +257,13 @@ impl Poller for EbayMemberMessages {
         let exchanges = response.member_message.map(|m| m.exchanges).unwrap_or_default();
         let received = exchanges.len();
         for exchange in exchanges {
+            if cycle.answers {
+                match answer_of(exchange, target.account) {
+                    Some(reply) => page.replies.push(reply),
+                    None => page.ignored += 1,
+                }
+                continue;
+            }
             let Some(question) = exchange.question else {
                 page.ignored += 1;
                 continue;
@@ -266,10 +303,33 @@ impl Poller for EbayMemberMessages {
         if more {
             cycle.page += 1;
             page.next_page = serde_json::to_string(&cycle).ok();
+        } else if target.wants_answers && !cycle.answers {
+            (cycle.answers, cycle.page) = (true, 1);
+            page.next_page = serde_json::to_string(&cycle).ok();
         }
         page.cursor = Some(cycle.mark.to_cursor());
         Ok(page)
     }
+}
+
+/// The seller's answer in an answered `exchange` (see the module doc), if it is one: a buyer's
+/// question (not the seller's own message) with at least one response and its time.
+fn answer_of(exchange: Exchange, account: &str) -> Option<SellerReply> {
+    let question = exchange.question?;
+    let buyer = question.sender_id.filter(|s| !s.is_empty() && s != account)?;
+    let id = question.message_id.filter(|id| !id.is_empty())?;
+    let replied_at = exchange.last_modified_date.as_deref().and_then(|d| OffsetDateTime::parse(d, &Rfc3339).ok())?;
+    let responses = exchange.responses.len();
+    if responses == 0 || exchange.message_status.as_deref() == Some("Unanswered") {
+        return None;
+    }
+    Some(SellerReply {
+        account: account.to_owned(),
+        buyer_id: buyer,
+        replied_at,
+        message_id: Some(answer_key(&id, responses)),
+        in_reply_to: Some(id),
+    })
 }
 
 #[derive(Deserialize)]
@@ -308,8 +368,14 @@ struct Exchange {
     item: Option<Item>,
     #[serde(default)]
     question: Option<Question>,
+    #[serde(rename = "Response", default)]
+    responses: Vec<String>,
+    #[serde(default)]
+    message_status: Option<String>,
     #[serde(default)]
     creation_date: Option<String>,
+    #[serde(default)]
+    last_modified_date: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +423,7 @@ mod tests {
             account: "seller1",
             credentials: PollCredentials { access_token: "t", app_key: None, app_secret: None },
             now: datetime!(2026-12-03 08:00:00 UTC),
+            wants_answers: false,
         };
         let mut context = || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
         EbayMemberMessages.parse(body.as_bytes(), &target, &PollPosition::default(), &mut context)

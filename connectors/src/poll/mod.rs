@@ -22,6 +22,7 @@ pub(crate) mod tiktok_customer_service;
 mod walk;
 mod watermark;
 
+pub use ebay_member_messages::answer_key as ebay_answer_key;
 pub use rate_headers::RateHeaders;
 
 use time::OffsetDateTime;
@@ -112,6 +113,9 @@ pub struct PollTarget<'a> {
     pub credentials: PollCredentials<'a>,
     /// When the request is made (signed timestamps).
     pub now: OffsetDateTime,
+    /// Whether the seller's own answers are wanted (reach-out runs and stops SLA clocks with
+    /// them): a poller that needs extra calls to see them (eBay) makes them only then.
+    pub wants_answers: bool,
 }
 
 /// Where a request stands in a polling cycle.

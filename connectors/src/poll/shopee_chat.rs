@@ -236,6 +236,7 @@ impl Poller for ShopeeChat {
                             buyer_id: buyer,
                             replied_at,
                             message_id: Some(message.message_id.clone()),
+                            in_reply_to: None,
                         });
                     }
                     let (Some(text), Some(created), false, "text") =

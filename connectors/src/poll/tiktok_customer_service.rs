@@ -246,6 +246,7 @@ impl Poller for TiktokCustomerService {
                             buyer_id: buyer.to_owned(),
                             replied_at,
                             message_id: Some(message.id.clone()),
+                            in_reply_to: None,
                         });
                     }
                     let sender = message.sender.filter(|s| s.role == "BUYER" && !s.im_user_id.is_empty());

@@ -136,6 +136,7 @@ impl MetaWebhook {
                     buyer_id: buyer.id,
                     replied_at,
                     message_id: Some(message.mid.clone()).filter(|mid| !mid.is_empty()),
+                    in_reply_to: None,
                 });
             }
             return Ok(());

@@ -158,6 +158,9 @@ pub struct SellerReply {
     /// The platform's id of the message: the gateway's own acknowledgements are recognised by it
     /// (their send answered with the same id).
     pub message_id: Option<String>,
+    /// The buyer's message it answers, where the platform says (eBay: the question's
+    /// `MessageID`): then it answers that inquiry only, not every earlier one of the buyer.
+    pub in_reply_to: Option<String>,
 }
 
 /// Marks a message the gateway itself sent (an auto-acknowledgement over the Messenger Send

@@ -177,7 +177,8 @@ impl From<StoreError> for SellerReplyError {
 
 /// Records the seller's own answers on a platform (Messenger and Instagram echoes, a marketplace
 /// chat's shop messages) as the first response to every inquiry of that buyer on that account
-/// written before the answer (by the platform's message times): their SLA clocks stop like with
+/// written before the answer (by the platform's message times; only the inquiry it answers where
+/// the platform names it, [`SellerReply::in_reply_to`]): their SLA clocks stop like with
 /// `POST /v1/inquiries/{id}/reply`, audited as `inquiry.replied` by `actor` before they are
 /// recorded. A message whose id is that of one of the gateway's own acknowledgements to the buyer
 /// is not an answer; where the platform does not mark the gateway's own messages
@@ -206,8 +207,11 @@ pub async fn record_seller_replies(
             user_id: Some(buyer_id),
             pseudonym: None,
         };
-        let mut candidates: Vec<(OffsetDateTime, Option<String>)> =
-            replies.iter().map(|r| (r.replied_at.min(OffsetDateTime::now_utc()), r.message_id.clone())).collect();
+        // (when, the platform's id, the buyer's message it answers where the platform says)
+        let mut candidates: Vec<(OffsetDateTime, Option<String>, Option<String>)> = replies
+            .iter()
+            .map(|r| (r.replied_at.min(OffsetDateTime::now_utc()), r.message_id.clone(), r.in_reply_to.clone()))
+            .collect();
         candidates.sort();
         let (previewer, requests) = (reach.clone(), requests.clone());
         let answered_now = off_the_workers(move || {
@@ -227,15 +231,19 @@ pub async fn record_seller_replies(
             // known by the id the platform answered the send with; one whose outcome is unknown
             // (in flight, or the gateway stopped while sending) is taken to be the first shop
             // message from when it was due.
-            let mut answers: Vec<(OffsetDateTime, Option<String>)> = candidates;
+            let mut answers = candidates;
+            let answers_it = |stored: &StoredInquiry, to: &Option<String>| {
+                to.as_ref().is_none_or(|to| *to == stored.inquiry.external.message_id)
+            };
             for stored in &inquiries {
                 match previewer.ack_seen_as(stored.inquiry.id)? {
-                    super::AckSeenAs::Id(id) => answers.retain(|(_, message_id)| message_id.as_ref() != Some(&id)),
+                    super::AckSeenAs::Id(id) => answers.retain(|(_, message_id, _)| message_id.as_ref() != Some(&id)),
                     super::AckSeenAs::FirstFrom(due_ms) if !acks_marked => {
                         let due = OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_ms) * 1_000_000)
                             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
                             - time::Duration::seconds(1);
-                        if let Some(first) = answers.iter().position(|(at, _)| *at >= due) {
+                        if let Some(first) = answers.iter().position(|(at, _, to)| *at >= due && answers_it(stored, to))
+                        {
                             answers.remove(first);
                         }
                     }
@@ -248,7 +256,8 @@ pub async fn record_seller_replies(
                 // Platform times on both sides: the gateway may receive the buyer's message after
                 // the answer to it (a slow delivery, a poll cycle). The first answer at or after
                 // the question answers it; a page may hold several questions and answers.
-                let Some((replied_at, _)) = answers.iter().find(|(at, _)| *at >= inquiry.occurred_at) else {
+                let answer = answers.iter().find(|(at, _, to)| *at >= inquiry.occurred_at && answers_it(&stored, to));
+                let Some((replied_at, _, _)) = answer else {
                     continue;
                 };
                 let replied_at = *replied_at;

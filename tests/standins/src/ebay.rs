@@ -15,7 +15,8 @@
 //! is enforced (the bucket allows 5,000 at once).
 //!
 //! Each buyer [`Message`] is one exchange (its `Question`); the seller's messages of the same
-//! conversation sent after it are its `Response`s. The item is the message's order id or, without
+//! conversation sent after it are its `Response`s (then `MessageStatus` is `Answered` and
+//! `LastModifiedDate` the latest answer's time; a request's `MessageStatus` filters by it). The item is the message's order id or, without
 //! one, its conversation id.
 
 use time::format_description::well_known::Rfc3339;
@@ -145,8 +146,23 @@ impl Platform for Ebay {
         };
         let number = tag(&body, "PageNumber").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
         let messages = mailbox.of_account(seller);
-        let questions: Vec<&Message> =
-            messages.iter().filter(|m| !m.from_seller && m.created >= start && m.created <= end).collect();
+        let answers_to = |question: &Message| -> Vec<&Message> {
+            messages
+                .iter()
+                .filter(|m| m.from_seller && m.conversation == question.conversation && m.created >= question.created)
+                .collect()
+        };
+        // `MessageStatus` (optional): only the exchanges with (`Answered`) or without answers.
+        let status = tag(&body, "MessageStatus");
+        let questions: Vec<&Message> = messages
+            .iter()
+            .filter(|m| !m.from_seller && m.created >= start && m.created <= end)
+            .filter(|m| match status {
+                Some("Answered") => !answers_to(m).is_empty(),
+                Some("Unanswered") => answers_to(m).is_empty(),
+                _ => true,
+            })
+            .collect();
         let pages = questions.len().div_ceil(entries as usize);
         let mut out = String::from(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetMemberMessagesResponse xmlns=\"urn:ebay:apis:eBLBaseComponents\">\n\
@@ -165,15 +181,17 @@ impl Platform for Ebay {
                 escape(&question.text),
                 escape(&question.id)
             ));
-            let answers = messages
-                .iter()
-                .filter(|m| m.from_seller && m.conversation == question.conversation && m.created >= question.created);
-            for answer in answers {
+            let answers = answers_to(question);
+            for answer in &answers {
                 out.push_str(&format!("<Response>{}</Response>", escape(&answer.text)));
             }
+            // Last modified: when the latest answer was given.
+            let modified = answers.iter().map(|a| a.created).max().unwrap_or(question.created);
             out.push_str(&format!(
-                "<MessageStatus>Unanswered</MessageStatus><CreationDate>{0}</CreationDate><LastModifiedDate>{0}</LastModifiedDate></MemberMessageExchange>\n",
-                ebay_time(question.created)
+                "<MessageStatus>{}</MessageStatus><CreationDate>{}</CreationDate><LastModifiedDate>{}</LastModifiedDate></MemberMessageExchange>\n",
+                if answers.is_empty() { "Unanswered" } else { "Answered" },
+                ebay_time(question.created),
+                ebay_time(modified)
             ));
         }
         out.push_str(&format!(

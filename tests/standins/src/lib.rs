@@ -248,6 +248,7 @@ pub(crate) mod testing {
             account,
             credentials: PollCredentials { access_token: token, app_key, app_secret },
             now: OffsetDateTime::now_utc(),
+            wants_answers: false,
         };
         request_from(&poller.request(&target, &PollPosition { cursor, page: None }))
     }
@@ -293,7 +294,7 @@ pub(crate) mod testing {
             let (mut inquiries, mut ignored, mut page_token, mut next_cursor) = (0, 0, None::<String>, cursor.clone());
             let mut ids = Vec::new();
             for _page in 0..50 {
-                let target = PollTarget { account, credentials, now: OffsetDateTime::now_utc() };
+                let target = PollTarget { account, credentials, now: OffsetDateTime::now_utc(), wants_answers: false };
                 let position = PollPosition { cursor: cursor.as_deref(), page: page_token.as_deref() };
                 let request = request_from(&poller.request(&target, &position));
                 platform.quota_key(&request).unwrap_or_else(|r| panic!("refused: {}", r.body));
