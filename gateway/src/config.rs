@@ -1225,6 +1225,13 @@ pub struct ComplianceConfig {
     pub request_retention_days: u32,
     /// What an export tells the data subject (GDPR Art. 15(1)).
     pub processing: ProcessingConfig,
+    /// Where erasures and consent withdrawals are shared: `local` (this replica only) or `cql`
+    /// (written to the CQL store before they are carried out; every replica carries them out on
+    /// what it holds).
+    pub request_sharing: StatePlace,
+    /// With `request_sharing = "cql"`: how often each replica reads the shared requests, in
+    /// milliseconds.
+    pub request_refresh_ms: u64,
 }
 
 impl Default for ComplianceConfig {
@@ -1237,6 +1244,8 @@ impl Default for ComplianceConfig {
             tree_head_interval_ms: 10_000,
             request_retention_days: 730,
             processing: ProcessingConfig::default(),
+            request_sharing: StatePlace::Local,
+            request_refresh_ms: 5_000,
         }
     }
 }
@@ -1912,6 +1921,20 @@ impl Config {
         }
         if !(100..=60_000).contains(&self.routing.agent_refresh_ms) {
             problems.push("routing.agent_refresh_ms must be between 100 and 60000".to_owned());
+        }
+        if self.compliance.request_sharing == StatePlace::Cql && self.sinks.cql.is_none() {
+            problems.push(
+                "compliance.request_sharing = \"cql\" needs [sinks.cql] (the shared requests live there)".to_owned(),
+            );
+        }
+        if self.compliance.request_sharing == StatePlace::Cql && self.store.pseudonym_key.is_none() {
+            problems.push(
+                "compliance.request_sharing = \"cql\" needs store.pseudonym_key, the same on every replica (a shared request finds its subjects by it)"
+                    .to_owned(),
+            );
+        }
+        if !(100..=600_000).contains(&self.compliance.request_refresh_ms) {
+            problems.push("compliance.request_refresh_ms must be between 100 and 600000".to_owned());
         }
         if polling.coordination == Coordination::Cql && self.sinks.cql.is_none() {
             problems.push("polling.coordination = \"cql\" needs [sinks.cql] (the leases live there)".to_owned());
@@ -2721,6 +2744,16 @@ default_team = "latam-sales"
         let shared = "[polling]\ncoordination = \"cql\"\nreplica = \"gateway-0\"\n[sinks.cql]\nlocation = \"eu\"\n";
         assert_eq!(problems(shared), "");
         assert_eq!(problems(&format!("{shared}[routing]\nagent_state = \"cql\"\n")), "");
+        let err = problems("[compliance]\nrequest_sharing = \"cql\"\nrequest_refresh_ms = 50\n");
+        for expected in [
+            "compliance.request_sharing = \"cql\" needs [sinks.cql]",
+            "compliance.request_sharing = \"cql\" needs store.pseudonym_key",
+            "compliance.request_refresh_ms must be between 100 and 600000",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+        let key = "[store]\npseudonym_key = \"0123456789abcdef0123456789abcdef\"\n";
+        assert_eq!(problems(&format!("{shared}{key}[compliance]\nrequest_sharing = \"cql\"\n")), "");
         let refreshing = "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"1\"\naccess_token = \"\"\nrefresh_token = \"r\"\napp_key = \"k\"\nbase_url = \"https://openapi.etsy.com\"\n";
         let err = problems(&format!("{shared}{refreshing}"));
         assert!(err.contains("with refresh tokens needs compliance.kek"), "{err}");

@@ -237,6 +237,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let sweeper =
         tokio::spawn(retention::run(store.clone(), config.retention.clone(), pipeline.clone(), stop_rx.clone()));
+    // Erasures and consent withdrawals shared with the other replicas (a validated config has
+    // [sinks.cql] for them).
+    let shared_requests = match (config.compliance.request_sharing, &config.sinks.cql) {
+        (config::StatePlace::Cql, Some(cql)) => {
+            Some(Arc::new(compliance::shared::SharedRequests::new(cql.clone(), replica.clone())))
+        }
+        _ => None,
+    };
     let requests = Arc::new(compliance::requests::SubjectRequests {
         store: store.clone(),
         subjects: subjects.clone(),
@@ -248,7 +256,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         withdrawal_retention: time::Duration::days(i64::from(
             config.compliance.request_retention_days.max(config.retention.inquiries_days),
         )),
+        shared: shared_requests.clone(),
     });
+    if let Some(shared) = &shared_requests {
+        let interval = Duration::from_millis(config.compliance.request_refresh_ms);
+        tokio::spawn(compliance::shared::follow(shared.clone(), requests.clone(), interval, stop_rx.clone()));
+    }
     let quotas = Arc::new(poll::QuotaRegistry::default());
     let polled: Vec<_> = config
         .pollers

@@ -350,3 +350,97 @@ async fn an_agent_update_on_one_replica_reaches_the_routing_plugins_of_every_rep
     })
     .await;
 }
+
+/// Posts an inquiry of the buyer with `email` to `gateway`; its id.
+async fn inquiry_of(gateway: &Gateway, external_id: &str, email: &str) -> String {
+    let body = serde_json::json!({
+        "channel": "generic", "account": "shop-1", "external_id": external_id, "conversation_id": external_id,
+        "buyer": {"name": "Anna", "email": email, "country": "DE"}, "body": "Hallo", "occurred_at": "2026-11-24T08:00:00Z",
+    });
+    let reply = HttpClient::new().post_json(&gateway.url("/v1/inquiries"), body.to_string()).await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", String::from_utf8_lossy(&reply.body));
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_received_by_one_replica_is_carried_out_by_every_replica() {
+    let keyspace = unique("subjects");
+    let config = |replica: &str| {
+        format!(
+            "[store]\npseudonym_key = \"shared-pseudonym-key-of-the-test-cluster\"\n\
+             [polling]\nreplica = \"{replica}\"\n\
+             [compliance]\nrequest_sharing = \"cql\"\nrequest_refresh_ms = 200\n\
+             [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"local_quorum\"\nlocation = \"eu\"\n{}",
+            support::cql_login()
+        )
+    };
+    let a = Gateway::start_in(tempfile::tempdir().unwrap().keep(), &config("gateway-a")).await;
+    let b = Gateway::start_in(tempfile::tempdir().unwrap().keep(), &config("gateway-b")).await;
+    // Anna wrote to replica B only; Ben too, and he stays.
+    let anna = inquiry_of(&b, "anna-1", "anna@example.com").await;
+    let ben = inquiry_of(&b, "ben-1", "ben@example.com").await;
+
+    // The erasure reaches replica A, which holds nothing of her: it is shared (once the schema is
+    // there: the first start creates it) and answered `not_found` for A's own part.
+    let client = HttpClient::new();
+    let erase = r#"{"kind": "erasure", "subject": {"email": "Anna@Example.com"}}"#;
+    let answer = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    eventually(Duration::from_secs(180), "replica A shares the erasure", || {
+        let (client, url, answer) = (client.clone(), a.admin_url("/v1/subject-requests"), answer.clone());
+        async move {
+            let reply = client.post_json(&url, erase).await;
+            *answer.lock().unwrap() = reply.json();
+            reply.status.as_u16() == 200
+        }
+    })
+    .await;
+    let answer = answer.lock().unwrap().clone();
+    let request = answer["request"].clone();
+    assert_eq!(request["status"], "not_found", "{answer}");
+    let id = request["id"].as_str().unwrap().to_owned();
+
+    // Replica B carries it out within its refresh interval, under the same id and deadline.
+    let personal = |gateway: &Gateway, inquiry: &str| {
+        let (client, url) = (client.clone(), gateway.url(&format!("/v1/inquiries/{inquiry}")));
+        async move { client.get(&url).await.json()["personal"].clone() }
+    };
+    eventually(Duration::from_secs(30), "replica B erased anna", || async { personal(&b, &anna).await.is_null() })
+        .await;
+    assert_eq!(personal(&b, &ben).await["email"], "ben@example.com", "ben is not erased");
+    let there = client.get(&b.admin_url(&format!("/v1/subject-requests/{id}"))).await.json();
+    assert_eq!(there["status"], "completed", "{there}");
+    assert_eq!(there["origin"], "gateway-a");
+    assert_eq!(there["inquiries"], 1);
+    assert_eq!((&there["due_at"], &there["received_at"]), (&request["due_at"], &request["received_at"]));
+    let erased = support::audit_entries_of(&b, "subject.erased").await;
+    assert_eq!(erased.len(), 1, "{erased:?}");
+    assert_eq!(
+        (erased[0]["detail"]["request_id"].as_str(), &erased[0]["detail"]["origin"]),
+        (Some(id.as_str()), &"gateway-a".into())
+    );
+
+    // A writes to A now; an erasure through B reaches A, and B's own copy of it is not redone.
+    let later = inquiry_of(&a, "anna-2", "anna@example.com").await;
+    let reply = client.post_json(&b.admin_url("/v1/subject-requests"), erase).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.json()["request"]["status"], "not_found", "anna is already erased on B");
+    eventually(Duration::from_secs(30), "replica A erased anna", || async { personal(&a, &later).await.is_null() })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(support::audit_entries_of(&b, "subject.erased").await.len(), 1, "B carried out each request once");
+
+    // A consent withdrawal through A reaches Ben's inquiries on B.
+    let withdraw =
+        r#"{"kind": "consent_withdrawal", "purposes": ["marketing"], "subject": {"email": "ben@example.com"}}"#;
+    let reply = client.post_json(&a.admin_url("/v1/subject-requests"), withdraw).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["request"]["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), "replica B recorded ben's withdrawal", || async {
+        let there = client.get(&b.admin_url(&format!("/v1/subject-requests/{id}"))).await.json();
+        there["status"] == "completed" && there["purposes"] == serde_json::json!(["marketing"])
+    })
+    .await;
+    let withdrawn = support::audit_entries_of(&b, "consent.withdrawn").await;
+    assert_eq!(withdrawn.len(), 1, "{withdrawn:?}");
+    assert_eq!(withdrawn[0]["detail"]["origin"], "gateway-a");
+}

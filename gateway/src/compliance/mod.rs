@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod merkle;
 pub mod requests;
+pub mod shared;
 pub mod subjects;
 pub mod vault;
 

@@ -11,6 +11,7 @@ use time::{Duration, Month, OffsetDateTime};
 use uuid::Uuid;
 
 use super::audit::{AuditEntry, AuditEvent};
+use super::shared::{SharedRequest, SharedRequests};
 use super::subjects::{SubjectRecord, Subjects};
 use crate::config::ProcessingConfig;
 use crate::pipeline::{Erasure, Pipeline, StoredInquiry, SubmitError};
@@ -66,6 +67,14 @@ fn add_months(at: OffsetDateTime, months: u8) -> OffsetDateTime {
         .and_then(|t| t.replace_month(month))
         .and_then(|t| t.replace_day(day))
         .expect("a valid date")
+}
+
+/// `detail` with the replica that received `request` (`origin`), when another one did.
+fn with_origin(mut detail: Value, request: &SubjectRequest) -> Value {
+    if let (Some(origin), Some(map)) = (&request.origin, detail.as_object_mut()) {
+        map.insert("origin".to_owned(), Value::String(origin.clone()));
+    }
+    detail
 }
 
 /// Who the request is about: any combination; every subject found is included.
@@ -139,6 +148,10 @@ pub struct SubjectRequest {
     /// The purposes a consent withdrawal withdraws (sorted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purposes: Vec<String>,
+    /// The replica that received the request, when another one did (a shared request carried
+    /// out here on what this replica holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// When this record itself is deleted.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
@@ -212,6 +225,10 @@ pub enum RequestError {
     /// The pipeline refused (overloaded, stopping).
     #[error(transparent)]
     Pipeline(#[from] SubmitError),
+    /// The request could not be shared with the other replicas (`request_sharing = "cql"`):
+    /// nothing was carried out.
+    #[error("not shared with the other replicas: {0}")]
+    Shared(String),
 }
 
 /// Carries out data subject requests.
@@ -231,12 +248,16 @@ pub struct SubjectRequests {
     /// How long consent withdrawals are kept: at least as long as the inquiries whose consents
     /// they withdraw, so that a withdrawal never expires before the consent it overrides.
     pub withdrawal_retention: Duration,
+    /// Where erasures and consent withdrawals are shared with the other replicas, if they are.
+    pub shared: Option<Arc<SharedRequests>>,
 }
 
 impl SubjectRequests {
     /// A new request record, received now.
     pub fn new_record(&self, kind: RequestKind, jurisdiction: Jurisdiction, source: &str, by: &str) -> SubjectRequest {
-        let received_at = OffsetDateTime::now_utc();
+        // To the millisecond: the time a shared request carries (a CQL timestamp) is the same.
+        let now = OffsetDateTime::now_utc();
+        let received_at = now.replace_millisecond(now.millisecond()).unwrap_or(now);
         let (due_at, extended_due_at) = jurisdiction.deadlines(received_at);
         SubjectRequest {
             id: Uuid::now_v7(),
@@ -253,6 +274,7 @@ impl SubjectRequests {
             inquiries: 0,
             pending_sinks: Vec::new(),
             purposes: Vec::new(),
+            origin: None,
             expires_at: received_at + self.retention,
         }
     }
@@ -300,6 +322,18 @@ impl SubjectRequests {
 
     /// The pseudonyms the spec names that exist (never creates a subject).
     pub fn find(&self, spec: &SubjectSpec) -> Result<Vec<String>, RequestError> {
+        let (indexes, pseudonyms) = self.keys_of(spec)?;
+        Ok(self.find_by(&indexes, &pseudonyms)?)
+    }
+
+    /// What finds the subjects `spec` names: the indexes of its identities, and its pseudonym.
+    fn keys_of(&self, spec: &SubjectSpec) -> Result<(Vec<[u8; 32]>, Vec<String>), RequestError> {
+        if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() {
+            return Err(RequestError::NoSubject);
+        }
+        if spec.user_id.is_some() && (spec.channel.is_none() || spec.account.is_none()) {
+            return Err(RequestError::NoSubject);
+        }
         let mut indexes = Vec::new();
         if let Some(email) = spec.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
             indexes.push(self.subjects.index_of("", "", &format!("email:{}", email.to_lowercase())));
@@ -307,28 +341,86 @@ impl SubjectRequests {
         if let (Some(user), Some(channel), Some(account)) = (&spec.user_id, &spec.channel, &spec.account) {
             indexes.push(self.subjects.index_of(channel, account, &format!("id:{}", user.trim())));
         }
+        Ok((indexes, spec.pseudonym.iter().cloned().collect()))
+    }
+
+    /// The pseudonyms of the subjects held here under `indexes` or named in `pseudonyms`.
+    fn find_by(&self, indexes: &[[u8; 32]], pseudonyms: &[String]) -> Result<Vec<String>, StoreError> {
         let mut found = Vec::new();
         for index in indexes {
-            if let Some(bytes) = self.store.subject(&index)? {
+            if let Some(bytes) = self.store.subject(index)? {
                 if let Ok(record) = serde_json::from_slice::<SubjectRecord>(&bytes) {
                     found.push(record.pseudonym);
                 }
             }
         }
-        if let Some(pseudonym) = &spec.pseudonym {
+        for pseudonym in pseudonyms {
             if self.store.subject_index(pseudonym)?.is_some() {
                 found.push(pseudonym.clone());
             }
         }
-        if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() {
-            return Err(RequestError::NoSubject);
-        }
-        if spec.user_id.is_some() && (spec.channel.is_none() || spec.account.is_none()) {
-            return Err(RequestError::NoSubject);
-        }
         found.sort();
         found.dedup();
         Ok(found)
+    }
+
+    /// With sharing on: writes `request` (an erasure or a withdrawal for the subjects `spec`
+    /// names, `found` here) for the other replicas, before it is carried out here. The indexes of
+    /// the subjects found here go with it, so a replica finds them when the request named them
+    /// by a pseudonym of this replica's.
+    async fn share(
+        &self,
+        request: &SubjectRequest,
+        (indexes, pseudonyms): (Vec<[u8; 32]>, Vec<String>),
+        found: &[String],
+    ) -> Result<(), RequestError> {
+        let Some(shared) = &self.shared else { return Ok(()) };
+        let mut indexes = indexes;
+        for pseudonym in found {
+            indexes.extend(self.store.subject_index(pseudonym)?);
+        }
+        indexes.sort();
+        indexes.dedup();
+        let row = SharedRequest {
+            id: request.id,
+            origin: shared.replica().to_owned(),
+            kind: request.kind,
+            jurisdiction: request.jurisdiction,
+            source: request.source.clone(),
+            requested_by: request.requested_by.clone(),
+            indexes,
+            pseudonyms,
+            purposes: request.purposes.clone(),
+            received_at: request.received_at,
+        };
+        shared.publish(&row).await.map_err(RequestError::Shared)
+    }
+
+    /// Carries out a request another replica received and shared, on what this replica holds,
+    /// unless it has a record of it already (carried out before, or received here). The record
+    /// keeps the request's id, law, source and deadline. `None` when there was nothing to do.
+    pub async fn carry_out_shared(&self, shared: SharedRequest) -> Result<Option<SubjectRequest>, RequestError> {
+        if self.get(shared.id)?.is_some() {
+            return Ok(None);
+        }
+        let found = self.find_by(&shared.indexes, &shared.pseudonyms)?;
+        let mut request = self.new_record(shared.kind, shared.jurisdiction, &shared.source, &shared.requested_by);
+        let (due_at, extended_due_at) = shared.jurisdiction.deadlines(shared.received_at);
+        (request.id, request.received_at, request.due_at, request.extended_due_at) =
+            (shared.id, shared.received_at, due_at, extended_due_at);
+        request.origin = Some(shared.origin);
+        let request = match shared.kind {
+            RequestKind::Erasure => {
+                request.expires_at = shared.received_at + self.retention;
+                self.carry_out_erasure(request, found).await?
+            }
+            RequestKind::ConsentWithdrawal => {
+                request.expires_at = shared.received_at + self.withdrawal_retention;
+                self.carry_out_withdrawal(request, found, &shared.purposes).await?
+            }
+            RequestKind::Export => return Ok(None), // never shared
+        };
+        Ok(Some(request))
     }
 
     /// Records a request to be carried out later (a Shopify `customers/data_request`: the export
@@ -433,18 +525,33 @@ impl SubjectRequests {
         source: &str,
         by: &str,
     ) -> Result<SubjectRequest, RequestError> {
-        let pseudonyms = self.find(spec)?;
+        let keys = self.keys_of(spec)?;
+        let pseudonyms = self.find_by(&keys.0, &keys.1)?;
         let mut request = self.new_record(RequestKind::ConsentWithdrawal, jurisdiction, source, by);
         request.expires_at = request.received_at + self.withdrawal_retention;
+        request.purposes = purposes.to_vec(); // shared with the request
+        self.share(&request, keys, &pseudonyms).await?;
+        self.carry_out_withdrawal(request, pseudonyms, purposes).await
+    }
+
+    /// Records and audits the withdrawal `request` of `purposes` by the subjects `pseudonyms`.
+    async fn carry_out_withdrawal(
+        &self,
+        mut request: SubjectRequest,
+        pseudonyms: Vec<String>,
+        purposes: &[String],
+    ) -> Result<SubjectRequest, RequestError> {
         request.purposes = purposes.to_vec();
         request.purposes.sort();
         request.purposes.dedup();
+        let (by, source) = (request.requested_by.clone(), request.source.clone());
         let events: Vec<AuditEvent> = pseudonyms
             .iter()
             .map(|pseudonym| {
-                AuditEvent::new("consent.withdrawn", by).subject(pseudonym).detail(json!({
-                    "request_id": request.id, "purposes": request.purposes, "source": source,
-                }))
+                AuditEvent::new("consent.withdrawn", &by).subject(pseudonym).detail(with_origin(
+                    json!({"request_id": request.id, "purposes": request.purposes, "source": source}),
+                    &request,
+                ))
             })
             .collect();
         if !events.is_empty() {
@@ -486,9 +593,23 @@ impl SubjectRequests {
         source: &str,
         by: &str,
     ) -> Result<SubjectRequest, RequestError> {
-        let pseudonyms = self.find(spec)?;
-        let mut request = self.new_record(RequestKind::Erasure, jurisdiction, source, by);
+        let keys = self.keys_of(spec)?;
+        let pseudonyms = self.find_by(&keys.0, &keys.1)?;
+        let request = self.new_record(RequestKind::Erasure, jurisdiction, source, by);
+        self.share(&request, keys, &pseudonyms).await?;
+        self.carry_out_erasure(request, pseudonyms).await
+    }
+
+    /// Carries out the erasure `request` of the subjects `pseudonyms` here, and asks the sinks
+    /// to erase them too.
+    async fn carry_out_erasure(
+        &self,
+        mut request: SubjectRequest,
+        pseudonyms: Vec<String>,
+    ) -> Result<SubjectRequest, RequestError> {
         self.save(&request)?;
+        let by = request.requested_by.clone();
+        let by = by.as_str();
         let mut erased = Vec::new();
         for pseudonym in &pseudonyms {
             let Some(index) = self.store.subject_index(pseudonym)? else { continue };
@@ -496,9 +617,10 @@ impl SubjectRequests {
                 &json!({ "request_id": request.id, "erased_at": OffsetDateTime::now_utc().unix_timestamp() }),
             )
             .expect("json");
-            let event = AuditEvent::new("subject.erased", by).subject(pseudonym).detail(json!({
-                "request_id": request.id, "jurisdiction": jurisdiction, "source": source,
-            }));
+            let event = AuditEvent::new("subject.erased", by).subject(pseudonym).detail(with_origin(
+                json!({"request_id": request.id, "jurisdiction": request.jurisdiction, "source": request.source}),
+                &request,
+            ));
             let erasure = Erasure { pseudonym: pseudonym.clone(), index, record, event };
             let ids = patiently(|| self.pipeline.erase(erasure.clone())).await?;
             erased.push((pseudonym.clone(), ids));

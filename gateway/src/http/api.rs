@@ -656,5 +656,14 @@ pub(crate) fn request_error(err: crate::compliance::requests::RequestError) -> A
         RequestError::NoSubject => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_subject", RequestError::NoSubject.to_string())
         }
+        RequestError::Shared(err) => {
+            tracing::error!(error = %err, "subject request not shared with the other replicas");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the request could not be shared with the other replicas (cql store); nothing was carried out",
+            )
+            .retry_after(5)
+        }
     }
 }

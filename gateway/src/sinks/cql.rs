@@ -75,6 +75,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "agent states",
         "CREATE TABLE IF NOT EXISTS {ks}.agent_states (agent text PRIMARY KEY, load int, capacity int, online boolean)",
     ),
+    (
+        9,
+        "shared subject requests",
+        "CREATE TABLE IF NOT EXISTS {ks}.subject_requests (
+            bucket int, id uuid, origin text, instance uuid, kind text, jurisdiction text, source text,
+            requested_by text, indexes list<blob>, pseudonyms list<text>, purposes list<text>,
+            received_at timestamp, PRIMARY KEY (bucket, id))
+            WITH default_time_to_live = 7776000",
+    ),
 ];
 
 /// The consistency level of `config` (a validated config names a known one; `local_quorum`

@@ -49,11 +49,13 @@ impl Gateway {
         gateway
     }
 
-    /// Writes the config file: the listeners and store, then `extra_config`.
+    /// Writes the config file: the listeners and store (with what `extra_config` adds to those
+    /// sections), then the rest of `extra_config`.
     fn write_config(&self) -> PathBuf {
         let (ingest, rest) = split_section(&self.extra_config, "ingest");
+        let (store, rest) = split_section(&rest, "store");
         let config = format!(
-            "[ingest]\nlisten = \"{}\"\n{ingest}\n[admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{rest}\n",
+            "[ingest]\nlisten = \"{}\"\n{ingest}\n[admin]\nlisten = \"{}\"\n[store]\npath = \"{}\"\n{store}\n{rest}\n",
             self.ingest,
             self.admin,
             self.dir.join("store").display(),
