@@ -94,6 +94,9 @@ fn every_poller_builds_its_requests_and_parses_its_fixtures_to_the_goldens() {
                         if let Some(question) = &r.in_reply_to {
                             reply["in_reply_to"] = question.as_str().into();
                         }
+                        if let Some(responses) = r.responses {
+                            reply["responses"] = responses.into();
+                        }
                         reply
                     })
                     .collect();

@@ -304,6 +304,7 @@ impl Poller for AliexpressMessages {
                             replied_at,
                             message_id: Some(message.id.clone()),
                             in_reply_to: None,
+                            responses: None,
                         });
                     }
                     let (true, Some(text), Some(created), Some(sender)) =

@@ -39,11 +39,11 @@
 //! with `MessageStatus` `Answered`. eBay gives an answer (`Response[]`, text only) no id and no
 //! time of its own: each answered exchange becomes one [`SellerReply`] at its
 //! `LastModifiedDate` (the latest answer's time; the first answer may be earlier), in reply to
-//! the question's `MessageID`, with the id [`answer_key`]`(question, number of responses)`. The
-//! gateway's own acknowledgement (an `AddMemberMessageRTQ` answer) is recorded under
-//! `answer_key(question, 1)`: an exchange holding only it answers nothing, a second response
-//! does. The cursor does not move in this phase; it costs one call per 200 answered questions
-//! per cycle, from the same daily quota.
+//! the question's `MessageID`, with the number of responses ([`SellerReply::responses`]): the
+//! gateway's own acknowledgement (an `AddMemberMessageRTQ` answer) is one of them, so an exchange
+//! holding only it answers nothing. A failed answer in this phase ends it with an empty page: the
+//! cursor the questions moved is kept, and the next cycle reads the answers again. It costs one
+//! call per 200 answered questions per cycle, from the same daily quota.
 //!
 //! Quota (<https://developer.ebay.com/develop/get-started/api-call-limits>, and the Developers
 //! Program FAQ: "keys are set to a maximum of 5,000 API calls per day"): the Trading API's default
@@ -77,12 +77,12 @@ pub const MAIL_MESSAGE_TYPE: &str = "AskSellerQuestion";
 /// Exchanges per page (the maximum eBay accepts).
 const ENTRIES_PER_PAGE: u32 = 200;
 /// How far back (by the question's creation) a cycle looks for the seller's answers: an answer
-/// to an older question is not seen (its first-response SLA has long run out).
-pub const ANSWERS_WINDOW: time::Duration = time::Duration::days(3);
+/// to an older question is not seen. A week: first-response SLAs run hours to a few business
+/// days (a long weekend and holidays included).
+pub const ANSWERS_WINDOW: time::Duration = time::Duration::days(7);
 
-/// The id of the answers an exchange holds when it holds `responses` of them: the gateway's own
-/// acknowledgement of question `question_id` is `answer_key(question_id, 1)` (it is the first
-/// answer), so an exchange whose only answer is that acknowledgement answers nothing.
+/// The id of the answers an exchange holds when it holds `responses` of them (eBay names no
+/// answer; a new answer makes a new id).
 pub fn answer_key(question_id: &str, responses: usize) -> String {
     format!("ebay-rtq:{question_id}:{responses}")
 }
@@ -245,6 +245,10 @@ impl Poller for EbayMemberMessages {
         // quick-xml's errors can quote the document: not passed on (they reach the logs).
         let response: Response = quick_xml::de::from_str(text)
             .map_err(|_| InputError::new(InputErrorCode::MalformedJson, "not a GetMemberMessages answer"))?;
+        if cycle.answers && !matches!(response.ack.as_str(), "Success" | "Warning") {
+            // The answers are read again next cycle; the questions' cursor moves now.
+            return Ok(PollPage { cursor: Some(cycle.mark.to_cursor()), ignored: 1, ..PollPage::default() });
+        }
         if !matches!(response.ack.as_str(), "Success" | "Warning") {
             let code = response.errors.first().and_then(|e| e.error_code.clone()).unwrap_or_default();
             return Err(InputError::new(
@@ -329,6 +333,7 @@ fn answer_of(exchange: Exchange, account: &str) -> Option<SellerReply> {
         replied_at,
         message_id: Some(answer_key(&id, responses)),
         in_reply_to: Some(id),
+        responses: Some(responses),
     })
 }
 
@@ -442,6 +447,29 @@ mod tests {
         }
         assert!(EbayMemberMessages.is_throttled(200, b"<Errors><ErrorCode>518</ErrorCode></Errors>"));
         assert!(!EbayMemberMessages.is_throttled(200, b"<Errors><ErrorCode>931</ErrorCode></Errors>"));
+    }
+
+    #[test]
+    fn a_failed_answers_phase_ends_the_cycle_with_the_questions_cursor() {
+        let token = r#"{"page":1,"end":1796284800000,"since":{"at":1796283000000,"seen":[]},"mark":{"at":1796284770000,"seen":["q1"]},"answers":true}"#;
+        let target = PollTarget {
+            account: "seller1",
+            credentials: PollCredentials { access_token: "t", app_key: None, app_secret: None },
+            now: datetime!(2026-12-03 08:00:00 UTC),
+            wants_answers: true,
+        };
+        let position = PollPosition { cursor: None, page: Some(token) };
+        assert!(EbayMemberMessages
+            .request(&target, &position)
+            .body
+            .contains("<MessageStatus>Answered</MessageStatus>"));
+        let failure = "<GetMemberMessagesResponse><Ack>Failure</Ack><Errors><ErrorCode>10007</ErrorCode></Errors></GetMemberMessagesResponse>";
+        let mut context = || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
+        let page = EbayMemberMessages.parse(failure.as_bytes(), &target, &position, &mut context).unwrap();
+        assert!(page.next_page.is_none() && page.replies.is_empty() && page.inquiries.is_empty());
+        assert_eq!(page.cursor.unwrap(), r#"{"at":1796284770000,"seen":["q1"]}"#);
+        // In the questions phase the same answer is an error: the cycle is tried again.
+        assert!(EbayMemberMessages.parse(failure.as_bytes(), &target, &PollPosition::default(), &mut context).is_err());
     }
 
     #[test]

@@ -237,6 +237,7 @@ impl Poller for ShopeeChat {
                             replied_at,
                             message_id: Some(message.message_id.clone()),
                             in_reply_to: None,
+                            responses: None,
                         });
                     }
                     let (Some(text), Some(created), false, "text") =

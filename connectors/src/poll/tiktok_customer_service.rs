@@ -247,6 +247,7 @@ impl Poller for TiktokCustomerService {
                             replied_at,
                             message_id: Some(message.id.clone()),
                             in_reply_to: None,
+                            responses: None,
                         });
                     }
                     let sender = message.sender.filter(|s| s.role == "BUYER" && !s.im_user_id.is_empty());

@@ -137,6 +137,7 @@ impl MetaWebhook {
                     replied_at,
                     message_id: Some(message.mid.clone()).filter(|mid| !mid.is_empty()),
                     in_reply_to: None,
+                    responses: None,
                 });
             }
             return Ok(());

@@ -161,6 +161,9 @@ pub struct SellerReply {
     /// The buyer's message it answers, where the platform says (eBay: the question's
     /// `MessageID`): then it answers that inquiry only, not every earlier one of the buyer.
     pub in_reply_to: Option<String>,
+    /// Where the platform counts the answers to the question instead of naming each one (eBay):
+    /// how many it holds. The gateway's own acknowledgement, sent or maybe sent, is one of them.
+    pub responses: Option<usize>,
 }
 
 /// Marks a message the gateway itself sent (an auto-acknowledgement over the Messenger Send

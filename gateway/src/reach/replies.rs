@@ -175,6 +175,25 @@ impl From<StoreError> for SellerReplyError {
     }
 }
 
+/// A seller's answer as [`record_seller_replies`] weighs it.
+struct Candidate {
+    /// When (the platform's time, not in the future).
+    at: OffsetDateTime,
+    /// The platform's id.
+    message_id: Option<String>,
+    /// The buyer's message it answers, where the platform says.
+    in_reply_to: Option<String>,
+    /// The answers the question holds, where the platform counts them.
+    responses: Option<usize>,
+}
+
+impl Candidate {
+    /// Whether it may answer `stored` (any inquiry of the buyer, unless it names its question).
+    fn answers(&self, stored: &StoredInquiry) -> bool {
+        self.in_reply_to.as_ref().is_none_or(|to| *to == stored.inquiry.external.message_id)
+    }
+}
+
 /// Records the seller's own answers on a platform (Messenger and Instagram echoes, a marketplace
 /// chat's shop messages) as the first response to every inquiry of that buyer on that account
 /// written before the answer (by the platform's message times; only the inquiry it answers where
@@ -207,12 +226,16 @@ pub async fn record_seller_replies(
             user_id: Some(buyer_id),
             pseudonym: None,
         };
-        // (when, the platform's id, the buyer's message it answers where the platform says)
-        let mut candidates: Vec<(OffsetDateTime, Option<String>, Option<String>)> = replies
+        let mut candidates: Vec<Candidate> = replies
             .iter()
-            .map(|r| (r.replied_at.min(OffsetDateTime::now_utc()), r.message_id.clone(), r.in_reply_to.clone()))
+            .map(|r| Candidate {
+                at: r.replied_at.min(OffsetDateTime::now_utc()),
+                message_id: r.message_id.clone(),
+                in_reply_to: r.in_reply_to.clone(),
+                responses: r.responses,
+            })
             .collect();
-        candidates.sort();
+        candidates.sort_by(|a, b| (a.at, &a.message_id).cmp(&(b.at, &b.message_id)));
         let (previewer, requests) = (reach.clone(), requests.clone());
         let answered_now = off_the_workers(move || {
             let pseudonyms = requests.find(&spec).map_err(|err| match err {
@@ -230,20 +253,24 @@ pub async fn record_seller_replies(
             // The gateway's own acknowledgements to this buyer come back as the shop's messages:
             // known by the id the platform answered the send with; one whose outcome is unknown
             // (in flight, or the gateway stopped while sending) is taken to be the first shop
-            // message from when it was due.
+            // message from when it was due. Where the platform only counts a question's answers,
+            // an acknowledgement sent (or maybe sent) is one of them.
             let mut answers = candidates;
-            let answers_it = |stored: &StoredInquiry, to: &Option<String>| {
-                to.as_ref().is_none_or(|to| *to == stored.inquiry.external.message_id)
-            };
+            let mut acknowledged = std::collections::HashSet::new();
             for stored in &inquiries {
-                match previewer.ack_seen_as(stored.inquiry.id)? {
-                    super::AckSeenAs::Id(id) => answers.retain(|(_, message_id, _)| message_id.as_ref() != Some(&id)),
+                let seen_as = previewer.ack_seen_as(stored.inquiry.id)?;
+                if !matches!(seen_as, super::AckSeenAs::Nothing) {
+                    acknowledged.insert(stored.inquiry.id);
+                }
+                match seen_as {
+                    super::AckSeenAs::Id(id) => answers.retain(|c| c.message_id.as_ref() != Some(&id)),
                     super::AckSeenAs::FirstFrom(due_ms) if !acks_marked => {
                         let due = OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_ms) * 1_000_000)
                             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
                             - time::Duration::seconds(1);
-                        if let Some(first) = answers.iter().position(|(at, _, to)| *at >= due && answers_it(stored, to))
-                        {
+                        let first =
+                            answers.iter().position(|c| c.at >= due && c.responses.is_none() && c.answers(stored));
+                        if let Some(first) = first {
                             answers.remove(first);
                         }
                     }
@@ -256,11 +283,14 @@ pub async fn record_seller_replies(
                 // Platform times on both sides: the gateway may receive the buyer's message after
                 // the answer to it (a slow delivery, a poll cycle). The first answer at or after
                 // the question answers it; a page may hold several questions and answers.
-                let answer = answers.iter().find(|(at, _, to)| *at >= inquiry.occurred_at && answers_it(&stored, to));
-                let Some((replied_at, _, _)) = answer else {
+                let own_acks = usize::from(acknowledged.contains(&inquiry.id));
+                let answer = answers.iter().find(|c| {
+                    c.at >= inquiry.occurred_at && c.answers(&stored) && c.responses.is_none_or(|n| n > own_acks)
+                });
+                let Some(answer) = answer else {
                     continue;
                 };
-                let replied_at = *replied_at;
+                let replied_at = answer.at;
                 if previewer.load(inquiry.id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
                     continue; // answered before (also: this answer, delivered again)
                 }

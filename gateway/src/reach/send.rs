@@ -453,13 +453,7 @@ impl Sender {
                 let (status, _, answer) = exchange(client, "", request, AGENT)
                     .await
                     .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
-                let sent = reply_result(read(status, &answer))?;
-                Ok(match market {
-                    // eBay names no answer: the acknowledgement is known as the question's first
-                    // answer when the poller reads the exchange again.
-                    Market::Ebay => inquiry_connectors::poll::ebay_answer_key(to.message_id, 1),
-                    Market::Shopee | Market::Tiktok => sent,
-                })
+                reply_result(read(status, &answer))
             }
         }
     }
