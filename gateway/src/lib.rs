@@ -258,10 +258,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         shared: shared_requests.clone(),
     });
-    if let Some(shared) = &shared_requests {
+    let request_follower = shared_requests.as_ref().map(|shared| {
         let interval = Duration::from_millis(config.compliance.request_refresh_ms);
-        tokio::spawn(compliance::shared::follow(shared.clone(), requests.clone(), interval, stop_rx.clone()));
-    }
+        tokio::spawn(compliance::shared::follow(shared.clone(), requests.clone(), interval, stop_rx.clone()))
+    });
     let quotas = Arc::new(poll::QuotaRegistry::default());
     let polled: Vec<_> = config
         .pollers
@@ -376,6 +376,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = ingest.await;
     let _ = admin.await;
     finish(sweeper, Duration::from_secs(5)).await;
+    if let Some(follower) = request_follower {
+        finish(follower, Duration::from_secs(5)).await;
+    }
     for task in reach_tasks {
         finish(task, Duration::from_secs(5)).await;
     }

@@ -255,9 +255,12 @@ pub struct SubjectRequests {
 impl SubjectRequests {
     /// A new request record, received now.
     pub fn new_record(&self, kind: RequestKind, jurisdiction: Jurisdiction, source: &str, by: &str) -> SubjectRequest {
-        // To the millisecond: the time a shared request carries (a CQL timestamp) is the same.
+        // Shared, to the millisecond: the time the CQL row carries is the same.
         let now = OffsetDateTime::now_utc();
-        let received_at = now.replace_millisecond(now.millisecond()).unwrap_or(now);
+        let received_at = match &self.shared {
+            Some(_) => now.replace_millisecond(now.millisecond()).unwrap_or(now),
+            None => now,
+        };
         let (due_at, extended_due_at) = jurisdiction.deadlines(received_at);
         SubjectRequest {
             id: Uuid::now_v7(),
@@ -396,19 +399,39 @@ impl SubjectRequests {
         shared.publish(&row).await.map_err(RequestError::Shared)
     }
 
-    /// Carries out a request another replica received and shared, on what this replica holds,
-    /// unless it has a record of it already (carried out before, or received here). The record
-    /// keeps the request's id, law, source and deadline. `None` when there was nothing to do.
-    pub async fn carry_out_shared(&self, shared: SharedRequest) -> Result<Option<SubjectRequest>, RequestError> {
-        if self.get(shared.id)?.is_some() {
-            return Ok(None);
+    /// Carries out a shared request (`written_here`: by this process) on what this replica
+    /// holds, unless it was carried out here already, or is being carried out by the call that
+    /// received it. A record left open by an attempt that failed part way is done again. The
+    /// record keeps the request's id, law, source and deadline. `None` when there was nothing to
+    /// do.
+    pub async fn carry_out_shared(
+        &self,
+        shared: SharedRequest,
+        written_here: bool,
+    ) -> Result<Option<SubjectRequest>, RequestError> {
+        let existing = self.get(shared.id)?;
+        match &existing {
+            Some(record) if record.status != RequestStatus::Open => return Ok(None),
+            // This process received it: the call that did carries it out.
+            None if written_here => return Ok(None),
+            // An earlier attempt failed part way (the record stays open): done again, unless it
+            // is this process's call still under way.
+            Some(record) if written_here && OffsetDateTime::now_utc() - record.received_at < Duration::minutes(1) => {
+                return Ok(None)
+            }
+            _ => {}
         }
-        let found = self.find_by(&shared.indexes, &shared.pseudonyms)?;
+        let mut found = self.find_by(&shared.indexes, &shared.pseudonyms)?;
+        // Subjects an earlier attempt erased are not found again; its record still names them.
+        found.extend(existing.into_iter().flat_map(|record| record.subjects));
+        found.sort();
+        found.dedup();
         let mut request = self.new_record(shared.kind, shared.jurisdiction, &shared.source, &shared.requested_by);
         let (due_at, extended_due_at) = shared.jurisdiction.deadlines(shared.received_at);
         (request.id, request.received_at, request.due_at, request.extended_due_at) =
             (shared.id, shared.received_at, due_at, extended_due_at);
-        request.origin = Some(shared.origin);
+        let here = self.shared.as_ref().map(|s| s.replica());
+        request.origin = (here != Some(shared.origin.as_str())).then_some(shared.origin);
         let request = match shared.kind {
             RequestKind::Erasure => {
                 request.expires_at = shared.received_at + self.retention;
@@ -544,6 +567,10 @@ impl SubjectRequests {
         request.purposes = purposes.to_vec();
         request.purposes.sort();
         request.purposes.dedup();
+        // Kept open first: a failure before the record is complete leaves it to be done again,
+        // and it is audited at most once more.
+        request.subjects = pseudonyms.clone();
+        self.save(&request)?;
         let (by, source) = (request.requested_by.clone(), request.source.clone());
         let events: Vec<AuditEvent> = pseudonyms
             .iter()
@@ -607,6 +634,8 @@ impl SubjectRequests {
         mut request: SubjectRequest,
         pseudonyms: Vec<String>,
     ) -> Result<SubjectRequest, RequestError> {
+        // Open, with the subjects found: an attempt that fails part way is known and done again.
+        request.subjects = pseudonyms.clone();
         self.save(&request)?;
         let by = request.requested_by.clone();
         let by = by.as_str();

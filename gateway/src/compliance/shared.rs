@@ -3,9 +3,10 @@
 //! Each replica holds the inquiries it ingested. An erasure or a consent withdrawal is written to
 //! the CQL store's `subject_requests` table before the replica that received it carries it out;
 //! every replica reads the table every `request_refresh_ms` and carries out, on what it holds,
-//! each request it has no record of yet, under the same request id and deadline. A row names its
-//! subjects by their index (the keyed hash of an identity, the same on every replica that shares
-//! `store.pseudonym_key`) and by pseudonym: no personal data. Rows live 90 days.
+//! each request not carried out there yet (one left open by a failed attempt is done again),
+//! under the same request id and deadline. A row names its subjects by their index (the keyed
+//! hash of an identity, the same on every replica that shares `store.pseudonym_key`) and by
+//! pseudonym: pseudonymised data, no names, addresses or message texts. Rows live 90 days.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,16 +152,19 @@ impl SharedRequests {
         Ok(())
     }
 
-    /// Every shared request not written by this process, oldest first (a row this version
-    /// cannot read is skipped).
-    pub async fn others(&self) -> Result<Vec<SharedRequest>, String> {
+    /// Every shared request, oldest first, and whether this process wrote it (a row this
+    /// version cannot read is skipped).
+    pub async fn all(&self) -> Result<Vec<(SharedRequest, bool)>, String> {
         let cql = self.cql().await?;
         let result = cql.session.execute_unpaged(&cql.select, (BUCKET,)).await.map_err(|e| e.to_string())?;
         let rows = result.into_rows_result().map_err(|e| e.to_string())?;
         let mut requests = Vec::new();
         for row in rows.rows::<Row>().map_err(|e| e.to_string())? {
-            let (id, origin, instance, kind, jurisdiction, source, requested_by, indexes, pseudonyms, purposes, at) =
-                row.map_err(|e| e.to_string())?;
+            let Ok((id, origin, instance, kind, jurisdiction, source, requested_by, indexes, pseudonyms, purposes, at)) =
+                row
+            else {
+                continue;
+            };
             let (Some(kind), Some(jurisdiction), Ok(received_at)) = (
                 parse_text(&kind),
                 parse_text(&jurisdiction),
@@ -168,12 +172,9 @@ impl SharedRequests {
             ) else {
                 continue;
             };
-            if instance == self.instance {
-                continue;
-            }
             let indexes =
                 indexes.unwrap_or_default().into_iter().filter_map(|i| <[u8; 32]>::try_from(i).ok()).collect();
-            requests.push(SharedRequest {
+            let request = SharedRequest {
                 id,
                 origin,
                 kind,
@@ -184,14 +185,16 @@ impl SharedRequests {
                 pseudonyms: pseudonyms.unwrap_or_default(),
                 purposes: purposes.unwrap_or_default(),
                 received_at,
-            });
+            };
+            requests.push((request, instance == self.instance));
         }
         Ok(requests)
     }
 }
 
-/// Reads the shared requests every `interval` and carries out, on this replica, each one it has
-/// no record of, until `stop` (a failure is logged and tried again at the next tick).
+/// Reads the shared requests every `interval` and carries out, on this replica, each one not
+/// carried out here yet ([`SubjectRequests::carry_out_shared`]), until `stop` (a failure is
+/// logged and tried again at the next tick).
 pub async fn follow(
     shared: Arc<SharedRequests>,
     requests: Arc<SubjectRequests>,
@@ -200,12 +203,12 @@ pub async fn follow(
 ) {
     let mut failing = false;
     loop {
-        let outcome = match shared.others().await {
+        let outcome = match shared.all().await {
             Ok(rows) => {
                 let mut failed = None;
-                for row in rows {
+                for (row, written_here) in rows {
                     let (id, origin) = (row.id, row.origin.clone());
-                    match requests.carry_out_shared(row).await {
+                    match requests.carry_out_shared(row, written_here).await {
                         Ok(Some(request)) => tracing::info!(
                             request_id = %id, origin, kind = ?request.kind, status = ?request.status,
                             inquiries = request.inquiries, "shared subject request carried out"
