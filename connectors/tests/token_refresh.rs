@@ -50,6 +50,10 @@ fn each_platform_refreshes_the_way_it_documents() {
         (Some(7200), None),
         "eBay does not rotate refresh tokens"
     );
+    // The Post-Order poller holds the same eBay user token and refreshes it the same way.
+    let post_order = poll::find("ebay_post_order_inquiries").unwrap();
+    assert_eq!(post_order.refresh_request(&target(), "v^1.1#r").unwrap().body, request.body);
+    assert!(post_order.parse_refresh(br#"{"access_token":"v^1.1#i","expires_in":7200}"#, NOW).is_ok());
 
     let shopee = poll::find("shopee_chat").unwrap();
     let request = shopee.refresh_request(&target(), "rt-s").unwrap();

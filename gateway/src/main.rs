@@ -67,6 +67,36 @@ enum Command {
     /// Verifies or exports the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Data subject requests across replicas.
+    #[command(subcommand)]
+    Subjects(SubjectsCommand),
+}
+
+#[derive(Subcommand)]
+enum SubjectsCommand {
+    /// Exports everything every replica holds on a data subject as one JSON document: asks each
+    /// replica's admin API (`POST /v1/subject-requests`, kind export; each records and audits its
+    /// part) and joins the answers. Fails, writing nothing, when any replica does not answer.
+    Export {
+        /// A replica's admin base URL (`https://gateway-0.gateway:9090`); repeat for each replica.
+        #[arg(long, required = true)]
+        admin: Vec<String>,
+        /// A file with the subject as JSON (`{"email": ...}`, `{"user_id", "channel", "account"}`
+        /// or `{"pseudonym": ...}`), or `-` for standard input: personal data stays off the
+        /// command line.
+        #[arg(long)]
+        subject: PathBuf,
+        /// `gdpr`, `ccpa` or `lgpd`.
+        #[arg(long, default_value = "gdpr")]
+        jurisdiction: String,
+        /// The environment variable holding an admin token with scope `subjects:export` (none
+        /// sent when unset: a loopback gateway without tokens).
+        #[arg(long, default_value = "GATEWAY_ADMIN_TOKEN")]
+        token_env: String,
+        /// Output file (standard output when absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +183,13 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("inquiry-gateway: {err:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Subjects(command) => match subjects(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("inquiry-gateway: {err:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Run { config } => match run(config) {
@@ -258,6 +295,34 @@ fn audit(command: AuditCommand) -> anyhow::Result<bool> {
         eprintln!("audit log does NOT verify: {} problem(s)", report.problems.len());
     }
     Ok(report.ok())
+}
+
+/// `subjects export`: one export from every replica named.
+fn subjects(command: SubjectsCommand) -> anyhow::Result<()> {
+    let SubjectsCommand::Export { admin, subject, jurisdiction, token_env, out } = command;
+    let text = if subject.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the subject from standard input")?
+    } else {
+        std::fs::read_to_string(&subject).with_context(|| format!("cannot read {}", subject.display()))?
+    };
+    let subject: serde_json::Value = serde_json::from_str(&text).context("the subject is not JSON")?;
+    anyhow::ensure!(subject.is_object(), "the subject must be a JSON object");
+    let token = std::env::var(&token_env).ok().filter(|t| !t.is_empty());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let joined = runtime.block_on(inquiry_gateway::compliance::fanout::export_from_replicas(
+        &admin,
+        token.as_deref(),
+        &subject,
+        &jurisdiction,
+    ))?;
+    let document = serde_json::to_string_pretty(&joined)? + "\n";
+    match out {
+        Some(path) => std::fs::write(&path, document).with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{document}"),
+    }
+    let count = |key: &str| joined[key].as_array().map_or(0, Vec::len);
+    eprintln!("{} replicas, {} subjects, {} inquiries", count("replicas"), count("subjects"), count("inquiries"));
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

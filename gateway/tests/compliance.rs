@@ -726,3 +726,119 @@ async fn consents_reported_with_an_inquiry_are_audited_withdrawn_given_again_and
     // Reading consents needs subjects:read.
     assert_eq!(lookup(READER).await.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_export_joins_what_every_replica_holds_and_fails_whole() {
+    let a = Gateway::start(&admin_tokens()).await;
+    let b = Gateway::start(&admin_tokens()).await;
+    let client = HttpClient::new();
+    for (gateway, external_id) in [(&a, "on-a"), (&b, "on-b-1"), (&b, "on-b-2")] {
+        let body = inquiry("Anna@Example.com", "Anna", external_id, "Do you ship to Vienna?");
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), body).await;
+        assert_eq!(reply.status.as_u16(), 201, "{}", String::from_utf8_lossy(&reply.body));
+    }
+    let other = inquiry("ben@example.com", "Ben", "ben-on-a", "Hello");
+    assert_eq!(client.post_json(&a.url("/v1/inquiries"), other).await.status.as_u16(), 201);
+
+    let dir = tempfile::tempdir().unwrap();
+    let subject = dir.path().join("subject.json");
+    std::fs::write(&subject, r#"{"email": "anna@example.com"}"#).unwrap();
+    let export = |admins: &[String], token: &str, out: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"));
+        command.args(["subjects", "export", "--subject"]).arg(&subject).arg("--out").arg(out);
+        for admin in admins {
+            command.args(["--admin", admin]);
+        }
+        command.env("GATEWAY_ADMIN_TOKEN", token).output().unwrap()
+    };
+    let both = [a.admin_url(""), b.admin_url("")];
+    let out = dir.path().join("export.json");
+    let run = tokio::task::block_in_place(|| export(&both, ERASER, &out));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let joined: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let replicas: Vec<_> = joined["inquiries"].as_array().unwrap().iter().map(|i| i["replica"].clone()).collect();
+    assert_eq!(replicas, [json!(a.admin_url("")), json!(b.admin_url("")), json!(b.admin_url(""))], "{joined}");
+    for inquiry in joined["inquiries"].as_array().unwrap() {
+        assert_eq!(inquiry["personal"]["email"], "Anna@Example.com", "Anna's only, opened: {inquiry}");
+    }
+    assert_eq!(joined["replicas"].as_array().unwrap().len(), 2);
+    assert_eq!(joined["replicas"][1]["request"]["status"], "completed");
+    // Each replica recorded and audited its part.
+    for gateway in [&a, &b] {
+        let path = "/v1/audit/entries?from=0&limit=1000";
+        let entries = admin(&client, gateway, Method::GET, path, Some(ERASER), Value::Null).await;
+        let exported = String::from_utf8_lossy(&entries.body).matches("\"subject.exported\"").count();
+        assert_eq!(exported, 1, "{}", String::from_utf8_lossy(&entries.body));
+    }
+
+    // A replica that does not answer, or refuses the token, fails the whole export: nothing written.
+    let unreachable = [a.admin_url(""), "http://127.0.0.1:9".to_owned()];
+    let missing = dir.path().join("partial.json");
+    let run = tokio::task::block_in_place(|| export(&unreachable, ERASER, &missing));
+    assert!(!run.status.success() && !missing.exists());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("127.0.0.1:9: not reachable"), "{run:?}");
+    let run = tokio::task::block_in_place(|| export(&both, READER, &missing));
+    assert!(!run.status.success() && !missing.exists());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("HTTP 403"), "{run:?}");
+    // Personal data of the subject never reached the command line or the messages.
+    assert!(!String::from_utf8_lossy(&run.stderr).to_lowercase().contains("anna@"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shopify_redact_left_open_by_a_failed_attempt_is_carried_out_on_redelivery() {
+    let (secret, shop, event) = ("shopify-app-client-secret", "acme-eu.myshopify.com", "5f0c1a2b-redact");
+    let config = format!(
+        "{}[[webhooks]]\nconnector = \"shopify_compliance\"\naccount = \"{shop}\"\nsecret = \"{secret}\"\n",
+        admin_tokens()
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let doc = json!({
+        "channel": "shopify", "account": shop, "external_id": "s-open",
+        "buyer": { "id": "191168", "email": "jane@example.com", "country": "NL" },
+        "body": "JANE-TEXT", "occurred_at": "2026-11-24T08:00:00Z",
+    });
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+    assert_eq!(reply.status, 201);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+
+    // The first delivery's attempt failed part way: its erasure record stayed open (written here
+    // into the store of the stopped gateway, as the failed attempt left it).
+    assert!(gateway.terminate().success());
+    let request_id = uuid::Uuid::now_v7();
+    {
+        let store = Store::open(&gateway.store_dir()).unwrap();
+        let record = json!({
+            "id": request_id, "kind": "erasure", "jurisdiction": "gdpr",
+            "source": format!("shopify:{shop}:event:{event}"), "requested_by": format!("webhook:shopify_compliance/{shop}"),
+            "received_at": "2026-12-01T08:00:00Z", "due_at": "2027-01-01T08:00:00Z", "extended_due_at": "2027-03-01T08:00:00Z",
+            "status": "open", "completed_at": null, "subjects": [], "inquiries": 0, "pending_sinks": [],
+            "expires_at": "2028-12-01T08:00:00Z",
+        });
+        let mut batch = store.batch();
+        batch.put_subject_request(request_id, record.to_string().as_bytes());
+        batch.commit().unwrap();
+    }
+    gateway.restart().await;
+
+    // Shopify redelivers the same event: the open erasure is carried out now, under its id.
+    let body = json!({ "shop_id": 1, "shop_domain": shop, "customer": { "id": 191168, "email": "jane@example.com" } })
+        .to_string();
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-shopify-topic", "customers/redact"),
+        ("x-shopify-hmac-sha256", signature.as_str()),
+        ("x-shopify-event-id", event),
+    ];
+    let url = gateway.url(&format!("/webhooks/shopify_compliance/{shop}"));
+    let again = client.request(Method::POST, &url, body.into_bytes(), &headers).await;
+    assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+    let answer = again.json();
+    assert_eq!(
+        (&answer["request_id"], &answer["status"], &answer["duplicate"]),
+        (&json!(request_id), &json!("completed"), &json!(true))
+    );
+    assert!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["personal"].is_null());
+}

@@ -8,6 +8,7 @@
 //! - [`requests`]: data subject requests with their jurisdiction's deadlines.
 
 pub mod audit;
+pub mod fanout;
 pub mod merkle;
 pub mod requests;
 pub mod shared;

@@ -627,6 +627,22 @@ impl SubjectRequests {
         self.carry_out_erasure(request, pseudonyms).await
     }
 
+    /// Carries out again an erasure whose earlier attempt failed part way (`record` is still
+    /// open), for the subjects `spec` names: under the same id, with the subjects the attempt
+    /// already erased. `NoSubject` when `spec` names nobody (a request recorded open on purpose).
+    pub async fn erase_again(
+        &self,
+        record: SubjectRequest,
+        spec: &SubjectSpec,
+    ) -> Result<SubjectRequest, RequestError> {
+        let (indexes, pseudonyms) = self.keys_of(spec)?;
+        let mut found = self.find_by(&indexes, &pseudonyms)?;
+        found.extend(record.subjects.iter().cloned());
+        found.sort();
+        found.dedup();
+        self.carry_out_erasure(record, found).await
+    }
+
     /// Carries out the erasure `request` of the subjects `pseudonyms` here, and asks the sinks
     /// to erase them too.
     async fn carry_out_erasure(

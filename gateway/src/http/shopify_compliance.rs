@@ -13,7 +13,7 @@ use serde_json::json;
 use super::api::{store_error, ApiState};
 use super::error::{json_response, ApiError};
 use super::HttpResponse;
-use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, SubjectSpec};
+use crate::compliance::requests::{Jurisdiction, RequestError, RequestKind, RequestStatus, SubjectSpec};
 
 /// The connector name in `[[webhooks]]`.
 pub const CONNECTOR: &str = "shopify_compliance";
@@ -88,7 +88,19 @@ pub async fn handle(
     let requests = &state.requests;
     if event.is_some() {
         let earlier = requests.list().map_err(store_error)?.into_iter().find(|r| r.source == source);
-        if let Some(earlier) = earlier {
+        if let Some(mut earlier) = earlier {
+            // An erasure left open by a failed attempt (a 5xx that made Shopify redeliver) is
+            // carried out now, under its id.
+            if topic == "customers/redact"
+                && earlier.kind == RequestKind::Erasure
+                && earlier.status == RequestStatus::Open
+            {
+                match requests.erase_again(earlier.clone(), &spec).await {
+                    Ok(done) => earlier = done,
+                    Err(RequestError::NoSubject) => {} // recorded open on purpose
+                    Err(err) => return Err(super::api::request_error(err)),
+                }
+            }
             return Ok(json_response(
                 StatusCode::OK,
                 &json!({ "request_id": earlier.id, "status": earlier.status, "duplicate": true }),
