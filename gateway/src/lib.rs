@@ -324,6 +324,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         public_keys: Default::default(),
         replays: Default::default(),
         reach: reach.clone(),
+        forward_replies: match (&reach, &kafka_sink) {
+            (Some(_), Some(kafka)) if kafka.replies_topic().is_some() => Some(kafka.clone()),
+            _ => None,
+        },
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({

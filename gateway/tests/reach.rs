@@ -607,3 +607,77 @@ async fn logged(gateway: &Gateway, text: &str) {
     eventually(Duration::from_secs(10), &format!("the log says `{text}`"), || async { gateway.log().contains(text) })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_sent_to_a_replica_that_does_not_hold_the_inquiry_reaches_the_one_that_does() {
+    const BROKERS: &str = "127.0.0.1:9092";
+    const SHOP_1_KEY: &str = "crm-key-of-shop-1-0123456789";
+    const SHOP_2_KEY: &str = "crm-key-of-shop-2-0123456789";
+    let prefix = support::unique("forward");
+    let config = |replica: &str| {
+        format!(
+            "[polling]\nreplica = \"{prefix}-{replica}\"\n\
+             [[auth.api_keys]]\nid = \"crm-1\"\nkey = \"{SHOP_1_KEY}\"\naccounts = [\"shop-1\"]\n\
+             [[auth.api_keys]]\nid = \"crm-2\"\nkey = \"{SHOP_2_KEY}\"\naccounts = [\"shop-2\"]\n\
+             [sinks.kafka]\nbrokers = \"{BROKERS}\"\nlocation = \"eu\"\npartitions = 1\ntopic_prefix = \"{prefix}.\"\n\
+             [reach]\nreplies_topic = \"crm.replies.v1\"\n\
+             [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n"
+        )
+    };
+    let a = Gateway::start(&config("a")).await;
+    let b = Gateway::start(&config("b")).await;
+    for gateway in [&a, &b] {
+        support::wait_spool_empty(gateway, "kafka", Duration::from_secs(60)).await;
+        // topics created
+    }
+    let client = HttpClient::new();
+    let as_key = |key: &str| format!("Bearer {key}");
+    let (shop_1, shop_2) = (as_key(SHOP_1_KEY), as_key(SHOP_2_KEY));
+    let headers =
+        |auth: &str| [("content-type", "application/json"), ("authorization", auth)].map(|(k, v)| (k, v.to_owned()));
+    let send = |gateway: &Gateway, path: &str, body: String, auth: &str| {
+        let (client, url, headers) = (client.clone(), gateway.url(path), headers(auth));
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client.request(hyper::Method::POST, &url, body, &headers).await
+        }
+    };
+    // B holds the inquiry; A does not.
+    let stored = send(&b, "/v1/inquiries", inquiry_json("shop-1", "forwarded-1"), &shop_1).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{stored:?}");
+    let id = stored.json()["id"].as_str().unwrap().to_owned();
+    let reply_path = format!("/v1/inquiries/{id}/reply");
+    let kafka_outcome = |outcome: &'static str| {
+        let b = &b;
+        async move {
+            let text = HttpClient::new().get(&b.admin_url("/metrics")).await;
+            let text = String::from_utf8_lossy(&text.body).into_owned();
+            support::metric_value(&text, "inquiry_gateway_replies_total", &[("source", "kafka"), ("outcome", outcome)])
+        }
+    };
+
+    // Another shop's key: A cannot tell and forwards it (202); B, which can, does not record it.
+    let wrong = send(&a, &reply_path, r#"{"agent": "agent-x"}"#.to_owned(), &shop_2).await;
+    assert_eq!(wrong.status, StatusCode::ACCEPTED, "{wrong:?}");
+    assert_eq!(wrong.json()["forwarded"], true);
+    support::eventually(Duration::from_secs(60), "B refuses the reply of another shop's key", || async {
+        kafka_outcome("not_allowed").await == 1.0
+    })
+    .await;
+    assert_eq!(kafka_outcome("recorded").await, 0.0);
+
+    // The shop's own key: recorded by B, audited with who sent it.
+    let right = send(&a, &reply_path, r#"{"agent": "agent-ana"}"#.to_owned(), &shop_1).await;
+    assert_eq!(right.status, StatusCode::ACCEPTED, "{right:?}");
+    support::eventually(Duration::from_secs(30), "B records the forwarded reply", || async {
+        kafka_outcome("recorded").await == 1.0
+    })
+    .await;
+    let replied = support::audit_entries_of(&b, "inquiry.replied").await;
+    assert_eq!(replied.len(), 1, "{replied:?}");
+    assert_eq!(replied[0]["actor"], "kafka:replies:api_key:crm-1");
+    assert_eq!(replied[0]["detail"]["sla_status"], "met");
+    // On B itself the reply is answered at once, from its own store.
+    let direct = send(&b, &reply_path, String::new(), &shop_1).await;
+    assert_eq!(direct.status, StatusCode::OK, "{direct:?}");
+}

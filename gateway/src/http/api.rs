@@ -47,6 +47,9 @@ pub struct ApiState {
     pub replays: super::webhooks::ReplayGuard,
     /// Reach-out (first-response SLAs), when configured.
     pub reach: Option<Arc<crate::reach::Reach>>,
+    /// Where a reply to an inquiry this replica does not hold goes (the replies topic, read by
+    /// every replica), when reach-out reads one.
+    pub forward_replies: Option<Arc<crate::sinks::kafka::KafkaSink>>,
 }
 
 /// Webhook endpoints by (connector, account).
@@ -434,7 +437,6 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     if reply.agent.as_ref().is_some_and(|a| a.len() > 128) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_agent", "agent is at most 128 bytes"));
     }
-    let stored = stored_for(state, &grant, id)?;
     // A reply cannot come from the future, nor before the gateway had the inquiry.
     let now = OffsetDateTime::now_utc();
     let at = reply.replied_at.unwrap_or(now);
@@ -442,6 +444,12 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", "replied_at is in the future")
             .field_name("replied_at"));
     }
+    if let Some(kafka) = &state.forward_replies {
+        if !state.store.has_inquiry(id).map_err(store_error)? {
+            return forward_reply(kafka, &grant, id, &reply).await;
+        }
+    }
+    let stored = stored_for(state, &grant, id)?;
     let at = at.max(stored.inquiry.received_at);
     let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
     // Audited first, recorded after: a failure in between leaves the client's retry to audit
@@ -465,6 +473,35 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     let sla = outcome.sla().map(|state| serde_json::to_value(state).expect("states serialize"));
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
+}
+
+/// A reply to an inquiry another replica holds (with several replicas, a load balancer sends a
+/// call anywhere): written to the replies topic, which every replica reads; the one that holds
+/// the inquiry records it, if the caller's key may use its account. 202 once the broker has it.
+async fn forward_reply(
+    kafka: &crate::sinks::kafka::KafkaSink,
+    grant: &crate::http::auth::Grant,
+    id: Uuid,
+    reply: &ReplyBody,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let message = crate::reach::replies::forwarded_reply(
+        id,
+        reply.replied_at,
+        reply.agent.as_deref(),
+        &grant.actor(),
+        grant.accounts(),
+    );
+    if let Err(err) = kafka.publish_reply(id, &message).await {
+        tracing::warn!(error = %err, "a reply could not be forwarded to the replies topic");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_forwarded",
+            "the inquiry is not held here and the reply could not be written to the replies topic",
+        )
+        .retry_after(1));
+    }
+    metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "forwarded").increment(1);
+    Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "inquiry_id": id, "forwarded": true })))
 }
 
 /// The body of `POST /v1/inquiries/{id}/conversion`.

@@ -29,6 +29,14 @@ pub enum Grant {
 }
 
 impl Grant {
+    /// The accounts this grant is limited to; `None` for every account.
+    pub fn accounts(&self) -> Option<&[String]> {
+        match self {
+            Grant::Open | Grant::Key { accounts: None, .. } => None,
+            Grant::Key { accounts: Some(accounts), .. } => Some(accounts),
+        }
+    }
+
     /// True if this grant covers `account`.
     pub fn allows(&self, account: &str) -> bool {
         match self {

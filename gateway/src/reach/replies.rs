@@ -1,6 +1,8 @@
 //! First responses read from a Kafka topic the CRM writes (`reach.replies_topic`): each message
 //! `{"inquiry_id": "...", "replied_at": "RFC 3339"?, "agent": "..."?}` stops the inquiry's SLA
-//! clock like `POST /v1/inquiries/{id}/reply`. Every replica reads the whole topic with a consumer
+//! clock like `POST /v1/inquiries/{id}/reply`. A replica that gets such a call for an inquiry it
+//! does not hold writes it here too, with the caller (`actor`) and the accounts its key may use
+//! (`accounts`), which the holder checks. Every replica reads the whole topic with a consumer
 //! group of its own and applies the replies to the inquiries in its store; offsets are committed
 //! once a reply is recorded (or found not to be this replica's), so a restart re-reads at most the
 //! last few, and a reply recorded twice changes nothing.
@@ -36,6 +38,28 @@ struct ReplyMessage {
     replied_at: Option<OffsetDateTime>,
     #[serde(default)]
     agent: Option<String>,
+    /// Who reported it, when a replica forwarded an HTTP reply (`api_key:<id>`).
+    #[serde(default)]
+    actor: Option<String>,
+    /// The accounts the caller's key may use (absent: any), when a replica forwarded an HTTP
+    /// reply: an inquiry of another account is not answered.
+    #[serde(default)]
+    accounts: Option<Vec<String>>,
+}
+
+/// The replies topic's message for a reply over HTTP to an inquiry this replica does not hold.
+pub fn forwarded_reply(
+    inquiry_id: Uuid,
+    replied_at: Option<OffsetDateTime>,
+    agent: Option<&str>,
+    actor: &str,
+    accounts: Option<&[String]>,
+) -> Vec<u8> {
+    let at = replied_at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok());
+    serde_json::to_vec(&serde_json::json!({
+        "inquiry_id": inquiry_id, "replied_at": at, "agent": agent, "actor": actor, "accounts": accounts,
+    }))
+    .expect("json")
 }
 
 /// Reads the replies topic of `kafka` as consumer group `group` until `stop` fires.
@@ -116,8 +140,9 @@ pub fn replied_event(actor: &str, id: Uuid, agent: Option<&str>, outcome: &Reply
         .detail(serde_json::json!({ "agent": agent, "sla_status": status }))
 }
 
-/// Applies one message: `recorded`, `not_here` (another replica's inquiry), `invalid`,
-/// `audit_error` or `store_error` (both read again).
+/// Applies one message: `recorded`, `not_here` (another replica's inquiry), `not_allowed` (an
+/// inquiry of an account the forwarding caller's key may not use), `invalid`, `audit_error` or
+/// `store_error` (both read again).
 async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: &[u8]) -> &'static str {
     let Ok(reply) = serde_json::from_slice::<ReplyMessage>(payload) else {
         tracing::warn!("a replies message is not a reply; skipped");
@@ -128,23 +153,28 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
         let (reach, store) = (reach.clone(), store.clone());
         off_the_workers(move || {
             let Some(stored) = StoredInquiry::load(&store, id)? else { return Ok(None) };
+            if reply.accounts.as_ref().is_some_and(|accounts| !accounts.contains(&stored.inquiry.account)) {
+                return Ok(Some(Err(())));
+            }
             let now = OffsetDateTime::now_utc();
             let at = reply.replied_at.unwrap_or(now).min(now).max(stored.inquiry.received_at);
             let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-            reach.preview_reply(&stored, at_ms).map(|outcome| Some((stored, at_ms, outcome)))
+            reach.preview_reply(&stored, at_ms).map(|outcome| Some(Ok((stored, at_ms, outcome))))
         })
         .await
     };
     let (stored, at_ms, preview) = match previewed {
         Ok(None) => return "not_here",
-        Ok(Some(previewed)) => previewed,
+        Ok(Some(Err(()))) => return "not_allowed",
+        Ok(Some(Ok(previewed))) => previewed,
         Err(err) => {
             tracing::error!(error = %err, "reply not recorded");
             return "store_error";
         }
     };
     // Audited first, recorded after: either failing leaves the message to be read again.
-    if let Err(err) = pipeline.audit(vec![replied_event("kafka:replies", id, reply.agent.as_deref(), &preview)]).await {
+    let actor = reply.actor.as_ref().map_or_else(|| "kafka:replies".to_owned(), |a| format!("kafka:replies:{a}"));
+    if let Err(err) = pipeline.audit(vec![replied_event(&actor, id, reply.agent.as_deref(), &preview)]).await {
         tracing::warn!(error = %err, "reply not audited; read again");
         return "audit_error";
     }

@@ -190,6 +190,19 @@ impl KafkaSink {
         .map_err(|e| error(e.to_string()))?
     }
 
+    /// Writes a first response to the replies topic (keyed by inquiry id), for the replica that
+    /// holds the inquiry: a reply over HTTP to a replica that does not. Waits for the broker.
+    pub async fn publish_reply(&self, inquiry_id: uuid::Uuid, payload: &[u8]) -> Result<(), String> {
+        let topic = self.replies.as_deref().ok_or("no replies topic")?;
+        let key = inquiry_id.to_string();
+        let record = FutureRecord::to(topic).key(&key).payload(payload);
+        match self.producer.send_result(record).map_err(|(err, _)| err.to_string())?.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((err, _))) => Err(err.to_string()),
+            Err(_) => Err("the producer dropped the message".to_owned()),
+        }
+    }
+
     /// Publishes SLA events to `sla.events.v1` (keyed by inquiry id, so one inquiry's events stay
     /// in order) and waits for every acknowledgement.
     /// Events of inquiries from regions the cluster is not declared for are left out (data
