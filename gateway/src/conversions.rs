@@ -8,8 +8,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::compliance::audit::AuditEvent;
-use crate::store::{Store, StoreError};
+use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
+use crate::store::{off_the_workers, Store, StoreError};
+use crate::telemetry;
 
 /// Longest order id, in bytes.
 pub const MAX_ORDER_ID_BYTES: usize = 128;
@@ -105,6 +109,71 @@ impl Conversion {
             "converted_at": self.converted_at.format(&time::format_description::well_known::Rfc3339).ok(),
         }))
     }
+}
+
+/// What a report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    /// The first report: audited, recorded and counted.
+    Recorded(Conversion),
+    /// A conversion was kept before: nothing changed.
+    Kept(Conversion),
+    /// The inquiry is no longer stored (retention removed it meanwhile).
+    Gone,
+}
+
+/// Why a report could not be taken (nothing was recorded; a retry is safe).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit entry could not be written.
+    #[error(transparent)]
+    Audit(#[from] SubmitError),
+}
+
+/// One conversion report at a time, so that of two reports of one inquiry only the first is
+/// kept and counted.
+static REPORTS: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
+
+/// Takes `conversion` (checked) as the report of `stored`'s order: the first one is audited
+/// (`inquiry.converted`), then recorded and counted; a later one changes nothing.
+pub async fn report(
+    store: &Store,
+    pipeline: &Pipeline,
+    stored: &StoredInquiry,
+    conversion: Conversion,
+) -> Result<Reported, ReportError> {
+    let id = stored.inquiry.id;
+    // Held until the record is written, even when the caller goes away meanwhile.
+    let one_at_a_time = REPORTS.clone().lock_owned().await;
+    let kept = {
+        let store = store.clone();
+        off_the_workers(move || Conversion::load(&store, id)).await?
+    };
+    if let Some(kept) = kept {
+        return Ok(Reported::Kept(kept));
+    }
+    // Audited first, recorded after: a failure in between leaves the retry to audit again,
+    // never a recorded conversion without its entry.
+    pipeline.audit(vec![conversion.event(id)]).await?;
+    let recorded = {
+        let (store, conversion) = (store.clone(), conversion.clone());
+        off_the_workers(move || {
+            let _held = one_at_a_time;
+            conversion.record(&store, id)
+        })
+        .await?
+    };
+    if !recorded {
+        return Ok(Reported::Gone);
+    }
+    let channel = stored.inquiry.channel.as_str();
+    metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
+    let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
+    metrics::histogram!(telemetry::CONVERSION_TIME, "channel" => channel).record(waited);
+    Ok(Reported::Recorded(conversion))
 }
 
 #[cfg(test)]

@@ -680,4 +680,29 @@ async fn a_reply_sent_to_a_replica_that_does_not_hold_the_inquiry_reaches_the_on
     // On B itself the reply is answered at once, from its own store.
     let direct = send(&b, &reply_path, String::new(), &shop_1).await;
     assert_eq!(direct.status, StatusCode::OK, "{direct:?}");
+
+    // A conversion report goes the same way; the first one is kept.
+    let conversion_path = format!("/v1/inquiries/{id}/conversion");
+    let order = r#"{"order_id": "8100000000000042", "value": "129.90", "currency": "EUR"}"#;
+    let forwarded = send(&a, &conversion_path, order.to_owned(), &shop_1).await;
+    assert_eq!(forwarded.status, StatusCode::ACCEPTED, "{forwarded:?}");
+    support::eventually(Duration::from_secs(30), "B records the forwarded conversion", || async {
+        kafka_outcome("converted").await == 1.0
+    })
+    .await;
+    let again = send(&a, &conversion_path, r#"{"order_id": "8100000000000043"}"#.to_owned(), &shop_1).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    support::eventually(Duration::from_secs(30), "B keeps the first conversion", || async {
+        kafka_outcome("conversion_kept").await == 1.0
+    })
+    .await;
+    let read = client
+        .request(hyper::Method::GET, &b.url(&format!("/v1/inquiries/{id}")), "", &[("authorization", shop_1.as_str())])
+        .await;
+    let kept = &read.json()["conversion"];
+    assert_eq!((&kept["order_id"], &kept["reported_by"]), (&"8100000000000042".into(), &"api_key:crm-1".into()));
+    // A bad report is refused by the replica it reached, before anything is forwarded.
+    let bad =
+        send(&a, &conversion_path, r#"{"order_id": "x", "value": "1,5", "currency": "EUR"}"#.to_owned(), &shop_1).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }

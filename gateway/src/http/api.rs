@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::auth::{Authenticator, Grant};
 use super::error::{json_response, ApiError, LineError};
 use crate::compliance::audit::AuditEvent;
-use crate::conversions::Conversion;
+use crate::conversions::{Conversion, ReportError, Reported};
 use crate::pipeline::{AckStatus, Pipeline, StoredInquiry, Submission, SubmitError};
 use crate::store::Store;
 use crate::telemetry::{self, Hop};
@@ -491,16 +491,28 @@ async fn forward_reply(
         &grant.actor(),
         grant.accounts(),
     );
-    if let Err(err) = kafka.publish_reply(id, &message).await {
-        tracing::warn!(error = %err, "a reply could not be forwarded to the replies topic");
+    forward(kafka, id, &message, "reply").await
+}
+
+/// Writes `message` (a `what`: reply or conversion) about inquiry `id` to the replies topic for
+/// the replica that holds the inquiry; 202 once the broker has it.
+async fn forward(
+    kafka: &crate::sinks::kafka::KafkaSink,
+    id: Uuid,
+    message: &[u8],
+    what: &'static str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if let Err(err) = kafka.publish_reply(id, message).await {
+        tracing::warn!(error = %err, what, "not forwarded to the replies topic");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_forwarded",
-            "the inquiry is not held here and the reply could not be written to the replies topic",
+            format!("the inquiry is not held here and the {what} could not be written to the replies topic"),
         )
         .retry_after(1));
     }
-    metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "forwarded").increment(1);
+    let outcome = if what == "reply" { "forwarded" } else { "conversion_forwarded" };
+    metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => outcome).increment(1);
     Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "inquiry_id": id, "forwarded": true })))
 }
 
@@ -521,10 +533,6 @@ struct ConversionBody {
     converted_at: Option<OffsetDateTime>,
 }
 
-/// One conversion report at a time, so that of two reports of one inquiry only the first is
-/// kept and counted.
-static CONVERSION_REPORTS: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
-
 /// Records the order an inquiry led to (the seller's CRM or shop back end calls it): the first
 /// report is audited (`inquiry.converted`), kept and counted (201); a later one changes nothing
 /// and answers what was kept (200).
@@ -539,10 +547,6 @@ async fn post_conversion(
     let body = read_body(req, 64 * 1024).await?;
     let report: ConversionBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?;
-    let stored = stored_for(state, &grant, id)?;
-    if state.subjects.is_erased(&stored.inquiry.buyer.pseudonym) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "subject_erased", "the inquiry's buyer was erased"));
-    }
     let value = match report.value {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(text)) => Some(text),
@@ -564,36 +568,27 @@ async fn post_conversion(
     conversion
         .check(now)
         .map_err(|bad| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", bad.reason).field_name(bad.field))?;
-    // Held until the record is written, even when the client goes away meanwhile.
-    let one_at_a_time = CONVERSION_REPORTS.clone().lock_owned().await;
-    let kept = {
-        let store = state.store.clone();
-        off_the_workers(move || Conversion::load(&store, id)).await?
-    };
-    if let Some(kept) = kept {
-        let answer = serde_json::json!({ "inquiry_id": id, "recorded": false, "conversion": kept });
-        return Ok(json_response(StatusCode::OK, &answer));
+    if let Some(kafka) = &state.forward_replies {
+        if !state.store.has_inquiry(id).map_err(store_error)? {
+            let message = crate::reach::replies::forwarded_conversion(id, &conversion, grant.accounts());
+            return forward(kafka, id, &message, "conversion").await;
+        }
     }
-    // Audited first, recorded after: a failure in between leaves the client's retry to audit
-    // again, never a recorded conversion without its entry.
-    state.pipeline.audit(vec![conversion.event(id)]).await.map_err(submit_error)?;
-    let recorded = {
-        let (store, conversion) = (state.store.clone(), conversion.clone());
-        off_the_workers(move || {
-            let _held = one_at_a_time;
-            conversion.record(&store, id)
-        })
-        .await?
-    };
-    if !recorded {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id"));
+    let stored = stored_for(state, &grant, id)?;
+    if state.subjects.is_erased(&stored.inquiry.buyer.pseudonym) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "subject_erased", "the inquiry's buyer was erased"));
     }
-    let channel = stored.inquiry.channel.as_str();
-    metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
-    let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
-    metrics::histogram!(telemetry::CONVERSION_TIME, "channel" => channel).record(waited);
-    let answer = serde_json::json!({ "inquiry_id": id, "recorded": true, "conversion": conversion });
-    Ok(json_response(StatusCode::CREATED, &answer))
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
+    let reported = crate::conversions::report(&state.store, &state.pipeline, &stored, conversion).await;
+    let (status, recorded, conversion) = match reported {
+        Ok(Reported::Recorded(conversion)) => (StatusCode::CREATED, true, conversion),
+        Ok(Reported::Kept(kept)) => (StatusCode::OK, false, kept),
+        Ok(Reported::Gone) => return Err(not_found()),
+        Err(ReportError::Store(err)) => return Err(store_error(err)),
+        Err(ReportError::Audit(err)) => return Err(submit_error(err)),
+    };
+    let answer = serde_json::json!({ "inquiry_id": id, "recorded": recorded, "conversion": conversion });
+    Ok(json_response(status, &answer))
 }
 
 fn context(trace_id: &str) -> NormalizeContext<'_> {

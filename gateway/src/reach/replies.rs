@@ -24,6 +24,7 @@ use inquiry_connectors::Channel;
 use super::{Reach, ReplyOutcome};
 use crate::compliance::audit::AuditEvent;
 use crate::compliance::requests::{RequestError, SubjectRequests, SubjectSpec};
+use crate::conversions::{Conversion, ReportError, Reported};
 use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::sinks::kafka::KafkaSink;
@@ -45,6 +46,69 @@ struct ReplyMessage {
     /// reply: an inquiry of another account is not answered.
     #[serde(default)]
     accounts: Option<Vec<String>>,
+    /// Instead of a reply, the order the inquiry led to (`POST /v1/inquiries/{id}/conversion`
+    /// forwarded by a replica that does not hold the inquiry).
+    #[serde(default)]
+    conversion: Option<Conversion>,
+}
+
+/// The replies topic's message for a conversion report to an inquiry this replica does not hold.
+pub fn forwarded_conversion(inquiry_id: Uuid, conversion: &Conversion, accounts: Option<&[String]>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "inquiry_id": inquiry_id, "conversion": conversion, "actor": conversion.reported_by, "accounts": accounts,
+    }))
+    .expect("json")
+}
+
+/// Applies a forwarded conversion report: `converted`, `conversion_kept` (one was kept before),
+/// `not_here`, `not_allowed`, `erased` (the buyer was erased), `invalid`, or `audit_error` /
+/// `store_error` (both read again).
+async fn apply_conversion(
+    store: &Store,
+    pipeline: &Pipeline,
+    id: Uuid,
+    conversion: Conversion,
+    accounts: Option<Vec<String>>,
+) -> &'static str {
+    let loaded = {
+        let store = store.clone();
+        off_the_workers(move || {
+            let Some(stored) = StoredInquiry::load(&store, id)? else { return Ok(None) };
+            let erased = store.erasure(&stored.inquiry.buyer.pseudonym)?.is_some();
+            Ok(Some((stored, erased)))
+        })
+        .await
+    };
+    let (stored, erased) = match loaded {
+        Ok(None) => return "not_here",
+        Ok(Some(loaded)) => loaded,
+        Err(err) => {
+            tracing::error!(error = %err, "conversion not recorded");
+            return "store_error";
+        }
+    };
+    if accounts.is_some_and(|accounts| !accounts.contains(&stored.inquiry.account)) {
+        return "not_allowed";
+    }
+    if erased {
+        return "erased";
+    }
+    if conversion.check(OffsetDateTime::now_utc()).is_err() {
+        return "invalid";
+    }
+    match crate::conversions::report(store, pipeline, &stored, conversion).await {
+        Ok(Reported::Recorded(_)) => "converted",
+        Ok(Reported::Kept(_)) => "conversion_kept",
+        Ok(Reported::Gone) => "not_here",
+        Err(ReportError::Audit(err)) => {
+            tracing::warn!(error = %err, "conversion not audited; read again");
+            "audit_error"
+        }
+        Err(ReportError::Store(err)) => {
+            tracing::error!(error = %err, "conversion not recorded");
+            "store_error"
+        }
+    }
 }
 
 /// The replies topic's message for a reply over HTTP to an inquiry this replica does not hold.
@@ -149,6 +213,9 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
         return "invalid";
     };
     let id = reply.inquiry_id;
+    if let Some(conversion) = reply.conversion {
+        return apply_conversion(store, pipeline, id, conversion, reply.accounts).await;
+    }
     let previewed = {
         let (reach, store) = (reach.clone(), store.clone());
         off_the_workers(move || {
