@@ -236,6 +236,9 @@ pub struct PipelineLimits {
     pub max_batch_inquiries: usize,
 }
 
+/// The `raw_ref` of an inquiry whose buyer was erased (its sealed fields and payload are gone).
+pub const ERASED_RAW_REF: &str = "erased";
+
 /// What a job asks of the stage.
 enum Work {
     /// Store inquiries (and a poller's cursor in the same atomic write).
@@ -355,6 +358,24 @@ impl Pipeline {
         let _ = self.tx.try_send(Job { work: Work::Audit(Vec::new()), enqueued: Instant::now(), reply });
     }
 
+    /// Waits until sink `name` has taken (or skipped) every inquiry committed so far, `limit` at
+    /// most; false when it has not by then (or there is no such sink). A sink's own erasure must
+    /// come after what it was sent before the local erasure, or it would be undone.
+    pub async fn sink_caught_up(&self, name: &str, limit: Duration) -> bool {
+        let end = self.spool.durable_end();
+        let Some(sink) = self.spool.sinks.iter().find(|s| s.name == name) else { return false };
+        let deadline = Instant::now() + limit;
+        loop {
+            if sink.forwarded_end.load(std::sync::atomic::Ordering::Acquire) >= end {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Erases a data subject and waits until the erasure is durable; returns its inquiries.
     pub async fn erase(&self, erasure: Erasure) -> Result<Vec<Uuid>, SubmitError> {
         match self.run(Work::Erase(erasure)).await? {
@@ -464,15 +485,32 @@ impl Stage {
             }
             gauge!(telemetry::QUEUE_DEPTH).set(self.rx.len() as f64);
             let started = Instant::now();
-            for job in &mut jobs {
+            let mut sealed = Vec::with_capacity(jobs.len());
+            for mut job in jobs {
                 record_per_channel(Hop::Queue, job.items(), started - job.enqueued);
+                // Sealed under a subject erased since: sealed again under a new one. If that
+                // fails the job fails (a retry seals it afresh): written as it is, it would bring
+                // the erased subject's key back.
+                let mut resealed = Ok(());
                 if let Work::Inquiries { items, .. } = &mut job.work {
                     for item in items.iter_mut().filter(|i| self.subjects.is_erased(&i.inquiry.buyer.pseudonym)) {
-                        if let Err(err) = item.reseal(&self.subjects) {
-                            tracing::error!(error = %err, "an inquiry of an erased subject could not be sealed again");
+                        resealed = item.reseal(&self.subjects);
+                        if resealed.is_err() {
+                            break;
                         }
                     }
                 }
+                match resealed {
+                    Ok(()) => sealed.push(job),
+                    Err(err) => {
+                        tracing::error!(error = %err, "an inquiry of an erased subject could not be sealed again");
+                        let _ = job.reply.send(Err(err));
+                    }
+                }
+            }
+            let jobs = sealed;
+            if jobs.is_empty() {
+                continue;
             }
             let written = match &jobs[0].work {
                 Work::Erase(erasure) => {
@@ -523,7 +561,7 @@ impl Stage {
             let Some(record) = self.store.get_inquiry(*id)? else { continue };
             let Ok(mut stored) = serde_json::from_slice::<StoredInquiry>(&record) else { continue };
             stored.inquiry.sealed.clear();
-            stored.inquiry.raw_ref = "erased".to_owned();
+            stored.inquiry.raw_ref = ERASED_RAW_REF.to_owned();
             batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
             // The order an inquiry led to can be traced to the buyer in the shop's own system.
             batch.remove_conversion(*id);

@@ -110,7 +110,19 @@ pub async fn run(store: Store, retention: RetentionConfig, pipeline: Pipeline, m
                     "removed": swept, "inquiries_days": retention.inquiries_days,
                     "dead_letters_days": retention.dead_letters_days,
                 }));
-                let _ = pipeline.audit(vec![event]).await;
+                // The removals stand: their entry waits out a full queue rather than being dropped.
+                loop {
+                    match pipeline.audit(vec![event.clone()]).await {
+                        Err(crate::pipeline::SubmitError::Overloaded) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "a retention sweep could not be audited");
+                            break;
+                        }
+                        Ok(()) => break,
+                    }
+                }
             }
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::error!(error = %err, "retention sweep failed; retried next time"),

@@ -842,3 +842,43 @@ async fn a_shopify_redact_left_open_by_a_failed_attempt_is_carried_out_on_redeli
     );
     assert!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["personal"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inquiry_erased_while_it_waited_for_its_sink_is_never_sent() {
+    let prefix = unique("w");
+    let sink = |brokers: &str| {
+        format!(
+            "{}[sinks.kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 1\nlocation = \"eu\"\n",
+            admin_tokens()
+        )
+    };
+    // The broker is out of reach: both inquiries wait in the spool.
+    let mut gateway = Gateway::start(&sink("127.0.0.1:1")).await;
+    let client = HttpClient::new();
+    let mut ids = Vec::new();
+    for (email, name) in [("anna.waits@example.com", "Anna"), ("bob.waits@example.com", "Bob")] {
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), inquiry(email, name, &email[..4], "Hello")).await;
+        assert_eq!(reply.status, 201);
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    let erase = json!({ "kind": "erasure", "subject": { "email": "anna.waits@example.com" } });
+    let erased = admin(&client, &gateway, Method::POST, "/v1/subject-requests", Some(ERASER), erase).await;
+    assert_eq!(erased.status, 200, "{}", String::from_utf8_lossy(&erased.body));
+    assert_eq!(erased.json()["request"]["pending_sinks"], json!(["kafka"]), "the sink is behind: its part later");
+
+    // The broker is back: Bob's inquiry is sent, Anna's (erased meanwhile) is not.
+    gateway.reconfigure(&sink(BROKERS));
+    assert!(gateway.terminate().success());
+    gateway.restart().await;
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
+    let routed: Vec<String> = kcat(&format!("{prefix}.inquiries.routed.v2")).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(routed.iter().filter(|v| v.contains(&ids[1])).count(), 1, "{routed:?}");
+    assert!(routed.iter().all(|v| !v.contains(&ids[0])), "the erased inquiry was sent: {routed:?}");
+    let metrics = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    let skipped = support::metric_value(
+        &metrics,
+        "inquiry_gateway_sink_rejected_total",
+        &[("sink", "kafka"), ("reason", "erased")],
+    );
+    assert_eq!(skipped, 1.0);
+}

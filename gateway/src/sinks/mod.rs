@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::compliance::audit::AuditEvent;
-use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
+use crate::pipeline::{Pipeline, StoredInquiry, SubmitError, ERASED_RAW_REF};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::spool::{CommittedRecord, Spool};
 use crate::store::{OutboxEntry, Store, StoreError};
@@ -202,9 +202,13 @@ pub async fn forward_audit(
         let records: Vec<AuditRecord> = match read.unwrap_or_else(|e| Err(StoreError::from_message(&e.to_string()))) {
             Ok(entries) => entries
                 .into_iter()
-                .filter_map(|(index, bytes)| {
-                    let head = serde_json::from_slice(&bytes).ok()?;
-                    Some(AuditRecord { index, bytes, head })
+                .filter_map(|(index, bytes)| match serde_json::from_slice(&bytes) {
+                    Ok(head) => Some(AuditRecord { index, bytes, head }),
+                    Err(_) => {
+                        tracing::error!(sink = name, index, "audit entry unreadable; not sent");
+                        counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => "unreadable_audit").increment(1);
+                        None
+                    }
                 })
                 .collect(),
             Err(err) => {
@@ -408,7 +412,12 @@ fn read_round(
         }
         from_store += 1;
         let json = store.get_inquiry(entry.id)?;
-        match json.and_then(|json| Some((serde_json::from_slice(&json).ok()?, json))) {
+        match json.and_then(|json| Some((serde_json::from_slice::<StoredInquiry>(&json).ok()?, json))) {
+            // Its buyer was erased after it was spooled: the sink erases what it holds of the
+            // buyer, and is not sent it again.
+            Some((stored, _)) if stored.inquiry.raw_ref == ERASED_RAW_REF => {
+                counter!(telemetry::SINK_REJECTED, "sink" => state.name, "reason" => "erased").increment(1);
+            }
             Some((stored, json)) => records.push(OutRecord::new(entry.seq, stored, json)),
             None => {
                 tracing::error!(sink = state.name, seq = entry.seq, "outbox entry without a readable inquiry; skipped");
