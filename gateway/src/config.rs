@@ -1317,11 +1317,14 @@ pub struct StoreConfig {
     /// Secret for buyer pseudonyms (at least 32 bytes, e.g. `${GATEWAY_PSEUDONYM_KEY}`). When absent,
     /// a random key is generated once and kept in the store.
     pub pseudonym_key: Option<String>,
+    /// New inquiries are refused (503 `disk_full`) while the store's file system has less free
+    /// space than this, in MiB, so that the store never runs out of space mid-write; 0: never.
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: PathBuf::from("inquiry-gateway-data"), pseudonym_key: None }
+        StoreConfig { path: PathBuf::from("inquiry-gateway-data"), pseudonym_key: None, min_free_mb: 1024 }
     }
 }
 

@@ -235,6 +235,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => Vec::new(),
     };
+    let disk_watch = tokio::spawn(spool::watch_disk(
+        spool.clone(),
+        config.store.path.clone(),
+        config.store.min_free_mb.saturating_mul(1 << 20),
+        Duration::from_secs(2),
+        stop_rx.clone(),
+    ));
     let sweeper =
         tokio::spawn(retention::run(store.clone(), config.retention.clone(), pipeline.clone(), stop_rx.clone()));
     // Erasures and consent withdrawals shared with the other replicas (a validated config has
@@ -380,6 +387,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = ingest.await;
     let _ = admin.await;
     finish(sweeper, Duration::from_secs(5)).await;
+    finish(disk_watch, Duration::from_secs(1)).await;
     if let Some(follower) = request_follower {
         finish(follower, Duration::from_secs(5)).await;
     }

@@ -192,6 +192,9 @@ pub enum SubmitError {
     /// A sink is down and its spool reached `spool.max_pending`: retry later.
     #[error("spool is full")]
     SpoolFull,
+    /// The store's disk has less free space than `store.min_free_mb`: retry later.
+    #[error("the store's disk is almost full")]
+    DiskFull,
     /// The gateway is shutting down.
     #[error("pipeline is stopped")]
     Stopped,
@@ -402,6 +405,9 @@ impl Pipeline {
     ) -> Result<Vec<Ack>, SubmitError> {
         if self.spool.is_full() {
             return Err(SubmitError::SpoolFull);
+        }
+        if self.spool.disk_low() {
+            return Err(SubmitError::DiskFull);
         }
         match self.run(Work::Inquiries { items, cursor }).await? {
             Outcome::Acks(acks) => Ok(acks),

@@ -24,6 +24,44 @@ use crate::pipeline::StoredInquiry;
 use crate::store::{Outbox, Store, StoreError};
 use crate::telemetry;
 
+/// Checks the free space of the file system under `path` every `every` until `stop`: below
+/// `min_free_bytes`, the spool is marked [`Spool::disk_low`] (ingest refuses new inquiries with
+/// 503 and readiness fails) so that the store never runs out of space in the middle of a write;
+/// the space left is the gauge `inquiry_gateway_store_free_bytes`.
+pub async fn watch_disk(
+    spool: std::sync::Arc<Spool>,
+    path: std::path::PathBuf,
+    min_free_bytes: u64,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    loop {
+        match rustix::fs::statvfs(&path) {
+            Ok(stats) => {
+                let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+                metrics::gauge!(telemetry::STORE_FREE_BYTES).set(free as f64);
+                let low = free < min_free_bytes;
+                if low != spool.disk_low() {
+                    if low {
+                        tracing::error!(
+                            free_bytes = free,
+                            min_free_bytes,
+                            "store disk almost full: new inquiries are refused"
+                        );
+                    } else {
+                        tracing::info!(free_bytes = free, "store disk has room again: inquiries are accepted");
+                    }
+                    spool.set_disk_low(low);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "free space of the store's disk unknown"),
+        }
+        if crate::retry::sleep_or_stop(every, &mut stop).await {
+            return;
+        }
+    }
+}
+
 /// One sink's side of the spool.
 pub struct SpoolSink {
     /// The sink's name (`kafka`, `cql`): the `sink` metric label.
@@ -60,6 +98,8 @@ pub struct Spool {
     /// The records committed last, by sequence number.
     pub recent: RecentRecords,
     max_pending: u64,
+    /// True while the store's file system has less free space than `store.min_free_mb`.
+    disk_low: AtomicBool,
 }
 
 impl Spool {
@@ -96,6 +136,7 @@ impl Spool {
             durable: Default::default(),
             recent: RecentRecords::default(),
             max_pending,
+            disk_low: AtomicBool::new(false),
         };
         spool.publish_depths();
         Ok((spool, next_seq))
@@ -131,6 +172,16 @@ impl Spool {
     /// True when some sink has `max_pending` or more inquiries waiting: ingest must refuse.
     pub fn is_full(&self) -> bool {
         (0..self.sinks.len()).any(|i| self.depth(i) >= self.max_pending)
+    }
+
+    /// True while the store's disk is short of space: new inquiries are refused.
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the store's disk is short of space (see [`watch_disk`]).
+    pub fn set_disk_low(&self, low: bool) {
+        self.disk_low.store(low, Ordering::Relaxed);
     }
 
     /// Forgets the records in memory that every sink has taken.

@@ -101,6 +101,9 @@ pub const SPOOL_OLDEST_AGE: &str = "inquiry_gateway_spool_oldest_age_seconds";
 pub const SINK_DELIVERED: &str = "inquiry_gateway_sink_delivered_total";
 /// Inquiries a sink refused for good (dead-lettered). Labels: `sink`, `reason`.
 pub const SINK_REJECTED: &str = "inquiry_gateway_sink_rejected_total";
+/// Free space of the embedded store's file system, in bytes (below `store.min_free_mb`, new
+/// inquiries are refused).
+pub const STORE_FREE_BYTES: &str = "inquiry_gateway_store_free_bytes";
 /// Failed delivery rounds that are retried. Label: `sink`.
 pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
 /// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
@@ -262,6 +265,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late) and channel");
     describe_histogram!(SLA_FIRST_RESPONSE_TIME, Unit::Seconds, "time from receiving an inquiry to its first response");
     describe_gauge!(SLA_OPEN, "slas waiting for their next step");
+    describe_gauge!(STORE_FREE_BYTES, "free space of the embedded store's file system, bytes");
     describe_histogram!(SLA_TIMER_LAG, Unit::Seconds, "how late sla steps fire after they are due");
     describe_counter!(REPLIES, "first responses received, by source and outcome");
     describe_counter!(CONVERSIONS, "inquiries that led to an order, by channel");

@@ -556,3 +556,31 @@ async fn a_repeat_buyers_inquiries_are_listed_newest_first_within_the_keys_accou
     let unknown = list("Bearer key-for-everything-01", format!("buyer=bp_{}", "0".repeat(32))).await;
     assert_eq!((unknown.status.as_u16(), ids(&unknown).len()), (200, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_too_little_disk_space_new_inquiries_are_refused_and_the_gateway_is_not_ready() {
+    // More free space asked for than any disk has: the store's disk counts as almost full.
+    let gateway = Gateway::start("[store]\nmin_free_mb = 1000000000000\n").await;
+    let client = HttpClient::new();
+    // The disk watch runs at start and every 2 s: refused from the first check on.
+    let mut refused = client.post_json(&gateway.url("/v1/inquiries"), inquiry_json("shop-1", "disk-1")).await;
+    for n in 0..50 {
+        if refused.status.as_u16() == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let body = inquiry_json("shop-1", &format!("disk-{n}"));
+        refused = client.post_json(&gateway.url("/v1/inquiries"), body).await;
+    }
+    assert_eq!(refused.error_code(), "disk_full");
+    assert_eq!(refused.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("30"));
+    let ready = client.get(&gateway.admin_url("/readyz")).await;
+    assert_eq!(ready.status.as_u16(), 503);
+    assert_eq!(ready.json()["disk_low"], true);
+    let metrics = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    assert!(metric_value(&metrics, "inquiry_gateway_store_free_bytes", &[]) > 0.0, "{metrics}");
+    // Alive (not restarted by its orchestrator), and reads still work.
+    assert_eq!(client.get(&gateway.admin_url("/healthz")).await.status.as_u16(), 200);
+    let unknown = client.get(&gateway.url("/v1/inquiries/01a2407f-1500-8ac9-9b7a-ff56c2cbdba4")).await;
+    assert_eq!(unknown.status.as_u16(), 404);
+}

@@ -652,6 +652,12 @@ pub(crate) fn submit_error(err: SubmitError) -> ApiError {
             "a downstream sink is unavailable and the spool is full; retry later",
         )
         .retry_after(5),
+        SubmitError::DiskFull => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_full",
+            "the gateway's store is almost out of disk space; retry later",
+        )
+        .retry_after(30),
         SubmitError::Stopped => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the gateway is shutting down")
                 .retry_after(5)

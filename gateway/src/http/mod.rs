@@ -149,7 +149,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
             // reported here so that operators see it.
             let spool = &state.spool;
             let embedded = state.pipeline.is_alive();
-            let ready = state.pipeline.is_ready() && !spool.is_full();
+            let ready = state.pipeline.is_ready() && !spool.is_full() && !spool.disk_low();
             let mut sinks = serde_json::Map::new();
             sinks.insert("embedded".into(), json!(if embedded { "ready" } else { "unavailable" }));
             for (i, sink) in spool.sinks.iter().enumerate() {
@@ -158,7 +158,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
                 sinks.insert(sink.name.into(), json!({ "status": status, "spooled": spool.depth(i) }));
             }
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json_response(status, &json!({ "ready": ready, "sinks": sinks }))
+            json_response(status, &json!({ "ready": ready, "disk_low": spool.disk_low(), "sinks": sinks }))
         }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
