@@ -604,6 +604,11 @@ pub struct ReachConfig {
     /// A Kafka topic (in `[sinks.kafka]`, with its `topic_prefix`) the CRM writes first responses
     /// to (`{"inquiry_id", "replied_at"?, "agent"?}`); every replica reads all of it.
     pub replies_topic: Option<String>,
+    /// With several replicas: a reply or conversion report over HTTP for an inquiry this replica
+    /// does not hold is forwarded on `replies_topic` (signed with a key derived from
+    /// `store.pseudonym_key`) to the replica that holds it, and answered 202. Turn it on once every
+    /// replica runs a version that reads forwarded messages.
+    pub forward_http: bool,
 }
 
 /// One variant of an acknowledgement template.
@@ -925,6 +930,7 @@ impl Default for ReachConfig {
             quiet_hours: None,
             senders: Vec::new(),
             replies_topic: None,
+            forward_http: false,
         }
     }
 }
@@ -1930,6 +1936,12 @@ impl Config {
                 "compliance.request_sharing = \"cql\" needs [sinks.cql] (the shared requests live there)".to_owned(),
             );
         }
+        if self.reach.forward_http && (self.reach.replies_topic.is_none() || self.store.pseudonym_key.is_none()) {
+            problems.push(
+                "reach.forward_http needs reach.replies_topic and store.pseudonym_key (the same on every replica: it keys the forwarded messages' signatures)"
+                    .to_owned(),
+            );
+        }
         if self.compliance.request_sharing == StatePlace::Cql && self.store.pseudonym_key.is_none() {
             problems.push(
                 "compliance.request_sharing = \"cql\" needs store.pseudonym_key, the same on every replica (a shared request finds its subjects by it)"
@@ -2747,8 +2759,11 @@ default_team = "latam-sales"
         let shared = "[polling]\ncoordination = \"cql\"\nreplica = \"gateway-0\"\n[sinks.cql]\nlocation = \"eu\"\n";
         assert_eq!(problems(shared), "");
         assert_eq!(problems(&format!("{shared}[routing]\nagent_state = \"cql\"\n")), "");
-        let err = problems("[compliance]\nrequest_sharing = \"cql\"\nrequest_refresh_ms = 50\n");
+        let err = problems(
+            "[compliance]\nrequest_sharing = \"cql\"\nrequest_refresh_ms = 50\n[reach]\nforward_http = true\n",
+        );
         for expected in [
+            "reach.forward_http needs reach.replies_topic and store.pseudonym_key",
             "compliance.request_sharing = \"cql\" needs [sinks.cql]",
             "compliance.request_sharing = \"cql\" needs store.pseudonym_key",
             "compliance.request_refresh_ms must be between 100 and 600000",

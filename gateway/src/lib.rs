@@ -88,6 +88,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => store.pseudonym_key()?,
     };
     let keys = compliance::load_keys(&config, &index_key)?;
+    // Signs the replies and conversions forwarded between replicas (a validated config has a
+    // configured pseudonym key, which they share).
+    let forward_key = config.reach.forward_http.then(|| Arc::new(reach::replies::ForwardKey::new(&index_key)));
     if keys.generated_kek {
         tracing::warn!(path = %compliance::key_dir(&config).display(),
             "compliance.kek is not configured: personal data is sealed with a key kept beside the data \
@@ -218,7 +221,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     parts.0,
                     parts.1,
                     parts.2,
-                    kafka.clone(),
+                    (kafka.clone(), forward_key.clone()),
                     group,
                     parts.3,
                 )));
@@ -331,8 +334,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         public_keys: Default::default(),
         replays: Default::default(),
         reach: reach.clone(),
-        forward_replies: match (&reach, &kafka_sink) {
-            (Some(_), Some(kafka)) if kafka.replies_topic().is_some() => Some(kafka.clone()),
+        forward_replies: match (&reach, &kafka_sink, &forward_key) {
+            (Some(_), Some(kafka), Some(key)) if kafka.replies_topic().is_some() => Some((kafka.clone(), key.clone())),
             _ => None,
         },
     });

@@ -104,6 +104,9 @@ pub const SINK_REJECTED: &str = "inquiry_gateway_sink_rejected_total";
 /// Free space of the embedded store's file system, in bytes (below `store.min_free_mb`, new
 /// inquiries are refused).
 pub const STORE_FREE_BYTES: &str = "inquiry_gateway_store_free_bytes";
+/// Spooled inquiries and audit entries not sent, for a reason that is no failure: `erased` (the
+/// buyer was erased meanwhile), `unreadable_audit`. Labels: `sink`, `reason`.
+pub const SINK_SKIPPED: &str = "inquiry_gateway_sink_skipped_total";
 /// Failed delivery rounds that are retried. Label: `sink`.
 pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
 /// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
@@ -296,6 +299,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "age of the oldest inquiry waiting for a sink");
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
+    describe_counter!(SINK_SKIPPED, "spooled inquiries or audit entries not sent: the buyer was erased, or unreadable");
     describe_counter!(SINK_RETRIES, "failed delivery rounds that are retried");
     describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");
     describe_counter!(AUDIT_DROPPED, "audit events of refused requests dropped on a full queue");

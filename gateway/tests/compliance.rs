@@ -877,7 +877,7 @@ async fn an_inquiry_erased_while_it_waited_for_its_sink_is_never_sent() {
     let metrics = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
     let skipped = support::metric_value(
         &metrics,
-        "inquiry_gateway_sink_rejected_total",
+        "inquiry_gateway_sink_skipped_total",
         &[("sink", "kafka"), ("reason", "erased")],
     );
     assert_eq!(skipped, 1.0);

@@ -616,11 +616,11 @@ async fn a_reply_sent_to_a_replica_that_does_not_hold_the_inquiry_reaches_the_on
     let prefix = support::unique("forward");
     let config = |replica: &str| {
         format!(
-            "[polling]\nreplica = \"{prefix}-{replica}\"\n\
+            "[polling]\nreplica = \"{prefix}-{replica}\"\n[store]\npseudonym_key = \"the-key-every-replica-of-the-test-shares\"\n\
              [[auth.api_keys]]\nid = \"crm-1\"\nkey = \"{SHOP_1_KEY}\"\naccounts = [\"shop-1\"]\n\
              [[auth.api_keys]]\nid = \"crm-2\"\nkey = \"{SHOP_2_KEY}\"\naccounts = [\"shop-2\"]\n\
              [sinks.kafka]\nbrokers = \"{BROKERS}\"\nlocation = \"eu\"\npartitions = 1\ntopic_prefix = \"{prefix}.\"\n\
-             [reach]\nreplies_topic = \"crm.replies.v1\"\n\
+             [reach]\nreplies_topic = \"crm.replies.v1\"\nforward_http = true\n\
              [[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n"
         )
     };
@@ -680,6 +680,23 @@ async fn a_reply_sent_to_a_replica_that_does_not_hold_the_inquiry_reaches_the_on
     // On B itself the reply is answered at once, from its own store.
     let direct = send(&b, &reply_path, String::new(), &shop_1).await;
     assert_eq!(direct.status, StatusCode::OK, "{direct:?}");
+
+    // A message that only looks forwarded (not signed with the replicas' key) is skipped.
+    {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+        let inner = serde_json::json!({
+            "inquiry_id": id, "actor": "api_key:crm-1", "conversion":
+            {"order_id": "FORGED", "converted_at": "2026-12-01T00:00:00Z", "reported_by": "api_key:crm-1"},
+        });
+        let forged = serde_json::json!({ "forwarded": inner.to_string(), "signature": "00".repeat(32) }).to_string();
+        let topic = format!("{prefix}.crm.replies.v1");
+        producer.send(FutureRecord::to(&topic).key(&id).payload(&forged), Duration::from_secs(10)).await.unwrap();
+    }
+    support::eventually(Duration::from_secs(30), "B skips the forged message", || async {
+        kafka_outcome("invalid").await == 1.0
+    })
+    .await;
 
     // A conversion report goes the same way; the first one is kept.
     let conversion_path = format!("/v1/inquiries/{id}/conversion");

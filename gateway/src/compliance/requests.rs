@@ -672,6 +672,12 @@ impl SubjectRequests {
         }
         request.subjects = pseudonyms;
         request.inquiries = erased.iter().map(|(_, ids)| ids.len()).sum();
+        // Every sink's part is pending until done: a caller that gives up meanwhile (a webhook's
+        // timeout) leaves it to the retry loop, not undone.
+        if !self.sinks.is_empty() {
+            request.pending_sinks = self.sinks.iter().map(|s| s.name().to_owned()).collect();
+            self.save(&request)?;
+        }
         request.pending_sinks = self.erase_in_sinks(&erased, by).await;
         request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
         request.completed_at = Some(OffsetDateTime::now_utc());
@@ -683,11 +689,14 @@ impl SubjectRequests {
     /// Asks every sink to delete the erased inquiries; returns the sinks that failed.
     async fn erase_in_sinks(&self, erased: &[(String, Vec<Uuid>)], by: &str) -> Vec<String> {
         let mut failed = Vec::new();
+        // One deadline for all sinks: the caller may be a webhook with a short timeout.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         for sink in &self.sinks {
             // What the sink was sent before the erasure lands first (a round still in flight
             // would put a deleted row back); after it, the forwarders skip erased inquiries. A
             // sink that is behind is tried again later (`pending_sinks`).
-            if !self.pipeline.sink_caught_up(sink.name(), std::time::Duration::from_secs(5)).await {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !self.pipeline.sink_caught_up(sink.name(), left).await {
                 tracing::warn!(sink = sink.name(), "sink still behind the erasure; its part is retried later");
                 failed.push(sink.name().to_owned());
                 continue;
@@ -727,6 +736,12 @@ impl SubjectRequests {
                 .map(|p| Ok((p.clone(), self.store.inquiries_of(p)?)))
                 .collect::<Result<_, StoreError>>()?;
             request.pending_sinks = self.erase_in_sinks(&erased, "gateway").await;
+            // An erasure whose caller gave up after the local part: complete now.
+            if request.kind == RequestKind::Erasure && request.status == RequestStatus::Open {
+                let found = !request.subjects.is_empty();
+                request.status = if found { RequestStatus::Completed } else { RequestStatus::NotFound };
+                request.completed_at = Some(OffsetDateTime::now_utc());
+            }
             self.save(&request)?;
         }
         Ok(())

@@ -47,9 +47,9 @@ pub struct ApiState {
     pub replays: super::webhooks::ReplayGuard,
     /// Reach-out (first-response SLAs), when configured.
     pub reach: Option<Arc<crate::reach::Reach>>,
-    /// Where a reply to an inquiry this replica does not hold goes (the replies topic, read by
-    /// every replica), when reach-out reads one.
-    pub forward_replies: Option<Arc<crate::sinks::kafka::KafkaSink>>,
+    /// Where a reply or conversion report to an inquiry this replica does not hold goes (the
+    /// replies topic, read by every replica) and the key that signs it (`reach.forward_http`).
+    pub forward_replies: Option<(Arc<crate::sinks::kafka::KafkaSink>, Arc<crate::reach::replies::ForwardKey>)>,
 }
 
 /// Webhook endpoints by (connector, account).
@@ -444,9 +444,10 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", "replied_at is in the future")
             .field_name("replied_at"));
     }
-    if let Some(kafka) = &state.forward_replies {
+    if let Some((kafka, key)) = &state.forward_replies {
         if !state.store.has_inquiry(id).map_err(store_error)? {
-            return forward_reply(kafka, &grant, id, &reply).await;
+            let message = key.reply(id, reply.replied_at, reply.agent.as_deref(), &grant.actor(), grant.accounts());
+            return forward(kafka, id, &message, "reply").await;
         }
     }
     let stored = stored_for(state, &grant, id)?;
@@ -475,34 +476,17 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }
 
-/// A reply to an inquiry another replica holds (with several replicas, a load balancer sends a
-/// call anywhere): written to the replies topic, which every replica reads; the one that holds
-/// the inquiry records it, if the caller's key may use its account. 202 once the broker has it.
-async fn forward_reply(
-    kafka: &crate::sinks::kafka::KafkaSink,
-    grant: &crate::http::auth::Grant,
-    id: Uuid,
-    reply: &ReplyBody,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let message = crate::reach::replies::forwarded_reply(
-        id,
-        reply.replied_at,
-        reply.agent.as_deref(),
-        &grant.actor(),
-        grant.accounts(),
-    );
-    forward(kafka, id, &message, "reply").await
-}
-
-/// Writes `message` (a `what`: reply or conversion) about inquiry `id` to the replies topic for
-/// the replica that holds the inquiry; 202 once the broker has it.
+/// Writes `message` (a `what`: reply or conversion, signed) about inquiry `id` to the replies
+/// topic for the replica that holds the inquiry (with several replicas, a load balancer sends a
+/// call anywhere); 202 once the broker has it, 503 `not_forwarded` when it has not within 3 s.
 async fn forward(
     kafka: &crate::sinks::kafka::KafkaSink,
     id: Uuid,
     message: &[u8],
     what: &'static str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    if let Err(err) = kafka.publish_reply(id, message).await {
+    let published = tokio::time::timeout(std::time::Duration::from_secs(3), kafka.publish_reply(id, message)).await;
+    if let Err(err) = published.unwrap_or_else(|_| Err("the broker did not take it within 3 s".to_owned())) {
         tracing::warn!(error = %err, what, "not forwarded to the replies topic");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -568,9 +552,9 @@ async fn post_conversion(
     conversion
         .check(now)
         .map_err(|bad| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", bad.reason).field_name(bad.field))?;
-    if let Some(kafka) = &state.forward_replies {
+    if let Some((kafka, key)) = &state.forward_replies {
         if !state.store.has_inquiry(id).map_err(store_error)? {
-            let message = crate::reach::replies::forwarded_conversion(id, &conversion, grant.accounts());
+            let message = key.conversion(id, &conversion, grant.accounts());
             return forward(kafka, id, &message, "conversion").await;
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use metrics::counter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -31,7 +31,7 @@ use crate::sinks::kafka::KafkaSink;
 use crate::store::{off_the_workers, Store, StoreError};
 use crate::telemetry;
 
-/// One message of the replies topic.
+/// One message the CRM writes to the replies topic.
 #[derive(Debug, Deserialize)]
 struct ReplyMessage {
     inquiry_id: Uuid,
@@ -39,25 +39,99 @@ struct ReplyMessage {
     replied_at: Option<OffsetDateTime>,
     #[serde(default)]
     agent: Option<String>,
-    /// Who reported it, when a replica forwarded an HTTP reply (`api_key:<id>`).
-    #[serde(default)]
-    actor: Option<String>,
-    /// The accounts the caller's key may use (absent: any), when a replica forwarded an HTTP
-    /// reply: an inquiry of another account is not answered.
+}
+
+/// A reply or conversion report a replica forwards on the replies topic for the replica that
+/// holds the inquiry (`reach.forward_http`): `{"forwarded": "<the inner JSON>", "signature":
+/// "<hex HMAC-SHA256 of it>"}`. It has no top-level `inquiry_id`, so a replica of an older
+/// version skips it as invalid rather than taking it for a reply.
+#[derive(Debug, Deserialize)]
+struct ForwardedEnvelope {
+    forwarded: String,
+    signature: String,
+}
+
+/// What a forwarded message carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forwarded {
+    inquiry_id: Uuid,
+    /// The caller, as the receiving replica authenticated it (`api_key:<id>`, `open`).
+    actor: String,
+    /// The accounts its key may use (absent: any): the holder applies it only to those.
     #[serde(default)]
     accounts: Option<Vec<String>>,
-    /// Instead of a reply, the order the inquiry led to (`POST /v1/inquiries/{id}/conversion`
-    /// forwarded by a replica that does not hold the inquiry).
+    /// A first response (absent with `conversion`).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    replied_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    agent: Option<String>,
+    /// A conversion report instead of a reply.
     #[serde(default)]
     conversion: Option<Conversion>,
 }
 
-/// The replies topic's message for a conversion report to an inquiry this replica does not hold.
-pub fn forwarded_conversion(inquiry_id: Uuid, conversion: &Conversion, accounts: Option<&[String]>) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "inquiry_id": inquiry_id, "conversion": conversion, "actor": conversion.reported_by, "accounts": accounts,
-    }))
-    .expect("json")
+/// Signs and checks forwarded messages: HMAC-SHA256 under a key derived from
+/// `store.pseudonym_key`, which every replica shares (`check` requires it for
+/// `reach.forward_http`). A writer of the replies topic without it (a CRM) cannot pass for a
+/// replica: it can report first responses in the plain shape, never conversions or another
+/// caller's key.
+pub struct ForwardKey(ring::hmac::Key);
+
+impl ForwardKey {
+    /// The key of replicas that share `pseudonym_key`.
+    pub fn new(pseudonym_key: &[u8]) -> ForwardKey {
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pseudonym_key),
+            b"inquiry-gateway forwarded replies v1",
+        );
+        ForwardKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    /// The topic message for `forwarded`.
+    fn seal(&self, forwarded: &Forwarded) -> Vec<u8> {
+        let inner = serde_json::to_string(forwarded).expect("json");
+        let signature = hex::encode(ring::hmac::sign(&self.0, inner.as_bytes()).as_ref());
+        serde_json::to_vec(&serde_json::json!({ "forwarded": inner, "signature": signature })).expect("json")
+    }
+
+    /// The inner message of `envelope`, if its signature holds.
+    fn open(&self, envelope: &ForwardedEnvelope) -> Option<Forwarded> {
+        let signature = hex::decode(&envelope.signature).ok()?;
+        ring::hmac::verify(&self.0, envelope.forwarded.as_bytes(), &signature).ok()?;
+        serde_json::from_str(&envelope.forwarded).ok()
+    }
+
+    /// The message forwarding a reply to inquiry `inquiry_id` made by `actor` (whose key may use
+    /// `accounts`).
+    pub fn reply(
+        &self,
+        inquiry_id: Uuid,
+        replied_at: Option<OffsetDateTime>,
+        agent: Option<&str>,
+        actor: &str,
+        accounts: Option<&[String]>,
+    ) -> Vec<u8> {
+        self.seal(&Forwarded {
+            inquiry_id,
+            actor: actor.to_owned(),
+            accounts: accounts.map(<[String]>::to_vec),
+            replied_at,
+            agent: agent.map(str::to_owned),
+            conversion: None,
+        })
+    }
+
+    /// The message forwarding a conversion report of inquiry `inquiry_id`.
+    pub fn conversion(&self, inquiry_id: Uuid, conversion: &Conversion, accounts: Option<&[String]>) -> Vec<u8> {
+        self.seal(&Forwarded {
+            inquiry_id,
+            actor: conversion.reported_by.clone(),
+            accounts: accounts.map(<[String]>::to_vec),
+            replied_at: None,
+            agent: None,
+            conversion: Some(conversion.clone()),
+        })
+    }
 }
 
 /// Applies a forwarded conversion report: `converted`, `conversion_kept` (one was kept before),
@@ -111,27 +185,13 @@ async fn apply_conversion(
     }
 }
 
-/// The replies topic's message for a reply over HTTP to an inquiry this replica does not hold.
-pub fn forwarded_reply(
-    inquiry_id: Uuid,
-    replied_at: Option<OffsetDateTime>,
-    agent: Option<&str>,
-    actor: &str,
-    accounts: Option<&[String]>,
-) -> Vec<u8> {
-    let at = replied_at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok());
-    serde_json::to_vec(&serde_json::json!({
-        "inquiry_id": inquiry_id, "replied_at": at, "agent": agent, "actor": actor, "accounts": accounts,
-    }))
-    .expect("json")
-}
-
-/// Reads the replies topic of `kafka` as consumer group `group` until `stop` fires.
+/// Reads the replies topic of `kafka` as consumer group `group` until `stop` fires; forwarded
+/// messages are taken when signed with `key` (none: forwarding is off, and they are skipped).
 pub async fn consume(
     reach: Arc<Reach>,
     store: Store,
     pipeline: Pipeline,
-    kafka: Arc<KafkaSink>,
+    (kafka, key): (Arc<KafkaSink>, Option<Arc<ForwardKey>>),
     group: String,
     mut stop: watch::Receiver<()>,
 ) {
@@ -174,7 +234,7 @@ pub async fn consume(
             }
         };
         backoff.reset();
-        let outcome = apply(&reach, &store, &pipeline, message.payload().unwrap_or_default()).await;
+        let outcome = apply(&reach, &store, &pipeline, key.as_deref(), message.payload().unwrap_or_default()).await;
         counter!(telemetry::REPLIES, "source" => "kafka", "outcome" => outcome).increment(1);
         if outcome == "store_error" || outcome == "audit_error" {
             // Not committed: read again after a pause.
@@ -207,15 +267,32 @@ pub fn replied_event(actor: &str, id: Uuid, agent: Option<&str>, outcome: &Reply
 /// Applies one message: `recorded`, `not_here` (another replica's inquiry), `not_allowed` (an
 /// inquiry of an account the forwarding caller's key may not use), `invalid`, `audit_error` or
 /// `store_error` (both read again).
-async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: &[u8]) -> &'static str {
-    let Ok(reply) = serde_json::from_slice::<ReplyMessage>(payload) else {
-        tracing::warn!("a replies message is not a reply; skipped");
-        return "invalid";
+async fn apply(
+    reach: &Arc<Reach>,
+    store: &Store,
+    pipeline: &Pipeline,
+    key: Option<&ForwardKey>,
+    payload: &[u8],
+) -> &'static str {
+    // A replica's forwarded message (signed), or the CRM's reply.
+    let reply = if let Ok(envelope) = serde_json::from_slice::<ForwardedEnvelope>(payload) {
+        let Some(forwarded) = key.and_then(|key| key.open(&envelope)) else {
+            tracing::warn!("a forwarded replies message without a valid signature; skipped");
+            return "invalid";
+        };
+        if let Some(conversion) = forwarded.conversion {
+            return apply_conversion(store, pipeline, forwarded.inquiry_id, conversion, forwarded.accounts).await;
+        }
+        forwarded
+    } else {
+        let Ok(reply) = serde_json::from_slice::<ReplyMessage>(payload) else {
+            tracing::warn!("a replies message is not a reply; skipped");
+            return "invalid";
+        };
+        let ReplyMessage { inquiry_id, replied_at, agent } = reply;
+        Forwarded { inquiry_id, actor: String::new(), accounts: None, replied_at, agent, conversion: None }
     };
     let id = reply.inquiry_id;
-    if let Some(conversion) = reply.conversion {
-        return apply_conversion(store, pipeline, id, conversion, reply.accounts).await;
-    }
     let previewed = {
         let (reach, store) = (reach.clone(), store.clone());
         off_the_workers(move || {
@@ -240,7 +317,10 @@ async fn apply(reach: &Arc<Reach>, store: &Store, pipeline: &Pipeline, payload: 
         }
     };
     // Audited first, recorded after: either failing leaves the message to be read again.
-    let actor = reply.actor.as_ref().map_or_else(|| "kafka:replies".to_owned(), |a| format!("kafka:replies:{a}"));
+    let actor = match reply.actor.as_str() {
+        "" => "kafka:replies".to_owned(),
+        forwarded_by => format!("kafka:replies:{forwarded_by}"),
+    };
     if let Err(err) = pipeline.audit(vec![replied_event(&actor, id, reply.agent.as_deref(), &preview)]).await {
         tracing::warn!(error = %err, "reply not audited; read again");
         return "audit_error";

@@ -206,7 +206,7 @@ pub async fn forward_audit(
                     Ok(head) => Some(AuditRecord { index, bytes, head }),
                     Err(_) => {
                         tracing::error!(sink = name, index, "audit entry unreadable; not sent");
-                        counter!(telemetry::SINK_REJECTED, "sink" => name, "reason" => "unreadable_audit").increment(1);
+                        counter!(telemetry::SINK_SKIPPED, "sink" => name, "reason" => "unreadable_audit").increment(1);
                         None
                     }
                 })
@@ -416,7 +416,7 @@ fn read_round(
             // Its buyer was erased after it was spooled: the sink erases what it holds of the
             // buyer, and is not sent it again.
             Some((stored, _)) if stored.inquiry.raw_ref == ERASED_RAW_REF => {
-                counter!(telemetry::SINK_REJECTED, "sink" => state.name, "reason" => "erased").increment(1);
+                counter!(telemetry::SINK_SKIPPED, "sink" => state.name, "reason" => "erased").increment(1);
             }
             Some((stored, json)) => records.push(OutRecord::new(entry.seq, stored, json)),
             None => {
