@@ -1357,8 +1357,14 @@ mod tests {
         let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
         let retention =
             crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
+        // Received just now: kept a day whatever its message time (it must reach the sinks); its
+        // dead letter (a class of its own) goes.
         let swept = crate::retention::sweep(&store, &retention, now).unwrap();
-        assert_eq!((swept.inquiries, swept.dead_letters), (1, 1));
+        assert_eq!((swept.inquiries, swept.dead_letters), (0, 1));
+        assert!(store.get_inquiry(acks[0].id).unwrap().is_some());
+        let now = now + crate::retention::KEPT_AFTER_RECEIPT + time::Duration::minutes(1);
+        let swept = crate::retention::sweep(&store, &retention, now).unwrap();
+        assert_eq!((swept.inquiries, swept.dead_letters), (1, 0));
         assert!(
             store.get_inquiry(acks[0].id).unwrap().is_none() && store.get_dead_letter(acks[0].id).unwrap().is_none()
         );
@@ -1369,7 +1375,8 @@ mod tests {
         // Its message went with it: the same message, delivered again, is stored again.
         let again = pipeline.submit(vec![submission_at(&subjects, "old", "x", &old)]).await.unwrap();
         assert_eq!(again[0].status, AckStatus::Accepted);
-        assert_eq!(crate::retention::sweep(&store, &retention, now).unwrap().inquiries, 1);
+        let later = now + crate::retention::KEPT_AFTER_RECEIPT;
+        assert_eq!(crate::retention::sweep(&store, &retention, later).unwrap().inquiries, 1);
     }
 
     #[tokio::test]
@@ -1390,7 +1397,8 @@ mod tests {
         assert_eq!(reused[0].status, AckStatus::Conflict);
         let retention =
             crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
-        assert_eq!(crate::retention::sweep(&store, &retention, now).unwrap().inquiries, 1);
+        let later = now + crate::retention::KEPT_AFTER_RECEIPT + time::Duration::minutes(1);
+        assert_eq!(crate::retention::sweep(&store, &retention, later).unwrap().inquiries, 1);
         // The expired inquiry's key is free again; the kept one's still holds.
         let again = pipeline.submit(vec![keyed("c", &recent, "req-1"), keyed("d", &recent, "req-2")]).await.unwrap();
         assert_eq!(again[0].status, AckStatus::Accepted);

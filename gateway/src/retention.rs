@@ -32,26 +32,36 @@ pub struct Swept {
     pub bytes_freed: u64,
 }
 
-/// Removes what expired before `now` (message time older than the class's retention).
+/// How long an inquiry is kept after it was received, whatever its message time: one that
+/// arrives already past its retention (a mailbox read from its start, a backfill) still reaches
+/// the sinks, and a platform's redelivery of it is still recognised.
+pub const KEPT_AFTER_RECEIPT: time::Duration = time::Duration::days(1);
+
+/// Removes what expired before `now` (message time older than the class's retention; an
+/// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received).
 pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
     let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
+    let mut after = None;
     loop {
-        let expired = store.inquiries_before(cutoff, CHUNK)?;
-        if expired.is_empty() {
-            break;
-        }
+        let expired = store.inquiries_before(cutoff, after, CHUNK)?;
+        let Some((last, _)) = expired.last() else { break };
+        after = Some(*last);
         let mut batch = store.batch();
+        let mut removed = 0;
         for (id, record) in &expired {
-            crate::reach::forget(store, &mut batch, *id)?;
             match serde_json::from_slice::<StoredInquiry>(record) {
+                // Received only just: kept for a later sweep.
+                Ok(stored) if stored.inquiry.received_at > now - KEPT_AFTER_RECEIPT => continue,
                 Ok(stored) => batch.remove_inquiry(*id, &stored.inquiry.buyer.pseudonym),
                 // Unreadable: remove the record itself; its subject cannot be found from it.
                 Err(_) => batch.remove_inquiry(*id, ""),
             }
+            crate::reach::forget(store, &mut batch, *id)?;
+            removed += 1;
         }
         batch.write()?;
-        swept.inquiries += expired.len();
+        swept.inquiries += removed;
     }
     // Their Idempotency-Keys, found by the inquiry id they hold: a scan of every stored key, so
     // only when inquiries expired (a key expires with its inquiry; one left by a sweep that

@@ -281,7 +281,10 @@ impl Store {
         let mut expired = Vec::new();
         for item in self.dedup.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (key, value) = item?;
-            if value.len() >= 16 && value[..6] < cutoff[..6] {
+            // Not while its inquiry is still stored (kept after its receipt, see retention).
+            let inquiry_gone =
+                || Uuid::from_slice(&value[..16]).map_or(Ok(true), |id| self.has_inquiry(id).map(|has| !has));
+            if value.len() >= 16 && value[..6] < cutoff[..6] && inquiry_gone()? {
                 expired.push(key.to_vec());
                 if expired.len() == limit {
                     break;
@@ -354,14 +357,17 @@ impl Store {
     }
 
     /// Up to `limit` inquiries whose message time is before `before` (ids start with it), oldest
-    /// first, as `(id, record)`.
+    /// first, as `(id, record)`; only those after `after` when given (to page through them).
     pub fn inquiries_before(
         &self,
         before: time::OffsetDateTime,
+        after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes().to_vec()));
         let mut out = Vec::new();
-        for item in self.inquiries.range(..time_prefix(before)).take(limit) {
+        for item in self.inquiries.range((start, Bound::Excluded(time_prefix(before).to_vec()))).take(limit) {
             let (key, value) = item?;
             if let Ok(id) = Uuid::from_slice(&key) {
                 out.push((id, split_frame(&value).0.to_vec()));
