@@ -1942,6 +1942,12 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.reach.forward_http && self.reach.sla_policies.is_empty() && self.reach.templates.is_empty() {
+            problems.push(
+                "reach.forward_http needs reach-out (an SLA policy or a template): only then is the replies topic read"
+                    .to_owned(),
+            );
+        }
         if self.compliance.request_sharing == StatePlace::Cql && self.store.pseudonym_key.is_none() {
             problems.push(
                 "compliance.request_sharing = \"cql\" needs store.pseudonym_key, the same on every replica (a shared request finds its subjects by it)"

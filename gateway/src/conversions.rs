@@ -120,6 +120,8 @@ pub enum Reported {
     Kept(Conversion),
     /// The inquiry is no longer stored (retention removed it meanwhile).
     Gone,
+    /// The inquiry's buyer was erased: an order id must not be tied to them again.
+    Erased,
 }
 
 /// Why a report could not be taken (nothing was recorded; a retry is safe).
@@ -138,7 +140,8 @@ pub enum ReportError {
 static REPORTS: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
 
 /// Takes `conversion` (checked) as the report of `stored`'s order: the first one is audited
-/// (`inquiry.converted`), then recorded and counted; a later one changes nothing.
+/// (`inquiry.converted`), then recorded and counted; a later one changes nothing; none for an
+/// erased buyer.
 pub async fn report(
     store: &Store,
     pipeline: &Pipeline,
@@ -148,10 +151,13 @@ pub async fn report(
     let id = stored.inquiry.id;
     // Held until the record is written, even when the caller goes away meanwhile.
     let one_at_a_time = REPORTS.clone().lock_owned().await;
-    let kept = {
-        let store = store.clone();
-        off_the_workers(move || Conversion::load(&store, id)).await?
+    let (kept, erased) = {
+        let (store, pseudonym) = (store.clone(), stored.inquiry.buyer.pseudonym.clone());
+        off_the_workers(move || Ok((Conversion::load(&store, id)?, store.erasure(&pseudonym)?.is_some()))).await?
     };
+    if erased {
+        return Ok(Reported::Erased);
+    }
     if let Some(kept) = kept {
         return Ok(Reported::Kept(kept));
     }

@@ -121,17 +121,8 @@ pub async fn run(store: Store, retention: RetentionConfig, pipeline: Pipeline, m
                     "dead_letters_days": retention.dead_letters_days,
                 }));
                 // The removals stand: their entry waits out a full queue rather than being dropped.
-                loop {
-                    match pipeline.audit(vec![event.clone()]).await {
-                        Err(crate::pipeline::SubmitError::Overloaded) => {
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                        }
-                        Err(err) => {
-                            tracing::error!(error = %err, "a retention sweep could not be audited");
-                            break;
-                        }
-                        Ok(()) => break,
-                    }
+                if let Err(err) = crate::retry::patiently(|| pipeline.audit(vec![event.clone()])).await {
+                    tracing::error!(error = %err, "a retention sweep could not be audited");
                 }
             }
             Ok(Ok(_)) => {}

@@ -40,6 +40,22 @@ pub async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> b
     }
 }
 
+/// Runs a pipeline job, waiting out a full queue (up to 10 s): rare work (a subject request, a
+/// retention sweep's audit entry) must not fail half done because ingest is busy.
+pub async fn patiently<T, F, Fut>(mut job: F) -> Result<T, crate::pipeline::SubmitError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::pipeline::SubmitError>>,
+{
+    for _ in 0..200 {
+        match job().await {
+            Err(crate::pipeline::SubmitError::Overloaded) => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => return other,
+        }
+    }
+    job().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,7 +253,6 @@ impl Poller for EbayPostOrderInquiries {
         }
     }
 
-    /// eBay's REST error 2001, "Too many requests": the resource's call limit (daily) is used up.
     /// The same eBay OAuth user token as `ebay_member_messages`, refreshed the same way.
     fn refresh_request(&self, target: &PollTarget<'_>, refresh_token: &str) -> Option<PollRequest> {
         super::ebay_member_messages::EbayMemberMessages.refresh_request(target, refresh_token)
@@ -263,6 +262,7 @@ impl Poller for EbayPostOrderInquiries {
         super::ebay_member_messages::EbayMemberMessages.parse_refresh(body, now)
     }
 
+    /// eBay's REST error 2001, "Too many requests": the resource's call limit (daily) is used up.
     fn is_daily_cap(&self, status: u16, body: &[u8]) -> bool {
         status == 429
             && serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|b| {

@@ -15,8 +15,15 @@ use super::shared::{SharedRequest, SharedRequests};
 use super::subjects::{SubjectRecord, Subjects};
 use crate::config::ProcessingConfig;
 use crate::pipeline::{Erasure, Pipeline, StoredInquiry, SubmitError};
+use crate::retry::patiently;
 use crate::sinks::Sink;
 use crate::store::{Store, StoreError};
+
+/// How long a request this process received may still be under way in the call that received
+/// it, before the shared-request follower takes an open record of it for a failed attempt: far
+/// more than that call can take (a full pipeline queue is waited out 10 s per subject, the sinks
+/// 5 s in all).
+const OWN_CALL_LIMIT: Duration = Duration::minutes(10);
 
 /// Most audit entries an export scans for the subject's events.
 const MAX_AUDIT_SCAN: u64 = 5_000_000;
@@ -416,16 +423,12 @@ impl SubjectRequests {
             None if written_here => return Ok(None),
             // An earlier attempt failed part way (the record stays open): done again, unless it
             // is this process's call still under way.
-            Some(record) if written_here && OffsetDateTime::now_utc() - record.received_at < Duration::minutes(1) => {
+            Some(record) if written_here && OffsetDateTime::now_utc() - record.received_at < OWN_CALL_LIMIT => {
                 return Ok(None)
             }
             _ => {}
         }
-        let mut found = self.find_by(&shared.indexes, &shared.pseudonyms)?;
-        // Subjects an earlier attempt erased are not found again; its record still names them.
-        found.extend(existing.into_iter().flat_map(|record| record.subjects));
-        found.sort();
-        found.dedup();
+        let found = self.found_again(&shared.indexes, &shared.pseudonyms, existing.as_ref())?;
         let mut request = self.new_record(shared.kind, shared.jurisdiction, &shared.source, &shared.requested_by);
         let (due_at, extended_due_at) = shared.jurisdiction.deadlines(shared.received_at);
         (request.id, request.received_at, request.due_at, request.extended_due_at) =
@@ -552,9 +555,12 @@ impl SubjectRequests {
         let pseudonyms = self.find_by(&keys.0, &keys.1)?;
         let mut request = self.new_record(RequestKind::ConsentWithdrawal, jurisdiction, source, by);
         request.expires_at = request.received_at + self.withdrawal_retention;
-        request.purposes = purposes.to_vec(); // shared with the request
+        request.purposes = purposes.to_vec();
+        request.purposes.sort();
+        request.purposes.dedup();
         self.share(&request, keys, &pseudonyms).await?;
-        self.carry_out_withdrawal(request, pseudonyms, purposes).await
+        let purposes = request.purposes.clone();
+        self.carry_out_withdrawal(request, pseudonyms, &purposes).await
     }
 
     /// Records and audits the withdrawal `request` of `purposes` by the subjects `pseudonyms`.
@@ -584,12 +590,32 @@ impl SubjectRequests {
         if !events.is_empty() {
             patiently(|| self.pipeline.audit(events.clone())).await?;
         }
-        request.subjects = pseudonyms;
+        self.complete(&mut request)?;
+        Ok(request)
+    }
+
+    /// Marks `request` carried out (`not_found` when it found no subject), keeps and counts it.
+    fn complete(&self, request: &mut SubjectRequest) -> Result<(), StoreError> {
         request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
         request.completed_at = Some(OffsetDateTime::now_utc());
-        self.save(&request)?;
-        count(RequestKind::ConsentWithdrawal, request.status);
-        Ok(request)
+        self.save(request)?;
+        count(request.kind, request.status);
+        Ok(())
+    }
+
+    /// The subjects found under `indexes` and `pseudonyms`, with those an earlier attempt of
+    /// `record` already erased (no longer found; the open record still names them).
+    fn found_again(
+        &self,
+        indexes: &[[u8; 32]],
+        pseudonyms: &[String],
+        record: Option<&SubjectRequest>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut found = self.find_by(indexes, pseudonyms)?;
+        found.extend(record.into_iter().flat_map(|r| r.subjects.iter().cloned()));
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     /// Where each consent of the subject stands: per subject and purpose, the latest consent
@@ -636,10 +662,7 @@ impl SubjectRequests {
         spec: &SubjectSpec,
     ) -> Result<SubjectRequest, RequestError> {
         let (indexes, pseudonyms) = self.keys_of(spec)?;
-        let mut found = self.find_by(&indexes, &pseudonyms)?;
-        found.extend(record.subjects.iter().cloned());
-        found.sort();
-        found.dedup();
+        let found = self.found_again(&indexes, &pseudonyms, Some(&record))?;
         self.carry_out_erasure(record, found).await
     }
 
@@ -670,7 +693,6 @@ impl SubjectRequests {
             let ids = patiently(|| self.pipeline.erase(erasure.clone())).await?;
             erased.push((pseudonym.clone(), ids));
         }
-        request.subjects = pseudonyms;
         request.inquiries = erased.iter().map(|(_, ids)| ids.len()).sum();
         // Every sink's part is pending until done: a caller that gives up meanwhile (a webhook's
         // timeout) leaves it to the retry loop, not undone.
@@ -679,10 +701,7 @@ impl SubjectRequests {
             self.save(&request)?;
         }
         request.pending_sinks = self.erase_in_sinks(&erased, by).await;
-        request.status = if request.subjects.is_empty() { RequestStatus::NotFound } else { RequestStatus::Completed };
-        request.completed_at = Some(OffsetDateTime::now_utc());
-        self.save(&request)?;
-        count(RequestKind::Erasure, request.status);
+        self.complete(&mut request)?;
         Ok(request)
     }
 
@@ -738,32 +757,16 @@ impl SubjectRequests {
             request.pending_sinks = self.erase_in_sinks(&erased, "gateway").await;
             // An erasure whose caller gave up after the local part: complete now.
             if request.kind == RequestKind::Erasure && request.status == RequestStatus::Open {
-                let found = !request.subjects.is_empty();
-                request.status = if found { RequestStatus::Completed } else { RequestStatus::NotFound };
-                request.completed_at = Some(OffsetDateTime::now_utc());
+                self.complete(&mut request)?;
+            } else {
+                self.save(&request)?;
             }
-            self.save(&request)?;
         }
         Ok(())
     }
 }
 
-/// Runs a pipeline job, waiting out a full queue (up to 10 s): a subject request is rare and must
-/// not fail half done because ingest is busy.
-async fn patiently<T, F, Fut>(mut job: F) -> Result<T, SubmitError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, SubmitError>>,
-{
-    for _ in 0..200 {
-        match job().await {
-            Err(SubmitError::Overloaded) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            other => return other,
-        }
-    }
-    job().await
-}
-
+/// Counts a carried-out request by kind and status.
 fn count(kind: RequestKind, status: RequestStatus) {
     let kind = match kind {
         RequestKind::Export => "export",

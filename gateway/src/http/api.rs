@@ -447,7 +447,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     if let Some((kafka, key)) = &state.forward_replies {
         if !state.store.has_inquiry(id).map_err(store_error)? {
             let message = key.reply(id, reply.replied_at, reply.agent.as_deref(), &grant.actor(), grant.accounts());
-            return forward(kafka, id, &message, "reply").await;
+            return forward(kafka, id, &message, Forwarded::Reply).await;
         }
     }
     let stored = stored_for(state, &grant, id)?;
@@ -476,6 +476,14 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }
 
+/// What [`forward`] sends.
+enum Forwarded {
+    /// A first response.
+    Reply,
+    /// A conversion report.
+    Conversion,
+}
+
 /// Writes `message` (a `what`: reply or conversion, signed) about inquiry `id` to the replies
 /// topic for the replica that holds the inquiry (with several replicas, a load balancer sends a
 /// call anywhere); 202 once the broker has it, 503 `not_forwarded` when it has not within 3 s.
@@ -483,8 +491,12 @@ async fn forward(
     kafka: &crate::sinks::kafka::KafkaSink,
     id: Uuid,
     message: &[u8],
-    what: &'static str,
+    what: Forwarded,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (what, outcome) = match what {
+        Forwarded::Reply => ("reply", "forwarded"),
+        Forwarded::Conversion => ("conversion", "conversion_forwarded"),
+    };
     let published = tokio::time::timeout(std::time::Duration::from_secs(3), kafka.publish_reply(id, message)).await;
     if let Err(err) = published.unwrap_or_else(|_| Err("the broker did not take it within 3 s".to_owned())) {
         tracing::warn!(error = %err, what, "not forwarded to the replies topic");
@@ -495,7 +507,6 @@ async fn forward(
         )
         .retry_after(1));
     }
-    let outcome = if what == "reply" { "forwarded" } else { "conversion_forwarded" };
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => outcome).increment(1);
     Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "inquiry_id": id, "forwarded": true })))
 }
@@ -555,19 +566,19 @@ async fn post_conversion(
     if let Some((kafka, key)) = &state.forward_replies {
         if !state.store.has_inquiry(id).map_err(store_error)? {
             let message = key.conversion(id, &conversion, grant.accounts());
-            return forward(kafka, id, &message, "conversion").await;
+            return forward(kafka, id, &message, Forwarded::Conversion).await;
         }
     }
     let stored = stored_for(state, &grant, id)?;
-    if state.subjects.is_erased(&stored.inquiry.buyer.pseudonym) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "subject_erased", "the inquiry's buyer was erased"));
-    }
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
     let reported = crate::conversions::report(&state.store, &state.pipeline, &stored, conversion).await;
     let (status, recorded, conversion) = match reported {
         Ok(Reported::Recorded(conversion)) => (StatusCode::CREATED, true, conversion),
         Ok(Reported::Kept(kept)) => (StatusCode::OK, false, kept),
         Ok(Reported::Gone) => return Err(not_found()),
+        Ok(Reported::Erased) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "subject_erased", "the inquiry's buyer was erased"))
+        }
         Err(ReportError::Store(err)) => return Err(store_error(err)),
         Err(ReportError::Audit(err)) => return Err(submit_error(err)),
     };

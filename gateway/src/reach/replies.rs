@@ -55,8 +55,9 @@ struct ForwardedEnvelope {
 #[derive(Debug, Serialize, Deserialize)]
 struct Forwarded {
     inquiry_id: Uuid,
-    /// The caller, as the receiving replica authenticated it (`api_key:<id>`, `open`).
-    actor: String,
+    /// The caller, as the receiving replica authenticated it (`api_key:<id>`, `open`); always
+    /// set in a forwarded message.
+    actor: Option<String>,
     /// The accounts its key may use (absent: any): the holder applies it only to those.
     #[serde(default)]
     accounts: Option<Vec<String>>,
@@ -113,7 +114,7 @@ impl ForwardKey {
     ) -> Vec<u8> {
         self.seal(&Forwarded {
             inquiry_id,
-            actor: actor.to_owned(),
+            actor: Some(actor.to_owned()),
             accounts: accounts.map(<[String]>::to_vec),
             replied_at,
             agent: agent.map(str::to_owned),
@@ -125,7 +126,7 @@ impl ForwardKey {
     pub fn conversion(&self, inquiry_id: Uuid, conversion: &Conversion, accounts: Option<&[String]>) -> Vec<u8> {
         self.seal(&Forwarded {
             inquiry_id,
-            actor: conversion.reported_by.clone(),
+            actor: Some(conversion.reported_by.clone()),
             accounts: accounts.map(<[String]>::to_vec),
             replied_at: None,
             agent: None,
@@ -146,16 +147,11 @@ async fn apply_conversion(
 ) -> &'static str {
     let loaded = {
         let store = store.clone();
-        off_the_workers(move || {
-            let Some(stored) = StoredInquiry::load(&store, id)? else { return Ok(None) };
-            let erased = store.erasure(&stored.inquiry.buyer.pseudonym)?.is_some();
-            Ok(Some((stored, erased)))
-        })
-        .await
+        off_the_workers(move || StoredInquiry::load(&store, id)).await
     };
-    let (stored, erased) = match loaded {
+    let stored = match loaded {
         Ok(None) => return "not_here",
-        Ok(Some(loaded)) => loaded,
+        Ok(Some(stored)) => stored,
         Err(err) => {
             tracing::error!(error = %err, "conversion not recorded");
             return "store_error";
@@ -164,9 +160,6 @@ async fn apply_conversion(
     if accounts.is_some_and(|accounts| !accounts.contains(&stored.inquiry.account)) {
         return "not_allowed";
     }
-    if erased {
-        return "erased";
-    }
     if conversion.check(OffsetDateTime::now_utc()).is_err() {
         return "invalid";
     }
@@ -174,6 +167,7 @@ async fn apply_conversion(
         Ok(Reported::Recorded(_)) => "converted",
         Ok(Reported::Kept(_)) => "conversion_kept",
         Ok(Reported::Gone) => "not_here",
+        Ok(Reported::Erased) => "erased",
         Err(ReportError::Audit(err)) => {
             tracing::warn!(error = %err, "conversion not audited; read again");
             "audit_error"
@@ -290,7 +284,8 @@ async fn apply(
             return "invalid";
         };
         let ReplyMessage { inquiry_id, replied_at, agent } = reply;
-        Forwarded { inquiry_id, actor: String::new(), accounts: None, replied_at, agent, conversion: None }
+        // The CRM's own: no caller to name, every account.
+        Forwarded { inquiry_id, actor: None, accounts: None, replied_at, agent, conversion: None }
     };
     let id = reply.inquiry_id;
     let previewed = {
@@ -317,10 +312,7 @@ async fn apply(
         }
     };
     // Audited first, recorded after: either failing leaves the message to be read again.
-    let actor = match reply.actor.as_str() {
-        "" => "kafka:replies".to_owned(),
-        forwarded_by => format!("kafka:replies:{forwarded_by}"),
-    };
+    let actor = reply.actor.as_ref().map_or_else(|| "kafka:replies".to_owned(), |by| format!("kafka:replies:{by}"));
     if let Err(err) = pipeline.audit(vec![replied_event(&actor, id, reply.agent.as_deref(), &preview)]).await {
         tracing::warn!(error = %err, "reply not audited; read again");
         return "audit_error";
