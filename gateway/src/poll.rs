@@ -629,6 +629,10 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 }
             };
             backoff.reset();
+            if let Some(refused) = page.refused.take() {
+                counter!(telemetry::POLL_REFUSED_PARTS, "connector" => name).increment(1);
+                tracing::warn!(poller = name, refused, "the platform refused a part of the cycle; going on without it");
+            }
             let count = page.inquiries.len();
             if page.ignored > 0 {
                 counter!(telemetry::POLL_ITEMS_IGNORED, "connector" => name).increment(page.ignored as u64);

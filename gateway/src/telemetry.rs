@@ -28,6 +28,9 @@ pub const WEBHOOK_REQUESTS: &str = "inquiry_gateway_webhook_requests_total";
 pub const POLL_TOKEN_REFRESHES: &str = "inquiry_gateway_poll_token_refreshes_total";
 /// Buyer messages a poller fetched, by connector.
 pub const POLL_ITEMS: &str = "inquiry_gateway_poll_items_total";
+/// Parts of a cycle the platform refused and the poller stepped over (eBay's answered
+/// questions). Label: `connector`.
+pub const POLL_REFUSED_PARTS: &str = "inquiry_gateway_poll_refused_parts_total";
 /// Time a poller waited on its rate limiters before a call.
 pub const POLL_LIMITER_WAIT: &str = "inquiry_gateway_poll_limiter_wait_seconds";
 /// Age of the newest buyer message of a page when it was fetched.
@@ -258,6 +261,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(POLL_REQUESTS, "calls to platform APIs by pollers, by outcome");
     describe_counter!(POLL_ITEMS_IGNORED, "items a poller fetched that are not new buyer messages");
     describe_counter!(POLL_ITEMS, "buyer messages a poller fetched");
+    describe_counter!(POLL_REFUSED_PARTS, "parts of a poll cycle the platform refused and the poller stepped over");
     describe_counter!(POLL_TOKEN_REFRESHES, "access-token refreshes of pollers, by outcome");
     describe_counter!(WEBHOOK_REQUESTS, "webhook requests by connector and outcome (ok or the refusal's code)");
     describe_histogram!(POLL_LIMITER_WAIT, Unit::Seconds, "time a poller waited on its rate limiters per call");

@@ -247,7 +247,9 @@ impl Poller for EbayMemberMessages {
             .map_err(|_| InputError::new(InputErrorCode::MalformedJson, "not a GetMemberMessages answer"))?;
         if cycle.answers && !matches!(response.ack.as_str(), "Success" | "Warning") {
             // The answers are read again next cycle; the questions' cursor moves now.
-            return Ok(PollPage { cursor: Some(cycle.mark.to_cursor()), ignored: 1, ..PollPage::default() });
+            let code = response.errors.first().and_then(|e| e.error_code.clone()).unwrap_or_default();
+            let refused = Some(format!("the answered questions: eBay answered {} ({code})", response.ack));
+            return Ok(PollPage { cursor: Some(cycle.mark.to_cursor()), refused, ..PollPage::default() });
         }
         if !matches!(response.ack.as_str(), "Success" | "Warning") {
             let code = response.errors.first().and_then(|e| e.error_code.clone()).unwrap_or_default();
@@ -467,6 +469,7 @@ mod tests {
         let mut context = || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
         let page = EbayMemberMessages.parse(failure.as_bytes(), &target, &position, &mut context).unwrap();
         assert!(page.next_page.is_none() && page.replies.is_empty() && page.inquiries.is_empty());
+        assert_eq!(page.refused.as_deref(), Some("the answered questions: eBay answered Failure (10007)"));
         assert_eq!(page.cursor.unwrap(), r#"{"at":1796284770000,"seen":["q1"]}"#);
         // In the questions phase the same answer is an error: the cycle is tried again.
         assert!(EbayMemberMessages.parse(failure.as_bytes(), &target, &PollPosition::default(), &mut context).is_err());

@@ -226,6 +226,9 @@ pub struct PollPage {
     /// any page of the cycle returned (`None`: keep what was there) and stores it with the
     /// cycle's last page.
     pub cursor: Option<String>,
+    /// A part of the cycle the platform refused and the poller stepped over (eBay's answers
+    /// phase): why, for the runner to log and count; the cycle goes on.
+    pub refused: Option<String>,
 }
 
 /// A platform API polled for buyer messages.
