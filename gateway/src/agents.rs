@@ -24,7 +24,6 @@ use tokio::sync::{watch, OnceCell};
 
 use crate::config::{CqlConfig, StatePlace};
 use crate::plugins::host::AgentDirectory;
-use crate::retry::sleep_or_stop;
 use crate::store::{Store, StoreError};
 
 /// A change of one agent's state; absent fields keep their value.
@@ -167,26 +166,12 @@ impl AgentStates {
 
     /// With the CQL store: reads the shared states every `interval` until `stop` (a failed read
     /// is logged and tried again at the next tick). Returns at once otherwise.
-    pub async fn refresh(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<()>) {
+    pub async fn refresh(self: Arc<Self>, interval: Duration, stop: watch::Receiver<()>) {
         let Keeper::Shared(table) = &self.keeper else { return };
-        let mut failing = false;
-        loop {
-            match table.read_into(&self.directory).await {
-                Ok(applied) if failing => {
-                    failing = false;
-                    tracing::info!(agents = applied, "agent states read from the cql store again");
-                }
-                Ok(_) => {}
-                Err(err) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %err, "agent states not read from the cql store; retrying");
-                }
-                Err(_) => {}
-            }
-            if sleep_or_stop(interval, &mut stop).await {
-                return;
-            }
-        }
+        crate::retry::every(interval, stop, "reading agent states from the cql store", || async {
+            table.read_into(&self.directory).await.map_err(|err| err.to_string())
+        })
+        .await;
     }
 }
 
@@ -247,23 +232,22 @@ impl SharedTable {
         Ok(())
     }
 
-    /// Reads every agent's shared state and applies it to `directory`; the number applied.
-    async fn read_into(&self, directory: &AgentDirectory) -> Result<usize, AgentStateError> {
+    /// Reads every agent's shared state and applies it to `directory`.
+    async fn read_into(&self, directory: &AgentDirectory) -> Result<(), AgentStateError> {
         let cql = self.cql().await?;
         let writes_before = self.writes.load(Ordering::SeqCst);
         let result = cql.session.execute_unpaged(&cql.select, ()).await.map_err(cql_error)?;
         let rows = result.into_rows_result().map_err(cql_error)?;
         let _no_write_meanwhile = self.writing.lock().await;
         if self.writes.load(Ordering::SeqCst) != writes_before {
-            return Ok(0); // an update was written meanwhile: the next read has it
+            return Ok(()); // an update was written meanwhile: the next read has it
         }
-        let mut applied = 0;
         for row in rows.rows::<(String, Option<i32>, Option<i32>, Option<bool>)>().map_err(cql_error)? {
             let (id, load, capacity, online) = row.map_err(cql_error)?;
             let to_u32 = |n: Option<i32>| n.map(|n| u32::try_from(n).unwrap_or(0));
             let update = AgentUpdate { load: to_u32(load), capacity: to_u32(capacity), online };
-            applied += usize::from(directory.apply(&id, update));
+            directory.apply(&id, update); // false for an agent the config no longer names
         }
-        Ok(applied)
+        Ok(())
     }
 }

@@ -40,6 +40,32 @@ pub async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<()>) -> b
     }
 }
 
+/// Runs `tick` every `interval` until `stop` fires. A failure is logged once, as `what` failing,
+/// and so is the recovery, not every tick (a shared table that is down for an hour).
+pub async fn every<F, Fut>(interval: Duration, mut stop: watch::Receiver<()>, what: &'static str, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut failing = false;
+    loop {
+        match tick().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(what, "working again");
+            }
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!(what, error = %err, "failed; retrying at every tick");
+            }
+            _ => {}
+        }
+        if sleep_or_stop(interval, &mut stop).await {
+            return;
+        }
+    }
+}
+
 /// Runs a pipeline job, waiting out a full queue (up to 10 s): rare work (a subject request, a
 /// retention sweep's audit entry) must not fail half done because ingest is busy.
 pub async fn patiently<T, F, Fut>(mut job: F) -> Result<T, crate::pipeline::SubmitError>

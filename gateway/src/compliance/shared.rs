@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use super::requests::{Jurisdiction, RequestKind, SubjectRequests};
 use crate::config::CqlConfig;
-use crate::retry::sleep_or_stop;
 
 /// One shared request, as the table holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,42 +198,22 @@ pub async fn follow(
     shared: Arc<SharedRequests>,
     requests: Arc<SubjectRequests>,
     interval: Duration,
-    mut stop: watch::Receiver<()>,
+    stop: watch::Receiver<()>,
 ) {
-    let mut failing = false;
-    loop {
-        let outcome = match shared.all().await {
-            Ok(rows) => {
-                let mut failed = None;
-                for (row, written_here) in rows {
-                    let (id, origin) = (row.id, row.origin.clone());
-                    match requests.carry_out_shared(row, written_here).await {
-                        Ok(Some(request)) => tracing::info!(
-                            request_id = %id, origin, kind = ?request.kind, status = ?request.status,
-                            inquiries = request.inquiries, "shared subject request carried out"
-                        ),
-                        Ok(None) => {}
-                        Err(err) => failed = Some(err.to_string()),
-                    }
-                }
-                failed.map_or(Ok(()), Err)
+    crate::retry::every(interval, stop, "carrying out shared subject requests", || async {
+        let mut failed = None;
+        for (row, written_here) in shared.all().await? {
+            let (id, origin) = (row.id, row.origin.clone());
+            match requests.carry_out_shared(row, written_here).await {
+                Ok(Some(request)) => tracing::info!(
+                    request_id = %id, origin, kind = ?request.kind, status = ?request.status,
+                    inquiries = request.inquiries, "shared subject request carried out"
+                ),
+                Ok(None) => {}
+                Err(err) => failed = Some(err.to_string()),
             }
-            Err(err) => Err(err),
-        };
-        match outcome {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("shared subject requests read and carried out again");
-            }
-            Ok(()) => {}
-            Err(err) if !failing => {
-                failing = true;
-                tracing::warn!(error = %err, "shared subject requests not read or not carried out; retrying");
-            }
-            Err(_) => {}
         }
-        if sleep_or_stop(interval, &mut stop).await {
-            return;
-        }
-    }
+        failed.map_or(Ok(()), Err)
+    })
+    .await;
 }
