@@ -1,6 +1,7 @@
 //! Conversions: the order an inquiry led to, reported by the seller's CRM or shop back end
-//! (`POST /v1/inquiries/{id}/conversion`). The first report of an inquiry is kept (audited as
-//! `inquiry.converted` before it is recorded) and counted in `inquiry_gateway_conversions_total`
+//! (`POST /v1/inquiries/{id}/conversion`). The first report of an inquiry is kept (recorded
+//! with its audit entry `inquiry.converted` in one write of the pipeline's stage, ordered with
+//! the buyer's erasure) and counted in `inquiry_gateway_conversions_total`
 //! and `inquiry_gateway_conversion_seconds`, from which the conversion rate and the time to an
 //! order per channel are reported; a later report of the same inquiry changes nothing.
 
@@ -8,11 +9,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use std::sync::Arc;
-
 use crate::compliance::audit::AuditEvent;
-use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
-use crate::store::{off_the_workers, Store, StoreError};
+use crate::pipeline::{ConversionOutcome, ConversionRecord, Pipeline, StoredInquiry, SubmitError};
+use crate::store::{Store, StoreError};
 use crate::telemetry;
 
 /// Longest order id, in bytes.
@@ -79,25 +78,12 @@ impl Conversion {
     /// The conversion recorded for inquiry `id` (an unreadable record is an error, never "none":
     /// a report must not overwrite it).
     pub fn load(store: &Store, id: Uuid) -> Result<Option<Conversion>, StoreError> {
-        store
-            .conversion(id)?
-            .map(|bytes| {
-                serde_json::from_slice(&bytes)
-                    .map_err(|_| StoreError::from_message("a conversion record is unreadable"))
-            })
-            .transpose()
+        store.conversion(id)?.map(|bytes| Conversion::parse(&bytes)).transpose()
     }
 
-    /// Records this conversion of inquiry `id` if the inquiry is still stored (retention may
-    /// have removed it meanwhile); false when it is not.
-    pub fn record(&self, store: &Store, id: Uuid) -> Result<bool, StoreError> {
-        if !store.has_inquiry(id)? {
-            return Ok(false);
-        }
-        let mut batch = store.batch();
-        batch.put_conversion(id, &serde_json::to_vec(self).expect("conversions serialize"));
-        batch.commit()?;
-        Ok(true)
+    /// A conversion as stored.
+    fn parse(bytes: &[u8]) -> Result<Conversion, StoreError> {
+        serde_json::from_slice(bytes).map_err(|_| StoreError::from_message("a conversion record is unreadable"))
     }
 
     /// Its audit entry (`inquiry.converted`). The log outlives the inquiry and its buyer's
@@ -127,59 +113,42 @@ pub enum Reported {
 /// Why a report could not be taken (nothing was recorded; a retry is safe).
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// The store failed.
+    /// The conversion kept before is unreadable.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The audit entry could not be written.
+    /// The pipeline could not take or write the report.
     #[error(transparent)]
-    Audit(#[from] SubmitError),
+    Submit(#[from] SubmitError),
 }
 
-/// One conversion report at a time, so that of two reports of one inquiry only the first is
-/// kept and counted.
-static REPORTS: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
-
-/// Takes `conversion` (checked) as the report of `stored`'s order: the first one is audited
-/// (`inquiry.converted`), then recorded and counted; a later one changes nothing; none for an
-/// erased buyer.
+/// Takes `conversion` (checked) as the report of `stored`'s order. The pipeline's stage decides,
+/// in its write order: the first report is recorded with its audit entry (`inquiry.converted`)
+/// in one atomic write, then counted; a later one changes nothing; none is recorded for an erased
+/// buyer, and an erasure written after it removes it.
 pub async fn report(
-    store: &Store,
     pipeline: &Pipeline,
     stored: &StoredInquiry,
     conversion: Conversion,
 ) -> Result<Reported, ReportError> {
     let id = stored.inquiry.id;
-    // Held until the record is written, even when the caller goes away meanwhile.
-    let one_at_a_time = REPORTS.clone().lock_owned().await;
-    let (kept, erased) = {
-        let (store, pseudonym) = (store.clone(), stored.inquiry.buyer.pseudonym.clone());
-        off_the_workers(move || Ok((Conversion::load(&store, id)?, store.erasure(&pseudonym)?.is_some()))).await?
+    let record = ConversionRecord {
+        inquiry_id: id,
+        pseudonym: stored.inquiry.buyer.pseudonym.clone(),
+        record: serde_json::to_vec(&conversion).expect("conversions serialize"),
+        event: conversion.event(id),
     };
-    if erased {
-        return Ok(Reported::Erased);
+    match pipeline.record_conversion(record).await? {
+        ConversionOutcome::Recorded => {
+            let channel = stored.inquiry.channel.as_str();
+            metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
+            let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
+            metrics::histogram!(telemetry::CONVERSION_TIME, "channel" => channel).record(waited);
+            Ok(Reported::Recorded(conversion))
+        }
+        ConversionOutcome::Kept(kept) => Ok(Reported::Kept(Conversion::parse(&kept)?)),
+        ConversionOutcome::Gone => Ok(Reported::Gone),
+        ConversionOutcome::Erased => Ok(Reported::Erased),
     }
-    if let Some(kept) = kept {
-        return Ok(Reported::Kept(kept));
-    }
-    // Audited first, recorded after: a failure in between leaves the retry to audit again,
-    // never a recorded conversion without its entry.
-    pipeline.audit(vec![conversion.event(id)]).await?;
-    let recorded = {
-        let (store, conversion) = (store.clone(), conversion.clone());
-        off_the_workers(move || {
-            let _held = one_at_a_time;
-            conversion.record(&store, id)
-        })
-        .await?
-    };
-    if !recorded {
-        return Ok(Reported::Gone);
-    }
-    let channel = stored.inquiry.channel.as_str();
-    metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
-    let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
-    metrics::histogram!(telemetry::CONVERSION_TIME, "channel" => channel).record(waited);
-    Ok(Reported::Recorded(conversion))
 }
 
 #[cfg(test)]

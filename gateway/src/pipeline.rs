@@ -27,7 +27,7 @@ use crate::compliance::sha256_hex;
 use crate::compliance::subjects::{Subject, Subjects};
 use crate::routing::{Decision, Disposition, FallbackRouter, Priority, RouteOutcome, Router};
 use crate::spool::{Spool, SpoolSink};
-use crate::store::{message_hash, MessageHash, OutboxEntry, Store, StoreError};
+use crate::store::{message_hash, MessageHash, OutboxEntry, Store, StoreBatch, StoreError};
 use crate::telemetry::{self, Hop};
 
 /// An inquiry as kept in the store and returned by `GET /v1/inquiries/{id}`.
@@ -219,6 +219,35 @@ pub struct Erasure {
     pub event: AuditEvent,
 }
 
+/// A conversion report for the stage to record. The stage checks it, in its write order,
+/// against the buyer's erasure, an earlier report and the inquiry's removal, then writes the
+/// record and its audit entry in one atomic write: an erasure either comes before it (and it is
+/// refused) or after it (and removes it).
+#[derive(Debug, Clone)]
+pub struct ConversionRecord {
+    /// The inquiry that led to the order.
+    pub inquiry_id: Uuid,
+    /// The pseudonym of the inquiry's buyer.
+    pub pseudonym: String,
+    /// The conversion as stored (JSON).
+    pub record: Vec<u8>,
+    /// Its audit event (`inquiry.converted`).
+    pub event: AuditEvent,
+}
+
+/// What the stage did with a [`ConversionRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversionOutcome {
+    /// Recorded and audited.
+    Recorded,
+    /// A conversion was recorded before (this one, as stored): nothing written.
+    Kept(Vec<u8>),
+    /// The inquiry is no longer stored: nothing written.
+    Gone,
+    /// The buyer was erased: nothing written.
+    Erased,
+}
+
 /// What a job produced.
 #[derive(Debug)]
 pub enum Outcome {
@@ -228,6 +257,8 @@ pub enum Outcome {
     Audited,
     /// The subject is erased; these were its inquiries (records now stripped of sealed data).
     Erased(Vec<Uuid>),
+    /// What became of a conversion report.
+    Converted(ConversionOutcome),
 }
 
 /// Sizes of the pipeline.
@@ -250,6 +281,8 @@ enum Work {
     Audit(Vec<AuditEvent>),
     /// Erase a data subject (always in a batch of its own).
     Erase(Erasure),
+    /// Record a conversion report.
+    Convert(ConversionRecord),
 }
 
 struct Job {
@@ -341,6 +374,14 @@ impl Pipeline {
     /// Appends audit events and waits until they are durable.
     pub async fn audit(&self, events: Vec<AuditEvent>) -> Result<(), SubmitError> {
         self.run(Work::Audit(events)).await.map(|_| ())
+    }
+
+    /// Records a conversion report (see [`ConversionRecord`]) and waits until it is durable.
+    pub async fn record_conversion(&self, conversion: ConversionRecord) -> Result<ConversionOutcome, SubmitError> {
+        match self.run(Work::Convert(conversion)).await? {
+            Outcome::Converted(outcome) => Ok(outcome),
+            _ => Err(SubmitError::StageFailed),
+        }
     }
 
     /// Appends audit events without waiting. When the queue is full they are counted as dropped
@@ -694,6 +735,8 @@ impl Stage {
             batch.put_outbox(&sink.outbox, group);
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // Conversions recorded by this batch, so that a second report of one inquiry is kept out.
+        let mut converted: HashMap<Uuid, Vec<u8>> = HashMap::new();
         for (job, job_acks) in jobs.iter().zip(acks) {
             for (item, ack) in job.items().iter().zip(&job_acks).filter(|(_, a)| a.status != AckStatus::Accepted) {
                 let event = AuditEvent::new("inquiry.deduplicated", item.actor.as_str())
@@ -701,18 +744,31 @@ impl Stage {
                     .detail(serde_json::json!({ "status": ack.status.as_str(), "channel": item.inquiry.channel }));
                 self.audit.append(&mut batch, event);
             }
-            match &job.work {
-                Work::Inquiries { cursor: Some((name, cursor)), .. } => batch.put_cursor(name, cursor),
+            outcomes.push(match &job.work {
+                Work::Inquiries { cursor, .. } => {
+                    if let Some((name, cursor)) = cursor {
+                        batch.put_cursor(name, cursor);
+                    }
+                    Outcome::Acks(job_acks)
+                }
                 Work::Audit(events) => {
                     for event in events {
                         self.audit.append(&mut batch, event.clone());
                     }
+                    Outcome::Audited
                 }
-                _ => {}
-            }
-            outcomes.push(match job.work {
-                Work::Inquiries { .. } => Outcome::Acks(job_acks),
-                _ => Outcome::Audited,
+                Work::Convert(conversion) => {
+                    let (store, subjects) = (&self.store, &self.subjects);
+                    Outcome::Converted(convert(
+                        store,
+                        subjects,
+                        &mut self.audit,
+                        &mut batch,
+                        conversion,
+                        &mut converted,
+                    )?)
+                }
+                Work::Erase(_) => Outcome::Audited, // never here: an erasure is written alone
             });
         }
         self.audit.sign_if_due(&mut batch, false);
@@ -755,6 +811,37 @@ impl Stage {
             })
             .collect()
     }
+}
+
+/// Checks a conversion report against what is written so far (`converted`: by this batch)
+/// and, when it is the first for a stored inquiry of a buyer not erased, adds the record and
+/// its audit entry to `batch`.
+fn convert(
+    store: &Store,
+    subjects: &Subjects,
+    audit: &mut AuditLog,
+    batch: &mut StoreBatch,
+    conversion: &ConversionRecord,
+    converted: &mut HashMap<Uuid, Vec<u8>>,
+) -> Result<ConversionOutcome, StoreError> {
+    let id = conversion.inquiry_id;
+    if subjects.is_erased(&conversion.pseudonym) {
+        return Ok(ConversionOutcome::Erased);
+    }
+    let kept = match converted.get(&id) {
+        Some(record) => Some(record.clone()),
+        None => store.conversion(id)?,
+    };
+    if let Some(kept) = kept {
+        return Ok(ConversionOutcome::Kept(kept));
+    }
+    if !store.has_inquiry(id)? {
+        return Ok(ConversionOutcome::Gone);
+    }
+    batch.put_conversion(id, &conversion.record);
+    audit.append(batch, conversion.event.clone());
+    converted.insert(id, conversion.record.clone());
+    Ok(ConversionOutcome::Recorded)
 }
 
 /// The sync thread: one fsync covers every batch written since the last one; then it
@@ -1455,5 +1542,52 @@ mod tests {
         let second = stored(&store, late_ack[0].id).inquiry;
         assert_ne!(second.buyer.pseudonym, pseudonym, "sealed again for a new subject");
         assert_eq!(subjects.open(&second).unwrap().unwrap().body, "second message");
+    }
+
+    #[tokio::test]
+    async fn conversions_are_recorded_once_and_ordered_with_erasures_by_the_stage() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 64);
+        let acks =
+            pipeline.submit(vec![submission(&subjects, "a", "first"), submission(&subjects, "b", "second")]).await;
+        let acks = acks.unwrap();
+        let (first, second) = (stored(&store, acks[0].id).inquiry, stored(&store, acks[1].id).inquiry);
+        let report = |inquiry: &Inquiry, order: &str| ConversionRecord {
+            inquiry_id: inquiry.id,
+            pseudonym: inquiry.buyer.pseudonym.clone(),
+            record: format!("{{\"order_id\":\"{order}\"}}").into_bytes(),
+            event: AuditEvent::new("inquiry.converted", "test").inquiry(inquiry.id),
+        };
+        let converted_entries = |store: &Store| {
+            let entries = store.audit_entries(0, store.audit_len().unwrap()).unwrap();
+            let entries = entries.iter().map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap());
+            entries.filter(|e| e["kind"] == "inquiry.converted").count()
+        };
+
+        // Two reports of one inquiry at once: one is recorded and audited, the other finds it.
+        let (a, b) = tokio::join!(
+            pipeline.record_conversion(report(&first, "o-1")),
+            pipeline.record_conversion(report(&first, "o-2"))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let kept = store.conversion(first.id).unwrap().expect("one conversion recorded");
+        let mut outcomes = [a, b];
+        outcomes.sort_by_key(|o| matches!(o, ConversionOutcome::Kept(_)));
+        assert_eq!(outcomes, [ConversionOutcome::Recorded, ConversionOutcome::Kept(kept.clone())]);
+        assert_eq!(converted_entries(&store), 1);
+        // An inquiry that is not stored.
+        let mut unknown = first.clone();
+        unknown.id = Uuid::now_v7();
+        assert_eq!(pipeline.record_conversion(report(&unknown, "o-3")).await.unwrap(), ConversionOutcome::Gone);
+
+        // The erasure removes the conversion recorded before it; a report after it is refused,
+        // even one made from the inquiry as read before the erasure.
+        let index = store.subject_index(&first.buyer.pseudonym).unwrap().unwrap();
+        let event = AuditEvent::new("subject.erased", "test").subject(&first.buyer.pseudonym);
+        let erasure = Erasure { pseudonym: first.buyer.pseudonym.clone(), index, record: b"{}".to_vec(), event };
+        pipeline.erase(erasure).await.unwrap();
+        assert_eq!(store.conversion(first.id).unwrap(), None);
+        assert_eq!(pipeline.record_conversion(report(&second, "o-4")).await.unwrap(), ConversionOutcome::Erased);
+        assert_eq!(store.conversion(second.id).unwrap(), None);
+        assert_eq!(converted_entries(&store), 1);
     }
 }

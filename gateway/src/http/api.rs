@@ -571,7 +571,7 @@ async fn post_conversion(
     }
     let stored = stored_for(state, &grant, id)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id");
-    let reported = crate::conversions::report(&state.store, &state.pipeline, &stored, conversion).await;
+    let reported = crate::conversions::report(&state.pipeline, &stored, conversion).await;
     let (status, recorded, conversion) = match reported {
         Ok(Reported::Recorded(conversion)) => (StatusCode::CREATED, true, conversion),
         Ok(Reported::Kept(kept)) => (StatusCode::OK, false, kept),
@@ -580,7 +580,7 @@ async fn post_conversion(
             return Err(ApiError::new(StatusCode::CONFLICT, "subject_erased", "the inquiry's buyer was erased"))
         }
         Err(ReportError::Store(err)) => return Err(store_error(err)),
-        Err(ReportError::Audit(err)) => return Err(submit_error(err)),
+        Err(ReportError::Submit(err)) => return Err(submit_error(err)),
     };
     let answer = serde_json::json!({ "inquiry_id": id, "recorded": recorded, "conversion": conversion });
     Ok(json_response(status, &answer))

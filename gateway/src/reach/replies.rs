@@ -163,13 +163,13 @@ async fn apply_conversion(
     if conversion.check(OffsetDateTime::now_utc()).is_err() {
         return "invalid";
     }
-    match crate::conversions::report(store, pipeline, &stored, conversion).await {
+    match crate::conversions::report(pipeline, &stored, conversion).await {
         Ok(Reported::Recorded(_)) => "converted",
         Ok(Reported::Kept(_)) => "conversion_kept",
         Ok(Reported::Gone) => "not_here",
         Ok(Reported::Erased) => "erased",
-        Err(ReportError::Audit(err)) => {
-            tracing::warn!(error = %err, "conversion not audited; read again");
+        Err(ReportError::Submit(err)) => {
+            tracing::warn!(error = %err, "conversion not recorded; read again");
             "audit_error"
         }
         Err(ReportError::Store(err)) => {
