@@ -281,6 +281,36 @@ pub struct KafkaConfig {
     /// `sasl.username`, `sasl.password = "${KAFKA_PASSWORD}"`, `ssl.ca.location`. Values of
     /// secret properties ([`is_secret_property`]) never appear in logs or `Debug` output.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// OAuth 2.0 client credentials for `sasl.mechanisms = "OAUTHBEARER"`: the gateway fetches
+    /// the access tokens from the identity provider itself (librdkafka's own OIDC needs curl,
+    /// which is not built in).
+    pub oauth: Option<KafkaOAuthConfig>,
+}
+
+/// The identity provider that issues the Kafka cluster's OAUTHBEARER tokens (the OAuth 2.0
+/// client credentials grant, RFC 6749 section 4.4; client authentication by HTTP Basic).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaOAuthConfig {
+    /// The token endpoint (`https://`; `http://` only on loopback).
+    pub token_url: String,
+    /// The gateway's client id at the identity provider.
+    pub client_id: String,
+    /// Its client secret; use `${ENV}`. Never logged.
+    pub client_secret: String,
+    /// The scope asked for, if the provider needs one (space-separated).
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaOAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaOAuthConfig")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 /// True for a librdkafka property whose value is a secret (passwords, keys, OAuth secrets):
@@ -291,10 +321,9 @@ pub fn is_secret_property(key: &str) -> bool {
         || key == "ssl_key"
 }
 
-/// The SASL mechanisms the gateway's librdkafka can use: PLAIN and SCRAM. Not GSSAPI (Kerberos
-/// is not built in) and not OAUTHBEARER (no OIDC support is built in, and the gateway has no
-/// token refresh callback).
-const KAFKA_SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+/// The SASL mechanisms the gateway's librdkafka can use: PLAIN, SCRAM, and OAUTHBEARER with the
+/// tokens the gateway fetches ([`KafkaOAuthConfig`]). Not GSSAPI (Kerberos is not built in).
+const KAFKA_SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
 impl KafkaConfig {
     /// The configured `security.protocol`, lower case (`plaintext` when unset).
@@ -316,6 +345,26 @@ impl KafkaConfig {
             ));
             return;
         }
+        if let Some(key) = self.properties.keys().find(|k| k.to_ascii_lowercase().starts_with("sasl.oauthbearer.")) {
+            problems.push(format!(
+                "sinks.kafka.properties may not set `{key}`: OAUTHBEARER tokens come from [sinks.kafka.oauth]"
+            ));
+        }
+        let oauthbearer = protocol.starts_with("sasl_")
+            && self
+                .properties
+                .get("sasl.mechanisms")
+                .or_else(|| self.properties.get("sasl.mechanism"))
+                .is_some_and(|m| m.eq_ignore_ascii_case("OAUTHBEARER"));
+        if let Some(oauth) = &self.oauth {
+            if !oauthbearer {
+                problems.push(
+                    "sinks.kafka.oauth is used only with security.protocol = sasl_ssl and sasl.mechanisms = OAUTHBEARER"
+                        .to_owned(),
+                );
+            }
+            oauth.problems(problems);
+        }
         if !protocol.starts_with("sasl_") {
             return;
         }
@@ -332,6 +381,24 @@ impl KafkaConfig {
                 "sinks.kafka.properties sasl.mechanisms `{mechanism}` is not built in; use one of {}",
                 KAFKA_SASL_MECHANISMS.join(", ")
             ));
+        }
+        if mechanism == "OAUTHBEARER" {
+            if self.oauth.is_none() {
+                problems.push(
+                    "sinks.kafka: sasl.mechanisms = OAUTHBEARER needs [sinks.kafka.oauth] (token_url, client_id, \
+                     client_secret)"
+                        .to_owned(),
+                );
+            }
+            // Not even for loopback bootstrap brokers (see PLAIN below).
+            if protocol == "sasl_plaintext" {
+                problems.push(
+                    "sinks.kafka.properties: OAUTHBEARER over sasl_plaintext sends the bearer token in clear; \
+                     use security.protocol = sasl_ssl"
+                        .to_owned(),
+                );
+            }
+            return;
         }
         let has = |key: &str| self.properties.get(key).is_some_and(|v| !v.is_empty());
         if !(has("sasl.username") && has("sasl.password")) {
@@ -371,6 +438,28 @@ impl KafkaConfig {
     }
 }
 
+impl KafkaOAuthConfig {
+    /// Problems of the identity provider's settings.
+    fn problems(&self, problems: &mut Vec<String>) {
+        match self.token_url.parse::<hyper::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some_and(is_loopback_host) => {}
+            Ok(uri) if uri.scheme_str() == Some("http") => problems.push(
+                "sinks.kafka.oauth.token_url must be https:// (http:// sends the client secret in clear; \
+                 allowed only on loopback)"
+                    .to_owned(),
+            ),
+            _ => problems.push(format!("sinks.kafka.oauth.token_url `{}` is not an http(s) URL", self.token_url)),
+        }
+        if self.client_id.trim().is_empty() {
+            problems.push("sinks.kafka.oauth.client_id must not be empty".to_owned());
+        }
+        if self.client_secret.is_empty() {
+            problems.push("sinks.kafka.oauth.client_secret must not be empty".to_owned());
+        }
+    }
+}
+
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let properties: std::collections::BTreeMap<&str, &str> = self
@@ -388,6 +477,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("regions", &self.regions)
             .field("batch_size", &self.batch_size)
             .field("properties", &properties)
+            .field("oauth", &self.oauth)
             .finish()
     }
 }
@@ -404,6 +494,7 @@ impl Default for KafkaConfig {
             regions: vec![Region::Eu, Region::Other],
             batch_size: 2000,
             properties: Default::default(),
+            oauth: None,
         }
     }
 }
@@ -2711,8 +2802,38 @@ default_team = "latam-sales"
                      \"sasl.username\" = \"gw\"\n\"sasl.password\" = \"pw\"\n";
         assert!(kafka("kafka.example.com:9092", plain).contains("sends the password in clear"));
         assert!(kafka("127.0.0.1:9092", plain).contains("in clear"), "advertised brokers may be anywhere");
-        let oauth = kafka("k:9092", "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n");
-        assert!(oauth.contains("`OAUTHBEARER` is not built in"), "{oauth}");
+        // OAUTHBEARER: tokens from the identity provider of [sinks.kafka.oauth], nowhere else.
+        let bearer = "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n";
+        let no_idp = kafka("k:9092", bearer);
+        assert!(no_idp.contains("OAUTHBEARER needs [sinks.kafka.oauth]"), "{no_idp}");
+        let with_idp = |token_url: &str, properties: &str| {
+            kafka(
+                "k:9092",
+                &format!(
+                    "{properties}[sinks.kafka.oauth]\ntoken_url = \"{token_url}\"\nclient_id = \"gw\"\n\
+                     client_secret = \"s3cret-idp\"\nscope = \"kafka\"\n"
+                ),
+            )
+        };
+        assert_eq!(with_idp("https://idp.example.com/oauth2/token", bearer), "");
+        assert_eq!(with_idp("http://127.0.0.1:8081/token", bearer), "");
+        let clear = with_idp("http://idp.example.com/token", bearer);
+        assert!(clear.contains("token_url must be https://") && !clear.contains("s3cret-idp"), "{clear}");
+        assert!(with_idp("idp.example.com", bearer).contains("is not an http(s) URL"));
+        let unused = with_idp("https://idp.example.com/token", scram);
+        assert!(unused.contains("sinks.kafka.oauth is used only with"), "{unused}");
+        let oidc =
+            with_idp("https://idp.example.com/token", &format!("{bearer}\"sasl.oauthbearer.method\" = \"oidc\"\n"));
+        assert!(oidc.contains("may not set `sasl.oauthbearer.method`"), "{oidc}");
+        let in_clear = "\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n";
+        assert!(with_idp("https://idp.example.com/token", in_clear).contains("bearer token in clear"));
+        let config = Config::from_toml(
+            "[sinks.kafka]\nlocation = \"eu\"\n[sinks.kafka.oauth]\ntoken_url = \"https://idp\"\nclient_id = \"gw\"\n\
+             client_secret = \"s3cret-idp\"\n",
+        )
+        .unwrap();
+        let printed = format!("{:?}", config.sinks.kafka);
+        assert!(printed.contains("client_id") && !printed.contains("s3cret-idp"), "{printed}");
         // librdkafka's own checks, without the value: a misspelled secret, a refused value.
         let typo = kafka("k:9092", "\"sasl.passwd\" = \"s3cret-typo\"\n");
         assert!(typo.contains("`sasl.passwd`") && !typo.contains("s3cret-typo"), "{typo}");

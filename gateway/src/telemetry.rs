@@ -112,6 +112,9 @@ pub const STORE_FREE_BYTES: &str = "inquiry_gateway_store_free_bytes";
 pub const SINK_SKIPPED: &str = "inquiry_gateway_sink_skipped_total";
 /// Failed delivery rounds that are retried. Label: `sink`.
 pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
+/// OAUTHBEARER access tokens asked of the Kafka cluster's identity provider. Label: `result`
+/// (`ok`, `error`).
+pub const KAFKA_OAUTH_TOKENS: &str = "inquiry_gateway_kafka_oauth_tokens_total";
 /// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
 pub const SINK_DEGRADED: &str = "inquiry_gateway_sink_degraded";
 
@@ -303,6 +306,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "age of the oldest inquiry waiting for a sink");
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
+    describe_counter!(KAFKA_OAUTH_TOKENS, "OAUTHBEARER access tokens asked of the kafka cluster's identity provider");
     describe_counter!(SINK_SKIPPED, "spooled inquiries or audit entries not sent: the buyer was erased, or unreadable");
     describe_counter!(SINK_RETRIES, "failed delivery rounds that are retried");
     describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");

@@ -1,5 +1,6 @@
-//! The sinks on secured clusters: Kafka over SASL_SSL (SCRAM-SHA-512, TLS checked against the
-//! test CA) and the CQL store with password authentication over TLS. Against the real servers
+//! The sinks on secured clusters: Kafka over SASL_SSL (SCRAM-SHA-512, and OAUTHBEARER with
+//! tokens from a test identity provider; TLS checked against the test CA) and the CQL store with
+//! password authentication over TLS. Against the real servers
 //! `tests/run-all.sh` starts: the Kafka broker's SASL_SSL listener on 127.0.0.1:9094 and the
 //! Cassandra node on 127.0.0.1:9042 (PasswordAuthenticator, optional client TLS), both with the
 //! certificates of `tests/services/tls.sh`. Wrong credentials or an untrusted certificate keep
@@ -9,12 +10,15 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use futures_util::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use support::{inquiry_json, unique, wait_spool_empty, Gateway, HttpClient, StatusCode};
 
 /// The broker's plain listener (the test reads the topics through it).
@@ -148,6 +152,160 @@ async fn kafka_with_a_wrong_password_or_an_untrusted_broker_spools_and_says_why(
     post(&gateway, &client, 1).await;
     log_mentions(&gateway, "certificate verify failed").await;
     assert_eq!(sink_status(&gateway, &client, "kafka").await["status"], "degraded");
+}
+
+/// The test identity provider: the client credentials grant of RFC 6749 (section 4.4, the
+/// client authenticated by HTTP Basic), issuing ES256 JWTs with the key `tests/services/kafka.sh`
+/// made and told the broker about (audience `kafka`, issuer `inquiry-gateway-test-idp`).
+struct TestIdp {
+    url: String,
+    /// Every token issued, in order.
+    issued: Arc<Mutex<Vec<String>>>,
+}
+
+const IDP_CLIENT: &str = "gateway-svc";
+const IDP_SECRET: &str = "idp-test-secret-6502";
+
+impl TestIdp {
+    async fn start(lifetime_s: i64) -> TestIdp {
+        let pem = std::fs::read_to_string(tls_dir().parent().unwrap().join("kafka/oauth/signing-key.pem"))
+            .expect("tests/services/kafka.sh start made the OAuth test key");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+            .unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let key = Arc::new(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let shared = issued.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (key, issued) = (key.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (key, issued) = (key.clone(), issued.clone());
+                        async move {
+                            let (status, answer) = token_answer(req, &key, &issued, lifetime_s).await;
+                            let response = hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(answer.to_string())))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        TestIdp { url, issued }
+    }
+
+    fn issued(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
+    }
+}
+
+/// The token endpoint: a signed JWT for the right client, `invalid_client` for any other.
+async fn token_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    key: &EcdsaKeyPair,
+    issued: &Mutex<Vec<String>>,
+    lifetime_s: i64,
+) -> (u16, serde_json::Value) {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use http_body_util::BodyExt;
+    let expected = format!("Basic {}", STANDARD.encode(format!("{IDP_CLIENT}:{IDP_SECRET}")));
+    let authorized = req.headers().get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    if !form.iter().any(|(k, v)| k == "grant_type" && v == "client_credentials") {
+        return (400, serde_json::json!({"error": "unsupported_grant_type"}));
+    }
+    if !authorized {
+        return (
+            401,
+            serde_json::json!({"error": "invalid_client", "error_description": "client authentication failed"}),
+        );
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT","kid":"test-idp-1"}"#);
+    let claims = serde_json::json!({
+        "sub": IDP_CLIENT, "aud": "kafka", "iss": "inquiry-gateway-test-idp", "scope": "kafka",
+        "iat": now, "exp": now + lifetime_s, "jti": unique("jwt-"),
+    });
+    let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = key.sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes()).unwrap();
+    let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
+    issued.lock().unwrap().push(token.clone());
+    (200, serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime_s}))
+}
+
+fn oauth_kafka_config(prefix: &str, idp: &TestIdp, secret: &str) -> String {
+    format!(
+        "[sinks.kafka]\nbrokers = \"{SECURE_BROKER}\"\ntopic_prefix = \"{prefix}\"\npartitions = 1\nlocation = \"eu\"\n\
+         [sinks.kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n\
+         \"ssl.ca.location\" = \"{}\"\n\
+         [sinks.kafka.oauth]\ntoken_url = \"{}\"\nclient_id = \"{IDP_CLIENT}\"\nclient_secret = \"{secret}\"\nscope = \"kafka\"\n",
+        tls_dir().join("ca.pem").display(),
+        idp.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_oauthbearer_gets_every_inquiry_with_tokens_the_gateway_fetches_and_refreshes() {
+    // Tokens live 20 s; the broker makes clients log in again every 10 s at most, so inquiries
+    // sent after the first token expired reach Kafka only with a refreshed one.
+    let idp = TestIdp::start(20).await;
+    let prefix = format!("{}.", unique("oauth"));
+    let gateway = Gateway::start(&oauth_kafka_config(&prefix, &idp, IDP_SECRET)).await;
+    let client = HttpClient::new();
+    let topic = format!("{prefix}inquiries.routed.v2");
+    let first = post(&gateway, &client, 10).await;
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
+    assert_eq!(sink_status(&gateway, &client, "kafka").await["status"], "ready");
+    assert!(first.is_subset(&routed_ids(&topic, &first)), "the inquiries reached Kafka over OAUTHBEARER");
+    let first_token_issued = Instant::now();
+    assert!(!idp.issued().is_empty());
+
+    support::eventually(Duration::from_secs(60), "librdkafka asks for a new token before expiry", || async {
+        idp.issued().len() >= 2
+    })
+    .await;
+    let expired = Duration::from_secs(22).saturating_sub(first_token_issued.elapsed());
+    tokio::time::sleep(expired).await;
+    let later = post(&gateway, &client, 10).await;
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
+    assert!(later.is_subset(&routed_ids(&topic, &later)), "inquiries sent after the first token expired arrive too");
+
+    let metrics = client.get(&gateway.admin_url("/metrics")).await;
+    let exposition = String::from_utf8_lossy(&metrics.body).into_owned();
+    let fetched = support::metric_value(&exposition, "inquiry_gateway_kafka_oauth_tokens_total", &[("result", "ok")]);
+    assert!(fetched >= 2.0, "{fetched} tokens counted");
+    let log = gateway.log();
+    assert!(!log.contains(IDP_SECRET), "the client secret is in the log:\n{log}");
+    for token in idp.issued() {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a token is in the log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_a_client_secret_the_identity_provider_refuses_spools_and_says_why() {
+    let idp = TestIdp::start(300).await;
+    let wrong = "not-the-idp-secret-1984";
+    let gateway = Gateway::start(&oauth_kafka_config(&format!("{}.", unique("oauth")), &idp, wrong)).await;
+    let client = HttpClient::new();
+    let ids = post(&gateway, &client, 3).await;
+    log_mentions(&gateway, "invalid_client").await;
+    let status = sink_status(&gateway, &client, "kafka").await;
+    assert_eq!(status["status"], "degraded", "{status}");
+    assert_eq!(status["spooled"], ids.len(), "every inquiry waits in the spool: {status}");
+    assert!(idp.issued().is_empty());
+    assert!(!gateway.log().contains(wrong), "the client secret is in the log:\n{}", gateway.log());
 }
 
 fn cql_config(keyspace: &str, password: &str, ca: &std::path::Path) -> String {

@@ -28,6 +28,7 @@ use crate::conversions::{Conversion, ReportError, Reported};
 use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::sinks::kafka::KafkaSink;
+use crate::sinks::oauth::KafkaContext;
 use crate::store::{off_the_workers, Store, StoreError};
 use crate::telemetry;
 
@@ -190,7 +191,7 @@ pub async fn consume(
     mut stop: watch::Receiver<()>,
 ) {
     let Some(topic) = kafka.replies_topic().map(str::to_owned) else { return };
-    let consumer: StreamConsumer = match kafka
+    let consumer: StreamConsumer<KafkaContext> = match kafka
         .consumer_config()
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
@@ -198,7 +199,7 @@ pub async fn consume(
         // The Kafka sink may create the topic just after this subscribes: look for it again
         // within seconds, not librdkafka's default five minutes.
         .set("topic.metadata.refresh.interval.ms", "3000")
-        .create()
+        .create_with_context(kafka.context())
     {
         Ok(consumer) => consumer,
         Err(err) => {

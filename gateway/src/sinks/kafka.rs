@@ -12,12 +12,12 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::oauth::KafkaContext;
 use super::{AuditRecord, Delivery, OutRecord, Sink, SinkError};
 use crate::config::{KafkaConfig, RetentionConfig};
 use crate::pipeline::StoredInquiry;
@@ -61,7 +61,9 @@ pub struct KafkaSink {
     config: KafkaConfig,
     retention: RetentionConfig,
     client_config: ClientConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
+    /// Hands librdkafka the OAUTHBEARER tokens of `[sinks.kafka.oauth]`.
+    context: KafkaContext,
     topics: Topics,
     /// Reach-out publishes SLA events: `sla.events.v1` is created and checked too.
     sla_events: bool,
@@ -89,13 +91,16 @@ impl KafkaSink {
             client_config.set(key, value);
         }
         client_config.set("enable.idempotence", "true").set("acks", "all").set("partitioner", "murmur2_random");
-        let producer =
-            client_config.create().map_err(|e| error(format!("cannot create producer: {}", client_error(&e))))?;
+        let context = KafkaContext::new(config);
+        let producer = client_config
+            .create_with_context(context.clone())
+            .map_err(|e| error(format!("cannot create producer: {}", client_error(&e))))?;
         Ok(KafkaSink {
             config: config.clone(),
             retention: retention.clone(),
             client_config,
             producer,
+            context,
             topics: Topics::new(&config.topic_prefix),
             sla_events,
             replies: replies.map(|topic| format!("{}{topic}", config.topic_prefix)),
@@ -116,6 +121,11 @@ impl KafkaSink {
             config.set(key, value);
         }
         config
+    }
+
+    /// The context a client of this cluster is created with (OAUTHBEARER tokens).
+    pub fn context(&self) -> KafkaContext {
+        self.context.clone()
     }
 
     /// The replies topic, with the prefix, if reach-out reads one.
@@ -148,10 +158,11 @@ impl KafkaSink {
             topics.push(NewTopic::new(replies, self.config.partitions, replication()).set("retention.ms", &feed));
         }
         if self.config.create_topics {
-            let admin: AdminClient<DefaultClientContext> = self
+            let admin: AdminClient<KafkaContext> = self
                 .client_config
-                .create()
+                .create_with_context(self.context.clone())
                 .map_err(|e| error(format!("cannot create admin client: {}", client_error(&e))))?;
+            self.context.authenticate(admin.inner()).await.map_err(error)?;
             let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
             let results =
                 admin.create_topics(&topics, &options).await.map_err(|e| error(format!("create topics: {e}")))?;

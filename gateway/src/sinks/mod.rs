@@ -6,6 +6,7 @@
 
 pub mod cql;
 pub mod kafka;
+pub mod oauth;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
