@@ -2033,9 +2033,15 @@ impl Config {
                     .to_owned(),
             );
         }
-        if self.reach.forward_http && self.reach.sla_policies.is_empty() && self.reach.templates.is_empty() {
+        let reach_on = !self.reach.sla_policies.is_empty() || !self.reach.templates.is_empty();
+        if self.reach.forward_http && !reach_on {
             problems.push(
                 "reach.forward_http needs reach-out (an SLA policy or a template): only then is the replies topic read"
+                    .to_owned(),
+            );
+        } else if self.reach.replies_topic.is_some() && !reach_on {
+            problems.push(
+                "reach.replies_topic needs reach-out (an SLA policy or a template): only then is the replies topic read"
                     .to_owned(),
             );
         }
@@ -2899,6 +2905,10 @@ default_team = "latam-sales"
         }
         let key = "[store]\npseudonym_key = \"0123456789abcdef0123456789abcdef\"\n";
         assert_eq!(problems(&format!("{shared}{key}[compliance]\nrequest_sharing = \"cql\"\n")), "");
+        // A replies topic is read only while reach-out runs.
+        let kafka = "[sinks.kafka]\nlocation = \"eu\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n";
+        assert!(problems(kafka).contains("reach.replies_topic needs reach-out"), "{}", problems(kafka));
+        assert_eq!(problems(&format!("{kafka}[[reach.sla_policies]]\nid = \"day\"\nfirst_response = \"24h\"\n")), "");
         let refreshing = "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"1\"\naccess_token = \"\"\nrefresh_token = \"r\"\napp_key = \"k\"\nbase_url = \"https://openapi.etsy.com\"\n";
         let err = problems(&format!("{shared}{refreshing}"));
         assert!(err.contains("with refresh tokens needs compliance.kek"), "{err}");

@@ -255,13 +255,26 @@ fn oauth_kafka_config(prefix: &str, idp: &TestIdp, secret: &str) -> String {
     )
 }
 
+/// Members of consumer group `group`, as the broker's plain listener reports them.
+fn group_members(group: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", PLAIN_BROKER).create().expect("client");
+    let groups = consumer.fetch_group_list(Some(group), Duration::from_secs(5));
+    groups.map_or(0, |list| list.groups().iter().map(|g| g.members().len()).sum())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_over_oauthbearer_gets_every_inquiry_with_tokens_the_gateway_fetches_and_refreshes() {
     // Tokens live 20 s; the broker makes clients log in again every 10 s at most, so inquiries
     // sent after the first token expired reach Kafka only with a refreshed one.
     let idp = TestIdp::start(20).await;
     let prefix = format!("{}.", unique("oauth"));
-    let gateway = Gateway::start(&oauth_kafka_config(&prefix, &idp, IDP_SECRET)).await;
+    // Reach-out reads a replies topic: its consumer logs in with the tokens too.
+    let replica = unique("oauth-replica-");
+    let reach = format!(
+        "[polling]\nreplica = \"{replica}\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n\
+         [[reach.sla_policies]]\nid = \"day\"\nfirst_response = \"24h\"\n"
+    );
+    let gateway = Gateway::start(&format!("{reach}{}", oauth_kafka_config(&prefix, &idp, IDP_SECRET))).await;
     let client = HttpClient::new();
     let topic = format!("{prefix}inquiries.routed.v2");
     let first = post(&gateway, &client, 10).await;
@@ -280,6 +293,14 @@ async fn kafka_over_oauthbearer_gets_every_inquiry_with_tokens_the_gateway_fetch
     let later = post(&gateway, &client, 10).await;
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(60)).await;
     assert!(later.is_subset(&routed_ids(&topic, &later)), "inquiries sent after the first token expired arrive too");
+
+    // The replies consumer joined its group over the OAUTHBEARER listener.
+    let group = format!("inquiry-gateway-replies-{replica}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group_members(&group) == 0 {
+        assert!(Instant::now() < deadline, "the replies consumer never joined {group}:\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let metrics = client.get(&gateway.admin_url("/metrics")).await;
     let exposition = String::from_utf8_lossy(&metrics.body).into_owned();
