@@ -301,6 +301,10 @@ pub struct KafkaOAuthConfig {
     /// The scope asked for, if the provider needs one (space-separated).
     #[serde(default)]
     pub scope: Option<String>,
+    /// PEM file of the CA that signed the token endpoint's certificate (an identity provider
+    /// behind a private CA); default: the webpki roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for KafkaOAuthConfig {
@@ -309,6 +313,7 @@ impl std::fmt::Debug for KafkaOAuthConfig {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("scope", &self.scope)
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -345,7 +350,7 @@ impl KafkaConfig {
             ));
             return;
         }
-        if let Some(key) = self.properties.keys().find(|k| k.to_ascii_lowercase().starts_with("sasl.oauthbearer.")) {
+        if let Some(key) = self.properties.keys().find(|k| k.to_ascii_lowercase().contains("oauthbearer")) {
             problems.push(format!(
                 "sinks.kafka.properties may not set `{key}`: OAUTHBEARER tokens come from [sinks.kafka.oauth]"
             ));
@@ -381,6 +386,14 @@ impl KafkaConfig {
                 "sinks.kafka.properties sasl.mechanisms `{mechanism}` is not built in; use one of {}",
                 KAFKA_SASL_MECHANISMS.join(", ")
             ));
+        } else if let Some(written) = self
+            .properties
+            .get("sasl.mechanisms")
+            .or_else(|| self.properties.get("sasl.mechanism"))
+            .filter(|written| **written != mechanism)
+        {
+            // librdkafka compares the names exactly.
+            problems.push(format!("sinks.kafka.properties sasl.mechanisms `{written}` must be written `{mechanism}`"));
         }
         if mechanism == "OAUTHBEARER" {
             if self.oauth.is_none() {
@@ -442,6 +455,11 @@ impl KafkaOAuthConfig {
     /// Problems of the identity provider's settings.
     fn problems(&self, problems: &mut Vec<String>) {
         match self.token_url.parse::<hyper::Uri>() {
+            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => problems.push(
+                "sinks.kafka.oauth.token_url must not carry a login (user:password@): the client secret goes in \
+                 client_secret"
+                    .to_owned(),
+            ),
             Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
             Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some_and(is_loopback_host) => {}
             Ok(uri) if uri.scheme_str() == Some("http") => problems.push(
@@ -2831,6 +2849,13 @@ default_team = "latam-sales"
         let oidc =
             with_idp("https://idp.example.com/token", &format!("{bearer}\"sasl.oauthbearer.method\" = \"oidc\"\n"));
         assert!(oidc.contains("may not set `sasl.oauthbearer.method`"), "{oidc}");
+        let unsecured = format!("{bearer}\"enable.sasl.oauthbearer.unsecure.jwt\" = \"true\"\n");
+        assert!(with_idp("https://idp.example.com/token", &unsecured).contains("may not set `enable.sasl.oauthbearer"));
+        let login = with_idp("https://gw:s3cret-url@idp.example.com/token", bearer);
+        assert!(login.contains("must not carry a login"), "{login}");
+        // librdkafka compares mechanism names exactly.
+        let lower = with_idp("https://idp.example.com/token", &bearer.replace("OAUTHBEARER", "oauthbearer"));
+        assert!(lower.contains("`oauthbearer` must be written `OAUTHBEARER`"), "{lower}");
         let in_clear = "\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n";
         assert!(with_idp("https://idp.example.com/token", in_clear).contains("bearer token in clear"));
         let config = Config::from_toml(

@@ -137,14 +137,22 @@ pub async fn report(
         record: serde_json::to_vec(&conversion).expect("conversions serialize"),
         event: conversion.event(id),
     };
-    match pipeline.record_conversion(record).await? {
-        ConversionOutcome::Recorded => {
-            let channel = stored.inquiry.channel.as_str();
-            metrics::counter!(telemetry::CONVERSIONS, "channel" => channel).increment(1);
-            let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
+    // Its own task, so that a recorded conversion is counted even when the caller goes away
+    // (a retry then finds it kept, which counts nothing).
+    let (pipeline, channel) = (pipeline.clone(), stored.inquiry.channel.as_str().to_owned());
+    let waited = (conversion.converted_at - stored.inquiry.received_at).as_seconds_f64().max(0.0);
+    let outcome = tokio::spawn(async move {
+        let outcome = pipeline.record_conversion(record).await?;
+        if outcome == ConversionOutcome::Recorded {
+            metrics::counter!(telemetry::CONVERSIONS, "channel" => channel.clone()).increment(1);
             metrics::histogram!(telemetry::CONVERSION_TIME, "channel" => channel).record(waited);
-            Ok(Reported::Recorded(conversion))
         }
+        Ok::<_, SubmitError>(outcome)
+    })
+    .await
+    .map_err(|_| SubmitError::StageFailed)??;
+    match outcome {
+        ConversionOutcome::Recorded => Ok(Reported::Recorded(conversion)),
         ConversionOutcome::Kept(kept) => Ok(Reported::Kept(Conversion::parse(&kept)?)),
         ConversionOutcome::Gone => Ok(Reported::Gone),
         ConversionOutcome::Erased => Ok(Reported::Erased),

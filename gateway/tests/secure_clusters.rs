@@ -167,7 +167,8 @@ const IDP_CLIENT: &str = "gateway-svc";
 const IDP_SECRET: &str = "idp-test-secret-6502";
 
 impl TestIdp {
-    async fn start(lifetime_s: i64) -> TestIdp {
+    /// Over HTTPS with the test CA's server certificate when `tls`, else plain HTTP.
+    async fn start(lifetime_s: i64, tls: bool) -> TestIdp {
         let pem = std::fs::read_to_string(tls_dir().parent().unwrap().join("kafka/oauth/signing-key.pem"))
             .expect("tests/services/kafka.sh start made the OAuth test key");
         let der = base64::engine::general_purpose::STANDARD
@@ -176,13 +177,27 @@ impl TestIdp {
         let rng = ring::rand::SystemRandom::new();
         let key = Arc::new(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}/oauth2/token", listener.local_addr().unwrap());
+        let acceptor = tls.then(|| {
+            use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+            let chain = CertificateDer::pem_file_iter(tls_dir().join("server.pem")).unwrap().map(Result::unwrap);
+            let key = PrivateKeyDer::from_pem_file(tls_dir().join("server.key")).unwrap();
+            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain.collect(), key)
+                .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
         let issued = Arc::new(Mutex::new(Vec::new()));
         let shared = issued.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (key, issued) = (key.clone(), shared.clone());
+                let (key, issued, acceptor) = (key.clone(), shared.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (key, issued) = (key.clone(), issued.clone());
@@ -196,8 +211,16 @@ impl TestIdp {
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -249,9 +272,11 @@ fn oauth_kafka_config(prefix: &str, idp: &TestIdp, secret: &str) -> String {
         "[sinks.kafka]\nbrokers = \"{SECURE_BROKER}\"\ntopic_prefix = \"{prefix}\"\npartitions = 1\nlocation = \"eu\"\n\
          [sinks.kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"OAUTHBEARER\"\n\
          \"ssl.ca.location\" = \"{}\"\n\
-         [sinks.kafka.oauth]\ntoken_url = \"{}\"\nclient_id = \"{IDP_CLIENT}\"\nclient_secret = \"{secret}\"\nscope = \"kafka\"\n",
+         [sinks.kafka.oauth]\ntoken_url = \"{}\"\nclient_id = \"{IDP_CLIENT}\"\nclient_secret = \"{secret}\"\nscope = \"kafka\"\n\
+         ca_file = \"{}\"\n",
         tls_dir().join("ca.pem").display(),
-        idp.url
+        idp.url,
+        tls_dir().join("ca.pem").display(),
     )
 }
 
@@ -266,7 +291,8 @@ fn group_members(group: &str) -> usize {
 async fn kafka_over_oauthbearer_gets_every_inquiry_with_tokens_the_gateway_fetches_and_refreshes() {
     // Tokens live 20 s; the broker makes clients log in again every 10 s at most, so inquiries
     // sent after the first token expired reach Kafka only with a refreshed one.
-    let idp = TestIdp::start(20).await;
+    // The identity provider serves HTTPS with a certificate of the test CA (`ca_file`).
+    let idp = TestIdp::start(20, true).await;
     let prefix = format!("{}.", unique("oauth"));
     // Reach-out reads a replies topic: its consumer logs in with the tokens too.
     let replica = unique("oauth-replica-");
@@ -316,7 +342,7 @@ async fn kafka_over_oauthbearer_gets_every_inquiry_with_tokens_the_gateway_fetch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_with_a_client_secret_the_identity_provider_refuses_spools_and_says_why() {
-    let idp = TestIdp::start(300).await;
+    let idp = TestIdp::start(300, false).await;
     let wrong = "not-the-idp-secret-1984";
     let gateway = Gateway::start(&oauth_kafka_config(&format!("{}.", unique("oauth")), &idp, wrong)).await;
     let client = HttpClient::new();

@@ -27,6 +27,9 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// Lifetime assumed when the provider names none (`expires_in` absent, not a JWT).
 const DEFAULT_LIFETIME_SECONDS: i64 = 3600;
+/// Shortest lifetime taken from `expires_in`: a provider that says 0 must not be asked again
+/// every second.
+const MIN_LIFETIME_SECONDS: i64 = 30;
 
 /// Fetches access tokens from the identity provider.
 pub struct TokenSource {
@@ -37,9 +40,20 @@ pub struct TokenSource {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: Option<String>,
-    expires_in: Option<i64>,
+    /// A number, or a string of one (Azure AD's v1 endpoint).
+    expires_in: Option<serde_json::Value>,
     error: Option<String>,
     error_description: Option<String>,
+}
+
+impl TokenResponse {
+    fn expires_in(&self) -> Option<i64> {
+        match self.expires_in.as_ref()? {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// The claims of a JWT access token the gateway reads: whose it is and when it expires.
@@ -82,7 +96,7 @@ impl TokenSource {
             .header(hyper::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(form)))
             .map_err(|err| format!("cannot build the request: {err}"))?;
-        let response = crate::poll::client().request(request).await.map_err(|err| format!("unreachable: {err}"))?;
+        let response = self.client()?.request(request).await.map_err(|err| format!("unreachable: {err}"))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
             .collect()
@@ -91,8 +105,10 @@ impl TokenSource {
             .to_bytes();
         let answer: Option<TokenResponse> = serde_json::from_slice(&body).ok();
         match answer {
-            Some(TokenResponse { access_token: Some(token), expires_in, .. }) if status.is_success() => {
+            Some(answer @ TokenResponse { access_token: Some(_), .. }) if status.is_success() => {
                 let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                let expires_in = answer.expires_in();
+                let token = answer.access_token.expect("matched");
                 Ok(token_of(token, expires_in, &self.config.client_id, now_ms))
             }
             Some(TokenResponse { error: Some(error), error_description, .. }) => {
@@ -101,6 +117,30 @@ impl TokenSource {
             }
             _ => Err(format!("answered {status} without an access token")),
         }
+    }
+
+    /// The HTTP client: trusting `ca_file` when one is configured (read at each fetch, so a
+    /// renewed CA file applies), else the webpki roots.
+    fn client(&self) -> Result<crate::poll::PollClient, String> {
+        let Some(ca_file) = &self.config.ca_file else { return Ok(crate::poll::client()) };
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+        let unreadable = |err: &dyn std::fmt::Display| format!("ca_file {}: {err}", ca_file.display());
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| unreadable(&e))? {
+            roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(unreadable(&"no PEM certificate in it"));
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
     }
 
     /// [`TokenSource::fetch`] for a caller outside the runtime (librdkafka's threads): on a
@@ -137,7 +177,7 @@ fn token_of(access_token: String, expires_in: Option<i64>, client_id: &str, now_
     let (sub, exp) = claims.map_or((None, None), |c| (c.sub, c.exp));
     let lifetime_ms = match exp {
         Some(exp) => exp.saturating_mul(1000),
-        None => now_ms + expires_in.unwrap_or(DEFAULT_LIFETIME_SECONDS).max(1).saturating_mul(1000),
+        None => now_ms + expires_in.unwrap_or(DEFAULT_LIFETIME_SECONDS).max(MIN_LIFETIME_SECONDS).saturating_mul(1000),
     };
     OAuthToken {
         token: access_token,
@@ -228,5 +268,15 @@ mod tests {
         assert_eq!((opaque.principal_name.as_str(), opaque.lifetime_ms), ("gw", 301_000));
         let unnamed = token_of("opaque".into(), None, "gw", 0);
         assert_eq!(unnamed.lifetime_ms, DEFAULT_LIFETIME_SECONDS * 1000);
+        let instant = token_of("opaque".into(), Some(0), "gw", 0);
+        assert_eq!(instant.lifetime_ms, MIN_LIFETIME_SECONDS * 1000, "not asked again every second");
+    }
+
+    #[test]
+    fn expires_in_is_read_as_a_number_or_a_string_of_one() {
+        let read = |json: &str| serde_json::from_str::<TokenResponse>(json).unwrap().expires_in();
+        assert_eq!(read(r#"{"access_token":"t","expires_in":3599}"#), Some(3599));
+        assert_eq!(read(r#"{"access_token":"t","expires_in":"3599"}"#), Some(3599));
+        assert_eq!(read(r#"{"access_token":"t"}"#), None);
     }
 }
