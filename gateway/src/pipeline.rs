@@ -283,6 +283,9 @@ enum Work {
     Erase(Erasure),
     /// Record a conversion report.
     Convert(ConversionRecord),
+    /// Remove expired inquiries (retention): `(id, buyer pseudonym)`; by the stage, so that no
+    /// conversion report is recorded for an inquiry removed meanwhile.
+    Expire(Vec<(Uuid, String)>),
 }
 
 struct Job {
@@ -382,6 +385,12 @@ impl Pipeline {
             Outcome::Converted(outcome) => Ok(outcome),
             _ => Err(SubmitError::StageFailed),
         }
+    }
+
+    /// Removes expired inquiries `(id, buyer pseudonym)` with their conversion, subject link,
+    /// place in the message index and reach-out state, and waits until that is durable.
+    pub async fn remove_expired(&self, expired: Vec<(Uuid, String)>) -> Result<(), SubmitError> {
+        self.run(Work::Expire(expired)).await.map(|_| ())
     }
 
     /// Appends audit events without waiting. When the queue is full they are counted as dropped
@@ -735,8 +744,10 @@ impl Stage {
             batch.put_outbox(&sink.outbox, group);
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
-        // Conversions recorded by this batch, so that a second report of one inquiry is kept out.
+        // Conversions recorded and inquiries removed by this batch: a second report of one inquiry
+        // is kept out, and so is a report of an inquiry removed before it.
         let mut converted: HashMap<Uuid, Vec<u8>> = HashMap::new();
+        let mut expired: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
         for (job, job_acks) in jobs.iter().zip(acks) {
             for (item, ack) in job.items().iter().zip(&job_acks).filter(|(_, a)| a.status != AckStatus::Accepted) {
                 let event = AuditEvent::new("inquiry.deduplicated", item.actor.as_str())
@@ -754,6 +765,17 @@ impl Stage {
                 Work::Audit(events) => {
                     for event in events {
                         self.audit.append(&mut batch, event.clone());
+                    }
+                    Outcome::Audited
+                }
+                Work::Convert(conversion) if expired.contains(&conversion.inquiry_id) => {
+                    Outcome::Converted(ConversionOutcome::Gone)
+                }
+                Work::Expire(items) => {
+                    for (id, pseudonym) in items {
+                        batch.remove_inquiry(*id, pseudonym);
+                        crate::reach::forget(&self.store, &mut batch, *id)?;
+                        expired.insert(*id);
                     }
                     Outcome::Audited
                 }
@@ -1446,11 +1468,11 @@ mod tests {
             crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
         // Received just now: kept a day whatever its message time (it must reach the sinks); its
         // dead letter (a class of its own) goes.
-        let swept = crate::retention::sweep(&store, &retention, now).unwrap();
+        let swept = crate::retention::sweep(&store, &pipeline, &retention, now).await.unwrap();
         assert_eq!((swept.inquiries, swept.dead_letters), (0, 1));
         assert!(store.get_inquiry(acks[0].id).unwrap().is_some());
         let now = now + crate::retention::KEPT_AFTER_RECEIPT + time::Duration::minutes(1);
-        let swept = crate::retention::sweep(&store, &retention, now).unwrap();
+        let swept = crate::retention::sweep(&store, &pipeline, &retention, now).await.unwrap();
         assert_eq!((swept.inquiries, swept.dead_letters), (1, 0));
         assert!(
             store.get_inquiry(acks[0].id).unwrap().is_none() && store.get_dead_letter(acks[0].id).unwrap().is_none()
@@ -1463,7 +1485,7 @@ mod tests {
         let again = pipeline.submit(vec![submission_at(&subjects, "old", "x", &old)]).await.unwrap();
         assert_eq!(again[0].status, AckStatus::Accepted);
         let later = now + crate::retention::KEPT_AFTER_RECEIPT;
-        assert_eq!(crate::retention::sweep(&store, &retention, later).unwrap().inquiries, 1);
+        assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, later).await.unwrap().inquiries, 1);
     }
 
     #[tokio::test]
@@ -1485,7 +1507,7 @@ mod tests {
         let retention =
             crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
         let later = now + crate::retention::KEPT_AFTER_RECEIPT + time::Duration::minutes(1);
-        assert_eq!(crate::retention::sweep(&store, &retention, later).unwrap().inquiries, 1);
+        assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, later).await.unwrap().inquiries, 1);
         // The expired inquiry's key is free again; the kept one's still holds.
         let again = pipeline.submit(vec![keyed("c", &recent, "req-1"), keyed("d", &recent, "req-2")]).await.unwrap();
         assert_eq!(again[0].status, AckStatus::Accepted);
@@ -1547,10 +1569,10 @@ mod tests {
     #[tokio::test]
     async fn conversions_are_recorded_once_and_ordered_with_erasures_by_the_stage() {
         let Running { pipeline, store, subjects, .. } = start(Silent, 64);
-        let acks =
-            pipeline.submit(vec![submission(&subjects, "a", "first"), submission(&subjects, "b", "second")]).await;
-        let acks = acks.unwrap();
+        let items = ["first", "second", "third"].map(|body| submission(&subjects, body, body));
+        let acks = pipeline.submit(items.into()).await.unwrap();
         let (first, second) = (stored(&store, acks[0].id).inquiry, stored(&store, acks[1].id).inquiry);
+        let third = stored(&store, acks[2].id).inquiry;
         let report = |inquiry: &Inquiry, order: &str| ConversionRecord {
             inquiry_id: inquiry.id,
             pseudonym: inquiry.buyer.pseudonym.clone(),
@@ -1578,6 +1600,14 @@ mod tests {
         let mut unknown = first.clone();
         unknown.id = Uuid::now_v7();
         assert_eq!(pipeline.record_conversion(report(&unknown, "o-3")).await.unwrap(), ConversionOutcome::Gone);
+        // Retention removes an inquiry with its conversion, through the same writer: a report
+        // after it (or racing it) finds the inquiry gone.
+        assert_eq!(pipeline.record_conversion(report(&third, "o-5")).await.unwrap(), ConversionOutcome::Recorded);
+        pipeline.remove_expired(vec![(third.id, third.buyer.pseudonym.clone())]).await.unwrap();
+        assert_eq!(store.conversion(third.id).unwrap(), None);
+        assert!(store.get_inquiry(third.id).unwrap().is_none());
+        assert_eq!(pipeline.record_conversion(report(&third, "o-6")).await.unwrap(), ConversionOutcome::Gone);
+        assert_eq!(store.conversion(third.id).unwrap(), None);
 
         // The erasure removes the conversion recorded before it; a report after it is refused,
         // even one made from the inquiry as read before the erasure.
@@ -1588,6 +1618,6 @@ mod tests {
         assert_eq!(store.conversion(first.id).unwrap(), None);
         assert_eq!(pipeline.record_conversion(report(&second, "o-4")).await.unwrap(), ConversionOutcome::Erased);
         assert_eq!(store.conversion(second.id).unwrap(), None);
-        assert_eq!(converted_entries(&store), 1);
+        assert_eq!(converted_entries(&store), 2);
     }
 }

@@ -11,12 +11,15 @@ use tokio::sync::watch;
 
 use crate::compliance::audit::AuditEvent;
 use crate::config::RetentionConfig;
-use crate::pipeline::{Pipeline, StoredInquiry};
+use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
 use crate::retry::sleep_or_stop;
-use crate::store::{Store, StoreError};
+use crate::store::{off_the_workers, Store, StoreError};
 
 /// Removals per write.
 const CHUNK: usize = 10_000;
+
+/// Inquiries removed per job of the pipeline's stage (which also takes new inquiries: kept short).
+const STAGE_CHUNK: usize = 1_000;
 
 /// Inquiries a sweep must have removed before it frees their disk space.
 const RECLAIM_AFTER: usize = 1_000;
@@ -38,31 +41,52 @@ pub struct Swept {
 pub const KEPT_AFTER_RECEIPT: time::Duration = time::Duration::days(1);
 
 /// Removes what expired before `now` (message time older than the class's retention; an
-/// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received).
-pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) -> Result<Swept, StoreError> {
+/// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received). The inquiries are removed by
+/// the pipeline's stage ([`Pipeline::remove_expired`]), in its write order with conversion reports.
+pub async fn sweep(
+    store: &Store,
+    pipeline: &Pipeline,
+    retention: &RetentionConfig,
+    now: OffsetDateTime,
+) -> Result<Swept, SubmitError> {
     let mut swept = Swept::default();
     let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
     let mut after = None;
     loop {
-        let expired = store.inquiries_before(cutoff, after, CHUNK)?;
-        let Some((last, _)) = expired.last() else { break };
+        let page = {
+            let store = store.clone();
+            off_the_workers(move || store.inquiries_before(cutoff, after, CHUNK)).await?
+        };
+        let Some((last, _)) = page.last() else { break };
         after = Some(*last);
-        let mut batch = store.batch();
-        let mut removed = 0;
-        for (id, record) in &expired {
+        let mut expired = Vec::with_capacity(page.len());
+        for (id, record) in &page {
             match serde_json::from_slice::<StoredInquiry>(record) {
                 // Received only just: kept for a later sweep.
                 Ok(stored) if stored.inquiry.received_at > now - KEPT_AFTER_RECEIPT => continue,
-                Ok(stored) => batch.remove_inquiry(*id, &stored.inquiry.buyer.pseudonym),
+                Ok(stored) => expired.push((*id, stored.inquiry.buyer.pseudonym)),
                 // Unreadable: remove the record itself; its subject cannot be found from it.
-                Err(_) => batch.remove_inquiry(*id, ""),
+                Err(_) => expired.push((*id, String::new())),
             }
-            crate::reach::forget(store, &mut batch, *id)?;
-            removed += 1;
         }
-        batch.write()?;
-        swept.inquiries += removed;
+        for chunk in expired.chunks(STAGE_CHUNK) {
+            crate::retry::patiently(|| pipeline.remove_expired(chunk.to_vec())).await?;
+            swept.inquiries += chunk.len();
+        }
     }
+    let (store, retention) = (store.clone(), retention.clone());
+    Ok(off_the_workers(move || sweep_the_rest(&store, &retention, now, swept)).await?)
+}
+
+/// After the inquiries in `swept`: their Idempotency-Keys, the expired dead letters, and the disk
+/// space of the value log.
+fn sweep_the_rest(
+    store: &Store,
+    retention: &RetentionConfig,
+    now: OffsetDateTime,
+    mut swept: Swept,
+) -> Result<Swept, StoreError> {
+    let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
     // Their Idempotency-Keys, found by the inquiry id they hold: a scan of every stored key, so
     // only when inquiries expired (a key expires with its inquiry; one left by a sweep that
     // failed here goes with the next inquiries that expire).
@@ -104,12 +128,8 @@ pub fn sweep(store: &Store, retention: &RetentionConfig, now: OffsetDateTime) ->
 /// Sweeps every `retention.sweep_interval_ms` until `stop`; each sweep that removed something is audited.
 pub async fn run(store: Store, retention: RetentionConfig, pipeline: Pipeline, mut stop: watch::Receiver<()>) {
     loop {
-        let swept = {
-            let (store, retention) = (store.clone(), retention.clone());
-            tokio::task::spawn_blocking(move || sweep(&store, &retention, OffsetDateTime::now_utc())).await
-        };
-        match swept {
-            Ok(Ok(swept)) if swept != Swept::default() => {
+        match sweep(&store, &pipeline, &retention, OffsetDateTime::now_utc()).await {
+            Ok(swept) if swept != Swept::default() => {
                 tracing::info!(
                     inquiries = swept.inquiries,
                     dead_letters = swept.dead_letters,
@@ -125,9 +145,8 @@ pub async fn run(store: Store, retention: RetentionConfig, pipeline: Pipeline, m
                     tracing::error!(error = %err, "a retention sweep could not be audited");
                 }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "retention sweep failed; retried next time"),
-            Err(err) => tracing::error!(error = %err, "retention sweep task failed"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "retention sweep failed; retried next time"),
         }
         if sleep_or_stop(Duration::from_millis(retention.sweep_interval_ms), &mut stop).await {
             return;
