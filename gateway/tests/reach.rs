@@ -159,37 +159,14 @@ fn receive(
 }
 
 async fn alert_receiver() -> (String, Arc<Mutex<Received>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
     let refusals = Arc::new(AtomicUsize::new(0));
     let shared = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (received, refusals) = (shared.clone(), refusals.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (received, refusals) = (received.clone(), refusals.clone());
-                    async move {
-                        use http_body_util::BodyExt;
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let query = parts.uri.query().unwrap_or_default().to_owned();
-                        let (status, answer) =
-                            receive(&received, &refusals, parts.uri.path(), &query, &parts.headers, &body);
-                        let response = hyper::Response::builder()
-                            .status(status)
-                            .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
-                            .unwrap();
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
-        }
-    });
+    let addr = support::serve(None, move |head, body| {
+        let query = head.uri.query().unwrap_or_default();
+        receive(&shared, &refusals, head.uri.path(), query, &head.headers, body)
+    })
+    .await;
     (format!("http://{addr}"), received)
 }
 

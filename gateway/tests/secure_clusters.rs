@@ -175,10 +175,7 @@ impl TestIdp {
             .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
             .unwrap();
         let rng = ring::rand::SystemRandom::new();
-        let key = Arc::new(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let scheme = if tls { "https" } else { "http" };
-        let url = format!("{scheme}://{}/oauth2/token", listener.local_addr().unwrap());
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng).unwrap();
         let acceptor = tls.then(|| {
             use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
             let chain = CertificateDer::pem_file_iter(tls_dir().join("server.pem")).unwrap().map(Result::unwrap);
@@ -194,37 +191,13 @@ impl TestIdp {
         });
         let issued = Arc::new(Mutex::new(Vec::new()));
         let shared = issued.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let (key, issued, acceptor) = (key.clone(), shared.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (key, issued) = (key.clone(), issued.clone());
-                        async move {
-                            let (status, answer) = token_answer(req, &key, &issued, lifetime_s).await;
-                            let response = hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(answer.to_string())))
-                                .unwrap();
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let http = hyper::server::conn::http1::Builder::new();
-                    match acceptor {
-                        Some(acceptor) => {
-                            let Ok(stream) = acceptor.accept(stream).await else { return };
-                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-                        }
-                        None => {
-                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-                        }
-                    }
-                });
-            }
-        });
-        TestIdp { url, issued }
+        let addr = support::serve(acceptor, move |head, body| {
+            let (status, answer) = token_answer(head, body, &key, &shared, lifetime_s);
+            (status, answer.to_string())
+        })
+        .await;
+        let scheme = if tls { "https" } else { "http" };
+        TestIdp { url: format!("{scheme}://{addr}/oauth2/token"), issued }
     }
 
     fn issued(&self) -> Vec<String> {
@@ -233,18 +206,17 @@ impl TestIdp {
 }
 
 /// The token endpoint: a signed JWT for the right client, `invalid_client` for any other.
-async fn token_answer(
-    req: hyper::Request<hyper::body::Incoming>,
+fn token_answer(
+    head: &hyper::http::request::Parts,
+    body: &[u8],
     key: &EcdsaKeyPair,
     issued: &Mutex<Vec<String>>,
     lifetime_s: i64,
 ) -> (u16, serde_json::Value) {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    use http_body_util::BodyExt;
     let expected = format!("Basic {}", STANDARD.encode(format!("{IDP_CLIENT}:{IDP_SECRET}")));
-    let authorized = req.headers().get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let authorized = head.headers.get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
     if !form.iter().any(|(k, v)| k == "grant_type" && v == "client_credentials") {
         return (400, serde_json::json!({"error": "unsupported_grant_type"}));
     }

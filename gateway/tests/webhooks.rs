@@ -222,38 +222,20 @@ async fn shopify_order_notes_and_return_requests_are_inquiries_once() {
 /// to callers with the right bearer token, 404 for other ids; counts the calls.
 async fn ebay_key_server(pem: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (pem, calls) = (pem.clone(), counted.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let authorized =
-                        req.headers().get("authorization").is_some_and(|v| v == "Bearer test-ebay-app-token");
-                    let (status, body) = match (authorized, req.uri().path()) {
-                        (false, _) => (401, String::new()),
-                        (true, "/commerce/notification/v1/public_key/kid-1") => {
-                            (200, serde_json::json!({"algorithm": "ECDSA", "digest": "SHA256", "key": pem}).to_string())
-                        }
-                        _ => (404, String::new()),
-                    };
-                    let response = hyper::Response::builder()
-                        .status(status)
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        .unwrap();
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
+    let addr = support::serve(None, move |head, _body| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let authorized = head.headers.get("authorization").is_some_and(|v| v == "Bearer test-ebay-app-token");
+        match (authorized, head.uri.path()) {
+            (false, _) => (401, String::new()),
+            (true, "/commerce/notification/v1/public_key/kid-1") => {
+                (200, serde_json::json!({"algorithm": "ECDSA", "digest": "SHA256", "key": pem}).to_string())
+            }
+            _ => (404, String::new()),
         }
-    });
+    })
+    .await;
     (format!("http://{addr}/commerce/notification/v1/public_key/{{kid}}"), calls)
 }
 

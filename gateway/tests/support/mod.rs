@@ -529,3 +529,44 @@ impl Drop for SmtpServer {
         let _ = self.child.wait();
     }
 }
+
+/// A small HTTP/1.1 server on a free loopback port (over TLS with `tls`) that answers every
+/// request with `answer(request head, body)`: a status and a body. For stand-ins of the services
+/// the gateway calls (alert targets, key servers, identity providers). Returns its address.
+pub async fn serve<F>(tls: Option<tokio_rustls::TlsAcceptor>, answer: F) -> SocketAddr
+where
+    F: Fn(&hyper::http::request::Parts, &[u8]) -> (u16, String) + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (answer, tls) = (answer.clone(), tls.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let answer = answer.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let (status, text) = answer(&parts, &body);
+                        let response = hyper::Response::builder().status(status).body(Full::new(Bytes::from(text)));
+                        Ok::<_, std::convert::Infallible>(response.unwrap())
+                    }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else { return };
+                        let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                    }
+                    None => {
+                        let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
