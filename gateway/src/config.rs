@@ -250,6 +250,11 @@ pub struct SinksConfig {
     pub kafka: Option<KafkaConfig>,
     /// ScyllaDB or Apache Cassandra via the `scylla` driver (CQL).
     pub cql: Option<CqlConfig>,
+    /// Further Kafka clusters by name (`[sinks.kafka_regional.us]`: the sink `kafka-us`), each
+    /// taking the inquiries of its `regions` (a cluster per region). Routed inquiries, dead
+    /// letters, erasure tombstones and (for a cluster in the EU) the audit trail; SLA events and
+    /// the replies topic stay on `[sinks.kafka]`, the main cluster.
+    pub kafka_regional: std::collections::BTreeMap<String, KafkaConfig>,
 }
 
 /// The Kafka sink.
@@ -339,6 +344,32 @@ impl KafkaConfig {
     /// True when every broker of `brokers` is on this machine (loopback).
     pub fn brokers_are_loopback(&self) -> bool {
         self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).all(is_loopback_endpoint)
+    }
+
+    /// Every problem of this cluster's settings (named as `sinks.kafka`).
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.brokers.trim().is_empty() {
+            problems.push("sinks.kafka.brokers must not be empty".to_owned());
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            problems.push("sinks.kafka.partitions and replication_factor must be at least 1".to_owned());
+        }
+        if self.batch_size == 0 {
+            problems.push("sinks.kafka.batch_size must be at least 1".to_owned());
+        }
+        let queue = self.properties.get("queue.buffering.max.messages").and_then(|v| v.parse::<usize>().ok());
+        if queue.is_some_and(|q| q < 4 * self.batch_size) {
+            problems.push(
+                "sinks.kafka.properties queue.buffering.max.messages must hold 4 rounds (4 x batch_size)".to_owned(),
+            );
+        }
+        for fixed in ["enable.idempotence", "acks", "partitioner"] {
+            if self.properties.contains_key(fixed) {
+                problems.push(format!("sinks.kafka.properties may not set `{fixed}`: the gateway fixes it"));
+            }
+        }
+        self.security_problems(problems);
+        self.property_problems(problems);
     }
 
     /// Problems of the security properties (protocol, SASL mechanism, passwords in clear).
@@ -1811,30 +1842,24 @@ impl Config {
             problems.push("routing.fallback.queue must not be empty".to_owned());
         }
         validate_routing(&self.routing, &mut problems);
-        if let Some(kafka) = &self.sinks.kafka {
-            if kafka.brokers.trim().is_empty() {
-                problems.push("sinks.kafka.brokers must not be empty".to_owned());
+        let regional =
+            self.sinks.kafka_regional.iter().map(|(name, kafka)| (format!("sinks.kafka_regional.{name}"), kafka));
+        for (place, kafka) in self.sinks.kafka.iter().map(|k| ("sinks.kafka".to_owned(), k)).chain(regional) {
+            // The checks name `sinks.kafka`; a further cluster's problems name that cluster.
+            let mut found = Vec::new();
+            kafka.problems(&mut found);
+            problems.extend(found.into_iter().map(|p| p.replacen("sinks.kafka", &place, 1)));
+        }
+        if !self.sinks.kafka_regional.is_empty() && self.sinks.kafka.is_none() {
+            problems.push("sinks.kafka_regional needs [sinks.kafka], the main cluster".to_owned());
+        }
+        for name in self.sinks.kafka_regional.keys() {
+            if name.is_empty() || name.len() > 16 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                problems.push(format!(
+                    "sinks.kafka_regional.{name}: a cluster's name is 1 to 16 lower-case letters and digits"
+                ));
             }
-            if kafka.partitions < 1 || kafka.replication_factor < 1 {
-                problems.push("sinks.kafka.partitions and replication_factor must be at least 1".to_owned());
-            }
-            if kafka.batch_size == 0 {
-                problems.push("sinks.kafka.batch_size must be at least 1".to_owned());
-            }
-            let queue = kafka.properties.get("queue.buffering.max.messages").and_then(|v| v.parse::<usize>().ok());
-            if queue.is_some_and(|q| q < 4 * kafka.batch_size) {
-                problems.push(
-                    "sinks.kafka.properties queue.buffering.max.messages must hold 4 rounds (4 x batch_size)"
-                        .to_owned(),
-                );
-            }
-            for fixed in ["enable.idempotence", "acks", "partitioner"] {
-                if kafka.properties.contains_key(fixed) {
-                    problems.push(format!("sinks.kafka.properties may not set `{fixed}`: the gateway fixes it"));
-                }
-            }
-            kafka.security_problems(&mut problems);
-            kafka.property_problems(&mut problems);
         }
         if let Some(cql) = &self.sinks.cql {
             if cql.contact_points.is_empty() {
@@ -1892,10 +1917,13 @@ impl Config {
         if retention.sweep_interval_ms < 100 {
             problems.push("retention.sweep_interval_ms must be at least 100".to_owned());
         }
-        let sinks: [(&str, Option<(&Option<Region>, &Vec<Region>)>); 2] = [
-            ("kafka", self.sinks.kafka.as_ref().map(|k| (&k.location, &k.regions))),
-            ("cql", self.sinks.cql.as_ref().map(|c| (&c.location, &c.regions))),
+        let mut sinks: Vec<(String, Option<(&Option<Region>, &Vec<Region>)>)> = vec![
+            ("kafka".to_owned(), self.sinks.kafka.as_ref().map(|k| (&k.location, &k.regions))),
+            ("cql".to_owned(), self.sinks.cql.as_ref().map(|c| (&c.location, &c.regions))),
         ];
+        for (name, kafka) in &self.sinks.kafka_regional {
+            sinks.push((format!("kafka_regional.{name}"), Some((&kafka.location, &kafka.regions))));
+        }
         for (name, sink) in sinks {
             let Some((location, regions)) = sink else { continue };
             match location {
@@ -2798,6 +2826,18 @@ default_team = "latam-sales"
         assert_eq!(problems("[sinks.kafka]\nlocation = \"other\"\nregions = [\"other\"]\n"), "");
         assert_eq!(problems("[sinks.cql]\nlocation = \"eu\"\n"), "");
         assert!(problems("[sinks.cql]\n").contains("sinks.cql.location must say where the cluster runs"));
+        // A Kafka cluster per region: each checked like the main one, under its own name.
+        let main = "[sinks.kafka]\nlocation = \"eu\"\nregions = [\"eu\"]\n";
+        let us =
+            "[sinks.kafka_regional.us]\nbrokers = \"kafka-us:9092\"\nlocation = \"other\"\nregions = [\"other\"]\n";
+        assert_eq!(problems(&format!("{main}{us}")), "");
+        assert!(problems(us).contains("sinks.kafka_regional needs [sinks.kafka]"));
+        let leaky = us.replace("regions = [\"other\"]", "regions = [\"eu\", \"other\"]");
+        let leaky = problems(&format!("{main}{leaky}"));
+        assert!(leaky.contains("sinks.kafka_regional.us runs outside the EU"), "{leaky}");
+        let bad = problems(&format!("{main}[sinks.kafka_regional.US_1]\nlocation = \"eu\"\nbatch_size = 0\n"));
+        assert!(bad.contains("sinks.kafka_regional.US_1: a cluster's name is 1 to 16"), "{bad}");
+        assert!(bad.contains("sinks.kafka_regional.US_1.batch_size must be at least 1"), "{bad}");
         assert!(problems("[retention]\ninquiries_days = 10\nkafka_feed_days = 20\n").contains("kafka_feed_days"));
     }
 

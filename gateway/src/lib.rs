@@ -572,9 +572,18 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
         }
         let reach = !config.reach.sla_policies.is_empty();
         let replies = config.reach.replies_topic.clone();
-        let kafka = Arc::new(KafkaSink::new(kafka, &config.retention, reach, replies)?);
+        let kafka = Arc::new(KafkaSink::new("kafka", kafka, &config.retention, reach, replies)?);
         built.push(kafka.clone());
         kafka_sink = Some(kafka);
+    }
+    for (name, kafka) in &config.sinks.kafka_regional {
+        if !kafka.security_protocol().contains("ssl") && !kafka.brokers_are_loopback() {
+            tracing::warn!(cluster = %name, brokers = %kafka.brokers,
+                "kafka traffic is not encrypted: set security.protocol = \"sasl_ssl\" or \"ssl\" in its properties");
+        }
+        // Built once per process from the configuration: the name lives as long as the process.
+        let sink_name: &'static str = Box::leak(format!("kafka-{name}").into_boxed_str());
+        built.push(Arc::new(KafkaSink::new(sink_name, kafka, &config.retention, false, None)?));
     }
     if let Some(cql) = &config.sinks.cql {
         if cql.tls.is_none() && !cql.contact_points_are_loopback() {

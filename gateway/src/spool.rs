@@ -80,9 +80,14 @@ pub struct SpoolSink {
 
 impl SpoolSink {
     /// True when `inquiry` may go to this sink: its region is one the sink takes, and a sink
-    /// outside the EU never gets an inquiry whose buyer's country is unknown (it may be an EU buyer).
+    /// outside the EU never gets an inquiry whose buyer's country is unknown (it may be an EU
+    /// buyer). Such an inquiry also counts as EU data: a sink that takes `eu` gets it, so that
+    /// with one cluster per region it reaches the EU one.
     pub fn accepts(&self, inquiry: &inquiry_connectors::Inquiry) -> bool {
-        self.regions.contains(&inquiry.region) && (self.location == Region::Eu || inquiry.buyer.country.is_some())
+        let unknown_country = inquiry.buyer.country.is_none();
+        let region_taken =
+            self.regions.contains(&inquiry.region) || (unknown_country && self.regions.contains(&Region::Eu));
+        region_taken && (self.location == Region::Eu || !unknown_country)
     }
 }
 

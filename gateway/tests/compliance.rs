@@ -433,10 +433,14 @@ async fn changing_removing_or_reordering_any_audit_entry_is_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sink_outside_the_eu_never_receives_eu_region_data() {
-    let prefix = unique("r");
+async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the_eu() {
+    // Two clusters (one broker here, told apart by their topic prefixes): the main one in the EU
+    // for EU-region data, a regional one outside the EU for the rest.
+    let (eu, us) = (unique("eu"), unique("us"));
     let config = format!(
-        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 1\n\
+        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eu}.\"\npartitions = 1\n\
+         location = \"eu\"\nregions = [\"eu\"]\n\
+         [sinks.kafka_regional.us]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{us}.\"\npartitions = 1\n\
          location = \"other\"\nregions = [\"other\"]\n"
     );
     let gateway = Gateway::start(&config).await;
@@ -456,16 +460,31 @@ async fn a_sink_outside_the_eu_never_receives_eu_region_data() {
         assert_eq!(reply.status, 201);
         ids.push((reply.json()["id"].as_str().unwrap().to_owned(), *country));
     }
-    // The spool drains although the EU inquiries are never queued for this sink.
+    // Each spool drains although the other region's inquiries are never queued for it.
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
-    let published: HashSet<String> = kcat(&format!("{prefix}.inquiries.routed.v2"))
-        .iter()
-        .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap()["inquiry"]["id"].as_str().unwrap().to_owned())
-        .collect();
-    let expected: HashSet<String> =
+    wait_spool_empty(&gateway, "kafka-us", Duration::from_secs(120)).await;
+    let published = |prefix: &str| -> HashSet<String> {
+        kcat(&format!("{prefix}.inquiries.routed.v2"))
+            .iter()
+            .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap()["inquiry"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let outside: HashSet<String> =
         ids.iter().filter(|(_, c)| matches!(*c, "US" | "JP")).map(|(id, _)| id.clone()).collect();
-    assert_eq!(published, expected, "only non-EU inquiries reach a sink outside the EU");
-    // EU inquiries stay in the embedded store.
+    let inside: HashSet<String> = ids.iter().map(|(id, _)| id.clone()).filter(|id| !outside.contains(id)).collect();
+    assert_eq!(published(&us), outside, "only non-EU inquiries reach the cluster outside the EU");
+    assert_eq!(published(&eu), inside, "the EU cluster gets the EU inquiries and those of unknown country");
+    // The audit trail names EU subjects too: it goes to the EU cluster only.
+    let audit = format!("{eu}.audit.events.v1");
+    support::eventually(Duration::from_secs(30), "audit entries reach the EU cluster", || {
+        let audit = audit.clone();
+        async move { !kcat(&audit).is_empty() }
+    })
+    .await;
+    assert!(kcat(&format!("{us}.audit.events.v1")).is_empty(), "no audit entry leaves the EU");
+    let ready = client.get(&gateway.admin_url("/readyz")).await.json();
+    assert_eq!(ready["sinks"]["kafka-us"]["status"], "ready", "{ready}");
+    // Every inquiry stays readable in the embedded store.
     for (id, _) in &ids {
         assert_eq!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.status, 200);
     }

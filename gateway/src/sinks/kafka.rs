@@ -58,6 +58,8 @@ impl Topics {
 
 /// The Kafka sink.
 pub struct KafkaSink {
+    /// `kafka` for `[sinks.kafka]`, `kafka-<name>` for a cluster of `[sinks.kafka_regional]`.
+    name: &'static str,
     config: KafkaConfig,
     retention: RetentionConfig,
     client_config: ClientConfig,
@@ -72,8 +74,9 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// Builds the producer (no I/O yet; librdkafka connects in the background).
+    /// Builds the producer of the sink `name` (no I/O yet; librdkafka connects in the background).
     pub fn new(
+        name: &'static str,
         config: &KafkaConfig,
         retention: &RetentionConfig,
         sla_events: bool,
@@ -94,8 +97,9 @@ impl KafkaSink {
         let context = KafkaContext::new(config);
         let producer = client_config
             .create_with_context(context.clone())
-            .map_err(|e| error(format!("cannot create producer: {}", client_error(&e))))?;
+            .map_err(|e| sink_error(name, format!("cannot create producer: {}", client_error(&e))))?;
         Ok(KafkaSink {
+            name,
             config: config.clone(),
             retention: retention.clone(),
             client_config,
@@ -135,6 +139,8 @@ impl KafkaSink {
 
     /// Creates missing topics (if configured) and checks that all exist.
     async fn ensure_topics(&self) -> Result<(), SinkError> {
+        let sink = self.name;
+        let error = move |message: String| sink_error(sink, message);
         let retention = &self.retention;
         let feed = RetentionConfig::kafka_ms(retention.kafka_feed_days).to_string();
         let audit = RetentionConfig::kafka_ms(retention.audit_days).to_string();
@@ -340,7 +346,7 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
-        "kafka"
+        self.name
     }
 
     fn regions(&self) -> &[inquiry_connectors::Region] {
@@ -448,6 +454,6 @@ pub fn client_error(err: &KafkaError) -> String {
     }
 }
 
-fn error(message: String) -> SinkError {
-    SinkError { sink: "kafka", message }
+fn sink_error(sink: &'static str, message: String) -> SinkError {
+    SinkError { sink, message }
 }

@@ -467,7 +467,7 @@ async fn audit_round(pipeline: &Pipeline, name: &'static str, round: &Round, out
 fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Option<u64> {
     let now = now_ms();
     let hop = match name {
-        "kafka" => Hop::SinkKafka,
+        kafka if kafka.starts_with("kafka") => Hop::SinkKafka,
         "cql" => Hop::SinkCql,
         _ => Hop::Reach,
     };
