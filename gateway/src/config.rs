@@ -1848,7 +1848,17 @@ impl Config {
             // The checks name `sinks.kafka`; a further cluster's problems name that cluster.
             let mut found = Vec::new();
             kafka.problems(&mut found);
-            problems.extend(found.into_iter().map(|p| p.replacen("sinks.kafka", &place, 1)));
+            problems.extend(found.into_iter().map(|p| p.replace("sinks.kafka", &place)));
+        }
+        let mut clusters = BTreeSet::new();
+        let all = self.sinks.kafka.iter().chain(self.sinks.kafka_regional.values());
+        for kafka in all {
+            if !clusters.insert((kafka.brokers.trim().to_owned(), kafka.topic_prefix.clone())) {
+                problems.push(format!(
+                    "two Kafka clusters have brokers `{}` and topic_prefix `{}`: they would write to the same topics",
+                    kafka.brokers, kafka.topic_prefix
+                ));
+            }
         }
         if !self.sinks.kafka_regional.is_empty() && self.sinks.kafka.is_none() {
             problems.push("sinks.kafka_regional needs [sinks.kafka], the main cluster".to_owned());
@@ -2838,6 +2848,13 @@ default_team = "latam-sales"
         let bad = problems(&format!("{main}[sinks.kafka_regional.US_1]\nlocation = \"eu\"\nbatch_size = 0\n"));
         assert!(bad.contains("sinks.kafka_regional.US_1: a cluster's name is 1 to 16"), "{bad}");
         assert!(bad.contains("sinks.kafka_regional.US_1.batch_size must be at least 1"), "{bad}");
+        let same = problems(&format!("{main}[sinks.kafka_regional.eu2]\nlocation = \"eu\"\n"));
+        assert!(same.contains("they would write to the same topics"), "{same}");
+        let oauth = problems(&format!(
+            "{main}{us}[sinks.kafka_regional.us.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\
+             \"sasl.mechanisms\" = \"OAUTHBEARER\"\n"
+        ));
+        assert!(oauth.contains("needs [sinks.kafka_regional.us.oauth]"), "{oauth}");
         assert!(problems("[retention]\ninquiries_days = 10\nkafka_feed_days = 20\n").contains("kafka_feed_days"));
     }
 

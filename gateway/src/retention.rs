@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::compliance::audit::AuditEvent;
 use crate::config::RetentionConfig;
-use crate::pipeline::{Pipeline, StoredInquiry, SubmitError};
+use crate::pipeline::{Pipeline, StoredInquiry};
 use crate::retry::sleep_or_stop;
 use crate::store::{off_the_workers, Store, StoreError};
 
@@ -19,7 +19,7 @@ use crate::store::{off_the_workers, Store, StoreError};
 const CHUNK: usize = 10_000;
 
 /// Inquiries removed per job of the pipeline's stage (which also takes new inquiries: kept short).
-const STAGE_CHUNK: usize = 1_000;
+const STAGE_CHUNK: usize = 500;
 
 /// Inquiries a sweep must have removed before it frees their disk space.
 const RECLAIM_AFTER: usize = 1_000;
@@ -42,40 +42,61 @@ pub const KEPT_AFTER_RECEIPT: time::Duration = time::Duration::days(1);
 
 /// Removes what expired before `now` (message time older than the class's retention; an
 /// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received). The inquiries are removed by
-/// the pipeline's stage ([`Pipeline::remove_expired`]), in its write order with conversion reports.
+/// the pipeline's stage ([`Pipeline::remove_expired`]), in its write order with conversion
+/// reports. When the stage stops taking them, the sweep goes on with the rest (what it removed
+/// is counted and audited); the other inquiries wait for the next sweep.
 pub async fn sweep(
     store: &Store,
     pipeline: &Pipeline,
     retention: &RetentionConfig,
     now: OffsetDateTime,
-) -> Result<Swept, SubmitError> {
+) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
     let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
     let mut after = None;
-    loop {
-        let page = {
+    'pages: loop {
+        let (expired, last) = {
             let store = store.clone();
-            off_the_workers(move || store.inquiries_before(cutoff, after, CHUNK)).await?
+            off_the_workers(move || expired_page(&store, cutoff, after, now)).await?
         };
-        let Some((last, _)) = page.last() else { break };
-        after = Some(*last);
-        let mut expired = Vec::with_capacity(page.len());
-        for (id, record) in &page {
-            match serde_json::from_slice::<StoredInquiry>(record) {
-                // Received only just: kept for a later sweep.
-                Ok(stored) if stored.inquiry.received_at > now - KEPT_AFTER_RECEIPT => continue,
-                Ok(stored) => expired.push((*id, stored.inquiry.buyer.pseudonym)),
-                // Unreadable: remove the record itself; its subject cannot be found from it.
-                Err(_) => expired.push((*id, String::new())),
-            }
-        }
+        let Some(last) = last else { break };
+        after = Some(last);
         for chunk in expired.chunks(STAGE_CHUNK) {
-            crate::retry::patiently(|| pipeline.remove_expired(chunk.to_vec())).await?;
-            swept.inquiries += chunk.len();
+            match pipeline.remove_expired(chunk.to_vec()).await {
+                Ok(removed) => swept.inquiries += removed,
+                Err(err) => {
+                    tracing::error!(error = %err, removed = swept.inquiries,
+                        "retention sweep stopped removing inquiries; the rest go at the next sweep");
+                    break 'pages;
+                }
+            }
         }
     }
     let (store, retention) = (store.clone(), retention.clone());
-    Ok(off_the_workers(move || sweep_the_rest(&store, &retention, now, swept)).await?)
+    off_the_workers(move || sweep_the_rest(&store, &retention, now, swept)).await
+}
+
+/// One page of inquiries whose message time is before `cutoff` (after inquiry id `after`): the
+/// `(id, buyer pseudonym)` of those to remove, and the page's last id (None: no more pages).
+fn expired_page(
+    store: &Store,
+    cutoff: OffsetDateTime,
+    after: Option<uuid::Uuid>,
+    now: OffsetDateTime,
+) -> Result<(Vec<(uuid::Uuid, String)>, Option<uuid::Uuid>), StoreError> {
+    let page = store.inquiries_before(cutoff, after, CHUNK)?;
+    let last = page.last().map(|(id, _)| *id);
+    let mut expired = Vec::with_capacity(page.len());
+    for (id, record) in &page {
+        match serde_json::from_slice::<StoredInquiry>(record) {
+            // Received only just: kept for a later sweep.
+            Ok(stored) if stored.inquiry.received_at > now - KEPT_AFTER_RECEIPT => continue,
+            Ok(stored) => expired.push((*id, stored.inquiry.buyer.pseudonym)),
+            // Unreadable: remove the record itself; its subject cannot be found from it.
+            Err(_) => expired.push((*id, String::new())),
+        }
+    }
+    Ok((expired, last))
 }
 
 /// After the inquiries in `swept`: their Idempotency-Keys, the expired dead letters, and the disk

@@ -84,11 +84,16 @@ impl SpoolSink {
     /// buyer). Such an inquiry also counts as EU data: a sink that takes `eu` gets it, so that
     /// with one cluster per region it reaches the EU one.
     pub fn accepts(&self, inquiry: &inquiry_connectors::Inquiry) -> bool {
-        let unknown_country = inquiry.buyer.country.is_none();
-        let region_taken =
-            self.regions.contains(&inquiry.region) || (unknown_country && self.regions.contains(&Region::Eu));
-        region_taken && (self.location == Region::Eu || !unknown_country)
+        residency_allows(&self.regions, self.location, inquiry)
     }
+}
+
+/// True when a sink at `location` that takes `regions` may hold `inquiry` (see
+/// [`SpoolSink::accepts`]); also what a sink's part of an erasure is limited to.
+pub fn residency_allows(regions: &[Region], location: Region, inquiry: &inquiry_connectors::Inquiry) -> bool {
+    let unknown_country = inquiry.buyer.country.is_none();
+    let region_taken = regions.contains(&inquiry.region) || (unknown_country && regions.contains(&Region::Eu));
+    region_taken && (location == Region::Eu || !unknown_country)
 }
 
 /// Everything the stage, the sync thread and the forwarders share about the spool.

@@ -438,10 +438,11 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
     // for EU-region data, a regional one outside the EU for the rest.
     let (eu, us) = (unique("eu"), unique("us"));
     let config = format!(
-        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eu}.\"\npartitions = 1\n\
+        "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eu}.\"\npartitions = 1\n\
          location = \"eu\"\nregions = [\"eu\"]\n\
          [sinks.kafka_regional.us]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{us}.\"\npartitions = 1\n\
-         location = \"other\"\nregions = [\"other\"]\n"
+         location = \"other\"\nregions = [\"other\"]\n",
+        admin_tokens()
     );
     let gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
@@ -475,13 +476,38 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
     assert_eq!(published(&us), outside, "only non-EU inquiries reach the cluster outside the EU");
     assert_eq!(published(&eu), inside, "the EU cluster gets the EU inquiries and those of unknown country");
     // The audit trail names EU subjects too: it goes to the EU cluster only.
-    let audit = format!("{eu}.audit.events.v1");
-    support::eventually(Duration::from_secs(30), "audit entries reach the EU cluster", || {
-        let audit = audit.clone();
-        async move { !kcat(&audit).is_empty() }
+    let forwarded = |sink: &'static str| {
+        let (client, url) = (&client, gateway.admin_url("/metrics"));
+        async move {
+            let exposition = String::from_utf8_lossy(&client.get(&url).await.body).into_owned();
+            support::metric_value(&exposition, "inquiry_gateway_audit_forwarded_total", &[("sink", sink)])
+        }
+    };
+    support::eventually(Duration::from_secs(30), "audit entries reach the EU cluster", || async {
+        forwarded("kafka").await > 0.0
     })
     .await;
+    assert!(!kcat(&format!("{eu}.audit.events.v1")).is_empty());
+    assert_eq!(forwarded("kafka-us").await, 0.0);
     assert!(kcat(&format!("{us}.audit.events.v1")).is_empty(), "no audit entry leaves the EU");
+
+    // Erasing an EU buyer tells only the EU cluster (the pseudonym names an EU subject); a US
+    // buyer's erasure reaches the US cluster.
+    let mut tombstoned = Vec::new();
+    for email in ["r0@example.com", "r1@example.com"] {
+        let erase = json!({ "kind": "erasure", "jurisdiction": "gdpr", "subject": { "email": email } });
+        let erased = admin(&client, &gateway, Method::POST, "/v1/subject-requests", Some(ERASER), erase).await;
+        assert_eq!(erased.status, 200, "{}", String::from_utf8_lossy(&erased.body));
+        let request = erased.json()["request"].clone();
+        assert_eq!((request["status"].as_str(), &request["pending_sinks"]), (Some("completed"), &json!([])));
+        tombstoned.push(request["subjects"][0].as_str().unwrap().to_owned());
+    }
+    let keys = |prefix: &str| -> HashSet<String> {
+        kcat(&format!("{prefix}.subjects.v1")).into_iter().map(|(k, _)| k).collect()
+    };
+    let (eu_keys, us_keys) = (keys(&eu), keys(&us));
+    assert!(eu_keys.contains(&tombstoned[0]) && !us_keys.contains(&tombstoned[0]), "{eu_keys:?} {us_keys:?}");
+    assert!(us_keys.contains(&tombstoned[1]), "{us_keys:?}");
     let ready = client.get(&gateway.admin_url("/readyz")).await.json();
     assert_eq!(ready["sinks"]["kafka-us"]["status"], "ready", "{ready}");
     // Every inquiry stays readable in the embedded store.

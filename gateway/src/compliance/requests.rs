@@ -721,11 +721,17 @@ impl SubjectRequests {
                 continue;
             }
             for (pseudonym, ids) in erased {
+                // Only what the sink was allowed to hold (data residency).
                 let records: Vec<StoredInquiry> = ids
                     .iter()
                     .filter_map(|id| self.store.get_inquiry(*id).ok().flatten())
-                    .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+                    .filter_map(|bytes| serde_json::from_slice::<StoredInquiry>(&bytes).ok())
+                    .filter(|r| crate::spool::residency_allows(sink.regions(), sink.location(), &r.inquiry))
                     .collect();
+                if records.is_empty() && sink.location() != inquiry_connectors::Region::Eu {
+                    // It never got any of them, and the pseudonym itself must not leave the EU.
+                    continue;
+                }
                 let outcome = sink.erase(pseudonym, &records).await;
                 let event = AuditEvent::new("sink.erased", by).subject(pseudonym).detail(json!({
                     "sink": sink.name(), "inquiries": ids.len(), "ok": outcome.is_ok(),
