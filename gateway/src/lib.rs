@@ -108,14 +108,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         queue_capacity: config.pipeline.queue_capacity,
         max_batch_inquiries: config.pipeline.max_batch_inquiries,
     };
-    let (mut sinks, kafka_sink) = build_sinks(&config)?;
+    let (mut sinks, kafka_sinks) = build_sinks(&config)?;
+    // The main cluster (`[sinks.kafka]`, always first): the replies topic and forwarding.
+    let kafka_sink = kafka_sinks.first().cloned();
     let sinks_for_erasure = sinks.clone();
     // Reach-out reads the spool like a sink: it starts the SLAs of what was stored.
     let reach = if !reach_configured(&config.reach) {
         None
     } else {
         let clock = Arc::new(reach::SystemClock);
-        let reach = reach::Reach::new(&config.reach, store.clone(), kafka_sink.is_some(), clock)
+        let queues = kafka_sinks.iter().map(|k| (k.name().to_owned(), k.regions().to_vec())).collect();
+        let reach = reach::Reach::new(&config.reach, store.clone(), queues, clock)
             .map_err(|e| StoreError::from_message(&format!("reach: {e}")))?;
         let reach = Arc::new(reach);
         sinks.push(Arc::new(reach::ReachSink::new(reach.clone())));
@@ -213,7 +216,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let live_tokens = poll::LiveTokens::default();
     let reach_tasks = match &reach {
         Some(reach) => {
-            let mut tasks = spawn_reach(reach, kafka_sink.clone(), &store, &stop_rx);
+            let mut tasks = spawn_reach(reach, &kafka_sinks, &store, &stop_rx);
             if let Some(kafka) = kafka_sink.as_ref().filter(|k| k.replies_topic().is_some()) {
                 let group = format!("inquiry-gateway-replies-{replica}");
                 let parts = (reach.clone(), store.clone(), pipeline.clone(), stop_rx.clone());
@@ -561,20 +564,20 @@ fn keeps_the_listener_closed(config: &Config, ingest_loopback: bool) -> Result<(
 }
 
 /// The configured sinks, in a fixed order (registration is here, in one place), and the Kafka
-/// sink by its type (reach-out publishes SLA events with it).
-fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaSink>>), StartError> {
+/// sinks by their type, the main cluster first (reach-out publishes SLA events with them).
+fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Vec<Arc<KafkaSink>>), StartError> {
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
-    let mut kafka_sink = None;
+    let mut kafka_sinks = Vec::new();
+    let reach = !config.reach.sla_policies.is_empty();
     if let Some(kafka) = &config.sinks.kafka {
         if !kafka.security_protocol().contains("ssl") && !kafka.brokers_are_loopback() {
             tracing::warn!(brokers = %kafka.brokers,
                 "kafka traffic is not encrypted: set sinks.kafka.properties security.protocol = \"sasl_ssl\" or \"ssl\"");
         }
-        let reach = !config.reach.sla_policies.is_empty();
         let replies = config.reach.replies_topic.clone();
         let kafka = Arc::new(KafkaSink::new("kafka", kafka, &config.retention, reach, replies)?);
         built.push(kafka.clone());
-        kafka_sink = Some(kafka);
+        kafka_sinks.push(kafka);
     }
     for (name, kafka) in &config.sinks.kafka_regional {
         if !kafka.security_protocol().contains("ssl") && !kafka.brokers_are_loopback() {
@@ -583,7 +586,9 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
         }
         // Built once per process from the configuration: the name lives as long as the process.
         let sink_name: &'static str = Box::leak(format!("kafka-{name}").into_boxed_str());
-        built.push(Arc::new(KafkaSink::new(sink_name, kafka, &config.retention, false, None)?));
+        let kafka = Arc::new(KafkaSink::new(sink_name, kafka, &config.retention, reach, None)?);
+        built.push(kafka.clone());
+        kafka_sinks.push(kafka);
     }
     if let Some(cql) = &config.sinks.cql {
         if cql.tls.is_none() && !cql.contact_points_are_loopback() {
@@ -592,26 +597,28 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<KafkaS
         }
         built.push(Arc::new(CqlSink::new(cql, &config.retention)?));
     }
-    Ok((built, kafka_sink))
+    Ok((built, kafka_sinks))
 }
 
 /// The reach-out tasks: the SLA timers, and one deliverer per destination (the Kafka topic,
 /// each alert target).
 fn spawn_reach(
     reach: &Arc<reach::Reach>,
-    kafka: Option<Arc<KafkaSink>>,
+    kafka_sinks: &[Arc<KafkaSink>],
     store: &Store,
     stop: &watch::Receiver<()>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let dry_run = reach.dry_run();
     use futures_util::FutureExt;
     let mut tasks = vec![tokio::spawn(reach::run_timers(reach.clone(), store.clone(), stop.clone()))];
-    if let Some(kafka) = kafka {
+    // One queue per Kafka cluster, named after its sink (the main one's is `kafka`).
+    for kafka in kafka_sinks {
+        let queue = kafka.name().to_owned();
+        let kafka = kafka.clone();
         let send = move |events: Vec<reach::sla::SlaEvent>| {
             let kafka = kafka.clone();
             async move { kafka.publish_sla(&events).await }.boxed()
         };
-        let queue = reach::KAFKA_QUEUE.to_owned();
         tasks.push(tokio::spawn(reach::deliver_queue(reach.clone(), store.clone(), queue, 500, stop.clone(), send)));
     }
     let client = Arc::new(poll::client());

@@ -441,7 +441,8 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
         "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eu}.\"\npartitions = 1\n\
          location = \"eu\"\nregions = [\"eu\"]\n\
          [sinks.kafka_regional.us]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{us}.\"\npartitions = 1\n\
-         location = \"other\"\nregions = [\"other\"]\n",
+         location = \"other\"\nregions = [\"other\"]\n\
+         [[reach.sla_policies]]\nid = \"day\"\nfirst_response = \"24h\"\n[[reach.sla_rules]]\npolicy = \"day\"\n",
         admin_tokens()
     );
     let gateway = Gateway::start(&config).await;
@@ -475,6 +476,16 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
     let inside: HashSet<String> = ids.iter().map(|(id, _)| id.clone()).filter(|id| !outside.contains(id)).collect();
     assert_eq!(published(&us), outside, "only non-EU inquiries reach the cluster outside the EU");
     assert_eq!(published(&eu), inside, "the EU cluster gets the EU inquiries and those of unknown country");
+    // SLA events go to the cluster of their inquiry's region.
+    let started = |prefix: &str| -> HashSet<String> {
+        kcat(&format!("{prefix}.sla.events.v1")).into_iter().map(|(key, _)| key).collect()
+    };
+    support::eventually(Duration::from_secs(30), "every SLA start is published", || async {
+        started(&eu).len() + started(&us).len() == ids.len()
+    })
+    .await;
+    assert_eq!((started(&eu), started(&us)), (inside.clone(), outside.clone()));
+
     // The audit trail names EU subjects too: it goes to the EU cluster only.
     let forwarded = |sink: &'static str| {
         let (client, url) = (&client, gateway.admin_url("/metrics"));

@@ -33,7 +33,8 @@ use crate::store::{Store, StoreBatch, StoreError, Timeline};
 use crate::telemetry;
 use sla::{EventKind, Policies, SlaEvent, SlaState, Status};
 
-/// The queue of events for the Kafka topic `sla.events.v1`.
+/// The queue of events for the main Kafka cluster's topic `sla.events.v1` (a regional cluster's
+/// queue is named after its sink, `kafka-<name>`).
 pub const KAFKA_QUEUE: &str = "kafka";
 
 /// Most due timers fired in one store write.
@@ -63,7 +64,9 @@ pub struct Reach {
     /// started, to tell when a changed config needs a restart.
     restart_only: RestartOnly,
     targets: Vec<AlertTargetConfig>,
-    to_kafka: bool,
+    /// The event queue of each Kafka cluster (its sink's name; `kafka` for the main one) and the
+    /// regions of the events it publishes.
+    kafka_queues: Vec<(String, Vec<inquiry_connectors::Region>)>,
     dry_run: bool,
     pub(crate) clock: Arc<dyn Clock>,
     /// Next sequence number per queue; held while a write is built, so writes do not interleave.
@@ -156,14 +159,20 @@ fn restart_only(config: &ReachConfig) -> RestartOnly {
 }
 
 impl Reach {
-    /// The engine for a validated `config`; events go to Kafka when `to_kafka`.
-    pub fn new(config: &ReachConfig, store: Store, to_kafka: bool, clock: Arc<dyn Clock>) -> Result<Reach, String> {
+    /// The engine for a validated `config`; events go to the queue of each Kafka cluster of
+    /// `kafka_queues` that takes their region (none: no Kafka).
+    pub fn new(
+        config: &ReachConfig,
+        store: Store,
+        kafka_queues: Vec<(String, Vec<inquiry_connectors::Region>)>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Reach, String> {
         Ok(Reach {
             store,
             rules: RwLock::new(Arc::new(Rules::from_config(config)?)),
             restart_only: restart_only(config),
             targets: config.alert_targets.clone(),
-            to_kafka,
+            kafka_queues,
             dry_run: config.dry_run,
             clock,
             next_seq: Mutex::default(),
@@ -460,9 +469,11 @@ impl Reach {
             _ => event.assignee.clone(),
         };
         let payload = serde_json::to_vec(&event).expect("events serialize");
-        if self.to_kafka {
-            let seq = self.next(seqs, KAFKA_QUEUE)?;
-            batch.put_queued(KAFKA_QUEUE, seq, &payload);
+        for (queue, regions) in &self.kafka_queues {
+            if regions.contains(&event.region) {
+                let seq = self.next(seqs, queue)?;
+                batch.put_queued(queue, seq, &payload);
+            }
         }
         let assigned = event.kind == EventKind::Started && team.is_some_and(|t| t.alert_on_assignment);
         if event.kind.alerts() || assigned {
@@ -679,6 +690,11 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+
+    /// The main Kafka cluster's queue, for both regions.
+    fn all_regions_to_kafka() -> Vec<(String, Vec<inquiry_connectors::Region>)> {
+        vec![(KAFKA_QUEUE.to_owned(), vec![inquiry_connectors::Region::Eu, inquiry_connectors::Region::Other])]
+    }
     use crate::pipeline::StoredInquiry;
     use crate::routing::{Decision, Disposition, Priority};
 
@@ -732,7 +748,7 @@ mod tests {
 
     fn reach(store: &Store, clock: &Arc<ManualClock>) -> Reach {
         let config: ReachConfig = toml::from_str(CONFIG).unwrap();
-        Reach::new(&config, store.clone(), true, clock.clone()).unwrap()
+        Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap()
     }
 
     fn record(seq: u64, received_ms: i64, queue: &str, sla_policy: Option<&str>) -> OutRecord {
@@ -827,7 +843,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut config: ReachConfig = toml::from_str(CONFIG).unwrap();
         config.teams[0].alert_on_assignment = true;
-        let engine = Reach::new(&config, store.clone(), true, clock.clone()).unwrap();
+        let engine = Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
         assert_eq!(engine.schedule(&[record(1, T0, "sales", None)]).unwrap(), 1);
         let alerts = queued(&store, &alert_queue("ops"));
         assert_eq!(kinds(&alerts), [("sla.started", Some("agent-ana".to_owned()))]);
