@@ -255,6 +255,11 @@ pub struct SinksConfig {
     /// letters, erasure tombstones and (for a cluster in the EU) the audit trail; SLA events and
     /// the replies topic stay on `[sinks.kafka]`, the main cluster.
     pub kafka_regional: std::collections::BTreeMap<String, KafkaConfig>,
+    /// Further CQL clusters by name (`[sinks.cql_regional.us]`: the sink `cql-us`), each storing
+    /// the inquiries of its `regions` (and, in the EU, the audit trail). The replicas' shared
+    /// state (agent states, poll leases, acknowledgement claims, subject requests) stays on
+    /// `[sinks.cql]`, the main cluster.
+    pub cql_regional: std::collections::BTreeMap<String, CqlConfig>,
 }
 
 /// The Kafka sink.
@@ -622,6 +627,48 @@ impl CqlConfig {
     /// True when every contact point is on this machine (loopback).
     pub fn contact_points_are_loopback(&self) -> bool {
         self.contact_points.iter().all(|point| is_loopback_endpoint(point))
+    }
+
+    /// Every problem of this cluster's settings (named as `sinks.cql`).
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.contact_points.is_empty() {
+            problems.push("sinks.cql.contact_points must name at least one node".to_owned());
+        }
+        let identifier = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !identifier(&self.keyspace) {
+            problems.push("sinks.cql.keyspace must be letters, digits and underscores".to_owned());
+        }
+        if self.replication.is_empty() || !self.replication.keys().all(|dc| identifier(dc.replace('-', "_").as_str())) {
+            problems.push("sinks.cql.replication must map datacenter names to replica counts".to_owned());
+        }
+        if !self.replication.contains_key(&self.local_datacenter) {
+            problems.push("sinks.cql.local_datacenter must be one of the replication datacenters".to_owned());
+        }
+        if crate::sinks::cql::parse_consistency(&self.consistency).is_none() {
+            problems.push(format!("sinks.cql.consistency `{}` is not a consistency level", self.consistency));
+        }
+        if self.day_buckets == 0 || self.max_in_flight == 0 || self.batch_size == 0 {
+            problems.push("sinks.cql.day_buckets, max_in_flight and batch_size must be at least 1".to_owned());
+        }
+        if self.day_buckets > 1024 {
+            problems.push("sinks.cql.day_buckets must be at most 1024".to_owned());
+        }
+        let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+        if given(&self.username) != given(&self.password) {
+            problems.push("sinks.cql.username and password go together: set both or neither".to_owned());
+        }
+        if given(&self.password) && self.tls.is_none() && !self.contact_points_are_loopback() {
+            problems.push(
+                "sinks.cql: a password without [sinks.cql.tls] is sent in clear; configure tls \
+                 (a password without TLS is allowed only for loopback contact points)"
+                    .to_owned(),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                problems.push("sinks.cql.tls.cert_file and key_file go together: set both or neither".to_owned());
+            }
+        }
     }
 }
 
@@ -1863,53 +1910,34 @@ impl Config {
         if !self.sinks.kafka_regional.is_empty() && self.sinks.kafka.is_none() {
             problems.push("sinks.kafka_regional needs [sinks.kafka], the main cluster".to_owned());
         }
-        for name in self.sinks.kafka_regional.keys() {
+        let names = self.sinks.kafka_regional.keys().map(|n| ("kafka", n));
+        for (kind, name) in names.chain(self.sinks.cql_regional.keys().map(|n| ("cql", n))) {
             if name.is_empty() || name.len() > 16 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             {
                 problems.push(format!(
-                    "sinks.kafka_regional.{name}: a cluster's name is 1 to 16 lower-case letters and digits"
+                    "sinks.{kind}_regional.{name}: a cluster's name is 1 to 16 lower-case letters and digits"
                 ));
             }
         }
-        if let Some(cql) = &self.sinks.cql {
-            if cql.contact_points.is_empty() {
-                problems.push("sinks.cql.contact_points must name at least one node".to_owned());
-            }
-            let identifier = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !identifier(&cql.keyspace) {
-                problems.push("sinks.cql.keyspace must be letters, digits and underscores".to_owned());
-            }
-            if cql.replication.is_empty() || !cql.replication.keys().all(|dc| identifier(dc.replace('-', "_").as_str()))
-            {
-                problems.push("sinks.cql.replication must map datacenter names to replica counts".to_owned());
-            }
-            if !cql.replication.contains_key(&cql.local_datacenter) {
-                problems.push("sinks.cql.local_datacenter must be one of the replication datacenters".to_owned());
-            }
-            if crate::sinks::cql::parse_consistency(&cql.consistency).is_none() {
-                problems.push(format!("sinks.cql.consistency `{}` is not a consistency level", cql.consistency));
-            }
-            if cql.day_buckets == 0 || cql.max_in_flight == 0 || cql.batch_size == 0 {
-                problems.push("sinks.cql.day_buckets, max_in_flight and batch_size must be at least 1".to_owned());
-            }
-            if cql.day_buckets > 1024 {
-                problems.push("sinks.cql.day_buckets must be at most 1024".to_owned());
-            }
-            let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
-            if given(&cql.username) != given(&cql.password) {
-                problems.push("sinks.cql.username and password go together: set both or neither".to_owned());
-            }
-            if given(&cql.password) && cql.tls.is_none() && !cql.contact_points_are_loopback() {
-                problems.push(
-                    "sinks.cql: a password without [sinks.cql.tls] is sent in clear; configure tls \
-                     (a password without TLS is allowed only for loopback contact points)"
-                        .to_owned(),
-                );
-            }
-            if let Some(tls) = &cql.tls {
-                if tls.cert_file.is_some() != tls.key_file.is_some() {
-                    problems.push("sinks.cql.tls.cert_file and key_file go together: set both or neither".to_owned());
-                }
+        let regional = self.sinks.cql_regional.iter().map(|(name, cql)| (format!("sinks.cql_regional.{name}"), cql));
+        for (place, cql) in self.sinks.cql.iter().map(|c| ("sinks.cql".to_owned(), c)).chain(regional) {
+            // The checks name `sinks.cql`; a further cluster's problems name that cluster.
+            let mut found = Vec::new();
+            cql.problems(&mut found);
+            problems.extend(found.into_iter().map(|p| p.replace("sinks.cql", &place)));
+        }
+        if !self.sinks.cql_regional.is_empty() && self.sinks.cql.is_none() {
+            problems.push("sinks.cql_regional needs [sinks.cql], the main cluster".to_owned());
+        }
+        let mut keyspaces = BTreeSet::new();
+        for cql in self.sinks.cql.iter().chain(self.sinks.cql_regional.values()) {
+            let mut points = cql.contact_points.clone();
+            points.sort();
+            if !keyspaces.insert((points, cql.keyspace.clone())) {
+                problems.push(format!(
+                    "two CQL clusters have the same contact points and keyspace `{}`: they would write to the same tables",
+                    cql.keyspace
+                ));
             }
         }
         let retention = &self.retention;
@@ -1933,6 +1961,9 @@ impl Config {
         ];
         for (name, kafka) in &self.sinks.kafka_regional {
             sinks.push((format!("kafka_regional.{name}"), Some((&kafka.location, &kafka.regions))));
+        }
+        for (name, cql) in &self.sinks.cql_regional {
+            sinks.push((format!("cql_regional.{name}"), Some((&cql.location, &cql.regions))));
         }
         for (name, sink) in sinks {
             let Some((location, regions)) = sink else { continue };
@@ -2848,6 +2879,15 @@ default_team = "latam-sales"
         let bad = problems(&format!("{main}[sinks.kafka_regional.US_1]\nlocation = \"eu\"\nbatch_size = 0\n"));
         assert!(bad.contains("sinks.kafka_regional.US_1: a cluster's name is 1 to 16"), "{bad}");
         assert!(bad.contains("sinks.kafka_regional.US_1.batch_size must be at least 1"), "{bad}");
+        // And a CQL cluster per region, the same way.
+        let cql = "[sinks.cql]\nlocation = \"eu\"\nregions = [\"eu\"]\n";
+        let cql_us = "[sinks.cql_regional.us]\ncontact_points = [\"cql-us:9042\"]\nlocation = \"other\"\nregions = [\"other\"]\n";
+        assert_eq!(problems(&format!("{cql}{cql_us}")), "");
+        assert!(problems(cql_us).contains("sinks.cql_regional needs [sinks.cql]"));
+        let twice = problems(&format!("{cql}{}", cql_us.replace("cql-us:9042", "127.0.0.1:9042")));
+        assert!(twice.contains("they would write to the same tables"), "{twice}");
+        let bad = problems(&format!("{cql}{}", cql_us.replace("location", "consistency = \"most\"\nlocation")));
+        assert!(bad.contains("sinks.cql_regional.us.consistency `most`"), "{bad}");
         let same = problems(&format!("{main}[sinks.kafka_regional.eu2]\nlocation = \"eu\"\n"));
         assert!(same.contains("they would write to the same topics"), "{same}");
         let oauth = problems(&format!(

@@ -595,7 +595,16 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Vec<Arc<KafkaSink
             tracing::warn!(contact_points = ?cql.contact_points,
                 "cql traffic is not encrypted: configure [sinks.cql.tls]");
         }
-        built.push(Arc::new(CqlSink::new(cql, &config.retention)?));
+        built.push(Arc::new(CqlSink::new("cql", cql, &config.retention)?));
+    }
+    for (name, cql) in &config.sinks.cql_regional {
+        if cql.tls.is_none() && !cql.contact_points_are_loopback() {
+            tracing::warn!(cluster = %name, contact_points = ?cql.contact_points,
+                "cql traffic is not encrypted: configure its tls");
+        }
+        // Built once per process from the configuration: the name lives as long as the process.
+        let sink_name: &'static str = Box::leak(format!("cql-{name}").into_boxed_str());
+        built.push(Arc::new(CqlSink::new(sink_name, cql, &config.retention)?));
     }
     Ok((built, kafka_sinks))
 }

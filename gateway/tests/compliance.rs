@@ -433,17 +433,23 @@ async fn changing_removing_or_reordering_any_audit_entry_is_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the_eu() {
-    // Two clusters (one broker here, told apart by their topic prefixes): the main one in the EU
-    // for EU-region data, a regional one outside the EU for the rest.
+async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_eu() {
+    // Two Kafka and two CQL clusters (one broker and one node here, told apart by their topic
+    // prefixes and keyspaces): the main ones in the EU for EU-region data, regional ones outside
+    // the EU for the rest.
     let (eu, us) = (unique("eu"), unique("us"));
+    let (eu_ks, us_ks) = (unique("eu_"), unique("us_"));
     let config = format!(
         "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eu}.\"\npartitions = 1\n\
          location = \"eu\"\nregions = [\"eu\"]\n\
          [sinks.kafka_regional.us]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{us}.\"\npartitions = 1\n\
          location = \"other\"\nregions = [\"other\"]\n\
-         [[reach.sla_policies]]\nid = \"day\"\nfirst_response = \"24h\"\n[[reach.sla_rules]]\npolicy = \"day\"\n",
-        admin_tokens()
+         [[reach.sla_policies]]\nid = \"day\"\nfirst_response = \"24h\"\n[[reach.sla_rules]]\npolicy = \"day\"\n\
+         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{eu_ks}\"\nlocation = \"eu\"\nregions = [\"eu\"]\n{login}\
+         [sinks.cql_regional.us]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{us_ks}\"\nlocation = \"other\"\n\
+         regions = [\"other\"]\n{login}",
+        admin_tokens(),
+        login = support::cql_login()
     );
     let gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
@@ -465,6 +471,8 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
     // Each spool drains although the other region's inquiries are never queued for it.
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
     wait_spool_empty(&gateway, "kafka-us", Duration::from_secs(120)).await;
+    wait_spool_empty(&gateway, "cql", Duration::from_secs(120)).await;
+    wait_spool_empty(&gateway, "cql-us", Duration::from_secs(120)).await;
     let published = |prefix: &str| -> HashSet<String> {
         kcat(&format!("{prefix}.inquiries.routed.v2"))
             .iter()
@@ -476,6 +484,8 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
     let inside: HashSet<String> = ids.iter().map(|(id, _)| id.clone()).filter(|id| !outside.contains(id)).collect();
     assert_eq!(published(&us), outside, "only non-EU inquiries reach the cluster outside the EU");
     assert_eq!(published(&eu), inside, "the EU cluster gets the EU inquiries and those of unknown country");
+    assert_eq!(support::cql_inquiry_ids(CQL, &us_ks).await, outside, "the CQL store outside the EU");
+    assert_eq!(support::cql_inquiry_ids(CQL, &eu_ks).await, inside, "the CQL store in the EU");
     // SLA events go to the cluster of their inquiry's region.
     let started = |prefix: &str| -> HashSet<String> {
         kcat(&format!("{prefix}.sla.events.v1")).into_iter().map(|(key, _)| key).collect()
@@ -501,6 +511,16 @@ async fn each_region_reaches_only_its_kafka_cluster_and_eu_data_never_leaves_the
     assert!(!kcat(&format!("{eu}.audit.events.v1")).is_empty());
     assert_eq!(forwarded("kafka-us").await, 0.0);
     assert!(kcat(&format!("{us}.audit.events.v1")).is_empty(), "no audit entry leaves the EU");
+    assert_eq!(forwarded("cql-us").await, 0.0);
+    let session = support::cql_session(CQL).await;
+    let count = |table: String| {
+        let session = &session;
+        async move {
+            let result = session.query_unpaged(format!("SELECT COUNT(*) FROM {table}"), ()).await.expect("count");
+            result.into_rows_result().unwrap().first_row::<(i64,)>().unwrap().0
+        }
+    };
+    assert_eq!(count(format!("{us_ks}.audit_events_by_day")).await, 0, "no audit row outside the EU");
 
     // Erasing an EU buyer tells only the EU cluster (the pseudonym names an EU subject); a US
     // buyer's erasure reaches the US cluster.

@@ -216,6 +216,8 @@ struct Prepared {
 
 /// The CQL sink.
 pub struct CqlSink {
+    /// `cql` for `[sinks.cql]`, `cql-<name>` for a cluster of `[sinks.cql_regional]`.
+    name: &'static str,
     config: CqlConfig,
     /// TTL of inquiry rows (`retention.inquiries_days`).
     ttl_seconds: u32,
@@ -228,12 +230,14 @@ pub struct CqlSink {
 }
 
 impl CqlSink {
-    /// A sink for `config` (connects in [`Sink::prepare`]).
-    pub fn new(config: &CqlConfig, retention: &RetentionConfig) -> Result<CqlSink, SinkError> {
+    /// The sink `name` (`cql`, or `cql-<name>` for a regional cluster) for `config` (connects in
+    /// [`Sink::prepare`]).
+    pub fn new(name: &'static str, config: &CqlConfig, retention: &RetentionConfig) -> Result<CqlSink, SinkError> {
         let consistency = parse_consistency(&config.consistency)
             .ok_or_else(|| error(format!("unknown consistency `{}`", config.consistency)))?;
         let in_flight = tokio::sync::Semaphore::new(config.max_in_flight.max(2));
         Ok(CqlSink {
+            name,
             config: config.clone(),
             ttl_seconds: RetentionConfig::seconds(retention.inquiries_days),
             audit_ttl_seconds: RetentionConfig::seconds(retention.audit_days),
@@ -417,7 +421,7 @@ impl CqlSink {
 
 impl Sink for CqlSink {
     fn name(&self) -> &'static str {
-        "cql"
+        self.name
     }
 
     fn regions(&self) -> &[inquiry_connectors::Region] {

@@ -468,7 +468,7 @@ fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Opt
     let now = now_ms();
     let hop = match name {
         kafka if kafka.starts_with("kafka") => Hop::SinkKafka,
-        "cql" => Hop::SinkCql,
+        cql if cql.starts_with("cql") => Hop::SinkCql,
         _ => Hop::Reach,
     };
     for (record, outcome) in round.records.iter().zip(outcomes) {
