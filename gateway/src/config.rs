@@ -230,6 +230,24 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// The `host:port` endpoints of a comma-separated list, host in lower case, `default_port` where
+/// none is given (to tell whether two clusters' lists name the same server).
+fn endpoints(list: &str, default_port: u16) -> BTreeSet<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let has_port = e.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) && !e.ends_with(']');
+            let e = e.to_ascii_lowercase();
+            if has_port {
+                e
+            } else {
+                format!("{e}:{default_port}")
+            }
+        })
+        .collect()
+}
+
 /// True when `endpoint` (`host:port`, or a bare host) is on this machine.
 fn is_loopback_endpoint(endpoint: &str) -> bool {
     is_loopback_host(endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host))
@@ -252,8 +270,8 @@ pub struct SinksConfig {
     pub cql: Option<CqlConfig>,
     /// Further Kafka clusters by name (`[sinks.kafka_regional.us]`: the sink `kafka-us`), each
     /// taking the inquiries of its `regions` (a cluster per region). Routed inquiries, dead
-    /// letters, erasure tombstones and (for a cluster in the EU) the audit trail; SLA events and
-    /// the replies topic stay on `[sinks.kafka]`, the main cluster.
+    /// letters, erasure tombstones, SLA events and (for a cluster in the EU) the audit trail; the
+    /// replies topic stays on `[sinks.kafka]`, the main cluster.
     pub kafka_regional: std::collections::BTreeMap<String, KafkaConfig>,
     /// Further CQL clusters by name (`[sinks.cql_regional.us]`: the sink `cql-us`), each storing
     /// the inquiries of its `regions` (and, in the EU, the audit trail). The replicas' shared
@@ -1897,14 +1915,16 @@ impl Config {
             kafka.problems(&mut found);
             problems.extend(found.into_iter().map(|p| p.replace("sinks.kafka", &place)));
         }
-        let mut clusters = BTreeSet::new();
-        let all = self.sinks.kafka.iter().chain(self.sinks.kafka_regional.values());
-        for kafka in all {
-            if !clusters.insert((kafka.brokers.trim().to_owned(), kafka.topic_prefix.clone())) {
-                problems.push(format!(
-                    "two Kafka clusters have brokers `{}` and topic_prefix `{}`: they would write to the same topics",
-                    kafka.brokers, kafka.topic_prefix
-                ));
+        let kafkas: Vec<&KafkaConfig> = self.sinks.kafka.iter().chain(self.sinks.kafka_regional.values()).collect();
+        for (i, a) in kafkas.iter().enumerate() {
+            for b in &kafkas[i + 1..] {
+                let shared = endpoints(&a.brokers, 9092).intersection(&endpoints(&b.brokers, 9092)).count() > 0;
+                if shared && a.topic_prefix == b.topic_prefix {
+                    problems.push(format!(
+                        "two Kafka clusters share a broker and topic_prefix `{}`: they would write to the same topics",
+                        a.topic_prefix
+                    ));
+                }
             }
         }
         if !self.sinks.kafka_regional.is_empty() && self.sinks.kafka.is_none() {
@@ -1929,15 +1949,18 @@ impl Config {
         if !self.sinks.cql_regional.is_empty() && self.sinks.cql.is_none() {
             problems.push("sinks.cql_regional needs [sinks.cql], the main cluster".to_owned());
         }
-        let mut keyspaces = BTreeSet::new();
-        for cql in self.sinks.cql.iter().chain(self.sinks.cql_regional.values()) {
-            let mut points = cql.contact_points.clone();
-            points.sort();
-            if !keyspaces.insert((points, cql.keyspace.clone())) {
-                problems.push(format!(
-                    "two CQL clusters have the same contact points and keyspace `{}`: they would write to the same tables",
-                    cql.keyspace
-                ));
+        let cqls: Vec<&CqlConfig> = self.sinks.cql.iter().chain(self.sinks.cql_regional.values()).collect();
+        for (i, a) in cqls.iter().enumerate() {
+            for b in &cqls[i + 1..] {
+                let points = |c: &CqlConfig| endpoints(&c.contact_points.join(","), 9042);
+                let shared = points(a).intersection(&points(b)).count() > 0;
+                // Unquoted in every statement: keyspace names do not differ by case.
+                if shared && a.keyspace.eq_ignore_ascii_case(&b.keyspace) {
+                    problems.push(format!(
+                        "two CQL clusters share a contact point and keyspace `{}`: they would write to the same tables",
+                        a.keyspace
+                    ));
+                }
             }
         }
         let retention = &self.retention;
@@ -2112,6 +2135,15 @@ impl Config {
         if self.compliance.request_sharing == StatePlace::Cql && self.sinks.cql.is_none() {
             problems.push(
                 "compliance.request_sharing = \"cql\" needs [sinks.cql] (the shared requests live there)".to_owned(),
+            );
+        }
+        if self.compliance.request_sharing == StatePlace::Cql
+            && self.sinks.cql.as_ref().is_some_and(|cql| cql.location != Some(Region::Eu))
+        {
+            problems.push(
+                "compliance.request_sharing = \"cql\" needs [sinks.cql] in the EU (location = \"eu\"): the shared \
+                 requests name EU subjects (a cluster outside the EU goes in [sinks.cql_regional])"
+                    .to_owned(),
             );
         }
         if self.reach.forward_http && (self.reach.replies_topic.is_none() || self.store.pseudonym_key.is_none()) {
@@ -2884,8 +2916,11 @@ default_team = "latam-sales"
         let cql_us = "[sinks.cql_regional.us]\ncontact_points = [\"cql-us:9042\"]\nlocation = \"other\"\nregions = [\"other\"]\n";
         assert_eq!(problems(&format!("{cql}{cql_us}")), "");
         assert!(problems(cql_us).contains("sinks.cql_regional needs [sinks.cql]"));
-        let twice = problems(&format!("{cql}{}", cql_us.replace("cql-us:9042", "127.0.0.1:9042")));
+        let twice = problems(&format!("{cql}{}", cql_us.replace("cql-us:9042", "127.0.0.1")));
         assert!(twice.contains("they would write to the same tables"), "{twice}");
+        let other_keyspace =
+            cql_us.replace("location", "keyspace = \"us\"\nlocation").replace("cql-us:9042", "127.0.0.1");
+        assert_eq!(problems(&format!("{cql}{other_keyspace}")), "");
         let bad = problems(&format!("{cql}{}", cql_us.replace("location", "consistency = \"most\"\nlocation")));
         assert!(bad.contains("sinks.cql_regional.us.consistency `most`"), "{bad}");
         let same = problems(&format!("{main}[sinks.kafka_regional.eu2]\nlocation = \"eu\"\n"));
@@ -3027,6 +3062,11 @@ default_team = "latam-sales"
         }
         let key = "[store]\npseudonym_key = \"0123456789abcdef0123456789abcdef\"\n";
         assert_eq!(problems(&format!("{shared}{key}[compliance]\nrequest_sharing = \"cql\"\n")), "");
+        // The shared requests name EU subjects: their table must be in the EU.
+        let outside = format!(
+            "{key}[sinks.cql]\nlocation = \"other\"\nregions = [\"other\"]\n[compliance]\nrequest_sharing = \"cql\"\n"
+        );
+        assert!(problems(&outside).contains("needs [sinks.cql] in the EU"), "{}", problems(&outside));
         // A replies topic is read only while reach-out runs.
         let kafka = "[sinks.kafka]\nlocation = \"eu\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n";
         assert!(problems(kafka).contains("reach.replies_topic needs reach-out"), "{}", problems(kafka));

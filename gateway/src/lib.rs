@@ -609,8 +609,8 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Vec<Arc<KafkaSink
     Ok((built, kafka_sinks))
 }
 
-/// The reach-out tasks: the SLA timers, and one deliverer per destination (the Kafka topic,
-/// each alert target).
+/// The reach-out tasks: the SLA timers, and one deliverer per destination (each Kafka cluster's
+/// `sla.events.v1`, each alert target).
 fn spawn_reach(
     reach: &Arc<reach::Reach>,
     kafka_sinks: &[Arc<KafkaSink>],

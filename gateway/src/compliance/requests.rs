@@ -734,7 +734,7 @@ impl SubjectRequests {
                 }
                 let outcome = sink.erase(pseudonym, &records).await;
                 let event = AuditEvent::new("sink.erased", by).subject(pseudonym).detail(json!({
-                    "sink": sink.name(), "inquiries": ids.len(), "ok": outcome.is_ok(),
+                    "sink": sink.name(), "inquiries": records.len(), "ok": outcome.is_ok(),
                     "error": outcome.as_ref().err(),
                 }));
                 if let Err(err) = patiently(|| self.pipeline.audit(vec![event.clone()])).await {

@@ -4,7 +4,8 @@
 //! each routed inquiry with an SLA policy it stores the SLA's state and the timer of its next step
 //! in the embedded store. The [`run_timers`] task fires due steps; each firing, in one atomic store
 //! write, removes the timer, stores the state and the next timer, and queues the step's event for
-//! every destination (the Kafka topic `sla.events.v1`, the team's alert targets). So a restart
+//! every destination (each Kafka cluster's `sla.events.v1` that takes the inquiry's region, the
+//! team's alert targets). So a restart
 //! neither loses nor repeats a step, and a destination that is down only delays its events. A
 //! reply (`POST /v1/inquiries/{id}/reply`) stops the clock the same way.
 
@@ -451,7 +452,7 @@ impl Reach {
         }
     }
 
-    /// Queues `event` for the Kafka topic and, for reminders, breaches and escalations (and the
+    /// Queues `event` for each Kafka cluster that takes its region and, for reminders, breaches and escalations (and the
     /// start, where the team wants assignment alerts), for the alert targets of the inquiry's
     /// team, addressed to who must act.
     fn queue_event(

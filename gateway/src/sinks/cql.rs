@@ -433,7 +433,8 @@ impl Sink for CqlSink {
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        self.connect_and_prepare().boxed()
+        // Its errors name this sink (`cql-us` for a regional cluster), not just `cql`.
+        async move { self.connect_and_prepare().await.map_err(|err| SinkError { sink: self.name, ..err }) }.boxed()
     }
 
     fn deliver<'a>(&'a self, records: &'a [OutRecord]) -> BoxFuture<'a, Vec<Delivery>> {

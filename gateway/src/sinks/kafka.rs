@@ -226,6 +226,15 @@ impl KafkaSink {
     /// residency, like the inquiries themselves).
     pub async fn publish_sla(&self, events: &[crate::reach::sla::SlaEvent]) -> Result<(), String> {
         let mut pending = Vec::with_capacity(events.len());
+        let taken = events.iter().filter(|e| self.config.regions.contains(&e.region)).count();
+        if taken < events.len() {
+            // Only events queued by an earlier version (one queue for every region) are skipped.
+            tracing::info!(
+                sink = self.name,
+                skipped = events.len() - taken,
+                "SLA events of regions this cluster does not take are not published"
+            );
+        }
         for event in events.iter().filter(|e| self.config.regions.contains(&e.region)) {
             let key = event.inquiry_id.to_string();
             let payload = serde_json::to_vec(event).expect("events serialize");
