@@ -645,10 +645,19 @@ fn spawn_reach(
     tasks
 }
 
-/// Creates the Kafka topics and migrates the CQL schema of `config`, then returns.
+/// Creates the Kafka topics and migrates the CQL schema of `config`, then returns: of every
+/// cluster, also those whose `create_topics` / `migrate` is off (the gateways then leave it to
+/// this command).
 pub async fn migrate(config: &Config) -> Result<(), StartError> {
     config.validate()?;
-    for sink in build_sinks(config)?.0 {
+    let mut config = config.clone();
+    for kafka in config.sinks.kafka.iter_mut().chain(config.sinks.kafka_regional.values_mut()) {
+        kafka.create_topics = true;
+    }
+    for cql in config.sinks.cql.iter_mut().chain(config.sinks.cql_regional.values_mut()) {
+        cql.migrate = true;
+    }
+    for sink in build_sinks(&config)?.0 {
         sink.prepare().await?;
         tracing::info!(sink = sink.name(), "sink prepared");
     }

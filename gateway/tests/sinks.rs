@@ -363,3 +363,37 @@ async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_rea
     );
     assert_eq!(rejected, 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrate_command_prepares_every_cluster_also_when_the_gateways_leave_it_to_the_command() {
+    // The gateways neither create topics nor migrate (`create_topics` / `migrate` off): the
+    // command does both, for the main and the regional clusters.
+    let (prefix, regional_prefix) = (support::unique("mig"), support::unique("migus"));
+    let (keyspace, regional_keyspace) = (support::unique("mig_"), support::unique("migus_"));
+    let login = support::cql_login();
+    let config = format!(
+        "[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 1\nlocation = \"eu\"\n\
+         create_topics = false\n\
+         [sinks.kafka_regional.us]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{regional_prefix}.\"\npartitions = 1\n\
+         location = \"other\"\nregions = [\"other\"]\ncreate_topics = false\n\
+         [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\nmigrate = false\n{login}\
+         [sinks.cql_regional.us]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{regional_keyspace}\"\nlocation = \"other\"\n\
+         regions = [\"other\"]\nmigrate = false\n{login}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway")).arg("migrate").arg("--config").arg(&path).output();
+    let out = out.expect("the binary runs");
+    assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().expect("client");
+    let metadata = client.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let topics: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    for p in [&prefix, &regional_prefix] {
+        assert!(topics.contains(format!("{p}.inquiries.routed.v2").as_str()), "{p}: topics not created");
+    }
+    for ks in [&keyspace, &regional_keyspace] {
+        assert!(support::cql_inquiry_ids(CQL, ks).await.is_empty(), "{ks}: the table exists and is empty");
+    }
+}
