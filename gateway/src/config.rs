@@ -2146,6 +2146,13 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.reach.forward_http && self.sinks.kafka.as_ref().is_some_and(|k| k.location != Some(Region::Eu)) {
+            problems.push(
+                "reach.forward_http needs [sinks.kafka] in the EU (location = \"eu\"): forwarded replies and \
+                 conversions of EU inquiries travel on its replies topic"
+                    .to_owned(),
+            );
+        }
         if self.reach.forward_http && (self.reach.replies_topic.is_none() || self.store.pseudonym_key.is_none()) {
             problems.push(
                 "reach.forward_http needs reach.replies_topic and store.pseudonym_key (the same on every replica: it keys the forwarded messages' signatures)"
@@ -3067,6 +3074,13 @@ default_team = "latam-sales"
             "{key}[sinks.cql]\nlocation = \"other\"\nregions = [\"other\"]\n[compliance]\nrequest_sharing = \"cql\"\n"
         );
         assert!(problems(&outside).contains("needs [sinks.cql] in the EU"), "{}", problems(&outside));
+        // Forwarded replies and conversions of EU inquiries must not leave the EU.
+        let abroad = format!("{key}[sinks.kafka]\nlocation = \"other\"\nregions = [\"other\"]\n[reach]\nforward_http = true\nreplies_topic = \"r\"\n");
+        assert!(
+            problems(&abroad).contains("reach.forward_http needs [sinks.kafka] in the EU"),
+            "{}",
+            problems(&abroad)
+        );
         // A replies topic is read only while reach-out runs.
         let kafka = "[sinks.kafka]\nlocation = \"eu\"\n[reach]\nreplies_topic = \"crm.replies.v1\"\n";
         assert!(problems(kafka).contains("reach.replies_topic needs reach-out"), "{}", problems(kafka));

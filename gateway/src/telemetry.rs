@@ -108,7 +108,8 @@ pub const SINK_REJECTED: &str = "inquiry_gateway_sink_rejected_total";
 /// inquiries are refused).
 pub const STORE_FREE_BYTES: &str = "inquiry_gateway_store_free_bytes";
 /// Spooled inquiries and audit entries not sent, for a reason that is no failure: `erased` (the
-/// buyer was erased meanwhile), `unreadable_audit`. Labels: `sink`, `reason`.
+/// buyer was erased meanwhile), `residency` (spooled before the sink's `location` or `regions`
+/// changed), `unreadable_audit`. Labels: `sink`, `reason`.
 pub const SINK_SKIPPED: &str = "inquiry_gateway_sink_skipped_total";
 /// Failed delivery rounds that are retried. Label: `sink`.
 pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";

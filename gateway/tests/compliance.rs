@@ -964,3 +964,48 @@ async fn an_inquiry_erased_while_it_waited_for_its_sink_is_never_sent() {
     );
     assert_eq!(skipped, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inquiries_spooled_before_a_sink_moved_out_of_the_eu_are_not_sent_to_it() {
+    let prefix = unique("moved");
+    let sink = |brokers: &str, location: &str, regions: &str| {
+        format!(
+            "[sinks.kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}.\"\npartitions = 1\n\
+             location = \"{location}\"\nregions = {regions}\n"
+        )
+    };
+    // The cluster is down: everything waits in its spool, EU data included (it is in the EU).
+    let mut gateway = Gateway::start(&sink("127.0.0.1:1", "eu", "[\"eu\", \"other\"]")).await;
+    let client = HttpClient::new();
+    let mut ids = Vec::new();
+    for (n, country) in ["DE", "US", ""].iter().enumerate() {
+        let mut buyer = json!({ "email": format!("moved{n}@example.com") });
+        if !country.is_empty() {
+            buyer["country"] = json!(country);
+        }
+        let doc = json!({
+            "channel": "generic", "account": "shop-m", "external_id": format!("m-{n}"),
+            "buyer": buyer, "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
+        });
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+        assert_eq!(reply.status, 201);
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    // Then the operator points the sink at a cluster outside the EU, for non-EU data only.
+    gateway.reconfigure(&sink(BROKERS, "other", "[\"other\"]"));
+    assert!(gateway.terminate().success());
+    gateway.restart().await;
+    wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
+    let published: HashSet<String> = kcat(&format!("{prefix}.inquiries.routed.v2"))
+        .iter()
+        .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap()["inquiry"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(published, HashSet::from([ids[1].clone()]), "only the US buyer's inquiry left the EU");
+    let exposition = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    let skipped = support::metric_value(
+        &exposition,
+        "inquiry_gateway_sink_skipped_total",
+        &[("sink", "kafka"), ("reason", "residency")],
+    );
+    assert_eq!(skipped, 2.0, "the EU and the unknown-country inquiry were skipped");
+}

@@ -176,6 +176,18 @@ impl KafkaSink {
                 match result {
                     Ok(topic) => tracing::info!(topic, "kafka topic created"),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    // A login without the right to create topics: they may exist (created by an
+                    // administrator); the check below says when one does not.
+                    Err((
+                        topic,
+                        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed,
+                    )) => {
+                        tracing::warn!(
+                            sink = self.name,
+                            topic,
+                            "not allowed to create the topic; checking that it exists"
+                        );
+                    }
                     Err((topic, code)) => return Err(error(format!("create topic {topic}: {code}"))),
                 }
             }
@@ -192,13 +204,22 @@ impl KafkaSink {
         }
         tokio::task::spawn_blocking(move || {
             for name in &names {
-                let metadata = producer
-                    .client()
-                    .fetch_metadata(Some(name), Duration::from_secs(10))
-                    .map_err(|e| error(format!("metadata of {name}: {e}")))?;
-                let topic = metadata.topics().first().ok_or_else(|| error(format!("topic {name} is missing")))?;
-                if topic.error().is_some() || topic.partitions().is_empty() {
-                    return Err(error(format!("topic {name} does not exist (create it or set create_topics)")));
+                // A topic just created may take a moment to show in the metadata.
+                let mut attempts = 0;
+                loop {
+                    let metadata = producer
+                        .client()
+                        .fetch_metadata(Some(name), Duration::from_secs(10))
+                        .map_err(|e| error(format!("metadata of {name}: {e}")))?;
+                    let topic = metadata.topics().first().ok_or_else(|| error(format!("topic {name} is missing")))?;
+                    if topic.error().is_none() && !topic.partitions().is_empty() {
+                        break;
+                    }
+                    attempts += 1;
+                    if attempts == 5 {
+                        return Err(error(format!("topic {name} does not exist (create it or set create_topics)")));
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
                 }
             }
             Ok(())

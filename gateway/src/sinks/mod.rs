@@ -404,11 +404,22 @@ fn read_round(
     let end = last.seq + 1;
     let mut records = Vec::with_capacity(entries.len());
     let (mut from_memory, mut from_store) = (0u64, 0u64);
+    // Checked again at sending: an entry spooled under another `location` or `regions` of the
+    // sink (a changed config) must not reach it now.
+    let not_here = |stored: &StoredInquiry| {
+        let refused = !state.accepts(&stored.inquiry);
+        if refused {
+            counter!(telemetry::SINK_SKIPPED, "sink" => state.name, "reason" => "residency").increment(1);
+        }
+        refused
+    };
     for entry in &entries {
         // The record as the stage built it, from memory while it is kept; else from the store.
         if let Some(record) = spool.recent.get(entry.seq) {
             from_memory += 1;
-            records.push(OutRecord { seq: entry.seq, record });
+            if !not_here(&record.stored) {
+                records.push(OutRecord { seq: entry.seq, record });
+            }
             continue;
         }
         from_store += 1;
@@ -419,6 +430,7 @@ fn read_round(
             Some((stored, _)) if stored.inquiry.raw_ref == ERASED_RAW_REF => {
                 counter!(telemetry::SINK_SKIPPED, "sink" => state.name, "reason" => "erased").increment(1);
             }
+            Some((stored, _)) if not_here(&stored) => {}
             Some((stored, json)) => records.push(OutRecord::new(entry.seq, stored, json)),
             None => {
                 tracing::error!(sink = state.name, seq = entry.seq, "outbox entry without a readable inquiry; skipped");

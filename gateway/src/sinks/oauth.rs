@@ -76,7 +76,9 @@ impl TokenSource {
         let fetched = fetched.unwrap_or_else(|_| Err(format!("no answer within {} s", TOKEN_TIMEOUT.as_secs())));
         let result = if fetched.is_ok() { "ok" } else { "error" };
         metrics::counter!(telemetry::KAFKA_OAUTH_TOKENS, "result" => result).increment(1);
-        fetched.map_err(|err| format!("kafka oauth: token endpoint {}: {err}", self.config.token_url))
+        // Without its query, which might carry a secret of its own.
+        let endpoint = self.config.token_url.split('?').next().unwrap_or_default();
+        fetched.map_err(|err| format!("kafka oauth: token endpoint {endpoint}: {err}"))
     }
 
     async fn request(&self) -> Result<OAuthToken, String> {
@@ -88,8 +90,9 @@ impl TokenSource {
             }
             form.finish()
         };
-        let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let credentials = format!("{}:{}", encode(&self.config.client_id), encode(&self.config.client_secret));
+        // As librdkafka and the Kafka Java client send them by default (not form-encoded: some
+        // providers do not decode, and secrets hold characters like `~`).
+        let credentials = format!("{}:{}", self.config.client_id, self.config.client_secret);
         let request = hyper::Request::post(&self.config.token_url)
             .header(hyper::header::AUTHORIZATION, format!("Basic {}", BASE64.encode(credentials)))
             .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
