@@ -76,6 +76,9 @@ pub async fn sweep(
     off_the_workers(move || sweep_the_rest(&store, &retention, now, swept)).await
 }
 
+/// The `(id, buyer pseudonym)` of a page's expired inquiries, and the page's last id.
+type ExpiredPage = (Vec<(uuid::Uuid, String)>, Option<uuid::Uuid>);
+
 /// One page of inquiries whose message time is before `cutoff` (after inquiry id `after`): the
 /// `(id, buyer pseudonym)` of those to remove, and the page's last id (None: no more pages).
 fn expired_page(
@@ -83,7 +86,7 @@ fn expired_page(
     cutoff: OffsetDateTime,
     after: Option<uuid::Uuid>,
     now: OffsetDateTime,
-) -> Result<(Vec<(uuid::Uuid, String)>, Option<uuid::Uuid>), StoreError> {
+) -> Result<ExpiredPage, StoreError> {
     let page = store.inquiries_before(cutoff, after, CHUNK)?;
     let last = page.last().map(|(id, _)| *id);
     let mut expired = Vec::with_capacity(page.len());
