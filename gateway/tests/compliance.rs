@@ -97,6 +97,25 @@ fn registry_of(store_dir: &Path) -> Arc<Subjects> {
 }
 
 /// (key, value) of every record of `topic`, via kcat; a tombstone has the value `NULL`.
+/// Posts one inquiry per buyer country (`""`: unknown), buyer `<tag><n>@example.com`; their ids.
+async fn post_by_country(gateway: &Gateway, client: &HttpClient, tag: &str, countries: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (n, country) in countries.iter().enumerate() {
+        let mut buyer = json!({ "email": format!("{tag}{n}@example.com") });
+        if !country.is_empty() {
+            buyer["country"] = json!(country);
+        }
+        let doc = json!({
+            "channel": "generic", "account": format!("shop-{tag}"), "external_id": format!("{tag}-{n}"),
+            "buyer": buyer, "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
+        });
+        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
 fn kcat(topic: &str) -> Vec<(String, String)> {
     let out = Command::new("kcat")
         .args(["-b", BROKERS, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-Z", "-f", "%k\t%s\n"])
@@ -453,21 +472,10 @@ async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_
     );
     let gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
-    let mut ids = Vec::new();
     // "" = the buyer's country is unknown: it may be an EU buyer, so it stays off a non-EU sink.
-    for (n, country) in ["DE", "US", "FR", "JP", "DE", ""].iter().enumerate() {
-        let mut buyer = json!({ "email": format!("r{n}@example.com") });
-        if !country.is_empty() {
-            buyer["country"] = json!(country);
-        }
-        let doc = json!({
-            "channel": "generic", "account": "shop-r", "external_id": format!("r-{n}"),
-            "buyer": buyer, "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
-        });
-        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
-        assert_eq!(reply.status, 201);
-        ids.push((reply.json()["id"].as_str().unwrap().to_owned(), *country));
-    }
+    let countries = ["DE", "US", "FR", "JP", "DE", ""];
+    let ids: Vec<(String, &str)> =
+        post_by_country(&gateway, &client, "r", &countries).await.into_iter().zip(countries).collect();
     // Each spool drains although the other region's inquiries are never queued for it.
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
     wait_spool_empty(&gateway, "kafka-us", Duration::from_secs(120)).await;
@@ -977,20 +985,7 @@ async fn inquiries_spooled_before_a_sink_moved_out_of_the_eu_are_not_sent_to_it(
     // The cluster is down: everything waits in its spool, EU data included (it is in the EU).
     let mut gateway = Gateway::start(&sink("127.0.0.1:1", "eu", "[\"eu\", \"other\"]")).await;
     let client = HttpClient::new();
-    let mut ids = Vec::new();
-    for (n, country) in ["DE", "US", ""].iter().enumerate() {
-        let mut buyer = json!({ "email": format!("moved{n}@example.com") });
-        if !country.is_empty() {
-            buyer["country"] = json!(country);
-        }
-        let doc = json!({
-            "channel": "generic", "account": "shop-m", "external_id": format!("m-{n}"),
-            "buyer": buyer, "body": "hello", "occurred_at": "2026-11-24T08:00:00Z",
-        });
-        let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
-        assert_eq!(reply.status, 201);
-        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
-    }
+    let ids = post_by_country(&gateway, &client, "moved", &["DE", "US", ""]).await;
     // Then the operator points the sink at a cluster outside the EU, for non-EU data only.
     gateway.reconfigure(&sink(BROKERS, "other", "[\"other\"]"));
     assert!(gateway.terminate().success());
