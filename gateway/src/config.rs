@@ -230,6 +230,56 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// Problems of a cluster's data residency (`place`: its section, like `sinks.kafka`).
+fn residency_problems(place: &str, location: Option<Region>, regions: &[Region], problems: &mut Vec<String>) {
+    match location {
+        None => problems
+            .push(format!("{place}.location must say where the cluster runs: \"eu\" or \"other\" (data residency)")),
+        Some(Region::Other) if regions.contains(&Region::Eu) => problems.push(format!(
+            "{place} runs outside the EU (location = \"other\") but would receive EU-region data: \
+             set regions = [\"other\"] or use a sink in the EU"
+        )),
+        _ => {}
+    }
+    if regions.is_empty() {
+        problems.push(format!("{place}.regions must name at least one region"));
+    }
+}
+
+/// Problems of the main `kind` cluster (`[sinks.<kind>]`) and its regional ones
+/// (`[sinks.<kind>_regional.<name>]`): each cluster's own (`check` names `sinks.<kind>`; a
+/// regional cluster's problems name it), a regional one without the main one or with a bad
+/// name, and two that would write to the same place (`clash`).
+fn cluster_problems<C>(
+    kind: &str,
+    main: Option<&C>,
+    regional: &std::collections::BTreeMap<String, C>,
+    check: impl Fn(&C, &mut Vec<String>),
+    clash: impl Fn(&C, &C) -> Option<String>,
+    problems: &mut Vec<String>,
+) {
+    let named = regional.iter().map(|(name, c)| (format!("sinks.{kind}_regional.{name}"), c));
+    for (place, cluster) in main.map(|c| (format!("sinks.{kind}"), c)).into_iter().chain(named) {
+        let mut found = Vec::new();
+        check(cluster, &mut found);
+        problems.extend(found.into_iter().map(|p| p.replace(&format!("sinks.{kind}"), &place)));
+    }
+    if !regional.is_empty() && main.is_none() {
+        problems.push(format!("sinks.{kind}_regional needs [sinks.{kind}], the main cluster"));
+    }
+    for name in regional.keys() {
+        if name.is_empty() || name.len() > 16 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            problems.push(format!(
+                "sinks.{kind}_regional.{name}: a cluster's name is 1 to 16 lower-case letters and digits"
+            ));
+        }
+    }
+    let all: Vec<&C> = main.into_iter().chain(regional.values()).collect();
+    for (i, a) in all.iter().enumerate() {
+        problems.extend(all[i + 1..].iter().filter_map(|b| clash(a, b)));
+    }
+}
+
 /// The `host:port` endpoints of a comma-separated list, host in lower case, `default_port` where
 /// none is given (to tell whether two clusters' lists name the same server).
 fn endpoints(list: &str, default_port: u16) -> BTreeSet<String> {
@@ -391,6 +441,7 @@ impl KafkaConfig {
                 problems.push(format!("sinks.kafka.properties may not set `{fixed}`: the gateway fixes it"));
             }
         }
+        residency_problems("sinks.kafka", self.location, &self.regions, problems);
         self.security_problems(problems);
         self.property_problems(problems);
     }
@@ -649,6 +700,7 @@ impl CqlConfig {
 
     /// Every problem of this cluster's settings (named as `sinks.cql`).
     fn problems(&self, problems: &mut Vec<String>) {
+        residency_problems("sinks.cql", self.location, &self.regions, problems);
         if self.contact_points.is_empty() {
             problems.push("sinks.cql.contact_points must name at least one node".to_owned());
         }
@@ -1907,62 +1959,40 @@ impl Config {
             problems.push("routing.fallback.queue must not be empty".to_owned());
         }
         validate_routing(&self.routing, &mut problems);
-        let regional =
-            self.sinks.kafka_regional.iter().map(|(name, kafka)| (format!("sinks.kafka_regional.{name}"), kafka));
-        for (place, kafka) in self.sinks.kafka.iter().map(|k| ("sinks.kafka".to_owned(), k)).chain(regional) {
-            // The checks name `sinks.kafka`; a further cluster's problems name that cluster.
-            let mut found = Vec::new();
-            kafka.problems(&mut found);
-            problems.extend(found.into_iter().map(|p| p.replace("sinks.kafka", &place)));
-        }
-        let kafkas: Vec<&KafkaConfig> = self.sinks.kafka.iter().chain(self.sinks.kafka_regional.values()).collect();
-        for (i, a) in kafkas.iter().enumerate() {
-            for b in &kafkas[i + 1..] {
+        cluster_problems(
+            "kafka",
+            self.sinks.kafka.as_ref(),
+            &self.sinks.kafka_regional,
+            KafkaConfig::problems,
+            |a, b| {
                 let shared = endpoints(&a.brokers, 9092).intersection(&endpoints(&b.brokers, 9092)).count() > 0;
-                if shared && a.topic_prefix == b.topic_prefix {
-                    problems.push(format!(
+                (shared && a.topic_prefix == b.topic_prefix).then(|| {
+                    format!(
                         "two Kafka clusters share a broker and topic_prefix `{}`: they would write to the same topics",
                         a.topic_prefix
-                    ));
-                }
-            }
-        }
-        if !self.sinks.kafka_regional.is_empty() && self.sinks.kafka.is_none() {
-            problems.push("sinks.kafka_regional needs [sinks.kafka], the main cluster".to_owned());
-        }
-        let names = self.sinks.kafka_regional.keys().map(|n| ("kafka", n));
-        for (kind, name) in names.chain(self.sinks.cql_regional.keys().map(|n| ("cql", n))) {
-            if name.is_empty() || name.len() > 16 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            {
-                problems.push(format!(
-                    "sinks.{kind}_regional.{name}: a cluster's name is 1 to 16 lower-case letters and digits"
-                ));
-            }
-        }
-        let regional = self.sinks.cql_regional.iter().map(|(name, cql)| (format!("sinks.cql_regional.{name}"), cql));
-        for (place, cql) in self.sinks.cql.iter().map(|c| ("sinks.cql".to_owned(), c)).chain(regional) {
-            // The checks name `sinks.cql`; a further cluster's problems name that cluster.
-            let mut found = Vec::new();
-            cql.problems(&mut found);
-            problems.extend(found.into_iter().map(|p| p.replace("sinks.cql", &place)));
-        }
-        if !self.sinks.cql_regional.is_empty() && self.sinks.cql.is_none() {
-            problems.push("sinks.cql_regional needs [sinks.cql], the main cluster".to_owned());
-        }
-        let cqls: Vec<&CqlConfig> = self.sinks.cql.iter().chain(self.sinks.cql_regional.values()).collect();
-        for (i, a) in cqls.iter().enumerate() {
-            for b in &cqls[i + 1..] {
+                    )
+                })
+            },
+            &mut problems,
+        );
+        cluster_problems(
+            "cql",
+            self.sinks.cql.as_ref(),
+            &self.sinks.cql_regional,
+            CqlConfig::problems,
+            |a, b| {
                 let points = |c: &CqlConfig| endpoints(&c.contact_points.join(","), 9042);
                 let shared = points(a).intersection(&points(b)).count() > 0;
                 // Unquoted in every statement: keyspace names do not differ by case.
-                if shared && a.keyspace.eq_ignore_ascii_case(&b.keyspace) {
-                    problems.push(format!(
+                (shared && a.keyspace.eq_ignore_ascii_case(&b.keyspace)).then(|| {
+                    format!(
                         "two CQL clusters share a contact point and keyspace `{}`: they would write to the same tables",
                         a.keyspace
-                    ));
-                }
-            }
-        }
+                    )
+                })
+            },
+            &mut problems,
+        );
         let retention = &self.retention;
         // CQL's largest TTL is 20 years.
         if retention.inquiries_days == 0 || retention.inquiries_days > 7300 || retention.audit_days > 7300 {
@@ -1977,32 +2007,6 @@ impl Config {
         }
         if retention.sweep_interval_ms < 100 {
             problems.push("retention.sweep_interval_ms must be at least 100".to_owned());
-        }
-        let mut sinks: Vec<(String, Option<(&Option<Region>, &Vec<Region>)>)> = vec![
-            ("kafka".to_owned(), self.sinks.kafka.as_ref().map(|k| (&k.location, &k.regions))),
-            ("cql".to_owned(), self.sinks.cql.as_ref().map(|c| (&c.location, &c.regions))),
-        ];
-        for (name, kafka) in &self.sinks.kafka_regional {
-            sinks.push((format!("kafka_regional.{name}"), Some((&kafka.location, &kafka.regions))));
-        }
-        for (name, cql) in &self.sinks.cql_regional {
-            sinks.push((format!("cql_regional.{name}"), Some((&cql.location, &cql.regions))));
-        }
-        for (name, sink) in sinks {
-            let Some((location, regions)) = sink else { continue };
-            match location {
-                None => problems.push(format!(
-                    "sinks.{name}.location must say where the cluster runs: \"eu\" or \"other\" (data residency)"
-                )),
-                Some(Region::Other) if regions.contains(&Region::Eu) => problems.push(format!(
-                    "sinks.{name} runs outside the EU (location = \"other\") but would receive EU-region data: \
-                     set regions = [\"other\"] or use a sink in the EU"
-                )),
-                _ => {}
-            }
-            if regions.is_empty() {
-                problems.push(format!("sinks.{name}.regions must name at least one region"));
-            }
         }
         let mut endpoints = BTreeSet::new();
         for (i, hook) in self.webhooks.iter().enumerate() {

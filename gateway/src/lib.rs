@@ -569,44 +569,39 @@ fn build_sinks(config: &Config) -> Result<(Vec<Arc<dyn Sink>>, Vec<Arc<KafkaSink
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     let mut kafka_sinks = Vec::new();
     let reach = !config.reach.sla_policies.is_empty();
-    if let Some(kafka) = &config.sinks.kafka {
+    // The main cluster first (`None`), then the regional ones by name.
+    let regional = config.sinks.kafka_regional.iter().map(|(name, kafka)| (Some(name), kafka));
+    for (region, kafka) in config.sinks.kafka.iter().map(|kafka| (None, kafka)).chain(regional) {
+        let name = sink_name("kafka", region);
         if !kafka.security_protocol().contains("ssl") && !kafka.brokers_are_loopback() {
-            tracing::warn!(brokers = %kafka.brokers,
-                "kafka traffic is not encrypted: set sinks.kafka.properties security.protocol = \"sasl_ssl\" or \"ssl\"");
-        }
-        let replies = config.reach.replies_topic.clone();
-        let kafka = Arc::new(KafkaSink::new("kafka", kafka, &config.retention, reach, replies)?);
-        built.push(kafka.clone());
-        kafka_sinks.push(kafka);
-    }
-    for (name, kafka) in &config.sinks.kafka_regional {
-        if !kafka.security_protocol().contains("ssl") && !kafka.brokers_are_loopback() {
-            tracing::warn!(cluster = %name, brokers = %kafka.brokers,
+            tracing::warn!(sink = name, brokers = %kafka.brokers,
                 "kafka traffic is not encrypted: set security.protocol = \"sasl_ssl\" or \"ssl\" in its properties");
         }
-        // Built once per process from the configuration: the name lives as long as the process.
-        let sink_name: &'static str = Box::leak(format!("kafka-{name}").into_boxed_str());
-        let kafka = Arc::new(KafkaSink::new(sink_name, kafka, &config.retention, reach, None)?);
+        // The replies topic is read from the main cluster only.
+        let replies = region.is_none().then(|| config.reach.replies_topic.clone()).flatten();
+        let kafka = Arc::new(KafkaSink::new(name, kafka, &config.retention, reach, replies)?);
         built.push(kafka.clone());
         kafka_sinks.push(kafka);
     }
-    if let Some(cql) = &config.sinks.cql {
+    let regional = config.sinks.cql_regional.iter().map(|(name, cql)| (Some(name), cql));
+    for (region, cql) in config.sinks.cql.iter().map(|cql| (None, cql)).chain(regional) {
+        let name = sink_name("cql", region);
         if cql.tls.is_none() && !cql.contact_points_are_loopback() {
-            tracing::warn!(contact_points = ?cql.contact_points,
-                "cql traffic is not encrypted: configure [sinks.cql.tls]");
-        }
-        built.push(Arc::new(CqlSink::new("cql", cql, &config.retention)?));
-    }
-    for (name, cql) in &config.sinks.cql_regional {
-        if cql.tls.is_none() && !cql.contact_points_are_loopback() {
-            tracing::warn!(cluster = %name, contact_points = ?cql.contact_points,
+            tracing::warn!(sink = name, contact_points = ?cql.contact_points,
                 "cql traffic is not encrypted: configure its tls");
         }
-        // Built once per process from the configuration: the name lives as long as the process.
-        let sink_name: &'static str = Box::leak(format!("cql-{name}").into_boxed_str());
-        built.push(Arc::new(CqlSink::new(sink_name, cql, &config.retention)?));
+        built.push(Arc::new(CqlSink::new(name, cql, &config.retention)?));
     }
     Ok((built, kafka_sinks))
+}
+
+/// The sink name of a main cluster (`kafka`, `cql`) or of a regional one (`kafka-us`). Built once
+/// per process from the configuration: a regional name lives as long as the process.
+fn sink_name(kind: &'static str, region: Option<&String>) -> &'static str {
+    match region {
+        None => kind,
+        Some(region) => Box::leak(format!("{kind}-{region}").into_boxed_str()),
+    }
 }
 
 /// The reach-out tasks: the SLA timers, and one deliverer per destination (each Kafka cluster's

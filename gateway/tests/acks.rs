@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use platform_standins::whatsapp_send::WhatsappSend;
 use platform_standins::Standin;
-use support::{audit_entries_of, metric_value, Gateway, HttpClient, SmtpServer, StatusCode};
+use support::{audit_entries_of, metric_value, metrics, Gateway, HttpClient, SmtpServer, StatusCode};
 
 const NUMBER: &str = "106540352242922";
 const EU_BLOCK: &str = "EU representative: Example Rep GmbH, Berlin";
@@ -80,10 +80,6 @@ async fn wait_until_sent(sent: impl Fn() -> usize, count: usize, seconds: u64, l
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn metrics(gateway: &Gateway) -> String {
-    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

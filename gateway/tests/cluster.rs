@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use inquiry_gateway::config::CqlConfig;
 use inquiry_gateway::poll_leases::Leases;
 use platform_standins::{etsy::Etsy, meta::Meta, tiktok::Tiktok, QuotaRule, Standin};
-use support::{built_plugin, eventually, metric_value, unique, Gateway, HttpClient};
+use support::{built_plugin, eventually, metric_value, metrics, unique, Gateway, HttpClient};
 
 const CQL: &str = "127.0.0.1:9042";
 /// Lease time: a round of renewals (lightweight transactions) must finish within a quarter of it,
@@ -86,10 +86,6 @@ impl Platforms {
         ));
         config
     }
-}
-
-async fn metrics(gateway: &Gateway) -> String {
-    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
 }
 
 async fn leases_held(gateway: &Gateway) -> f64 {

@@ -116,6 +116,27 @@ async fn post_by_country(gateway: &Gateway, client: &HttpClient, tag: &str, coun
     ids
 }
 
+/// Posts a Shopify compliance webhook `body` on `topic` to `url`, signed with `secret` the way
+/// Shopify signs (base64 HMAC-SHA256 of the body), with its `X-Shopify-Event-Id` when given.
+async fn post_shopify(
+    client: &HttpClient,
+    url: &str,
+    secret: &str,
+    topic: &str,
+    body: &str,
+    event: Option<&str>,
+) -> support::Reply {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("x-shopify-topic", topic),
+        ("x-shopify-hmac-sha256", signature.as_str()),
+    ];
+    headers.extend(event.map(|event| ("x-shopify-event-id", event)));
+    client.request(Method::POST, url, body.as_bytes().to_vec(), &headers).await
+}
+
 fn kcat(topic: &str) -> Vec<(String, String)> {
     let out = Command::new("kcat")
         .args(["-b", BROKERS, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-Z", "-f", "%k\t%s\n"])
@@ -506,11 +527,8 @@ async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_
 
     // The audit trail names EU subjects too: it goes to the EU cluster only.
     let forwarded = |sink: &'static str| {
-        let (client, url) = (&client, gateway.admin_url("/metrics"));
-        async move {
-            let exposition = String::from_utf8_lossy(&client.get(&url).await.body).into_owned();
-            support::metric_value(&exposition, "inquiry_gateway_audit_forwarded_total", &[("sink", sink)])
-        }
+        let gateway = &gateway;
+        async move { support::metric(gateway, "inquiry_gateway_audit_forwarded_total", &[("sink", sink)]).await }
     };
     support::eventually(Duration::from_secs(30), "audit entries reach the EU clusters", || async {
         forwarded("kafka").await > 0.0 && forwarded("cql").await > 0.0
@@ -585,17 +603,7 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     let url = gateway.url(&format!("/webhooks/shopify_compliance/{shop}"));
     let send = |topic: &'static str, body: Value, key: &'static str| {
         let (client, url) = (&client, url.clone());
-        async move {
-            let body = body.to_string();
-            let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()), body.as_bytes());
-            let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-            let headers = [
-                ("content-type", "application/json"),
-                ("x-shopify-topic", topic),
-                ("x-shopify-hmac-sha256", signature.as_str()),
-            ];
-            client.request(Method::POST, &url, body.into_bytes(), &headers).await
-        }
+        async move { post_shopify(client, &url, key, topic, &body.to_string(), None).await }
     };
     let customer = json!({ "id": 191167, "email": "john@example.com", "phone": "555-625-1199" });
     // Shopify requires 401 for an invalid HMAC.
@@ -654,17 +662,9 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     // A redelivery (the same X-Shopify-Event-Id) answers the request it opened the first time.
     let data_request =
         json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "data_request": { "id": 10000 } });
-    let body = data_request.to_string();
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
-    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    let headers = [
-        ("content-type", "application/json"),
-        ("x-shopify-topic", "customers/data_request"),
-        ("x-shopify-hmac-sha256", signature.as_str()),
-        ("x-shopify-event-id", "98880550-7158-44d4-b7cd-2c97c8a091b5"),
-    ];
-    let first = client.request(Method::POST, &url, body.clone().into_bytes(), &headers).await;
-    let again = client.request(Method::POST, &url, body.into_bytes(), &headers).await;
+    let (body, event) = (data_request.to_string(), Some("98880550-7158-44d4-b7cd-2c97c8a091b5"));
+    let first = post_shopify(&client, &url, secret, "customers/data_request", &body, event).await;
+    let again = post_shopify(&client, &url, secret, "customers/data_request", &body, event).await;
     assert_eq!((first.status.as_u16(), again.status.as_u16()), (200, 200));
     assert_eq!(first.json()["request_id"], again.json()["request_id"], "one request per event");
     assert_eq!(again.json()["duplicate"], true);
@@ -914,16 +914,8 @@ async fn a_shopify_redact_left_open_by_a_failed_attempt_is_carried_out_on_redeli
     // Shopify redelivers the same event: the open erasure is carried out now, under its id.
     let body = json!({ "shop_id": 1, "shop_domain": shop, "customer": { "id": 191168, "email": "jane@example.com" } })
         .to_string();
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
-    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    let headers = [
-        ("content-type", "application/json"),
-        ("x-shopify-topic", "customers/redact"),
-        ("x-shopify-hmac-sha256", signature.as_str()),
-        ("x-shopify-event-id", event),
-    ];
     let url = gateway.url(&format!("/webhooks/shopify_compliance/{shop}"));
-    let again = client.request(Method::POST, &url, body.into_bytes(), &headers).await;
+    let again = post_shopify(&client, &url, secret, "customers/redact", &body, Some(event)).await;
     assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
     let answer = again.json();
     assert_eq!(
@@ -964,12 +956,8 @@ async fn an_inquiry_erased_while_it_waited_for_its_sink_is_never_sent() {
     let routed: Vec<String> = kcat(&format!("{prefix}.inquiries.routed.v2")).into_iter().map(|(_, v)| v).collect();
     assert_eq!(routed.iter().filter(|v| v.contains(&ids[1])).count(), 1, "{routed:?}");
     assert!(routed.iter().all(|v| !v.contains(&ids[0])), "the erased inquiry was sent: {routed:?}");
-    let metrics = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
-    let skipped = support::metric_value(
-        &metrics,
-        "inquiry_gateway_sink_skipped_total",
-        &[("sink", "kafka"), ("reason", "erased")],
-    );
+    let labels = [("sink", "kafka"), ("reason", "erased")];
+    let skipped = support::metric(&gateway, "inquiry_gateway_sink_skipped_total", &labels).await;
     assert_eq!(skipped, 1.0);
 }
 
@@ -996,11 +984,7 @@ async fn inquiries_spooled_before_a_sink_moved_out_of_the_eu_are_not_sent_to_it(
         .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap()["inquiry"]["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(published, HashSet::from([ids[1].clone()]), "only the US buyer's inquiry left the EU");
-    let exposition = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
-    let skipped = support::metric_value(
-        &exposition,
-        "inquiry_gateway_sink_skipped_total",
-        &[("sink", "kafka"), ("reason", "residency")],
-    );
+    let labels = [("sink", "kafka"), ("reason", "residency")];
+    let skipped = support::metric(&gateway, "inquiry_gateway_sink_skipped_total", &labels).await;
     assert_eq!(skipped, 2.0, "the EU and the unknown-country inquiry were skipped");
 }

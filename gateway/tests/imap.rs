@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_imap::Session;
 use inquiry_connectors::{stable_id, Channel};
-use support::{metric_value, Gateway, HttpClient};
+use support::{metric_value, metrics, Gateway, HttpClient};
 use tokio::net::TcpStream;
 
 const PORT: u16 = 31143;
@@ -42,10 +42,6 @@ fn fixture(name: &str, run: &str) -> String {
     let raw =
         std::fs::read_to_string(support::workspace_file(&format!("connectors/tests/fixtures/email/{name}"))).unwrap();
     raw.replace("Message-ID: <", &format!("Message-ID: <{run}."))
-}
-
-async fn metrics(gateway: &Gateway) -> String {
-    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
 }
 
 async fn email_inquiries(gateway: &Gateway, outcome: &str) -> f64 {

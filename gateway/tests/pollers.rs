@@ -13,7 +13,7 @@ use platform_standins::{
     aliexpress::Aliexpress, ebay::Ebay, ebay_post_order::EbayPostOrder, etsy::Etsy, indiamart::Indiamart, meta::Meta,
     shopee::Shopee, shopee_push::ShopeePush, tiktok::Tiktok, QuotaRule, Standin,
 };
-use support::{metric_value, Gateway, HttpClient};
+use support::{metric_value, metrics, Gateway};
 
 const PAGE: &str = "110044338451234";
 const ETSY_SHOPS: [&str; 3] = ["38291047", "38291048", "38291049"];
@@ -25,10 +25,6 @@ fn now() -> i64 {
 /// A buyer message and the seller's reply, in conversation `conversation` of `account`.
 fn exchange(standin: &Standin, account: &str, conversation: usize, created: i64) {
     standin.add_exchange(account, conversation, created);
-}
-
-async fn metrics(gateway: &Gateway) -> String {
-    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
 }
 
 async fn accepted(gateway: &Gateway, channel: &str) -> f64 {

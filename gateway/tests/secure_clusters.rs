@@ -302,9 +302,7 @@ async fn kafka_over_oauthbearer_gets_every_inquiry_with_tokens_the_gateway_fetch
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let metrics = client.get(&gateway.admin_url("/metrics")).await;
-    let exposition = String::from_utf8_lossy(&metrics.body).into_owned();
-    let fetched = support::metric_value(&exposition, "inquiry_gateway_kafka_oauth_tokens_total", &[("result", "ok")]);
+    let fetched = support::metric(&gateway, "inquiry_gateway_kafka_oauth_tokens_total", &[("result", "ok")]).await;
     assert!(fetched > at_start as f64, "{fetched} tokens counted, {at_start} at start");
     let log = gateway.log();
     assert!(!log.contains(IDP_SECRET), "the client secret is in the log:\n{log}");

@@ -320,6 +320,16 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f6
         .sum()
 }
 
+/// The gateway's `/metrics` exposition.
+pub async fn metrics(gateway: &Gateway) -> String {
+    String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
+}
+
+/// The value of sample `name{labels}` in the gateway's `/metrics` now (0 when absent).
+pub async fn metric(gateway: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&metrics(gateway).await, name, labels)
+}
+
 /// Path of a file at the workspace root.
 pub fn workspace_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
