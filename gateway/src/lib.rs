@@ -117,7 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None
     } else {
         let clock = Arc::new(reach::SystemClock);
-        let queues = kafka_sinks.iter().map(|k| (k.name().to_owned(), k.regions().to_vec())).collect();
+        let queues = kafka_sinks.iter().map(|k| (k.name().to_owned(), k.regions().to_vec(), k.location())).collect();
         let reach = reach::Reach::new(&config.reach, store.clone(), queues, clock)
             .map_err(|e| StoreError::from_message(&format!("reach: {e}")))?;
         let reach = Arc::new(reach);

@@ -91,9 +91,18 @@ impl SpoolSink {
 /// True when a sink at `location` that takes `regions` may hold `inquiry` (see
 /// [`SpoolSink::accepts`]); also what a sink's part of an erasure is limited to.
 pub fn residency_allows(regions: &[Region], location: Region, inquiry: &inquiry_connectors::Inquiry) -> bool {
-    let unknown_country = inquiry.buyer.country.is_none();
-    let region_taken = regions.contains(&inquiry.region) || (unknown_country && regions.contains(&Region::Eu));
-    region_taken && (location == Region::Eu || !unknown_country)
+    region_allows(regions, location, inquiry.buyer.country.is_some().then_some(inquiry.region))
+}
+
+/// True when a sink at `location` that takes `regions` may hold data of `region`, `None` for a
+/// buyer of unknown country: that counts as both regions' data (an inquiry's record says `other`,
+/// its buyer may be in the EU), so only a sink in the EU takes it, whichever region it takes.
+/// The one rule for inquiries ([`residency_allows`]) and their SLA events.
+pub fn region_allows(regions: &[Region], location: Region, region: Option<Region>) -> bool {
+    match region {
+        Some(region) => regions.contains(&region),
+        None => location == Region::Eu && (regions.contains(&Region::Eu) || regions.contains(&Region::Other)),
+    }
 }
 
 /// Everything the stage, the sync thread and the forwarders share about the spool.

@@ -328,6 +328,7 @@ mod tests {
             at: "2026-12-02T11:00:00Z".to_owned(),
             notify: notify.map(str::to_owned),
             region: inquiry_connectors::Region::Eu,
+            country_unknown: false,
         }
     }
 

@@ -65,9 +65,9 @@ pub struct Reach {
     /// started, to tell when a changed config needs a restart.
     restart_only: RestartOnly,
     targets: Vec<AlertTargetConfig>,
-    /// The event queue of each Kafka cluster (its sink's name; `kafka` for the main one) and the
-    /// regions of the events it publishes.
-    kafka_queues: Vec<(String, Vec<inquiry_connectors::Region>)>,
+    /// The event queue of each Kafka cluster (its sink's name; `kafka` for the main one), the
+    /// regions of the events it publishes and where it runs.
+    kafka_queues: Vec<KafkaQueue>,
     dry_run: bool,
     pub(crate) clock: Arc<dyn Clock>,
     /// Next sequence number per queue; held while a write is built, so writes do not interleave.
@@ -150,6 +150,9 @@ struct RestartOnly {
     replies_topic: Option<String>,
 }
 
+/// A Kafka cluster's SLA event queue: its sink's name and the residency it was declared with.
+pub type KafkaQueue = (String, Vec<inquiry_connectors::Region>, inquiry_connectors::Region);
+
 fn restart_only(config: &ReachConfig) -> RestartOnly {
     RestartOnly {
         senders: config.senders.clone(),
@@ -165,7 +168,7 @@ impl Reach {
     pub fn new(
         config: &ReachConfig,
         store: Store,
-        kafka_queues: Vec<(String, Vec<inquiry_connectors::Region>)>,
+        kafka_queues: Vec<KafkaQueue>,
         clock: Arc<dyn Clock>,
     ) -> Result<Reach, String> {
         Ok(Reach {
@@ -470,8 +473,8 @@ impl Reach {
             _ => event.assignee.clone(),
         };
         let payload = serde_json::to_vec(&event).expect("events serialize");
-        for (queue, regions) in &self.kafka_queues {
-            if regions.contains(&event.region) {
+        for (queue, regions, location) in &self.kafka_queues {
+            if crate::spool::region_allows(regions, *location, event.residency_region()) {
                 let seq = self.next(seqs, queue)?;
                 batch.put_queued(queue, seq, &payload);
             }
@@ -693,8 +696,9 @@ mod tests {
     use super::*;
 
     /// The main Kafka cluster's queue, for both regions.
-    fn all_regions_to_kafka() -> Vec<(String, Vec<inquiry_connectors::Region>)> {
-        vec![(KAFKA_QUEUE.to_owned(), vec![inquiry_connectors::Region::Eu, inquiry_connectors::Region::Other])]
+    fn all_regions_to_kafka() -> Vec<KafkaQueue> {
+        use inquiry_connectors::Region;
+        vec![(KAFKA_QUEUE.to_owned(), vec![Region::Eu, Region::Other], Region::Eu)]
     }
     use crate::pipeline::StoredInquiry;
     use crate::routing::{Decision, Disposition, Priority};
@@ -753,9 +757,19 @@ mod tests {
     }
 
     fn record(seq: u64, received_ms: i64, queue: &str, sla_policy: Option<&str>) -> OutRecord {
+        buyer_record(seq, received_ms, queue, sla_policy, serde_json::json!({ "email": "anna@example.com" }))
+    }
+
+    fn buyer_record(
+        seq: u64,
+        received_ms: i64,
+        queue: &str,
+        sla_policy: Option<&str>,
+        buyer: serde_json::Value,
+    ) -> OutRecord {
         let raw = serde_json::json!({
             "channel": "generic", "account": "shop-1", "external_id": format!("m-{seq}"),
-            "buyer": { "email": "anna@example.com" }, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
+            "buyer": buyer, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
         })
         .to_string();
         let received_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(received_ms) * 1_000_000).unwrap();
@@ -835,6 +849,49 @@ mod tests {
         assert_eq!(all[3].deadline, "2026-12-02T11:00:00Z");
         // Alerts: reminders, breach and escalations; not the start.
         assert_eq!(queued(&store, &alert_queue("ops")).len(), 5);
+    }
+
+    #[test]
+    fn sla_events_reach_exactly_the_kafka_clusters_their_inquiry_reaches() {
+        use inquiry_connectors::Region::{Eu, Other};
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let config: ReachConfig = toml::from_str(CONFIG).unwrap();
+        // The unusual layout too: a cluster in the EU that takes only `other`.
+        let clusters: Vec<KafkaQueue> = vec![
+            ("kafka".to_owned(), vec![Eu], Eu),
+            ("kafka-eu-other".to_owned(), vec![Other], Eu),
+            ("kafka-us".to_owned(), vec![Other], Other),
+        ];
+        let engine = Reach::new(&config, store.clone(), clusters.clone(), clock.clone()).unwrap();
+        let buyers = [
+            (serde_json::json!({ "email": "anna@example.com" }), ["kafka", "kafka-eu-other"].as_slice()),
+            (serde_json::json!({ "email": "bo@example.com", "country": "US" }), &["kafka-eu-other", "kafka-us"]),
+            (serde_json::json!({ "email": "cy@example.com", "country": "DE" }), &["kafka"]),
+        ];
+        for (seq, (buyer, expected)) in buyers.into_iter().enumerate() {
+            let record = buyer_record(seq as u64 + 1, T0, "sales", None, buyer);
+            let inquiry = record.stored().inquiry.clone();
+            let before: Vec<usize> = clusters.iter().map(|(q, _, _)| queued(&store, q).len()).collect();
+            assert_eq!(engine.schedule(&[record]).unwrap(), 1);
+            let reached: Vec<&str> = clusters
+                .iter()
+                .zip(before)
+                .filter(|((queue, _, _), before)| queued(&store, queue).len() > *before)
+                .map(|((queue, _, _), _)| queue.as_str())
+                .collect();
+            assert_eq!(reached, expected, "country {:?}", inquiry.buyer.country);
+            let inquiry_reached: Vec<&str> = clusters
+                .iter()
+                .filter(|(_, regions, location)| crate::spool::residency_allows(regions, *location, &inquiry))
+                .map(|(queue, _, _)| queue.as_str())
+                .collect();
+            assert_eq!(reached, inquiry_reached, "the events go where the inquiry went");
+        }
+        let unknown = &queued(&store, "kafka-eu-other")[0];
+        assert_eq!(unknown.region, Eu, "an unknown country is published as EU data");
+        assert!(!serde_json::to_string(unknown).unwrap().contains("country_unknown"), "never published");
     }
 
     #[test]

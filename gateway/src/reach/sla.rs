@@ -141,6 +141,10 @@ pub struct SlaState {
     /// earlier versions have none and count as EU (the stricter).
     #[serde(default = "eu")]
     pub region: Region,
+    /// True when the buyer's country is unknown (`region` then says `eu`): its events reach the
+    /// Kafka clusters its inquiry reached, by [`crate::spool::region_allows`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub country_unknown: bool,
 }
 
 fn eu() -> Region {
@@ -191,6 +195,7 @@ impl SlaState {
             // An unknown country may be an EU buyer: its events count as EU (inquiries of unknown
             // country never reach a sink outside the EU either).
             region: if inquiry.buyer.country.is_some() { inquiry.region } else { Region::Eu },
+            country_unknown: inquiry.buyer.country.is_none(),
         }
     }
 
@@ -266,6 +271,7 @@ impl SlaState {
             at: rfc3339(now_ms),
             notify: None,
             region: self.region,
+            country_unknown: self.country_unknown,
         }
     }
 }
@@ -352,6 +358,18 @@ pub struct SlaEvent {
     /// it is declared for only.
     #[serde(default = "eu")]
     pub region: Region,
+    /// True when the buyer's country is unknown: decides which clusters get the event, never
+    /// published.
+    #[serde(skip)]
+    pub country_unknown: bool,
+}
+
+impl SlaEvent {
+    /// The region [`crate::spool::region_allows`] decides the event's clusters by (`None`:
+    /// the buyer's country is unknown).
+    pub(crate) fn residency_region(&self) -> Option<Region> {
+        (!self.country_unknown).then_some(self.region)
+    }
 }
 
 /// Unix ms as RFC 3339 (UTC).
