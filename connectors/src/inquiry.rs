@@ -67,6 +67,17 @@ pub struct Inquiry {
     pub raw_ref: String,
 }
 
+impl Inquiry {
+    /// Takes `country` as the buyer's where the message gave none (an account's configured
+    /// `buyer_country`); the region follows it. A country the message gave is kept.
+    pub fn assume_country(&mut self, country: &str) {
+        if self.buyer.country.is_none() {
+            self.region = Region::of_country(country);
+            self.buyer.country = Some(country.to_owned());
+        }
+    }
+}
+
 /// A buyer's consent as the channel reported it with a message: the record the seller keeps to
 /// show it (GDPR Art. 7(1)). Purposes and the notice's version are the seller's own names; no
 /// personal data.

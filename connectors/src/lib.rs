@@ -94,7 +94,9 @@ impl Draft {
     /// The canonical inquiry: the id derived from the message, the receive time and trace id from
     /// `ctx`; the personal data in [`Inquiry::personal`], for the gateway to seal.
     pub(crate) fn into_inquiry(self, ctx: &NormalizeContext<'_>) -> Inquiry {
-        let region = self.country.as_deref().map_or(Region::Other, Region::of_country);
+        // Chat channels give a phone number rather than a country: its country code names one.
+        let country = self.country.or_else(|| self.buyer_phone.as_deref().and_then(country_of_phone));
+        let region = country.as_deref().map_or(Region::Other, Region::of_country);
         let language = self.language.or_else(|| language::detect(&self.body));
         let id = stable_id(self.channel, &self.account, &self.message_id, self.occurred_at);
         Inquiry {
@@ -102,7 +104,7 @@ impl Draft {
             id,
             channel: self.channel,
             external: ExternalIds { message_id: self.message_id, conversation_id: self.conversation_id },
-            buyer: Buyer { pseudonym: String::new(), country: self.country, language },
+            buyer: Buyer { pseudonym: String::new(), country, language },
             account: self.account,
             personal: Personal {
                 identity: self.buyer_identity,
@@ -126,6 +128,24 @@ impl Draft {
             raw_ref: format!("embedded:raw/{id}"),
         }
     }
+}
+
+/// The ISO 3166-1 alpha-2 country of a phone number in international format (`+4915...`), by
+/// libphonenumber's metadata (a country code shared by several countries, like +1, is told apart
+/// by the number's area code). `None` for a number without its country code or one no country
+/// issues: the country stays unknown rather than guessed.
+pub fn country_of_phone(phone: &str) -> Option<String> {
+    if !phone.trim_start().starts_with('+') {
+        return None;
+    }
+    let number = phonenumber::parse(None, phone).ok()?;
+    Some(number.country().id()?.as_ref().to_owned())
+}
+
+/// True for an ISO 3166-1 alpha-2 code (upper case) of a country or territory that issues phone
+/// numbers (libphonenumber's list: every place a buyer can write from).
+pub fn is_known_country(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) && code.parse::<phonenumber::country::Id>().is_ok()
 }
 
 /// The id of the inquiry for a platform message: a UUIDv8 whose first 48 bits are the Unix
@@ -156,4 +176,40 @@ pub struct NormalizeContext<'a> {
     pub received_at: OffsetDateTime,
     /// Trace id to carry.
     pub trace_id: &'a str,
+}
+
+#[cfg(test)]
+mod phone_tests {
+    use super::country_of_phone;
+
+    #[test]
+    fn a_phone_number_in_international_format_names_its_country() {
+        // WhatsApp ids are numbers without the plus; the connector adds it.
+        assert_eq!(country_of_phone("+4915112345678").as_deref(), Some("DE"));
+        assert_eq!(country_of_phone("+33 6 12 34 56 78").as_deref(), Some("FR"));
+        assert_eq!(country_of_phone("+6591234567").as_deref(), Some("SG"));
+        // +1 is shared: the area code tells the US, Canada and the Caribbean apart.
+        assert_eq!(country_of_phone("+12015550123").as_deref(), Some("US"));
+        assert_eq!(country_of_phone("+14165550123").as_deref(), Some("CA"));
+        assert_eq!(country_of_phone("+18765550123").as_deref(), Some("JM"));
+        // +44 7781 is Guernsey, not the United Kingdom.
+        assert_eq!(country_of_phone("+447781123456").as_deref(), Some("GG"));
+    }
+
+    #[test]
+    fn a_number_without_its_country_code_leaves_the_country_unknown() {
+        assert_eq!(country_of_phone("015112345678"), None, "national format: which country?");
+        assert_eq!(country_of_phone("4915112345678"), None, "no plus: not known to be international");
+        assert_eq!(country_of_phone("+999123456"), None, "no country has code 999");
+        assert_eq!(country_of_phone("+"), None);
+        assert_eq!(country_of_phone("not a number"), None);
+    }
+
+    #[test]
+    fn known_countries_are_iso_codes_in_upper_case() {
+        use super::is_known_country;
+        assert!(is_known_country("SG") && is_known_country("DE") && is_known_country("GG"));
+        assert!(!is_known_country("sg"), "lower case");
+        assert!(!is_known_country("XX") && !is_known_country("SGP") && !is_known_country(""));
+    }
 }

@@ -93,6 +93,12 @@ pub struct WebhookConfig {
     /// use `${ENV}`). A secret: never logged.
     #[serde(default)]
     pub app_token: Option<String>,
+    /// Country (ISO 3166-1 alpha-2) of this account's buyers where a message names none and
+    /// gives no phone number in international format: a marketplace shop that sells in one country
+    /// (a Shopee or TikTok Shop shop of one market). Decides the inquiry's region like a country
+    /// the platform sent (data residency, quiet hours, routing by country).
+    #[serde(default)]
+    pub buyer_country: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -150,6 +156,21 @@ pub struct PollerConfig {
     /// Override of the connector's published daily cap.
     #[serde(default)]
     pub per_day: Option<u32>,
+    /// Country (ISO 3166-1 alpha-2) of this account's buyers where a message names none and
+    /// gives no phone number in international format: a marketplace shop that sells in one country
+    /// (a Shopee or TikTok Shop shop of one market). Decides the inquiry's region like a country
+    /// the platform sent (data residency, quiet hours, routing by country).
+    #[serde(default)]
+    pub buyer_country: Option<String>,
+}
+
+/// The problem of an account's `buyer_country`, if any: it must be a country's ISO code.
+fn buyer_country_problem(at: &str, country: &Option<String>, problems: &mut Vec<String>) {
+    if let Some(country) = country.as_deref().filter(|c| !inquiry_connectors::is_known_country(c)) {
+        problems.push(format!(
+            "{at}.buyer_country `{country}` is not an ISO 3166-1 alpha-2 country code in upper case (e.g. `SG`)"
+        ));
+    }
 }
 
 fn default_app() -> String {
@@ -195,6 +216,11 @@ pub struct MailboxConfig {
     /// Pause between checks when the server has no IDLE, in milliseconds.
     #[serde(default = "default_mailbox_interval")]
     pub interval_ms: u64,
+    /// Country (ISO 3166-1 alpha-2) of this mailbox's buyers where a message names none and
+    /// gives no phone number in international format: the support address of one country's shop. Decides the inquiry's region like a country
+    /// the platform sent (data residency, quiet hours, routing by country).
+    #[serde(default)]
+    pub buyer_country: Option<String>,
 }
 
 fn default_imap_port() -> u16 {
@@ -2024,6 +2050,7 @@ impl Config {
             if hook.account.trim().is_empty() || hook.account.contains('/') {
                 problems.push(format!("webhooks[{i}].account must be non-empty and contain no `/`"));
             }
+            buyer_country_problem(&format!("webhooks[{i}]"), &hook.buyer_country, &mut problems);
             // SendGrid and eBay sign with public keys: no shared secret.
             let public_key_signed = ["sendgrid", "ebay"].contains(&hook.connector.as_str());
             if hook.secret.len() < 8 && !public_key_signed {
@@ -2062,6 +2089,7 @@ impl Config {
         let mut polled = BTreeSet::new();
         let mut app_quotas = std::collections::BTreeMap::new();
         for (i, poller) in self.pollers.iter().enumerate() {
+            buyer_country_problem(&format!("pollers[{i}]"), &poller.buyer_country, &mut problems);
             let found = inquiry_connectors::poll::find(&poller.connector);
             for needed in found.map(|p| p.required_credentials()).unwrap_or_default() {
                 let (field, given) = match needed {
@@ -2204,6 +2232,7 @@ impl Config {
         }
         let mut mailboxes = BTreeSet::new();
         for (i, mailbox) in self.mailboxes.iter().enumerate() {
+            buyer_country_problem(&format!("mailboxes[{i}]"), &mailbox.buyer_country, &mut problems);
             let label = |s: &str| {
                 !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
             };
@@ -2749,6 +2778,22 @@ mod tests {
         let config = Config::from_toml_with_env("[ingest]\nlisten = \"0.0.0.0:8080\"", env).unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("only a loopback gateway may run without keys"), "{err}");
+    }
+
+    #[test]
+    fn a_buyer_country_must_be_a_country_code() {
+        let hook = |country: &str| {
+            format!("[[webhooks]]\nconnector = \"line\"\naccount = \"oa\"\nsecret = \"line-secret-01\"\nbuyer_country = \"{country}\"\n")
+        };
+        Config::from_toml_with_env(&hook("TH"), env).unwrap().validate().unwrap();
+        for bad in ["th", "THA", "XX", ""] {
+            let err = Config::from_toml_with_env(&hook(bad), env).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("webhooks[0].buyer_country `{bad}` is not an ISO 3166-1")), "{err}");
+        }
+        let poller = "[[pollers]]\nconnector = \"messenger_conversations\"\naccount = \"p\"\naccess_token = \"t\"\n\
+                      base_url = \"https://graph.facebook.com\"\nbuyer_country = \"Germany\"\n";
+        let err = Config::from_toml_with_env(poller, env).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("pollers[0].buyer_country `Germany`"), "{err}");
     }
 
     #[test]

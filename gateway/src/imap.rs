@@ -199,7 +199,10 @@ impl Reader {
                 let trace_id = crate::http::new_trace_id();
                 let context = NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: &trace_id };
                 match email::parse(raw, &self.config.name, internal_date, &context) {
-                    Ok(Parsed::Inquiry(inquiry)) => {
+                    Ok(Parsed::Inquiry(mut inquiry)) => {
+                        if let Some(country) = &self.config.buyer_country {
+                            inquiry.assume_country(country);
+                        }
                         let actor = format!("mailbox:{}", self.config.name);
                         let submission = Submission::seal(*inquiry, raw, true, None, &actor, &self.subjects)
                             .map_err(|e| format!("sealing failed: {e}"))?;

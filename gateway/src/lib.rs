@@ -82,6 +82,8 @@ pub enum StartError {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     config.validate()?;
     let metrics = telemetry::install_metrics();
+    // The phone-number metadata loads on first use: not on the first chat inquiry's request.
+    std::thread::spawn(|| inquiry_connectors::country_of_phone("+4930901820"));
     let store = open_store(&config)?;
     let index_key = match &config.store.pseudonym_key {
         Some(key) => key.as_bytes().to_vec(),

@@ -731,6 +731,9 @@ impl Stage {
                 if sink.accepts(&item.inquiry) {
                     group.push(entry);
                     sinks.push(sink);
+                } else if item.inquiry.buyer.country.is_none() {
+                    // Held back from a sink outside the EU: worth seeing when every sink is.
+                    counter!(telemetry::SINK_SKIPPED, "sink" => sink.name, "reason" => "unknown_country").increment(1);
                 }
             }
             self.audit.append_entry(&mut batch, |index| IngestedEntry::new(index, item, &decision, &sinks));

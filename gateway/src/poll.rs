@@ -658,8 +658,15 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             }
             let fresh: Vec<_> = page.inquiries.into_iter().filter(|i| !handed_over.contains(&i.id)).collect();
             let fresh_ids: Vec<uuid::Uuid> = fresh.iter().map(|i| i.id).collect();
-            let sealed: Result<Vec<Submission>, _> =
-                fresh.into_iter().map(|i| Submission::seal(i, &body, false, None, &actor, subjects)).collect();
+            let sealed: Result<Vec<Submission>, _> = fresh
+                .into_iter()
+                .map(|mut i| {
+                    if let Some(country) = &config.buyer_country {
+                        i.assume_country(country);
+                    }
+                    Submission::seal(i, &body, false, None, &actor, subjects)
+                })
+                .collect();
             let submissions = match sealed {
                 Ok(submissions) => submissions,
                 Err(err) => {

@@ -308,7 +308,10 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
     describe_counter!(KAFKA_OAUTH_TOKENS, "OAUTHBEARER access tokens asked of the kafka cluster's identity provider");
-    describe_counter!(SINK_SKIPPED, "spooled inquiries or audit entries not sent: the buyer was erased, or unreadable");
+    describe_counter!(
+        SINK_SKIPPED,
+        "inquiries or audit entries not sent to a sink: the buyer was erased, unreadable, residency (region or location changed), unknown_country (a sink outside the EU never gets a buyer of unknown country)"
+    );
     describe_counter!(SINK_RETRIES, "failed delivery rounds that are retried");
     describe_gauge!(SINK_DEGRADED, "1 while a sink is unreachable or failing");
     describe_counter!(AUDIT_DROPPED, "audit events of refused requests dropped on a full queue");

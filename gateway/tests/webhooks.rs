@@ -13,11 +13,14 @@ connector = "whatsapp"
 account = "106540352242922"
 secret = "meta-app-secret-0001"
 verify_token = "verify-me-please"
+# Assumed only where a message gives neither a country nor an international phone number.
+buyer_country = "SG"
 
 [[webhooks]]
 connector = "line"
 account = "line-oa-1"
 secret = "line-channel-secret-01"
+buyer_country = "TH"
 
 [[webhooks]]
 connector = "telegram"
@@ -48,6 +51,14 @@ fn hmac(key: &str, parts: &[&[u8]]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+/// The buyer's country and the region of the one inquiry a webhook answer names.
+async fn stored_buyer(client: &HttpClient, gateway: &Gateway, answer: &serde_json::Value) -> (String, String) {
+    let id = answer["ids"][0].as_str().expect("one inquiry id");
+    let stored = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json();
+    let inquiry = &stored["inquiry"];
+    (inquiry["buyer"]["country"].as_str().unwrap_or("none").to_owned(), inquiry["region"].as_str().unwrap().to_owned())
+}
+
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(workspace_file(&format!("connectors/tests/fixtures/webhooks/{path}"))).unwrap()
 }
@@ -70,6 +81,9 @@ async fn meta_handshake_signed_deliveries_and_redeliveries() {
     let first = client.request(Method::POST, &url, body.clone(), &headers).await;
     assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.body));
     assert_eq!((first.json()["accepted"].as_u64(), first.json()["ignored"].as_u64()), (Some(1), Some(1)));
+    // The buyer's WhatsApp id is a German number: the country it names wins over the account's.
+    let buyer = stored_buyer(&client, &gateway, &first.json()).await;
+    assert_eq!(buyer, ("DE".to_owned(), "eu".to_owned()));
     let again = client.request(Method::POST, &url, body.clone(), &headers).await;
     assert_eq!(
         (again.json()["accepted"].as_u64(), again.json()["duplicates"].as_u64()),
@@ -136,6 +150,9 @@ async fn line_telegram_and_web_forms_verify_their_own_schemes() {
         )
         .await;
     assert_eq!((reply.status, reply.json()["accepted"].as_u64()), (StatusCode::OK, Some(1)));
+    // LINE names no country and no phone: the account's `buyer_country`.
+    let buyer = stored_buyer(&client, &gateway, &reply.json()).await;
+    assert_eq!(buyer, ("TH".to_owned(), "other".to_owned()));
 
     let telegram = fixture("telegram/message.json");
     let url = gateway.url("/webhooks/telegram/shop-bot");

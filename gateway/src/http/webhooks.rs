@@ -147,7 +147,12 @@ async fn answer(
         let submissions = parsed
             .inquiries
             .into_iter()
-            .map(|i| Submission::seal(i, &body, keep_raw, None, &actor, &state.subjects))
+            .map(|mut i| {
+                if let Some(country) = &config.buyer_country {
+                    i.assume_country(country);
+                }
+                Submission::seal(i, &body, keep_raw, None, &actor, &state.subjects)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(super::api::store_error)?;
         let acks = state.pipeline.submit(submissions).await.map_err(submit_error)?;
