@@ -516,12 +516,9 @@ async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_
     assert_eq!(support::cql_inquiry_ids(CQL, &us_ks).await, outside, "the CQL store outside the EU");
     assert_eq!(support::cql_inquiry_ids(CQL, &eu_ks).await, inside, "the CQL store in the EU");
     for sink in ["kafka-us", "cql-us"] {
-        let held = support::metric(
-            &gateway,
-            "inquiry_gateway_sink_skipped_total",
-            &[("sink", sink), ("reason", "unknown_country")],
-        );
-        assert_eq!(held.await, 1.0, "the inquiry of unknown country is counted as held back from {sink}");
+        let labels = [("sink", sink), ("reason", "unknown_country")];
+        let held = support::metric(&gateway, "inquiry_gateway_sink_skipped_total", &labels).await;
+        assert_eq!(held, 1.0, "the inquiry of unknown country is counted as held back from {sink}");
     }
     // SLA events go to the cluster of their inquiry's region.
     let started = |prefix: &str| -> HashSet<String> {
