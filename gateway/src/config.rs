@@ -35,6 +35,8 @@ pub struct Config {
     pub pollers: Vec<PollerConfig>,
     /// How several replicas share the `[[pollers]]` entries.
     pub polling: PollingConfig,
+    /// Where the other replicas are, for reads of inquiries another replica holds.
+    pub cluster: ClusterConfig,
     /// Reach-out: first-response SLA timers, reminders, escalation and agent alerts.
     pub reach: ReachConfig,
     /// IMAP mailboxes read for buyer e-mail (Amazon buyer-seller messages, Etsy and Shopify
@@ -1401,6 +1403,28 @@ impl Default for PollingConfig {
     }
 }
 
+/// The other replicas (`[cluster]`): `GET /v1/inquiries/{id}` for an inquiry this replica does
+/// not hold asks them (see `http::peers`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The replicas' ingest listeners, `http://host:port` or `https://host:port`; every address a
+    /// name resolves to is asked (a Kubernetes headless Service names every pod). This replica
+    /// may be among them. Empty: one replica, nothing to ask.
+    pub peers: Vec<String>,
+    /// How long a peer has to answer, in milliseconds.
+    pub peer_timeout_ms: u64,
+    /// CA certificate (PEM) the peers' ingest certificates are checked against (with `https`
+    /// peers whose certificates no public CA signed); default the webpki roots.
+    pub peer_ca_file: Option<PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { peers: Vec::new(), peer_timeout_ms: 2000, peer_ca_file: None }
+    }
+}
+
 /// The public ingest listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -2184,6 +2208,16 @@ impl Config {
                  conversions of EU inquiries travel on its replies topic"
                     .to_owned(),
             );
+        }
+        problems.extend(crate::http::peers::peer_problems(&self.cluster.peers));
+        if !self.cluster.peers.is_empty() && self.store.pseudonym_key.is_none() {
+            problems.push(
+                "cluster.peers needs store.pseudonym_key (the same on every replica: it keys the peer requests' signatures)"
+                    .to_owned(),
+            );
+        }
+        if !(100..=30_000).contains(&self.cluster.peer_timeout_ms) {
+            problems.push("cluster.peer_timeout_ms must be from 100 to 30000".to_owned());
         }
         if self.reach.forward_http && (self.reach.replies_topic.is_none() || self.store.pseudonym_key.is_none()) {
             problems.push(

@@ -93,6 +93,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Signs the replies and conversions forwarded between replicas (a validated config has a
     // configured pseudonym key, which they share).
     let forward_key = config.reach.forward_http.then(|| Arc::new(reach::replies::ForwardKey::new(&index_key)));
+    // Signs this replica's reads from its peers and checks theirs (`[cluster] peers`).
+    let peer_key = Arc::new(http::peers::PeerKey::new(&index_key));
     if keys.generated_kek {
         tracing::warn!(path = %compliance::key_dir(&config).display(),
             "compliance.kek is not configured: personal data is sealed with a key kept beside the data \
@@ -343,6 +345,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             (Some(_), Some(kafka), Some(key)) if kafka.replies_topic().is_some() => Some((kafka.clone(), key.clone())),
             _ => None,
         },
+        peers: http::peers::Peers::new(&config.cluster, peer_key.clone())
+            .map_err(|e| StoreError::from_message(&format!("cluster: {e}")))?,
+        peer_key,
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({

@@ -111,6 +111,8 @@ pub const STORE_FREE_BYTES: &str = "inquiry_gateway_store_free_bytes";
 /// buyer was erased meanwhile), `residency` (spooled before the sink's `location` or `regions`
 /// changed), `unreadable_audit`. Labels: `sink`, `reason`.
 pub const SINK_SKIPPED: &str = "inquiry_gateway_sink_skipped_total";
+/// Reads of inquiries this replica does not hold, asked of its peers, by outcome.
+pub const PEER_READS: &str = "inquiry_gateway_peer_reads_total";
 /// Failed delivery rounds that are retried. Label: `sink`.
 pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
 /// OAUTHBEARER access tokens asked of the Kafka cluster's identity provider. Label: `result`
@@ -308,6 +310,10 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
     describe_counter!(KAFKA_OAUTH_TOKENS, "OAUTHBEARER access tokens asked of the kafka cluster's identity provider");
+    describe_counter!(
+        PEER_READS,
+        "GET /v1/inquiries/{id} for an inquiry this replica does not hold, asked of the other replicas: found, not_found, unavailable (a peer did not answer)"
+    );
     describe_counter!(
         SINK_SKIPPED,
         "inquiries or audit entries not sent to a sink: the buyer was erased, unreadable, residency (region or location changed), unknown_country (a sink outside the EU never gets a buyer of unknown country)"

@@ -584,3 +584,71 @@ async fn with_too_little_disk_space_new_inquiries_are_refused_and_the_gateway_is
     let unknown = client.get(&gateway.url("/v1/inquiries/01a2407f-1500-8ac9-9b7a-ff56c2cbdba4")).await;
     assert_eq!(unknown.status.as_u16(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answers_for_an_inquiry_another_replica_holds() {
+    let keys = "[[auth.api_keys]]\nid = \"crm\"\nkey = \"key-of-the-crm-00001\"\naccounts = [\"*\"]\n\
+                [[auth.api_keys]]\nid = \"shop-2-key\"\nkey = \"key-for-shop-two-0001\"\naccounts = [\"shop-2\"]\n\
+                [store]\npseudonym_key = \"pseudonym-key-shared-by-the-replicas-01\"\n";
+    let mut a = Gateway::start(keys).await;
+    let mut b = Gateway::start(keys).await;
+    // Both replicas list both (a headless Service names every pod, this one included).
+    let peers = format!(
+        "{keys}[cluster]\npeers = [\"http://{}\", \"http://{}\"]\npeer_timeout_ms = 1000\n",
+        a.ingest, b.ingest
+    );
+    for replica in [&mut a, &mut b] {
+        assert!(replica.terminate().success());
+        replica.configure_for_restart(&peers);
+        replica.restart().await;
+    }
+    let client = HttpClient::new();
+    let crm = ("authorization", "Bearer key-of-the-crm-00001");
+    let posted =
+        post(&client, &a, "/v1/inquiries", inquiry_json("shop-1", "held-by-a").into_bytes(), &[JSON, crm]).await;
+    assert_eq!(posted.status, 201);
+    let id = posted.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/inquiries/{id}");
+
+    // B does not hold it: it asks A, which answers with the personal data opened.
+    let read = client.request(Method::GET, &b.url(&path), "", &[crm]).await;
+    assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
+    assert_eq!(read.json()["inquiry"]["id"], id.as_str());
+    assert_eq!(read.json()["personal"]["email"], "held-by-a@example.com");
+    // A audited the read: the client's key, and the replica that asked for it.
+    let reads = audit_entries_of(&a, "inquiry.read").await;
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["actor"], "api_key:crm");
+    assert!(reads[0]["detail"]["via_replica"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")), "{reads:?}");
+    assert!(reads[0]["source"].as_str().is_some(), "the client's address");
+    assert!(audit_entries_of(&b, "inquiry.read").await.is_empty(), "B opened nothing");
+    let found = support::metric(&b, "inquiry_gateway_peer_reads_total", &[("outcome", "found")]).await;
+    assert_eq!(found, 1.0);
+
+    // A key that may not see the account learns nothing on either replica; nor does an unknown id.
+    let shop2 = ("authorization", "Bearer key-for-shop-two-0001");
+    let hidden = client.request(Method::GET, &b.url(&path), "", &[shop2]).await;
+    assert_eq!((hidden.status.as_u16(), hidden.error_code().as_str()), (404, "not_found"));
+    let unknown =
+        client.request(Method::GET, &b.url(&format!("/v1/inquiries/{}", uuid::Uuid::now_v7())), "", &[crm]).await;
+    assert_eq!(unknown.status, 404);
+    let not_found = support::metric(&b, "inquiry_gateway_peer_reads_total", &[("outcome", "not_found")]).await;
+    assert_eq!(not_found, 2.0);
+    let unauthenticated = client.request(Method::GET, &b.url(&path), "", &[]).await;
+    assert_eq!(unauthenticated.status, 401, "no key: no one is asked");
+
+    // A client cannot pose as a replica: the peer header must be signed with the cluster's key.
+    let forged = ("x-inquiry-gateway-peer", "v1 1700000000 198.51.100.7:1 00ff");
+    let posing = client.request(Method::GET, &a.url(&path), "", &[crm, forged]).await;
+    assert_eq!((posing.status.as_u16(), posing.error_code().as_str()), (401, "peer_signature_invalid"));
+
+    // With A down, B cannot tell whether the inquiry exists: 503 and retry, never a false 404.
+    assert!(a.terminate().success());
+    let down = client.request(Method::GET, &b.url(&path), "", &[crm]).await;
+    assert_eq!((down.status.as_u16(), down.error_code().as_str()), (503, "peer_unavailable"));
+    assert_eq!(down.headers["retry-after"], "1");
+    assert!(
+        !b.log().contains("held-by-a@example.com") && !b.log().contains("key-of-the-crm"),
+        "nothing personal or secret in logs"
+    );
+}

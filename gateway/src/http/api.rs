@@ -50,6 +50,10 @@ pub struct ApiState {
     /// Where a reply or conversion report to an inquiry this replica does not hold goes (the
     /// replies topic, read by every replica) and the key that signs it (`reach.forward_http`).
     pub forward_replies: Option<(Arc<crate::sinks::kafka::KafkaSink>, Arc<crate::reach::replies::ForwardKey>)>,
+    /// The other replicas, asked for an inquiry this one does not hold (`[cluster] peers`).
+    pub peers: Option<super::peers::Peers>,
+    /// Checks the requests of other replicas (every replica checks them, with or without peers).
+    pub peer_key: Arc<super::peers::PeerKey>,
 }
 
 /// Webhook endpoints by (connector, account).
@@ -389,7 +393,20 @@ async fn get_one(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let grant = state.auth.authenticate(headers)?;
     grant.require("inquiries:read")?;
-    let stored = stored_for(state, &grant, parse_id(id)?)?;
+    let id = parse_id(id)?;
+    // Another replica asking for its client: answer from this store only, audit the client's address.
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (source, via) = match state.peer_key.check(headers, id, now)? {
+        Some(client) => (client, source),
+        None => (source, None),
+    };
+    let stored = match stored_for(state, &grant, id) {
+        Err(err) if err.status == StatusCode::NOT_FOUND && via.is_none() => match &state.peers {
+            Some(peers) => return from_peers(peers, headers, id, source.as_deref()).await,
+            None => return Err(err),
+        },
+        other => other?,
+    };
     // The personal data, opened for the caller; `null` once the subject was erased.
     let personal = state.subjects.open(&stored.inquiry).map_err(store_error)?;
     let conversion = Conversion::load(&state.store, stored.inquiry.id).map_err(store_error)?;
@@ -402,11 +419,46 @@ async fn get_one(
             "channel": inquiry.channel, "account": inquiry.account,
             "personal_data": personal.is_some(), "trace_id": trace_id,
         }));
+    // Asked by another replica (its address): the client's address is the source.
+    let read = match via {
+        Some(via) => AuditEvent { detail: with_via(read.detail, via), ..read },
+        None => read,
+    };
     state.pipeline.audit(vec![read]).await.map_err(submit_error)?;
     let mut body = serde_json::to_value(&stored).expect("stored inquiries serialize");
     body["personal"] = serde_json::to_value(personal).expect("personal data serializes");
     body["conversion"] = serde_json::to_value(conversion).expect("conversions serialize");
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `detail` with the replica that asked on the client's behalf.
+fn with_via(mut detail: serde_json::Value, via: String) -> serde_json::Value {
+    detail["via_replica"] = serde_json::Value::String(via);
+    detail
+}
+
+/// The answer of the replica that holds inquiry `id`, passed on as it is.
+async fn from_peers(
+    peers: &super::peers::Peers,
+    headers: &HeaderMap,
+    id: Uuid,
+    source: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    use super::peers::PeerAnswer;
+    match peers.find(id, headers.get(header::AUTHORIZATION), source).await {
+        PeerAnswer::Found(body) => {
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
+        PeerAnswer::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no inquiry with this id")),
+        PeerAnswer::Unavailable => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peer_unavailable",
+            "this replica does not hold the inquiry and another replica did not answer; retry",
+        )
+        .retry_after(1)),
+    }
 }
 
 /// The body of `POST /v1/inquiries/{id}/reply` (all optional).

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod peers;
 pub mod public_keys;
 pub mod shopify_compliance;
 pub mod tls;

@@ -65,6 +65,11 @@ impl Gateway {
         config_path
     }
 
+    /// Takes `extra_config` instead at the next [`Gateway::restart`] (same listeners and store).
+    pub fn configure_for_restart(&mut self, extra_config: &str) {
+        self.extra_config = extra_config.to_owned();
+    }
+
     /// Rewrites the config file with `extra_config` instead and sends the running gateway SIGHUP.
     pub fn reconfigure(&mut self, extra_config: &str) {
         self.extra_config = extra_config.to_owned();

@@ -1,0 +1,304 @@
+//! Reads of inquiries another replica holds. Each replica keeps the inquiries it took in its own
+//! embedded store (and the keys that open their personal data); behind a load balancer, a CRM's
+//! `GET /v1/inquiries/{id}` reaches any replica. One that does not hold the inquiry asks the
+//! others (`[cluster] peers`, each address a name resolves to being one replica) and answers with
+//! the one that does.
+//!
+//! The asking replica signs its request with a key derived from the shared `store.pseudonym_key`
+//! and passes the client's `Authorization` on: the peer checks the client's key itself, answers
+//! from its own store only (no further asking) and audits the read with the client's address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::counter;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::config::ClusterConfig;
+use crate::telemetry;
+
+/// The header of a peer's request: `v1 <unix seconds> <client address or -> <hex HMAC>`.
+pub const PEER_HEADER: &str = "x-inquiry-gateway-peer";
+
+/// How far a peer request's time may be from the clock of the replica that checks it.
+const PEER_REQUEST_WINDOW_SECS: i64 = 60;
+
+/// Largest answer taken from a peer (an inquiry with its original payload is far smaller).
+const MAX_PEER_ANSWER_BYTES: usize = 16 << 20;
+
+/// Signs and checks peer requests; every replica of a cluster has the same one.
+pub struct PeerKey(ring::hmac::Key);
+
+impl PeerKey {
+    /// The key of replicas that share `pseudonym_key`.
+    pub fn new(pseudonym_key: &[u8]) -> PeerKey {
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pseudonym_key),
+            b"inquiry-gateway peer reads v1",
+        );
+        PeerKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    fn message(id: Uuid, at: i64, source: &str) -> String {
+        format!("peer read v1\n{id}\n{at}\n{source}")
+    }
+
+    /// The header value of a request for `id` on behalf of a client at `source`, made at `at`.
+    fn header(&self, id: Uuid, at: i64, source: &str) -> String {
+        let signature = ring::hmac::sign(&self.0, Self::message(id, at, source).as_bytes());
+        format!("v1 {at} {source} {}", hex::encode(signature.as_ref()))
+    }
+
+    /// For a request for `id` with `headers`: `Ok(None)` when it is not a peer's, the client's
+    /// address (`None` inside when the client had none) when a peer signed it within the window,
+    /// else 401 `peer_signature_invalid`.
+    pub fn check(&self, headers: &HeaderMap, id: Uuid, now: i64) -> Result<Option<Option<String>>, ApiError> {
+        let Some(value) = headers.get(PEER_HEADER) else { return Ok(None) };
+        let refused = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "peer_signature_invalid",
+                "the peer request's signature does not hold",
+            )
+        };
+        let client = value.to_str().ok().and_then(|v| self.verify(v, id, now)).ok_or_else(refused)?;
+        Ok(Some(client))
+    }
+
+    fn verify(&self, value: &str, id: Uuid, now: i64) -> Option<Option<String>> {
+        let mut parts = value.split(' ');
+        let (Some("v1"), Some(at), Some(source), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let at: i64 = at.parse().ok()?;
+        let signature = hex::decode(signature).ok()?;
+        ring::hmac::verify(&self.0, Self::message(id, at, source).as_bytes(), &signature).ok()?;
+        ((now - at).abs() <= PEER_REQUEST_WINDOW_SECS).then(|| (source != "-").then(|| source.to_owned()))
+    }
+}
+
+/// What the other replicas said about an inquiry.
+#[derive(Debug)]
+pub enum PeerAnswer {
+    /// A replica holds it: its answer (`GET /v1/inquiries/{id}`'s JSON body).
+    Found(Bytes),
+    /// Every replica answered, none holds it (or the client's key may not see it).
+    NotFound,
+    /// None that answered holds it, and some did not answer: it may be on one of those.
+    Unavailable,
+}
+
+/// One configured peer: a name and port, asked at every address the name resolves to.
+#[derive(Debug, Clone)]
+struct Peer {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+/// The other replicas, asked for inquiries this one does not hold.
+pub struct Peers {
+    peers: Vec<Peer>,
+    timeout: Duration,
+    tls: tokio_rustls::TlsConnector,
+    key: Arc<PeerKey>,
+}
+
+impl Peers {
+    /// The peers of a validated `config`; `None` when there are none.
+    pub fn new(config: &ClusterConfig, key: Arc<PeerKey>) -> Result<Option<Peers>, String> {
+        if config.peers.is_empty() {
+            return Ok(None);
+        }
+        let peers = config.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>, _>>()?;
+        let mut roots = rustls::RootCertStore::empty();
+        match &config.peer_ca_file {
+            Some(ca_file) => {
+                use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+                let unreadable =
+                    |err: &dyn std::fmt::Display| format!("cluster.peer_ca_file {}: {err}", ca_file.display());
+                for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| unreadable(&e))? {
+                    roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(Peers {
+            peers,
+            timeout: Duration::from_millis(config.peer_timeout_ms),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            key,
+        }))
+    }
+
+    /// Asks every peer address at once for inquiry `id`, with the client's `authorization` and
+    /// address (`source`).
+    pub async fn find(&self, id: Uuid, authorization: Option<&HeaderValue>, source: Option<&str>) -> PeerAnswer {
+        let at = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signed = self.key.header(id, at, source.unwrap_or("-"));
+        let mut asks = tokio::task::JoinSet::new();
+        let mut unresolved = false;
+        let mut seen = std::collections::HashSet::new();
+        for peer in &self.peers {
+            match tokio::time::timeout(self.timeout, tokio::net::lookup_host((peer.host.as_str(), peer.port))).await {
+                Ok(Ok(addresses)) => {
+                    for address in addresses.filter(|a| seen.insert(*a)) {
+                        let ask =
+                            ask(peer.clone(), address, self.tls.clone(), id, authorization.cloned(), signed.clone());
+                        asks.spawn(tokio::time::timeout(self.timeout, ask));
+                    }
+                }
+                _ => {
+                    tracing::warn!(peer = %peer.host, "peer name does not resolve");
+                    unresolved = true;
+                }
+            }
+        }
+        let mut unavailable = unresolved;
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok(Ok(Ok(Some(body)))) => {
+                    asks.abort_all();
+                    counter!(telemetry::PEER_READS, "outcome" => "found").increment(1);
+                    return PeerAnswer::Found(body);
+                }
+                Ok(Ok(Ok(None))) => {}
+                Ok(Ok(Err(reason))) => {
+                    tracing::warn!(%reason, "peer read failed");
+                    unavailable = true;
+                }
+                Ok(Err(_)) | Err(_) => unavailable = true,
+            }
+        }
+        let outcome = if unavailable { "unavailable" } else { "not_found" };
+        counter!(telemetry::PEER_READS, "outcome" => outcome).increment(1);
+        if unavailable {
+            PeerAnswer::Unavailable
+        } else {
+            PeerAnswer::NotFound
+        }
+    }
+}
+
+/// `http://host:port` or `https://host:port` (no path).
+fn parse_peer(peer: &str) -> Result<Peer, String> {
+    let url = url::Url::parse(peer).map_err(|e| format!("cluster.peers `{peer}`: {e}"))?;
+    let https = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        _ => return Err(format!("cluster.peers `{peer}` must be an http:// or https:// URL")),
+    };
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!("cluster.peers `{peer}` must be a scheme, a host and a port only"));
+    }
+    let host = url.host_str().ok_or_else(|| format!("cluster.peers `{peer}` has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = url.port_or_known_default().unwrap_or(8080);
+    Ok(Peer { https, host, port })
+}
+
+/// Checks `peers` without I/O (for `check`).
+pub fn peer_problems(peers: &[String]) -> Vec<String> {
+    peers.iter().filter_map(|p| parse_peer(p).err()).collect()
+}
+
+/// One peer address's answer: the body when it holds the inquiry, `None` on 404.
+async fn ask(
+    peer: Peer,
+    address: SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+    id: Uuid,
+    authorization: Option<HeaderValue>,
+    signed: String,
+) -> Result<Option<Bytes>, String> {
+    let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("{address}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut request =
+        Request::get(format!("/v1/inquiries/{id}")).header(hyper::header::HOST, &peer.host).header(PEER_HEADER, signed);
+    if let Some(authorization) = authorization {
+        request = request.header(AUTHORIZATION, authorization);
+    }
+    let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let response = if peer.https {
+        // The certificate is checked against the configured name, whichever address answered.
+        let name = ServerName::try_from(peer.host.clone()).map_err(|e| format!("{}: {e}", peer.host))?;
+        let stream = tls.connect(name, tcp).await.map_err(|e| format!("{address}: tls: {e}"))?;
+        send(TokioIo::new(stream), request).await?
+    } else {
+        send(TokioIo::new(tcp), request).await?
+    };
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_PEER_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("{address}: {e}"))?
+        .to_bytes();
+    match status {
+        StatusCode::OK => Ok(Some(body)),
+        StatusCode::NOT_FOUND => Ok(None),
+        other => Err(format!("{address} answered {other}")),
+    }
+}
+
+async fn send<T>(io: T, request: Request<Empty<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    sender.send_request(request).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_request_is_good_for_its_inquiry_and_a_minute_only() {
+        let key = PeerKey::new(b"shared pseudonym key of the cluster");
+        let id = Uuid::now_v7();
+        let headers = |value: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(PEER_HEADER, HeaderValue::from_str(&value).unwrap());
+            headers
+        };
+        let signed = headers(key.header(id, 1_000, "203.0.113.9:4711"));
+        assert_eq!(key.check(&signed, id, 1_030).unwrap(), Some(Some("203.0.113.9:4711".to_owned())));
+        assert_eq!(key.check(&headers(key.header(id, 1_000, "-")), id, 1_000).unwrap(), Some(None));
+        assert_eq!(key.check(&HeaderMap::new(), id, 1_000).unwrap(), None, "not a peer's request");
+        assert!(key.check(&signed, Uuid::now_v7(), 1_000).is_err(), "another inquiry");
+        assert!(key.check(&signed, id, 1_061).is_err(), "too old");
+        assert!(key.check(&signed, id, 939).is_err(), "from the future");
+        let forged = key.header(id, 1_000, "203.0.113.9:4711").replace("203.0.113.9", "198.51.100.1");
+        assert!(key.check(&headers(forged), id, 1_000).is_err(), "another client address");
+        let other = PeerKey::new(b"another cluster's key");
+        assert!(other.check(&signed, id, 1_000).is_err(), "another cluster");
+        assert!(key.check(&headers("v1 1000 - zz".to_owned()), id, 1_000).is_err(), "garbage");
+    }
+
+    #[test]
+    fn peers_are_scheme_host_and_port() {
+        let peer = parse_peer("https://inquiry-gateway-pods.shop.svc:8443").unwrap();
+        assert_eq!((peer.https, peer.host.as_str(), peer.port), (true, "inquiry-gateway-pods.shop.svc", 8443));
+        assert_eq!(parse_peer("http://[::1]:8080").unwrap().host, "::1");
+        for bad in ["ftp://a:1", "http://a:1/v1", "http://user@a:1", "a:8080"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+}
