@@ -30,6 +30,11 @@ assert kinds == expected, kinds
 print(f"lint: {len(docs)} rendered manifests valid against Kubernetes 1.31: {', '.join(kinds)}")
 config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.toml"]
 open(sys.argv[1] + ".toml", "w").write(config)
+# The replicas find each other through the chart's headless Service, by its rendered name.
+headless = next(d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None")
+assert headless["spec"].get("publishNotReadyAddresses") is True, headless["spec"]
+assert f'peers = ["http://{headless["metadata"]["name"]}:8080"]' in config, (headless["metadata"]["name"], config)
+print(f"lint: [cluster] peers names the headless Service {headless['metadata']['name']}")
 PY
 # With certificates mounted and HTTPS probes, the StatefulSet still validates and carries both.
 helm template demo helm/inquiry-gateway --set adminScheme=HTTPS \

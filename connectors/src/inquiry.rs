@@ -195,9 +195,13 @@ pub enum Region {
 impl Region {
     /// Region of a buyer from their ISO country code (EU and EEA member states are `Eu`).
     pub fn of_country(country: &str) -> Region {
-        const EU_EEA: [&str; 30] = [
+        // The EU/EEA states, and the parts of them with codes of their own: the EU's outermost
+        // regions (Guadeloupe, French Guiana, Martinique, Reunion, Mayotte, Saint-Martin) and the
+        // Aland Islands, which phone numbers (+590, +594, +596, +262, +358 18) name.
+        const EU_EEA: [&str; 37] = [
             "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU",
-            "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
+            "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO", "GP", "GF", "MQ", "RE", "YT", "MF",
+            "AX",
         ];
         if EU_EEA.contains(&country) {
             Region::Eu

@@ -197,6 +197,23 @@ mod phone_tests {
     }
 
     #[test]
+    fn numbers_of_the_eus_outermost_regions_are_eu_data() {
+        use crate::inquiry::Region;
+        // Reunion (+262), Guadeloupe (+590), Martinique (+596), French Guiana (+594), Aland (+358 18).
+        for (phone, country) in [
+            ("+262692123456", "RE"),
+            ("+590690001234", "GP"),
+            ("+596696201234", "MQ"),
+            ("+594694201234", "GF"),
+            ("+358181234567", "AX"),
+        ] {
+            assert_eq!(country_of_phone(phone).as_deref(), Some(country), "{phone}");
+            assert_eq!(Region::of_country(country), Region::Eu, "{country}");
+        }
+        assert_eq!(Region::of_country("GI"), Region::Other, "Gibraltar left with the UK");
+    }
+
+    #[test]
     fn a_number_without_its_country_code_leaves_the_country_unknown() {
         assert_eq!(country_of_phone("015112345678"), None, "national format: which country?");
         assert_eq!(country_of_phone("4915112345678"), None, "no plus: not known to be international");

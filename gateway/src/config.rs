@@ -894,6 +894,15 @@ pub struct ReachConfig {
     /// `store.pseudonym_key`) to the replica that holds it, and answered 202. Turn it on once every
     /// replica runs a version that reads forwarded messages.
     pub forward_http: bool,
+    /// A buyer who writes again on the same channel and account within this time of an
+    /// acknowledgement planned for them (sent, waiting for quiet hours to end, or cancelled by
+    /// an agent's answer) gets no further one (`"0s"`: every message is acknowledged).
+    pub ack_repeat_window: String,
+    /// A buyer's further messages on the same channel and account while the first-response
+    /// SLA of an earlier one still runs (unanswered, steps pending) join it: one clock, one set of
+    /// reminders and escalations, stopped by an answer to any of them. `false`: every message
+    /// gets its own SLA (e.g. RFQs that are separate deals).
+    pub sla_per_buyer: bool,
 }
 
 /// One variant of an acknowledgement template.
@@ -1216,6 +1225,8 @@ impl Default for ReachConfig {
             senders: Vec::new(),
             replies_topic: None,
             forward_http: false,
+            ack_repeat_window: "24h".to_owned(),
+            sla_per_buyer: true,
         }
     }
 }
@@ -2382,6 +2393,9 @@ fn validate_reach(reach: &ReachConfig, kafka: bool, polled: &BTreeSet<&str>, pro
         if let Err(err) = crate::reach::calendar::Calendar::from_config(calendar) {
             problems.push(format!("reach.calendars[{i}]: {err}"));
         }
+    }
+    if let Err(err) = parse_duration(&reach.ack_repeat_window) {
+        problems.push(format!("reach.ack_repeat_window: {err}"));
     }
     let mut policies = BTreeSet::new();
     for (i, policy) in reach.sla_policies.iter().enumerate() {

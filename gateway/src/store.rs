@@ -426,6 +426,20 @@ impl Store {
         Ok(ids)
     }
 
+    /// Ids of the data subject `pseudonym`'s latest `limit` stored inquiries, newest first.
+    pub fn latest_inquiries_of(&self, pseudonym: &str, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let mut prefix = pseudonym.as_bytes().to_vec();
+        prefix.push(0);
+        let mut ids = Vec::new();
+        for item in self.subject_inquiries.prefix(&prefix).rev().take(limit) {
+            let (key, _) = item?;
+            if let Ok(id) = Uuid::from_slice(&key[prefix.len()..]) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// The erasure record of `pseudonym`, if the subject was erased.
     pub fn erasure(&self, pseudonym: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.erasures.get(pseudonym)?.map(|v| v.to_vec()))

@@ -111,6 +111,8 @@ pub const STORE_FREE_BYTES: &str = "inquiry_gateway_store_free_bytes";
 /// buyer was erased meanwhile), `residency` (spooled before the sink's `location` or `regions`
 /// changed), `unreadable_audit`. Labels: `sink`, `reason`.
 pub const SINK_SKIPPED: &str = "inquiry_gateway_sink_skipped_total";
+/// A buyer's repeat messages: acknowledgements not sent again, SLAs joined.
+pub const REACH_REPEATS: &str = "inquiry_gateway_reach_repeats_total";
 /// Reads of inquiries this replica does not hold, asked of its peers, by outcome.
 pub const PEER_READS: &str = "inquiry_gateway_peer_reads_total";
 /// Failed delivery rounds that are retried. Label: `sink`.
@@ -310,6 +312,10 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
     describe_counter!(KAFKA_OAUTH_TOKENS, "OAUTHBEARER access tokens asked of the kafka cluster's identity provider");
+    describe_counter!(
+        REACH_REPEATS,
+        "a buyer's further messages in a conversation: ack_skipped (acknowledged within reach.ack_repeat_window), sla_joined (joined the SLA still running)"
+    );
     describe_counter!(
         PEER_READS,
         "GET /v1/inquiries/{id} for an inquiry this replica does not hold, asked of the other replicas: found, not_found, unavailable (a peer did not answer)"

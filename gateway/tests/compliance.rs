@@ -477,13 +477,16 @@ async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_
     // Two Kafka and two CQL clusters (one broker and one node here, told apart by their topic
     // prefixes and keyspaces): the main ones in the EU for EU-region data, regional ones outside
     // the EU for the rest.
-    let (eu, us) = (unique("eu"), unique("us"));
+    let (eu, us, eo) = (unique("eu"), unique("us"), unique("eo"));
     let (eu_ks, us_ks) = (unique("eu_"), unique("us_"));
+    // And the unusual layout: a cluster in the EU that takes only `other` (unknown countries too).
     let config = format!(
         "{}[sinks.kafka]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eu}.\"\npartitions = 1\n\
          location = \"eu\"\nregions = [\"eu\"]\n\
          [sinks.kafka_regional.us]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{us}.\"\npartitions = 1\n\
          location = \"other\"\nregions = [\"other\"]\n\
+         [sinks.kafka_regional.eo]\nbrokers = \"{BROKERS}\"\ntopic_prefix = \"{eo}.\"\npartitions = 1\n\
+         location = \"eu\"\nregions = [\"other\"]\n\
          [[reach.sla_policies]]\nid = \"day\"\nfirst_response = \"24h\"\n[[reach.sla_rules]]\npolicy = \"day\"\n\
          [sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{eu_ks}\"\nlocation = \"eu\"\nregions = [\"eu\"]\n{login}\
          [sinks.cql_regional.us]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{us_ks}\"\nlocation = \"other\"\n\
@@ -500,6 +503,7 @@ async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_
     // Each spool drains although the other region's inquiries are never queued for it.
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
     wait_spool_empty(&gateway, "kafka-us", Duration::from_secs(120)).await;
+    wait_spool_empty(&gateway, "kafka-eo", Duration::from_secs(120)).await;
     wait_spool_empty(&gateway, "cql", Duration::from_secs(120)).await;
     wait_spool_empty(&gateway, "cql-us", Duration::from_secs(120)).await;
     let published = |prefix: &str| -> HashSet<String> {
@@ -524,11 +528,15 @@ async fn each_region_reaches_only_its_own_clusters_and_eu_data_never_leaves_the_
     let started = |prefix: &str| -> HashSet<String> {
         kcat(&format!("{prefix}.sla.events.v1")).into_iter().map(|(key, _)| key).collect()
     };
+    let unknown: HashSet<String> = ids.iter().filter(|(_, c)| c.is_empty()).map(|(id, _)| id.clone()).collect();
+    let eu_other: HashSet<String> = outside.union(&unknown).cloned().collect();
+    assert_eq!(published(&eo), eu_other, "the EU cluster taking `other` gets unknown countries too");
     support::eventually(Duration::from_secs(30), "every SLA start is published", || async {
-        started(&eu).len() + started(&us).len() >= ids.len()
+        started(&eu).len() + started(&us).len() + started(&eo).len() >= ids.len() + eu_other.len()
     })
     .await;
     assert_eq!((started(&eu), started(&us)), (inside.clone(), outside.clone()));
+    assert_eq!(started(&eo), eu_other, "SLA events go where their inquiry went");
 
     // The audit trail names EU subjects too: it goes to the EU cluster only.
     let forwarded = |sink: &'static str| {

@@ -16,13 +16,14 @@ pub mod replies;
 pub mod send;
 pub mod sla;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use metrics::{counter, gauge, histogram};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
@@ -119,16 +120,45 @@ pub struct Rules {
     policies: Policies,
     teams: HashMap<String, TeamConfig>,
     acks: ack::Acks,
+    /// `reach.ack_repeat_window` in ms (0: every message is acknowledged).
+    ack_repeat_window_ms: i64,
+    /// `reach.sla_per_buyer`.
+    sla_per_buyer: bool,
 }
 
 impl Rules {
     fn from_config(config: &ReachConfig) -> Result<Rules, String> {
+        let window = crate::config::parse_duration(&config.ack_repeat_window)?;
         Ok(Rules {
             policies: Policies::from_config(config)?,
             teams: config.teams.iter().map(|t| (t.queue.clone(), t.clone())).collect(),
             acks: ack::Acks::from_config(config)?,
+            ack_repeat_window_ms: window.as_millis() as i64,
+            sla_per_buyer: config.sla_per_buyer,
         })
     }
+}
+
+/// How many of a buyer's latest inquiries are looked at for an SLA still running or an
+/// acknowledgement within the repeat window.
+const BUYER_LOOKBACK: usize = 64;
+
+/// A buyer's later inquiry that joined the running SLA of an earlier one (`reach.sla_per_buyer`):
+/// its entry among the SLA states, which [`Reach::load`] follows.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinedSla {
+    joined: Uuid,
+}
+
+/// A buyer's conversation with a shop: (pseudonym, channel, account).
+type Conversation = (String, &'static str, String);
+
+/// `stored`'s conversation; `None` without a buyer pseudonym (nothing to link it by).
+fn conversation(stored: &StoredInquiry) -> Option<Conversation> {
+    let inquiry = &stored.inquiry;
+    (!inquiry.buyer.pseudonym.is_empty())
+        .then(|| (inquiry.buyer.pseudonym.clone(), inquiry.channel.as_str(), inquiry.account.clone()))
 }
 
 /// The acknowledgement rules in force (see [`Reach::acks`]).
@@ -233,25 +263,54 @@ impl Reach {
         let mut seqs = self.next_seq.lock().expect("reach lock");
         let now = self.clock.now_ms();
         let mut batch = self.store.batch();
-        let (mut started, mut acks) = (0, 0);
+        let mut started = 0;
         let rules = self.rules();
+        // What this batch planned and started, per conversation (not in the store yet).
+        let mut acked_now: HashSet<Conversation> = HashSet::new();
+        let mut started_now: HashMap<Conversation, Uuid> = HashMap::new();
         for record in records {
-            if let Some(ack) = rules.acks.plan(record.stored(), now) {
+            let stored = record.stored();
+            if let Some(ack) = rules.acks.plan(stored, now) {
                 if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
-                    batch.put_timer(Timeline::Ack, ack.not_before_ms, ack.inquiry_id);
-                    batch.put_timeline_state(
-                        Timeline::Ack,
-                        ack.inquiry_id,
-                        &serde_json::to_vec(&ack).expect("acks serialize"),
-                    );
-                    acks += 1;
+                    let repeat = match conversation(stored) {
+                        Some(talk) if rules.ack_repeat_window_ms > 0 => {
+                            acked_now.contains(&talk) || self.acked_since(stored, now - rules.ack_repeat_window_ms)?
+                        }
+                        _ => false,
+                    };
+                    if repeat {
+                        counter!(telemetry::REACH_REPEATS, "kind" => "ack_skipped").increment(1);
+                    } else {
+                        batch.put_timer(Timeline::Ack, ack.not_before_ms, ack.inquiry_id);
+                        batch.put_timeline_state(
+                            Timeline::Ack,
+                            ack.inquiry_id,
+                            &serde_json::to_vec(&ack).expect("acks serialize"),
+                        );
+                        acked_now.extend(conversation(stored));
+                    }
                 }
             }
-            let Some(policy) = rules.policies.policy_for(record.stored()) else { continue };
+            let Some(policy) = rules.policies.policy_for(stored) else { continue };
             if self.store.timeline_state(Timeline::Sla, record.id())?.is_some() {
                 continue;
             }
-            let state = SlaState::start(policy, record.stored());
+            if let Some(talk) = conversation(stored).filter(|_| rules.sla_per_buyer) {
+                let running = match started_now.get(&talk) {
+                    Some(first) => Some(*first),
+                    None => self.running_sla_of_buyer(stored)?,
+                };
+                if let Some(first) = running {
+                    let joined = serde_json::to_vec(&JoinedSla { joined: first }).expect("json");
+                    batch.put_timeline_state(Timeline::Sla, record.id(), &joined);
+                    counter!(telemetry::REACH_REPEATS, "kind" => "sla_joined").increment(1);
+                    continue;
+                }
+            }
+            let state = SlaState::start(policy, stored);
+            if let Some(talk) = conversation(stored) {
+                started_now.insert(talk, state.inquiry_id);
+            }
             self.queue_event(&rules, &mut batch, &mut seqs, state.started(now))?;
             if let Some(due) = state.next_due() {
                 batch.put_timer(Timeline::Sla, due, state.inquiry_id);
@@ -263,7 +322,7 @@ impl Reach {
             );
             started += 1;
         }
-        if started + acks > 0 {
+        if !batch.is_empty() {
             batch.commit()?;
             self.timers_changed.notify_one();
             self.acks_changed.notify_one();
@@ -359,6 +418,12 @@ impl Reach {
                 return Ok(ReplyOutcome::NoSla);
             }
         };
+        // A buyer's later message that joined an earlier one's SLA answers that one (and the
+        // earlier one's acknowledgement, still waiting for quiet hours to end, is not sent).
+        let sla_id = state.inquiry_id;
+        if sla_id != id {
+            self.cancel_ack(&mut batch, sla_id)?;
+        }
         let pending = state.next_due();
         let Some(event) = state.reply(at_ms, now) else {
             batch.commit()?;
@@ -366,10 +431,10 @@ impl Reach {
         };
         let outcome = if state.status == Status::Met { "met" } else { "late" };
         if let Some(due) = pending {
-            batch.remove_timer(Timeline::Sla, due, id);
+            batch.remove_timer(Timeline::Sla, due, sla_id);
         }
         self.queue_event(&rules, &mut batch, &mut seqs, event)?;
-        batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&state).expect("states serialize"));
+        batch.put_timeline_state(Timeline::Sla, sla_id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
         counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone()).increment(1);
         let waited = state.replied_ms.unwrap_or(at_ms).saturating_sub(state.started_ms).max(0);
@@ -443,10 +508,65 @@ impl Reach {
         Ok(Some(state))
     }
 
-    /// The SLA of inquiry `id`, if it has one (an unreadable one is logged and treated as none).
+    /// Whether `stored`'s buyer got an acknowledgement planned at or after `since_ms` on the same
+    /// channel and account (sent, waiting, or cancelled by an answer).
+    fn acked_since(&self, stored: &StoredInquiry, since_ms: i64) -> Result<bool, StoreError> {
+        let inquiry = &stored.inquiry;
+        for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
+            let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { continue };
+            let Ok(ack) = serde_json::from_slice::<ack::AckState>(&bytes) else { continue };
+            if id != inquiry.id
+                && ack.channel == inquiry.channel.as_str()
+                && ack.account == inquiry.account
+                && ack.not_before_ms >= since_ms
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The inquiry whose first-response SLA still runs (unanswered, steps pending) for `stored`'s
+    /// buyer on the same channel and account, if any.
+    fn running_sla_of_buyer(&self, stored: &StoredInquiry) -> Result<Option<Uuid>, StoreError> {
+        let inquiry = &stored.inquiry;
+        for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
+            if id == inquiry.id {
+                continue;
+            }
+            let Some(state) = self.load(id)? else { continue };
+            if state.channel == inquiry.channel.as_str()
+                && state.account == inquiry.account
+                && state.replied_ms.is_none()
+                && state.next_due().is_some()
+            {
+                return Ok(Some(state.inquiry_id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The SLA of inquiry `id`, if it has one: its own, or the one it joined (an unreadable one is
+    /// logged and treated as none).
     pub fn load(&self, id: Uuid) -> Result<Option<SlaState>, StoreError> {
         let Some(bytes) = self.store.timeline_state(Timeline::Sla, id)? else { return Ok(None) };
-        match serde_json::from_slice(&bytes) {
+        if let Ok(JoinedSla { joined }) = serde_json::from_slice(&bytes) {
+            return self.load_own(joined);
+        }
+        self.parse_state(id, &bytes)
+    }
+
+    /// Inquiry `id`'s own SLA (not one it joined).
+    fn load_own(&self, id: Uuid) -> Result<Option<SlaState>, StoreError> {
+        let Some(bytes) = self.store.timeline_state(Timeline::Sla, id)? else { return Ok(None) };
+        if serde_json::from_slice::<JoinedSla>(&bytes).is_ok() {
+            return Ok(None);
+        }
+        self.parse_state(id, &bytes)
+    }
+
+    fn parse_state(&self, id: Uuid, bytes: &[u8]) -> Result<Option<SlaState>, StoreError> {
+        match serde_json::from_slice(bytes) {
             Ok(state) => Ok(Some(state)),
             Err(err) => {
                 tracing::error!(inquiry_id = %id, error = %err, "unreadable sla state; its steps are dropped");
@@ -767,14 +887,30 @@ mod tests {
         sla_policy: Option<&str>,
         buyer: serde_json::Value,
     ) -> OutRecord {
-        let raw = serde_json::json!({
+        message(seq, received_ms, queue, sla_policy, serde_json::json!({ "buyer": buyer }), "")
+    }
+
+    /// A stored message: the generic API's fields overridden by `fields`, the buyer `pseudonym`.
+    fn message(
+        seq: u64,
+        received_ms: i64,
+        queue: &str,
+        sla_policy: Option<&str>,
+        fields: serde_json::Value,
+        pseudonym: &str,
+    ) -> OutRecord {
+        let mut raw = serde_json::json!({
             "channel": "generic", "account": "shop-1", "external_id": format!("m-{seq}"),
-            "buyer": buyer, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
-        })
-        .to_string();
+            "buyer": { "email": "anna@example.com" }, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
+        });
+        for (field, value) in fields.as_object().unwrap() {
+            raw[field] = value.clone();
+        }
+        let raw = raw.to_string();
         let received_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(received_ms) * 1_000_000).unwrap();
         let ctx = NormalizeContext { received_at, trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" };
-        let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        let mut inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        inquiry.buyer.pseudonym = pseudonym.to_owned();
         let decision = Decision {
             disposition: Disposition::Deliver,
             queue: queue.to_owned(),
@@ -849,6 +985,102 @@ mod tests {
         assert_eq!(all[3].deadline, "2026-12-02T11:00:00Z");
         // Alerts: reminders, breach and escalations; not the start.
         assert_eq!(queued(&store, &alert_queue("ops")).len(), 5);
+    }
+
+    /// [`CONFIG`] with WhatsApp acknowledgements.
+    fn config_with_acks(extra: &str) -> ReachConfig {
+        let acks = "[[templates]]\nid = \"ack\"\nversion = 1\nlanguage = \"en\"\nbody = \"Thanks\"\n\
+                    [[ack_rules]]\ntemplate = \"ack\"\n[[senders]]\nkind = \"whatsapp\"\naccess_token = \"t\"\n";
+        toml::from_str(&format!("{extra}\n{CONFIG}\n{acks}")).unwrap()
+    }
+
+    #[test]
+    fn a_buyers_repeat_messages_get_one_acknowledgement_and_join_the_running_sla() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = Reach::new(&config_with_acks(""), store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
+        // A message as the pipeline stores it: linked to its buyer.
+        let stored = |seq: u64, channel: &str, pseudonym: &str| {
+            let fields = serde_json::json!({ "channel": channel });
+            let record = message(seq, clock.now_ms(), "sales", None, fields, pseudonym);
+            let mut batch = store.batch();
+            batch.link_inquiry(pseudonym, record.id());
+            batch.commit().unwrap();
+            record
+        };
+        let acked = |record: &OutRecord| store.timeline_state(Timeline::Ack, record.id()).unwrap().is_some();
+        let started = || queued(&store, KAFKA_QUEUE).iter().filter(|e| e.kind == EventKind::Started).count();
+
+        let first = stored(1, "whatsapp", "bp_anna");
+        assert_eq!(engine.schedule(std::slice::from_ref(&first)).unwrap(), 1);
+        assert!(acked(&first));
+        clock.0.store(T0 + 5 * MIN, Ordering::SeqCst);
+        let second = stored(2, "whatsapp", "bp_anna");
+        assert_eq!(engine.schedule(std::slice::from_ref(&second)).unwrap(), 0, "joins the running SLA");
+        assert!(!acked(&second), "acknowledged 5 minutes ago: not again");
+        assert_eq!(engine.load(second.id()).unwrap().unwrap().inquiry_id, first.id(), "its SLA is the first one's");
+        assert_eq!(started(), 1);
+        // Two messages of another buyer in one batch; the first buyer on another channel.
+        let (bo1, bo2) = (stored(3, "whatsapp", "bp_bo"), stored(4, "whatsapp", "bp_bo"));
+        let telegram = stored(5, "telegram", "bp_anna");
+        assert_eq!(engine.schedule(&[bo1.clone(), bo2.clone(), telegram.clone()]).unwrap(), 2);
+        assert!(acked(&bo1) && !acked(&bo2));
+        assert_eq!(engine.load(bo2.id()).unwrap().unwrap().inquiry_id, bo1.id());
+        assert_eq!(engine.load(telegram.id()).unwrap().unwrap().inquiry_id, telegram.id(), "another conversation");
+
+        // An answer to the later message answers the buyer: the one clock stops, once.
+        let outcome = engine.reply(second.stored(), T0 + 10 * MIN).unwrap();
+        assert!(
+            matches!(outcome, ReplyOutcome::Recorded(ref s) if s.inquiry_id == first.id() && s.status == Status::Met)
+        );
+        assert_eq!(engine.load(first.id()).unwrap().unwrap().status, Status::Met);
+        let met: Vec<Uuid> =
+            queued(&store, KAFKA_QUEUE).iter().filter(|e| e.kind == EventKind::Met).map(|e| e.inquiry_id).collect();
+        assert_eq!(met, [first.id()]);
+        assert!(matches!(engine.reply(first.stored(), T0 + 11 * MIN).unwrap(), ReplyOutcome::Unchanged(_)));
+        // No reminder of the answered conversation fires; the other buyer's does.
+        clock.0.store(T0 + 45 * MIN, Ordering::SeqCst);
+        engine.fire_due().unwrap();
+        let reminded: HashSet<Uuid> = queued(&store, KAFKA_QUEUE)
+            .iter()
+            .filter(|e| e.kind == EventKind::Reminder)
+            .map(|e| e.inquiry_id)
+            .collect();
+        assert_eq!(reminded, HashSet::from([bo1.id(), telegram.id()]));
+
+        // Answered: the buyer's next message starts a new SLA, but is not acknowledged again
+        // within the day; after it, it is.
+        let third = stored(6, "whatsapp", "bp_anna");
+        assert_eq!(engine.schedule(std::slice::from_ref(&third)).unwrap(), 1, "nothing runs: a new SLA");
+        assert!(!acked(&third));
+        clock.0.store(T0 + 25 * 60 * MIN, Ordering::SeqCst);
+        let next_day = stored(7, "whatsapp", "bp_anna");
+        engine.schedule(std::slice::from_ref(&next_day)).unwrap();
+        assert!(acked(&next_day), "a day later: acknowledged again");
+    }
+
+    #[test]
+    fn with_the_repeat_rules_off_every_message_gets_its_own_acknowledgement_and_sla() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let config = config_with_acks("ack_repeat_window = \"0s\"\nsla_per_buyer = false");
+        let engine = Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
+        let records: Vec<OutRecord> = (1..=2)
+            .map(|seq| {
+                let record = message(seq, T0, "sales", None, serde_json::json!({ "channel": "whatsapp" }), "bp_anna");
+                let mut batch = store.batch();
+                batch.link_inquiry("bp_anna", record.id());
+                batch.commit().unwrap();
+                record
+            })
+            .collect();
+        assert_eq!(engine.schedule(&records).unwrap(), 2);
+        for record in &records {
+            assert!(store.timeline_state(Timeline::Ack, record.id()).unwrap().is_some());
+            assert_eq!(engine.load(record.id()).unwrap().unwrap().inquiry_id, record.id());
+        }
     }
 
     #[test]

@@ -243,11 +243,14 @@ impl KafkaSink {
 
     /// Publishes SLA events to `sla.events.v1` (keyed by inquiry id, so one inquiry's events stay
     /// in order) and waits for every acknowledgement.
-    /// Events of inquiries from regions the cluster is not declared for are left out (data
-    /// residency, like the inquiries themselves).
+    /// The queue holds only events that reach-out decided this cluster gets (the inquiry's own
+    /// residency rule); a cluster outside the EU still leaves out any event of a region it is not
+    /// declared for (data residency: never an EU event, whatever queued it).
     pub async fn publish_sla(&self, events: &[crate::reach::sla::SlaEvent]) -> Result<(), String> {
         let mut pending = Vec::with_capacity(events.len());
-        let taken = events.iter().filter(|e| self.config.regions.contains(&e.region)).count();
+        let in_eu = self.config.location.unwrap_or(inquiry_connectors::Region::Eu) == inquiry_connectors::Region::Eu;
+        let allowed = |e: &&crate::reach::sla::SlaEvent| in_eu || self.config.regions.contains(&e.region);
+        let taken = events.iter().filter(allowed).count();
         if taken < events.len() {
             // Only events queued by an earlier version (one queue for every region) are skipped.
             tracing::info!(
@@ -256,7 +259,7 @@ impl KafkaSink {
                 "SLA events of regions this cluster does not take are not published"
             );
         }
-        for event in events.iter().filter(|e| self.config.regions.contains(&e.region)) {
+        for event in events.iter().filter(allowed) {
             let key = event.inquiry_id.to_string();
             let payload = serde_json::to_vec(event).expect("events serialize");
             let headers = OwnedHeaders::new()
