@@ -2227,8 +2227,11 @@ impl Config {
                     .to_owned(),
             );
         }
-        if !(100..=30_000).contains(&self.cluster.peer_timeout_ms) {
-            problems.push("cluster.peer_timeout_ms must be from 100 to 30000".to_owned());
+        if self.cluster.peer_timeout_ms < 100 || self.cluster.peer_timeout_ms >= self.ingest.request_timeout_ms {
+            problems.push(format!(
+                "cluster.peer_timeout_ms must be at least 100 and less than ingest.request_timeout_ms ({})",
+                self.ingest.request_timeout_ms
+            ));
         }
         if self.reach.forward_http && (self.reach.replies_topic.is_none() || self.store.pseudonym_key.is_none()) {
             problems.push(
@@ -2826,6 +2829,22 @@ mod tests {
         let config = Config::from_toml_with_env("[ingest]\nlisten = \"0.0.0.0:8080\"", env).unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("only a loopback gateway may run without keys"), "{err}");
+    }
+
+    #[test]
+    fn peers_need_the_shared_key_urls_and_a_timeout_within_the_requests() {
+        let peers = "[cluster]\npeers = [\"http://gateway-pods:8080\", \"ftp://x:1\"]\npeer_timeout_ms = 10000\n";
+        let err = Config::from_toml_with_env(peers, env).unwrap().validate().unwrap_err().to_string();
+        for expected in [
+            "cluster.peers needs store.pseudonym_key",
+            "cluster.peers `ftp://x:1` must be an http:// or https:// URL",
+            "cluster.peer_timeout_ms must be at least 100 and less than ingest.request_timeout_ms (10000)",
+        ] {
+            assert!(err.contains(expected), "missing {expected} in {err}");
+        }
+        let good = "[store]\npseudonym_key = \"pseudonym-key-shared-by-the-replicas-01\"\n\
+                    [cluster]\npeers = [\"http://gateway-pods:8080\"]\n";
+        Config::from_toml_with_env(good, env).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -611,7 +611,9 @@ async fn a_replica_answers_for_an_inquiry_another_replica_holds() {
     let path = format!("/v1/inquiries/{id}");
 
     // B does not hold it: it asks A, which answers with the personal data opened.
-    let read = client.request(Method::GET, &b.url(&path), "", &[crm]).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let read = client.request(Method::GET, &b.url(&path), "", &[crm, ("traceparent", &traceparent)]).await;
     assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
     assert_eq!(read.json()["inquiry"]["id"], id.as_str());
     assert_eq!(read.json()["personal"]["email"], "held-by-a@example.com");
@@ -620,7 +622,9 @@ async fn a_replica_answers_for_an_inquiry_another_replica_holds() {
     assert_eq!(reads.len(), 1, "{reads:?}");
     assert_eq!(reads[0]["actor"], "api_key:crm");
     assert!(reads[0]["detail"]["via_replica"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")), "{reads:?}");
-    assert!(reads[0]["source"].as_str().is_some(), "the client's address");
+    let (source, via) = (reads[0]["source"].as_str().unwrap(), reads[0]["detail"]["via_replica"].as_str().unwrap());
+    assert_ne!(source, via, "the client's address, not the asking replica's");
+    assert_eq!(reads[0]["detail"]["trace_id"], trace, "the client's trace");
     assert!(audit_entries_of(&b, "inquiry.read").await.is_empty(), "B opened nothing");
     let found = support::metric(&b, "inquiry_gateway_peer_reads_total", &[("outcome", "found")]).await;
     assert_eq!(found, 1.0);

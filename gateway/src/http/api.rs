@@ -396,13 +396,14 @@ async fn get_one(
     let id = parse_id(id)?;
     // Another replica asking for its client: answer from this store only, audit the client's address.
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let (source, via) = match state.peer_key.check(headers, id, now)? {
-        Some(client) => (client, source),
-        None => (source, None),
+    let (source, via, from_peer) = match state.peer_key.check(headers, id, now)? {
+        Some(client) => (client, source, true),
+        None => (source, None, false),
     };
     let stored = match stored_for(state, &grant, id) {
-        Err(err) if err.status == StatusCode::NOT_FOUND && via.is_none() => match &state.peers {
-            Some(peers) => return from_peers(peers, headers, id, source.as_deref()).await,
+        // A peer's request is answered from this store only: replicas never ask in a loop.
+        Err(err) if err.status == StatusCode::NOT_FOUND && !from_peer => match &state.peers {
+            Some(peers) => return from_peers(peers, headers, id, source.as_deref(), trace_id).await,
             None => return Err(err),
         },
         other => other?,
@@ -443,9 +444,10 @@ async fn from_peers(
     headers: &HeaderMap,
     id: Uuid,
     source: Option<&str>,
+    trace_id: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     use super::peers::PeerAnswer;
-    match peers.find(id, headers.get(header::AUTHORIZATION), source).await {
+    match peers.find(id, headers.get(header::AUTHORIZATION), source, trace_id).await {
         PeerAnswer::Found(body) => {
             let mut response = Response::new(Full::new(body));
             response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

@@ -48,13 +48,19 @@ impl PeerKey {
         PeerKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()))
     }
 
-    fn message(id: Uuid, at: i64, source: &str) -> String {
-        format!("peer read v1\n{id}\n{at}\n{source}")
+    /// The signed message: the inquiry, the time, the client's address and a digest of the
+    /// client's `Authorization` (a captured header is worth nothing with another key).
+    fn message(id: Uuid, at: i64, source: &str, authorization: Option<&HeaderValue>) -> Vec<u8> {
+        let credential = ring::digest::digest(&ring::digest::SHA256, authorization.map_or(&b""[..], |v| v.as_bytes()));
+        let mut message = format!("peer read v1\n{id}\n{at}\n{source}\n").into_bytes();
+        message.extend_from_slice(credential.as_ref());
+        message
     }
 
-    /// The header value of a request for `id` on behalf of a client at `source`, made at `at`.
-    fn header(&self, id: Uuid, at: i64, source: &str) -> String {
-        let signature = ring::hmac::sign(&self.0, Self::message(id, at, source).as_bytes());
+    /// The header value of a request for `id` with the client's `authorization`, on behalf of a
+    /// client at `source`, made at `at`.
+    fn header(&self, id: Uuid, at: i64, source: &str, authorization: Option<&HeaderValue>) -> String {
+        let signature = ring::hmac::sign(&self.0, &Self::message(id, at, source, authorization));
         format!("v1 {at} {source} {}", hex::encode(signature.as_ref()))
     }
 
@@ -70,11 +76,12 @@ impl PeerKey {
                 "the peer request's signature does not hold",
             )
         };
-        let client = value.to_str().ok().and_then(|v| self.verify(v, id, now)).ok_or_else(refused)?;
+        let authorization = headers.get(AUTHORIZATION);
+        let client = value.to_str().ok().and_then(|v| self.verify(v, id, now, authorization)).ok_or_else(refused)?;
         Ok(Some(client))
     }
 
-    fn verify(&self, value: &str, id: Uuid, now: i64) -> Option<Option<String>> {
+    fn verify(&self, value: &str, id: Uuid, now: i64, authorization: Option<&HeaderValue>) -> Option<Option<String>> {
         let mut parts = value.split(' ');
         let (Some("v1"), Some(at), Some(source), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
@@ -83,7 +90,7 @@ impl PeerKey {
         };
         let at: i64 = at.parse().ok()?;
         let signature = hex::decode(signature).ok()?;
-        ring::hmac::verify(&self.0, Self::message(id, at, source).as_bytes(), &signature).ok()?;
+        ring::hmac::verify(&self.0, &Self::message(id, at, source, authorization), &signature).ok()?;
         ((now - at).abs() <= PEER_REQUEST_WINDOW_SECS).then(|| (source != "-").then(|| source.to_owned()))
     }
 }
@@ -107,12 +114,25 @@ struct Peer {
     port: u16,
 }
 
+/// How long resolved peer addresses are used before the names are resolved again.
+const RESOLVED_FOR: Duration = Duration::from_secs(5);
+
 /// The other replicas, asked for inquiries this one does not hold.
 pub struct Peers {
     peers: Vec<Peer>,
     timeout: Duration,
     tls: tokio_rustls::TlsConnector,
     key: Arc<PeerKey>,
+    /// The peers' addresses as last resolved, and when (shared by the requests of a few seconds,
+    /// so that a burst of reads does not become a burst of name lookups).
+    resolved: tokio::sync::Mutex<Option<(std::time::Instant, Resolved)>>,
+}
+
+/// Every peer address, and whether some name did not resolve.
+#[derive(Clone)]
+struct Resolved {
+    addresses: Vec<(Peer, SocketAddr)>,
+    incomplete: bool,
 }
 
 impl Peers {
@@ -144,50 +164,94 @@ impl Peers {
             timeout: Duration::from_millis(config.peer_timeout_ms),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             key,
+            resolved: tokio::sync::Mutex::new(None),
         }))
     }
 
-    /// Asks every peer address at once for inquiry `id`, with the client's `authorization` and
-    /// address (`source`).
-    pub async fn find(&self, id: Uuid, authorization: Option<&HeaderValue>, source: Option<&str>) -> PeerAnswer {
-        let at = time::OffsetDateTime::now_utc().unix_timestamp();
-        let signed = self.key.header(id, at, source.unwrap_or("-"));
-        let mut asks = tokio::task::JoinSet::new();
-        let mut unresolved = false;
+    /// The peers' addresses: resolved at most every [`RESOLVED_FOR`], all names at once.
+    async fn addresses(&self) -> Resolved {
+        let mut resolved = self.resolved.lock().await;
+        if let Some((_, addresses)) = resolved.as_ref().filter(|(at, _)| at.elapsed() < RESOLVED_FOR) {
+            return addresses.clone();
+        }
+        let lookups = self
+            .peers
+            .iter()
+            .map(|peer| async move { (peer, tokio::net::lookup_host((peer.host.as_str(), peer.port)).await) });
+        let mut fresh = Resolved { addresses: Vec::new(), incomplete: false };
         let mut seen = std::collections::HashSet::new();
-        for peer in &self.peers {
-            match tokio::time::timeout(self.timeout, tokio::net::lookup_host((peer.host.as_str(), peer.port))).await {
-                Ok(Ok(addresses)) => {
-                    for address in addresses.filter(|a| seen.insert(*a)) {
-                        let ask =
-                            ask(peer.clone(), address, self.tls.clone(), id, authorization.cloned(), signed.clone());
-                        asks.spawn(tokio::time::timeout(self.timeout, ask));
-                    }
+        for (peer, found) in futures_util::future::join_all(lookups).await {
+            match found {
+                Ok(addresses) => {
+                    fresh.addresses.extend(addresses.filter(|a| seen.insert(*a)).map(|a| (peer.clone(), a)));
                 }
-                _ => {
-                    tracing::warn!(peer = %peer.host, "peer name does not resolve");
-                    unresolved = true;
+                Err(err) => {
+                    tracing::warn!(peer = %peer.host, error = %err, "peer name does not resolve");
+                    fresh.incomplete = true;
                 }
             }
         }
-        let mut unavailable = unresolved;
+        // A failed lookup is tried again at the next read rather than remembered.
+        if !fresh.incomplete {
+            *resolved = Some((std::time::Instant::now(), fresh.clone()));
+        }
+        fresh
+    }
+
+    /// Asks every peer address at once for inquiry `id`, with the client's `authorization`,
+    /// address (`source`) and trace id; the whole call (name lookups included) ends within
+    /// `cluster.peer_timeout_ms`.
+    pub async fn find(
+        &self,
+        id: Uuid,
+        authorization: Option<&HeaderValue>,
+        source: Option<&str>,
+        trace_id: &str,
+    ) -> PeerAnswer {
+        let answer = tokio::time::timeout(self.timeout, self.ask_all(id, authorization, source, trace_id))
+            .await
+            .unwrap_or(PeerAnswer::Unavailable);
+        let outcome = match answer {
+            PeerAnswer::Found(_) => "found",
+            PeerAnswer::NotFound => "not_found",
+            PeerAnswer::Unavailable => "unavailable",
+        };
+        counter!(telemetry::PEER_READS, "outcome" => outcome).increment(1);
+        answer
+    }
+
+    async fn ask_all(
+        &self,
+        id: Uuid,
+        authorization: Option<&HeaderValue>,
+        source: Option<&str>,
+        trace_id: &str,
+    ) -> PeerAnswer {
+        let at = time::OffsetDateTime::now_utc().unix_timestamp();
+        let request = PeerRequest {
+            id,
+            authorization: authorization.cloned(),
+            signed: self.key.header(id, at, source.unwrap_or("-"), authorization),
+            // The holder's `inquiry.read` entry carries the client's trace id.
+            traceparent: format!("00-{trace_id}-{:016x}-01", rand_span()),
+        };
+        let resolved = self.addresses().await;
+        let mut asks = tokio::task::JoinSet::new();
+        for (peer, address) in resolved.addresses {
+            asks.spawn(ask(peer, address, self.tls.clone(), request.clone()));
+        }
+        let mut unavailable = resolved.incomplete;
         while let Some(done) = asks.join_next().await {
             match done {
-                Ok(Ok(Ok(Some(body)))) => {
-                    asks.abort_all();
-                    counter!(telemetry::PEER_READS, "outcome" => "found").increment(1);
-                    return PeerAnswer::Found(body);
-                }
-                Ok(Ok(Ok(None))) => {}
-                Ok(Ok(Err(reason))) => {
+                Ok(Ok(Some(body))) => return PeerAnswer::Found(body),
+                Ok(Ok(None)) => {}
+                Ok(Err(reason)) => {
                     tracing::warn!(%reason, "peer read failed");
                     unavailable = true;
                 }
-                Ok(Err(_)) | Err(_) => unavailable = true,
+                Err(_) => unavailable = true,
             }
         }
-        let outcome = if unavailable { "unavailable" } else { "not_found" };
-        counter!(telemetry::PEER_READS, "outcome" => outcome).increment(1);
         if unavailable {
             PeerAnswer::Unavailable
         } else {
@@ -218,20 +282,36 @@ pub fn peer_problems(peers: &[String]) -> Vec<String> {
     peers.iter().filter_map(|p| parse_peer(p).err()).collect()
 }
 
+/// What every peer is asked.
+#[derive(Clone)]
+struct PeerRequest {
+    id: Uuid,
+    authorization: Option<HeaderValue>,
+    signed: String,
+    traceparent: String,
+}
+
+/// A span id for the peer request's `traceparent`.
+fn rand_span() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    u64::from_le_bytes(bytes) | 1
+}
+
 /// One peer address's answer: the body when it holds the inquiry, `None` on 404.
 async fn ask(
     peer: Peer,
     address: SocketAddr,
     tls: tokio_rustls::TlsConnector,
-    id: Uuid,
-    authorization: Option<HeaderValue>,
-    signed: String,
+    asked: PeerRequest,
 ) -> Result<Option<Bytes>, String> {
     let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("{address}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let mut request =
-        Request::get(format!("/v1/inquiries/{id}")).header(hyper::header::HOST, &peer.host).header(PEER_HEADER, signed);
-    if let Some(authorization) = authorization {
+    let mut request = Request::get(format!("/v1/inquiries/{}", asked.id))
+        .header(hyper::header::HOST, &peer.host)
+        .header(PEER_HEADER, asked.signed)
+        .header("traceparent", asked.traceparent);
+    if let Some(authorization) = asked.authorization {
         request = request.header(AUTHORIZATION, authorization);
     }
     let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
@@ -252,6 +332,11 @@ async fn ask(
     match status {
         StatusCode::OK => Ok(Some(body)),
         StatusCode::NOT_FOUND => Ok(None),
+        // The caller's key, accepted here, refused there: the replicas' keys differ (a reload
+        // that reached one replica only), or their clocks are more than a minute apart.
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Err(format!("{address} refused the request ({status}): are the replicas' api keys and clocks the same?"))
+        }
         other => Err(format!("{address} answered {other}")),
     }
 }
@@ -278,14 +363,23 @@ mod tests {
             headers.insert(PEER_HEADER, HeaderValue::from_str(&value).unwrap());
             headers
         };
-        let signed = headers(key.header(id, 1_000, "203.0.113.9:4711"));
+        let crm = HeaderValue::from_static("Bearer key-of-the-crm");
+        let headers = |value: String| {
+            let mut headers = headers(value);
+            headers.insert(AUTHORIZATION, crm.clone());
+            headers
+        };
+        let signed = headers(key.header(id, 1_000, "203.0.113.9:4711", Some(&crm)));
         assert_eq!(key.check(&signed, id, 1_030).unwrap(), Some(Some("203.0.113.9:4711".to_owned())));
-        assert_eq!(key.check(&headers(key.header(id, 1_000, "-")), id, 1_000).unwrap(), Some(None));
+        assert_eq!(key.check(&headers(key.header(id, 1_000, "-", Some(&crm))), id, 1_000).unwrap(), Some(None));
+        let mut other_key = signed.clone();
+        other_key.insert(AUTHORIZATION, HeaderValue::from_static("Bearer another-key"));
+        assert!(key.check(&other_key, id, 1_000).is_err(), "replayed with another key");
         assert_eq!(key.check(&HeaderMap::new(), id, 1_000).unwrap(), None, "not a peer's request");
         assert!(key.check(&signed, Uuid::now_v7(), 1_000).is_err(), "another inquiry");
         assert!(key.check(&signed, id, 1_061).is_err(), "too old");
         assert!(key.check(&signed, id, 939).is_err(), "from the future");
-        let forged = key.header(id, 1_000, "203.0.113.9:4711").replace("203.0.113.9", "198.51.100.1");
+        let forged = key.header(id, 1_000, "203.0.113.9:4711", Some(&crm)).replace("203.0.113.9", "198.51.100.1");
         assert!(key.check(&headers(forged), id, 1_000).is_err(), "another client address");
         let other = PeerKey::new(b"another cluster's key");
         assert!(other.check(&signed, id, 1_000).is_err(), "another cluster");
