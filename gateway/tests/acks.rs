@@ -21,6 +21,12 @@ const EU_BLOCK: &str = "EU representative: Example Rep GmbH, Berlin";
 const HOUR_SLA: &str =
     "[[reach.sla_policies]]\nid = \"hour\"\nfirst_response = \"1h\"\n[[reach.sla_rules]]\npolicy = \"hour\"\n";
 
+/// [`templates`] acknowledging every message, also a buyer's second within the day (the tests
+/// of the platforms' per-buyer limits need them).
+fn templates_for_every_message() -> String {
+    templates().replacen("[reach]\n", "[reach]\nack_repeat_window = \"0s\"\n", 1)
+}
+
 fn templates() -> String {
     format!(
         r#"
@@ -88,7 +94,7 @@ async fn whatsapp_acknowledgements_keep_the_throughput_and_pair_limits_and_go_on
     let standin = Standin::start(platform.clone(), None).await.unwrap();
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"whatsapp\"\nbase_url = \"{}/v21.0\"\naccess_token = \"test-whatsapp-token\"\n",
-        templates(),
+        templates_for_every_message(),
         standin.url()
     );
     let gateway = Gateway::start(&config).await;
@@ -121,6 +127,48 @@ async fn whatsapp_acknowledgements_keep_the_throughput_and_pair_limits_and_go_on
     let counted =
         metric_value(&exposition, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "sent")]);
     assert_eq!(counted, expected.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_who_writes_again_is_not_acknowledged_again_and_keeps_one_sla() {
+    let standin = Standin::start(Arc::new(WhatsappSend::default()), None).await.unwrap();
+    let config = format!(
+        "{}\n[[reach.senders]]\nkind = \"whatsapp\"\nbase_url = \"{}/v21.0\"\naccess_token = \"test-whatsapp-token\"\n{HOUR_SLA}",
+        templates(),
+        standin.url()
+    );
+    let gateway = Gateway::start(&config).await;
+    let first = post(&gateway, inquiry("whatsapp", NUMBER, "wamid.again-1", "491760000001", "en")).await;
+    let other = post(&gateway, inquiry("whatsapp", NUMBER, "wamid.again-2", "491760000002", "en")).await;
+    let text = metrics_until(&gateway, |t| {
+        metric_value(t, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "sent")]) == 2.0
+    })
+    .await;
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_events_total", &[("kind", "sla.started")]), 2.0);
+    // The first buyer writes again a moment later, in the same chat.
+    let again = post(&gateway, inquiry("whatsapp", NUMBER, "wamid.again-3", "491760000001", "en")).await;
+    let text = metrics_until(&gateway, |t| {
+        metric_value(t, "inquiry_gateway_reach_repeats_total", &[("kind", "sla_joined")]) == 1.0
+    })
+    .await;
+    assert_eq!(metric_value(&text, "inquiry_gateway_reach_repeats_total", &[("kind", "ack_skipped")]), 1.0);
+    tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may come
+    let sent = standin.mailbox().all();
+    assert_eq!(sent.len(), 2, "one acknowledgement per buyer: {sent:?}");
+    assert!(sent.iter().any(|m| m.text.contains(&first)) && sent.iter().any(|m| m.text.contains(&other)));
+    assert!(!sent.iter().any(|m| m.text.contains(&again)));
+    let text = metrics(&gateway).await;
+    assert_eq!(
+        metric_value(&text, "inquiry_gateway_sla_events_total", &[("kind", "sla.started")]),
+        2.0,
+        "no second clock"
+    );
+    // An answer to the later message answers the buyer: the one SLA is met.
+    let client = HttpClient::new();
+    let reply = client.post_json(&gateway.url(&format!("/v1/inquiries/{again}/reply")), "{}").await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.json()["sla"]["inquiry_id"], first.as_str());
+    assert_eq!(reply.json()["sla"]["status"], "met");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +212,7 @@ async fn telegram_and_line_acknowledgements_respect_their_limits_and_go_once_eac
     let config = format!(
         "{}\n[[reach.senders]]\nkind = \"telegram\"\nbase_url = \"{}\"\nbot_tokens = {{ shop_bot = \"123:test-bot-token\" }}\n\
          [[reach.senders]]\nkind = \"line\"\nbase_url = \"{}\"\nchannel_tokens = {{ \"1657000001\" = \"test-line-channel-token\" }}\n",
-        templates(),
+        templates_for_every_message(),
         telegram_standin.url(),
         line_standin.url()
     );

@@ -505,7 +505,6 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         }
     }
     let stored = stored_for(state, &grant, id)?;
-    let at = at.max(stored.inquiry.received_at);
     let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
     // Audited first, recorded after: a failure in between leaves the client's retry to audit
     // again, never a recorded reply without its entry.

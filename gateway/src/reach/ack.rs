@@ -217,6 +217,10 @@ pub struct AckState {
     /// An agent answered while it was being sent: a retry is not made.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The inquiry's conversation id (a buyer who writes again in it within
+    /// `reach.ack_repeat_window` is not acknowledged again); empty in states of earlier versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub conversation: String,
 }
 
 /// One variant of a template.
@@ -327,6 +331,7 @@ impl Acks {
             attempts: 0,
             not_before_ms,
             cancel_requested: false,
+            conversation: inquiry.external.conversation_id.clone(),
         })
     }
 

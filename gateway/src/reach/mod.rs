@@ -151,14 +151,28 @@ struct JoinedSla {
     joined: Uuid,
 }
 
-/// A buyer's conversation with a shop: (pseudonym, channel, account).
-type Conversation = (String, &'static str, String);
+/// When the buyer wrote `stored` (the platform's time), Unix ms.
+fn written_ms(stored: &StoredInquiry) -> i64 {
+    (stored.inquiry.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64
+}
 
-/// `stored`'s conversation; `None` without a buyer pseudonym (nothing to link it by).
+/// A buyer's conversation with a shop: (pseudonym, channel, account, conversation id). A chat
+/// with the buyer is one conversation (its id is the buyer's pseudonym); an eBay question, an
+/// e-mail thread or an RFQ is one of its own.
+type Conversation = (String, &'static str, String, String);
+
+/// `stored`'s conversation; `None` without a buyer pseudonym or a conversation id (nothing to
+/// link it by).
 fn conversation(stored: &StoredInquiry) -> Option<Conversation> {
     let inquiry = &stored.inquiry;
-    (!inquiry.buyer.pseudonym.is_empty())
-        .then(|| (inquiry.buyer.pseudonym.clone(), inquiry.channel.as_str(), inquiry.account.clone()))
+    (!inquiry.buyer.pseudonym.is_empty() && !inquiry.external.conversation_id.is_empty()).then(|| {
+        (
+            inquiry.buyer.pseudonym.clone(),
+            inquiry.channel.as_str(),
+            inquiry.account.clone(),
+            inquiry.external.conversation_id.clone(),
+        )
+    })
 }
 
 /// The acknowledgement rules in force (see [`Reach::acks`]).
@@ -265,10 +279,16 @@ impl Reach {
         let mut batch = self.store.batch();
         let mut started = 0;
         let rules = self.rules();
-        // What this batch planned and started, per conversation (not in the store yet).
+        // What this batch planned and started, per conversation (not in the store yet), and the
+        // SLA states it writes (once each: a batch must not write one key twice).
         let mut acked_now: HashSet<Conversation> = HashSet::new();
         let mut started_now: HashMap<Conversation, Uuid> = HashMap::new();
-        for record in records {
+        let mut states: HashMap<Uuid, SlaState> = HashMap::new();
+        // In the order the buyer wrote them (a poll page comes newest first): a conversation's
+        // SLA is held by its earliest message.
+        let mut in_order: Vec<&OutRecord> = records.iter().collect();
+        in_order.sort_by_key(|r| (r.stored().inquiry.occurred_at, r.seq));
+        for record in in_order {
             let stored = record.stored();
             if let Some(ack) = rules.acks.plan(stored, now) {
                 if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
@@ -300,8 +320,19 @@ impl Reach {
                     Some(first) => Some(*first),
                     None => self.running_sla_of_buyer(stored)?,
                 };
-                if let Some(first) = running {
-                    let joined = serde_json::to_vec(&JoinedSla { joined: first }).expect("json");
+                let first = match running {
+                    Some(first) if !states.contains_key(&first) => {
+                        self.load_own(first)?.map(|state| states.entry(first).or_insert(state))
+                    }
+                    Some(first) => states.get_mut(&first),
+                    None => None,
+                };
+                // Only a message written after the one holding the SLA joins it (an answer
+                // then always answers the holder: see `split_later_messages`).
+                let written = written_ms(stored);
+                if let Some(first) = first.filter(|f| f.joined.len() < BUYER_LOOKBACK && f.written_ms <= written) {
+                    first.joined.push(record.id());
+                    let joined = serde_json::to_vec(&JoinedSla { joined: first.inquiry_id }).expect("json");
                     batch.put_timeline_state(Timeline::Sla, record.id(), &joined);
                     counter!(telemetry::REACH_REPEATS, "kind" => "sla_joined").increment(1);
                     continue;
@@ -315,12 +346,11 @@ impl Reach {
             if let Some(due) = state.next_due() {
                 batch.put_timer(Timeline::Sla, due, state.inquiry_id);
             }
-            batch.put_timeline_state(
-                Timeline::Sla,
-                state.inquiry_id,
-                &serde_json::to_vec(&state).expect("states serialize"),
-            );
+            states.insert(state.inquiry_id, state);
             started += 1;
+        }
+        for (id, state) in &states {
+            batch.put_timeline_state(Timeline::Sla, *id, &serde_json::to_vec(state).expect("states serialize"));
         }
         if !batch.is_empty() {
             batch.commit()?;
@@ -391,13 +421,14 @@ impl Reach {
     pub fn preview_reply(&self, stored: &StoredInquiry, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
         let now = self.clock.now_ms();
         let Some((mut state, _)) = self.sla_of(&self.rules(), stored)? else { return Ok(ReplyOutcome::NoSla) };
-        Ok(match state.reply(at_ms, now) {
+        Ok(match state.reply(at_ms.max(state.started_ms), now) {
             Some(_) => ReplyOutcome::Recorded(Box::new(state)),
             None => ReplyOutcome::Unchanged(Box::new(state)),
         })
     }
 
-    /// Records the first response to `stored` at `at_ms`: stops its clock and cancels an
+    /// Records the first response to `stored` at `at_ms` (the answer's own time; one given
+    /// before the SLA's start counts as given at its start): stops its clock and cancels an
     /// acknowledgement not sent yet. A reply that comes before the reach stage took the inquiry
     /// starts its SLA closed, so it is never reminded or escalated. Blocking.
     pub fn reply(&self, stored: &StoredInquiry, at_ms: i64) -> Result<ReplyOutcome, StoreError> {
@@ -425,7 +456,8 @@ impl Reach {
             self.cancel_ack(&mut batch, sla_id)?;
         }
         let pending = state.next_due();
-        let Some(event) = state.reply(at_ms, now) else {
+        // The clock runs from receipt: an answer given before counts as given at receipt.
+        let Some(event) = state.reply(at_ms.max(state.started_ms), now) else {
             batch.commit()?;
             return Ok(ReplyOutcome::Unchanged(Box::new(state)));
         };
@@ -434,6 +466,7 @@ impl Reach {
             batch.remove_timer(Timeline::Sla, due, sla_id);
         }
         self.queue_event(&rules, &mut batch, &mut seqs, event)?;
+        self.split_later_messages(&rules, &mut batch, &mut seqs, &mut state, at_ms, now)?;
         batch.put_timeline_state(Timeline::Sla, sla_id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
         counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone()).increment(1);
@@ -442,6 +475,37 @@ impl Reach {
             .record(waited as f64 / 1000.0);
         self.queued.notify_waiters();
         Ok(ReplyOutcome::Recorded(Box::new(state)))
+    }
+
+    /// The buyer's messages that joined `state` but were written after the answer at `at_ms`
+    /// are not answered by it: each starts its own SLA now (from its receipt).
+    fn split_later_messages(
+        &self,
+        rules: &Rules,
+        batch: &mut StoreBatch<'_>,
+        seqs: &mut HashMap<String, u64>,
+        state: &mut SlaState,
+        at_ms: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut still_joined = Vec::new();
+        for id in std::mem::take(&mut state.joined) {
+            let Some(stored) = StoredInquiry::load(&self.store, id)? else { continue };
+            let policy = rules.policies.policy_for(&stored);
+            match policy.filter(|_| written_ms(&stored) > at_ms) {
+                Some(policy) => {
+                    let own = SlaState::start(policy, &stored);
+                    self.queue_event(rules, batch, seqs, own.started(now))?;
+                    if let Some(due) = own.next_due() {
+                        batch.put_timer(Timeline::Sla, due, id);
+                    }
+                    batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&own).expect("states serialize"));
+                }
+                None => still_joined.push(id),
+            }
+        }
+        state.joined = still_joined;
+        Ok(())
     }
 
     /// An acknowledgement that has not left yet is not sent once an agent answered.
@@ -508,8 +572,8 @@ impl Reach {
         Ok(Some(state))
     }
 
-    /// Whether `stored`'s buyer got an acknowledgement planned at or after `since_ms` on the same
-    /// channel and account (sent, waiting, or cancelled by an answer).
+    /// Whether `stored`'s buyer got an acknowledgement planned at or after `since_ms` in the same
+    /// conversation (sent, waiting, or cancelled by an answer).
     fn acked_since(&self, stored: &StoredInquiry, since_ms: i64) -> Result<bool, StoreError> {
         let inquiry = &stored.inquiry;
         for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
@@ -518,6 +582,7 @@ impl Reach {
             if id != inquiry.id
                 && ack.channel == inquiry.channel.as_str()
                 && ack.account == inquiry.account
+                && ack.conversation == inquiry.external.conversation_id
                 && ack.not_before_ms >= since_ms
             {
                 return Ok(true);
@@ -526,8 +591,8 @@ impl Reach {
         Ok(false)
     }
 
-    /// The inquiry whose first-response SLA still runs (unanswered, steps pending) for `stored`'s
-    /// buyer on the same channel and account, if any.
+    /// The inquiry whose first-response SLA still runs (unanswered, steps pending) in `stored`'s
+    /// conversation, if any.
     fn running_sla_of_buyer(&self, stored: &StoredInquiry) -> Result<Option<Uuid>, StoreError> {
         let inquiry = &stored.inquiry;
         for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
@@ -537,6 +602,7 @@ impl Reach {
             let Some(state) = self.load(id)? else { continue };
             if state.channel == inquiry.channel.as_str()
                 && state.account == inquiry.account
+                && state.conversation == inquiry.external.conversation_id
                 && state.replied_ms.is_none()
                 && state.next_due().is_some()
             {
@@ -900,7 +966,7 @@ mod tests {
         pseudonym: &str,
     ) -> OutRecord {
         let mut raw = serde_json::json!({
-            "channel": "generic", "account": "shop-1", "external_id": format!("m-{seq}"),
+            "channel": "generic", "account": "shop-1", "external_id": format!("m-{seq}"), "conversation_id": "chat",
             "buyer": { "email": "anna@example.com" }, "body": "hello", "occurred_at": "2026-12-02T09:59:00Z",
         });
         for (field, value) in fields.as_object().unwrap() {
@@ -1005,6 +1071,7 @@ mod tests {
             let fields = serde_json::json!({ "channel": channel });
             let record = message(seq, clock.now_ms(), "sales", None, fields, pseudonym);
             let mut batch = store.batch();
+            batch.put_inquiry(record.id(), record.json(), b"");
             batch.link_inquiry(pseudonym, record.id());
             batch.commit().unwrap();
             record
@@ -1028,6 +1095,19 @@ mod tests {
         assert!(acked(&bo1) && !acked(&bo2));
         assert_eq!(engine.load(bo2.id()).unwrap().unwrap().inquiry_id, bo1.id());
         assert_eq!(engine.load(telegram.id()).unwrap().unwrap().inquiry_id, telegram.id(), "another conversation");
+        // The same buyer in another thread of the same channel (an eBay question, an e-mail
+        // thread): a conversation of its own.
+        let thread = {
+            let fields = serde_json::json!({ "channel": "whatsapp", "conversation_id": "another-thread" });
+            let record = message(8, clock.now_ms(), "sales", None, fields, "bp_anna");
+            let mut batch = store.batch();
+            batch.put_inquiry(record.id(), record.json(), b"");
+            batch.link_inquiry("bp_anna", record.id());
+            batch.commit().unwrap();
+            record
+        };
+        assert_eq!(engine.schedule(std::slice::from_ref(&thread)).unwrap(), 1);
+        assert!(acked(&thread));
 
         // An answer to the later message answers the buyer: the one clock stops, once.
         let outcome = engine.reply(second.stored(), T0 + 10 * MIN).unwrap();
@@ -1047,7 +1127,36 @@ mod tests {
             .filter(|e| e.kind == EventKind::Reminder)
             .map(|e| e.inquiry_id)
             .collect();
-        assert_eq!(reminded, HashSet::from([bo1.id(), telegram.id()]));
+        assert_eq!(reminded, HashSet::from([bo1.id(), telegram.id(), thread.id()]));
+
+        // A poller reads two messages late, the second written after the shop's answer to the
+        // first: the answer does not answer it, it gets its own SLA.
+        let written = |minutes: i64| {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(T0 + minutes * MIN) * 1_000_000).unwrap();
+            at.format(&time::format_description::well_known::Rfc3339).unwrap()
+        };
+        let late = |seq: u64, minutes: i64| {
+            let fields = serde_json::json!({ "channel": "whatsapp", "occurred_at": written(minutes) });
+            let record = message(seq, clock.now_ms(), "sales", None, fields, "bp_carl");
+            let mut batch = store.batch();
+            batch.put_inquiry(record.id(), record.json(), b"");
+            batch.link_inquiry("bp_carl", record.id());
+            batch.commit().unwrap();
+            record
+        };
+        let (asked, asked_again) = (late(10, 1), late(11, 20));
+        assert_eq!(engine.schedule(&[asked.clone(), asked_again.clone()]).unwrap(), 1);
+        assert_eq!(engine.load(asked_again.id()).unwrap().unwrap().inquiry_id, asked.id());
+        let started_before = started();
+        assert!(matches!(engine.reply(asked.stored(), T0 + 10 * MIN).unwrap(), ReplyOutcome::Recorded(_)));
+        let own = engine.load(asked_again.id()).unwrap().unwrap();
+        assert_eq!((own.inquiry_id, own.status), (asked_again.id(), Status::Open), "split off, still waiting");
+        assert_eq!(started(), started_before + 1);
+        assert!(engine.load(asked.id()).unwrap().unwrap().joined.is_empty());
+        // A message the buyer wrote before the one holding the running SLA, read later still:
+        // the holder's answer might come before it, so it does not join.
+        let earlier = late(12, -30);
+        assert_eq!(engine.schedule(std::slice::from_ref(&earlier)).unwrap(), 1, "its own SLA");
 
         // Answered: the buyer's next message starts a new SLA, but is not acknowledged again
         // within the day; after it, it is.

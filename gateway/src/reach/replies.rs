@@ -297,7 +297,7 @@ async fn apply(
                 return Ok(Some(Err(())));
             }
             let now = OffsetDateTime::now_utc();
-            let at = reply.replied_at.unwrap_or(now).min(now).max(stored.inquiry.received_at);
+            let at = reply.replied_at.unwrap_or(now).min(now);
             let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
             reach.preview_reply(&stored, at_ms).map(|outcome| Some(Ok((stored, at_ms, outcome))))
         })
@@ -407,7 +407,7 @@ pub async fn record_seller_replies(
             .collect();
         candidates.sort_by(|a, b| (a.at, &a.message_id).cmp(&(b.at, &b.message_id)));
         let (previewer, requests) = (reach.clone(), requests.clone());
-        let answered_now = off_the_workers(move || {
+        let mut answered_now = off_the_workers(move || {
             let pseudonyms = requests.find(&spec).map_err(|err| match err {
                 RequestError::Store(err) => err,
                 other => StoreError::from_message(&other.to_string()),
@@ -464,9 +464,9 @@ pub async fn record_seller_replies(
                 if previewer.load(inquiry.id)?.is_some_and(|sla| sla.replied_ms.is_some()) {
                     continue; // answered before (also: this answer, delivered again)
                 }
-                // The clock runs from receipt: an earlier answer counts as given at receipt.
-                let at = replied_at.max(inquiry.received_at);
-                let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+                // The answer's own time (an answer before receipt counts as given at receipt:
+                // `Reach::reply`).
+                let at_ms = (replied_at.unix_timestamp_nanos() / 1_000_000) as i64;
                 let outcome = previewer.preview_reply(&stored, at_ms)?;
                 if matches!(&outcome, ReplyOutcome::Recorded(_)) {
                     answered_now.push((stored, at_ms, outcome));
@@ -478,6 +478,9 @@ pub async fn record_seller_replies(
         if answered_now.is_empty() {
             continue;
         }
+        // In the order they were given: an answer to a buyer's first message comes before (and
+        // does not answer) a message the buyer wrote after it (see `Reach::reply`).
+        answered_now.sort_by_key(|(_, at_ms, _)| *at_ms);
         // Audited first, recorded after: if recording fails, the caller tries again (a webhook's
         // redelivery, the poller's retry) and finds the inquiries still open, never a recorded
         // answer without its entry.

@@ -145,6 +145,18 @@ pub struct SlaState {
     /// Kafka clusters its inquiry reached, by [`crate::spool::region_allows`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub country_unknown: bool,
+    /// The buyer's later messages that joined this SLA while it ran (`reach.sla_per_buyer`): an
+    /// answer given before one of them was written does not answer it (it gets its own SLA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<uuid::Uuid>,
+    /// The inquiry's conversation id (the buyer's later messages in it join this SLA); empty in
+    /// states of earlier versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub conversation: String,
+    /// When the buyer wrote the inquiry (the platform's time), Unix ms; 0 in states of earlier
+    /// versions.
+    #[serde(default)]
+    pub written_ms: i64,
 }
 
 fn eu() -> Region {
@@ -196,6 +208,9 @@ impl SlaState {
             // country never reach a sink outside the EU either).
             region: if inquiry.buyer.country.is_some() { inquiry.region } else { Region::Eu },
             country_unknown: inquiry.buyer.country.is_none(),
+            joined: Vec::new(),
+            conversation: inquiry.external.conversation_id.clone(),
+            written_ms: (inquiry.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64,
         }
     }
 
