@@ -894,12 +894,12 @@ pub struct ReachConfig {
     /// `store.pseudonym_key`) to the replica that holds it, and answered 202. Turn it on once every
     /// replica runs a version that reads forwarded messages.
     pub forward_http: bool,
-    /// A buyer who writes again on the same channel and account within this time of an
+    /// A buyer who writes again in the same conversation within this time of an
     /// acknowledgement planned for them (sent, waiting for quiet hours to end, or cancelled by
     /// an agent's answer) gets no further one (`"0s"`: every message is acknowledged).
     pub ack_repeat_window: String,
-    /// A buyer's further messages on the same channel and account while the first-response
-    /// SLA of an earlier one still runs (unanswered, steps pending) join it: one clock, one set of
+    /// A buyer's further messages in a conversation (buyer, channel, account, conversation id)
+    /// while the first-response SLA of an earlier one still runs (unanswered, steps pending) join it: one clock, one set of
     /// reminders and escalations, stopped by an answer to any of them. `false`: every message
     /// gets its own SLA (e.g. RFQs that are separate deals).
     pub sla_per_buyer: bool,

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::compliance::audit::AuditEvent;
 use crate::config::Config;
 use crate::http::api::ApiState;
 use crate::http::auth::Authenticator;
@@ -140,9 +141,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         // Compiling and starting plugins is blocking work (and WASI must not run on a runtime thread).
         let router = Arc::new(tokio::task::block_in_place(|| plugins::PluginRouter::new(&config.routing))?);
-        if config.routing.reload_interval_ms > 0 {
-            plugins::watch(&router, Duration::from_millis(config.routing.reload_interval_ms));
-        }
         Some(router)
     };
     // Agents' run-time state: restored before traffic (embedded store), or read from the CQL
@@ -175,6 +173,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         subjects: subjects.clone(),
     };
     let (pipeline, stage) = Pipeline::start(parts, limits)?;
+    if let Some(router) = plugins.as_ref().filter(|_| config.routing.reload_interval_ms > 0) {
+        // A plugin file that changed is swapped in by the watcher: who routes is in the audit log.
+        let pipeline = pipeline.clone();
+        plugins::watch(router, Duration::from_millis(config.routing.reload_interval_ms), move |status| {
+            let event = AuditEvent::new("routing.reloaded", "gateway:plugin_watcher")
+                .detail(serde_json::json!({ "plugins": plugin_versions(&status) }));
+            pipeline.audit_soon(vec![event]);
+        });
+    }
 
     let listener_tls = ListenersTls {
         ingest: load_tls("ingest", config.ingest.tls.as_ref())?,
@@ -512,6 +519,7 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
             tracing::error!(error, "SIGHUP: nothing was reloaded");
             continue;
         }
+        let file_sha256 = std::fs::read(&path).map(|bytes| compliance::sha256_hex(&bytes)).unwrap_or_default();
         api.auth.reload(&config.auth);
         *api.webhooks.write().expect("webhooks lock") = http::api::webhook_endpoints(&config.webhooks);
         admin.api.reload_tokens(&config.admin);
@@ -534,31 +542,77 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
                 _ => tracing::warn!(listener, "SIGHUP: turning tls on or off needs a restart"),
             }
         }
-        match &api.reach {
+        let reach_outcome = match &api.reach {
             Some(reach) => match reach.reload(&config.reach) {
-                Ok(false) => tracing::info!("SIGHUP: reach-out policies, teams and templates reloaded"),
-                Ok(true) => tracing::warn!(
-                    "SIGHUP: reach-out policies, teams and templates reloaded; senders, alert targets, dry_run and replies_topic change at the next restart"
-                ),
-                Err(error) => tracing::error!(error, "SIGHUP: reach-out settings not reloaded; the previous ones stay"),
+                Ok(false) => {
+                    tracing::info!("SIGHUP: reach-out policies, teams and templates reloaded");
+                    "reloaded"
+                }
+                Ok(true) => {
+                    tracing::warn!(
+                        "SIGHUP: reach-out policies, teams and templates reloaded; senders, alert targets, dry_run and replies_topic change at the next restart"
+                    );
+                    "reloaded_restart_pending"
+                }
+                Err(error) => {
+                    tracing::error!(error, "SIGHUP: reach-out settings not reloaded; the previous ones stay");
+                    "refused"
+                }
             },
             None if reach_configured(&config.reach) => {
-                tracing::warn!("SIGHUP: reach-out was off at start; turning it on needs a restart")
+                tracing::warn!("SIGHUP: reach-out was off at start; turning it on needs a restart");
+                "restart_needed"
             }
-            None => {}
-        }
-        if admin.api.plugins.is_none() {
-            continue;
-        }
-        let admin = admin.clone();
-        // Compiling plugins is blocking work.
-        let result = tokio::task::spawn_blocking(move || admin.api.reload_routing(&config.routing)).await;
-        match result {
-            Ok(Ok(())) => tracing::info!("SIGHUP: routing reloaded"),
-            Ok(Err(error)) => tracing::error!(error, "SIGHUP: routing reload refused; the previous routing stays"),
-            Err(_) => tracing::error!("SIGHUP: reload task failed"),
+            None => "off",
+        };
+        let routing_outcome = if admin.api.plugins.is_none() {
+            "off"
+        } else {
+            let reloading = admin.clone();
+            let routing = config.routing.clone();
+            // Compiling plugins is blocking work.
+            match tokio::task::spawn_blocking(move || reloading.api.reload_routing(&routing)).await {
+                Ok(Ok(())) => {
+                    tracing::info!("SIGHUP: routing reloaded");
+                    "reloaded"
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(error, "SIGHUP: routing reload refused; the previous routing stays");
+                    "refused"
+                }
+                Err(_) => {
+                    tracing::error!("SIGHUP: reload task failed");
+                    "refused"
+                }
+            }
+        };
+        // Who may call in now, and what routes: in the audit log (ids and hashes, never a secret).
+        let event = AuditEvent::new("config.reloaded", "signal:SIGHUP").detail(serde_json::json!({
+            "config_sha256": file_sha256,
+            "api_keys": config.auth.api_keys.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            "admin_tokens": config.admin.tokens.iter().map(|t| &t.id).collect::<Vec<_>>(),
+            "webhooks": config.webhooks.iter().map(|w| format!("{}/{}", w.connector, w.account)).collect::<Vec<_>>(),
+            "reach": reach_outcome,
+            "routing": routing_outcome,
+            "plugins": admin.api.plugins.as_ref().map(|p| plugin_versions(&p.status())).unwrap_or_default(),
+        }));
+        if let Err(err) = api.pipeline.audit(vec![event]).await {
+            tracing::error!(error = %err, "SIGHUP: the reload is applied but its audit entry was not written");
         }
     }
+}
+
+/// `id@version` (and the shadow candidate's) of every plugin, for the audit log.
+fn plugin_versions(status: &[plugins::PluginStatus]) -> Vec<String> {
+    let mut versions: Vec<String> = status
+        .iter()
+        .map(|p| match &p.shadow {
+            Some(shadow) => format!("{}@{} (shadow {}; {})", p.id, p.version, shadow.version, p.state),
+            None => format!("{}@{} ({})", p.id, p.version, p.state),
+        })
+        .collect();
+    versions.sort();
+    versions
 }
 
 /// Refuses a reloaded config that would leave the running ingest listener without API keys

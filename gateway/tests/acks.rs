@@ -157,6 +157,12 @@ async fn a_buyer_who_writes_again_is_not_acknowledged_again_and_keeps_one_sla() 
     assert_eq!(sent.len(), 2, "one acknowledgement per buyer: {sent:?}");
     assert!(sent.iter().any(|m| m.text.contains(&first)) && sent.iter().any(|m| m.text.contains(&other)));
     assert!(!sent.iter().any(|m| m.text.contains(&again)));
+    // The audit log proves the wording: the hash of the variant's text as configured.
+    let configured = "We received your message\nThanks {buyer_name}, we received your message (ref {inquiry_id}).";
+    let expected = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(configured.as_bytes()));
+    let acks = audit_entries_of(&gateway, "ack.sent").await;
+    assert_eq!(acks.len(), 2, "{acks:?}");
+    assert!(acks.iter().all(|a| a["detail"]["template_sha256"] == expected.as_str()), "{acks:?}");
     let text = metrics(&gateway).await;
     assert_eq!(
         metric_value(&text, "inquiry_gateway_sla_events_total", &[("kind", "sla.started")]),

@@ -493,6 +493,32 @@ async fn credentials_are_rotated_on_sighup_without_a_restart() {
     .await;
     assert_eq!(post("new-api-key-000000002", 4).await, 201);
     assert!(!gateway.log().contains("new-api-key") && !gateway.log().contains("new-telegram"), "no secrets in logs");
+
+    // The applied reload is in the audit log (ids, endpoints, the file's hash; no secret); the
+    // refused one applied nothing and is not.
+    let entries_url = gateway.admin_url("/v1/audit/entries?from=0&limit=1000");
+    let reloads = || {
+        let (client, url) = (client.clone(), entries_url.clone());
+        async move {
+            let reply =
+                client.request(Method::GET, &url, "", &[("authorization", "Bearer new-admin-token-000002")]).await;
+            assert_eq!(reply.status, 200);
+            let body = String::from_utf8(reply.body.to_vec()).unwrap();
+            assert!(!body.contains("new-api-key") && !body.contains("new-telegram-secret"), "no secret in the log");
+            body.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|e| e["kind"] == "config.reloaded")
+                .collect::<Vec<_>>()
+        }
+    };
+    let logged = reloads().await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["actor"], "signal:SIGHUP");
+    assert_eq!(logged[0]["detail"]["api_keys"], serde_json::json!(["shop"]));
+    assert_eq!(logged[0]["detail"]["admin_tokens"], serde_json::json!(["ops"]));
+    assert_eq!(logged[0]["detail"]["webhooks"], serde_json::json!(["telegram/shop-bot"]));
+    assert_eq!(logged[0]["detail"]["config_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(logged[0]["detail"]["routing"], "off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,6 +320,11 @@ async fn a_new_plugin_file_is_swapped_in_and_a_broken_one_is_refused() {
     let still = route(&client, &gateway, inquiry("shop-1", "r-3", "DE", "Hallo")).await;
     assert_eq!(still["decided_by"], format!("plugin:router@{second_version}"));
     assert_eq!(still["queue"], "eu-sales");
+    // The swap is in the audit log (who routes from when on); the refused file changed nothing.
+    let swaps = support::audit_entries_of(&gateway, "routing.reloaded").await;
+    assert_eq!(swaps.len(), 1, "{swaps:?}");
+    assert_eq!(swaps[0]["actor"], "gateway:plugin_watcher");
+    assert_eq!(swaps[0]["detail"]["plugins"], serde_json::json!([format!("router@{second_version} (ok)")]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

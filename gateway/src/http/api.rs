@@ -491,7 +491,8 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     if reply.agent.as_ref().is_some_and(|a| a.len() > 128) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_agent", "agent is at most 128 bytes"));
     }
-    // A reply cannot come from the future, nor before the gateway had the inquiry.
+    // A reply cannot come from the future (one before the SLA's start counts from its start:
+    // `Reach::reply`).
     let now = OffsetDateTime::now_utc();
     let at = reply.replied_at.unwrap_or(now);
     if at > now + time::Duration::minutes(5) {

@@ -762,15 +762,17 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Starts the thread that reloads plugins whose files changed, every `interval`; it ends when
-/// the router is dropped.
-pub fn watch(router: &Arc<PluginRouter>, interval: Duration) {
+/// Starts the thread that reloads plugins whose files changed, every `interval`, and tells
+/// `reloaded` what runs after each reload (for the audit log); it ends when the router is dropped.
+pub fn watch(router: &Arc<PluginRouter>, interval: Duration, reloaded: impl Fn(Vec<PluginStatus>) + Send + 'static) {
     let weak = Arc::downgrade(router);
     let spawned = std::thread::Builder::new().name("plugin-reload".to_owned()).spawn(move || loop {
         std::thread::sleep(interval);
         match weak.upgrade() {
             Some(router) => {
-                router.reload_if_changed();
+                if router.reload_if_changed() {
+                    reloaded(router.status());
+                }
             }
             None => break,
         }

@@ -221,6 +221,10 @@ pub struct AckState {
     /// `reach.ack_repeat_window` is not acknowledged again); empty in states of earlier versions.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub conversation: String,
+    /// SHA-256 (hex) of the template variant's text as configured (subject, a newline, body),
+    /// set when it is sent: the audit log's proof of which wording went out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template_sha256: String,
 }
 
 /// One variant of a template.
@@ -231,6 +235,8 @@ struct Variant {
     account: Option<String>,
     subject: Option<Template>,
     body: Template,
+    /// SHA-256 (hex) of its configured text (see [`AckState::template_sha256`]).
+    sha256: String,
 }
 
 /// A rendered acknowledgement.
@@ -244,6 +250,8 @@ pub struct Rendered {
     pub version: u32,
     /// The language of that variant.
     pub language: String,
+    /// SHA-256 (hex) of that variant's configured text.
+    pub template_sha256: String,
 }
 
 /// The acknowledgement rules, templates and senders of a validated config.
@@ -269,6 +277,9 @@ impl Acks {
                 account: t.account.clone(),
                 subject: t.subject.as_deref().map(Template::parse).transpose()?,
                 body: Template::parse(&t.body)?,
+                sha256: crate::compliance::sha256_hex(
+                    format!("{}\n{}", t.subject.as_deref().unwrap_or_default(), t.body).as_bytes(),
+                ),
             });
         }
         Ok(Acks {
@@ -332,6 +343,7 @@ impl Acks {
             not_before_ms,
             cancel_requested: false,
             conversation: inquiry.external.conversation_id.clone(),
+            template_sha256: String::new(),
         })
     }
 
@@ -348,6 +360,7 @@ impl Acks {
             body,
             version: variant.version,
             language: variant.language.clone(),
+            template_sha256: variant.sha256.clone(),
         })
     }
 

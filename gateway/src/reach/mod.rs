@@ -315,27 +315,39 @@ impl Reach {
             if self.store.timeline_state(Timeline::Sla, record.id())?.is_some() {
                 continue;
             }
+            if states.contains_key(&record.id()) {
+                continue; // the same record twice in one batch
+            }
             if let Some(talk) = conversation(stored).filter(|_| rules.sla_per_buyer) {
                 let running = match started_now.get(&talk) {
                     Some(first) => Some(*first),
                     None => self.running_sla_of_buyer(stored)?,
                 };
-                let first = match running {
-                    Some(first) if !states.contains_key(&first) => {
-                        self.load_own(first)?.map(|state| states.entry(first).or_insert(state))
-                    }
-                    Some(first) => states.get_mut(&first),
-                    None => None,
-                };
                 // Only a message written after the one holding the SLA joins it (an answer
                 // then always answers the holder: see `split_later_messages`).
                 let written = written_ms(stored);
-                if let Some(first) = first.filter(|f| f.joined.len() < BUYER_LOOKBACK && f.written_ms <= written) {
-                    first.joined.push(record.id());
-                    let joined = serde_json::to_vec(&JoinedSla { joined: first.inquiry_id }).expect("json");
-                    batch.put_timeline_state(Timeline::Sla, record.id(), &joined);
-                    counter!(telemetry::REACH_REPEATS, "kind" => "sla_joined").increment(1);
-                    continue;
+                // The holder as this batch has it (started or joined here), else as stored.
+                let holder = match running {
+                    Some(first) => match states.remove(&first) {
+                        Some(state) => Some((state, true)),
+                        None => self.load_own(first)?.map(|state| (state, false)),
+                    },
+                    None => None,
+                };
+                match holder {
+                    Some((mut holder, _)) if holder.joined.len() < BUYER_LOOKBACK && holder.written_ms <= written => {
+                        holder.joined.push(record.id());
+                        let joined = serde_json::to_vec(&JoinedSla { joined: holder.inquiry_id }).expect("json");
+                        batch.put_timeline_state(Timeline::Sla, record.id(), &joined);
+                        counter!(telemetry::REACH_REPEATS, "kind" => "sla_joined").increment(1);
+                        states.insert(holder.inquiry_id, holder);
+                        continue;
+                    }
+                    // Not joined: what this batch changed is still written, once.
+                    Some((holder, true)) => {
+                        states.insert(holder.inquiry_id, holder);
+                    }
+                    _ => {}
                 }
             }
             let state = SlaState::start(policy, stored);
@@ -375,7 +387,7 @@ impl Reach {
         let rules = self.rules();
         for (due_ms, id) in due {
             batch.remove_timer(Timeline::Sla, due_ms, id);
-            let Some(mut state) = self.load(id)? else { continue };
+            let Some(mut state) = self.load_own(id)? else { continue };
             while state.next_due().is_some_and(|at| at <= now) {
                 let Some(event) = state.fire(now) else { break };
                 histogram!(telemetry::SLA_TIMER_LAG).record((now - due_ms).max(0) as f64 / 1000.0);
@@ -452,9 +464,6 @@ impl Reach {
         // A buyer's later message that joined an earlier one's SLA answers that one (and the
         // earlier one's acknowledgement, still waiting for quiet hours to end, is not sent).
         let sla_id = state.inquiry_id;
-        if sla_id != id {
-            self.cancel_ack(&mut batch, sla_id)?;
-        }
         let pending = state.next_due();
         // The clock runs from receipt: an answer given before counts as given at receipt.
         let Some(event) = state.reply(at_ms.max(state.started_ms), now) else {
@@ -466,7 +475,11 @@ impl Reach {
             batch.remove_timer(Timeline::Sla, due, sla_id);
         }
         self.queue_event(&rules, &mut batch, &mut seqs, event)?;
-        self.split_later_messages(&rules, &mut batch, &mut seqs, &mut state, at_ms, now)?;
+        self.split_later_messages(&rules, &mut batch, &mut seqs, &mut state, id, at_ms, now)?;
+        // Every message the answer answered: an acknowledgement still waiting is not sent.
+        for answered in std::iter::once(sla_id).chain(state.joined.iter().copied()).filter(|m| *m != id) {
+            self.cancel_ack(&mut batch, answered)?;
+        }
         batch.put_timeline_state(Timeline::Sla, sla_id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
         counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone()).increment(1);
@@ -478,33 +491,48 @@ impl Reach {
     }
 
     /// The buyer's messages that joined `state` but were written after the answer at `at_ms`
-    /// are not answered by it: each starts its own SLA now (from its receipt).
+    /// are not answered by it (the message `replied` is, whatever its time): the earliest of
+    /// them starts an SLA of its own now (from its receipt) and the others join that one.
+    #[allow(clippy::too_many_arguments)]
     fn split_later_messages(
         &self,
         rules: &Rules,
         batch: &mut StoreBatch<'_>,
         seqs: &mut HashMap<String, u64>,
         state: &mut SlaState,
+        replied: Uuid,
         at_ms: i64,
         now: i64,
     ) -> Result<(), StoreError> {
+        let mut later = Vec::new();
         let mut still_joined = Vec::new();
         for id in std::mem::take(&mut state.joined) {
-            let Some(stored) = StoredInquiry::load(&self.store, id)? else { continue };
-            let policy = rules.policies.policy_for(&stored);
-            match policy.filter(|_| written_ms(&stored) > at_ms) {
-                Some(policy) => {
-                    let own = SlaState::start(policy, &stored);
-                    self.queue_event(rules, batch, seqs, own.started(now))?;
-                    if let Some(due) = own.next_due() {
-                        batch.put_timer(Timeline::Sla, due, id);
-                    }
-                    batch.put_timeline_state(Timeline::Sla, id, &serde_json::to_vec(&own).expect("states serialize"));
-                }
-                None => still_joined.push(id),
+            match StoredInquiry::load(&self.store, id)? {
+                Some(stored) if id != replied && written_ms(&stored) > at_ms => later.push(stored),
+                Some(_) => still_joined.push(id),
+                None => {} // gone (retention)
             }
         }
         state.joined = still_joined;
+        later.sort_by_key(|stored| (written_ms(stored), stored.inquiry.id));
+        let mut later = later.into_iter();
+        let Some(first) = later.next() else { return Ok(()) };
+        let Some(policy) = rules.policies.policy_for(&first) else { return Ok(()) };
+        let mut holder = SlaState::start(policy, &first);
+        for joining in later {
+            holder.joined.push(joining.inquiry.id);
+            let joined = serde_json::to_vec(&JoinedSla { joined: holder.inquiry_id }).expect("json");
+            batch.put_timeline_state(Timeline::Sla, joining.inquiry.id, &joined);
+        }
+        self.queue_event(rules, batch, seqs, holder.started(now))?;
+        if let Some(due) = holder.next_due() {
+            batch.put_timer(Timeline::Sla, due, holder.inquiry_id);
+        }
+        batch.put_timeline_state(
+            Timeline::Sla,
+            holder.inquiry_id,
+            &serde_json::to_vec(&holder).expect("states serialize"),
+        );
         Ok(())
     }
 
@@ -579,10 +607,12 @@ impl Reach {
         for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
             let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { continue };
             let Ok(ack) = serde_json::from_slice::<ack::AckState>(&bytes) else { continue };
+            // A failed one was not received; a state of an earlier version names no conversation.
             if id != inquiry.id
+                && !matches!(ack.status, ack::AckStatus::Failed { .. })
                 && ack.channel == inquiry.channel.as_str()
                 && ack.account == inquiry.account
-                && ack.conversation == inquiry.external.conversation_id
+                && (ack.conversation.is_empty() || ack.conversation == inquiry.external.conversation_id)
                 && ack.not_before_ms >= since_ms
             {
                 return Ok(true);
@@ -602,7 +632,7 @@ impl Reach {
             let Some(state) = self.load(id)? else { continue };
             if state.channel == inquiry.channel.as_str()
                 && state.account == inquiry.account
-                && state.conversation == inquiry.external.conversation_id
+                && (state.conversation.is_empty() || state.conversation == inquiry.external.conversation_id)
                 && state.replied_ms.is_none()
                 && state.next_due().is_some()
             {
@@ -1144,15 +1174,38 @@ mod tests {
             batch.commit().unwrap();
             record
         };
-        let (asked, asked_again) = (late(10, 1), late(11, 20));
-        assert_eq!(engine.schedule(&[asked.clone(), asked_again.clone()]).unwrap(), 1);
+        let (asked, asked_again, asked_thrice) = (late(10, 1), late(11, 20), late(13, 25));
+        // A poll page lists the newest first: the earliest message still holds the SLA.
+        let page = [asked_thrice.clone(), asked_again.clone(), asked.clone()];
+        assert_eq!(engine.schedule(&page).unwrap(), 1);
         assert_eq!(engine.load(asked_again.id()).unwrap().unwrap().inquiry_id, asked.id());
         let started_before = started();
         assert!(matches!(engine.reply(asked.stored(), T0 + 10 * MIN).unwrap(), ReplyOutcome::Recorded(_)));
         let own = engine.load(asked_again.id()).unwrap().unwrap();
         assert_eq!((own.inquiry_id, own.status), (asked_again.id(), Status::Open), "split off, still waiting");
+        assert_eq!(engine.load(asked_thrice.id()).unwrap().unwrap().inquiry_id, asked_again.id(), "one new SLA");
         assert_eq!(started(), started_before + 1);
         assert!(engine.load(asked.id()).unwrap().unwrap().joined.is_empty());
+
+        // A reply to a joined message with a time before it was written (a CRM's clock): that
+        // message is answered all the same, never split off.
+        let (dave1, dave2) = {
+            let dave = |seq: u64, minutes: i64| {
+                let fields = serde_json::json!({ "channel": "whatsapp", "occurred_at": written(minutes) });
+                let record = message(seq, clock.now_ms(), "sales", None, fields, "bp_dave");
+                let mut batch = store.batch();
+                batch.put_inquiry(record.id(), record.json(), b"");
+                batch.link_inquiry("bp_dave", record.id());
+                batch.commit().unwrap();
+                record
+            };
+            (dave(20, 0), dave(21, 30))
+        };
+        assert_eq!(engine.schedule(&[dave1.clone(), dave2.clone()]).unwrap(), 1);
+        let answered = engine.reply(dave2.stored(), T0 + 5 * MIN).unwrap();
+        assert!(matches!(answered, ReplyOutcome::Recorded(ref s) if s.inquiry_id == dave1.id()));
+        assert_eq!(engine.load(dave2.id()).unwrap().unwrap().status, Status::Met, "not split off");
+        assert!(matches!(engine.reply(dave2.stored(), T0 + 6 * MIN).unwrap(), ReplyOutcome::Unchanged(_)));
         // A message the buyer wrote before the one holding the running SLA, read later still:
         // the holder's answer might come before it, so it does not join.
         let earlier = late(12, -30);
@@ -1167,6 +1220,33 @@ mod tests {
         let next_day = stored(7, "whatsapp", "bp_anna");
         engine.schedule(std::slice::from_ref(&next_day)).unwrap();
         assert!(acked(&next_day), "a day later: acknowledged again");
+    }
+
+    #[test]
+    fn an_answer_cancels_the_waiting_acknowledgements_of_every_message_it_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        // Every message acknowledged, one SLA: three acknowledgements wait, one answer.
+        let config = config_with_acks("ack_repeat_window = \"0s\"");
+        let engine = Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
+        let records: Vec<OutRecord> = (1..=3)
+            .map(|seq| {
+                let record = message(seq, T0, "sales", None, serde_json::json!({ "channel": "whatsapp" }), "bp_eve");
+                let mut batch = store.batch();
+                batch.put_inquiry(record.id(), record.json(), b"");
+                batch.link_inquiry("bp_eve", record.id());
+                batch.commit().unwrap();
+                record
+            })
+            .collect();
+        assert_eq!(engine.schedule(&records).unwrap(), 1);
+        engine.reply(records[1].stored(), T0 + MIN).unwrap();
+        for record in &records {
+            let bytes = store.timeline_state(Timeline::Ack, record.id()).unwrap().unwrap();
+            let ack: ack::AckState = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(ack.status, ack::AckStatus::Cancelled, "{}", record.id());
+        }
     }
 
     #[test]

@@ -491,11 +491,19 @@ pub async fn record_seller_replies(
         pipeline.audit(events).await?;
         let reach = reach.clone();
         let recorded = off_the_workers(move || {
+            // Counted per inquiry answered: a buyer's messages that share one SLA (a
+            // conversation) are all answered when the first reply to them is recorded.
             let mut recorded = 0;
+            let mut answered_slas = std::collections::HashSet::new();
             for (stored, at_ms, _) in &answered_now {
-                // Unchanged: the same answer, delivered twice at once, was recorded meanwhile.
-                if matches!(reach.reply(stored, *at_ms)?, ReplyOutcome::Recorded(_)) {
-                    recorded += 1;
+                match reach.reply(stored, *at_ms)? {
+                    ReplyOutcome::Recorded(state) => {
+                        answered_slas.insert(state.inquiry_id);
+                        recorded += 1;
+                    }
+                    ReplyOutcome::Unchanged(state) if answered_slas.contains(&state.inquiry_id) => recorded += 1,
+                    // Unchanged: the same answer, delivered twice at once, was recorded meanwhile.
+                    _ => {}
                 }
             }
             Ok(recorded)

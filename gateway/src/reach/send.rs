@@ -880,6 +880,7 @@ async fn send_one(
         // since the acknowledgement was planned).
         state.version = message.version;
         state.language = message.language.clone();
+        state.template_sha256 = message.template_sha256.clone();
         true
     })?;
     let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
@@ -952,6 +953,7 @@ async fn finish(
 fn ack_event(kind: &str, state: &AckState, provider_id: Option<String>) -> AuditEvent {
     AuditEvent::new(kind, "reach").inquiry(state.inquiry_id).detail(serde_json::json!({
         "template": state.template, "version": state.version, "language": state.language,
+        "template_sha256": state.template_sha256,
         "channel": state.channel, "account": state.account, "attempts": state.attempts,
         "status": state.status, "provider_message_id": provider_id,
     }))
