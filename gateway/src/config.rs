@@ -1965,7 +1965,12 @@ impl Config {
     /// `POST /v1/plugins/reload`); the error says what is wrong.
     pub fn read_validated(path: &std::path::Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+        Config::validated_from(&text)
+    }
+
+    /// Parses and validates config text (see [`Config::read_validated`]).
+    pub fn validated_from(text: &str) -> Result<Config, String> {
+        let config = Config::from_toml(text).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }

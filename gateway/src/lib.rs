@@ -175,11 +175,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (pipeline, stage) = Pipeline::start(parts, limits)?;
     if let Some(router) = plugins.as_ref().filter(|_| config.routing.reload_interval_ms > 0) {
         // A plugin file that changed is swapped in by the watcher: who routes is in the audit log.
-        let pipeline = pipeline.clone();
+        // (A weak handle: the stage holds the router, which holds the watcher.)
+        let audit = pipeline.audit_handle();
         plugins::watch(router, Duration::from_millis(config.routing.reload_interval_ms), move |status| {
             let event = AuditEvent::new("routing.reloaded", "gateway:plugin_watcher")
                 .detail(serde_json::json!({ "plugins": plugin_versions(&status) }));
-            pipeline.audit_soon(vec![event]);
+            audit.blocking_audit(vec![event]);
         });
     }
 
@@ -508,8 +509,13 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
             tracing::warn!("SIGHUP: the embedded default has no config file to reload");
             continue;
         };
-        let config = match Config::read_validated(&path) {
-            Ok(config) => config,
+        // The bytes parsed are the bytes hashed for the audit log.
+        let parsed =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(
+                |text| Config::validated_from(&text).map(|config| (compliance::sha256_hex(text.as_bytes()), config)),
+            );
+        let (file_sha256, config) = match parsed {
+            Ok(parsed) => parsed,
             Err(error) => {
                 tracing::error!(error, "SIGHUP: the config does not validate; nothing was reloaded");
                 continue;
@@ -519,7 +525,6 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
             tracing::error!(error, "SIGHUP: nothing was reloaded");
             continue;
         }
-        let file_sha256 = std::fs::read(&path).map(|bytes| compliance::sha256_hex(&bytes)).unwrap_or_default();
         api.auth.reload(&config.auth);
         *api.webhooks.write().expect("webhooks lock") = http::api::webhook_endpoints(&config.webhooks);
         admin.api.reload_tokens(&config.admin);

@@ -332,6 +332,19 @@ pub struct Pipeline {
     spool: Arc<Spool>,
 }
 
+/// See [`Pipeline::audit_handle`].
+pub struct AuditHandle(mpsc::WeakSender<Job>);
+
+impl AuditHandle {
+    /// Queues `events`, waiting for room (from a thread outside the runtime); `false` once the
+    /// pipeline has stopped.
+    pub fn blocking_audit(&self, events: Vec<AuditEvent>) -> bool {
+        let Some(tx) = self.0.upgrade() else { return false };
+        let (reply, _) = oneshot::channel();
+        tx.blocking_send(Job { work: Work::Audit(events), enqueued: Instant::now(), reply }).is_ok()
+    }
+}
+
 impl Pipeline {
     /// Starts the stage and sync threads. The returned handle joins both.
     pub fn start(parts: StageParts, limits: PipelineLimits) -> Result<(Pipeline, JoinHandle<()>), StoreError> {
@@ -401,6 +414,12 @@ impl Pipeline {
             Outcome::Expired(removed) => Ok(removed),
             _ => Err(SubmitError::StageFailed),
         }
+    }
+
+    /// A handle for a thread outside the runtime that writes audit entries but must not keep
+    /// the stage running (the plugin watcher: the stage holds the router that holds it).
+    pub fn audit_handle(&self) -> AuditHandle {
+        AuditHandle(self.tx.downgrade())
     }
 
     /// Appends audit events without waiting. When the queue is full they are counted as dropped

@@ -218,14 +218,17 @@ pub struct AckState {
     #[serde(default)]
     pub cancel_requested: bool,
     /// The inquiry's conversation id (a buyer who writes again in it within
-    /// `reach.ack_repeat_window` is not acknowledged again); empty in states of earlier versions.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub conversation: String,
+    /// `reach.ack_repeat_window` is not acknowledged again); `None` in states of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<String>,
     /// SHA-256 (hex) of the template variant's text as configured (subject, a newline, body),
     /// set when it is sent: the audit log's proof of which wording went out.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub template_sha256: String,
 }
+
+/// The failure reason of an acknowledgement another replica sent (the buyer got one).
+pub const CLAIMED_ELSEWHERE: &str = "acknowledged by another replica";
 
 /// One variant of a template.
 #[derive(Debug, Clone)]
@@ -342,7 +345,7 @@ impl Acks {
             attempts: 0,
             not_before_ms,
             cancel_requested: false,
-            conversation: inquiry.external.conversation_id.clone(),
+            conversation: Some(inquiry.external.conversation_id.clone()),
             template_sha256: String::new(),
         })
     }

@@ -284,6 +284,7 @@ impl Reach {
         let mut acked_now: HashSet<Conversation> = HashSet::new();
         let mut started_now: HashMap<Conversation, Uuid> = HashMap::new();
         let mut states: HashMap<Uuid, SlaState> = HashMap::new();
+        let mut joined_now: HashSet<Uuid> = HashSet::new();
         // In the order the buyer wrote them (a poll page comes newest first): a conversation's
         // SLA is held by its earliest message.
         let mut in_order: Vec<&OutRecord> = records.iter().collect();
@@ -315,7 +316,7 @@ impl Reach {
             if self.store.timeline_state(Timeline::Sla, record.id())?.is_some() {
                 continue;
             }
-            if states.contains_key(&record.id()) {
+            if states.contains_key(&record.id()) || joined_now.contains(&record.id()) {
                 continue; // the same record twice in one batch
             }
             if let Some(talk) = conversation(stored).filter(|_| rules.sla_per_buyer) {
@@ -337,6 +338,7 @@ impl Reach {
                 match holder {
                     Some((mut holder, _)) if holder.joined.len() < BUYER_LOOKBACK && holder.written_ms <= written => {
                         holder.joined.push(record.id());
+                        joined_now.insert(record.id());
                         let joined = serde_json::to_vec(&JoinedSla { joined: holder.inquiry_id }).expect("json");
                         batch.put_timeline_state(Timeline::Sla, record.id(), &joined);
                         counter!(telemetry::REACH_REPEATS, "kind" => "sla_joined").increment(1);
@@ -513,11 +515,17 @@ impl Reach {
                 None => {} // gone (retention)
             }
         }
-        state.joined = still_joined;
         later.sort_by_key(|stored| (written_ms(stored), stored.inquiry.id));
+        later.dedup_by_key(|stored| stored.inquiry.id);
+        let Some(policy) = later.first().and_then(|first| rules.policies.policy_for(first)) else {
+            // No policy for them now (a reload): they stay with the SLA they joined.
+            still_joined.extend(later.iter().map(|stored| stored.inquiry.id));
+            state.joined = still_joined;
+            return Ok(());
+        };
+        state.joined = still_joined;
         let mut later = later.into_iter();
         let Some(first) = later.next() else { return Ok(()) };
-        let Some(policy) = rules.policies.policy_for(&first) else { return Ok(()) };
         let mut holder = SlaState::start(policy, &first);
         for joining in later {
             holder.joined.push(joining.inquiry.id);
@@ -607,12 +615,17 @@ impl Reach {
         for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
             let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { continue };
             let Ok(ack) = serde_json::from_slice::<ack::AckState>(&bytes) else { continue };
-            // A failed one was not received; a state of an earlier version names no conversation.
+            // A failed one was not received (unless another replica sent it); a state of an
+            // earlier version names no conversation.
+            let received = match &ack.status {
+                ack::AckStatus::Failed { reason } => reason == ack::CLAIMED_ELSEWHERE,
+                _ => true,
+            };
             if id != inquiry.id
-                && !matches!(ack.status, ack::AckStatus::Failed { .. })
+                && received
                 && ack.channel == inquiry.channel.as_str()
                 && ack.account == inquiry.account
-                && (ack.conversation.is_empty() || ack.conversation == inquiry.external.conversation_id)
+                && ack.conversation.as_deref().is_none_or(|c| c == inquiry.external.conversation_id)
                 && ack.not_before_ms >= since_ms
             {
                 return Ok(true);
@@ -632,7 +645,8 @@ impl Reach {
             let Some(state) = self.load(id)? else { continue };
             if state.channel == inquiry.channel.as_str()
                 && state.account == inquiry.account
-                && (state.conversation.is_empty() || state.conversation == inquiry.external.conversation_id)
+                // A state of an earlier version (no `written_ms`) names no conversation.
+                && (state.written_ms == 0 || state.conversation == inquiry.external.conversation_id)
                 && state.replied_ms.is_none()
                 && state.next_due().is_some()
             {
@@ -1246,6 +1260,38 @@ mod tests {
             let bytes = store.timeline_state(Timeline::Ack, record.id()).unwrap().unwrap();
             let ack: ack::AckState = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(ack.status, ack::AckStatus::Cancelled, "{}", record.id());
+        }
+    }
+
+    #[test]
+    fn a_failed_acknowledgement_does_not_count_unless_another_replica_sent_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = Reach::new(&config_with_acks(""), store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
+        let stored = |seq: u64, pseudonym: &str| {
+            let record = message(seq, T0, "sales", None, serde_json::json!({ "channel": "whatsapp" }), pseudonym);
+            let mut batch = store.batch();
+            batch.put_inquiry(record.id(), record.json(), b"");
+            batch.link_inquiry(pseudonym, record.id());
+            batch.commit().unwrap();
+            record
+        };
+        let acked = |record: &OutRecord| store.timeline_state(Timeline::Ack, record.id()).unwrap().is_some();
+        for (buyer, reason, acked_again) in
+            [("bp_failed", "no template", true), ("bp_claimed", ack::CLAIMED_ELSEWHERE, false)]
+        {
+            let first = stored(if acked_again { 1 } else { 3 }, buyer);
+            engine.schedule(std::slice::from_ref(&first)).unwrap();
+            engine
+                .update_ack(first.id(), None, |state| {
+                    state.status = ack::AckStatus::Failed { reason: reason.to_owned() };
+                    true
+                })
+                .unwrap();
+            let again = stored(if acked_again { 2 } else { 4 }, buyer);
+            engine.schedule(std::slice::from_ref(&again)).unwrap();
+            assert_eq!(acked(&again), acked_again, "{reason}");
         }
     }
 

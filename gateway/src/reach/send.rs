@@ -847,13 +847,18 @@ async fn send_one(
     ]);
     let Some(message) = reach.acks().render(&state, &values) else { return fail("no template").await };
     if reach.dry_run() {
+        // The wording it would have sent is recorded all the same.
+        reach.update_ack(id, None, |state| {
+            state.template_sha256 = message.template_sha256.clone();
+            true
+        })?;
         return finish(reach, pipeline, id, due_ms, AckStatus::DryRun).await;
     }
     // Another replica with the same inquiry acknowledges it, not this one.
     if let Some(claims) = claims {
         match claims.claim(id).await {
             Ok(true) => {}
-            Ok(false) => return fail("acknowledged by another replica").await,
+            Ok(false) => return fail(super::ack::CLAIMED_ELSEWHERE).await,
             Err(err) => {
                 tracing::warn!(inquiry_id = %id, error = %err, "cannot claim the acknowledgement; retrying");
                 let later = now + 2000;
