@@ -1097,6 +1097,17 @@ mod tests {
         assert_eq!(queued(&store, &alert_queue("ops")).len(), 5);
     }
 
+    /// A message of the buyer `pseudonym` received at `received_ms` (the generic API's fields
+    /// overridden by `fields`), kept as the pipeline keeps it: stored and linked to its buyer.
+    fn kept(store: &Store, seq: u64, received_ms: i64, fields: serde_json::Value, pseudonym: &str) -> OutRecord {
+        let record = message(seq, received_ms, "sales", None, fields, pseudonym);
+        let mut batch = store.batch();
+        batch.put_inquiry(record.id(), record.json(), b"");
+        batch.link_inquiry(pseudonym, record.id());
+        batch.commit().unwrap();
+        record
+    }
+
     /// [`CONFIG`] with WhatsApp acknowledgements.
     fn config_with_acks(extra: &str) -> ReachConfig {
         let acks = "[[templates]]\nid = \"ack\"\nversion = 1\nlanguage = \"en\"\nbody = \"Thanks\"\n\
@@ -1110,15 +1121,8 @@ mod tests {
         let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
         let store = Store::open(dir.path()).unwrap();
         let engine = Reach::new(&config_with_acks(""), store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
-        // A message as the pipeline stores it: linked to its buyer.
         let stored = |seq: u64, channel: &str, pseudonym: &str| {
-            let fields = serde_json::json!({ "channel": channel });
-            let record = message(seq, clock.now_ms(), "sales", None, fields, pseudonym);
-            let mut batch = store.batch();
-            batch.put_inquiry(record.id(), record.json(), b"");
-            batch.link_inquiry(pseudonym, record.id());
-            batch.commit().unwrap();
-            record
+            kept(&store, seq, clock.now_ms(), serde_json::json!({ "channel": channel }), pseudonym)
         };
         let acked = |record: &OutRecord| store.timeline_state(Timeline::Ack, record.id()).unwrap().is_some();
         let started = || queued(&store, KAFKA_QUEUE).iter().filter(|e| e.kind == EventKind::Started).count();
@@ -1141,15 +1145,8 @@ mod tests {
         assert_eq!(engine.load(telegram.id()).unwrap().unwrap().inquiry_id, telegram.id(), "another conversation");
         // The same buyer in another thread of the same channel (an eBay question, an e-mail
         // thread): a conversation of its own.
-        let thread = {
-            let fields = serde_json::json!({ "channel": "whatsapp", "conversation_id": "another-thread" });
-            let record = message(8, clock.now_ms(), "sales", None, fields, "bp_anna");
-            let mut batch = store.batch();
-            batch.put_inquiry(record.id(), record.json(), b"");
-            batch.link_inquiry("bp_anna", record.id());
-            batch.commit().unwrap();
-            record
-        };
+        let fields = serde_json::json!({ "channel": "whatsapp", "conversation_id": "another-thread" });
+        let thread = kept(&store, 8, clock.now_ms(), fields, "bp_anna");
         assert_eq!(engine.schedule(std::slice::from_ref(&thread)).unwrap(), 1);
         assert!(acked(&thread));
 
@@ -1179,15 +1176,11 @@ mod tests {
             let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(T0 + minutes * MIN) * 1_000_000).unwrap();
             at.format(&time::format_description::well_known::Rfc3339).unwrap()
         };
-        let late = |seq: u64, minutes: i64| {
+        let written_by = |seq: u64, minutes: i64, pseudonym: &str| {
             let fields = serde_json::json!({ "channel": "whatsapp", "occurred_at": written(minutes) });
-            let record = message(seq, clock.now_ms(), "sales", None, fields, "bp_carl");
-            let mut batch = store.batch();
-            batch.put_inquiry(record.id(), record.json(), b"");
-            batch.link_inquiry("bp_carl", record.id());
-            batch.commit().unwrap();
-            record
+            kept(&store, seq, clock.now_ms(), fields, pseudonym)
         };
+        let late = |seq: u64, minutes: i64| written_by(seq, minutes, "bp_carl");
         let (asked, asked_again, asked_thrice) = (late(10, 1), late(11, 20), late(13, 25));
         // A poll page lists the newest first: the earliest message still holds the SLA.
         let page = [asked_thrice.clone(), asked_again.clone(), asked.clone()];
@@ -1203,18 +1196,7 @@ mod tests {
 
         // A reply to a joined message with a time before it was written (a CRM's clock): that
         // message is answered all the same, never split off.
-        let (dave1, dave2) = {
-            let dave = |seq: u64, minutes: i64| {
-                let fields = serde_json::json!({ "channel": "whatsapp", "occurred_at": written(minutes) });
-                let record = message(seq, clock.now_ms(), "sales", None, fields, "bp_dave");
-                let mut batch = store.batch();
-                batch.put_inquiry(record.id(), record.json(), b"");
-                batch.link_inquiry("bp_dave", record.id());
-                batch.commit().unwrap();
-                record
-            };
-            (dave(20, 0), dave(21, 30))
-        };
+        let (dave1, dave2) = (written_by(20, 0, "bp_dave"), written_by(21, 30, "bp_dave"));
         assert_eq!(engine.schedule(&[dave1.clone(), dave2.clone()]).unwrap(), 1);
         let answered = engine.reply(dave2.stored(), T0 + 5 * MIN).unwrap();
         assert!(matches!(answered, ReplyOutcome::Recorded(ref s) if s.inquiry_id == dave1.id()));
@@ -1244,16 +1226,8 @@ mod tests {
         // Every message acknowledged, one SLA: three acknowledgements wait, one answer.
         let config = config_with_acks("ack_repeat_window = \"0s\"");
         let engine = Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
-        let records: Vec<OutRecord> = (1..=3)
-            .map(|seq| {
-                let record = message(seq, T0, "sales", None, serde_json::json!({ "channel": "whatsapp" }), "bp_eve");
-                let mut batch = store.batch();
-                batch.put_inquiry(record.id(), record.json(), b"");
-                batch.link_inquiry("bp_eve", record.id());
-                batch.commit().unwrap();
-                record
-            })
-            .collect();
+        let records: Vec<OutRecord> =
+            (1..=3).map(|seq| kept(&store, seq, T0, serde_json::json!({ "channel": "whatsapp" }), "bp_eve")).collect();
         assert_eq!(engine.schedule(&records).unwrap(), 1);
         engine.reply(records[1].stored(), T0 + MIN).unwrap();
         for record in &records {
@@ -1269,14 +1243,8 @@ mod tests {
         let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
         let store = Store::open(dir.path()).unwrap();
         let engine = Reach::new(&config_with_acks(""), store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
-        let stored = |seq: u64, pseudonym: &str| {
-            let record = message(seq, T0, "sales", None, serde_json::json!({ "channel": "whatsapp" }), pseudonym);
-            let mut batch = store.batch();
-            batch.put_inquiry(record.id(), record.json(), b"");
-            batch.link_inquiry(pseudonym, record.id());
-            batch.commit().unwrap();
-            record
-        };
+        let stored =
+            |seq: u64, pseudonym: &str| kept(&store, seq, T0, serde_json::json!({ "channel": "whatsapp" }), pseudonym);
         let acked = |record: &OutRecord| store.timeline_state(Timeline::Ack, record.id()).unwrap().is_some();
         for (buyer, reason, acked_again) in
             [("bp_failed", "no template", true), ("bp_claimed", ack::CLAIMED_ELSEWHERE, false)]
@@ -1302,15 +1270,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let config = config_with_acks("ack_repeat_window = \"0s\"\nsla_per_buyer = false");
         let engine = Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
-        let records: Vec<OutRecord> = (1..=2)
-            .map(|seq| {
-                let record = message(seq, T0, "sales", None, serde_json::json!({ "channel": "whatsapp" }), "bp_anna");
-                let mut batch = store.batch();
-                batch.link_inquiry("bp_anna", record.id());
-                batch.commit().unwrap();
-                record
-            })
-            .collect();
+        let records: Vec<OutRecord> =
+            (1..=2).map(|seq| kept(&store, seq, T0, serde_json::json!({ "channel": "whatsapp" }), "bp_anna")).collect();
         assert_eq!(engine.schedule(&records).unwrap(), 2);
         for record in &records {
             assert!(store.timeline_state(Timeline::Ack, record.id()).unwrap().is_some());
