@@ -276,8 +276,8 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(POLL_LAG, Unit::Seconds, "age of the newest buyer message of a page when fetched");
     describe_gauge!(POLL_QUOTA_REMAINING, "calls left today as the platform reports it");
     describe_gauge!(POLL_CURSOR_UPDATED, "when a poller's durable cursor last moved, Unix seconds");
-    describe_counter!(SLA_EVENTS, "sla events recorded, by kind");
-    describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late) and channel");
+    describe_counter!(SLA_EVENTS, "sla events recorded, by kind and queue (a queue the config names, else other)");
+    describe_counter!(SLA_FIRST_RESPONSES, "first responses, by outcome (met, late), channel and queue");
     describe_histogram!(SLA_FIRST_RESPONSE_TIME, Unit::Seconds, "time from receiving an inquiry to its first response");
     describe_gauge!(SLA_OPEN, "slas waiting for their next step");
     describe_gauge!(STORE_FREE_BYTES, "free space of the embedded store's file system, bytes");

@@ -243,6 +243,13 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
     let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
     let met = [("outcome", "met"), ("channel", "generic")];
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
+    // Per team: the queue a team is configured for is a label value; the rest are `other`.
+    let team = [("outcome", "met"), ("queue", "unassigned")];
+    assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &team), 1.0);
+    assert_eq!(
+        metric_value(&text, "inquiry_gateway_sla_events_total", &[("kind", "sla.started"), ("queue", "unassigned")]),
+        1.0
+    );
     let generic = [("channel", "generic")];
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_response_seconds_count", &generic), 1.0);
     let within_a_minute = [("channel", "generic"), ("le", "60")];

@@ -124,6 +124,9 @@ pub struct Rules {
     ack_repeat_window_ms: i64,
     /// `reach.sla_per_buyer`.
     sla_per_buyer: bool,
+    /// The queues the config names (teams, SLA rules): the SLA metrics' `queue` label takes
+    /// these, any other queue a plugin picks is `other` (a small fixed set of label values).
+    queues: HashSet<String>,
 }
 
 impl Rules {
@@ -135,7 +138,22 @@ impl Rules {
             acks: ack::Acks::from_config(config)?,
             ack_repeat_window_ms: window.as_millis() as i64,
             sla_per_buyer: config.sla_per_buyer,
+            queues: config
+                .teams
+                .iter()
+                .map(|t| t.queue.clone())
+                .chain(config.sla_rules.iter().filter_map(|r| r.queue.clone()))
+                .collect(),
         })
+    }
+
+    /// `queue` as an SLA metric's label.
+    fn queue_label(&self, queue: &str) -> String {
+        if self.queues.contains(queue) {
+            queue.to_owned()
+        } else {
+            "other".to_owned()
+        }
     }
 }
 
@@ -484,9 +502,11 @@ impl Reach {
         }
         batch.put_timeline_state(Timeline::Sla, sla_id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
-        counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone()).increment(1);
+        let queue = rules.queue_label(&state.queue);
+        counter!(telemetry::SLA_FIRST_RESPONSES, "outcome" => outcome, "channel" => state.channel.clone(), "queue" => queue.clone())
+            .increment(1);
         let waited = state.replied_ms.unwrap_or(at_ms).saturating_sub(state.started_ms).max(0);
-        histogram!(telemetry::SLA_FIRST_RESPONSE_TIME, "channel" => state.channel.clone())
+        histogram!(telemetry::SLA_FIRST_RESPONSE_TIME, "channel" => state.channel.clone(), "queue" => queue)
             .record(waited as f64 / 1000.0);
         self.queued.notify_waiters();
         Ok(ReplyOutcome::Recorded(Box::new(state)))
@@ -695,7 +715,8 @@ impl Reach {
         seqs: &mut HashMap<String, u64>,
         mut event: SlaEvent,
     ) -> Result<(), StoreError> {
-        counter!(telemetry::SLA_EVENTS, "kind" => event.kind.as_str()).increment(1);
+        counter!(telemetry::SLA_EVENTS, "kind" => event.kind.as_str(), "queue" => rules.queue_label(&event.queue))
+            .increment(1);
         let team = rules.teams.get(&event.queue);
         event.notify = match (event.kind, event.level) {
             (EventKind::Escalated, 1) => team.and_then(|t| t.lead.clone()),
