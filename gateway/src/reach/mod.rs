@@ -309,11 +309,18 @@ impl Reach {
         in_order.sort_by_key(|r| (r.stored().inquiry.occurred_at, r.seq));
         for record in in_order {
             let stored = record.stored();
+            // The buyer's latest inquiries, read once per record and only when a rule needs them.
+            let mut history = None;
             if let Some(ack) = rules.acks.plan(stored, now) {
                 if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
                     let repeat = match conversation(stored) {
                         Some(talk) if rules.ack_repeat_window_ms > 0 => {
-                            acked_now.contains(&talk) || self.acked_since(stored, now - rules.ack_repeat_window_ms)?
+                            acked_now.contains(&talk)
+                                || self.acked_since(
+                                    stored,
+                                    self.history(stored, &mut history)?,
+                                    now - rules.ack_repeat_window_ms,
+                                )?
                         }
                         _ => false,
                     };
@@ -340,7 +347,7 @@ impl Reach {
             if let Some(talk) = conversation(stored).filter(|_| rules.sla_per_buyer) {
                 let running = match started_now.get(&talk) {
                     Some(first) => Some(*first),
-                    None => self.running_sla_of_buyer(stored)?,
+                    None => self.running_sla_of_buyer(stored, self.history(stored, &mut history)?)?,
                 };
                 // Only a message written after the one holding the SLA joins it (an answer
                 // then always answers the holder: see `split_later_messages`).
@@ -628,11 +635,20 @@ impl Reach {
         Ok(Some(state))
     }
 
+    /// `stored`'s buyer's latest [`BUYER_LOOKBACK`] inquiries, newest first: read into `cache`
+    /// the first time a rule asks.
+    fn history<'a>(&self, stored: &StoredInquiry, cache: &'a mut Option<Vec<Uuid>>) -> Result<&'a [Uuid], StoreError> {
+        if cache.is_none() {
+            *cache = Some(self.store.latest_inquiries_of(&stored.inquiry.buyer.pseudonym, BUYER_LOOKBACK)?);
+        }
+        Ok(cache.as_deref().unwrap_or_default())
+    }
+
     /// Whether `stored`'s buyer got an acknowledgement planned at or after `since_ms` in the same
     /// conversation (sent, waiting, or cancelled by an answer).
-    fn acked_since(&self, stored: &StoredInquiry, since_ms: i64) -> Result<bool, StoreError> {
+    fn acked_since(&self, stored: &StoredInquiry, history: &[Uuid], since_ms: i64) -> Result<bool, StoreError> {
         let inquiry = &stored.inquiry;
-        for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
+        for &id in history {
             let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { continue };
             let Ok(ack) = serde_json::from_slice::<ack::AckState>(&bytes) else { continue };
             // A failed one was not received (unless another replica sent it); a state of an
@@ -656,9 +672,9 @@ impl Reach {
 
     /// The inquiry whose first-response SLA still runs (unanswered, steps pending) in `stored`'s
     /// conversation, if any.
-    fn running_sla_of_buyer(&self, stored: &StoredInquiry) -> Result<Option<Uuid>, StoreError> {
+    fn running_sla_of_buyer(&self, stored: &StoredInquiry, history: &[Uuid]) -> Result<Option<Uuid>, StoreError> {
         let inquiry = &stored.inquiry;
-        for id in self.store.latest_inquiries_of(&inquiry.buyer.pseudonym, BUYER_LOOKBACK)? {
+        for &id in history {
             if id == inquiry.id {
                 continue;
             }
