@@ -39,11 +39,13 @@ pub const POLL_LAG: &str = "inquiry_gateway_poll_lag_seconds";
 pub const POLL_QUOTA_REMAINING: &str = "inquiry_gateway_poll_quota_remaining";
 /// When a poller's durable cursor last moved (Unix seconds).
 pub const POLL_CURSOR_UPDATED: &str = "inquiry_gateway_poll_cursor_updated_timestamp_seconds";
-/// SLA events recorded, by `kind` (`sla.started`, `sla.reminder`, `sla.breached`, ...).
+/// SLA events recorded, by `kind` (`sla.started`, `sla.reminder`, `sla.breached`, ...) and
+/// `queue` (one the config names, else `other`).
 pub const SLA_EVENTS: &str = "inquiry_gateway_sla_events_total";
-/// First responses recorded, by `outcome` (`met`, `late`) and `channel`: the SLA attainment.
+/// First responses recorded, by `outcome` (`met`, `late`), `channel` and `queue`.
 pub const SLA_FIRST_RESPONSES: &str = "inquiry_gateway_sla_first_responses_total";
-/// Time from receiving an inquiry to its first response (wall-clock seconds), by `channel`.
+/// Time from receiving an inquiry to its first response (wall-clock seconds), by `channel` and
+/// `queue`.
 pub const SLA_FIRST_RESPONSE_TIME: &str = "inquiry_gateway_sla_first_response_seconds";
 /// SLAs still waiting for a step (open timers).
 pub const SLA_OPEN: &str = "inquiry_gateway_sla_open";

@@ -30,6 +30,13 @@ use audit::TreeSigner;
 use subjects::Subjects;
 use vault::Vault;
 
+/// An HMAC-SHA256 key for one purpose (`label`), derived from the replicas' shared
+/// `store.pseudonym_key`: what one replica signs for another (forwarded replies, peer reads).
+pub fn replica_key(pseudonym_key: &[u8], label: &[u8]) -> ring::hmac::Key {
+    let derived = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pseudonym_key), label);
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+}
+
 /// SHA-256 of `bytes`, lower-case hex: the digests the audit log records, and plugin module
 /// versions. Written into a buffer (`hex::encode` goes char by char; it runs per inquiry).
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -41,11 +41,7 @@ pub struct PeerKey(ring::hmac::Key);
 impl PeerKey {
     /// The key of replicas that share `pseudonym_key`.
     pub fn new(pseudonym_key: &[u8]) -> PeerKey {
-        let derived = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pseudonym_key),
-            b"inquiry-gateway peer reads v1",
-        );
-        PeerKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()))
+        PeerKey(crate::compliance::replica_key(pseudonym_key, b"inquiry-gateway peer reads v1"))
     }
 
     /// The signed message: the inquiry, the time, the client's address and a digest of the

@@ -1317,6 +1317,16 @@ mod tests {
     }
 
     #[test]
+    fn only_the_queues_the_config_names_become_metric_labels() {
+        let mut config: ReachConfig = toml::from_str(CONFIG).unwrap();
+        let rules = Rules::from_config(&config).unwrap();
+        assert_eq!(rules.queue_label("sales"), "sales", "a team's queue");
+        assert_eq!(rules.queue_label("vip-from-a-plugin"), "other", "a plugin's own queue");
+        config.sla_rules[0].queue = Some("returns".to_owned());
+        assert_eq!(Rules::from_config(&config).unwrap().queue_label("returns"), "returns", "an SLA rule's queue");
+    }
+
+    #[test]
     fn sla_events_reach_exactly_the_kafka_clusters_their_inquiry_reaches() {
         use inquiry_connectors::Region::{Eu, Other};
         let dir = tempfile::tempdir().unwrap();

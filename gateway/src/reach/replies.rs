@@ -82,11 +82,7 @@ pub struct ForwardKey(ring::hmac::Key);
 impl ForwardKey {
     /// The key of replicas that share `pseudonym_key`.
     pub fn new(pseudonym_key: &[u8]) -> ForwardKey {
-        let derived = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pseudonym_key),
-            b"inquiry-gateway forwarded replies v1",
-        );
-        ForwardKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()))
+        ForwardKey(crate::compliance::replica_key(pseudonym_key, b"inquiry-gateway forwarded replies v1"))
     }
 
     /// The topic message for `forwarded`.
