@@ -68,10 +68,10 @@ pub struct Inquiry {
 }
 
 impl Inquiry {
-    /// Takes `country` as the buyer's where the message gave none (an account's configured
-    /// `buyer_country`); the region follows it. A country the message gave is kept.
-    pub fn assume_country(&mut self, country: &str) {
-        if self.buyer.country.is_none() {
+    /// Takes `country` (an account's configured `buyer_country`, if any) as the buyer's where
+    /// the message gave none; the region follows it. A country the message gave is kept.
+    pub fn assume_country(&mut self, country: Option<&str>) {
+        if let (None, Some(country)) = (&self.buyer.country, country) {
             self.region = Region::of_country(country);
             self.buyer.country = Some(country.to_owned());
         }

@@ -219,8 +219,8 @@ pub struct MailboxConfig {
     #[serde(default = "default_mailbox_interval")]
     pub interval_ms: u64,
     /// Country (ISO 3166-1 alpha-2) of this mailbox's buyers where a message names none and
-    /// gives no phone number in international format: the support address of one country's shop. Decides the inquiry's region like a country
-    /// the platform sent (data residency, quiet hours, routing by country).
+    /// gives no phone number in international format: the support address of one country's
+    /// shop. Decides the inquiry's region like a country the platform sent.
     #[serde(default)]
     pub buyer_country: Option<String>,
 }

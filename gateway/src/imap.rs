@@ -200,9 +200,7 @@ impl Reader {
                 let context = NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: &trace_id };
                 match email::parse(raw, &self.config.name, internal_date, &context) {
                     Ok(Parsed::Inquiry(mut inquiry)) => {
-                        if let Some(country) = &self.config.buyer_country {
-                            inquiry.assume_country(country);
-                        }
+                        inquiry.assume_country(self.config.buyer_country.as_deref());
                         let actor = format!("mailbox:{}", self.config.name);
                         let submission = Submission::seal(*inquiry, raw, true, None, &actor, &self.subjects)
                             .map_err(|e| format!("sealing failed: {e}"))?;

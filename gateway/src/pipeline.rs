@@ -407,10 +407,7 @@ impl Pipeline {
     /// Unlike requests, it waits for room in a full queue (in turn with other waiters).
     /// Answers how many it removed (one whose reach-out state cannot be read stays).
     pub async fn remove_expired(&self, expired: Vec<(Uuid, String)>) -> Result<usize, SubmitError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job { work: Work::Expire(expired), enqueued: Instant::now(), reply };
-        self.tx.send(job).await.map_err(|_| SubmitError::Stopped)?;
-        match answer.await.map_err(|_| SubmitError::StageFailed)?? {
+        match self.queue(Work::Expire(expired), true).await? {
             Outcome::Expired(removed) => Ok(removed),
             _ => Err(SubmitError::StageFailed),
         }
@@ -467,11 +464,22 @@ impl Pipeline {
     }
 
     async fn run(&self, work: Work) -> Result<Outcome, SubmitError> {
+        self.queue(work, false).await
+    }
+
+    /// Queues `work` for the stage and waits for its outcome; a full queue is `Overloaded`
+    /// unless `wait_for_room`.
+    async fn queue(&self, work: Work, wait_for_room: bool) -> Result<Outcome, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.try_send(Job { work, enqueued: Instant::now(), reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
-        })?;
+        let job = Job { work, enqueued: Instant::now(), reply };
+        if wait_for_room {
+            self.tx.send(job).await.map_err(|_| SubmitError::Stopped)?;
+        } else {
+            self.tx.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+            })?;
+        }
         Ok(answer.await.map_err(|_| SubmitError::StageFailed)??)
     }
 

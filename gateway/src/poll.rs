@@ -661,9 +661,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             let sealed: Result<Vec<Submission>, _> = fresh
                 .into_iter()
                 .map(|mut i| {
-                    if let Some(country) = &config.buyer_country {
-                        i.assume_country(country);
-                    }
+                    i.assume_country(config.buyer_country.as_deref());
                     Submission::seal(i, &body, false, None, &actor, subjects)
                 })
                 .collect();

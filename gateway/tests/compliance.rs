@@ -96,7 +96,6 @@ fn registry_of(store_dir: &Path) -> Arc<Subjects> {
     Arc::new(Subjects::new(vault, store))
 }
 
-/// (key, value) of every record of `topic`, via kcat; a tombstone has the value `NULL`.
 /// Posts one inquiry per buyer country (`""`: unknown), buyer `<tag><n>@example.com`; their ids.
 async fn post_by_country(gateway: &Gateway, client: &HttpClient, tag: &str, countries: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
@@ -137,6 +136,7 @@ async fn post_shopify(
     client.request(Method::POST, url, body.as_bytes().to_vec(), &headers).await
 }
 
+/// (key, value) of every record of `topic`, via kcat; a tombstone has the value `NULL`.
 fn kcat(topic: &str) -> Vec<(String, String)> {
     let out = Command::new("kcat")
         .args(["-b", BROKERS, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-Z", "-f", "%k\t%s\n"])

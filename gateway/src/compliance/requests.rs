@@ -710,6 +710,18 @@ impl SubjectRequests {
         let mut failed = Vec::new();
         // One deadline for all sinks: the caller may be a webhook with a short timeout.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // The erased inquiries' records, read once for every sink.
+        let erased: Vec<(&String, Vec<StoredInquiry>)> = erased
+            .iter()
+            .map(|(pseudonym, ids)| {
+                let records = ids
+                    .iter()
+                    .filter_map(|id| self.store.get_inquiry(*id).ok().flatten())
+                    .filter_map(|bytes| serde_json::from_slice::<StoredInquiry>(&bytes).ok())
+                    .collect();
+                (pseudonym, records)
+            })
+            .collect();
         for sink in &self.sinks {
             // What the sink was sent before the erasure lands first (a round still in flight
             // would put a deleted row back); after it, the forwarders skip erased inquiries. A
@@ -720,13 +732,12 @@ impl SubjectRequests {
                 failed.push(sink.name().to_owned());
                 continue;
             }
-            for (pseudonym, ids) in erased {
+            for (pseudonym, all) in &erased {
                 // Only what the sink was allowed to hold (data residency).
-                let records: Vec<StoredInquiry> = ids
+                let records: Vec<StoredInquiry> = all
                     .iter()
-                    .filter_map(|id| self.store.get_inquiry(*id).ok().flatten())
-                    .filter_map(|bytes| serde_json::from_slice::<StoredInquiry>(&bytes).ok())
                     .filter(|r| crate::spool::residency_allows(sink.regions(), sink.location(), &r.inquiry))
+                    .cloned()
                     .collect();
                 if records.is_empty() && sink.location() != inquiry_connectors::Region::Eu {
                     // It never got any of them, and the pseudonym itself must not leave the EU.

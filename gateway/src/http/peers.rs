@@ -18,7 +18,6 @@ use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics::counter;
-use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 use uuid::Uuid;
 
@@ -138,23 +137,7 @@ impl Peers {
             return Ok(None);
         }
         let peers = config.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>, _>>()?;
-        let mut roots = rustls::RootCertStore::empty();
-        match &config.peer_ca_file {
-            Some(ca_file) => {
-                use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
-                let unreadable =
-                    |err: &dyn std::fmt::Display| format!("cluster.peer_ca_file {}: {err}", ca_file.display());
-                for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| unreadable(&e))? {
-                    roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = super::tls::client_config(config.peer_ca_file.as_deref(), "cluster.peer_ca_file")?;
         Ok(Some(Peers {
             peers,
             timeout: Duration::from_millis(config.peer_timeout_ms),

@@ -36,6 +36,29 @@ impl ListenerTls {
     }
 }
 
+/// A TLS client config (ring provider) trusting the CA certificates of the PEM file `ca_file`,
+/// else the webpki roots; `setting` names the file's setting in errors.
+pub fn client_config(ca_file: Option<&std::path::Path>, setting: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(ca_file) => {
+            let unreadable = |err: &dyn std::fmt::Display| format!("{setting} {}: {err}", ca_file.display());
+            for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| unreadable(&e))? {
+                roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(unreadable(&"no PEM certificate in it"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 fn acceptor(config: &ListenerTlsConfig) -> Result<TlsAcceptor, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert_file)
         .and_then(|certificates| certificates.collect())

@@ -148,9 +148,7 @@ async fn answer(
             .inquiries
             .into_iter()
             .map(|mut i| {
-                if let Some(country) = &config.buyer_country {
-                    i.assume_country(country);
-                }
+                i.assume_country(config.buyer_country.as_deref());
                 Submission::seal(i, &body, keep_raw, None, &actor, &state.subjects)
             })
             .collect::<Result<Vec<_>, _>>()

@@ -169,6 +169,12 @@ struct JoinedSla {
     joined: Uuid,
 }
 
+/// Writes inquiry `id`'s marker: it joined the SLA of `holder`.
+fn put_joined(batch: &mut StoreBatch<'_>, id: Uuid, holder: Uuid) {
+    let marker = serde_json::to_vec(&JoinedSla { joined: holder }).expect("json");
+    batch.put_timeline_state(Timeline::Sla, id, &marker);
+}
+
 /// When the buyer wrote `stored` (the platform's time), Unix ms.
 fn written_ms(stored: &StoredInquiry) -> i64 {
     (stored.inquiry.occurred_at.unix_timestamp_nanos() / 1_000_000) as i64
@@ -309,13 +315,14 @@ impl Reach {
         in_order.sort_by_key(|r| (r.stored().inquiry.occurred_at, r.seq));
         for record in in_order {
             let stored = record.stored();
+            let talk = conversation(stored);
             // The buyer's latest inquiries, read once per record and only when a rule needs them.
             let mut history = None;
             if let Some(ack) = rules.acks.plan(stored, now) {
                 if self.store.timeline_state(Timeline::Ack, record.id())?.is_none() {
-                    let repeat = match conversation(stored) {
+                    let repeat = match &talk {
                         Some(talk) if rules.ack_repeat_window_ms > 0 => {
-                            acked_now.contains(&talk)
+                            acked_now.contains(talk)
                                 || self.acked_since(
                                     stored,
                                     self.history(stored, &mut history)?,
@@ -333,7 +340,7 @@ impl Reach {
                             ack.inquiry_id,
                             &serde_json::to_vec(&ack).expect("acks serialize"),
                         );
-                        acked_now.extend(conversation(stored));
+                        acked_now.extend(talk.clone());
                     }
                 }
             }
@@ -344,8 +351,8 @@ impl Reach {
             if states.contains_key(&record.id()) || joined_now.contains(&record.id()) {
                 continue; // the same record twice in one batch
             }
-            if let Some(talk) = conversation(stored).filter(|_| rules.sla_per_buyer) {
-                let running = match started_now.get(&talk) {
+            if let Some(talk) = talk.as_ref().filter(|_| rules.sla_per_buyer) {
+                let running = match started_now.get(talk) {
                     Some(first) => Some(*first),
                     None => self.running_sla_of_buyer(stored, self.history(stored, &mut history)?)?,
                 };
@@ -364,8 +371,7 @@ impl Reach {
                     Some((mut holder, _)) if holder.joined.len() < BUYER_LOOKBACK && holder.written_ms <= written => {
                         holder.joined.push(record.id());
                         joined_now.insert(record.id());
-                        let joined = serde_json::to_vec(&JoinedSla { joined: holder.inquiry_id }).expect("json");
-                        batch.put_timeline_state(Timeline::Sla, record.id(), &joined);
+                        put_joined(&mut batch, record.id(), holder.inquiry_id);
                         counter!(telemetry::REACH_REPEATS, "kind" => "sla_joined").increment(1);
                         states.insert(holder.inquiry_id, holder);
                         continue;
@@ -378,7 +384,7 @@ impl Reach {
                 }
             }
             let state = SlaState::start(policy, stored);
-            if let Some(talk) = conversation(stored) {
+            if let Some(talk) = talk {
                 started_now.insert(talk, state.inquiry_id);
             }
             self.queue_event(&rules, &mut batch, &mut seqs, state.started(now))?;
@@ -544,20 +550,18 @@ impl Reach {
         }
         later.sort_by_key(|stored| (written_ms(stored), stored.inquiry.id));
         later.dedup_by_key(|stored| stored.inquiry.id);
-        let Some(policy) = later.first().and_then(|first| rules.policies.policy_for(first)) else {
-            // No policy for them now (a reload): they stay with the SLA they joined.
+        let policy = later.first().and_then(|first| rules.policies.policy_for(first));
+        let (Some(first), Some(policy)) = (later.first(), policy) else {
+            // None, or no policy for them now (a reload): they stay with the SLA they joined.
             still_joined.extend(later.iter().map(|stored| stored.inquiry.id));
             state.joined = still_joined;
             return Ok(());
         };
         state.joined = still_joined;
-        let mut later = later.into_iter();
-        let Some(first) = later.next() else { return Ok(()) };
-        let mut holder = SlaState::start(policy, &first);
-        for joining in later {
+        let mut holder = SlaState::start(policy, first);
+        for joining in &later[1..] {
             holder.joined.push(joining.inquiry.id);
-            let joined = serde_json::to_vec(&JoinedSla { joined: holder.inquiry_id }).expect("json");
-            batch.put_timeline_state(Timeline::Sla, joining.inquiry.id, &joined);
+            put_joined(batch, joining.inquiry.id, holder.inquiry_id);
         }
         self.queue_event(rules, batch, seqs, holder.started(now))?;
         if let Some(due) = holder.next_due() {
@@ -917,6 +921,10 @@ impl Sink for ReachSink {
     fn location(&self) -> inquiry_connectors::Region {
         // On this machine, in the embedded store: wherever the gateway runs.
         inquiry_connectors::Region::Eu
+    }
+
+    fn hop(&self) -> crate::telemetry::Hop {
+        crate::telemetry::Hop::Reach
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -432,6 +432,10 @@ impl Sink for CqlSink {
         self.config.location.unwrap_or(inquiry_connectors::Region::Eu)
     }
 
+    fn hop(&self) -> crate::telemetry::Hop {
+        crate::telemetry::Hop::SinkCql
+    }
+
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         // Its errors name this sink (`cql-us` for a regional cluster), not just `cql`.
         async move { self.connect_and_prepare().await.map_err(|err| SinkError { sink: self.name, ..err }) }.boxed()

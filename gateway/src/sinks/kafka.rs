@@ -248,18 +248,18 @@ impl KafkaSink {
     /// declared for (data residency: never an EU event, whatever queued it).
     pub async fn publish_sla(&self, events: &[crate::reach::sla::SlaEvent]) -> Result<(), String> {
         let mut pending = Vec::with_capacity(events.len());
-        let in_eu = self.config.location.unwrap_or(inquiry_connectors::Region::Eu) == inquiry_connectors::Region::Eu;
-        let allowed = |e: &&crate::reach::sla::SlaEvent| in_eu || self.config.regions.contains(&e.region);
-        let taken = events.iter().filter(allowed).count();
-        if taken < events.len() {
+        let in_eu = self.location() == inquiry_connectors::Region::Eu;
+        let (allowed, skipped): (Vec<_>, Vec<_>) =
+            events.iter().partition(|e| in_eu || self.config.regions.contains(&e.region));
+        if !skipped.is_empty() {
             // Only events queued by an earlier version (one queue for every region) are skipped.
             tracing::info!(
                 sink = self.name,
-                skipped = events.len() - taken,
+                skipped = skipped.len(),
                 "SLA events of regions this cluster does not take are not published"
             );
         }
-        for event in events.iter().filter(allowed) {
+        for event in allowed {
             let key = event.inquiry_id.to_string();
             let payload = serde_json::to_vec(event).expect("events serialize");
             let headers = OwnedHeaders::new()
@@ -388,6 +388,10 @@ impl Sink for KafkaSink {
 
     fn location(&self) -> inquiry_connectors::Region {
         self.config.location.unwrap_or(inquiry_connectors::Region::Eu)
+    }
+
+    fn hop(&self) -> crate::telemetry::Hop {
+        crate::telemetry::Hop::SinkKafka
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -102,6 +102,9 @@ pub trait Sink: Send + Sync + 'static {
     /// Where the cluster runs (`check` makes it explicit).
     fn location(&self) -> inquiry_connectors::Region;
 
+    /// The hop its deliveries are timed as (the `hop` label of the latency histogram).
+    fn hop(&self) -> Hop;
+
     /// Connects and creates or checks what the sink needs (topics, keyspace and tables).
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 
@@ -345,7 +348,7 @@ pub async fn forward(
             }
         };
 
-        let retry_at = finish_round(name, &round, &outcomes);
+        let retry_at = finish_round(name, sink.hop(), &round, &outcomes);
         let next_seq = retry_at.unwrap_or(round.end);
         audit_round(&pipeline, name, &round, &outcomes).await;
         let round_start = round.entries.first().map_or(next_seq, |e| e.seq);
@@ -476,13 +479,8 @@ async fn audit_round(pipeline: &Pipeline, name: &'static str, round: &Round, out
 
 /// Records metrics and logs for the outcomes of a round; returns the sequence number of the first
 /// record to retry, if any (everything before it is done: delivered or dead-lettered).
-fn finish_round(name: &'static str, round: &Round, outcomes: &[Delivery]) -> Option<u64> {
+fn finish_round(name: &'static str, hop: Hop, round: &Round, outcomes: &[Delivery]) -> Option<u64> {
     let now = now_ms();
-    let hop = match name {
-        kafka if kafka.starts_with("kafka") => Hop::SinkKafka,
-        cql if cql.starts_with("cql") => Hop::SinkCql,
-        _ => Hop::Reach,
-    };
     for (record, outcome) in round.records.iter().zip(outcomes) {
         match outcome {
             Delivery::Delivered => {

@@ -126,21 +126,7 @@ impl TokenSource {
     /// renewed CA file applies), else the webpki roots.
     fn client(&self) -> Result<crate::poll::PollClient, String> {
         let Some(ca_file) = &self.config.ca_file else { return Ok(crate::poll::client()) };
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
-        let unreadable = |err: &dyn std::fmt::Display| format!("ca_file {}: {err}", ca_file.display());
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(ca_file).map_err(|e| unreadable(&e))? {
-            roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
-        }
-        if roots.is_empty() {
-            return Err(unreadable(&"no PEM certificate in it"));
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::http::tls::client_config(Some(ca_file), "ca_file")?;
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
