@@ -128,6 +128,9 @@ pub fn from_generic(input: GenericInquiry, ctx: &NormalizeContext<'_>) -> Result
     let occurred_at = OffsetDateTime::parse(&input.occurred_at, &Rfc3339).map_err(|_| {
         InputError::new(InputErrorCode::InvalidValue, "occurred_at is not an RFC 3339 timestamp").field("occurred_at")
     })?;
+    if occurred_at > ctx.received_at + crate::MAX_CLOCK_SKEW {
+        return Err(InputError::new(InputErrorCode::InvalidValue, "occurred_at is in the future").field("occurred_at"));
+    }
     if input.body.trim().is_empty() {
         return Err(InputError::new(InputErrorCode::InvalidValue, "body is empty").field("body"));
     }
@@ -211,7 +214,7 @@ fn consent(
             .map_err(|_| invalid("consent.given_at", "consent.given_at is not an RFC 3339 timestamp"))?,
         None => occurred_at,
     };
-    if given_at > received_at + time::Duration::minutes(5) {
+    if given_at > received_at + crate::MAX_CLOCK_SKEW {
         return Err(invalid("consent.given_at", "consent.given_at is in the future"));
     }
     let mut purposes = input.purposes;

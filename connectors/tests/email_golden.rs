@@ -24,7 +24,7 @@ fn fixtures() -> Vec<PathBuf> {
 #[test]
 fn every_message_parses_to_its_golden_inquiry() {
     let context = NormalizeContext {
-        received_at: datetime!(2026-12-03 12:00:00 UTC),
+        received_at: datetime!(2026-12-03 14:00:00 UTC),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
     };
     let internal_date = Some(datetime!(2026-12-03 11:59:58 UTC));

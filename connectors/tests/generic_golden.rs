@@ -9,7 +9,7 @@ use inquiry_connectors::{generic, Channel, NormalizeContext, Region};
 use time::macros::datetime;
 
 fn context() -> NormalizeContext<'static> {
-    NormalizeContext { received_at: datetime!(2026-11-24 08:00:01 UTC), trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" }
+    NormalizeContext { received_at: datetime!(2026-11-24 09:10:00 UTC), trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" }
 }
 
 fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {

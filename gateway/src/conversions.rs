@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::compliance::audit::AuditEvent;
+use crate::compliance::vault::Vault;
 use crate::pipeline::{ConversionOutcome, ConversionRecord, Pipeline, StoredInquiry, SubmitError};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -87,10 +88,11 @@ impl Conversion {
     }
 
     /// Its audit entry (`inquiry.converted`). The log outlives the inquiry and its buyer's
-    /// erasure: it holds the order id's SHA-256 (proof of which order, given the id), not the id.
-    pub fn event(&self, id: Uuid) -> AuditEvent {
+    /// erasure: it holds the order id's keyed fingerprint (`vault`'s index key: proof of which
+    /// order, given the id and the key), not the id.
+    pub fn event(&self, id: Uuid, vault: &Vault) -> AuditEvent {
         AuditEvent::new("inquiry.converted", self.reported_by.clone()).inquiry(id).detail(serde_json::json!({
-            "order_sha256": crate::compliance::sha256_hex(self.order_id.as_bytes()),
+            "order_fingerprint": hex::encode(vault.order_fingerprint(&self.order_id)),
             "value": self.value, "currency": self.currency,
             "converted_at": self.converted_at.format(&time::format_description::well_known::Rfc3339).ok(),
         }))
@@ -135,7 +137,7 @@ pub async fn report(
         inquiry_id: id,
         pseudonym: stored.inquiry.buyer.pseudonym.clone(),
         record: serde_json::to_vec(&conversion).expect("conversions serialize"),
-        event: conversion.event(id),
+        event: conversion.event(id, pipeline.vault()),
     };
     // Its own task, so that a recorded conversion is counted even when the caller goes away
     // (a retry then finds it kept, which counts nothing).
@@ -186,9 +188,14 @@ mod tests {
         assert_eq!(field(Conversion { currency: Some("eur".to_owned()), ..good.clone() }), "currency");
         let later = now + time::Duration::minutes(6);
         assert_eq!(field(Conversion { converted_at: later, ..good.clone() }), "converted_at");
-        let event = good.event(Uuid::nil());
+        let vault = Vault::new("test", &[9u8; 32], b"index-key-for-conversion-tests-0");
+        let event = good.event(Uuid::nil(), &vault);
         let entry = serde_json::to_value(&event).unwrap();
         assert_eq!(entry["kind"], "inquiry.converted", "{entry}");
         assert!(!entry.to_string().contains("8100000000000001"), "the order id itself stays out of the log: {entry}");
+        // Nor its plain hash, which trying the ids in turn would reverse.
+        let plain = crate::compliance::sha256_hex(b"8100000000000001");
+        assert!(!entry.to_string().contains(&plain), "{entry}");
+        assert_eq!(entry["detail"]["order_fingerprint"], hex::encode(vault.order_fingerprint("8100000000000001")));
     }
 }

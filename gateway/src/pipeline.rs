@@ -330,6 +330,7 @@ pub struct Pipeline {
     tx: mpsc::Sender<Job>,
     store_ok: Arc<AtomicBool>,
     spool: Arc<Spool>,
+    subjects: Arc<Subjects>,
 }
 
 /// See [`Pipeline::audit_handle`].
@@ -366,7 +367,7 @@ impl Pipeline {
             spool: spool.clone(),
             next_seq,
             audit,
-            subjects,
+            subjects: subjects.clone(),
             written_subjects: Default::default(),
             held: None,
         };
@@ -381,7 +382,12 @@ impl Pipeline {
                 let _ = sync_thread.join();
             })
             .expect("spawning the pipeline thread");
-        Ok((Pipeline { tx, store_ok, spool }, thread))
+        Ok((Pipeline { tx, store_ok, spool, subjects }, thread))
+    }
+
+    /// The vault the stage seals with (its keyed fingerprints serve audit entries too).
+    pub fn vault(&self) -> &crate::compliance::vault::Vault {
+        self.subjects.vault()
     }
 
     /// Queues inquiries and waits until they are durable. Refuses at once when the queue is full.

@@ -571,7 +571,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 },
                 _ = stop.changed() => return Ended::Stopped,
             };
-            if status == 401 && tokens.can_refresh() && !tokens.just_refreshed() {
+            if poller.is_token_refused(status, &body) && tokens.can_refresh() && !tokens.just_refreshed() {
                 // Revoked or expired before its time: refresh at once, then ask again.
                 counter!(telemetry::POLL_REQUESTS, "connector" => name, "outcome" => "unauthorized").increment(1);
                 tokens.expire();

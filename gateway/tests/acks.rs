@@ -278,17 +278,12 @@ async fn an_inquiry_that_reached_two_replicas_is_acknowledged_once() {
     for id in &ids {
         assert_eq!(sent.iter().filter(|m| m.text.contains(id.as_str())).count(), 1, "inquiry {id} acknowledged twice");
     }
-    let refused = |gateway: &Gateway| {
-        let gateway = gateway.admin_url("/metrics");
-        async move {
-            let text = String::from_utf8(HttpClient::new().get(&gateway).await.body.to_vec()).unwrap();
-            metric_value(&text, "inquiry_gateway_acks_total", &[("channel", "whatsapp"), ("outcome", "failed")])
-        }
-    };
+    let failed = [("channel", "whatsapp"), ("outcome", "failed")];
     // The replica that lost a claim may still be retrying it (a CQL timeout under load): it stands
     // down once it gets its answer, and never sends.
     support::eventually(Duration::from_secs(30), "the other replica stood down for every inquiry", || async {
-        let stood_down = refused(&first).await + refused(&second).await;
+        let stood_down = support::metric(&first, "inquiry_gateway_acks_total", &failed).await
+            + support::metric(&second, "inquiry_gateway_acks_total", &failed).await;
         assert!(stood_down <= ids.len() as f64, "{stood_down} refusals for {} inquiries", ids.len());
         stood_down == ids.len() as f64
     })

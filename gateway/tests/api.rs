@@ -43,6 +43,8 @@ async fn every_bad_input_class_gets_a_4xx_with_a_reason_a_metric_and_stores_noth
         ("unknown field", with("shipping_speed", serde_json::json!("fast")), 422, "unknown_field"),
         ("unknown channel", with("channel", serde_json::json!("myspace")), 422, "unknown_channel"),
         ("bad timestamp", with("occurred_at", serde_json::json!("yesterday")), 422, "invalid_value"),
+        // Retention goes by message time: one far in the future would be kept for ever.
+        ("future timestamp", with("occurred_at", serde_json::json!("9999-12-31T00:00:00Z")), 422, "invalid_value"),
         ("bad country", with("buyer", serde_json::json!({"country": "Germany"})), 422, "invalid_value"),
         ("empty body", with("body", serde_json::json!("  ")), 422, "invalid_value"),
         ("invalid utf-8", invalid_utf8, 400, "invalid_utf8"),
@@ -79,8 +81,7 @@ async fn every_bad_input_class_gets_a_4xx_with_a_reason_a_metric_and_stores_noth
         assert_eq!(reply.status, 201, "{external_id} was stored by a refused request");
     }
 
-    let metrics = client.get(&gateway.admin_url("/metrics")).await;
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = support::metrics(&gateway).await;
     for (_, _, _, code) in &cases {
         assert!(
             metric_value(&text, "inquiry_gateway_rejected_total", &[("reason", code)]) >= 1.0,
@@ -283,7 +284,7 @@ async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are
         (shown["conversion"]["value"].as_str(), shown["conversion"]["currency"].as_str()),
         (Some("129.9"), Some("EUR"))
     );
-    let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    let text = support::metrics(&gateway).await;
     assert_eq!(
         metric_value(&text, "inquiry_gateway_conversions_total", &[("channel", "generic")]),
         1.0,
@@ -292,13 +293,13 @@ async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are
     assert_eq!(metric_value(&text, "inquiry_gateway_conversion_seconds_count", &[("channel", "generic")]), 1.0);
     let converted = audit_entries_of(&gateway, "inquiry.converted").await;
     assert_eq!(converted.len(), 1, "{converted:?}");
-    // The log outlives an erasure: it proves which order (by its SHA-256), not the order id.
-    assert!(!converted[0].to_string().contains("8100000000000001"), "{converted:?}");
-    let order_sha256 = "353b725340b2a1c443f5fdf50e3c8d6407fe4666f1902f7fe6a650482404ce26";
-    assert_eq!(
-        (converted[0]["inquiry_id"].as_str(), converted[0]["detail"]["order_sha256"].as_str()),
-        (Some(id.as_str()), Some(order_sha256))
-    );
+    // The log outlives an erasure: it proves which order (by a keyed fingerprint), not the order
+    // id, nor its plain SHA-256 (which trying order ids in turn would reverse).
+    let entry = converted[0].to_string();
+    assert!(!entry.contains("8100000000000001"), "{converted:?}");
+    assert!(!entry.contains("353b725340b2a1c443f5fdf50e3c8d6407fe4666f1902f7fe6a650482404ce26"), "{converted:?}");
+    assert_eq!(converted[0]["inquiry_id"].as_str(), Some(id.as_str()));
+    assert_eq!(converted[0]["detail"]["order_fingerprint"].as_str().map(str::len), Some(64), "{converted:?}");
 
     // The buyer's erasure takes the conversion with it, and no report is taken after it.
     let erase = r#"{"kind": "erasure", "jurisdiction": "gdpr", "subject": {"email": "c-1@example.com"}}"#;
@@ -320,9 +321,7 @@ async fn metrics_parse_with_promtool_and_hold_every_hop_histogram() {
     // The store gauges are refreshed every 250 ms: wait for the message index to count all 20.
     let mut text = String::new();
     for _ in 0..40 {
-        let reply = client.get(&gateway.admin_url("/metrics")).await;
-        assert_eq!(reply.status, 200);
-        text = String::from_utf8(reply.body.to_vec()).unwrap();
+        text = support::metrics(&gateway).await;
         if metric_value(&text, "inquiry_gateway_store_message_index_entries", &[]) == 20.0 {
             break;
         }
@@ -603,7 +602,7 @@ async fn with_too_little_disk_space_new_inquiries_are_refused_and_the_gateway_is
     let ready = client.get(&gateway.admin_url("/readyz")).await;
     assert_eq!(ready.status.as_u16(), 503);
     assert_eq!(ready.json()["disk_low"], true);
-    let metrics = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    let metrics = support::metrics(&gateway).await;
     assert!(metric_value(&metrics, "inquiry_gateway_store_free_bytes", &[]) > 0.0, "{metrics}");
     // Alive (not restarted by its orchestrator), and reads still work.
     assert_eq!(client.get(&gateway.admin_url("/healthz")).await.status.as_u16(), 200);

@@ -125,8 +125,7 @@ async fn post_shopify(
     body: &str,
     event: Option<&str>,
 ) -> support::Reply {
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), body.as_bytes());
-    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let signature = base64::engine::general_purpose::STANDARD.encode(support::hmac_sha256(secret, &[body.as_bytes()]));
     let mut headers = vec![
         ("content-type", "application/json"),
         ("x-shopify-topic", topic),
@@ -681,6 +680,28 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     assert_eq!((first.status.as_u16(), again.status.as_u16()), (200, 200));
     assert_eq!(first.json()["request_id"], again.json()["request_id"], "one request per event");
     assert_eq!(again.json()["duplicate"], true);
+    // The topic header is not signed: a data request's body under `customers/redact` is refused.
+    let replayed =
+        post_shopify(&client, &url, secret, "customers/redact", &body, Some("5d1c2c4e-0000-4000-8000-1")).await;
+    assert_eq!((replayed.status.as_u16(), replayed.error_code().as_str()), (422, "invalid_value"));
+    // A shop's redaction, delivered twice, is one open request for an operator.
+    let shop_redact = json!({ "shop_id": 1, "shop_domain": shop }).to_string();
+    let event = Some("0b4d61a2-6c6e-4c1e-9d55-shop-redact");
+    let first = post_shopify(&client, &url, secret, "shop/redact", &shop_redact, event).await;
+    let again = post_shopify(&client, &url, secret, "shop/redact", &shop_redact, event).await;
+    assert_eq!((first.json()["status"].as_str(), again.json()["duplicate"].as_bool()), (Some("open"), Some(true)));
+    assert_eq!(first.json()["request_id"], again.json()["request_id"], "one request per shop redaction");
+    let record = admin(
+        &client,
+        &gateway,
+        Method::GET,
+        &format!("/v1/subject-requests/{}", first.json()["request_id"].as_str().unwrap()),
+        Some(ERASER),
+        Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(record["source"], format!("shopify:{shop}:shop_redact:event:{}", event.unwrap()));
     for id in &ids {
         assert!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["personal"].is_null());
     }
@@ -925,8 +946,8 @@ async fn a_shopify_redact_left_open_by_a_failed_attempt_is_carried_out_on_redeli
     gateway.restart().await;
 
     // Shopify redelivers the same event: the open erasure is carried out now, under its id.
-    let body = json!({ "shop_id": 1, "shop_domain": shop, "customer": { "id": 191168, "email": "jane@example.com" } })
-        .to_string();
+    let customer = json!({ "id": 191168, "email": "jane@example.com" });
+    let body = json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "orders_to_redact": [] }).to_string();
     let url = gateway.url(&format!("/webhooks/shopify_compliance/{shop}"));
     let again = post_shopify(&client, &url, secret, "customers/redact", &body, Some(event)).await;
     assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));

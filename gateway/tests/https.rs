@@ -132,9 +132,8 @@ async fn ingest_serves_https_refuses_plain_http_and_takes_a_renewed_certificate_
         .try_request(Method::GET, &format!("http://{}/v1/inquiries/{id}", gateway.ingest), Bytes::new(), &[])
         .await;
     assert!(plain.is_err(), "plain HTTP gets no HTTP answer on the TLS port");
-    let client = HttpClient::new();
     eventually(Duration::from_secs(10), "failed handshakes are counted", || async {
-        let metrics = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+        let metrics = support::metrics(&gateway).await;
         metric_value(&metrics, "inquiry_gateway_tls_handshake_failures_total", &[("listener", "ingest")]) >= 1.0
     })
     .await;

@@ -110,8 +110,7 @@ async fn the_example_plugins_route_in_chains_by_account_with_round_robin() {
     let third = route(&client, &gateway, inquiry("shop-rust", "rust-4", "DE", "Hallo")).await;
     assert_eq!(third["assignee"], "ben", "anna is offline: {third}");
 
-    let metrics = client.get(&gateway.admin_url("/metrics")).await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = support::metrics(&gateway).await;
     assert!(
         metric_value(&text, "inquiry_gateway_plugin_outcomes_total", &[("plugin", "go"), ("outcome", "decided")])
             >= 2.0
@@ -170,7 +169,7 @@ async fn hostile_plugins_are_contained_and_their_inquiries_take_the_fallback_rou
 
     let health = client.get(&gateway.admin_url("/healthz")).await;
     assert_eq!(health.status.as_u16(), 200, "the gateway survives every hostile plugin");
-    let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+    let text = support::metrics(&gateway).await;
     for (id, _, reason) in hostile {
         assert!(
             metric_value(&text, "inquiry_gateway_plugin_failures_total", &[("plugin", id), ("reason", reason)]) >= 3.0,
@@ -313,7 +312,7 @@ async fn a_new_plugin_file_is_swapped_in_and_a_broken_one_is_refused() {
     std::fs::write(&staged, b"\0asm garbage").unwrap();
     std::fs::rename(&staged, &live).unwrap();
     eventually(Duration::from_secs(10), "the broken reload is counted", || async {
-        let text = String::from_utf8_lossy(&client.get(&gateway.admin_url("/metrics")).await.body).into_owned();
+        let text = support::metrics(&gateway).await;
         metric_value(&text, "inquiry_gateway_plugin_reloads_total", &[("result", "error")]) >= 1.0
     })
     .await;

@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use support::{audit_entries_of, eventually, inquiry_json, metric_value, Gateway, HttpClient, Method, StatusCode};
 
 const HOOK_SECRET: &str = "hook-secret-0123456789";
@@ -32,12 +30,6 @@ struct Received {
     /// SMS lines by number: (To, line).
     sms: Vec<(String, String)>,
     bad_signatures: Vec<String>,
-}
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(message);
-    mac.finalize().into_bytes().to_vec()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -83,7 +75,7 @@ fn receive(
             let t: i64 = parts.get("t").and_then(|t| t.parse().ok()).unwrap_or(0);
             let mut signed = format!("{t}.").into_bytes();
             signed.extend_from_slice(body);
-            let expected = hex::encode(hmac_sha256(HOOK_SECRET.as_bytes(), &signed));
+            let expected = hex::encode(support::hmac_sha256(HOOK_SECRET, &[&signed]));
             if parts.get("v1") != Some(&expected.as_str()) || (now - t).abs() > 300 {
                 received.bad_signatures.push(format!("hook: {signature}"));
                 return (401, String::new());
@@ -103,7 +95,7 @@ fn receive(
             let params: HashMap<&str, &str> = query.split('&').filter_map(|p| p.split_once('=')).collect();
             let timestamp = params.get("timestamp").copied().unwrap_or("");
             let sign = percent_decode(params.get("sign").copied().unwrap_or(""));
-            let expected = b64(&hmac_sha256(DING_SECRET.as_bytes(), format!("{timestamp}\n{DING_SECRET}").as_bytes()));
+            let expected = b64(&support::hmac_sha256(DING_SECRET, &[format!("{timestamp}\n{DING_SECRET}").as_bytes()]));
             let fresh = timestamp.parse::<i64>().is_ok_and(|ms| (now * 1000 - ms).abs() < 3_600_000);
             if sign != expected || !fresh || params.get("access_token") != Some(&"ding-token") {
                 received.bad_signatures.push(format!("ding: {query}"));
@@ -117,7 +109,7 @@ fn receive(
         }
         "/feishu" => {
             let timestamp = json["timestamp"].as_str().unwrap_or_default();
-            let expected = b64(&hmac_sha256(format!("{timestamp}\n{FEISHU_SECRET}").as_bytes(), b""));
+            let expected = b64(&support::hmac_sha256(format!("{timestamp}\n{FEISHU_SECRET}"), &[]));
             let fresh = timestamp.parse::<i64>().is_ok_and(|s| (now - s).abs() < 3600);
             if json["sign"].as_str() != Some(expected.as_str()) || !fresh {
                 received.bad_signatures.push(format!("feishu: {json}"));
@@ -240,7 +232,7 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
     let sla = reply.json()["sla"].clone();
     assert_eq!(sla["status"], "met", "{sla}");
     // Attainment and response time per channel.
-    let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let text = support::metrics(&gateway).await;
     let met = [("outcome", "met"), ("channel", "generic")];
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 1.0);
     // Per team: the queue a team is configured for is a label value; the rest are `other`.
@@ -314,7 +306,7 @@ async fn sla_steps_fire_once_across_a_sigkill_a_reply_stops_them_and_every_alert
     assert!(received.ding_mentions.iter().all(|u| u == "dt-lead-li"), "{:?}", received.ding_mentions);
 
     drop(received);
-    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     assert!(metric_value(&metrics, "inquiry_gateway_alerts_total", &[("target", "hook"), ("outcome", "sent")]) >= 1.0);
     assert!(metric_value(&metrics, "inquiry_gateway_alerts_total", &[("target", "sms"), ("outcome", "failed")]) >= 1.0);
     assert!(metric_value(&metrics, "inquiry_gateway_sla_events_total", &[("kind", "sla.breached")]) >= 2.0);
@@ -471,7 +463,7 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
         let body =
             serde_json::json!({"object": "page", "entry": [{"id": PAGE, "time": now_ms(), "messaging": events}]})
                 .to_string();
-        let signature = format!("sha256={}", hex::encode(hmac_sha256(META_SECRET.as_bytes(), body.as_bytes())));
+        let signature = format!("sha256={}", hex::encode(support::hmac_sha256(META_SECRET, &[body.as_bytes()])));
         // One app's endpoint carries the deliveries of every page it serves.
         let (client, url) = (client.clone(), gateway.url("/webhooks/messenger/shop-main"));
         async move {
@@ -517,7 +509,7 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
         assert_eq!(entry["actor"], "webhook:messenger/shop-main");
         assert_eq!(entry["detail"]["sla_status"], "met");
     }
-    let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let text = support::metrics(&gateway).await;
     // Anna's two messages are one conversation with one SLA: two first responses (hers and
     // Carl's), three inquiries answered.
     let met = [("outcome", "met"), ("channel", "messenger")];
@@ -530,7 +522,7 @@ async fn an_answer_sent_on_the_platform_stops_the_clock_of_that_buyers_inquiries
     let reply =
         client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{bo_id}/reply")), "", &[]).await.json();
     assert_eq!(reply["sla"]["status"], "met");
-    let text = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let text = support::metrics(&gateway).await;
     assert_eq!(metric_value(&text, "inquiry_gateway_sla_first_responses_total", &met), 3.0, "recorded now, not before");
     assert!(gateway.log().lines().all(|l| !l.contains(anna)), "platform user ids never reach the log");
 }
@@ -636,9 +628,7 @@ async fn a_reply_sent_to_a_replica_that_does_not_hold_the_inquiry_reaches_the_on
     let kafka_outcome = |outcome: &'static str| {
         let b = &b;
         async move {
-            let text = HttpClient::new().get(&b.admin_url("/metrics")).await;
-            let text = String::from_utf8_lossy(&text.body).into_owned();
-            support::metric_value(&text, "inquiry_gateway_replies_total", &[("source", "kafka"), ("outcome", outcome)])
+            support::metric(b, "inquiry_gateway_replies_total", &[("source", "kafka"), ("outcome", outcome)]).await
         }
     };
 

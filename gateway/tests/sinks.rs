@@ -126,7 +126,7 @@ async fn fifty_thousand_inquiries_reach_kafka_across_a_broker_sigkill() {
     service("kafka.sh", "start"); // in case the load finished before the restart mark
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(180)).await;
     // A forwarder that keeps up takes the records the stage just committed from memory.
-    let metrics = String::from_utf8(HttpClient::new().get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     let reads = |from| {
         support::metric_value(&metrics, "inquiry_gateway_spool_reads_total", &[("sink", "kafka"), ("from", from)])
     };
@@ -179,7 +179,7 @@ async fn a_gateway_killed_while_forwarding_loses_nothing() {
     gateway.restart().await;
     wait_spool_empty(&gateway, "kafka", Duration::from_secs(120)).await;
     // After a restart nothing is in memory: what was spooled is read back from the store.
-    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     let reads = |from| {
         support::metric_value(&metrics, "inquiry_gateway_spool_reads_total", &[("sink", "kafka"), ("from", from)])
     };
@@ -220,7 +220,7 @@ async fn an_unreachable_sink_spools_until_the_budget_then_refuses_with_retry_aft
     let ready = client.get(&gateway.admin_url("/readyz")).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "a full spool makes the gateway unready");
     assert_eq!(ready.json()["sinks"]["kafka"]["status"], "degraded");
-    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     assert_eq!(support::metric_value(&metrics, "inquiry_gateway_spool_depth", &[("sink", "kafka")]), accepted as f64);
     assert_eq!(support::metric_value(&metrics, "inquiry_gateway_sink_degraded", &[("sink", "kafka")]), 1.0);
 }
@@ -355,7 +355,7 @@ async fn records_kafka_refuses_for_good_go_to_the_dead_letter_topic_with_the_rea
         out.status.success() && report.contains("3 distinct inquiries valid"),
         "dead letters against their schema: {report}"
     );
-    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     let rejected = support::metric_value(
         &metrics,
         "inquiry_gateway_sink_rejected_total",

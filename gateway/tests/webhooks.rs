@@ -3,7 +3,6 @@
 mod support;
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use support::{metric_value, workspace_file, Gateway, HttpClient, Method, StatusCode};
 
@@ -43,14 +42,6 @@ account = "linen-and-loom.myshopify.com"
 secret = "shopify-client-secret-01"
 "#;
 
-fn hmac(key: &str, parts: &[&[u8]]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().to_vec()
-}
-
 /// The buyer's country and the region of the one inquiry a webhook answer names.
 async fn stored_buyer(client: &HttpClient, gateway: &Gateway, answer: &serde_json::Value) -> (String, String) {
     let id = answer["ids"][0].as_str().expect("one inquiry id");
@@ -76,7 +67,7 @@ async fn meta_handshake_signed_deliveries_and_redeliveries() {
     assert_eq!((wrong.status, wrong.error_code().as_str()), (StatusCode::FORBIDDEN, "verify_token_invalid"));
 
     let body = fixture("whatsapp/text-and-status.json");
-    let signature = format!("sha256={}", hex::encode(hmac("meta-app-secret-0001", &[&body])));
+    let signature = format!("sha256={}", hex::encode(support::hmac_sha256("meta-app-secret-0001", &[&body])));
     let headers = [("content-type", "application/json"), ("x-hub-signature-256", signature.as_str())];
     let first = client.request(Method::POST, &url, body.clone(), &headers).await;
     assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.body));
@@ -101,7 +92,7 @@ async fn meta_handshake_signed_deliveries_and_redeliveries() {
     let unknown = client.request(Method::POST, &gateway.url("/webhooks/whatsapp/999"), body.clone(), &headers).await;
     assert_eq!((unknown.status, unknown.error_code().as_str()), (StatusCode::NOT_FOUND, "unknown_webhook"));
 
-    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     let count = |outcome| {
         metric_value(&metrics, "inquiry_gateway_inquiries_total", &[("outcome", outcome), ("channel", "whatsapp")])
     };
@@ -140,7 +131,8 @@ async fn line_telegram_and_web_forms_verify_their_own_schemes() {
     let client = HttpClient::new();
 
     let line = fixture("line/text-follow.json");
-    let line_sig = base64::engine::general_purpose::STANDARD.encode(hmac("line-channel-secret-01", &[&line]));
+    let line_sig =
+        base64::engine::general_purpose::STANDARD.encode(support::hmac_sha256("line-channel-secret-01", &[&line]));
     let reply = client
         .request(
             Method::POST,
@@ -172,7 +164,10 @@ async fn line_telegram_and_web_forms_verify_their_own_schemes() {
 
     let form = fixture("web_form/contact.json");
     let sign = |t: i64| {
-        format!("t={t},v1={}", hex::encode(hmac("web-form-signing-key-01", &[t.to_string().as_bytes(), b".", &form])))
+        format!(
+            "t={t},v1={}",
+            hex::encode(support::hmac_sha256("web-form-signing-key-01", &[t.to_string().as_bytes(), b".", &form]))
+        )
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let url = gateway.url("/webhooks/web_form/site-eu");
@@ -189,7 +184,8 @@ async fn shopify_order_notes_and_return_requests_are_inquiries_once() {
     let client = HttpClient::new();
     let url = gateway.url("/webhooks/shopify/linen-and-loom.myshopify.com");
     let deliver = |body: Vec<u8>, topic: &'static str, shop: &'static str, event: &'static str| {
-        let signature = base64::engine::general_purpose::STANDARD.encode(hmac("shopify-client-secret-01", &[&body]));
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(support::hmac_sha256("shopify-client-secret-01", &[&body]));
         let (client, url) = (&client, &url);
         async move {
             let headers = [
@@ -221,15 +217,16 @@ async fn shopify_order_notes_and_return_requests_are_inquiries_once() {
     // Refused: another shop's delivery, no topic, a wrong signature.
     let other = deliver(order.clone(), "orders/create", "someone-else.myshopify.com", "e-6").await;
     assert_eq!((other.status, other.error_code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"));
-    let signature = base64::engine::general_purpose::STANDARD.encode(hmac("shopify-client-secret-01", &[&order]));
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(support::hmac_sha256("shopify-client-secret-01", &[&order]));
     let untopical = client.request(Method::POST, &url, order.clone(), &[("x-shopify-hmac-sha256", &signature)]).await;
     assert!(untopical.status.is_client_error(), "no topic: {:?}", untopical.status);
-    let forged = base64::engine::general_purpose::STANDARD.encode(hmac("guessed-secret", &[&order]));
+    let forged = base64::engine::general_purpose::STANDARD.encode(support::hmac_sha256("guessed-secret", &[&order]));
     let reply = client
         .request(Method::POST, &url, order, &[("x-shopify-hmac-sha256", &forged), ("x-shopify-topic", "orders/create")])
         .await;
     assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_invalid"));
-    let metrics = String::from_utf8(client.get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = support::metrics(&gateway).await;
     let accepted =
         metric_value(&metrics, "inquiry_gateway_inquiries_total", &[("outcome", "accepted"), ("channel", "shopify")]);
     assert_eq!(accepted, 2.0, "the note and the return");
@@ -372,7 +369,8 @@ async fn a_mailgun_token_is_good_for_one_delivery() {
     let url = gateway.url("/webhooks/mailgun/support-eu");
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
     let token = "e4c6b5a2d3f46a8bacbd2e3f4a5b6c7d8e9f0a1b2c3d4e5f6b";
-    let signature = hex::encode(hmac("mailgun-signing-key-01", &[timestamp.as_bytes(), token.as_bytes()]));
+    let signature =
+        hex::encode(support::hmac_sha256("mailgun-signing-key-01", &[timestamp.as_bytes(), token.as_bytes()]));
     let form = String::from_utf8(fixture("mailgun/reply.form"))
         .unwrap()
         .replace("{{timestamp}}", &timestamp)

@@ -232,6 +232,13 @@ impl Poller for EbayMemberMessages {
         status == 429 || self.is_daily_cap(status, body)
     }
 
+    /// The Trading API answers an expired or invalid token with HTTP 200, `Ack` Failure and
+    /// error 931 ("Auth token is invalid") or 21917053 ("Token has expired").
+    fn is_token_refused(&self, status: u16, body: &[u8]) -> bool {
+        let has = |code: &[u8]| body.windows(code.len()).any(|w| w == code);
+        status == 401 || has(b"<ErrorCode>931</ErrorCode>") || has(b"<ErrorCode>21917053</ErrorCode>")
+    }
+
     fn parse<'c>(
         &self,
         body: &[u8],
@@ -434,6 +441,18 @@ mod tests {
         };
         let mut context = || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
         EbayMemberMessages.parse(body.as_bytes(), &target, &PollPosition::default(), &mut context)
+    }
+
+    #[test]
+    fn an_expired_token_is_told_from_other_failures() {
+        let failure = |code: &str| {
+            format!("<?xml version=\"1.0\"?><GetMemberMessagesResponse xmlns=\"urn:ebay:apis:eBLBaseComponents\"><Ack>Failure</Ack><Errors><ErrorCode>{code}</ErrorCode></Errors></GetMemberMessagesResponse>")
+        };
+        assert!(EbayMemberMessages.is_token_refused(200, failure("931").as_bytes()));
+        assert!(EbayMemberMessages.is_token_refused(200, failure("21917053").as_bytes()));
+        assert!(!EbayMemberMessages.is_token_refused(200, failure("518").as_bytes()));
+        assert!(!EbayMemberMessages.is_token_refused(200, failure("9310").as_bytes()));
+        assert!(EbayMemberMessages.is_token_refused(401, b""));
     }
 
     #[test]

@@ -274,8 +274,9 @@ impl Poller for EbayPostOrderInquiries {
         status == 429
     }
 
-    /// An inquiry whose detail eBay refuses (gone, closed and purged, not visible to this seller)
-    /// is taken from its summary alone, so one such inquiry cannot hold the account's cycle.
+    /// An inquiry whose detail eBay refuses (400 bad id, 403 not visible to this seller, 404/410
+    /// gone) is taken from its summary alone, so one such inquiry cannot hold the account's cycle.
+    /// Other refusals (401 token, 408 timeout...) are retried: the detail may still be read.
     fn step_over<'c>(
         &self,
         status: u16,
@@ -284,8 +285,7 @@ impl Poller for EbayPostOrderInquiries {
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Option<Result<PollPage, InputError>> {
         let reading_detail = Cycle::resume(position, target.now).todo.front().is_some();
-        (reading_detail && (400..500).contains(&status) && status != 429)
-            .then(|| self.parse(b"", target, position, context))
+        (reading_detail && matches!(status, 400 | 403 | 404 | 410)).then(|| self.parse(b"", target, position, context))
     }
 
     fn parse<'c>(
@@ -404,5 +404,40 @@ fn take_inquiry<'c>(
             attributes.insert("respond_by".to_owned(), by.into());
         }
         page.inquiries.push(draft.into_inquiry(&context()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::poll::PollCredentials;
+    use time::macros::datetime;
+
+    #[test]
+    fn only_an_inquiry_the_platform_will_never_show_is_stepped_over() {
+        let target = PollTarget {
+            account: "seller1",
+            credentials: PollCredentials { access_token: "t", app_key: None, app_secret: None },
+            now: datetime!(2026-12-03 08:00:00 UTC),
+            wants_answers: false,
+        };
+        let cycle = r#"{"from":1796280000000,"to":1796284800000,"search_offset":null,"todo":[{"inquiryId":"5001","buyer":"b1"}],"taken":{"at":1796280000000}}"#;
+        let reading_detail = PollPosition { cursor: None, page: Some(cycle) };
+        let mut context = || NormalizeContext { received_at: datetime!(2026-12-03 08:00:01 UTC), trace_id: "t" };
+        for status in [400, 403, 404, 410] {
+            let page = EbayPostOrderInquiries.step_over(status, &target, &reading_detail, &mut context);
+            let page = page.unwrap_or_else(|| panic!("{status} is stepped over")).unwrap();
+            assert_eq!(page.inquiries.len(), 1, "{status}: taken from its summary");
+        }
+        // An expired token or a timeout says nothing about the inquiry: asked again.
+        for status in [401, 408, 409, 429] {
+            assert!(
+                EbayPostOrderInquiries.step_over(status, &target, &reading_detail, &mut context).is_none(),
+                "{status}"
+            );
+        }
+        // Nor is a refused search stepped over.
+        let searching = PollPosition::default();
+        assert!(EbayPostOrderInquiries.step_over(404, &target, &searching, &mut context).is_none());
     }
 }

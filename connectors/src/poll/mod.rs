@@ -289,6 +289,12 @@ pub trait Poller: Sync {
     /// True if a response says the caller is over its quota (429 is always taken as throttling).
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool;
 
+    /// True if a response refuses the access token (expired or revoked): the poller refreshes it
+    /// and asks again. HTTP 401 by default; platforms that answer otherwise say so here.
+    fn is_token_refused(&self, status: u16, _body: &[u8]) -> bool {
+        status == 401
+    }
+
     /// The answer to a refusal (an HTTP 4xx other than throttling) of the request for `position`
     /// that the poller can step over: an item the platform no longer shows. `Some` is taken like a
     /// parsed page (the cycle goes on); `None` (the default) retries the same request with backoff.

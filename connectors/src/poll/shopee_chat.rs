@@ -186,6 +186,13 @@ impl Poller for ShopeeChat {
         status == 429 || matches!(error.as_str(), "error_busy" | "system_busy")
     }
 
+    /// Shopee answers an expired or revoked access token with HTTP 403 and `error_auth` or
+    /// `invalid_access_token` (sometimes spelled `invalid_acceess_token`).
+    fn is_token_refused(&self, status: u16, body: &[u8]) -> bool {
+        let error = serde_json::from_slice::<ErrorOnly>(body).map(|e| e.error).unwrap_or_default();
+        status == 401 || matches!(error.as_str(), "error_auth" | "invalid_access_token" | "invalid_acceess_token")
+    }
+
     fn parse<'c>(
         &self,
         body: &[u8],
@@ -383,6 +390,16 @@ struct SourceContent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_access_token_is_told_from_other_failures() {
+        let poller = ShopeeChat;
+        let answer = |error: &str| format!(r#"{{"error":"{error}","message":"...","request_id":"r1"}}"#);
+        assert!(poller.is_token_refused(403, answer("invalid_access_token").as_bytes()));
+        assert!(poller.is_token_refused(403, answer("error_auth").as_bytes()));
+        assert!(!poller.is_token_refused(403, answer("error_permission").as_bytes()));
+        assert!(!poller.is_token_refused(200, answer("").as_bytes()));
+    }
 
     #[test]
     fn the_signature_matches_an_independently_computed_vector() {

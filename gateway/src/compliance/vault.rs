@@ -58,6 +58,12 @@ impl Vault {
         self.keyed_hash(&[b"fingerprint", payload])
     }
 
+    /// A keyed fingerprint of an order id for the audit log: proof of which order to whoever holds
+    /// the index key, where a plain hash of a short, often sequential id is reversed by trying them.
+    pub fn order_fingerprint(&self, order_id: &str) -> [u8; 32] {
+        self.keyed_hash(&[b"order", order_id.as_bytes()])
+    }
+
     fn keyed_hash(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut context = hmac::Context::with_key(&self.index_key);
         for part in parts {

@@ -98,7 +98,8 @@ fn single_plugin_config(path: &Path, limits: PluginLimits, settings: BTreeMap<St
 /// Normalizes a generic-API inquiry for a case or a benchmark.
 pub fn normalize(raw: &Value) -> Result<Inquiry, String> {
     let ctx = NormalizeContext {
-        received_at: OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+        // After every case's message time (2030-01-01: a message from the future is refused).
+        received_at: OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000),
         trace_id: "00000000000000000000000000000000",
     };
     let mut inquiry = generic::normalize(raw.to_string().as_bytes(), &ctx).map_err(|e| e.to_string())?;

@@ -564,17 +564,14 @@ pub fn telegram_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
 
 /// Reads a LINE push answer (<https://developers.line.biz/en/reference/messaging-api/#send-push-message>):
 /// 200 with `sentMessages`; 409 means this retry key was accepted before (sent); 429 and 5xx are
-/// retried; other 4xx fail.
+/// retried; other 4xx fail, with the status only (LINE's `message` may quote the request).
 pub fn line_outcome(status: u16, body: &[u8]) -> Result<String, SendError> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     match status {
         200..=299 => Ok(json["sentMessages"][0]["id"].as_str().unwrap_or_default().to_owned()),
         409 => Ok(json["sentMessages"][0]["id"].as_str().unwrap_or("accepted before").to_owned()),
         429 | 500.. => Err(SendError::Retry(format!("line answered {status}"))),
-        _ => Err(SendError::Permanent(format!(
-            "line answered {status}: {}",
-            json["message"].as_str().unwrap_or_default()
-        ))),
+        _ => Err(SendError::Permanent(format!("line answered {status}"))),
     }
 }
 
@@ -768,7 +765,7 @@ async fn recover_sending(store: &Store, pipeline: &Pipeline) -> Result<(), Store
         batch.put_timeline_state(Timeline::Ack, id, &serde_json::to_vec(&state).expect("states serialize"));
         batch.commit()?;
         counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => "uncertain").increment(1);
-        let _ = pipeline.audit(vec![ack_event("ack.uncertain", &state, None)]).await;
+        audit_ack(pipeline, ack_event("ack.uncertain", &state, None)).await;
     }
     Ok(())
 }
@@ -949,8 +946,16 @@ async fn finish(
         return Ok(());
     };
     counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => outcome).increment(1);
-    let _ = pipeline.audit(vec![ack_event(kind, &state, provider_id)]).await;
+    audit_ack(pipeline, ack_event(kind, &state, provider_id)).await;
     Ok(())
+}
+
+/// Writes an acknowledgement's audit entry, waiting out a full queue (every send is audited; a
+/// busy ingest must not crowd it out). Only a failing store loses it, and says so.
+async fn audit_ack(pipeline: &Pipeline, event: AuditEvent) {
+    if let Err(err) = crate::retry::patiently(|| pipeline.audit(vec![event.clone()])).await {
+        tracing::error!(error = %err, kind = %event.kind, "acknowledgement audit entry not written");
+    }
 }
 
 /// The audit event of an acknowledgement: which template version went where (never the text or

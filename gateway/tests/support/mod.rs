@@ -335,6 +335,16 @@ pub async fn metric(gateway: &Gateway, name: &str, labels: &[(&str, &str)]) -> f
     metric_value(&metrics(gateway).await, name, labels)
 }
 
+/// HMAC-SHA256 of the concatenated `parts` under `key`: the signature most platforms use.
+pub fn hmac_sha256(key: impl AsRef<[u8]>, parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// Path of a file at the workspace root.
 pub fn workspace_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
