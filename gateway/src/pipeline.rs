@@ -55,7 +55,8 @@ pub struct DeadLetter {
     pub inquiry_id: Uuid,
     /// Machine-readable reason.
     pub reason: String,
-    /// Details (no personal data).
+    /// Details: no personal data of the gateway's, but a plugin's error text may quote what it
+    /// saw, so an erasure of the buyer replaces it with [`ERASED_DETAIL`].
     pub detail: String,
     /// When it happened.
     #[serde(with = "time::serde::rfc3339")]
@@ -272,6 +273,9 @@ pub struct PipelineLimits {
     pub max_batch_inquiries: usize,
 }
 
+/// A dead letter's `detail` once its buyer was erased.
+pub const ERASED_DETAIL: &str = "erased";
+
 /// The `raw_ref` of an inquiry whose buyer was erased (its sealed fields and payload are gone).
 pub const ERASED_RAW_REF: &str = "erased";
 
@@ -383,6 +387,12 @@ impl Pipeline {
             })
             .expect("spawning the pipeline thread");
         Ok((Pipeline { tx, store_ok, spool, subjects }, thread))
+    }
+
+    /// When the oldest inquiry some sink has not taken yet was queued (retention keeps it).
+    pub fn oldest_spooled(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let ms = self.spool.oldest_pending_ms()?;
+        Ok(ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()))
     }
 
     /// The vault the stage seals with (its keyed fingerprints serve audit entries too).
@@ -664,6 +674,13 @@ impl Stage {
             batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
             // The order an inquiry led to can be traced to the buyer in the shop's own system.
             batch.remove_conversion(*id);
+            // Its dead letter stays (the routing failure happened) without the plugin's words.
+            if let Some(letter) = self.store.get_dead_letter(*id)? {
+                if let Ok(mut letter) = serde_json::from_slice::<DeadLetter>(&letter) {
+                    letter.detail = ERASED_DETAIL.to_owned();
+                    batch.put_dead_letter(*id, serde_json::to_vec(&letter).expect("dead letters serialize"));
+                }
+            }
         }
         batch.erase_subject(&erasure.index, &erasure.pseudonym, &erasure.record);
         self.written_subjects.remove(&erasure.index);
@@ -1542,6 +1559,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expired_inquiry_a_sink_has_not_taken_yet_is_kept_until_it_has() {
+        use inquiry_connectors::Region;
+        let sinks = [("kafka", vec![Region::Eu, Region::Other], Region::Eu)];
+        let Running { pipeline, store, subjects, spool, .. } = start_with_sinks(Silent, 8, &sinks);
+        let now = OffsetDateTime::now_utc();
+        let old = (now - time::Duration::days(45)).format(&Rfc3339).unwrap();
+        // A backfill of old messages while Kafka is down: nobody takes them from the outbox.
+        let acks = pipeline.submit(vec![submission_at(&subjects, "old", "x", &old)]).await.unwrap();
+        let retention =
+            crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
+        let later = now + time::Duration::days(3);
+        assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, later).await.unwrap().inquiries, 0);
+        assert!(store.get_inquiry(acks[0].id).unwrap().is_some(), "removed before Kafka had it");
+        // Kafka took it: the next sweep removes it.
+        spool.sinks[0].outbox.remove(&store, 0, spool.durable_end()).unwrap();
+        assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, later).await.unwrap().inquiries, 1);
+        assert!(store.get_inquiry(acks[0].id).unwrap().is_none());
+    }
+
+    #[tokio::test]
     async fn expired_inquiries_take_their_idempotency_keys_with_them() {
         let Running { pipeline, store, subjects, .. } = start(Silent, 8);
         let now = OffsetDateTime::now_utc();
@@ -1603,8 +1640,13 @@ mod tests {
         let index = store.subject_index(&pseudonym).unwrap().unwrap();
         let event = AuditEvent::new("subject.erased", "test").subject(&pseudonym);
         let erasure = Erasure { pseudonym: pseudonym.clone(), index, record: b"{}".to_vec(), event };
+        let letter = |id| serde_json::from_slice::<DeadLetter>(&store.get_dead_letter(id).unwrap().unwrap()).unwrap();
+        assert_ne!(letter(acks[0].id).detail, ERASED_DETAIL, "the router's failure is told");
         let erased = pipeline.erase(erasure).await.unwrap();
         assert_eq!(erased, vec![acks[0].id]);
+        // The dead letter stays, without the router's words (a plugin's may quote the message).
+        let kept = letter(acks[0].id);
+        assert_eq!((kept.reason.as_str(), kept.detail.as_str()), ("router_contract", ERASED_DETAIL));
         let first = stored(&store, acks[0].id).inquiry;
         assert!(first.sealed.is_empty() && first.raw_ref == "erased");
         // ...and after the erasure a forwarder must read the rewritten record from the store.

@@ -40,8 +40,14 @@ pub struct Swept {
 /// the sinks, and a platform's redelivery of it is still recognised.
 pub const KEPT_AFTER_RECEIPT: time::Duration = time::Duration::days(1);
 
+/// How much earlier than its outbox entry an inquiry may have been received (its request or poll
+/// cycle queued it later); retention keeps every inquiry received after the oldest entry a sink
+/// has not taken, less this.
+const SPOOL_MARGIN: time::Duration = time::Duration::hours(1);
+
 /// Removes what expired before `now` (message time older than the class's retention; an
-/// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received). The inquiries are removed by
+/// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received, and never one a sink has not
+/// taken yet: a backfill of old messages while Kafka is down waits for Kafka). The inquiries are removed by
 /// the pipeline's stage ([`Pipeline::remove_expired`]), in its write order with conversion
 /// reports. When the stage stops taking them, the sweep goes on with the rest (what it removed
 /// is counted and audited); the other inquiries wait for the next sweep.
@@ -53,11 +59,16 @@ pub async fn sweep(
 ) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
     let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
+    // Inquiries received since then may still wait in an outbox (later ones are queued later).
+    let spooled_since = {
+        let pipeline = pipeline.clone();
+        off_the_workers(move || pipeline.oldest_spooled()).await?.map(|since| since - SPOOL_MARGIN)
+    };
     let mut after = None;
     'pages: loop {
         let (expired, last) = {
             let store = store.clone();
-            off_the_workers(move || expired_page(&store, cutoff, after, now)).await?
+            off_the_workers(move || expired_page(&store, cutoff, after, now, spooled_since)).await?
         };
         let Some(last) = last else { break };
         after = Some(last);
@@ -80,12 +91,14 @@ pub async fn sweep(
 type ExpiredPage = (Vec<(uuid::Uuid, String)>, Option<uuid::Uuid>);
 
 /// One page of inquiries whose message time is before `cutoff` (after inquiry id `after`): the
-/// `(id, buyer pseudonym)` of those to remove, and the page's last id (None: no more pages).
+/// `(id, buyer pseudonym)` of those to remove (not those received since `spooled_since`), and the
+/// page's last id (None: no more pages).
 fn expired_page(
     store: &Store,
     cutoff: OffsetDateTime,
     after: Option<uuid::Uuid>,
     now: OffsetDateTime,
+    spooled_since: Option<OffsetDateTime>,
 ) -> Result<ExpiredPage, StoreError> {
     let page = store.inquiries_before(cutoff, after, CHUNK)?;
     let last = page.last().map(|(id, _)| *id);
@@ -94,6 +107,8 @@ fn expired_page(
         match serde_json::from_slice::<StoredInquiry>(record) {
             // Received only just: kept for a later sweep.
             Ok(stored) if stored.inquiry.received_at > now - KEPT_AFTER_RECEIPT => continue,
+            // Perhaps not taken by a sink yet: kept until it is.
+            Ok(stored) if spooled_since.is_some_and(|since| stored.inquiry.received_at >= since) => continue,
             Ok(stored) => expired.push((*id, stored.inquiry.buyer.pseudonym)),
             // Unreadable: remove the record itself; its subject cannot be found from it.
             Err(_) => expired.push((*id, String::new())),

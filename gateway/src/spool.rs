@@ -161,6 +161,17 @@ impl Spool {
         Ok((spool, next_seq))
     }
 
+    /// When the oldest entry some sink has not taken yet was queued (ms since the Unix epoch).
+    pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
+        let mut oldest = None;
+        for sink in &self.sinks {
+            if let Some(ms) = sink.outbox.first_enqueued_ms()? {
+                oldest = Some(oldest.map_or(ms, |o: u64| o.min(ms)));
+            }
+        }
+        Ok(oldest)
+    }
+
     /// Sequence numbers below this are durable.
     pub fn durable_end(&self) -> u64 {
         self.durable_end.load(Ordering::Acquire)

@@ -764,6 +764,12 @@ impl Outbox {
         Ok(entries)
     }
 
+    /// When its first entry was queued (ms since the Unix epoch), if it holds any.
+    pub fn first_enqueued_ms(&self) -> Result<Option<u64>, StoreError> {
+        let first = self.partition.first_key_value()?;
+        Ok(first.and_then(|(k, v)| OutboxEntry::decode_group(&k, &v).first().map(|e| e.enqueued_ms)))
+    }
+
     /// Sequence numbers of the first and the last entry, if any.
     pub fn bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let first = self.partition.first_key_value()?;
