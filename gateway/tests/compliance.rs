@@ -960,6 +960,58 @@ async fn a_shopify_redact_left_open_by_a_failed_attempt_is_carried_out_on_redeli
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_whose_caller_gave_up_is_finished_here_and_in_the_sinks_by_the_retry_loop() {
+    let keyspace = unique("r_");
+    let config = format!(
+        "{}[sinks.cql]\ncontact_points = [\"{CQL}\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n{}",
+        admin_tokens(),
+        support::cql_login()
+    );
+    let mut gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let reply =
+        client.post_json(&gateway.url("/v1/inquiries"), inquiry("june@example.com", "June", "j-1", "JUNE-TEXT")).await;
+    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    wait_spool_empty(&gateway, "cql", Duration::from_secs(120)).await;
+    assert!(support::cql_inquiry_ids(CQL, &keyspace).await.contains(&id));
+    let pseudonym = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["inquiry"]["buyer"]
+        ["pseudonym"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The caller (a webhook that timed out) went away after recording the erasure open, with its
+    // subject and every sink's part pending, before erasing anything.
+    assert!(gateway.terminate().success());
+    let request_id = uuid::Uuid::now_v7();
+    {
+        let store = Store::open(&gateway.store_dir()).unwrap();
+        let record = json!({
+            "id": request_id, "kind": "erasure", "jurisdiction": "gdpr", "source": "test", "requested_by": "test",
+            "received_at": "2026-12-01T08:00:00Z", "due_at": "2027-01-01T08:00:00Z", "extended_due_at": "2027-03-01T08:00:00Z",
+            "status": "open", "completed_at": null, "subjects": [pseudonym], "inquiries": 0, "pending_sinks": ["cql"],
+            "expires_at": "2028-12-01T08:00:00Z",
+        });
+        let mut batch = store.batch();
+        batch.put_subject_request(request_id, record.to_string().as_bytes());
+        batch.commit().unwrap();
+    }
+    gateway.restart().await;
+
+    // The retry loop (every 30 s) carries out all of it: here first, then in the CQL store.
+    let path = format!("/v1/subject-requests/{request_id}");
+    eventually(Duration::from_secs(90), "the open erasure completed", || async {
+        admin(&client, &gateway, Method::GET, &path, Some(ERASER), Value::Null).await.json()["status"] == "completed"
+    })
+    .await;
+    let record = admin(&client, &gateway, Method::GET, &path, Some(ERASER), Value::Null).await.json();
+    assert_eq!((record["inquiries"].as_u64(), record["pending_sinks"].as_array().map(Vec::len)), (Some(1), Some(0)));
+    assert!(client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json()["personal"].is_null());
+    assert!(!support::cql_inquiry_ids(CQL, &keyspace).await.contains(&id), "its CQL row is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inquiry_erased_while_it_waited_for_its_sink_is_never_sent() {
     let prefix = unique("w");
     let sink = |brokers: &str| {

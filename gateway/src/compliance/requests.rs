@@ -673,14 +673,21 @@ impl SubjectRequests {
         mut request: SubjectRequest,
         pseudonyms: Vec<String>,
     ) -> Result<SubjectRequest, RequestError> {
-        // Open, with the subjects found: an attempt that fails part way is known and done again.
+        // Open, with the subjects found and every sink's part pending: an attempt that fails part
+        // way (or whose caller gives up, a webhook's timeout) is known and done again, by a
+        // redelivery or by the retry loop, sinks included.
         request.subjects = pseudonyms.clone();
+        request.pending_sinks = self.sinks.iter().map(|s| s.name().to_owned()).collect();
         self.save(&request)?;
         let by = request.requested_by.clone();
         let by = by.as_str();
         let mut erased = Vec::new();
         for pseudonym in &pseudonyms {
-            let Some(index) = self.store.subject_index(pseudonym)? else { continue };
+            let Some(index) = self.store.subject_index(pseudonym)? else {
+                // Erased here by an earlier attempt: the sinks' part is still owed.
+                erased.push((pseudonym.clone(), self.store.inquiries_of(pseudonym)?));
+                continue;
+            };
             let record = serde_json::to_vec(
                 &json!({ "request_id": request.id, "erased_at": OffsetDateTime::now_utc().unix_timestamp() }),
             )
@@ -694,12 +701,6 @@ impl SubjectRequests {
             erased.push((pseudonym.clone(), ids));
         }
         request.inquiries = erased.iter().map(|(_, ids)| ids.len()).sum();
-        // Every sink's part is pending until done: a caller that gives up meanwhile (a webhook's
-        // timeout) leaves it to the retry loop, not undone.
-        if !self.sinks.is_empty() {
-            request.pending_sinks = self.sinks.iter().map(|s| s.name().to_owned()).collect();
-            self.save(&request)?;
-        }
         request.pending_sinks = self.erase_in_sinks(&erased, by).await;
         self.complete(&mut request)?;
         Ok(request)
@@ -763,21 +764,28 @@ impl SubjectRequests {
     }
 
     /// Deletes expired requests, sets the overdue gauge and retries the sink part of erasures
-    /// that failed before; called periodically.
+    /// that failed before; called periodically. An erasure still open (its caller gave up part
+    /// way) is carried out again whole: subjects not yet erased here, then the sinks.
     pub async fn retry_pending(&self) -> Result<(), StoreError> {
-        for mut request in self.sweep()?.into_iter().filter(|r| !r.pending_sinks.is_empty()) {
+        // (An open erasure naming nobody was recorded open on purpose, for an operator.)
+        let unfinished = |r: &SubjectRequest| {
+            r.kind == RequestKind::Erasure && r.status == RequestStatus::Open && !r.subjects.is_empty()
+        };
+        for mut request in self.sweep()?.into_iter().filter(|r| !r.pending_sinks.is_empty() || unfinished(r)) {
+            if unfinished(&request) {
+                let (id, subjects) = (request.id, request.subjects.clone());
+                if let Err(err) = self.carry_out_erasure(request, subjects).await {
+                    tracing::warn!(request_id = %id, error = %err, "open erasure not finished; retried later");
+                }
+                continue;
+            }
             let erased: Vec<(String, Vec<Uuid>)> = request
                 .subjects
                 .iter()
                 .map(|p| Ok((p.clone(), self.store.inquiries_of(p)?)))
                 .collect::<Result<_, StoreError>>()?;
             request.pending_sinks = self.erase_in_sinks(&erased, "gateway").await;
-            // An erasure whose caller gave up after the local part: complete now.
-            if request.kind == RequestKind::Erasure && request.status == RequestStatus::Open {
-                self.complete(&mut request)?;
-            } else {
-                self.save(&request)?;
-            }
+            self.save(&request)?;
         }
         Ok(())
     }
