@@ -101,7 +101,16 @@ pub struct WebhookConfig {
     /// the platform sent (data residency, quiet hours, routing by country).
     #[serde(default)]
     pub buyer_country: Option<String>,
+    /// Further accounts the deliveries to this endpoint may name, each inquiry under the account
+    /// its delivery names: the other shops of a Shopee partner app or TikTok Shop app (one push
+    /// URL per app, signed with the app's key), or the pages and numbers of a Meta app (without
+    /// `accounts`, a Meta endpoint takes any of the app's). Other connectors have none.
+    #[serde(default)]
+    pub accounts: Vec<String>,
 }
+
+/// Connectors whose deliveries name their account (shop, page or number) in the body.
+pub const WEBHOOKS_NAMING_ACCOUNTS: &[&str] = &["shopee", "tiktok_shop", "whatsapp", "messenger", "instagram"];
 
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -2091,6 +2100,16 @@ impl Config {
                 problems.push(format!("webhooks[{i}].account must be non-empty and contain no `/`"));
             }
             buyer_country_problem(&format!("webhooks[{i}]"), &hook.buyer_country, &mut problems);
+            if !hook.accounts.is_empty() && !WEBHOOKS_NAMING_ACCOUNTS.contains(&hook.connector.as_str()) {
+                problems.push(format!(
+                    "webhooks[{i}].accounts: {} deliveries name no account (only {} do)",
+                    hook.connector,
+                    WEBHOOKS_NAMING_ACCOUNTS.join(", ")
+                ));
+            }
+            if hook.accounts.iter().any(|a| a.is_empty() || a.len() > 128 || a.contains('/')) {
+                problems.push(format!("webhooks[{i}].accounts: each must be 1 to 128 bytes without `/`"));
+            }
             // SendGrid and eBay sign with public keys: no shared secret.
             let public_key_signed = ["sendgrid", "ebay"].contains(&hook.connector.as_str());
             if hook.secret.len() < 8 && !public_key_signed {
@@ -2866,6 +2885,23 @@ mod tests {
                       base_url = \"https://graph.facebook.com\"\nbuyer_country = \"Germany\"\n";
         let err = Config::from_toml_with_env(poller, env).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("pollers[0].buyer_country `Germany`"), "{err}");
+    }
+
+    #[test]
+    fn only_connectors_whose_deliveries_name_their_shop_take_more_accounts() {
+        let hook = |connector: &str, accounts: &str| {
+            format!(
+                "[[webhooks]]\nconnector = \"{connector}\"\naccount = \"1001\"\nsecret = \"push-key-0001\"\n\
+                     endpoint_url = \"https://gw.example/webhooks/x/1001\"\napp_key = \"k\"\naccounts = {accounts}\n"
+            )
+        };
+        for connector in ["shopee", "tiktok_shop"] {
+            Config::from_toml_with_env(&hook(connector, "[\"1002\"]"), env).unwrap().validate().unwrap();
+        }
+        let err = Config::from_toml_with_env(&hook("line", "[\"1002\"]"), env).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("webhooks[0].accounts: line deliveries name no account"), "{err}");
+        let err = Config::from_toml_with_env(&hook("shopee", "[\"a/b\"]"), env).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("webhooks[0].accounts: each must be 1 to 128 bytes"), "{err}");
     }
 
     #[test]

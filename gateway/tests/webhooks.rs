@@ -385,3 +385,45 @@ async fn a_mailgun_token_is_good_for_one_delivery() {
     let replayed = client.request(Method::POST, &url, other_mail, &headers).await;
     assert_eq!((replayed.status, replayed.error_code().as_str()), (StatusCode::CONFLICT, "signature_replayed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shopee_push_url_serves_the_shops_it_lists_and_refuses_others() {
+    // A partner app pushes every authorised shop's chats to one URL, signed with the app's key.
+    let (url, key) = ("https://gateway.example/webhooks/shopee/947042923", "shopee-partner-push-key");
+    let config = format!(
+        "[[webhooks]]\nconnector = \"shopee\"\naccount = \"947042923\"\nsecret = \"{key}\"\n\
+         endpoint_url = \"{url}\"\naccounts = [\"947042924\"]\n"
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let push = |shop: u64, message: &str| {
+        format!(
+            r#"{{"msg_id":"","data":{{"type":"message","region":"SG","content":{{"message_id":"{message}","shop_id":{shop},"from_id":165105353,"from_user_name":"buyer","to_id":{shop},"message_type":"text","content":{{"text":"Is XL in stock?"}},"conversation_id":"7091","created_timestamp":1726044721,"source_content":{{}},"business_type":0}}}},"shop_id":{shop},"code":10,"timestamp":1726044722}}"#
+        )
+    };
+    let post = |body: String| {
+        let signature = hex::encode(support::hmac_sha256(key, &[url.as_bytes(), b"|", body.as_bytes()]));
+        let (client, gateway) = (&client, &gateway);
+        async move {
+            client
+                .request(
+                    Method::POST,
+                    &gateway.url("/webhooks/shopee/947042923"),
+                    body,
+                    &[("authorization", &signature)],
+                )
+                .await
+        }
+    };
+    for (shop, message) in [(947042923u64, "m-own"), (947042924, "m-listed")] {
+        let reply = post(push(shop, message)).await;
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let id = reply.json()["ids"][0].as_str().unwrap().to_owned();
+        let stored = client.get(&gateway.url(&format!("/v1/inquiries/{id}"))).await.json();
+        assert_eq!(stored["inquiry"]["account"], shop.to_string(), "filed under the shop the push names");
+    }
+    // A shop the endpoint does not list: refused, nothing stored.
+    let reply = post(push(947042925, "m-other")).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (422, "invalid_value"));
+    assert_eq!(reply.json()["error"]["field"], "account");
+}

@@ -74,6 +74,10 @@ impl Webhook for MetaWebhook {
         })
     }
 
+    fn any_account_by_default(&self) -> bool {
+        true
+    }
+
     fn parse<'c>(
         &self,
         request: &WebhookRequest<'_>,

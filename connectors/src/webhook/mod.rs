@@ -235,9 +235,19 @@ pub trait Webhook: Sync {
         None
     }
 
+    /// True if a delivery to one endpoint may name any account of the platform app (Meta: one
+    /// webhook per app carries all its pages and numbers) unless the endpoint lists its
+    /// `accounts`. Others (Shopee, TikTok Shop name their shop too) keep to the URL's account and
+    /// the listed ones; the gateway checks each inquiry's account.
+    fn any_account_by_default(&self) -> bool {
+        false
+    }
+
     /// Normalizes a verified request (its body, and a header where the platform names the event
     /// kind there, as Shopify does in `X-Shopify-Topic`); `context` gives each new inquiry its
     /// receive time and trace id (the id comes from the message itself, see [`crate::stable_id`]).
+    /// `account` is the URL's; a platform whose deliveries name their shop or page files each
+    /// inquiry under that one (the gateway checks it is the endpoint's).
     fn parse<'c>(
         &self,
         request: &WebhookRequest<'_>,

@@ -3,8 +3,10 @@
 //! Signature (Shopee's push SDKs; the console's Push Mechanism page): `Authorization: <lowercase hex
 //! HMAC-SHA256(push partner key, callback URL ‖ "|" ‖ raw body)>`, where the callback URL is the
 //! endpoint's URL exactly as registered (`endpoint_url`). No timestamp is signed; Shopee resends a
-//! push (after 1, 2 and 3 s) with the same `message_id`, which the pipeline deduplicates. The
-//! envelope's `shop_id` must be the `{account}` of the URL. The console's "Verify" button posts an
+//! push (after 1, 2 and 3 s) with the same `message_id`, which the pipeline deduplicates. A partner
+//! app has one push URL for all its shops: each inquiry takes the envelope's `shop_id` as its
+//! account, which the gateway checks is the URL's `{account}` or one of the endpoint's `accounts`.
+//! The console's "Verify" button posts an
 //! empty body: acknowledged. Only buyer messages become inquiries: `data.type == "message"` from a
 //! buyer (business type 0, not sent by the shop, a sub-account or an auto-reply); notifications
 //! (`mark_as_replied`…) and the seller's own messages are ignored.
@@ -50,7 +52,7 @@ impl Webhook for Shopee {
     fn parse<'c>(
         &self,
         request: &WebhookRequest<'_>,
-        account: &str,
+        _account: &str,
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<Parsed, InputError> {
         let body = request.body;
@@ -59,10 +61,9 @@ impl Webhook for Shopee {
             return Ok(parsed); // the console's "Verify" request
         }
         let push: Push = serde_json::from_slice(body).map_err(InputError::from_json)?;
-        if push.shop_id.as_deref() != Some(account) {
-            return Err(InputError::new(InputErrorCode::InvalidValue, "shop_id does not match the webhook url")
-                .field("shop_id"));
-        }
+        let Some(account) = push.shop_id.as_deref().filter(|shop| !shop.is_empty()) else {
+            return Err(InputError::new(InputErrorCode::MissingField, "missing field `shop_id`").field("shop_id"));
+        };
         let data = match (push.code, push.data) {
             (WEBCHAT_PUSH, Some(data)) if data.kind == "message" => data,
             _ => {

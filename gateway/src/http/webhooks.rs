@@ -129,6 +129,21 @@ async fn answer(
     let received_at = OffsetDateTime::now_utc();
     let mut context = || inquiry_connectors::NormalizeContext { received_at, trace_id };
     let parsed = hook.parse(&request, account, &mut context)?;
+    // Each inquiry's account is the URL's or one of the endpoint's `accounts` (a Meta endpoint
+    // without them: any page or number of the app, which the app secret already proves).
+    let serves = |named: &str| {
+        named == account
+            || config.accounts.iter().any(|a| a == named)
+            || (config.accounts.is_empty() && hook.any_account_by_default())
+    };
+    if parsed.inquiries.iter().any(|i| !serves(&i.account)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            "the delivery names a shop or page that is neither this endpoint's account nor one of its accounts",
+        )
+        .field_name("account"));
+    }
     let channel = hook.channel();
     telemetry::record_hop(Hop::Normalize, channel, normalize_started.elapsed(), parsed.inquiries.len());
     if parsed.ignored > 0 {
