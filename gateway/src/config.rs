@@ -92,7 +92,7 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub public_key_url: Option<String>,
     /// Credential sent as `Authorization: Bearer` when fetching keys (an eBay application token;
-    /// use `${ENV}`). A secret: never logged.
+    /// use `${ENV}`). A secret: never logged. eBay's expire after 2 hours: prefer `app_oauth`.
     #[serde(default)]
     pub app_token: Option<String>,
     /// Country (ISO 3166-1 alpha-2) of this account's buyers where a message names none and
@@ -107,6 +107,12 @@ pub struct WebhookConfig {
     /// `accounts`, a Meta endpoint takes any of the app's). Other connectors have none.
     #[serde(default)]
     pub accounts: Vec<String>,
+    /// Where the gateway mints the application token for fetching signing keys itself (eBay:
+    /// `token_url = "https://api.ebay.com/identity/v1/oauth2/token"`, `client_id` = the App ID,
+    /// `client_secret` = the Cert ID, `scope = "https://api.ebay.com/oauth/api_scope"`), renewed
+    /// before it expires. In place of `app_token`.
+    #[serde(default)]
+    pub app_oauth: Option<OAuthClientConfig>,
 }
 
 /// Connectors whose deliveries name their account (shop, page or number) in the body.
@@ -399,14 +405,14 @@ pub struct KafkaConfig {
     /// OAuth 2.0 client credentials for `sasl.mechanisms = "OAUTHBEARER"`: the gateway fetches
     /// the access tokens from the identity provider itself (librdkafka's own OIDC needs curl,
     /// which is not built in).
-    pub oauth: Option<KafkaOAuthConfig>,
+    pub oauth: Option<OAuthClientConfig>,
 }
 
 /// The identity provider that issues the Kafka cluster's OAUTHBEARER tokens (the OAuth 2.0
 /// client credentials grant, RFC 6749 section 4.4; client authentication by HTTP Basic).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaOAuthConfig {
+pub struct OAuthClientConfig {
     /// The token endpoint (`https://`; `http://` only on loopback).
     pub token_url: String,
     /// The gateway's client id at the identity provider.
@@ -422,9 +428,9 @@ pub struct KafkaOAuthConfig {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-impl std::fmt::Debug for KafkaOAuthConfig {
+impl std::fmt::Debug for OAuthClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaOAuthConfig")
+        f.debug_struct("OAuthClientConfig")
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("scope", &self.scope)
@@ -442,7 +448,7 @@ pub fn is_secret_property(key: &str) -> bool {
 }
 
 /// The SASL mechanisms the gateway's librdkafka can use: PLAIN, SCRAM, and OAUTHBEARER with the
-/// tokens the gateway fetches ([`KafkaOAuthConfig`]). Not GSSAPI (Kerberos is not built in).
+/// tokens the gateway fetches ([`OAuthClientConfig`]). Not GSSAPI (Kerberos is not built in).
 const KAFKA_SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
 impl KafkaConfig {
@@ -510,7 +516,7 @@ impl KafkaConfig {
                         .to_owned(),
                 );
             }
-            oauth.problems(problems);
+            oauth.problems("sinks.kafka.oauth", problems);
         }
         if !protocol.starts_with("sasl_") {
             return;
@@ -593,29 +599,25 @@ impl KafkaConfig {
     }
 }
 
-impl KafkaOAuthConfig {
-    /// Problems of the identity provider's settings.
-    fn problems(&self, problems: &mut Vec<String>) {
+impl OAuthClientConfig {
+    /// Problems of the identity provider's settings, the setting named `at`.
+    fn problems(&self, at: &str, problems: &mut Vec<String>) {
         match self.token_url.parse::<hyper::Uri>() {
-            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => problems.push(
-                "sinks.kafka.oauth.token_url must not carry a login (user:password@): the client secret goes in \
-                 client_secret"
-                    .to_owned(),
-            ),
+            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => problems.push(format!(
+                "{at}.token_url must not carry a login (user:password@): the client secret goes in client_secret"
+            )),
             Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
             Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some_and(is_loopback_host) => {}
-            Ok(uri) if uri.scheme_str() == Some("http") => problems.push(
-                "sinks.kafka.oauth.token_url must be https:// (http:// sends the client secret in clear; \
-                 allowed only on loopback)"
-                    .to_owned(),
-            ),
-            _ => problems.push(format!("sinks.kafka.oauth.token_url `{}` is not an http(s) URL", self.token_url)),
+            Ok(uri) if uri.scheme_str() == Some("http") => problems.push(format!(
+                "{at}.token_url must be https:// (http:// sends the client secret in clear; allowed only on loopback)"
+            )),
+            _ => problems.push(format!("{at}.token_url `{}` is not an http(s) URL", self.token_url)),
         }
         if self.client_id.trim().is_empty() {
-            problems.push("sinks.kafka.oauth.client_id must not be empty".to_owned());
+            problems.push(format!("{at}.client_id must not be empty"));
         }
         if self.client_secret.is_empty() {
-            problems.push("sinks.kafka.oauth.client_secret must not be empty".to_owned());
+            problems.push(format!("{at}.client_secret must not be empty"));
         }
     }
 }
@@ -2106,6 +2108,15 @@ impl Config {
                     hook.connector,
                     WEBHOOKS_NAMING_ACCOUNTS.join(", ")
                 ));
+            }
+            if let Some(oauth) = &hook.app_oauth {
+                if hook.connector != "ebay" {
+                    problems.push(format!("webhooks[{i}].app_oauth: only ebay fetches signing keys"));
+                }
+                if hook.app_token.is_some() {
+                    problems.push(format!("webhooks[{i}]: app_oauth mints the token; leave out app_token"));
+                }
+                oauth.problems(&format!("webhooks[{i}].app_oauth"), &mut problems);
             }
             if hook.accounts.iter().any(|a| a.is_empty() || a.len() > 128 || a.contains('/')) {
                 problems.push(format!("webhooks[{i}].accounts: each must be 1 to 128 bytes without `/`"));

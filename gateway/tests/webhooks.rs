@@ -361,6 +361,77 @@ app_token = "test-ebay-app-token"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ebay_application_token_for_its_keys_is_minted_and_renewed_before_it_expires() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (key, pem) = ebay_test_key();
+    // eBay's client credentials grant (identity/v1/oauth2/token, HTTP Basic App ID:Cert ID) and
+    // its key endpoint, which takes only the latest token. Tokens live 301 s here: renewed at
+    // once, as a 2-hour token is 5 minutes before it expires.
+    let minted = Arc::new(AtomicUsize::new(0));
+    let counter = minted.clone();
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("app-id-01:cert-id-secret-01"));
+    let addr = support::serve(None, move |head, body| {
+        let authorization = head.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        match head.uri.path() {
+            "/identity/v1/oauth2/token" => {
+                let form = String::from_utf8_lossy(body).into_owned();
+                if authorization != basic || !form.contains("grant_type=client_credentials") {
+                    return (401, r#"{"error":"invalid_client"}"#.to_owned());
+                }
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                (200, serde_json::json!({"access_token": format!("v^1.1#minted-{n}"), "expires_in": 301, "token_type": "Application Access Token"}).to_string())
+            }
+            path if path.starts_with("/commerce/notification/v1/public_key/kid-") => {
+                let latest = format!("Bearer v^1.1#minted-{}", counter.load(Ordering::SeqCst));
+                if authorization != latest {
+                    return (401, String::new());
+                }
+                (200, serde_json::json!({"algorithm": "ECDSA", "digest": "SHA256", "key": pem}).to_string())
+            }
+            _ => (404, String::new()),
+        }
+    })
+    .await;
+    let config = format!(
+        r#"
+[[webhooks]]
+connector = "ebay"
+account = "seller-1"
+secret = ""
+verify_token = "test-ebay-verification-token-0123456789"
+endpoint_url = "https://gateway.test/webhooks/ebay/seller-1"
+public_key_url = "http://{addr}/commerce/notification/v1/public_key/{{kid}}"
+[webhooks.app_oauth]
+token_url = "http://{addr}/identity/v1/oauth2/token"
+client_id = "app-id-01"
+client_secret = "cert-id-secret-01"
+scope = "https://api.ebay.com/oauth/api_scope"
+"#
+    );
+    let gateway = Gateway::start(&config).await;
+    let client = HttpClient::new();
+    let url = gateway.url("/webhooks/ebay/seller-1");
+    let body = fixture("ebay/buyer-question.json");
+    for (n, kid) in ["kid-1", "kid-2"].into_iter().enumerate() {
+        if n > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+        let signature = ebay_signature(&key, kid, &body);
+        let reply = client.request(Method::POST, &url, body.clone(), &[("x-ebay-signature", signature.as_str())]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{kid}: {}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(minted.load(Ordering::SeqCst), n + 1, "a token minted for {kid}, the one before about to expire");
+    }
+    // A signature naming no key is malformed (401), not a setting missing on our side (503).
+    let idless = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::json!({"alg": "ecdsa", "kid": "", "signature": "AAAA", "digest": "SHA256"}).to_string());
+    let reply = client.request(Method::POST, &url, body.clone(), &[("x-ebay-signature", idless.as_str())]).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNAUTHORIZED, "signature_malformed"));
+    let log = gateway.log();
+    assert!(!log.contains("cert-id-secret-01") && !log.contains("minted-"), "no secret or token in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailgun_token_is_good_for_one_delivery() {
     // Mailgun signs only `timestamp ‖ token`: a captured signature could carry any e-mail within
     // the replay window, so each token is taken once.

@@ -77,7 +77,8 @@ impl Webhook for Ebay {
         _now: OffsetDateTime,
     ) -> Result<(), VerifyError> {
         let header = signature_header(request)?;
-        if !header.alg.is_empty() && !header.alg.eq_ignore_ascii_case("ecdsa") {
+        // eBay names the key of every signature: without one there is nothing to check against.
+        if header.kid.is_empty() || (!header.alg.is_empty() && !header.alg.eq_ignore_ascii_case("ecdsa")) {
             return Err(VerifyError::MalformedSignature(SIGNATURE));
         }
         let public_key = secrets.public_key.ok_or(VerifyError::NotConfigured("public_key"))?;

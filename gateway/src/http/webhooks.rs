@@ -101,20 +101,25 @@ async fn answer(
     let fetched_key;
     if let Some(kid) = hook.key_id(&request) {
         let template = config.public_key_url.as_deref().unwrap_or(super::public_keys::EBAY_KEY_URL);
-        fetched_key =
-            state.public_keys.get(template, &kid, config.app_token.as_deref()).await.map_err(|e| match e {
-                super::public_keys::KeyError::Unknown => refused(&VerifyError::BadSignature, StatusCode::UNAUTHORIZED),
-                super::public_keys::KeyError::Unavailable => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "signing_key_unavailable",
-                    "the platform's signing key could not be fetched; retry later",
-                ),
-            })?;
+        let credential = match (&config.app_oauth, &config.app_token) {
+            (Some(oauth), _) => super::public_keys::Credential::Minted(oauth),
+            (None, Some(token)) => super::public_keys::Credential::Static(token),
+            (None, None) => super::public_keys::Credential::None,
+        };
+        fetched_key = state.public_keys.get(template, &kid, credential).await.map_err(|e| match e {
+            super::public_keys::KeyError::Unknown => refused(&VerifyError::BadSignature, StatusCode::UNAUTHORIZED),
+            super::public_keys::KeyError::Unavailable | super::public_keys::KeyError::Unauthorized => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "signing_key_unavailable",
+                "the platform's signing key could not be fetched; retry later",
+            )
+            .retry_after(30),
+        })?;
         secrets.public_key = Some(&fetched_key);
     }
     hook.verify(&request, &secrets, OffsetDateTime::now_utc()).map_err(|e| match e {
         // A setting missing on our side: the platform should retry once it is fixed.
-        VerifyError::NotConfigured(_) => refused(&e, StatusCode::SERVICE_UNAVAILABLE),
+        VerifyError::NotConfigured(_) => refused(&e, StatusCode::SERVICE_UNAVAILABLE).retry_after(60),
         _ => refused(&e, StatusCode::UNAUTHORIZED),
     })?;
 

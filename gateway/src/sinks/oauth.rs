@@ -18,7 +18,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::ClientContext;
 use serde::Deserialize;
 
-use crate::config::{KafkaConfig, KafkaOAuthConfig};
+use crate::config::{KafkaConfig, OAuthClientConfig};
 use crate::telemetry;
 
 /// How long one token request may take.
@@ -33,7 +33,11 @@ const MIN_LIFETIME_SECONDS: i64 = 30;
 
 /// Fetches access tokens from the identity provider.
 pub struct TokenSource {
-    config: KafkaOAuthConfig,
+    config: OAuthClientConfig,
+    /// What the tokens are for, in error messages (`kafka oauth`, `ebay app token`).
+    purpose: &'static str,
+    /// The counter of tokens asked for, by `result`.
+    metric: &'static str,
 }
 
 /// The token endpoint's answer (RFC 6749 section 5.1; errors: section 5.2).
@@ -64,9 +68,14 @@ struct Claims {
 }
 
 impl TokenSource {
-    /// A source for the identity provider of `config`.
-    pub fn new(config: KafkaOAuthConfig) -> TokenSource {
-        TokenSource { config }
+    /// A source for the Kafka cluster's identity provider `config`.
+    pub fn new(config: OAuthClientConfig) -> TokenSource {
+        TokenSource { config, purpose: "kafka oauth", metric: telemetry::KAFKA_OAUTH_TOKENS }
+    }
+
+    /// A source of a platform's application tokens (eBay's, for its notification keys).
+    pub fn for_platform(config: OAuthClientConfig) -> TokenSource {
+        TokenSource { config, purpose: "platform app token", metric: telemetry::WEBHOOK_APP_TOKENS }
     }
 
     /// Asks the identity provider for a new access token: the token, its principal (the JWT's
@@ -75,10 +84,10 @@ impl TokenSource {
         let fetched = tokio::time::timeout(TOKEN_TIMEOUT, self.request()).await;
         let fetched = fetched.unwrap_or_else(|_| Err(format!("no answer within {} s", TOKEN_TIMEOUT.as_secs())));
         let result = if fetched.is_ok() { "ok" } else { "error" };
-        metrics::counter!(telemetry::KAFKA_OAUTH_TOKENS, "result" => result).increment(1);
+        metrics::counter!(self.metric, "result" => result).increment(1);
         // Without its query, which might carry a secret of its own.
         let endpoint = self.config.token_url.split('?').next().unwrap_or_default();
-        fetched.map_err(|err| format!("kafka oauth: token endpoint {endpoint}: {err}"))
+        fetched.map_err(|err| format!("{}: token endpoint {endpoint}: {err}", self.purpose))
     }
 
     async fn request(&self) -> Result<OAuthToken, String> {
