@@ -462,10 +462,12 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     let cursor_name = format!("{}/{}", name, config.account);
     let _active = Active::new(name, &account);
     let _published = Published { tokens: live_tokens, cursor_name: &cursor_name };
-    let local = || -> Result<(Option<String>, Option<Vec<u8>>), String> {
+    // (cursor, grant, the grant stored where this place keeps them: what a new grant replaces)
+    type Stored = (Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let local = || -> Result<Stored, String> {
         let cursor = store.cursor(&cursor_name).map_err(|e| e.to_string())?;
         let grant = store.secret(&format!("poll-token/{cursor_name}")).map_err(|e| e.to_string())?;
-        Ok((cursor, grant))
+        Ok((cursor, grant.clone(), grant))
     };
     let stored = match &place {
         Place::Local => local(),
@@ -474,9 +476,12 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             match lease.state_of(&account).await {
                 Ok((cursor, grant)) => {
                     // A group polled locally before (coordination was `local`) starts from
-                    // this replica's own cursor and grant.
-                    let earlier = if cursor.is_none() || grant.is_none() { local() } else { Ok((None, None)) };
-                    break earlier.map(|(local_cursor, local_grant)| (cursor.or(local_cursor), grant.or(local_grant)));
+                    // this replica's own cursor and grant; a new grant still replaces the
+                    // lease's (none), not the local one.
+                    let earlier = if cursor.is_none() || grant.is_none() { local() } else { Ok((None, None, None)) };
+                    break earlier.map(|(local_cursor, local_grant, _)| {
+                        (cursor.or(local_cursor), grant.clone().or(local_grant), grant)
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(poller = name, error = %err, "cannot read the poll lease's cursor; retrying");
@@ -487,7 +492,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             }
         },
     };
-    let (mut cursor, grant) = match stored {
+    let (mut cursor, grant, replaced) = match stored {
         Ok(stored) => stored,
         Err(err) => {
             tracing::error!(poller = name, error = %err, "cannot read the cursor or token; poller not started");
@@ -496,6 +501,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
     };
     let client = client();
     let mut tokens = PollTokens::load(config, &cursor_name, grant, subjects.vault());
+    tokens.replacing(replaced);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut handed_over = std::collections::HashSet::new();
     let actor = format!("poller:{name}/{account}");

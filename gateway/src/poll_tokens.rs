@@ -97,6 +97,13 @@ impl PollTokens {
         self.sealed = Some(sealed);
     }
 
+    /// Sets the grant a new one replaces where it is kept: the lease's, which differs from the
+    /// one loaded when a group polled locally before moves to `cql` coordination (the lease has
+    /// none yet; a new grant conditioned on the local one would never be stored).
+    pub fn replacing(&mut self, stored: Option<Vec<u8>>) {
+        self.sealed = stored;
+    }
+
     /// The access token to send.
     pub fn access(&self) -> &str {
         &self.access

@@ -400,6 +400,53 @@ async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_polled_locally_carries_on_when_the_replicas_start_sharing_leases() {
+    // Etsy tokens live 4 s and each refresh retires the refresh token it used.
+    let oauth = platform_standins::etsy::OAuth::new(Duration::from_secs(4), "0.etsy-refresh-first");
+    let etsy = Standin::start(
+        Arc::new(Etsy { oauth: Some(oauth.clone()), ..Etsy::default() }),
+        Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }),
+    )
+    .await
+    .unwrap();
+    exchange(&etsy, ETSY_SHOPS[1], 0, now() - 60);
+    let kek = "[compliance]\nkek = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n";
+    let poller = format!(
+        "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{}\"\napp = \"etsy-app\"\naccess_token = \"\"\nrefresh_token = \"0.etsy-refresh-first\"\ntoken_url = \"{url}\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{url}\"\ninterval_ms = 200\nper_day = 2000000\n",
+        ETSY_SHOPS[1],
+        url = etsy.url()
+    );
+    // One replica polls on its own first (`local`), long enough to rotate the token.
+    let mut gateway = Gateway::start(&format!("{kek}{poller}")).await;
+    wait_for(&gateway, "etsy", 1.0, Duration::from_secs(10)).await;
+    support::eventually(Duration::from_secs(15), "the token rotated locally", || async {
+        oauth.lock().unwrap().refreshes >= 2
+    })
+    .await;
+    assert!(gateway.terminate().success());
+
+    // Then the replicas share leases in the CQL store, which holds no grant of this group yet.
+    let keyspace = support::unique("tok_");
+    let leased = format!(
+        "[polling]\ncoordination = \"cql\"\nreplica = \"r1\"\nlease_ms = 5000\n{kek}\
+         [sinks.cql]\ncontact_points = [\"127.0.0.1:9042\"]\nkeyspace = \"{keyspace}\"\nlocation = \"eu\"\n{}{poller}",
+        support::cql_login()
+    );
+    gateway.configure_for_restart(&leased);
+    gateway.restart().await;
+    let refreshes = |outcome: &'static str| {
+        let gateway = &gateway;
+        async move { support::metric(gateway, "inquiry_gateway_poll_token_refreshes_total", &[("outcome", outcome)]).await }
+    };
+    support::eventually(Duration::from_secs(30), "the rotated token refreshed and stored under the lease", || async {
+        refreshes("ok").await >= 2.0
+    })
+    .await;
+    assert_eq!(refreshes("error").await, 0.0, "every new grant was stored: {}", gateway.log());
+    assert_eq!(oauth.lock().unwrap().unauthorized, 0, "no call went out with a spent token");
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
