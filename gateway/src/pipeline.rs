@@ -78,8 +78,6 @@ pub struct Submission {
     pub fingerprint: [u8; 32],
     /// The inquiry's data subject.
     pub subject: Arc<Subject>,
-    /// The subject was created for this inquiry (if its batch is not written, it is forgotten).
-    pub new_subject: bool,
     /// Who delivered it (`api_key:<id>`, `webhook:<connector>/<account>`, `poller:...`), audited.
     pub actor: String,
     /// The `normalized` hop of its audit entry (envelope version, SHA-256 of each sealed field
@@ -121,7 +119,6 @@ impl Submission {
             idempotency_key,
             fingerprint: subjects.vault().fingerprint(raw),
             subject: sealed.subject,
-            new_subject: sealed.new_subject,
             actor: actor.to_owned(),
         })
     }
@@ -639,11 +636,8 @@ impl Stage {
                 Err(err) => {
                     self.next_seq = seq_start; // nothing of the batch was written
                     self.audit.rollback(checkpoint);
-                    for job in &jobs {
-                        for item in job.items().iter().filter(|i| i.new_subject) {
-                            self.subjects.forget(&item.subject.index); // not stored: created again
-                        }
-                    }
+                    // Its new subjects stay in the cache, not stored: the buyer's next inquiry
+                    // (or one of this buyer's still queued) gets the same one, and writes it.
                     counter!(telemetry::STORE_ERRORS).increment(1);
                     tracing::error!(error = %err, jobs = jobs.len(), "store write failed; batch not acknowledged");
                     fail_jobs(jobs, &err);
@@ -770,7 +764,7 @@ impl Stage {
             // line in its batch, a duplicate) but whenever this stage has not written it yet.
             if !self.written_subjects.contains(&item.subject.index) {
                 batch.put_subject(&item.subject.index, pseudonym, &item.subject.record);
-                subjects_written.push(item.subject.index);
+                subjects_written.push(item.subject.clone());
             }
             batch.link_inquiry(pseudonym, id);
             // Data residency: a sink gets only the regions it is declared for.
@@ -871,7 +865,10 @@ impl Stage {
         if self.written_subjects.len() > 500_000 {
             self.written_subjects.clear();
         }
-        self.written_subjects.extend(subjects_written);
+        for subject in &subjects_written {
+            subject.mark_stored();
+        }
+        self.written_subjects.extend(subjects_written.iter().map(|s| s.index));
         Ok((outcomes, write_started, committed))
     }
 
@@ -1556,6 +1553,42 @@ mod tests {
         assert_eq!(again[0].status, AckStatus::Accepted);
         let later = now + crate::retention::KEPT_AFTER_RECEIPT;
         assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, later).await.unwrap().inquiries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_subject_cache_keeps_a_buyer_whose_first_inquiry_is_still_queued() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        subjects.limit_cache(3);
+        let of = |buyer: &str, external_id: &str| {
+            let raw = serde_json::json!({
+                "channel": "generic", "account": "shop-1", "external_id": external_id,
+                "buyer": { "email": format!("{buyer}@example.com") }, "body": format!("{buyer} writes"),
+                "occurred_at": "2026-11-24T08:00:00Z",
+            })
+            .to_string();
+            let ctx = NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: "t" };
+            let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+            Submission::seal(inquiry, raw.as_bytes(), true, None, "api_key:test", &subjects).unwrap()
+        };
+        // Anna's first inquiry is sealed (her subject created) but not written yet; other new
+        // buyers fill the cache meanwhile.
+        let first = of("anna", "a-1");
+        let others: Vec<Submission> =
+            ["bob", "carl", "dora", "emil"].iter().map(|b| of(b, &format!("{b}-1"))).collect();
+        let second = of("anna", "a-2");
+        assert_eq!(second.subject.key.pseudonym, first.subject.key.pseudonym, "one buyer, one pseudonym");
+        let acks = pipeline.submit(vec![first, second]).await.unwrap();
+        pipeline.submit(others).await.unwrap();
+        for ack in &acks {
+            let inquiry = stored(&store, ack.id).inquiry;
+            assert_eq!(subjects.open(&inquiry).unwrap().unwrap().body, "anna writes", "readable");
+        }
+        // Written, she may leave the cache: her next inquiry finds her in the store.
+        let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
+        for b in ["fay", "gus", "hal", "ivy"] {
+            let _ = of(b, &format!("{b}-1"));
+        }
+        assert_eq!(of("anna", "a-3").subject.key.pseudonym, pseudonym);
     }
 
     #[tokio::test]

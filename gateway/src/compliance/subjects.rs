@@ -17,8 +17,13 @@ use time::OffsetDateTime;
 use super::vault::{DataKey, Vault};
 use crate::store::{Store, StoreError};
 
-/// Most subjects kept unwrapped in memory; the cache starts over beyond it.
+/// Most subjects kept unwrapped in memory; the cache starts over beyond it, keeping the subjects
+/// not stored yet.
 const CACHE_LIMIT: usize = 200_000;
+
+/// How long a subject created for an inquiry that was never written (its request refused, its
+/// batch failed) is kept for the buyer's next inquiry: far longer than anything waits in the queue.
+const UNSTORED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Field name of the sealed original payload.
 pub const RAW_FIELD: &str = "raw";
@@ -43,14 +48,35 @@ pub struct Subject {
     pub key: DataKey,
     /// The stored record (JSON), written with the subject's first inquiry.
     pub record: Vec<u8>,
+    /// True once the record is in the store. Until then the cache is the only place that knows
+    /// the subject: were it dropped, the buyer's next inquiry would get a second pseudonym for
+    /// the same identity while the first still waits in the queue.
+    stored: std::sync::atomic::AtomicBool,
+    /// When it was created or loaded.
+    since: std::time::Instant,
+}
+
+impl Subject {
+    fn new(index: [u8; 32], key: DataKey, record: Vec<u8>, stored: bool) -> Subject {
+        Subject { index, key, record, stored: stored.into(), since: std::time::Instant::now() }
+    }
+
+    /// Notes that the record is written (the pipeline's stage, once the batch holding it is).
+    pub fn mark_stored(&self) {
+        self.stored.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True while the cache must keep it: not stored, and recent enough that an inquiry sealed
+    /// for it may still be queued.
+    fn pending(&self) -> bool {
+        !self.stored.load(std::sync::atomic::Ordering::Acquire) && self.since.elapsed() < UNSTORED_KEPT
+    }
 }
 
 /// An inquiry sealed for its data subject.
 pub struct Sealed {
     /// The subject.
     pub subject: Arc<Subject>,
-    /// True when the subject was created for this inquiry (the pipeline stores it).
-    pub new_subject: bool,
     /// The original payload sealed for the subject (empty when not kept).
     pub raw: Vec<u8>,
 }
@@ -60,6 +86,8 @@ pub struct Subjects {
     vault: Arc<Vault>,
     store: Store,
     cache: DashMap<[u8; 32], Arc<Subject>>,
+    /// [`CACHE_LIMIT`], smaller in tests.
+    cache_limit: std::sync::atomic::AtomicUsize,
     /// Pseudonyms being or already erased: never handed out again, even from a record read
     /// just before the erasure was written.
     erased: DashMap<String, ()>,
@@ -68,7 +96,13 @@ pub struct Subjects {
 impl Subjects {
     /// A registry over `store`, sealing with `vault`.
     pub fn new(vault: Arc<Vault>, store: Store) -> Subjects {
-        Subjects { vault, store, cache: DashMap::new(), erased: DashMap::new() }
+        Subjects { vault, store, cache: DashMap::new(), cache_limit: CACHE_LIMIT.into(), erased: DashMap::new() }
+    }
+
+    /// Keeps at most `limit` subjects in memory (tests: a full cache without 200,000 subjects).
+    #[cfg(test)]
+    pub(crate) fn limit_cache(&self, limit: usize) {
+        self.cache_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The vault.
@@ -86,24 +120,25 @@ impl Subjects {
         }
     }
 
-    /// The subject of an identity, created if unknown; true when created now.
-    pub fn resolve(&self, index: [u8; 32]) -> Result<(Arc<Subject>, bool), StoreError> {
+    /// The subject of an identity, created if unknown (the pipeline stores it with its first
+    /// inquiry written).
+    pub fn resolve(&self, index: [u8; 32]) -> Result<Arc<Subject>, StoreError> {
         if let Some(subject) = self.cache.get(&index).map(|s| s.clone()) {
             if !self.erased.contains_key(&subject.key.pseudonym) {
-                return Ok((subject, false));
+                return Ok(subject);
             }
             self.cache.remove(&index);
         }
-        if self.cache.len() >= CACHE_LIMIT {
-            self.cache.clear();
+        if self.cache.len() >= self.cache_limit.load(std::sync::atomic::Ordering::Relaxed) {
+            self.cache.retain(|_, subject| subject.pending());
         }
         // The entry lock makes concurrent first inquiries of one buyer agree on one subject.
         match self.cache.entry(index) {
-            dashmap::Entry::Occupied(entry) => Ok((entry.get().clone(), false)),
+            dashmap::Entry::Occupied(entry) => Ok(entry.get().clone()),
             dashmap::Entry::Vacant(entry) => {
                 let loaded = self.load(&index)?.filter(|s| !self.erased.contains_key(&s.key.pseudonym));
-                let (subject, created) = match loaded {
-                    Some(subject) => (subject, false),
+                let subject = match loaded {
+                    Some(subject) => subject,
                     None => {
                         let (key, wrapped) = self.vault.new_subject();
                         let record = SubjectRecord {
@@ -112,12 +147,12 @@ impl Subjects {
                             created_at: OffsetDateTime::now_utc(),
                         };
                         let record = serde_json::to_vec(&record).expect("subject records serialize");
-                        (Subject { index, key, record }, true)
+                        Subject::new(index, key, record, false)
                     }
                 };
                 let subject = Arc::new(subject);
                 entry.insert(subject.clone());
-                Ok((subject, created))
+                Ok(subject)
             }
         }
     }
@@ -131,7 +166,7 @@ impl Subjects {
         let key = self.vault.unwrap_key(&record.pseudonym, &wrapped).map_err(|_| {
             StoreError::from_message("a data key does not unwrap: is compliance.kek the key it was wrapped with?")
         })?;
-        Ok(Some(Subject { index: *index, key, record: bytes }))
+        Ok(Some(Subject::new(*index, key, bytes, true)))
     }
 
     /// The subject with `pseudonym`, if it exists (not erased).
@@ -141,11 +176,6 @@ impl Subjects {
             return Ok(Some(subject.clone()));
         }
         Ok(self.load(&index)?.map(Arc::new))
-    }
-
-    /// Forgets a subject in memory (a batch creating it was not written).
-    pub fn forget(&self, index: &[u8; 32]) {
-        self.cache.remove(index);
     }
 
     /// Marks a subject erased before its erasure is written: from now on its pseudonym is never
@@ -171,7 +201,7 @@ impl Subjects {
     /// personal data stays in [`Inquiry::personal`] for routing.
     pub fn seal(&self, inquiry: &mut Inquiry, raw: Option<&[u8]>) -> Result<Sealed, StoreError> {
         let index = self.index_of(inquiry.channel.as_str(), &inquiry.account, &inquiry.personal.identity);
-        let (subject, new_subject) = self.resolve(index)?;
+        let subject = self.resolve(index)?;
         let key = &subject.key;
         inquiry.buyer.pseudonym = key.pseudonym.clone();
         if inquiry.personal.conversation_is_buyer {
@@ -190,7 +220,7 @@ impl Subjects {
                 Vec::new()
             }
         };
-        Ok(Sealed { subject, new_subject, raw })
+        Ok(Sealed { subject, raw })
     }
 
     /// Opens an inquiry's sealed personal data; `None` when its subject was erased.
