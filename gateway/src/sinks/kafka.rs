@@ -2,8 +2,10 @@
 //!
 //! Producer: idempotent, `acks=all`, `murmur2_random` partitioner (Java clients agree on
 //! partitions), `message.timeout.ms=0` so librdkafka retries a down broker forever in order
-//! rather than failing messages; the forwarder keeps whole batches in flight. `QueueFull` is
-//! backpressure: queueing stops there and the rest of the batch is retried, in order. Errors that
+//! rather than failing messages; the forwarder keeps whole batches in flight. Batches are queued
+//! one at a time, in the order the forwarder started them, and `QueueFull` is backpressure: the
+//! batch waits for room, and the batches after it wait for their turn, so no record overtakes an
+//! earlier one of the same conversation. Errors that
 //! a retry cannot fix (the record itself is refused) send the inquiry to the dead-letter topic with
 //! the reason.
 
@@ -71,6 +73,8 @@ pub struct KafkaSink {
     sla_events: bool,
     /// Reach-out reads replies from this topic (created when missing).
     replies: Option<String>,
+    /// Taken by a batch while it queues its records (see the module doc); tokio's lock is fair.
+    queueing: tokio::sync::Mutex<()>,
 }
 
 impl KafkaSink {
@@ -108,6 +112,7 @@ impl KafkaSink {
             topics: Topics::new(&config.topic_prefix),
             sla_events,
             replies: replies.map(|topic| format!("{}{topic}", config.topic_prefix)),
+            queueing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -303,26 +308,25 @@ impl KafkaSink {
         self.producer.send_result(message).map_err(|(err, _)| err)
     }
 
-    /// Queues every record in order, then awaits the acknowledgements. A full local queue stops
-    /// the queueing: that record and the ones after it are retried later, so none of them can
-    /// overtake an earlier one of the same conversation.
+    /// Queues every record in order, in its turn after the batches started before it, waiting
+    /// for room while the local queue is full; then awaits the acknowledgements.
     async fn deliver_all(&self, records: &[OutRecord]) -> Vec<Delivery> {
         let mut queued = Vec::with_capacity(records.len());
-        let mut queue_full = false;
+        let turn = self.queueing.lock().await;
         for record in records {
-            if queue_full {
-                queued.push(Err(None));
-                continue;
-            }
-            match self.enqueue(&self.topics.routed, record, record.json(), None) {
-                Ok(delivery) => queued.push(Ok(delivery)),
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                    queue_full = true;
-                    queued.push(Err(None));
+            loop {
+                match self.enqueue(&self.topics.routed, record, record.json(), None) {
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                        tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                    }
+                    queued_or_refused => {
+                        queued.push(queued_or_refused);
+                        break;
+                    }
                 }
-                Err(err) => queued.push(Err(Some(err))),
             }
         }
+        drop(turn);
         let mut outcomes = Vec::with_capacity(records.len());
         for (record, queued) in records.iter().zip(queued) {
             let result = match queued {
@@ -331,11 +335,7 @@ impl KafkaSink {
                     Ok(Err((err, _))) => Err(err),
                     Err(_) => Err(KafkaError::Canceled),
                 },
-                Err(Some(err)) => Err(err),
-                Err(None) => {
-                    outcomes.push(Delivery::Retry { detail: "the local producer queue is full".to_owned() });
-                    continue;
-                }
+                Err(err) => Err(err),
             };
             outcomes.push(match result {
                 Ok(()) => Delivery::Delivered,
@@ -458,6 +458,9 @@ impl Sink for KafkaSink {
         .boxed()
     }
 }
+
+/// How long a batch waits before trying a full local producer queue again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 /// The reason code of an error that retrying cannot fix, or `None` for a retryable one.
 fn permanent_reason(err: &KafkaError) -> Option<&'static str> {
