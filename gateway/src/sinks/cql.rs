@@ -461,19 +461,51 @@ impl Sink for CqlSink {
     }
 }
 
-/// A statement the cluster refuses as invalid is permanent; anything else (timeouts,
-/// unavailable replicas, lost connections) is retried.
+/// A statement the cluster refuses as invalid for this record is permanent; one it refuses
+/// because the schema is not there (a table or keyspace dropped or restored: every record would
+/// be refused alike) is retried, as is anything else (timeouts, unavailable replicas, lost
+/// connections): the sink shows as degraded and the spool keeps the records.
 fn classify(err: ExecutionError) -> Delivery {
     use scylla::errors::{DbError, RequestAttemptError};
     match err {
         ExecutionError::BadQuery(e) => Delivery::Rejected { reason: "bad_query", detail: e.to_string() },
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid | DbError::SyntaxError, m)) => {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid | DbError::SyntaxError, m))
+            if !is_schema_missing(&m) =>
+        {
             Delivery::Rejected { reason: "invalid_request", detail: m }
         }
         other => Delivery::Retry { detail: other.to_string() },
     }
 }
 
+/// True for the cluster's complaint that a table, keyspace or column is not there.
+fn is_schema_missing(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["unconfigured table", "does not exist", "undefined column", "unknown identifier", "not found"]
+        .iter()
+        .any(|missing| message.contains(missing))
+}
+
 fn error(message: String) -> SinkError {
     SinkError { sink: "cql", message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scylla::errors::{DbError, RequestAttemptError};
+
+    fn refused(message: &str) -> Delivery {
+        classify(ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, message.to_owned())))
+    }
+
+    #[test]
+    fn a_missing_table_is_retried_and_a_refused_record_dead_lettered() {
+        // Cassandra's and ScyllaDB's words for a table or keyspace that is not there.
+        for missing in ["unconfigured table inquiries", "Keyspace inq does not exist", "Undefined column name x"] {
+            assert!(matches!(refused(missing), Delivery::Retry { .. }), "{missing}");
+        }
+        let too_long = "Key length of 70000 is longer than maximum of 65535";
+        assert!(matches!(refused(too_long), Delivery::Rejected { reason: "invalid_request", .. }));
+    }
 }
