@@ -123,12 +123,15 @@ async fn answer(
         _ => refused(&e, StatusCode::UNAUTHORIZED),
     })?;
 
-    // A token the signature covers is good for one delivery (a platform retry of a failed one
-    // comes again, since only deliveries that went through are remembered).
-    let replay = hook.replay_key(&request).map(|token| (connector.to_owned(), account.to_owned(), token));
-    if replay.as_ref().is_some_and(|key| state.replays.seen(key)) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "signature_replayed", "this signed token was already used"));
-    }
+    // A token the signature covers is good for one delivery: claimed now, before anything is
+    // stored, so that concurrent copies cannot all pass; released if this delivery fails (the
+    // platform's retry of it comes again).
+    let replay = match hook.replay_key(&request) {
+        Some(token) => Some(state.replays.claim((connector.to_owned(), account.to_owned(), token)).ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, "signature_replayed", "this signed token was already used")
+        })?),
+        None => None,
+    };
 
     let normalize_started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
@@ -180,8 +183,8 @@ async fn answer(
     };
     // After the delivery's own inquiries: an answer in the same delivery answers them too.
     let answered = record_replies(state, connector, account, channel, &parsed.replies).await?;
-    if let Some(key) = replay {
-        state.replays.record(key);
+    if let Some(claim) = replay {
+        claim.keep();
     }
     // Platforms only look at the status; the body helps operators replaying deliveries by hand.
     Ok(json_response(
@@ -263,20 +266,64 @@ impl ReplayGuard {
     const TTL: std::time::Duration = std::time::Duration::from_secs(600);
     const MAX: usize = 100_000;
 
-    /// True if `key` (connector, account, token) was taken within the last ten minutes.
-    pub fn seen(&self, key: &(String, String, String)) -> bool {
-        self.used.get(key).is_some_and(|at| at.elapsed() < Self::TTL)
-    }
-
-    /// Remembers `key` as taken.
-    pub fn record(&self, key: (String, String, String)) {
+    /// Takes `key` (connector, account, token) unless it was taken within the last ten minutes:
+    /// at most one delivery holds it. The claim is given back when dropped without
+    /// [`ReplayClaim::keep`].
+    pub fn claim(&self, key: (String, String, String)) -> Option<ReplayClaim<'_>> {
         if self.used.len() >= Self::MAX {
             self.used.retain(|_, at| at.elapsed() < Self::TTL);
         }
-        self.used.insert(key, Instant::now());
+        match self.used.entry(key.clone()) {
+            dashmap::Entry::Occupied(taken) if taken.get().elapsed() < Self::TTL => return None,
+            dashmap::Entry::Occupied(mut expired) => {
+                expired.insert(Instant::now());
+            }
+            dashmap::Entry::Vacant(free) => {
+                free.insert(Instant::now());
+            }
+        }
+        Some(ReplayClaim { guard: self, key: Some(key) })
+    }
+}
+
+/// A token claimed by one delivery (see [`ReplayGuard::claim`]).
+pub struct ReplayClaim<'a> {
+    guard: &'a ReplayGuard,
+    key: Option<(String, String, String)>,
+}
+
+impl ReplayClaim<'_> {
+    /// The delivery went through: the token stays taken.
+    pub fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for ReplayClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.guard.used.remove(&key);
+        }
     }
 }
 
 fn refused(err: &VerifyError, status: StatusCode) -> ApiError {
     ApiError::new(status, err.code(), err.to_string())
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_held_by_one_delivery_and_given_back_if_it_fails() {
+        let guard = ReplayGuard::default();
+        let key = || ("mailgun".to_owned(), "shop".to_owned(), "token-1".to_owned());
+        let first = guard.claim(key()).expect("free");
+        assert!(guard.claim(key()).is_none(), "a concurrent copy is refused while the first is stored");
+        drop(first); // the first delivery failed: its retry may come
+        let retry = guard.claim(key()).expect("given back");
+        retry.keep();
+        assert!(guard.claim(key()).is_none(), "a delivery that went through keeps its token");
+    }
 }
