@@ -356,6 +356,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         peers: http::peers::Peers::new(&config.cluster, peer_key.clone())
             .map_err(|e| StoreError::from_message(&format!("cluster: {e}")))?,
         peer_key,
+        polled_accounts: config.pollers.iter().fold(Default::default(), |mut accounts, poller| {
+            if let Some(connector) = inquiry_connectors::poll::find(&poller.connector) {
+                let channel = connector.channel().as_str().to_owned();
+                accounts.entry(channel).or_insert_with(std::collections::BTreeSet::new).insert(poller.account.clone());
+            }
+            accounts
+        }),
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({

@@ -292,6 +292,15 @@ verify_token = "test-ebay-verification-token-0123456789"
 endpoint_url = "{endpoint}"
 public_key_url = "{key_url}"
 app_token = "test-ebay-app-token"
+
+[[webhooks]]
+connector = "ebay"
+account = "seller-2"
+secret = ""
+verify_token = "test-ebay-verification-token-0123456789"
+endpoint_url = "https://gateway.test/webhooks/ebay/seller-2"
+public_key_url = "{key_url}"
+app_token = "test-ebay-app-token"
 "#
     );
     let gateway = Gateway::start(&config).await;
@@ -315,6 +324,13 @@ app_token = "test-ebay-app-token"
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the key is fetched once");
 
     let inquiry_id = first.json()["ids"][0].as_str().map(str::to_owned);
+    // The same buyer asked the operator's other eBay seller account too.
+    let other_seller = gateway.url("/webhooks/ebay/seller-2");
+    let second = client.request(Method::POST, &other_seller, body.clone(), &headers).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", String::from_utf8_lossy(&second.body));
+    let other_inquiry = second.json()["ids"][0].as_str().unwrap().to_owned();
+    let before = client.get(&gateway.url(&format!("/v1/inquiries/{other_inquiry}"))).await;
+    assert!(String::from_utf8_lossy(&before.body).contains("Canon R6"), "readable before the deletion");
 
     // Account deletion of a user never seen (eBay sends them for every user): no trace kept.
     let deletion = fixture("ebay/account-deletion.json");
@@ -331,6 +347,10 @@ app_token = "test-ebay-app-token"
     let signature = ebay_signature(&key, "kid-1", &deletion);
     let reply = client.request(Method::POST, &url, deletion, &[("x-ebay-signature", signature.as_str())]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    // eBay sends the deletion once per app: it reaches the buyer under both seller accounts.
+    assert_eq!(reply.json()["erasure_requests"].as_array().map(Vec::len), Some(2), "{}", reply.json());
+    let stored = client.get(&gateway.url(&format!("/v1/inquiries/{other_inquiry}"))).await;
+    assert!(!String::from_utf8_lossy(&stored.body).contains("Canon R6"), "erased under seller-2 too");
     let first_request = reply.json()["erasure_requests"][0].as_str().unwrap().to_owned();
     let request = client.get(&gateway.admin_url(&format!("/v1/subject-requests/{first_request}"))).await;
     assert_eq!(request.json()["status"], "completed", "{}", String::from_utf8_lossy(&request.body));

@@ -54,6 +54,9 @@ pub struct ApiState {
     pub peers: Option<super::peers::Peers>,
     /// Checks the requests of other replicas (every replica checks them, with or without peers).
     pub peer_key: Arc<super::peers::PeerKey>,
+    /// The accounts the pollers read, by channel (`ebay` → seller accounts): a platform-wide
+    /// account deletion reaches the buyer's data under every one of them.
+    pub polled_accounts: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// Webhook endpoints by (connector, account).
@@ -65,6 +68,19 @@ pub fn webhook_endpoints(config: &[crate::config::WebhookConfig]) -> WebhookEndp
 }
 
 impl ApiState {
+    /// Every account of `channel` the gateway is configured for: its webhook endpoints (with
+    /// their `accounts`) and its pollers.
+    pub fn accounts_of(&self, channel: inquiry_connectors::Channel) -> std::collections::BTreeSet<String> {
+        let mut accounts = self.polled_accounts.get(channel.as_str()).cloned().unwrap_or_default();
+        for endpoint in self.webhooks.read().expect("webhooks lock").values() {
+            if inquiry_connectors::webhook::find(&endpoint.connector).is_some_and(|hook| hook.channel() == channel) {
+                accounts.insert(endpoint.account.clone());
+                accounts.extend(endpoint.accounts.iter().cloned());
+            }
+        }
+        accounts
+    }
+
     /// The configured webhook endpoint of (`connector`, `account`), as configured now.
     pub fn webhook(&self, connector: &str, account: &str) -> Option<crate::config::WebhookConfig> {
         self.webhooks.read().expect("webhooks lock").get(&(connector.to_owned(), account.to_owned())).cloned()

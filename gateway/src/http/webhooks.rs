@@ -127,9 +127,11 @@ async fn answer(
     // stored, so that concurrent copies cannot all pass; released if this delivery fails (the
     // platform's retry of it comes again).
     let replay = match hook.replay_key(&request) {
-        Some(token) => Some(state.replays.claim((connector.to_owned(), account.to_owned(), token)).ok_or_else(|| {
-            ApiError::new(StatusCode::CONFLICT, "signature_replayed", "this signed token was already used")
-        })?),
+        Some(token) => {
+            Some(state.replays.claim((connector.to_owned(), account.to_owned(), token)).ok_or_else(|| {
+                ApiError::new(StatusCode::CONFLICT, "signature_replayed", "this signed token was already used")
+            })?)
+        }
         None => None,
     };
 
@@ -213,22 +215,31 @@ async fn open_erasures(
     user_ids: &[String],
 ) -> Result<Vec<String>, ApiError> {
     let mut opened = Vec::with_capacity(user_ids.len());
+    // The platform deletes the user everywhere (eBay sends one notification per app): their data
+    // under every seller account of that platform here goes, not only under the URL's.
+    let mut accounts = state.accounts_of(channel);
+    accounts.insert(account.to_owned());
     for user_id in user_ids {
-        let spec = SubjectSpec {
-            email: None,
-            channel: Some(channel.as_str().to_owned()),
-            account: Some(account.to_owned()),
-            user_id: Some(user_id.clone()),
-            pseudonym: None,
-        };
-        let source = format!("{connector}:{account}:account_deletion");
-        let by = format!("webhook:{connector}/{account}");
-        if !state.requests.holds(&spec).map_err(super::api::request_error)? {
-            continue;
+        for held_by in &accounts {
+            let spec = SubjectSpec {
+                email: None,
+                channel: Some(channel.as_str().to_owned()),
+                account: Some(held_by.clone()),
+                user_id: Some(user_id.clone()),
+                pseudonym: None,
+            };
+            if !state.requests.holds(&spec).map_err(super::api::request_error)? {
+                continue;
+            }
+            let source = format!("{connector}:{held_by}:account_deletion");
+            let by = format!("webhook:{connector}/{account}");
+            let record = state
+                .requests
+                .erase(&spec, Jurisdiction::Gdpr, &source, &by)
+                .await
+                .map_err(super::api::request_error)?;
+            opened.push(record.id.to_string());
         }
-        let record =
-            state.requests.erase(&spec, Jurisdiction::Gdpr, &source, &by).await.map_err(super::api::request_error)?;
-        opened.push(record.id.to_string());
     }
     Ok(opened)
 }
