@@ -57,8 +57,9 @@
 //! reading each newest first down to the cursor, so a restart neither skips a message (the
 //! boundary second is read again) nor takes one twice (its taken ids are in the cursor). The list
 //! is paged by page number, so a conversation that gets a message during the cycle moves to the
-//! front and shifts the others down (nothing is skipped; a conversation listed again is not read
-//! again in the same cycle). The cursor never goes past the time of the cycle's first list page
+//! front and shifts the others down (a conversation listed again is not read again in the same
+//! cycle; one that moved past the pages still to read is read by the next cycle down to this
+//! cycle's start, see [`super::walk`]). The cursor never goes past the time of the cycle's first list page
 //! less [`LOOKBACK`] (see `Walk::cursor`): a message taken later than that is taken again by the
 //! next cycle and dropped by the pipeline's dedup, but no older message that was not yet visible
 //! when its conversation was read is skipped. A never-polled seller is read 7 days back.
@@ -277,11 +278,11 @@ impl Poller for AliexpressMessages {
                 // Newest first (INFERRED): a page ending older than the cursor ends the conversation.
                 // A page in ascending order is read on to the conversation's end.
                 let reached_old = match (times.first(), times.last()) {
-                    (Some(first), Some(last)) => first >= last && *last < cycle.walk.since.at,
+                    (Some(first), Some(last)) => first >= last && cycle.walk.is_old(&conversation, *last),
                     _ => false,
                 };
                 for (message, at) in messages.into_iter().zip(times) {
-                    if !cycle.walk.since.is_new(at, &message.id) {
+                    if !cycle.walk.is_new(&conversation, at, &message.id) {
                         page.ignored += 1;
                         continue;
                     }

@@ -228,8 +228,8 @@ impl Poller for ShopeeChat {
                 };
                 let mut reached_old = false;
                 for message in messages.messages {
-                    if !walk.since.is_new(message.created_timestamp, &message.message_id) {
-                        reached_old |= message.created_timestamp < walk.since.at;
+                    if !walk.is_new(&conversation, message.created_timestamp, &message.message_id) {
+                        reached_old |= walk.is_old(&conversation, message.created_timestamp);
                         page.ignored += 1;
                         continue;
                     }

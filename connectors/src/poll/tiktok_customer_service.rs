@@ -229,8 +229,8 @@ impl Poller for TiktokCustomerService {
                 };
                 let mut reached_old = false;
                 for message in data.messages {
-                    if !walk.since.is_new(message.create_time, &message.id) {
-                        reached_old |= message.create_time < walk.since.at;
+                    if !walk.is_new(&conversation, message.create_time, &message.id) {
+                        reached_old |= walk.is_old(&conversation, message.create_time);
                         page.ignored += 1;
                         continue;
                     }

@@ -11,12 +11,18 @@
 //! `since` is the cycle's starting watermark (the durable cursor, or the look-back start of a
 //! first poll); `mark` grows with every buyer message taken and is returned as the cursor of
 //! every page, so the cursor the runner keeps with the cycle's last page covers the whole cycle.
+//!
+//! Lists page by offset or by time: a conversation that gets a new message while the cycle reads
+//! its list moves to the top, past the pages still to read, and an older unread message in it
+//! would be missed. The cursor therefore remembers when its cycle listed and where it started
+//! ([`Moved`]); the next cycle reads a conversation whose latest message is newer than that
+//! listing down to that start (what it takes twice, dedup drops).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::watermark::Watermark;
+use super::watermark::{Moved, Watermark};
 use crate::error::{InputError, InputErrorCode};
 
 /// How far back a never-polled account is read, in seconds (7 days).
@@ -49,6 +55,10 @@ pub(crate) struct Walk {
     /// shop's own messages do not say whom they answer).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub buyers: BTreeMap<String, String>,
+    /// Conversations that moved up the list during the cycle before (see the module doc): read
+    /// down to that cycle's start.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub moved: std::collections::BTreeSet<String>,
 }
 
 /// The call a cycle makes next.
@@ -81,6 +91,7 @@ impl Walk {
             listed_at: now_seconds,
             failed: false,
             buyers: BTreeMap::new(),
+            moved: Default::default(),
         })
     }
 
@@ -111,6 +122,9 @@ impl Walk {
             if latest < self.since.at {
                 reached_old = true;
                 break;
+            }
+            if self.since.moved.is_some_and(|moved| latest > moved.after) {
+                self.moved.insert(id.clone());
             }
             if !self.todo.contains(&id) {
                 self.todo.push_back(id);
@@ -145,8 +159,31 @@ impl Walk {
     fn done_with_conversation(&mut self) {
         if let Some(conversation) = self.todo.pop_front() {
             self.buyers.remove(&conversation);
+            self.moved.remove(&conversation);
         }
         self.inner_page = None;
+    }
+
+    /// True if a message of `conversation` sent at `at` with `id` is to be taken: newer than the
+    /// cycle's start, or, in a conversation that moved up the list during the cycle before, not
+    /// older than that cycle's start.
+    pub fn is_new(&self, conversation: &str, at: i64, id: &str) -> bool {
+        match self.floor_of(conversation) {
+            Some(floor) => at >= floor,
+            None => self.since.is_new(at, id),
+        }
+    }
+
+    /// True if a message of `conversation` sent at `at` is older than what the cycle reads of it:
+    /// the conversation's older pages need not be read.
+    pub fn is_old(&self, conversation: &str, at: i64) -> bool {
+        at < self.floor_of(conversation).unwrap_or(self.since.at)
+    }
+
+    /// How far down a conversation that moved is read.
+    fn floor_of(&self, conversation: &str) -> Option<i64> {
+        let floor = self.since.moved.map(|moved| moved.floor)?;
+        (self.moved.contains(conversation) && floor < self.since.at).then_some(floor)
     }
 
     /// Gives up on the conversation being read (the platform refused it): the cycle goes on with
@@ -170,10 +207,9 @@ impl Walk {
         if self.failed || cap <= self.since.at {
             return self.since.to_cursor();
         }
-        if self.mark.at > cap {
-            return Watermark::starting(cap).to_cursor();
-        }
-        self.mark.to_cursor()
+        let mut cursor = if self.mark.at > cap { Watermark::starting(cap) } else { self.mark.clone() };
+        cursor.moved = Some(Moved { after: self.listed_at, floor: self.since.at });
+        cursor.to_cursor()
     }
 
     /// The token of the next page, or `None` when the cycle is complete.
@@ -236,15 +272,49 @@ mod tests {
         let cursor = Watermark::starting(1_000).to_cursor();
         let mut walk = Walk::resume(Some(&cursor), None, 5_000).unwrap();
         walk.saw(4_990, "late");
-        assert_eq!(walk.cursor(), Watermark::starting(5_000 - 60).to_cursor(), "capped at the list time less a minute");
+        let capped = Watermark { moved: Some(Moved { after: 5_000, floor: 1_000 }), ..Watermark::starting(5_000 - 60) };
+        assert_eq!(walk.cursor(), capped.to_cursor(), "capped at the list time less a minute");
         walk.saw(1_200, "m");
         let mut early = Walk::resume(Some(&cursor), None, 5_000).unwrap();
         early.saw(2_000, "m");
-        assert_eq!(early.cursor(), Watermark { at: 2_000, seen: vec!["m".into()] }.to_cursor());
+        let moved = Some(Moved { after: early.listed_at, floor: early.since.at });
+        assert_eq!(early.cursor(), Watermark { at: 2_000, seen: vec!["m".into()], moved }.to_cursor());
         early.listed([("a".to_owned(), 2_000)], None);
         early.skip_conversation();
         assert_eq!(early.cursor(), cursor, "a conversation that failed keeps the cycle's start");
         assert_eq!(early.next_token(), None);
+    }
+
+    #[test]
+    fn a_conversation_that_moved_up_the_list_during_a_cycle_is_read_down_to_its_start() {
+        // Cycle 1 starts at 1,000 and lists at 5,000: page 1 holds "a"; "x" (latest message at
+        // 1,500, unread) was on page 2, but a buyer wrote in it at 5,010 while page 1 was read,
+        // so it moved to the top and page 2 no longer has it.
+        let mut first = Walk::resume(Some(&Watermark::starting(1_000).to_cursor()), None, 5_000).unwrap();
+        first.listed([("a".to_owned(), 4_000)], Some("p2".to_owned()));
+        assert!(first.is_new("a", 4_000, "a1"));
+        first.saw(4_000, "a1");
+        first.read(true, None);
+        first.listed([("b".to_owned(), 900)], None);
+        let cursor = first.cursor();
+        assert_eq!(Watermark::parse(Some(&cursor)).unwrap().unwrap().at, 4_000);
+
+        // Cycle 2 lists "x" (latest 5,010, after cycle 1 listed) and "a" (no new message).
+        let mut second = Walk::resume(Some(&cursor), None, 6_000).unwrap();
+        second.listed([("x".to_owned(), 5_010), ("a".to_owned(), 4_000)], None);
+        assert!(second.is_new("x", 5_010, "x2"));
+        assert!(second.is_new("x", 1_500, "x1"), "the message cycle 1 missed is taken");
+        assert!(!second.is_old("x", 1_500), "so the conversation is read on down to 1,000");
+        assert!(second.is_old("x", 999));
+        // A conversation that did not move is read down to the cursor only, as before.
+        assert!(!second.is_new("a", 3_000, "a0") && second.is_old("a", 3_000));
+        // Once read, the next cycle no longer goes back for it.
+        second.saw(5_010, "x2");
+        second.read(true, None);
+        second.read(true, None);
+        let mut third = Walk::resume(Some(&second.cursor()), None, 7_000).unwrap();
+        third.listed([("x".to_owned(), 5_010)], None);
+        assert!(third.moved.is_empty() && !third.is_new("x", 1_500, "x1"));
     }
 
     #[test]

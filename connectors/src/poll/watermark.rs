@@ -19,12 +19,26 @@ pub(crate) struct Watermark {
     /// Ids of the messages taken whose time is exactly `at`.
     #[serde(default)]
     pub seen: Vec<String>,
+    /// The conversation-list cycle that wrote this cursor (see [`Moved`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// When the cycle that wrote a cursor listed its first page, and where it started. A
+/// conversation whose latest message is newer than `after` may have moved up the list while that
+/// cycle read its later pages, past them unread: the next cycle reads it down to `floor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Moved {
+    /// The cycle's first list page (platform time unit).
+    pub after: i64,
+    /// The cycle's starting watermark time.
+    pub floor: i64,
 }
 
 impl Watermark {
     /// A watermark at `at` with nothing taken there yet (a first poll's look-back start).
     pub fn starting(at: i64) -> Watermark {
-        Watermark { at, seen: Vec::new() }
+        Watermark { at, seen: Vec::new(), moved: None }
     }
 
     /// Reads a stored cursor; `None` when the account was never polled.
@@ -72,7 +86,7 @@ mod tests {
         mark.take(104, "old");
         let stored = mark.to_cursor();
         let again = Watermark::parse(Some(&stored)).unwrap().unwrap();
-        assert_eq!(again, Watermark { at: 105, seen: vec!["a".into(), "b".into()] });
+        assert_eq!(again, Watermark { at: 105, seen: vec!["a".into(), "b".into()], moved: None });
         assert!(!again.is_new(105, "a"));
         assert!(again.is_new(105, "c"), "a later message of the same second is not skipped");
         assert!(again.is_new(106, "a"));
