@@ -271,7 +271,21 @@ impl Poller for AliexpressMessages {
             Step::Messages { conversation, .. } => {
                 let conversation = conversation.to_owned();
                 let buyer = cycle.buyers.get(&conversation).cloned();
-                let result = result_of(body, DETAIL_METHOD)?;
+                let result = match result_of(body, DETAIL_METHOD) {
+                    Ok(result) => result,
+                    // The platform refused this conversation: the cycle goes on without it and
+                    // keeps its starting cursor, so the next cycle tries it again (one refused
+                    // conversation no longer holds every conversation listed after it).
+                    Err(err) if matches!(err.field.as_deref(), Some("error_response" | "code" | "is_success")) => {
+                        cycle.walk.skip_conversation();
+                        cycle.done.push(conversation);
+                        page.ignored += 1;
+                        page.next_page = cycle.token();
+                        page.cursor = Some(cycle.walk.cursor());
+                        return Ok(page);
+                    }
+                    Err(err) => return Err(err),
+                };
                 let messages: Vec<MessageDetail> = rows(&result, "message_detail_list", "message_detail")?;
                 let next = next_page_number(page_number, messages.len());
                 let times: Vec<i64> = messages.iter().map(|m| to_seconds(m.gmt_create)).collect();
@@ -472,6 +486,37 @@ mod tests {
     fn a_rest_api_path_is_signed_before_the_parameters() {
         let params = [("code", "c".to_owned())];
         assert_ne!(sign("s", "/auth/token/create", &params), sign("s", "auth.token.create", &params));
+    }
+
+    #[test]
+    fn a_conversation_the_platform_refuses_is_stepped_over_and_the_cursor_kept() {
+        use crate::poll::PollCredentials;
+        let now = time::macros::datetime!(2026-12-03 08:00:00 UTC);
+        let target = PollTarget {
+            account: "seller-1",
+            credentials: PollCredentials { access_token: "t", app_key: None, app_secret: None },
+            now,
+            wants_answers: false,
+        };
+        let cursor = super::super::watermark::Watermark::starting(now.unix_timestamp() - 3_600).to_cursor();
+        let mut context = || NormalizeContext { received_at: now, trace_id: "t" };
+        let at = (now.unix_timestamp() - 60) * 1000;
+        let list = serde_json::json!({ "aliexpress_message_redefining_versiontwo_querymsgrelationlist_response": {
+            "result": { "is_success": true, "relation_list": { "relation_result": [
+                { "channel_id": "c-1", "message_time": at, "other_ali_id": "b-1" },
+                { "channel_id": "c-2", "message_time": at - 1000, "other_ali_id": "b-2" }]}}}});
+        let at_list = PollPosition { cursor: Some(&cursor), page: None };
+        let listed = AliexpressMessages.parse(list.to_string().as_bytes(), &target, &at_list, &mut context).unwrap();
+        let token = listed.next_page.expect("two conversations to read");
+        // The first conversation is refused: the cycle goes on with the second.
+        let refused =
+            serde_json::json!({ "error_response": { "code": "isv.invalid-parameter", "msg": "channel not found" } });
+        let at_first = PollPosition { cursor: Some(&cursor), page: Some(&token) };
+        let page = AliexpressMessages.parse(refused.to_string().as_bytes(), &target, &at_first, &mut context).unwrap();
+        assert_eq!(page.ignored, 1);
+        assert_eq!(page.cursor.as_deref(), Some(cursor.as_str()), "the cycle's start is kept for the next try");
+        let next: Cycle = serde_json::from_str(&page.next_page.expect("the second conversation")).unwrap();
+        assert_eq!(next.walk.step(), Step::Messages { conversation: "c-2", page: None });
     }
 
     #[test]

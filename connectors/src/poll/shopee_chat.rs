@@ -193,6 +193,17 @@ impl Poller for ShopeeChat {
         status == 401 || matches!(error.as_str(), "error_auth" | "invalid_access_token" | "invalid_acceess_token")
     }
 
+    /// A conversation Shopee refuses with an HTTP 4xx (gone, not visible) does not hold the cycle.
+    fn step_over<'c>(
+        &self,
+        status: u16,
+        target: &PollTarget<'_>,
+        position: &PollPosition<'_>,
+        _context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Option<Result<PollPage, InputError>> {
+        Walk::step_over(status, position, target.now.unix_timestamp()).map(Ok)
+    }
+
     fn parse<'c>(
         &self,
         body: &[u8],

@@ -212,6 +212,23 @@ impl Walk {
         cursor.to_cursor()
     }
 
+    /// The answer to an HTTP refusal (`status`) of the request at `position`: when it refused one
+    /// conversation's messages (400, 403, 404), the cycle goes on without it and keeps its
+    /// starting cursor ([`Walk::skip_conversation`]); anything else is asked again.
+    pub fn step_over(status: u16, position: &super::PollPosition<'_>, now_seconds: i64) -> Option<super::PollPage> {
+        let mut walk = Walk::resume_or_restart(position.cursor, position.page, now_seconds);
+        if !matches!(status, 400 | 403 | 404) || !matches!(walk.step(), Step::Messages { .. }) {
+            return None;
+        }
+        walk.skip_conversation();
+        Some(super::PollPage {
+            ignored: 1,
+            next_page: walk.next_token(),
+            cursor: Some(walk.cursor()),
+            ..Default::default()
+        })
+    }
+
     /// The token of the next page, or `None` when the cycle is complete.
     pub fn next_token(&self) -> Option<String> {
         (!self.todo.is_empty() || !self.list_done).then(|| serde_json::to_string(self).unwrap_or_default())
@@ -315,6 +332,22 @@ mod tests {
         let mut third = Walk::resume(Some(&second.cursor()), None, 7_000).unwrap();
         third.listed([("x".to_owned(), 5_010)], None);
         assert!(third.moved.is_empty() && !third.is_new("x", 1_500, "x1"));
+    }
+
+    #[test]
+    fn a_refused_conversation_is_stepped_over_and_a_refused_list_asked_again() {
+        let cursor = Watermark::starting(1_000).to_cursor();
+        let mut walk = Walk::resume(Some(&cursor), None, 5_000).unwrap();
+        walk.listed([("a".to_owned(), 1_200), ("b".to_owned(), 1_100)], None);
+        let token = walk.next_token().unwrap();
+        let reading_a = super::super::PollPosition { cursor: Some(&cursor), page: Some(&token) };
+        let page = Walk::step_over(404, &reading_a, 5_000).expect("a gone conversation is stepped over");
+        assert_eq!((page.ignored, page.cursor.as_deref()), (1, Some(cursor.as_str())), "the cycle's start is kept");
+        let next = Walk::resume(Some(&cursor), page.next_page.as_deref(), 5_000).unwrap();
+        assert_eq!(next.step(), Step::Messages { conversation: "b", page: None });
+        assert!(Walk::step_over(500, &reading_a, 5_000).is_none(), "a server error is asked again");
+        let listing = super::super::PollPosition { cursor: Some(&cursor), page: None };
+        assert!(Walk::step_over(404, &listing, 5_000).is_none(), "a refused list is asked again");
     }
 
     #[test]
