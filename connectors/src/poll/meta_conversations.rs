@@ -10,7 +10,7 @@
 //! move to an already-read page while a cycle pages on, and its messages are then taken in the
 //! next cycle; what was taken before is dropped by the pipeline's dedup (message id). Limit: a
 //! conversation that gets more than 100 messages between two cycles loses the older ones (the
-//! messages edge is not paged yet).
+//! messages edge is not paged yet). A never-polled page is read 7 days back.
 //!
 //! Quota: Meta documents 2 calls per second per page for the Conversations API; throttled calls
 //! answer with Graph error codes 4, 17, 32, 613 or 80006 (HTTP 400/403/429).
@@ -77,7 +77,12 @@ impl Poller for MetaConversations {
     ) -> Result<PollPage, InputError> {
         let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
         let cursor = position.cursor;
-        let since = cursor.map(parse_time).transpose()?.map(|t| t - super::LOOKBACK);
+        // A never-polled page is read 7 days back, like the other pollers (not every conversation
+        // it ever had).
+        let since = match cursor {
+            Some(cursor) => parse_time(cursor)? - super::LOOKBACK,
+            None => target.now - time::Duration::seconds(super::walk::FIRST_POLL_LOOKBACK_SECONDS),
+        };
         let mut page = PollPage::default();
         let mut reached_old = false;
         for conversation in response.data {
@@ -85,7 +90,7 @@ impl Poller for MetaConversations {
                 page.ignored += 1; // a malformed item must not stall the poller
                 continue;
             };
-            if since.is_some_and(|since| updated < since) {
+            if updated < since {
                 reached_old = true;
                 break;
             }
@@ -210,4 +215,35 @@ struct ErrorBody {
 #[derive(Deserialize)]
 struct ErrorCode {
     code: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::poll::PollCredentials;
+
+    #[test]
+    fn a_first_poll_stops_at_conversations_older_than_seven_days() {
+        let now = time::macros::datetime!(2026-12-03 08:00:00 UTC);
+        let target = PollTarget {
+            account: "110044338451234",
+            credentials: PollCredentials { access_token: "t", app_key: None, app_secret: None },
+            now,
+            wants_answers: false,
+        };
+        let conversation = |id: &str, at: &str| {
+            serde_json::json!({ "id": id, "updated_time": at, "messages": { "data": [
+                { "id": format!("m-{id}"), "created_time": at, "from": { "id": "buyer-1" }, "message": "Hello?" }]}})
+        };
+        let body = serde_json::json!({
+            "data": [conversation("recent", "2026-12-01T08:00:00+0000"), conversation("old", "2026-11-20T08:00:00+0000")],
+            "paging": { "cursors": { "after": "QVFI" }, "next": "https://graph.facebook.com/next" },
+        });
+        let mut context = || NormalizeContext { received_at: now, trace_id: "t" };
+        let page =
+            MetaConversations.parse(body.to_string().as_bytes(), &target, &PollPosition::default(), &mut context);
+        let page = page.unwrap();
+        assert_eq!(page.inquiries.len(), 1, "only the conversation of the last 7 days");
+        assert_eq!(page.next_page, None, "the listing ends there");
+    }
 }
