@@ -98,8 +98,7 @@ impl Draft {
         let country = self.country.or_else(|| self.buyer_phone.as_deref().and_then(country_of_phone));
         let region = country.as_deref().map_or(Region::Other, Region::of_country);
         let language = self.language.or_else(|| language::detect(&self.body));
-        let occurred_at = self.occurred_at.min(ctx.received_at + MAX_CLOCK_SKEW);
-        let id = stable_id(self.channel, &self.account, &self.message_id, occurred_at);
+        let id = stable_id(self.channel, &self.account, &self.message_id, self.occurred_at);
         Inquiry {
             schema_version: ENVELOPE_VERSION,
             id,
@@ -123,7 +122,7 @@ impl Draft {
             attributes: self.attributes,
             consent: None,
             received_at: ctx.received_at,
-            occurred_at,
+            occurred_at: self.occurred_at,
             region,
             trace_id: ctx.trace_id.to_owned(),
             raw_ref: format!("embedded:raw/{id}"),
@@ -171,8 +170,9 @@ pub fn stable_id(channel: Channel, account: &str, message_id: &str, occurred_at:
 }
 
 /// How far a message's time may run ahead of the gateway's clock (clock skew between the sender
-/// and the gateway). A generic-API message later than that is refused; a platform's is taken as
-/// received now, so that retention, which goes by message time, still reaches it.
+/// and the gateway). A generic-API message later than that is refused; a platform's keeps its
+/// time (its id must be the same on every replica and redelivery), and retention removes it by
+/// its receipt time.
 pub const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 
 /// What the gateway decides for an inquiry before a connector normalizes it.
@@ -182,26 +182,6 @@ pub struct NormalizeContext<'a> {
     pub received_at: OffsetDateTime,
     /// Trace id to carry.
     pub trace_id: &'a str,
-}
-
-#[cfg(test)]
-mod time_tests {
-    use super::*;
-
-    #[test]
-    fn a_platform_message_from_the_future_is_taken_as_received_now() {
-        let received_at = OffsetDateTime::from_unix_timestamp(1_764_000_000).unwrap();
-        let ctx = NormalizeContext { received_at, trace_id: "t" };
-        let draft = |occurred_at| {
-            let (id, body) = ("m-1".to_owned(), "hello".to_owned());
-            Draft::message(Channel::Line, "acct", id.clone(), id.clone(), id, body, occurred_at)
-        };
-        let future = draft(received_at + time::Duration::days(3650)).into_inquiry(&ctx);
-        assert_eq!(future.occurred_at, received_at + MAX_CLOCK_SKEW);
-        assert_eq!(future.id, stable_id(Channel::Line, "acct", "m-1", received_at + MAX_CLOCK_SKEW));
-        let past = received_at - time::Duration::hours(1);
-        assert_eq!(draft(past).into_inquiry(&ctx).occurred_at, past, "earlier times are kept");
-    }
 }
 
 #[cfg(test)]

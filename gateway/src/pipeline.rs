@@ -1558,7 +1558,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_subject_cache_keeps_a_buyer_whose_first_inquiry_is_still_queued() {
         let Running { pipeline, store, subjects, .. } = start(Silent, 8);
-        subjects.limit_cache(3);
+        subjects.limit_cache(4);
         let of = |buyer: &str, external_id: &str| {
             let raw = serde_json::json!({
                 "channel": "generic", "account": "shop-1", "external_id": external_id,
@@ -1570,15 +1570,15 @@ mod tests {
             let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
             Submission::seal(inquiry, raw.as_bytes(), true, None, "api_key:test", &subjects).unwrap()
         };
-        // Anna's first inquiry is sealed (her subject created) but not written yet; other new
-        // buyers fill the cache meanwhile.
+        // Three buyers are stored; Anna's first inquiry is sealed (her subject created) but not
+        // written yet when a fifth buyer finds the cache full.
+        let others: Vec<Submission> = ["bob", "carl", "dora"].iter().map(|b| of(b, &format!("{b}-1"))).collect();
+        pipeline.submit(others).await.unwrap();
         let first = of("anna", "a-1");
-        let others: Vec<Submission> =
-            ["bob", "carl", "dora", "emil"].iter().map(|b| of(b, &format!("{b}-1"))).collect();
+        let _ = of("emil", "emil-1");
         let second = of("anna", "a-2");
         assert_eq!(second.subject.key.pseudonym, first.subject.key.pseudonym, "one buyer, one pseudonym");
         let acks = pipeline.submit(vec![first, second]).await.unwrap();
-        pipeline.submit(others).await.unwrap();
         for ack in &acks {
             let inquiry = stored(&store, ack.id).inquiry;
             assert_eq!(subjects.open(&inquiry).unwrap().unwrap().body, "anna writes", "readable");
@@ -1589,6 +1589,30 @@ mod tests {
             let _ = of(b, &format!("{b}-1"));
         }
         assert_eq!(of("anna", "a-3").subject.key.pseudonym, pseudonym);
+    }
+
+    #[tokio::test]
+    async fn a_message_dated_in_the_future_expires_by_its_receipt_time() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let now = OffsetDateTime::now_utc();
+        // A platform's clock ten years ahead: its id starts with that time, past every cutoff.
+        let later = now + time::Duration::days(3650);
+        let raw = serde_json::json!({
+            "channel": "generic", "account": "shop-1", "external_id": "from-the-future",
+            "buyer": { "email": "anna@example.com" }, "body": "x", "occurred_at": later.format(&Rfc3339).unwrap(),
+        })
+        .to_string();
+        let ctx = NormalizeContext { received_at: later, trace_id: "t" };
+        let mut inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+        inquiry.received_at = now;
+        let item = Submission::seal(inquiry, raw.as_bytes(), true, None, "api_key:test", &subjects).unwrap();
+        let acks = pipeline.submit(vec![item]).await.unwrap();
+        let retention =
+            crate::config::RetentionConfig { inquiries_days: 30, dead_letters_days: 30, ..Default::default() };
+        let sweep = |at| crate::retention::sweep(&store, &pipeline, &retention, at);
+        assert_eq!(sweep(now + time::Duration::days(2)).await.unwrap().inquiries, 0, "received 2 days ago: kept");
+        assert_eq!(sweep(now + time::Duration::days(31)).await.unwrap().inquiries, 1, "received 31 days ago: gone");
+        assert!(store.get_inquiry(acks[0].id).unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1609,6 +1633,11 @@ mod tests {
         spool.sinks[0].outbox.remove(&store, 0, spool.durable_end()).unwrap();
         assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, later).await.unwrap().inquiries, 1);
         assert!(store.get_inquiry(acks[0].id).unwrap().is_none());
+        // A sink that takes nothing for over 7 days holds retention back no more.
+        let stuck = pipeline.submit(vec![submission_at(&subjects, "stuck", "y", &old)]).await.unwrap();
+        let week_later = now + time::Duration::days(9);
+        assert_eq!(crate::retention::sweep(&store, &pipeline, &retention, week_later).await.unwrap().inquiries, 1);
+        assert!(store.get_inquiry(stuck[0].id).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -45,12 +45,17 @@ pub const KEPT_AFTER_RECEIPT: time::Duration = time::Duration::days(1);
 /// has not taken, less this.
 const SPOOL_MARGIN: time::Duration = time::Duration::hours(1);
 
+/// How long retention waits for a sink that takes nothing.
+const SPOOL_HOLD_LIMIT: time::Duration = time::Duration::days(7);
+
 /// Removes what expired before `now` (message time older than the class's retention; an
 /// inquiry at least [`KEPT_AFTER_RECEIPT`] after it was received, and never one a sink has not
 /// taken yet: a backfill of old messages while Kafka is down waits for Kafka). The inquiries are removed by
 /// the pipeline's stage ([`Pipeline::remove_expired`]), in its write order with conversion
 /// reports. When the stage stops taking them, the sweep goes on with the rest (what it removed
-/// is counted and audited); the other inquiries wait for the next sweep.
+/// is counted and audited); the other inquiries wait for the next sweep. An inquiry dated in the
+/// future (a platform's clock; its id starts with that time, past every cutoff) goes by its
+/// receipt time instead.
 pub async fn sweep(
     store: &Store,
     pipeline: &Pipeline,
@@ -64,13 +69,46 @@ pub async fn sweep(
         let pipeline = pipeline.clone();
         off_the_workers(move || pipeline.oldest_spooled()).await?.map(|since| since - SPOOL_MARGIN)
     };
+    let oldest_spooled = spooled_since.map(|since| since + SPOOL_MARGIN);
+    let spooled_since = match oldest_spooled {
+        // A sink that has taken nothing for so long holds retention back no more (the storage
+        // limit wins): what expires is removed unsent.
+        Some(oldest) if now - oldest > SPOOL_HOLD_LIMIT => {
+            tracing::warn!(
+                waiting_days = (now - oldest).whole_days(),
+                "a sink has not taken inquiries for over 7 days; retention no longer waits for it"
+            );
+            None
+        }
+        Some(oldest) => {
+            tracing::info!(oldest_spooled = %oldest, "retention keeps the inquiries a sink has not taken yet");
+            spooled_since
+        }
+        None => None,
+    };
+    let future = now + inquiry_connectors::MAX_CLOCK_SKEW;
     let mut after = None;
+    let mut in_future = false;
     'pages: loop {
         let (expired, last) = {
             let store = store.clone();
-            off_the_workers(move || expired_page(&store, cutoff, after, now, spooled_since)).await?
+            off_the_workers(move || {
+                let (page, kept_from) = if in_future {
+                    (store.inquiries_from(future, after, CHUNK)?, cutoff)
+                } else {
+                    (store.inquiries_before(cutoff, after, CHUNK)?, now - KEPT_AFTER_RECEIPT)
+                };
+                Ok::<_, StoreError>(expired_of(page, kept_from, spooled_since))
+            })
+            .await?
         };
-        let Some(last) = last else { break };
+        let Some(last) = last else {
+            if in_future {
+                break;
+            }
+            (in_future, after) = (true, None);
+            continue;
+        };
         after = Some(last);
         for chunk in expired.chunks(STAGE_CHUNK) {
             match pipeline.remove_expired(chunk.to_vec()).await {
@@ -90,23 +128,20 @@ pub async fn sweep(
 /// The `(id, buyer pseudonym)` of a page's expired inquiries, and the page's last id.
 type ExpiredPage = (Vec<(uuid::Uuid, String)>, Option<uuid::Uuid>);
 
-/// One page of inquiries whose message time is before `cutoff` (after inquiry id `after`): the
-/// `(id, buyer pseudonym)` of those to remove (not those received since `spooled_since`), and the
-/// page's last id (None: no more pages).
-fn expired_page(
-    store: &Store,
-    cutoff: OffsetDateTime,
-    after: Option<uuid::Uuid>,
-    now: OffsetDateTime,
+/// Of one page of inquiries (ids and records), the `(id, buyer pseudonym)` of those to remove:
+/// not those received after `kept_from`, nor since `spooled_since`; and the page's last id (None:
+/// no more pages).
+fn expired_of(
+    page: Vec<(uuid::Uuid, Vec<u8>)>,
+    kept_from: OffsetDateTime,
     spooled_since: Option<OffsetDateTime>,
-) -> Result<ExpiredPage, StoreError> {
-    let page = store.inquiries_before(cutoff, after, CHUNK)?;
+) -> ExpiredPage {
     let last = page.last().map(|(id, _)| *id);
     let mut expired = Vec::with_capacity(page.len());
     for (id, record) in &page {
         match serde_json::from_slice::<StoredInquiry>(record) {
-            // Received only just: kept for a later sweep.
-            Ok(stored) if stored.inquiry.received_at > now - KEPT_AFTER_RECEIPT => continue,
+            // Received too recently: kept for a later sweep.
+            Ok(stored) if stored.inquiry.received_at > kept_from => continue,
             // Perhaps not taken by a sink yet: kept until it is.
             Ok(stored) if spooled_since.is_some_and(|since| stored.inquiry.received_at >= since) => continue,
             Ok(stored) => expired.push((*id, stored.inquiry.buyer.pseudonym)),
@@ -114,7 +149,7 @@ fn expired_page(
             Err(_) => expired.push((*id, String::new())),
         }
     }
-    Ok((expired, last))
+    (expired, last)
 }
 
 /// After the inquiries in `swept`: their Idempotency-Keys, the expired dead letters, and the disk

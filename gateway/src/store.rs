@@ -376,6 +376,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` inquiries whose message time is `from` or later (after inquiry id `after`),
+    /// in id order: records only (without the original payload).
+    pub fn inquiries_from(
+        &self,
+        from: time::OffsetDateTime,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let start =
+            after.map_or(Bound::Included(time_prefix(from).to_vec()), |id| Bound::Excluded(id.as_bytes().to_vec()));
+        let mut out = Vec::new();
+        for item in self.inquiries.range((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = item?;
+            if let Ok(id) = Uuid::from_slice(&key) {
+                out.push((id, split_frame(&value).0.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` dead letters of inquiries whose message time is before `before`.
     pub fn dead_letters_before(&self, before: time::OffsetDateTime, limit: usize) -> Result<Vec<Uuid>, StoreError> {
         let mut out = Vec::new();

@@ -280,6 +280,7 @@ impl Poller for AliexpressMessages {
                         cycle.walk.skip_conversation();
                         cycle.done.push(conversation);
                         page.ignored += 1;
+                        page.refused = Some(format!("a conversation: {err}"));
                         page.next_page = cycle.token();
                         page.cursor = Some(cycle.walk.cursor());
                         return Ok(page);

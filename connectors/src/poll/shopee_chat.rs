@@ -231,6 +231,7 @@ impl Poller for ShopeeChat {
                     Err(err) if err.field.as_deref() == Some("error") => {
                         walk.skip_conversation();
                         page.ignored += 1;
+                        page.refused = Some(format!("a conversation: {err}"));
                         page.next_page = walk.next_token();
                         page.cursor = Some(walk.cursor());
                         return Ok(page);

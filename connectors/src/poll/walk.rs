@@ -59,7 +59,15 @@ pub(crate) struct Walk {
     /// down to that cycle's start.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub moved: std::collections::BTreeSet<String>,
+    /// Conversations the platform refused in this cycle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
+
+/// Cycles in a row a conversation may be refused before the cursor moves on without it: a
+/// conversation refused for good (deleted, blocked) must not hold the cursor, or every cycle
+/// would read a longer stretch of history than the last.
+pub(crate) const MAX_REFUSALS: u32 = 3;
 
 /// The call a cycle makes next.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,6 +100,7 @@ impl Walk {
             failed: false,
             buyers: BTreeMap::new(),
             moved: Default::default(),
+            refused: Vec::new(),
         })
     }
 
@@ -190,6 +199,9 @@ impl Walk {
     /// the others, and its cursor stays where it started.
     pub fn skip_conversation(&mut self) {
         self.failed = true;
+        if let Some(conversation) = self.todo.front() {
+            self.refused.push(conversation.clone());
+        }
         self.done_with_conversation();
     }
 
@@ -204,11 +216,23 @@ impl Walk {
     /// before where it started, and where it started when a conversation could not be read.
     pub fn cursor(&self) -> String {
         let cap = self.listed_at - super::LOOKBACK.whole_seconds();
-        if self.failed || cap <= self.since.at {
-            return self.since.to_cursor();
+        // A refused conversation holds the cursor where the cycle started, for MAX_REFUSALS
+        // cycles in a row; then it is given up (what it held is not read).
+        let strikes: BTreeMap<String, u32> =
+            self.refused.iter().map(|c| (c.clone(), self.since.refused.get(c).copied().unwrap_or(0) + 1)).collect();
+        let held = self.failed && (strikes.is_empty() || strikes.values().any(|n| *n < MAX_REFUSALS));
+        if held || cap <= self.since.at {
+            let mut kept = self.since.clone();
+            if self.failed {
+                kept.refused = strikes;
+            }
+            return kept.to_cursor();
         }
         let mut cursor = if self.mark.at > cap { Watermark::starting(cap) } else { self.mark.clone() };
-        cursor.moved = Some(Moved { after: self.listed_at, floor: self.since.at });
+        cursor.refused.clear();
+        // The platform's clock may run behind ours: a message it stamps a little before our
+        // listing time may still have come after it.
+        cursor.moved = Some(Moved { after: self.listed_at - super::LOOKBACK.whole_seconds(), floor: self.since.at });
         cursor.to_cursor()
     }
 
@@ -223,6 +247,7 @@ impl Walk {
         walk.skip_conversation();
         Some(super::PollPage {
             ignored: 1,
+            refused: Some(format!("a conversation: HTTP {status}")),
             next_page: walk.next_token(),
             cursor: Some(walk.cursor()),
             ..Default::default()
@@ -289,16 +314,19 @@ mod tests {
         let cursor = Watermark::starting(1_000).to_cursor();
         let mut walk = Walk::resume(Some(&cursor), None, 5_000).unwrap();
         walk.saw(4_990, "late");
-        let capped = Watermark { moved: Some(Moved { after: 5_000, floor: 1_000 }), ..Watermark::starting(5_000 - 60) };
+        let capped =
+            Watermark { moved: Some(Moved { after: 5_000 - 60, floor: 1_000 }), ..Watermark::starting(5_000 - 60) };
         assert_eq!(walk.cursor(), capped.to_cursor(), "capped at the list time less a minute");
         walk.saw(1_200, "m");
         let mut early = Walk::resume(Some(&cursor), None, 5_000).unwrap();
         early.saw(2_000, "m");
-        let moved = Some(Moved { after: early.listed_at, floor: early.since.at });
+        let moved = Some(Moved { after: early.listed_at - 60, floor: early.since.at });
         assert_eq!(early.cursor(), Watermark { at: 2_000, seen: vec!["m".into()], moved }.to_cursor());
         early.listed([("a".to_owned(), 2_000)], None);
         early.skip_conversation();
-        assert_eq!(early.cursor(), cursor, "a conversation that failed keeps the cycle's start");
+        let kept = Watermark::parse(Some(&early.cursor())).unwrap().unwrap();
+        assert_eq!(kept.at, 1_000, "a conversation that failed keeps the cycle's start");
+        assert_eq!(kept.refused.get("a"), Some(&1));
         assert_eq!(early.next_token(), None);
     }
 
@@ -332,6 +360,25 @@ mod tests {
         let mut third = Walk::resume(Some(&second.cursor()), None, 7_000).unwrap();
         third.listed([("x".to_owned(), 5_010)], None);
         assert!(third.moved.is_empty() && !third.is_new("x", 1_500, "x1"));
+    }
+
+    #[test]
+    fn a_conversation_refused_cycle_after_cycle_holds_the_cursor_three_times_then_not() {
+        let mut cursor = Watermark::starting(1_000).to_cursor();
+        for cycle in 1..=MAX_REFUSALS {
+            let mut walk = Walk::resume(Some(&cursor), None, 5_000 + i64::from(cycle)).unwrap();
+            walk.listed([("gone".to_owned(), 2_000), ("ok".to_owned(), 1_900)], None);
+            walk.skip_conversation();
+            walk.saw(1_900, "m");
+            walk.read(true, None);
+            cursor = walk.cursor();
+            let kept = Watermark::parse(Some(&cursor)).unwrap().unwrap();
+            if cycle < MAX_REFUSALS {
+                assert_eq!((kept.at, kept.refused.get("gone")), (1_000, Some(&cycle)), "cycle {cycle} holds");
+            } else {
+                assert_eq!((kept.at, kept.refused.len()), (1_900, 0), "given up: the cursor moves on");
+            }
+        }
     }
 
     #[test]

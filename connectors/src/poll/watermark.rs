@@ -22,6 +22,10 @@ pub(crate) struct Watermark {
     /// The conversation-list cycle that wrote this cursor (see [`Moved`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved: Option<Moved>,
+    /// Conversations the platform refused, with the number of cycles in a row it did (the
+    /// cursor stays put for them, up to a limit: see `Walk::cursor`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, u32>,
 }
 
 /// When the cycle that wrote a cursor listed its first page, and where it started. A
@@ -38,7 +42,7 @@ pub(crate) struct Moved {
 impl Watermark {
     /// A watermark at `at` with nothing taken there yet (a first poll's look-back start).
     pub fn starting(at: i64) -> Watermark {
-        Watermark { at, seen: Vec::new(), moved: None }
+        Watermark { at, seen: Vec::new(), moved: None, refused: Default::default() }
     }
 
     /// Reads a stored cursor; `None` when the account was never polled.
@@ -86,7 +90,7 @@ mod tests {
         mark.take(104, "old");
         let stored = mark.to_cursor();
         let again = Watermark::parse(Some(&stored)).unwrap().unwrap();
-        assert_eq!(again, Watermark { at: 105, seen: vec!["a".into(), "b".into()], moved: None });
+        assert_eq!(again, Watermark { seen: vec!["a".into(), "b".into()], ..Watermark::starting(105) });
         assert!(!again.is_new(105, "a"));
         assert!(again.is_new(105, "c"), "a later message of the same second is not skipped");
         assert!(again.is_new(106, "a"));

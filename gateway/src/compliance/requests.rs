@@ -767,12 +767,19 @@ impl SubjectRequests {
     /// that failed before; called periodically. An erasure still open (its caller gave up part
     /// way) is carried out again whole: subjects not yet erased here, then the sinks.
     pub async fn retry_pending(&self) -> Result<(), StoreError> {
-        // (An open erasure naming nobody was recorded open on purpose, for an operator.)
+        // (An open erasure naming nobody was recorded open on purpose, for an operator; one
+        // received less than OWN_CALL_LIMIT ago may still be under way in its own call.)
+        let given_up_before = OffsetDateTime::now_utc() - OWN_CALL_LIMIT;
         let unfinished = |r: &SubjectRequest| {
-            r.kind == RequestKind::Erasure && r.status == RequestStatus::Open && !r.subjects.is_empty()
+            r.kind == RequestKind::Erasure
+                && r.status == RequestStatus::Open
+                && !r.subjects.is_empty()
+                && r.received_at < given_up_before
         };
         for mut request in self.sweep()?.into_iter().filter(|r| !r.pending_sinks.is_empty() || unfinished(r)) {
             if unfinished(&request) {
+                // As it stands now: a redelivery may have finished it since the sweep read it.
+                let Some(request) = self.get(request.id)?.filter(|r| unfinished(r)) else { continue };
                 let (id, subjects) = (request.id, request.subjects.clone());
                 if let Err(err) = self.carry_out_erasure(request, subjects).await {
                     tracing::warn!(request_id = %id, error = %err, "open erasure not finished; retried later");

@@ -129,8 +129,15 @@ impl Subjects {
             }
             self.cache.remove(&index);
         }
-        if self.cache.len() >= self.cache_limit.load(std::sync::atomic::Ordering::Relaxed) {
+        let limit = self.cache_limit.load(std::sync::atomic::Ordering::Relaxed);
+        if self.cache.len() >= limit {
             self.cache.retain(|_, subject| subject.pending());
+            // Half the cache not stored yet is no queue backlog but a flood of refused first
+            // inquiries: starting over bounds the memory and the cost of the next `retain`.
+            if self.cache.len() >= limit / 2 {
+                tracing::warn!(pending = self.cache.len(), "subject cache full of subjects never stored; cleared");
+                self.cache.clear();
+            }
         }
         // The entry lock makes concurrent first inquiries of one buyer agree on one subject.
         match self.cache.entry(index) {

@@ -122,9 +122,6 @@ impl PublicKeys {
             return Err(KeyError::Unknown);
         }
         let stale = cached(self, STALE_LIMIT);
-        if stale.is_none() && self.new_ids.check().is_err() {
-            return Err(KeyError::Unavailable);
-        }
         let mut tokens = match (self.fetching.try_lock(), &stale) {
             (Ok(tokens), _) => tokens,
             // Another request is fetching: a key seen before serves meanwhile.
@@ -133,6 +130,10 @@ impl PublicKeys {
         };
         if let Some(pem) = cached(self, KEY_TTL) {
             return Ok(pem); // fetched while this request waited
+        }
+        // A fetch of an id never seen spends the budget (waiters refused by it leave at once).
+        if stale.is_none() && self.new_ids.check().is_err() {
+            return Err(KeyError::Unavailable);
         }
         let token = match credential {
             Credential::None => None,

@@ -329,11 +329,7 @@ impl Acks {
         self.sender_for(inquiry.channel.as_str())?;
         let language = decision.language.as_deref().or(inquiry.buyer.language.as_deref());
         let variant = self.variant(template, language, &inquiry.account)?;
-        let zones = inquiry.buyer.country.as_deref().map(country_zones).unwrap_or_default();
-        let not_before_ms = match &self.quiet {
-            Some(quiet) if !zones.is_empty() => quiet.next_allowed(now_ms, &zones),
-            _ => now_ms,
-        };
+        let not_before_ms = self.quiet_until(now_ms, inquiry.buyer.country.as_deref());
         Some(AckState {
             inquiry_id: inquiry.id,
             template: template.to_owned(),
@@ -380,6 +376,16 @@ impl Acks {
                 .or_else(|| of_language.clone().find(|v| v.account.is_none()))
         };
         language.and_then(pick).or_else(|| pick(&self.fallback_language))
+    }
+
+    /// The first moment at or after `now_ms` outside the quiet hours of a buyer in `country`
+    /// (`now_ms` itself without quiet hours or a known country).
+    pub fn quiet_until(&self, now_ms: i64, country: Option<&str>) -> i64 {
+        let zones = country.map(country_zones).unwrap_or_default();
+        match &self.quiet {
+            Some(quiet) if !zones.is_empty() => quiet.next_allowed(now_ms, &zones),
+            _ => now_ms,
+        }
     }
 
     /// The sender of `channel`, by its index in `reach.senders`.

@@ -819,6 +819,16 @@ async fn send_one(
             return fail("outside the 24-hour messaging window").await;
         }
     }
+    // Quiet hours hold when it leaves, not only when it was planned: a wait for the quota, a retry
+    // or a backlog may have carried it into the buyer's night.
+    let allowed = reach.acks().quiet_until(now, stored.inquiry.buyer.country.as_deref());
+    if allowed > now {
+        reach.update_ack(id, Some(due_ms), |state| {
+            state.not_before_ms = allowed;
+            scheduled(state)
+        })?;
+        return Ok(());
+    }
     // The sender configured for the channel now (the config may have changed since the plan).
     let Some(sender) = reach.acks().sender_for(&state.channel).and_then(|i| senders.get(i)).and_then(Option::as_ref)
     else {

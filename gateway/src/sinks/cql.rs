@@ -478,12 +478,13 @@ fn classify(err: ExecutionError) -> Delivery {
     }
 }
 
-/// True for the cluster's complaint that a table, keyspace or column is not there.
+/// True for the cluster's complaint that a table, keyspace or column is not there (Cassandra's
+/// and ScyllaDB's words: "unconfigured table", "Keyspace x does not exist", "Undefined column
+/// name", "Unknown identifier").
 fn is_schema_missing(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    ["unconfigured table", "does not exist", "undefined column", "unknown identifier", "not found"]
-        .iter()
-        .any(|missing| message.contains(missing))
+    ["unconfigured table", "undefined column", "unknown identifier"].iter().any(|missing| message.contains(missing))
+        || (message.contains("keyspace") && message.contains("does not exist"))
 }
 
 fn error(message: String) -> SinkError {
@@ -505,7 +506,8 @@ mod tests {
         for missing in ["unconfigured table inquiries", "Keyspace inq does not exist", "Undefined column name x"] {
             assert!(matches!(refused(missing), Delivery::Retry { .. }), "{missing}");
         }
-        let too_long = "Key length of 70000 is longer than maximum of 65535";
-        assert!(matches!(refused(too_long), Delivery::Rejected { reason: "invalid_request", .. }));
+        for record in ["Key length of 70000 is longer than maximum of 65535", "Value for x does not exist in enum"] {
+            assert!(matches!(refused(record), Delivery::Rejected { reason: "invalid_request", .. }), "{record}");
+        }
     }
 }
