@@ -238,6 +238,15 @@ pub struct MailboxConfig {
     /// shop. Decides the inquiry's region like a country the platform sent.
     #[serde(default)]
     pub buyer_country: Option<String>,
+    /// When the folder is read from its start (first start, or a new UIDVALIDITY), only messages
+    /// the server received in the last this many days are imported (7, like the pollers' first
+    /// poll; 0: the whole folder). Years of mail must not arrive as new inquiries.
+    #[serde(default = "default_first_read_days")]
+    pub first_read_days: u32,
+}
+
+fn default_first_read_days() -> u32 {
+    7
 }
 
 fn default_imap_port() -> u16 {
@@ -2343,6 +2352,9 @@ impl Config {
             }
             if mailbox.interval_ms < 1000 {
                 problems.push(format!("mailboxes[{i}].interval_ms must be at least 1000"));
+            }
+            if mailbox.first_read_days > 7300 {
+                problems.push(format!("mailboxes[{i}].first_read_days must be at most 7300 (0: the whole folder)"));
             }
         }
         if self.spool.max_pending == 0 {

@@ -177,7 +177,8 @@ impl Reader {
         T: AsyncRead + AsyncWrite + Unpin + Debug + Send,
     {
         // `n:*` always matches the highest UID, even below n: filter.
-        let found = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1)))).await?;
+        let query = search_query(last, self.config.first_read_days, OffsetDateTime::now_utc());
+        let found = timed(session.uid_search(query)).await?;
         let mut uids: Vec<u32> = found.map_err(|e| describe(&e))?.into_iter().filter(|u| *u > last).collect();
         uids.sort_unstable();
         counter!(telemetry::POLL_REQUESTS, "connector" => CONNECTOR, "outcome" => "ok").increment(1);
@@ -293,5 +294,32 @@ mod tests {
     fn parse_errors_are_described_without_the_server_data() {
         let err = async_imap::error::Error::Parse(async_imap::error::ParseError::Invalid(b"Subject: private".to_vec()));
         assert_eq!(describe(&err), "unparsable server response");
+    }
+}
+
+/// The `UID SEARCH` of the messages after UID `last`; read from the start (`last` 0), only those
+/// the server received in the last `first_read_days` days (`SINCE`, by INTERNALDATE; 0: all).
+fn search_query(last: u32, first_read_days: u32, now: OffsetDateTime) -> String {
+    let uids = format!("UID {}:*", last.saturating_add(1));
+    if last > 0 || first_read_days == 0 {
+        return uids;
+    }
+    let since = (now - time::Duration::days(i64::from(first_read_days))).date();
+    // RFC 3501 date: `1-Dec-2026` (English month abbreviations whatever the locale).
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS[usize::from(u8::from(since.month())) - 1];
+    format!("{uids} SINCE {}-{month}-{}", since.day(), since.year())
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_read_from_its_start_goes_back_first_read_days_only() {
+        let now = time::macros::datetime!(2026-12-05 07:00 UTC);
+        assert_eq!(search_query(0, 7, now), "UID 1:* SINCE 28-Nov-2026");
+        assert_eq!(search_query(0, 0, now), "UID 1:*", "0: the whole folder");
+        assert_eq!(search_query(41, 7, now), "UID 42:*", "resumed after a cursor: every new UID");
     }
 }
