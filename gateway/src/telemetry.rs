@@ -122,6 +122,8 @@ pub const SINK_RETRIES: &str = "inquiry_gateway_sink_retries_total";
 /// OAUTHBEARER access tokens asked of the Kafka cluster's identity provider. Label: `result`
 /// (`ok`, `error`).
 pub const KAFKA_OAUTH_TOKENS: &str = "inquiry_gateway_kafka_oauth_tokens_total";
+/// Counter: Kafka producers made again after a fatal error, by `sink`.
+pub const KAFKA_PRODUCER_RENEWALS: &str = "inquiry_gateway_kafka_producer_renewals_total";
 /// Counter: application tokens the gateway minted for webhook key fetches (eBay), by `result`.
 pub const WEBHOOK_APP_TOKENS: &str = "inquiry_gateway_webhook_app_tokens_total";
 /// 1 while a sink is degraded (unreachable or failing), else 0. Label: `sink`.
@@ -316,6 +318,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_counter!(SINK_DELIVERED, "inquiries a sink took");
     describe_counter!(SINK_REJECTED, "inquiries a sink refused for good (dead-lettered)");
     describe_counter!(KAFKA_OAUTH_TOKENS, "OAUTHBEARER access tokens asked of the kafka cluster's identity provider");
+    describe_counter!(KAFKA_PRODUCER_RENEWALS, "kafka producers made again after librdkafka reported a fatal error");
     describe_counter!(WEBHOOK_APP_TOKENS, "application tokens minted for fetching webhook signing keys (eBay)");
     describe_counter!(
         REACH_REPEATS,

@@ -5,7 +5,8 @@
 //! rather than failing messages; the forwarder keeps whole batches in flight. Batches are queued
 //! one at a time, in the order the forwarder started them, and `QueueFull` is backpressure: the
 //! batch waits for room, and the batches after it wait for their turn, so no record overtakes an
-//! earlier one of the same conversation. Errors that
+//! earlier one of the same conversation. A producer librdkafka reports as failed fatally is made
+//! again before the next batch. Errors that
 //! a retry cannot fix (the record itself is refused) send the inquiry to the dead-letter topic with
 //! the reason.
 
@@ -65,7 +66,8 @@ pub struct KafkaSink {
     config: KafkaConfig,
     retention: RetentionConfig,
     client_config: ClientConfig,
-    producer: FutureProducer<KafkaContext>,
+    /// Made again when librdkafka reports a fatal error (see [`KafkaSink::renew_if_fatal`]).
+    producer: std::sync::RwLock<FutureProducer<KafkaContext>>,
     /// Hands librdkafka the OAUTHBEARER tokens of `[sinks.kafka.oauth]`.
     context: KafkaContext,
     topics: Topics,
@@ -107,7 +109,7 @@ impl KafkaSink {
             config: config.clone(),
             retention: retention.clone(),
             client_config,
-            producer,
+            producer: std::sync::RwLock::new(producer),
             context,
             topics: Topics::new(&config.topic_prefix),
             sla_events,
@@ -197,7 +199,7 @@ impl KafkaSink {
                 }
             }
         }
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let mut names = vec![
             self.topics.routed.clone(),
             self.topics.audit.clone(),
@@ -239,7 +241,7 @@ impl KafkaSink {
         let topic = self.replies.as_deref().ok_or("no replies topic")?;
         let key = inquiry_id.to_string();
         let record = FutureRecord::to(topic).key(&key).payload(payload);
-        match self.producer.send_result(record).map_err(|(err, _)| err.to_string())?.await {
+        match self.producer().send_result(record).map_err(|(err, _)| err.to_string())?.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((err, _))) => Err(err.to_string()),
             Err(_) => Err("the producer dropped the message".to_owned()),
@@ -271,7 +273,7 @@ impl KafkaSink {
                 .insert(Header { key: "schema", value: Some(crate::reach::sla::EVENT_SCHEMA) })
                 .insert(Header { key: "content-type", value: Some("application/json") });
             let record = FutureRecord::to(&self.topics.sla).key(&key).payload(&payload).headers(headers);
-            pending.push(self.producer.send_result(record).map_err(|(err, _)| err.to_string())?);
+            pending.push(self.producer().send_result(record).map_err(|(err, _)| err.to_string())?);
         }
         for delivery in pending {
             match delivery.await {
@@ -305,7 +307,32 @@ impl KafkaSink {
             headers = headers.insert(Header { key: "dead_letter_reason", value: Some(reason) });
         }
         let message = FutureRecord::to(topic).key(&key).payload(payload).headers(headers);
-        self.producer.send_result(message).map_err(|(err, _)| err)
+        self.producer().send_result(message).map_err(|(err, _)| err)
+    }
+
+    /// The producer in use.
+    fn producer(&self) -> FutureProducer<KafkaContext> {
+        self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Makes a new producer when librdkafka reports a fatal error on this one (the idempotent
+    /// producer lost its sequence, the cluster refused IdempotentWrite...): a producer in that
+    /// state fails every message for good, so without a new one the spool would only fill up.
+    /// The records it failed are retried, in order, on the new one. True if it was renewed.
+    fn renew_if_fatal(&self) -> bool {
+        let Some((code, reason)) = self.producer().client().fatal_error() else { return false };
+        tracing::error!(sink = self.name, ?code, reason, "the kafka producer failed fatally; making a new one");
+        metrics::counter!(crate::telemetry::KAFKA_PRODUCER_RENEWALS, "sink" => self.name).increment(1);
+        match self.client_config.create_with_context(self.context.clone()) {
+            Ok(fresh) => {
+                *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                true
+            }
+            Err(err) => {
+                tracing::error!(sink = self.name, error = %client_error(&err), "cannot make a new kafka producer");
+                false
+            }
+        }
     }
 
     /// Queues every record in order, in its turn after the batches started before it, waiting
@@ -313,6 +340,7 @@ impl KafkaSink {
     async fn deliver_all(&self, records: &[OutRecord]) -> Vec<Delivery> {
         let mut queued = Vec::with_capacity(records.len());
         let turn = self.queueing.lock().await;
+        self.renew_if_fatal();
         for record in records {
             loop {
                 match self.enqueue(&self.topics.routed, record, record.json(), None) {
@@ -423,7 +451,7 @@ impl Sink for KafkaSink {
                     .insert(Header { key: "index", value: Some(&index) })
                     .insert(Header { key: "content-type", value: Some("application/json") });
                 let message = FutureRecord::to(&self.topics.audit).key(&key).payload(&record.bytes).headers(headers);
-                deliveries.push(self.producer.send_result(message).map_err(|(err, _)| err.to_string())?);
+                deliveries.push(self.producer().send_result(message).map_err(|(err, _)| err.to_string())?);
             }
             for delivery in deliveries {
                 match delivery.await {
@@ -446,7 +474,7 @@ impl Sink for KafkaSink {
                 .insert(Header { key: "event", value: Some("subject_erased") })
                 .insert(Header { key: "inquiries", value: Some(&count) });
             let message = FutureRecord::<str, [u8]>::to(&self.topics.subjects).key(pseudonym).headers(headers);
-            match self.producer.send_result(message) {
+            match self.producer().send_result(message) {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((err, _))) => Err(err.to_string()),
@@ -496,4 +524,29 @@ pub fn client_error(err: &KafkaError) -> String {
 
 fn sink_error(sink: &'static str, message: String) -> SinkError {
     SinkError { sink, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_producer_that_failed_fatally_is_made_again() {
+        // No broker needed: librdkafka's test hook raises the fatal error an idempotent producer
+        // gets when it loses its sequence.
+        let text = "[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\n";
+        let config = crate::config::Config::from_toml_with_env(text, |_| None).unwrap();
+        let sink =
+            KafkaSink::new("kafka", config.sinks.kafka.as_ref().unwrap(), &config.retention, false, None).unwrap();
+        assert!(!sink.renew_if_fatal(), "a healthy producer is kept");
+        let reason = std::ffi::CString::new("test: out of order sequence").unwrap();
+        let fatal = rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+        // SAFETY: a live client handle and a NUL-terminated reason, as librdkafka's test API wants.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(sink.producer().client().native_ptr(), fatal, reason.as_ptr())
+        };
+        assert!(sink.producer().client().fatal_error().is_some());
+        assert!(sink.renew_if_fatal(), "made again");
+        assert!(sink.producer().client().fatal_error().is_none(), "the new producer is healthy");
+    }
 }
