@@ -407,6 +407,13 @@ impl Pipeline {
         self.run(Work::Audit(events)).await.map(|_| ())
     }
 
+    /// Appends audit events, waiting for room in a full queue (in turn with other waiters, never
+    /// refused as `Overloaded`), then until they are durable: the gateway's own bookkeeping that
+    /// ingest must not crowd out (a sink's deliveries, acknowledgements).
+    pub async fn audit_in_turn(&self, events: Vec<AuditEvent>) -> Result<(), SubmitError> {
+        self.queue(Work::Audit(events), true).await.map(|_| ())
+    }
+
     /// Records a conversion report (see [`ConversionRecord`]) and waits until it is durable.
     pub async fn record_conversion(&self, conversion: ConversionRecord) -> Result<ConversionOutcome, SubmitError> {
         match self.run(Work::Convert(conversion)).await? {

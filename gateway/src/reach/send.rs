@@ -960,11 +960,13 @@ async fn finish(
     Ok(())
 }
 
-/// Writes an acknowledgement's audit entry, waiting out a full queue (every send is audited; a
-/// busy ingest must not crowd it out). Only a failing store loses it, and says so.
+/// Writes an acknowledgement's audit entry, in turn with ingest when the queue is full (every
+/// send is audited; a busy ingest must not crowd it out). Only a failing store loses it, and
+/// says so.
 async fn audit_ack(pipeline: &Pipeline, event: AuditEvent) {
-    if let Err(err) = crate::retry::patiently(|| pipeline.audit(vec![event.clone()])).await {
-        tracing::error!(error = %err, kind = %event.kind, "acknowledgement audit entry not written");
+    let kind = event.kind.clone();
+    if let Err(err) = pipeline.audit_in_turn(vec![event]).await {
+        tracing::error!(error = %err, kind, "acknowledgement audit entry not written");
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::compliance::audit::AuditEvent;
-use crate::pipeline::{Pipeline, StoredInquiry, SubmitError, ERASED_RAW_REF};
+use crate::pipeline::{Pipeline, StoredInquiry, ERASED_RAW_REF};
 use crate::retry::{sleep_or_stop, Backoff};
 use crate::spool::{CommittedRecord, Spool};
 use crate::store::{OutboxEntry, Store, StoreError};
@@ -465,15 +465,10 @@ async fn audit_round(pipeline: &Pipeline, name: &'static str, round: &Round, out
     }
     let event = AuditEvent::new("sink.persisted", "gateway")
         .detail(serde_json::json!({ "sink": name, "inquiry_ids": persisted, "dead_lettered": rejected }));
-    loop {
-        match pipeline.audit(vec![event.clone()]).await {
-            Err(SubmitError::Overloaded) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(err) => {
-                tracing::warn!(sink = name, error = %err, "a sink delivery could not be audited");
-                return;
-            }
-            Ok(()) => return,
-        }
+    // In turn with ingest: a busy ingest must not hold the forwarders back (the spool would
+    // fill up and refuse ingest in the end).
+    if let Err(err) = pipeline.audit_in_turn(vec![event]).await {
+        tracing::warn!(sink = name, error = %err, "a sink delivery could not be audited");
     }
 }
 
