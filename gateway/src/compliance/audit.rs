@@ -223,7 +223,16 @@ impl AuditLog {
         let size = store.audit_len()?;
         let frontier = Frontier::restore(size, &StoredNodes(store))
             .ok_or_else(|| StoreError::from_message("audit log: stored entries or tree nodes are missing"))?;
-        let latest: Option<SignedTreeHead> = store.latest_audit_head()?.and_then(|b| serde_json::from_slice(&b).ok());
+        // An unreadable latest head is tampering or damage, not "never signed": refused, like a
+        // head that does not match.
+        let latest: Option<SignedTreeHead> = match store.latest_audit_head()? {
+            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|_| {
+                StoreError::from_message(
+                    "audit log: the latest signed tree head is unreadable; run `inquiry-gateway audit verify` before starting",
+                )
+            })?),
+            None => None,
+        };
         // Never sign on top of a log that no longer matches what was signed.
         if let Some(head) = &latest {
             let root = StoredNodes(store).subtree(0, head.tree_size).filter(|_| head.tree_size <= size);
@@ -320,8 +329,14 @@ impl VerifyReport {
 /// Verifies the log in `store` (of a stopped gateway) with its stored tree, including the
 /// proofs the gateway would serve.
 pub fn verify_store(store: &Store, public_key: &[u8]) -> Result<VerifyReport, StoreError> {
-    let heads: Vec<SignedTreeHead> =
-        store.audit_heads()?.iter().filter_map(|h| serde_json::from_slice(h).ok()).collect();
+    let mut heads = Vec::new();
+    let mut unreadable = 0;
+    for bytes in store.audit_heads()? {
+        match serde_json::from_slice::<SignedTreeHead>(&bytes) {
+            Ok(head) => heads.push(head),
+            Err(_) => unreadable += 1,
+        }
+    }
     let len = store.audit_len()?;
     let mut entries = Vec::with_capacity(len as usize);
     let mut from = 0;
@@ -330,7 +345,11 @@ pub fn verify_store(store: &Store, public_key: &[u8]) -> Result<VerifyReport, St
         entries.extend(store.audit_entries(from, to)?);
         from = to;
     }
-    Ok(verify(entries, &heads, public_key, Some(&StoredNodes(store))))
+    let mut report = verify(entries, &heads, public_key, Some(&StoredNodes(store)));
+    if unreadable > 0 {
+        report.problems.push(format!("{unreadable} stored tree head(s) are unreadable"));
+    }
+    Ok(report)
 }
 
 /// An export: NDJSON lines, `{"tree_head": ...}` or an entry exactly as hashed.
@@ -562,6 +581,28 @@ mod tests {
         assert!(!verify(entries.clone(), &forged, key, None).ok());
         let other = TreeSigner::from_pkcs8(&TreeSigner::generate_pkcs8()).unwrap();
         assert!(!verify(entries, &heads, other.public_key(), None).ok(), "heads signed by another key");
+    }
+
+    #[test]
+    fn an_unreadable_tree_head_stops_the_start_and_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pkcs8 = TreeSigner::generate_pkcs8();
+        let signer = || TreeSigner::from_pkcs8(&pkcs8).unwrap();
+        let mut log = AuditLog::open(&store, signer(), Duration::from_secs(3600)).unwrap();
+        let mut batch = store.batch();
+        log.append(&mut batch, AuditEvent::new("test.event", "gateway"));
+        let head = log.sign_if_due(&mut batch, true).expect("signed");
+        batch.commit().unwrap();
+        let public_key = signer().public_key().to_vec();
+        assert!(verify_store(&store, &public_key).unwrap().ok());
+        // The latest head damaged: no start on top of it, and verification says so.
+        let mut batch = store.batch();
+        batch.put_audit_head(head.tree_size, b"{not a tree head");
+        batch.commit().unwrap();
+        assert!(AuditLog::open(&store, signer(), Duration::from_secs(3600)).is_err());
+        let report = verify_store(&store, &public_key).unwrap();
+        assert!(report.problems.iter().any(|p| p.contains("unreadable")), "{:?}", report.problems);
     }
 
     #[test]
