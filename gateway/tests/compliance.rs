@@ -203,6 +203,7 @@ async fn erasure_leaves_no_readable_personal_data_in_the_store_kafka_or_cql_and_
     assert!(!text.contains("Bob") && !text.contains("BOB-KEPT-TEXT"), "another buyer's data in the export");
     assert!(document["processing"]["purposes"].is_array() && document["request"]["due_at"].is_string());
     assert!(document["audit_events"].as_array().unwrap().iter().any(|e| e["kind"] == "inquiry.ingested"));
+    assert_eq!(document["audit_events_from"], 0, "the whole log was searched");
 
     // Unauthenticated and under-scoped calls are refused, and audited.
     let erase = json!({ "kind": "erasure", "jurisdiction": "gdpr", "subject": { "email": anna.0 } });

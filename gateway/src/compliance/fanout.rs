@@ -76,7 +76,11 @@ pub fn join_exports(answers: Vec<(String, Value)>) -> Value {
     let (mut inquiries, mut consents, mut events) = (Vec::new(), Vec::new(), Vec::new());
     let mut processing = Value::Null;
     for (admin, mut document) in answers {
-        replicas.push(json!({ "admin": admin, "request": document["request"].take() }));
+        replicas.push(json!({
+            "admin": admin,
+            "request": document["request"].take(),
+            "audit_events_from": document["audit_events_from"].take(),
+        }));
         if processing.is_null() {
             processing = document["processing"].take();
         }
@@ -121,11 +125,15 @@ mod tests {
         let two = json!({
             "request": {"id": "r2"}, "processing": {"controller": "Shop"}, "subjects": ["bp_a", "bp_b"],
             "inquiries": [{"inquiry": {"id": "i2"}}, {"inquiry": {"id": "i3"}}], "consents": [{"purpose": "marketing"}],
-            "audit_events": [],
+            "audit_events": [], "audit_events_from": 120,
         });
         let joined = join_exports(vec![("http://a:9090".into(), one), ("http://b:9090".into(), two)]);
         assert_eq!(joined["subjects"], json!(["bp_a", "bp_b"]));
-        assert_eq!(joined["replicas"][1], json!({"admin": "http://b:9090", "request": {"id": "r2"}}));
+        assert_eq!(
+            joined["replicas"][1],
+            json!({"admin": "http://b:9090", "request": {"id": "r2"}, "audit_events_from": 120}),
+            "where each replica's search of its audit log began"
+        );
         let replicas: Vec<_> = joined["inquiries"].as_array().unwrap().iter().map(|i| i["replica"].clone()).collect();
         assert_eq!(replicas, [json!("http://a:9090"), json!("http://b:9090"), json!("http://b:9090")]);
         assert_eq!(joined["consents"][0]["replica"], "http://b:9090");

@@ -512,9 +512,9 @@ impl SubjectRequests {
         let subjects = self.subjects.clone();
         let wanted = pseudonyms.clone();
         let withdrawals = self.consent_withdrawals()?;
-        let (inquiries, events, consents) = tokio::task::spawn_blocking(move || {
-            let (inquiries, events) = collect_export(&store, &subjects, &wanted)?;
-            Ok::<_, StoreError>((inquiries, events, consent_states(&store, &wanted, &withdrawals)?))
+        let ((inquiries, events, events_from), consents) = tokio::task::spawn_blocking(move || {
+            let collected = collect_export(&store, &subjects, &wanted)?;
+            Ok::<_, StoreError>((collected, consent_states(&store, &wanted, &withdrawals)?))
         })
         .await
         .map_err(|_| RequestError::Store(StoreError::from_message("export task failed")))??;
@@ -536,6 +536,8 @@ impl SubjectRequests {
             "inquiries": inquiries,
             "consents": consents,
             "audit_events": events,
+            // Where the search of the audit log began (0: the whole log was searched).
+            "audit_events_from": events_from,
         });
         Ok((request, document))
     }
@@ -862,12 +864,13 @@ fn consent_states(
     Ok(states)
 }
 
-/// The subject's inquiries (decrypted) and audit events.
+/// The subject's inquiries (decrypted) and audit events, and the index of the first audit entry
+/// searched (the latest [`MAX_AUDIT_SCAN`] are: 0 unless the log is longer).
 fn collect_export(
     store: &Store,
     subjects: &Subjects,
     pseudonyms: &[String],
-) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
+) -> Result<(Vec<Value>, Vec<Value>, u64), StoreError> {
     let mut inquiries = Vec::new();
     let mut wanted_ids = std::collections::HashSet::new();
     for pseudonym in pseudonyms {
@@ -895,7 +898,8 @@ fn collect_export(
     }
     let mut events = Vec::new();
     let len = store.audit_len()?;
-    let mut from = len.saturating_sub(MAX_AUDIT_SCAN);
+    let searched_from = len.saturating_sub(MAX_AUDIT_SCAN);
+    let mut from = searched_from;
     while from < len {
         let to = (from + 10_000).min(len);
         for (_, bytes) in store.audit_entries(from, to)? {
@@ -908,7 +912,7 @@ fn collect_export(
         }
         from = to;
     }
-    Ok((inquiries, events))
+    Ok((inquiries, events, searched_from))
 }
 
 #[cfg(test)]
