@@ -345,10 +345,9 @@ async fn limits_follow_what_the_platform_reports_in_its_headers() {
     assert!(gateway.log().contains("following the rate the platform reports"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_sigkill() {
-    // Access tokens live 4 s here (an hour at Etsy) and every refresh retires the refresh token
-    // it used. The entry has no access token at all, only the first refresh token.
+/// An Etsy stand-in whose access tokens live 4 s (an hour at Etsy) and whose every refresh
+/// retires the refresh token it used, and its OAuth state.
+async fn etsy_rotating_tokens() -> (Standin, Arc<std::sync::Mutex<platform_standins::etsy::OAuth>>) {
     let oauth = platform_standins::etsy::OAuth::new(Duration::from_secs(4), "0.etsy-refresh-first");
     let etsy = Standin::start(
         Arc::new(Etsy { oauth: Some(oauth.clone()), ..Etsy::default() }),
@@ -356,14 +355,25 @@ async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_
     )
     .await
     .unwrap();
+    (etsy, oauth)
+}
+
+/// An `etsy_receipts` poller of `shop` with only the stand-in's first refresh token.
+fn etsy_refreshing_poller(etsy: &Standin, shop: &str) -> String {
+    format!(
+        "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{shop}\"\napp = \"etsy-app\"\naccess_token = \"\"\nrefresh_token = \"0.etsy-refresh-first\"\ntoken_url = \"{url}\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{url}\"\ninterval_ms = 200\nper_day = 2000000\n",
+        url = etsy.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_sigkill() {
+    // The entry has no access token at all, only the first refresh token.
+    let (etsy, oauth) = etsy_rotating_tokens().await;
     for c in 0..5 {
         exchange(&etsy, ETSY_SHOPS[0], c, now() - 60);
     }
-    let config = format!(
-        "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{}\"\napp = \"etsy-app\"\naccess_token = \"\"\nrefresh_token = \"0.etsy-refresh-first\"\ntoken_url = \"{url}\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{url}\"\ninterval_ms = 200\nper_day = 2000000\n",
-        ETSY_SHOPS[0],
-        url = etsy.url()
-    );
+    let config = etsy_refreshing_poller(&etsy, ETSY_SHOPS[0]);
     let mut gateway = Gateway::start(&config).await;
     wait_for(&gateway, "etsy", 5.0, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -402,21 +412,10 @@ async fn tokens_are_refreshed_before_they_expire_and_the_rotated_one_survives_a_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_polled_locally_carries_on_when_the_replicas_start_sharing_leases() {
-    // Etsy tokens live 4 s and each refresh retires the refresh token it used.
-    let oauth = platform_standins::etsy::OAuth::new(Duration::from_secs(4), "0.etsy-refresh-first");
-    let etsy = Standin::start(
-        Arc::new(Etsy { oauth: Some(oauth.clone()), ..Etsy::default() }),
-        Some(QuotaRule { per_second: 10.0, burst: 10, per_day: None }),
-    )
-    .await
-    .unwrap();
+    let (etsy, oauth) = etsy_rotating_tokens().await;
     exchange(&etsy, ETSY_SHOPS[1], 0, now() - 60);
     let kek = "[compliance]\nkek = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n";
-    let poller = format!(
-        "[[pollers]]\nconnector = \"etsy_receipts\"\naccount = \"{}\"\napp = \"etsy-app\"\naccess_token = \"\"\nrefresh_token = \"0.etsy-refresh-first\"\ntoken_url = \"{url}\"\napp_key = \"test-etsy-keystring\"\nbase_url = \"{url}\"\ninterval_ms = 200\nper_day = 2000000\n",
-        ETSY_SHOPS[1],
-        url = etsy.url()
-    );
+    let poller = etsy_refreshing_poller(&etsy, ETSY_SHOPS[1]);
     // One replica polls on its own first (`local`), long enough to rotate the token.
     let mut gateway = Gateway::start(&format!("{kek}{poller}")).await;
     wait_for(&gateway, "etsy", 1.0, Duration::from_secs(10)).await;

@@ -515,7 +515,10 @@ mod tests {
         let at_first = PollPosition { cursor: Some(&cursor), page: Some(&token) };
         let page = AliexpressMessages.parse(refused.to_string().as_bytes(), &target, &at_first, &mut context).unwrap();
         assert_eq!(page.ignored, 1);
-        assert_eq!(page.cursor.as_deref(), Some(cursor.as_str()), "the cycle's start is kept for the next try");
+        let kept = super::super::watermark::Watermark::parse(page.cursor.as_deref()).unwrap().unwrap();
+        assert_eq!(kept.at, now.unix_timestamp() - 3_600, "the cycle's start is kept for the next try");
+        assert_eq!(kept.refused.get("c-1"), Some(&1), "the refusal is counted");
+        assert!(page.refused.is_some(), "and reported");
         let next: Cycle = serde_json::from_str(&page.next_page.expect("the second conversation")).unwrap();
         assert_eq!(next.walk.step(), Step::Messages { conversation: "c-2", page: None });
     }
