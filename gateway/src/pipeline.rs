@@ -845,6 +845,9 @@ impl Stage {
                             continue;
                         }
                         batch.remove_inquiry(*id, pseudonym);
+                        // Its dead letter's class is no longer than the inquiry's: due too (and
+                        // one of an inquiry dated in the future is found no other way).
+                        batch.remove_dead_letter(*id);
                         expired.insert(*id);
                         removed += 1;
                     }
@@ -1590,6 +1593,27 @@ mod tests {
             let inquiry = stored(&store, ack.id).inquiry;
             assert_eq!(subjects.open(&inquiry).unwrap().unwrap().body, "anna writes", "readable");
         }
+        // A cache full of subjects none of which is stored yet keeps them all too.
+        let Running { subjects: crowded, .. } = start(Silent, 8);
+        crowded.limit_cache(3);
+        let seal = |buyer: &str| {
+            let raw = serde_json::json!({ "channel": "generic", "account": "shop-1", "external_id": format!("{buyer}-x"),
+                "buyer": { "email": format!("{buyer}@example.com") }, "body": "x", "occurred_at": "2026-11-24T08:00:00Z" })
+            .to_string();
+            let ctx = NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: "t" };
+            let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
+            Submission::seal(inquiry, raw.as_bytes(), true, None, "api_key:test", &crowded)
+                .unwrap()
+                .subject
+                .key
+                .pseudonym
+                .clone()
+        };
+        let first = seal("kim");
+        for b in ["lea", "max", "ned", "ola"] {
+            seal(b);
+        }
+        assert_eq!(seal("kim"), first, "never stored yet, never dropped");
         // Written, she may leave the cache: her next inquiry finds her in the store.
         let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
         for b in ["fay", "gus", "hal", "ivy"] {

@@ -778,7 +778,10 @@ impl SubjectRequests {
                 && !r.subjects.is_empty()
                 && r.received_at < given_up_before
         };
-        for mut request in self.sweep()?.into_iter().filter(|r| !r.pending_sinks.is_empty() || unfinished(r)) {
+        // An open request that young is left to its call altogether (its sinks' part included).
+        let in_its_call = |r: &SubjectRequest| r.status == RequestStatus::Open && r.received_at >= given_up_before;
+        let due = |r: &SubjectRequest| !in_its_call(r) && (!r.pending_sinks.is_empty() || unfinished(r));
+        for request in self.sweep()?.into_iter().filter(|r| due(r)) {
             if unfinished(&request) {
                 // As it stands now: a redelivery may have finished it since the sweep read it.
                 let Some(request) = self.get(request.id)?.filter(|r| unfinished(r)) else { continue };
@@ -793,8 +796,12 @@ impl SubjectRequests {
                 .iter()
                 .map(|p| Ok((p.clone(), self.store.inquiries_of(p)?)))
                 .collect::<Result<_, StoreError>>()?;
-            request.pending_sinks = self.erase_in_sinks(&erased, "gateway").await;
-            self.save(&request)?;
+            let pending = self.erase_in_sinks(&erased, "gateway").await;
+            // Onto the record as it stands now (a redelivery may have changed it meanwhile).
+            if let Some(mut now) = self.get(request.id)? {
+                now.pending_sinks.retain(|sink| pending.contains(sink));
+                self.save(&now)?;
+            }
         }
         Ok(())
     }

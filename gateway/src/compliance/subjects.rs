@@ -88,6 +88,8 @@ pub struct Subjects {
     cache: DashMap<[u8; 32], Arc<Subject>>,
     /// [`CACHE_LIMIT`], smaller in tests.
     cache_limit: std::sync::atomic::AtomicUsize,
+    /// The size at which the cache is swept next (at least the limit).
+    next_retain: std::sync::atomic::AtomicUsize,
     /// Pseudonyms being or already erased: never handed out again, even from a record read
     /// just before the erasure was written.
     erased: DashMap<String, ()>,
@@ -96,13 +98,21 @@ pub struct Subjects {
 impl Subjects {
     /// A registry over `store`, sealing with `vault`.
     pub fn new(vault: Arc<Vault>, store: Store) -> Subjects {
-        Subjects { vault, store, cache: DashMap::new(), cache_limit: CACHE_LIMIT.into(), erased: DashMap::new() }
+        Subjects {
+            vault,
+            store,
+            cache: DashMap::new(),
+            cache_limit: CACHE_LIMIT.into(),
+            next_retain: CACHE_LIMIT.into(),
+            erased: DashMap::new(),
+        }
     }
 
     /// Keeps at most `limit` subjects in memory (tests: a full cache without 200,000 subjects).
     #[cfg(test)]
     pub(crate) fn limit_cache(&self, limit: usize) {
         self.cache_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
+        self.next_retain.store(limit, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The vault.
@@ -130,14 +140,18 @@ impl Subjects {
             self.cache.remove(&index);
         }
         let limit = self.cache_limit.load(std::sync::atomic::Ordering::Relaxed);
-        if self.cache.len() >= limit {
+        let next_retain = self.next_retain.load(std::sync::atomic::Ordering::Relaxed);
+        if self.cache.len() >= next_retain {
             self.cache.retain(|_, subject| subject.pending());
-            // Half the cache not stored yet is no queue backlog but a flood of refused first
-            // inquiries: starting over bounds the memory and the cost of the next `retain`.
-            if self.cache.len() >= limit / 2 {
-                tracing::warn!(pending = self.cache.len(), "subject cache full of subjects never stored; cleared");
-                self.cache.clear();
+            // Subjects not stored yet are never dropped (a second pseudonym for their buyer would
+            // follow). When many are left (a flood of refused first inquiries), the next sweep
+            // waits until the cache has doubled, so it does not run on every miss; they leave
+            // once UNSTORED_KEPT is over.
+            let left = self.cache.len();
+            if left >= limit / 2 {
+                tracing::warn!(pending = left, "subject cache holds many subjects never stored");
             }
+            self.next_retain.store((2 * left).max(limit), std::sync::atomic::Ordering::Relaxed);
         }
         // The entry lock makes concurrent first inquiries of one buyer agree on one subject.
         match self.cache.entry(index) {

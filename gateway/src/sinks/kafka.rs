@@ -310,29 +310,42 @@ impl KafkaSink {
         self.producer().send_result(message).map_err(|(err, _)| err)
     }
 
-    /// The producer in use.
+    /// The producer to send with. One librdkafka reports as failed fatally (the idempotent
+    /// producer lost its sequence, the cluster refused IdempotentWrite...) fails every message
+    /// for good: it is made again here, once none of its messages is outstanding (so that a
+    /// record retried on the new one cannot overtake one still failing on the old one), for
+    /// every kind of message (routed records, audit entries, tombstones, SLA events, replies).
     fn producer(&self) -> FutureProducer<KafkaContext> {
-        self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        let current = self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match current.client().fatal_error() {
+            Some((code, reason)) if current.in_flight_count() == 0 => self.renew(&current, code, &reason),
+            _ => current,
+        }
     }
 
-    /// Makes a new producer when librdkafka reports a fatal error on this one (the idempotent
-    /// producer lost its sequence, the cluster refused IdempotentWrite...): a producer in that
-    /// state fails every message for good, so without a new one the spool would only fill up.
-    /// The records it failed are retried, in order, on the new one. True if it was renewed.
-    fn renew_if_fatal(&self) -> bool {
-        let Some((code, reason)) = self.producer().client().fatal_error() else { return false };
-        tracing::error!(sink = self.name, ?code, reason, "the kafka producer failed fatally; making a new one");
-        metrics::counter!(crate::telemetry::KAFKA_PRODUCER_RENEWALS, "sink" => self.name).increment(1);
+    /// Replaces the fatally failed producer `failed` with a new one (unless another call did).
+    fn renew(
+        &self,
+        failed: &FutureProducer<KafkaContext>,
+        code: RDKafkaErrorCode,
+        reason: &str,
+    ) -> FutureProducer<KafkaContext> {
+        let mut slot = self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.client().native_ptr() != failed.client().native_ptr() {
+            return slot.clone(); // renewed meanwhile
+        }
         match self.client_config.create_with_context(self.context.clone()) {
             Ok(fresh) => {
-                *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                true
+                tracing::error!(sink = self.name, ?code, reason, "the kafka producer failed fatally; made a new one");
+                metrics::counter!(crate::telemetry::KAFKA_PRODUCER_RENEWALS, "sink" => self.name).increment(1);
+                // The old one has nothing outstanding: dropping it does not wait on a flush.
+                *slot = fresh;
             }
             Err(err) => {
                 tracing::error!(sink = self.name, error = %client_error(&err), "cannot make a new kafka producer");
-                false
             }
         }
+        slot.clone()
     }
 
     /// Queues every record in order, in its turn after the batches started before it, waiting
@@ -340,7 +353,12 @@ impl KafkaSink {
     async fn deliver_all(&self, records: &[OutRecord]) -> Vec<Delivery> {
         let mut queued = Vec::with_capacity(records.len());
         let turn = self.queueing.lock().await;
-        self.renew_if_fatal();
+        // A producer failed fatally with messages still outstanding: nothing more goes to it;
+        // the batch is retried (in order, after the earlier ones) once a new one is made.
+        if self.producer().client().fatal_error().is_some() {
+            let detail = "the kafka producer failed fatally; retried on a new one".to_owned();
+            return records.iter().map(|_| Delivery::Retry { detail: detail.clone() }).collect();
+        }
         for record in records {
             loop {
                 match self.enqueue(&self.topics.routed, record, record.json(), None) {
@@ -538,15 +556,16 @@ mod tests {
         let config = crate::config::Config::from_toml_with_env(text, |_| None).unwrap();
         let sink =
             KafkaSink::new("kafka", config.sinks.kafka.as_ref().unwrap(), &config.retention, false, None).unwrap();
-        assert!(!sink.renew_if_fatal(), "a healthy producer is kept");
+        let first = sink.producer().client().native_ptr();
+        assert_eq!(sink.producer().client().native_ptr(), first, "a healthy producer is kept");
         let reason = std::ffi::CString::new("test: out of order sequence").unwrap();
         let fatal = rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+        let failed = sink.producer.read().unwrap().clone();
         // SAFETY: a live client handle and a NUL-terminated reason, as librdkafka's test API wants.
-        unsafe {
-            rdkafka::bindings::rd_kafka_test_fatal_error(sink.producer().client().native_ptr(), fatal, reason.as_ptr())
-        };
-        assert!(sink.producer().client().fatal_error().is_some());
-        assert!(sink.renew_if_fatal(), "made again");
-        assert!(sink.producer().client().fatal_error().is_none(), "the new producer is healthy");
+        unsafe { rdkafka::bindings::rd_kafka_test_fatal_error(failed.client().native_ptr(), fatal, reason.as_ptr()) };
+        assert!(failed.client().fatal_error().is_some());
+        let fresh = sink.producer();
+        assert_ne!(fresh.client().native_ptr(), first, "made again once nothing is outstanding");
+        assert!(fresh.client().fatal_error().is_none(), "the new producer is healthy");
     }
 }
