@@ -65,11 +65,10 @@ pub async fn sweep(
     let mut swept = Swept::default();
     let cutoff = now - time::Duration::days(i64::from(retention.inquiries_days));
     // Inquiries received since then may still wait in an outbox (later ones are queued later).
-    let spooled_since = {
+    let oldest_spooled = {
         let pipeline = pipeline.clone();
-        off_the_workers(move || pipeline.oldest_spooled()).await?.map(|since| since - SPOOL_MARGIN)
+        off_the_workers(move || pipeline.oldest_spooled()).await?
     };
-    let oldest_spooled = spooled_since.map(|since| since + SPOOL_MARGIN);
     let spooled_since = match oldest_spooled {
         // A sink that has taken nothing for so long holds retention back no more (the storage
         // limit wins): what expires is removed unsent.
@@ -82,7 +81,7 @@ pub async fn sweep(
         }
         Some(oldest) => {
             tracing::info!(oldest_spooled = %oldest, "retention keeps the inquiries a sink has not taken yet");
-            spooled_since
+            Some(oldest - SPOOL_MARGIN)
         }
         None => None,
     };

@@ -163,13 +163,8 @@ impl Spool {
 
     /// When the oldest entry some sink has not taken yet was queued (ms since the Unix epoch).
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
-        let mut oldest = None;
-        for sink in &self.sinks {
-            if let Some(ms) = sink.outbox.first_enqueued_ms()? {
-                oldest = Some(oldest.map_or(ms, |o: u64| o.min(ms)));
-            }
-        }
-        Ok(oldest)
+        let firsts = self.sinks.iter().map(|sink| sink.outbox.first_enqueued_ms()).collect::<Result<Vec<_>, _>>()?;
+        Ok(firsts.into_iter().flatten().min())
     }
 
     /// Sequence numbers below this are durable.

@@ -366,18 +366,10 @@ impl Store {
     ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes().to_vec()));
-        let mut out = Vec::new();
-        for item in self.inquiries.range((start, Bound::Excluded(time_prefix(before).to_vec()))).take(limit) {
-            let (key, value) = item?;
-            if let Ok(id) = Uuid::from_slice(&key) {
-                out.push((id, split_frame(&value).0.to_vec()));
-            }
-        }
-        Ok(out)
+        self.inquiry_records((start, Bound::Excluded(time_prefix(before).to_vec())), limit)
     }
 
-    /// Up to `limit` inquiries whose message time is `from` or later (after inquiry id `after`),
-    /// in id order: records only (without the original payload).
+    /// Up to `limit` inquiries whose message time is `from` or later, as [`Store::inquiries_before`].
     pub fn inquiries_from(
         &self,
         from: time::OffsetDateTime,
@@ -387,8 +379,18 @@ impl Store {
         use std::ops::Bound;
         let start =
             after.map_or(Bound::Included(time_prefix(from).to_vec()), |id| Bound::Excluded(id.as_bytes().to_vec()));
+        self.inquiry_records((start, Bound::Unbounded), limit)
+    }
+
+    /// Up to `limit` `(id, record)` of the inquiries whose keys are in `range` (records only,
+    /// without the original payload).
+    fn inquiry_records(
+        &self,
+        range: (std::ops::Bound<Vec<u8>>, std::ops::Bound<Vec<u8>>),
+        limit: usize,
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inquiries.range((start, Bound::Unbounded)).take(limit) {
+        for item in self.inquiries.range(range).take(limit) {
             let (key, value) = item?;
             if let Ok(id) = Uuid::from_slice(&key) {
                 out.push((id, split_frame(&value).0.to_vec()));

@@ -229,11 +229,12 @@ impl Walk {
             return kept.to_cursor();
         }
         let mut cursor = if self.mark.at > cap { Watermark::starting(cap) } else { self.mark.clone() };
-        // Given up: their counts stay, so that refused again they do not hold the cursor anew.
-        cursor.refused = if self.failed { strikes } else { BTreeMap::new() };
+        // Given up (or none refused: empty): their counts stay, so that refused again they do not
+        // hold the cursor anew.
+        cursor.refused = strikes;
         // The platform's clock may run behind ours: a message it stamps a little before our
-        // listing time may still have come after it.
-        cursor.moved = Some(Moved { after: self.listed_at - super::LOOKBACK.whole_seconds(), floor: self.since.at });
+        // listing time (less the look-back, `cap`) may still have come after it.
+        cursor.moved = Some(Moved { after: cap, floor: self.since.at });
         cursor.to_cursor()
     }
 

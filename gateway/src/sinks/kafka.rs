@@ -289,6 +289,7 @@ impl KafkaSink {
     /// the broker's acknowledgement.
     fn enqueue(
         &self,
+        producer: &FutureProducer<KafkaContext>,
         topic: &str,
         record: &OutRecord,
         payload: &[u8],
@@ -307,7 +308,7 @@ impl KafkaSink {
             headers = headers.insert(Header { key: "dead_letter_reason", value: Some(reason) });
         }
         let message = FutureRecord::to(topic).key(&key).payload(payload).headers(headers);
-        self.producer().send_result(message).map_err(|(err, _)| err)
+        producer.send_result(message).map_err(|(err, _)| err)
     }
 
     /// The producer to send with. One librdkafka reports as failed fatally (the idempotent
@@ -355,13 +356,15 @@ impl KafkaSink {
         let turn = self.queueing.lock().await;
         // A producer failed fatally with messages still outstanding: nothing more goes to it;
         // the batch is retried (in order, after the earlier ones) once a new one is made.
-        if self.producer().client().fatal_error().is_some() {
+        // One producer for the whole batch (taken once, not per record).
+        let producer = self.producer();
+        if producer.client().fatal_error().is_some() {
             let detail = "the kafka producer failed fatally; retried on a new one".to_owned();
             return records.iter().map(|_| Delivery::Retry { detail: detail.clone() }).collect();
         }
         for record in records {
             loop {
-                match self.enqueue(&self.topics.routed, record, record.json(), None) {
+                match self.enqueue(&producer, &self.topics.routed, record, record.json(), None) {
                     Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                         tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                     }
@@ -408,7 +411,7 @@ impl KafkaSink {
         } else {
             record.json()
         };
-        let sent = match self.enqueue(&self.topics.dead_letter, record, payload, Some(reason)) {
+        let sent = match self.enqueue(&self.producer(), &self.topics.dead_letter, record, payload, Some(reason)) {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => Err(e),
