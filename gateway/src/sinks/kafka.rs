@@ -567,7 +567,16 @@ mod tests {
         // SAFETY: a live client handle and a NUL-terminated reason, as librdkafka's test API wants.
         unsafe { rdkafka::bindings::rd_kafka_test_fatal_error(failed.client().native_ptr(), fatal, reason.as_ptr()) };
         assert!(failed.client().fatal_error().is_some());
-        let fresh = sink.producer();
+        // Made again once nothing is outstanding: the fatal error's own event counts until the
+        // producer's polling thread has taken it (within its 100 ms poll).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let fresh = loop {
+            let producer = sink.producer();
+            if producer.client().native_ptr() != first || std::time::Instant::now() > deadline {
+                break producer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_ne!(fresh.client().native_ptr(), first, "made again once nothing is outstanding");
         assert!(fresh.client().fatal_error().is_none(), "the new producer is healthy");
     }
