@@ -269,7 +269,12 @@ async fn send_email(target: &AlertTargetConfig, events: &[SlaEvent]) -> Result<(
         message = message.to(to.parse().map_err(|_| "bad recipient address".to_owned())?);
     }
     let message = message.body(render(events, target)).map_err(|e| format!("alert e-mail: {e}"))?;
-    transport.send(message).await.map(|_| ()).map_err(|e| format!("alert target {}: smtp: {e}", target.id))
+    // The relay's reply text can quote recipients' addresses: only its status code is kept.
+    transport.send(message).await.map(|_| ()).map_err(|e| {
+        let code = e.status().map(|c| format!(" {c}")).unwrap_or_default();
+        let kind = if e.is_permanent() { "refused" } else { "failed" };
+        format!("alert target {}: smtp {kind}{code}", target.id)
+    })
 }
 
 /// Feishu: HMAC-SHA256 keyed by "{timestamp}\n{secret}" over nothing, base64.

@@ -1161,6 +1161,58 @@ mod tests {
     }
 
     #[test]
+    fn an_acknowledgement_whose_waits_reach_the_buyers_quiet_hours_is_held_until_they_end() {
+        use super::send::{mark_leaving, Leaving};
+        let dir = tempfile::tempdir().unwrap();
+        // 19:59:30 UTC: 20:59:30 in Germany (CET), half a minute before its quiet hours.
+        let evening = T0 + 9 * 60 * MIN + 59 * MIN + 30_000;
+        let clock = Arc::new(ManualClock(AtomicI64::new(evening)));
+        let store = Store::open(dir.path()).unwrap();
+        let config = config_with_acks("quiet_hours = \"21:00-08:00\"");
+        let engine = Reach::new(&config, store.clone(), all_regions_to_kafka(), clock.clone()).unwrap();
+        let german = |seq: u64, pseudonym: &str| {
+            let buyer = serde_json::json!({ "email": format!("{pseudonym}@example.com"), "country": "DE" });
+            let fields = serde_json::json!({ "channel": "whatsapp", "buyer": buyer });
+            kept(&store, seq, clock.now_ms(), fields, pseudonym)
+        };
+        let state = |id: Uuid| {
+            serde_json::from_slice::<ack::AckState>(&store.timeline_state(Timeline::Ack, id).unwrap().unwrap()).unwrap()
+        };
+        let (early, late, answered) = (german(1, "bp_anna"), german(2, "bp_bo"), german(3, "bp_cem"));
+        assert_eq!(engine.schedule(&[early.clone(), late.clone(), answered.clone()]).unwrap(), 3);
+        let rendered = |id: Uuid| engine.acks().render(&state(id), &HashMap::new()).unwrap();
+        let due = |id: Uuid| state(id).not_before_ms;
+        assert!(due(late.id()) < T0 + 10 * 60 * MIN, "planned before the quiet hours");
+
+        // Checked before its waits, it leaves at once.
+        let leaving = mark_leaving(&engine, early.id(), due(early.id()), Some("DE"), &rendered(early.id())).unwrap();
+        let Leaving::Now(marked) = leaving else { panic!("{leaving:?}") };
+        assert_eq!((marked.status, marked.attempts), (ack::AckStatus::Sending, 1));
+
+        // The other waited for its turn (the buyer's pause, the account's rate) past 21:00.
+        clock.0.store(evening + 35_000, Ordering::SeqCst);
+        let (planned, message) = (due(late.id()), rendered(late.id()));
+        let leaving = mark_leaving(&engine, late.id(), planned, Some("DE"), &message).unwrap();
+        // 08:00 in Germany the next morning: 07:00 UTC.
+        let morning = T0 + 21 * 60 * MIN;
+        assert!(matches!(leaving, Leaving::HeldUntil(at) if at == morning), "{leaving:?}");
+        let held = state(late.id());
+        assert_eq!((held.status, held.attempts, held.not_before_ms), (ack::AckStatus::Scheduled, 0, morning));
+        let timers = store.due_timers(Timeline::Ack, morning, 10).unwrap();
+        assert_eq!(timers, vec![(planned, answered.id()), (morning, late.id())], "its timer moved to the morning");
+
+        // In the morning it leaves; one a reply cancelled meanwhile does not.
+        engine.reply(answered.stored(), evening + 20_000).unwrap();
+        clock.0.store(morning, Ordering::SeqCst);
+        let leaving = mark_leaving(&engine, late.id(), morning, Some("DE"), &message).unwrap();
+        assert!(matches!(leaving, Leaving::Now(_)), "{leaving:?}");
+        let message = rendered(answered.id());
+        let leaving = mark_leaving(&engine, answered.id(), planned, Some("DE"), &message).unwrap();
+        assert!(matches!(leaving, Leaving::NotScheduled), "{leaving:?}");
+        assert_eq!(store.next_due(Timeline::Ack).unwrap(), None, "no timer left");
+    }
+
+    #[test]
     fn a_buyers_repeat_messages_get_one_acknowledgement_and_join_the_running_sla() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(T0)));

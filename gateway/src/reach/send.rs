@@ -320,12 +320,18 @@ impl Sender {
         }
     }
 
-    /// Waits until a message from `account` may leave: one period of the account's rate after the
-    /// previous one left or, at slow rates (10 a second or less: Shopee, TikTok Shop, eBay), after
-    /// the platform answered it (then the caller holds the pass while it sends, and
-    /// [`Sender::answered`] sets it).
-    async fn depart(&self, account: &str) -> Option<Pass> {
-        let mut pass = self.departures.pass(account.to_owned()).await;
+    /// Waits for `account`'s turn: one period of the account's rate after the previous message
+    /// left or, at slow rates, after the platform answered it. The caller holds the pass while it
+    /// checks quiet hours and marks the message, then hands it to [`Sender::depart`].
+    async fn turn(&self, account: &str) -> Pass {
+        self.departures.pass(account.to_owned()).await
+    }
+
+    /// The message leaves now: the next one of the account may leave one period from now or, at
+    /// slow rates (10 a second or less: Shopee, TikTok Shop, eBay), one period after the platform
+    /// answered this one (then the caller keeps the pass while it sends, and [`Sender::answered`]
+    /// sets it).
+    fn depart(&self, mut pass: Pass) -> Option<Pass> {
         *pass = Some(tokio::time::Instant::now() + self.period());
         (self.per_second <= 10.0).then_some(pass)
     }
@@ -734,6 +740,11 @@ pub async fn run_acks(
                     tracing::error!(inquiry_id = %id, error = %err, "acknowledgement not recorded; retrying in 5 s");
                     let later = reach.clock.now_ms() + 5000;
                     let _ = reach.update_ack(id, Some(due_ms), |state| {
+                        // Only a scheduled one has a timer to move; one left `sending` (its
+                        // outcome not recorded) becomes uncertain at the next start.
+                        if state.status != AckStatus::Scheduled {
+                            return false;
+                        }
                         state.not_before_ms = later;
                         true
                     });
@@ -877,25 +888,14 @@ async fn send_one(
             }
         }
     }
-    // Its turn among the messages to this buyer first: a stop or a reply while it waits leaves
-    // it scheduled or cancelled, not half-sent.
+    // Its turn among the messages to this buyer, then among the account's: a stop or a reply
+    // while it waits leaves it scheduled or cancelled, not half-sent.
     let lane = sender.space(&recipient).await;
-    // Durable before it leaves: a stop from here on never sends it again. A reply may have
-    // cancelled it meanwhile: then it stays cancelled and is not sent.
-    let marked = reach.update_ack(id, Some(due_ms), |state| {
-        if !scheduled(state) {
-            return false;
-        }
-        state.status = AckStatus::Sending;
-        state.attempts += 1;
-        // What is sent is recorded: the variant in force now (a reload may have changed it
-        // since the acknowledgement was planned).
-        state.version = message.version;
-        state.language = message.language.clone();
-        state.template_sha256 = message.template_sha256.clone();
-        true
-    })?;
-    let Some(marked) = marked.filter(|s| s.status == AckStatus::Sending) else { return Ok(()) };
+    let turn = sender.turn(platform_account).await;
+    // Durable before it leaves: a stop from here on never sends it again. The waits may have
+    // carried it into the buyer's quiet hours, or a reply may have cancelled it meanwhile.
+    let country = stored.inquiry.buyer.country.as_deref();
+    let Leaving::Now(marked) = mark_leaving(reach, id, due_ms, country, &message)? else { return Ok(()) };
     let inquiry = &stored.inquiry;
     let to = Addressee {
         account: platform_account,
@@ -904,7 +904,7 @@ async fn send_one(
         message_id: &inquiry.external.message_id,
         item_id: inquiry.product_ids.first().map(String::as_str),
     };
-    let departure = sender.depart(platform_account).await;
+    let departure = sender.depart(turn);
     let outcome = sender.send(&to, &message, id).await;
     sender.answered(lane, departure);
     match outcome {
@@ -912,7 +912,8 @@ async fn send_one(
         Err(SendError::Retry(reason)) if marked.attempts < MAX_ATTEMPTS => {
             tracing::warn!(inquiry_id = %id, attempts = marked.attempts, reason, "acknowledgement refused for now; retrying");
             counter!(telemetry::ACKS, "channel" => channel_label(&state.channel), "outcome" => "retried").increment(1);
-            let later = now + (1000i64 << marked.attempts.min(10));
+            // From the refusal, not from when the send began: waits may have taken longer.
+            let later = reach.clock.now_ms() + (1000i64 << marked.attempts.min(10));
             reach.update_ack(id, Some(due_ms), |state| {
                 // A reply while it was sending cancels the retry.
                 state.status = if state.cancel_requested { AckStatus::Cancelled } else { AckStatus::Scheduled };
@@ -929,6 +930,52 @@ async fn send_one(
             finish(reach, pipeline, id, due_ms, AckStatus::Failed { reason }).await
         }
     }
+}
+
+/// What [`mark_leaving`] decided.
+#[derive(Debug)]
+pub(crate) enum Leaving {
+    /// Marked `sending`: it leaves now (the state as marked).
+    Now(AckState),
+    /// In the buyer's quiet hours now: scheduled again for this time (Unix ms).
+    HeldUntil(i64),
+    /// No longer scheduled (cancelled by a reply, or gone): not sent.
+    NotScheduled,
+}
+
+/// Marks inquiry `id`'s acknowledgement `sending` with the variant `message` renders, just before
+/// it leaves, unless it is in the quiet hours of a buyer in `country` by the clock now (then it
+/// is scheduled for their end) or no longer scheduled. One store write under the reach lock.
+pub(crate) fn mark_leaving(
+    reach: &Reach,
+    id: Uuid,
+    due_ms: i64,
+    country: Option<&str>,
+    message: &Rendered,
+) -> Result<Leaving, StoreError> {
+    let now = reach.clock.now_ms();
+    let allowed = reach.acks().quiet_until(now, country);
+    let mut leaving = Leaving::NotScheduled;
+    reach.update_ack(id, Some(due_ms), |state| {
+        if state.status != AckStatus::Scheduled {
+            return false;
+        }
+        if allowed > now {
+            state.not_before_ms = allowed;
+            leaving = Leaving::HeldUntil(allowed);
+            return true;
+        }
+        state.status = AckStatus::Sending;
+        state.attempts += 1;
+        // What is sent is recorded: the variant in force now (a reload may have changed it
+        // since the acknowledgement was planned).
+        state.version = message.version;
+        state.language = message.language.clone();
+        state.template_sha256 = message.template_sha256.clone();
+        leaving = Leaving::Now(state.clone());
+        true
+    })?;
+    Ok(leaving)
 }
 
 /// Records the final status of inquiry `id`'s acknowledgement, counts and audits it.
