@@ -154,7 +154,7 @@ impl PollerQuota {
         // starts almost empty, but one call lets a platform that reports what is left say so.
         let daily_key = quota.per_day.map(|per_day| {
             let key = (poller.name(), config.app.clone(), scope, format!("{}:daily", poller.operation()));
-            registry.limiter(&key, daily_rate(per_day), per_day, 1);
+            registry.limiter(&key, daily_rate(per_day), daily_burst(per_day), 1);
             key
         });
         PollerQuota { per_second_key, daily_key, quota, daily_synced: false }
@@ -170,9 +170,8 @@ impl PollerQuota {
         }
         if let (Some(key), Some(per_day)) = (&self.daily_key, self.quota.per_day) {
             if first(key) {
-                registry
-                    .limiters
-                    .insert(key.clone(), Arc::new(Limiter::with_available(daily_rate(per_day), per_day, 1)));
+                let empty = Limiter::with_available(daily_rate(per_day), daily_burst(per_day), 1);
+                registry.limiters.insert(key.clone(), Arc::new(empty));
             }
         }
     }
@@ -198,7 +197,13 @@ impl PollerQuota {
                 registry.limiters.remove(key);
                 self.daily_synced = true;
             }
-            if registry.follow(key, daily_rate(per_day), per_day, left.unwrap_or(0)) {
+            // What the platform says is left may be used at once (it counts, not this bucket);
+            // without its word the bucket alone keeps any 24 hours under the cap.
+            let (burst, available) = match left {
+                Some(left) => (per_day, left),
+                None => (daily_burst(per_day), 0),
+            };
+            if registry.follow(key, daily_rate(per_day), burst, available) {
                 tracing::info!(poller = name, per_day, left, "following the daily cap the platform reports");
                 self.quota.per_day = Some(per_day);
             }
@@ -217,6 +222,14 @@ impl PollerQuota {
 /// A daily cap as a rate: `per_day` calls refilled evenly over 24 hours.
 fn daily_rate(per_day: u32) -> f64 {
     f64::from(per_day.max(1)) / 86_400.0
+}
+
+/// The calls a daily cap lets through at once after a quiet spell, when the platform does not
+/// say how many are left: in any 24 hours a bucket lets its burst plus its rate's day through
+/// (`HEADROOM` of the cap), so a burst of the rest (2%) keeps every 24 hours, and so every
+/// calendar day, under the cap. A burst of the whole cap would allow nearly twice it.
+fn daily_burst(per_day: u32) -> u32 {
+    ((f64::from(per_day) * (1.0 - HEADROOM)).floor() as u32).max(1)
 }
 
 /// The HTTP client of the pollers.
@@ -837,6 +850,50 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(50), "the two calls left are there at once");
         let third = tokio::time::timeout(Duration::from_millis(200), registry.acquire(&[key("d")])).await;
         assert!(third.is_err(), "the third waits for the day to refill");
+    }
+
+    /// The most calls a limiter of (`per_second`, `burst`) lets through in any `window` seconds:
+    /// its burst, then one per period of the rate it runs at.
+    fn most_calls_in(per_second: f64, burst: u32, window: f64) -> f64 {
+        f64::from(burst) + (window * per_second * HEADROOM).floor()
+    }
+
+    #[test]
+    fn no_pollers_default_quota_lets_more_than_its_rate_through_in_any_second_or_its_cap_in_any_day() {
+        let pollers = inquiry_connectors::poll::REGISTRY;
+        assert!(pollers.len() >= 9, "every poller is checked");
+        for poller in pollers {
+            let quota = poller.default_quota();
+            let in_a_second = most_calls_in(quota.per_second, quota.burst, 1.0);
+            assert!(
+                in_a_second <= quota.per_second.ceil(),
+                "{}: {in_a_second} calls in one second under {quota:?}",
+                poller.name()
+            );
+            if let Some(per_day) = quota.per_day {
+                let in_a_day = most_calls_in(daily_rate(per_day), daily_burst(per_day), 86_400.0);
+                assert!(in_a_day <= f64::from(per_day), "{}: {in_a_day} calls in 24 hours", poller.name());
+            }
+        }
+        // The burst that used to be configured: nearly twice the rate, nearly twice the cap.
+        assert_eq!(most_calls_in(10.0, 10, 1.0), 19.0);
+        assert_eq!(most_calls_in(daily_rate(5_000), 5_000, 86_400.0), 9_900.0);
+    }
+
+    #[tokio::test]
+    async fn after_a_quiet_spell_a_burst_of_one_keeps_any_second_within_the_rate() {
+        let registry = QuotaRegistry::default();
+        registry.limiter(&key("q"), 10.0, 1, 1);
+        tokio::time::sleep(Duration::from_millis(1_500)).await; // quiet: the bucket refills
+        let started = Instant::now();
+        let mut calls = 0;
+        let window = Duration::from_millis(950);
+        while let Ok(_) =
+            tokio::time::timeout(window.saturating_sub(started.elapsed()), registry.acquire(&[key("q")])).await
+        {
+            calls += 1;
+        }
+        assert!((9..=10).contains(&calls), "{calls} calls in 0.95 s at 10/s");
     }
 
     #[tokio::test]

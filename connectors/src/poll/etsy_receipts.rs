@@ -42,8 +42,11 @@ impl Poller for EtsyReceipts {
         "requests"
     }
 
+    /// 10 requests per second and 10,000 per 24 hours per app; the second is counted as a
+    /// window, so no burst on top of the rate
+    /// (<https://developers.etsy.com/documentation/essentials/rate-limits>).
     fn default_quota(&self) -> PollQuota {
-        PollQuota { per_second: 10.0, burst: 10, per_day: Some(10_000) }
+        PollQuota { per_second: 10.0, burst: 1, per_day: Some(10_000) }
     }
 
     fn quota_scope(&self) -> QuotaScope {

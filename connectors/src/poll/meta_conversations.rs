@@ -44,8 +44,11 @@ impl Poller for MetaConversations {
         "conversations"
     }
 
+    /// "2 calls per second per Facebook Page", with no burst on top of the rate (the shape of
+    /// the window is not documented)
+    /// (<https://developers.facebook.com/documentation/business-messaging/messenger-platform/overview/rate-limiting>).
     fn default_quota(&self) -> PollQuota {
-        PollQuota { per_second: 2.0, burst: 2, per_day: None }
+        PollQuota { per_second: 2.0, burst: 1, per_day: None }
     }
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {

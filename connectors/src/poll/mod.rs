@@ -59,7 +59,9 @@ pub fn find(name: &str) -> Option<&'static dyn Poller> {
 pub struct PollQuota {
     /// Sustained requests per second.
     pub per_second: f64,
-    /// Requests allowed at once after a quiet period.
+    /// Requests allowed at once after a quiet period, on top of the rate: in any one second a
+    /// bucket lets `burst` plus `per_second` through, so a platform that counts calls per second
+    /// (a window, not a bucket) needs 1 here to stay within `per_second`.
     pub burst: u32,
     /// Requests per day, where the platform caps them.
     pub per_day: Option<u32>,

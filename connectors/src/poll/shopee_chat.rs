@@ -87,8 +87,10 @@ impl Poller for ShopeeChat {
         "sellerchat"
     }
 
+    /// Assumed: Shopee publishes no per-API figure. 2 calls a second per shop, with no burst on
+    /// top of the rate in case it counts seconds as windows.
     fn default_quota(&self) -> PollQuota {
-        PollQuota { per_second: 2.0, burst: 2, per_day: None }
+        PollQuota { per_second: 2.0, burst: 1, per_day: None }
     }
 
     fn required_credentials(&self) -> &'static [Credential] {

@@ -95,6 +95,12 @@ impl Platform for Etsy {
         "etsy"
     }
 
+    /// "10 requests per second" per app, answered 429 "Exceeded per second rate limit"
+    /// (<https://developers.etsy.com/documentation/essentials/rate-limits>).
+    fn counts_per_second(&self) -> bool {
+        true
+    }
+
     fn documented_quota(&self) -> QuotaRule {
         QuotaRule { per_second: 10.0, burst: 10, per_day: Some(10_000) }
     }

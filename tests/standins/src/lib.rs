@@ -154,6 +154,12 @@ pub trait Platform: Send + Sync + 'static {
     /// The documented quota.
     fn documented_quota(&self) -> QuotaRule;
 
+    /// Whether the platform counts calls per second (a window) rather than in a bucket that
+    /// lets a burst through after a quiet spell.
+    fn counts_per_second(&self) -> bool {
+        false
+    }
+
     /// The answer to a request outside the API's quota (an OAuth token endpoint), if it is one.
     fn outside_quota(&self, _request: &Request) -> Option<Reply> {
         None

@@ -48,6 +48,12 @@ impl Platform for Meta {
         "meta"
     }
 
+    /// "2 calls per second per Facebook Page"
+    /// (<https://developers.facebook.com/documentation/business-messaging/messenger-platform/overview/rate-limiting>).
+    fn counts_per_second(&self) -> bool {
+        true
+    }
+
     fn documented_quota(&self) -> QuotaRule {
         QuotaRule { per_second: 2.0, burst: 2, per_day: None }
     }

@@ -1,5 +1,7 @@
 //! Quota enforcement as the platforms document it: a token bucket per quota key (requests per
-//! second with a burst) and, where the platform has one, a cap on the calls of the last 24 hours.
+//! second with a burst), for platforms that count calls per second also a window (no more than
+//! the rate's calls in any one second, whatever the bucket holds after a quiet spell) and, where
+//! the platform has one, a cap on the calls of the last 24 hours.
 //! Every call is counted; a call over the quota is a violation and is answered the way the
 //! platform answers it.
 
@@ -82,6 +84,8 @@ struct KeyState {
     tokens: f64,
     refilled: Instant,
     day: VecDeque<Instant>,
+    /// Calls of the last second (platforms that count calls per second).
+    second: VecDeque<Instant>,
     first: Option<Instant>,
     last: Option<Instant>,
     last_caller: Option<String>,
@@ -91,6 +95,8 @@ struct KeyState {
 /// Quota state of every key of one stand-in.
 pub struct Quotas {
     rule: QuotaRule,
+    /// The platform counts calls per second: at most `per_second` (rounded up) in any second.
+    per_second_window: bool,
     keys: BTreeMap<String, KeyState>,
 }
 
@@ -110,7 +116,14 @@ pub struct Admission {
 impl Quotas {
     /// Quotas under `rule`.
     pub fn new(rule: QuotaRule) -> Quotas {
-        Quotas { rule, keys: BTreeMap::new() }
+        Quotas { rule, per_second_window: false, keys: BTreeMap::new() }
+    }
+
+    /// Also counts the calls of every second (Etsy: "10 requests per second"): a bucket full
+    /// after a quiet spell must not let its burst and its rate through in the same second.
+    pub fn counting_seconds(mut self, per_second_window: bool) -> Quotas {
+        self.per_second_window = per_second_window;
+        self
     }
 
     /// The rule enforced.
@@ -126,6 +139,7 @@ impl Quotas {
             tokens: f64::from(rule.burst),
             refilled: now,
             day: VecDeque::new(),
+            second: VecDeque::new(),
             first: None,
             last: None,
             last_caller: None,
@@ -137,15 +151,23 @@ impl Quotas {
         while state.day.front().is_some_and(|t| now - *t >= Duration::from_secs(86_400)) {
             state.day.pop_front();
         }
+        // The window is a second less the slack, like the bucket's: calls spaced evenly at the
+        // rate, delayed a little on the way, still pass.
+        let window = Duration::from_secs(1) - SLACK;
+        while state.second.front().is_some_and(|t| now - *t >= window) {
+            state.second.pop_front();
+        }
         state.first.get_or_insert(now);
         state.last = Some(now);
         state.stats.calls += 1;
         let within_second = state.tokens + SLACK.as_secs_f64() * rule.per_second >= 1.0;
+        let within_window = !self.per_second_window || (state.second.len() as f64) < rule.per_second.ceil();
         let within_day = rule.per_day.is_none_or(|cap| state.day.len() < cap as usize);
-        let allowed = within_second && within_day;
+        let allowed = within_second && within_window && within_day;
         if allowed {
             state.tokens -= 1.0;
             state.day.push_back(now);
+            state.second.push_back(now);
             state.stats.served += 1;
         } else {
             state.stats.violations += 1;
@@ -205,6 +227,30 @@ mod tests {
         assert_eq!((stats.callers["x"], stats.callers["y"], stats.handovers), (3, 1, 2));
         let stats = quotas.stats();
         assert_eq!((stats["a"].calls, stats["a"].served, stats["a"].violations), (3, 2, 1));
+    }
+
+    #[test]
+    fn a_platform_counting_seconds_refuses_a_full_bucket_and_its_rate_in_one_second() {
+        let rule = QuotaRule { per_second: 10.0, burst: 10, per_day: None };
+        let (mut bucket, mut windowed) = (Quotas::new(rule), Quotas::new(rule).counting_seconds(true));
+        let started = Instant::now();
+        // A full bucket's burst, then calls at the rate for the rest of the second.
+        let mut admitted = (0, 0);
+        for call in 0..16 {
+            if call >= 10 {
+                std::thread::sleep(Duration::from_millis(105));
+            }
+            admitted.0 += u32::from(bucket.admit("k").allowed);
+            admitted.1 += u32::from(windowed.admit("k").allowed);
+        }
+        assert!(started.elapsed() < Duration::from_secs(1) - SLACK, "one window: {:?}", started.elapsed());
+        assert_eq!(admitted, (16, 10), "the bucket alone lets 16 through in one second, the window 10");
+        // Evenly spaced at the rate, the window never refuses.
+        let mut even = Quotas::new(rule).counting_seconds(true);
+        for _ in 0..15 {
+            assert!(even.admit("k").allowed);
+            std::thread::sleep(Duration::from_millis(101));
+        }
     }
 
     #[test]

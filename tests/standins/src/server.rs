@@ -43,7 +43,8 @@ impl Standin {
     ) -> std::io::Result<Standin> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let quotas = Arc::new(Mutex::new(Quotas::new(rule.unwrap_or_else(|| platform.documented_quota()))));
+        let rule = rule.unwrap_or_else(|| platform.documented_quota());
+        let quotas = Arc::new(Mutex::new(Quotas::new(rule).counting_seconds(platform.counts_per_second())));
         let mailbox = Mailbox::default();
         let shared = Arc::new(Shared {
             platform,
