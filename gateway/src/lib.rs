@@ -136,18 +136,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     store.sync()?;
     let (spool, next_seq) = Spool::open(&store, &names, config.spool.max_pending)?;
     let spool = Arc::new(spool);
-    let plugins = if config.routing.plugins.is_empty() {
-        None
-    } else {
-        // Compiling and starting plugins is blocking work (and WASI must not run on a runtime thread).
-        let router = Arc::new(tokio::task::block_in_place(|| plugins::PluginRouter::new(&config.routing))?);
-        Some(router)
-    };
+    // The plugin router routes even without plugins (it leaves every inquiry to the fallback
+    // route), so that a reload can add them. Compiling and starting plugins is blocking work
+    // (and WASI must not run on a runtime thread).
+    let plugin_router =
+        Arc::new(tokio::task::block_in_place(|| plugins::PluginRouter::new(&config.routing, fallback.clone()))?);
     // Agents' run-time state: restored before traffic (embedded store), or read from the CQL
-    // store by a refresher every replica runs.
-    let agent_states = plugins.as_ref().map(|router| {
+    // store by a refresher every replica runs. With plugins configured at start only.
+    let agent_states = (!config.routing.plugins.is_empty()).then(|| {
         Arc::new(agents::AgentStates::new(
-            router.agents().clone(),
+            plugin_router.agents().clone(),
             store.clone(),
             config.routing.agent_state,
             config.sinks.cql.clone(),
@@ -159,13 +157,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(agents = restored, "agent states restored from the store");
         }
     }
-    let router: Arc<dyn routing::Router> = match &plugins {
-        Some(router) => router.clone(),
-        None => Arc::new(fallback.clone()),
-    };
     let parts = pipeline::StageParts {
         store: store.clone(),
-        router,
+        router: plugin_router.clone(),
         fallback,
         spool: spool.clone(),
         next_seq,
@@ -173,11 +167,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         subjects: subjects.clone(),
     };
     let (pipeline, stage) = Pipeline::start(parts, limits)?;
-    if let Some(router) = plugins.as_ref().filter(|_| config.routing.reload_interval_ms > 0) {
+    if config.routing.reload_interval_ms > 0 {
         // A plugin file that changed is swapped in by the watcher: who routes is in the audit log.
         // (A weak handle: the stage holds the router, which holds the watcher.)
         let audit = pipeline.audit_handle();
-        plugins::watch(router, Duration::from_millis(config.routing.reload_interval_ms), move |status| {
+        plugins::watch(&plugin_router, Duration::from_millis(config.routing.reload_interval_ms), move |status| {
             let event = AuditEvent::new("routing.reloaded", "gateway:plugin_watcher")
                 .detail(serde_json::json!({ "plugins": plugin_versions(&status) }));
             audit.blocking_audit(vec![event]);
@@ -377,7 +371,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_api = http::admin::AdminApi::new(
         &config.admin,
         http::admin::AdminParts {
-            plugins: plugins.clone(),
+            plugins: plugin_router.clone(),
             agents: agent_states.clone(),
             store: store.clone(),
             source: config.source.clone(),
@@ -577,25 +571,21 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
             }
             None => "off",
         };
-        let routing_outcome = if admin.api.plugins.is_none() {
-            "off"
-        } else {
-            let reloading = admin.clone();
-            let routing = config.routing.clone();
-            // Compiling plugins is blocking work.
-            match tokio::task::spawn_blocking(move || reloading.api.reload_routing(&routing)).await {
-                Ok(Ok(())) => {
-                    tracing::info!("SIGHUP: routing reloaded");
-                    "reloaded"
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(error, "SIGHUP: routing reload refused; the previous routing stays");
-                    "refused"
-                }
-                Err(_) => {
-                    tracing::error!("SIGHUP: reload task failed");
-                    "refused"
-                }
+        let reloading = admin.clone();
+        let routing = config.routing.clone();
+        // Compiling plugins is blocking work.
+        let routing_outcome = match tokio::task::spawn_blocking(move || reloading.api.reload_routing(&routing)).await {
+            Ok(Ok(())) => {
+                tracing::info!("SIGHUP: routing reloaded");
+                "reloaded"
+            }
+            Ok(Err(error)) => {
+                tracing::error!(error, "SIGHUP: routing reload refused; the previous routing stays");
+                "refused"
+            }
+            Err(_) => {
+                tracing::error!("SIGHUP: reload task failed");
+                "refused"
             }
         };
         // Who may call in now, and what routes: in the audit log (ids and hashes, never a secret).
@@ -606,7 +596,7 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
             "webhooks": config.webhooks.iter().map(|w| format!("{}/{}", w.connector, w.account)).collect::<Vec<_>>(),
             "reach": reach_outcome,
             "routing": routing_outcome,
-            "plugins": admin.api.plugins.as_ref().map(|p| plugin_versions(&p.status())).unwrap_or_default(),
+            "plugins": plugin_versions(&admin.api.plugins.status()),
         }));
         if let Err(err) = api.pipeline.audit(vec![event]).await {
             tracing::error!(error = %err, "SIGHUP: the reload is applied but its audit entry was not written");

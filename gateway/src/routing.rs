@@ -4,6 +4,8 @@
 //! plugins implement the same trait. A router never stops the pipeline: a [`RouteOutcome::Failed`]
 //! inquiry goes down the fallback route and is dead-lettered with the reason.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use inquiry_connectors::Inquiry;
 use serde::{Deserialize, Serialize};
 
@@ -90,25 +92,32 @@ pub trait Router: Send + Sync + 'static {
     fn route(&self, batch: &[&Inquiry]) -> Vec<RouteOutcome>;
 }
 
-/// The built-in route: every inquiry goes to the configured fallback queue.
+/// The built-in route: every inquiry goes to the configured fallback queue. Clones share one
+/// configuration, which a routing reload replaces ([`FallbackRouter::replace`]).
 #[derive(Debug, Clone)]
 pub struct FallbackRouter {
-    config: FallbackConfig,
+    config: Arc<RwLock<FallbackConfig>>,
 }
 
 impl FallbackRouter {
     /// A fallback router for `config`.
     pub fn new(config: FallbackConfig) -> Self {
-        FallbackRouter { config }
+        FallbackRouter { config: Arc::new(RwLock::new(config)) }
+    }
+
+    /// Routes by `config` from now on (every clone).
+    pub fn replace(&self, config: FallbackConfig) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
     /// The fallback decision for `inquiry`, noting `reason` when a router failed.
     pub fn decide(&self, inquiry: &Inquiry, reason: Option<&str>) -> Decision {
+        let config = self.config.read().unwrap_or_else(PoisonError::into_inner);
         Decision {
             disposition: Disposition::Deliver,
-            queue: self.config.queue.clone(),
+            queue: config.queue.clone(),
             assignee: None,
-            priority: self.config.priority,
+            priority: config.priority,
             tags: Vec::new(),
             language: inquiry.buyer.language.clone(),
             reply_template: None,

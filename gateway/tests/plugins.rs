@@ -327,6 +327,42 @@ async fn a_new_plugin_file_is_swapped_in_and_a_broken_one_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_without_plugins_takes_them_and_a_new_fallback_route_on_reload() {
+    let mut gateway = Gateway::start("[routing]\nreload_interval_ms = 100\n").await;
+    let client = HttpClient::new();
+    let before = route(&client, &gateway, inquiry("shop-1", "n-1", "DE", "Hallo")).await;
+    assert_eq!((before["decided_by"].as_str(), before["queue"].as_str()), (Some("fallback"), Some("unassigned")));
+    assert_eq!(client.get(&gateway.admin_url("/v1/plugins")).await.json()["plugins"], json!([]));
+
+    // SIGHUP with a plugin for shop-1 and another fallback queue for everything else.
+    let config = plugin_toml("router", &built_plugin("example-c.wasm"), "")
+        + &chain_toml("shop-1", &["router"])
+        + "[routing]\nreload_interval_ms = 100\n[routing.fallback]\nqueue = \"triage\"\npriority = \"high\"\n";
+    gateway.reconfigure(&config);
+    eventually(Duration::from_secs(20), "the plugin is loaded", || async {
+        client.get(&gateway.admin_url("/v1/plugins")).await.json()["plugins"][0]["state"] == "ok"
+    })
+    .await;
+    let routed = route(&client, &gateway, inquiry("shop-1", "n-2", "DE", "Hallo")).await;
+    assert!(routed["decided_by"].as_str().unwrap().starts_with("plugin:router@"), "{routed}");
+    assert_eq!(routed["queue"], "eu-sales");
+    let other = route(&client, &gateway, inquiry("shop-2", "n-3", "DE", "Hallo")).await;
+    assert_eq!((other["decided_by"].as_str(), other["queue"].as_str()), (Some("fallback"), Some("triage")));
+    assert_eq!(other["priority"], "high");
+    let reloads = support::audit_entries_of(&gateway, "config.reloaded").await;
+    assert_eq!(reloads.last().unwrap()["detail"]["routing"], "reloaded", "{reloads:?}");
+
+    // Taken away again: back to the fallback route alone (the engine stays, unused).
+    gateway.reconfigure("[routing]\nreload_interval_ms = 100\n");
+    eventually(Duration::from_secs(20), "the plugin is gone", || async {
+        client.get(&gateway.admin_url("/v1/plugins")).await.json()["plugins"] == json!([])
+    })
+    .await;
+    let after = route(&client, &gateway, inquiry("shop-1", "n-4", "DE", "Hallo")).await;
+    assert_eq!((after["decided_by"].as_str(), after["queue"].as_str()), (Some("fallback"), Some("unassigned")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_settings_reach_the_plugin_name_its_version_and_a_shadow_tries_new_ones_on_live_traffic() {
     let go = built_plugin("example-go.wasm");
     // The Go example reads the `default_team` setting through the SDK; the shadow runs the same

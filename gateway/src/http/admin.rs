@@ -34,8 +34,8 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// What the admin API acts on.
 pub struct AdminParts {
-    /// The plugin router, when plugins are configured.
-    pub plugins: Option<Arc<PluginRouter>>,
+    /// The plugin router (with no plugins it leaves every inquiry to the fallback route).
+    pub plugins: Arc<PluginRouter>,
     /// Where agents' run-time state is kept (with plugins).
     pub agents: Option<Arc<crate::agents::AgentStates>>,
     /// The store (replay and the audit endpoints read it).
@@ -198,7 +198,7 @@ impl AdminApi {
         match (method, path.as_slice()) {
             (Method::GET, ["v1", "plugins"]) => {
                 self.authorize(req.headers(), "plugins:read", caller)?;
-                let plugins = self.plugins.as_ref().map(|p| p.status()).unwrap_or_default();
+                let plugins = self.plugins.status();
                 Ok(json_response(StatusCode::OK, &json!({ "plugins": plugins })))
             }
             (Method::POST, ["v1", "plugins", "reload"]) => {
@@ -218,8 +218,8 @@ impl AdminApi {
             }
             (Method::GET, ["v1", "agents"]) => {
                 self.authorize(req.headers(), "agents:read", caller)?;
-                let plugins = self.plugins.as_ref().ok_or_else(no_plugins)?;
-                let agents: Vec<Value> = plugins
+                let agents: Vec<Value> = self
+                    .plugins
                     .agents()
                     .all()
                     .into_iter()
@@ -379,18 +379,17 @@ impl AdminApi {
 
     /// Re-reads the config file's `[routing]` (or, without a file, the plugin files) and swaps it in.
     pub fn reload(&self) -> Result<(), String> {
-        let plugins = self.plugins.as_ref().ok_or("no plugins are configured; restart to add them")?;
         let config = match &self.source {
             Some(path) => Some(Config::read_validated(path)?.routing),
             None => None,
         };
-        plugins.reload(config.as_ref()).map_err(|e| e.to_string())
+        self.plugins.reload(config.as_ref()).map_err(|e| e.to_string())
     }
 
-    /// Reloads the routing plugins from `routing` (a validated config's `[routing]`).
+    /// Reloads the routing plugins and the fallback route from `routing` (a validated config's
+    /// `[routing]`).
     pub fn reload_routing(&self, routing: &crate::config::RoutingConfig) -> Result<(), String> {
-        let plugins = self.plugins.as_ref().ok_or("no plugins are configured; restart to add them")?;
-        plugins.reload(Some(routing)).map_err(|e| e.to_string())
+        self.plugins.reload(Some(routing)).map_err(|e| e.to_string())
     }
 
     /// Carries out an export or erasure; marks the open request it answers (`fulfils`) fulfilled.
@@ -465,7 +464,7 @@ impl AdminApi {
     fn replay(&self, id: &str, body: &Bytes) -> Result<HttpResponse, ApiError> {
         let request: ReplayRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
-        let plugins = self.plugins.as_ref().ok_or_else(no_plugins)?;
+        let plugins = &self.plugins;
         let limit = request.limit.unwrap_or(1000).min(MAX_REPLAY);
         let store_error = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "replay could not read the store");

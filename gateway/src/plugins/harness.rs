@@ -62,7 +62,8 @@ fn online() -> bool {
 
 /// A router holding one plugin, with every capability granted, routing everything.
 pub fn single_plugin_router(path: &Path, limits: PluginLimits) -> Result<PluginRouter, PluginError> {
-    let router = PluginRouter::new(&single_plugin_config(path, limits, BTreeMap::new()))?;
+    let config = single_plugin_config(path, limits, BTreeMap::new());
+    let router = PluginRouter::new(&config, crate::routing::FallbackRouter::new(config.fallback.clone()))?;
     if let Some(status) = router.status().into_iter().find(|s| s.error.is_some()) {
         return Err(PluginError::Load {
             id: status.id,

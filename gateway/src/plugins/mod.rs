@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
@@ -32,7 +32,7 @@ use uuid::Uuid;
 use self::host::{AgentDirectory, PluginContext};
 use self::sandbox::{Failure, Plugin, Sandbox};
 use crate::config::{PluginConfig, RoutingConfig};
-use crate::routing::{Decision, RouteOutcome, Router};
+use crate::routing::{Decision, FallbackRouter, RouteOutcome, Router};
 use crate::telemetry;
 
 /// A failed batch is retried inquiry by inquiry; after this many in a row fail the same way,
@@ -43,9 +43,13 @@ const SHADOW_SAMPLES: usize = 50;
 /// Batches that may wait for a shadow candidate; more are skipped (and counted).
 const SHADOW_QUEUE: usize = 64;
 
-/// Routes with chains of WebAssembly plugins; hot-reloadable.
+/// Routes with chains of WebAssembly plugins; hot-reloadable, also from no plugins at all (then
+/// every inquiry is left to the fallback route).
 pub struct PluginRouter {
-    sandbox: Sandbox,
+    /// The engine, made when the first plugin is loaded (it reserves the plugins' memory).
+    sandbox: OnceLock<Sandbox>,
+    /// The fallback route, replaced with each reloaded configuration.
+    fallback: FallbackRouter,
     agents: Arc<AgentDirectory>,
     current: RwLock<Arc<Routing>>,
     /// Compiled modules by SHA-256, so a reload recompiles only what changed.
@@ -195,13 +199,13 @@ pub enum PluginError {
 }
 
 impl PluginRouter {
-    /// Loads every configured plugin. A plugin that cannot be loaded does not stop the gateway:
-    /// its inquiries take the fallback route with the reason, until a reload fixes it.
-    pub fn new(config: &RoutingConfig) -> Result<PluginRouter, PluginError> {
-        let fuel = config.plugins.iter().any(|p| p.limits.fuel_per_record.is_some());
-        let sandbox = Sandbox::new(fuel).map_err(PluginError::Sandbox)?;
+    /// Loads every configured plugin (none: every inquiry is left to `fallback` until a reload
+    /// adds some). A plugin that cannot be loaded does not stop the gateway: its inquiries take
+    /// the fallback route with the reason, until a reload fixes it.
+    pub fn new(config: &RoutingConfig, fallback: FallbackRouter) -> Result<PluginRouter, PluginError> {
         let router = PluginRouter {
-            sandbox,
+            sandbox: OnceLock::new(),
+            fallback,
             agents: Arc::new(AgentDirectory::new(&config.agents)),
             current: RwLock::new(Arc::new(Routing::empty())),
             modules: Mutex::new(HashMap::new()),
@@ -213,6 +217,18 @@ impl PluginRouter {
         let routing = router.build(config, false)?;
         *router.current.write().expect("routing lock") = Arc::new(routing);
         Ok(router)
+    }
+
+    /// The engine, made for `config` when its first plugin is loaded: with fuel metering when any
+    /// of its plugins meters fuel (the engine cannot turn it on later).
+    fn sandbox_for(&self, config: &RoutingConfig) -> Result<&Sandbox, PluginError> {
+        if let Some(sandbox) = self.sandbox.get() {
+            return Ok(sandbox);
+        }
+        let fuel = config.plugins.iter().any(|p| p.limits.fuel_per_record.is_some());
+        let sandbox = Sandbox::new(fuel).map_err(PluginError::Sandbox)?;
+        // Builds run under the reload lock (or in `new`): nobody else sets it meanwhile.
+        Ok(self.sandbox.get_or_init(|| sandbox))
     }
 
     /// The agent directory plugins read.
@@ -235,13 +251,15 @@ impl PluginRouter {
         let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
         let current = self.current();
         let config = config.unwrap_or(&current.config);
-        if config.plugins.iter().any(|p| p.limits.fuel_per_record.is_some()) && !self.sandbox.meters_fuel() {
+        let meters_fuel = self.sandbox.get().is_none_or(Sandbox::meters_fuel);
+        if config.plugins.iter().any(|p| p.limits.fuel_per_record.is_some()) && !meters_fuel {
             counter!(telemetry::PLUGIN_RELOADS, "result" => "error").increment(1);
             return Err(PluginError::NeedsRestart("fuel_per_record was not set at start-up: restart to meter fuel"));
         }
         match self.build(config, true) {
             Ok(routing) => {
                 self.agents.merge(&config.agents);
+                self.fallback.replace(config.fallback.clone());
                 // Compiled modules no generation uses any more are dropped.
                 let used: std::collections::HashSet<&str> = routing.digests.iter().map(String::as_str).collect();
                 self.modules.lock().expect("module cache").retain(|digest, _| used.contains(digest.as_str()));
@@ -304,7 +322,8 @@ impl PluginRouter {
                     .find(|p| p.id == id)
                     .and_then(candidate_config)
                     .ok_or_else(|| PluginError::Unknown(format!("{id} (shadow)")))?;
-                let (plugin, version) = self.load(&candidate, Arc::new(DashMap::new()), &mut Vec::new());
+                let sandbox = self.sandbox.get().ok_or_else(|| PluginError::Unknown(id.to_owned()))?;
+                let (plugin, version) = self.load(sandbox, &candidate, Arc::new(DashMap::new()), &mut Vec::new());
                 let decided_by = format!("plugin:{id}@{version}");
                 Ok(match plugin {
                     Ok(plugin) => run(&plugin, inquiries, &decided_by, &mut buf).0,
@@ -319,10 +338,12 @@ impl PluginRouter {
         let mut slots = BTreeMap::new();
         let mut files = Vec::new();
         let mut digests = Vec::new();
+        let sandbox = if config.plugins.is_empty() { None } else { Some(self.sandbox_for(config)?) };
         for plugin_config in &config.plugins {
+            let sandbox = sandbox.expect("made above: the config has plugins");
             let kv = self.kv.lock().expect("kv maps").entry(plugin_config.id.clone()).or_default().clone();
             files.push((plugin_config.path.clone(), file_stamp(&plugin_config.path)));
-            let (plugin, version) = self.load(plugin_config, kv, &mut digests);
+            let (plugin, version) = self.load(sandbox, plugin_config, kv, &mut digests);
             if let Err(failure) = &plugin {
                 if strict {
                     return Err(PluginError::Load { id: plugin_config.id.clone(), failure: failure.clone() });
@@ -332,7 +353,8 @@ impl PluginRouter {
             }
             let shadow = candidate_config(plugin_config).map(|candidate_config| {
                 files.push((candidate_config.path.clone(), file_stamp(&candidate_config.path)));
-                let (candidate, version) = self.load(&candidate_config, Arc::new(DashMap::new()), &mut digests);
+                let (candidate, version) =
+                    self.load(sandbox, &candidate_config, Arc::new(DashMap::new()), &mut digests);
                 Shadow::start(&plugin_config.id, candidate, version)
             });
             gauge!(telemetry::PLUGIN_LOADED, "plugin" => plugin_config.id.clone()).set(if plugin.is_ok() {
@@ -367,6 +389,7 @@ impl PluginRouter {
     /// and its version label, and notes the module's digest in `digests`.
     fn load(
         &self,
+        sandbox: &Sandbox,
         config: &PluginConfig,
         kv: Arc<DashMap<String, i64>>,
         digests: &mut Vec<String>,
@@ -387,7 +410,7 @@ impl PluginRouter {
         let cached = self.modules.lock().expect("module cache").get(&digest).cloned();
         let module = match cached {
             Some(module) => Ok(module),
-            None => self.sandbox.compile(&bytes).inspect(|module| {
+            None => sandbox.compile(&bytes).inspect(|module| {
                 self.modules.lock().expect("module cache").insert(digest.clone(), module.clone());
             }),
         };
@@ -399,7 +422,7 @@ impl PluginRouter {
             kv,
             settings,
         ));
-        (module.and_then(|module| self.sandbox.prepare(&module, context)), version)
+        (module.and_then(|module| sandbox.prepare(&module, context)), version)
     }
 }
 

@@ -895,7 +895,14 @@ async fn send_one(
     // Durable before it leaves: a stop from here on never sends it again. The waits may have
     // carried it into the buyer's quiet hours, or a reply may have cancelled it meanwhile.
     let country = stored.inquiry.buyer.country.as_deref();
-    let Leaving::Now(marked) = mark_leaving(reach, id, due_ms, country, &message)? else { return Ok(()) };
+    let marked = match mark_leaving(reach, id, due_ms, country, &message)? {
+        Leaving::Now(marked) => marked,
+        Leaving::HeldUntil(until_ms) => {
+            tracing::debug!(inquiry_id = %id, until_ms, "acknowledgement held for the buyer's quiet hours");
+            return Ok(());
+        }
+        Leaving::NotScheduled => return Ok(()),
+    };
     let inquiry = &stored.inquiry;
     let to = Addressee {
         account: platform_account,
