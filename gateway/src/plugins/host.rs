@@ -135,15 +135,33 @@ impl AgentDirectory {
         }
     }
 
-    /// Adds configured agents that the directory does not know yet (a reload); agents it knows
-    /// keep their run-time load and presence.
-    pub fn merge(&self, agents: &[AgentConfig]) {
+    /// Takes a reloaded configuration's agents (`previous`: the configuration replaced): exactly
+    /// the configured agents, in their configured teams and order. An agent known before keeps its
+    /// run-time load and presence, and its capacity unless the configuration changed it (an
+    /// `PUT /v1/agents` capacity stays until then); a new one starts as configured; one no longer
+    /// configured is no longer assigned. An agent update that lands during the swap may be lost
+    /// (the next one applies).
+    pub fn reconfigure(&self, previous: &[AgentConfig], agents: &[AgentConfig]) {
+        let running: HashMap<String, Agent> =
+            self.all().into_iter().map(|(_, agent)| (agent.id.clone(), agent)).collect();
+        let mut teams: HashMap<String, Vec<Agent>> = HashMap::new();
         for agent in agents {
-            if !self.contains(&agent.id) {
-                let mut team = self.team(&agent.team);
-                team.push(Agent { id: agent.id.clone(), load: 0, capacity: agent.capacity, online: agent.online });
-                self.set_team(&agent.team, team);
-            }
+            let capacity_changed =
+                previous.iter().find(|p| p.id == agent.id).is_none_or(|p| p.capacity != agent.capacity);
+            let next = match running.get(&agent.id) {
+                Some(kept) => Agent {
+                    id: agent.id.clone(),
+                    load: kept.load,
+                    capacity: if capacity_changed { agent.capacity } else { kept.capacity },
+                    online: kept.online,
+                },
+                None => Agent { id: agent.id.clone(), load: 0, capacity: agent.capacity, online: agent.online },
+            };
+            teams.entry(agent.team.clone()).or_default().push(next);
+        }
+        self.teams.retain(|team, _| teams.contains_key(team));
+        for (team, agents) in teams {
+            self.teams.insert(team, Team::of(agents));
         }
     }
 
@@ -439,4 +457,50 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
         linker.allow_shadowing(false);
     }
     Ok(wasi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, team: &str, capacity: u32) -> AgentConfig {
+        AgentConfig { id: id.to_owned(), team: team.to_owned(), capacity, online: true }
+    }
+
+    fn ids(directory: &AgentDirectory, team: &str) -> Vec<String> {
+        directory.team(team).into_iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn a_reload_takes_the_configured_agents_and_keeps_what_they_are_doing() {
+        let before = [agent("anna", "sales", 5), agent("bo", "sales", 5), agent("cem", "support", 3)];
+        let directory = AgentDirectory::new(&before);
+        assert!(directory.update("anna", Some(4), None, Some(false)));
+        assert!(directory.update("bo", Some(2), Some(8), None)); // capacity set over the admin API
+        assert!(directory.update("cem", Some(1), None, None));
+
+        // Bo moves to support, Cem leaves, Dan joins sales, Anna's capacity is raised.
+        let after = [agent("dan", "sales", 2), agent("anna", "sales", 9), agent("bo", "support", 5)];
+        directory.reconfigure(&before, &after);
+        assert_eq!(ids(&directory, "sales"), ["dan", "anna"], "configured order");
+        assert_eq!(ids(&directory, "support"), ["bo"]);
+        assert!(!directory.contains("cem"), "no longer configured: no longer assigned");
+        let find = |id: &str| directory.all().into_iter().map(|(_, a)| a).find(|a| a.id == id).unwrap();
+        let anna = find("anna");
+        assert_eq!(
+            (anna.load, anna.capacity, anna.online),
+            (4, 9, false),
+            "load and presence kept, capacity reconfigured"
+        );
+        let bo = find("bo");
+        assert_eq!((bo.load, bo.capacity), (2, 8), "capacity unchanged in the file: the admin API's stays");
+        let dan = find("dan");
+        assert_eq!((dan.load, dan.capacity, dan.online), (0, 2, true), "new: as configured");
+        // The encoding plugins read follows.
+        directory.with_encoded("support", |encoded| assert_eq!(&encoded[..4], &1u32.to_le_bytes()));
+
+        // Every agent removed: teams gone too.
+        directory.reconfigure(&after, &[]);
+        assert!(directory.all().is_empty());
+    }
 }

@@ -258,7 +258,7 @@ impl PluginRouter {
         }
         match self.build(config, true) {
             Ok(routing) => {
-                self.agents.merge(&config.agents);
+                self.agents.reconfigure(&current.config.agents, &config.agents);
                 self.fallback.replace(config.fallback.clone());
                 // Compiled modules no generation uses any more are dropped.
                 let used: std::collections::HashSet<&str> = routing.digests.iter().map(String::as_str).collect();
