@@ -142,20 +142,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let plugin_router =
         Arc::new(tokio::task::block_in_place(|| plugins::PluginRouter::new(&config.routing, fallback.clone()))?);
     // Agents' run-time state: restored before traffic (embedded store), or read from the CQL
-    // store by a refresher every replica runs. With plugins configured at start only.
-    let agent_states = (!config.routing.plugins.is_empty()).then(|| {
-        Arc::new(agents::AgentStates::new(
-            plugin_router.agents().clone(),
-            store.clone(),
-            config.routing.agent_state,
-            config.sinks.cql.clone(),
-        ))
-    });
-    if let Some(states) = &agent_states {
-        let restored = tokio::task::block_in_place(|| states.restore_local())?;
-        if restored > 0 {
-            tracing::info!(agents = restored, "agent states restored from the store");
-        }
+    // store by a refresher every replica runs (also without plugins: a reload may add them).
+    let agent_states = Arc::new(agents::AgentStates::new(
+        plugin_router.agents().clone(),
+        store.clone(),
+        config.routing.agent_state,
+        config.sinks.cql.clone(),
+    ));
+    let restored = tokio::task::block_in_place(|| agent_states.restore_local())?;
+    if restored > 0 {
+        tracing::info!(agents = restored, "agent states restored from the store");
     }
     let parts = pipeline::StageParts {
         store: store.clone(),
@@ -302,9 +298,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
     let lease_keeper = leases.clone().map(|leases| tokio::spawn(leases.keep(stop_rx.clone())));
-    let agent_refresher = agent_states.clone().map(|states| {
-        tokio::spawn(states.refresh(Duration::from_millis(config.routing.agent_refresh_ms), stop_rx.clone()))
-    });
+    let agent_refresher = tokio::spawn(
+        agent_states.clone().refresh(Duration::from_millis(config.routing.agent_refresh_ms), stop_rx.clone()),
+    );
     let pollers: Vec<_> = polled
         .into_iter()
         .map(|(poller, poll_config)| {
@@ -420,9 +416,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         finish(poller, Duration::from_secs(5)).await;
     }
     // Pollers stopped: their leases are released for the other replicas.
-    if let Some(refresher) = agent_refresher {
-        finish(refresher, Duration::from_secs(5)).await;
-    }
+    finish(agent_refresher, Duration::from_secs(5)).await;
     if let Some(keeper) = lease_keeper {
         finish(keeper, Duration::from_secs(5)).await;
     }

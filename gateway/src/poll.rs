@@ -197,13 +197,11 @@ impl PollerQuota {
                 registry.limiters.remove(key);
                 self.daily_synced = true;
             }
-            // What the platform says is left may be used at once (it counts, not this bucket);
-            // without its word the bucket alone keeps any 24 hours under the cap.
-            let (burst, available) = match left {
-                Some(left) => (per_day, left),
-                None => (daily_burst(per_day), 0),
-            };
-            if registry.follow(key, daily_rate(per_day), burst, available) {
+            // Once the platform says what is left, that may be used at once (it counts, not this
+            // bucket); without its word the bucket alone keeps any 24 hours under the cap. (An
+            // answer without the headers, a 404 or a proxy's 5xx, keeps the bucket as it is.)
+            let burst = if self.daily_synced { per_day } else { daily_burst(per_day) };
+            if registry.follow(key, daily_rate(per_day), burst, left.unwrap_or(0)) {
                 tracing::info!(poller = name, per_day, left, "following the daily cap the platform reports");
                 self.quota.per_day = Some(per_day);
             }
@@ -894,6 +892,36 @@ mod tests {
             calls += 1;
         }
         assert!((9..=10).contains(&calls), "{calls} calls in 0.95 s at 10/s");
+    }
+
+    #[test]
+    fn a_daily_cap_follows_what_the_platform_says_is_left_and_an_answer_without_it_keeps_the_bucket() {
+        let config: PollerConfig =
+            toml::from_str("connector = \"etsy_receipts\"\naccount = \"shop\"\nbase_url = \"http://127.0.0.1:1\"\n")
+                .unwrap();
+        let poller = inquiry_connectors::poll::find("etsy_receipts").unwrap();
+        let registry = QuotaRegistry::default();
+        let mut quota = PollerQuota::new(poller, &config, &registry);
+        let daily = quota.daily_key.clone().unwrap();
+        let limiter = || {
+            let limiter = registry.limiters.get(&daily).unwrap();
+            (limiter.burst, Arc::as_ptr(&limiter) as usize)
+        };
+        assert_eq!(limiter().0, 200, "2% of Etsy's 10,000 a day until the platform says what is left");
+        let before = limiter();
+        quota.follow(&registry, &RateHeaders::default(), "etsy_receipts", "shop");
+        assert_eq!(limiter(), before, "nothing said: the bucket stays");
+
+        let told = RateHeaders { per_day: Some(10_000), remaining_today: Some(9_000), ..RateHeaders::default() };
+        quota.follow(&registry, &told, "etsy_receipts", "shop");
+        let synced = limiter();
+        assert_eq!(synced.0, 10_000, "what is left may be used at once");
+        assert_eq!(registry.limiters.get(&daily).unwrap().bucket.check_n(NonZeroU32::new(8_999).unwrap()), Ok(Ok(())));
+        // A 404 or a proxy's 5xx carries no quota headers: the synced bucket is not replaced.
+        quota.follow(&registry, &RateHeaders::default(), "etsy_receipts", "shop");
+        assert_eq!(limiter(), synced);
+        quota.follow(&registry, &told, "etsy_receipts", "shop");
+        assert_eq!(limiter(), synced, "the same report again: kept");
     }
 
     #[tokio::test]

@@ -334,9 +334,10 @@ async fn a_gateway_started_without_plugins_takes_them_and_a_new_fallback_route_o
     assert_eq!((before["decided_by"].as_str(), before["queue"].as_str()), (Some("fallback"), Some("unassigned")));
     assert_eq!(client.get(&gateway.admin_url("/v1/plugins")).await.json()["plugins"], json!([]));
 
-    // SIGHUP with a plugin for shop-1 and another fallback queue for everything else.
+    // SIGHUP with a plugin for shop-1, its agents, and another fallback queue for everything else.
     let config = plugin_toml("router", &built_plugin("example-c.wasm"), "")
         + &chain_toml("shop-1", &["router"])
+        + "[[routing.agents]]\nid = \"anna\"\nteam = \"eu-sales\"\ncapacity = 5\n"
         + "[routing]\nreload_interval_ms = 100\n[routing.fallback]\nqueue = \"triage\"\npriority = \"high\"\n";
     gateway.reconfigure(&config);
     eventually(Duration::from_secs(20), "the plugin is loaded", || async {
@@ -351,6 +352,21 @@ async fn a_gateway_started_without_plugins_takes_them_and_a_new_fallback_route_o
     assert_eq!(other["priority"], "high");
     let reloads = support::audit_entries_of(&gateway, "config.reloaded").await;
     assert_eq!(reloads.last().unwrap()["detail"]["routing"], "reloaded", "{reloads:?}");
+    // The agents that came with them take run-time updates like those configured at start.
+    let reply = client
+        .request(
+            Method::PUT,
+            &gateway.admin_url("/v1/agents/anna"),
+            r#"{"online": false}"#,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    let agents = client.get(&gateway.admin_url("/v1/agents")).await.json();
+    assert_eq!(
+        (agents["agents"][0]["id"].as_str(), agents["agents"][0]["online"].as_bool()),
+        (Some("anna"), Some(false))
+    );
 
     // Taken away again: back to the fallback route alone (the engine stays, unused).
     gateway.reconfigure("[routing]\nreload_interval_ms = 100\n");

@@ -36,8 +36,8 @@ const MAX_BODY: usize = 1024 * 1024;
 pub struct AdminParts {
     /// The plugin router (with no plugins it leaves every inquiry to the fallback route).
     pub plugins: Arc<PluginRouter>,
-    /// Where agents' run-time state is kept (with plugins).
-    pub agents: Option<Arc<crate::agents::AgentStates>>,
+    /// Where agents' run-time state is kept.
+    pub agents: Arc<crate::agents::AgentStates>,
     /// The store (replay and the audit endpoints read it).
     pub store: Store,
     /// The config file, re-read by a reload.
@@ -238,7 +238,7 @@ impl AdminApi {
                 let body = super::api::read_body(req, MAX_BODY).await?;
                 let update: AgentUpdate = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
-                let agents = self.agents.as_ref().ok_or_else(no_plugins)?;
+                let agents = &self.agents;
                 agents.update(&id, update).await.map_err(|err| match err {
                     AgentStateError::Unknown => {
                         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no agent with that id")
@@ -465,6 +465,10 @@ impl AdminApi {
         let request: ReplayRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
         let plugins = &self.plugins;
+        if !plugins.status().iter().any(|plugin| plugin.id == id) {
+            // Before reading any inquiry.
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plugin `{id}`")));
+        }
         let limit = request.limit.unwrap_or(1000).min(MAX_REPLAY);
         let store_error = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "replay could not read the store");
@@ -528,10 +532,6 @@ impl AdminApi {
             .collect();
         Ok(json_response(StatusCode::OK, &json!({ "replayed": results.len(), "changed": changed, "results": results })))
     }
-}
-
-fn no_plugins() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no routing plugins are configured")
 }
 
 /// A JSON body that names a data subject; a body that does not read is 422 with only the line

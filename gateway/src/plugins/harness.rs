@@ -74,7 +74,11 @@ pub fn single_plugin_router(path: &Path, limits: PluginLimits) -> Result<PluginR
 }
 
 /// The routing configuration of [`single_plugin_router`], with `settings` for the plugin.
-fn single_plugin_config(path: &Path, limits: PluginLimits, settings: BTreeMap<String, toml::Value>) -> RoutingConfig {
+pub(crate) fn single_plugin_config(
+    path: &Path,
+    limits: PluginLimits,
+    settings: BTreeMap<String, toml::Value>,
+) -> RoutingConfig {
     RoutingConfig {
         plugins: vec![PluginConfig {
             id: "under-test".to_owned(),

@@ -43,6 +43,9 @@ fn truncate(text: &str, max: usize) -> &str {
 #[derive(Debug, Default)]
 pub struct AgentDirectory {
     teams: DashMap<String, Team>,
+    /// Held by every change ([`AgentDirectory::update`], [`AgentDirectory::reconfigure`]) so that
+    /// an update is never lost to a reload reading the agents before it and writing them after.
+    changes: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +113,7 @@ impl AgentDirectory {
     /// Updates an agent's load, capacity or presence; false when no agent has that id. An update
     /// that changes nothing takes no write lock (plugins' lookups are not held up).
     pub fn update(&self, id: &str, load: Option<u32>, capacity: Option<u32>, online: Option<bool>) -> bool {
+        let _one_change_at_a_time = self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = |agent: &Agent| Agent {
             id: agent.id.clone(),
             load: load.unwrap_or(agent.load),
@@ -135,26 +139,18 @@ impl AgentDirectory {
         }
     }
 
-    /// Takes a reloaded configuration's agents (`previous`: the configuration replaced): exactly
-    /// the configured agents, in their configured teams and order. An agent known before keeps its
-    /// run-time load and presence, and its capacity unless the configuration changed it (an
-    /// `PUT /v1/agents` capacity stays until then); a new one starts as configured; one no longer
-    /// configured is no longer assigned. An agent update that lands during the swap may be lost
-    /// (the next one applies).
-    pub fn reconfigure(&self, previous: &[AgentConfig], agents: &[AgentConfig]) {
+    /// Takes a reloaded configuration's agents: exactly the configured agents, in their configured
+    /// teams and order. An agent known before keeps its run-time load, capacity and presence (as
+    /// at start-up, where the kept states of `PUT /v1/agents` apply over the file); a new one
+    /// starts as configured; one no longer configured is no longer assigned.
+    pub fn reconfigure(&self, agents: &[AgentConfig]) {
+        let _one_change_at_a_time = self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let running: HashMap<String, Agent> =
             self.all().into_iter().map(|(_, agent)| (agent.id.clone(), agent)).collect();
         let mut teams: HashMap<String, Vec<Agent>> = HashMap::new();
         for agent in agents {
-            let capacity_changed =
-                previous.iter().find(|p| p.id == agent.id).is_none_or(|p| p.capacity != agent.capacity);
             let next = match running.get(&agent.id) {
-                Some(kept) => Agent {
-                    id: agent.id.clone(),
-                    load: kept.load,
-                    capacity: if capacity_changed { agent.capacity } else { kept.capacity },
-                    online: kept.online,
-                },
+                Some(kept) => kept.clone(),
                 None => Agent { id: agent.id.clone(), load: 0, capacity: agent.capacity, online: agent.online },
             };
             teams.entry(agent.team.clone()).or_default().push(next);
@@ -479,28 +475,24 @@ mod tests {
         assert!(directory.update("bo", Some(2), Some(8), None)); // capacity set over the admin API
         assert!(directory.update("cem", Some(1), None, None));
 
-        // Bo moves to support, Cem leaves, Dan joins sales, Anna's capacity is raised.
+        // Bo moves to support, Cem leaves, Dan joins sales.
         let after = [agent("dan", "sales", 2), agent("anna", "sales", 9), agent("bo", "support", 5)];
-        directory.reconfigure(&before, &after);
+        directory.reconfigure(&after);
         assert_eq!(ids(&directory, "sales"), ["dan", "anna"], "configured order");
         assert_eq!(ids(&directory, "support"), ["bo"]);
         assert!(!directory.contains("cem"), "no longer configured: no longer assigned");
         let find = |id: &str| directory.all().into_iter().map(|(_, a)| a).find(|a| a.id == id).unwrap();
         let anna = find("anna");
-        assert_eq!(
-            (anna.load, anna.capacity, anna.online),
-            (4, 9, false),
-            "load and presence kept, capacity reconfigured"
-        );
+        assert_eq!((anna.load, anna.capacity, anna.online), (4, 5, false), "its run-time state kept");
         let bo = find("bo");
-        assert_eq!((bo.load, bo.capacity), (2, 8), "capacity unchanged in the file: the admin API's stays");
+        assert_eq!((bo.load, bo.capacity), (2, 8), "moved with its run-time state");
         let dan = find("dan");
         assert_eq!((dan.load, dan.capacity, dan.online), (0, 2, true), "new: as configured");
         // The encoding plugins read follows.
         directory.with_encoded("support", |encoded| assert_eq!(&encoded[..4], &1u32.to_le_bytes()));
 
         // Every agent removed: teams gone too.
-        directory.reconfigure(&after, &[]);
+        directory.reconfigure(&[]);
         assert!(directory.all().is_empty());
     }
 }

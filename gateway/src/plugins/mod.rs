@@ -214,21 +214,28 @@ impl PluginRouter {
             buffer: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
         };
-        let routing = router.build(config, false)?;
+        let sandbox = router.sandbox_for(config)?;
+        let routing = router.build(config, sandbox.as_ref(), false)?;
+        if let Some(sandbox) = sandbox {
+            let _ = router.sandbox.set(sandbox);
+        }
         *router.current.write().expect("routing lock") = Arc::new(routing);
         Ok(router)
     }
 
-    /// The engine, made for `config` when its first plugin is loaded: with fuel metering when any
-    /// of its plugins meters fuel (the engine cannot turn it on later).
-    fn sandbox_for(&self, config: &RoutingConfig) -> Result<&Sandbox, PluginError> {
+    /// The engine to load `config`'s plugins with: the router's, or (before its first plugins) a
+    /// new one with fuel metering when any of them meters fuel (an engine cannot turn it on
+    /// later), which the router keeps once a generation built with it is in force. None without
+    /// plugins.
+    fn sandbox_for(&self, config: &RoutingConfig) -> Result<Option<Sandbox>, PluginError> {
+        if config.plugins.is_empty() {
+            return Ok(None);
+        }
         if let Some(sandbox) = self.sandbox.get() {
-            return Ok(sandbox);
+            return Ok(Some(sandbox.clone()));
         }
         let fuel = config.plugins.iter().any(|p| p.limits.fuel_per_record.is_some());
-        let sandbox = Sandbox::new(fuel).map_err(PluginError::Sandbox)?;
-        // Builds run under the reload lock (or in `new`): nobody else sets it meanwhile.
-        Ok(self.sandbox.get_or_init(|| sandbox))
+        Sandbox::new(fuel).map(Some).map_err(PluginError::Sandbox)
     }
 
     /// The agent directory plugins read.
@@ -256,9 +263,14 @@ impl PluginRouter {
             counter!(telemetry::PLUGIN_RELOADS, "result" => "error").increment(1);
             return Err(PluginError::NeedsRestart("fuel_per_record was not set at start-up: restart to meter fuel"));
         }
-        match self.build(config, true) {
+        let sandbox = self.sandbox_for(config)?;
+        match self.build(config, sandbox.as_ref(), true) {
             Ok(routing) => {
-                self.agents.reconfigure(&current.config.agents, &config.agents);
+                if let Some(sandbox) = sandbox {
+                    // Under the reload lock: nobody else sets it meanwhile.
+                    let _ = self.sandbox.set(sandbox);
+                }
+                self.agents.reconfigure(&config.agents);
                 self.fallback.replace(config.fallback.clone());
                 // Compiled modules no generation uses any more are dropped.
                 let used: std::collections::HashSet<&str> = routing.digests.iter().map(String::as_str).collect();
@@ -273,6 +285,10 @@ impl PluginRouter {
                 Ok(())
             }
             Err(err) => {
+                if self.sandbox.get().is_none() {
+                    // Modules compiled with the engine just dropped cannot run on the next one.
+                    self.modules.lock().expect("module cache").clear();
+                }
                 counter!(telemetry::PLUGIN_RELOADS, "result" => "error").increment(1);
                 tracing::error!(error = %err, "plugin reload refused; the previous plugins stay");
                 Err(err)
@@ -334,13 +350,12 @@ impl PluginRouter {
     }
 
     /// Builds a generation; `strict`: any plugin that fails to load fails the build.
-    fn build(&self, config: &RoutingConfig, strict: bool) -> Result<Routing, PluginError> {
+    fn build(&self, config: &RoutingConfig, sandbox: Option<&Sandbox>, strict: bool) -> Result<Routing, PluginError> {
         let mut slots = BTreeMap::new();
         let mut files = Vec::new();
         let mut digests = Vec::new();
-        let sandbox = if config.plugins.is_empty() { None } else { Some(self.sandbox_for(config)?) };
         for plugin_config in &config.plugins {
-            let sandbox = sandbox.expect("made above: the config has plugins");
+            let sandbox = sandbox.expect("sandbox_for makes one for a config with plugins");
             let kv = self.kv.lock().expect("kv maps").entry(plugin_config.id.clone()).or_default().clone();
             files.push((plugin_config.path.clone(), file_stamp(&plugin_config.path)));
             let (plugin, version) = self.load(sandbox, plugin_config, kv, &mut digests);
@@ -830,6 +845,28 @@ mod tests {
         let outcome = router.route(&[&inquiry]).remove(0);
         assert!(matches!(outcome, RouteOutcome::Failed { reason: "plugin_fuel", .. }), "{outcome:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "fuel, not the 60 s deadline, stopped it");
+    }
+
+    #[test]
+    fn a_router_started_without_plugins_takes_its_first_ones_by_reload_with_the_fuel_they_ask_for() {
+        let fallback = FallbackRouter::new(crate::config::FallbackConfig::default());
+        let router = PluginRouter::new(&RoutingConfig::default(), fallback).unwrap();
+        let inquiry = one_inquiry();
+        assert!(matches!(router.route(&[&inquiry])[..], [RouteOutcome::Undecided]), "no plugins: the fallback's");
+        // Refused as a whole (one file is missing) after compiling the other: no engine is kept,
+        // and no module compiled with the engine it dropped.
+        let mut broken = harness::single_plugin_config(&wat("loop.wat"), PluginLimits::default(), Default::default());
+        let mut missing = broken.plugins[0].clone();
+        (missing.id, missing.path) = ("missing".to_owned(), wat("missing.wat"));
+        broken.plugins.push(missing);
+        assert!(matches!(router.reload(Some(&broken)), Err(PluginError::Load { .. })));
+        // The first plugins that load decide fuel metering.
+        let limits =
+            PluginLimits { fuel_per_record: Some(100_000), batch_timeout_ms: 60_000, ..PluginLimits::default() };
+        let fueled = harness::single_plugin_config(&wat("loop.wat"), limits, Default::default());
+        router.reload(Some(&fueled)).unwrap();
+        let outcome = router.route(&[&inquiry]).remove(0);
+        assert!(matches!(outcome, RouteOutcome::Failed { reason: "plugin_fuel", .. }), "{outcome:?}");
     }
 
     #[test]

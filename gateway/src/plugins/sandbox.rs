@@ -72,6 +72,7 @@ impl Failure {
 
 /// The engine every plugin is compiled with, and the thread that advances its epoch (it ends
 /// when the engine is gone: the sandbox and every plugin compiled with it).
+#[derive(Clone)]
 pub struct Sandbox {
     engine: Engine,
     fuel: bool,

@@ -333,7 +333,13 @@ impl Sender {
     /// sets it).
     fn depart(&self, mut pass: Pass) -> Option<Pass> {
         *pass = Some(tokio::time::Instant::now() + self.period());
-        (self.per_second <= 10.0).then_some(pass)
+        self.paced_by_answers().then_some(pass)
+    }
+
+    /// Slow rates (10 a second or less: Shopee, TikTok Shop, eBay): the account's next message
+    /// waits a period from the platform's answer, not from the departure.
+    fn paced_by_answers(&self) -> bool {
+        self.per_second <= 10.0
     }
 
     /// Sets the passes a message held when the platform answered it: the buyer's pause and, at
@@ -872,14 +878,25 @@ async fn send_one(
         })?;
         return finish(reach, pipeline, id, due_ms, AckStatus::DryRun).await;
     }
-    // Another replica with the same inquiry acknowledges it, not this one.
+    // Its turn among the messages to this buyer first: a stop or a reply while it waits leaves
+    // it scheduled or cancelled, not half-sent. At slow rates (paced by the platform's answers)
+    // the account's turn can take seconds: it is waited for before the mark too. At fast rates
+    // it comes after the mark (a few periods at most), so that the mark's store write does not
+    // slow the account's rate.
+    let lane = sender.space(&recipient).await;
+    let early_turn = match sender.paced_by_answers() {
+        true => Some(sender.turn(platform_account).await),
+        false => None,
+    };
+    // Another replica with the same inquiry acknowledges it, not this one (claimed after the
+    // waits: one held for quiet hours meanwhile is not left claimed overnight).
     if let Some(claims) = claims {
         match claims.claim(id).await {
             Ok(true) => {}
             Ok(false) => return fail(super::ack::CLAIMED_ELSEWHERE).await,
             Err(err) => {
                 tracing::warn!(inquiry_id = %id, error = %err, "cannot claim the acknowledgement; retrying");
-                let later = now + 2000;
+                let later = reach.clock.now_ms() + 2000;
                 reach.update_ack(id, Some(due_ms), |state| {
                     state.not_before_ms = later;
                     scheduled(state)
@@ -888,10 +905,6 @@ async fn send_one(
             }
         }
     }
-    // Its turn among the messages to this buyer, then among the account's: a stop or a reply
-    // while it waits leaves it scheduled or cancelled, not half-sent.
-    let lane = sender.space(&recipient).await;
-    let turn = sender.turn(platform_account).await;
     // Durable before it leaves: a stop from here on never sends it again. The waits may have
     // carried it into the buyer's quiet hours, or a reply may have cancelled it meanwhile.
     let country = stored.inquiry.buyer.country.as_deref();
@@ -902,6 +915,10 @@ async fn send_one(
             return Ok(());
         }
         Leaving::NotScheduled => return Ok(()),
+    };
+    let turn = match early_turn {
+        Some(turn) => turn,
+        None => sender.turn(platform_account).await,
     };
     let inquiry = &stored.inquiry;
     let to = Addressee {
