@@ -242,6 +242,8 @@ async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are
 
     for (body, code, field) in [
         (r#"{"value": "10"}"#, "invalid_json", None),
+        // serde would read a struct from an array by position: an object it must be.
+        (r#"["o-1"]"#, "invalid_json", None),
         (r#"{"order_id": "o-1", "coupon": "x"}"#, "invalid_json", None),
         (r#"{"order_id": ""}"#, "invalid_value", Some("order_id")),
         (r#"{"order_id": "o-1", "value": "12,50", "currency": "EUR"}"#, "invalid_value", Some("value")),

@@ -325,6 +325,8 @@ async fn a_reply_to_an_unknown_inquiry_or_with_a_bad_body_is_refused() {
     let bad =
         client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{id}/reply")), "{\"when\": 1}", &[]).await;
     assert_eq!((bad.status, bad.error_code().as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
+    let array = client.request(Method::POST, &gateway.url(&format!("/v1/inquiries/{id}/reply")), "[]", &[]).await;
+    assert_eq!((array.status, array.error_code().as_str()), (StatusCode::BAD_REQUEST, "invalid_json"), "not an object");
     let wrong_method = client.request(Method::GET, &gateway.url(&format!("/v1/inquiries/{id}/reply")), "", &[]).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -236,7 +236,7 @@ impl AdminApi {
                 let who = self.authorize(req.headers(), "agents:write", caller)?;
                 let id = id.to_string();
                 let body = super::api::read_body(req, MAX_BODY).await?;
-                let update: AgentUpdate = serde_json::from_slice(&body)
+                let update: AgentUpdate = super::json_object(&body)
                     .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
                 let agents = &self.agents;
                 agents.update(&id, update).await.map_err(|err| match err {
@@ -462,7 +462,7 @@ impl AdminApi {
     }
 
     fn replay(&self, id: &str, body: &Bytes) -> Result<HttpResponse, ApiError> {
-        let request: ReplayRequest = serde_json::from_slice(body)
+        let request: ReplayRequest = super::json_object(body)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
         let plugins = &self.plugins;
         if !plugins.status().iter().any(|plugin| plugin.id == id) {
@@ -537,7 +537,7 @@ impl AdminApi {
 /// A JSON body that names a data subject; a body that does not read is 422 with only the line
 /// and column (serde's message may quote the input: an e-mail address).
 fn parse_subject_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    super::json_object(body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_value",

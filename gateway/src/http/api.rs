@@ -501,7 +501,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     let reply: ReplyBody = if body.iter().all(u8::is_ascii_whitespace) {
         ReplyBody::default()
     } else {
-        serde_json::from_slice(&body)
+        super::json_object(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?
     };
     if reply.agent.as_ref().is_some_and(|a| a.len() > 128) {
@@ -610,7 +610,7 @@ async fn post_conversion(
     grant.require("conversions:write")?;
     let id = parse_id(id)?;
     let body = read_body(req, 64 * 1024).await?;
-    let report: ConversionBody = serde_json::from_slice(&body)
+    let report: ConversionBody = super::json_object(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?;
     let value = match report.value {
         None | Some(serde_json::Value::Null) => None,

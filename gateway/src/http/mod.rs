@@ -40,6 +40,15 @@ pub type HttpResponse = Response<Full<Bytes>>;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// Reads a request body that must be one JSON object into `T`. (serde reads a struct from a
+/// JSON array too, by position: `[]` would pass as an empty object.)
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(serde::de::Error::custom("expected a JSON object"));
+    }
+    serde_json::from_slice(body)
+}
+
 /// A request path as the audit log keeps it: at most 8 segments, each kept only when it looks
 /// like a route name or an id (letters, digits, `.`, `_`, `-`; at most 64 bytes), else `*`; so
 /// a caller cannot write an e-mail address or free text into the permanent log.
