@@ -48,6 +48,14 @@ async fn route_batch(client: &HttpClient, gateway: &Gateway, lines: Vec<String>)
     stored
 }
 
+/// Sets agent anna offline over the admin API.
+async fn take_anna_offline(client: &HttpClient, gateway: &Gateway) {
+    let url = gateway.admin_url("/v1/agents/anna");
+    let reply =
+        client.request(Method::PUT, &url, r#"{"online": false}"#, &[("content-type", "application/json")]).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+}
+
 fn plugin_toml(id: &str, path: &std::path::Path, extra: &str) -> String {
     format!(
         "[[routing.plugins]]\nid = \"{id}\"\npath = \"{}\"\ncapabilities = [\"agents\", \"kv\", \"log\", \"counters\", \"clock\"]\n{extra}\n",
@@ -98,15 +106,7 @@ async fn the_example_plugins_route_in_chains_by_account_with_round_robin() {
     assert_eq!(unchained["decided_by"], "fallback");
 
     // Agent presence from the admin API changes the next assignment.
-    let reply = client
-        .request(
-            Method::PUT,
-            &gateway.admin_url("/v1/agents/anna"),
-            r#"{"online": false}"#,
-            &[("content-type", "application/json")],
-        )
-        .await;
-    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    take_anna_offline(&client, &gateway).await;
     let third = route(&client, &gateway, inquiry("shop-rust", "rust-4", "DE", "Hallo")).await;
     assert_eq!(third["assignee"], "ben", "anna is offline: {third}");
 
@@ -353,15 +353,7 @@ async fn a_gateway_started_without_plugins_takes_them_and_a_new_fallback_route_o
     let reloads = support::audit_entries_of(&gateway, "config.reloaded").await;
     assert_eq!(reloads.last().unwrap()["detail"]["routing"], "reloaded", "{reloads:?}");
     // The agents that came with them take run-time updates like those configured at start.
-    let reply = client
-        .request(
-            Method::PUT,
-            &gateway.admin_url("/v1/agents/anna"),
-            r#"{"online": false}"#,
-            &[("content-type", "application/json")],
-        )
-        .await;
-    assert_eq!(reply.status.as_u16(), 200, "{}", String::from_utf8_lossy(&reply.body));
+    take_anna_offline(&client, &gateway).await;
     let agents = client.get(&gateway.admin_url("/v1/agents")).await.json();
     assert_eq!(
         (agents["agents"][0]["id"].as_str(), agents["agents"][0]["online"].as_bool()),
