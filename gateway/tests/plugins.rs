@@ -198,7 +198,10 @@ async fn hostile_plugins_are_contained_and_their_inquiries_take_the_fallback_rou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_inquiry_fails_alone_and_the_rest_of_its_batch_is_routed() {
-    let config = plugin_toml("poison", &built_plugin("test-poison.wasm"), "") + &chain_toml("shop-1", &["poison"]);
+    // Deadlines well above a loaded machine's stalls (an inquiry retried alone has 500 µs by
+    // default): only the spinning inquiry reaches them.
+    let limits = "[routing.plugins.limits]\nbatch_timeout_ms = 500\nrecord_timeout_us = 50000\n";
+    let config = plugin_toml("poison", &built_plugin("test-poison.wasm"), limits) + &chain_toml("shop-1", &["poison"]);
     let gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
     let bodies = ["fine", "this is poison", "fine too", "spin forever", "also fine"];

@@ -538,11 +538,11 @@ impl AdminApi {
 /// and column (serde's message may quote the input: an e-mail address).
 fn parse_subject_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     super::json_object(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_value",
-            format!("not {what} (line {}, column {})", e.line(), e.column()),
-        )
+        let at = match e.line() {
+            0 => "expected a JSON object".to_owned(),
+            line => format!("line {line}, column {}", e.column()),
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", format!("not {what} ({at})"))
     })
 }
 

@@ -613,7 +613,7 @@ async fn post_conversion(
     let report: ConversionBody = super::json_object(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?;
     let value = match report.value {
-        None | Some(serde_json::Value::Null) => None,
+        None => None,
         Some(serde_json::Value::String(text)) => Some(text),
         Some(serde_json::Value::Number(number)) => Some(number.to_string()),
         Some(_) => {

@@ -43,9 +43,19 @@ fn truncate(text: &str, max: usize) -> &str {
 #[derive(Debug, Default)]
 pub struct AgentDirectory {
     teams: DashMap<String, Team>,
-    /// Held by every change ([`AgentDirectory::update`], [`AgentDirectory::reconfigure`]) so that
-    /// an update is never lost to a reload reading the agents before it and writing them after.
-    changes: Mutex<()>,
+    /// What run-time updates set over the configuration, by agent: what a reload applies again
+    /// over the reloaded file, as start-up applies the kept states. Its lock is held by every
+    /// change ([`AgentDirectory::update`], [`AgentDirectory::reconfigure`]), so that an update is
+    /// never lost to a reload.
+    set_at_run_time: Mutex<HashMap<String, RunTimeState>>,
+}
+
+/// The fields of an agent that updates set (`None`: as configured).
+#[derive(Debug, Default, Clone, Copy)]
+struct RunTimeState {
+    load: Option<u32>,
+    capacity: Option<u32>,
+    online: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +123,7 @@ impl AgentDirectory {
     /// Updates an agent's load, capacity or presence; false when no agent has that id. An update
     /// that changes nothing takes no write lock (plugins' lookups are not held up).
     pub fn update(&self, id: &str, load: Option<u32>, capacity: Option<u32>, online: Option<bool>) -> bool {
-        let _one_change_at_a_time = self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set_at_run_time = self.set_at_run_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = |agent: &Agent| Agent {
             id: agent.id.clone(),
             load: load.unwrap_or(agent.load),
@@ -126,6 +136,8 @@ impl AgentDirectory {
         }) else {
             return false;
         };
+        let set = set_at_run_time.entry(id.to_owned()).or_default();
+        (set.load, set.capacity, set.online) = (load.or(set.load), capacity.or(set.capacity), online.or(set.online));
         if unchanged {
             return true;
         }
@@ -140,20 +152,20 @@ impl AgentDirectory {
     }
 
     /// Takes a reloaded configuration's agents: exactly the configured agents, in their configured
-    /// teams and order. An agent known before keeps its run-time load, capacity and presence (as
-    /// at start-up, where the kept states of `PUT /v1/agents` apply over the file); a new one
-    /// starts as configured; one no longer configured is no longer assigned.
+    /// teams and order, each as configured with what run-time updates set over it applied again
+    /// (as at start-up, where the kept states of `PUT /v1/agents` apply over the file). One no
+    /// longer configured is no longer assigned.
     pub fn reconfigure(&self, agents: &[AgentConfig]) {
-        let _one_change_at_a_time = self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let running: HashMap<String, Agent> =
-            self.all().into_iter().map(|(_, agent)| (agent.id.clone(), agent)).collect();
+        let set_at_run_time = self.set_at_run_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut teams: HashMap<String, Vec<Agent>> = HashMap::new();
         for agent in agents {
-            let next = match running.get(&agent.id) {
-                Some(kept) => kept.clone(),
-                None => Agent { id: agent.id.clone(), load: 0, capacity: agent.capacity, online: agent.online },
-            };
-            teams.entry(agent.team.clone()).or_default().push(next);
+            let set = set_at_run_time.get(&agent.id).copied().unwrap_or_default();
+            teams.entry(agent.team.clone()).or_default().push(Agent {
+                id: agent.id.clone(),
+                load: set.load.unwrap_or(0),
+                capacity: set.capacity.unwrap_or(agent.capacity),
+                online: set.online.unwrap_or(agent.online),
+            });
         }
         self.teams.retain(|team, _| teams.contains_key(team));
         for (team, agents) in teams {
@@ -475,17 +487,21 @@ mod tests {
         assert!(directory.update("bo", Some(2), Some(8), None)); // capacity set over the admin API
         assert!(directory.update("cem", Some(1), None, None));
 
-        // Bo moves to support, Cem leaves, Dan joins sales.
-        let after = [agent("dan", "sales", 2), agent("anna", "sales", 9), agent("bo", "support", 5)];
+        // Bo moves to support, Cem leaves, Dan joins sales, Anna's capacity is raised in the file.
+        let after = [agent("dan", "sales", 2), agent("anna", "sales", 9), agent("bo", "support", 6)];
         directory.reconfigure(&after);
         assert_eq!(ids(&directory, "sales"), ["dan", "anna"], "configured order");
         assert_eq!(ids(&directory, "support"), ["bo"]);
         assert!(!directory.contains("cem"), "no longer configured: no longer assigned");
         let find = |id: &str| directory.all().into_iter().map(|(_, a)| a).find(|a| a.id == id).unwrap();
         let anna = find("anna");
-        assert_eq!((anna.load, anna.capacity, anna.online), (4, 5, false), "its run-time state kept");
+        assert_eq!(
+            (anna.load, anna.capacity, anna.online),
+            (4, 9, false),
+            "the file's capacity, its run-time load and presence"
+        );
         let bo = find("bo");
-        assert_eq!((bo.load, bo.capacity), (2, 8), "moved with its run-time state");
+        assert_eq!((bo.load, bo.capacity), (2, 8), "moved; the capacity set at run time stays over the file's");
         let dan = find("dan");
         assert_eq!((dan.load, dan.capacity, dan.online), (0, 2, true), "new: as configured");
         // The encoding plugins read follows.

@@ -263,9 +263,10 @@ impl PluginRouter {
             counter!(telemetry::PLUGIN_RELOADS, "result" => "error").increment(1);
             return Err(PluginError::NeedsRestart("fuel_per_record was not set at start-up: restart to meter fuel"));
         }
-        let sandbox = self.sandbox_for(config)?;
-        match self.build(config, sandbox.as_ref(), true) {
-            Ok(routing) => {
+        let built =
+            self.sandbox_for(config).and_then(|sandbox| Ok((self.build(config, sandbox.as_ref(), true)?, sandbox)));
+        match built {
+            Ok((routing, sandbox)) => {
                 if let Some(sandbox) = sandbox {
                     // Under the reload lock: nobody else sets it meanwhile.
                     let _ = self.sandbox.set(sandbox);

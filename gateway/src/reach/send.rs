@@ -837,13 +837,20 @@ async fn send_one(
         }
     }
     // Quiet hours hold when it leaves, not only when it was planned: a wait for the quota, a retry
-    // or a backlog may have carried it into the buyer's night.
-    let allowed = reach.acks().quiet_until(now, stored.inquiry.buyer.country.as_deref());
-    if allowed > now {
-        reach.update_ack(id, Some(due_ms), |state| {
-            state.not_before_ms = allowed;
-            scheduled(state)
-        })?;
+    // or a backlog may have carried it into the buyer's night. Checked now, again after the
+    // waits below (before the claim) and once more with the mark.
+    let country = stored.inquiry.buyer.country.as_deref();
+    let held_for_quiet_hours = |now: i64| -> Result<bool, StoreError> {
+        let allowed = reach.acks().quiet_until(now, country);
+        if allowed > now {
+            reach.update_ack(id, Some(due_ms), |state| {
+                state.not_before_ms = allowed;
+                scheduled(state)
+            })?;
+        }
+        Ok(allowed > now)
+    };
+    if held_for_quiet_hours(now)? {
         return Ok(());
     }
     // The sender configured for the channel now (the config may have changed since the plan).
@@ -888,12 +895,19 @@ async fn send_one(
         true => Some(sender.turn(platform_account).await),
         false => None,
     };
+    if held_for_quiet_hours(reach.clock.now_ms())? {
+        return Ok(());
+    }
     // Another replica with the same inquiry acknowledges it, not this one (claimed after the
-    // waits: one held for quiet hours meanwhile is not left claimed overnight).
+    // waits: one held for quiet hours meanwhile is not left claimed overnight). A slow sender
+    // holds the account's turn through the claim's round trip.
     if let Some(claims) = claims {
         match claims.claim(id).await {
             Ok(true) => {}
-            Ok(false) => return fail(super::ack::CLAIMED_ELSEWHERE).await,
+            Ok(false) => {
+                drop((lane, early_turn)); // the audit entry may wait for room: the others go on
+                return fail(super::ack::CLAIMED_ELSEWHERE).await;
+            }
             Err(err) => {
                 tracing::warn!(inquiry_id = %id, error = %err, "cannot claim the acknowledgement; retrying");
                 let later = reach.clock.now_ms() + 2000;
@@ -905,9 +919,8 @@ async fn send_one(
             }
         }
     }
-    // Durable before it leaves: a stop from here on never sends it again. The waits may have
-    // carried it into the buyer's quiet hours, or a reply may have cancelled it meanwhile.
-    let country = stored.inquiry.buyer.country.as_deref();
+    // Durable before it leaves: a stop from here on never sends it again. A reply may have
+    // cancelled it meanwhile.
     let marked = match mark_leaving(reach, id, due_ms, country, &message)? {
         Leaving::Now(marked) => marked,
         Leaving::HeldUntil(until_ms) => {
