@@ -128,7 +128,7 @@ impl std::fmt::Debug for WebhookConfig {
 }
 
 /// One platform API polled for one account.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollerConfig {
     /// Connector name: `messenger_conversations`.
@@ -209,7 +209,7 @@ impl std::fmt::Debug for PollerConfig {
 }
 
 /// One IMAP mailbox: its new messages become inquiries of channel `email`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailboxConfig {
     /// The account of its inquiries (e.g. `shop-eu-support`); also names its cursor.

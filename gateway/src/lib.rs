@@ -20,6 +20,7 @@ pub mod routing;
 pub mod sinks;
 pub mod spool;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 
 use std::future::Future;
@@ -301,13 +302,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let agent_refresher = tokio::spawn(
         agent_states.clone().refresh(Duration::from_millis(config.routing.agent_refresh_ms), stop_rx.clone()),
     );
-    let pollers: Vec<_> = polled
-        .into_iter()
-        .map(|(poller, poll_config)| {
-            let handle = leases.as_ref().map(|leases| leases.handle(&group(poller, &poll_config)));
+    // One task per `[[pollers]]` entry; a reload starts, stops and restarts them where each
+    // replica polls on its own (with leases in the CQL store the groups are fixed at start).
+    let pollers = Arc::new(tasks::EntryTasks::start(&config.pollers, stop_rx.clone(), {
+        let (quotas, pipeline, store, subjects) = (quotas.clone(), pipeline.clone(), store.clone(), subjects.clone());
+        let (live_tokens, reach, requests, leases) =
+            (live_tokens.clone(), reach.clone(), requests.clone(), leases.clone());
+        move |entry: &config::PollerConfig, stop| {
+            // Validated: every entry names a known connector.
+            let Some(poller) = inquiry_connectors::poll::find(&entry.connector) else {
+                return tokio::spawn(async {});
+            };
+            let handle = leases.as_ref().map(|leases| leases.handle(&group(poller, entry)));
             let parts = poll::PollerParts {
                 poller,
-                config: poll_config,
+                config: entry.clone(),
                 quotas: quotas.clone(),
                 pipeline: pipeline.clone(),
                 store: store.clone(),
@@ -316,16 +325,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 live_tokens: live_tokens.clone(),
                 replies: reach.clone().map(|reach| poll::PollReplies { reach, requests: requests.clone() }),
             };
-            tokio::spawn(poll::run(parts, handle, stop_rx.clone()))
-        })
-        .collect();
-    let mailboxes: Vec<_> = config
-        .mailboxes
-        .iter()
-        .map(|mailbox| {
-            tokio::spawn(imap::run(mailbox.clone(), pipeline.clone(), store.clone(), subjects.clone(), stop_rx.clone()))
-        })
-        .collect();
+            tokio::spawn(poll::run(parts, handle, stop))
+        }
+    }));
+    let mailboxes = Arc::new(tasks::EntryTasks::start(&config.mailboxes, stop_rx.clone(), {
+        let (pipeline, store, subjects) = (pipeline.clone(), store.clone(), subjects.clone());
+        move |mailbox: &config::MailboxConfig, stop| {
+            tokio::spawn(imap::run(mailbox.clone(), pipeline.clone(), store.clone(), subjects.clone(), stop))
+        }
+    }));
 
     let api = Arc::new(ApiState {
         pipeline: pipeline.clone(),
@@ -346,13 +354,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         peers: http::peers::Peers::new(&config.cluster, peer_key.clone())
             .map_err(|e| StoreError::from_message(&format!("cluster: {e}")))?,
         peer_key,
-        polled_accounts: config.pollers.iter().fold(Default::default(), |mut accounts, poller| {
-            if let Some(connector) = inquiry_connectors::poll::find(&poller.connector) {
-                let channel = connector.channel().as_str().to_owned();
-                accounts.entry(channel).or_insert_with(std::collections::BTreeSet::new).insert(poller.account.clone());
-            }
-            accounts
-        }),
+        polled_accounts: std::sync::RwLock::new(http::api::polled_accounts(&config.pollers)),
     });
     let retrier = tokio::spawn(retry_erasures(requests.clone()));
     let signer_tick = tokio::spawn({
@@ -383,7 +385,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let admin = Arc::new(AdminState { pipeline, spool, metrics, api: admin_api });
     let ingest_loopback = config.ingest.listen.ip().is_loopback();
-    let reloader = tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), listener_tls.clone(), ingest_loopback));
+    let readers = Readers { pollers: pollers.clone(), mailboxes: mailboxes.clone(), leased: leases.is_some() };
+    let reloader =
+        tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), listener_tls.clone(), ingest_loopback, readers));
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
@@ -398,6 +402,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     reloader.abort();
+    let _ = reloader.await; // it holds the pollers' and mailboxes' starters (pipeline handles)
     retrier.abort();
     signer_tick.abort();
     tracing::info!("shutting down: no new connections, draining open ones");
@@ -412,9 +417,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for task in reach_tasks {
         finish(task, Duration::from_secs(5)).await;
     }
-    for poller in pollers.into_iter().chain(mailboxes) {
-        finish(poller, Duration::from_secs(5)).await;
-    }
+    pollers.finish(Duration::from_secs(5)).await;
+    mailboxes.finish(Duration::from_secs(5)).await;
+    // Their starters hold pipeline handles, which the stage waits for below.
+    drop((pollers, mailboxes));
     // Pollers stopped: their leases are released for the other replicas.
     finish(agent_refresher, Duration::from_secs(5)).await;
     if let Some(keeper) = lease_keeper {
@@ -449,12 +455,7 @@ fn replica_name() -> String {
 }
 
 /// Waits up to `limit` for a task, then cancels it (dropping what it holds).
-async fn finish(mut task: tokio::task::JoinHandle<()>, limit: Duration) {
-    if tokio::time::timeout(limit, &mut task).await.is_err() {
-        task.abort();
-        let _ = task.await;
-    }
-}
+use tasks::finish;
 
 /// Retries the sink part of erasures that failed (a sink was down), every 30 s.
 async fn retry_erasures(requests: Arc<compliance::requests::SubjectRequests>) {
@@ -489,12 +490,61 @@ fn reach_configured(reach: &config::ReachConfig) -> bool {
 
 /// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
 /// keys, admin tokens, webhook endpoints and their secrets), the listeners' certificates and the
-/// reach-out rules (policies, teams, templates: [`reach::Reach::reload`]), and reloads the
-/// routing plugins. The rest (listen addresses, TLS on or off, store, sinks, pollers, reach-out
-/// senders and alert targets, turning reach-out on) needs a restart. The listeners stay where
+/// reach-out rules (policies, teams, templates: [`reach::Reach::reload`]), reloads the routing
+/// plugins, and starts, stops and restarts pollers (unless they share leases in the CQL store)
+/// and mailboxes by their entries ([`Readers`]). The rest (listen addresses, TLS on or off,
+/// store, sinks, reach-out senders and alert targets, turning reach-out on) needs a restart. The
+/// listeners stay where
 /// they were bound: a file that moved `ingest.listen` to loopback cannot open the running,
 /// non-loopback listener by dropping every API key.
-async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: ListenersTls, ingest_loopback: bool) {
+/// The pollers and mailboxes a SIGHUP reloads.
+struct Readers {
+    pollers: Arc<tasks::EntryTasks<config::PollerConfig>>,
+    mailboxes: Arc<tasks::EntryTasks<config::MailboxConfig>>,
+    /// Pollers hold leases in the CQL store: their groups are fixed at start.
+    leased: bool,
+}
+
+impl Readers {
+    /// Takes `config`'s `[[pollers]]` (unless leased) and `[[mailboxes]]`; what it did, for the
+    /// log and the audit entry.
+    async fn reload(&self, config: &Config, api: &ApiState) -> serde_json::Value {
+        const LIMIT: Duration = Duration::from_secs(10);
+        let pollers = if self.leased {
+            if self.pollers.entries().await != config.pollers {
+                tracing::warn!(
+                    "SIGHUP: pollers share leases in the cql store: changed pollers apply at the next restart"
+                );
+                serde_json::json!("restart_needed")
+            } else {
+                serde_json::json!("unchanged")
+            }
+        } else {
+            let changed = self.pollers.reload(&config.pollers, LIMIT).await;
+            *api.polled_accounts.write().expect("polled accounts lock") = http::api::polled_accounts(&config.pollers);
+            if changed != tasks::Changed::default() {
+                tracing::info!(started = changed.started, stopped = changed.stopped, "SIGHUP: pollers reloaded");
+            }
+            serde_json::json!({ "started": changed.started, "stopped": changed.stopped })
+        };
+        let changed = self.mailboxes.reload(&config.mailboxes, LIMIT).await;
+        if changed != tasks::Changed::default() {
+            tracing::info!(started = changed.started, stopped = changed.stopped, "SIGHUP: mailboxes reloaded");
+        }
+        serde_json::json!({
+            "pollers": pollers,
+            "mailboxes": { "started": changed.started, "stopped": changed.stopped },
+        })
+    }
+}
+
+async fn reload_on_sighup(
+    admin: Arc<AdminState>,
+    api: Arc<ApiState>,
+    tls: ListenersTls,
+    ingest_loopback: bool,
+    readers: Readers,
+) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("no SIGHUP handler; reload plugins with POST /v1/plugins/reload");
         return;
@@ -582,6 +632,7 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
                 "refused"
             }
         };
+        let readers_outcome = readers.reload(&config, &api).await;
         // Who may call in now, and what routes: in the audit log (ids and hashes, never a secret).
         let event = AuditEvent::new("config.reloaded", "signal:SIGHUP").detail(serde_json::json!({
             "config_sha256": file_sha256,
@@ -590,6 +641,7 @@ async fn reload_on_sighup(admin: Arc<AdminState>, api: Arc<ApiState>, tls: Liste
             "webhooks": config.webhooks.iter().map(|w| format!("{}/{}", w.connector, w.account)).collect::<Vec<_>>(),
             "reach": reach_outcome,
             "routing": routing_outcome,
+            "readers": readers_outcome,
             "plugins": plugin_versions(&admin.api.plugins.status()),
         }));
         if let Err(err) = api.pipeline.audit(vec![event]).await {

@@ -318,6 +318,42 @@ async fn every_poller_uses_its_quota_and_never_exceeds_it_also_when_shops_share_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_a_new_shops_poller_and_stops_a_removed_one_while_the_others_go_on() {
+    let etsy = Standin::start(Arc::new(Etsy::default()), None).await.unwrap();
+    let (first, second) = (ETSY_SHOPS[0], ETSY_SHOPS[1]);
+    let daily = "per_day = 2000000";
+    exchange(&etsy, first, 1, now() - 60);
+    exchange(&etsy, second, 2, now() - 60);
+    let mut gateway = Gateway::start(&etsy_poller(&etsy, first, daily)).await;
+    wait_for(&gateway, "etsy", 1.0, Duration::from_secs(15)).await;
+
+    // SIGHUP with a second shop: its poller starts (its waiting receipt comes in), the first goes on.
+    gateway.reconfigure(&(etsy_poller(&etsy, first, daily) + &etsy_poller(&etsy, second, daily)));
+    wait_for(&gateway, "etsy", 2.0, Duration::from_secs(15)).await;
+    exchange(&etsy, first, 3, now());
+    wait_for(&gateway, "etsy", 3.0, Duration::from_secs(15)).await;
+
+    // SIGHUP without the first shop: its poller stops; the second's goes on.
+    gateway.reconfigure(&etsy_poller(&etsy, second, daily));
+    support::eventually(Duration::from_secs(15), "the reload is audited", || async {
+        support::audit_entries_of(&gateway, "config.reloaded").await.len() == 2
+    })
+    .await;
+    exchange(&etsy, first, 4, now());
+    exchange(&etsy, second, 5, now());
+    wait_for(&gateway, "etsy", 4.0, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // ten more cycles of the second shop
+    assert_eq!(accepted(&gateway, "etsy").await, 4.0, "the removed shop is no longer polled");
+    let reloads = support::audit_entries_of(&gateway, "config.reloaded").await;
+    let readers: Vec<_> = reloads.iter().map(|r| r["detail"]["readers"]["pollers"].clone()).collect();
+    assert_eq!(
+        readers,
+        [serde_json::json!({"started": 1, "stopped": 0}), serde_json::json!({"started": 0, "stopped": 1})]
+    );
+    assert_eq!(etsy.stats()["test-etsy-keystring"].violations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_follow_what_the_platform_reports_in_its_headers() {
     // The platform grants this app 4 calls/s and 6 calls a day, less than Etsy's published
     // defaults the gateway starts from (10/s, 10,000/day). Its headers say so on every answer:

@@ -56,11 +56,25 @@ pub struct ApiState {
     pub peer_key: Arc<super::peers::PeerKey>,
     /// The accounts the pollers read, by channel (`ebay` → seller accounts): a platform-wide
     /// account deletion reaches the buyer's data under every one of them.
-    pub polled_accounts: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    pub polled_accounts: std::sync::RwLock<PolledAccounts>,
 }
 
 /// Webhook endpoints by (connector, account).
 pub type WebhookEndpoints = std::collections::HashMap<(String, String), crate::config::WebhookConfig>;
+
+/// The accounts pollers read, by channel.
+pub type PolledAccounts = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// The accounts `pollers` read, by channel.
+pub fn polled_accounts(pollers: &[crate::config::PollerConfig]) -> PolledAccounts {
+    let mut accounts = PolledAccounts::new();
+    for poller in pollers {
+        if let Some(connector) = inquiry_connectors::poll::find(&poller.connector) {
+            accounts.entry(connector.channel().as_str().to_owned()).or_default().insert(poller.account.clone());
+        }
+    }
+    accounts
+}
 
 /// The endpoints of `config`'s `[[webhooks]]`.
 pub fn webhook_endpoints(config: &[crate::config::WebhookConfig]) -> WebhookEndpoints {
@@ -71,7 +85,9 @@ impl ApiState {
     /// Every account of `channel` the gateway is configured for: its webhook endpoints (with
     /// their `accounts`) and its pollers.
     pub fn accounts_of(&self, channel: inquiry_connectors::Channel) -> std::collections::BTreeSet<String> {
-        let mut accounts = self.polled_accounts.get(channel.as_str()).cloned().unwrap_or_default();
+        let polled = self.polled_accounts.read().expect("polled accounts lock");
+        let mut accounts = polled.get(channel.as_str()).cloned().unwrap_or_default();
+        drop(polled);
         for endpoint in self.webhooks.read().expect("webhooks lock").values() {
             if inquiry_connectors::webhook::find(&endpoint.connector).is_some_and(|hook| hook.channel() == channel) {
                 accounts.insert(endpoint.account.clone());
