@@ -385,7 +385,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let admin = Arc::new(AdminState { pipeline, spool, metrics, api: admin_api });
     let ingest_loopback = config.ingest.listen.ip().is_loopback();
-    let readers = Readers { pollers: pollers.clone(), mailboxes: mailboxes.clone(), leased: leases.is_some() };
+    let readers = Readers {
+        pollers: pollers.clone(),
+        mailboxes: mailboxes.clone(),
+        // As started: a gateway that started without pollers under `cql` has no leases to add
+        // them to, and pollers started without leases would poll every shop on every replica.
+        leased: config.polling.coordination == config::Coordination::Cql,
+    };
     let reloader =
         tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), listener_tls.clone(), ingest_loopback, readers));
     let ingress = IngressLimits {
@@ -501,7 +507,8 @@ fn reach_configured(reach: &config::ReachConfig) -> bool {
 struct Readers {
     pollers: Arc<tasks::EntryTasks<config::PollerConfig>>,
     mailboxes: Arc<tasks::EntryTasks<config::MailboxConfig>>,
-    /// Pollers hold leases in the CQL store: their groups are fixed at start.
+    /// Pollers share leases in the CQL store (`polling.coordination = "cql"`): their groups
+    /// are fixed at start.
     leased: bool,
 }
 
@@ -509,7 +516,9 @@ impl Readers {
     /// Takes `config`'s `[[pollers]]` (unless leased) and `[[mailboxes]]`; what it did, for the
     /// log and the audit entry.
     async fn reload(&self, config: &Config, api: &ApiState) -> serde_json::Value {
-        const LIMIT: Duration = Duration::from_secs(10);
+        // Longer than a platform request may take (30 s): a token refresh in flight is never cut
+        // off (the platform may have rotated the refresh token already).
+        const LIMIT: Duration = Duration::from_secs(40);
         let pollers = if self.leased {
             if self.pollers.entries().await != config.pollers {
                 tracing::warn!(
@@ -521,7 +530,13 @@ impl Readers {
             }
         } else {
             let changed = self.pollers.reload(&config.pollers, LIMIT).await;
-            *api.polled_accounts.write().expect("polled accounts lock") = http::api::polled_accounts(&config.pollers);
+            // Accounts no longer polled keep their stored inquiries until retention: a platform's
+            // account deletion still looks under them.
+            let mut polled = api.polled_accounts.write().expect("polled accounts lock");
+            for (channel, accounts) in http::api::polled_accounts(&config.pollers) {
+                polled.entry(channel).or_default().extend(accounts);
+            }
+            drop(polled);
             if changed != tasks::Changed::default() {
                 tracing::info!(started = changed.started, stopped = changed.stopped, "SIGHUP: pollers reloaded");
             }

@@ -83,6 +83,7 @@ pub struct QuotaRegistry {
 impl QuotaRegistry {
     /// The limiter of `key`, created on first use with (`per_second`, `burst`) holding
     /// `available` calls.
+    #[cfg(test)]
     fn limiter(&self, key: &QuotaKey, per_second: f64, burst: u32, available: u32) {
         self.limiters
             .entry(key.clone())
@@ -149,12 +150,13 @@ impl PollerQuota {
             QuotaScope::App => "*".to_owned(),
         };
         let per_second_key = (poller.name(), config.app.clone(), scope.clone(), poller.operation().to_owned());
-        registry.limiter(&per_second_key, quota.per_second, quota.burst, 0);
+        // The configured rate replaces one a poller of an earlier config left (a reload).
+        registry.follow(&per_second_key, quota.per_second, quota.burst, 0);
         // The day starts with one call: calls made before a restart are unknown, so the bucket
         // starts almost empty, but one call lets a platform that reports what is left say so.
         let daily_key = quota.per_day.map(|per_day| {
             let key = (poller.name(), config.app.clone(), scope, format!("{}:daily", poller.operation()));
-            registry.limiter(&key, daily_rate(per_day), daily_burst(per_day), 1);
+            registry.follow(&key, daily_rate(per_day), daily_burst(per_day), 1);
             key
         });
         PollerQuota { per_second_key, daily_key, quota, daily_synced: false }
@@ -922,6 +924,14 @@ mod tests {
         assert_eq!(limiter(), synced);
         quota.follow(&registry, &told, "etsy_receipts", "shop");
         assert_eq!(limiter(), synced, "the same report again: kept");
+
+        // The entry reloaded with a lower rate: its poller starts again under the new one.
+        let slower: PollerConfig = toml::from_str(
+            "connector = \"etsy_receipts\"\naccount = \"shop\"\nbase_url = \"http://127.0.0.1:1\"\nrequests_per_second = 2.0\n",
+        )
+        .unwrap();
+        let quota = PollerQuota::new(poller, &slower, &registry);
+        assert_eq!(registry.limiters.get(&quota.per_second_key).unwrap().per_second, 2.0);
     }
 
     #[tokio::test]

@@ -62,30 +62,33 @@ impl<C: Clone + PartialEq + Send + 'static> EntryTasks<C> {
         Task { entry: entry.clone(), stop, handle: (self.start)(entry, stopped) }
     }
 
-    /// Makes the running tasks those of `entries`: stops (and waits up to `limit` for) the tasks
-    /// of entries no longer there or changed, then starts the tasks of the new entries. A changed
-    /// entry's old task has ended before its new one starts (they would share a cursor).
+    /// Makes the running tasks those of `entries`: stops the tasks of entries no longer there or
+    /// changed, waits for them together (up to `limit`, then aborts them), then starts the tasks
+    /// of the new entries. A changed entry's old task has ended before its new one starts (they
+    /// would share a cursor). A task stays listed until it has ended, so that a reload cut off
+    /// by the process's stop leaves [`EntryTasks::finish`] every task to wait for.
     pub async fn reload(&self, entries: &[C], limit: Duration) -> Changed {
         let mut tasks = self.tasks.lock().await;
         let mut wanted: Vec<&C> = entries.iter().collect();
-        let mut kept = Vec::new();
-        let mut ending = Vec::new();
-        for task in tasks.drain(..) {
+        let mut ending = vec![false; tasks.len()];
+        for (task, ends) in tasks.iter().zip(&mut ending) {
             match wanted.iter().position(|entry| **entry == task.entry) {
                 Some(at) => {
                     wanted.remove(at);
-                    kept.push(task);
                 }
-                None => ending.push(task),
+                None => *ends = true,
             }
         }
-        let changed = Changed { started: wanted.len(), stopped: ending.len() };
-        for task in ending {
+        let changed = Changed { started: wanted.len(), stopped: ending.iter().filter(|e| **e).count() };
+        let ended = tasks.iter_mut().zip(&ending).filter(|(_, ends)| **ends).map(|(task, _)| {
             let _ = task.stop.send(());
-            finish(task.handle, limit).await;
-        }
-        kept.extend(wanted.into_iter().map(|entry| self.spawn(entry)));
-        *tasks = kept;
+            finish_in_place(&mut task.handle, limit)
+        });
+        futures_util::future::join_all(ended).await;
+        let mut ends = ending.into_iter();
+        tasks.retain(|_| !ends.next().unwrap_or(false));
+        let started: Vec<_> = wanted.into_iter().map(|entry| self.spawn(entry)).collect();
+        tasks.extend(started);
         changed
     }
 
@@ -104,7 +107,15 @@ impl<C: Clone + PartialEq + Send + 'static> EntryTasks<C> {
 
 /// Waits up to `limit` for `task`, then aborts it.
 pub async fn finish(mut task: JoinHandle<()>, limit: Duration) {
-    if tokio::time::timeout(limit, &mut task).await.is_err() {
+    finish_in_place(&mut task, limit).await;
+}
+
+/// [`finish`] of a task still held elsewhere (its handle is done afterwards).
+async fn finish_in_place(task: &mut JoinHandle<()>, limit: Duration) {
+    if task.is_finished() {
+        return;
+    }
+    if tokio::time::timeout(limit, &mut *task).await.is_err() {
         task.abort();
         let _ = task.await;
     }
