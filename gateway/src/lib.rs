@@ -423,8 +423,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for task in reach_tasks {
         finish(task, Duration::from_secs(5)).await;
     }
-    pollers.finish(Duration::from_secs(5)).await;
-    mailboxes.finish(Duration::from_secs(5)).await;
+    // A poller in the middle of a token refresh finishes it (a platform that rotates refresh
+    // tokens has retired the old one once it answers; a request takes at most 30 s).
+    tokio::join!(pollers.finish(Duration::from_secs(31)), mailboxes.finish(Duration::from_secs(5)));
     // Their starters hold pipeline handles, which the stage waits for below.
     drop((pollers, mailboxes));
     // Pollers stopped: their leases are released for the other replicas.

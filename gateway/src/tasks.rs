@@ -97,11 +97,10 @@ impl<C: Clone + PartialEq + Send + 'static> EntryTasks<C> {
         self.tasks.lock().await.iter().map(|task| task.entry.clone()).collect()
     }
 
-    /// Waits for every task to end (after the process's stop), at most `limit` each.
+    /// Waits for every task to end (after the process's stop), all together, at most `limit`.
     pub async fn finish(&self, limit: Duration) {
-        for task in self.tasks.lock().await.drain(..) {
-            finish(task.handle, limit).await;
-        }
+        let ending: Vec<_> = self.tasks.lock().await.drain(..).map(|task| finish(task.handle, limit)).collect();
+        futures_util::future::join_all(ending).await;
     }
 }
 
