@@ -169,7 +169,7 @@ impl AgentStates {
     pub async fn refresh(self: Arc<Self>, interval: Duration, stop: watch::Receiver<()>) {
         let Keeper::Shared(table) = &self.keeper else { return };
         crate::retry::every(interval, stop, "reading agent states from the cql store", || async {
-            if self.directory.all().is_empty() {
+            if self.directory.is_empty() {
                 return Ok(()); // no agents (yet: a reload may add them): nothing to read for
             }
             table.read_into(&self.directory).await.map_err(|err| err.to_string())

@@ -43,6 +43,7 @@ use crate::sinks::kafka::KafkaSink;
 use crate::sinks::Sink;
 use crate::spool::Spool;
 use crate::store::{Store, StoreError};
+use crate::tasks::finish;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -461,9 +462,6 @@ fn replica_name() -> String {
         .unwrap_or_else(|| "gateway".to_owned())
 }
 
-/// Waits up to `limit` for a task, then cancels it (dropping what it holds).
-use tasks::finish;
-
 /// Retries the sink part of erasures that failed (a sink was down), every 30 s.
 async fn retry_erasures(requests: Arc<compliance::requests::SubjectRequests>) {
     loop {
@@ -495,15 +493,6 @@ fn reach_configured(reach: &config::ReachConfig) -> bool {
     !reach.sla_policies.is_empty() || !reach.templates.is_empty()
 }
 
-/// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
-/// keys, admin tokens, webhook endpoints and their secrets), the listeners' certificates and the
-/// reach-out rules (policies, teams, templates: [`reach::Reach::reload`]), reloads the routing
-/// plugins, and starts, stops and restarts pollers (unless they share leases in the CQL store)
-/// and mailboxes by their entries ([`Readers`]). The rest (listen addresses, TLS on or off,
-/// store, sinks, reach-out senders and alert targets, turning reach-out on) needs a restart. The
-/// listeners stay where
-/// they were bound: a file that moved `ingest.listen` to loopback cannot open the running,
-/// non-loopback listener by dropping every API key.
 /// The pollers and mailboxes a SIGHUP reloads.
 struct Readers {
     pollers: Arc<tasks::EntryTasks<config::PollerConfig>>,
@@ -554,6 +543,14 @@ impl Readers {
     }
 }
 
+/// On every SIGHUP, re-reads the config file and, once it validates, takes its credentials (API
+/// keys, admin tokens, webhook endpoints and their secrets), the listeners' certificates and the
+/// reach-out rules (policies, teams, templates: [`reach::Reach::reload`]), reloads the routing
+/// plugins, and starts, stops and restarts pollers (unless they share leases in the CQL store)
+/// and mailboxes by their entries ([`Readers`]). The rest (listen addresses, TLS on or off,
+/// store, sinks, reach-out senders and alert targets, turning reach-out on) needs a restart. The
+/// listeners stay where they were bound: a file that moved `ingest.listen` to loopback cannot
+/// open the running, non-loopback listener by dropping every API key.
 async fn reload_on_sighup(
     admin: Arc<AdminState>,
     api: Arc<ApiState>,

@@ -81,15 +81,6 @@ pub struct QuotaRegistry {
 }
 
 impl QuotaRegistry {
-    /// The limiter of `key`, created on first use with (`per_second`, `burst`) holding
-    /// `available` calls.
-    #[cfg(test)]
-    fn limiter(&self, key: &QuotaKey, per_second: f64, burst: u32, available: u32) {
-        self.limiters
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Limiter::with_available(per_second, burst, available)));
-    }
-
     /// Replaces the limiter of `key` when the platform reports a rate more than 1% away from
     /// it; the new one holds `available` calls at once (none unless the platform said how many
     /// are left).
@@ -831,7 +822,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_limiter_starts_empty_and_a_reported_rate_replaces_it() {
         let registry = QuotaRegistry::default();
-        registry.limiter(&key("a"), 20.0, 2, 0);
+        registry.follow(&key("a"), 20.0, 2, 0);
         let waited = registry.acquire(&[key("a")]).await;
         assert!(waited >= Duration::from_millis(40), "an empty bucket waits one period, waited {waited:?}");
         assert!(!registry.follow(&key("a"), 20.1, 2, 0), "within 1%: kept");
@@ -883,7 +874,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_quiet_spell_a_burst_of_one_keeps_any_second_within_the_rate() {
         let registry = QuotaRegistry::default();
-        registry.limiter(&key("q"), 10.0, 1, 1);
+        registry.follow(&key("q"), 10.0, 1, 1);
         tokio::time::sleep(Duration::from_millis(1_500)).await; // quiet: the bucket refills
         let started = Instant::now();
         let mut calls = 0;
@@ -937,7 +928,7 @@ mod tests {
     #[tokio::test]
     async fn a_pause_holds_every_call_of_its_key() {
         let registry = QuotaRegistry::default();
-        registry.limiter(&key("b"), 1000.0, 1000, 1000);
+        registry.follow(&key("b"), 1000.0, 1000, 1000);
         registry.pause(&key("b"), Duration::from_millis(150));
         registry.pause(&key("b"), Duration::from_millis(10)); // a shorter pause does not cut it
         let waited = registry.acquire(&[key("b")]).await;

@@ -75,20 +75,14 @@ impl Team {
 impl AgentDirectory {
     /// A directory of the configured agents (load 0).
     pub fn new(agents: &[AgentConfig]) -> AgentDirectory {
-        let mut teams: HashMap<String, Vec<Agent>> = HashMap::new();
-        for agent in agents {
-            teams.entry(agent.team.clone()).or_default().push(Agent {
-                id: agent.id.clone(),
-                load: 0,
-                capacity: agent.capacity,
-                online: agent.online,
-            });
-        }
         let directory = AgentDirectory::default();
-        for (team, agents) in teams {
-            directory.teams.insert(team, Team::of(agents));
-        }
+        directory.reconfigure(agents);
         directory
+    }
+
+    /// True when no agent is configured.
+    pub fn is_empty(&self) -> bool {
+        self.teams.is_empty()
     }
 
     /// The agents of `team`, in configuration order.
