@@ -131,7 +131,10 @@ async fn hostile_plugins_are_contained_and_their_inquiries_take_the_fallback_rou
     ];
     let mut config = String::new();
     for (id, file, _) in hostile {
-        let extra = "[routing.plugins.limits]\nmax_memory_bytes = 8388608\nbatch_timeout_ms = 20\nquarantine_after_failures = 1000\n";
+        // Deadlines well above a loaded machine's stalls (an inquiry retried alone has 500 µs by
+        // default): only the looping plugin reaches them, the others fail their own way.
+        let extra = "[routing.plugins.limits]\nmax_memory_bytes = 8388608\nbatch_timeout_ms = 200\n\
+                     record_timeout_us = 50000\nquarantine_after_failures = 1000\n";
         // `ungranted` gets no capabilities at all.
         let text = plugin_toml(id, &test_plugin(file), extra);
         config += &if id == "ungranted" {
