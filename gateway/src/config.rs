@@ -1468,6 +1468,11 @@ pub struct IngestConfig {
     pub max_batch_lines: usize,
     /// Requests served at once; more are refused with 503 rather than queued.
     pub max_concurrent_requests: usize,
+    /// Connections open at once; at the limit the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may stay idle, in milliseconds; then the connection is closed.
+    pub header_read_timeout_ms: u64,
     /// Longest a request may take before it is answered 503, in milliseconds.
     pub request_timeout_ms: u64,
     /// HTTPS on this listener (else plain HTTP, e.g. behind a TLS-terminating load balancer).
@@ -1492,6 +1497,8 @@ impl Default for IngestConfig {
             max_body_bytes: 1024 * 1024,
             max_batch_lines: 10_000,
             max_concurrent_requests: 4096,
+            max_connections: 10_000,
+            header_read_timeout_ms: 30_000,
             request_timeout_ms: 10_000,
             tls: None,
         }
@@ -2020,6 +2027,12 @@ impl Config {
         }
         if ingest.max_concurrent_requests == 0 {
             problems.push("ingest.max_concurrent_requests must be at least 1".to_owned());
+        }
+        if ingest.max_connections == 0 {
+            problems.push("ingest.max_connections must be at least 1".to_owned());
+        }
+        if ingest.header_read_timeout_ms < 100 {
+            problems.push("ingest.header_read_timeout_ms must be at least 100".to_owned());
         }
         if ingest.request_timeout_ms < 100 {
             problems.push("ingest.request_timeout_ms must be at least 100".to_owned());

@@ -81,10 +81,34 @@ pub enum StartError {
     },
 }
 
+/// Raises the soft limit on open files to the hard one (as Go programs do at start): every
+/// connection, store file and broker socket takes a descriptor, and a service manager's soft
+/// limit (often 1024) is below `ingest.max_connections`. Warns when even the hard limit is.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(err) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::warn!(error = %err, "could not raise the open files limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    // Room for the store's files, sinks and peers beside the connections.
+    if current.is_some_and(|n| n < max_connections as u64 + 1024) {
+        tracing::warn!(
+            open_files_limit = current,
+            max_connections,
+            "the open files limit is below ingest.max_connections + 1024: raise LimitNOFILE (systemd) or ulimit -n"
+        );
+    }
+}
+
 /// Runs the gateway until `shutdown` resolves, then stops accepting, drains, flushes and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     config.validate()?;
     let metrics = telemetry::install_metrics();
+    raise_open_files_limit(config.ingest.max_connections);
     // The phone-number metadata loads on first use: not on the first chat inquiry's request.
     std::thread::spawn(|| inquiry_connectors::country_of_phone("+4930901820"));
     let store = open_store(&config)?;
@@ -397,6 +421,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(reload_on_sighup(admin.clone(), api.clone(), listener_tls.clone(), ingest_loopback, readers));
     let ingress = IngressLimits {
         max_concurrent_requests: config.ingest.max_concurrent_requests,
+        max_connections: config.ingest.max_connections,
+        header_read_timeout: Duration::from_millis(config.ingest.header_read_timeout_ms),
         request_timeout: Duration::from_millis(config.ingest.request_timeout_ms),
     };
 

@@ -73,6 +73,8 @@ pub const POLL_LEASES_HELD: &str = "inquiry_gateway_poll_leases_held";
 pub const POLL_LEASE_CHANGES: &str = "inquiry_gateway_poll_lease_changes_total";
 /// When a poller last completed a cycle (Unix seconds).
 pub const POLL_CYCLE_COMPLETED: &str = "inquiry_gateway_poll_cycle_completed_timestamp_seconds";
+/// Connections open on the gateway's own listeners, by `listener`.
+pub const HTTP_CONNECTIONS: &str = "inquiry_gateway_http_connections";
 /// TLS handshakes on the gateway's own listeners that failed or timed out, by `listener`.
 pub const TLS_HANDSHAKE_FAILURES: &str = "inquiry_gateway_tls_handshake_failures_total";
 /// Inquiries dead-lettered (routed by the fallback after a failure). Label: `reason`.
@@ -271,6 +273,7 @@ pub fn install_metrics() -> PrometheusHandle {
     describe_histogram!(HOP_DURATION, Unit::Seconds, "latency of one pipeline hop per inquiry");
     describe_counter!(INQUIRIES, "inquiries that passed ingest, by outcome");
     describe_counter!(REJECTED, "requests or lines refused, by reason");
+    describe_gauge!(HTTP_CONNECTIONS, "connections open on the listeners, by listener");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes on the listeners that failed, by listener");
     describe_counter!(POLL_REQUESTS, "calls to platform APIs by pollers, by outcome");
     describe_counter!(POLL_ITEMS_IGNORED, "items a poller fetched that are not new buyer messages");

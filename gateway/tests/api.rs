@@ -686,3 +686,34 @@ async fn a_replica_answers_for_an_inquiry_another_replica_holds() {
         "nothing personal or secret in logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_and_the_listener_stops_accepting_at_its_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start("[ingest]\nmax_connections = 2\nheader_read_timeout_ms = 1500\n").await;
+    // One client trickles headers it never finishes, another connects and sends nothing: they
+    // hold both places.
+    let mut slow = tokio::net::TcpStream::connect(gateway.ingest).await.unwrap();
+    slow.write_all(b"POST /v1/inquiries HTTP/1.1\r\nHost: gateway\r\n").await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(gateway.ingest).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    // A third client waits for a place (it is not refused, and not served at once)...
+    let client = HttpClient::new();
+    let started = std::time::Instant::now();
+    let reply = post(&client, &gateway, "/v1/inquiries", inquiry_json("shop-1", "conn-1").into_bytes(), &[JSON]).await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status.as_u16(), 201, "{}", String::from_utf8_lossy(&reply.body));
+    assert!(waited >= std::time::Duration::from_millis(1000), "served only once a place was free: {waited:?}");
+
+    // ...which the gateway freed by closing both connections.
+    for (name, stream) in [("slow", &mut slow), ("idle", &mut idle)] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the {name} connection was closed by the gateway");
+        assert!(!String::from_utf8_lossy(&buf).contains(" 201 "), "nothing was served on the {name} connection");
+    }
+    let open =
+        metric_value(&support::metrics(&gateway).await, "inquiry_gateway_http_connections", &[("listener", "ingest")]);
+    assert!((1.0..=2.0).contains(&open), "the client's kept-alive connection, maybe one more: {open}");
+}

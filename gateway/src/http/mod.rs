@@ -81,6 +81,10 @@ pub struct IngressLimits {
     pub max_concurrent_requests: usize,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// Connections open at once; the listener stops accepting at the limit.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers or stay idle between requests.
+    pub header_read_timeout: Duration,
 }
 
 /// Serves the ingest API on `listener` (over `tls` when given) until `shutdown` resolves, then
@@ -105,7 +109,9 @@ pub async fn serve_ingest(
             let state = state.clone();
             async move { Ok::<_, Infallible>(api::handle(state, req).await) }
         });
-    serve("ingest", listener, tls, TowerToHyperService::new(service), shutdown).await;
+    let connections =
+        ConnectionLimits { max_open: limits.max_connections, header_read_timeout: limits.header_read_timeout };
+    serve("ingest", listener, tls, connections, TowerToHyperService::new(service), shutdown).await;
 }
 
 /// What the admin endpoints report on.
@@ -137,7 +143,9 @@ pub async fn serve_admin(
             Ok::<_, Infallible>(admin(&state, &req))
         }
     });
-    serve("admin", listener, tls, service, shutdown).await;
+    let connections =
+        ConnectionLimits { max_open: ADMIN_MAX_CONNECTIONS, header_read_timeout: ADMIN_HEADER_READ_TIMEOUT };
+    serve("admin", listener, tls, connections, service, shutdown).await;
 }
 
 fn admin(state: &AdminState, req: &Request<Incoming>) -> HttpResponse {
@@ -213,12 +221,59 @@ pub fn new_trace_id() -> String {
 /// Longest a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections open at once on the admin listener (operators, Prometheus, the CLI).
+const ADMIN_MAX_CONNECTIONS: usize = 512;
+
+/// The admin listener's `header_read_timeout` (the ingest listener's is configured).
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What bounds a listener's connections.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// Open at once; at the limit the listener stops accepting until one closes.
+    max_open: usize,
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may stay idle: a client trickling bytes or holding idle connections cannot
+    /// pile up open connections (hyper applies no such limit without a timer).
+    header_read_timeout: Duration,
+}
+
+/// An open connection: holds its place under the listener's limit and counts in the
+/// `inquiry_gateway_http_connections` gauge until dropped.
+struct OpenConnection {
+    listener: &'static str,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(listener: &'static str, permit: tokio::sync::OwnedSemaphorePermit) -> OpenConnection {
+        metrics::gauge!(crate::telemetry::HTTP_CONNECTIONS, "listener" => listener).increment(1);
+        OpenConnection { listener, _permit: permit }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::HTTP_CONNECTIONS, "listener" => self.listener).decrement(1);
+    }
+}
+
+/// The HTTP/1.1 settings of every connection of the gateway's listeners.
+fn connection_builder(limits: ConnectionLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+}
+
 /// Accepts HTTP/1.1 connections (over TLS when `tls` is given) until `shutdown`, then lets open
-/// ones finish (up to 10 s).
+/// ones finish (up to 10 s). At `limits.max_open` connections it stops accepting until one
+/// closes (new clients wait in the kernel's backlog) rather than run the process out of file
+/// descriptors.
 async fn serve<S>(
     name: &'static str,
     listener: TcpListener,
     tls: Option<Arc<ListenerTls>>,
+    limits: ConnectionLimits,
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -227,8 +282,13 @@ async fn serve<S>(
     S::Error: Into<BoxError>,
 {
     let graceful = GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_open));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
@@ -241,15 +301,17 @@ async fn serve<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let connection = OpenConnection::new(name, permit);
                 let inner = service.clone();
                 let with_peer = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(PeerAddr(addr));
                     inner.call(req)
                 });
                 let Some(tls) = &tls else {
-                    let conn = graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer));
+                    let conn = graceful.watch(connection_builder(limits).serve_connection(TokioIo::new(stream), with_peer));
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        drop(connection);
                     });
                     continue;
                 };
@@ -258,7 +320,7 @@ async fn serve<S>(
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), with_peer);
+                            let conn = connection_builder(limits).serve_connection(TokioIo::new(stream), with_peer);
                             let _ = watcher.watch(conn).await;
                         }
                         failed => {
@@ -268,6 +330,7 @@ async fn serve<S>(
                             }
                         }
                     }
+                    drop(connection);
                 });
             }
             () = &mut shutdown => break,
