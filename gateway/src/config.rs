@@ -1973,15 +1973,36 @@ impl Default for LogConfig {
     }
 }
 
+/// True for an `https://` URL, or an `http://` one on a loopback host.
+fn is_https_or_loopback(url: &str) -> bool {
+    match url.replace("{kid}", "kid").parse::<hyper::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") => uri.host().is_some(),
+        Ok(uri) if uri.scheme_str() == Some("http") => uri.host().is_some_and(is_loopback_host),
+        _ => false,
+    }
+}
+
+/// A TOML syntax error by line and column, without the snippet of the line that `toml` adds.
+fn syntax_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let message = err.message().trim_end();
+    let Some(before) = err.span().and_then(|span| text.get(..span.start)) else {
+        return ConfigError::Parse(format!("TOML parse error: {message}"));
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+    ConfigError::Parse(format!("TOML parse error at line {line}, column {column}: {message}"))
+}
+
 /// A configuration that cannot be used, with every problem found.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The text refers to an environment variable that is not set.
     #[error("environment variable `{0}` is not set (referenced as ${{{0}}})")]
     MissingEnv(String),
-    /// The text is not valid TOML for this schema.
+    /// The text is not valid TOML for this schema: where and what, never the line itself (it may
+    /// hold a secret, and the message reaches logs and the admin API's reload answer).
     #[error("{0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(String),
     /// The values are inconsistent.
     #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<String>),
@@ -2010,9 +2031,10 @@ impl Config {
 
     /// Like [`Config::from_toml`] with an explicit environment lookup (for tests).
     pub fn from_toml_with_env(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut value: toml::Value = toml::from_str(text)?;
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         interpolate_strings(&mut value, &env)?;
-        Ok(value.try_into()?)
+        // Errors of the schema name the key and the expected type (no source text to quote).
+        value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
     }
 
     /// Checks the values; pure: no network, no filesystem.
@@ -2163,6 +2185,12 @@ impl Config {
             }
             if hook.public_key_url.as_deref().is_some_and(|url| !url.contains("{kid}")) {
                 problems.push(format!("webhooks[{i}].public_key_url must contain `{{kid}}`"));
+            }
+            if let Some(url) = hook.public_key_url.as_deref().filter(|url| !is_https_or_loopback(url)) {
+                problems.push(format!(
+                    "webhooks[{i}].public_key_url `{url}` must be https:// (the eBay application token is sent \
+                     to it; http:// is allowed only on loopback)"
+                ));
             }
             if hook.connector == "tiktok_shop" && hook.app_key.as_deref().is_none_or(str::is_empty) {
                 problems.push(format!("webhooks[{i}]: tiktok_shop signs with the app key: set app_key"));
@@ -2921,6 +2949,28 @@ mod tests {
                       base_url = \"https://graph.facebook.com\"\nbuyer_country = \"Germany\"\n";
         let err = Config::from_toml_with_env(poller, env).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("pollers[0].buyer_country `Germany`"), "{err}");
+    }
+
+    #[test]
+    fn ebay_signing_keys_are_fetched_over_https_or_from_loopback_only() {
+        let hook = |url: &str| {
+            format!(
+                "[[webhooks]]\nconnector = \"ebay\"\naccount = \"seller-1\"\nendpoint_url = \"https://gw.example/webhooks/ebay/seller-1\"\n\
+                 verify_token = \"verify-token-0123456789abcdef0123\"\napp_token = \"t\"\npublic_key_url = \"{url}\"\n"
+            )
+        };
+        let problems = |url: &str| match Config::from_toml_with_env(&hook(url), env).unwrap().validate() {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        assert_eq!(problems("https://api.ebay.com/commerce/notification/v1/public_key/{kid}"), "");
+        assert_eq!(problems("http://127.0.0.1:8089/public_key/{kid}"), "");
+        let clear = problems("http://keys.example.com/public_key/{kid}");
+        assert!(
+            clear.contains("public_key_url `http://keys.example.com/public_key/{kid}` must be https://"),
+            "{clear}"
+        );
+        assert!(problems("keys.example.com/{kid}").contains("must be https://"));
     }
 
     #[test]

@@ -432,6 +432,14 @@ fn check_accepts_the_examples_and_rejects_bad_files_with_a_precise_message() {
     let out = Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"), "names the field");
+    // A syntax error is placed by line and column; the line itself is not quoted (a secret
+    // written inline would reach the logs and the reload answer).
+    std::fs::write(&bad, "[auth]\ntokens = [\n  { token = \"inline-secret-0123456789\" scopes = [] },\n]\n").unwrap();
+    let out = Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3, column"), "{stderr}");
+    assert!(!stderr.contains("inline-secret"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
