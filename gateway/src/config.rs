@@ -356,7 +356,7 @@ fn is_loopback_endpoint(endpoint: &str) -> bool {
 }
 
 /// True for `localhost` and loopback addresses.
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -725,3 +725,34 @@ async fn slow_and_idle_connections_are_closed_and_the_listener_stops_accepting_a
         metric_value(&support::metrics(&gateway).await, "inquiry_gateway_http_connections", &[("listener", "ingest")]);
     assert!((1.0..=2.0).contains(&open), "the client's kept-alive connection, maybe one more: {open}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_open_on_loopback_refuses_what_web_pages_send() {
+    let gateway = Gateway::start("").await;
+    let client = HttpClient::new();
+    let body = || inquiry_json("shop-1", "page-1").into_bytes();
+    // A page's cross-site POST, a fetch, and a rebound host name: all refused, nothing stored.
+    let refused = [
+        vec![JSON, ("origin", "https://evil.example")],
+        vec![JSON, ("sec-fetch-site", "cross-site")],
+        vec![JSON, ("host", "evil.example:8080")],
+    ];
+    for headers in &refused {
+        let reply = post(&client, &gateway, "/v1/inquiries", body(), headers).await;
+        assert_eq!((reply.status.as_u16(), reply.error_code().as_str()), (403, "browser_refused"), "{headers:?}");
+    }
+    let admin =
+        client.request(Method::GET, &gateway.admin_url("/v1/plugins"), Vec::new(), &[("host", "evil.example")]).await;
+    assert_eq!((admin.status.as_u16(), admin.error_code().as_str()), (403, "browser_refused"));
+    let erasure = br#"{"kind":"erasure","subject":{"email":"victim@example.com"}}"#.to_vec();
+    let admin =
+        client.request(Method::POST, &gateway.admin_url("/v1/subject-requests"), erasure, &[("origin", "null")]).await;
+    assert_eq!((admin.status.as_u16(), admin.error_code().as_str()), (403, "browser_refused"));
+
+    // Tools send none of it; a page the user typed in (Sec-Fetch-Site: none) is no other site's.
+    let typed = post(&client, &gateway, "/v1/inquiries", body(), &[JSON, ("sec-fetch-site", "none")]).await;
+    assert_eq!(typed.status.as_u16(), 201, "{}", String::from_utf8_lossy(&typed.body));
+    let local =
+        client.request(Method::GET, &gateway.admin_url("/v1/plugins"), Vec::new(), &[("host", "localhost")]).await;
+    assert_eq!(local.status.as_u16(), 200);
+}

@@ -125,6 +125,7 @@ impl AdminApi {
     fn token_of(&self, headers: &http::HeaderMap, scope: &str) -> Result<String, (Option<String>, ApiError)> {
         let tokens = self.tokens.read().expect("admin tokens lock");
         if tokens.open {
+            super::auth::refuse_browsers(headers).map_err(|err| (None, err))?;
             return Ok("loopback".to_owned());
         }
         let presented = headers

@@ -106,9 +106,11 @@ impl Authenticator {
         self.keys.read().expect("api keys lock").is_none()
     }
 
-    /// The grant of the request's `Authorization: Bearer` key, or 401.
+    /// The grant of the request's `Authorization: Bearer` key, or 401 (403 for a browser's
+    /// request to the open API, see [`refuse_browsers`]).
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
         let Some(keys) = self.keys.read().expect("api keys lock").clone() else {
+            refuse_browsers(headers)?;
             return Ok(Grant::Open);
         };
         let presented = headers
@@ -119,6 +121,27 @@ impl Authenticator {
             .ok_or_else(|| unauthorized("send an api key as Authorization: Bearer <key>"))?;
         keys.get(&digest(presented.trim())).cloned().ok_or_else(|| unauthorized("unknown api key"))
     }
+}
+
+/// Refuses what only a web browser sends to an API left open on loopback (no keys or tokens):
+/// any page the operator visits can send a request to 127.0.0.1 (a simple POST needs no
+/// preflight), or make its own host name resolve there and read the answers (DNS rebinding).
+/// So a request naming another host, carrying `Origin`, or fetched by a page
+/// (`Sec-Fetch-Site` other than `none`) is answered 403 `browser_refused`. Tools (curl, the CLI,
+/// Prometheus) send none of these.
+pub fn refuse_browsers(headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |message: &str| Err(ApiError::new(StatusCode::FORBIDDEN, "browser_refused", message));
+    if let Some(host) = headers.get(header::HOST) {
+        let host = host.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok());
+        if !host.is_some_and(|h| crate::config::is_loopback_host(h.host())) {
+            return refuse("without keys the API answers only requests to a loopback host name");
+        }
+    }
+    let fetched_by_a_page = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() != b"none");
+    if headers.contains_key(header::ORIGIN) || fetched_by_a_page {
+        return refuse("without keys the API refuses requests from web pages; configure keys to serve them");
+    }
+    Ok(())
 }
 
 /// The key table of `config`; `None` (an open API) without keys.
