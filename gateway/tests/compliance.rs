@@ -597,11 +597,34 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     let secret = "shopify-app-client-secret";
     let shop = "acme-eu.myshopify.com";
     let config = format!(
-        "{}[[webhooks]]\nconnector = \"shopify_compliance\"\naccount = \"{shop}\"\nsecret = \"{secret}\"\n",
+        "{}[[webhooks]]\nconnector = \"shopify_compliance\"\naccount = \"{shop}\"\nsecret = \"{secret}\"\n\
+         [[webhooks]]\nconnector = \"shopify\"\naccount = \"{shop}\"\nsecret = \"{secret}\"\n",
         admin_tokens()
     );
     let gateway = Gateway::start(&config).await;
     let client = HttpClient::new();
+    // A return requested without a customer: its buyer is known only by the order.
+    let anonymous_return = std::fs::read_to_string(support::workspace_file(
+        "connectors/tests/fixtures/webhooks/shopify/returns-request.no-customer.json",
+    ))
+    .unwrap();
+    let returned = post_shopify(
+        &client,
+        &gateway.url(&format!("/webhooks/shopify/{shop}")),
+        secret,
+        "returns/request",
+        &anonymous_return,
+        Some("return-event-1"),
+    )
+    .await;
+    assert_eq!(returned.status, 200, "{}", String::from_utf8_lossy(&returned.body));
+    let return_id = returned.json()["ids"][0].as_str().unwrap().to_owned();
+    let return_note = |client: &HttpClient| {
+        let url = gateway.url(&format!("/v1/inquiries/{return_id}"));
+        let client = client.clone();
+        async move { client.get(&url).await.json()["personal"]["body"].clone() }
+    };
+    assert!(return_note(&client).await.as_str().unwrap().contains("Schürze"));
     let mut ids = Vec::new();
     for n in 0..2 {
         let doc = json!({
@@ -663,14 +686,15 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
             .json();
     assert_eq!(fulfilled["status"], "completed");
 
-    // customers/redact: erased at once.
+    // customers/redact: erased at once, the customer and the return filed under one of the orders.
     let redacted = send(
         "customers/redact",
-        json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "orders_to_redact": [299938] }),
+        json!({ "shop_id": 1, "shop_domain": shop, "customer": customer, "orders_to_redact": [299938, 5630179410113u64] }),
         secret,
     )
     .await;
     assert_eq!((redacted.status.as_u16(), redacted.json()["status"].as_str()), (200, Some("completed")));
+    assert!(return_note(&client).await.is_null(), "the return's note is erased with the customer");
 
     // A redelivery (the same X-Shopify-Event-Id) answers the request it opened the first time.
     let data_request =
@@ -1074,4 +1098,52 @@ async fn inquiries_spooled_before_a_sink_moved_out_of_the_eu_are_not_sent_to_it(
     let labels = [("sink", "kafka"), ("reason", "residency")];
     let skipped = support::metric(&gateway, "inquiry_gateway_sink_skipped_total", &labels).await;
     assert_eq!(skipped, 2.0, "the EU and the unknown-country inquiry were skipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_known_by_neither_email_nor_id_are_found_by_the_identities_connectors_record() {
+    let gateway = Gateway::start(&admin_tokens()).await;
+    let client = HttpClient::new();
+    // Only a name and a phone number: the generic API files the buyer under the conversation.
+    let doc = json!({
+        "channel": "generic", "account": "shop-1", "external_id": "anon-1", "conversation_id": "c-77",
+        "buyer": { "name": "Ana Phone", "phone": "+49 30 901820" },
+        "body": "ANON-TEXT", "occurred_at": "2026-11-24T08:00:00Z",
+    });
+    let reply = client.post_json(&gateway.url("/v1/inquiries"), doc.to_string()).await;
+    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+
+    let export = |subject: Value| {
+        let client = client.clone();
+        let gateway = &gateway;
+        async move {
+            admin(
+                &client,
+                gateway,
+                Method::POST,
+                "/v1/subject-requests",
+                Some(ERASER),
+                json!({ "kind": "export", "subject": subject }),
+            )
+            .await
+        }
+    };
+    let found = export(json!({ "identities": ["conversation:c-77"], "channel": "generic", "account": "shop-1" })).await;
+    assert_eq!(found.status, 200, "{}", String::from_utf8_lossy(&found.body));
+    let inquiries = found.json()["inquiries"].as_array().unwrap().clone();
+    assert_eq!(inquiries.len(), 1);
+    assert_eq!(inquiries[0]["inquiry"]["id"], id.as_str());
+    assert_eq!(inquiries[0]["personal"]["body"], "ANON-TEXT");
+    // Scoped like user ids: another account's conversation c-77 is someone else.
+    let elsewhere =
+        export(json!({ "identities": ["conversation:c-77"], "channel": "generic", "account": "shop-2" })).await;
+    assert_eq!(
+        elsewhere.json()["inquiries"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&elsewhere.body)
+    );
+    let unscoped = export(json!({ "identities": ["conversation:c-77"] })).await;
+    assert_eq!((unscoped.status.as_u16(), unscoped.error_code().as_str()), (422, "no_subject"));
 }

@@ -103,6 +103,11 @@ pub struct SubjectSpec {
     /// A pseudonym, as found on an inquiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pseudonym: Option<String>,
+    /// Identities as the connectors record them when a buyer has no e-mail or user id
+    /// (`order:<id>`, `phone:<number>`, `rfq:<id>`, `conversation:<id>`...); with `channel` and
+    /// `account`, except `email:` ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 /// Where a request stands.
@@ -224,7 +229,7 @@ pub enum ConsentStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// The request names no subject.
-    #[error("name the subject: email, pseudonym, or user_id with channel and account")]
+    #[error("name the subject: email, pseudonym, or user_id or identities with channel and account")]
     NoSubject,
     /// The store failed.
     #[error(transparent)]
@@ -338,10 +343,12 @@ impl SubjectRequests {
 
     /// What finds the subjects `spec` names: the indexes of its identities, and its pseudonym.
     fn keys_of(&self, spec: &SubjectSpec) -> Result<(Vec<[u8; 32]>, Vec<String>), RequestError> {
-        if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() {
+        let identities: Vec<&str> = spec.identities.iter().map(|i| i.trim()).filter(|i| !i.is_empty()).collect();
+        if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() && identities.is_empty() {
             return Err(RequestError::NoSubject);
         }
-        if spec.user_id.is_some() && (spec.channel.is_none() || spec.account.is_none()) {
+        let scoped = spec.user_id.is_some() || identities.iter().any(|i| !i.starts_with("email:"));
+        if scoped && (spec.channel.is_none() || spec.account.is_none()) {
             return Err(RequestError::NoSubject);
         }
         let mut indexes = Vec::new();
@@ -350,6 +357,10 @@ impl SubjectRequests {
         }
         if let (Some(user), Some(channel), Some(account)) = (&spec.user_id, &spec.channel, &spec.account) {
             indexes.push(self.subjects.index_of(channel, account, &format!("id:{}", user.trim())));
+        }
+        for identity in identities {
+            let (channel, account) = (spec.channel.as_deref().unwrap_or(""), spec.account.as_deref().unwrap_or(""));
+            indexes.push(self.subjects.index_of(channel, account, identity));
         }
         Ok((indexes, spec.pseudonym.iter().cloned().collect()))
     }

@@ -23,9 +23,12 @@ struct Payload {
     shop_domain: String,
     #[serde(default)]
     customer: Option<Customer>,
-    /// Only in `customers/redact`.
+    /// Only in `customers/redact`: the orders whose data goes.
     #[serde(default)]
     orders_to_redact: Option<serde_json::Value>,
+    /// Only in `customers/data_request`: the orders whose data is asked for.
+    #[serde(default)]
+    orders_requested: Option<serde_json::Value>,
     /// Only in `customers/data_request`.
     #[serde(default)]
     data_request: Option<serde_json::Value>,
@@ -53,6 +56,15 @@ struct Customer {
     id: Option<serde_json::Value>,
     #[serde(default)]
     email: Option<String>,
+}
+
+/// A Shopify id as text (sent as a number, sometimes as a string).
+fn id_text(id: &serde_json::Value) -> Option<String> {
+    match id {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// Verifies and handles one compliance webhook for `shop`.
@@ -91,16 +103,25 @@ pub async fn handle(
         ));
     }
     let customer = payload.customer.unwrap_or(Customer { id: None, email: None });
-    let user_id = customer.id.map(|id| match id {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    });
+    let user_id = customer.id.as_ref().and_then(id_text);
+    // A return requested without a customer is filed under its order (`order:<id>`): the
+    // request's orders find it.
+    let orders = payload.orders_to_redact.as_ref().or(payload.orders_requested.as_ref());
+    let identities: Vec<String> = orders
+        .and_then(|orders| orders.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(id_text)
+        .map(|order| format!("order:{order}"))
+        .collect();
+    let scoped = user_id.is_some() || !identities.is_empty();
     let spec = SubjectSpec {
         email: customer.email,
-        channel: user_id.as_ref().map(|_| "shopify".to_owned()),
-        account: user_id.as_ref().map(|_| shop.to_owned()),
+        channel: scoped.then(|| "shopify".to_owned()),
+        account: scoped.then(|| shop.to_owned()),
         user_id,
         pseudonym: None,
+        identities,
     };
     // Shopify redelivers until it gets a 200; a redelivery carries the same event id and must not
     // open (or carry out) the request twice.
