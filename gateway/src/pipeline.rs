@@ -683,7 +683,13 @@ impl Stage {
                 }
             }
         }
-        batch.erase_subject(&erasure.index, &erasure.pseudonym, &erasure.record);
+        // The identity's record goes only while it is this subject's: after a failed attempt the
+        // buyer may have written again and been given a new subject under the same identity.
+        let still_this_subject = self.store.subject(&erasure.index)?.is_some_and(|record| {
+            serde_json::from_slice::<crate::compliance::subjects::SubjectRecord>(&record)
+                .map_or(true, |record| record.pseudonym == erasure.pseudonym)
+        });
+        batch.erase_subject(still_this_subject.then_some(&erasure.index), &erasure.pseudonym, &erasure.record);
         self.written_subjects.remove(&erasure.index);
         let mut event = erasure.event.clone();
         event.detail["inquiries"] = serde_json::json!(ids);
@@ -1752,6 +1758,30 @@ mod tests {
         let second = stored(&store, late_ack[0].id).inquiry;
         assert_ne!(second.buyer.pseudonym, pseudonym, "sealed again for a new subject");
         assert_eq!(subjects.open(&second).unwrap().unwrap().body, "second message");
+    }
+
+    #[tokio::test]
+    async fn an_erasure_carried_out_again_leaves_the_identitys_new_subject_alone() {
+        let Running { pipeline, store, subjects, .. } = start(Silent, 8);
+        let first = pipeline.submit(vec![submission(&subjects, "a", "first message")]).await.unwrap();
+        let pseudonym = stored(&store, first[0].id).inquiry.buyer.pseudonym;
+        let index = store.subject_index(&pseudonym).unwrap().unwrap();
+        let erasure = || Erasure {
+            pseudonym: pseudonym.clone(),
+            index,
+            record: b"{}".to_vec(),
+            event: AuditEvent::new("subject.erased", "test").subject(&pseudonym),
+        };
+        pipeline.erase(erasure()).await.unwrap();
+        // The buyer writes again: a new subject under the same identity.
+        let again = pipeline.submit(vec![submission(&subjects, "b", "second message")]).await.unwrap();
+        let second = stored(&store, again[0].id).inquiry;
+        assert_ne!(second.buyer.pseudonym, pseudonym);
+        // The first erasure carried out once more (a retry after a write that failed, a request
+        // shared by another replica): the new subject's key stays, its message opens.
+        pipeline.erase(erasure()).await.unwrap();
+        assert_eq!(subjects.open(&second).unwrap().unwrap().body, "second message");
+        assert!(store.subject(&index).unwrap().is_some(), "the identity still has its new subject");
     }
 
     #[tokio::test]

@@ -980,8 +980,10 @@ impl StoreBatch<'_> {
     }
 
     /// Erases a data subject: its wrapped key and pseudonym mapping go, the erasure record stays.
-    pub fn erase_subject(&mut self, index: &[u8; 32], pseudonym: &str, erasure: &[u8]) {
-        self.inner.remove(&self.store.subjects, index.as_slice());
+    pub fn erase_subject(&mut self, index: Option<&[u8; 32]>, pseudonym: &str, erasure: &[u8]) {
+        if let Some(index) = index {
+            self.inner.remove(&self.store.subjects, index.as_slice());
+        }
         self.inner.remove(&self.store.pseudonyms, pseudonym);
         self.inner.insert(&self.store.erasures, pseudonym, erasure);
     }

@@ -200,16 +200,30 @@ impl Email {
 
 /// (display name, lower-case address) of the first mailbox in an address header.
 fn mailbox(header: &str) -> Option<(Option<String>, String)> {
-    let list = mailparse::addrparse(header).ok()?;
-    let single = list.iter().find_map(|addr| match addr {
-        mailparse::MailAddr::Single(info) => Some(info.clone()),
-        mailparse::MailAddr::Group(group) => group.addrs.first().cloned(),
-    })?;
-    let address = single.addr.trim().to_ascii_lowercase();
-    if !address.contains('@') {
+    let parsed = mailparse::addrparse(header).ok().and_then(|list| {
+        list.iter().find_map(|addr| match addr {
+            mailparse::MailAddr::Single(info) => Some(info.clone()),
+            mailparse::MailAddr::Group(group) => group.addrs.first().cloned(),
+        })
+    });
+    let (name, address) = match parsed.filter(|single| single.addr.contains('@')) {
+        Some(single) => (single.display_name, single.addr),
+        // A display name decoded from RFC 2047 (`=?iso-8859-1?Q?M=FCller=2C_Hans?=`) can hold a
+        // comma or a quote unquoted, which the address parser reads as a list: the address in
+        // angle brackets, the text before it the name.
+        None => {
+            let (open, close) = (header.rfind('<')?, header.rfind('>')?);
+            let name = header[..open].trim().trim_matches('"').to_owned();
+            (Some(name), header.get(open + 1..close)?.to_owned())
+        }
+    };
+    // Lower-cased as every connector and subject request does (Unicode, not only ASCII): one
+    // address, one index.
+    let address = address.trim().to_lowercase();
+    if !address.contains('@') || address.contains(char::is_whitespace) {
         return None;
     }
-    let name = single.display_name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     Some((name, address))
 }
 
@@ -224,4 +238,24 @@ fn first_id(value: &str) -> Option<String> {
 pub(crate) fn hashed_id(id: &str) -> String {
     use sha2::{Digest, Sha256};
     format!("mid:{}", &hex::encode(Sha256::digest(id.as_bytes()))[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mailbox;
+
+    #[test]
+    fn a_sender_is_read_also_when_its_decoded_name_holds_a_comma() {
+        let plain = mailbox("Anna Berg <Anna.Berg@Example.com>").unwrap();
+        assert_eq!(plain, (Some("Anna Berg".to_owned()), "anna.berg@example.com".to_owned()));
+        // `=?iso-8859-1?Q?M=FCller=2C_Hans?= <h@x.de>` as header decoding hands it over.
+        let decoded = mailbox("Müller, Hans <H.Mueller@X.de>").unwrap();
+        assert_eq!(decoded, (Some("Müller, Hans".to_owned()), "h.mueller@x.de".to_owned()));
+        let quoted = mailbox("\"Berg, Anna\" <anna@example.com>").unwrap();
+        assert_eq!(quoted.1, "anna@example.com");
+        // Lower-cased like every other connector: Unicode, not only ASCII.
+        assert_eq!(mailbox("ÜBER@Example.com").unwrap().1, "über@example.com");
+        assert_eq!(mailbox("Müller"), None);
+        assert_eq!(mailbox("Müller <not an address>"), None);
+    }
 }

@@ -137,7 +137,9 @@ impl Subjects {
             if !self.erased.contains_key(&subject.key.pseudonym) {
                 return Ok(subject);
             }
-            self.cache.remove(&index);
+            // Only the erased one: another thread may have put the identity's new subject there
+            // meanwhile, and dropping it would give the buyer a second new pseudonym.
+            self.cache.remove_if(&index, |_, cached| Arc::ptr_eq(cached, &subject));
         }
         let limit = self.cache_limit.load(std::sync::atomic::Ordering::Relaxed);
         let next_retain = self.next_retain.load(std::sync::atomic::Ordering::Relaxed);
