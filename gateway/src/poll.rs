@@ -538,24 +538,30 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                     return Ended::Stopped;
                 }
             }
-            if tokens.needs_refresh(OffsetDateTime::now_utc()) {
-                // Not cancelled once started: a platform that rotates refresh tokens has retired
-                // the old one when it answers, and the new grant must reach the store.
-                let refreshed = tokens.refresh(poller, config, &client, store, &place, subjects.vault()).await;
-                if let Err(err) = refreshed {
-                    if let Place::Leased { lease, .. } = &place {
-                        // Another replica may have rotated the token meanwhile: take its grant.
-                        if let Ok((_, Some(sealed))) = lease.state_of(&account).await {
-                            tokens.adopt(sealed, subjects.vault());
-                        }
+            // A refresh whose grant the store did not take is stored before any call; then a
+            // token due is refreshed. Not cancelled once started: a platform that rotates
+            // refresh tokens has retired the old one when it answers, and the new grant must
+            // reach the store.
+            let token_work = if tokens.has_unsaved() {
+                Some(tokens.keep_unsaved(store, &config.account, &place).await)
+            } else if tokens.needs_refresh(OffsetDateTime::now_utc()) {
+                Some(tokens.refresh(poller, config, &client, store, &place, subjects.vault()).await)
+            } else {
+                None
+            };
+            if let Some(Err(err)) = token_work {
+                if let Place::Leased { lease, .. } = &place {
+                    // Another replica may have rotated the token meanwhile: take its grant.
+                    if let Ok((_, Some(sealed))) = lease.state_of(&account).await {
+                        tokens.adopt(sealed, subjects.vault());
                     }
-                    let delay = backoff.next();
-                    tracing::warn!(poller = name, error = %err, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
-                    if sleep_or_stop(delay, &mut stop).await {
-                        return Ended::Stopped;
-                    }
-                    continue;
                 }
+                let delay = backoff.next();
+                tracing::warn!(poller = name, error = %err, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
+                if sleep_or_stop(delay, &mut stop).await {
+                    return Ended::Stopped;
+                }
+                continue;
             }
             live_tokens.publish(&cursor_name, tokens.access());
             let credentials = PollCredentials {

@@ -37,6 +37,9 @@ pub struct PollTokens {
     refreshed_at: Option<Instant>,
     /// The sealed grant these tokens come from (what a new grant replaces in the store).
     sealed: Option<Vec<u8>>,
+    /// The sealed grant of a refresh whose tokens are in use but not yet stored (the store or the
+    /// CQL lease failed): stored before any other call, never given up for the retired one.
+    unsaved: Option<Vec<u8>>,
 }
 
 /// A grant as stored (sealed).
@@ -62,6 +65,7 @@ impl PollTokens {
             origin,
             refreshed_at: None,
             sealed: None,
+            unsaved: None,
         };
         if tokens.refresh.is_none() {
             return tokens;
@@ -82,8 +86,10 @@ impl PollTokens {
     /// refresh token; either way, a new grant will replace that one in the store.
     pub fn adopt(&mut self, sealed: Vec<u8>, vault: &Vault) {
         if self.sealed.as_deref() == Some(sealed.as_slice()) {
-            return;
+            return; // still the grant ours replaces: an unsaved one of ours stays the newest
         }
+        // Another replica refreshed and stored first: its grant is the one every replica uses.
+        self.unsaved = None;
         let stored = vault
             .open_secret(&self.name, &sealed)
             .ok()
@@ -102,6 +108,24 @@ impl PollTokens {
     /// none yet; a new grant conditioned on the local one would never be stored).
     pub fn replacing(&mut self, stored: Option<Vec<u8>>) {
         self.sealed = stored;
+    }
+
+    /// True while a refreshed grant is in use but not stored yet ([`PollTokens::keep_unsaved`]).
+    pub fn has_unsaved(&self) -> bool {
+        self.unsaved.is_some()
+    }
+
+    /// Stores the grant of the last refresh if it is not stored yet; until it is, no call may be
+    /// made: the platform has retired the refresh token the store still holds.
+    pub async fn keep_unsaved(&mut self, store: &Store, account: &str, place: &Place<'_>) -> Result<(), String> {
+        let Some(sealed) = self.unsaved.clone() else { return Ok(()) };
+        place
+            .keep_grant(store, &self.name, account, &sealed, self.sealed.as_deref())
+            .await
+            .map_err(|e| format!("the new token could not be stored: {e}"))?;
+        self.sealed = Some(sealed);
+        self.unsaved = None;
+        Ok(())
     }
 
     /// The access token to send.
@@ -165,13 +189,9 @@ impl PollTokens {
             let lifetime = grant.expires_in_seconds.map(time::Duration::seconds);
             self.refresh_at = lifetime.map(|l| now + l - EARLY.min(l / 2));
             self.refreshed_at = Some(Instant::now());
-            let sealed = self.seal(vault);
-            place
-                .keep_grant(store, &self.name, &config.account, &sealed, self.sealed.as_deref())
-                .await
-                .map_err(|e| format!("the new token could not be stored: {e}"))?;
-            self.sealed = Some(sealed);
-            Ok(())
+            // In use from now on, stored or not: the old refresh token may be retired already.
+            self.unsaved = Some(self.seal(vault));
+            self.keep_unsaved(store, &config.account, place).await
         }
         .await;
         let label = if outcome.is_ok() { "ok" } else { "error" };

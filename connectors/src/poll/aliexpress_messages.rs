@@ -302,11 +302,10 @@ impl Poller for AliexpressMessages {
                         continue;
                     }
                     cycle.walk.saw(at, &message.id);
-                    let from_buyer = match (&buyer, &message.sender_ali_id) {
-                        (Some(buyer), Some(sender)) => buyer == sender,
-                        (None, Some(sender)) => sender != target.account,
-                        (_, None) => false,
-                    };
+                    // Only a known buyer's messages: `account` is a label, not the seller's ali id,
+                    // so without `other_ali_id` a seller's message cannot be told from the buyer's.
+                    let from_buyer =
+                        matches!((&buyer, &message.sender_ali_id), (Some(buyer), Some(sender)) if buyer == sender);
                     let text = message.content.filter(|t| !t.trim().is_empty());
                     let created = crate::webhook::from_unix(at, false);
                     // The seller's (or a sub-account's) message to a known buyer, of any kind,

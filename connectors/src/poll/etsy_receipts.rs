@@ -58,7 +58,7 @@ impl Poller for EtsyReceipts {
     }
 
     fn request(&self, target: &PollTarget<'_>, position: &PollPosition<'_>) -> PollRequest {
-        let (since, offset) = window(position);
+        let (since, offset) = window(position, target.now);
         let path = format!(
             "/v3/application/shops/{}/receipts?min_last_modified={since}&sort_on=updated&sort_order=asc&limit={PAGE_SIZE}&offset={offset}",
             super::encode(target.account),
@@ -106,7 +106,7 @@ impl Poller for EtsyReceipts {
         context: &mut dyn FnMut() -> NormalizeContext<'c>,
     ) -> Result<PollPage, InputError> {
         let response: Response = serde_json::from_slice(body).map_err(InputError::from_json)?;
-        let (since, offset) = window(position);
+        let (since, offset) = window(position, target.now);
         let mut page = PollPage::default();
         let mut newest: Option<i64> = None;
         let received = response.results.len();
@@ -159,11 +159,18 @@ impl Poller for EtsyReceipts {
 }
 
 /// `min_last_modified` and `offset` of the request at `position`: the page token
-/// (`<modified>:<offset>`), else the cursor less the look-back.
-fn window(position: &PollPosition<'_>) -> (i64, usize) {
+/// (`<modified>:<offset>`), else the cursor less the look-back, else (a shop never polled) the
+/// last 7 days like every poller's first poll, not the shop's whole order history. That start is
+/// whole hours, so the request and the parsing of its answer (a moment later) agree on it.
+fn window(position: &PollPosition<'_>, now: time::OffsetDateTime) -> (i64, usize) {
     let token =
         position.page.and_then(|p| p.split_once(':')).and_then(|(t, o)| Some((t.parse().ok()?, o.parse().ok()?)));
-    token.unwrap_or_else(|| (position.cursor.map_or(0, |c| parse(c) - super::LOOKBACK.whole_seconds()).max(0), 0))
+    let first_poll = || {
+        let start = now.unix_timestamp() - super::walk::FIRST_POLL_LOOKBACK_SECONDS;
+        start - start.rem_euclid(3600)
+    };
+    let since = || position.cursor.map_or_else(first_poll, |c| parse(c) - super::LOOKBACK.whole_seconds()).max(0);
+    token.unwrap_or_else(|| (since(), 0))
 }
 
 fn parse(timestamp: &str) -> i64 {
@@ -200,4 +207,24 @@ struct Receipt {
 struct Transaction {
     #[serde(default)]
     listing_id: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shop_never_polled_is_read_from_seven_days_back_not_from_its_first_receipt() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_764_633_540).unwrap();
+        let at = |cursor, page| window(&PollPosition { cursor, page }, now);
+        let (since, offset) = at(None, None);
+        assert_eq!(offset, 0);
+        assert!(since > 0, "not the whole order history");
+        let week = super::super::walk::FIRST_POLL_LOOKBACK_SECONDS;
+        assert!((now.unix_timestamp() - week - 3600..=now.unix_timestamp() - week).contains(&since), "{since}");
+        assert_eq!(since % 3600, 0, "whole hours: the answer's parsing a moment later agrees");
+        // A cursor: from it, less the look-back; a page token: exactly where it says.
+        assert_eq!(at(Some("1764600000"), None), (1_764_600_000 - super::super::LOOKBACK.whole_seconds(), 0));
+        assert_eq!(at(Some("1764600000"), Some("1764610000:200")), (1_764_610_000, 200));
+    }
 }

@@ -2,7 +2,10 @@
 //!
 //! Verification: the bot registers its webhook with a `secret_token`; Telegram sends it back in
 //! `X-Telegram-Bot-Api-Secret-Token`, compared here in constant time. Message ids are unique per
-//! chat only, so the external id is `<chat id>:<message id>`.
+//! chat only, and a private chat's id is the buyer's user id (personal data, never in clear in an
+//! envelope), so the external id is `tg:` and a SHA-256 of `<chat id>:<message id>`: unique and
+//! the same on every redelivery. (Not the update id: Telegram picks it at random again after a
+//! week without updates, so an old one can come back.)
 
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -72,8 +75,7 @@ impl Webhook for Telegram {
             ..Draft::message(
                 Channel::Telegram,
                 account,
-                // Bot-wide unique; the chat id of a private chat is the buyer's user id (personal data).
-                format!("update:{}", update.update_id),
+                telegram_message_id(message.chat.id, message.message_id),
                 message.chat.id.to_string(),
                 format!("id:{}", from.id),
                 body,
@@ -86,6 +88,12 @@ impl Webhook for Telegram {
     }
 }
 
+/// The external id of a chat's message (see the module's documentation).
+fn telegram_message_id(chat: i64, message: i64) -> String {
+    use sha2::{Digest, Sha256};
+    format!("tg:{}", &hex::encode(Sha256::digest(format!("{chat}:{message}").as_bytes()))[..32])
+}
+
 #[derive(Deserialize)]
 struct Update {
     update_id: i64,
@@ -95,6 +103,7 @@ struct Update {
 
 #[derive(Deserialize)]
 struct Message {
+    message_id: i64,
     date: i64,
     chat: Chat,
     #[serde(default)]
