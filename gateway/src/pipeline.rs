@@ -330,6 +330,7 @@ pub struct StageParts {
 pub struct Pipeline {
     tx: mpsc::Sender<Job>,
     store_ok: Arc<AtomicBool>,
+    store: Store,
     spool: Arc<Spool>,
     subjects: Arc<Subjects>,
 }
@@ -358,6 +359,7 @@ impl Pipeline {
         // Two written batches may wait for their fsync; then the stage waits too (backpressure).
         let (to_sync, written) = std::sync::mpsc::sync_channel(2);
         let syncer = Syncer { written, store: store.clone(), store_ok: store_ok.clone(), spool: spool.clone() };
+        let handle_store = store.clone();
         let stage = Stage {
             rx,
             store,
@@ -383,7 +385,7 @@ impl Pipeline {
                 let _ = sync_thread.join();
             })
             .expect("spawning the pipeline thread");
-        Ok((Pipeline { tx, store_ok, spool, subjects }, thread))
+        Ok((Pipeline { tx, store_ok, store: handle_store, spool, subjects }, thread))
     }
 
     /// When the oldest inquiry some sink has not taken yet was queued (retention keeps it).
@@ -523,9 +525,10 @@ impl Pipeline {
     }
 
     /// True while the stage runs and the store takes writes. A failed fsync poisons the store
-    /// for good (fjall refuses all writes after it), so this stays false until a restart.
+    /// for good (fjall refuses all writes after it), also one met by another writer (reach,
+    /// compliance, retention), so this stays false until a restart.
     pub fn is_alive(&self) -> bool {
-        !self.tx.is_closed() && self.store_ok.load(Ordering::Relaxed)
+        !self.tx.is_closed() && self.store_ok.load(Ordering::Relaxed) && !self.store.is_poisoned()
     }
 
     /// True when ingest may be sent traffic: alive, with queue room.
@@ -1758,6 +1761,16 @@ mod tests {
         let second = stored(&store, late_ack[0].id).inquiry;
         assert_ne!(second.buyer.pseudonym, pseudonym, "sealed again for a new subject");
         assert_eq!(subjects.open(&second).unwrap().unwrap().body, "second message");
+    }
+
+    #[tokio::test]
+    async fn a_store_poisoned_by_another_writer_makes_the_pipeline_not_alive() {
+        let Running { pipeline, store, .. } = start(Silent, 8);
+        assert!(pipeline.is_alive());
+        // What a reach, compliance or retention write meets after a failed fsync on its thread.
+        let refused = store.noting_poison::<()>(Err(fjall::Error::Poisoned));
+        assert!(refused.is_err());
+        assert!(!pipeline.is_alive() && !pipeline.is_ready(), "healthz and readyz turn 503");
     }
 
     #[tokio::test]

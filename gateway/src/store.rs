@@ -118,6 +118,9 @@ pub struct Store {
     reach_queues: PartitionHandle,
     conversions: PartitionHandle,
     messages: Arc<Mutex<MessageIndex>>,
+    /// Set once fjall refused a write for good (a failed fsync poisons its keyspace, whichever
+    /// thread's write or sync met it): the store needs a restart.
+    poisoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Every stored inquiry, found by its message: the last 10 bytes of an inquiry id hash its
@@ -231,6 +234,7 @@ impl Store {
             reach_queues: open(partition::REACH_QUEUES)?,
             conversions: open(partition::CONVERSIONS)?,
             messages: Arc::new(Mutex::new(messages)),
+            poisoned: Arc::default(),
             keyspace,
         })
     }
@@ -326,7 +330,21 @@ impl Store {
 
     /// Makes every write so far durable (one fsync of the journal).
     pub fn sync(&self) -> Result<(), StoreError> {
-        Ok(self.keyspace.persist(PersistMode::SyncData)?)
+        let synced = self.keyspace.persist(PersistMode::SyncData);
+        Ok(self.noting_poison(synced)?)
+    }
+
+    /// True once the store refuses writes for good (see [`Store::sync`]): only a restart helps.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `result`, noting a poisoned keyspace (fjall answers every write after a failed fsync so).
+    pub(crate) fn noting_poison<T>(&self, result: fjall::Result<T>) -> fjall::Result<T> {
+        if matches!(result, Err(fjall::Error::Poisoned)) {
+            self.poisoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 
     /// The stored inquiry record (JSON of `StoredInquiry`), if any.
@@ -1124,7 +1142,8 @@ impl StoreBatch<'_> {
     /// Writes the batch atomically, visible at once; durable after the next [`Store::sync`].
     pub fn write(mut self) -> Result<(), StoreError> {
         self.flush_audit();
-        self.inner.commit()?;
+        let written = self.inner.commit();
+        self.store.noting_poison(written)?;
         if !self.indexed.is_empty() || !self.unindexed.is_empty() {
             let mut messages = self.store.messages.lock().unwrap_or_else(PoisonError::into_inner);
             self.unindexed.iter().for_each(|id| messages.remove(*id));
