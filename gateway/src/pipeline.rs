@@ -584,11 +584,15 @@ impl Stage {
             let seq_start = self.next_seq;
             let checkpoint = self.audit.checkpoint();
             let mut size = first.items().len();
-            let alone = matches!(first.work, Work::Erase(_));
+            // An erasure, and a retention removal, are written in a batch of their own: a
+            // message received again in the same batch would be deduplicated against the
+            // inquiry they remove (dedup runs before the removals are written).
+            let alone = |work: &Work| matches!(work, Work::Erase(_) | Work::Expire(_));
+            let first_alone = alone(&first.work);
             let mut jobs = vec![first];
-            while size < self.max_batch && !alone {
+            while size < self.max_batch && !first_alone {
                 match self.rx.try_recv() {
-                    Ok(job) if matches!(job.work, Work::Erase(_)) => {
+                    Ok(job) if alone(&job.work) => {
                         self.held = Some(job);
                         break;
                     }
