@@ -1768,6 +1768,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sink_of_other_regions_counts_only_what_it_takes_in_its_backlog() {
+        use inquiry_connectors::Region;
+        let sinks = [("all", vec![Region::Eu, Region::Other], Region::Eu), ("us", vec![Region::Other], Region::Other)];
+        let Running { pipeline, spool, .. } = start_with_sinks(Silent, 64, &sinks);
+        let eu = |id: &str| {
+            let mut item = submission(&pipeline.subjects, id, "hallo");
+            item.inquiry.region = Region::Eu;
+            item.inquiry.buyer.country = Some("DE".to_owned());
+            item
+        };
+        pipeline.submit((0..12).map(|n| eu(&format!("eu-{n}"))).collect()).await.unwrap();
+        // The spool holds 12 inquiries, none of them for `us`: its backlog is empty, and twelve
+        // is over the limit of ten only for the sink that has them.
+        assert_eq!((spool.depth(0), spool.depth(1)), (12, 0));
+        assert!(spool.is_full(), "the sink taking them is full");
+        spool.sinks[0].outbox.remove(&pipeline.store, 0, spool.durable_end()).unwrap();
+        assert_eq!(spool.depth(0), 0);
+        assert!(!spool.is_full(), "not full for inquiries of a region the other sink never takes");
+    }
+
+    #[tokio::test]
     async fn a_store_poisoned_by_another_writer_makes_the_pipeline_not_alive() {
         let Running { pipeline, store, .. } = start(Silent, 8);
         assert!(pipeline.is_alive());

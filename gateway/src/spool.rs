@@ -189,9 +189,10 @@ impl Spool {
         self.audit_durable_end.fetch_max(end, Ordering::AcqRel);
     }
 
-    /// Inquiries waiting for sink `index`.
+    /// Inquiries waiting for sink `index`: its outbox's entries (a sink of some regions only
+    /// waits for nothing of the others).
     pub fn depth(&self, index: usize) -> u64 {
-        self.durable_end().saturating_sub(self.sinks[index].forwarded_end.load(Ordering::Acquire))
+        self.sinks[index].outbox.len()
     }
 
     /// True when some sink has `max_pending` or more inquiries waiting: ingest must refuse.

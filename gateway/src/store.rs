@@ -692,7 +692,14 @@ impl Store {
     /// The outbox (spool) of a sink, created on first use.
     pub fn outbox(&self, sink: &str) -> Result<Outbox, StoreError> {
         let name = format!("outbox_{sink}");
-        Ok(Outbox { partition: self.keyspace.open_partition(&name, partition_options())? })
+        let outbox =
+            Outbox { partition: self.keyspace.open_partition(&name, partition_options())?, len: Arc::default() };
+        let mut len = 0;
+        for group in outbox.groups_from(0) {
+            len += group?.1.len() as u64;
+        }
+        outbox.len.store(len, std::sync::atomic::Ordering::Relaxed);
+        Ok(outbox)
     }
 
     /// A new atomic batch.
@@ -703,6 +710,7 @@ impl Store {
             audit: AuditGroup::default(),
             indexed: Vec::new(),
             unindexed: Vec::new(),
+            outboxed: Vec::new(),
         }
     }
 }
@@ -718,6 +726,10 @@ impl Store {
 #[derive(Clone)]
 pub struct Outbox {
     partition: PartitionHandle,
+    /// Entries it holds: counted when the store opens, then kept by the batches that add them
+    /// and by [`Outbox::remove`]. A sink's backlog is this, not the sequence numbers it has yet
+    /// to pass: those include the inquiries of regions it does not take.
+    len: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One queued inquiry of an outbox.
@@ -772,6 +784,16 @@ impl OutboxEntry {
 }
 
 impl Outbox {
+    /// Entries it holds (written, not yet removed).
+    pub fn len(&self) -> u64 {
+        self.len.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True when it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The groups holding entries with `seq >= from`, in order, with their keys.
     fn groups_from(
         &self,
@@ -828,20 +850,26 @@ impl Outbox {
             return Ok(());
         }
         let mut batch = store.keyspace.batch();
+        let mut removed = 0;
         for group in self.groups_from(from) {
             let (key, group) = group?;
             let Some(first) = group.first() else { continue };
             if first.seq >= end {
                 break;
             }
-            let rest: Vec<OutboxEntry> = group.into_iter().filter(|e| e.seq >= end).collect();
+            let rest: Vec<OutboxEntry> = group.iter().copied().filter(|e| e.seq >= end).collect();
+            removed += (group.len() - rest.len()) as u64;
             if rest.is_empty() {
                 batch.remove(&self.partition, key);
             } else {
                 batch.insert(&self.partition, key, OutboxEntry::encode_group(&rest));
             }
         }
-        Ok(batch.commit()?)
+        batch.commit()?;
+        let count = |len: u64| Some(len.saturating_sub(removed));
+        let _ =
+            self.len.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, count);
+        Ok(())
     }
 }
 
@@ -950,6 +978,8 @@ pub struct StoreBatch<'a> {
     indexed: Vec<Uuid>,
     /// Inquiries the [`MessageIndex`] loses once the batch is written.
     unindexed: Vec<Uuid>,
+    /// Entries added to outboxes, counted in once the batch is written.
+    outboxed: Vec<(Arc<std::sync::atomic::AtomicU64>, u64)>,
 }
 
 impl StoreBatch<'_> {
@@ -976,6 +1006,9 @@ impl StoreBatch<'_> {
     /// Queues a group commit's inquiries in a sink's outbox: one value per [`OUTBOX_GROUP_MAX`]
     /// entries, keyed by its last sequence number (`entries` ascend).
     pub fn put_outbox(&mut self, outbox: &Outbox, entries: &[OutboxEntry]) {
+        if !entries.is_empty() {
+            self.outboxed.push((outbox.len.clone(), entries.len() as u64));
+        }
         for group in entries.chunks(OUTBOX_GROUP_MAX) {
             let last = group.last().expect("chunks are not empty");
             self.inner.insert(&outbox.partition, last.seq.to_be_bytes(), OutboxEntry::encode_group(group));
@@ -1144,6 +1177,9 @@ impl StoreBatch<'_> {
         self.flush_audit();
         let written = self.inner.commit();
         self.store.noting_poison(written)?;
+        for (len, added) in &self.outboxed {
+            len.fetch_add(*added, std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.indexed.is_empty() || !self.unindexed.is_empty() {
             let mut messages = self.store.messages.lock().unwrap_or_else(PoisonError::into_inner);
             self.unindexed.iter().for_each(|id| messages.remove(*id));
@@ -1324,6 +1360,8 @@ mod tests {
             }
             assert_eq!(outbox.bounds().unwrap(), Some((0, 8)));
             assert_eq!(outbox.range(0, 100, 100).unwrap(), [0, 1, 2, 3, 4, 5, 7, 8].map(entry));
+            // The legacy entry went in behind the count's back; the batches' seven are counted.
+            assert_eq!(outbox.len(), 7);
             assert_eq!(seqs(outbox.range(2, 8, 100).unwrap()), [2, 3, 4, 5, 7]);
             assert_eq!(seqs(outbox.range(2, 100, 3).unwrap()), [2, 3, 4]);
             assert_eq!(seqs(outbox.range(6, 7, 100).unwrap()), Vec::<u64>::new());
@@ -1332,13 +1370,16 @@ mod tests {
             outbox.remove(&store, 0, 5).unwrap();
             assert_eq!(seqs(outbox.range(0, 100, 100).unwrap()), [5, 7, 8]);
             assert_eq!(outbox.bounds().unwrap(), Some((5, 8)));
+            assert_eq!(outbox.len(), 2, "seven counted, five removed (the legacy one among them)");
             store.sync().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let outbox = store.outbox("test").unwrap();
         assert_eq!(outbox.range(0, 100, 100).unwrap(), [5, 7, 8].map(entry));
+        assert_eq!(outbox.len(), 3, "counted from the store when it opens");
         outbox.remove(&store, 5, 9).unwrap();
         assert_eq!(outbox.bounds().unwrap(), None);
+        assert!(outbox.is_empty());
         // A large batch is stored as values of at most OUTBOX_GROUP_MAX entries; an unreadable
         // value is skipped, not taken for the end of the outbox.
         let mut batch = store.batch();
