@@ -257,6 +257,10 @@ async fn a_conversion_is_kept_once_audited_counted_and_shown_and_bad_reports_are
             assert_eq!(refused.json()["error"]["field"], field, "{body}");
         }
     }
+    // The message says where and what, never the value (serde's own would quote it).
+    let quoted = report(r#"{"order_id": 4930901820}"#).await;
+    let message = quoted.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("line 1") && !message.contains("4930901820"), "{message}");
     let unknown = client
         .request(
             Method::POST,

@@ -237,8 +237,9 @@ impl AdminApi {
                 let who = self.authorize(req.headers(), "agents:write", caller)?;
                 let id = id.to_string();
                 let body = super::api::read_body(req, MAX_BODY).await?;
-                let update: AgentUpdate = super::json_object(&body)
-                    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
+                let update: AgentUpdate = super::json_object(&body).map_err(|e| {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", super::body_problem(e))
+                })?;
                 let agents = &self.agents;
                 agents.update(&id, update).await.map_err(|err| match err {
                     AgentStateError::Unknown => {
@@ -464,7 +465,7 @@ impl AdminApi {
 
     fn replay(&self, id: &str, body: &Bytes) -> Result<HttpResponse, ApiError> {
         let request: ReplayRequest = super::json_object(body)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", e.to_string()))?;
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", super::body_problem(e)))?;
         let plugins = &self.plugins;
         if !plugins.status().iter().any(|plugin| plugin.id == id) {
             // Before reading any inquiry.

@@ -517,8 +517,9 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     let reply: ReplyBody = if body.iter().all(u8::is_ascii_whitespace) {
         ReplyBody::default()
     } else {
-        super::json_object(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?
+        super::json_object(&body).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {}", super::body_problem(e)))
+        })?
     };
     if reply.agent.as_ref().is_some_and(|a| a.len() > 128) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_agent", "agent is at most 128 bytes"));
@@ -626,8 +627,9 @@ async fn post_conversion(
     grant.require("conversions:write")?;
     let id = parse_id(id)?;
     let body = read_body(req, 64 * 1024).await?;
-    let report: ConversionBody = super::json_object(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")))?;
+    let report: ConversionBody = super::json_object(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {}", super::body_problem(e)))
+    })?;
     let value = match report.value {
         None => None,
         Some(serde_json::Value::String(text)) => Some(text),

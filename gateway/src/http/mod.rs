@@ -49,6 +49,15 @@ pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result
     serde_json::from_slice(body)
 }
 
+/// What is wrong with a JSON body, in words that never quote its values (serde's own messages
+/// do: "invalid type: string \"...\""): the place and the kind, a missing or unknown field's name.
+pub(crate) fn body_problem(err: serde_json::Error) -> String {
+    if err.line() == 0 {
+        return "expected a JSON object".to_owned();
+    }
+    inquiry_connectors::InputError::from_json(err).message
+}
+
 /// A request path as the audit log keeps it: at most 8 segments, each kept only when it looks
 /// like a route name or an id (letters, digits, `.`, `_`, `-`; at most 64 bytes), else `*`; so
 /// a caller cannot write an e-mail address or free text into the permanent log.
