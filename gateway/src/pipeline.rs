@@ -55,8 +55,9 @@ pub struct DeadLetter {
     pub inquiry_id: Uuid,
     /// Machine-readable reason.
     pub reason: String,
-    /// Details: no personal data of the gateway's, but a plugin's error text may quote what it
-    /// saw, so an erasure of the buyer replaces it with [`ERASED_DETAIL`].
+    /// Details, sealed for the buyer's data subject like a personal field ([`DEAD_LETTER_FIELD`]):
+    /// a plugin's error text may quote what it saw. An erasure of the buyer replaces it with
+    /// [`ERASED_DETAIL`]; older versions on disk until compaction hold only ciphertext.
     pub detail: String,
     /// When it happened.
     #[serde(with = "time::serde::rfc3339")]
@@ -269,6 +270,9 @@ pub struct PipelineLimits {
     /// Most inquiries in one group commit.
     pub max_batch_inquiries: usize,
 }
+
+/// The field name a dead letter's detail is sealed under (see [`DeadLetter::detail`]).
+pub const DEAD_LETTER_FIELD: &str = "dead_letter";
 
 /// A dead letter's `detail` once its buyer was erased.
 pub const ERASED_DETAIL: &str = "erased";
@@ -810,6 +814,9 @@ impl Stage {
                     }),
                 );
                 self.audit.append(&mut batch, event);
+                let key = &item.subject.key;
+                let sealed = self.subjects.vault().seal(key, id, DEAD_LETTER_FIELD, letter.detail.as_bytes());
+                let letter = DeadLetter { detail: sealed, ..letter };
                 batch.put_dead_letter(id, serde_json::to_vec(&letter).expect("dead letters serialize"));
             }
             if !self.spool.sinks.is_empty() {
@@ -1409,6 +1416,11 @@ mod tests {
         assert_eq!(failed.decision.fallback_reason.as_deref(), Some("plugin_trap"));
         let letter: DeadLetter = serde_json::from_slice(&store.get_dead_letter(acks[1].id).unwrap().unwrap()).unwrap();
         assert_eq!((letter.inquiry_id, letter.reason.as_str()), (acks[1].id, "plugin_trap"));
+        // The router's words are sealed for the buyer's subject, like a personal field.
+        assert!(!letter.detail.contains("unreachable"), "{}", letter.detail);
+        let subject = subjects.by_pseudonym(&failed.inquiry.buyer.pseudonym).unwrap().unwrap();
+        let opened = subjects.vault().open(&subject.key, acks[1].id, DEAD_LETTER_FIELD, &letter.detail).unwrap();
+        assert_eq!(opened, "unreachable executed");
     }
 
     #[tokio::test]
