@@ -683,6 +683,8 @@ impl Stage {
             let Ok(mut stored) = serde_json::from_slice::<StoredInquiry>(&record) else { continue };
             stored.inquiry.sealed.clear();
             stored.inquiry.raw_ref = ERASED_RAW_REF.to_owned();
+            // Like its conversion: the shop can trace an order id to the buyer.
+            stored.inquiry.order_id = None;
             batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
             // The order an inquiry led to can be traced to the buyer in the shop's own system.
             batch.remove_conversion(*id);
@@ -1321,8 +1323,13 @@ mod tests {
             "channel": "generic", "account": "shop-1", "external_id": external_id,
             "buyer": { "email": "anna@example.com", "name": "Anna Example" },
             "body": body, "occurred_at": occurred_at,
-        })
-        .to_string();
+        });
+        submission_of(subjects, raw)
+    }
+
+    /// The submission of a generic API body.
+    fn submission_of(subjects: &Subjects, raw: serde_json::Value) -> Submission {
+        let raw = raw.to_string();
         let ctx =
             NormalizeContext { received_at: OffsetDateTime::now_utc(), trace_id: "4bf92f3577b34da6a3ce929d0e0e4736" };
         let inquiry = generic::normalize(raw.as_bytes(), &ctx).unwrap();
@@ -1745,7 +1752,13 @@ mod tests {
         use inquiry_connectors::Region;
         let sinks = [("kafka", vec![Region::Eu, Region::Other], Region::Eu)];
         let Running { pipeline, store, subjects, spool, .. } = start_with_sinks(Silent, 8, &sinks);
-        let acks = pipeline.submit(vec![submission(&subjects, "a", "first message")]).await.unwrap();
+        let first = serde_json::json!({
+            "channel": "generic", "account": "shop-1", "external_id": "a", "order_id": "o-8100000000000001",
+            "buyer": { "email": "anna@example.com", "name": "Anna Example" },
+            "body": "first message", "occurred_at": "2026-11-24T08:00:00Z",
+        });
+        let acks = pipeline.submit(vec![submission_of(&subjects, first)]).await.unwrap();
+        assert_eq!(stored(&store, acks[0].id).inquiry.order_id.as_deref(), Some("o-8100000000000001"));
         let pseudonym = stored(&store, acks[0].id).inquiry.buyer.pseudonym;
         // The forwarders' copy in memory is the record as committed: what its JSON in the store
         // reads (no personal data in clear), with that JSON...
@@ -1767,6 +1780,7 @@ mod tests {
         assert_eq!((kept.reason.as_str(), kept.detail.as_str()), ("router_contract", ERASED_DETAIL));
         let first = stored(&store, acks[0].id).inquiry;
         assert!(first.sealed.is_empty() && first.raw_ref == "erased");
+        assert_eq!(first.order_id, None, "an order id leads back to the buyer in the shop's system");
         // ...and after the erasure a forwarder must read the rewritten record from the store.
         assert!(spool.recent.get(0).is_none(), "the record as committed outlived the erasure in memory");
         assert!(subjects.open(&first).unwrap().is_none());
