@@ -62,7 +62,15 @@ pub(crate) struct Walk {
     /// Conversations the platform refused in this cycle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// Conversation-list pages read so far in this cycle.
+    #[serde(default)]
+    pub list_pages: u32,
 }
+
+/// How far behind a cycle's start a conversation that moved may be read down (see
+/// [`Walk::cursor`]): a conversation missed by several multi-page listings in a row is caught up
+/// to this far, and an active conversation is never read back further each cycle.
+const MAX_FLOOR_LAG_SECONDS: i64 = 3_600;
 
 /// Cycles in a row a conversation may be refused before the cursor moves on without it: a
 /// conversation refused for good (deleted, blocked) must not hold the cursor, or every cycle
@@ -101,6 +109,7 @@ impl Walk {
             buyers: BTreeMap::new(),
             moved: Default::default(),
             refused: Vec::new(),
+            list_pages: 0,
         })
     }
 
@@ -139,6 +148,7 @@ impl Walk {
                 self.todo.push_back(id);
             }
         }
+        self.list_pages += 1;
         let next = next.filter(|n| !n.is_empty());
         self.list_done = reached_old || next.is_none();
         self.list_page = if self.list_done { None } else { next };
@@ -233,8 +243,16 @@ impl Walk {
         // hold the cursor anew.
         cursor.refused = strikes;
         // The platform's clock may run behind ours: a message it stamps a little before our
-        // listing time (less the look-back, `cap`) may still have come after it.
-        cursor.moved = Some(Moved { after: cap, floor: self.since.at });
+        // listing time (less the look-back, `cap`) may still have come after it. A listing of
+        // several pages may have missed, again, a conversation the cycle before missed the same
+        // way: the floor then stays at that cycle's (at most an hour back).
+        let floor = match self.since.moved {
+            Some(moved) if self.list_pages > 1 => {
+                moved.floor.min(self.since.at).max(self.since.at - MAX_FLOOR_LAG_SECONDS)
+            }
+            _ => self.since.at,
+        };
+        cursor.moved = Some(Moved { after: cap, floor });
         cursor.to_cursor()
     }
 
@@ -365,6 +383,38 @@ mod tests {
         let mut third = Walk::resume(Some(&second.cursor()), None, 7_000).unwrap();
         third.listed([("x".to_owned(), 5_010)], None);
         assert!(third.moved.is_empty() && !third.is_new("x", 1_500, "x1"));
+    }
+
+    #[test]
+    fn a_conversation_missed_by_two_multi_page_listings_in_a_row_is_still_read_down_to_its_message() {
+        // "y" has an unread message at 2,000 and sits on page 2; in cycles 1 and 2 a buyer writes
+        // in it while page 1 is read, so it moves to the top and neither listing has it.
+        let missing_y = |cursor: &str, now: i64| {
+            let mut walk = Walk::resume(Some(cursor), None, now).unwrap();
+            walk.listed([("a".to_owned(), now - 100)], Some("p2".to_owned()));
+            walk.saw(now - 100, &format!("a{now}"));
+            walk.read(true, None);
+            walk.listed([("b".to_owned(), now - 200)], None);
+            walk.cursor()
+        };
+        let first = missing_y(&Watermark::starting(1_800).to_cursor(), 5_000);
+        let second = missing_y(&first, 6_000);
+        // Cycle 3 lists "y" (moved: its latest is after cycle 2 listed) on one page.
+        let mut third = Walk::resume(Some(&second), None, 7_000).unwrap();
+        third.listed([("y".to_owned(), 6_990)], None);
+        assert!(third.is_new("y", 2_000, "y1"), "the message both listings missed is taken");
+        assert!(!third.is_old("y", 2_000));
+        // After a listing of one page nothing was missed: the floor moves on.
+        third.saw(6_990, "y2");
+        third.read(true, None);
+        let mut fourth = Walk::resume(Some(&third.cursor()), None, 8_000).unwrap();
+        fourth.listed([("y".to_owned(), 7_995)], None);
+        assert!(fourth.is_old("y", 2_000));
+        // A floor is never more than an hour behind a cycle's start.
+        let late = missing_y(&missing_y(&first, 20_000), 21_000);
+        let moved = Watermark::parse(Some(&late)).unwrap().unwrap().moved.unwrap();
+        let since = Watermark::parse(Some(&missing_y(&first, 20_000))).unwrap().unwrap().at;
+        assert_eq!(moved.floor, since - MAX_FLOOR_LAG_SECONDS);
     }
 
     #[test]
