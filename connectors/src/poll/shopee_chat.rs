@@ -295,8 +295,17 @@ impl Poller for ShopeeChat {
 }
 
 /// The `response` of a Shopee answer, or the error it carries.
+/// The `response` of an answer. An error that refuses the request (a conversation gone, no
+/// permission) has field `error`; a passing one (`error_server`, `error_inner`, busy) has none,
+/// so the cycle is given up and asked again instead of going on without what it asked for.
 fn response_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InputError> {
     let envelope: Envelope<T> = serde_json::from_slice(body).map_err(InputError::from_json)?;
+    if matches!(envelope.error.as_str(), "error_server" | "error_inner" | "error_busy" | "system_busy") {
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            format!("Shopee answered error `{}` (passing; asked again)", envelope.error),
+        ));
+    }
     if !envelope.error.is_empty() {
         return Err(InputError::new(
             InputErrorCode::InvalidValue,
@@ -404,6 +413,17 @@ struct SourceContent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passing_error_is_asked_again_and_a_refusal_names_its_error() {
+        let answer = |error: &str| serde_json::json!({ "error": error, "message": "x" }).to_string().into_bytes();
+        for passing in ["error_server", "error_inner", "error_busy", "system_busy"] {
+            let err = response_of::<serde_json::Value>(&answer(passing)).unwrap_err();
+            assert_eq!(err.field, None, "{passing}: the cycle is asked again, nothing stepped over");
+        }
+        let refused = response_of::<serde_json::Value>(&answer("error_not_found")).unwrap_err();
+        assert_eq!(refused.field.as_deref(), Some("error"), "a refusal steps over the conversation");
+    }
 
     #[test]
     fn a_refused_access_token_is_told_from_other_failures() {

@@ -181,8 +181,10 @@ impl Poller for TiktokCustomerService {
         })
     }
 
-    fn is_throttled(&self, status: u16, _body: &[u8]) -> bool {
-        status == 429
+    /// HTTP 429, or a 2xx answer with code 36009002 ("too many requests").
+    fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
+        let code = serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(body).map(|e| e.code).ok();
+        status == 429 || code == Some(TOO_MANY_REQUESTS)
     }
 
     /// A conversation TikTok Shop refuses with an HTTP 4xx (gone, not visible) does not hold the cycle.
@@ -298,8 +300,22 @@ impl Poller for TiktokCustomerService {
 }
 
 /// The `data` of a TikTok Shop answer, or the error its `code` says.
+/// Code of a 2xx answer to too many calls (TikTok Shop's common error codes).
+const TOO_MANY_REQUESTS: i64 = 36_009_002;
+/// Code of a 2xx answer to an internal error: passing, asked again.
+const INTERNAL_ERROR: i64 = 36_009_003;
+
+/// The `data` of an answer. A code that refuses the request (a conversation gone or not
+/// visible) is an error with field `code`; a passing one (too many calls, an internal error) has
+/// none, so the cycle is given up and asked again instead of going on without what it asked for.
 fn data_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InputError> {
     let envelope: Envelope<T> = serde_json::from_slice(body).map_err(InputError::from_json)?;
+    if matches!(envelope.code, TOO_MANY_REQUESTS | INTERNAL_ERROR) {
+        return Err(InputError::new(
+            InputErrorCode::InvalidValue,
+            format!("TikTok Shop answered code {} (passing; asked again)", envelope.code),
+        ));
+    }
     if envelope.code != 0 {
         return Err(InputError::new(
             InputErrorCode::InvalidValue,
@@ -395,6 +411,40 @@ struct TextContent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passing_error_is_asked_again_and_only_a_refusal_steps_over_a_conversation() {
+        use crate::poll::PollCredentials;
+        let now = time::macros::datetime!(2026-12-03 08:00:00 UTC);
+        let target = PollTarget {
+            account: "ROW_x",
+            credentials: PollCredentials { access_token: "t", app_key: Some("k"), app_secret: Some("s") },
+            now,
+            wants_answers: false,
+        };
+        let cursor = super::super::watermark::Watermark::starting(now.unix_timestamp() - 3_600).to_cursor();
+        let mut context = || NormalizeContext { received_at: now, trace_id: "t" };
+        let at = now.unix_timestamp() - 60;
+        let list = serde_json::json!({ "code": 0, "data": { "conversations": [
+            { "id": "c-1", "participants": [{ "role": "BUYER", "im_user_id": "b-1" }], "latest_message": { "id": "m", "create_time": at } },
+            { "id": "c-2", "participants": [{ "role": "BUYER", "im_user_id": "b-2" }], "latest_message": { "id": "n", "create_time": at } }]}});
+        let at_list = PollPosition { cursor: Some(&cursor), page: None };
+        let listed = TiktokCustomerService.parse(list.to_string().as_bytes(), &target, &at_list, &mut context).unwrap();
+        let token = listed.next_page.expect("two conversations to read");
+        let at_first = PollPosition { cursor: Some(&cursor), page: Some(&token) };
+        let answer = |code: i64| serde_json::json!({ "code": code, "message": "x" }).to_string().into_bytes();
+        // Too many calls: the runner pauses (throttled) and asks again.
+        assert!(TiktokCustomerService.is_throttled(200, &answer(TOO_MANY_REQUESTS)));
+        assert!(!TiktokCustomerService.is_throttled(200, &answer(0)));
+        // An internal error: no refusal of the conversation, the cycle is asked again.
+        let passing = TiktokCustomerService.parse(&answer(INTERNAL_ERROR), &target, &at_first, &mut context);
+        assert!(passing.is_err_and(|err| err.field.is_none()));
+        // A refusal of the conversation (here: not found) steps over it, counted.
+        let page = TiktokCustomerService.parse(&answer(36_009_404), &target, &at_first, &mut context).unwrap();
+        assert!(page.refused.is_some());
+        let kept = super::super::watermark::Watermark::parse(page.cursor.as_deref()).unwrap().unwrap();
+        assert_eq!(kept.refused.get("c-1"), Some(&1));
+    }
 
     #[test]
     fn the_signature_matches_an_independently_computed_vector() {
