@@ -17,7 +17,7 @@ python3 -c 'import kubernetes_validate' 2>/dev/null \
 
 helm lint helm/inquiry-gateway
 rendered="$(mktemp)"
-trap 'rm -f "$rendered"' EXIT
+trap 'rm -f "$rendered" "$rendered.tls" "$rendered.toml"' EXIT
 helm template demo helm/inquiry-gateway > "$rendered"
 python3 - "$rendered" <<'PY'
 import sys, yaml, kubernetes_validate
@@ -28,6 +28,10 @@ kinds = sorted(d["kind"] for d in docs)
 expected = ["ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"]
 assert kinds == expected, kinds
 print(f"lint: {len(docs)} rendered manifests valid against Kubernetes 1.31: {', '.join(kinds)}")
+# The autoscaler owns the replica count (an upgrade must not reset it); new secrets roll the pods.
+sts = next(d for d in docs if d["kind"] == "StatefulSet")
+assert "replicas" not in sts["spec"], sts["spec"]
+assert "checksum/secret" in sts["spec"]["template"]["metadata"]["annotations"]
 config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.toml"]
 open(sys.argv[1] + ".toml", "w").write(config)
 # The replicas find each other through the chart's headless Service, by its rendered name.
@@ -60,8 +64,10 @@ rm -f "$rendered.tls"
 # The chart's and the compose stack's gateway configs pass the gateway's own check.
 if [[ -n "${GATEWAY_BIN:-}" ]]; then
   GATEWAY_API_KEY=lint-key-0123456789 GATEWAY_KEK=Q0hBTkdFLU1FLUNIQU5HRS1NRS1DSEFOR0UtTUUtMDA= \
-    GATEWAY_INDEX_KEY=lint-index-key-0123456789-0123456789 "$GATEWAY_BIN" check --config "$rendered.toml"
-  GATEWAY_API_KEY=lint-key-0123456789 "$GATEWAY_BIN" check --config compose/gateway.toml
+    GATEWAY_INDEX_KEY=lint-index-key-0123456789-0123456789 GATEWAY_ADMIN_TOKEN=lint-admin-token-0123456789 \
+    "$GATEWAY_BIN" check --config "$rendered.toml"
+  GATEWAY_API_KEY=lint-key-0123456789 GATEWAY_ADMIN_TOKEN=lint-admin-token-0123456789 \
+    "$GATEWAY_BIN" check --config compose/gateway.toml
 fi
 rm -f "$rendered.toml"
 python3 -c 'import sys, yaml; c = yaml.safe_load(open("compose/docker-compose.yml")); assert {"gateway", "kafka", "scylla", "prometheus", "grafana"} <= set(c["services"]); print("lint: compose file parses, services:", ", ".join(c["services"]))'

@@ -32,7 +32,8 @@ elif ! python3 -m pip --version >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
-command -v dovecot >/dev/null 2>&1 || need_apt+=(dovecot-imapd)
+# In /usr/sbin, which a normal user's PATH lacks.
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-imapd)
 # openssl makes the test servers' certificates (tests/services/tls.sh); the gateway's own OpenSSL
 # is built from source by cargo (vendored).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
@@ -42,6 +43,11 @@ if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} from Debian's packages"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian's prometheus package starts a Prometheus server on :9090 (the gateway's admin port in
+  # the quick start); only its promtool is wanted here.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $sudo_cmd systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! python3 -c 'import confluent_kafka, jsonschema, referencing' 2>/dev/null; then

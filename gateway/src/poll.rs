@@ -516,6 +516,10 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
         per_day = quota.quota.per_day,
         "poller started"
     );
+    // Counted from the start: a poller that never completes a cycle (a revoked token, a platform
+    // answering in a shape it cannot read) shows as stalled, like a mailbox reader.
+    let cycle_completed = gauge!(telemetry::POLL_CYCLE_COMPLETED, "connector" => name, "account" => account.clone());
+    cycle_completed.set(OffsetDateTime::now_utc().unix_timestamp() as f64);
 
     loop {
         let mut page_token: Option<String> = None;
@@ -795,8 +799,9 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             }
             page_token = page.next_page;
         }
-        gauge!(telemetry::POLL_CYCLE_COMPLETED, "connector" => name, "account" => account.clone())
-            .set(OffsetDateTime::now_utc().unix_timestamp() as f64);
+        if !failed {
+            cycle_completed.set(OffsetDateTime::now_utc().unix_timestamp() as f64);
+        }
         // A cycle that failed waits at least the backoff: a response that never parses (an expired
         // credential answered with 200 and an error body) must not be asked for at the quota's pace.
         let pause = Duration::from_millis(config.interval_ms);

@@ -599,4 +599,22 @@ fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_m
     assert!(stdout.contains(r#"queue: expected "jp-sales", got "eu-sales""#), "{stdout}");
     assert!(!stdout.contains("priority:"), "matching fields are not listed: {stdout}");
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+
+    // Agents set by a case stay for later ones, also for a case that changes the settings.
+    let kept = dir.path().join("kept.jsonl");
+    let inquiry = |id: &str| json!({"channel": "generic", "account": "a", "external_id": id, "body": "Hallo", "occurred_at": "2026-11-24T08:00:00Z", "buyer": {"country": "DE"}});
+    let cases = [
+        json!({"name": "agents given", "inquiry": inquiry("1"), "agents": [{"id": "anna", "team": "eu-sales", "capacity": 5}], "expect": {"assignee": "anna"}}),
+        json!({"name": "new settings, same agents", "settings": {"default_team": "global-sales"}, "inquiry": inquiry("2"), "expect": {"queue": "eu-sales", "assignee": "anna"}}),
+    ];
+    std::fs::write(&kept, cases.iter().map(|c| c.to_string() + "\n").collect::<String>()).unwrap();
+    let out = Command::new(binary)
+        .args(["plugin", "test"])
+        .arg(built_plugin("example-c.wasm"))
+        .arg("--cases")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("2 passed, 0 failed"), "{stdout}");
 }

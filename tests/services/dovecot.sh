@@ -32,7 +32,8 @@ DOVECOT_USER="${DOVECOT_USER:-inquiries}"
 DOVECOT_PASSWORD="${DOVECOT_PASSWORD:-imap-test-password}"
 DOVECOT_START_TIMEOUT="${DOVECOT_START_TIMEOUT:-30}"
 DOVECOT_STOP_TIMEOUT="${DOVECOT_STOP_TIMEOUT:-10}"
-DOVECOT="${DOVECOT:-dovecot}"
+# Debian installs it in /usr/sbin, which a normal user's PATH lacks.
+DOVECOT="${DOVECOT:-$(command -v dovecot || echo /usr/sbin/dovecot)}"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh

@@ -534,7 +534,8 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     }
     if let Some((kafka, key)) = &state.forward_replies {
         if !state.store.has_inquiry(id).map_err(store_error)? {
-            let message = key.reply(id, reply.replied_at, reply.agent.as_deref(), &grant.actor(), grant.accounts());
+            // The time it was answered here: the holder may take it in late (a restart, a lag).
+            let message = key.reply(id, Some(at), reply.agent.as_deref(), &grant.actor(), grant.accounts());
             return forward(kafka, id, &message, Forwarded::Reply).await;
         }
     }

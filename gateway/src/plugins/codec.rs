@@ -10,7 +10,7 @@ use crate::routing::{Decision, Disposition, Priority};
 /// Longest queue, assignee, template, policy, language or spam reason a plugin may return.
 const MAX_LABEL_BYTES: usize = 256;
 /// Most tags a plugin may return for one inquiry.
-const MAX_TAGS: usize = 32;
+const MAX_TAGS: usize = wire::MAX_TAGS;
 
 /// Encodes a batch of inquiries (ABI v1 batch).
 pub fn encode_batch(batch: &[&Inquiry], out: &mut Vec<u8>) {
@@ -24,7 +24,8 @@ pub fn encode_batch(batch: &[&Inquiry], out: &mut Vec<u8>) {
             if i > 0 {
                 products.push('\n');
             }
-            products.push_str(product);
+            // One product per line: an id holding a line break must not read as two products.
+            push_line_safe(&mut products, product, &['\n']);
         }
         attributes.clear();
         for (key, value) in &inquiry.attributes {

@@ -39,7 +39,7 @@ pub struct Case {
 }
 
 /// An agent of a case's directory.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseAgent {
     /// Agent id.
@@ -151,6 +151,9 @@ pub fn run_cases(plugin: &Path, cases: &str) -> Result<(String, bool), String> {
     let router = single_plugin_router(plugin, PluginLimits::default()).map_err(|e| e.to_string())?;
     let mut report = String::new();
     let (mut passed, mut failed) = (0, 0);
+    // The latest agents of every team set so far: they stay for later cases, also across a case's
+    // settings (its reload starts the agent directory empty).
+    let mut agents_so_far: Vec<CaseAgent> = Vec::new();
     for (line_no, line) in cases.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let case: Case = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", line_no + 1))?;
         if let Some(settings) = case.settings {
@@ -163,8 +166,11 @@ pub fn run_cases(plugin: &Path, cases: &str) -> Result<(String, bool), String> {
             router
                 .reload(Some(&single_plugin_config(plugin, PluginLimits::default(), settings)))
                 .map_err(|e| format!("line {} ({}): {e}", line_no + 1, case.name))?;
+            set_agents(router.agents(), &agents_so_far);
         }
         set_agents(router.agents(), &case.agents);
+        agents_so_far.retain(|known| !case.agents.iter().any(|agent| agent.team == known.team));
+        agents_so_far.extend(case.agents.iter().cloned());
         let inquiry = normalize(&case.inquiry).map_err(|e| format!("line {} ({}): {e}", line_no + 1, case.name))?;
         let got = outcome_json(&router.route(&[&inquiry])[0]);
         let diffs = differences(&case.expect, &got);

@@ -301,10 +301,15 @@ impl HostState {
             .instances(1)
             .trap_on_grow_failure(true)
             .build();
-        let wasi = wasi.then(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1());
+        // `random_get` fills a host buffer of the size asked before it checks guest memory (64
+        // MiB by default), and no deadline interrupts a host call: a small bound.
+        let wasi = wasi.then(|| wasmtime_wasi::WasiCtxBuilder::new().max_random_size(MAX_RANDOM_BYTES).build_p1());
         HostState { limiter: Limiter { inner, denied: false }, context, wasi, memory: None }
     }
 }
+
+/// Most bytes one WASI `random_get` call fills (plugins need a seed, not a stream).
+const MAX_RANDOM_BYTES: u64 = 4096;
 
 /// Calls `with` on the string at `ptr`/`len` of the caller's memory, without copying it (an
 /// empty string when out of bounds or not UTF-8: a plugin cannot make the host fail).
@@ -412,7 +417,9 @@ pub fn link(linker: &mut Linker<HostState>, module: &Module, granted: &BTreeSet<
                     let Some(memory) = caller.data().memory else { return 0 };
                     let context = caller.data().context.clone();
                     if team_len as usize > MAX_TEAM_BYTES {
-                        return 4; // an empty list: no team has such a name
+                        // An empty list (no team has such a name), written like any other answer:
+                        // an SDK reads what the size says, not what an earlier call left there.
+                        return answer(&mut caller, memory, out_ptr, out_cap, &0u32.to_le_bytes());
                     }
                     let team = with_str(&caller, team_ptr, team_len, |team, _| team.to_owned());
                     context.agents.with_encoded(&team, |encoded| answer(&mut caller, memory, out_ptr, out_cap, encoded))

@@ -371,6 +371,11 @@ impl PluginRouter {
                 files.push((candidate_config.path.clone(), file_stamp(&candidate_config.path)));
                 let (candidate, version) =
                     self.load(sandbox, &candidate_config, Arc::new(DashMap::new()), &mut digests);
+                // Live routing never depends on the candidate: told, not refused.
+                if let Err(failure) = &candidate {
+                    tracing::error!(plugin = %plugin_config.id, error = %failure,
+                        "shadow candidate not loaded; its comparisons all count as failed");
+                }
                 Shadow::start(&plugin_config.id, candidate, version)
             });
             gauge!(telemetry::PLUGIN_LOADED, "plugin" => plugin_config.id.clone()).set(if plugin.is_ok() {
@@ -598,12 +603,27 @@ impl Slot {
 
 /// Runs `subset` through `plugin`. When the whole batch fails, retries it inquiry by inquiry so
 /// that only the inquiries the plugin really fails on are failed; returns the outcomes and the
-/// batch's failure, if it had one.
+/// batch's failure, if it had one. The retries get the batch's own deadline once more, in all:
+/// a plugin that fails every other inquiry alone (each failure starts a new instance) must not
+/// hold the pipeline's one routing thread for minutes.
 fn run(
     plugin: &Plugin,
     subset: &[&Inquiry],
     decided_by: &str,
     buf: &mut Vec<u8>,
+) -> (Vec<RouteOutcome>, Option<Failure>) {
+    let limits = &plugin.context().limits;
+    let budget = Duration::from_micros(limits.batch_timeout_ms * 1000 + limits.record_timeout_us * subset.len() as u64);
+    run_within(plugin, subset, decided_by, buf, budget)
+}
+
+/// [`run`], with `budget` for retrying a failed batch inquiry by inquiry.
+fn run_within(
+    plugin: &Plugin,
+    subset: &[&Inquiry],
+    decided_by: &str,
+    buf: &mut Vec<u8>,
+    budget: Duration,
 ) -> (Vec<RouteOutcome>, Option<Failure>) {
     codec::encode_batch(subset, buf);
     let failure = match plugin.route(buf, subset.len()) {
@@ -615,7 +635,13 @@ fn run(
     }
     let mut outcomes = Vec::with_capacity(subset.len());
     let mut streak: Option<(&'static str, usize)> = None;
+    let started = Instant::now();
     for inquiry in subset {
+        if started.elapsed() > budget {
+            let detail = "not retried: the retries used up the batch's deadline".to_owned();
+            outcomes.push(RouteOutcome::Failed { reason: failure.reason(), detail });
+            continue;
+        }
         if let Some((reason, n)) = streak {
             if n >= ISOLATION_STREAK {
                 let detail = format!("not retried: {ISOLATION_STREAK} inquiries in a row failed alone ({reason})");
@@ -787,6 +813,8 @@ fn summary(outcome: &RouteOutcome) -> String {
 fn candidate_config(plugin: &PluginConfig) -> Option<PluginConfig> {
     let shadow = plugin.shadow.as_ref()?;
     Some(PluginConfig {
+        // Its logs and counters are its own, not the live plugin's (`<id>/shadow`).
+        id: format!("{}/shadow", plugin.id),
         path: shadow.path.clone().unwrap_or_else(|| plugin.path.clone()),
         version: shadow.version.clone(),
         settings: shadow.settings.clone().unwrap_or_else(|| plugin.settings.clone()),
@@ -886,6 +914,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(reason(&router), "plugin_trap", "half-open: one batch is tried again");
         assert_eq!(reason(&router), "plugin_quarantined", "it failed, so the quarantine is back");
+    }
+
+    #[test]
+    fn the_retries_of_a_failed_batch_stop_when_they_used_up_its_deadline() {
+        let router = harness::single_plugin_router(&wat("trap.wat"), PluginLimits::default()).unwrap();
+        let current = router.current();
+        let plugin = current.slots.values().next().unwrap().plugin.as_ref().unwrap();
+        let inquiries = harness::sample_inquiries(4);
+        let subset: Vec<&Inquiry> = inquiries.iter().collect();
+        let detail = |outcome: &RouteOutcome| match outcome {
+            RouteOutcome::Failed { reason: "plugin_trap", detail } => detail.clone(),
+            other => panic!("{other:?}"),
+        };
+        // With the deadline's time: retried alone until three in a row failed the same way.
+        let (outcomes, failure) = run_within(plugin, &subset, "x", &mut Vec::new(), Duration::from_secs(60));
+        assert_eq!(failure.map(|f| f.reason()), Some("plugin_trap"));
+        let retried: Vec<String> = outcomes.iter().map(detail).collect();
+        assert!(!retried[2].starts_with("not retried") && retried[3].contains("in a row"), "{retried:?}");
+        // With none left: the rest fails at once, told why.
+        let (outcomes, _) = run_within(plugin, &subset, "x", &mut Vec::new(), Duration::ZERO);
+        assert!(outcomes.iter().map(detail).all(|d| d.contains("used up the batch's deadline")), "{outcomes:?}");
     }
 
     #[test]

@@ -446,6 +446,11 @@ impl Reach {
             Ok(ack::AckState {
                 status: ack::AckStatus::Sending | ack::AckStatus::Uncertain, not_before_ms, ..
             }) => AckSeenAs::FirstFrom(not_before_ms),
+            // Another replica holding the same inquiry sent it, at a time of its own plan: the
+            // first shop message answering the inquiry is taken to be that acknowledgement.
+            Ok(ack::AckState { status: ack::AckStatus::Failed { reason }, .. }) if reason == ack::CLAIMED_ELSEWHERE => {
+                AckSeenAs::FirstFrom(0)
+            }
             _ => AckSeenAs::Nothing,
         })
     }
@@ -831,7 +836,9 @@ pub async fn run_timers(reach: Arc<Reach>, store: Store, mut stop: watch::Receiv
 
 /// Delivers queue `queue` in order, `batch` events at a time, with `send`, until `stop` fires;
 /// an event leaves the queue once sent (after a crash, a few may be sent again: receivers drop
-/// repeats by `event_id`).
+/// repeats by `event_id`). A refused delivery is tried again with half as many events (a chat bot
+/// refuses a message over its size, 2,048 bytes for WeCom: the same batch would be refused for
+/// ever and hold every later alert back), back to `batch` once one goes through.
 pub async fn deliver_queue<F>(
     reach: Arc<Reach>,
     store: Store,
@@ -843,9 +850,10 @@ pub async fn deliver_queue<F>(
     F: Fn(Vec<SlaEvent>) -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
+    let mut size = batch.max(1);
     loop {
         let queued = reach.queued.notified();
-        let items = match store.queued(&queue, batch) {
+        let items = match store.queued(&queue, size) {
             Ok(items) => items,
             Err(err) => {
                 tracing::error!(queue = %queue, error = %err, "reach queue unreadable");
@@ -874,6 +882,7 @@ pub async fn deliver_queue<F>(
         match sent {
             Ok(()) => {
                 backoff.reset();
+                size = batch.max(1);
                 let mut done = store.batch();
                 for (seq, _) in &items {
                     done.remove_queued(&queue, *seq);
@@ -888,6 +897,7 @@ pub async fn deliver_queue<F>(
             }
             Err(err) => {
                 let delay = backoff.next();
+                size = (items.len() / 2).max(1);
                 tracing::warn!(queue = %queue, error = %err, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
                     return;
@@ -1081,6 +1091,65 @@ mod tests {
         let stored = StoredInquiry { inquiry, decision };
         let json = serde_json::to_vec(&stored).unwrap();
         OutRecord::new(seq, stored, json)
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_target_refuses_as_too_large_is_delivered_in_smaller_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = Store::open(dir.path()).unwrap();
+        let engine = Arc::new(Reach::new(&config_with_acks(""), store.clone(), all_regions_to_kafka(), clock).unwrap());
+        let mut batch = store.batch();
+        for seq in 0..10u64 {
+            let event = SlaEvent {
+                schema: sla::EVENT_SCHEMA.to_owned(),
+                event_id: Uuid::from_u128(u128::from(seq) + 1),
+                kind: EventKind::Breached,
+                inquiry_id: Uuid::from_u128(u128::from(seq) + 100),
+                account: "shop-1".to_owned(),
+                channel: "generic".to_owned(),
+                queue: "sales".to_owned(),
+                priority: Priority::High,
+                assignee: None,
+                policy: "standard".to_owned(),
+                level: 0,
+                deadline: "2026-12-02T11:00:00Z".to_owned(),
+                due: "2026-12-02T11:00:00Z".to_owned(),
+                at: "2026-12-02T11:00:00Z".to_owned(),
+                notify: None,
+                region: inquiry_connectors::Region::Eu,
+                country_unknown: false,
+            };
+            batch.put_queued("bot", seq, &serde_json::to_vec(&event).unwrap());
+        }
+        batch.commit().unwrap();
+        // The bot takes at most 3 events a message (more is over its size limit).
+        let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop_tx, stop) = watch::channel(());
+        let sent = delivered.clone();
+        let send = move |events: Vec<SlaEvent>| -> BoxFuture<'static, Result<(), String>> {
+            let sent = sent.clone();
+            Box::pin(async move {
+                if events.len() > 3 {
+                    return Err("errcode 40058: content exceeds max length".to_owned());
+                }
+                sent.lock().unwrap().push(events.len());
+                Ok(())
+            })
+        };
+        let task = tokio::spawn(deliver_queue(engine, store.clone(), "bot".to_owned(), 8, stop, send));
+        for _ in 0..200 {
+            if delivered.lock().unwrap().iter().sum::<usize>() == 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop_tx.send(());
+        task.await.unwrap();
+        let sizes = delivered.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 10, "every event delivered: {sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= 3), "{sizes:?}");
+        assert!(store.queued("bot", 100).unwrap().is_empty());
     }
 
     fn queued(store: &Store, queue: &str) -> Vec<SlaEvent> {
@@ -1357,6 +1426,11 @@ mod tests {
             let again = stored(if acked_again { 2 } else { 4 }, buyer);
             engine.schedule(std::slice::from_ref(&again)).unwrap();
             assert_eq!(acked(&again), acked_again, "{reason}");
+            // Sent by the other replica: the shop's first message answering it is that
+            // acknowledgement, not the seller's answer; a failure of its own sent nothing.
+            let seen = engine.ack_seen_as(first.id()).unwrap();
+            let expected = if acked_again { AckSeenAs::Nothing } else { AckSeenAs::FirstFrom(0) };
+            assert_eq!(seen, expected, "{reason}");
         }
     }
 

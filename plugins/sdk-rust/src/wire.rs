@@ -40,6 +40,9 @@ pub const ROUTE_FIELDS: [&str; 8] =
 
 /// Status byte of a route result.
 pub const STATUS_ROUTE: u8 = 0;
+/// Most tags a route may carry (docs/plugin-abi.md); decoding stops at the first one past it, so
+/// a result of megabytes of empty-ish tags never becomes millions of strings.
+pub const MAX_TAGS: usize = 32;
 /// Status byte of an undecided result.
 pub const STATUS_UNDECIDED: u8 = 1;
 /// Status byte of a failed result.
@@ -320,7 +323,11 @@ fn decode_outcome(mut r: Reader<'_>) -> Result<Outcome, WireError> {
                 "" => Priority::Normal,
                 name => Priority::parse(name).ok_or(WireError::Invalid("unknown priority"))?,
             };
-            let tags = r.str()?.split('\n').filter(|t| !t.is_empty()).map(|t| t.to_owned().into()).collect();
+            let tags: Vec<_> = r.str()?.split('\n').filter(|t| !t.is_empty()).take(MAX_TAGS + 1).collect();
+            if tags.len() > MAX_TAGS {
+                return Err(WireError::Invalid("more than 32 tags"));
+            }
+            let tags = tags.into_iter().map(|t| t.to_owned().into()).collect();
             Ok(Outcome::Route(Route {
                 queue: queue.to_owned().into(),
                 assignee: opt(assignee),
