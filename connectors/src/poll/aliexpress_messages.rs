@@ -228,6 +228,32 @@ impl Poller for AliexpressMessages {
         }
     }
 
+    /// A conversation whose messages the platform refuses with HTTP 400, 403 or 404 does not hold
+    /// the cycle: skipped like one refused in the answer, its starting cursor kept.
+    fn step_over<'c>(
+        &self,
+        status: u16,
+        target: &PollTarget<'_>,
+        position: &PollPosition<'_>,
+        _context: &mut dyn FnMut() -> NormalizeContext<'c>,
+    ) -> Option<Result<PollPage, InputError>> {
+        let mut cycle = Cycle::resume_or_restart(position, target.now.unix_timestamp());
+        let Step::Messages { conversation, .. } = cycle.walk.step() else { return None };
+        if !matches!(status, 400 | 403 | 404) {
+            return None;
+        }
+        let conversation = conversation.to_owned();
+        cycle.walk.skip_conversation();
+        cycle.done.push(conversation);
+        Some(Ok(PollPage {
+            ignored: 1,
+            refused: Some(format!("a conversation: HTTP {status}")),
+            next_page: cycle.token(),
+            cursor: Some(cycle.walk.cursor()),
+            ..Default::default()
+        }))
+    }
+
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
         if status == 429 {
             return true;
@@ -518,8 +544,17 @@ mod tests {
         assert_eq!(kept.at, now.unix_timestamp() - 3_600, "the cycle's start is kept for the next try");
         assert_eq!(kept.refused.get("c-1"), Some(&1), "the refusal is counted");
         assert!(page.refused.is_some(), "and reported");
-        let next: Cycle = serde_json::from_str(&page.next_page.expect("the second conversation")).unwrap();
+        let token = page.next_page.expect("the second conversation");
+        let next: Cycle = serde_json::from_str(&token).unwrap();
         assert_eq!(next.walk.step(), Step::Messages { conversation: "c-2", page: None });
+        // The second refused with HTTP 404 (not in the answer): stepped over the same way.
+        let at_second = PollPosition { cursor: Some(&cursor), page: Some(&token) };
+        let stepped = AliexpressMessages.step_over(404, &target, &at_second, &mut context).unwrap().unwrap();
+        assert_eq!((stepped.ignored, stepped.next_page), (1, None), "nothing left in the cycle");
+        let kept = super::super::watermark::Watermark::parse(stepped.cursor.as_deref()).unwrap().unwrap();
+        assert_eq!(kept.refused.get("c-2"), Some(&1));
+        assert!(AliexpressMessages.step_over(500, &target, &at_second, &mut context).is_none(), "asked again");
+        assert!(AliexpressMessages.step_over(404, &target, &at_list, &mut context).is_none(), "a refused list too");
     }
 
     #[test]
