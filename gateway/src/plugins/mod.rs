@@ -527,8 +527,16 @@ impl Slot {
         histogram!(telemetry::PLUGIN_DURATION, "plugin" => self.id.clone()).record(started.elapsed().as_secs_f64());
         {
             let mut breaker = self.breaker.lock().expect("breaker");
+            // A batch whose retries routed some inquiries alone failed on its inputs, not for the
+            // plugin's own sake: not counted either way (a buyer sending a poison message again
+            // and again must not quarantine the plugin for every account).
+            let some_routed = outcomes.iter().any(|o| !matches!(o, RouteOutcome::Failed { .. }));
             match &batch_failure {
                 None => breaker.succeeded(&self.id),
+                Some(failure) if some_routed => {
+                    tracing::warn!(plugin = %self.id, version = %self.version, reason = failure.reason(),
+                        error = %failure, inquiries = subset.len(), "plugin batch failed; retried alone, some routed");
+                }
                 Some(failure) => {
                     tracing::warn!(plugin = %self.id, version = %self.version, reason = failure.reason(),
                         error = %failure, inquiries = subset.len(), "plugin batch failed");
@@ -914,6 +922,37 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(reason(&router), "plugin_trap", "half-open: one batch is tried again");
         assert_eq!(reason(&router), "plugin_quarantined", "it failed, so the quarantine is back");
+    }
+
+    #[test]
+    fn a_batch_failing_on_one_poison_inquiry_does_not_move_the_breaker() {
+        let limits = PluginLimits {
+            quarantine_after_failures: 1,
+            quarantine_ms: 60_000,
+            batch_timeout_ms: 5_000,
+            record_timeout_us: 100_000,
+            ..PluginLimits::default()
+        };
+        let path = std::path::PathBuf::from(std::env::var("PLUGINS_OUT").unwrap_or_else(|_| {
+            format!("{}/.cache/inquiry-gateway/plugins", std::env::var("HOME").unwrap_or_default())
+        }))
+        .join("test-poison.wasm");
+        if !path.exists() {
+            panic!("{} is missing: run plugins/build.sh", path.display());
+        }
+        let router = harness::single_plugin_router(&path, limits).unwrap();
+        let mut batch = harness::sample_inquiries(3);
+        batch[1].personal.body = "this is poison".to_owned();
+        let refs: Vec<&Inquiry> = batch.iter().collect();
+        for _ in 0..3 {
+            let outcomes = router.route(&refs);
+            assert!(matches!(outcomes[1], RouteOutcome::Failed { reason: "plugin_trap", .. }), "{outcomes:?}");
+            assert!(!matches!(outcomes[0], RouteOutcome::Failed { .. }), "the others are routed: {outcomes:?}");
+        }
+        assert_eq!(router.status()[0].state, "ok", "after one failed batch it would be quarantined");
+        // A batch of only the poison inquiry is all failures: that one counts.
+        router.route(&refs[1..2]);
+        assert_eq!(router.status()[0].state, "quarantined");
     }
 
     #[test]
