@@ -359,6 +359,19 @@ impl Sender {
         Duration::from_secs_f64(1.0 / (self.per_second * 0.98))
     }
 
+    /// The access token a marketplace sender uses for `account`: the one its poller uses now (it
+    /// refreshes it), else the config's; `None` when neither is there.
+    fn marketplace_token(&self, account: &str) -> Option<String> {
+        let Channel::Marketplace { market, tokens, live, .. } = &self.channel else { return None };
+        market.pollers().iter().find_map(|poller| live.get(poller, account)).or_else(|| tokens.get(account).cloned())
+    }
+
+    /// False when this replica cannot send for `account` now (a marketplace account whose token
+    /// only another replica's poller holds): it must not claim the acknowledgement either.
+    fn can_send(&self, account: &str) -> bool {
+        !matches!(self.channel, Channel::Marketplace { .. }) || self.marketplace_token(account).is_some()
+    }
+
     async fn send(&self, to: &Addressee<'_>, message: &Rendered, id: Uuid) -> Result<String, SendError> {
         let (account, recipient) = (to.account, to.recipient);
         match &self.channel {
@@ -429,14 +442,8 @@ impl Sender {
                     .map_err(|_| SendError::Permanent("the request could not be built".into()))?;
                 read(status, &answer)
             }
-            Channel::Marketplace { market, client, base_url, app_key, app_secret, tokens, live, .. } => {
-                // The token the account's poller uses now (it refreshes it), else the config's.
-                let token = market
-                    .pollers()
-                    .iter()
-                    .find_map(|poller| live.get(poller, account))
-                    .or_else(|| tokens.get(account).cloned());
-                let Some(token) = token else {
+            Channel::Marketplace { market, client, base_url, app_key, app_secret, .. } => {
+                let Some(token) = self.marketplace_token(account) else {
                     return Err(SendError::Retry("no token for the account (config or a running poller)".into()));
                 };
                 let reply = ChatReply {
@@ -900,7 +907,22 @@ async fn send_one(
     }
     // Another replica with the same inquiry acknowledges it, not this one (claimed after the
     // waits: one held for quiet hours meanwhile is not left claimed overnight). A slow sender
-    // holds the account's turn through the claim's round trip.
+    // holds the account's turn through the claim's round trip. A replica that cannot send now
+    // (no token for the account here) does not claim: the one whose poller has it may.
+    if !sender.can_send(platform_account) {
+        drop((lane, early_turn));
+        let attempts = state.attempts + 1;
+        if attempts >= MAX_ATTEMPTS {
+            return fail("no token for the account (config or a running poller)").await;
+        }
+        let later = reach.clock.now_ms() + (1000i64 << attempts.min(10));
+        reach.update_ack(id, Some(due_ms), |state| {
+            state.attempts = attempts;
+            state.not_before_ms = later;
+            scheduled(state)
+        })?;
+        return Ok(());
+    }
     if let Some(claims) = claims {
         match claims.claim(id).await {
             Ok(true) => {}
