@@ -564,19 +564,23 @@ async fn the_admin_api_needs_a_token_with_the_right_scope_once_tokens_are_config
 
 #[test]
 fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_mismatch() {
-    let binary = env!("CARGO_BIN_EXE_inquiry-gateway");
-    for language in ["rust", "go", "c"] {
-        let cases = workspace_file(&format!("plugins/examples/{language}/cases.jsonl"));
-        let out = Command::new(binary)
+    // `inquiry-gateway plugin test PLUGIN --cases CASES`: its exit code and standard output.
+    let plugin_test = |plugin: &str, cases: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_inquiry-gateway"))
             .args(["plugin", "test"])
-            .arg(built_plugin(&format!("example-{language}.wasm")))
+            .arg(built_plugin(plugin))
             .arg("--cases")
-            .arg(&cases)
+            .arg(cases)
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{language}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("15 passed, 0 failed"), "{language}:\n{stdout}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), stdout + &String::from_utf8_lossy(&out.stderr))
+    };
+    for language in ["rust", "go", "c"] {
+        let cases = workspace_file(&format!("plugins/examples/{language}/cases.jsonl"));
+        let (code, output) = plugin_test(&format!("example-{language}.wasm"), &cases);
+        assert_eq!(code, Some(0), "{language}:\n{output}");
+        assert!(output.contains("15 passed, 0 failed"), "{language}:\n{output}");
     }
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.jsonl");
@@ -586,15 +590,8 @@ fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_m
         "expect": {"queue": "jp-sales", "priority": "normal"},
     });
     std::fs::write(&wrong, case.to_string()).unwrap();
-    let out = Command::new(binary)
-        .args(["plugin", "test"])
-        .arg(built_plugin("example-c.wasm"))
-        .arg("--cases")
-        .arg(&wrong)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (code, stdout) = plugin_test("example-c.wasm", &wrong);
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  expects the wrong team"), "{stdout}");
     assert!(stdout.contains(r#"queue: expected "jp-sales", got "eu-sales""#), "{stdout}");
     assert!(!stdout.contains("priority:"), "matching fields are not listed: {stdout}");
@@ -608,13 +605,6 @@ fn plugin_test_passes_the_golden_cases_of_every_example_and_prints_a_diff_on_a_m
         json!({"name": "new settings, same agents", "settings": {"default_team": "global-sales"}, "inquiry": inquiry("2"), "expect": {"queue": "eu-sales", "assignee": "anna"}}),
     ];
     std::fs::write(&kept, cases.iter().map(|c| c.to_string() + "\n").collect::<String>()).unwrap();
-    let out = Command::new(binary)
-        .args(["plugin", "test"])
-        .arg(built_plugin("example-c.wasm"))
-        .arg("--cases")
-        .arg(&kept)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("2 passed, 0 failed"), "{stdout}");
+    let (code, stdout) = plugin_test("example-c.wasm", &kept);
+    assert!(code == Some(0) && stdout.contains("2 passed, 0 failed"), "{stdout}");
 }
