@@ -1982,6 +1982,31 @@ fn is_https_or_loopback(url: &str) -> bool {
     }
 }
 
+/// `message` (serde's "invalid type: string \"...\", expected ..." and "invalid value: ...")
+/// without the value found: only its kind ("string", "integer") stays.
+fn without_found_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) =
+        ["invalid type: ", "invalid value: "].iter().filter_map(|p| rest.find(p).map(|i| i + p.len())).min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let kind_end = rest.find([' ', ',']).unwrap_or(rest.len());
+        out.push_str(&rest[..kind_end]);
+        // The value runs to ", expected" (serde always says what it expected).
+        match rest.find(", expected") {
+            Some(end) => rest = &rest[end..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A TOML syntax error by line and column, without the snippet of the line that `toml` adds.
 fn syntax_error(text: &str, err: &toml::de::Error) -> ConfigError {
     let message = err.message().trim_end();
@@ -2033,8 +2058,9 @@ impl Config {
     pub fn from_toml_with_env(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         interpolate_strings(&mut value, &env)?;
-        // Errors of the schema name the key and the expected type (no source text to quote).
-        value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+        // Errors of the schema name the key and the expected type; serde's wording also quotes
+        // the value found (a secret from `${ENV}` put under the wrong key), which is left out.
+        value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(without_found_values(&e.to_string())))
     }
 
     /// Checks the values; pure: no network, no filesystem.
@@ -2949,6 +2975,22 @@ mod tests {
                       base_url = \"https://graph.facebook.com\"\nbuyer_country = \"Germany\"\n";
         let err = Config::from_toml_with_env(poller, env).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("pollers[0].buyer_country `Germany`"), "{err}");
+    }
+
+    #[test]
+    fn a_value_under_the_wrong_key_is_not_quoted_in_the_error() {
+        let env = |name: &str| (name == "API_KEY").then(|| "sk-live-0123456789".to_owned());
+        let err = Config::from_toml_with_env("[auth]\napi_keys = \"${API_KEY}\"\n", env).unwrap_err().to_string();
+        assert!(err.contains("invalid type: string, expected") && err.contains("api_keys"), "{err}");
+        assert!(!err.contains("sk-live"), "{err}");
+        let err = Config::from_toml_with_env("[ingest]\nmax_body_bytes = \"4930901820\"\n", env).unwrap_err();
+        assert!(!err.to_string().contains("4930901820"), "{err}");
+        assert_eq!(
+            without_found_values(
+                "invalid value: integer `70000`, expected u16 and invalid type: map, expected a string"
+            ),
+            "invalid value: integer, expected u16 and invalid type: map, expected a string"
+        );
     }
 
     #[test]

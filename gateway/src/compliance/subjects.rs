@@ -205,7 +205,9 @@ impl Subjects {
     /// handed out again (a buyer writing again gets a new subject).
     pub fn mark_erased(&self, index: &[u8; 32], pseudonym: &str) {
         self.erased.insert(pseudonym.to_owned(), ());
-        self.cache.remove(index);
+        // Only the erased subject: the identity may have a new one by now (an erasure carried out
+        // again), which must stay.
+        self.cache.remove_if(index, |_, cached| cached.key.pseudonym == pseudonym);
     }
 
     /// Loads the erased pseudonyms at start-up.

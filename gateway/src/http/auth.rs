@@ -132,8 +132,10 @@ impl Authenticator {
 pub fn refuse_browsers(headers: &HeaderMap) -> Result<(), ApiError> {
     let refuse = |message: &str| Err(ApiError::new(StatusCode::FORBIDDEN, "browser_refused", message));
     if let Some(host) = headers.get(header::HOST) {
-        let host = host.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok());
-        if !host.is_some_and(|h| crate::config::is_loopback_host(h.host())) {
+        let host = host.to_str().unwrap_or_default();
+        // `127.0.0.1:8080`, `[::1]:8080`, `localhost`; and a bare `::1`, as some clients send it.
+        let named = host.parse::<http::uri::Authority>().is_ok_and(|h| crate::config::is_loopback_host(h.host()));
+        if !named && !crate::config::is_loopback_host(host) {
             return refuse("without keys the API answers only requests to a loopback host name");
         }
     }
