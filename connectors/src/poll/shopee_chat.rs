@@ -185,7 +185,8 @@ impl Poller for ShopeeChat {
 
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
         let error = serde_json::from_slice::<ErrorOnly>(body).map(|e| e.error).unwrap_or_default();
-        status == 429 || matches!(error.as_str(), "error_busy" | "system_busy")
+        // Busy, or a passing server error: the same request after a pause, the cycle goes on.
+        status == 429 || matches!(error.as_str(), "error_busy" | "system_busy" | "error_server" | "error_inner")
     }
 
     /// Shopee answers an expired or revoked access token with HTTP 403 and `error_auth` or

@@ -181,10 +181,20 @@ impl Poller for TiktokCustomerService {
         })
     }
 
-    /// HTTP 429, or a 2xx answer with code 36009002 ("too many requests").
+    /// HTTP 429, or a 2xx answer with code 36009002 ("too many requests") or 36009003 (an internal
+    /// error): the same request is asked again after a pause, the cycle goes on.
     fn is_throttled(&self, status: u16, body: &[u8]) -> bool {
+        if status == 429 {
+            return true;
+        }
+        // Only an error answer is read twice (a successful one starts with `"code":0`, or has
+        // data before it): a quick look for the codes first.
+        let passing = |code: i64| body.windows(8).any(|w| w == code.to_string().as_bytes());
+        if !passing(TOO_MANY_REQUESTS) && !passing(INTERNAL_ERROR) {
+            return false;
+        }
         let code = serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(body).map(|e| e.code).ok();
-        status == 429 || code == Some(TOO_MANY_REQUESTS)
+        matches!(code, Some(TOO_MANY_REQUESTS | INTERNAL_ERROR))
     }
 
     /// A conversation TikTok Shop refuses with an HTTP 4xx (gone, not visible) does not hold the cycle.
@@ -433,9 +443,11 @@ mod tests {
         let token = listed.next_page.expect("two conversations to read");
         let at_first = PollPosition { cursor: Some(&cursor), page: Some(&token) };
         let answer = |code: i64| serde_json::json!({ "code": code, "message": "x" }).to_string().into_bytes();
-        // Too many calls: the runner pauses (throttled) and asks again.
+        // Too many calls or an internal error: the runner pauses (throttled) and asks the same again.
         assert!(TiktokCustomerService.is_throttled(200, &answer(TOO_MANY_REQUESTS)));
+        assert!(TiktokCustomerService.is_throttled(200, &answer(INTERNAL_ERROR)));
         assert!(!TiktokCustomerService.is_throttled(200, &answer(0)));
+        assert!(!TiktokCustomerService.is_throttled(200, &answer(36_009_404)));
         // An internal error: no refusal of the conversation, the cycle is asked again.
         let passing = TiktokCustomerService.parse(&answer(INTERNAL_ERROR), &target, &at_first, &mut context);
         assert!(passing.is_err_and(|err| err.field.is_none()));

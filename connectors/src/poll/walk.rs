@@ -70,7 +70,7 @@ pub(crate) struct Walk {
 /// How far behind a cycle's start a conversation that moved may be read down (see
 /// [`Walk::cursor`]): a conversation missed by several multi-page listings in a row is caught up
 /// to this far, and an active conversation is never read back further each cycle.
-const MAX_FLOOR_LAG_SECONDS: i64 = 3_600;
+const MAX_FLOOR_LAG_SECONDS: i64 = 600;
 
 /// Cycles in a row a conversation may be refused before the cursor moves on without it: a
 /// conversation refused for good (deleted, blocked) must not hold the cursor, or every cycle
@@ -245,7 +245,7 @@ impl Walk {
         // The platform's clock may run behind ours: a message it stamps a little before our
         // listing time (less the look-back, `cap`) may still have come after it. A listing of
         // several pages may have missed, again, a conversation the cycle before missed the same
-        // way: the floor then stays at that cycle's (at most an hour back).
+        // way: the floor then stays at that cycle's (at most ten minutes back).
         let floor = match self.since.moved {
             Some(moved) if self.list_pages > 1 => {
                 moved.floor.min(self.since.at).max(self.since.at - MAX_FLOOR_LAG_SECONDS)
@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn a_conversation_missed_by_two_multi_page_listings_in_a_row_is_still_read_down_to_its_message() {
-        // "y" has an unread message at 2,000 and sits on page 2; in cycles 1 and 2 a buyer writes
+        // "y" has an unread message at 4,600 and sits on page 2; in cycles 1 and 2 a buyer writes
         // in it while page 1 is read, so it moves to the top and neither listing has it.
         let missing_y = |cursor: &str, now: i64| {
             let mut walk = Walk::resume(Some(cursor), None, now).unwrap();
@@ -397,20 +397,20 @@ mod tests {
             walk.listed([("b".to_owned(), now - 200)], None);
             walk.cursor()
         };
-        let first = missing_y(&Watermark::starting(1_800).to_cursor(), 5_000);
-        let second = missing_y(&first, 6_000);
+        let first = missing_y(&Watermark::starting(4_500).to_cursor(), 5_000);
+        let second = missing_y(&first, 5_100);
         // Cycle 3 lists "y" (moved: its latest is after cycle 2 listed) on one page.
-        let mut third = Walk::resume(Some(&second), None, 7_000).unwrap();
-        third.listed([("y".to_owned(), 6_990)], None);
-        assert!(third.is_new("y", 2_000, "y1"), "the message both listings missed is taken");
-        assert!(!third.is_old("y", 2_000));
+        let mut third = Walk::resume(Some(&second), None, 5_200).unwrap();
+        third.listed([("y".to_owned(), 5_190)], None);
+        assert!(third.is_new("y", 4_600, "y1"), "the message both listings missed is taken");
+        assert!(!third.is_old("y", 4_600));
         // After a listing of one page nothing was missed: the floor moves on.
-        third.saw(6_990, "y2");
+        third.saw(5_190, "y2");
         third.read(true, None);
-        let mut fourth = Walk::resume(Some(&third.cursor()), None, 8_000).unwrap();
-        fourth.listed([("y".to_owned(), 7_995)], None);
-        assert!(fourth.is_old("y", 2_000));
-        // A floor is never more than an hour behind a cycle's start.
+        let mut fourth = Walk::resume(Some(&third.cursor()), None, 5_300).unwrap();
+        fourth.listed([("y".to_owned(), 5_295)], None);
+        assert!(fourth.is_old("y", 4_600));
+        // A floor is never more than ten minutes behind a cycle's start.
         let late = missing_y(&missing_y(&first, 20_000), 21_000);
         let moved = Watermark::parse(Some(&late)).unwrap().unwrap().moved.unwrap();
         let since = Watermark::parse(Some(&missing_y(&first, 20_000))).unwrap().unwrap().at;
