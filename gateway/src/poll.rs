@@ -415,6 +415,27 @@ enum Ended {
     Broken,
 }
 
+/// `Ended::Stopped`, after storing a refreshed grant the store has not taken yet (a few tries,
+/// whatever stops the poller: the platform has retired the refresh token the store holds, and a
+/// grant dropped here would leave the account unable to poll until the shop authorizes again).
+/// Fenced by the grant it replaces, not by the lease: kept even when the lease moved on.
+async fn stop_keeping(tokens: &mut PollTokens, store: &Store, account: &str, place: &Place<'_>) -> Ended {
+    for attempt in 0..3 {
+        if !tokens.has_unsaved() {
+            break;
+        }
+        match tokens.keep_unsaved(store, account, place).await {
+            Ok(()) => break,
+            Err(err) if attempt == 2 => {
+                tracing::error!(error = %err, "a refreshed token was not stored before the poller stopped; \
+                    the account may need authorizing again")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    Ended::Stopped
+}
+
 /// Polls one (connector, account) until `stop` fires: at once when polling is local, else
 /// whenever this replica holds the lease of its group.
 pub async fn run(parts: PollerParts, lease: Option<LeaseHandle>, mut stop: watch::Receiver<()>) {
@@ -534,12 +555,12 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
             let keys = quota.keys();
             let waited = tokio::select! {
                 waited = quotas.acquire(&keys) => waited,
-                _ = stop.changed() => return Ended::Stopped,
+                _ = stop.changed() => return stop_keeping(&mut tokens, store, &config.account, &place).await,
             };
             histogram!(telemetry::POLL_LIMITER_WAIT, "connector" => name).record(waited.as_secs_f64());
             if let Place::Leased { lease, epoch } = &place {
                 if !lease.may_call(*epoch) {
-                    return Ended::Stopped;
+                    return stop_keeping(&mut tokens, store, &config.account, &place).await;
                 }
             }
             // A refresh whose grant the store did not take is stored before any call; then a
@@ -563,7 +584,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 let delay = backoff.next();
                 tracing::warn!(poller = name, error = %err, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
-                    return Ended::Stopped;
+                    return stop_keeping(&mut tokens, store, &config.account, &place).await;
                 }
                 continue;
             }
@@ -589,7 +610,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                         return Ended::Broken;
                     }
                 },
-                _ = stop.changed() => return Ended::Stopped,
+                _ = stop.changed() => return stop_keeping(&mut tokens, store, &config.account, &place).await,
             };
             if poller.is_token_refused(status, &body) && tokens.can_refresh() && !tokens.just_refreshed() {
                 // Revoked or expired before its time: refresh at once, then ask again.
@@ -635,7 +656,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                 let delay = rate.retry_after.unwrap_or_default().max(backoff.next());
                 tracing::warn!(poller = name, status, delay_ms = delay.as_millis() as u64, "poll failed; retrying");
                 if sleep_or_stop(delay, &mut stop).await {
-                    return Ended::Stopped;
+                    return stop_keeping(&mut tokens, store, &config.account, &place).await;
                 }
                 continue;
             };
@@ -716,7 +737,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                         Err(err) => {
                             tracing::warn!(poller = name, error = %err, "pipeline refused the page; retrying");
                             if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                                return Ended::Stopped;
+                                return stop_keeping(&mut tokens, store, &config.account, &place).await;
                             }
                         }
                     }
@@ -742,7 +763,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                             counter!(telemetry::REPLIES, "source" => "platform", "outcome" => "error").increment(1);
                             tracing::warn!(poller = name, error = %err, "the seller's answers not recorded; retrying");
                             if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                                return Ended::Stopped;
+                                return stop_keeping(&mut tokens, store, &config.account, &place).await;
                             }
                         }
                     }
@@ -753,7 +774,7 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                     while let Err(err) = pipeline.submit_with_cursor(Vec::new(), cursor.clone()).await {
                         tracing::warn!(poller = name, error = %err, "cursor not stored; retrying");
                         if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                            return Ended::Stopped;
+                            return stop_keeping(&mut tokens, store, &config.account, &place).await;
                         }
                     }
                 }
@@ -765,12 +786,12 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
                         Ok(false) => {
                             tracing::warn!(poller = name, "the poll lease moved to another replica; cursor not stored");
                             lease.lost(*epoch);
-                            return Ended::Stopped;
+                            return stop_keeping(&mut tokens, store, &config.account, &place).await;
                         }
                         Err(err) => {
                             tracing::warn!(poller = name, error = %err, "cannot store the cursor; retrying");
                             if sleep_or_stop(Duration::from_millis(500), &mut stop).await {
-                                return Ended::Stopped;
+                                return stop_keeping(&mut tokens, store, &config.account, &place).await;
                             }
                         }
                     }
@@ -816,8 +837,8 @@ async fn poll(parts: &PollerParts, place: Place<'_>, mut stop: watch::Receiver<(
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return Ended::Stopped,
-            _ = handed_on => return Ended::Stopped,
+            _ = stop.changed() => return stop_keeping(&mut tokens, store, &config.account, &place).await,
+            _ = handed_on => return stop_keeping(&mut tokens, store, &config.account, &place).await,
         }
     }
 }

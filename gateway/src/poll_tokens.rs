@@ -88,8 +88,6 @@ impl PollTokens {
         if self.sealed.as_deref() == Some(sealed.as_slice()) {
             return; // still the grant ours replaces: an unsaved one of ours stays the newest
         }
-        // Another replica refreshed and stored first: its grant is the one every replica uses.
-        self.unsaved = None;
         let stored = vault
             .open_secret(&self.name, &sealed)
             .ok()
@@ -99,6 +97,9 @@ impl PollTokens {
             self.access = stored.access_token;
             self.refresh = stored.refresh_token.or(self.refresh.take());
             self.refresh_at = stored.refresh_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+            // Another replica refreshed and stored first: its grant is the one every replica
+            // uses (one of another origin is not taken, and ours stays to be stored).
+            self.unsaved = None;
         }
         self.sealed = Some(sealed);
     }
