@@ -212,6 +212,9 @@ pub struct AckState {
     pub status: AckStatus,
     /// Sending attempts so far.
     pub attempts: u32,
+    /// Times it waited for a token for the account that this replica does not hold.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub no_token_waits: u32,
     /// Not before (Unix ms).
     pub not_before_ms: i64,
     /// An agent answered while it was being sent: a retry is not made.
@@ -339,6 +342,7 @@ impl Acks {
             account: inquiry.account.clone(),
             status: AckStatus::Scheduled,
             attempts: 0,
+            no_token_waits: 0,
             not_before_ms,
             cancel_requested: false,
             conversation: Some(inquiry.external.conversation_id.clone()),
@@ -524,4 +528,9 @@ mod tests {
         let rendered = Acks::from_config(&reloaded).unwrap().render(&planned, &HashMap::new()).unwrap();
         assert_eq!((rendered.body.as_str(), rendered.version, rendered.language.as_str()), ("Vielen Dank", 3, "de"));
     }
+}
+
+/// For `skip_serializing_if`.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

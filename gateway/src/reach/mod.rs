@@ -89,6 +89,9 @@ pub enum AckSeenAs {
     /// Perhaps sent (in flight, or the gateway stopped while sending): the first shop message
     /// from this time (Unix ms, when it was due) on.
     FirstFrom(i64),
+    /// Sent by another replica holding the same inquiry, when its own plan said: the first shop
+    /// message answering the inquiry after the buyer's message.
+    FirstAfterMessage,
     /// Not sent (none planned, waiting, failed, cancelled, dry run).
     Nothing,
 }
@@ -449,7 +452,7 @@ impl Reach {
             // Another replica holding the same inquiry sent it, at a time of its own plan: the
             // first shop message answering the inquiry is taken to be that acknowledgement.
             Ok(ack::AckState { status: ack::AckStatus::Failed { reason }, .. }) if reason == ack::CLAIMED_ELSEWHERE => {
-                AckSeenAs::FirstFrom(0)
+                AckSeenAs::FirstAfterMessage
             }
             _ => AckSeenAs::Nothing,
         })
@@ -838,7 +841,8 @@ pub async fn run_timers(reach: Arc<Reach>, store: Store, mut stop: watch::Receiv
 /// an event leaves the queue once sent (after a crash, a few may be sent again: receivers drop
 /// repeats by `event_id`). A refused delivery is tried again with half as many events (a chat bot
 /// refuses a message over its size, 2,048 bytes for WeCom: the same batch would be refused for
-/// ever and hold every later alert back), back to `batch` once one goes through.
+/// ever and hold every later alert back), growing by one with each that goes through, up to
+/// `batch`. One event refused on its own still waits (the target may only be down).
 pub async fn deliver_queue<F>(
     reach: Arc<Reach>,
     store: Store,
@@ -882,7 +886,9 @@ pub async fn deliver_queue<F>(
         match sent {
             Ok(()) => {
                 backoff.reset();
-                size = batch.max(1);
+                // One more each time one goes through (a size the target refused is not tried
+                // again at once); back to `batch` after as many.
+                size = (size + 1).min(batch.max(1));
                 let mut done = store.batch();
                 for (seq, _) in &items {
                     done.remove_queued(&queue, *seq);
@@ -1429,7 +1435,7 @@ mod tests {
             // Sent by the other replica: the shop's first message answering it is that
             // acknowledgement, not the seller's answer; a failure of its own sent nothing.
             let seen = engine.ack_seen_as(first.id()).unwrap();
-            let expected = if acked_again { AckSeenAs::Nothing } else { AckSeenAs::FirstFrom(0) };
+            let expected = if acked_again { AckSeenAs::Nothing } else { AckSeenAs::FirstAfterMessage };
             assert_eq!(seen, expected, "{reason}");
         }
     }

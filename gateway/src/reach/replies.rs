@@ -429,19 +429,29 @@ pub async fn record_seller_replies(
                 if !matches!(seen_as, super::AckSeenAs::Nothing) {
                     acknowledged.insert(stored.inquiry.id);
                 }
+                let due = match seen_as {
+                    super::AckSeenAs::FirstFrom(due_ms) => Some(
+                        OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_ms) * 1_000_000)
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+                            - time::Duration::seconds(1),
+                    ),
+                    // Not before the buyer's message (a shop message before it answers nothing).
+                    super::AckSeenAs::FirstAfterMessage => Some(stored.inquiry.occurred_at),
+                    _ => None,
+                };
                 match seen_as {
                     super::AckSeenAs::Id(id) => answers.retain(|c| c.message_id.as_ref() != Some(&id)),
-                    super::AckSeenAs::FirstFrom(due_ms) if !acks_marked => {
-                        let due = OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_ms) * 1_000_000)
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-                            - time::Duration::seconds(1);
+                    super::AckSeenAs::FirstFrom(_) | super::AckSeenAs::FirstAfterMessage if !acks_marked => {
+                        let due = due.expect("a time for these");
                         let first =
                             answers.iter().position(|c| c.at >= due && c.responses.is_none() && c.answers(stored));
                         if let Some(first) = first {
                             answers.remove(first);
                         }
                     }
-                    super::AckSeenAs::FirstFrom(_) | super::AckSeenAs::Nothing => {}
+                    super::AckSeenAs::FirstFrom(_)
+                    | super::AckSeenAs::FirstAfterMessage
+                    | super::AckSeenAs::Nothing => {}
                 }
             }
             let mut answered_now = Vec::new();

@@ -653,11 +653,18 @@ impl AckClaims {
         AckClaims { config: config.clone(), holder: holder.to_owned(), cql: tokio::sync::OnceCell::new() }
     }
 
-    /// True if this replica may send inquiry `id`'s acknowledgement: it claimed it now, or had
-    /// claimed it before (a restart between the claim and the send).
-    async fn claim(&self, id: Uuid) -> Result<bool, String> {
-        let (session, insert, read) = self
-            .cql
+    /// The session and the prepared claim and read statements (made on first use).
+    async fn statements(
+        &self,
+    ) -> Result<
+        &(
+            scylla::client::session::Session,
+            scylla::statement::prepared::PreparedStatement,
+            scylla::statement::prepared::PreparedStatement,
+        ),
+        String,
+    > {
+        self.cql
             .get_or_try_init(|| async {
                 let session = crate::sinks::cql::connect(&self.config).await.map_err(|e| e.to_string())?;
                 let ks = &self.config.keyspace;
@@ -675,7 +682,25 @@ impl AckClaims {
                 read.set_consistency(scylla::statement::Consistency::Serial);
                 Ok::<_, String>((session, insert, read))
             })
-            .await?;
+            .await
+    }
+
+    /// The replica holding inquiry `id`'s claim, if one does.
+    async fn holder(&self, id: Uuid) -> Result<Option<String>, String> {
+        let (session, _, read) = self.statements().await?;
+        let holder = session.execute_unpaged(read, (id,)).await.map_err(|e| e.to_string())?;
+        let holder = holder
+            .into_rows_result()
+            .map_err(|e| e.to_string())?
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(|e| e.to_string())?;
+        Ok(holder.and_then(|(h,)| h))
+    }
+
+    /// True if this replica may send inquiry `id`'s acknowledgement: it claimed it now, or had
+    /// claimed it before (a restart between the claim and the send).
+    async fn claim(&self, id: Uuid) -> Result<bool, String> {
+        let (session, insert, _) = self.statements().await?;
         let at =
             scylla::value::CqlTimestamp((time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64);
         let result = session.execute_unpaged(insert, (id, &self.holder, at)).await.map_err(|e| e.to_string())?;
@@ -689,13 +714,7 @@ impl AckClaims {
         if matches!(applied, Some(scylla::value::CqlValue::Boolean(true))) {
             return Ok(true);
         }
-        let holder = session.execute_unpaged(read, (id,)).await.map_err(|e| e.to_string())?;
-        let holder = holder
-            .into_rows_result()
-            .map_err(|e| e.to_string())?
-            .maybe_first_row::<(Option<String>,)>()
-            .map_err(|e| e.to_string())?;
-        Ok(holder.and_then(|(h,)| h).as_deref() == Some(self.holder.as_str()))
+        Ok(self.holder(id).await?.as_deref() == Some(self.holder.as_str()))
     }
 }
 
@@ -911,13 +930,19 @@ async fn send_one(
     // (no token for the account here) does not claim: the one whose poller has it may.
     if !sender.can_send(platform_account) {
         drop((lane, early_turn));
-        let attempts = state.attempts + 1;
-        if attempts >= MAX_ATTEMPTS {
+        let waits = state.no_token_waits + 1;
+        if waits >= MAX_ATTEMPTS {
+            // Sent by the replica whose poller has the token, if one claimed it.
+            if let Some(claims) = claims {
+                if claims.holder(id).await.is_ok_and(|holder| holder.is_some()) {
+                    return fail(super::ack::CLAIMED_ELSEWHERE).await;
+                }
+            }
             return fail("no token for the account (config or a running poller)").await;
         }
-        let later = reach.clock.now_ms() + (1000i64 << attempts.min(10));
+        let later = reach.clock.now_ms() + (1000i64 << waits.min(10));
         reach.update_ack(id, Some(due_ms), |state| {
-            state.attempts = attempts;
+            state.no_token_waits = waits;
             state.not_before_ms = later;
             scheduled(state)
         })?;
