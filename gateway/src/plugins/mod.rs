@@ -530,12 +530,20 @@ impl Slot {
             // A batch whose retries routed some inquiries alone failed on its inputs, not for the
             // plugin's own sake: not counted either way (a buyer sending a poison message again
             // and again must not quarantine the plugin for every account).
+            // Only failures an input causes (a trap, bad output), every inquiry retried alone
+            // (none cut off), and some of them routed: a timeout or a limit is the plugin's own.
             let some_routed = outcomes.iter().any(|o| !matches!(o, RouteOutcome::Failed { .. }));
+            let all_retried = !outcomes
+                .iter()
+                .any(|o| matches!(o, RouteOutcome::Failed { detail, .. } if detail.starts_with("not retried")));
+            let on_its_inputs = |failure: &Failure| matches!(failure.reason(), "plugin_trap" | "plugin_bad_output");
             match &batch_failure {
                 None => breaker.succeeded(&self.id),
-                Some(failure) if some_routed => {
+                Some(failure) if some_routed && all_retried && on_its_inputs(failure) => {
                     tracing::warn!(plugin = %self.id, version = %self.version, reason = failure.reason(),
-                        error = %failure, inquiries = subset.len(), "plugin batch failed; retried alone, some routed");
+                        error = %failure, inquiries = subset.len(), "plugin batch failed; retried alone, the rest routed");
+                    // It works for the other inputs (a half-open trial closes).
+                    breaker.succeeded(&self.id);
                 }
                 Some(failure) => {
                     tracing::warn!(plugin = %self.id, version = %self.version, reason = failure.reason(),
@@ -925,7 +933,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_failing_on_one_poison_inquiry_does_not_move_the_breaker() {
+    fn a_batch_failing_on_one_poison_inquiry_does_not_open_the_breaker() {
         let limits = PluginLimits {
             quarantine_after_failures: 1,
             quarantine_ms: 60_000,
