@@ -15,10 +15,16 @@ python3 -c 'import kubernetes_validate' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check kubernetes-validate \
   || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate
 
-helm lint helm/inquiry-gateway
+admin=(--set secrets.GATEWAY_ADMIN_TOKEN=lint-admin-token-0123456789)
+helm lint helm/inquiry-gateway "${admin[@]}"
+# Without an admin token the chart refuses to render.
+if helm template demo helm/inquiry-gateway >/dev/null 2>&1; then
+  echo "lint: the chart rendered without secrets.GATEWAY_ADMIN_TOKEN" >&2
+  exit 1
+fi
 rendered="$(mktemp)"
 trap 'rm -f "$rendered" "$rendered.tls" "$rendered.toml"' EXIT
-helm template demo helm/inquiry-gateway > "$rendered"
+helm template demo helm/inquiry-gateway "${admin[@]}" > "$rendered"
 python3 - "$rendered" <<'PY'
 import sys, yaml, kubernetes_validate
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
@@ -41,7 +47,7 @@ assert f'peers = ["http://{headless["metadata"]["name"]}:8080"]' in config, (hea
 print(f"lint: [cluster] peers names the headless Service {headless['metadata']['name']}")
 PY
 # With certificates mounted and HTTPS probes, the StatefulSet still validates and carries both.
-helm template demo helm/inquiry-gateway --set adminScheme=HTTPS \
+helm template demo helm/inquiry-gateway "${admin[@]}" --set adminScheme=HTTPS \
   --set 'tlsSecrets[0].name=ingest,tlsSecrets[0].secretName=gw-tls,tlsSecrets[1].name=kafka,tlsSecrets[1].secretName=kafka-ca' \
   > "$rendered.tls"
 python3 - "$rendered.tls" <<'PY'
