@@ -683,8 +683,9 @@ impl Stage {
             let Ok(mut stored) = serde_json::from_slice::<StoredInquiry>(&record) else { continue };
             stored.inquiry.sealed.clear();
             stored.inquiry.raw_ref = ERASED_RAW_REF.to_owned();
-            // Like its conversion: the shop can trace an order id to the buyer.
-            stored.inquiry.order_id = None;
+            // Like its conversion: the shop can trace an order to the buyer. Also where a connector
+            // named the order in the ids (Shopify: `order:<id>`, `order:<id>:note`) or attributes.
+            forget_order(&mut stored.inquiry);
             batch.replace_inquiry(*id, &serde_json::to_vec(&stored).expect("stored inquiries serialize"));
             // The order an inquiry led to can be traced to the buyer in the shop's own system.
             batch.remove_conversion(*id);
@@ -932,6 +933,22 @@ impl Stage {
             })
             .collect()
     }
+}
+
+/// Removes from an erased buyer's inquiry what names their order: `order_id`, the external ids
+/// that hold it (they become `erased`), attributes whose text holds it, and the order's and
+/// return's names.
+fn forget_order(inquiry: &mut Inquiry) {
+    let Some(order) = inquiry.order_id.take().filter(|o| !o.is_empty()) else { return };
+    for id in [&mut inquiry.external.conversation_id, &mut inquiry.external.message_id] {
+        if id.contains(order.as_str()) {
+            *id = ERASED_RAW_REF.to_owned();
+        }
+    }
+    inquiry.attributes.retain(|key, value| {
+        let names_it = value.as_str().is_some_and(|text| text.contains(order.as_str()));
+        !names_it && key != "order_name" && key != "return_name"
+    });
 }
 
 /// Checks a conversion report against what is written so far (`converted`: by this batch)
@@ -1754,6 +1771,7 @@ mod tests {
         let Running { pipeline, store, subjects, spool, .. } = start_with_sinks(Silent, 8, &sinks);
         let first = serde_json::json!({
             "channel": "generic", "account": "shop-1", "external_id": "a", "order_id": "o-8100000000000001",
+            "conversation_id": "order:o-8100000000000001", "attributes": { "order_name": "#1042", "ref": "o-8100000000000001" },
             "buyer": { "email": "anna@example.com", "name": "Anna Example" },
             "body": "first message", "occurred_at": "2026-11-24T08:00:00Z",
         });
@@ -1781,6 +1799,7 @@ mod tests {
         let first = stored(&store, acks[0].id).inquiry;
         assert!(first.sealed.is_empty() && first.raw_ref == "erased");
         assert_eq!(first.order_id, None, "an order id leads back to the buyer in the shop's system");
+        assert!(!serde_json::to_string(&first).unwrap().contains("8100000000000001"), "nowhere else either");
         // ...and after the erasure a forwarder must read the rewritten record from the store.
         assert!(spool.recent.get(0).is_none(), "the record as committed outlived the erasure in memory");
         assert!(subjects.open(&first).unwrap().is_none());
