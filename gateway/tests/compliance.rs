@@ -655,7 +655,7 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
     // customers/data_request: an open export request with the GDPR deadline, answered by an operator.
     let requested = send(
         "customers/data_request",
-        json!({ "shop_id": 1, "shop_domain": shop, "orders_requested": [299938], "customer": customer, "data_request": { "id": 9999 } }),
+        json!({ "shop_id": 1, "shop_domain": shop, "orders_requested": [299938, 5630179410113u64], "customer": customer, "data_request": { "id": 9999 } }),
         secret,
     )
     .await;
@@ -667,19 +667,23 @@ async fn shopify_compliance_webhooks_create_the_same_subject_requests() {
             .json();
     assert_eq!((open["status"].as_str(), open["kind"].as_str()), (Some("open"), Some("export")));
     assert_eq!(open["source"], format!("shopify:{shop}"));
-    assert_eq!(open["subjects"].as_array().unwrap().len(), 1, "the customer's email and Shopify id are one subject");
-    let pseudonym = open["subjects"][0].as_str().unwrap().to_owned();
-    let export = admin(
-        &client,
-        &gateway,
-        Method::POST,
-        "/v1/subject-requests",
-        Some(ERASER),
-        json!({ "kind": "export", "subject": { "pseudonym": pseudonym }, "fulfils": open_id }),
-    )
-    .await;
-    assert_eq!(export.status, 200);
-    assert_eq!(export.json()["inquiries"].as_array().unwrap().len(), 2);
+    // The customer (e-mail and Shopify id are one subject) and the return filed under its order.
+    let subjects: Vec<String> =
+        open["subjects"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+    assert_eq!(subjects.len(), 2, "{open}");
+    let export = |subject: Value| {
+        let (client, gateway, open_id) = (client.clone(), &gateway, open_id.clone());
+        async move {
+            let body = json!({ "kind": "export", "subject": subject, "fulfils": open_id });
+            admin(&client, gateway, Method::POST, "/v1/subject-requests", Some(ERASER), body).await
+        }
+    };
+    // Naming only one of them cannot answer it, and nothing is carried out.
+    let partial = export(json!({ "pseudonym": subjects[0] })).await;
+    assert_eq!((partial.status.as_u16(), partial.error_code().as_str()), (409, "fulfils_other_subjects"));
+    let export = export(json!({ "pseudonyms": subjects })).await;
+    assert_eq!(export.status, 200, "{}", String::from_utf8_lossy(&export.body));
+    assert_eq!(export.json()["inquiries"].as_array().unwrap().len(), 3, "two from the customer, the return");
     let fulfilled =
         admin(&client, &gateway, Method::GET, &format!("/v1/subject-requests/{open_id}"), Some(ERASER), Value::Null)
             .await

@@ -103,6 +103,9 @@ pub struct SubjectSpec {
     /// A pseudonym, as found on an inquiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pseudonym: Option<String>,
+    /// More pseudonyms (e.g. every subject of an open request this one fulfils).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pseudonyms: Vec<String>,
     /// Identities as the connectors record them when a buyer has no e-mail or user id
     /// (`order:<id>`, `phone:<number>`, `rfq:<id>`, `conversation:<id>`...); with `channel` and
     /// `account`, except `email:` ones.
@@ -344,7 +347,8 @@ impl SubjectRequests {
     /// What finds the subjects `spec` names: the indexes of its identities, and its pseudonym.
     fn keys_of(&self, spec: &SubjectSpec) -> Result<(Vec<[u8; 32]>, Vec<String>), RequestError> {
         let identities: Vec<&str> = spec.identities.iter().map(|i| i.trim()).filter(|i| !i.is_empty()).collect();
-        if spec.email.is_none() && spec.pseudonym.is_none() && spec.user_id.is_none() && identities.is_empty() {
+        let named_by_pseudonym = spec.pseudonym.is_some() || !spec.pseudonyms.is_empty();
+        if spec.email.is_none() && !named_by_pseudonym && spec.user_id.is_none() && identities.is_empty() {
             return Err(RequestError::NoSubject);
         }
         let scoped = spec.user_id.is_some() || identities.iter().any(|i| !i.starts_with("email:"));
@@ -362,7 +366,7 @@ impl SubjectRequests {
             let (channel, account) = (spec.channel.as_deref().unwrap_or(""), spec.account.as_deref().unwrap_or(""));
             indexes.push(self.subjects.index_of(channel, account, identity));
         }
-        Ok((indexes, spec.pseudonym.iter().cloned().collect()))
+        Ok((indexes, spec.pseudonym.iter().chain(&spec.pseudonyms).cloned().collect()))
     }
 
     /// The pseudonyms of the subjects held here under `indexes` or named in `pseudonyms`.

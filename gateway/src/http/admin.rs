@@ -402,16 +402,32 @@ impl AdminApi {
         by: &str,
     ) -> Result<HttpResponse, RequestError> {
         if let Some(open) = request.fulfils {
-            let answerable = self.requests.get(open)?.is_some_and(|r| {
-                r.status == crate::compliance::requests::RequestStatus::Open && r.kind == request.kind
-            });
-            if !answerable {
+            let open = self
+                .requests
+                .get(open)?
+                .filter(|r| r.status == crate::compliance::requests::RequestStatus::Open && r.kind == request.kind);
+            let Some(open) = open else {
                 return Ok(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
                     "no open request of this kind with the id in `fulfils`",
                 )
                 .into_response(&new_trace_id()));
+            };
+            // It answers the open request only if it covers every subject that one names (checked
+            // before anything is carried out).
+            let found = match self.requests.find(&request.subject) {
+                Err(RequestError::NoSubject) => Vec::new(),
+                found => found?,
+            };
+            let missing: Vec<&String> = open.subjects.iter().filter(|s| !found.contains(s)).collect();
+            if !missing.is_empty() {
+                let message = format!(
+                    "the open request names subjects this one does not ({}): name them all, e.g. with `pseudonyms`",
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                return Ok(ApiError::new(StatusCode::CONFLICT, "fulfils_other_subjects", message)
+                    .into_response(&new_trace_id()));
             }
         }
         let (record, document) = match request.kind {

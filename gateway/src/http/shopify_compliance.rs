@@ -121,6 +121,7 @@ pub async fn handle(
         account: scoped.then(|| shop.to_owned()),
         user_id,
         pseudonym: None,
+        pseudonyms: Vec::new(),
         identities,
     };
     // Shopify redelivers until it gets a 200; a redelivery carries the same event id and must not

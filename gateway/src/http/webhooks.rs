@@ -227,6 +227,7 @@ async fn open_erasures(
                 account: Some(held_by.clone()),
                 user_id: Some(user_id.clone()),
                 pseudonym: None,
+                pseudonyms: Vec::new(),
                 identities: Vec::new(),
             };
             if !state.requests.holds(&spec).map_err(super::api::request_error)? {

@@ -391,6 +391,7 @@ pub async fn record_seller_replies(
             account: Some(account.clone()),
             user_id: Some(buyer_id),
             pseudonym: None,
+            pseudonyms: Vec::new(),
             identities: Vec::new(),
         };
         let mut candidates: Vec<Candidate> = replies
