@@ -212,6 +212,11 @@ pub struct AckState {
     pub status: AckStatus,
     /// Sending attempts so far.
     pub attempts: u32,
+    /// The platform id of the shop message taken to be it, when it left without one of its own
+    /// (its outcome unknown, or sent by another replica): the next poll cycles know it by that
+    /// id instead of taking one more shop message for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_as: Option<String>,
     /// Times it waited for a token for the account that this replica does not hold.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub no_token_waits: u32,
@@ -342,6 +347,7 @@ impl Acks {
             account: inquiry.account.clone(),
             status: AckStatus::Scheduled,
             attempts: 0,
+            seen_as: None,
             no_token_waits: 0,
             not_before_ms,
             cancel_requested: false,

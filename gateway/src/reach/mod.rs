@@ -446,6 +446,7 @@ impl Reach {
         let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { return Ok(AckSeenAs::Nothing) };
         Ok(match serde_json::from_slice::<ack::AckState>(&bytes) {
             Ok(ack::AckState { status: ack::AckStatus::Sent { provider_id }, .. }) => AckSeenAs::Id(provider_id),
+            Ok(ack::AckState { seen_as: Some(message_id), .. }) => AckSeenAs::Id(message_id),
             Ok(ack::AckState {
                 status: ack::AckStatus::Sending | ack::AckStatus::Uncertain, not_before_ms, ..
             }) => AckSeenAs::FirstFrom(not_before_ms),
@@ -1437,6 +1438,16 @@ mod tests {
             let seen = engine.ack_seen_as(first.id()).unwrap();
             let expected = if acked_again { AckSeenAs::Nothing } else { AckSeenAs::FirstAfterMessage };
             assert_eq!(seen, expected, "{reason}");
+            // Once a poll cycle took a shop message for it, it is known by that message's id.
+            if !acked_again {
+                engine
+                    .update_ack(first.id(), None, |state| {
+                        state.seen_as = Some("m-9".to_owned());
+                        true
+                    })
+                    .unwrap();
+                assert_eq!(engine.ack_seen_as(first.id()).unwrap(), AckSeenAs::Id("m-9".to_owned()));
+            }
         }
     }
 

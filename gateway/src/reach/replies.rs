@@ -447,7 +447,14 @@ pub async fn record_seller_replies(
                         let first =
                             answers.iter().position(|c| c.at >= due && c.responses.is_none() && c.answers(stored));
                         if let Some(first) = first {
-                            answers.remove(first);
+                            let taken = answers.remove(first);
+                            // Remembered: a later cycle that reads it again knows it by its id.
+                            if let Some(message_id) = taken.message_id {
+                                previewer.update_ack(stored.inquiry.id, None, |state| {
+                                    state.seen_as = Some(message_id);
+                                    true
+                                })?;
+                            }
                         }
                     }
                     super::AckSeenAs::FirstFrom(_)
