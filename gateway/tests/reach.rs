@@ -658,6 +658,25 @@ async fn a_reply_sent_to_a_replica_that_does_not_hold_the_inquiry_reaches_the_on
     // On B itself the reply is answered at once, from its own store.
     let direct = send(&b, &reply_path, String::new(), &shop_1).await;
     assert_eq!(direct.status, StatusCode::OK, "{direct:?}");
+    // B shares its copy; where it is no news (B itself, the first response kept) it is skipped.
+    support::eventually(Duration::from_secs(30), "B skips its own shared copy", || async {
+        kafka_outcome("already").await >= 1.0
+    })
+    .await;
+    assert_eq!(support::audit_entries_of(&b, "inquiry.replied").await.len(), 2, "the direct one only");
+
+    // A message both replicas hold (delivered to each): a reply on A stops B's SLA too.
+    let both = inquiry_json("shop-1", "held-by-both");
+    let on_a = send(&a, "/v1/inquiries", both.clone(), &shop_1).await;
+    let on_b = send(&b, "/v1/inquiries", both, &shop_1).await;
+    assert_eq!(on_a.json()["id"], on_b.json()["id"], "one message, one id");
+    let both_id = on_a.json()["id"].as_str().unwrap().to_owned();
+    let on_a = send(&a, &format!("/v1/inquiries/{both_id}/reply"), String::new(), &shop_1).await;
+    assert_eq!(on_a.status, StatusCode::OK, "{on_a:?}");
+    support::eventually(Duration::from_secs(30), "B records the reply A shared", || async {
+        kafka_outcome("recorded").await == 2.0
+    })
+    .await;
 
     // A message that only looks forwarded (not signed with the replicas' key) is skipped.
     {

@@ -535,7 +535,7 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     if let Some((kafka, key)) = &state.forward_replies {
         if !state.store.has_inquiry(id).map_err(store_error)? {
             // The time it was answered here: the holder may take it in late (a restart, a lag).
-            let message = key.reply(id, Some(at), reply.agent.as_deref(), &grant.actor(), grant.accounts());
+            let message = key.reply(id, Some(at), reply.agent.as_deref(), &grant.actor(), grant.accounts(), false);
             return forward(kafka, id, &message, Forwarded::Reply).await;
         }
     }
@@ -561,6 +561,15 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
     };
     let sla = outcome.sla().map(|state| serde_json::to_value(state).expect("states serialize"));
     metrics::counter!(telemetry::REPLIES, "source" => "http", "outcome" => "recorded").increment(1);
+    if let Some((kafka, key)) = &state.forward_replies {
+        // Another replica may hold the same inquiry (a message that reached two): its SLA stops
+        // too. Best effort: the reply is recorded here whatever the broker does.
+        let message = key.reply(id, Some(at), reply.agent.as_deref(), &grant.actor(), grant.accounts(), true);
+        let shared = tokio::time::timeout(std::time::Duration::from_secs(3), kafka.publish_reply(id, &message)).await;
+        if let Err(err) = shared.unwrap_or_else(|_| Err("the broker did not take it within 3 s".to_owned())) {
+            tracing::warn!(error = %err, "reply not shared with the other replicas");
+        }
+    }
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
 }
 

@@ -70,6 +70,10 @@ struct Forwarded {
     /// A conversion report instead of a reply.
     #[serde(default)]
     conversion: Option<Conversion>,
+    /// A copy of a reply the sending replica recorded itself, for any other replica holding the
+    /// same inquiry (a message that reached two): applied only where it is the first response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    shared: bool,
 }
 
 /// Signs and checks forwarded messages: HMAC-SHA256 under a key derived from
@@ -100,7 +104,7 @@ impl ForwardKey {
     }
 
     /// The message forwarding a reply to inquiry `inquiry_id` made by `actor` (whose key may use
-    /// `accounts`).
+    /// `accounts`); `shared`: recorded here already, for other replicas holding the inquiry too.
     pub fn reply(
         &self,
         inquiry_id: Uuid,
@@ -108,6 +112,7 @@ impl ForwardKey {
         agent: Option<&str>,
         actor: &str,
         accounts: Option<&[String]>,
+        shared: bool,
     ) -> Vec<u8> {
         self.seal(&Forwarded {
             inquiry_id,
@@ -116,6 +121,7 @@ impl ForwardKey {
             replied_at,
             agent: agent.map(str::to_owned),
             conversion: None,
+            shared,
         })
     }
 
@@ -128,6 +134,7 @@ impl ForwardKey {
             replied_at: None,
             agent: None,
             conversion: Some(conversion.clone()),
+            shared: false,
         })
     }
 }
@@ -282,7 +289,7 @@ async fn apply(
         };
         let ReplyMessage { inquiry_id, replied_at, agent } = reply;
         // The CRM's own: no caller to name, every account.
-        Forwarded { inquiry_id, actor: None, accounts: None, replied_at, agent, conversion: None }
+        Forwarded { inquiry_id, actor: None, accounts: None, replied_at, agent, conversion: None, shared: false }
     };
     let id = reply.inquiry_id;
     let previewed = {
@@ -308,6 +315,10 @@ async fn apply(
             return "store_error";
         }
     };
+    // A shared copy is for a replica where it is news (the sender reads its own copy too).
+    if reply.shared && !matches!(preview, super::ReplyOutcome::Recorded(_)) {
+        return "already";
+    }
     // Audited first, recorded after: either failing leaves the message to be read again.
     let actor = reply.actor.as_ref().map_or_else(|| "kafka:replies".to_owned(), |by| format!("kafka:replies:{by}"));
     if let Err(err) = pipeline.audit(vec![replied_event(&actor, id, reply.agent.as_deref(), &preview)]).await {
