@@ -940,13 +940,15 @@ impl Stage {
 /// return's names.
 fn forget_order(inquiry: &mut Inquiry) {
     let Some(order) = inquiry.order_id.take().filter(|o| !o.is_empty()) else { return };
+    // A whole part of the text, not any substring: order `42` is not in `conv-1420`.
+    let names_order = |text: &str| text.split([':', '/', '#', ' ']).any(|part| part == order);
     for id in [&mut inquiry.external.conversation_id, &mut inquiry.external.message_id] {
-        if id.contains(order.as_str()) {
+        if names_order(id) {
             *id = ERASED_RAW_REF.to_owned();
         }
     }
     inquiry.attributes.retain(|key, value| {
-        let names_it = value.as_str().is_some_and(|text| text.contains(order.as_str()));
+        let names_it = value.as_str().is_some_and(names_order);
         !names_it && key != "order_name" && key != "return_name"
     });
 }
@@ -1771,7 +1773,7 @@ mod tests {
         let Running { pipeline, store, subjects, spool, .. } = start_with_sinks(Silent, 8, &sinks);
         let first = serde_json::json!({
             "channel": "generic", "account": "shop-1", "external_id": "a", "order_id": "o-8100000000000001",
-            "conversation_id": "order:o-8100000000000001", "attributes": { "order_name": "#1042", "ref": "o-8100000000000001" },
+            "conversation_id": "order:o-8100000000000001", "attributes": { "order_name": "#1042", "ref": "o-8100000000000001", "form": "o-81" },
             "buyer": { "email": "anna@example.com", "name": "Anna Example" },
             "body": "first message", "occurred_at": "2026-11-24T08:00:00Z",
         });
@@ -1800,6 +1802,7 @@ mod tests {
         assert!(first.sealed.is_empty() && first.raw_ref == "erased");
         assert_eq!(first.order_id, None, "an order id leads back to the buyer in the shop's system");
         assert!(!serde_json::to_string(&first).unwrap().contains("8100000000000001"), "nowhere else either");
+        assert_eq!(first.attributes.get("form").and_then(|v| v.as_str()), Some("o-81"), "a mere substring stays");
         // ...and after the erasure a forwarder must read the rewritten record from the store.
         assert!(spool.recent.get(0).is_none(), "the record as committed outlived the erasure in memory");
         assert!(subjects.open(&first).unwrap().is_none());
