@@ -67,11 +67,6 @@ pub(crate) struct Walk {
     pub list_pages: u32,
 }
 
-/// How far behind a cycle's start a conversation that moved may be read down (see
-/// [`Walk::cursor`]): a conversation missed by several multi-page listings in a row is caught up
-/// to this far, and an active conversation is never read back further each cycle.
-const MAX_FLOOR_LAG_SECONDS: i64 = 600;
-
 /// Cycles in a row a conversation may be refused before the cursor moves on without it: a
 /// conversation refused for good (deleted, blocked) must not hold the cursor, or every cycle
 /// would read a longer stretch of history than the last.
@@ -245,14 +240,12 @@ impl Walk {
         // The platform's clock may run behind ours: a message it stamps a little before our
         // listing time (less the look-back, `cap`) may still have come after it. A listing of
         // several pages may have missed, again, a conversation the cycle before missed the same
-        // way: the floor then stays at that cycle's (at most ten minutes back).
+        // way: the floor then goes back to that cycle's start (one cycle, never further).
         let floor = match self.since.moved {
-            Some(moved) if self.list_pages > 1 => {
-                moved.floor.min(self.since.at).max(self.since.at - MAX_FLOOR_LAG_SECONDS)
-            }
+            Some(moved) if self.list_pages > 1 => moved.start.unwrap_or(moved.floor).min(self.since.at),
             _ => self.since.at,
         };
-        cursor.moved = Some(Moved { after: cap, floor });
+        cursor.moved = Some(Moved { after: cap, floor, start: Some(self.since.at) });
         cursor.to_cursor()
     }
 
@@ -334,13 +327,15 @@ mod tests {
         let cursor = Watermark::starting(1_000).to_cursor();
         let mut walk = Walk::resume(Some(&cursor), None, 5_000).unwrap();
         walk.saw(4_990, "late");
-        let capped =
-            Watermark { moved: Some(Moved { after: 5_000 - 60, floor: 1_000 }), ..Watermark::starting(5_000 - 60) };
+        let capped = Watermark {
+            moved: Some(Moved { after: 5_000 - 60, floor: 1_000, start: Some(1_000) }),
+            ..Watermark::starting(5_000 - 60)
+        };
         assert_eq!(walk.cursor(), capped.to_cursor(), "capped at the list time less a minute");
         walk.saw(1_200, "m");
         let mut early = Walk::resume(Some(&cursor), None, 5_000).unwrap();
         early.saw(2_000, "m");
-        let moved = Some(Moved { after: early.listed_at - 60, floor: early.since.at });
+        let moved = Some(Moved { after: early.listed_at - 60, floor: early.since.at, start: Some(early.since.at) });
         assert_eq!(
             early.cursor(),
             Watermark { seen: vec!["m".into()], moved, ..Watermark::starting(2_000) }.to_cursor()
@@ -410,11 +405,16 @@ mod tests {
         let mut fourth = Walk::resume(Some(&third.cursor()), None, 5_300).unwrap();
         fourth.listed([("y".to_owned(), 5_295)], None);
         assert!(fourth.is_old("y", 4_600));
-        // A floor is never more than ten minutes behind a cycle's start.
-        let late = missing_y(&missing_y(&first, 20_000), 21_000);
-        let moved = Watermark::parse(Some(&late)).unwrap().unwrap().moved.unwrap();
-        let since = Watermark::parse(Some(&missing_y(&first, 20_000))).unwrap().unwrap().at;
-        assert_eq!(moved.floor, since - MAX_FLOOR_LAG_SECONDS);
+        // The floor goes back one cycle, never further: a third miss in a row reads down to the
+        // second cycle's start, not the first's (however long the cycles take).
+        let first_start = 4_500;
+        let third = missing_y(&missing_y(&first, 20_000), 21_000);
+        let moved = Watermark::parse(Some(&third)).unwrap().unwrap().moved.unwrap();
+        assert!(moved.floor > first_start, "{moved:?}");
+        assert_eq!(
+            moved.floor,
+            Watermark::parse(Some(&missing_y(&first, 20_000))).unwrap().unwrap().moved.unwrap().start.unwrap()
+        );
     }
 
     #[test]

@@ -35,8 +35,12 @@ pub(crate) struct Watermark {
 pub(crate) struct Moved {
     /// The cycle's first list page (platform time unit).
     pub after: i64,
-    /// The cycle's starting watermark time.
+    /// How far down such a conversation is read: the cycle's starting watermark time, or the
+    /// cycle's before it when that one may have missed it too (see `Walk::cursor`).
     pub floor: i64,
+    /// The cycle's starting watermark time (where `floor` may go back to, one cycle on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
 }
 
 impl Watermark {

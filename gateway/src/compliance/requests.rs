@@ -498,7 +498,8 @@ impl SubjectRequests {
     ) -> Result<Option<SubjectRequest>, RequestError> {
         let Some(mut request) = self.get(open)? else { return Ok(None) };
         // Only an open request of the same kind, about the same subjects, is answered by this one.
-        let same_subjects = request.subjects.iter().all(|s| by_request.subjects.contains(s));
+        let same_subjects =
+            request.subjects.iter().all(|s| by_request.subjects.contains(s) || self.subjects.is_erased(s));
         if request.status != RequestStatus::Open || request.kind != by_request.kind || !same_subjects {
             return Ok(None);
         }

@@ -420,7 +420,10 @@ impl AdminApi {
                 Err(RequestError::NoSubject) => Vec::new(),
                 found => found?,
             };
-            let missing: Vec<&String> = open.subjects.iter().filter(|s| !found.contains(s)).collect();
+            // A subject erased since is answered already (nothing of it is left to find).
+            let subjects = &self.requests.subjects;
+            let missing: Vec<&String> =
+                open.subjects.iter().filter(|s| !found.contains(s) && !subjects.is_erased(s)).collect();
             if !missing.is_empty() {
                 let message = format!(
                     "the open request names subjects this one does not ({}): name them all, e.g. with `pseudonyms`",

@@ -536,6 +536,18 @@ mod tests {
     }
 }
 
+impl AckState {
+    /// True when it left without an id of its own: its outcome unknown, or another replica sent
+    /// it (the shop message taken for it is then remembered in `seen_as`).
+    pub fn left_unseen(&self) -> bool {
+        match &self.status {
+            AckStatus::Uncertain => true,
+            AckStatus::Failed { reason } => reason == CLAIMED_ELSEWHERE,
+            _ => false,
+        }
+    }
+}
+
 /// For `skip_serializing_if`.
 fn is_zero(n: &u32) -> bool {
     *n == 0

@@ -446,7 +446,9 @@ impl Reach {
         let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { return Ok(AckSeenAs::Nothing) };
         Ok(match serde_json::from_slice::<ack::AckState>(&bytes) {
             Ok(ack::AckState { status: ack::AckStatus::Sent { provider_id }, .. }) => AckSeenAs::Id(provider_id),
-            Ok(ack::AckState { seen_as: Some(message_id), .. }) => AckSeenAs::Id(message_id),
+            Ok(state @ ack::AckState { seen_as: Some(_), .. }) if state.left_unseen() => {
+                AckSeenAs::Id(state.seen_as.expect("matched"))
+            }
             Ok(ack::AckState {
                 status: ack::AckStatus::Sending | ack::AckStatus::Uncertain, not_before_ms, ..
             }) => AckSeenAs::FirstFrom(not_before_ms),

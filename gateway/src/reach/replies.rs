@@ -461,9 +461,14 @@ pub async fn record_seller_replies(
                             let taken = answers.remove(first);
                             // Remembered: a later cycle that reads it again knows it by its id.
                             if let Some(message_id) = taken.message_id {
+                                // Only once it has left for good (not while it is still sending: a
+                                // retry may follow, and the message taken may be the seller's).
                                 previewer.update_ack(stored.inquiry.id, None, |state| {
-                                    state.seen_as = Some(message_id);
-                                    true
+                                    let remember = state.left_unseen();
+                                    if remember {
+                                        state.seen_as = Some(message_id);
+                                    }
+                                    remember
                                 })?;
                             }
                         }

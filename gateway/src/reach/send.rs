@@ -685,6 +685,24 @@ impl AckClaims {
             .await
     }
 
+    /// Gives up this replica's claim of inquiry `id` (it cannot send it); failing that, the claim
+    /// stays and no replica sends it (logged).
+    async fn release(&self, id: Uuid) {
+        let released = async {
+            let (session, _, _) = self.statements().await?;
+            let ks = &self.config.keyspace;
+            let mut delete = scylla::statement::unprepared::Statement::new(format!(
+                "DELETE FROM {ks}.ack_claims WHERE inquiry_id = ? IF holder = ?"
+            ));
+            delete.set_serial_consistency(Some(scylla::statement::SerialConsistency::Serial));
+            session.query_unpaged(delete, (id, &self.holder)).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        if let Err(err) = released.await {
+            tracing::warn!(inquiry_id = %id, error = %err, "acknowledgement claim not released");
+        }
+    }
+
     /// The replica holding inquiry `id`'s claim, if one does.
     async fn holder(&self, id: Uuid) -> Result<Option<String>, String> {
         let (session, _, read) = self.statements().await?;
@@ -934,8 +952,12 @@ async fn send_one(
         if waits >= MAX_ATTEMPTS {
             // Sent by the replica whose poller has the token, if one claimed it.
             if let Some(claims) = claims {
-                if claims.holder(id).await.is_ok_and(|holder| holder.is_some()) {
-                    return fail(super::ack::CLAIMED_ELSEWHERE).await;
+                match claims.holder(id).await {
+                    Ok(Some(holder)) if holder != claims.holder => return fail(super::ack::CLAIMED_ELSEWHERE).await,
+                    // Claimed here before the token moved on (a retry after the lease went):
+                    // let go, so that the replica with the token may claim it.
+                    Ok(Some(_)) => claims.release(id).await,
+                    _ => {}
                 }
             }
             return fail("no token for the account (config or a running poller)").await;
