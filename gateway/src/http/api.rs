@@ -565,12 +565,17 @@ async fn post_reply(state: &ApiState, req: Request<Incoming>, id: &str) -> Resul
         // Another replica may hold the same inquiry (a message that reached two): its SLA stops
         // too. Best effort: the reply is recorded here whatever the broker does.
         let message = key.reply(id, Some(at), reply.agent.as_deref(), &grant.actor(), grant.accounts(), true);
-        let shared = tokio::time::timeout(std::time::Duration::from_secs(3), kafka.publish_reply(id, &message)).await;
-        if let Err(err) = shared.unwrap_or_else(|_| Err("the broker did not take it within 3 s".to_owned())) {
+        if let Err(err) = publish_within_3s(kafka, id, &message).await {
             tracing::warn!(error = %err, "reply not shared with the other replicas");
         }
     }
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "inquiry_id": id, "sla": sla })))
+}
+
+/// Writes `message` about inquiry `id` to the replies topic, if the broker takes it within 3 s.
+async fn publish_within_3s(kafka: &crate::sinks::kafka::KafkaSink, id: Uuid, message: &[u8]) -> Result<(), String> {
+    let published = tokio::time::timeout(std::time::Duration::from_secs(3), kafka.publish_reply(id, message)).await;
+    published.unwrap_or_else(|_| Err("the broker did not take it within 3 s".to_owned()))
 }
 
 /// What [`forward`] sends.
@@ -594,8 +599,7 @@ async fn forward(
         Forwarded::Reply => ("reply", "forwarded"),
         Forwarded::Conversion => ("conversion", "conversion_forwarded"),
     };
-    let published = tokio::time::timeout(std::time::Duration::from_secs(3), kafka.publish_reply(id, message)).await;
-    if let Err(err) = published.unwrap_or_else(|_| Err("the broker did not take it within 3 s".to_owned())) {
+    if let Err(err) = publish_within_3s(kafka, id, message).await {
         tracing::warn!(error = %err, what, "not forwarded to the replies topic");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -536,11 +536,11 @@ mod tests {
     }
 }
 
-impl AckState {
+impl AckStatus {
     /// True when it left without an id of its own: its outcome unknown, or another replica sent
-    /// it (the shop message taken for it is then remembered in `seen_as`).
+    /// it (the shop message taken for it is then remembered in [`AckState::seen_as`]).
     pub fn left_unseen(&self) -> bool {
-        match &self.status {
+        match self {
             AckStatus::Uncertain => true,
             AckStatus::Failed { reason } => reason == CLAIMED_ELSEWHERE,
             _ => false,

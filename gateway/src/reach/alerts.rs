@@ -316,25 +316,7 @@ mod tests {
     }
 
     fn event(kind: EventKind, notify: Option<&str>) -> SlaEvent {
-        SlaEvent {
-            schema: crate::reach::sla::EVENT_SCHEMA.to_owned(),
-            event_id: uuid::Uuid::nil(),
-            kind,
-            inquiry_id: uuid::Uuid::nil(),
-            account: "shop-1".to_owned(),
-            channel: "generic".to_owned(),
-            queue: "sales".to_owned(),
-            priority: crate::routing::Priority::High,
-            assignee: Some("agent-ana".to_owned()),
-            policy: "standard".to_owned(),
-            level: u8::from(kind == EventKind::Escalated),
-            deadline: "2026-12-02T11:00:00Z".to_owned(),
-            due: "2026-12-02T11:00:00Z".to_owned(),
-            at: "2026-12-02T11:00:00Z".to_owned(),
-            notify: notify.map(str::to_owned),
-            region: inquiry_connectors::Region::Eu,
-            country_unknown: false,
-        }
+        crate::reach::sla::sample_event(kind, notify)
     }
 
     fn target(kind: &str) -> AlertTargetConfig {

@@ -446,8 +446,8 @@ impl Reach {
         let Some(bytes) = self.store.timeline_state(Timeline::Ack, id)? else { return Ok(AckSeenAs::Nothing) };
         Ok(match serde_json::from_slice::<ack::AckState>(&bytes) {
             Ok(ack::AckState { status: ack::AckStatus::Sent { provider_id }, .. }) => AckSeenAs::Id(provider_id),
-            Ok(state @ ack::AckState { seen_as: Some(_), .. }) if state.left_unseen() => {
-                AckSeenAs::Id(state.seen_as.expect("matched"))
+            Ok(ack::AckState { seen_as: Some(message_id), status, .. }) if status.left_unseen() => {
+                AckSeenAs::Id(message_id)
             }
             Ok(ack::AckState {
                 status: ack::AckStatus::Sending | ack::AckStatus::Uncertain, not_before_ms, ..
@@ -1111,23 +1111,8 @@ mod tests {
         let mut batch = store.batch();
         for seq in 0..10u64 {
             let event = SlaEvent {
-                schema: sla::EVENT_SCHEMA.to_owned(),
                 event_id: Uuid::from_u128(u128::from(seq) + 1),
-                kind: EventKind::Breached,
-                inquiry_id: Uuid::from_u128(u128::from(seq) + 100),
-                account: "shop-1".to_owned(),
-                channel: "generic".to_owned(),
-                queue: "sales".to_owned(),
-                priority: Priority::High,
-                assignee: None,
-                policy: "standard".to_owned(),
-                level: 0,
-                deadline: "2026-12-02T11:00:00Z".to_owned(),
-                due: "2026-12-02T11:00:00Z".to_owned(),
-                at: "2026-12-02T11:00:00Z".to_owned(),
-                notify: None,
-                region: inquiry_connectors::Region::Eu,
-                country_unknown: false,
+                ..sla::sample_event(EventKind::Breached, None)
             };
             batch.put_queued("bot", seq, &serde_json::to_vec(&event).unwrap());
         }

@@ -441,7 +441,12 @@ pub async fn record_seller_replies(
                 if !matches!(seen_as, super::AckSeenAs::Nothing) {
                     acknowledged.insert(stored.inquiry.id);
                 }
+                // From when the shop's first message may be it (none: known by id, or not sent).
                 let due = match seen_as {
+                    super::AckSeenAs::Id(id) => {
+                        answers.retain(|c| c.message_id.as_ref() != Some(&id));
+                        None
+                    }
                     super::AckSeenAs::FirstFrom(due_ms) => Some(
                         OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_ms) * 1_000_000)
                             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -449,12 +454,10 @@ pub async fn record_seller_replies(
                     ),
                     // Not before the buyer's message (a shop message before it answers nothing).
                     super::AckSeenAs::FirstAfterMessage => Some(stored.inquiry.occurred_at),
-                    _ => None,
+                    super::AckSeenAs::Nothing => None,
                 };
-                match seen_as {
-                    super::AckSeenAs::Id(id) => answers.retain(|c| c.message_id.as_ref() != Some(&id)),
-                    super::AckSeenAs::FirstFrom(_) | super::AckSeenAs::FirstAfterMessage if !acks_marked => {
-                        let due = due.expect("a time for these");
+                match due {
+                    Some(due) if !acks_marked => {
                         let first =
                             answers.iter().position(|c| c.at >= due && c.responses.is_none() && c.answers(stored));
                         if let Some(first) = first {
@@ -464,7 +467,7 @@ pub async fn record_seller_replies(
                                 // Only once it has left for good (not while it is still sending: a
                                 // retry may follow, and the message taken may be the seller's).
                                 previewer.update_ack(stored.inquiry.id, None, |state| {
-                                    let remember = state.left_unseen();
+                                    let remember = state.status.left_unseen();
                                     if remember {
                                         state.seen_as = Some(message_id);
                                     }
@@ -473,9 +476,7 @@ pub async fn record_seller_replies(
                             }
                         }
                     }
-                    super::AckSeenAs::FirstFrom(_)
-                    | super::AckSeenAs::FirstAfterMessage
-                    | super::AckSeenAs::Nothing => {}
+                    _ => {}
                 }
             }
             let mut answered_now = Vec::new();

@@ -929,25 +929,9 @@ async fn send_one(
         })?;
         return finish(reach, pipeline, id, due_ms, AckStatus::DryRun).await;
     }
-    // Its turn among the messages to this buyer first: a stop or a reply while it waits leaves
-    // it scheduled or cancelled, not half-sent. At slow rates (paced by the platform's answers)
-    // the account's turn can take seconds: it is waited for before the mark too. At fast rates
-    // it comes after the mark (a few periods at most), so that the mark's store write does not
-    // slow the account's rate.
-    let lane = sender.space(&recipient).await;
-    let early_turn = match sender.paced_by_answers() {
-        true => Some(sender.turn(platform_account).await),
-        false => None,
-    };
-    if held_for_quiet_hours(reach.clock.now_ms())? {
-        return Ok(());
-    }
-    // Another replica with the same inquiry acknowledges it, not this one (claimed after the
-    // waits: one held for quiet hours meanwhile is not left claimed overnight). A slow sender
-    // holds the account's turn through the claim's round trip. A replica that cannot send now
-    // (no token for the account here) does not claim: the one whose poller has it may.
+    // A replica that cannot send now (no token for the account here) neither waits for the
+    // buyer's lane nor claims: the one whose poller has the token may.
     if !sender.can_send(platform_account) {
-        drop((lane, early_turn));
         let waits = state.no_token_waits + 1;
         if waits >= MAX_ATTEMPTS {
             // Sent by the replica whose poller has the token, if one claimed it.
@@ -970,6 +954,22 @@ async fn send_one(
         })?;
         return Ok(());
     }
+    // Its turn among the messages to this buyer first: a stop or a reply while it waits leaves
+    // it scheduled or cancelled, not half-sent. At slow rates (paced by the platform's answers)
+    // the account's turn can take seconds: it is waited for before the mark too. At fast rates
+    // it comes after the mark (a few periods at most), so that the mark's store write does not
+    // slow the account's rate.
+    let lane = sender.space(&recipient).await;
+    let early_turn = match sender.paced_by_answers() {
+        true => Some(sender.turn(platform_account).await),
+        false => None,
+    };
+    if held_for_quiet_hours(reach.clock.now_ms())? {
+        return Ok(());
+    }
+    // Another replica with the same inquiry acknowledges it, not this one (claimed after the
+    // waits: one held for quiet hours meanwhile is not left claimed overnight). A slow sender
+    // holds the account's turn through the claim's round trip.
     if let Some(claims) = claims {
         match claims.claim(id).await {
             Ok(true) => {}

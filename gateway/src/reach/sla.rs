@@ -294,6 +294,30 @@ impl SlaState {
 /// The payload version of `sla.events.v1` (`docs/topics.md`).
 pub const EVENT_SCHEMA: &str = "inquiry-gateway.sla-event.v1";
 
+/// An event of inquiry nil on `shop-1`, assigned to `agent-ana` (tests).
+#[cfg(test)]
+pub(crate) fn sample_event(kind: EventKind, notify: Option<&str>) -> SlaEvent {
+    SlaEvent {
+        schema: EVENT_SCHEMA.to_owned(),
+        event_id: uuid::Uuid::nil(),
+        kind,
+        inquiry_id: uuid::Uuid::nil(),
+        account: "shop-1".to_owned(),
+        channel: "generic".to_owned(),
+        queue: "sales".to_owned(),
+        priority: crate::routing::Priority::High,
+        assignee: Some("agent-ana".to_owned()),
+        policy: "standard".to_owned(),
+        level: u8::from(kind == EventKind::Escalated),
+        deadline: "2026-12-02T11:00:00Z".to_owned(),
+        due: "2026-12-02T11:00:00Z".to_owned(),
+        at: "2026-12-02T11:00:00Z".to_owned(),
+        notify: notify.map(str::to_owned),
+        region: inquiry_connectors::Region::Eu,
+        country_unknown: false,
+    }
+}
+
 /// What happened to an SLA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
